@@ -1,0 +1,13 @@
+"""DistrAttention operator: public function, grouping, PyTorch reference, Triton kernel."""
+from .distr_attn import distr_attention
+from .grouping import compute_groups, fusion_weights, hash_projections
+from .reference import exact_attention, reference_distr_attention
+
+__all__ = [
+    "distr_attention",
+    "compute_groups",
+    "fusion_weights",
+    "hash_projections",
+    "reference_distr_attention",
+    "exact_attention",
+]

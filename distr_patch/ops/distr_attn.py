@@ -1,0 +1,458 @@
+"""DistrAttention: fused Triton forward kernel, its launcher, and the public ``distr_attention``.
+
+Layout of this file: Triton kernels (score helpers, the inner key loop, the forward
+kernel), the host launcher ``_triton_forward``, then ``distr_attention`` which validates,
+dispatches (CUDA -> Triton, CPU -> PyTorch reference) and documents the operator.
+
+The grouping (LSH hash, sort) and the fusion weights are computed by the torch ops in
+``grouping.py`` on the tensor's own device, once per call, and the kernel *loads* them:
+so the kernel and the reference compute exactly the same function.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import triton
+import triton.language as tl
+
+from .configs import FwdConfig, fwd_config, interpreting
+from .grouping import compute_groups, fusion_weights
+from .reference import normalize_mask, reference_distr_attention
+from .validate import check_attention_inputs, check_triton_inputs
+
+LOG2E = 1.4426950408889634
+MASK_NONE, MASK_BOOL, MASK_ADDITIVE = 0, 1, 2
+
+
+# --------------------------------------------------------------------------- kernels
+@triton.jit
+def _grouped_qk(qt, KG, kg_cols, kg_wb, start_n, M,
+                stride_kgn, BLOCK_M: tl.constexpr, SUB_M: tl.constexpr, NSUB: tl.constexpr,
+                G: tl.constexpr, DG: tl.constexpr, DG_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                BOUNDS: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Raw grouped scores Q̃ K̃ᵀ of one key tile: fp32 [BLOCK_M, BLOCK_N].
+
+    qt: [NSUB, SUB_M, DG_PAD] fused queries. kg_cols: [NSUB, DG_PAD, G, 1] element offsets
+    of each group member's column in KG; kg_wb: matching fp32 weights b_j. K̃ᵀ of the tile
+    is Σ_j b_j K[n, col_j], built from one gather of G·(d/G) key columns.
+    """
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    ptrs = KG + kg_cols + offs_n[None, None, None, :] * stride_kgn
+    lmask = None
+    if DG_PAD != DG:
+        lmask = (tl.arange(0, DG_PAD) < DG)[None, :, None, None] & (offs_n >= 0)[None, None, None, :]
+    if BOUNDS:
+        nmask = (offs_n < M)[None, None, None, :]
+        lmask = nmask if lmask is None else (lmask & nmask)
+    if BOUNDS or DG_PAD != DG:
+        kx = tl.load(ptrs, mask=lmask, other=0.0)  # [NSUB, DG_PAD, G, BLOCK_N]
+    else:
+        kx = tl.load(ptrs)
+    ktt = tl.sum(kx.to(tl.float32) * kg_wb, axis=2).to(qt.dtype)  # [NSUB, DG_PAD, BLOCK_N]
+    if NSUB == 1:
+        s = tl.dot(tl.reshape(qt, (SUB_M, DG_PAD)), tl.reshape(ktt, (DG_PAD, BLOCK_N)), input_precision=DOT_PREC)
+    else:
+        s = tl.reshape(tl.dot(qt, ktt, input_precision=DOT_PREC), (BLOCK_M, BLOCK_N))
+    return s
+
+
+@triton.jit
+def _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd,
+              HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+              BOUNDS: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Raw exact scores Q Kᵀ of one key tile: fp32 [BLOCK_M, BLOCK_N]."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    ptrs = K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
+    lmask = None
+    if D_PAD != HEAD_DIM:
+        lmask = (offs_d < HEAD_DIM)[:, None] & (offs_n >= 0)[None, :]
+    if BOUNDS:
+        nmask = (offs_n < M)[None, :]
+        lmask = nmask if lmask is None else (lmask & nmask)
+    if BOUNDS or D_PAD != HEAD_DIM:
+        kt = tl.load(ptrs, mask=lmask, other=0.0)
+    else:
+        kt = tl.load(ptrs)
+    return tl.dot(q_full, kt.to(q_full.dtype), input_precision=DOT_PREC)
+
+
+@triton.jit
+def _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm,
+             CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, MASK_KIND: tl.constexpr, BLOCK_M: tl.constexpr,
+             BLOCK_N: tl.constexpr):
+    """Which (row, key) pairs may attend: bool [BLOCK_M, BLOCK_N] (bottom-right causal)."""
+    ok = (offs_m >= 0)[:, None] & (offs_n >= 0)[None, :]
+    if BOUNDS:
+        ok = ok & (offs_n < M)[None, :]
+        if CAUSAL:
+            ok = ok & (offs_n[None, :] <= offs_m[:, None] + (M - N))
+    if MASK_KIND == 1:
+        mv = tl.load(MASKP + offs_m[:, None] * stride_mn + offs_n[None, :] * stride_mm,
+                     mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=0)
+        ok = ok & (mv != 0)
+    return ok
+
+
+@triton.jit
+def _attn_tiles(acc, m_i, l_i, corr2, qt, q_full, lo, hi,
+                KG, kg_cols, kg_wb, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                stride_kgn, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, stride_mm,
+                HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, SUB_M: tl.constexpr,
+                NSUB: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, DG_PAD: tl.constexpr,
+                BLOCK_N: tl.constexpr, EXACT: tl.constexpr, MIXED: tl.constexpr, BOUNDS: tl.constexpr,
+                CAUSAL: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Online softmax over key tiles [lo, hi): scores in log2 units, exact P·V.
+
+    MIXED: tiles meet the exact band and compute both products. BOUNDS: tiles need the
+    key-range and causal checks. The tensor mask (MASK_KIND) applies everywhere.
+    """
+    offs_d = tl.arange(0, D_PAD)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        if EXACT:
+            s = _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS,
+                          DOT_PREC) * qk_scale2
+        else:
+            s = _grouped_qk(qt, KG, kg_cols, kg_wb, start_n, M, stride_kgn, BLOCK_M, SUB_M, NSUB, G, DG,
+                            DG_PAD, BLOCK_N, BOUNDS, DOT_PREC) * qk_scale2
+            if HAS_CORR:
+                s = s - corr2[:, None]
+            if MIXED:
+                se = _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS,
+                               DOT_PREC) * qk_scale2
+                dist = offs_m[:, None] + (M - N) - offs_n[None, :]
+                in_band = (dist < WINDOW) & (dist > -WINDOW)
+                s = tl.where(in_band, se, s)
+        if MASK_KIND == 2:
+            mv = tl.load(MASKP + offs_m[:, None] * stride_mn + offs_n[None, :] * stride_mm,
+                         mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=float("-inf"))
+            s = s + mv * 1.4426950408889634
+        if BOUNDS or MASK_KIND == 1:
+            ok = _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm, CAUSAL, BOUNDS, MASK_KIND, BLOCK_M,
+                          BLOCK_N)
+            s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        vptrs = V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        vmask = None
+        if D_PAD != HEAD_DIM:
+            vmask = (offs_d < HEAD_DIM)[None, :] & (offs_n >= 0)[:, None]
+        if BOUNDS:
+            nm = (offs_n < M)[:, None]
+            vmask = nm if vmask is None else (vmask & nm)
+        if BOUNDS or D_PAD != HEAD_DIM:
+            v = tl.load(vptrs, mask=vmask, other=0.0)
+        else:
+            v = tl.load(vptrs)
+        acc = tl.dot(p.to(q_full.dtype), v.to(q_full.dtype), acc, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _band_sigma2(qt, q_full, lo, hi, KG, kg_cols, kg_wb, K, MASKP, offs_m, N, M, WINDOW, scale,
+                 stride_kgn, stride_kn, stride_kd, stride_mn, stride_mm,
+                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, SUB_M: tl.constexpr,
+                 NSUB: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, DG_PAD: tl.constexpr,
+                 BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr):
+    """σ² per row: mean of (grouped − exact)² (after scale) over attendable band entries."""
+    sq = tl.zeros([BLOCK_M], dtype=tl.float32)
+    cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        sg = _grouped_qk(qt, KG, kg_cols, kg_wb, start_n, M, stride_kgn, BLOCK_M, SUB_M, NSUB, G, DG, DG_PAD,
+                         BLOCK_N, True, DOT_PREC)
+        se = _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_PREC)
+        dist = offs_m[:, None] + (M - N) - offs_n[None, :]
+        sel = (dist < WINDOW) & (dist > -WINDOW)
+        sel = sel & _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm, CAUSAL, True, MASK_KIND,
+                             BLOCK_M, BLOCK_N)
+        if MASK_KIND == 2:
+            mv = tl.load(MASKP + offs_m[:, None] * stride_mn + offs_n[None, :] * stride_mm,
+                         mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=float("-inf"))
+            sel = sel & (mv > float("-inf"))
+        diff = (sg - se) * scale
+        sq += tl.sum(tl.where(sel, diff * diff, 0.0), 1)
+        cnt += tl.sum(sel.to(tl.float32), 1)
+    return tl.where(cnt > 0, sq / tl.maximum(cnt, 1.0), 0.0)
+
+
+@triton.jit
+def _distr_fwd_kernel(
+    Q, K, KG, V, O, GRP, WA, WB, MASK,
+    scale, qk_scale2, half_corr,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_kgb, stride_kgh, stride_kgn, stride_kgd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    stride_mb, stride_mh, stride_mn, stride_mm,
+    Hq, N, M, NB, KV_REP, WINDOW,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, DG_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, SUB_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr,
+    EXACT: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
+):
+    """One program: one BLOCK_M query tile of one (batch, query head)."""
+    NSUB: tl.constexpr = BLOCK_M // SUB_M
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    hk = h // KV_REP
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    K += b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    KG += b.to(tl.int64) * stride_kgb + hk.to(tl.int64) * stride_kgh
+    V += b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    O += b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    MASKP = MASK
+    if MASK_KIND != 0:
+        MASKP = MASK + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
+
+    # ---- the tile's grouping: loaded once, reused for every key tile
+    q_full = tl.zeros([BLOCK_M, D_PAD], dtype=DOT_T)
+    if EXACT or HAS_WINDOW:
+        qmask = (offs_m < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
+        q_full = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=qmask,
+                         other=0.0).to(DOT_T)
+    qt = tl.zeros([NSUB, SUB_M, DG_PAD], dtype=DOT_T)
+    kg_cols = tl.zeros([NSUB, DG_PAD, G, 1], dtype=tl.int64)
+    kg_wb = tl.zeros([NSUB, DG_PAD, G, 1], dtype=tl.float32)
+    if not EXACT:
+        s_i = tl.arange(0, NSUB)
+        g_i = tl.arange(0, DG_PAD)
+        j_i = tl.arange(0, G)
+        blk = pid_m * NSUB + s_i  # grouping block of each sub-tile
+        pos = g_i[:, None] * G + j_i[None, :]  # sorted position [DG_PAD, G]
+        gmask = (blk < NB)[:, None, None] & (g_i < DG)[None, :, None] & (j_i >= 0)[None, None, :]
+        goff = ((pid_bh.to(tl.int64) * NB + blk[:, None, None]) * HEAD_DIM + pos[None, :, :])  # [NSUB, DG_PAD, G]
+        cols = tl.load(GRP + goff, mask=gmask, other=0).to(tl.int64)
+        wa = tl.load(WA + goff, mask=gmask, other=0.0)
+        wb = tl.load(WB + goff, mask=gmask, other=0.0)
+        kg_cols = tl.reshape(cols * stride_kgd, (NSUB, DG_PAD, G, 1))
+        kg_wb = tl.reshape(wb, (NSUB, DG_PAD, G, 1))
+        # Q̃[s, r, g] = Σ_j a_j Q[row(s, r), col_j]
+        rows = m0 + s_i[:, None] * SUB_M + tl.arange(0, SUB_M)[None, :]  # [NSUB, SUB_M]
+        qptr = Q + rows[:, :, None, None] * stride_qn + (cols * stride_qd)[:, None, :, :]
+        qx = tl.load(qptr, mask=(rows < N)[:, :, None, None] & gmask[:, None, :, :], other=0.0)
+        qt = tl.sum(qx.to(tl.float32) * wa[:, None, :, :], axis=3).to(DOT_T)
+
+    # ---- key ranges (see docs: plain / mixed+bounds / plain / bounds segments)
+    off = M - N
+    hi = M
+    if CAUSAL:
+        hi = tl.maximum(tl.minimum(M, m0 + BLOCK_M + off), 0)
+    mask_start = (M // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        mask_start = tl.minimum(mask_start, (tl.maximum(m0 + off + 1, 0) // BLOCK_N) * BLOCK_N)
+    seg_a = mask_start
+    seg_b = mask_start
+    band_lo = 0
+    band_hi = 0
+    if HAS_WINDOW:
+        band_lo = (tl.maximum(m0 + off - WINDOW + 1, 0) // BLOCK_N) * BLOCK_N
+        band_hi = tl.minimum(hi, tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 + off + WINDOW, 0), BLOCK_N) * BLOCK_N)
+        seg_a = tl.minimum(band_lo, mask_start)
+        seg_b = tl.maximum(seg_a, band_hi)
+    seg_c = tl.maximum(seg_b, mask_start)
+
+    corr2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if HAS_CORR:
+        sigma2 = _band_sigma2(qt, q_full, band_lo, band_hi, KG, kg_cols, kg_wb, K, MASKP, offs_m, N, M, WINDOW,
+                              scale, stride_kgn, stride_kn, stride_kd, stride_mn, stride_mm, HEAD_DIM, D_PAD,
+                              BLOCK_M, SUB_M, NSUB, G, DG, DG_PAD, BLOCK_N, CAUSAL, MASK_KIND, DOT_PREC)
+        corr2 = half_corr * sigma2 * 1.4426950408889634
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, q_full, 0, tl.minimum(seg_a, hi),
+                                KG, kg_cols, kg_wb, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                                stride_kgn, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, stride_mm,
+                                HEAD_DIM, D_PAD, BLOCK_M, SUB_M, NSUB, G, DG, DG_PAD, BLOCK_N, EXACT,
+                                False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC)
+    if HAS_WINDOW:
+        acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, q_full, seg_a, tl.minimum(seg_b, hi),
+                                    KG, kg_cols, kg_wb, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                                    stride_kgn, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, stride_mm,
+                                    HEAD_DIM, D_PAD, BLOCK_M, SUB_M, NSUB, G, DG, DG_PAD, BLOCK_N, EXACT,
+                                    True, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC)
+        acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, q_full, seg_b, tl.minimum(seg_c, hi),
+                                    KG, kg_cols, kg_wb, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                                    stride_kgn, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, stride_mm,
+                                    HEAD_DIM, D_PAD, BLOCK_M, SUB_M, NSUB, G, DG, DG_PAD, BLOCK_N, EXACT,
+                                    False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC)
+    acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, q_full, seg_c, hi,
+                                KG, kg_cols, kg_wb, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                                stride_kgn, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, stride_mm,
+                                HEAD_DIM, D_PAD, BLOCK_M, SUB_M, NSUB, G, DG, DG_PAD, BLOCK_N, EXACT,
+                                False, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC)
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    omask = (offs_m < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    tl.store(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty), mask=omask)
+
+
+# --------------------------------------------------------------------------- launcher
+def _dot_dtype(dtype: torch.dtype):
+    """Operand type of the kernel's dots: the input dtype on the GPU. The Triton
+    interpreter (CPU tests) computes bf16 dots wrongly, so there they run in fp32."""
+    if dtype == torch.float32 or (dtype == torch.bfloat16 and interpreting()):
+        return tl.float32
+    return tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
+
+
+def _mask_operand(attention_mask, B, Hq, N, M, device):
+    """(kind, tensor, strides[4]) for the kernel; broadcast dims get stride 0."""
+    allowed, additive = normalize_mask(attention_mask)
+    if allowed is None:
+        return MASK_NONE, torch.empty(1, device=device, dtype=torch.float32), (0, 0, 0, 0)
+    if additive is None:
+        t = allowed.view(torch.uint8) if allowed.dtype == torch.bool else allowed
+        kind = MASK_BOOL
+    else:
+        t = torch.where(allowed, additive, torch.full((), float("-inf"), device=device))
+        kind = MASK_ADDITIVE
+    t = t.expand(B, Hq, N, M) if t.dim() == 4 else t
+    strides = tuple(0 if t.shape[i] == 1 and (B, Hq, N, M)[i] != 1 else t.stride(i) for i in range(4))
+    return kind, t, strides
+
+
+def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, window_correction, causal,
+                    attention_mask, scale, num_hash_bits, seed, query_valid, groups,
+                    config: FwdConfig | None = None) -> torch.Tensor:
+    """Launch the fused forward. q [B,Hq,N,d], k/v [B,Hkv,M,d] -> out [B,Hq,N,d] (q's dtype)."""
+    B, Hq, N, d = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    G = group_size
+    exact = G == 1
+    cfg = config or fwd_config(d, G, block_m)
+    if cfg.block_m % block_m:
+        raise ValueError(f"kernel tile {cfg.block_m} must be a multiple of block_m={block_m}")
+    if exact:
+        grp = wa = wb = torch.empty(1, device=q.device, dtype=torch.float32)
+        nb = 1
+        sub_m = cfg.block_m
+    else:
+        if groups is None:
+            groups = compute_groups(q, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
+                                    query_valid=query_valid)
+        wa, wb = fusion_weights(q, groups, group_size=G, block_m=block_m, fusion=fusion, query_valid=query_valid)
+        grp = groups.to(torch.int32).contiguous()
+        nb = groups.shape[2]
+        sub_m = block_m
+    if not exact and cfg.k_layout == "transposed":
+        kg = k.transpose(-1, -2).contiguous()  # [B, Hkv, d, M]
+        kg_strides = (kg.stride(0), kg.stride(1), kg.stride(3), kg.stride(2))
+    else:
+        kg = k
+        kg_strides = k.stride()
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    kind, mask_t, mstr = _mask_operand(attention_mask, B, Hq, N, M, q.device)
+    d_pad = triton.next_power_of_2(d)
+    dg = d // G
+    dg_pad = max(16, triton.next_power_of_2(dg))
+    window = int(exact_window) if not exact else 0
+    has_corr = window > 0 and window_correction > 0
+    sm_scale = d ** -0.5 if scale is None else float(scale)
+    grid = (triton.cdiv(N, cfg.block_m), B * Hq)
+    _distr_fwd_kernel[grid](
+        q, k, kg, v, out, grp, wa, wb, mask_t,
+        sm_scale, sm_scale * LOG2E, 0.5 * float(window_correction),
+        *q.stride(), *k.stride(), *kg_strides, *v.stride(), *out.stride(), *mstr,
+        Hq, N, M, nb, Hq // Hkv, window,
+        HEAD_DIM=d, D_PAD=d_pad, G=G, DG=dg, DG_PAD=dg_pad,
+        BLOCK_M=cfg.block_m, SUB_M=sub_m, BLOCK_N=cfg.block_n,
+        CAUSAL=bool(causal), HAS_WINDOW=window > 0, HAS_CORR=has_corr, MASK_KIND=kind, EXACT=exact,
+        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_T=_dot_dtype(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- public API
+_warned_autograd = False
+
+
+def distr_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    group_size: int = 2,
+    block_m: int = 128,
+    fusion: str = "mean",
+    exact_window: int = 0,
+    window_correction: float = 0.0,
+    causal: bool = False,
+    attention_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    num_hash_bits: int = 16,
+    seed: int = 0,
+    query_valid: torch.Tensor | None = None,
+    groups: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """DistrAttention: attention whose QKᵀ runs with inner dimension d/G.
+
+    Args:
+        q: [B, Hq, N, d] queries. k, v: [B, Hkv, M, d] with Hq a multiple of Hkv (GQA/MQA).
+            Any strides; fp16/bf16/fp32 (fp32 is computed in fp32).
+        group_size: G in {1, 2, 4, 8}, dividing d. G=1 is exact attention.
+        block_m: query rows per grouping block, in {32, 64, 128}.
+        fusion: "mean" (the paper: Q̃ = mean, K̃ = sum of each group's columns) or
+            "rank1" (both projected on the group's top eigenvector u of XᵀX).
+        exact_window: W >= 0; scores with |i + M - N - j| < W use the full d.
+        window_correction: c >= 0; grouped scores outside the band are lowered by
+            c·σ²/2, σ² the row's mean squared grouped-vs-exact error on its attendable band entries.
+        causal: bottom-right aligned (query i sees keys j <= i + M - N).
+        attention_mask: bool (True = attend) or additive float, broadcastable to [B, Hq, N, M].
+            Fully masked rows give zeros.
+        scale: score scale, default d ** -0.5.
+        num_hash_bits, seed: the LSH; projections come from a generator seeded by ``seed``.
+        query_valid: bool [B, N]; False rows (padding) count as zeros in the grouping.
+        groups: precomputed ``compute_groups`` output [B, Hq, ceil(N/block_m), d].
+        backend: "auto" (CUDA -> Triton, CPU -> reference), "triton" or "reference".
+            "triton" on CPU tensors needs TRITON_INTERPRET=1 (the Triton interpreter).
+
+    Returns:
+        [B, Hq, N, d] in q's dtype.
+
+    Autograd: the Triton path has no backward yet; when any input requires grad the
+    call runs the reference (same function, O(N·M) memory) and warns once.
+    """
+    check_attention_inputs(q, k, v, group_size=group_size, block_m=block_m, fusion=fusion,
+                           exact_window=exact_window, window_correction=window_correction,
+                           num_hash_bits=num_hash_bits, query_valid=query_valid, attention_mask=attention_mask,
+                           groups=groups, scale=scale)
+    if backend not in ("auto", "triton", "reference"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
+    kwargs = dict(group_size=group_size, block_m=block_m, fusion=fusion, exact_window=exact_window,
+                  window_correction=window_correction, causal=causal, attention_mask=attention_mask, scale=scale,
+                  num_hash_bits=num_hash_bits, seed=seed, query_valid=query_valid, groups=groups)
+    use_triton = backend == "triton" or (backend == "auto" and q.is_cuda)
+    if use_triton:
+        if not q.is_cuda and not interpreting():
+            raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (set before importing "
+                             "triton); use backend='reference' or CUDA tensors")
+        check_triton_inputs(q)
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        if needs_grad:
+            global _warned_autograd
+            if not _warned_autograd:
+                warnings.warn("distr_attention: the Triton kernel has no backward yet; inputs that require grad "
+                              "run the PyTorch reference (O(N*M) memory)", stacklevel=2)
+                _warned_autograd = True
+            return reference_distr_attention(q, k, v, **kwargs)
+        return _triton_forward(q, k, v, **kwargs)
+    return reference_distr_attention(q, k, v, **kwargs)
