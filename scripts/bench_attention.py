@@ -1,0 +1,252 @@
+"""Operator benchmark of DistrAttention on the GPU, side by side with exact attention.
+
+Prints, for each shape (bf16, d, N, causal), the median time of every variant, its ratio to
+SDPA-flash (FlashAttention-2) and to SDPA-cuDNN, and its relative error against exact
+attention on the same inputs (so speed is never shown without its accuracy). The grouping's
+own cost (hash, sort, fusion weights, K transpose) is timed apart and shown as a share.
+
+    python scripts/bench_attention.py                      # the full sweep of the operator issue
+    python scripts/bench_attention.py --quick              # d=64/128, N=4096 only
+    python scripts/bench_attention.py --tune               # sweep the kernel's tile table
+    python scripts/bench_attention.py --json out.json      # also write all numbers
+
+SageAttention 1 (``pip install sageattention==1.0.6``) is timed when importable.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict
+
+import torch
+
+
+def _variants(args):
+    """name -> dict(kind, kwargs). kind: distr | flash | cudnn | sage."""
+    v = {
+        "sdpa-flash": dict(kind="flash"),
+        "sdpa-cudnn": dict(kind="cudnn"),
+        "sage1": dict(kind="sage"),
+        "distr G=1": dict(kind="distr", kw=dict(group_size=1)),
+    }
+    for G in (2, 4):
+        for fusion in ("mean", "rank1"):
+            v[f"distr G={G} {fusion}"] = dict(kind="distr", kw=dict(group_size=G, fusion=fusion, block_m=128))
+    for bm in (128, 32):
+        v[f"distr G=2 rank1 W128 c.5 bm{bm}"] = dict(
+            kind="distr", kw=dict(group_size=2, fusion="rank1", exact_window=128, window_correction=0.5, block_m=bm))
+    v["distr G=2 mean W128 c.5 bm128"] = dict(
+        kind="distr", kw=dict(group_size=2, fusion="mean", exact_window=128, window_correction=0.5, block_m=128))
+    return v
+
+
+def _sage():
+    try:
+        from sageattention import sageattn
+        return sageattn
+    except Exception:  # not installed, or fails to import on this stack
+        return None
+
+
+def _make_fn(spec, q, k, v, causal):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from distr_patch.ops import distr_attention
+
+    kind = spec["kind"]
+    if kind in ("flash", "cudnn"):
+        backend = SDPBackend.FLASH_ATTENTION if kind == "flash" else SDPBackend.CUDNN_ATTENTION
+
+        def fn():
+            with sdpa_kernel(backend):
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return fn
+    if kind == "sage":
+        sage = _sage()
+        if sage is None:
+            return None
+        return lambda: sage(q, k, v, tensor_layout="HND", is_causal=causal)
+    kw = dict(spec["kw"])
+    return lambda: distr_attention(q, k, v, causal=causal, **kw)
+
+
+def _grouping_fn(kw, q, k):
+    """The grouping's own kernels for one call (torch ops): hash+sort, fusion weights, K copy."""
+    from distr_patch.ops import compute_groups, fusion_weights
+    from distr_patch.ops.configs import fwd_config
+
+    G, bm = kw.get("group_size", 2), kw.get("block_m", 128)
+    if G == 1:
+        return None
+    layout = fwd_config(q.shape[-1], G, bm).k_layout
+
+    def fn():
+        g = compute_groups(q, group_size=G, block_m=bm)
+        fusion_weights(q, g, group_size=G, block_m=bm, fusion=kw.get("fusion", "mean"))
+        if layout == "transposed":
+            k.transpose(-1, -2).contiguous()
+    return fn
+
+
+def _rel_err(out, exact):
+    return ((out.float() - exact).norm() / exact.norm()).item()
+
+
+def _bench(fn, reps_ms):
+    import triton
+    return triton.testing.do_bench(fn, warmup=max(10, reps_ms // 4), rep=reps_ms, return_mode="median")
+
+
+def run_sweep(args):
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    dtype = torch.bfloat16
+    variants = _variants(args)
+    if args.variants:
+        keep = set(args.variants)
+        variants = {k: v for k, v in variants.items() if k in keep or v["kind"] in ("flash", "cudnn")}
+    rows = []
+    for d in args.d:
+        H = max(1, args.model_dim // d)
+        for N in args.n:
+            B = max(1, args.tokens // N)
+            for causal in args.causal:
+                q = torch.randn(B, H, N, d, device=dev, dtype=dtype)
+                k = torch.randn(B, H, N, d, device=dev, dtype=dtype)
+                v = torch.randn(B, H, N, d, device=dev, dtype=dtype)
+                # exact reference on a slice (batch 0, first 4 heads) in fp32
+                hs = slice(0, min(H, 4))
+                exact = torch.nn.functional.scaled_dot_product_attention(
+                    q[:1, hs].float(), k[:1, hs].float(), v[:1, hs].float(), is_causal=causal)
+                flops = 4.0 * B * H * N * N * d * (0.5 if causal else 1.0)
+                base = {}
+                for name, spec in variants.items():
+                    fn = _make_fn(spec, q, k, v, causal)
+                    if fn is None:
+                        continue
+                    try:
+                        out = fn()
+                        torch.cuda.synchronize()
+                    except Exception as e:  # a peer backend that does not support this shape
+                        print(f"  skip {name} d={d} N={N} causal={causal}: {type(e).__name__}: {e}"[:200])
+                        continue
+                    err = _rel_err(out[:1, hs], exact)
+                    del out
+                    ms = _bench(fn, args.rep_ms)
+                    gfn = _grouping_fn(spec.get("kw", {}), q, k) if spec["kind"] == "distr" else None
+                    gms = _bench(gfn, args.rep_ms) if gfn is not None else 0.0
+                    if spec["kind"] in ("flash", "cudnn"):
+                        base[spec["kind"]] = ms
+                    row = dict(d=d, N=N, B=B, H=H, causal=causal, variant=name, ms=ms, tflops=flops / ms * 1e-9,
+                               rel_err=err, grouping_ms=gms)
+                    rows.append(row)
+                    print(f"  d={d:<3} N={N:<5} causal={int(causal)} {name:<30} {ms:8.3f} ms "
+                          f"{row['tflops']:6.1f} TF/s err={err:.2e} grouping={gms:.3f} ms", flush=True)
+                for row in rows:
+                    if row["d"] == d and row["N"] == N and row["causal"] == causal:
+                        row["vs_flash"] = base.get("flash", float("nan")) / row["ms"]
+                        row["vs_cudnn"] = base.get("cudnn", float("nan")) / row["ms"]
+                del q, k, v, exact
+                torch.cuda.empty_cache()
+    return rows
+
+
+def run_tune(args):
+    """Time the kernel under several tile configs; prints the best per (d, variant, causal)."""
+    from distr_patch.ops.configs import FwdConfig
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    dev = torch.device("cuda")
+    cfgs = [FwdConfig(128, bn, w, s, lay) for bn in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4)
+            for lay in ("transposed", "natural")]
+    tune_variants = {
+        "G=1": dict(group_size=1),
+        "G=2 mean": dict(group_size=2, fusion="mean"),
+        "G=2 rank1 W128 c.5": dict(group_size=2, fusion="rank1", exact_window=128, window_correction=0.5),
+    }
+    rows = []
+    for d in args.d:
+        H = max(1, args.model_dim // d)
+        N = 4096
+        B = max(1, args.tokens // N)
+        q, k, v = (torch.randn(B, H, N, d, device=dev, dtype=torch.bfloat16) for _ in range(3))
+        for causal in args.causal:
+            for vname, kw in tune_variants.items():
+                full = dict(group_size=2, block_m=128, fusion="mean", exact_window=0, window_correction=0.0,
+                            causal=causal, attention_mask=None, scale=None, num_hash_bits=16, seed=0,
+                            query_valid=None, groups=None)
+                full.update(kw)
+                results = []
+                for cfg in cfgs:
+                    if kw["group_size"] == 1 and cfg.k_layout == "natural":
+                        continue
+                    if d >= 128 and cfg.block_n == 128 and cfg.num_stages == 4:
+                        continue
+                    try:
+                        ms = _bench(lambda: _triton_forward(q, k, v, config=cfg, **full), 60)
+                    except Exception as e:
+                        print(f"  cfg {cfg} failed: {type(e).__name__}"[:160])
+                        continue
+                    results.append((ms, cfg))
+                results.sort(key=lambda t: t[0])
+                for ms, cfg in results[:3]:
+                    rows.append(dict(d=d, causal=causal, variant=vname, ms=ms, **asdict(cfg)))
+                best = results[0]
+                print(f"  tune d={d} causal={int(causal)} {vname:<20} best {best[0]:.3f} ms {best[1]} | worst "
+                      f"{results[-1][0]:.3f} ms", flush=True)
+        del q, k, v
+        torch.cuda.empty_cache()
+    return rows
+
+
+def print_table(rows):
+    print()
+    print(f"| d | N | causal | variant | ms | TFLOP/s | vs flash | vs cuDNN | rel. err | grouping % |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        gshare = 100.0 * r["grouping_ms"] / r["ms"] if r.get("grouping_ms") else 0.0
+        print(f"| {r['d']} | {r['N']} | {int(r['causal'])} | {r['variant']} | {r['ms']:.3f} | {r['tflops']:.0f} | "
+              f"{r.get('vs_flash', float('nan')):.2f} | {r.get('vs_cudnn', float('nan')):.2f} | {r['rel_err']:.1e} | "
+              f"{gshare:.1f} |")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--d", type=int, nargs="+", default=[64, 128], help="head dims")
+    p.add_argument("--n", type=int, nargs="+", default=[1024, 4096, 16384], help="sequence lengths (N = M)")
+    p.add_argument("--causal", type=int, nargs="+", default=[0, 1], choices=[0, 1])
+    p.add_argument("--tokens", type=int, default=32768, help="B*N (B = tokens // N) to fill the GPU")
+    p.add_argument("--model-dim", type=int, default=2048, help="H = model_dim // d")
+    p.add_argument("--rep-ms", type=int, default=100, help="timing budget per variant (ms)")
+    p.add_argument("--variants", nargs="*", help="subset of variant names (SDPA baselines always run)")
+    p.add_argument("--quick", action="store_true", help="N=4096 only")
+    p.add_argument("--tune", action="store_true", help="sweep the kernel's tile configurations instead")
+    p.add_argument("--json", help="write all rows to this JSON file")
+    args = p.parse_args(argv)
+    args.causal = [bool(c) for c in args.causal]
+    if not torch.cuda.is_available():
+        sys.exit("bench_attention.py times the Triton kernel and needs a CUDA GPU "
+                 "(on the CPU, `distr-patch bench model` times the reference path)")
+    if args.quick:
+        args.n = [4096]
+    import triton
+    print(f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
+          f"sage1: {'yes' if _sage() else 'not installed'}")
+    rows = run_tune(args) if args.tune else run_sweep(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows), f, indent=1)
+    if args.tune:
+        print("\n| d | causal | variant | ms | block_n | warps | stages | k_layout |\n|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['d']} | {int(r['causal'])} | {r['variant']} | {r['ms']:.3f} | {r['block_n']} | "
+                  f"{r['num_warps']} | {r['num_stages']} | {r['k_layout']} |")
+    else:
+        print_table(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
