@@ -1,7 +1,7 @@
 """Launch configuration of the DistrAttention forward kernel, in one place.
 
-``BLOCK_M`` is the query tile of one program; it holds ``BLOCK_M // block_m`` grouping
-blocks, each with its own column grouping. ``BLOCK_N`` is the key tile of the inner loop.
+``BLOCK_M`` is the query tile of one program and equals the grouping ``block_m`` (one
+column grouping per program; exact attention, G=1, uses 128). ``BLOCK_N`` is the key tile of the inner loop.
 The GPU table was chosen from the sweep in ``scripts/bench_attention.py`` (see
 docs/benchmarks.md); the interpreter uses small tiles so CPU tests stay fast.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class FwdConfig:
-    block_m: int  # query rows per program (multiple of the grouping block_m)
+    block_m: int  # query rows per program (= the grouping block_m when G > 1)
     block_n: int  # keys per inner-loop tile
     num_warps: int
     num_stages: int
@@ -35,9 +35,13 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, interpr
     """Tile sizes for one call; see the module docstring."""
     interpret = interpreting() if interpret is None else interpret
     layout = k_layout or DEFAULT_K_LAYOUT
+    block_m = 128 if group_size == 1 else grouping_block_m
     if interpret:
-        return FwdConfig(block_m=max(64, grouping_block_m), block_n=32, num_warps=4, num_stages=1, k_layout=layout)
-    block_m = 128
+        return FwdConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=1, k_layout=layout)
+    if block_m <= 32:
+        return FwdConfig(block_m, 64, num_warps=2 if head_dim <= 64 else 4, num_stages=3, k_layout=layout)
+    if block_m == 64:
+        return FwdConfig(block_m, 64, num_warps=4, num_stages=3, k_layout=layout)
     if head_dim <= 64:
         return FwdConfig(block_m, 64, num_warps=4, num_stages=3, k_layout=layout)
     if head_dim <= 128:

@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 
 from .configs import FwdConfig, fwd_config, interpreting
-from .grouping import compute_groups, fusion_weights
+from .grouping import fusion_weights
+from .grouping_triton import triton_grouping
 from .reference import normalize_mask, reference_distr_attention
 from .validate import check_attention_inputs, check_triton_inputs
 
@@ -28,34 +29,41 @@ MASK_NONE, MASK_BOOL, MASK_ADDITIVE = 0, 1, 2
 
 # --------------------------------------------------------------------------- kernels
 @triton.jit
-def _grouped_qk(qt, KG, kg_cols, kg_wb, start_n, M,
-                stride_kgn, BLOCK_M: tl.constexpr, SUB_M: tl.constexpr, NSUB: tl.constexpr,
+def _grouped_qk(qt, KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd,
                 G: tl.constexpr, DG: tl.constexpr, DG_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-                BOUNDS: tl.constexpr, DOT_PREC: tl.constexpr):
+                FUSION_MEAN: tl.constexpr, BOUNDS: tl.constexpr, DOT_PREC: tl.constexpr):
     """Raw grouped scores Q̃ K̃ᵀ of one key tile: fp32 [BLOCK_M, BLOCK_N].
 
-    qt: [NSUB, SUB_M, DG_PAD] fused queries. kg_cols: [NSUB, DG_PAD, G, 1] element offsets
-    of each group member's column in KG; kg_wb: matching fp32 weights b_j. K̃ᵀ of the tile
-    is Σ_j b_j K[n, col_j], built from one gather of G·(d/G) key columns.
+    qt: [BLOCK_M, DG_PAD] fused queries of the tile. GRP_B / WB_B point at this query
+    block's sorted column order / key weights (d entries). K̃ᵀ[g, n] = Σ_i b K[n, col(g·G+i)]
+    is built from G row-gathers of KG (a [d, M] copy of K, or K itself), each a
+    [DG_PAD, BLOCK_N] tile whose rows are contiguous keys when KG is transposed.
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    ptrs = KG + kg_cols + offs_n[None, None, None, :] * stride_kgn
-    lmask = None
-    if DG_PAD != DG:
-        lmask = (tl.arange(0, DG_PAD) < DG)[None, :, None, None] & (offs_n >= 0)[None, None, None, :]
-    if BOUNDS:
-        nmask = (offs_n < M)[None, None, None, :]
-        lmask = nmask if lmask is None else (lmask & nmask)
-    if BOUNDS or DG_PAD != DG:
-        kx = tl.load(ptrs, mask=lmask, other=0.0)  # [NSUB, DG_PAD, G, BLOCK_N]
-    else:
-        kx = tl.load(ptrs)
-    ktt = tl.sum(kx.to(tl.float32) * kg_wb, axis=2).to(qt.dtype)  # [NSUB, DG_PAD, BLOCK_N]
-    if NSUB == 1:
-        s = tl.dot(tl.reshape(qt, (SUB_M, DG_PAD)), tl.reshape(ktt, (DG_PAD, BLOCK_N)), input_precision=DOT_PREC)
-    else:
-        s = tl.reshape(tl.dot(qt, ktt, input_precision=DOT_PREC), (BLOCK_M, BLOCK_N))
-    return s
+    offs_g = tl.arange(0, DG_PAD)
+    gmask = offs_g < DG
+    ktt = tl.zeros([DG_PAD, BLOCK_N], dtype=tl.float32)
+    for i in tl.static_range(G):
+        col = tl.load(GRP_B + offs_g * G + i, mask=gmask, other=0)
+        ptrs = KG + col.to(tl.int64)[:, None] * stride_kgd + offs_n[None, :] * stride_kgn
+        if BOUNDS:
+            x = tl.load(ptrs, mask=gmask[:, None] & (offs_n < M)[None, :], other=0.0)
+        else:
+            x = tl.load(ptrs, mask=gmask[:, None], other=0.0)
+        if FUSION_MEAN:
+            ktt += x.to(tl.float32)
+        else:
+            w = tl.load(WB_B + offs_g * G + i, mask=gmask, other=0.0)
+            ktt += x.to(tl.float32) * w[:, None]
+    return tl.dot(qt, ktt.to(qt.dtype), input_precision=DOT_PREC)
+
+
+@triton.jit
+def _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, DOT_T: tl.constexpr):
+    """The query tile with the full d: [BLOCK_M, D_PAD] (zero rows past N)."""
+    offs_d = tl.arange(0, D_PAD)
+    qmask = (offs_m < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    return tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=qmask, other=0.0).to(DOT_T)
 
 
 @triton.jit
@@ -66,14 +74,10 @@ def _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd,
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
     ptrs = K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
-    lmask = None
-    if D_PAD != HEAD_DIM:
-        lmask = (offs_d < HEAD_DIM)[:, None] & (offs_n >= 0)[None, :]
     if BOUNDS:
-        nmask = (offs_n < M)[None, :]
-        lmask = nmask if lmask is None else (lmask & nmask)
-    if BOUNDS or D_PAD != HEAD_DIM:
-        kt = tl.load(ptrs, mask=lmask, other=0.0)
+        kt = tl.load(ptrs, mask=(offs_d < HEAD_DIM)[:, None] & (offs_n < M)[None, :], other=0.0)
+    elif D_PAD != HEAD_DIM:
+        kt = tl.load(ptrs, mask=(offs_d < HEAD_DIM)[:, None], other=0.0)
     else:
         kt = tl.load(ptrs)
     return tl.dot(q_full, kt.to(q_full.dtype), input_precision=DOT_PREC)
@@ -81,8 +85,7 @@ def _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd,
 
 @triton.jit
 def _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm,
-             CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, MASK_KIND: tl.constexpr, BLOCK_M: tl.constexpr,
-             BLOCK_N: tl.constexpr):
+             CAUSAL: tl.constexpr, BOUNDS: tl.constexpr, MASK_KIND: tl.constexpr):
     """Which (row, key) pairs may attend: bool [BLOCK_M, BLOCK_N] (bottom-right causal)."""
     ok = (offs_m >= 0)[:, None] & (offs_n >= 0)[None, :]
     if BOUNDS:
@@ -97,42 +100,43 @@ def _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm,
 
 
 @triton.jit
-def _attn_tiles(acc, m_i, l_i, corr2, qt, q_full, lo, hi,
-                KG, kg_cols, kg_wb, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
-                stride_kgn, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, stride_mm,
-                HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, SUB_M: tl.constexpr,
-                NSUB: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, DG_PAD: tl.constexpr,
-                BLOCK_N: tl.constexpr, EXACT: tl.constexpr, MIXED: tl.constexpr, BOUNDS: tl.constexpr,
-                CAUSAL: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr):
+def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
+                Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn, stride_vd,
+                stride_mn, stride_mm,
+                HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, DG: tl.constexpr,
+                DG_PAD: tl.constexpr, BLOCK_N: tl.constexpr, EXACT: tl.constexpr, FUSION_MEAN: tl.constexpr,
+                MIXED: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_CORR: tl.constexpr,
+                MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr):
     """Online softmax over key tiles [lo, hi): scores in log2 units, exact P·V.
 
-    MIXED: tiles meet the exact band and compute both products. BOUNDS: tiles need the
-    key-range and causal checks. The tensor mask (MASK_KIND) applies everywhere.
+    MIXED: the tiles meet the exact band and compute both products. BOUNDS: the tiles need
+    the key-range and causal checks. The tensor mask (MASK_KIND) applies everywhere.
     """
     offs_d = tl.arange(0, D_PAD)
+    if EXACT or MIXED:
+        q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if EXACT:
             s = _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS,
                           DOT_PREC) * qk_scale2
         else:
-            s = _grouped_qk(qt, KG, kg_cols, kg_wb, start_n, M, stride_kgn, BLOCK_M, SUB_M, NSUB, G, DG,
-                            DG_PAD, BLOCK_N, BOUNDS, DOT_PREC) * qk_scale2
+            s = _grouped_qk(qt, KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD, BLOCK_N,
+                            FUSION_MEAN, BOUNDS, DOT_PREC) * qk_scale2
             if HAS_CORR:
                 s = s - corr2[:, None]
             if MIXED:
                 se = _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS,
                                DOT_PREC) * qk_scale2
                 dist = offs_m[:, None] + (M - N) - offs_n[None, :]
-                in_band = (dist < WINDOW) & (dist > -WINDOW)
-                s = tl.where(in_band, se, s)
+                s = tl.where((dist < WINDOW) & (dist > -WINDOW), se, s)
         if MASK_KIND == 2:
             mv = tl.load(MASKP + offs_m[:, None] * stride_mn + offs_n[None, :] * stride_mm,
                          mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=float("-inf"))
             s = s + mv * 1.4426950408889634
         if BOUNDS or MASK_KIND == 1:
-            ok = _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm, CAUSAL, BOUNDS, MASK_KIND, BLOCK_M,
-                          BLOCK_N)
+            ok = _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm, CAUSAL, BOUNDS, MASK_KIND)
             s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -141,39 +145,35 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, q_full, lo, hi,
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         vptrs = V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-        vmask = None
-        if D_PAD != HEAD_DIM:
-            vmask = (offs_d < HEAD_DIM)[None, :] & (offs_n >= 0)[:, None]
         if BOUNDS:
-            nm = (offs_n < M)[:, None]
-            vmask = nm if vmask is None else (vmask & nm)
-        if BOUNDS or D_PAD != HEAD_DIM:
-            v = tl.load(vptrs, mask=vmask, other=0.0)
+            v = tl.load(vptrs, mask=(offs_n < M)[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+        elif D_PAD != HEAD_DIM:
+            v = tl.load(vptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
         else:
             v = tl.load(vptrs)
-        acc = tl.dot(p.to(q_full.dtype), v.to(q_full.dtype), acc, input_precision=DOT_PREC)
+        acc = tl.dot(p.to(DOT_T), v.to(DOT_T), acc, input_precision=DOT_PREC)
         m_i = m_new
     return acc, m_i, l_i
 
 
 @triton.jit
-def _band_sigma2(qt, q_full, lo, hi, KG, kg_cols, kg_wb, K, MASKP, offs_m, N, M, WINDOW, scale,
-                 stride_kgn, stride_kn, stride_kd, stride_mn, stride_mm,
-                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, SUB_M: tl.constexpr,
-                 NSUB: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, DG_PAD: tl.constexpr,
-                 BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr):
+def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, MASKP, offs_m, N, M, WINDOW, scale,
+                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn, stride_mm,
+                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, DG: tl.constexpr,
+                 DG_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FUSION_MEAN: tl.constexpr,
+                 CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr):
     """σ² per row: mean of (grouped − exact)² (after scale) over attendable band entries."""
+    q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
     sq = tl.zeros([BLOCK_M], dtype=tl.float32)
     cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        sg = _grouped_qk(qt, KG, kg_cols, kg_wb, start_n, M, stride_kgn, BLOCK_M, SUB_M, NSUB, G, DG, DG_PAD,
-                         BLOCK_N, True, DOT_PREC)
+        sg = _grouped_qk(qt, KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD, BLOCK_N,
+                         FUSION_MEAN, True, DOT_PREC)
         se = _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_PREC)
         dist = offs_m[:, None] + (M - N) - offs_n[None, :]
         sel = (dist < WINDOW) & (dist > -WINDOW)
-        sel = sel & _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm, CAUSAL, True, MASK_KIND,
-                             BLOCK_M, BLOCK_N)
+        sel = sel & _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm, CAUSAL, True, MASK_KIND)
         if MASK_KIND == 2:
             mv = tl.load(MASKP + offs_m[:, None] * stride_mn + offs_n[None, :] * stride_mm,
                          mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=float("-inf"))
@@ -196,12 +196,11 @@ def _distr_fwd_kernel(
     stride_mb, stride_mh, stride_mn, stride_mm,
     Hq, N, M, NB, KV_REP, WINDOW,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, DG_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, SUB_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr,
-    EXACT: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
+    EXACT: tl.constexpr, FUSION_MEAN: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
 ):
-    """One program: one BLOCK_M query tile of one (batch, query head)."""
-    NSUB: tl.constexpr = BLOCK_M // SUB_M
+    """One program: one query tile (= one grouping block of BLOCK_M rows) of one (batch, query head)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -218,36 +217,29 @@ def _distr_fwd_kernel(
     MASKP = MASK
     if MASK_KIND != 0:
         MASKP = MASK + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
+    blk_off = (pid_bh.to(tl.int64) * NB + pid_m) * HEAD_DIM
+    GRP_B = GRP + blk_off
+    WB_B = WB + blk_off
 
-    # ---- the tile's grouping: loaded once, reused for every key tile
-    q_full = tl.zeros([BLOCK_M, D_PAD], dtype=DOT_T)
-    if EXACT or HAS_WINDOW:
-        qmask = (offs_m < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
-        q_full = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=qmask,
-                         other=0.0).to(DOT_T)
-    qt = tl.zeros([NSUB, SUB_M, DG_PAD], dtype=DOT_T)
-    kg_cols = tl.zeros([NSUB, DG_PAD, G, 1], dtype=tl.int64)
-    kg_wb = tl.zeros([NSUB, DG_PAD, G, 1], dtype=tl.float32)
+    # ---- the tile's fused queries, formed once: Q̃[:, g] = Σ_i a Q[:, col(g·G+i)]
+    qt = tl.zeros([BLOCK_M, DG_PAD], dtype=DOT_T)
     if not EXACT:
-        s_i = tl.arange(0, NSUB)
-        g_i = tl.arange(0, DG_PAD)
-        j_i = tl.arange(0, G)
-        blk = pid_m * NSUB + s_i  # grouping block of each sub-tile
-        pos = g_i[:, None] * G + j_i[None, :]  # sorted position [DG_PAD, G]
-        gmask = (blk < NB)[:, None, None] & (g_i < DG)[None, :, None] & (j_i >= 0)[None, None, :]
-        goff = ((pid_bh.to(tl.int64) * NB + blk[:, None, None]) * HEAD_DIM + pos[None, :, :])  # [NSUB, DG_PAD, G]
-        cols = tl.load(GRP + goff, mask=gmask, other=0).to(tl.int64)
-        wa = tl.load(WA + goff, mask=gmask, other=0.0)
-        wb = tl.load(WB + goff, mask=gmask, other=0.0)
-        kg_cols = tl.reshape(cols * stride_kgd, (NSUB, DG_PAD, G, 1))
-        kg_wb = tl.reshape(wb, (NSUB, DG_PAD, G, 1))
-        # Q̃[s, r, g] = Σ_j a_j Q[row(s, r), col_j]
-        rows = m0 + s_i[:, None] * SUB_M + tl.arange(0, SUB_M)[None, :]  # [NSUB, SUB_M]
-        qptr = Q + rows[:, :, None, None] * stride_qn + (cols * stride_qd)[:, None, :, :]
-        qx = tl.load(qptr, mask=(rows < N)[:, :, None, None] & gmask[:, None, :, :], other=0.0)
-        qt = tl.sum(qx.to(tl.float32) * wa[:, None, :, :], axis=3).to(DOT_T)
+        offs_g = tl.arange(0, DG_PAD)
+        gmask = offs_g < DG
+        qacc = tl.zeros([BLOCK_M, DG_PAD], dtype=tl.float32)
+        for i in tl.static_range(G):
+            col = tl.load(GRP_B + offs_g * G + i, mask=gmask, other=0)
+            x = tl.load(Q + offs_m[:, None] * stride_qn + col.to(tl.int64)[None, :] * stride_qd,
+                        mask=(offs_m < N)[:, None] & gmask[None, :], other=0.0).to(tl.float32)
+            if FUSION_MEAN:
+                qacc += x
+            else:
+                qacc += x * tl.load(WA + blk_off + offs_g * G + i, mask=gmask, other=0.0)[None, :]
+        if FUSION_MEAN:
+            qacc = qacc * (1.0 / G)
+        qt = qacc.to(DOT_T)
 
-    # ---- key ranges (see docs: plain / mixed+bounds / plain / bounds segments)
+    # ---- key ranges: [0,a) plain | [a,b) band: exact+grouped, checked | [b,c) plain | [c,hi) checked
     off = M - N
     hi = M
     if CAUSAL:
@@ -267,36 +259,37 @@ def _distr_fwd_kernel(
     seg_c = tl.maximum(seg_b, mask_start)
 
     corr2 = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if HAS_CORR:
-        sigma2 = _band_sigma2(qt, q_full, band_lo, band_hi, KG, kg_cols, kg_wb, K, MASKP, offs_m, N, M, WINDOW,
-                              scale, stride_kgn, stride_kn, stride_kd, stride_mn, stride_mm, HEAD_DIM, D_PAD,
-                              BLOCK_M, SUB_M, NSUB, G, DG, DG_PAD, BLOCK_N, CAUSAL, MASK_KIND, DOT_PREC)
+    if HAS_CORR:  # σ² first, from the band tiles, so every grouped score can be corrected
+        sigma2 = _band_sigma2(qt, band_lo, band_hi, Q, KG, GRP_B, WB_B, K, MASKP, offs_m, N, M, WINDOW, scale,
+                              stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn,
+                              stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_M, BLOCK_N, FUSION_MEAN, CAUSAL,
+                              MASK_KIND, DOT_PREC, DOT_T)
         corr2 = half_corr * sigma2 * 1.4426950408889634
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
-    acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, q_full, 0, tl.minimum(seg_a, hi),
-                                KG, kg_cols, kg_wb, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
-                                stride_kgn, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, stride_mm,
-                                HEAD_DIM, D_PAD, BLOCK_M, SUB_M, NSUB, G, DG, DG_PAD, BLOCK_N, EXACT,
-                                False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC)
+    acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, 0, tl.minimum(seg_a, hi),
+                                Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                                stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
+                                stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N, EXACT,
+                                FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T)
     if HAS_WINDOW:
-        acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, q_full, seg_a, tl.minimum(seg_b, hi),
-                                    KG, kg_cols, kg_wb, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
-                                    stride_kgn, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, stride_mm,
-                                    HEAD_DIM, D_PAD, BLOCK_M, SUB_M, NSUB, G, DG, DG_PAD, BLOCK_N, EXACT,
-                                    True, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC)
-        acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, q_full, seg_b, tl.minimum(seg_c, hi),
-                                    KG, kg_cols, kg_wb, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
-                                    stride_kgn, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, stride_mm,
-                                    HEAD_DIM, D_PAD, BLOCK_M, SUB_M, NSUB, G, DG, DG_PAD, BLOCK_N, EXACT,
-                                    False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC)
-    acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, q_full, seg_c, hi,
-                                KG, kg_cols, kg_wb, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
-                                stride_kgn, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, stride_mm,
-                                HEAD_DIM, D_PAD, BLOCK_M, SUB_M, NSUB, G, DG, DG_PAD, BLOCK_N, EXACT,
-                                False, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC)
+        acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_a, tl.minimum(seg_b, hi),
+                                    Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                                    stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
+                                    stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N,
+                                    EXACT, FUSION_MEAN, True, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T)
+        acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_b, tl.minimum(seg_c, hi),
+                                    Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                                    stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
+                                    stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N,
+                                    EXACT, FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T)
+    acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_c, hi,
+                                Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                                stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
+                                stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N, EXACT,
+                                FUSION_MEAN, False, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     omask = (offs_m < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty), mask=omask)
@@ -336,19 +329,24 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     G = group_size
     exact = G == 1
     cfg = config or fwd_config(d, G, block_m)
-    if cfg.block_m % block_m:
-        raise ValueError(f"kernel tile {cfg.block_m} must be a multiple of block_m={block_m}")
+    if not exact and cfg.block_m != block_m:
+        raise ValueError(f"kernel tile {cfg.block_m} must equal the grouping block_m={block_m}")
     if exact:
         grp = wa = wb = torch.empty(1, device=q.device, dtype=torch.float32)
         nb = 1
-        sub_m = cfg.block_m
     else:
         if groups is None:
-            groups = compute_groups(q, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
-                                    query_valid=query_valid)
-        wa, wb = fusion_weights(q, groups, group_size=G, block_m=block_m, fusion=fusion, query_valid=query_valid)
-        grp = groups.to(torch.int32).contiguous()
-        nb = groups.shape[2]
+            grp, wa, wb = triton_grouping(q, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
+                                          query_valid=query_valid, fusion=fusion)
+        else:
+            grp = groups.to(torch.int32).contiguous()
+            wa = wb = None
+            if fusion != "mean":
+                wa, wb = fusion_weights(q, groups, group_size=G, block_m=block_m, fusion=fusion,
+                                        query_valid=query_valid)
+        if wa is None:  # mean: the kernel folds in a = 1/G, b = 1
+            wa = wb = grp
+        nb = grp.shape[2]
         sub_m = block_m
     if not exact and cfg.k_layout == "transposed":
         kg = k.transpose(-1, -2).contiguous()  # [B, Hkv, d, M]
@@ -371,8 +369,9 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         *q.stride(), *k.stride(), *kg_strides, *v.stride(), *out.stride(), *mstr,
         Hq, N, M, nb, Hq // Hkv, window,
         HEAD_DIM=d, D_PAD=d_pad, G=G, DG=dg, DG_PAD=dg_pad,
-        BLOCK_M=cfg.block_m, SUB_M=sub_m, BLOCK_N=cfg.block_n,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         CAUSAL=bool(causal), HAS_WINDOW=window > 0, HAS_CORR=has_corr, MASK_KIND=kind, EXACT=exact,
+        FUSION_MEAN=fusion == "mean",
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         DOT_T=_dot_dtype(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

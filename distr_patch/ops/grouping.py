@@ -58,8 +58,46 @@ def compute_groups(
     num_hash_bits: int = 16,
     seed: int = 0,
     query_valid: torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Group the d columns of each query block by LSH; returns LongTensor [B, H, nb, d].
+
+    For each block of ``block_m`` query rows (tail zero-padded, rows with
+    ``query_valid == False`` zeroed) each column vector (length block_m) is hashed into a
+    ``num_hash_bits``-bit code: bit h is ``column · r_h > 0`` for the seeded directions of
+    :func:`hash_projections`. Columns are ordered by code (stable, ties by column index)
+    and consecutive runs of ``group_size`` positions form the groups: position p of a
+    row holds a column index, and positions g·G .. g·G+G-1 are group g.
+
+    backend: "auto" (CUDA -> the Triton grouping kernel, else torch), "torch" or "triton".
+    Both compute the same function (fp32 projections; only a projection within rounding
+    of zero can hash differently).
+    """
+    from .validate import check_grouping_args
+
+    check_grouping_args(q, group_size, block_m, num_hash_bits, query_valid)
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    if group_size > 1 and (backend == "triton" or (backend == "auto" and q.is_cuda)):
+        from .grouping_triton import triton_grouping
+
+        groups, _, _ = triton_grouping(q, group_size=group_size, block_m=block_m, num_hash_bits=num_hash_bits,
+                                       seed=seed, query_valid=query_valid, fusion="mean")
+        return groups.long()
+    return compute_groups_torch(q, group_size=group_size, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
+                                query_valid=query_valid)
+
+
+def compute_groups_torch(
+    q: torch.Tensor,
+    *,
+    group_size: int = 2,
+    block_m: int = 128,
+    num_hash_bits: int = 16,
+    seed: int = 0,
+    query_valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The definition of :func:`compute_groups` in torch ops: LongTensor [B, H, nb, d].
 
     For each block of ``block_m`` query rows (tail zero-padded, rows with
     ``query_valid == False`` zeroed) each column vector (length block_m) is hashed into a
@@ -68,9 +106,6 @@ def compute_groups(
     and consecutive runs of ``group_size`` positions form the groups. With
     ``group_size == 1`` the result is the identity permutation.
     """
-    from .validate import check_grouping_args
-
-    check_grouping_args(q, group_size, block_m, num_hash_bits, query_valid)
     B, H, N, d = q.shape
     nb = max(1, math.ceil(N / block_m))
     if group_size == 1:
@@ -120,7 +155,7 @@ def _top_eigvec_power(gram: torch.Tensor) -> torch.Tensor:
     return torch.where(n > 0, v, fallback)
 
 
-def fusion_weights(
+def fusion_weights_torch(
     q: torch.Tensor,
     groups: torch.Tensor,
     *,
@@ -160,7 +195,7 @@ def fusion_weights(
 def fused_queries(
     q: torch.Tensor, groups: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, group_size: int, block_m: int
 ) -> torch.Tensor:
-    """The grouped product as a full-width query: [B, H, N, d] in q's dtype (fp32 math).
+    """The grouped product as a full-width query: [B, H, N, d], fp32 (fp64 for fp64 q).
 
     ``q_eff[:, j] = b_j · Q̃[:, g(j)]`` so that ``q_eff @ Kᵀ == Q̃ @ K̃ᵀ`` exactly in real
     arithmetic. Differentiable in q (a, b, groups are constants).
@@ -169,13 +204,16 @@ def fused_queries(
     G = group_size
     nb = groups.shape[2]
     pad = nb * block_m - N
-    x = q.float()
+    x = q.double() if q.dtype == torch.float64 else q.float()
     if pad:
         x = torch.nn.functional.pad(x, (0, 0, 0, pad))
     x = x.reshape(B, H, nb, block_m, d)
     idx = groups[..., None, :].expand(B, H, nb, block_m, d)
-    xs = torch.gather(x, -1, idx) * a[..., None, :]
+    xs = torch.gather(x, -1, idx) * a[..., None, :].to(x.dtype)
     qt = xs.reshape(B, H, nb, block_m, d // G, G).sum(-1, keepdim=True)  # Q̃
-    qe_sorted = (qt.expand(B, H, nb, block_m, d // G, G).reshape(B, H, nb, block_m, d)) * b[..., None, :]
+    qe_sorted = (qt.expand(B, H, nb, block_m, d // G, G).reshape(B, H, nb, block_m, d)) * b[..., None, :].to(x.dtype)
     q_eff = torch.zeros_like(qe_sorted).scatter(-1, idx, qe_sorted)  # back to column order
     return q_eff.reshape(B, H, nb * block_m, d)[:, :, :N]
+
+
+fusion_weights = fusion_weights_torch

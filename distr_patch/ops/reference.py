@@ -1,6 +1,6 @@
 """PyTorch reference of DistrAttention: the definition, the CPU path and the test oracle.
 
-Computes in fp32 whatever the input dtype and returns q's dtype. Memory is
+Computes in fp32 (fp64 for fp64 inputs, for gradcheck) and returns q's dtype. Memory is
 O(B·Hq·rows·M) per chunk of query rows, so it is meant for the CPU, for autograd and for
 checking the Triton kernel, not for speed.
 """
@@ -91,8 +91,9 @@ def reference_distr_attention(
     B, Hq, N, d = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     scale = d ** -0.5 if scale is None else float(scale)
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32  # compute dtype
     if group_size == 1:
-        q_eff = q.float()
+        q_eff = q.to(cdt)
     else:
         if groups is None:
             groups = compute_groups(q, group_size=group_size, block_m=block_m, num_hash_bits=num_hash_bits,
@@ -100,10 +101,10 @@ def reference_distr_attention(
         a, b = fusion_weights(q, groups, group_size=group_size, block_m=block_m, fusion=fusion,
                               query_valid=query_valid)
         q_eff = fused_queries(q, groups, a, b, group_size=group_size, block_m=block_m)
-    qf = q.float()
+    qf = q.to(cdt)
     rep = Hq // Hkv
-    kf = k.float().repeat_interleave(rep, dim=1) if rep > 1 else k.float()
-    vf = v.float().repeat_interleave(rep, dim=1) if rep > 1 else v.float()
+    kf = k.to(cdt).repeat_interleave(rep, dim=1) if rep > 1 else k.to(cdt)
+    vf = v.to(cdt).repeat_interleave(rep, dim=1) if rep > 1 else v.to(cdt)
     allowed_full, additive_full = normalize_mask(attention_mask)
 
     rows_per_chunk = max(block_m, (_SCORE_BUDGET // max(1, B * Hq * M)) // block_m * block_m)

@@ -1,0 +1,1 @@
+"""The ``distr-patch`` command line (see ``main.py``)."""

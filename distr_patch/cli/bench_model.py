@@ -1,0 +1,38 @@
+"""``distr-patch bench model``: whole-model latency, exact (sdpa) vs DistrAttention at each G."""
+from __future__ import annotations
+
+import argparse
+
+from . import options as o
+
+HELP = "whole-model latency: prefill, generate() tokens/s (LM) or images/s (ViT), exact vs each G"
+EPILOG = """examples (random weights at real sizes; no hub access needed):
+  distr-patch bench model --model preset:llama-3.2-1b --dtype bfloat16 --group-sizes 2,4
+  distr-patch bench model --model preset:vit-b16 --dtype float16 --batch-sizes 1,32,128
+presets: llama-3.2-1b, qwen2-1.5b, smollm2-135m, vit-b16 (= deit-base-patch16-224), deit-b (distilled)
+On a CPU it runs too, but DistrAttention then runs its PyTorch reference: the times are not the kernel's.
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("model", help=HELP, description=HELP, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    o.add_config(p)
+    o.add_model(p, required_help="preset:NAME (random weights), a local path, or a hub id")
+    o.add_variants(p)
+    g = p.add_argument_group("measurements")
+    g.add_argument("--seq-lens", type=o.int_list, default=o.S, metavar="N,N", help="prefill lengths (512,1024,2048,4096)")
+    g.add_argument("--batch-sizes", type=o.int_list, default=o.S, metavar="B,B", help="batch sizes (1,4)")
+    g.add_argument("--gen-tokens", type=int, default=o.S, help="new tokens per generate() call (64)")
+    g.add_argument("--gen-prompt-len", type=int, default=o.S, help="prompt length for generate() (512)")
+    g.add_argument("--warmup", type=int, default=o.S, help="untimed calls first (3)")
+    g.add_argument("--repeats", type=int, default=o.S, help="timed calls; p20/p50/p80 are reported (10)")
+    o.add_output(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..eval.bench import run_bench
+
+    out = run_bench(o.config_from(args))
+    return 130 if out.interrupted else 0

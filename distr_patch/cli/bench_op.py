@@ -1,0 +1,28 @@
+"""``distr-patch bench op``: the operator sweep, i.e. ``scripts/bench_attention.py``'s ``main(argv)``."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+HELP = "operator latency sweep (runs scripts/bench_attention.py; its flags pass through)"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_attention.py"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("op", help=HELP, description=HELP + "; see `python scripts/bench_attention.py --help`",
+                       add_help=False)
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="arguments for scripts/bench_attention.py")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not SCRIPT.is_file():
+        raise FileNotFoundError(f"bench op runs {SCRIPT}, which is not in this checkout (it ships with the "
+                                f"repository, not the wheel: run from a clone of distr_patch)")
+    spec = importlib.util.spec_from_file_location("bench_attention", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "main"):
+        raise ImportError(f"{SCRIPT} has no main(argv)")
+    return module.main(list(args.argv)) or 0

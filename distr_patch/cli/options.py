@@ -1,0 +1,77 @@
+"""Flags shared by the sub-commands. Every flag defaults to "not given" so that the YAML file and the
+dataclass defaults show through (defaults < YAML < flags, merged by ``RunConfig.merge``)."""
+from __future__ import annotations
+
+import argparse
+
+from ..eval.config import RunConfig
+
+S = argparse.SUPPRESS
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers (e.g. 1,2,4)") from None
+    if not values:
+        raise argparse.ArgumentTypeError("empty list")
+    return values
+
+
+def str_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def key_value(text: str) -> tuple[str, object]:
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=VALUE (e.g. exact_window=64)")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+class _KeyValues(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = dict(getattr(namespace, self.dest, None) or {})
+        current[values[0]] = values[1]
+        setattr(namespace, self.dest, current)
+
+
+def add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML or JSON file of settings (any flag's name, with _ or -); flags override it")
+
+
+def add_model(p: argparse.ArgumentParser, *, required_help: str) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=S, metavar="ID_OR_PATH", help=required_help)
+    g.add_argument("--dtype", default=S, choices=["float32", "float16", "bfloat16"], help="weights and compute dtype (float32)")
+    g.add_argument("--device", default=S, help="cpu, cuda, cuda:1 ... (default: the process's accelerate device)")
+    g.add_argument("--device-map", default=S, metavar="MAP",
+                   help="'auto' spreads a model too large for one GPU over the GPUs (accelerate)")
+    g.add_argument("--seed", type=int, default=S, help="seed of the run (0)")
+
+
+def add_variants(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("variants (exact attention is always first)")
+    g.add_argument("--group-sizes", type=int_list, default=S, metavar="G,G",
+                   help="DistrAttention group sizes G to compare with exact attention (1,2,4)")
+    g.add_argument("--settings", type=str_list, default=S, metavar="S,S",
+                   help="paper (mean fusion, no exact window) and/or recommended (rank-1 fusion + exact window); "
+                        "default: recommended")
+    g.add_argument("--distr", type=key_value, action=_KeyValues, default=S, metavar="FIELD=VALUE",
+                   help="set a DistrConfig field on every variant (repeatable), e.g. the layer selection")
+
+
+def add_output(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--output-dir", default=S, metavar="DIR", help="where run directories go (results)")
+    g.add_argument("--run-name", default=S, help="the run directory's name (default: kind-model-time)")
+    g.add_argument("--no-plots", dest="plots", action="store_false", default=S, help="skip the PNG plots")
+
+
+def config_from(args: argparse.Namespace, defaults: dict | None = None) -> RunConfig:
+    flags = {k: v for k, v in vars(args).items() if k in RunConfig.field_names()}
+    return RunConfig.merge(args.config, flags, defaults)

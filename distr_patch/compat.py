@@ -1,0 +1,28 @@
+"""Version gates for transformers, computed once. Each says why it exists and when it can go.
+
+Checked against transformers 5.17 (the GPU image) and 5.24 (CI's newest).
+"""
+from __future__ import annotations
+
+import transformers
+from packaging.version import Version
+
+TRANSFORMERS_VERSION = Version(transformers.__version__)
+
+# The attention registry (``AttentionInterface``/``AttentionMaskInterface``) with the
+# (module, q, k, v, mask, dropout, scaling, **kwargs) signature, sdpa_mask's boolean masks and
+# ``set_attn_implementation`` are all in 5.x; older releases are not supported.
+MIN_SUPPORTED_TRANSFORMERS_VERSION = Version("5.0")
+IS_TRANSFORMERS_SUPPORTED = TRANSFORMERS_VERSION >= MIN_SUPPORTED_TRANSFORMERS_VERSION
+
+# Which module calls the attention function moved between 5.x releases: in 5.17 Dinov2 calls it from
+# ``Dinov2SelfAttention`` (inside ``Dinov2Attention``), in 5.24 from ``Dinov2Attention`` (ViT and DeiT
+# have the 5.24 layout in both). The patcher therefore finds attention modules by what they are
+# (``is_causal`` + ``scaling`` attributes), never by class name or path, and needs no gate for it.
+
+
+def check_transformers() -> None:
+    """Raise ImportError on a transformers release older than the supported floor."""
+    if not IS_TRANSFORMERS_SUPPORTED:
+        raise ImportError(f"distr_patch needs transformers >= {MIN_SUPPORTED_TRANSFORMERS_VERSION}, "
+                          f"found {TRANSFORMERS_VERSION}")

@@ -1,0 +1,92 @@
+"""Multiple-choice rows (context, choices, index of the right one) from JSONL or ``datasets`` rows.
+
+Recognised row shapes, detected from the columns unless ``--question-column``/``--choices-column``/
+``--label-column`` name them:
+
+- generic / MMLU:  question, choices: [str], answer|label: int (or a letter "A".."E")
+- ARC:             question, choices: {"text": [...], "label": [...]}, answerKey: "A"|"1"...
+- HellaSwag:       ctx, endings: [str], label: int or "0"...
+- PIQA:            goal, sol1, sol2, label: int
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import DataError, missing_column
+from .source import open_dataset
+
+
+@dataclass(frozen=True)
+class ChoiceRow:
+    context: str
+    choices: tuple[str, ...]
+    label: int
+
+
+_QUESTION = ("question", "ctx", "goal", "context", "query", "prompt")
+_CHOICES = ("choices", "endings", "options")
+_LABEL = ("answer", "label", "answerKey", "gold")
+
+
+def _first(columns, candidates):
+    return next((c for c in candidates if c in columns), None)
+
+
+def _choice_texts(value) -> tuple[list[str], list[str] | None]:
+    """Choice texts and, for ARC-style dicts, their labels."""
+    if isinstance(value, dict):
+        return list(value["text"]), [str(x) for x in value.get("label", [])] or None
+    return [str(x) for x in value], None
+
+
+def _label_index(raw, n: int, labels: list[str] | None, row_no: int) -> int:
+    if labels is not None and str(raw) in labels:
+        return labels.index(str(raw))
+    s = str(raw).strip()
+    if s.isdigit():
+        return int(s)
+    if len(s) == 1 and s.upper() in "ABCDEFGH":
+        return "ABCDEFGH".index(s.upper())
+    raise DataError(f"--label-column: row {row_no}: cannot read {raw!r} as a choice index")
+
+
+def rows_from_records(records, columns, *, question: str | None = None, choices: str | None = None,
+                      label: str | None = None) -> list[ChoiceRow]:
+    """Normalise records (dicts) with the given or detected column names."""
+    columns = list(columns)
+    piqa = choices is None and "sol1" in columns and "sol2" in columns
+    q_col = question or _first(columns, _QUESTION)
+    c_col = choices or (None if piqa else _first(columns, _CHOICES))
+    l_col = label or _first(columns, _LABEL)
+    for option, col, given in (("--question-column", q_col, question), ("--choices-column", c_col, choices),
+                               ("--label-column", l_col, label)):
+        if given is not None and given not in columns:
+            raise missing_column(option, given, columns)
+        if col is None and not (option == "--choices-column" and piqa):
+            raise DataError(f"{option}: no column of a known name in the data set ({', '.join(columns)}); "
+                            f"name it with {option}")
+    out = []
+    for i, rec in enumerate(records):
+        if piqa:
+            texts, labels = [rec["sol1"], rec["sol2"]], None
+        else:
+            texts, labels = _choice_texts(rec[c_col])
+        idx = _label_index(rec[l_col], len(texts), labels, i)
+        if not 0 <= idx < len(texts):
+            raise DataError(f"--label-column: row {i}: label {idx} is outside the {len(texts)} choices")
+        out.append(ChoiceRow(str(rec[q_col]), tuple(texts), idx))
+    return out
+
+
+def load_choices(data: str, *, split: str = "train", name: str | None = None, limit: int | None = None,
+                 question: str | None = None, choices: str | None = None, label: str | None = None,
+                 seed: int = 0) -> list[ChoiceRow]:
+    """Multiple-choice rows from ``data`` (``lee-next-sentence``, a local JSONL, or a data set name)."""
+    from .next_sentence import NEXT_SENTENCE_TASKS, next_sentence_rows
+
+    if data in NEXT_SENTENCE_TASKS:
+        return next_sentence_rows(data, limit=limit, seed=seed)
+    ds = open_dataset(data, split=split, name=name)
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return rows_from_records(ds, ds.column_names, question=question, choices=choices, label=label)

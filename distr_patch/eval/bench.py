@@ -1,0 +1,112 @@
+"""``bench model``: whole-model latency, exact (the model's sdpa) vs DistrAttention at each G.
+
+LMs: prefill time per (batch, sequence length) and ``generate()`` decode tokens/s with the KV cache;
+vision models: images/s per batch size. Random inputs (only the time matters), warm-up, then p20/p50/p80
+of the repeats (CUDA events on the GPU) and the peak GPU memory. Imports neither ``datasets`` nor
+``evaluate``, so it runs on machines without them.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..models import load_model
+from ..models.presets import VISION_TYPES
+from .config import ConfigError, RunConfig
+from .distributed import Shard
+from .provenance import provenance
+from .results import ResultFile, model_info
+from .runner import CPU_NOTE, RunOutput, finish, pick_device, run_directory, run_variants
+from .timing import measure
+from .variants import Variant, build_variants
+
+
+def _peak_reset(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_mib(device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def _point(measure_name, batch, seq_len, timing, work, unit, device) -> dict:
+    return {"measure": measure_name, "batch": batch, "seq_len": seq_len, **timing,
+            "throughput": work / (timing["p50_ms"] / 1e3), "throughput_unit": unit, "peak_mem_mib": _peak_mib(device)}
+
+
+@torch.no_grad()
+def bench_lm(model, cfg: RunConfig, device, progress: bool) -> dict:
+    from tqdm.auto import tqdm
+
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(cfg.seed)
+    prefill, generate = [], []
+    points = [(b, n) for b in cfg.batch_sizes for n in cfg.seq_lens]
+    for b, n in tqdm(points, desc="prefill", disable=not progress, leave=False):
+        ids = torch.randint(vocab, (b, n), generator=g).to(device)
+        _peak_reset(device)
+        t = measure(lambda: model(ids, use_cache=False), device, warmup=cfg.warmup, repeats=cfg.repeats)
+        prefill.append(_point("prefill", b, n, t, b * n, "tokens/s", device))
+    for b in tqdm(cfg.batch_sizes, desc="generate", disable=not progress, leave=False):
+        ids = torch.randint(vocab, (b, cfg.gen_prompt_len), generator=g).to(device)
+        kw = dict(max_new_tokens=cfg.gen_tokens, min_new_tokens=cfg.gen_tokens, do_sample=False, use_cache=True,
+                  pad_token_id=0, attention_mask=torch.ones_like(ids))
+        _peak_reset(device)
+        t = measure(lambda: model.generate(ids, **kw), device, warmup=min(cfg.warmup, 1),
+                    repeats=max(1, cfg.repeats // 3))
+        point = _point("generate", b, cfg.gen_prompt_len, t, b * cfg.gen_tokens, "new tokens/s", device)
+        point["new_tokens"] = cfg.gen_tokens
+        generate.append(point)
+    return {"prefill": prefill, "generate": generate}
+
+
+@torch.no_grad()
+def bench_vision(model, cfg: RunConfig, device, progress: bool) -> dict:
+    from tqdm.auto import tqdm
+
+    c = model.config
+    size = c.image_size if isinstance(c.image_size, int) else c.image_size[0]
+    n_tokens = (size // c.patch_size) ** 2 + (2 if c.model_type == "deit" else 1)
+    out = []
+    g = torch.Generator().manual_seed(cfg.seed)
+    for b in tqdm(cfg.batch_sizes, desc="images", disable=not progress, leave=False):
+        x = torch.randn(b, c.num_channels, size, size, generator=g).to(device, model.dtype)
+        _peak_reset(device)
+        t = measure(lambda: model(pixel_values=x), device, warmup=cfg.warmup, repeats=cfg.repeats)
+        out.append(_point("images", b, n_tokens, t, b, "images/s", device))
+    return {"images": out}
+
+
+def run_bench(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
+    if not cfg.model:
+        raise ConfigError("--model: required (e.g. preset:llama-3.2-1b, a local path, or a hub id)")
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg)
+    variants = build_variants(cfg.group_sizes, cfg.settings, cfg.distr)
+    is_vision = cfg.model.startswith("preset:") and _preset_is_vision(cfg.model)
+    loaded = load_model(cfg.model, "vit" if is_vision else "lm", dtype=cfg.dtype, device_map=cfg.device_map)
+    model = loaded.model if cfg.device_map else loaded.model.to(device)
+    if not cfg.model.startswith("preset:"):
+        is_vision = model.config.model_type in VISION_TYPES
+    directory = run_directory(cfg, "bench-model")
+    notes = [CPU_NOTE] if device.type == "cpu" else []
+    result = ResultFile(directory / "result.json", kind="bench-model",
+                        model=model_info(model, cfg.model, loaded.source, cfg.dtype),
+                        config=dataclasses.asdict(cfg), provenance=provenance(device, seed=cfg.seed), notes=notes)
+    result.add_dataset("inputs", "random", 0, unit="random token ids / pixels")
+
+    def evaluate(variant: Variant) -> tuple[dict, dict]:
+        return {}, (bench_vision if is_vision else bench_lm)(model, cfg, device, progress)
+
+    finished = run_variants(model, variants, evaluate, result, shard=Shard(), progress=progress)
+    finish(result, directory, plots=cfg.plots, interrupted=not finished)
+    return RunOutput(result, directory, not finished)
+
+
+def _preset_is_vision(spec: str) -> bool:
+    from ..models.presets import PRESETS
+
+    return PRESETS.get(spec.split(":", 1)[1], {}).get("model_type") in VISION_TYPES

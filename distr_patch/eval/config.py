@@ -1,0 +1,158 @@
+"""One run's settings: a single dataclass merged from defaults < YAML (``--config``) < command-line flags.
+
+Every field is a flag of the same name (``group_sizes`` <-> ``--group-sizes``) and a YAML key (either
+spelling). ``RunConfig.merge`` does the merge and ``_configure`` validates once, naming the flag to fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VALID_GROUP_SIZES = (1, 2, 4, 8)
+SETTINGS = ("paper", "recommended")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names its flag."""
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class RunConfig:
+    # the model
+    model: str | None = None
+    dtype: str = "float32"
+    device: str | None = None  # None: cuda when available, else cpu
+    device_map: str | None = None  # "auto" spreads a large model over the GPUs (accelerate)
+    seed: int = 0
+    # the variants: exact attention, then DistrAttention at each G and setting
+    group_sizes: list[int] = field(default_factory=lambda: [1, 2, 4])
+    settings: list[str] = field(default_factory=lambda: ["recommended"])
+    distr: dict[str, Any] = field(default_factory=dict)  # extra DistrConfig fields (e.g. layer selection)
+    # data (text for perplexity, images for vit)
+    data: str | None = None
+    data_name: str | None = None  # a hub data set's configuration name
+    split: str = "train"
+    text_column: str = "text"
+    image_column: str = "image"
+    label_column: str | None = None
+    # perplexity: strided sliding window
+    perplexity: bool = True
+    window: int = 1024
+    stride: int = 512
+    max_windows: int | None = 4
+    # multiple-choice tasks
+    tasks: list[str] = field(default_factory=list)
+    task_limit: int | None = 100
+    question_column: str | None = None
+    choices_column: str | None = None
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    lm_eval_limit: int | None = None
+    # vision
+    vit_metric: str = "top-k"  # "top-k" (classifier) or "fidelity" (backbone: cosine of pooled embeddings)
+    batch_size: int = 8
+    limit: int | None = None
+    # latency benchmark
+    seq_lens: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4])
+    gen_tokens: int = 64
+    gen_prompt_len: int = 512
+    warmup: int = 3
+    repeats: int = 10
+    # output
+    output_dir: str = "results"
+    run_name: str | None = None
+    plots: bool = True
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def merge(cls, yaml_path: str | None = None, flags: dict[str, Any] | None = None,
+              defaults: dict[str, Any] | None = None) -> "RunConfig":
+        """defaults (dataclass, then the sub-command's ``defaults``) < YAML file < flags given."""
+        values: dict[str, Any] = dict(defaults or {})
+        if yaml_path is not None:
+            values.update(cls._read_yaml(yaml_path))
+        values.update({k: v for k, v in (flags or {}).items() if k != "config"})
+        unknown = [k for k in values if k not in cls.field_names()]
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], cls.field_names(), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"unknown setting {unknown[0]!r}{hint}")
+        cfg = cls(**values)
+        cfg._configure()
+        return cfg
+
+    @classmethod
+    def _read_yaml(cls, path: str) -> dict[str, Any]:
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config {path}: no such file")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--config {path}: not valid YAML/JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config {path}: the top level must be a mapping of setting: value")
+        out = {}
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            if name not in cls.field_names():
+                near = difflib.get_close_matches(name, cls.field_names(), n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ConfigError(f"--config {path}: unknown setting {key!r}{hint}")
+            out[name] = value
+        return out
+
+    def _configure(self) -> None:
+        """Validate every field once; the error names the flag."""
+        if not self.group_sizes or not isinstance(self.group_sizes, list):
+            raise ConfigError(f"{flag('group_sizes')}: give at least one group size, e.g. 1,2,4")
+        for g in self.group_sizes:
+            if not isinstance(g, int) or isinstance(g, bool) or g not in VALID_GROUP_SIZES:
+                raise ConfigError(f"{flag('group_sizes')}: {g!r} is not a valid G; use values from "
+                                  f"{', '.join(map(str, VALID_GROUP_SIZES))}")
+        if len(set(self.group_sizes)) != len(self.group_sizes):
+            raise ConfigError(f"{flag('group_sizes')}: {self.group_sizes} repeats a value")
+        bad = [s for s in self.settings if s not in SETTINGS]
+        if bad or not self.settings:
+            raise ConfigError(f"{flag('settings')}: {bad[0] if bad else 'nothing'!r} is not a setting; "
+                              f"use {', '.join(SETTINGS)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"{flag('dtype')}: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if not isinstance(self.distr, dict):
+            raise ConfigError(f"{flag('distr')}: expected a mapping of DistrConfig fields")
+        positive = ["window", "stride", "batch_size", "repeats", "gen_tokens", "gen_prompt_len"]
+        for name in positive:
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"{flag(name)}: expected a positive integer, got {v!r}")
+        if self.stride > self.window:
+            raise ConfigError(f"{flag('stride')}: {self.stride} is larger than {flag('window')} {self.window}; "
+                              f"tokens between windows would never be scored")
+        for name in ("max_windows", "task_limit", "limit", "lm_eval_limit"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v <= 0):
+                raise ConfigError(f"{flag(name)}: expected a positive integer, got {v!r}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ConfigError(f"{flag('warmup')}: expected an integer >= 0, got {self.warmup!r}")
+        for name in ("seq_lens", "batch_sizes"):
+            v = getattr(self, name)
+            if not v or any(not isinstance(x, int) or x <= 0 for x in v):
+                raise ConfigError(f"{flag(name)}: expected a list of positive integers, got {v!r}")
+        if self.vit_metric not in ("top-k", "fidelity"):
+            raise ConfigError(f"{flag('vit_metric')}: {self.vit_metric!r} is not top-k or fidelity")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

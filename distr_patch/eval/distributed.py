@@ -1,0 +1,44 @@
+"""Sharding of evaluation items over processes (``accelerate launch``) and one exact gather.
+
+Each process evaluates items ``rank, rank + world, ...``; ``gather`` returns every item's result on every
+process, ordered by item index, so metrics are computed once from the same numbers in the same order as
+a single process would (sums included).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> "Shard":
+        from accelerate import PartialState
+
+        state = PartialState()
+        return cls(state.process_index, state.num_processes)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def indices(self, n: int) -> range:
+        return range(self.rank, n, self.world)
+
+    def gather(self, items: list[tuple[int, Any]]) -> list[Any]:
+        """``items`` = [(index, result)] of this process -> all results, ordered by index."""
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            items = gather_object(items)
+        return [r for _, r in sorted(items, key=lambda x: x[0])]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()

@@ -1,0 +1,91 @@
+"""``eval lm``: perplexity and multiple-choice accuracy of a causal LM, exact vs each DistrAttention variant."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..data import load_choices, load_text
+from ..models import load_model
+from .config import ConfigError, RunConfig
+from .distributed import Shard
+from .multiple_choice import multiple_choice
+from .perplexity import perplexity
+from .provenance import provenance
+from .results import ResultFile, model_info
+from .runner import CPU_NOTE, RunOutput, finish, pick_device, run_directory, run_variants
+from .variants import Variant, build_variants
+
+DEFAULT_DATA = "lee"
+CHARS_PER_TOKEN_BOUND = 12  # read at most this many characters per needed token (never too few for English)
+
+
+def _text_ids(cfg: RunConfig, tokenizer) -> tuple[torch.Tensor, int]:
+    data = cfg.data
+    max_chars = None
+    if cfg.max_windows is not None:
+        max_chars = CHARS_PER_TOKEN_BOUND * (cfg.window + (cfg.max_windows - 1) * cfg.stride)
+    text, rows = load_text(data, column=cfg.text_column, split=cfg.split, name=cfg.data_name, max_chars=max_chars)
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    if ids.numel() < 2:
+        raise ValueError(f"--data {data}: the text has fewer than 2 tokens")
+    return ids, rows
+
+
+def run_lm(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
+    if not cfg.model:
+        raise ConfigError("--model: required (an alias such as smollm2-135m, a local path, or a hub id)")
+    if not (cfg.perplexity or cfg.tasks or cfg.lm_eval_tasks):
+        raise ConfigError("nothing to evaluate: perplexity is off (--no-perplexity) and no --tasks/--lm-eval-tasks")
+    if cfg.data is None:
+        cfg = dataclasses.replace(cfg, data=DEFAULT_DATA)
+    torch.manual_seed(cfg.seed)
+    shard = Shard.current()
+    device = pick_device(cfg)
+    variants = build_variants(cfg.group_sizes, cfg.settings, cfg.distr)
+    loaded = load_model(cfg.model, "lm", dtype=cfg.dtype, device_map=cfg.device_map)
+    model, tokenizer = loaded.model, loaded.processor
+    if not cfg.device_map:
+        model.to(device)
+
+    ids = rows = None
+    if cfg.perplexity:
+        ids, rows = _text_ids(cfg, tokenizer)
+    task_rows = {t: load_choices(t, split=cfg.split, name=cfg.data_name, limit=cfg.task_limit,
+                                 question=cfg.question_column, choices=cfg.choices_column, label=cfg.label_column,
+                                 seed=cfg.seed) for t in cfg.tasks}
+
+    directory = run_directory(cfg, "eval-lm")
+    notes = [CPU_NOTE] if device.type == "cpu" else []
+    result = ResultFile(directory / "result.json", kind="eval-lm",
+                        model=model_info(model, cfg.model, loaded.source, cfg.dtype), config=cfg.to_dict(),
+                        provenance=provenance(device, seed=cfg.seed, num_processes=shard.world), notes=notes,
+                        write=shard.is_main)
+
+    def evaluate(variant: Variant) -> tuple[dict, dict]:
+        metrics, latency = {}, {}
+        if ids is not None:
+            out = perplexity(model, ids, window=cfg.window, stride=cfg.stride, max_windows=cfg.max_windows,
+                             shard=shard, progress=progress, desc=f"{variant.name} perplexity")
+            result.add_dataset("perplexity", cfg.data, out["num_tokens"], unit="tokens",
+                               rows=rows, windows=out["num_windows"], window=cfg.window, stride=cfg.stride)
+            metrics.update({k: (v, "perplexity") for k, v in out["metrics"].items()})
+            latency["perplexity"] = out["latency"]
+        for task, task_data in task_rows.items():
+            out = multiple_choice(model, tokenizer, task_data, max_length=cfg.window, shard=shard,
+                                  progress=progress, desc=f"{variant.name} {task}")
+            result.add_dataset(task, task, out["num_examples"], unit="rows")
+            metrics.update({f"{task}/{k}": (v, task) for k, v in out["metrics"].items()})
+            latency[task] = out["latency"]
+        if cfg.lm_eval_tasks:
+            from .lm_eval_tasks import run_lm_eval
+
+            for name, value in run_lm_eval(model, tokenizer, cfg.lm_eval_tasks, limit=cfg.lm_eval_limit,
+                                           batch_size=cfg.batch_size).items():
+                metrics[f"lm-eval/{name}"] = (value, "lm-eval")
+            result.add_dataset("lm-eval", ",".join(cfg.lm_eval_tasks), cfg.lm_eval_limit or 0, unit="rows per task")
+        return metrics, latency
+
+    finished = run_variants(model, variants, evaluate, result, shard=shard, progress=progress)
+    finish(result, directory, plots=cfg.plots, interrupted=not finished, shard=shard)
+    return RunOutput(result, directory, not finished)

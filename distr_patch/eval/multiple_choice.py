@@ -1,0 +1,74 @@
+"""Multiple-choice accuracy by log-likelihood: the model picks the choice it finds most likely.
+
+Each choice is scored as the summed log-probability of its tokens after the context (as in
+lm-evaluation-harness): ``accuracy`` takes the highest sum, ``accuracy_norm`` divides each sum by the
+choice's length in bytes first (the length-normalised option). The choices of one row run as one
+right-padded batch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data.choices import ChoiceRow
+from .distributed import Shard
+from .metrics import accuracy
+from .timing import Timer, quantiles
+
+
+def encode_row(tokenizer, row: ChoiceRow, max_length: int) -> tuple[list[list[int]], list[int]]:
+    """Per choice: the token ids of context + choice (left-truncated to ``max_length``) and the choice's length."""
+    ctx = tokenizer(row.context).input_ids
+    seqs, lens = [], []
+    for choice in row.choices:
+        cont = tokenizer(" " + choice.lstrip(), add_special_tokens=False).input_ids
+        if not cont:
+            raise ValueError(f"a choice encodes to no tokens: {choice!r}")
+        ids = (ctx + cont)[-max_length:]
+        seqs.append(ids)
+        lens.append(min(len(cont), len(ids) - 1))
+    return seqs, lens
+
+
+@torch.no_grad()
+def choice_loglikelihoods(model, tokenizer, row: ChoiceRow, max_length: int) -> list[float]:
+    """Summed log-probability of each choice's tokens given the context."""
+    seqs, lens = encode_row(tokenizer, row, max_length)
+    width = max(map(len, seqs))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    logprobs = F.log_softmax(model(ids.to(model.device), attention_mask=mask.to(model.device),
+                                   use_cache=False).logits.float(), dim=-1)
+    out = []
+    for i, (s, n) in enumerate(zip(seqs, lens)):
+        positions = torch.arange(len(s) - n - 1, len(s) - 1, device=logprobs.device)
+        targets = torch.tensor(s[len(s) - n:], device=logprobs.device)
+        out.append(float(logprobs[i, positions, targets].sum()))
+    return out
+
+
+def multiple_choice(model, tokenizer, rows: list[ChoiceRow], *, max_length: int, shard: Shard = Shard(),
+                    progress: bool = True, desc: str = "choices") -> dict:
+    """accuracy and accuracy_norm over ``rows``, plus the per-row latency of this process."""
+    from tqdm.auto import tqdm
+
+    if not rows:
+        raise ValueError("no multiple-choice rows to evaluate")
+    timer = Timer(model.device)
+    mine = []
+    for i in tqdm(shard.indices(len(rows)), desc=desc, disable=not (progress and shard.is_main), leave=False):
+        mine.append((i, timer(lambda: choice_loglikelihoods(model, tokenizer, rows[i], max_length))))
+    lls = shard.gather(mine)
+    refs = [r.label for r in rows]
+    pred = [max(range(len(ll)), key=ll.__getitem__) for ll in lls]
+    pred_norm = [max(range(len(ll)), key=lambda j: ll[j] / max(1, len(r.choices[j].encode())))
+                 for ll, r in zip(lls, rows)]
+    return {
+        "metrics": {"accuracy": accuracy(pred, refs), "accuracy_norm": accuracy(pred_norm, refs)},
+        "num_examples": len(rows),
+        "latency": {**quantiles(timer.samples), "unit": "forward of one row's choices"} if timer.samples else None,
+    }

@@ -1,0 +1,126 @@
+"""Build one run's result JSON variant by variant, saving after each so Ctrl-C keeps the finished ones."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .schema import SCHEMA_VERSION, SchemaError, validate
+from .variants import Variant
+
+# DistrConfig fields that choose which layers run DistrAttention (copied to each variant's "layers").
+LAYER_SELECTION = ("exact_layers", "exact_first", "exact_last", "layer_overrides")
+
+# Which way is better, by the metric's last name component ("task/accuracy" -> "accuracy").
+HIGHER_IS_BETTER = {"perplexity": False, "nll_per_token": False, "accuracy": True, "accuracy_norm": True,
+                    "top1": True, "top5": True, "cosine": True}
+
+
+def higher_is_better(metric: str) -> bool:
+    base = metric.rsplit("/", 1)[-1]
+    if base not in HIGHER_IS_BETTER:  # lm-eval metrics: accuracies, exact matches... higher is better
+        return not base.startswith(("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"))
+    return HIGHER_IS_BETTER[base]
+
+
+def model_info(model, name: str, source: str, dtype: str) -> dict[str, Any]:
+    c = model.config
+    heads = getattr(c, "num_attention_heads", None)
+    return {
+        "name": name,
+        "source": source,
+        "model_type": c.model_type,
+        "num_layers": getattr(c, "num_hidden_layers", None),
+        "num_heads": heads,
+        "num_kv_heads": getattr(c, "num_key_value_heads", heads),
+        "head_dim": getattr(c, "head_dim", None) or (c.hidden_size // heads if heads else None),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": dtype,
+    }
+
+
+class ResultFile:
+    def __init__(self, path: Path, *, kind: str, model: dict, config: dict, provenance: dict,
+                 notes: list[str] | None = None, write: bool = True):
+        self.path = Path(path)
+        self.write = write  # False on the non-main processes of a multi-process run
+        self.data: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": kind,
+            "status": "running",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": model,
+            "config": config,
+            "datasets": {},
+            "provenance": provenance,
+            "variants": [],
+            "notes": list(notes or []),
+        }
+
+    def add_dataset(self, key: str, name: str, num_examples: int, **extra) -> None:
+        self.data["datasets"][key] = {"name": name, "num_examples": int(num_examples), **extra}
+
+    def add_variant(self, variant: Variant, metrics: dict[str, tuple[float, str]], latency: dict[str, Any]) -> dict:
+        """Record a finished variant; ``metrics`` maps name -> (value, data set key). Saves the file."""
+        exact = self.data["variants"][0] if self.data["variants"] else None
+        if exact is None and not variant.is_exact:
+            raise ValueError("the exact-attention variant must be recorded first")
+        entry_metrics = {}
+        for name, (value, dataset) in metrics.items():
+            base = value if exact is None else exact["metrics"].get(name, {}).get("value")
+            entry_metrics[name] = {"value": value, "baseline": base, "diff": None if base is None else value - base,
+                                   "higher_is_better": higher_is_better(name), "dataset": dataset}
+        entry = {
+            "name": variant.name,
+            "group_size": variant.group_size,
+            "setting": variant.setting,
+            "distr_config": variant.distr or None,
+            "layers": {k: variant.distr[k] for k in LAYER_SELECTION if k in variant.distr} or None,
+            "metrics": entry_metrics,
+            "latency": latency,
+            "speedup": self._speedup(exact, latency),
+        }
+        self.data["variants"].append(entry)
+        self.save()
+        return entry
+
+    @staticmethod
+    def _speedup(exact: dict | None, latency: dict[str, Any]) -> float | None:
+        """exact p50 / this p50 for the first timing both have (1.0 for exact itself)."""
+        ref = latency if exact is None else exact["latency"]
+        for key, t in latency.items():
+            r = ref.get(key)
+            if isinstance(t, dict) and isinstance(r, dict) and t.get("p50_ms") and r.get("p50_ms"):
+                return r["p50_ms"] / t["p50_ms"]
+        return None
+
+    def save(self, status: str | None = None) -> None:
+        if status is not None:
+            self.data["status"] = status
+        if not self.write:
+            return
+        validate(self.data)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
+        os.replace(tmp, self.path)
+
+
+def load_results(paths) -> list[dict]:
+    """Read and validate result files (the ``report`` input)."""
+    out = []
+    for p in paths:
+        try:
+            data = json.loads(Path(p).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"RESULTS: no such file: {p}") from None
+        except json.JSONDecodeError as e:
+            raise SchemaError(f"RESULTS: {p} is not JSON: {e}") from e
+        try:
+            validate(data)
+        except SchemaError as e:
+            raise SchemaError(f"RESULTS: {p} is not a distr_patch result: {e}") from e
+        out.append(data)
+    return out

@@ -1,0 +1,84 @@
+"""The loop every run shares: each variant patched in turn, recorded and saved as it finishes.
+
+Ctrl-C stops the run between or inside a variant: the file keeps the finished variants with
+``status: interrupted``, and the table and plots are still written from them.
+"""
+from __future__ import annotations
+
+import datetime
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .config import RunConfig
+from .distributed import Shard
+from .results import ResultFile
+from .variants import Variant, applied
+
+CPU_NOTE = ("CPU run: DistrAttention times measure its PyTorch reference path (fp32, chunked), not the Triton "
+            "kernel; run `distr-patch bench model` on a GPU for speed.")
+
+# evaluate(variant) -> (metrics {name: (value, dataset key)}, latency {what: timing})
+EvaluateFn = Callable[[Variant], tuple[dict, dict]]
+
+
+@dataclass
+class RunOutput:
+    result: ResultFile
+    directory: Path
+    interrupted: bool
+
+
+def pick_device(cfg: RunConfig) -> torch.device:
+    if cfg.device:
+        return torch.device(cfg.device)
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def run_directory(cfg: RunConfig, kind: str) -> Path:
+    name = cfg.run_name
+    if not name:
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", (cfg.model or "model").rsplit("/", 1)[-1]).strip("-")
+        name = f"{kind}-{slug}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return Path(cfg.output_dir) / name
+
+
+def run_variants(model, variants: list[Variant], evaluate: EvaluateFn, result: ResultFile, *,
+                 shard: Shard = Shard(), progress: bool = True) -> bool:
+    """Evaluate each variant on ``model``; returns False when interrupted by Ctrl-C."""
+    from tqdm.auto import tqdm
+
+    try:
+        for variant in tqdm(variants, desc="variants", disable=not (progress and shard.is_main)):
+            with applied(model, variant):
+                metrics, latency = evaluate(variant)
+            result.add_variant(variant, metrics, latency)
+    except KeyboardInterrupt:
+        result.save("interrupted")
+        return False
+    result.save("complete")
+    return True
+
+
+def finish(result: ResultFile, directory: Path, *, plots: bool, interrupted: bool, shard: Shard = Shard()) -> str:
+    """Write report.md and the plots next to the JSON; print the table and where everything went."""
+    from .report import markdown, write_plots
+
+    if not shard.is_main:
+        return ""
+    table = markdown([result.data])
+    (directory / "report.md").write_text(table)
+    written = write_plots([result.data], directory) if plots else []
+    print("\n" + table)
+    if interrupted:
+        print("Interrupted: the results of the finished variants are kept.")
+    print(f"results: {result.path}")
+    print(f"table:   {directory / 'report.md'}")
+    for p in written:
+        print(f"plot:    {p}")
+    return table

@@ -1,0 +1,116 @@
+"""transformers adapter: the "distr" attention implementation, its mask function and ``register()``.
+
+``distr_attention_forward`` has transformers' attention signature
+``(module, query [B, Hq, N, d], key/value [B, Hkv, M, d], attention_mask, dropout, scaling, **kwargs)
+-> (out [B, N, Hq, d], None)`` and only translates: settings from the module, ``is_causal`` as
+``integrations/sdpa_attention.py`` resolves it, valid query rows from the mask. GQA is handled by
+the operator (k/v are never repeated). Exact calls (layers kept exact, short queries such as
+KV-cache decode steps) go to transformers' own SDPA function.
+
+Masks: "distr" is registered in ``AttentionMaskInterface`` with transformers' ``sdpa_mask`` (boolean,
+True = attend, None for plain causal prefill), so padding and sliding windows reach the operator.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
+
+from ..compat import check_transformers
+from ..config import DistrConfig, LayerSettings
+from ..ops import distr_attention
+from ..ops.reference import normalize_mask
+
+logger = logging.get_logger(__name__)
+
+ATTN_IMPLEMENTATION = "distr"  # free of "flash"/"sdpa", which transformers special-cases
+_UNSUPPORTED_KWARGS = ("softcap", "position_bias", "s_aux", "sinks")
+
+
+class DistrSettingsError(ValueError):
+    """The attention module carries no resolvable DistrAttention settings."""
+
+
+def layer_settings(module: torch.nn.Module) -> LayerSettings:
+    """The settings ``module`` runs with: attached by ``patch_model``, else from ``module.config.distr_config``.
+
+    A model loaded with ``attn_implementation="distr"`` resolves them here on first use, from the
+    config dict (or the defaults), with the module's ``layer_idx`` for per-layer configs.
+    """
+    settings = getattr(module, "_distr_settings", None)
+    if settings is not None:
+        return settings
+    config = getattr(module, "config", None)
+    raw = getattr(config, "distr_config", None)
+    cached = getattr(module, "_distr_settings_auto", None)
+    if cached is not None and cached[0] is raw:
+        return cached[1]
+    from ..patching.registry import get_replacement  # local: the registry imports this module
+
+    get_replacement(getattr(config, "model_type", None))  # unsupported types raise, listing the supported ones
+    cfg = DistrConfig() if raw is None else DistrConfig.from_dict(raw)
+    layer_idx = getattr(module, "layer_idx", None)
+    if layer_idx is None and not cfg.is_layer_uniform():
+        raise DistrSettingsError(
+            f"{type(module).__name__} has no layer index, so the per-layer settings of config.distr_config "
+            "cannot be resolved here; call distr_patch.patch_model(model) after loading to attach them")
+    num_layers = getattr(config, "num_hidden_layers", None)
+    settings = cfg.for_layer(layer_idx, num_layers) if layer_idx is not None else cfg.for_layer(None)
+    module._distr_settings_auto = (raw, settings)
+    return settings
+
+
+def query_rows_valid(attention_mask: torch.Tensor, batch: int, q_len: int, kv_len: int) -> torch.Tensor:
+    """Bool [B, N]: True for real query rows, False for padding, from a mask broadcastable to [B, H, N, M].
+
+    Row i sits at key position i + M - N (bottom-right, as the operator's causal); it is padding if
+    that key is masked for it: padding masks drop a padding token's key column for every row, while
+    causal, sliding-window and bidirectional patterns always keep a token's own key. A batch element
+    where no row passes (a mask not aligned that way, e.g. a static cache's empty tail) falls back
+    to "the row attends to some key".
+    """
+    allowed, _ = normalize_mask(attention_mask)
+    allowed = allowed.any(dim=1).expand(batch, q_len, kv_len)  # [B, N, M]
+    rows = torch.arange(q_len, device=allowed.device)
+    diag = (rows + (kv_len - q_len)).clamp(0, kv_len - 1)
+    own = allowed[:, rows, diag]
+    return torch.where(own.any(dim=-1, keepdim=True), own, allowed.any(dim=-1))
+
+
+def distr_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                            is_causal=None, **kwargs):
+    """transformers attention function: query [B, Hq, N, d], key/value [B, Hkv, M, d] -> ([B, N, Hq, d], None)."""
+    settings = layer_settings(module)
+    q_len = query.shape[2]
+    if settings.exact or q_len < settings.exact_below:
+        sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+        return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
+                    **kwargs)
+    for name in _UNSUPPORTED_KWARGS:
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"distr attention does not support `{name}`; keep this model on "
+                                      "attn_implementation='sdpa' or 'eager'")
+    if kwargs.get("output_attentions", False):
+        logger.warning_once("distr attention does not return attention weights (output_attentions=True)")
+    if dropout > 0.0:
+        logger.warning_once(f"distr attention ignores attention dropout (p={dropout}) in training mode")
+    # As sdpa_attention.py: the kwarg wins over the module; a mask (or a single query row) means no is_causal.
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    is_causal = bool(q_len > 1 and attention_mask is None and is_causal)
+    if is_causal and key.shape[2] > q_len:  # prefill into an empty static cache: the tail is unwritten
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+    query_valid = None
+    if attention_mask is not None:
+        query_valid = query_rows_valid(attention_mask, query.shape[0], q_len, key.shape[2])
+    out = distr_attention(query, key, value, causal=is_causal, attention_mask=attention_mask, scale=scaling,
+                          query_valid=query_valid, **settings.operator_kwargs())
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    """Register "distr" in transformers' attention and mask registries (idempotent)."""
+    check_transformers()
+    AttentionInterface.register(ATTN_IMPLEMENTATION, distr_attention_forward)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)

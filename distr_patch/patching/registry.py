@@ -1,0 +1,219 @@
+"""Model patcher: model_type -> replacement entry, ``patch_model``, ``unpatch_model``, ``patched``.
+
+Patching never rewrites modules. It (1) attaches each attention module's resolved settings as a
+plain attribute ``module._distr_settings`` (no parameter, no buffer), (2) stores the DistrConfig in
+``model.config.distr_config`` and (3) switches ``config._attn_implementation`` to "distr" through
+``model.set_attn_implementation``, so transformers' own attention call dispatches to
+``integrations.hf.distr_attention_forward``. Unpatching undoes the three.
+
+An entry says which model types are supported and how to find their attention modules in layer
+order. The built-in finder takes the modules that transformers hands to the attention function
+(those with ``is_causal`` and ``scaling`` attributes), so it follows layout changes between
+releases (Dinov2's attention moved from ``Dinov2SelfAttention`` in 5.17 to ``Dinov2Attention``).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from ..config import DistrConfig
+from ..integrations.hf import ATTN_IMPLEMENTATION, register
+from ..ops.validate import check_group_size
+
+_MISSING = object()
+
+
+class UnsupportedModelError(ValueError):
+    """The model's ``config.model_type`` has no entry in the replacement registry."""
+
+
+def is_attention_module(module: torch.nn.Module) -> bool:
+    """True for the modules transformers passes to the attention function (they carry is_causal and scaling)."""
+    from transformers import PreTrainedModel
+
+    return hasattr(module, "is_causal") and hasattr(module, "scaling") and not isinstance(module, PreTrainedModel)
+
+
+def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's attention modules in layer order (by ``layer_idx`` where they have one)."""
+    mods = [m for m in model.modules() if is_attention_module(m)]
+    if mods and all(isinstance(getattr(m, "layer_idx", None), int) for m in mods):
+        mods.sort(key=lambda m: m.layer_idx)
+        if [m.layer_idx for m in mods] != list(range(len(mods))):
+            raise RuntimeError(f"attention modules of {type(model).__name__} have layer indices "
+                               f"{[m.layer_idx for m in mods]}, expected 0..{len(mods) - 1}")
+    return mods
+
+
+@dataclass(frozen=True)
+class AttentionReplacement:
+    """How to patch one ``model_type``: ``find_attention(model)`` lists its attention modules in layer order."""
+    model_type: str
+    find_attention: Callable[[torch.nn.Module], list] = attention_modules
+    family: str = "custom"
+
+
+# Decoders whose attention calls the interface like Llama's (RoPE, GQA, causal + padding + sliding-window
+# masks from masking_utils). Gemma 2/3 (softcapping) and gpt-oss (sinks) are not: the adapter refuses them.
+DECODER_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma")
+# Vision encoders: bidirectional, no mask, N = 1 + patches (+ distillation token for DeiT).
+VISION_MODEL_TYPES = ("vit", "deit", "dinov2")
+
+_REGISTRY: dict[str, AttentionReplacement] = {}
+
+
+def register_attention_replacement(model_type: str, find_attention: Callable | None = None, *,
+                                   family: str = "custom", overwrite: bool = False) -> AttentionReplacement:
+    """Add ``model_type`` to the registry and return its entry.
+
+    ``find_attention(model) -> list[nn.Module]`` lists the attention modules in layer order (default:
+    ``attention_modules``). The model's attention must call ``ALL_ATTENTION_FUNCTIONS.get_interface``.
+    """
+    if not isinstance(model_type, str) or not model_type:
+        raise ValueError(f"model_type must be a non-empty string (a config's model_type), got {model_type!r}")
+    if find_attention is not None and not callable(find_attention):
+        raise TypeError(f"find_attention must be callable(model) -> list of modules, got {type(find_attention).__name__}")
+    if model_type in _REGISTRY and not overwrite:
+        raise ValueError(f"model_type {model_type!r} is already registered; pass overwrite=True to replace it")
+    entry = AttentionReplacement(model_type, find_attention or attention_modules, family)
+    _REGISTRY[model_type] = entry
+    return entry
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_replacement(model_type: str | None) -> AttentionReplacement:
+    """The registry entry of ``model_type``; UnsupportedModelError lists the supported types."""
+    if model_type not in _REGISTRY:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported by distr_patch; supported: {supported_model_types()}. "
+            "A model whose attention goes through transformers' AttentionInterface can be added with "
+            "distr_patch.register_attention_replacement(model_type) (distr_patch/patching/registry.py)")
+    return _REGISTRY[model_type]
+
+
+for _t in DECODER_MODEL_TYPES:
+    register_attention_replacement(_t, family="decoder")
+for _t in VISION_MODEL_TYPES:
+    register_attention_replacement(_t, family="vision")
+
+
+# --------------------------------------------------------------------------- patching
+@dataclass
+class _PatchState:
+    attn_implementation: str | None
+    distr_config: object  # the config's previous distr_config, or _MISSING
+
+
+def _head_dim(module, model_config) -> int:
+    for name in ("head_dim", "attention_head_size"):
+        if isinstance(getattr(module, name, None), int):
+            return getattr(module, name)
+    return getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
+
+
+def _as_config(model, config) -> DistrConfig:
+    if config is None:  # the model's own settings (from before any patch_model), else the defaults
+        state = getattr(model, "_distr_patch_state", None)
+        raw = getattr(model.config, "distr_config", None) if state is None else state.distr_config
+        return DistrConfig() if raw is None or raw is _MISSING else DistrConfig.from_dict(raw)
+    if isinstance(config, dict):
+        return DistrConfig.from_dict(config)
+    if not isinstance(config, DistrConfig):
+        raise TypeError(f"config must be a DistrConfig, a dict or None, got {type(config).__name__}")
+    return config.replace()  # re-validated copy: fields may have been edited after construction
+
+
+def _set_attn_implementation(model, name) -> None:
+    model.set_attn_implementation(name)
+    if model.config._attn_implementation != name:
+        raise RuntimeError(f"{type(model).__name__} did not switch to attn_implementation={name!r} (it does not "
+                           "dispatch attention through transformers' AttentionInterface)")
+
+
+def is_patched(model) -> bool:
+    """True while ``model`` is patched by ``patch_model``."""
+    return getattr(model, "_distr_patch_state", None) is not None
+
+
+def patch_model(model, config: DistrConfig | dict | None = None, layers: Iterable[int] | None = None):
+    """Put DistrAttention into ``model`` in place and return it.
+
+    Args:
+        model: a transformers ``PreTrainedModel`` whose ``config.model_type`` is registered.
+        config: DistrConfig (or its dict); None: the model's own ``config.distr_config`` (as loaded,
+            before any ``patch_model``) if set, else ``DistrConfig()``.
+        layers: if given, only these layer indices use DistrAttention; all others stay exact
+            (replaces the config's exact-layer selection).
+
+    Parameters, buffers and the state_dict are untouched; ``unpatch_model`` restores the model exactly.
+    Patching a patched model replaces its settings (unpatch still restores the original).
+    """
+    register()
+    entry = get_replacement(getattr(model.config, "model_type", None))
+    modules = entry.find_attention(model)
+    if not modules:
+        raise RuntimeError(f"found no attention module in {type(model).__name__} ({entry.model_type})")
+    n = len(modules)
+    cfg = _as_config(model, config)
+    if layers is not None:
+        keep = {cfg._resolve_index(int(i), n, "layers entry") for i in layers}
+        cfg = cfg.replace(exact_layers=tuple(i for i in range(n) if i not in keep), exact_first=0, exact_last=0)
+    cfg.check_layers(n)
+    settings = [cfg.for_layer(i, n) for i in range(n)]
+    for i, (module, s) in enumerate(zip(modules, settings)):
+        if not s.exact:
+            d = _head_dim(module, model.config)
+            try:
+                check_group_size(s.group_size, d)
+            except ValueError as e:
+                raise ValueError(f"layer {i}: {e}") from None
+
+    state = getattr(model, "_distr_patch_state", None)
+    if state is None:
+        state = _PatchState(model.config._attn_implementation, model.config.__dict__.get("distr_config", _MISSING))
+    for module, s in zip(modules, settings):
+        module._distr_settings = s
+    model.config.distr_config = cfg.to_dict()
+    _set_attn_implementation(model, ATTN_IMPLEMENTATION)
+    model._distr_patch_state = state
+    return model
+
+
+def unpatch_model(model):
+    """Undo ``patch_model`` in place (outputs bit-identical to before patching) and return the model."""
+    state = getattr(model, "_distr_patch_state", None)
+    if state is None:
+        raise ValueError(f"unpatch_model: this {type(model).__name__} is not patched by distr_patch.patch_model")
+    for module in model.modules():
+        for attr in ("_distr_settings", "_distr_settings_auto"):
+            module.__dict__.pop(attr, None)
+    if state.distr_config is _MISSING:
+        model.config.__dict__.pop("distr_config", None)
+    else:
+        model.config.distr_config = state.distr_config
+    _set_attn_implementation(model, state.attn_implementation)
+    del model._distr_patch_state
+    return model
+
+
+@contextlib.contextmanager
+def patched(model, config: DistrConfig | dict | None = None, layers: Iterable[int] | None = None):
+    """``with patched(model, cfg): ...`` runs the block with DistrAttention, then restores the model.
+
+    On an already patched model the block runs with ``config`` and the previous settings come back.
+    """
+    previous = DistrConfig.from_dict(model.config.distr_config) if is_patched(model) else None
+    patch_model(model, config, layers)
+    try:
+        yield model
+    finally:
+        if previous is None:
+            unpatch_model(model)
+        else:
+            patch_model(model, previous)

@@ -1,0 +1,84 @@
+"""``run_lm`` end to end on a tiny model: differences to exact, the JSON, the plots, Ctrl-C."""
+import json
+
+import pytest
+
+from distr_patch.eval import lm as lm_module
+from distr_patch.eval.config import RunConfig
+from distr_patch.eval.lm import run_lm
+from distr_patch.eval.schema import validate
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _config(tiny_lm_dir, text_file, tmp_path, **changes):
+    base = dict(model=str(tiny_lm_dir), data=str(text_file), window=64, stride=32, max_windows=3,
+                group_sizes=[1, 2], settings=["paper"], distr={"block_m": 32}, output_dir=str(tmp_path),
+                run_name="run", device="cpu")
+    return RunConfig.merge(flags={**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_lm_dir, text_file, tmp_path_factory):
+    out = run_lm(_config(tiny_lm_dir, text_file, tmp_path_factory.mktemp("out")), progress=False)
+    return out, json.loads(out.result.path.read_text())
+
+
+def test_g1_matches_exact_and_g2_differs(finished):
+    _, data = finished
+    by_name = {v["name"]: v for v in data["variants"]}
+    assert list(by_name) == ["exact", "G1", "G2"]
+    g1, g2 = by_name["G1"]["metrics"]["perplexity"], by_name["G2"]["metrics"]["perplexity"]
+    assert g1["baseline"] == by_name["exact"]["metrics"]["perplexity"]["value"]
+    assert abs(g1["diff"]) < 1e-4 * g1["baseline"]
+    assert abs(g2["diff"]) > 1e-3 * g2["baseline"]
+    assert by_name["G2"]["distr_config"]["group_size"] == 2 and by_name["G2"]["distr_config"]["fusion"] == "mean"
+
+
+def test_json_follows_schema_with_provenance(finished):
+    _, data = finished
+    validate(data)
+    assert data["status"] == "complete"
+    assert data["datasets"]["perplexity"]["num_examples"] > 0
+    for key in ("torch", "transformers", "triton", "git_commit", "seed"):
+        assert key in data["provenance"]
+    assert data["model"]["model_type"] == "llama" and data["model"]["num_layers"] == 2
+
+
+def test_plots_and_table_written(finished):
+    out, _ = finished
+    for name in ("accuracy_loss_vs_g.png", "speed_accuracy_tradeoff.png"):
+        assert (out.directory / name).read_bytes()[:8] == PNG_MAGIC
+    table = (out.directory / "report.md").read_text()
+    assert "| G2 | 2 | paper |" in table and "perplexity (Δ vs exact)" in table
+
+
+def test_ctrl_c_keeps_finished_variants(tiny_lm_dir, text_file, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = lm_module.perplexity
+
+    def interrupted_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_module, "perplexity", interrupted_on_third)
+    out = run_lm(_config(tiny_lm_dir, text_file, tmp_path), progress=False)
+    data = json.loads(out.result.path.read_text())
+    assert out.interrupted and data["status"] == "interrupted"
+    assert [v["name"] for v in data["variants"]] == ["exact", "G1"]
+    validate(data)
+    assert (out.directory / "report.md").is_file()
+
+
+def test_multiple_choice_task_recorded(tiny_lm_dir, text_file, tmp_path):
+    rows = tmp_path / "mc.jsonl"
+    rows.write_text("\n".join(json.dumps({"question": "the cat", "choices": ["sat on the hill", "red fish"],
+                                          "answer": i % 2}) for i in range(4)))
+    out = run_lm(_config(tiny_lm_dir, text_file, tmp_path, perplexity=False, tasks=[str(rows)], group_sizes=[2],
+                         plots=False), progress=False)
+    data = json.loads(out.result.path.read_text())
+    metric = data["variants"][1]["metrics"][f"{rows}/accuracy"]
+    assert metric["baseline"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert data["datasets"][str(rows)]["num_examples"] == 4

@@ -1,0 +1,128 @@
+"""The "distr" attention adapter against transformers' own SDPA adapter, and its registration."""
+import pytest
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import (ALL_MASK_ATTENTION_FUNCTIONS, bidirectional_mask_function,
+                                        causal_mask_function, sdpa_mask)
+
+import distr_patch  # noqa: F401  (registers "distr")
+from distr_patch import DistrConfig
+from distr_patch.integrations import hf
+from distr_patch.integrations.hf import ATTN_IMPLEMENTATION, distr_attention_forward, query_rows_valid
+
+
+class _Attn(torch.nn.Module):
+    """Stand-in for an attention module: what transformers' adapters read from it."""
+
+    def __init__(self, settings, is_causal=True, n_rep=2):
+        super().__init__()
+        self.is_causal, self.num_key_value_groups, self._distr_settings = is_causal, n_rep, settings
+
+
+G1 = DistrConfig.exact(exact_below=1).for_layer(None)
+G2 = DistrConfig(exact_window=4, exact_below=1).for_layer(None)
+
+
+def _qkv(B=2, Hq=4, Hkv=2, N=24, M=24, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, Hq, N, d, generator=g), torch.randn(B, Hkv, M, d, generator=g),
+            torch.randn(B, Hkv, M, d, generator=g))
+
+
+def _padding_mask(lengths, N, M, left=False, causal=True):
+    """sdpa_mask for 2-D padding masks (True = real token): bool [B, 1, N, M]."""
+    pad = torch.zeros(len(lengths), M, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        if left:
+            pad[b, M - n:] = True
+        else:
+            pad[b, :n] = True
+    fn = causal_mask_function if causal else bidirectional_mask_function
+    return sdpa_mask(batch_size=len(lengths), q_length=N, kv_length=M, q_offset=M - N, mask_function=fn,
+                     attention_mask=pad, allow_is_causal_skip=False)
+
+
+def test_registered_in_both_interfaces_under_a_neutral_name():
+    assert AttentionInterface()[ATTN_IMPLEMENTATION] is distr_attention_forward
+    assert ALL_MASK_ATTENTION_FUNCTIONS[ATTN_IMPLEMENTATION] is sdpa_mask
+    assert "flash" not in ATTN_IMPLEMENTATION and "sdpa" not in ATTN_IMPLEMENTATION
+
+
+@pytest.mark.parametrize("case", ["causal", "causal_prefix", "bidirectional", "right_pad", "left_pad",
+                                  "bidirectional_pad", "static_cache_prefill", "kwarg_overrides_module"])
+def test_g1_matches_transformers_sdpa(case):
+    N, M = 24, 24
+    mask, module_causal, kw = None, True, {}
+    if case == "causal_prefix":  # prefill after a cached prefix: keys longer than queries, explicit mask
+        M = 32
+        mask = _padding_mask([32, 32], N, M)
+    elif case == "bidirectional":
+        module_causal = False
+    elif case == "right_pad":
+        mask = _padding_mask([24, 17], N, M)
+    elif case == "left_pad":
+        mask = _padding_mask([24, 17], N, M, left=True)
+    elif case == "bidirectional_pad":
+        module_causal, mask = False, _padding_mask([24, 17], N, M, causal=False)
+    elif case == "static_cache_prefill":  # mask skipped, keys are the whole (unwritten) static cache
+        M = 40
+    elif case == "kwarg_overrides_module":  # 5.17's Dinov2 passes is_causal=False from the call
+        kw = dict(is_causal=False)
+    q, k, v = _qkv(N=N, M=M)
+    ref, _ = sdpa_attention_forward(_Attn(G1, module_causal), q, k, v, mask, scaling=0.3, **kw)
+    out, weights = distr_attention_forward(_Attn(G1, module_causal), q, k, v, mask, scaling=0.3, **kw)
+    assert weights is None and out.shape == (2, N, 4, 16)
+    if mask is not None:  # rows that see no key: transformers' SDPA gives NaN or junk, the operator zeros
+        real = mask.any(-1)[:, 0, :, None, None].expand_as(out)
+        out, ref = out[real], ref[real]
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+
+
+def test_g2_differs_and_decode_falls_back_to_sdpa():
+    q, k, v = _qkv(N=40, M=40)
+    ref, _ = sdpa_attention_forward(_Attn(G1), q, k, v, None, scaling=0.25)
+    out, _ = distr_attention_forward(_Attn(G2), q, k, v, None, scaling=0.25)
+    assert torch.isfinite(out).all() and (out - ref).abs().max() > 1e-2
+    q1 = q[:, :, -1:]  # one query row, as in a KV-cache decode step: exact (exact_below > 1)
+    dec = DistrConfig(exact_window=4).for_layer(None)
+    ref1, _ = sdpa_attention_forward(_Attn(G1), q1, k, v, None, scaling=0.25)
+    out1, _ = distr_attention_forward(_Attn(dec), q1, k, v, None, scaling=0.25)
+    assert torch.equal(out1, ref1)
+
+
+def test_layers_kept_exact_use_sdpa(monkeypatch):
+    called = []
+    monkeypatch.setattr(hf, "distr_attention", lambda *a, **k: called.append(1))
+    exact = DistrConfig(exact_layers=[0]).for_layer(0, 2)
+    q, k, v = _qkv(N=40, M=40)
+    out, _ = distr_attention_forward(_Attn(exact), q, k, v, None, scaling=0.25)
+    ref, _ = sdpa_attention_forward(_Attn(exact), q, k, v, None, scaling=0.25)
+    assert not called and torch.equal(out, ref)
+
+
+def test_query_rows_valid():
+    N = M = 6
+    right = _padding_mask([6, 4], N, M)
+    assert query_rows_valid(right, 2, N, M).tolist() == [[True] * 6, [True] * 4 + [False] * 2]
+    left = _padding_mask([6, 4], N, M, left=True)
+    assert query_rows_valid(left, 2, N, M).tolist() == [[True] * 6, [False] * 2 + [True] * 4]
+    bidir = _padding_mask([6, 4], N, M, causal=False)
+    assert query_rows_valid(bidir, 2, N, M).tolist() == [[True] * 6, [True] * 4 + [False] * 2]
+    prefix = _padding_mask([9, 7], 6, 9)  # 3 cached tokens, then 6 queries; the second sequence ends at 7
+    assert query_rows_valid(prefix, 2, 6, 9).tolist() == [[True] * 6, [True] * 4 + [False] * 2]
+    additive = torch.zeros(1, 1, N, M).masked_fill(~right[1:], torch.finfo(torch.float32).min)
+    assert query_rows_valid(additive, 1, N, M).tolist() == [[True] * 4 + [False] * 2]
+    # a static cache's unwritten tail: no row's own (bottom-right) key is allowed -> rows that see any key
+    static = torch.zeros(1, 1, 4, 10, dtype=torch.bool)
+    static[0, 0, :3, :3] = torch.tril(torch.ones(3, 3, dtype=torch.bool))
+    assert query_rows_valid(static, 1, 4, 10).tolist() == [[True, True, True, False]]
+
+
+def test_unsupported_features_raise_or_warn():
+    q, k, v = _qkv(N=40, M=40)
+    with pytest.raises(NotImplementedError, match="softcap"):
+        distr_attention_forward(_Attn(G2), q, k, v, None, scaling=0.25, softcap=30.0)
+    out, _ = distr_attention_forward(_Attn(G2), q, k, v, None, dropout=0.1, scaling=0.25)  # warns once, no dropout
+    ref, _ = distr_attention_forward(_Attn(G2), q, k, v, None, scaling=0.25)
+    assert torch.equal(out, ref)

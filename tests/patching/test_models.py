@@ -1,0 +1,194 @@
+"""Patched tiny models (built from configs, no hub) against their unpatched selves."""
+import pytest
+import torch
+import transformers as tf
+
+import distr_patch
+from distr_patch import DistrConfig, patch_model, patched, unpatch_model
+from distr_patch.integrations import hf
+from tiny_patch_models import CONFIGS, DECODER_TYPES, VISION_TYPES, build, inputs, logits
+
+# Decoder sequences longer than the default 128-token exact window, so G=2 really groups.
+LONG = 160
+ALL_TYPES = tuple(CONFIGS)
+G1 = DistrConfig.exact(exact_below=1)  # every call through DistrAttention with G=1 (= exact attention)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records the query length of every call that reaches the DistrAttention operator."""
+    calls = []
+    real = hf.distr_attention
+
+    def wrapped(q, *args, **kwargs):
+        calls.append(q.shape[2])
+        return real(q, *args, **kwargs)
+
+    monkeypatch.setattr(hf, "distr_attention", wrapped)
+    return calls
+
+
+def _close(a, b):
+    torch.testing.assert_close(a, b, atol=5e-5, rtol=5e-5)
+
+
+@pytest.mark.parametrize("model_type", ALL_TYPES)
+def test_g1_matches_unpatched_and_unpatch_restores_exactly(model_type, spy):
+    model = build(model_type)
+    x = inputs(model_type)
+    ref = logits(model, x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    n_params = sum(p.numel() for p in model.parameters())
+
+    assert patch_model(model, G1) is model
+    out = logits(model, x)
+    assert len(spy) == model.config.num_hidden_layers  # every layer went through the operator
+    _close(out, ref)
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert sum(p.numel() for p in model.parameters()) == n_params
+
+    assert unpatch_model(model) is model
+    assert torch.equal(logits(model, x), ref)  # bit-identical
+    assert model.config._attn_implementation == "sdpa" and not hasattr(model.config, "distr_config")
+    assert not any(hasattr(m, "_distr_settings") for m in model.modules())
+
+
+@pytest.mark.parametrize("model_type", ALL_TYPES)
+@pytest.mark.parametrize("preset", ["default", "paper"])
+def test_g2_differs_keeps_shapes_and_is_finite(model_type, preset):
+    model = build(model_type)
+    x = inputs(model_type, seq=LONG)
+    ref = logits(model, x)
+    patch_model(model, DistrConfig() if preset == "default" else DistrConfig.paper())
+    out = logits(model, x)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    if model_type == "mistral" and preset == "default":
+        # the sliding window (24) lies inside the 128-token exact window: every attended score is exact
+        _close(out, ref)
+        return
+    assert (out - ref).abs().max() > 1e-3 * ref.abs().max()  # far beyond rounding (G=1 agrees to ~1e-6)
+
+
+def test_context_manager_and_layers_argument(spy):
+    model = build("llama")
+    x = inputs("llama", seq=LONG)
+    ref = logits(model, x)
+    with patched(model, DistrConfig.paper(), layers=[1]) as m:
+        assert m is model and model.config._attn_implementation == "distr"
+        out = logits(model, x)
+        assert len(spy) == 1  # layer 0 kept exact (transformers' SDPA), layer 1 through DistrAttention
+        with patched(model, G1):
+            _close(logits(model, x), ref)
+        assert torch.equal(logits(model, x), out)  # the outer settings came back
+    assert torch.equal(logits(model, x), ref)
+    assert not distr_patch.patching.is_patched(model)
+
+
+def test_per_layer_settings_reach_each_layer():
+    model = build("dinov2")
+    cfg = DistrConfig(exact_layers=[-1], layer_overrides={0: {"group_size": 4, "block_m": 64}})
+    patch_model(model, cfg)
+    mods = distr_patch.patching.attention_modules(model)
+    assert [m._distr_settings.exact for m in mods] == [False, True]
+    assert (mods[0]._distr_settings.group_size, mods[0]._distr_settings.block_m) == (4, 64)
+    assert model.config.distr_config == cfg.to_dict()
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "vit", "deit"])
+def test_attn_implementation_distr_from_config_and_from_pretrained(model_type, tmp_path, spy):
+    cfg = DistrConfig.paper(exact_below=4)
+    x = inputs(model_type, seq=48)
+    model = build(model_type)
+    expected = logits(patch_model(model, cfg), x)
+
+    loaded = build(model_type, attn_implementation="distr")  # from_config; settings: the defaults
+    assert loaded.config._attn_implementation == "distr"
+    loaded.config.distr_config = cfg.to_dict()
+    assert torch.equal(logits(loaded, x), expected)
+
+    model.save_pretrained(tmp_path)  # distr_config is in config.json
+    auto = tf.AutoModelForImageClassification if model_type in VISION_TYPES else tf.AutoModelForCausalLM
+    spy.clear()
+    reloaded = auto.from_pretrained(tmp_path, attn_implementation="distr").eval()
+    assert reloaded.config.distr_config == cfg.to_dict()
+    assert torch.equal(logits(reloaded, x), expected) and spy
+
+    reloaded.set_attn_implementation("sdpa")
+    unpatched = logits(reloaded, x)
+    reloaded.set_attn_implementation("distr")
+    assert not torch.equal(unpatched, expected) and torch.equal(logits(reloaded, x), expected)
+
+
+def test_loaded_per_layer_config_without_layer_index_asks_for_patch_model():
+    model = build("vit", attn_implementation="distr")
+    model.config.distr_config = DistrConfig(exact_layers=[0]).to_dict()
+    x = inputs("vit")
+    with pytest.raises(ValueError, match="patch_model"):
+        logits(model, x)
+    patch_model(model)  # attaches the per-layer settings from config.distr_config
+    assert [m._distr_settings.exact for m in distr_patch.patching.attention_modules(model)] == [True, False]
+    assert torch.isfinite(logits(model, x)).all()
+    unpatch_model(model)
+    assert model.config._attn_implementation == "distr" and model.config.distr_config["exact_layers"] == [0]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral"])
+def test_generate_prefills_through_distr_and_decodes_exact(model_type, spy):
+    model = build(model_type)
+    prompt = inputs(model_type, batch=1, seq=24)["input_ids"]
+    ref = model.generate(prompt, max_new_tokens=20, do_sample=False, min_new_tokens=20)
+    patch_model(model, G1.replace(exact_below=DistrConfig().exact_below))
+    out = model.generate(prompt, max_new_tokens=20, do_sample=False, min_new_tokens=20)
+    assert out.shape == (1, 24 + 20) and torch.equal(out, ref)  # G=1: the same greedy tokens
+    assert spy == [24] * model.config.num_hidden_layers  # prefill only; 1-row decode steps ran SDPA
+    patch_model(model, DistrConfig.paper())
+    out2 = model.generate(prompt, max_new_tokens=20, do_sample=False, min_new_tokens=20)
+    assert out2.shape == (1, 44) and torch.equal(out2[:, :24], prompt)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("config", ["g1", "g2"])
+def test_right_padded_batch_matches_each_sequence_alone(model_type, config, spy):
+    """Padding rows are kept out of the grouping, so each sequence's logits do not depend on its batch."""
+    model = build(model_type)
+    patch_model(model, G1 if config == "g1" else DistrConfig.paper(exact_below=1))
+    ids = inputs(model_type, batch=2, seq=LONG)["input_ids"]
+    lengths = (LONG, 131)  # the short one ends inside the second grouping block
+    mask = torch.zeros(2, LONG, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = 1
+    with torch.no_grad():
+        batched = model(ids, attention_mask=mask).logits
+        for b, n in enumerate(lengths):
+            alone = model(ids[b:b + 1, :n]).logits
+            _close(batched[b:b + 1, :n], alone)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_left_padded_batch_matches_each_sequence_alone_at_g1(model_type):
+    """At G>1 left padding shifts rows across grouping blocks, so results change (documented)."""
+    model = build(model_type)
+    patch_model(model, G1)
+    ids = inputs(model_type, batch=2, seq=40)["input_ids"]
+    lengths = (40, 29)
+    mask = torch.zeros(2, 40, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        mask[b, 40 - n:] = 1
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    with torch.no_grad():
+        batched = model(ids, attention_mask=mask, position_ids=pos).logits
+        for b, n in enumerate(lengths):
+            alone = model(ids[b:b + 1, 40 - n:]).logits
+            _close(batched[b:b + 1, 40 - n:], alone)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "vit"])
+def test_autograd_through_the_patched_model(model_type):
+    model = build(model_type).train()
+    patch_model(model, DistrConfig.paper(exact_below=1))
+    x = inputs(model_type, seq=40)
+    model(**x).logits.float().pow(2).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)

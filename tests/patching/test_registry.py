@@ -1,0 +1,101 @@
+"""The replacement registry: built-in entries, user entries, unsupported models, patch-time errors."""
+import pytest
+import torch
+import transformers as tf
+
+from distr_patch import DistrConfig, patch_model, register_attention_replacement, unpatch_model
+from distr_patch.patching import registry
+from distr_patch.patching.registry import UnsupportedModelError, attention_modules, supported_model_types
+from tiny_patch_models import CONFIGS, build, inputs, logits
+
+
+def test_every_builtin_entry_has_a_tiny_model_under_test():
+    """Meta-test: each registered type is covered by the tiny-model tests (test_models.py runs them all)."""
+    assert set(supported_model_types()) == set(CONFIGS)
+    assert {"llama", "mistral", "qwen2", "vit", "deit", "dinov2"} <= set(supported_model_types())
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_builtin_finder_gives_one_attention_module_per_layer(model_type):
+    model = build(model_type)
+    mods = registry.get_replacement(model_type).find_attention(model)
+    assert len(mods) == model.config.num_hidden_layers
+    assert all(m.is_causal == (model_type not in ("vit", "deit", "dinov2")) for m in mods)
+
+
+def test_unsupported_model_type_lists_the_supported_ones():
+    torch.manual_seed(0)
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64))
+    with pytest.raises(UnsupportedModelError, match=r"'gpt2' is not supported.*'llama'.*register_attention_replacement"):
+        patch_model(model)
+    assert model.config._attn_implementation != "distr"
+
+
+def test_user_entry_patches_a_new_model_type():
+    torch.manual_seed(0)
+    config = tf.OlmoConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           vocab_size=128, initializer_range=0.2)
+    model = tf.AutoModelForCausalLM.from_config(config).eval()
+    x = inputs("llama", seq=40)
+    ref = logits(model, x)
+    with pytest.raises(UnsupportedModelError):
+        patch_model(model)
+    found = []
+    entry = register_attention_replacement("olmo", lambda m: found.append(1) or attention_modules(m))
+    try:
+        assert entry.model_type == "olmo" and "olmo" in supported_model_types()
+        with pytest.raises(ValueError, match="already registered"):
+            register_attention_replacement("olmo")
+        patch_model(model, DistrConfig.exact(exact_below=1))
+        assert found and model.config._attn_implementation == "distr"
+        torch.testing.assert_close(logits(model, x), ref, atol=5e-5, rtol=5e-5)
+        unpatch_model(model)
+        assert torch.equal(logits(model, x), ref)
+    finally:
+        registry._REGISTRY.pop("olmo", None)
+
+
+def test_register_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="model_type"):
+        register_attention_replacement("")
+    with pytest.raises(TypeError, match="find_attention"):
+        register_attention_replacement("x-test", find_attention=3)
+
+
+def test_patch_time_errors_name_the_problem():
+    model = build("llama")
+    with pytest.raises(ValueError, match="out of range"):
+        patch_model(model, DistrConfig(exact_layers=[5]))
+    with pytest.raises(ValueError, match="out of range"):
+        patch_model(model, layers=[2])
+    with pytest.raises(TypeError, match="config must be"):
+        patch_model(model, "paper")
+    with pytest.raises(ValueError, match="did you mean"):
+        patch_model(model, {"groupsize": 2})
+    assert model.config._attn_implementation == "sdpa"  # nothing was applied
+    with pytest.raises(ValueError, match="not patched"):
+        unpatch_model(model)
+
+
+def test_group_size_must_divide_the_head_dim():
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, vocab_size=64)  # head dim 12
+    model = tf.AutoModelForCausalLM.from_config(config)
+    with pytest.raises(ValueError, match=r"layer 1: group_size=8 must divide the head dim d=12"):
+        patch_model(model, DistrConfig(group_size=4, layer_overrides={1: {"group_size": 8}}))
+    patch_model(model, DistrConfig(group_size=4, exact_layers=[1], layer_overrides={1: {"group_size": 8}}))
+
+
+def test_repatching_replaces_settings_and_unpatch_restores_the_original():
+    model = build("qwen2")
+    x = inputs("qwen2", seq=160)
+    ref = logits(model, x)
+    patch_model(model, DistrConfig.paper())
+    paper = logits(model, x)
+    patch_model(model, DistrConfig.exact(exact_below=1))
+    torch.testing.assert_close(logits(model, x), ref, atol=5e-5, rtol=5e-5)
+    patch_model(model, DistrConfig.paper())
+    assert torch.equal(logits(model, x), paper)
+    unpatch_model(model)
+    assert torch.equal(logits(model, x), ref) and model.config._attn_implementation == "sdpa"
