@@ -32,7 +32,8 @@ def register(sub) -> None:
                    help="skip perplexity (run only the tasks)")
     g = p.add_argument_group("multiple-choice tasks (log-likelihood of each choice)")
     g.add_argument("--tasks", type=o.str_list, default=o.S, metavar="T,T",
-                   help="lee-next-sentence (built in, offline), .jsonl files, or datasets names")
+                   help="lee-next-sentence (built in, offline), .jsonl files, or datasets names "
+                        "(NAME:CONFIG, e.g. allenai/ai2_arc:ARC-Easy)")
     g.add_argument("--task-limit", type=int, default=o.S, help="rows per task (100)")
     g.add_argument("--question-column", default=o.S, help="column of the question/context (auto-detected)")
     g.add_argument("--choices-column", default=o.S, help="column of the list of choices (auto-detected)")

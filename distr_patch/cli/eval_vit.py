@@ -1,2 +1,40 @@
-def register(sub):
-    pass
+"""``distr-patch eval vit``: image top-1/top-5 (classifier) or embedding fidelity (backbone), exact vs each G."""
+from __future__ import annotations
+
+import argparse
+
+from . import options as o
+
+HELP = "top-1/top-5 of an image classifier, or embedding fidelity of a ViT backbone, exact vs each G"
+EPILOG = """examples (where the hub is reachable):
+  distr-patch eval vit --model google/vit-base-patch16-224 --data ./imagenet-val --limit 5000
+  distr-patch eval vit --model facebook/deit-base-patch16-224 --data ./imagenet-val
+  distr-patch eval vit --model facebook/dinov2-small --vit-metric fidelity --data ./photos
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("vit", help=HELP, description=HELP, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    o.add_config(p)
+    o.add_model(p, required_help="a local directory or a hub id (classifier; a backbone with --vit-metric fidelity)")
+    o.add_variants(p)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=o.S, help="an imagefolder directory (class per sub-folder) or a datasets name")
+    g.add_argument("--data-name", default=o.S, help="configuration of a hub data set")
+    g.add_argument("--split", default=o.S, help="data set split (train)")
+    g.add_argument("--image-column", default=o.S, help="column of the images (image)")
+    g.add_argument("--label-column", default=o.S, help="column of the class labels (label)")
+    g.add_argument("--limit", type=int, default=o.S, help="evaluate at most this many images")
+    g.add_argument("--batch-size", type=int, default=o.S, help="images per forward (8)")
+    g.add_argument("--vit-metric", default=o.S, choices=["top-k", "fidelity"],
+                   help="top-k: classifier accuracy; fidelity: cosine of pooled embeddings vs exact")
+    o.add_output(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..eval.vision import run_vit
+
+    out = run_vit(o.config_from(args))
+    return 130 if out.interrupted else 0

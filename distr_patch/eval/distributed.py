@@ -10,16 +10,24 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def process_state(device: str | None = None):
+    """accelerate's process state. Without CUDA (or with ``--device cpu``) processes started by
+    ``accelerate launch --multi_gpu`` / ``torchrun`` join one gloo group (accelerate's MULTI_CPU)."""
+    import torch
+    from accelerate import PartialState
+
+    cpu = (device or "").startswith("cpu") or not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
+
+
 @dataclass(frozen=True)
 class Shard:
     rank: int = 0
     world: int = 1
 
     @classmethod
-    def current(cls) -> "Shard":
-        from accelerate import PartialState
-
-        state = PartialState()
+    def current(cls, device: str | None = None) -> "Shard":
+        state = process_state(device)
         return cls(state.process_index, state.num_processes)
 
     @property
@@ -39,6 +47,4 @@ class Shard:
 
     def barrier(self) -> None:
         if self.world > 1:
-            from accelerate import PartialState
-
-            PartialState().wait_for_everyone()
+            process_state().wait_for_everyone()

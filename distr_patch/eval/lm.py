@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 
@@ -20,16 +21,11 @@ DEFAULT_DATA = "lee"
 CHARS_PER_TOKEN_BOUND = 12  # read at most this many characters per needed token (never too few for English)
 
 
-def _text_ids(cfg: RunConfig, tokenizer) -> tuple[torch.Tensor, int]:
-    data = cfg.data
+def _read_text(cfg: RunConfig) -> tuple[str, int]:
     max_chars = None
     if cfg.max_windows is not None:
         max_chars = CHARS_PER_TOKEN_BOUND * (cfg.window + (cfg.max_windows - 1) * cfg.stride)
-    text, rows = load_text(data, column=cfg.text_column, split=cfg.split, name=cfg.data_name, max_chars=max_chars)
-    ids = tokenizer(text, return_tensors="pt").input_ids[0]
-    if ids.numel() < 2:
-        raise ValueError(f"--data {data}: the text has fewer than 2 tokens")
-    return ids, rows
+    return load_text(cfg.data, column=cfg.text_column, split=cfg.split, name=cfg.data_name, max_chars=max_chars)
 
 
 def run_lm(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
@@ -40,20 +36,25 @@ def run_lm(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
     if cfg.data is None:
         cfg = dataclasses.replace(cfg, data=DEFAULT_DATA)
     torch.manual_seed(cfg.seed)
-    shard = Shard.current()
+    shard = Shard.current(cfg.device)
     device = pick_device(cfg)
     variants = build_variants(cfg.group_sizes, cfg.settings, cfg.distr)
+    text, rows = _read_text(cfg) if cfg.perplexity else (None, None)  # data errors before the slow model load
+    task_rows = {}
+    for task in cfg.tasks:
+        data, _, name = task.partition(":") if not Path(task).exists() else (task, "", "")
+        task_rows[task] = load_choices(data, split=cfg.split, name=name or None, limit=cfg.task_limit,
+                                       question=cfg.question_column, choices=cfg.choices_column,
+                                       label=cfg.label_column, seed=cfg.seed)
     loaded = load_model(cfg.model, "lm", dtype=cfg.dtype, device_map=cfg.device_map)
     model, tokenizer = loaded.model, loaded.processor
     if not cfg.device_map:
         model.to(device)
-
-    ids = rows = None
-    if cfg.perplexity:
-        ids, rows = _text_ids(cfg, tokenizer)
-    task_rows = {t: load_choices(t, split=cfg.split, name=cfg.data_name, limit=cfg.task_limit,
-                                 question=cfg.question_column, choices=cfg.choices_column, label=cfg.label_column,
-                                 seed=cfg.seed) for t in cfg.tasks}
+    ids = None
+    if text is not None:
+        ids = tokenizer(text, return_tensors="pt").input_ids[0]
+        if ids.numel() < 2:
+            raise ConfigError(f"--data {cfg.data}: the text has fewer than 2 tokens")
 
     directory = run_directory(cfg, "eval-lm")
     notes = [CPU_NOTE] if device.type == "cpu" else []

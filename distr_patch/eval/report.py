@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Losses span orders of magnitude (perplexity +3 vs +1500): symlog, linear within ±LOSS_LINTHRESH.
+LOSS_LINTHRESH = 0.01
 PLOT_NAMES = ("accuracy_loss_vs_g.png", "latency_vs_seq_len.png", "speed_accuracy_tradeoff.png")
 
 
@@ -131,6 +133,7 @@ def _plot_loss_vs_g(ax, results) -> bool:
     if drawn:
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log", base=2)
+        ax.set_yscale("symlog", linthresh=LOSS_LINTHRESH)
         ax.set_xlabel("group size G")
         ax.set_ylabel("loss vs exact (metric units; >0 = worse)")
         ax.set_title("Accuracy loss vs G")
@@ -174,6 +177,7 @@ def _plot_tradeoff(ax, results) -> bool:
     if drawn:
         ax.axhline(0, color="grey", lw=0.8)
         ax.axvline(1, color="grey", lw=0.8)
+        ax.set_yscale("symlog", linthresh=LOSS_LINTHRESH)
         ax.set_xlabel("speedup vs exact attention (x)")
         ax.set_ylabel("loss of the first metric vs exact (>0 = worse)")
         ax.set_title("Speed / accuracy trade-off")

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from .config import RunConfig
-from .distributed import Shard
+from .distributed import Shard, process_state
 from .results import ResultFile
 from .variants import Variant, applied
 
@@ -35,9 +35,7 @@ class RunOutput:
 def pick_device(cfg: RunConfig) -> torch.device:
     if cfg.device:
         return torch.device(cfg.device)
-    from accelerate import PartialState
-
-    return PartialState().device
+    return process_state(cfg.device).device
 
 
 def run_directory(cfg: RunConfig, kind: str) -> Path:

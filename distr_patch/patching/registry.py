@@ -75,7 +75,8 @@ def register_attention_replacement(model_type: str, find_attention: Callable | N
     if not isinstance(model_type, str) or not model_type:
         raise ValueError(f"model_type must be a non-empty string (a config's model_type), got {model_type!r}")
     if find_attention is not None and not callable(find_attention):
-        raise TypeError(f"find_attention must be callable(model) -> list of modules, got {type(find_attention).__name__}")
+        raise TypeError("find_attention must be callable(model) -> list of modules, "
+                        f"got {type(find_attention).__name__}")
     if model_type in _REGISTRY and not overwrite:
         raise ValueError(f"model_type {model_type!r} is already registered; pass overwrite=True to replace it")
     entry = AttentionReplacement(model_type, find_attention or attention_modules, family)

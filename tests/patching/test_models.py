@@ -6,7 +6,7 @@ import transformers as tf
 import distr_patch
 from distr_patch import DistrConfig, patch_model, patched, unpatch_model
 from distr_patch.integrations import hf
-from tiny_patch_models import CONFIGS, DECODER_TYPES, VISION_TYPES, build, inputs, logits
+from tiny_patch_models import CONFIGS, VISION_TYPES, build, inputs, logits
 
 # Decoder sequences longer than the default 128-token exact window, so G=2 really groups.
 LONG = 160

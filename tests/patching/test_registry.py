@@ -26,7 +26,8 @@ def test_builtin_finder_gives_one_attention_module_per_layer(model_type):
 def test_unsupported_model_type_lists_the_supported_ones():
     torch.manual_seed(0)
     model = tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64))
-    with pytest.raises(UnsupportedModelError, match=r"'gpt2' is not supported.*'llama'.*register_attention_replacement"):
+    msg = r"'gpt2' is not supported.*'llama'.*register_attention_replacement"
+    with pytest.raises(UnsupportedModelError, match=msg):
         patch_model(model)
     assert model.config._attn_implementation != "distr"
 

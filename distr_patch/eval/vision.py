@@ -1,0 +1,104 @@
+"""``eval vit``: image classification top-1/top-5, or embedding fidelity, exact vs DistrAttention per G.
+
+- ``top-k`` (an image classifier): top-1 and top-5 accuracy with the model's own image processor. Data
+  set labels are mapped to the model's classes by name when every class name is one of the model's
+  labels; otherwise the label index is taken as the model's class index.
+- ``fidelity`` (any ViT-family backbone, e.g. DINOv2): cosine similarity between each image's pooled
+  embedding under the variant and under exact attention, averaged (exact = 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from ..data import load_images
+from ..models import load_model
+from .config import ConfigError, RunConfig
+from .distributed import Shard
+from .metrics import accuracy, top_k_accuracy
+from .provenance import provenance
+from .results import ResultFile, model_info
+from .runner import CPU_NOTE, RunOutput, finish, pick_device, run_directory, run_variants
+from .timing import Timer, quantiles
+from .variants import Variant, build_variants
+
+TOP_K = 5
+
+
+def label_mapping(dataset, label_column: str, model) -> tuple[list[int] | None, str]:
+    """Data set label index -> model class index (None: identity), and how it was decided."""
+    feature = dataset.features[label_column]
+    names = getattr(feature, "names", None)
+    label2id = {str(k).lower(): v for k, v in (getattr(model.config, "label2id", None) or {}).items()}
+    if names and all(n.lower() in label2id for n in names):
+        return [label2id[n.lower()] for n in names], "by class name"
+    return None, "label index = model class index"
+
+
+def pooled(outputs) -> torch.Tensor:
+    """The image embedding: ``pooler_output`` when the model has one, else the first (CLS) token."""
+    p = getattr(outputs, "pooler_output", None)
+    return p if p is not None else outputs.last_hidden_state[:, 0]
+
+
+def run_vit(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
+    from tqdm.auto import tqdm
+
+    if not cfg.model:
+        raise ConfigError("--model: required (a local directory or a hub id of an image classifier or backbone)")
+    if not cfg.data:
+        raise ConfigError("--data: required (an imagefolder directory or a datasets name with image/label columns)")
+    label_column = cfg.label_column or "label"
+    cfg = dataclasses.replace(cfg, label_column=label_column)
+    torch.manual_seed(cfg.seed)
+    shard = Shard.current(cfg.device)
+    device = pick_device(cfg)
+    variants = build_variants(cfg.group_sizes, cfg.settings, cfg.distr)
+    fidelity = cfg.vit_metric == "fidelity"
+    loaded = load_model(cfg.model, "backbone" if fidelity else "vit", dtype=cfg.dtype, device_map=cfg.device_map)
+    model, processor = loaded.model, loaded.processor
+    if not cfg.device_map:
+        model.to(device)
+    ds = load_images(cfg.data, split=cfg.split, name=cfg.data_name, image_column=cfg.image_column,
+                     label_column=label_column, limit=cfg.limit)
+    mapping, mapping_note = (None, "") if fidelity else label_mapping(ds, label_column, model)
+    labels = [mapping[y] if mapping else y for y in ds[label_column]]
+    batches = [range(i, min(i + cfg.batch_size, len(ds))) for i in range(0, len(ds), cfg.batch_size)]
+
+    directory = run_directory(cfg, "eval-vit")
+    notes = ([CPU_NOTE] if device.type == "cpu" else []) + ([f"labels: {mapping_note}"] if mapping_note else [])
+    result = ResultFile(directory / "result.json", kind="eval-vit",
+                        model=model_info(model, cfg.model, loaded.source, cfg.dtype), config=cfg.to_dict(),
+                        provenance=provenance(device, seed=cfg.seed, num_processes=shard.world), notes=notes,
+                        write=shard.is_main)
+    result.add_dataset("images", cfg.data, len(ds), unit="images", split=cfg.split)
+    exact_embeddings: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def evaluate(variant: Variant) -> tuple[dict, dict]:
+        timer, mine = Timer(model.device), []
+        for b in tqdm(shard.indices(len(batches)), desc=variant.name, disable=not (progress and shard.is_main),
+                      leave=False):
+            images = [im.convert("RGB") for im in ds.select(batches[b])[cfg.image_column]]
+            pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(model.device, model.dtype)
+            out = timer(lambda: model(pixel_values=pixels))
+            mine.append((b, pooled(out).float().cpu() if fidelity else
+                         out.logits.float().topk(min(TOP_K, out.logits.shape[-1]), -1).indices.cpu()))
+        per_batch = shard.gather(mine)
+        latency = {"images": {**quantiles(timer.samples), "unit": f"forward of a batch of {cfg.batch_size} images"}
+                   } if timer.samples else {}
+        if fidelity:
+            emb = torch.cat(per_batch)
+            if variant.is_exact:
+                exact_embeddings[:] = [emb]
+            cos = F.cosine_similarity(emb, exact_embeddings[0], dim=-1).mean().item()
+            return {"cosine": (cos, "images")}, latency
+        ranked = torch.cat(per_batch).tolist()
+        return {"top1": (accuracy([r[0] for r in ranked], labels), "images"),
+                "top5": (top_k_accuracy(ranked, labels, k=TOP_K), "images")}, latency
+
+    finished = run_variants(model, variants, evaluate, result, shard=shard, progress=progress)
+    finish(result, directory, plots=cfg.plots, interrupted=not finished, shard=shard)
+    return RunOutput(result, directory, not finished)

@@ -1,0 +1,109 @@
+"""The command line: help texts, and errors that name the argument to fix (exit status 2, no traceback)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from distr_patch.cli.main import main
+
+
+@pytest.mark.parametrize("argv,expect", [
+    ([], ["eval", "bench", "report"]),
+    (["eval"], ["lm", "vit"]),
+    (["eval", "lm"], ["--model", "--group-sizes", "--window", "--stride", "--tasks", "--lm-eval-tasks", "--config"]),
+    (["eval", "vit"], ["--data", "--vit-metric", "--image-column", "--label-column"]),
+    (["bench", "model"], ["--seq-lens", "--batch-sizes", "--gen-tokens", "preset:"]),
+    (["report"], ["RESULTS", "--output-dir"]),
+])
+def test_help(argv, expect, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for word in expect:
+        assert word in out
+
+
+def _error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    err = err.strip().splitlines()[-1]
+    assert err.startswith("distr-patch: error: ")
+    return err
+
+
+def test_missing_model_path(capsys, tmp_path):
+    err = _error(["eval", "lm", "--model", "./no/such/dir", "--output-dir", str(tmp_path)], capsys)
+    assert "--model ./no/such/dir: no such file or directory" in err
+
+
+def test_model_required(capsys, tmp_path):
+    assert "--model: required" in _error(["eval", "lm", "--output-dir", str(tmp_path)], capsys)
+
+
+def test_unknown_text_column(capsys, tiny_lm_dir, text_file, tmp_path):
+    err = _error(["eval", "lm", "--model", str(tiny_lm_dir), "--data", str(text_file), "--text-column", "txt",
+                  "--output-dir", str(tmp_path)], capsys)
+    assert "--text-column: column 'txt' is not in the data set (did you mean 'text'?)" in err
+
+
+def test_missing_data(capsys, tiny_lm_dir, tmp_path):
+    err = _error(["eval", "lm", "--model", str(tiny_lm_dir), "--data", "./nope.txt", "--output-dir", str(tmp_path)],
+                 capsys)
+    assert "--data ./nope.txt: no such file or directory" in err
+
+
+def test_bad_group_sizes(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "lm", "--model", "x", "--group-sizes", "1,two"])
+    assert e.value.code == 2
+    assert "--group-sizes: '1,two' is not a comma-separated list of integers" in capsys.readouterr().err
+    assert "--group-sizes: 3 is not a valid G; use values from 1, 2, 4, 8" in _error(
+        ["eval", "lm", "--model", "x", "--group-sizes", "1,3"], capsys)
+
+
+def test_bad_distr_field(capsys, tiny_lm_dir, tmp_path):
+    err = _error(["eval", "lm", "--model", str(tiny_lm_dir), "--distr", "exact_windw=3",
+                  "--output-dir", str(tmp_path)], capsys)
+    assert "--distr" in err and "did you mean 'exact_window'" in err
+
+
+def test_report_of_a_non_result(capsys, tmp_path):
+    (tmp_path / "x.json").write_text("{}")
+    assert "is not a distr_patch result: $: missing 'schema_version'" in _error(["report", str(tmp_path / "x.json")],
+                                                                                 capsys)
+
+
+def test_end_to_end_and_report(tiny_lm_dir, text_file, tmp_path, capsys):
+    argv = ["eval", "lm", "--model", str(tiny_lm_dir), "--data", str(text_file), "--window", "64", "--stride", "32",
+            "--max-windows", "2", "--group-sizes", "2", "--settings", "paper", "--distr", "block_m=32",
+            "--output-dir", str(tmp_path), "--run-name", "a"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| G2 | 2 | paper |" in out and "results: " in out
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "a" / "result.json"), "--output-dir",
+                 str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "accuracy_loss_vs_g.png").is_file()
+    assert json.loads((tmp_path / "a" / "result.json").read_text())["config"]["group_sizes"] == [2]
+
+
+def test_python_dash_m(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "distr_patch", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "distr-patch" in out.stdout
+
+
+def test_bench_runs_without_datasets_and_evaluate(tiny_lm_dir, tmp_path):
+    """The GPU image has neither: bench model must not import them."""
+    code = ("import sys; sys.modules['datasets'] = None; sys.modules['evaluate'] = None\n"
+            "from distr_patch.cli.main import main\n"
+            f"sys.exit(main(['bench', 'model', '--model', {str(tiny_lm_dir)!r}, '--seq-lens', '32,64', "
+            "'--batch-sizes', '1', '--gen-tokens', '2', '--gen-prompt-len', '16', '--warmup', '0', '--repeats', '1', "
+            f"'--group-sizes', '2', '--distr', 'block_m=32', '--output-dir', {str(tmp_path)!r}, '--run-name', 'b']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads((tmp_path / "b" / "result.json").read_text())
+    points = data["variants"][1]["latency"]["prefill"]
+    assert [p["seq_len"] for p in points] == [32, 64] and data["variants"][1]["latency"]["generate"]
+    assert (tmp_path / "b" / "latency_vs_seq_len.png").is_file()

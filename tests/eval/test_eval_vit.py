@@ -1,0 +1,50 @@
+"""``run_vit`` on a tiny ViT and an imagefolder: top-k vs a hand computation, G=1 vs exact, fidelity."""
+import json
+
+import pytest
+import torch
+
+from distr_patch.data import load_images
+from distr_patch.eval.config import RunConfig
+from distr_patch.eval.vision import run_vit
+from distr_patch.models import load_model
+from tiny_models import save_tiny_vit, write_image_folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vit")
+    return save_tiny_vit(root / "model"), write_image_folder(root / "images")
+
+
+def _run(setup, tmp_path, **changes):
+    model_dir, images = setup
+    cfg = RunConfig.merge(flags=dict(model=str(model_dir), data=str(images), group_sizes=[1, 2], settings=["paper"],
+                                     distr={"block_m": 32}, batch_size=5, output_dir=str(tmp_path), run_name="r",
+                                     device="cpu", plots=False, **changes))
+    out = run_vit(cfg, progress=False)
+    return json.loads(out.result.path.read_text())
+
+
+def test_topk_equals_hand_computation_and_g1_matches(setup, tmp_path):
+    data = _run(setup, tmp_path)
+    model_dir, images = setup
+    loaded = load_model(str(model_dir), "vit")
+    ds = load_images(str(images))
+    pixels = loaded.processor(images=[im.convert("RGB") for im in ds["image"]], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        ranked = loaded.model(pixel_values=pixels).logits.topk(5, -1).indices
+    labels = torch.tensor(ds["label"])
+    exact = data["variants"][0]["metrics"]
+    assert exact["top1"]["value"] == pytest.approx((ranked[:, 0] == labels).float().mean().item())
+    assert exact["top5"]["value"] == pytest.approx((ranked == labels[:, None]).any(-1).float().mean().item())
+    g1 = data["variants"][1]["metrics"]
+    assert g1["top1"]["diff"] == 0 and g1["top5"]["diff"] == 0
+    assert data["datasets"]["images"]["num_examples"] == 12
+
+
+def test_fidelity_is_one_for_g1_and_below_for_g2(setup, tmp_path):
+    data = _run(setup, tmp_path, vit_metric="fidelity")
+    cos = {v["name"]: v["metrics"]["cosine"]["value"] for v in data["variants"]}
+    assert cos["exact"] == pytest.approx(1.0) and cos["G1"] == pytest.approx(1.0, abs=1e-5)
+    assert cos["G2"] < 1 - 1e-6

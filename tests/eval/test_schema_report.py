@@ -1,0 +1,68 @@
+"""The result schema rejects malformed files; the report merges files into one table and valid PNGs."""
+import copy
+import json
+
+import pytest
+
+from distr_patch.eval.report import PLOT_NAMES, loss, markdown, write_plots
+from distr_patch.eval.results import ResultFile, load_results
+from distr_patch.eval.schema import SchemaError, validate
+from distr_patch.eval.variants import Variant
+
+
+def _eval_result(tmp_path, name, values, kind="eval-lm"):
+    rf = ResultFile(tmp_path / f"{name}.json", kind=kind, model={"name": name, "model_type": "llama"}, config={},
+                    provenance={"torch": "x", "transformers": "x", "triton": "x", "device": "cpu", "gpu": None,
+                                "git_commit": None, "seed": 0})
+    rf.add_dataset("perplexity", "text", 100)
+    for (vname, g, setting), (ppl, ms) in zip([("exact", None, None), ("G2", 2, "paper"), ("G4", 4, "paper")], values):
+        rf.add_variant(Variant(vname, g, setting, {} if g is None else {"group_size": g, "exact_layers": [0]}),
+                       {"perplexity": (ppl, "perplexity")}, {"perplexity": {"p20_ms": ms, "p50_ms": ms, "p80_ms": ms}})
+    rf.save("complete")
+    return rf
+
+
+def test_diff_baseline_speedup(tmp_path):
+    data = _eval_result(tmp_path, "m", [(10.0, 100.0), (12.5, 50.0), (20.0, 25.0)]).data
+    g2 = data["variants"][1]
+    assert g2["metrics"]["perplexity"] == {"value": 12.5, "baseline": 10.0, "diff": 2.5, "higher_is_better": False,
+                                           "dataset": "perplexity"}
+    assert g2["speedup"] == pytest.approx(2.0) and g2["layers"] == {"exact_layers": [0]}
+    assert loss(g2["metrics"]["perplexity"]) == 2.5
+    assert loss({"diff": -0.1, "higher_is_better": True}) == 0.1
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: d.pop("provenance"), r"\$: missing 'provenance'"),
+    (lambda d: d["variants"][1]["metrics"]["perplexity"].update(value="high"), r"\$.variants\[1\].metrics.perplexity.value"),
+    (lambda d: d.update(kind="eval-xyz"), r"\$.kind: 'eval-xyz' is not one of"),
+    (lambda d: d.update(schema_version=99), r"\$.schema_version"),
+])
+def test_schema_rejects(tmp_path, mutate, match):
+    data = copy.deepcopy(_eval_result(tmp_path, "m", [(10.0, 1.0), (11.0, 1.0), (12.0, 1.0)]).data)
+    validate(data)
+    mutate(data)
+    with pytest.raises(SchemaError, match=match):
+        validate(data)
+
+
+def test_report_merges_files(tmp_path):
+    a = _eval_result(tmp_path, "model-a", [(10.0, 100.0), (12.5, 50.0), (20.0, 25.0)])
+    b = _eval_result(tmp_path, "model-b", [(5.0, 10.0), (5.5, 8.0), (6.0, 6.0)])
+    results = load_results([a.path, b.path])
+    table = markdown(results)
+    assert "| model-a | G2 | 2 | paper | 12.5 (+2.5) |" in table
+    assert "| model-b | G4 | 4 | paper | 6 (+1) |" in table
+    written = write_plots(results, tmp_path / "plots")
+    assert [p.name for p in written] == [PLOT_NAMES[0], PLOT_NAMES[2]]  # no bench file: no latency-vs-length plot
+    for p in written:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+
+
+def test_load_results_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"kind": "eval-lm"}))
+    with pytest.raises(SchemaError, match="bad.json is not a distr_patch result"):
+        load_results([bad])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_results([tmp_path / "none.json"])

@@ -1,0 +1,80 @@
+"""Patched models on the Triton path: under the interpreter on the CPU, and on CUDA (the GPU image, 5.17).
+
+The adapter calls ``distr_attention`` with backend "auto" (CUDA -> Triton, CPU -> reference); here the
+CPU runs force backend="triton" so the kernel sees the masks and valid rows the adapter builds.
+"""
+import functools
+import os
+
+import pytest
+import torch
+import transformers as tf
+
+from distr_patch import DistrConfig, patch_model
+from distr_patch.integrations import hf
+from distr_patch.ops import distr_attention
+
+CUDA = torch.cuda.is_available()
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _llama(head_dim: int, layers: int = 2):
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(hidden_size=4 * head_dim, intermediate_size=128, num_hidden_layers=layers,
+                            num_attention_heads=4, num_key_value_heads=2, vocab_size=128, initializer_range=0.2)
+    return tf.AutoModelForCausalLM.from_config(config).eval()
+
+
+def _right_padded(seq: int, short: int):
+    ids = torch.randint(1, 128, (2, seq), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, seq, dtype=torch.long)
+    mask[1, short:] = 0
+    return ids, mask
+
+
+@pytest.mark.skipif(not INTERPRET, reason="CPU tensors through Triton need TRITON_INTERPRET=1")
+def test_triton_kernel_in_a_patched_model_matches_the_reference(monkeypatch):
+    model = _llama(head_dim=32)
+    ids, mask = _right_padded(seq=40, short=29)
+    cfg = DistrConfig.paper(block_m=32, exact_below=1)
+    with torch.no_grad():
+        patch_model(model, cfg)
+        ref = model(ids, attention_mask=mask).logits  # CPU: the PyTorch reference
+        monkeypatch.setattr(hf, "distr_attention", functools.partial(distr_attention, backend="triton"))
+        out = model(ids, attention_mask=mask).logits
+        alone = model(ids[1:, :29]).logits
+    torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(out[1:, :29], alone, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_patched_model_on_cuda(dtype):
+    """Same user code on CUDA: G=1 matches SDPA, G=2 matches the CPU reference, padding, generate()."""
+    print("transformers", tf.__version__)
+    model = _llama(head_dim=64)
+    ids, mask = _right_padded(seq=300, short=200)
+    with torch.no_grad():
+        patch_model(model, DistrConfig.paper(exact_below=1))
+        cpu = model(ids, attention_mask=mask).logits
+        model.to("cuda", dtype)
+        ids_c, mask_c = ids.cuda(), mask.cuda()
+        gpu = model(ids_c, attention_mask=mask_c).logits.float().cpu()
+        tol = 2e-3 if dtype == torch.float32 else 1e-1
+        real = mask.bool()
+        assert torch.isfinite(gpu[real]).all()
+        torch.testing.assert_close(gpu[real], cpu[real], atol=tol * cpu.abs().max().item(), rtol=0)
+        alone = model(ids_c[1:, :200]).logits.float().cpu()
+        torch.testing.assert_close(gpu[1:, :200], alone, atol=tol * cpu.abs().max().item(), rtol=0)
+
+        patch_model(model, DistrConfig.exact(exact_below=1))
+        g1 = model(ids_c).logits.float()
+        model.set_attn_implementation("sdpa")
+        sdpa = model(ids_c).logits.float()
+        torch.testing.assert_close(g1, sdpa, atol=tol * sdpa.abs().max().item(), rtol=0)
+        model.set_attn_implementation("distr")
+
+        patch_model(model)  # the defaults: prefill through the kernel, decode exact
+        out = model.generate(ids_c[:1, :150], max_new_tokens=20, min_new_tokens=20, do_sample=False)
+        assert out.shape == (1, 170)
