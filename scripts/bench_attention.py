@@ -159,7 +159,8 @@ def run_tune(args):
     from distr_patch.ops.distr_attn import _triton_forward
 
     dev = torch.device("cuda")
-    cfgs = [FwdConfig(128, bn, w, s, lay) for bn in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4)
+    cfgs = [FwdConfig(128, bn, w, s, lay) for bn, w, s in ((64, 4, 2), (64, 4, 3), (64, 8, 2), (64, 8, 3),
+                                                          (128, 8, 2), (32, 4, 3))
             for lay in ("transposed", "natural")]
     tune_variants = {
         "G=1": dict(group_size=1),
@@ -182,8 +183,7 @@ def run_tune(args):
                 for cfg in cfgs:
                     if kw["group_size"] == 1 and cfg.k_layout == "natural":
                         continue
-                    if d >= 128 and cfg.block_n == 128 and cfg.num_stages == 4:
-                        continue
+
                     try:
                         ms = _bench(lambda: _triton_forward(q, k, v, config=cfg, **full), 60)
                     except Exception as e:
@@ -196,6 +196,13 @@ def run_tune(args):
                 best = results[0]
                 print(f"  tune d={d} causal={int(causal)} {vname:<20} best {best[0]:.3f} ms {best[1]} | worst "
                       f"{results[-1][0]:.3f} ms", flush=True)
+        # the grouping's own kernels, apart
+        from distr_patch.ops.grouping_triton import triton_grouping
+        for fusion in ("mean", "rank1"):
+            ms = _bench(lambda: triton_grouping(q, group_size=2, block_m=128, num_hash_bits=16, seed=0,
+                                                query_valid=None, fusion=fusion), 60)
+            print(f"  grouping kernel d={d} {fusion}: {ms:.3f} ms", flush=True)
+        print(f"  K transpose copy d={d}: {_bench(lambda: k.transpose(-1, -2).contiguous(), 60):.3f} ms", flush=True)
         del q, k, v
         torch.cuda.empty_cache()
     return rows

@@ -12,8 +12,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_attention.py"
 def register(sub) -> None:
     p = sub.add_parser("op", help=HELP, description=HELP + "; see `python scripts/bench_attention.py --help`",
                        add_help=False)
-    p.add_argument("argv", nargs=argparse.REMAINDER, help="arguments for scripts/bench_attention.py")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, passthrough=True)  # main() hands every further argument to the script
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,4 +24,4 @@ def run(args: argparse.Namespace) -> int:
     spec.loader.exec_module(module)
     if not hasattr(module, "main"):
         raise ImportError(f"{SCRIPT} has no main(argv)")
-    return module.main(list(args.argv)) or 0
+    return module.main(list(args.passthrough_args)) or 0

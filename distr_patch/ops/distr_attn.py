@@ -29,15 +29,15 @@ MASK_NONE, MASK_BOOL, MASK_ADDITIVE = 0, 1, 2
 
 # --------------------------------------------------------------------------- kernels
 @triton.jit
-def _grouped_qk(qt, KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd,
+def _grouped_kt(KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd,
                 G: tl.constexpr, DG: tl.constexpr, DG_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-                FUSION_MEAN: tl.constexpr, BOUNDS: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Raw grouped scores Q̃ K̃ᵀ of one key tile: fp32 [BLOCK_M, BLOCK_N].
+                FUSION_MEAN: tl.constexpr, BOUNDS: tl.constexpr, DOT_T: tl.constexpr):
+    """K̃ᵀ of one key tile: [DG_PAD, BLOCK_N] in the dot type.
 
-    qt: [BLOCK_M, DG_PAD] fused queries of the tile. GRP_B / WB_B point at this query
-    block's sorted column order / key weights (d entries). K̃ᵀ[g, n] = Σ_i b K[n, col(g·G+i)]
-    is built from G row-gathers of KG (a [d, M] copy of K, or K itself), each a
-    [DG_PAD, BLOCK_N] tile whose rows are contiguous keys when KG is transposed.
+    GRP_B / WB_B point at this query block's sorted column order / key weights (d entries).
+    K̃ᵀ[g, n] = Σ_i b K[n, col(g·G+i)] is built from G row-gathers of KG (a [d, M] copy of K,
+    or K itself), each a [DG_PAD, BLOCK_N] tile whose rows are contiguous keys when KG is
+    the transposed copy.
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_g = tl.arange(0, DG_PAD)
@@ -55,7 +55,7 @@ def _grouped_qk(qt, KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd,
         else:
             w = tl.load(WB_B + offs_g * G + i, mask=gmask, other=0.0)
             ktt += x.to(tl.float32) * w[:, None]
-    return tl.dot(qt, ktt.to(qt.dtype), input_precision=DOT_PREC)
+    return ktt.to(DOT_T)
 
 
 @triton.jit
@@ -116,14 +116,22 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
     offs_d = tl.arange(0, D_PAD)
     if EXACT or MIXED:
         q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
+    if not EXACT:
+        # K̃ᵀ of the next tile is gathered one iteration ahead, so its loads overlap this
+        # tile's softmax and P·V (the gathers feed arithmetic, not a dot, and are not
+        # pipelined by the compiler). The prefetch past `hi` is bounds-masked and unused.
+        ktt = _grouped_kt(KG, GRP_B, WB_B, lo, M, stride_kgn, stride_kgd, G, DG, DG_PAD, BLOCK_N, FUSION_MEAN,
+                          True, DOT_T)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if EXACT:
             s = _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS,
                           DOT_PREC) * qk_scale2
         else:
-            s = _grouped_qk(qt, KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD, BLOCK_N,
-                            FUSION_MEAN, BOUNDS, DOT_PREC) * qk_scale2
+            ktt_next = _grouped_kt(KG, GRP_B, WB_B, start_n + BLOCK_N, M, stride_kgn, stride_kgd, G, DG, DG_PAD,
+                                   BLOCK_N, FUSION_MEAN, True, DOT_T)
+            s = tl.dot(qt, ktt, input_precision=DOT_PREC) * qk_scale2
+            ktt = ktt_next
             if HAS_CORR:
                 s = s - corr2[:, None]
             if MIXED:
@@ -168,8 +176,8 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, MASKP, offs_m, N, M, WINDOW,
     cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        sg = _grouped_qk(qt, KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD, BLOCK_N,
-                         FUSION_MEAN, True, DOT_PREC)
+        sg = tl.dot(qt, _grouped_kt(KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD, BLOCK_N,
+                                    FUSION_MEAN, True, DOT_T), input_precision=DOT_PREC)
         se = _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_PREC)
         dist = offs_m[:, None] + (M - N) - offs_n[None, :]
         sel = (dist < WINDOW) & (dist > -WINDOW)

@@ -107,3 +107,15 @@ def test_bench_runs_without_datasets_and_evaluate(tiny_lm_dir, tmp_path):
     points = data["variants"][1]["latency"]["prefill"]
     assert [p["seq_len"] for p in points] == [32, 64] and data["variants"][1]["latency"]["generate"]
     assert (tmp_path / "b" / "latency_vs_seq_len.png").is_file()
+
+
+def test_bench_op_passes_arguments_to_the_script(capsys, monkeypatch, tmp_path):
+    from distr_patch.cli import bench_op
+
+    script = tmp_path / "bench_attention.py"
+    script.write_text("def main(argv):\n    print('got', argv)\n    return 0\n")
+    monkeypatch.setattr(bench_op, "SCRIPT", script)
+    assert main(["bench", "op", "--quick", "--n", "128"]) == 0
+    assert "got ['--quick', '--n', '128']" in capsys.readouterr().out
+    monkeypatch.setattr(bench_op, "SCRIPT", tmp_path / "missing.py")
+    assert "which is not in this checkout" in _error(["bench", "op"], capsys)
