@@ -74,8 +74,9 @@ def _make_fn(spec, q, k, v, causal):
 
 def _grouping_fn(kw, q, k):
     """The grouping's own kernels for one call (torch ops): hash+sort, fusion weights, K copy."""
-    from distr_patch.ops import compute_groups, fusion_weights
     from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import transpose_keys
+    from distr_patch.ops.grouping_triton import triton_grouping
 
     G, bm = kw.get("group_size", 2), kw.get("block_m", 128)
     if G == 1:
@@ -83,10 +84,10 @@ def _grouping_fn(kw, q, k):
     layout = fwd_config(q.shape[-1], G, bm).k_layout
 
     def fn():
-        g = compute_groups(q, group_size=G, block_m=bm)
-        fusion_weights(q, g, group_size=G, block_m=bm, fusion=kw.get("fusion", "mean"))
+        triton_grouping(q, group_size=G, block_m=bm, num_hash_bits=16, seed=0, query_valid=None,
+                        fusion=kw.get("fusion", "mean"))
         if layout == "transposed":
-            k.transpose(-1, -2).contiguous()
+            transpose_keys(k)
     return fn
 
 
@@ -202,7 +203,9 @@ def run_tune(args):
             ms = _bench(lambda: triton_grouping(q, group_size=2, block_m=128, num_hash_bits=16, seed=0,
                                                 query_valid=None, fusion=fusion), 60)
             print(f"  grouping kernel d={d} {fusion}: {ms:.3f} ms", flush=True)
-        print(f"  K transpose copy d={d}: {_bench(lambda: k.transpose(-1, -2).contiguous(), 60):.3f} ms", flush=True)
+        from distr_patch.ops.distr_attn import transpose_keys
+        print(f"  K transpose copy d={d}: torch {_bench(lambda: k.transpose(-1, -2).contiguous(), 60):.3f} ms, "
+              f"triton {_bench(lambda: transpose_keys(k), 60):.3f} ms", flush=True)
         del q, k, v
         torch.cuda.empty_cache()
     return rows

@@ -116,22 +116,15 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
     offs_d = tl.arange(0, D_PAD)
     if EXACT or MIXED:
         q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
-    if not EXACT:
-        # K̃ᵀ of the next tile is gathered one iteration ahead, so its loads overlap this
-        # tile's softmax and P·V (the gathers feed arithmetic, not a dot, and are not
-        # pipelined by the compiler). The prefetch past `hi` is bounds-masked and unused.
-        ktt = _grouped_kt(KG, GRP_B, WB_B, lo, M, stride_kgn, stride_kgd, G, DG, DG_PAD, BLOCK_N, FUSION_MEAN,
-                          True, DOT_T)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if EXACT:
             s = _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS,
                           DOT_PREC) * qk_scale2
         else:
-            ktt_next = _grouped_kt(KG, GRP_B, WB_B, start_n + BLOCK_N, M, stride_kgn, stride_kgd, G, DG, DG_PAD,
-                                   BLOCK_N, FUSION_MEAN, True, DOT_T)
+            ktt = _grouped_kt(KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD, BLOCK_N,
+                              FUSION_MEAN, BOUNDS, DOT_T)
             s = tl.dot(qt, ktt, input_precision=DOT_PREC) * qk_scale2
-            ktt = ktt_next
             if HAS_CORR:
                 s = s - corr2[:, None]
             if MIXED:
@@ -303,7 +296,33 @@ def _distr_fwd_kernel(
     tl.store(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty), mask=omask)
 
 
+@triton.jit
+def _transpose_keys_kernel(K, KT, stride_kb, stride_kh, stride_kn, stride_kd, Hkv, M,
+                           HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
+    """KT[b, h] = K[b, h]ᵀ: [M, d] -> contiguous [d, M], one BLOCK_N-key tile per program."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hkv
+    h = pid_bh % Hkv
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    msk = (offs_n < M)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    x = tl.load(K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + offs_n[:, None] * stride_kn
+                + offs_d[None, :] * stride_kd, mask=msk, other=0.0)
+    out = KT + pid_bh.to(tl.int64) * HEAD_DIM * M
+    tl.store(out + offs_d[:, None] * M + offs_n[None, :], tl.trans(x), mask=tl.trans(msk))
+
+
 # --------------------------------------------------------------------------- launcher
+def transpose_keys(k: torch.Tensor) -> torch.Tensor:
+    """[B, Hkv, M, d] (any strides) -> contiguous [B, Hkv, d, M] copy, one pass."""
+    B, H, M, d = k.shape
+    kt = torch.empty(B, H, d, M, device=k.device, dtype=k.dtype)
+    _transpose_keys_kernel[(triton.cdiv(M, 64), B * H)](k, kt, *k.stride(), H, M, HEAD_DIM=d,
+                                                        D_PAD=triton.next_power_of_2(d), BLOCK_N=64, num_warps=4)
+    return kt
+
+
 def _dot_dtype(dtype: torch.dtype):
     """Operand type of the kernel's dots: the input dtype on the GPU. The Triton
     interpreter (CPU tests) computes bf16 dots wrongly, so there they run in fp32."""
@@ -357,7 +376,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         nb = grp.shape[2]
         sub_m = block_m
     if not exact and cfg.k_layout == "transposed":
-        kg = k.transpose(-1, -2).contiguous()  # [B, Hkv, d, M]
+        kg = transpose_keys(k)  # [B, Hkv, d, M]
         kg_strides = (kg.stride(0), kg.stride(1), kg.stride(3), kg.stride(2))
     else:
         kg = k

@@ -47,9 +47,11 @@ def _grouping_kernel(Q, QV, R, GRP, WA, WB,
     out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
     tl.store(GRP + out + cols, perm, mask=cols < HEAD_DIM)
     if RANK1_PAIRS:
-        c0, c1 = tl.split(tl.reshape(perm, (D_PAD // 2, 2)))
+        tl.debug_barrier()  # the permutation is re-read from memory in a plain layout
         g = tl.arange(0, D_PAD // 2)
         gvalid = g < HEAD_DIM // 2
+        c0 = tl.load(GRP + out + 2 * g, mask=gvalid, other=0)
+        c1 = tl.load(GRP + out + 2 * g + 1, mask=gvalid, other=0)
         lm = rvalid[:, None] & gvalid[None, :]
         x0 = tl.load(Q + rows[:, None] * stride_qn + c0.to(tl.int64)[None, :] * stride_qd, mask=lm,
                      other=0.0).to(tl.float32)

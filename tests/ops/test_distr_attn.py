@@ -179,3 +179,11 @@ def test_fp32_gpu():
     kw = dict(group_size=2, block_m=64, fusion="rank1", exact_window=32, window_correction=0.5, causal=True)
     assert rel_err(distr_attention(q, k, v, **kw), reference_distr_attention(q, k, v, **kw)) < 1e-4
 
+
+
+@interpreter_only
+def test_transpose_keys_interpreter():
+    from distr_patch.ops.distr_attn import transpose_keys
+
+    k = torch.randn(2, 70, 3, 80).transpose(1, 2)  # non-contiguous, tail keys, padded head dim
+    assert torch.equal(transpose_keys(k), k.transpose(-1, -2).contiguous())

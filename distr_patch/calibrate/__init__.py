@@ -1,0 +1,23 @@
+"""Calibration: per-layer DistrAttention settings that save the most attention work within a loss budget."""
+from .api import BudgetError, Choice, Sensitivity, calibrate, calibrate_full, choose, measure, parse_budget
+from .candidates import DEFAULT_GRID, FAST_GRID, Candidate, CandidateError, candidate_grid, parse_candidates
+from .cost import CostModel, relative_work
+
+__all__ = [
+    "BudgetError",
+    "Candidate",
+    "CandidateError",
+    "Choice",
+    "CostModel",
+    "DEFAULT_GRID",
+    "FAST_GRID",
+    "Sensitivity",
+    "calibrate",
+    "calibrate_full",
+    "candidate_grid",
+    "choose",
+    "measure",
+    "parse_budget",
+    "parse_candidates",
+    "relative_work",
+]

@@ -1,0 +1,312 @@
+"""``calibrate(model, data, budget=...) -> DistrConfig``: per-layer settings within a perplexity budget.
+
+Steps (``measure`` once, then ``choose`` per budget):
+1. The token stream is split: calibration windows first, then the held-out part (its own strided windows
+   for the check), then optionally a test part that only reports.
+2. ``measure``: one exact pass records every layer's attention inputs (``proxy.capture``); each
+   (layer, candidate) is scored by its attention-output error e; one probe candidate per layer is scored
+   by the KL of the final logits with only that layer changed. The predicted loss of (layer, candidate) is
+   alpha_layer * e^2 with alpha_layer = KL_probe / e_probe^2 (KL is quadratic in a small perturbation),
+   in nats per token, the unit of a perplexity ratio's log.
+3. ``choose``: the greedy path (``search.greedy_path``) over predicted loss vs attention work saved
+   (``cost.CostModel``); the furthest point whose predicted loss is <= log(1 + budget) is checked end to end
+   on the held-out windows (perplexity vs exact). Over budget, it backs off along the path (secant step on
+   the measured / predicted ratio, else bisection between the best point within budget and the first
+   over it), at most ``max_checks`` checks; under budget with room left, it steps forward the same way.
+   All-exact is within any budget, so the result always is.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..config import DistrConfig
+from ..eval.perplexity import perplexity
+from ..ops.validate import check_group_size
+from ..patching import attention_modules, patched
+from .candidates import Candidate, parse_candidates
+from .cost import CostModel
+from .proxy import Capture, attention_errors, capture, layer_kl
+from .search import PathPoint, config_for, greedy_path, point_within
+
+DEFAULT_PROBE = Candidate(2, "rank1", 128, 0, 0.0)
+
+
+class BudgetError(ValueError):
+    """The budget is not a finite number >= 0 (a relative perplexity increase: 0.01 or '1%')."""
+
+
+def parse_budget(budget) -> float:
+    """0.01, '0.01' or '1%' -> 0.01 (a relative perplexity increase)."""
+    text = budget
+    if isinstance(budget, str):
+        s = budget.strip()
+        try:
+            budget = float(s[:-1]) / 100 if s.endswith("%") else float(s)
+        except ValueError:
+            raise BudgetError(f"budget {text!r} is not a number or a percentage (e.g. 0.01 or 1%)") from None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget < 0:
+        raise BudgetError(f"budget must be a finite relative perplexity increase >= 0 (0.01 = 1%), got {text!r}")
+    return float(budget)
+
+
+@dataclass
+class Split:
+    """Token ids of the three parts: calibration windows [1, n] each, held-out and test streams [T]."""
+    calib: list[torch.Tensor]
+    heldout: torch.Tensor
+    test: torch.Tensor | None
+
+
+def split_tokens(ids: torch.Tensor, *, window: int, stride: int, calib_windows: int, heldout_windows: int,
+                 test_windows: int = 0) -> Split:
+    """Calibration windows first, then the held-out stream, then the test stream (never overlapping)."""
+    def span(k):  # tokens that k strided windows cover
+        return 0 if k == 0 else window + (k - 1) * stride
+
+    need = calib_windows * window + span(heldout_windows) + span(test_windows)
+    if ids.numel() < need:
+        raise ValueError(f"the data has {ids.numel()} tokens; {calib_windows} calibration window(s) of {window}, "
+                         f"{heldout_windows} held-out and {test_windows} test window(s) need {need}")
+    calib = [ids[i * window:(i + 1) * window].unsqueeze(0) for i in range(calib_windows)]
+    h0 = calib_windows * window
+    heldout = ids[h0:h0 + span(heldout_windows)]
+    t0 = h0 + span(heldout_windows)
+    test = ids[t0:t0 + span(test_windows)] if test_windows else None
+    return Split(calib, heldout, test)
+
+
+@dataclass
+class Sensitivity:
+    """What ``measure`` found: the heat map, the probes, the predicted losses and the greedy path."""
+    candidates: list[Candidate]
+    work: list[float]                 # relative attention work per candidate
+    errors: list[list[float]]         # [layer][candidate] relative attention-output error
+    probe: Candidate
+    probe_kl: list[float]             # [layer] KL (nats/token) with only that layer on the probe
+    alpha: list[float]                # [layer] KL / error^2
+    loss: list[list[float]]           # [layer][candidate] predicted KL (nats/token)
+    path: list[PathPoint]
+    cost_source: str
+    seq_len: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.errors)
+
+
+@dataclass
+class Check:
+    point: int
+    predicted: float          # predicted loss (nats/token)
+    saving: float
+    perplexity: float
+    relative: float           # perplexity / exact - 1
+
+
+@dataclass
+class Choice:
+    """One budget's result: the config and how it was checked."""
+    budget: float
+    config: DistrConfig
+    point: int
+    predicted: float
+    saving: float             # fraction of the model's attention work saved (cost model)
+    grouped: int              # layers not exact
+    grouped_by_g: dict[int, int]
+    heldout_exact: float
+    heldout: float            # held-out perplexity of the chosen config
+    checks: list[Check]
+    test_exact: float | None = None
+    test: float | None = None
+
+
+def _uniform(base: DistrConfig | None) -> DistrConfig:
+    base = DistrConfig() if base is None else DistrConfig.from_dict(base) if isinstance(base, dict) else base
+    return base.replace(exact_layers=(), exact_first=0, exact_last=0, layer_overrides={})
+
+
+def measure(model, calib: list[torch.Tensor], candidates=None, *, base: DistrConfig | None = None,
+            cost: CostModel | None = None, probe: Candidate | str | None = None, progress: bool = True) -> Sensitivity:
+    """Score every (layer, candidate) on the calibration windows (token ids [1, n] each)."""
+    base = _uniform(base)
+    cands = parse_candidates(candidates)
+    modules = attention_modules(model)
+    timings = {}
+    t0 = time.perf_counter()
+    cap: Capture = capture(model, calib)
+    timings["capture_s"] = time.perf_counter() - t0
+    for d in set(cap.head_dim):
+        for c in cands:
+            check_group_size(c.group_size, d)
+    seq_len = cost.seq_len if cost is not None else calib[0].shape[-1]
+    cost = cost or CostModel(seq_len)
+    work = [cost.work(c) for c in cands]
+
+    t0 = time.perf_counter()
+    err = attention_errors(cap, cands, base, modules, progress=progress)
+    timings["proxy_s"] = time.perf_counter() - t0
+
+    probe = Candidate.parse(probe) if isinstance(probe, str) else probe
+    probe = probe or (DEFAULT_PROBE if DEFAULT_PROBE in cands else cands[0])
+    pj = cands.index(probe) if probe in cands else None
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    kls, alpha = [], []
+    for layer in tqdm(range(cap.num_layers), desc="proxy: logit KL probes", disable=not progress, leave=False):
+        kl = layer_kl(model, cap, layer, probe, base)
+        e = float(err[layer, pj]) if pj is not None else float(attention_errors(
+            _one_layer(cap, layer), [probe], base, modules[layer:layer + 1], progress=False)[0, 0])
+        kls.append(kl)
+        alpha.append(kl / (e * e) if e > 0 else 0.0)
+    timings["probes_s"] = time.perf_counter() - t0
+    del cap
+    loss = [[alpha[i] * float(err[i, j]) ** 2 for j in range(len(cands))] for i in range(len(alpha))]
+    if pj is not None:  # measured where we have it
+        for i in range(len(alpha)):
+            loss[i][pj] = kls[i]
+    weights = None  # every layer's exact attention work is the same in these models (same heads, same N)
+    path = greedy_path(work, loss, weights)
+    return Sensitivity(cands, work, err.tolist(), probe, kls, alpha, loss, path, cost.source, seq_len, timings)
+
+
+def _one_layer(cap: Capture, layer: int) -> Capture:
+    return Capture(cap.windows, cap.calls[layer:layer + 1], [], cap.exact_logprobs)
+
+
+def _ppl(model, ids, *, window, stride, config: DistrConfig | None) -> float:
+    if config is None:
+        return perplexity(model, ids, window=window, stride=stride, progress=False)["metrics"]["perplexity"]
+    with patched(model, config):
+        return perplexity(model, ids, window=window, stride=stride, progress=False)["metrics"]["perplexity"]
+
+
+def choose(model, sens: Sensitivity, budget, heldout: torch.Tensor, *, window: int, stride: int,
+           base: DistrConfig | None = None, max_checks: int = 4, heldout_exact: float | None = None,
+           test: torch.Tensor | None = None, test_exact: float | None = None, progress: bool = True) -> Choice:
+    """The per-layer config for ``budget`` (relative perplexity increase), checked on ``heldout`` token ids."""
+    budget = parse_budget(budget)
+    base = _uniform(base)
+    if not isinstance(max_checks, int) or max_checks < 1:
+        raise ValueError(f"max_checks must be an int >= 1, got {max_checks!r}")
+    n = sens.num_layers
+    path = sens.path
+    if heldout_exact is None:
+        heldout_exact = _ppl(model, heldout, window=window, stride=stride, config=None)
+    target = math.log1p(budget)
+    checks: list[Check] = []
+    lo, hi = 0, len(path)   # lo: furthest point known within budget; hi: nearest known over it
+    k = 0 if budget == 0 else point_within(path, target)
+    while 0 < k < hi and k != lo and len(checks) < max_checks:
+        cfg = config_for(path[k].choice, sens.candidates, base)
+        p = _ppl(model, heldout, window=window, stride=stride, config=cfg)
+        rel = p / heldout_exact - 1
+        checks.append(Check(k, path[k].loss, path[k].saving, p, rel))
+        if progress:
+            print(f"  budget {budget:.2%}: point {k}/{len(path) - 1} predicted {math.expm1(path[k].loss):+.2%} "
+                  f"held-out {rel:+.2%} saving {path[k].saving:.1%}")
+        if rel <= budget:
+            lo = k
+        else:
+            hi = k
+        measured = math.log1p(max(rel, -0.99))
+        # secant: assume measured = r * predicted along the path, aim a little inside the budget
+        if measured > 0 and path[k].loss > 0:
+            guess = point_within(path, 0.9 * target * path[k].loss / measured)
+        else:
+            guess = len(path) - 1
+        k = guess if lo < guess < hi else (lo + hi) // 2
+    choice = path[lo].choice
+    cfg = config_for(choice, sens.candidates, base)
+    held = heldout_exact if lo == 0 else next(c.perplexity for c in checks if c.point == lo)
+    by_g: dict[int, int] = {}
+    for j in choice:
+        if j is not None:
+            g = sens.candidates[j].group_size
+            by_g[g] = by_g.get(g, 0) + 1
+    out = Choice(budget, cfg, lo, path[lo].loss, path[lo].saving, sum(j is not None for j in choice), by_g,
+                 heldout_exact, held, checks)
+    if test is not None:
+        out.test_exact = test_exact if test_exact is not None else _ppl(model, test, window=window, stride=stride,
+                                                                         config=None)
+        out.test = out.test_exact if lo == 0 else _ppl(model, test, window=window, stride=stride, config=cfg)
+    assert len(choice) == n
+    return out
+
+
+def _token_ids(data, tokenizer) -> torch.Tensor:
+    if isinstance(data, str):
+        if tokenizer is None:
+            raise ValueError("data is text: pass tokenizer= (or token ids as a 1-D LongTensor)")
+        return tokenizer(data, return_tensors="pt").input_ids[0]
+    ids = torch.as_tensor(data)
+    if ids.dim() == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.dim() != 1 or ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"data must be text or a 1-D tensor of token ids, got shape {tuple(ids.shape)} {ids.dtype}")
+    return ids.long()
+
+
+def calibrate(model, data, budget=0.01, candidates=None, *, tokenizer=None, base: DistrConfig | None = None,
+              window: int = 1024, stride: int | None = None, calib_windows: int = 1, heldout_windows: int = 2,
+              probe: Candidate | str | None = None, cost: CostModel | None = None, max_checks: int = 4,
+              seed: int = 0, progress: bool = False) -> DistrConfig:
+    """Per-layer DistrAttention settings for ``model`` whose held-out perplexity is within ``budget``.
+
+    Args:
+        model: an unpatched transformers causal LM of a supported type.
+        data: text (with ``tokenizer``) or a 1-D tensor of token ids; the first ``calib_windows`` windows of
+            ``window`` tokens calibrate, the next ``heldout_windows`` strided windows (``stride``, default
+            window // 2) check.
+        budget: allowed relative perplexity increase on the held-out part (0.01 or "1%"); 0: all exact.
+        candidates: a grid name ("default": the issue's 156 per layer, "fast"), a grid dict, or a list of
+            candidate names / dicts (``candidates.parse_candidates``).
+        base: LSH seed, hash bits and exact_below of every layer (default ``DistrConfig()``'s).
+        probe: the candidate whose logit KL sets each layer's sensitivity (default G2-rank1-b128-w0-c0).
+        cost: relative attention work per candidate (default: the analytic count at ``window`` tokens).
+        max_checks: end-to-end held-out checks at most.
+
+    Returns a DistrConfig (``layer_overrides`` for the grouped layers, ``exact_layers`` for the rest) that
+    ``patch_model``, ``config.distr_config`` and ``save_pretrained`` take as it is. ``calibrate_full``
+    returns the measurements as well.
+    """
+    return calibrate_full(model, data, [budget], candidates, tokenizer=tokenizer, base=base, window=window,
+                          stride=stride, calib_windows=calib_windows, heldout_windows=heldout_windows, probe=probe,
+                          cost=cost, max_checks=max_checks, seed=seed, progress=progress)[1][0].config
+
+
+def calibrate_full(model, data, budgets, candidates=None, *, tokenizer=None, base=None, window: int = 1024,
+                   stride: int | None = None, calib_windows: int = 1, heldout_windows: int = 2,
+                   test_windows: int = 0, probe=None, cost: CostModel | None = None, max_checks: int = 4,
+                   seed: int = 0, progress: bool = False) -> tuple[Sensitivity, list[Choice]]:
+    """``calibrate`` for several budgets sharing one measurement; returns (sensitivity, one Choice per budget)."""
+    budgets = [parse_budget(b) for b in budgets]
+    if not budgets:
+        raise BudgetError("give at least one budget")
+    cands = parse_candidates(candidates)  # bad candidates fail before any model work
+    for name, v in (("window", window), ("calib_windows", calib_windows), ("heldout_windows", heldout_windows)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    stride = stride or max(1, window // 2)
+    torch.manual_seed(seed)
+    ids = _token_ids(data, tokenizer)
+    split = split_tokens(ids, window=window, stride=stride, calib_windows=calib_windows,
+                         heldout_windows=heldout_windows, test_windows=test_windows)
+    sens = measure(model, split.calib, cands, base=base, cost=cost, probe=probe, progress=progress)
+    heldout_exact = _ppl(model, split.heldout, window=window, stride=stride, config=None)
+    test_exact = None
+    if split.test is not None:
+        test_exact = _ppl(model, split.test, window=window, stride=stride, config=None)
+    choices = []
+    for b in budgets:
+        t0 = time.perf_counter()
+        choices.append(choose(model, sens, b, split.heldout, window=window, stride=stride, base=base,
+                              max_checks=max_checks, heldout_exact=heldout_exact, test=split.test,
+                              test_exact=test_exact, progress=progress))
+        sens.seconds[f"choose_{b:g}_s"] = time.perf_counter() - t0
+    return sens, choices

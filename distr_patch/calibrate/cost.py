@@ -1,0 +1,69 @@
+"""Attention work of a candidate relative to exact attention, per layer: what calibration saves.
+
+Analytic count (multiply-adds per head, causal self-attention over N tokens, head dim d), following the
+fused kernel: P = N(N+1)/2 attended pairs, P_b of them inside the exact band (|i - j| < W).
+
+    exact:      QKᵀ  P·d                                 + P·V  P·d
+    candidate:  QKᵀ  (P - P_b)·d/G + P_b·(d + d/G)       + P·V  P·d      + K fusion  P·d/block_m
+
+Tiles meeting the band compute both products (hence d + d/G there); fusing K inside each query block costs
+G loads per fused column, d per key per block of block_m rows. Grouping (LSH) and the correction's
+band statistics are O(N·d) and left out. ``CostModel(speeds=...)`` replaces the count by measured
+kernel times (candidate name -> time relative to exact attention, e.g. from ``bench op`` on a GPU).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .candidates import Candidate, CandidateError
+
+
+def causal_pairs(n: int) -> int:
+    return n * (n + 1) // 2
+
+
+def band_pairs(n: int, window: int) -> int:
+    """Causal pairs with i - j < window (the exact band), for a window >= 0."""
+    w = min(window, n)
+    return w * n - w * (w - 1) // 2
+
+
+def relative_work(cand: Candidate, seq_len: int) -> float:
+    """Attention work of ``cand`` / exact attention's (the head dim cancels)."""
+    p = causal_pairs(seq_len)
+    pb = band_pairs(seq_len, cand.exact_window)
+    g = cand.group_size
+    qk = (p - pb) / g + pb * (1 + 1 / g)
+    fusion = p / cand.block_m
+    return (qk + p + fusion) / (2 * p)
+
+
+@dataclass
+class CostModel:
+    """Relative attention work per candidate at ``seq_len`` tokens: analytic, or measured ``speeds``."""
+    seq_len: int
+    speeds: dict[str, float] = field(default_factory=dict)  # candidate name -> time / exact time
+
+    def __post_init__(self):
+        if not isinstance(self.seq_len, int) or self.seq_len <= 0:
+            raise ValueError(f"seq_len must be a positive int, got {self.seq_len!r}")
+        for name, t in self.speeds.items():
+            Candidate.parse(name)
+            if not isinstance(t, (int, float)) or t <= 0:
+                raise CandidateError(f"speeds[{name!r}] must be a positive time ratio, got {t!r}")
+
+    @classmethod
+    def load(cls, path: str | Path, seq_len: int) -> "CostModel":
+        """A JSON file {candidate name: time relative to exact attention}."""
+        return cls(seq_len, {str(k): float(v) for k, v in json.loads(Path(path).read_text()).items()})
+
+    def work(self, cand: Candidate) -> float:
+        if cand.name in self.speeds:
+            return float(self.speeds[cand.name])
+        return relative_work(cand, self.seq_len)
+
+    @property
+    def source(self) -> str:
+        return "measured" if self.speeds else "analytic"

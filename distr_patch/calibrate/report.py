@@ -1,0 +1,193 @@
+"""Calibration results: one JSON (declared schema, provenance), a markdown table and two plots.
+
+``calibration.json`` holds the candidates and their relative work, the per-layer heat map (attention
+error, predicted loss), the probes, the greedy path (predicted loss vs saving) and, per budget, the chosen
+DistrConfig with its held-out checks. Plots read only this dict: ``sensitivity_heatmap.png`` (layers x
+candidates, predicted loss) and ``pareto.png`` (the path, the checked points and the chosen ones).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..eval.report import _pyplot
+from ..eval.schema import SchemaError, _check
+from .api import Choice, Sensitivity
+
+SCHEMA_VERSION = 1
+PLOT_NAMES = ("sensitivity_heatmap.png", "pareto.png")
+_NUM = {"type": "number"}
+_NUM_OR_NULL = {"type": ["number", "null"]}
+CHOICE = {
+    "type": "object",
+    "required": ["budget", "distr_config", "layers_grouped", "layers_grouped_by_g", "attention_work_saving",
+                 "predicted_loss", "heldout", "checks"],
+    "properties": {"budget": _NUM, "distr_config": {"type": "object"}, "layers_grouped": {"type": "integer"},
+                   "layers_grouped_by_g": {"type": "object"}, "attention_work_saving": _NUM,
+                   "predicted_loss": _NUM, "checks": {"type": "array"},
+                   "heldout": {"type": "object", "required": ["exact", "chosen", "relative"]},
+                   "test": {"type": ["object", "null"]}},
+}
+CALIBRATION_SCHEMA: dict[str, Any] = {
+    "title": "distr_patch calibration result",
+    "type": "object",
+    "required": ["schema_version", "kind", "created", "model", "settings", "provenance", "candidates", "work",
+                 "errors", "predicted_loss", "probe", "path", "choices"],
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "kind": {"const": "calibrate"},
+        "model": {"type": "object", "required": ["name", "model_type", "num_layers"]},
+        "settings": {"type": "object"},
+        "provenance": {"type": "object", "required": ["torch", "transformers", "device", "git_commit", "seed"]},
+        "candidates": {"type": "array", "items": {"type": "string"}},
+        "work": {"type": "array", "items": _NUM},
+        "errors": {"type": "array", "items": {"type": "array", "items": _NUM}},
+        "predicted_loss": {"type": "array", "items": {"type": "array", "items": _NUM}},
+        "probe": {"type": "object", "required": ["candidate", "kl", "alpha"]},
+        "path": {"type": "array", "items": {"type": "object", "required": ["predicted_loss", "saving", "grouped"]}},
+        "choices": {"type": "array", "items": CHOICE},
+        "timing_s": {"type": "object"},
+    },
+}
+
+
+def validate(result: dict) -> None:
+    """Raise SchemaError unless ``result`` follows CALIBRATION_SCHEMA."""
+    _check(result, CALIBRATION_SCHEMA, "$")
+
+
+def _rel(a, b):
+    return None if a is None or b is None else a / b - 1
+
+
+def choice_dict(c: Choice, sens: Sensitivity) -> dict:
+    return {
+        "budget": c.budget,
+        "distr_config": c.config.to_dict(),
+        "layers_grouped": c.grouped,
+        "layers_grouped_by_g": {str(g): n for g, n in sorted(c.grouped_by_g.items())},
+        "fraction_grouped_g2": c.grouped_by_g.get(2, 0) / sens.num_layers,
+        "attention_work_saving": c.saving,
+        "predicted_loss": c.predicted,
+        "path_point": c.point,
+        "heldout": {"exact": c.heldout_exact, "chosen": c.heldout, "relative": _rel(c.heldout, c.heldout_exact)},
+        "test": None if c.test is None else {"exact": c.test_exact, "chosen": c.test,
+                                             "relative": _rel(c.test, c.test_exact)},
+        "checks": [dataclasses.asdict(k) for k in c.checks],
+    }
+
+
+def result_dict(sens: Sensitivity, choices: list[Choice], *, model: dict, settings: dict, provenance: dict) -> dict:
+    out = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "calibrate",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": model,
+        "settings": settings,
+        "provenance": provenance,
+        "candidates": [c.name for c in sens.candidates],
+        "work": sens.work,
+        "cost": {"source": sens.cost_source, "seq_len": sens.seq_len},
+        "errors": sens.errors,
+        "predicted_loss": sens.loss,
+        "probe": {"candidate": sens.probe.name, "kl": sens.probe_kl, "alpha": sens.alpha},
+        "path": [{"predicted_loss": p.loss, "saving": p.saving, "grouped": sum(j is not None for j in p.choice)}
+                 for p in sens.path],
+        "choices": [choice_dict(c, sens) for c in choices],
+        "timing_s": sens.seconds,
+    }
+    validate(out)
+    return out
+
+
+def write_json(result: dict, path: Path) -> Path:
+    validate(result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def load_json(path: Path) -> dict:
+    data = json.loads(Path(path).read_text())
+    try:
+        validate(data)
+    except SchemaError as e:
+        raise SchemaError(f"{path} is not a distr_patch calibration result: {e}") from e
+    return data
+
+
+def _pct(x) -> str:
+    return "" if x is None else f"{x:+.2%}"
+
+
+def markdown(result: dict) -> str:
+    n = result["model"]["num_layers"]
+    head = ["budget", "layers grouped", "at G=2", "at G=4", "attention-work saving", "predicted",
+            "held-out ppl (Δ)", "test ppl (Δ)", "checks"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in result["choices"]:
+        by_g = c["layers_grouped_by_g"]
+        h, t = c["heldout"], c["test"]
+        lines.append("| " + " | ".join([
+            f"{c['budget']:.0%}" if c["budget"] * 100 == round(c["budget"] * 100) else f"{c['budget']:.2%}",
+            f"{c['layers_grouped']}/{n}", f"{by_g.get('2', 0)}/{n}", f"{by_g.get('4', 0)}/{n}",
+            f"{c['attention_work_saving']:.1%}", _pct(math.expm1(c["predicted_loss"])),
+            f"{h['chosen']:.3f} ({_pct(h['relative'])})",
+            "" if t is None else f"{t['chosen']:.3f} ({_pct(t['relative'])})", str(len(c["checks"]))]) + " |")
+    m = result["model"]
+    s = result["settings"]
+    notes = [f"model {m['name']} ({m['model_type']}, {n} layers); candidates: {len(result['candidates'])} per layer; "
+             f"probe {result['probe']['candidate']}; work: {result['cost']['source']} at {result['cost']['seq_len']} "
+             f"tokens",
+             f"data {s.get('data')}: calibration {s.get('calib_windows')} x {s.get('window')} tokens, held-out "
+             f"{s.get('heldout_windows')} windows, test {s.get('test_windows')} windows (stride {s.get('stride')})"]
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {x}" for x in notes) + "\n"
+
+
+def write_plots(result: dict, out_dir: Path) -> list[Path]:
+    plt = _pyplot()
+    import numpy as np
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    loss = np.array(result["predicted_loss"], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.35 * loss.shape[1] + 2), max(4.0, 0.22 * loss.shape[0] + 1.5)))
+    im = ax.imshow(np.log10(np.maximum(loss, 1e-6)), aspect="auto", cmap="viridis")
+    ax.set_xticks(range(loss.shape[1]))
+    ax.set_xticklabels(result["candidates"], rotation=75, fontsize=6)
+    ax.set_yticks(range(loss.shape[0]))
+    ax.set_yticklabels(range(loss.shape[0]), fontsize=6)
+    ax.set_ylabel("layer")
+    ax.set_title(f"{result['model']['name']}: predicted loss per layer and candidate")
+    fig.colorbar(im, ax=ax, label="log10 predicted KL (nats/token)")
+    fig.tight_layout()
+    fig.savefig(out_dir / PLOT_NAMES[0], dpi=120)
+    plt.close(fig)
+    written.append(out_dir / PLOT_NAMES[0])
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    path = result["path"]
+    ax.plot([100 * p["saving"] for p in path], [100 * math.expm1(p["predicted_loss"]) for p in path], lw=1,
+            color="grey", label="greedy path (predicted)")
+    for c in result["choices"]:
+        checks = c["checks"]
+        if checks:
+            ax.scatter([100 * k["saving"] for k in checks], [100 * k["relative"] for k in checks], marker="x", s=20)
+        ax.scatter([100 * c["attention_work_saving"]], [100 * (c["heldout"]["relative"] or 0.0)], marker="o", s=40,
+                   label=f"chosen, budget {c['budget']:.0%} (held-out)")
+        ax.axhline(100 * c["budget"], lw=0.6, ls=":", color="black")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("attention work saved [%]")
+    ax.set_ylabel("perplexity increase [%] (x: held-out checks)")
+    ax.set_title(f"{result['model']['name']}: loss vs saving")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / PLOT_NAMES[1], dpi=120)
+    plt.close(fig)
+    written.append(out_dir / PLOT_NAMES[1])
+    return written

@@ -1,0 +1,159 @@
+"""``distr-patch calibrate``: per-layer DistrAttention settings within a perplexity budget.
+
+Writes one directory: ``calibration.json`` (heat map, greedy path, per budget the chosen DistrConfig and
+its held-out checks, provenance), ``distr_config-<budget>.json`` per budget (``DistrConfig.load`` /
+``patch_model`` take it as it is), ``report.md`` and the plots. Settings merge defaults < ``--config``
+YAML < flags.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+from pathlib import Path
+
+from . import options as o
+
+HELP = "choose per-layer DistrAttention settings that save the most attention work within a perplexity budget"
+EPILOG = """examples:
+  distr-patch calibrate --model smollm2-135m --data lee --budget 1%
+  distr-patch calibrate --model smollm2-135m --budget 1%,3%,10% --candidates fast --test-windows 2
+  distr-patch calibrate --config configs/calibrate-smollm2-135m.yaml
+"""
+DEFAULTS = dict(model=None, data="lee", data_name=None, split="train", text_column="text", dtype="float32",
+                device="cpu", seed=0, budget=["1%"], candidates="default", probe=None, window=1024, stride=None,
+                calib_windows=1, heldout_windows=2, test_windows=0, max_checks=4, speeds=None, seq_len=None,
+                output_dir="results", run_name=None, plots=True)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("calibrate", help=HELP, description=HELP, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    o.add_config(p)
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default=o.S, help="an alias (smollm2-135m), a local directory or .gguf file, or a hub id")
+    g.add_argument("--dtype", default=o.S, choices=["float32", "float16", "bfloat16"], help="weights dtype (float32)")
+    g.add_argument("--device", default=o.S, help="cpu (default) or cuda")
+    g.add_argument("--seed", type=int, default=o.S, help="seed (0)")
+    g.add_argument("--data", default=o.S, help="text: 'lee' (default), a .txt/.jsonl file, or a datasets name")
+    g.add_argument("--data-name", default=o.S, help="configuration of a hub data set")
+    g.add_argument("--split", default=o.S, help="data set split (train)")
+    g.add_argument("--text-column", default=o.S, help="column holding the text (text)")
+    g = p.add_argument_group("calibration")
+    g.add_argument("--budget", type=o.str_list, default=o.S, metavar="B,B",
+                   help="allowed held-out perplexity increase(s): 1%%, 0.01, or several (1%%,3%%,10%%); default 1%%")
+    g.add_argument("--candidates", default=o.S,
+                   help="'default' (the full grid: G 2,4 x mean,rank1 x block_m 32,64,128 x window 0,64,128,256 x "
+                        "correction 0,0.25,0.5,1), 'fast' (12), or names like G2-rank1-b128-w128-c0.5,...")
+    g.add_argument("--probe", default=o.S, help="candidate whose logit KL sets each layer's sensitivity "
+                                              "(G2-rank1-b128-w0-c0)")
+    g.add_argument("--window", type=int, default=o.S, help="tokens per window, calibration and checks (1024)")
+    g.add_argument("--stride", type=int, default=o.S, help="stride of the held-out/test windows (window/2)")
+    g.add_argument("--calib-windows", type=int, default=o.S, help="calibration windows (1)")
+    g.add_argument("--heldout-windows", type=int, default=o.S, help="held-out windows for the checks (2)")
+    g.add_argument("--test-windows", type=int, default=o.S, help="further windows that only report (0)")
+    g.add_argument("--max-checks", type=int, default=o.S, help="end-to-end held-out checks per budget (4)")
+    g.add_argument("--speeds", default=o.S, metavar="FILE.json",
+                   help="measured kernel time per candidate relative to exact attention (default: analytic count)")
+    g.add_argument("--seq-len", type=int, default=o.S, help="sequence length of the work estimate (--window)")
+    o.add_output(p)
+    p.set_defaults(func=run)
+
+
+def _read_yaml(path: str) -> dict:
+    import difflib
+
+    import yaml
+
+    from ..eval.config import ConfigError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML/JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: the top level must be a mapping of setting: value")
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in DEFAULTS:
+            near = difflib.get_close_matches(name, list(DEFAULTS), n=1)
+            raise ConfigError(f"--config {path}: unknown setting {key!r}" + (f" (did you mean {near[0]!r}?)"
+                                                                             if near else ""))
+        out[name] = value
+    return out
+
+
+def settings_from(args: argparse.Namespace) -> dict:
+    """defaults < YAML (--config) < flags; unknown YAML keys raise ConfigError."""
+    from ..eval.config import ConfigError
+
+    values = dict(DEFAULTS)
+    if getattr(args, "config", None):
+        values.update(_read_yaml(args.config))
+    values.update({k: v for k, v in vars(args).items() if k in DEFAULTS})
+    if isinstance(values["budget"], (str, int, float)):
+        values["budget"] = [values["budget"]] if not isinstance(values["budget"], str) else \
+            [b for b in str(values["budget"]).split(",") if b.strip()]
+    if not values["model"]:
+        raise ConfigError("--model: required (an alias such as smollm2-135m, a local path, or a hub id)")
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..calibrate import CostModel, calibrate_full, parse_budget, parse_candidates
+    from ..calibrate.report import markdown, result_dict, write_json, write_plots
+    from ..data import load_text
+    from ..eval.config import ConfigError
+    from ..eval.provenance import provenance
+    from ..eval.results import model_info
+    from ..models import load_model
+
+    s = settings_from(args)
+    try:
+        budgets = [parse_budget(b) for b in s["budget"]]
+        candidates = parse_candidates(s["candidates"])
+    except ValueError as e:
+        raise ConfigError(f"--budget/--candidates: {e}") from e
+    stride = s["stride"] or s["window"] // 2
+    need = s["calib_windows"] * s["window"] + sum(s["window"] + (k - 1) * stride for k in
+                                                  (s["heldout_windows"], s["test_windows"]) if k)
+    text, _ = load_text(s["data"], column=s["text_column"], split=s["split"], name=s["data_name"],
+                        max_chars=12 * need)
+    loaded = load_model(s["model"], "lm", dtype=s["dtype"])
+    model, tok = loaded.model, loaded.processor
+    device = torch.device(s["device"])
+    model.to(device)
+    ids = tok(text, return_tensors="pt").input_ids[0]
+    seq_len = s["seq_len"] or s["window"]
+    cost = CostModel.load(s["speeds"], seq_len) if s["speeds"] else CostModel(seq_len)
+    try:
+        sens, choices = calibrate_full(model, ids, budgets, candidates, window=s["window"], stride=stride,
+                                       calib_windows=s["calib_windows"], heldout_windows=s["heldout_windows"],
+                                       test_windows=s["test_windows"], probe=s["probe"], cost=cost,
+                                       max_checks=s["max_checks"], seed=s["seed"], progress=True)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    name = s["run_name"] or "calibrate-{}-{}".format(re.sub(r"[^A-Za-z0-9.]+", "-", s["model"].rsplit("/", 1)[-1]),
+                                                      datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    out = Path(s["output_dir"]) / name
+    result = result_dict(sens, choices, model=model_info(model, s["model"], loaded.source, s["dtype"]),
+                         settings={**s, "stride": stride, "budget": budgets},
+                         provenance=provenance(device, seed=s["seed"]))
+    write_json(result, out / "calibration.json")
+    for c in choices:
+        c.config.save(out / f"distr_config-{c.budget:g}.json")
+    table = markdown(result)
+    (out / "report.md").write_text(table)
+    print("\n" + table)
+    print(f"results: {out / 'calibration.json'}")
+    for c in choices:
+        print(f"config:  {out / f'distr_config-{c.budget:g}.json'}")
+    for p in write_plots(result, out) if s["plots"] else []:
+        print(f"plot:    {p}")
+    return 0
