@@ -13,7 +13,8 @@ Steps (``measure`` once, then ``choose`` per budget):
    on the held-out windows (perplexity vs exact). Over budget, it backs off along the path (secant step on
    the measured / predicted ratio, else bisection between the best point within budget and the first
    over it), at most ``max_checks`` checks; under budget with room left, it steps forward the same way.
-   All-exact is within any budget, so the result always is.
+   Checks are shared between budgets (a point checked for 3% bounds the search for 10%). All-exact is
+   within any budget, so the result always is.
 """
 from __future__ import annotations
 
@@ -188,8 +189,12 @@ def _ppl(model, ids, *, window, stride, config: DistrConfig | None) -> float:
 
 def choose(model, sens: Sensitivity, budget, heldout: torch.Tensor, *, window: int, stride: int,
            base: DistrConfig | None = None, max_checks: int = 4, heldout_exact: float | None = None,
-           test: torch.Tensor | None = None, test_exact: float | None = None, progress: bool = True) -> Choice:
-    """The per-layer config for ``budget`` (relative perplexity increase), checked on ``heldout`` token ids."""
+           test: torch.Tensor | None = None, test_exact: float | None = None, known: dict | None = None,
+           progress: bool = True) -> Choice:
+    """The per-layer config for ``budget`` (relative perplexity increase), checked on ``heldout`` token ids.
+
+    ``known`` (point -> Check) carries the checks of earlier budgets on the same ``sens`` and held-out data;
+    new checks are added to it. ``max_checks`` counts only new checks."""
     budget = parse_budget(budget)
     base = _uniform(base)
     if not isinstance(max_checks, int) or max_checks < 1:
@@ -199,14 +204,22 @@ def choose(model, sens: Sensitivity, budget, heldout: torch.Tensor, *, window: i
     if heldout_exact is None:
         heldout_exact = _ppl(model, heldout, window=window, stride=stride, config=None)
     target = math.log1p(budget)
+    known = {} if known is None else known  # point -> Check, shared between the budgets of one measurement
     checks: list[Check] = []
     lo, hi = 0, len(path)   # lo: furthest point known within budget; hi: nearest known over it
-    k = 0 if budget == 0 else point_within(path, target)
-    while 0 < k < hi and k != lo and len(checks) < max_checks:
+    if budget > 0:
+        lo = max([p for p, c in known.items() if c.relative <= budget], default=0)
+        hi = min([p for p, c in known.items() if c.relative > budget], default=len(path))
+        hi = max(hi, lo + 1)
+    k = point_within(path, target) if budget > 0 else 0
+    if budget > 0 and not lo < k < hi:
+        k = (lo + hi) // 2
+    while budget > 0 and lo < k < hi and len(checks) < max_checks:
         cfg = config_for(path[k].choice, sens.candidates, base)
         p = _ppl(model, heldout, window=window, stride=stride, config=cfg)
         rel = p / heldout_exact - 1
-        checks.append(Check(k, path[k].loss, path[k].saving, p, rel))
+        known[k] = Check(k, path[k].loss, path[k].saving, p, rel)
+        checks.append(known[k])
         if progress:
             print(f"  budget {budget:.2%}: point {k}/{len(path) - 1} predicted {math.expm1(path[k].loss):+.2%} "
                   f"held-out {rel:+.2%} saving {path[k].saving:.1%}")
@@ -223,7 +236,7 @@ def choose(model, sens: Sensitivity, budget, heldout: torch.Tensor, *, window: i
         k = guess if lo < guess < hi else (lo + hi) // 2
     choice = path[lo].choice
     cfg = config_for(choice, sens.candidates, base)
-    held = heldout_exact if lo == 0 else next(c.perplexity for c in checks if c.point == lo)
+    held = heldout_exact if lo == 0 else known[lo].perplexity
     by_g: dict[int, int] = {}
     for j in choice:
         if j is not None:
@@ -302,11 +315,11 @@ def calibrate_full(model, data, budgets, candidates=None, *, tokenizer=None, bas
     test_exact = None
     if split.test is not None:
         test_exact = _ppl(model, split.test, window=window, stride=stride, config=None)
-    choices = []
+    choices, known = [], {}
     for b in budgets:
         t0 = time.perf_counter()
         choices.append(choose(model, sens, b, split.heldout, window=window, stride=stride, base=base,
                               max_checks=max_checks, heldout_exact=heldout_exact, test=split.test,
-                              test_exact=test_exact, progress=progress))
+                              test_exact=test_exact, known=known, progress=progress))
         sens.seconds[f"choose_{b:g}_s"] = time.perf_counter() - t0
     return sens, choices

@@ -102,7 +102,8 @@ def candidate_grid(grid: dict[str, Iterable] | None = None) -> list[Candidate]:
 
 def parse_candidates(spec) -> list[Candidate]:
     """Candidates from: None (the default grid), a grid name ('default', 'fast'), a grid dict, a list of
-    names / Candidates / settings dicts, or a comma-separated string of names."""
+    names / Candidates / settings dicts, or a comma-separated string of names (grid names among them
+    stand for their grids: 'fast,G2-mean-b128-w0-c0')."""
     if spec is None:
         return candidate_grid(DEFAULT_GRID)
     if isinstance(spec, str):
@@ -115,11 +116,12 @@ def parse_candidates(spec) -> list[Candidate]:
         return candidate_grid(spec)
     out: list[Candidate] = []
     for item in spec:
+        if isinstance(item, str) and item.strip() in GRIDS:  # a grid name among names: its candidates
+            out += [c for c in candidate_grid(GRIDS[item.strip()]) if c not in out]
+            continue
         if isinstance(item, Candidate):
             cand = item
         elif isinstance(item, str):
-            if item.strip() in GRIDS:
-                raise CandidateError(f"grid name {item!r} cannot be mixed with candidate names")
             cand = Candidate.parse(item)
         elif isinstance(item, dict):
             bad = [k for k in item if k not in GRID_KEYS]

@@ -23,7 +23,8 @@ def _grouping_kernel(Q, QV, R, GRP, WA, WB,
                      stride_qb, stride_qh, stride_qn, stride_qd, stride_qvb,
                      Hq, N, NB,
                      HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BM: tl.constexpr, NBITS: tl.constexpr,
-                     NBITS_PAD: tl.constexpr, RANK1_PAIRS: tl.constexpr, HAS_QV: tl.constexpr):
+                     NBITS_PAD: tl.constexpr, RANK1_PAIRS: tl.constexpr, HAS_QV: tl.constexpr,
+                     ROW_CHUNK: tl.constexpr):
     pid_blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -50,16 +51,23 @@ def _grouping_kernel(Q, QV, R, GRP, WA, WB,
         tl.debug_barrier()  # the permutation is re-read from memory in a plain layout
         g = tl.arange(0, D_PAD // 2)
         gvalid = g < HEAD_DIM // 2
-        c0 = tl.load(GRP + out + 2 * g, mask=gvalid, other=0)
-        c1 = tl.load(GRP + out + 2 * g + 1, mask=gvalid, other=0)
-        lm = rvalid[:, None] & gvalid[None, :]
-        x0 = tl.load(Q + rows[:, None] * stride_qn + c0.to(tl.int64)[None, :] * stride_qd, mask=lm,
-                     other=0.0).to(tl.float32)
-        x1 = tl.load(Q + rows[:, None] * stride_qn + c1.to(tl.int64)[None, :] * stride_qd, mask=lm,
-                     other=0.0).to(tl.float32)
-        a = tl.sum(x0 * x0, 0)
-        bb = tl.sum(x0 * x1, 0)
-        c = tl.sum(x1 * x1, 0)
+        c0 = tl.load(GRP + out + 2 * g, mask=gvalid, other=0).to(tl.int64)
+        c1 = tl.load(GRP + out + 2 * g + 1, mask=gvalid, other=0).to(tl.int64)
+        a = tl.zeros([D_PAD // 2], dtype=tl.float32)
+        bb = tl.zeros([D_PAD // 2], dtype=tl.float32)
+        c = tl.zeros([D_PAD // 2], dtype=tl.float32)
+        # Gram entries of each pair, accumulated over row chunks (keeps registers small)
+        for r0 in tl.static_range(0, BM, ROW_CHUNK):
+            rr = pid_blk * BM + r0 + tl.arange(0, ROW_CHUNK)
+            rv = rr < N
+            if HAS_QV:
+                rv = rv & (tl.load(QV + b.to(tl.int64) * stride_qvb + rr, mask=rr < N, other=0) != 0)
+            lm = rv[:, None] & gvalid[None, :]
+            x0 = tl.load(Q + rr[:, None] * stride_qn + c0[None, :] * stride_qd, mask=lm, other=0.0).to(tl.float32)
+            x1 = tl.load(Q + rr[:, None] * stride_qn + c1[None, :] * stride_qd, mask=lm, other=0.0).to(tl.float32)
+            a += tl.sum(x0 * x0, 0)
+            bb += tl.sum(x0 * x1, 0)
+            c += tl.sum(x1 * x1, 0)
         lam = 0.5 * (a + c) + tl.sqrt((0.5 * (a - c)) * (0.5 * (a - c)) + bb * bb)
         v1a, v1b = lam - c, bb
         v2a, v2b = bb, lam - a
@@ -102,7 +110,7 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     _grouping_kernel[(nb, B * H)](
         q, qv, r, groups, wa, wb, *q.stride(), qv.stride(0) if query_valid is not None else 0, H, N, nb,
         HEAD_DIM=d, D_PAD=d_pad, BM=block_m, NBITS=num_hash_bits, NBITS_PAD=nbits_pad, RANK1_PAIRS=rank1_pairs,
-        HAS_QV=query_valid is not None, num_warps=4)
+        HAS_QV=query_valid is not None, ROW_CHUNK=32, num_warps=4 if d <= 64 else 8)
     if fusion == "mean":
         return groups, None, None
     if not rank1_pairs:

@@ -1,0 +1,231 @@
+"""Calibration on tiny models built from configs: candidates, cost, search, back-off, end to end, CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from tiny_models import sample_text, word_tokenizer
+
+from distr_patch import DistrConfig, patch_model, patched, unpatch_model
+from distr_patch.calibrate import (BudgetError, Candidate, CandidateError, CostModel, api, calibrate, calibrate_full,
+                                   candidate_grid, parse_budget, parse_candidates, relative_work)
+from distr_patch.calibrate.api import split_tokens
+from distr_patch.calibrate.proxy import capture, decoder_layers, kl_to_exact, layer_kl
+from distr_patch.calibrate.search import greedy_path, layer_chain, point_within
+from distr_patch.eval.perplexity import perplexity
+from distr_patch.patching import attention_modules
+
+CANDS = ["G2-rank1-b32-w0-c0", "G2-mean-b32-w0-c0", "G4-mean-b32-w0-c0", "G4-rank1-b32-w16-c0.5"]
+WINDOW = 128
+
+
+def tiny_lm(num_layers: int = 4, seed: int = 0):
+    """A 4-layer Llama (GQA 4/2 heads, d=16) with sharpened q/k so grouping changes the outputs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(word_tokenizer()), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                      max_position_embeddings=512, bos_token_id=2, eos_token_id=3, pad_token_id=1)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "q_proj" in name or "k_proj" in name:
+                p.mul_(8.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_lm()
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return word_tokenizer()(sample_text(3000), return_tensors="pt").input_ids[0]
+
+
+# ----------------------------------------------------------------------------- candidates, budget, cost
+def test_grids_and_names():
+    full = candidate_grid()
+    assert len(full) == 2 * 2 * 3 * (1 + 3 * 4)  # zero windows carry no correction
+    assert len(parse_candidates("fast")) == 12
+    assert [c.name for c in parse_candidates("fast,G2-mean-b128-w0-c0,G2-rank1-b32-w0-c0")][12:] == [
+        "G2-mean-b128-w0-c0"]
+    for c in full[:20]:
+        assert Candidate.parse(c.name) == c
+    assert [c.name for c in parse_candidates("G2-rank1-b32-w0-c0, G4-mean-b128-w64-c0.25")] == [
+        "G2-rank1-b32-w0-c0", "G4-mean-b128-w64-c0.25"]
+    assert parse_candidates([{"group_size": 2, "fusion": "mean", "block_m": 64}])[0].name == "G2-mean-b64-w0-c0"
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("G3-rank1-b32-w0-c0", "group_size"),
+    ("G2-rank2-b32-w0-c0", "fusion"),
+    ("G2-rank1-b48-w0-c0", "block_m"),
+    ("rank1", "unknown candidate 'rank1'"),
+    ({"group_sizes": [2]}, "did you mean 'group_size'"),
+    ([{"fusoin": "mean"}], "did you mean 'fusion'"),
+    ("G1-rank1-b32-w0-c0", "G=1 is exact"),
+])
+def test_bad_candidates(spec, match):
+    with pytest.raises(CandidateError, match=match):
+        parse_candidates(spec)
+
+
+def test_budgets():
+    assert parse_budget("1%") == pytest.approx(0.01)
+    assert parse_budget(0.03) == 0.03 and parse_budget("0.1") == 0.1 and parse_budget(0) == 0.0
+    for bad in (-0.01, "-1%", float("nan"), float("inf"), "one percent", True, None):
+        with pytest.raises(BudgetError):
+            parse_budget(bad)
+
+
+def test_bad_budget_and_candidates_fail_before_model_work(model, ids, monkeypatch):
+    monkeypatch.setattr(api, "measure", lambda *a, **k: pytest.fail("measured despite a bad argument"))
+    with pytest.raises(BudgetError, match="budget"):
+        calibrate(model, ids, budget=-0.5)
+    with pytest.raises(CandidateError, match="unknown candidate"):
+        calibrate(model, ids, budget=0.01, candidates=["G2-fast"])
+
+
+def test_relative_work():
+    n = 1024
+    assert relative_work(Candidate(2, "rank1", 128), n) == pytest.approx((0.5 + 1 + 1 / 128) / 2)
+    assert relative_work(Candidate(4, "rank1", 128), n) < relative_work(Candidate(2, "rank1", 128), n)
+    assert relative_work(Candidate(2, "rank1", 32), n) > relative_work(Candidate(2, "rank1", 128), n)
+    # a band covering the whole sequence computes both products: more than exact
+    assert relative_work(Candidate(2, "rank1", 128, 1024, 0.5), n) > 1
+    cm = CostModel(n, {"G2-rank1-b128-w0-c0": 0.6})
+    assert cm.work(Candidate(2, "rank1", 128)) == 0.6 and cm.source == "measured"
+    with pytest.raises(CandidateError):
+        CostModel(n, {"G2-rank1-b128-w0-c0": -1.0})
+
+
+# ----------------------------------------------------------------------------- search
+def test_greedy_path_follows_efficiency():
+    work = [0.75, 0.6]                       # candidates a (G2-like) and b (G4-like)
+    loss = [[0.01, 0.05], [0.001, 0.1], [0.2, 0.3]]
+    assert [j for j, _, _ in layer_chain(work, loss[0])] == [0, 1]
+    path = greedy_path(work, loss)
+    # layer 1's cheap move first (0.25/0.001), then layer 0's, then layer 0's second (0.15/0.04) ...
+    assert path[1].choice == (None, 0, None) and path[2].choice == (0, 0, None)
+    assert path[3].choice == (1, 0, None)
+    assert all(b.loss >= a.loss and b.saving >= a.saving for a, b in zip(path, path[1:]))
+    assert path[-1].choice == (1, 1, 1) and path[-1].saving == pytest.approx(0.4)
+    assert point_within(path, 0.0) == 0 and point_within(path, 0.011) == 2
+
+
+def test_back_off_until_within_budget(model, ids, monkeypatch):
+    """The held-out check is worse than predicted: the choice backs off to a point within the budget."""
+    split = split_tokens(ids, window=WINDOW, stride=64, calib_windows=1, heldout_windows=2)
+    sens = api.measure(model, split.calib, CANDS, progress=False)
+    calls = []
+
+    def fake_ppl(model, ids, *, window, stride, config):  # held-out loss = 3 x the predicted loss of the point
+        if config is None:
+            return 10.0
+        choice = tuple(None if config.for_layer(i, 4).exact else
+                       next(j for j, c in enumerate(sens.candidates)
+                            if c.settings() == {k: config.layer_overrides[i][k] for k in c.settings()})
+                       for i in range(4))
+        point = next(p for p in sens.path if p.choice == choice)
+        calls.append(point.loss)
+        return 10.0 * math.exp(3 * point.loss)
+
+    monkeypatch.setattr(api, "_ppl", fake_ppl)
+    budget = math.expm1(sens.path[-1].loss) / 2  # the predicted loss alone would take (almost) everything
+    c = api.choose(model, sens, budget, split.heldout, window=WINDOW, stride=64, max_checks=6, progress=False)
+    assert c.heldout / c.heldout_exact - 1 <= budget + 1e-12
+    assert len(c.checks) == len(calls) <= 6 and c.checks[0].relative > budget
+    furthest = max(i for i, p in enumerate(sens.path) if math.expm1(3 * p.loss) <= budget)
+    assert c.point == furthest and c.grouped > 0
+
+
+# ----------------------------------------------------------------------------- proxy
+def test_truncated_forward_matches_full(model, ids):
+    """layer_kl skips the layers before the changed one; it must equal a full forward's KL."""
+    cap = capture(model, [ids[:WINDOW].unsqueeze(0)])
+    assert decoder_layers(model, attention_modules(model)) is not None
+    cand = Candidate.parse(CANDS[2])
+    for layer in (0, 2):
+        with patched(model, DistrConfig(**cand.settings()), layers=[layer]):
+            full = kl_to_exact(cap.exact_logprobs[0], model(ids[:WINDOW].unsqueeze(0)).logits[0].detach())
+        assert layer_kl(model, cap, layer, cand, DistrConfig()) == pytest.approx(full, rel=1e-4, abs=1e-9)
+        assert full > 0
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_heldout_within_budget_and_deterministic(model, ids):
+    budget = 0.002
+    sens, (choice,) = calibrate_full(model, ids, [budget], CANDS, window=WINDOW, heldout_windows=3, progress=False)
+    again = calibrate(model, ids, budget=budget, candidates=CANDS, window=WINDOW, heldout_windows=3)
+    assert again.to_dict() == choice.config.to_dict()
+    # recompute the held-out loss of the returned config independently, with the harness
+    split = split_tokens(ids, window=WINDOW, stride=WINDOW // 2, calib_windows=1, heldout_windows=3)
+    exact = perplexity(model, split.heldout, window=WINDOW, stride=WINDOW // 2, progress=False)["metrics"]
+    patch_model(model, again)
+    try:
+        ours = perplexity(model, split.heldout, window=WINDOW, stride=WINDOW // 2, progress=False)["metrics"]
+    finally:
+        unpatch_model(model)
+    assert ours["perplexity"] <= (1 + budget) * exact["perplexity"]
+    assert ours["perplexity"] == pytest.approx(choice.heldout, rel=1e-6)
+    assert choice.grouped == len(again.layer_overrides) > 0
+
+
+def test_zero_budget_is_all_exact(model, ids):
+    cfg = calibrate(model, ids, budget=0, candidates=CANDS, window=WINDOW, heldout_windows=2)
+    assert sorted(cfg.exact_layers) == [0, 1, 2, 3] and not cfg.layer_overrides
+    assert all(cfg.for_layer(i, 4).exact for i in range(4))
+    x = ids[:WINDOW].unsqueeze(0)
+    with torch.no_grad():
+        ref = model(x).logits
+        with patched(model, cfg):
+            out = model(x).logits
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_config_round_trips(model, ids, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = calibrate(model, ids, budget=0.5, candidates=CANDS, window=WINDOW, heldout_windows=2)
+    assert cfg.layer_overrides  # something is grouped, so the round trip carries per-layer settings
+    assert DistrConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    cfg.save(tmp_path / "c.json")
+    assert DistrConfig.load(tmp_path / "c.json") == cfg
+    x = ids[:WINDOW].unsqueeze(0)
+    with torch.no_grad(), patched(model, cfg):
+        ref = model(x).logits
+        model.save_pretrained(tmp_path / "m")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m", attn_implementation="distr").eval()
+    assert DistrConfig.from_dict(loaded.config.distr_config) == cfg
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, ref)
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli(tmp_path, tiny_lm_dir, capsys):
+    from distr_patch.cli.main import main
+
+    long_text = tmp_path / "long.txt"
+    long_text.write_text(sample_text(2000))
+    rc = main(["calibrate", "--model", str(tiny_lm_dir), "--data", str(long_text), "--budget", "0,5%",
+               "--candidates", ",".join(CANDS), "--window", "64", "--heldout-windows", "2", "--test-windows", "1",
+               "--output-dir", str(tmp_path), "--run-name", "run"])
+    assert rc == 0
+    run = tmp_path / "run"
+    result = json.loads((run / "calibration.json").read_text())
+    assert [c["budget"] for c in result["choices"]] == [0.0, 0.05]
+    assert len(result["errors"]) == 2 and len(result["errors"][0]) == len(CANDS)
+    assert DistrConfig.load(run / "distr_config-0.json").exact_layers == (0, 1)
+    assert DistrConfig.load(run / "distr_config-0.05.json") == DistrConfig.from_dict(result["choices"][1]["distr_config"])
+    assert (run / "sensitivity_heatmap.png").is_file() and (run / "pareto.png").is_file()
+    assert "layers grouped" in (run / "report.md").read_text()
+
+    assert main(["calibrate", "--model", str(tiny_lm_dir), "--budget", "lots"]) == 2
+    assert "not a number or a percentage" in capsys.readouterr().err
+    assert main(["calibrate", "--model", str(tiny_lm_dir), "--candidates", "G2-quick"]) == 2
+    assert "unknown candidate" in capsys.readouterr().err
