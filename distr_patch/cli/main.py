@@ -6,6 +6,7 @@
     distr-patch bench model ...  whole-model latency: prefill, images/s, generate() tokens/s
     distr-patch report RESULTS   merge result files into one table and plots
     distr-patch calibrate ...    per-layer settings within a perplexity budget (distr_patch.calibrate)
+    distr-patch finetune ...     recovery fine-tuning (HF Trainer), held-out accuracy before/after (distr_patch.finetune)
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ..data.errors import DataError
 from ..eval.config import ConfigError
 from ..eval.schema import SchemaError
 from ..models.loading import ModelLoadError
-from . import bench_model, bench_op, calibrate, eval_lm, eval_vit, report
+from . import bench_model, bench_op, calibrate, eval_lm, eval_vit, finetune, report
 
 # Errors a user can fix from the command line: printed as one line, exit status 2. Anything else is a
 # bug and keeps its traceback.
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_model.register(bench_sub)
     report.register(commands)
     calibrate.register(commands)
+    finetune.register(commands)
     return parser
 
 

@@ -1,0 +1,123 @@
+"""One fine-tuning run's settings: a dataclass merged from defaults < YAML (``--config``) < flags.
+
+The merge and the YAML reading are the harness's (``RunConfig.merge``/``_read_yaml``, borrowed below: they
+only need ``field_names`` and ``_configure``), so unknown keys get the same near-match hints and the same
+``ConfigError`` naming the flag. Every field is a flag of the same name (``learning_rate`` <->
+``--learning-rate``) and a YAML key (either spelling).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..eval.config import DTYPES, SETTINGS, VALID_GROUP_SIZES, ConfigError, RunConfig, flag
+
+TASKS = ("lm", "vit")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+
+
+@dataclass
+class FinetuneConfig:
+    # the model and what it is fine-tuned for
+    model: str | None = None
+    task: str = "lm"  # "lm": causal-LM on text; "vit": image classification (ViT/DeiT)
+    dtype: str = "float32"  # weights; GGUF files are dequantised to these (train fp32 on the CPU)
+    device: str | None = None  # None: what accelerate/Trainer picks (cuda when available)
+    seed: int = 0
+    # the variants: exact attention (SDPA) first, then DistrAttention per G and setting (as in `eval`)
+    group_sizes: list[int] = field(default_factory=lambda: [2])
+    settings: list[str] = field(default_factory=lambda: ["recommended"])
+    distr: dict[str, Any] = field(default_factory=dict)  # extra DistrConfig fields on every variant
+    layers: list[int] | None = None  # only these layer indices use DistrAttention (None: all)
+    exact_baseline: bool = True  # also fine-tune exact attention the same way (the fair comparison)
+    # data: text (lm) or images (vit); the first part trains, the part after it is held out
+    data: str | None = None  # lm default: "lee"
+    data_name: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    image_column: str = "image"
+    label_column: str = "label"
+    seq_len: int = 256  # lm: tokens per training block
+    train_tokens: int | None = None  # lm: tokens that train (None: all but the held-out tokens)
+    heldout_tokens: int = 4096  # lm: tokens after the training part, for held-out perplexity
+    eval_window: int | None = None  # lm: held-out perplexity window (None: seq_len)
+    eval_stride: int | None = None  # lm: its stride (None: eval_window / 2)
+    heldout_fraction: float = 0.2  # vit: the last fraction of the images is held out
+    limit: int | None = None  # vit: use at most this many images
+    # optimisation (HF Trainer / TrainingArguments)
+    learning_rate: float = 1e-4
+    max_steps: int = 100  # > 0 wins over epochs (as in TrainingArguments)
+    epochs: float = 1.0
+    batch_size: int = 4  # per device
+    grad_accum: int = 1
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    # output
+    output_dir: str = "results"
+    run_name: str | None = None
+    save: bool = True  # save each fine-tuned model (save_pretrained) under the run directory
+    plots: bool = True
+
+    field_names = classmethod(RunConfig.field_names.__func__)
+    merge = classmethod(RunConfig.merge.__func__)
+    _read_yaml = classmethod(RunConfig._read_yaml.__func__)
+
+    def _configure(self) -> None:
+        """Validate every field once; the error names the flag."""
+        if self.task not in TASKS:
+            raise ConfigError(f"{flag('task')}: {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"{flag('dtype')}: {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if not isinstance(self.group_sizes, list) or not self.group_sizes:
+            raise ConfigError(f"{flag('group_sizes')}: give at least one group size, e.g. 2")
+        for g in self.group_sizes:
+            if not isinstance(g, int) or isinstance(g, bool) or g not in VALID_GROUP_SIZES:
+                raise ConfigError(f"{flag('group_sizes')}: {g!r} is not a valid G; use values from "
+                                  f"{', '.join(map(str, VALID_GROUP_SIZES))}")
+        bad = [s for s in self.settings if s not in SETTINGS]
+        if bad or not self.settings:
+            raise ConfigError(f"{flag('settings')}: {bad[0] if bad else 'nothing'!r} is not a setting; "
+                              f"use {', '.join(SETTINGS)}")
+        if not isinstance(self.distr, dict):
+            raise ConfigError(f"{flag('distr')}: expected a mapping of DistrConfig fields")
+        if self.layers is not None and (not isinstance(self.layers, list) or not self.layers or any(
+                not isinstance(i, int) or isinstance(i, bool) for i in self.layers)):
+            raise ConfigError(f"{flag('layers')}: expected a list of layer indices, e.g. 0,1,2, got {self.layers!r}")
+        for name in ("seq_len", "heldout_tokens", "batch_size", "grad_accum", "logging_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"{flag(name)}: expected a positive integer, got {v!r}")
+        for name in ("train_tokens", "eval_window", "eval_stride", "limit"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+                raise ConfigError(f"{flag(name)}: expected a positive integer, got {v!r}")
+        if self.eval_stride is not None and self.eval_stride > (self.eval_window or self.seq_len):
+            raise ConfigError(f"{flag('eval_stride')}: {self.eval_stride} is larger than the window "
+                              f"{self.eval_window or self.seq_len}; tokens between windows would never be scored")
+        for name in ("max_steps", "warmup_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"{flag(name)}: expected an integer >= 0, got {v!r}")
+        for name, low in (("learning_rate", 0.0), ("epochs", 0.0)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > low:
+                raise ConfigError(f"{flag(name)}: expected a number > {low:g}, got {v!r}")
+        if self.max_steps == 0 and self.epochs <= 0:
+            raise ConfigError(f"{flag('max_steps')}/{flag('epochs')}: one must be positive")
+        for name in ("weight_decay", "max_grad_norm"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"{flag(name)}: expected a number >= 0, got {v!r}")
+        if not (isinstance(self.heldout_fraction, float) and 0.0 < self.heldout_fraction < 1.0):
+            raise ConfigError(f"{flag('heldout_fraction')}: expected a fraction in (0, 1), got {self.heldout_fraction!r}")
+        if self.lr_scheduler not in SCHEDULERS:
+            raise ConfigError(f"{flag('lr_scheduler')}: {self.lr_scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,190 @@
+"""One fine-tuning run: score every variant before, fine-tune each the same way, score after, save.
+
+Variants are the harness's (``eval.variants.build_variants``): exact attention first (the model's own
+implementation, SDPA), then DistrAttention per G and setting, with ``--distr`` fields and ``--layers`` on top.
+Each variant starts from freshly loaded pretrained weights. The run directory holds ``finetune.json``
+(rewritten after each variant: Ctrl-C keeps the finished ones), ``report.md`` (the one table), the one
+trade-off plot and, per variant, ``checkpoints/<variant>/`` (``save_pretrained``; reload with
+``finetune.load_checkpoint`` or ``from_pretrained(path, attn_implementation="distr")``).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..eval.config import ConfigError
+from ..eval.distributed import Shard
+from ..eval.provenance import provenance
+from ..eval.results import LAYER_SELECTION, model_info
+from ..eval.variants import Variant, build_variants
+from ..models import load_model
+from .compare import attention_work_saved, markdown, new_result, score_lm, score_vit, write_json, write_plot
+from .config import FinetuneConfig
+from .data import DEFAULT_TEXT, BlockDataset, image_split, text_split
+from .train import finetune, save_checkpoint
+
+
+@dataclass
+class FinetuneOutput:
+    result: dict
+    directory: Path
+    interrupted: bool
+
+
+def variants_of(cfg: FinetuneConfig) -> list[Variant]:
+    """Exact attention (if ``exact_baseline``) and DistrAttention per G x setting, ``--layers`` applied."""
+    variants = build_variants(cfg.group_sizes, cfg.settings, dict(cfg.distr))
+    return variants if cfg.exact_baseline else variants[1:]
+
+
+def _patch(model, variant: Variant, layers: list[int] | None):
+    """Patch ``model`` for the whole fine-tuning of ``variant`` (exact: leave it as loaded).
+
+    ``layers`` (``--layers``): only these layer indices use DistrAttention (``patch_model(..., layers=)``)."""
+    if variant.is_exact:
+        return model
+    from ..config import DistrConfig
+    from ..patching import patch_model
+
+    try:
+        return patch_model(model, DistrConfig.from_dict(variant.distr), layers=layers)
+    except ValueError as e:
+        raise ConfigError(f"--layers/--distr: {e}") from e
+
+
+@contextlib.contextmanager
+def _patched_for(model, variant: Variant, layers: list[int] | None):
+    """``_patch`` for the duration of a block (the before-scoring of the pretrained model)."""
+    if variant.is_exact:
+        yield model
+        return
+    from ..patching import unpatch_model
+
+    _patch(model, variant, layers)
+    try:
+        yield model
+    finally:
+        unpatch_model(model)
+
+
+def _directory(cfg: FinetuneConfig) -> Path:
+    name = cfg.run_name or "finetune-{}-{}".format(
+        re.sub(r"[^A-Za-z0-9.]+", "-", (cfg.model or "model").rsplit("/", 1)[-1]).strip("-"),
+        datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    return Path(cfg.output_dir) / name
+
+
+def run_finetune(cfg: FinetuneConfig, *, progress: bool = True) -> FinetuneOutput:
+    if not cfg.model:
+        raise ConfigError("--model: required (an alias such as smollm2-135m, a local path, or a hub id)")
+    torch.manual_seed(cfg.seed)
+    shard = Shard.current(cfg.device)
+    variants = variants_of(cfg)
+    if cfg.task == "vit" and not cfg.data:
+        raise ConfigError("--data: required for --task vit (an imagefolder directory or a datasets name)")
+    first = load_model(cfg.model, cfg.task, dtype=cfg.dtype)
+    device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, processor = first.model.to(device), first.processor
+    num_layers = getattr(model.config, "num_hidden_layers", 1)
+
+    if cfg.task == "lm":
+        split = text_split(cfg.data, processor, seq_len=cfg.seq_len, heldout_tokens=cfg.heldout_tokens,
+                           train_tokens=cfg.train_tokens, column=cfg.text_column, split=cfg.split, name=cfg.data_name)
+        train_ds = BlockDataset(split.train)
+        window = cfg.eval_window or cfg.seq_len
+        stride = cfg.eval_stride or max(1, window // 2)
+        data = {"name": cfg.data or DEFAULT_TEXT, "seq_len": cfg.seq_len, "train_tokens": split.train_tokens,
+                "train_blocks": int(split.train.shape[0]), "heldout_begin": split.heldout_begin,
+                "heldout_tokens": int(split.heldout.numel()), "eval_window": window, "eval_stride": stride,
+                "train_desc": f"tokens 0-{split.train_tokens} ({split.train.shape[0]} blocks of {cfg.seq_len})",
+                "heldout_desc": f"tokens {split.heldout_begin}-{split.heldout_begin + split.heldout.numel()}, "
+                                f"strided windows of {window} (stride {stride})"}
+        metric, higher, units, unit = "perplexity", False, cfg.seq_len, "tokens"
+
+        def score(m, desc):
+            return score_lm(m, split.heldout, window=window, stride=stride, shard=shard, desc=desc)
+    else:
+        train_ds, held_ds = image_split(cfg.data, processor, heldout_fraction=cfg.heldout_fraction,
+                                        image_column=cfg.image_column, label_column=cfg.label_column,
+                                        split=cfg.split, name=cfg.data_name, limit=cfg.limit)
+        num_labels = getattr(model.config, "num_labels", None)
+        top = int(torch.cat([train_ds.labels, held_ds.labels]).max())
+        if num_labels is not None and top >= num_labels:
+            raise ConfigError(f"--data {cfg.data}: label {top} is outside the model's {num_labels} classes")
+        data = {"name": cfg.data, "seq_len": None, "train_images": len(train_ds), "heldout_images": len(held_ds),
+                "train_desc": f"{len(train_ds)} images", "heldout_desc": f"the last {len(held_ds)} images"}
+        metric, higher, units, unit = "top1", True, 1, "images"
+
+        def score(m, desc):
+            return score_vit(m, held_ds, batch_size=cfg.batch_size)
+
+    directory = _directory(cfg)
+    result = new_result(model=model_info(model, cfg.model, first.source, cfg.dtype), config=cfg.to_dict(), data=data,
+                        provenance=provenance(device, seed=cfg.seed, num_processes=shard.world), metric=metric,
+                        higher_is_better=higher)
+    if device.type == "cpu":
+        result["notes"] = ["CPU run: DistrAttention (forward and backward) runs its PyTorch reference, not the "
+                           "Triton kernel; training throughput on a GPU needs the Triton backward."]
+    seq = cfg.seq_len if cfg.task == "lm" else None
+
+    def save():
+        if shard.is_main:
+            write_json(result, directory / "finetune.json")
+
+    interrupted = False
+    try:
+        # before: the pretrained model under every variant, on the same held-out data
+        entries = []
+        for variant in variants:
+            with _patched_for(model, variant, cfg.layers):
+                before = score(model, f"{variant.name} before")
+            entries.append({"name": variant.name, "group_size": variant.group_size, "setting": variant.setting,
+                            "distr_config": None, "layers": cfg.layers if not variant.is_exact else None,
+                            "attention_work_saved": None, "before": before, "after": None, "train": None,
+                            "checkpoint": None})
+            if progress and shard.is_main:
+                print(f"{variant.name:>10} before: {metric} {before[metric]:.4g}", flush=True)
+        result["variants"] = entries
+        save()
+        del model, first
+        # fine-tune each variant from the pretrained weights, then score it again
+        for variant, entry in zip(variants, entries):
+            loaded = load_model(cfg.model, cfg.task, dtype=cfg.dtype)
+            m = _patch(loaded.model.to(device), variant, cfg.layers)
+            entry["distr_config"] = getattr(m.config, "distr_config", None) if not variant.is_exact else None
+            entry["attn_implementation"] = m.config._attn_implementation
+            if entry["distr_config"]:
+                entry["layers"] = {k: entry["distr_config"][k] for k in LAYER_SELECTION if k in entry["distr_config"]}
+            entry["attention_work_saved"] = attention_work_saved(entry["distr_config"], num_layers, seq) \
+                if seq else None
+            trainer, stats = finetune(m, train_ds, cfg, output_dir=directory / "trainer" / variant.name,
+                                      units_per_sample=units, unit=unit)
+            entry["train"] = stats.to_dict()
+            entry["after"] = score(m, f"{variant.name} after")
+            if cfg.save:
+                entry["checkpoint"] = str(save_checkpoint(trainer, processor, directory / "checkpoints" / variant.name))
+            save()
+            if progress and shard.is_main:
+                print(f"{variant.name:>10} after:  {metric} {entry['after'][metric]:.4g}  "
+                      f"({stats.steps} steps, {stats.throughput:.4g} {unit}/s)", flush=True)
+            del trainer, m, loaded
+    except KeyboardInterrupt:
+        interrupted = True
+    result["status"] = "interrupted" if interrupted else "complete"
+    save()
+    if shard.is_main:
+        table = markdown(result)
+        (directory / "report.md").write_text(table)
+        print("\n" + table)
+        print(f"results: {directory / 'finetune.json'}")
+        if cfg.plots:
+            plot = write_plot(result, directory)
+            if plot:
+                print(f"plot:    {plot}")
+    return FinetuneOutput(result, directory, interrupted)
+

@@ -1,0 +1,138 @@
+"""Fine-tune a (patched) model with the HF ``Trainer`` and save it so that it reloads with its settings.
+
+The Trainer runs on accelerate, so ``accelerate launch --multi_gpu ... -m distr_patch finetune ...`` trains
+data-parallel with no change here. DistrAttention's backward is the PyTorch reference's autograd (on CUDA,
+inputs that require grad fall back to it with a one-time warning until a Triton backward exists).
+
+A patched model keeps its DistrConfig in ``model.config.distr_config`` (``patch_model`` puts it there), so
+``save_pretrained`` writes it into ``config.json`` and ``from_pretrained(path, attn_implementation="distr")``
+runs the same settings again (``load_checkpoint``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..eval.timing import quantiles
+from .config import FinetuneConfig
+
+
+@dataclass
+class TrainStats:
+    steps: int
+    samples: int
+    tokens: int  # tokens (lm) or images (vit) the optimizer steps consumed
+    unit: str  # "tokens" or "images"
+    wall_s: float  # Trainer's train_runtime
+    step_ms: dict  # p20/p50/p80 of the optimizer steps after the first (warm-up)
+    throughput: float  # unit per second at the p50 step time
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, training loss) as logged
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "samples": self.samples, self.unit: self.tokens, "unit": self.unit,
+                "wall_s": self.wall_s, "step_ms": self.step_ms, "throughput": self.throughput,
+                "throughput_unit": f"{self.unit}/s", "losses": [list(x) for x in self.losses]}
+
+
+def _step_timer():
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Wall time of each optimizer step (all its micro-batches, forward + backward + update)."""
+
+        def __init__(self):
+            self.samples_ms: list[float] = []
+            self._t0 = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if torch.cuda.is_available() and args.device.type == "cuda":
+                torch.cuda.synchronize()
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if torch.cuda.is_available() and args.device.type == "cuda":
+                torch.cuda.synchronize()
+            if self._t0 is not None:
+                self.samples_ms.append((time.perf_counter() - self._t0) * 1e3)
+
+    return StepTimer()
+
+
+def training_arguments(cfg: FinetuneConfig, output_dir: Path):
+    """``TrainingArguments`` from the run's options (no hub, no reporting, no intermediate checkpoints)."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir), learning_rate=cfg.learning_rate, max_steps=cfg.max_steps if cfg.max_steps else -1,
+        num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
+        logging_steps=cfg.logging_steps, logging_first_step=True,
+        seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", eval_strategy="no", report_to="none",
+        use_cpu=(cfg.device or "").startswith("cpu"), dataloader_num_workers=0, remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+
+
+def finetune(model, train_dataset, cfg: FinetuneConfig, *, output_dir: Path, units_per_sample: int,
+             unit: str = "tokens"):
+    """Train ``model`` in place on ``train_dataset``; returns (the Trainer, TrainStats).
+
+    ``units_per_sample`` converts samples to the throughput unit (``seq_len`` tokens, or 1 image).
+    """
+    from transformers import Trainer, default_data_collator
+
+    if cfg.gradient_checkpointing:  # enabled on the model, not through TrainingArguments, whose flag was
+        # renamed in transformers 5.2x (gradient_checkpointing -> activation_checkpointing, deprecated)
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    timer = _step_timer()
+    trainer = Trainer(model=model, args=training_arguments(cfg, output_dir), train_dataset=train_dataset,
+                      data_collator=default_data_collator, callbacks=[timer])
+    model.train()
+    out = trainer.train()
+    model.eval()
+    args = trainer.args
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+    steps = trainer.state.global_step
+    timed = timer.samples_ms[1:] or timer.samples_ms
+    step_ms = quantiles(timed)
+    losses = [(h["step"], float(h["loss"])) for h in trainer.state.log_history if "loss" in h]
+    stats = TrainStats(steps=steps, samples=steps * per_step, tokens=steps * per_step * units_per_sample, unit=unit,
+                       wall_s=float(out.metrics.get("train_runtime", sum(timer.samples_ms) / 1e3)), step_ms=step_ms,
+                       throughput=1e3 * per_step * units_per_sample / step_ms["p50_ms"], losses=losses)
+    return trainer, stats
+
+
+def save_checkpoint(trainer, processor, path: Path) -> Path:
+    """``save_pretrained`` of the trained model (its ``config.distr_config`` included) and its processor."""
+    path = Path(path)
+    trainer.save_model(str(path))  # main process only under accelerate; unwraps DDP
+    if processor is not None and trainer.is_world_process_zero():
+        processor.save_pretrained(str(path))
+    return path
+
+
+def load_checkpoint(path, kind: str = "lm", **kwargs):
+    """Reload a checkpoint with ``attn_implementation="distr"`` when it was saved with DistrAttention settings.
+
+    A checkpoint of an exact-attention run (no ``distr_config``) loads with the model's default attention.
+    """
+    import json
+
+    import distr_patch  # noqa: F401  registers "distr" with transformers
+    from transformers import AutoModelForCausalLM, AutoModelForImageClassification
+
+    cls = AutoModelForCausalLM if kind == "lm" else AutoModelForImageClassification
+    config = json.loads((Path(path) / "config.json").read_text())
+    if config.get("distr_config") is not None:
+        kwargs.setdefault("attn_implementation", "distr")
+    model = cls.from_pretrained(str(path), **kwargs).eval()
+    if kind != "lm" and config.get("distr_config") is not None:
+        from ..patching import patch_model
+
+        patch_model(model)  # vision attention modules carry no layer index: attach per-layer settings
+    return model
