@@ -61,30 +61,9 @@ def register(sub) -> None:
 
 
 def _read_yaml(path: str) -> dict:
-    import difflib
+    from ..eval.config import read_yaml_settings
 
-    import yaml
-
-    from ..eval.config import ConfigError
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config {path}: no such file")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--config {path}: not valid YAML/JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: the top level must be a mapping of setting: value")
-    out = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in DEFAULTS:
-            near = difflib.get_close_matches(name, list(DEFAULTS), n=1)
-            raise ConfigError(f"--config {path}: unknown setting {key!r}" + (f" (did you mean {near[0]!r}?)"
-                                                                             if near else ""))
-        out[name] = value
-    return out
+    return read_yaml_settings(path, list(DEFAULTS))
 
 
 def settings_from(args: argparse.Namespace) -> dict:

@@ -94,26 +94,7 @@ class RunConfig:
 
     @classmethod
     def _read_yaml(cls, path: str) -> dict[str, Any]:
-        import yaml
-
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config {path}: no such file")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--config {path}: not valid YAML/JSON: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"--config {path}: the top level must be a mapping of setting: value")
-        out = {}
-        for key, value in data.items():
-            name = str(key).replace("-", "_")
-            if name not in cls.field_names():
-                near = difflib.get_close_matches(name, cls.field_names(), n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise ConfigError(f"--config {path}: unknown setting {key!r}{hint}")
-            out[name] = value
-        return out
+        return read_yaml_settings(path, cls.field_names())
 
     def _configure(self) -> None:
         """Validate every field once; the error names the flag."""
@@ -156,3 +137,28 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def read_yaml_settings(path: str, known: list[str]) -> dict[str, Any]:
+    """Read a ``--config`` YAML/JSON file of ``setting: value``; unknown settings raise ConfigError
+    with the nearest known name ("-" and "_" are the same)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML/JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: the top level must be a mapping of setting: value")
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            near = difflib.get_close_matches(name, list(known), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"--config {path}: unknown setting {key!r}{hint}")
+        out[name] = value
+    return out

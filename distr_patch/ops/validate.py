@@ -123,6 +123,8 @@ def check_attention_inputs(q, k, v, *, group_size, block_m, fusion, exact_window
                              f"got {list(groups.shape)}")
         if groups.device != q.device:
             raise ValueError(f"groups is on {groups.device} but q is on {q.device}")
+        if int(groups.min()) < 0 or int(groups.max()) >= d:
+            raise ValueError(f"groups must hold column indices in [0, {d}) (rows are permutations of the head dim)")
 
 
 def check_triton_inputs(q) -> None:

@@ -108,6 +108,7 @@ def test_dtype_preserved_and_gqa_matches_repeated_heads():
     (dict(attention_mask=torch.ones(2, 1, 70, 70, dtype=torch.int64)), TypeError, "attention_mask"),
     (dict(query_valid=torch.ones(2, 70)), TypeError, "query_valid"),
     (dict(groups=torch.zeros(2, 4, 2, 32, dtype=torch.long)), ValueError, "groups"),
+    (dict(groups=torch.full((2, 4, 1, 32), 32, dtype=torch.long), block_m=128), ValueError, "column indices"),
 ])
 def test_bad_arguments_raise_named_errors(kwargs, exc, match):
     q, k, v = qkv(7)
