@@ -26,3 +26,23 @@ def check_transformers() -> None:
     if not IS_TRANSFORMERS_SUPPORTED:
         raise ImportError(f"distr_patch needs transformers >= {MIN_SUPPORTED_TRANSFORMERS_VERSION}, "
                           f"found {TRANSFORMERS_VERSION}")
+
+
+# Activation checkpointing was renamed in 5.2x: ``activation_checkpointing_enable(activation_checkpointing_kwargs=)``,
+# with ``gradient_checkpointing_enable(gradient_checkpointing_kwargs=)`` left as a deprecated alias (warns, gone in
+# v6; 5.17 has only the old name). Used by ``finetune``; remove when the floor has the new name.
+def _has_activation_checkpointing() -> bool:
+    from transformers import PreTrainedModel
+
+    return hasattr(PreTrainedModel, "activation_checkpointing_enable")
+
+
+HAS_ACTIVATION_CHECKPOINTING = _has_activation_checkpointing()
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Non-reentrant activation (gradient) checkpointing under either transformers name."""
+    if HAS_ACTIVATION_CHECKPOINTING:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -35,7 +35,8 @@ def register(sub) -> None:
     g = p.add_argument_group("variants (exact attention first, fine-tuned the same way)")
     g.add_argument("--group-sizes", type=o.int_list, default=o.S, metavar="G,G", help="DistrAttention G (2)")
     g.add_argument("--settings", type=o.str_list, default=o.S, metavar="S,S",
-                   help="paper (mean fusion, no window) and/or recommended (rank-1 + exact window); default recommended")
+                   help="paper (mean fusion, no window) and/or recommended (rank-1 + exact window); "
+                        "default recommended")
     g.add_argument("--distr", type=o.key_value, action=o._KeyValues, default=o.S, metavar="FIELD=VALUE",
                    help="set a DistrConfig field on every variant (repeatable)")
     g.add_argument("--layers", type=o.int_list, default=o.S, metavar="I,I",

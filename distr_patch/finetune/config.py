@@ -115,7 +115,8 @@ class FinetuneConfig:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
                 raise ConfigError(f"{flag(name)}: expected a number >= 0, got {v!r}")
         if not (isinstance(self.heldout_fraction, float) and 0.0 < self.heldout_fraction < 1.0):
-            raise ConfigError(f"{flag('heldout_fraction')}: expected a fraction in (0, 1), got {self.heldout_fraction!r}")
+            raise ConfigError(f"{flag('heldout_fraction')}: expected a fraction in (0, 1), "
+                              f"got {self.heldout_fraction!r}")
         if self.lr_scheduler not in SCHEDULERS:
             raise ConfigError(f"{flag('lr_scheduler')}: {self.lr_scheduler!r} is not one of {', '.join(SCHEDULERS)}")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..eval.config import ConfigError
-from ..eval.distributed import Shard
+from ..eval.distributed import Shard, process_state
 from ..eval.provenance import provenance
 from ..eval.results import LAYER_SELECTION, model_info
 from ..eval.variants import Variant, build_variants
@@ -88,7 +88,7 @@ def run_finetune(cfg: FinetuneConfig, *, progress: bool = True) -> FinetuneOutpu
     if cfg.task == "vit" and not cfg.data:
         raise ConfigError("--data: required for --task vit (an imagefolder directory or a datasets name)")
     first = load_model(cfg.model, cfg.task, dtype=cfg.dtype)
-    device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(cfg.device) if cfg.device else process_state().device  # this process's device
     model, processor = first.model.to(device), first.processor
     num_layers = getattr(model.config, "num_hidden_layers", 1)
 

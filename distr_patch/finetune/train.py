@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..compat import enable_activation_checkpointing
 from ..eval.timing import quantiles
 from .config import FinetuneConfig
 
@@ -77,6 +78,26 @@ def training_arguments(cfg: FinetuneConfig, output_dir: Path):
     )
 
 
+def plain_float_weights(model):
+    """Make a GGUF-loaded model trainable: transformers dequantises GGUF files to float weights but keeps the
+    GGUF quantizer attached and flags the model quantized, which the Trainer refuses to fine-tune. The weights
+    are ordinary float tensors, so drop the flag and the quantization config (also kept out of the saved
+    ``config.json``, so the checkpoint reloads as a plain model). Other quantizations are left alone."""
+    from transformers import PreTrainedModel
+
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = str(getattr(getattr(quantizer, "quantization_config", None), "quant_method", "")).lower()
+    if quantizer is None or "gguf" not in method:
+        return model
+    if not all(p.is_floating_point() for p in model.parameters()):
+        raise ValueError("this GGUF model kept quantized weights; load it with a float --dtype to fine-tune")
+    quantizer.remove_quantization_config(model)
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            module.config._is_quantized = False
+    return model
+
+
 def finetune(model, train_dataset, cfg: FinetuneConfig, *, output_dir: Path, units_per_sample: int,
              unit: str = "tokens"):
     """Train ``model`` in place on ``train_dataset``; returns (the Trainer, TrainStats).
@@ -85,10 +106,10 @@ def finetune(model, train_dataset, cfg: FinetuneConfig, *, output_dir: Path, uni
     """
     from transformers import Trainer, default_data_collator
 
-    if cfg.gradient_checkpointing:  # enabled on the model, not through TrainingArguments, whose flag was
-        # renamed in transformers 5.2x (gradient_checkpointing -> activation_checkpointing, deprecated)
+    if cfg.gradient_checkpointing:  # on the model, not through TrainingArguments, whose flag was renamed (compat)
         model.config.use_cache = False
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
+    plain_float_weights(model)
     timer = _step_timer()
     trainer = Trainer(model=model, args=training_arguments(cfg, output_dir), train_dataset=train_dataset,
                       data_collator=default_data_collator, callbacks=[timer])

@@ -79,6 +79,17 @@ def query_rows_valid(attention_mask: torch.Tensor, batch: int, q_len: int, kv_le
     return torch.where(own.any(dim=-1, keepdim=True), own, allowed.any(dim=-1))
 
 
+def autocast_inputs(query, key, value):
+    """Under autocast (the Trainer's ``bf16``/``fp16``) transformers hands over mixed dtypes (RoPE returns q/k
+    in fp32, v stays in the autocast dtype). SDPA is an autocast op that casts all three to the autocast
+    dtype; do the same so that the operator's one-dtype check holds."""
+    device_type = query.device.type
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        return query.to(dtype), key.to(dtype), value.to(dtype)
+    return query, key, value
+
+
 def distr_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                             is_causal=None, **kwargs):
     """transformers attention function: query [B, Hq, N, d], key/value [B, Hkv, M, d] -> ([B, N, Hq, d], None)."""
@@ -101,6 +112,7 @@ def distr_attention_forward(module, query, key, value, attention_mask, dropout=0
     is_causal = bool(q_len > 1 and attention_mask is None and is_causal)
     if is_causal and key.shape[2] > q_len:  # prefill into an empty static cache: the tail is unwritten
         key, value = key[:, :, :q_len], value[:, :, :q_len]
+    query, key, value = autocast_inputs(query, key, value)
     query_valid = None
     if attention_mask is not None:
         query_valid = query_rows_valid(attention_mask, query.shape[0], q_len, key.shape[2])

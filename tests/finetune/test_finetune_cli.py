@@ -1,0 +1,48 @@
+"""``distr-patch finetune``: help, and errors that name the option to fix (exit status 2, no traceback)."""
+import pytest
+
+from distr_patch.cli.main import main
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("--learning-rate", "--max-steps", "--epochs", "--batch-size", "--grad-accum", "--bf16",
+                 "--gradient-checkpointing", "--layers", "--settings", "--task", "--heldout-tokens", "--config"):
+        assert word in out
+
+
+def _error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--learning-rate", "-1"], "--learning-rate: expected a number > 0, got -1.0"),
+    (["--group-sizes", "3"], "--group-sizes: 3 is not a valid G; use values from 1, 2, 4, 8"),
+    (["--settings", "papr"], "--settings: 'papr' is not a setting"),
+    (["--eval-window", "64", "--eval-stride", "128"], "--eval-stride: 128 is larger than the window 64"),
+])
+def test_bad_option(argv, message, capsys):
+    err = _error(["finetune", "--model", "x", *argv], capsys)
+    assert err.startswith("distr-patch: error: ") and message in err
+
+
+def test_unknown_yaml_key(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("model: x\nlearning_rat: 0.1\n")
+    err = _error(["finetune", "--config", str(tmp_path / "c.yaml")], capsys)
+    assert "unknown setting 'learning_rat' (did you mean 'learning_rate'?)" in err
+
+
+def test_model_required(tmp_path, capsys):
+    assert "--model: required" in _error(["finetune", "--output-dir", str(tmp_path)], capsys)
+
+
+def test_argparse_choice(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--model", "x", "--lr-scheduler", "cosnie"])
+    assert e.value.code == 2 and "invalid choice: 'cosnie'" in capsys.readouterr().err
