@@ -7,6 +7,7 @@ On a CUDA machine the kernels compile for the GPU and the `gpu` tests run.
 """
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -14,3 +15,21 @@ if not torch.cuda.is_available():
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A tiny Llama and its word-level tokenizer saved to a folder (built from a config, offline)."""
+    from tiny_models import save_tiny_lm
+
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory):
+    """A small English text file."""
+    from tiny_models import sample_text
+
+    path = tmp_path_factory.mktemp("text") / "sample.txt"
+    path.write_text(sample_text())
+    return path

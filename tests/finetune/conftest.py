@@ -1,11 +1,6 @@
 import pytest
 
-from tiny_models import sample_text, save_tiny_lm, save_tiny_vit, write_image_folder
-
-
-@pytest.fixture(scope="session")
-def tiny_lm_dir(tmp_path_factory):
-    return save_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
+from tiny_models import sample_text, save_tiny_vit, write_image_folder
 
 
 @pytest.fixture(scope="session")
