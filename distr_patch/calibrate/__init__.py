@@ -1,5 +1,6 @@
 """Calibration: per-layer DistrAttention settings that save the most attention work within a loss budget."""
 from .api import BudgetError, Choice, Sensitivity, calibrate, calibrate_full, choose, measure, parse_budget
+from .objectives import Fidelity, Objective, Perplexity
 from .candidates import DEFAULT_GRID, FAST_GRID, Candidate, CandidateError, candidate_grid, parse_candidates
 from .cost import CostModel, relative_work
 
@@ -11,6 +12,9 @@ __all__ = [
     "CostModel",
     "DEFAULT_GRID",
     "FAST_GRID",
+    "Fidelity",
+    "Objective",
+    "Perplexity",
     "Sensitivity",
     "calibrate",
     "calibrate_full",

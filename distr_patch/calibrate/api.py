@@ -15,6 +15,11 @@ Steps (``measure`` once, then ``choose`` per budget):
    over it), at most ``max_checks`` checks; under budget with room left, it steps forward the same way.
    Checks are shared between budgets (a point checked for 3% bounds the search for 10%). All-exact is
    within any budget, so the result always is.
+
+ViT-family models (vit, deit, dinov2; ``task="vit"``, detected from the model) run the same steps on
+images: the windows are pixel batches, the loss is 1 − mean cosine similarity of the classifier logits or
+pooled embedding to exact (``objectives.Fidelity``), and the budget is that loss itself (0.01: cosine
+>= 0.99 on the held-out images).
 """
 from __future__ import annotations
 
@@ -30,18 +35,20 @@ from ..ops.validate import check_group_size
 from ..patching import attention_modules, patched
 from .candidates import Candidate, parse_candidates
 from .cost import CostModel
-from .proxy import Capture, attention_errors, capture, layer_kl
+from .objectives import Fidelity, Objective, Perplexity, task_of
+from .proxy import Capture, attention_errors, capture, layer_loss
 from .search import PathPoint, config_for, greedy_path, point_within
 
 DEFAULT_PROBE = Candidate(2, "rank1", 128, 0, 0.0)
 
 
 class BudgetError(ValueError):
-    """The budget is not a finite number >= 0 (a relative perplexity increase: 0.01 or '1%')."""
+    """The budget is not a finite number >= 0 (a relative perplexity increase: 0.01 or '1%'), or for
+    task="vit" not a fidelity loss in [0, 1) (1 − cosine: 0.01 means cosine >= 0.99)."""
 
 
-def parse_budget(budget) -> float:
-    """0.01, '0.01' or '1%' -> 0.01 (a relative perplexity increase)."""
+def parse_budget(budget, task: str = "lm") -> float:
+    """0.01, '0.01' or '1%' -> 0.01 (lm: a relative perplexity increase; vit: 1 − cosine similarity)."""
     text = budget
     if isinstance(budget, str):
         s = budget.strip()
@@ -50,7 +57,12 @@ def parse_budget(budget) -> float:
         except ValueError:
             raise BudgetError(f"budget {text!r} is not a number or a percentage (e.g. 0.01 or 1%)") from None
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget < 0:
-        raise BudgetError(f"budget must be a finite relative perplexity increase >= 0 (0.01 = 1%), got {text!r}")
+        what = "fidelity loss (1 - cosine) >= 0 (0.01: cosine >= 0.99)" if task == "vit" else \
+            "relative perplexity increase >= 0 (0.01 = 1%)"
+        raise BudgetError(f"budget must be a finite {what}, got {text!r}")
+    if task == "vit" and budget >= 1:
+        raise BudgetError(f"a ViT budget is a fidelity loss 1 - cosine below 1 (0.01: cosine >= 0.99); {text!r} "
+                          "would allow embeddings orthogonal to exact")
     return float(budget)
 
 
@@ -87,13 +99,14 @@ class Sensitivity:
     work: list[float]                 # relative attention work per candidate
     errors: list[list[float]]         # [layer][candidate] relative attention-output error
     probe: Candidate
-    probe_kl: list[float]             # [layer] KL (nats/token) with only that layer on the probe
-    alpha: list[float]                # [layer] KL / error^2
-    loss: list[list[float]]           # [layer][candidate] predicted KL (nats/token)
+    probe_kl: list[float]             # [layer] loss (lm: KL nats/token; vit: 1 - cos) with only that layer on the probe
+    alpha: list[float]                # [layer] probe loss / error^2
+    loss: list[list[float]]           # [layer][candidate] predicted loss
     path: list[PathPoint]
     cost_source: str
     seq_len: int
     seconds: dict[str, float] = field(default_factory=dict)
+    task: str = "lm"
 
     @property
     def num_layers(self) -> int:
@@ -105,8 +118,8 @@ class Check:
     point: int
     predicted: float          # predicted loss (nats/token)
     saving: float
-    perplexity: float
-    relative: float           # perplexity / exact - 1
+    perplexity: float         # the held-out value: perplexity (lm) or fidelity loss 1 - cos (vit)
+    relative: float           # lm: perplexity / exact - 1; vit: the fidelity loss
 
 
 @dataclass
@@ -119,11 +132,17 @@ class Choice:
     saving: float             # fraction of the model's attention work saved (cost model)
     grouped: int              # layers not exact
     grouped_by_g: dict[int, int]
-    heldout_exact: float
-    heldout: float            # held-out perplexity of the chosen config
+    heldout_exact: float      # held-out value with exact attention (vit: 0)
+    heldout: float            # held-out value of the chosen config: perplexity (lm), 1 - cosine (vit)
     checks: list[Check]
     test_exact: float | None = None
     test: float | None = None
+    metric: str = "perplexity"  # or "fidelity loss"
+
+    @property
+    def heldout_relative(self) -> float:
+        """What the budget bounds: relative perplexity increase (lm), fidelity loss (vit)."""
+        return self.heldout / self.heldout_exact - 1 if self.metric == "perplexity" else self.heldout
 
 
 def _uniform(base: DistrConfig | None) -> DistrConfig:
@@ -132,20 +151,23 @@ def _uniform(base: DistrConfig | None) -> DistrConfig:
 
 
 def measure(model, calib: list[torch.Tensor], candidates=None, *, base: DistrConfig | None = None,
-            cost: CostModel | None = None, probe: Candidate | str | None = None, progress: bool = True) -> Sensitivity:
-    """Score every (layer, candidate) on the calibration windows (token ids [1, n] each)."""
+            cost: CostModel | None = None, probe: Candidate | str | None = None, objective: Objective | None = None,
+            progress: bool = True) -> Sensitivity:
+    """Score every (layer, candidate) on the calibration windows (token ids [1, n] each, or pixel batches
+    [B, 3, H, W] with ``objective=Fidelity()``)."""
     base = _uniform(base)
     cands = parse_candidates(candidates)
+    objective = objective or Perplexity(0, 0)
     modules = attention_modules(model)
     timings = {}
     t0 = time.perf_counter()
-    cap: Capture = capture(model, calib)
+    cap: Capture = capture(model, calib, objective)
     timings["capture_s"] = time.perf_counter() - t0
     for d in set(cap.head_dim):
         for c in cands:
             check_group_size(c.group_size, d)
-    seq_len = cost.seq_len if cost is not None else calib[0].shape[-1]
-    cost = cost or CostModel(seq_len)
+    seq_len = cost.seq_len if cost is not None else cap.seq_len
+    cost = cost or CostModel(seq_len, causal=bool(getattr(modules[0], "is_causal", True)))
     work = [cost.work(c) for c in cands]
 
     t0 = time.perf_counter()
@@ -159,8 +181,8 @@ def measure(model, calib: list[torch.Tensor], candidates=None, *, base: DistrCon
 
     t0 = time.perf_counter()
     kls, alpha = [], []
-    for layer in tqdm(range(cap.num_layers), desc="proxy: logit KL probes", disable=not progress, leave=False):
-        kl = layer_kl(model, cap, layer, probe, base)
+    for layer in tqdm(range(cap.num_layers), desc="proxy: output-loss probes", disable=not progress, leave=False):
+        kl = layer_loss(model, cap, layer, probe, base, objective)
         e = float(err[layer, pj]) if pj is not None else float(attention_errors(
             _one_layer(cap, layer), [probe], base, modules[layer:layer + 1], progress=False)[0, 0])
         kls.append(kl)
@@ -173,11 +195,12 @@ def measure(model, calib: list[torch.Tensor], candidates=None, *, base: DistrCon
             loss[i][pj] = kls[i]
     weights = None  # every layer's exact attention work is the same in these models (same heads, same N)
     path = greedy_path(work, loss, weights)
-    return Sensitivity(cands, work, err.tolist(), probe, kls, alpha, loss, path, cost.source, seq_len, timings)
+    return Sensitivity(cands, work, err.tolist(), probe, kls, alpha, loss, path, cost.source, seq_len, timings,
+                       objective.task)
 
 
 def _one_layer(cap: Capture, layer: int) -> Capture:
-    return Capture(cap.windows, cap.calls[layer:layer + 1], [], cap.exact_logprobs)
+    return Capture(cap.windows, cap.calls[layer:layer + 1], [], cap.exact)
 
 
 def _ppl(model, ids, *, window, stride, config: DistrConfig | None) -> float:
@@ -187,23 +210,29 @@ def _ppl(model, ids, *, window, stride, config: DistrConfig | None) -> float:
         return perplexity(model, ids, window=window, stride=stride, progress=False)["metrics"]["perplexity"]
 
 
-def choose(model, sens: Sensitivity, budget, heldout: torch.Tensor, *, window: int, stride: int,
+def choose(model, sens: Sensitivity, budget, heldout, *, window: int | None = None, stride: int | None = None,
            base: DistrConfig | None = None, max_checks: int = 4, heldout_exact: float | None = None,
-           test: torch.Tensor | None = None, test_exact: float | None = None, known: dict | None = None,
-           progress: bool = True) -> Choice:
-    """The per-layer config for ``budget`` (relative perplexity increase), checked on ``heldout`` token ids.
+           test=None, test_exact: float | None = None, known: dict | None = None,
+           objective: Objective | None = None, progress: bool = True) -> Choice:
+    """The per-layer config for ``budget``, checked on ``heldout``: token ids with ``window``/``stride``
+    (budget: relative perplexity increase), or pixel batches with ``objective=Fidelity()`` (budget:
+    1 − cosine).
 
     ``known`` (point -> Check) carries the checks of earlier budgets on the same ``sens`` and held-out data;
     new checks are added to it. ``max_checks`` counts only new checks."""
-    budget = parse_budget(budget)
+    if objective is None:
+        if window is None or stride is None:
+            raise ValueError("choose: give window= and stride= (perplexity), or an objective")
+        objective = Perplexity(window, stride)
+    budget = parse_budget(budget, objective.task)
     base = _uniform(base)
     if not isinstance(max_checks, int) or max_checks < 1:
         raise ValueError(f"max_checks must be an int >= 1, got {max_checks!r}")
     n = sens.num_layers
     path = sens.path
     if heldout_exact is None:
-        heldout_exact = _ppl(model, heldout, window=window, stride=stride, config=None)
-    target = math.log1p(budget)
+        heldout_exact = objective.value(model, heldout, None)
+    target = objective.target(budget)
     known = {} if known is None else known  # point -> Check, shared between the budgets of one measurement
     checks: list[Check] = []
     lo, hi = 0, len(path)   # lo: furthest point known within budget; hi: nearest known over it
@@ -216,18 +245,19 @@ def choose(model, sens: Sensitivity, budget, heldout: torch.Tensor, *, window: i
         k = (lo + hi) // 2
     while budget > 0 and lo < k < hi and len(checks) < max_checks:
         cfg = config_for(path[k].choice, sens.candidates, base)
-        p = _ppl(model, heldout, window=window, stride=stride, config=cfg)
-        rel = p / heldout_exact - 1
+        p = objective.value(model, heldout, cfg)
+        rel = objective.relative(p, heldout_exact)
         known[k] = Check(k, path[k].loss, path[k].saving, p, rel)
         checks.append(known[k])
         if progress:
-            print(f"  budget {budget:.2%}: point {k}/{len(path) - 1} predicted {math.expm1(path[k].loss):+.2%} "
-                  f"held-out {rel:+.2%} saving {path[k].saving:.1%}")
+            predicted = path[k].loss if objective.task == "vit" else math.expm1(path[k].loss)
+            print(f"  budget {budget:.2%}: point {k}/{len(path) - 1} predicted {predicted:+.2%} "
+                  f"held-out {rel:+.2%} ({objective.metric}) saving {path[k].saving:.1%}")
         if rel <= budget:
             lo = k
         else:
             hi = k
-        measured = math.log1p(max(rel, -0.99))
+        measured = objective.measured(rel)
         # secant: assume measured = r * predicted along the path, aim a little inside the budget
         if measured > 0 and path[k].loss > 0:
             guess = point_within(path, 0.9 * target * path[k].loss / measured)
@@ -243,11 +273,10 @@ def choose(model, sens: Sensitivity, budget, heldout: torch.Tensor, *, window: i
             g = sens.candidates[j].group_size
             by_g[g] = by_g.get(g, 0) + 1
     out = Choice(budget, cfg, lo, path[lo].loss, path[lo].saving, sum(j is not None for j in choice), by_g,
-                 heldout_exact, held, checks)
+                 heldout_exact, held, checks, metric=objective.metric)
     if test is not None:
-        out.test_exact = test_exact if test_exact is not None else _ppl(model, test, window=window, stride=stride,
-                                                                         config=None)
-        out.test = out.test_exact if lo == 0 else _ppl(model, test, window=window, stride=stride, config=cfg)
+        out.test_exact = test_exact if test_exact is not None else objective.value(model, test, None)
+        out.test = out.test_exact if lo == 0 else objective.value(model, test, cfg)
     assert len(choice) == n
     return out
 
@@ -265,61 +294,133 @@ def _token_ids(data, tokenizer) -> torch.Tensor:
     return ids.long()
 
 
-def calibrate(model, data, budget=0.01, candidates=None, *, tokenizer=None, base: DistrConfig | None = None,
-              window: int = 1024, stride: int | None = None, calib_windows: int = 1, heldout_windows: int = 2,
+def _pixel_values(data, processor, image_column: str, split: str, need: int, seed: int) -> torch.Tensor:
+    """Images as pixel values [N, 3, H, W]: from a tensor as is, else through ``processor`` (a data set: a
+    seeded sample of ``need`` images, so that a large folder is not processed whole)."""
+    if isinstance(data, torch.Tensor):
+        if data.dim() != 4:
+            raise ValueError(f"pixel values must be [N, 3, H, W], got shape {tuple(data.shape)}")
+        return data
+    if isinstance(data, str):
+        from ..data import load_images
+
+        data = load_images(data, split=split, image_column=image_column, label_column=None)
+    if hasattr(data, "column_names"):  # a datasets.Dataset
+        if image_column not in data.column_names:
+            raise ValueError(f"the data set has no column {image_column!r} (columns: {data.column_names})")
+        if len(data) > need:
+            data = data.shuffle(seed=seed).select(range(need))
+        data = data[image_column]
+    images = list(data)
+    if processor is None:
+        raise ValueError("data is images: pass processor= (the model's image processor), or pixel values [N, 3, H, W]")
+    return processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+
+
+@dataclass
+class ImageSplit:
+    """Pixel batches [B, 3, H, W] of the three parts (a seeded shuffle of the images, never overlapping)."""
+    calib: list[torch.Tensor]
+    heldout: list[torch.Tensor]
+    test: list[torch.Tensor] | None
+
+
+def split_images(pixels: torch.Tensor, *, calib_images: int, heldout_images: int, test_images: int = 0,
+                 batch_size: int = 16, seed: int = 0) -> ImageSplit:
+    need = calib_images + heldout_images + test_images
+    if pixels.shape[0] < need:
+        raise ValueError(f"the data has {pixels.shape[0]} images; {calib_images} calibration, {heldout_images} "
+                         f"held-out and {test_images} test image(s) need {need}")
+    order = torch.randperm(pixels.shape[0], generator=torch.Generator().manual_seed(seed))
+
+    def batches(a, b):
+        idx = order[a:b]
+        return [pixels[idx[i:i + batch_size]] for i in range(0, len(idx), batch_size)]
+
+    h0, t0 = calib_images, calib_images + heldout_images
+    return ImageSplit(batches(0, h0), batches(h0, t0), batches(t0, need) if test_images else None)
+
+
+def calibrate(model, data, budget=0.01, candidates=None, *, task: str | None = None, tokenizer=None,
+              processor=None, base: DistrConfig | None = None, window: int = 1024, stride: int | None = None,
+              calib_windows: int = 1, heldout_windows: int = 2, calib_images: int = 16, heldout_images: int = 32,
+              batch_size: int = 16, image_column: str = "image", split: str = "train",
               probe: Candidate | str | None = None, cost: CostModel | None = None, max_checks: int = 4,
               seed: int = 0, progress: bool = False) -> DistrConfig:
-    """Per-layer DistrAttention settings for ``model`` whose held-out perplexity is within ``budget``.
+    """Per-layer DistrAttention settings for ``model`` whose held-out loss is within ``budget``.
 
     Args:
-        model: an unpatched transformers causal LM of a supported type.
-        data: text (with ``tokenizer``) or a 1-D tensor of token ids; the first ``calib_windows`` windows of
-            ``window`` tokens calibrate, the next ``heldout_windows`` strided windows (``stride``, default
-            window // 2) check.
-        budget: allowed relative perplexity increase on the held-out part (0.01 or "1%"); 0: all exact.
+        model: an unpatched transformers model of a supported type: a causal LM (task "lm": perplexity), or
+            a ViT-family classifier or backbone (vit, deit, dinov2; task "vit": embedding fidelity).
+        data: lm: text (with ``tokenizer``) or a 1-D tensor of token ids; the first ``calib_windows``
+            windows of ``window`` tokens calibrate, the next ``heldout_windows`` strided windows (``stride``,
+            default window // 2) check. vit: an image folder or data set name (``image_column``,
+            ``split``), a ``datasets.Dataset``, a list of PIL images (all with ``processor``), or pixel
+            values [N, 3, H, W]; after a seeded shuffle the first ``calib_images`` calibrate and the next
+            ``heldout_images`` check, in batches of ``batch_size``.
+        budget: lm: allowed relative perplexity increase on the held-out part (0.01 or "1%"); vit: allowed
+            fidelity loss, 1 − mean cosine similarity of the logits (classifier) or pooled embedding
+            (backbone) to exact (0.01: cosine >= 0.99). 0: all exact.
         candidates: a grid name ("default": the issue's 156 per layer, "fast"), a grid dict, or a list of
             candidate names / dicts (``candidates.parse_candidates``).
+        task: "lm" or "vit"; default: from the model's model_type.
         base: LSH seed, hash bits and exact_below of every layer (default ``DistrConfig()``'s).
-        probe: the candidate whose logit KL sets each layer's sensitivity (default G2-rank1-b128-w0-c0).
-        cost: relative attention work per candidate (default: the analytic count at ``window`` tokens).
+        probe: the candidate whose output loss sets each layer's sensitivity (default G2-rank1-b128-w0-c0).
+        cost: relative attention work per candidate (default: the analytic count at the model's tokens).
         max_checks: end-to-end held-out checks at most.
 
     Returns a DistrConfig (``layer_overrides`` for the grouped layers, ``exact_layers`` for the rest) that
     ``patch_model``, ``config.distr_config`` and ``save_pretrained`` take as it is. ``calibrate_full``
     returns the measurements as well.
     """
-    return calibrate_full(model, data, [budget], candidates, tokenizer=tokenizer, base=base, window=window,
-                          stride=stride, calib_windows=calib_windows, heldout_windows=heldout_windows, probe=probe,
-                          cost=cost, max_checks=max_checks, seed=seed, progress=progress)[1][0].config
+    return calibrate_full(model, data, [budget], candidates, task=task, tokenizer=tokenizer, processor=processor,
+                          base=base, window=window, stride=stride, calib_windows=calib_windows,
+                          heldout_windows=heldout_windows, calib_images=calib_images, heldout_images=heldout_images,
+                          batch_size=batch_size, image_column=image_column, split=split, probe=probe, cost=cost,
+                          max_checks=max_checks, seed=seed, progress=progress)[1][0].config
 
 
-def calibrate_full(model, data, budgets, candidates=None, *, tokenizer=None, base=None, window: int = 1024,
-                   stride: int | None = None, calib_windows: int = 1, heldout_windows: int = 2,
-                   test_windows: int = 0, probe=None, cost: CostModel | None = None, max_checks: int = 4,
+def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = None, tokenizer=None,
+                   processor=None, base=None, window: int = 1024, stride: int | None = None, calib_windows: int = 1,
+                   heldout_windows: int = 2, test_windows: int = 0, calib_images: int = 16,
+                   heldout_images: int = 32, test_images: int = 0, batch_size: int = 16, image_column: str = "image",
+                   split: str = "train", probe=None, cost: CostModel | None = None, max_checks: int = 4,
                    seed: int = 0, progress: bool = False) -> tuple[Sensitivity, list[Choice]]:
     """``calibrate`` for several budgets sharing one measurement; returns (sensitivity, one Choice per budget)."""
-    budgets = [parse_budget(b) for b in budgets]
+    task = task_of(model, task)
+    budgets = [parse_budget(b, task) for b in budgets]
     if not budgets:
         raise BudgetError("give at least one budget")
     cands = parse_candidates(candidates)  # bad candidates fail before any model work
-    for name, v in (("window", window), ("calib_windows", calib_windows), ("heldout_windows", heldout_windows)):
-        if not isinstance(v, int) or v < 1:
+    counts = (("window", window), ("calib_windows", calib_windows), ("heldout_windows", heldout_windows)) \
+        if task == "lm" else (("calib_images", calib_images), ("heldout_images", heldout_images),
+                              ("batch_size", batch_size))
+    for name, v in counts:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    stride = stride or max(1, window // 2)
     torch.manual_seed(seed)
-    ids = _token_ids(data, tokenizer)
-    split = split_tokens(ids, window=window, stride=stride, calib_windows=calib_windows,
-                         heldout_windows=heldout_windows, test_windows=test_windows)
-    sens = measure(model, split.calib, cands, base=base, cost=cost, probe=probe, progress=progress)
-    heldout_exact = _ppl(model, split.heldout, window=window, stride=stride, config=None)
+    if task == "lm":
+        stride = stride or max(1, window // 2)
+        objective: Objective = Perplexity(window, stride)
+        ids = _token_ids(data, tokenizer)
+        parts = split_tokens(ids, window=window, stride=stride, calib_windows=calib_windows,
+                             heldout_windows=heldout_windows, test_windows=test_windows)
+    else:
+        objective = Fidelity()
+        need = calib_images + heldout_images + test_images
+        parts = split_images(_pixel_values(data, processor, image_column, split, need, seed), calib_images=calib_images,
+                             heldout_images=heldout_images, test_images=test_images, batch_size=batch_size, seed=seed)
+    sens = measure(model, parts.calib, cands, base=base, cost=cost, probe=probe, objective=objective,
+                   progress=progress)
+    heldout_exact = objective.value(model, parts.heldout, None)
     test_exact = None
-    if split.test is not None:
-        test_exact = _ppl(model, split.test, window=window, stride=stride, config=None)
+    if parts.test is not None:
+        test_exact = objective.value(model, parts.test, None)
     choices, known = [], {}
     for b in budgets:
         t0 = time.perf_counter()
-        choices.append(choose(model, sens, b, split.heldout, window=window, stride=stride, base=base,
-                              max_checks=max_checks, heldout_exact=heldout_exact, test=split.test,
-                              test_exact=test_exact, known=known, progress=progress))
+        choices.append(choose(model, sens, b, parts.heldout, base=base, max_checks=max_checks,
+                              heldout_exact=heldout_exact, test=parts.test, test_exact=test_exact, known=known,
+                              objective=objective, progress=progress))
         sens.seconds[f"choose_{b:g}_s"] = time.perf_counter() - t0
     return sens, choices

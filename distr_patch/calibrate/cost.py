@@ -6,6 +6,7 @@ fused kernel: P = N(N+1)/2 attended pairs, P_b of them inside the exact band (|i
     exact:      QKᵀ  P·d                                 + P·V  P·d
     candidate:  QKᵀ  (P - P_b)·d/G + P_b·(d + d/G)       + P·V  P·d      + K fusion  P·d/block_m
 
+Bidirectional attention (ViT encoders, ``causal=False``) counts all P = N² pairs and a two-sided band.
 Tiles meeting the band compute both products (hence d + d/G there); fusing K inside each query block costs
 G loads per fused column, d per key per block of block_m rows. Grouping (LSH) and the correction's
 band statistics are O(N·d) and left out. ``CostModel(speeds=...)`` replaces the count by measured
@@ -30,10 +31,13 @@ def band_pairs(n: int, window: int) -> int:
     return w * n - w * (w - 1) // 2
 
 
-def relative_work(cand: Candidate, seq_len: int) -> float:
+def relative_work(cand: Candidate, seq_len: int, causal: bool = True) -> float:
     """Attention work of ``cand`` / exact attention's (the head dim cancels)."""
-    p = causal_pairs(seq_len)
-    pb = band_pairs(seq_len, cand.exact_window)
+    if causal:
+        p, pb = causal_pairs(seq_len), band_pairs(seq_len, cand.exact_window)
+    else:  # |i - j| < W on both sides: twice the causal band less the diagonal counted twice
+        p = seq_len * seq_len
+        pb = 2 * band_pairs(seq_len, cand.exact_window) - (seq_len if cand.exact_window else 0)
     g = cand.group_size
     qk = (p - pb) / g + pb * (1 + 1 / g)
     fusion = p / cand.block_m
@@ -45,6 +49,7 @@ class CostModel:
     """Relative attention work per candidate at ``seq_len`` tokens: analytic, or measured ``speeds``."""
     seq_len: int
     speeds: dict[str, float] = field(default_factory=dict)  # candidate name -> time / exact time
+    causal: bool = True  # False: bidirectional attention (ViT-family encoders)
 
     def __post_init__(self):
         if not isinstance(self.seq_len, int) or self.seq_len <= 0:
@@ -55,14 +60,14 @@ class CostModel:
                 raise CandidateError(f"speeds[{name!r}] must be a positive time ratio, got {t!r}")
 
     @classmethod
-    def load(cls, path: str | Path, seq_len: int) -> "CostModel":
+    def load(cls, path: str | Path, seq_len: int, causal: bool = True) -> "CostModel":
         """A JSON file {candidate name: time relative to exact attention}."""
-        return cls(seq_len, {str(k): float(v) for k, v in json.loads(Path(path).read_text()).items()})
+        return cls(seq_len, {str(k): float(v) for k, v in json.loads(Path(path).read_text()).items()}, causal)
 
     def work(self, cand: Candidate) -> float:
         if cand.name in self.speeds:
             return float(self.speeds[cand.name])
-        return relative_work(cand, self.seq_len)
+        return relative_work(cand, self.seq_len, self.causal)
 
     @property
     def source(self) -> str:

@@ -6,12 +6,15 @@
 2. ``attention_errors``: every (layer, candidate) replays the recorded call through the "distr" adapter
    (``integrations.hf.distr_attention_forward``, so masks and causality resolve exactly as in the patched
    model) and scores the relative error of the attention output, ||out - exact|| / ||exact||.
-3. ``layer_kl``: for a few (layer, candidate) pairs, the KL divergence of the final next-token
-   distribution from exact with only that layer changed. Layers before it are not recomputed: they are
-   swapped for stubs that hand on the recorded hidden state.
+3. ``layer_loss``: for a few (layer, candidate) pairs, the objective's loss at the output with only that
+   layer changed (``objectives``: KL of the next-token distribution for LMs, 1 − cosine of the logits or
+   pooled embedding for ViTs). Layers before it are not recomputed: they are swapped for stubs that hand
+   on the recorded hidden state. ``layer_kl`` is the LM case.
 
-The attention error is per layer and cheap; the KL says how much an error in that layer costs at the
-output. ``api.calibrate`` combines them (predicted KL = alpha_layer * error^2, alpha from the probes).
+Steps 1 and 2 are model-agnostic (a window is token ids [1, n] or a pixel batch [B, 3, H, W]; causality
+comes from the recorded call and the module). The attention error is per layer and cheap; the output loss
+says how much an error in that layer costs. ``api.calibrate`` combines them (predicted loss =
+alpha_layer * error^2, alpha from the probes).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from ..config import DistrConfig, LayerSettings
 from ..integrations.hf import distr_attention_forward
 from ..patching import attention_modules, get_replacement, is_patched, patched
 from .candidates import Candidate
+from .objectives import Objective, Perplexity
 
 RECORD_IMPLEMENTATION = "distr_calib"
 _KEEP_KWARGS = ("sliding_window", "softcap", "s_aux", "sinks", "position_bias")
@@ -47,16 +51,25 @@ class Call:
 @dataclass
 class Capture:
     """What one exact pass over the calibration windows recorded."""
-    windows: list[torch.Tensor]                  # token ids [1, n] per window
+    windows: list[torch.Tensor]                  # per window: token ids [1, n] or pixel values [B, 3, H, W]
     calls: list[list[Call]]                      # [layer][window]
     layer_outputs: list[list[torch.Tensor]]      # [layer][window]: the layer's output hidden state
-    exact_logprobs: list[torch.Tensor]           # [window]: log-softmax of the logits [n, V]
+    exact: list[torch.Tensor]                    # [window]: Objective.reference of the exact output
     num_heads: list[int] = field(default_factory=list)
     head_dim: list[int] = field(default_factory=list)
 
     @property
     def num_layers(self) -> int:
         return len(self.calls)
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per attention call (the first layer's first window)."""
+        return self.calls[0][0].query.shape[2]
+
+    @property
+    def exact_logprobs(self) -> list[torch.Tensor]:  # the LM objective's name for ``exact``
+        return self.exact
 
 
 def _record_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
@@ -101,8 +114,10 @@ def _check_model(model) -> list[torch.nn.Module]:
 
 
 @torch.no_grad()
-def capture(model, windows: list[torch.Tensor]) -> Capture:
-    """One exact forward per window (token ids [1, n]) with every attention call and layer output recorded."""
+def capture(model, windows: list[torch.Tensor], objective: Objective | None = None) -> Capture:
+    """One exact forward per window (token ids [1, n], or pixel values for a ViT objective) with every
+    attention call and layer output recorded."""
+    objective = objective or Perplexity(0, 0)
     modules = _check_model(model)
     layers = decoder_layers(model, modules)
     n = len(modules)
@@ -117,14 +132,13 @@ def capture(model, windows: list[torch.Tensor]) -> Capture:
             hooks.append(layer.register_forward_hook(hook))
     previous = model.config._attn_implementation
     _register()
-    logprobs = []
+    exact = []
     try:
         for i, m in enumerate(modules):
             m._distr_calib_sink = calls[i]
         model.set_attn_implementation(RECORD_IMPLEMENTATION)
-        for ids in windows:
-            logits = model(ids.to(model.device), use_cache=False).logits[0].float()
-            logprobs.append(F.log_softmax(logits, dim=-1).cpu())
+        for x in windows:
+            exact.append(objective.reference(objective.output(model, x)))
     finally:
         for h in hooks:
             h.remove()
@@ -134,7 +148,7 @@ def capture(model, windows: list[torch.Tensor]) -> Capture:
     if any(len(c) != len(windows) for c in calls):
         raise RuntimeError("not every attention layer was called once per window; calibration needs a model whose "
                            "layers each run attention once per forward")
-    return Capture(windows, calls, outs if layers is not None else [], logprobs,
+    return Capture(windows, calls, outs if layers is not None else [], exact,
                    [c[0].query.shape[1] for c in calls], [c[0].query.shape[-1] for c in calls])
 
 
@@ -207,17 +221,22 @@ def kl_to_exact(exact_logprobs: torch.Tensor, logits: torch.Tensor) -> float:
     return float((exact_logprobs.exp() * (exact_logprobs - approx)).sum(-1).mean())
 
 
-@torch.no_grad()
 def layer_kl(model, cap: Capture, layer: int, cand: Candidate, base: DistrConfig) -> float:
     """KL of the final logits from exact, averaged over the calibration windows, with only ``layer`` on ``cand``."""
+    return layer_loss(model, cap, layer, cand, base, Perplexity(0, 0))
+
+
+@torch.no_grad()
+def layer_loss(model, cap: Capture, layer: int, cand: Candidate, base: DistrConfig, objective: Objective) -> float:
+    """The objective's loss vs exact, averaged over the calibration windows, with only ``layer`` on ``cand``."""
     modules = attention_modules(model)
     stack = decoder_layers(model, modules)
     cfg = base.replace(**cand.settings(), exact_layers=(), exact_first=0, exact_last=0, layer_overrides={})
     total = 0.0
     with patched(model, cfg, layers=[layer]):
-        for w, ids in enumerate(cap.windows):
+        for w, x in enumerate(cap.windows):
             hidden = cap.layer_outputs[layer - 1][w] if layer > 0 and cap.layer_outputs else None
             with _start_at(stack, layer, hidden):
-                logits = model(ids.to(model.device), use_cache=False).logits[0]
-            total += kl_to_exact(cap.exact_logprobs[w], logits.cpu())
+                out = objective.output(model, x)
+            total += objective.loss(cap.exact[w], out)
     return total / len(cap.windows)

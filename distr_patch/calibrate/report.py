@@ -4,6 +4,8 @@
 error, predicted loss), the probes, the greedy path (predicted loss vs saving) and, per budget, the chosen
 DistrConfig with its held-out checks. Plots read only this dict: ``sensitivity_heatmap.png`` (layers x
 candidates, predicted loss) and ``pareto.png`` (the path, the checked points and the chosen ones).
+``task`` says what the loss is: "lm" (KL nats/token, held-out perplexity, relative = ppl / exact − 1) or
+"vit" (1 − cosine to exact; held-out and relative are that fidelity loss). Files without it are "lm".
 """
 from __future__ import annotations
 
@@ -60,8 +62,19 @@ def validate(result: dict) -> None:
     _check(result, CALIBRATION_SCHEMA, "$")
 
 
-def _rel(a, b):
-    return None if a is None or b is None else a / b - 1
+def _rel(a, b, metric: str = "perplexity"):
+    if a is None or b is None:
+        return None
+    return a / b - 1 if metric == "perplexity" else a - b
+
+
+def _vit(result: dict) -> bool:
+    return result.get("task", "lm") == "vit"
+
+
+def _predicted(result: dict, loss: float) -> float:
+    """A predicted loss in the budget's unit (lm: relative perplexity increase; vit: 1 − cosine)."""
+    return loss if _vit(result) else math.expm1(loss)
 
 
 def choice_dict(c: Choice, sens: Sensitivity) -> dict:
@@ -74,9 +87,11 @@ def choice_dict(c: Choice, sens: Sensitivity) -> dict:
         "attention_work_saving": c.saving,
         "predicted_loss": c.predicted,
         "path_point": c.point,
-        "heldout": {"exact": c.heldout_exact, "chosen": c.heldout, "relative": _rel(c.heldout, c.heldout_exact)},
+        "metric": c.metric,
+        "heldout": {"exact": c.heldout_exact, "chosen": c.heldout,
+                    "relative": _rel(c.heldout, c.heldout_exact, c.metric)},
         "test": None if c.test is None else {"exact": c.test_exact, "chosen": c.test,
-                                             "relative": _rel(c.test, c.test_exact)},
+                                             "relative": _rel(c.test, c.test_exact, c.metric)},
         "checks": [dataclasses.asdict(k) for k in c.checks],
     }
 
@@ -85,6 +100,7 @@ def result_dict(sens: Sensitivity, choices: list[Choice], *, model: dict, settin
     out = {
         "schema_version": SCHEMA_VERSION,
         "kind": "calibrate",
+        "task": sens.task,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": model,
         "settings": settings,
@@ -126,8 +142,14 @@ def _pct(x) -> str:
 
 def markdown(result: dict) -> str:
     n = result["model"]["num_layers"]
-    head = ["budget", "layers grouped", "at G=2", "at G=4", "attention-work saving", "predicted",
-            "held-out ppl (Δ)", "test ppl (Δ)", "checks"]
+    vit = _vit(result)
+    held, test = ("held-out 1 - cos", "test 1 - cos") if vit else ("held-out ppl (Δ)", "test ppl (Δ)")
+    head = ["budget", "layers grouped", "at G=2", "at G=4", "attention-work saving", "predicted", held, test,
+            "checks"]
+
+    def value(x):
+        return "" if x is None else f"{x['chosen']:.2e}" if vit else f"{x['chosen']:.3f} ({_pct(x['relative'])})"
+
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in result["choices"]:
         by_g = c["layers_grouped_by_g"]
@@ -135,14 +157,16 @@ def markdown(result: dict) -> str:
         lines.append("| " + " | ".join([
             f"{c['budget']:.0%}" if c["budget"] * 100 == round(c["budget"] * 100) else f"{c['budget']:.2%}",
             f"{c['layers_grouped']}/{n}", f"{by_g.get('2', 0)}/{n}", f"{by_g.get('4', 0)}/{n}",
-            f"{c['attention_work_saving']:.1%}", _pct(math.expm1(c["predicted_loss"])),
-            f"{h['chosen']:.3f} ({_pct(h['relative'])})",
-            "" if t is None else f"{t['chosen']:.3f} ({_pct(t['relative'])})", str(len(c["checks"]))]) + " |")
+            f"{c['attention_work_saving']:.1%}",
+            f"{c['predicted_loss']:.2e}" if vit else _pct(math.expm1(c["predicted_loss"])),
+            value(h), value(t), str(len(c["checks"]))]) + " |")
     m = result["model"]
     s = result["settings"]
     notes = [f"model {m['name']} ({m['model_type']}, {n} layers); candidates: {len(result['candidates'])} per layer; "
              f"probe {result['probe']['candidate']}; work: {result['cost']['source']} at {result['cost']['seq_len']} "
              f"tokens",
+             f"data {s.get('data')}: calibration {s.get('calib_images')} images, held-out {s.get('heldout_images')}, "
+             f"test {s.get('test_images')}; loss: 1 - mean cosine of the {s.get('vit_output')} to exact" if vit else
              f"data {s.get('data')}: calibration {s.get('calib_windows')} x {s.get('window')} tokens, held-out "
              f"{s.get('heldout_windows')} windows, test {s.get('test_windows')} windows (stride {s.get('stride')})"]
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {x}" for x in notes) + "\n"
@@ -164,7 +188,7 @@ def write_plots(result: dict, out_dir: Path) -> list[Path]:
     ax.set_yticklabels(range(loss.shape[0]), fontsize=6)
     ax.set_ylabel("layer")
     ax.set_title(f"{result['model']['name']}: predicted loss per layer and candidate")
-    fig.colorbar(im, ax=ax, label="log10 predicted KL (nats/token)")
+    fig.colorbar(im, ax=ax, label="log10 predicted 1 - cosine" if _vit(result) else "log10 predicted KL (nats/token)")
     fig.tight_layout()
     fig.savefig(out_dir / PLOT_NAMES[0], dpi=120)
     plt.close(fig)
@@ -172,7 +196,7 @@ def write_plots(result: dict, out_dir: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     path = result["path"]
-    ax.plot([100 * p["saving"] for p in path], [100 * math.expm1(p["predicted_loss"]) for p in path], lw=1,
+    ax.plot([100 * p["saving"] for p in path], [100 * _predicted(result, p["predicted_loss"]) for p in path], lw=1,
             color="grey", label="greedy path (predicted)")
     for c in result["choices"]:
         checks = c["checks"]
@@ -183,7 +207,8 @@ def write_plots(result: dict, out_dir: Path) -> list[Path]:
         ax.axhline(100 * c["budget"], lw=0.6, ls=":", color="black")
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("attention work saved [%]")
-    ax.set_ylabel("perplexity increase [%] (x: held-out checks)")
+    ax.set_ylabel(("fidelity loss 1 - cosine" if _vit(result) else "perplexity increase") +
+                  " [%] (x: held-out checks)")
     ax.set_title(f"{result['model']['name']}: loss vs saving")
     ax.legend(fontsize=7)
     fig.tight_layout()

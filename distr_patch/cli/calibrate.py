@@ -1,4 +1,9 @@
-"""``distr-patch calibrate``: per-layer DistrAttention settings within a perplexity budget.
+"""``distr-patch calibrate``: per-layer DistrAttention settings within a perplexity or fidelity budget.
+
+``--task lm`` (default): a causal LM, budget = relative held-out perplexity increase. ``--task vit``: a
+ViT-family model (vit, deit, dinov2) on an image folder or data set, budget = held-out fidelity loss
+1 − mean cosine similarity to exact of the pooled embedding (``--vit-output embedding``, the model loaded
+as a backbone) or the classifier logits (``--vit-output logits``).
 
 Writes one directory: ``calibration.json`` (heat map, greedy path, per budget the chosen DistrConfig and
 its held-out checks, provenance), ``distr_config-<budget>.json`` per budget (``DistrConfig.load`` /
@@ -14,16 +19,19 @@ from pathlib import Path
 
 from . import options as o
 
-HELP = "choose per-layer DistrAttention settings that save the most attention work within a perplexity budget"
+HELP = ("choose per-layer DistrAttention settings that save the most attention work within a perplexity (LM) or "
+        "embedding-fidelity (ViT) budget")
 EPILOG = """examples:
   distr-patch calibrate --model smollm2-135m --data lee --budget 1%
   distr-patch calibrate --model smollm2-135m --budget 1%,3%,10% --candidates fast --test-windows 2
   distr-patch calibrate --config configs/calibrate-smollm2-135m.yaml
+  distr-patch calibrate --task vit --model facebook/dinov2-small --data IMAGE_FOLDER --budget 0.01
 """
-DEFAULTS = dict(model=None, data="lee", data_name=None, split="train", text_column="text", dtype="float32",
+DEFAULTS = dict(task="lm", model=None, data=None, data_name=None, split="train", text_column="text", dtype="float32",
                 device="cpu", seed=0, budget=["1%"], candidates="default", probe=None, window=1024, stride=None,
                 calib_windows=1, heldout_windows=2, test_windows=0, max_checks=4, speeds=None, seq_len=None,
-                output_dir="results", run_name=None, plots=True)
+                output_dir="results", run_name=None, plots=True, vit_output="embedding", calib_images=16,
+                heldout_images=32, test_images=0, batch_size=16, image_column="image")
 
 
 def register(sub) -> None:
@@ -31,17 +39,24 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     o.add_config(p)
     g = p.add_argument_group("model and data")
+    g.add_argument("--task", default=o.S, choices=["lm", "vit"],
+                   help="lm (default): causal LM, perplexity budget; vit: vit/deit/dinov2, fidelity budget")
     g.add_argument("--model", default=o.S, help="an alias (smollm2-135m), a local directory or .gguf file, or a hub id")
     g.add_argument("--dtype", default=o.S, choices=["float32", "float16", "bfloat16"], help="weights dtype (float32)")
     g.add_argument("--device", default=o.S, help="cpu (default) or cuda")
     g.add_argument("--seed", type=int, default=o.S, help="seed (0)")
-    g.add_argument("--data", default=o.S, help="text: 'lee' (default), a .txt/.jsonl file, or a datasets name")
+    g.add_argument("--data", default=o.S, help="lm: text, 'lee' (default), a .txt/.jsonl file or a datasets name; "
+                                             "vit: an image folder or a datasets name (required)")
     g.add_argument("--data-name", default=o.S, help="configuration of a hub data set")
     g.add_argument("--split", default=o.S, help="data set split (train)")
     g.add_argument("--text-column", default=o.S, help="column holding the text (text)")
+    g.add_argument("--image-column", default=o.S, help="vit: column holding the images (image)")
+    g.add_argument("--vit-output", default=o.S, choices=["embedding", "logits"],
+                   help="vit: compare the pooled embedding (default, model loaded as a backbone) or the logits")
     g = p.add_argument_group("calibration")
     g.add_argument("--budget", type=o.str_list, default=o.S, metavar="B,B",
-                   help="allowed held-out perplexity increase(s): 1%%, 0.01, or several (1%%,3%%,10%%); default 1%%")
+                   help="lm: allowed held-out perplexity increase(s): 1%%, 0.01, or several (1%%,3%%,10%%); "
+                        "vit: allowed fidelity loss 1 - cosine (0.01: cosine >= 0.99); default 1%%")
     g.add_argument("--candidates", default=o.S,
                    help="'default' (the full grid: G 2,4 x mean,rank1 x block_m 32,64,128 x window 0,64,128,256 x "
                         "correction 0,0.25,0.5,1), 'fast' (12), or names like G2-rank1-b128-w128-c0.5,...")
@@ -52,10 +67,15 @@ def register(sub) -> None:
     g.add_argument("--calib-windows", type=int, default=o.S, help="calibration windows (1)")
     g.add_argument("--heldout-windows", type=int, default=o.S, help="held-out windows for the checks (2)")
     g.add_argument("--test-windows", type=int, default=o.S, help="further windows that only report (0)")
+    g.add_argument("--calib-images", type=int, default=o.S, help="vit: calibration images (16)")
+    g.add_argument("--heldout-images", type=int, default=o.S, help="vit: held-out images for the checks (32)")
+    g.add_argument("--test-images", type=int, default=o.S, help="vit: further images that only report (0)")
+    g.add_argument("--batch-size", type=int, default=o.S, help="vit: images per forward (16)")
     g.add_argument("--max-checks", type=int, default=o.S, help="end-to-end held-out checks per budget (4)")
     g.add_argument("--speeds", default=o.S, metavar="FILE.json",
                    help="measured kernel time per candidate relative to exact attention (default: analytic count)")
-    g.add_argument("--seq-len", type=int, default=o.S, help="sequence length of the work estimate (--window)")
+    g.add_argument("--seq-len", type=int, default=o.S,
+                   help="sequence length of the work estimate (lm: --window; vit: the model's tokens)")
     o.add_output(p)
     p.set_defaults(func=run)
 
@@ -79,6 +99,11 @@ def settings_from(args: argparse.Namespace) -> dict:
             [b for b in str(values["budget"]).split(",") if b.strip()]
     if not values["model"]:
         raise ConfigError("--model: required (an alias such as smollm2-135m, a local path, or a hub id)")
+    if values["task"] not in ("lm", "vit"):
+        raise ConfigError(f"--task: lm or vit, got {values['task']!r}")
+    if values["task"] == "vit" and not values["data"]:
+        raise ConfigError("--data: required with --task vit (an image folder or a datasets name with an image column)")
+    values["data"] = values["data"] or "lee"
     return values
 
 
@@ -87,35 +112,49 @@ def run(args: argparse.Namespace) -> int:
 
     from ..calibrate import CostModel, calibrate_full, parse_budget, parse_candidates
     from ..calibrate.report import markdown, result_dict, write_json, write_plots
-    from ..data import load_text
+    from ..data import load_images, load_text
     from ..eval.config import ConfigError
     from ..eval.provenance import provenance
     from ..eval.results import model_info
     from ..models import load_model
 
     s = settings_from(args)
+    vit = s["task"] == "vit"
     try:
-        budgets = [parse_budget(b) for b in s["budget"]]
+        budgets = [parse_budget(b, s["task"]) for b in s["budget"]]
         candidates = parse_candidates(s["candidates"])
     except ValueError as e:
         raise ConfigError(f"--budget/--candidates: {e}") from e
-    stride = s["stride"] or s["window"] // 2
-    need = s["calib_windows"] * s["window"] + sum(s["window"] + (k - 1) * stride for k in
-                                                  (s["heldout_windows"], s["test_windows"]) if k)
-    text, _ = load_text(s["data"], column=s["text_column"], split=s["split"], name=s["data_name"],
-                        max_chars=12 * need)
-    loaded = load_model(s["model"], "lm", dtype=s["dtype"])
-    model, tok = loaded.model, loaded.processor
     device = torch.device(s["device"])
+    causal = not vit
+    stride = None if vit else s["stride"] or s["window"] // 2
+    if vit:
+        data = load_images(s["data"], split=s["split"], name=s["data_name"], image_column=s["image_column"],
+                           label_column=None)
+        loaded = load_model(s["model"], "backbone" if s["vit_output"] == "embedding" else "vit", dtype=s["dtype"])
+        inputs = dict(task="vit", processor=loaded.processor, image_column=s["image_column"],
+                      calib_images=s["calib_images"], heldout_images=s["heldout_images"],
+                      test_images=s["test_images"], batch_size=s["batch_size"])
+    else:
+        need = s["calib_windows"] * s["window"] + sum(s["window"] + (k - 1) * stride for k in
+                                                      (s["heldout_windows"], s["test_windows"]) if k)
+        text, _ = load_text(s["data"], column=s["text_column"], split=s["split"], name=s["data_name"],
+                            max_chars=12 * need)
+        loaded = load_model(s["model"], "lm", dtype=s["dtype"])
+        data = loaded.processor(text, return_tensors="pt").input_ids[0]
+        inputs = dict(task="lm", window=s["window"], stride=stride, calib_windows=s["calib_windows"],
+                      heldout_windows=s["heldout_windows"], test_windows=s["test_windows"])
+    model = loaded.model
     model.to(device)
-    ids = tok(text, return_tensors="pt").input_ids[0]
-    seq_len = s["seq_len"] or s["window"]
-    cost = CostModel.load(s["speeds"], seq_len) if s["speeds"] else CostModel(seq_len)
+    seq_len = s["seq_len"] or (None if vit else s["window"])  # vit: None = the model's token count
+    cost = None
+    if seq_len is not None:
+        cost = CostModel.load(s["speeds"], seq_len, causal) if s["speeds"] else CostModel(seq_len, causal=causal)
+    elif s["speeds"]:
+        raise ConfigError("--speeds with --task vit needs --seq-len (the model's tokens, 1 + patches)")
     try:
-        sens, choices = calibrate_full(model, ids, budgets, candidates, window=s["window"], stride=stride,
-                                       calib_windows=s["calib_windows"], heldout_windows=s["heldout_windows"],
-                                       test_windows=s["test_windows"], probe=s["probe"], cost=cost,
-                                       max_checks=s["max_checks"], seed=s["seed"], progress=True)
+        sens, choices = calibrate_full(model, data, budgets, candidates, probe=s["probe"], cost=cost,
+                                       max_checks=s["max_checks"], seed=s["seed"], progress=True, **inputs)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     name = s["run_name"] or "calibrate-{}-{}".format(re.sub(r"[^A-Za-z0-9.]+", "-", s["model"].rsplit("/", 1)[-1]),

@@ -10,6 +10,7 @@ EPILOG = """examples:
   distr-patch eval lm --model smollm2-135m --group-sizes 2,4 --settings paper,recommended
   distr-patch eval lm --config configs/smollm2-135m.yaml --max-windows 2
   distr-patch eval lm --model meta-llama/Llama-3.2-1B --data wikitext --data-name wikitext-2-raw-v1 --split test
+  distr-patch eval lm --model smollm2-135m --no-perplexity --lm-eval-tasks mytask --lm-eval-include my_tasks/
 """
 
 
@@ -40,6 +41,8 @@ def register(sub) -> None:
     g.add_argument("--label-column", default=o.S, help="column of the right choice's index or letter (auto-detected)")
     g.add_argument("--lm-eval-tasks", type=o.str_list, default=o.S, metavar="T,T",
                    help="lm-evaluation-harness tasks (needs distr_patch[lm-eval] and their data)")
+    g.add_argument("--lm-eval-include", default=o.S, metavar="DIR",
+                   help="directory of lm-eval task YAMLs of your own (e.g. dataset_path: json over local files)")
     g.add_argument("--lm-eval-limit", type=int, default=o.S, help="rows per lm-eval task")
     g.add_argument("--batch-size", type=int, default=o.S, help="lm-eval batch size (8)")
     o.add_output(p)

@@ -55,6 +55,7 @@ class RunConfig:
     choices_column: str | None = None
     lm_eval_tasks: list[str] = field(default_factory=list)
     lm_eval_limit: int | None = None
+    lm_eval_include: str | None = None  # a directory of lm-eval task YAMLs of your own
     # vision
     vit_metric: str = "top-k"  # "top-k" (classifier) or "fidelity" (backbone: cosine of pooled embeddings)
     batch_size: int = 8
@@ -132,6 +133,8 @@ class RunConfig:
             v = getattr(self, name)
             if not v or any(not isinstance(x, int) or x <= 0 for x in v):
                 raise ConfigError(f"{flag(name)}: expected a list of positive integers, got {v!r}")
+        if self.lm_eval_include is not None and not Path(self.lm_eval_include).is_dir():
+            raise ConfigError(f"{flag('lm_eval_include')}: {self.lm_eval_include} is not a directory")
         if self.vit_metric not in ("top-k", "fidelity"):
             raise ConfigError(f"{flag('vit_metric')}: {self.vit_metric!r} is not top-k or fidelity")
 

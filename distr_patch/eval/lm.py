@@ -46,6 +46,11 @@ def run_lm(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
         task_rows[task] = load_choices(data, split=cfg.split, name=name or None, limit=cfg.task_limit,
                                        question=cfg.question_column, choices=cfg.choices_column,
                                        label=cfg.label_column, seed=cfg.seed)
+    lm_eval_manager = None
+    if cfg.lm_eval_tasks:  # unknown task names fail here, before the slow model load
+        from .lm_eval_tasks import run_lm_eval, task_manager
+
+        lm_eval_manager = task_manager(cfg.lm_eval_tasks, cfg.lm_eval_include)
     loaded = load_model(cfg.model, "lm", dtype=cfg.dtype, device_map=cfg.device_map)
     model, tokenizer = loaded.model, loaded.processor
     if not cfg.device_map:
@@ -78,13 +83,12 @@ def run_lm(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
             result.add_dataset(task, task, out["num_examples"], unit="rows")
             metrics.update({f"{task}/{k}": (v, task) for k, v in out["metrics"].items()})
             latency[task] = out["latency"]
-        if cfg.lm_eval_tasks:
-            from .lm_eval_tasks import run_lm_eval
-
-            for name, value in run_lm_eval(model, tokenizer, cfg.lm_eval_tasks, limit=cfg.lm_eval_limit,
-                                           batch_size=cfg.batch_size).items():
-                metrics[f"lm-eval/{name}"] = (value, "lm-eval")
-            result.add_dataset("lm-eval", ",".join(cfg.lm_eval_tasks), cfg.lm_eval_limit or 0, unit="rows per task")
+        if lm_eval_manager is not None:
+            values, task_rows_scored = run_lm_eval(model, tokenizer, cfg.lm_eval_tasks, limit=cfg.lm_eval_limit,
+                                                   batch_size=cfg.batch_size, manager=lm_eval_manager)
+            metrics.update({f"lm-eval/{name}": (value, "lm-eval") for name, value in values.items()})
+            result.add_dataset("lm-eval", ",".join(cfg.lm_eval_tasks), sum(task_rows_scored.values()), unit="rows",
+                               rows_per_task=task_rows_scored, include=cfg.lm_eval_include)
         return metrics, latency
 
     finished = run_variants(model, variants, evaluate, result, shard=shard, progress=progress)

@@ -1,24 +1,70 @@
 """The standard task suite through lm-evaluation-harness (optional extra ``distr_patch[lm-eval]``).
 
 The patched model object itself is wrapped in lm-eval's ``HFLM``, so its tasks run on DistrAttention.
-Task data comes from wherever lm-eval finds it (the hub, or its local cache when offline).
+Task data comes from wherever lm-eval finds it (the hub, or its local cache when offline). Tasks of
+your own are YAML files in a directory given as ``--lm-eval-include`` (lm-eval's ``include_path``);
+a ``dataset_path: json`` task with local ``data_files`` runs fully offline.
+
+lm-eval takes the model as a live object here, so it runs in a single process: under ``accelerate
+launch`` every process would evaluate every row.
 """
 from __future__ import annotations
 
+import difflib
+from pathlib import Path
 
-def run_lm_eval(model, tokenizer, tasks: list[str], *, limit: int | None, batch_size: int) -> dict[str, float]:
-    """{"task/metric": value} for the numeric metrics lm-eval reports (stderr entries dropped)."""
+from .config import ConfigError
+
+INSTALL_HINT = "--lm-eval-tasks needs lm-evaluation-harness: pip install 'distr_patch[lm-eval]'"
+
+
+def task_manager(tasks: list[str], include: str | None = None):
+    """lm-eval's ``TaskManager`` (built-in tasks plus those under ``include``), after checking that every
+    task name is known; build it once, before the slow model load, and pass it to :func:`run_lm_eval`."""
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise ImportError(INSTALL_HINT) from None
+    if include is not None and not Path(include).is_dir():
+        raise ConfigError(f"--lm-eval-include {include}: no such directory")
+    manager = TaskManager(include_path=include)
+    known = set(manager.all_tasks)
+    for task in tasks:
+        # names of tasks, groups and tags; lm-eval also takes glob patterns and YAML files
+        if task in known or Path(task).is_file() or manager.match_tasks([task]):
+            continue
+        near = difflib.get_close_matches(task, manager.all_tasks, n=3)
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        where = f" or under --lm-eval-include {include}" if include else ""
+        raise ConfigError(f"--lm-eval-tasks: {task!r} is not an lm-eval task{where}{hint}")
+    return manager
+
+
+def run_lm_eval(model, tokenizer, tasks: list[str], *, limit: int | None, batch_size: int,
+                include: str | None = None, manager=None) -> tuple[dict[str, float], dict[str, int]]:
+    """Run ``tasks`` on the live ``model``.
+
+    Returns ({"task/metric": value}, {"task": rows scored}). Metrics are lm-eval's "metric,filter"
+    entries: the filter is dropped when it is "none" ("acc,none" -> "acc") and kept otherwise
+    ("exact_match,strict-match"); stderr entries and bookkeeping ("alias", "sample_len") are dropped.
+    """
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
     except ImportError:
-        raise ImportError("--lm-eval-tasks needs lm-evaluation-harness: pip install 'distr_patch[lm-eval]'") from None
+        raise ImportError(INSTALL_HINT) from None
+    if manager is None:
+        manager = task_manager(tasks, include)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit)
+    out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager,
+                                  log_samples=False)
     metrics = {}
     for task, values in out["results"].items():
         for key, value in values.items():
-            name = key.split(",", 1)[0]  # "acc,none" -> "acc"
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and "stderr" not in key:
-                metrics[f"{task}/{name}"] = float(value)
-    return metrics
+            if "," not in key or "_stderr," in key:
+                continue
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                name, filt = key.split(",", 1)
+                metrics[f"{task}/{name if filt == 'none' else key}"] = float(value)
+    rows = {task: int(n["effective"]) for task, n in out.get("n-samples", {}).items()}
+    return metrics, rows

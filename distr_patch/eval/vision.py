@@ -43,6 +43,11 @@ def pooled(outputs) -> torch.Tensor:
     return p if p is not None else outputs.last_hidden_state[:, 0]
 
 
+def fidelity(embeddings: torch.Tensor, exact: torch.Tensor) -> float:
+    """Mean over images of the cosine similarity between each embedding [n, D] and its exact one (exact: 1)."""
+    return F.cosine_similarity(embeddings.float(), exact.float(), dim=-1).mean().item()
+
+
 def run_vit(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
     from tqdm.auto import tqdm
 
@@ -56,14 +61,14 @@ def run_vit(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
     shard = Shard.current(cfg.device)
     device = pick_device(cfg)
     variants = build_variants(cfg.group_sizes, cfg.settings, cfg.distr)
-    fidelity = cfg.vit_metric == "fidelity"
-    loaded = load_model(cfg.model, "backbone" if fidelity else "vit", dtype=cfg.dtype, device_map=cfg.device_map)
+    by_fidelity = cfg.vit_metric == "fidelity"
+    loaded = load_model(cfg.model, "backbone" if by_fidelity else "vit", dtype=cfg.dtype, device_map=cfg.device_map)
     model, processor = loaded.model, loaded.processor
     if not cfg.device_map:
         model.to(device)
     ds = load_images(cfg.data, split=cfg.split, name=cfg.data_name, image_column=cfg.image_column,
                      label_column=label_column, limit=cfg.limit)
-    mapping, mapping_note = (None, "") if fidelity else label_mapping(ds, label_column, model)
+    mapping, mapping_note = (None, "") if by_fidelity else label_mapping(ds, label_column, model)
     labels = [mapping[y] if mapping else y for y in ds[label_column]]
     batches = [range(i, min(i + cfg.batch_size, len(ds))) for i in range(0, len(ds), cfg.batch_size)]
 
@@ -84,17 +89,16 @@ def run_vit(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
             images = [im.convert("RGB") for im in ds.select(batches[b])[cfg.image_column]]
             pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(model.device, model.dtype)
             out = timer(lambda: model(pixel_values=pixels))
-            mine.append((b, pooled(out).float().cpu() if fidelity else
+            mine.append((b, pooled(out).float().cpu() if by_fidelity else
                          out.logits.float().topk(min(TOP_K, out.logits.shape[-1]), -1).indices.cpu()))
         per_batch = shard.gather(mine)
         latency = {"images": {**quantiles(timer.samples), "unit": f"forward of a batch of {cfg.batch_size} images"}
                    } if timer.samples else {}
-        if fidelity:
+        if by_fidelity:
             emb = torch.cat(per_batch)
             if variant.is_exact:
                 exact_embeddings[:] = [emb]
-            cos = F.cosine_similarity(emb, exact_embeddings[0], dim=-1).mean().item()
-            return {"cosine": (cos, "images")}, latency
+            return {"cosine": (fidelity(emb, exact_embeddings[0]), "images")}, latency
         ranked = torch.cat(per_batch).tolist()
         return {"top1": (accuracy([r[0] for r in ranked], labels), "images"),
                 "top5": (top_k_accuracy(ranked, labels, k=TOP_K), "images")}, latency

@@ -1,0 +1,89 @@
+"""``--lm-eval-tasks`` end to end, offline: a tiny model and a local lm-eval task from ``--lm-eval-include``."""
+import json
+
+import pytest
+
+pytest.importorskip("lm_eval", reason="lm-evaluation-harness not installed (pip install -e '.[lm-eval]')")
+
+from tiny_models import sample_text  # noqa: E402
+
+from distr_patch.cli.main import main  # noqa: E402
+from distr_patch.integrations import hf  # noqa: E402
+from distr_patch.eval.config import ConfigError, RunConfig  # noqa: E402
+from distr_patch.eval.lm import run_lm  # noqa: E402
+from distr_patch.eval.schema import validate  # noqa: E402
+
+ROWS = 6
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    """A 4-choice multiple-choice task over local JSON lines (lm-eval's ``dataset_path: json``)."""
+    d = tmp_path_factory.mktemp("lm_eval_tasks")
+    # contexts of 24 words: past the default exact_below (16 query rows), so G>1 runs the DistrAttention operator
+    lines = sample_text(num_words=24 * ROWS).split("\n")
+    contexts = [" ".join(lines[2 * i:2 * i + 2]) for i in range(ROWS)]
+    choices = ["the cat sat on the hill .", "red fish .", "blue tree near the river .", "eats ."]
+    rows = [{"question": c, "choices": choices, "answer": i % 4} for i, c in enumerate(contexts)]
+    (d / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (d / "mytask.yaml").write_text(f"""\
+task: mytask
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {d / 'rows.jsonl'}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+""")
+    return d
+
+
+def test_cli_records_task_accuracy_per_variant(tiny_lm_dir, task_dir, tmp_path, monkeypatch):
+    operator_group_sizes = []
+    real = hf.distr_attention
+
+    def counted(*args, **kwargs):
+        operator_group_sizes.append(kwargs["group_size"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf, "distr_attention", counted)
+    code = main(["eval", "lm", "--model", str(tiny_lm_dir), "--lm-eval-tasks", "mytask",
+                 "--lm-eval-include", str(task_dir), "--group-sizes", "1,2", "--settings", "paper",
+                 "--distr", "block_m=32", "--no-perplexity", "--no-plots", "--batch-size", "4", "--device", "cpu",
+                 "--output-dir", str(tmp_path), "--run-name", "r"])
+    assert code == 0
+    data = json.loads((tmp_path / "r" / "result.json").read_text())
+    validate(data)
+    by_name = {v["name"]: v["metrics"] for v in data["variants"]}
+    assert list(by_name) == ["exact", "G1", "G2"]
+    for metrics in by_name.values():
+        assert set(metrics) == {"lm-eval/mytask/acc"}  # no stderr, alias or sample_len entries
+        acc = metrics["lm-eval/mytask/acc"]
+        assert 0.0 <= acc["value"] <= 1.0 and acc["value"] * ROWS == pytest.approx(round(acc["value"] * ROWS))
+        assert acc["baseline"] == by_name["exact"]["lm-eval/mytask/acc"]["value"] and acc["higher_is_better"]
+    assert by_name["G1"]["lm-eval/mytask/acc"]["diff"] == 0.0
+    assert set(operator_group_sizes) == {1, 2}  # lm-eval's forwards ran on the patched model, not around it
+    assert data["datasets"]["lm-eval"]["num_examples"] == ROWS
+    assert data["datasets"]["lm-eval"]["rows_per_task"] == {"mytask": ROWS}
+    assert data["config"]["lm_eval_include"] == str(task_dir)
+
+
+def test_unknown_task_fails_before_model_load(task_dir, tmp_path):
+    cfg = RunConfig.merge(flags=dict(model=str(tmp_path / "no-model"), lm_eval_tasks=["mytsk"], perplexity=False,
+                                     lm_eval_include=str(task_dir), output_dir=str(tmp_path), device="cpu"))
+    with pytest.raises(ConfigError, match=r"'mytsk' is not an lm-eval task.*did you mean mytask"):
+        run_lm(cfg, progress=False)
+
+
+def test_include_must_be_a_directory(tmp_path):
+    with pytest.raises(ConfigError, match="--lm-eval-include"):
+        RunConfig.merge(flags=dict(model="m", lm_eval_include=str(tmp_path / "missing")))
