@@ -82,3 +82,15 @@ def test_multiple_choice_task_recorded(tiny_lm_dir, text_file, tmp_path):
     metric = data["variants"][1]["metrics"][f"{rows}/accuracy"]
     assert metric["baseline"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert data["datasets"][str(rows)]["num_examples"] == 4
+
+
+def test_device_map_auto_loads_and_runs_patched(finished, tiny_lm_dir, text_file, tmp_path):
+    """``--device-map auto`` (accelerate places the model; here everything lands on the CPU)."""
+    _, plain = finished
+    out = run_lm(_config(tiny_lm_dir, text_file, tmp_path, device_map="auto", group_sizes=[2]), progress=False)
+    data = json.loads(out.result.path.read_text())
+    by_name = {v["name"]: v for v in data["variants"]}
+    ref = {v["name"]: v for v in plain["variants"]}
+    for name in ("exact", "G2"):
+        got = by_name[name]["metrics"]["perplexity"]["value"]
+        assert got == pytest.approx(ref[name]["metrics"]["perplexity"]["value"], rel=1e-5)
