@@ -13,6 +13,7 @@ held-out check is measured (``value``, ``relative``). ``proxy`` and ``api`` only
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -39,36 +40,42 @@ def task_of(model, task: str | None = None) -> str:
     return task
 
 
-class Objective:
+class Objective(abc.ABC):
     """Base: subclasses define the output and its loss; ``check`` and budgets follow from them."""
     task: str
     metric: str       # what ``value`` measures (the held-out column of the report)
     loss_unit: str    # unit of the predicted loss
 
+    @abc.abstractmethod
     def output(self, model, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
     def reference(self, out: torch.Tensor) -> torch.Tensor:
         """What the exact pass keeps of an output (default: the output, float on the CPU)."""
         return out.float().cpu()
 
+    @abc.abstractmethod
     def loss(self, ref: torch.Tensor, out: torch.Tensor) -> float:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def target(self, budget: float) -> float:
         """The budget in the unit of the predicted loss."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def measured(self, relative: float) -> float:
         """A held-out check's ``relative`` in the unit of the predicted loss."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def value(self, model, data, config: DistrConfig | None) -> float:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def relative(self, value: float, exact: float) -> float:
         """What the budget bounds, from the held-out value of a config and of exact attention."""
-        raise NotImplementedError
+        ...
 
 
 class Perplexity(Objective):

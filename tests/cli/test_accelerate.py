@@ -25,7 +25,8 @@ def _run(prefix, tiny_lm_dir, text_file, out_dir, name):
 
 
 def test_two_processes_equal_one(tiny_lm_dir, text_file, tmp_path):
-    accelerate = shutil.which("accelerate") or pytest.skip("accelerate CLI not on PATH")
+    accelerate = shutil.which("accelerate")
+    assert accelerate, "the accelerate CLI (a dependency) is not on PATH"
     (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps(
         {"question": "the cat", "choices": ["sat on the hill", "red fish", "dog ran"], "answer": i % 3})
         for i in range(5)))
