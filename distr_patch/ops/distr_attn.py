@@ -187,7 +187,7 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, MASKP, offs_m, N, M, WINDOW,
 
 @triton.jit
 def _distr_fwd_kernel(
-    Q, K, KG, V, O, GRP, WA, WB, MASK,
+    Q, K, KG, V, O, LSE, GRP, WA, WB, MASK,
     scale, qk_scale2, half_corr,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -200,8 +200,13 @@ def _distr_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr,
     EXACT: tl.constexpr, FUSION_MEAN: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
+    STORE_LSE: tl.constexpr,
 ):
-    """One program: one query tile (= one grouping block of BLOCK_M rows) of one (batch, query head)."""
+    """One program: one query tile (= one grouping block of BLOCK_M rows) of one (batch, query head).
+
+    With STORE_LSE, LSE[b, h, i] (fp32, contiguous [B, Hq, N]) receives the row's log-sum-exp in
+    log2 units of the scaled, corrected scores (+inf for a fully masked row), for the backward.
+    """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -294,6 +299,9 @@ def _distr_fwd_kernel(
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     omask = (offs_m < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty), mask=omask)
+    if STORE_LSE:
+        lse2 = tl.where(l_i > 0, m_i + tl.math.log2(tl.where(l_i > 0, l_i, 1.0)), float("inf"))
+        tl.store(LSE + pid_bh.to(tl.int64) * N + offs_m, lse2, mask=offs_m < N)
 
 
 @triton.jit
@@ -349,8 +357,13 @@ def _mask_operand(attention_mask, B, Hq, N, M, device):
 
 def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, window_correction, causal,
                     attention_mask, scale, num_hash_bits, seed, query_valid, groups,
-                    config: FwdConfig | None = None) -> torch.Tensor:
-    """Launch the fused forward. q [B,Hq,N,d], k/v [B,Hkv,M,d] -> out [B,Hq,N,d] (q's dtype)."""
+                    config: FwdConfig | None = None, return_lse: bool = False):
+    """Launch the fused forward. q [B,Hq,N,d], k/v [B,Hkv,M,d] -> out [B,Hq,N,d] (q's dtype).
+
+    With ``return_lse``: (out, lse, groups, wa, wb): lse [B,Hq,N] fp32 in log2 units of the
+    scaled scores (+inf for fully masked rows); groups int32 [B,Hq,NB,d] (None for G=1) and
+    the fusion weights (None for mean fusion) the kernel used, for the backward.
+    """
     B, Hq, N, d = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     G = group_size
@@ -382,6 +395,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         kg = k
         kg_strides = k.stride()
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    lse = torch.empty((B, Hq, N), device=q.device, dtype=torch.float32) if return_lse else out
     kind, mask_t, mstr = _mask_operand(attention_mask, B, Hq, N, M, q.device)
     d_pad = triton.next_power_of_2(d)
     dg = d // G
@@ -391,7 +405,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     sm_scale = d ** -0.5 if scale is None else float(scale)
     grid = (triton.cdiv(N, cfg.block_m), B * Hq)
     _distr_fwd_kernel[grid](
-        q, k, kg, v, out, grp, wa, wb, mask_t,
+        q, k, kg, v, out, lse, grp, wa, wb, mask_t,
         sm_scale, sm_scale * LOG2E, 0.5 * float(window_correction),
         *q.stride(), *k.stride(), *kg_strides, *v.stride(), *out.stride(), *mstr,
         Hq, N, M, nb, Hq // Hkv, window,
@@ -400,10 +414,14 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         CAUSAL=bool(causal), HAS_WINDOW=window > 0, HAS_CORR=has_corr, MASK_KIND=kind, EXACT=exact,
         FUSION_MEAN=fusion == "mean",
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        DOT_T=_dot_dtype(q.dtype),
+        DOT_T=_dot_dtype(q.dtype), STORE_LSE=return_lse,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return out
+    if not return_lse:
+        return out
+    if exact:
+        return out, lse, None, None, None
+    return out, lse, grp, (None if wa is grp else wa), (None if wb is grp else wb)
 
 
 # --------------------------------------------------------------------------- public API
