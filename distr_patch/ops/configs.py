@@ -18,6 +18,7 @@ class FwdConfig:
     num_warps: int
     num_stages: int
     k_layout: str  # "transposed": grouped key loads read a [d, M] copy of K; "natural": read K as is
+    qt_scratch: bool = False  # Q̃ goes through a global scratch so the QK̃ dot reads it from shared memory
 
 
 # Grouped key loads gather K's columns in the query block's order. With K's natural
@@ -30,20 +31,67 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, interpret: bool | None = None,
-               k_layout: str | None = None) -> FwdConfig:
-    """Tile sizes for one call; see the module docstring."""
+def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_window: int = 0,
+               interpret: bool | None = None, k_layout: str | None = None) -> FwdConfig:
+    """Tile sizes for one call; see the module docstring.
+
+    Grouped calls without a window at block_m=128 take 128-key tiles and Q̃ from shared memory
+    (``qt_scratch``): 1.04-1.16x faster than 64-key tiles at N=4096-16384 (docs/benchmarks.md,
+    "v7"). With the window the mixed tiles hold two score tiles, so 64-key tiles, and 8 warps at
+    d<=64 where 4 warps spilled registers (0.48 -> 0.58x flash).
+    """
     interpret = interpreting() if interpret is None else interpret
     layout = k_layout or DEFAULT_K_LAYOUT
     block_m = 128 if group_size == 1 else grouping_block_m
+    window = exact_window > 0 and group_size > 1
     if interpret:
-        return FwdConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=1, k_layout=layout)
+        return FwdConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=1, k_layout=layout,
+                         qt_scratch=group_size > 1 and not window)
     if block_m <= 32:
         return FwdConfig(block_m, 64, num_warps=2 if head_dim <= 64 else 4, num_stages=3, k_layout=layout)
     if block_m == 64:
         return FwdConfig(block_m, 64, num_warps=4, num_stages=3, k_layout=layout)
+    if head_dim <= 128 and group_size > 1 and not window:
+        return FwdConfig(block_m, 128, num_warps=4 if head_dim <= 64 else 8, num_stages=3, k_layout=layout,
+                         qt_scratch=True)
     if head_dim <= 64:
-        return FwdConfig(block_m, 64, num_warps=4, num_stages=3, k_layout=layout)
+        return FwdConfig(block_m, 64, num_warps=8 if window else 4, num_stages=3, k_layout=layout)
     if head_dim <= 128:
         return FwdConfig(block_m, 64, num_warps=8, num_stages=3, k_layout=layout)
     return FwdConfig(block_m, 32, num_warps=8, num_stages=2, k_layout=layout)
+
+
+@dataclass(frozen=True)
+class BwdConfig:
+    """Launch configuration of the backward (``distr_bwd.py``).
+
+    The backward works on precomputed fused queries Q_eff, so its tiles are independent of
+    the grouping ``block_m``. dK/dV kernel: one program holds ``kv_block_n`` keys and streams
+    ``kv_block_m`` query rows; dQ kernel (and the per-row preprocess): one program holds
+    ``q_block_m`` query rows and streams ``q_block_n`` keys. ``kv_split``: with GQA, how many
+    programs share one kv head's query heads (each writes a partial dK/dV, summed after);
+    None picks it from the GPU's SM count (1 when the grid already fills the GPU).
+    """
+    kv_block_m: int
+    kv_block_n: int
+    q_block_m: int
+    q_block_n: int
+    num_warps: int
+    num_stages: int
+    kv_split: int | None = None
+
+
+def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *,
+               interpret: bool | None = None) -> BwdConfig:
+    """Backward tiles for one call. GPU values follow the Triton FlashAttention-2 tutorial's
+    backward (a tall key tile for dK/dV, a tall query tile for dQ), shrunk as d grows so the
+    fp32 accumulators stay in registers; the interpreter uses 32x32 tiles. Not tuned yet:
+    group_size / exact_window are there so a tuned table can tell the variants apart."""
+    interpret = interpreting() if interpret is None else interpret
+    if interpret:
+        return BwdConfig(32, 32, 32, 32, num_warps=4, num_stages=1)
+    if head_dim <= 64:
+        return BwdConfig(32, 128, 128 if exact_window == 0 else 64, 32, num_warps=4, num_stages=3)
+    if head_dim <= 128:
+        return BwdConfig(32, 64, 64, 32, num_warps=4 if exact_window == 0 else 8, num_stages=2)
+    return BwdConfig(16, 32, 32, 16, num_warps=8, num_stages=1)

@@ -187,7 +187,7 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, MASKP, offs_m, N, M, WINDOW,
 
 @triton.jit
 def _distr_fwd_kernel(
-    Q, K, KG, V, O, LSE, GRP, WA, WB, MASK,
+    Q, K, KG, V, O, LSE, GRP, WA, WB, MASK, QT,
     scale, qk_scale2, half_corr,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -200,7 +200,7 @@ def _distr_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr,
     EXACT: tl.constexpr, FUSION_MEAN: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
-    STORE_LSE: tl.constexpr,
+    STORE_LSE: tl.constexpr, QT_SCRATCH: tl.constexpr,
 ):
     """One program: one query tile (= one grouping block of BLOCK_M rows) of one (batch, query head).
 
@@ -244,6 +244,12 @@ def _distr_fwd_kernel(
         if FUSION_MEAN:
             qacc = qacc * (1.0 / G)
         qt = qacc.to(DOT_T)
+        if QT_SCRATCH:  # round trip through global memory: the dot then takes Q̃ from shared memory
+            qt_ptrs = QT + (pid_bh.to(tl.int64) * tl.num_programs(0) * BLOCK_M + offs_m[:, None]) * DG_PAD \
+                + offs_g[None, :]
+            tl.store(qt_ptrs, qt)
+            tl.debug_barrier()
+            qt = tl.load(qt_ptrs)
 
     # ---- key ranges: [0,a) plain | [a,b) band: exact+grouped, checked | [b,c) plain | [c,hi) checked
     off = M - N
@@ -368,7 +374,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     Hkv, M = k.shape[1], k.shape[2]
     G = group_size
     exact = G == 1
-    cfg = config or fwd_config(d, G, block_m)
+    cfg = config or fwd_config(d, G, block_m, exact_window=exact_window)
     if not exact and cfg.block_m != block_m:
         raise ValueError(f"kernel tile {cfg.block_m} must equal the grouping block_m={block_m}")
     if exact:
@@ -395,17 +401,20 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         kg = k
         kg_strides = k.stride()
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    lse = torch.empty((B, Hq, N), device=q.device, dtype=torch.float32) if return_lse else out
-    kind, mask_t, mstr = _mask_operand(attention_mask, B, Hq, N, M, q.device)
     d_pad = triton.next_power_of_2(d)
     dg = d // G
     dg_pad = max(16, triton.next_power_of_2(dg))
+    qt_scratch = not exact and cfg.qt_scratch
+    qt_buf = (torch.empty((B * Hq, triton.cdiv(N, cfg.block_m) * cfg.block_m, dg_pad), device=q.device,
+                          dtype=q.dtype if q.dtype != torch.float32 else torch.float32) if qt_scratch else out)
+    lse = torch.empty((B, Hq, N), device=q.device, dtype=torch.float32) if return_lse else out
+    kind, mask_t, mstr = _mask_operand(attention_mask, B, Hq, N, M, q.device)
     window = int(exact_window) if not exact else 0
     has_corr = window > 0 and window_correction > 0
     sm_scale = d ** -0.5 if scale is None else float(scale)
     grid = (triton.cdiv(N, cfg.block_m), B * Hq)
     _distr_fwd_kernel[grid](
-        q, k, kg, v, out, lse, grp, wa, wb, mask_t,
+        q, k, kg, v, out, lse, grp, wa, wb, mask_t, qt_buf,
         sm_scale, sm_scale * LOG2E, 0.5 * float(window_correction),
         *q.stride(), *k.stride(), *kg_strides, *v.stride(), *out.stride(), *mstr,
         Hq, N, M, nb, Hq // Hkv, window,
@@ -414,7 +423,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         CAUSAL=bool(causal), HAS_WINDOW=window > 0, HAS_CORR=has_corr, MASK_KIND=kind, EXACT=exact,
         FUSION_MEAN=fusion == "mean",
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        DOT_T=_dot_dtype(q.dtype), STORE_LSE=return_lse,
+        DOT_T=_dot_dtype(q.dtype), STORE_LSE=return_lse, QT_SCRATCH=qt_scratch,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if not return_lse:
@@ -472,8 +481,12 @@ def distr_attention(
     Returns:
         [B, Hq, N, d] in q's dtype.
 
-    Autograd: the Triton path has no backward yet; when any input requires grad the
-    call runs the reference (same function, O(N·M) memory) and warns once.
+    Autograd: differentiable in q, k, v on both paths. The Triton path has a
+    FlashAttention-2-style Triton backward (``distr_bwd.py``) with O(N·d) extra memory that
+    recomputes the scores from the forward's row log-sum-exp; the grouping, the fusion
+    weights, ``query_valid`` and the mask are constants, and it is not twice differentiable.
+    A mask that itself requires grad sends the call to the reference (O(N·M) memory, warns
+    once). ``backend="reference"`` is plain autograd through the definition.
     """
     check_attention_inputs(q, k, v, group_size=group_size, block_m=block_m, fusion=fusion,
                            exact_window=exact_window, window_correction=window_correction,
@@ -492,11 +505,16 @@ def distr_attention(
         check_triton_inputs(q)
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         if needs_grad:
-            global _warned_autograd
-            if not _warned_autograd:
-                warnings.warn("distr_attention: the Triton kernel has no backward yet; inputs that require grad "
-                              "run the PyTorch reference (O(N*M) memory)", stacklevel=2)
-                _warned_autograd = True
-            return reference_distr_attention(q, k, v, **kwargs)
+            if attention_mask is not None and attention_mask.requires_grad:
+                global _warned_autograd  # the Triton backward gives the mask no gradient: reference
+                if not _warned_autograd:
+                    warnings.warn("distr_attention: an attention_mask that requires grad runs the PyTorch "
+                                  "reference (O(N*M) memory); the Triton backward treats the mask as a constant",
+                                  stacklevel=2)
+                    _warned_autograd = True
+                return reference_distr_attention(q, k, v, **kwargs)
+            from .distr_autograd import distr_attention_autograd
+
+            return distr_attention_autograd(q, k, v, **kwargs)
         return _triton_forward(q, k, v, **kwargs)
     return reference_distr_attention(q, k, v, **kwargs)
