@@ -1,9 +1,18 @@
-"""DistrConfig: the DistrAttention settings of a patched model, per layer.
+"""DistrConfig: the DistrAttention settings of a patched model, per layer and per query head.
 
 One dataclass, validated on construction. ``for_layer(i, num_layers)`` resolves the
 settings that layer ``i`` runs with (base fields < ``layer_overrides[i]``; layers kept
 exact). ``to_dict``/``from_dict`` and ``save``/``load`` (JSON) round-trip it; the patcher
 stores ``to_dict()`` in ``model.config.distr_config`` so ``save_pretrained`` keeps it.
+
+Per head: ``head_overrides = {layer: {query head: {field: value}}}`` takes the same fields as
+``layer_overrides`` and applies on top of the layer's settings (base < ``layer_overrides[i]`` <
+``head_overrides[i][h]``); ``{"group_size": 1}`` keeps a head exact. ``for_layer`` still returns the
+layer's ``LayerSettings``; its ``heads`` maps each overridden head to that head's resolved
+``LayerSettings`` and ``LayerSettings.for_head(h)`` gives any head's (the layer's own for heads not
+listed). Layer keys count from the end when negative, like ``layer_overrides``; head indices are
+query-head indices >= 0 (GQA: head h reads KV head h // (Hq // Hkv)). A layer kept exact stays exact
+whatever its heads say. ``check_layers(num_layers, num_heads)`` checks the indices against a model.
 
 Defaults are the product's recommendation, not the paper's: G=2 with rank-1 fusion, a
 128-token exact window and window correction 0.5. It is the most accurate G=2 setting the
@@ -67,6 +76,23 @@ def _check_layer_fields(values: dict, where: str) -> None:
         raise ValueError(f"{where}: exact_below must be an int >= 1, got {values['exact_below']!r}")
 
 
+def _index(key, what: str, kind: str) -> int:
+    """An int index from a dict key (JSON turns int keys into strings: '3' and '-1' are accepted)."""
+    idx = int(key) if isinstance(key, str) and key.strip().lstrip("-").isdigit() else key
+    if not _is_int(idx):
+        raise TypeError(f"{what} must be int {kind} indices, got {key!r}")
+    return idx
+
+
+def _fields(values, where: str) -> dict:
+    """A validated copy of one override dict {field: value} (``where`` names it in errors)."""
+    if not isinstance(values, dict):
+        raise TypeError(f"{where} must be a dict of fields, got {type(values).__name__}")
+    _unknown(values, LAYER_FIELDS, where)
+    _check_layer_fields(values, where)
+    return dict(values)
+
+
 def _unknown(keys, allowed, where: str) -> None:
     for key in keys:
         if key not in allowed:
@@ -87,6 +113,14 @@ class LayerSettings:
     seed: int
     exact_below: int
     exact: bool = False  # True: the layer runs transformers' exact SDPA attention
+    # Query heads whose settings differ from the layer's: {head index: resolved settings} (empty: all alike).
+    heads: dict[int, "LayerSettings"] = field(default_factory=dict, hash=False)
+
+    def for_head(self, head: int) -> "LayerSettings":
+        """The settings query head ``head`` runs with (``heads[head]``, else the layer's own, without ``heads``)."""
+        if head in self.heads:
+            return self.heads[head]
+        return dataclasses.replace(self, heads={}) if self.heads else self
 
     def operator_kwargs(self) -> dict:
         """Keyword arguments for ``distr_attention`` (everything but the tensors, masks and scale)."""
@@ -110,6 +144,8 @@ class DistrConfig:
         exact_layers: layer indices kept exact (negative ones count from the end).
         exact_first, exact_last: keep the first / last k layers exact.
         layer_overrides: {layer index: {field: value}} for the fields in ``LAYER_FIELDS``.
+        head_overrides: {layer index: {query head index: {field: value}}}, the same fields, on top of the
+            layer's settings; {"group_size": 1} keeps a head exact.
     """
     group_size: int = 2
     block_m: int = 128
@@ -123,6 +159,7 @@ class DistrConfig:
     exact_first: int = 0
     exact_last: int = 0
     layer_overrides: dict[int, dict] = field(default_factory=dict)
+    head_overrides: dict[int, dict[int, dict]] = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.exact_layers, (str, bytes)) or not hasattr(self.exact_layers, "__iter__"):
@@ -139,15 +176,25 @@ class DistrConfig:
                             f"got {type(self.layer_overrides).__name__}")
         overrides = {}
         for key, values in self.layer_overrides.items():
-            idx = int(key) if isinstance(key, str) and key.lstrip("-").isdigit() else key  # JSON keys are strings
-            if not _is_int(idx):
-                raise TypeError(f"layer_overrides keys must be int layer indices, got {key!r}")
-            if not isinstance(values, dict):
-                raise TypeError(f"layer_overrides[{idx}] must be a dict of fields, got {type(values).__name__}")
-            _unknown(values, LAYER_FIELDS, f"layer_overrides[{idx}]")
-            _check_layer_fields(values, f"layer_overrides[{idx}]")
-            overrides[idx] = dict(values)
+            idx = _index(key, "layer_overrides keys", "layer")
+            overrides[idx] = _fields(values, f"layer_overrides[{idx}]")
         self.layer_overrides = overrides
+        if not isinstance(self.head_overrides, dict):
+            raise TypeError(f"head_overrides must be a dict {{layer index: {{head index: {{field: value}}}}}}, "
+                            f"got {type(self.head_overrides).__name__}")
+        heads: dict[int, dict[int, dict]] = {}
+        for key, per_head in self.head_overrides.items():
+            idx = _index(key, "head_overrides keys", "layer")
+            if not isinstance(per_head, dict):
+                raise TypeError(f"head_overrides[{idx}] must be a dict {{head index: {{field: value}}}}, "
+                                f"got {type(per_head).__name__}")
+            layer = heads.setdefault(idx, {})
+            for hkey, values in per_head.items():
+                h = _index(hkey, f"head_overrides[{idx}] keys", "query head")
+                if h < 0:
+                    raise ValueError(f"head_overrides[{idx}] keys must be query head indices >= 0, got {hkey!r}")
+                layer[h] = _fields(values, f"head_overrides[{idx}][{h}]")
+        self.head_overrides = heads
         _check_layer_fields({f: getattr(self, f) for f in LAYER_FIELDS}, "DistrConfig")
 
     # ------------------------------------------------------------------ presets
@@ -178,14 +225,22 @@ class DistrConfig:
 
     def is_layer_uniform(self) -> bool:
         """True when every layer resolves to the same settings (no layer index needed)."""
-        return not (self.exact_layers or self.exact_first or self.exact_last or self.layer_overrides)
+        return not (self.exact_layers or self.exact_first or self.exact_last or self.layer_overrides
+                    or self.head_overrides)
 
-    def check_layers(self, num_layers: int) -> None:
-        """Raise ValueError if a layer index in this config does not exist in a ``num_layers``-layer model."""
+    def check_layers(self, num_layers: int, num_heads: int | None = None) -> None:
+        """Raise ValueError if a layer index in this config does not exist in a ``num_layers``-layer model, or
+        (given ``num_heads``, query heads per layer) a head index in ``head_overrides`` does not."""
         for i in self.exact_layers:
             self._resolve_index(i, num_layers, "exact_layers entry")
         for i in self.layer_overrides:
             self._resolve_index(i, num_layers, "layer_overrides key")
+        for i, per_head in self.head_overrides.items():
+            self._resolve_index(i, num_layers, "head_overrides key")
+            for h in per_head:
+                if num_heads is not None and h >= num_heads:
+                    raise ValueError(f"head_overrides[{i}]: query head {h} is out of range for a model with "
+                                     f"{num_heads} attention heads")
 
     def for_layer(self, layer_idx: int | None, num_layers: int | None = None) -> LayerSettings:
         """Settings of layer ``layer_idx`` of a ``num_layers``-layer model (None: a layer-uniform config)."""
@@ -204,14 +259,26 @@ class DistrConfig:
         exact = (i < self.exact_first
                  or (num_layers is not None and i >= num_layers - self.exact_last)
                  or any(self._resolve_index(j, num_layers, "exact_layers entry") == i for j in self.exact_layers))
-        return LayerSettings(**values, exact=exact)
+        per_head: dict[int, dict] = {}
+        for key, overs in self.head_overrides.items():
+            if self._resolve_index(key, num_layers, "head_overrides key") == i:
+                for h, over in overs.items():
+                    per_head.setdefault(h, {}).update(over)
+        heads = {} if exact else {h: LayerSettings(**{**values, **over}) for h, over in sorted(per_head.items())}
+        return LayerSettings(**values, exact=exact, heads=heads)
+
+    def for_head(self, layer_idx: int, head: int, num_layers: int | None = None) -> LayerSettings:
+        """Settings of query head ``head`` of layer ``layer_idx`` (``for_layer(...).for_head(head)``)."""
+        return self.for_layer(layer_idx, num_layers).for_head(head)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict:
-        """A JSON-able dict (layer indices become strings in JSON; ``from_dict`` accepts both)."""
+        """A JSON-able dict (layer and head indices become strings in JSON; ``from_dict`` accepts both)."""
         d = dataclasses.asdict(self)
         d["exact_layers"] = list(self.exact_layers)
         d["layer_overrides"] = {int(k): dict(v) for k, v in self.layer_overrides.items()}
+        d["head_overrides"] = {int(k): {int(h): dict(v) for h, v in heads.items()}
+                               for k, heads in self.head_overrides.items()}
         return d
 
     @classmethod

@@ -1,4 +1,5 @@
 """DistrConfig: defaults, presets, per-layer resolution, validation, serialisation."""
+import dataclasses
 import json
 
 import pytest
@@ -91,3 +92,58 @@ def test_from_dict_rejects_unknown_keys_with_a_suggestion():
         DistrConfig.from_dict([("group_size", 2)])
     with pytest.raises(ValueError, match="group_size"):  # replace() validates too
         DistrConfig().replace(group_size=6)
+
+
+# ----------------------------------------------------------------------------- per head
+HEADS = {1: {0: {"group_size": 1}, 3: {"group_size": 4, "fusion": "mean"}}, -1: {2: {"exact_window": 0}}}
+
+
+def test_head_overrides_resolve_on_top_of_the_layer():
+    c = DistrConfig(layer_overrides={1: {"group_size": 4, "block_m": 64}}, head_overrides=HEADS, exact_first=1)
+    n = 4
+    s = c.for_layer(1, n)
+    assert (s.group_size, s.block_m) == (4, 64) and sorted(s.heads) == [0, 3]
+    assert s.for_head(0).group_size == 1 and s.for_head(0).block_m == 64  # the layer's fields, G=1 on top
+    assert (s.for_head(3).group_size, s.for_head(3).fusion, s.for_head(3).block_m) == (4, "mean", 64)
+    assert s.for_head(2) == dataclasses.replace(s, heads={})  # heads not listed run the layer's settings
+    assert c.for_head(3, 2, n).exact_window == 0 and c.for_head(3, 1, n).exact_window == 128  # -1 is layer 3
+    assert not c.for_layer(2, n).heads and c.for_head(2, 0, n) == c.for_layer(2, n)
+    assert c.for_layer(0, n).exact and not c.for_layer(0, n).heads  # a layer kept exact stays exact
+    assert not c.is_layer_uniform() and hash(s) == hash(dataclasses.replace(s, heads={}))
+    with pytest.raises(ValueError, match="layer index"):
+        c.for_layer(None)
+    c.check_layers(n, 4)
+    with pytest.raises(ValueError, match=r"head_overrides\[1\]: query head 3 is out of range .* 3 attention heads"):
+        c.check_layers(n, 3)
+    with pytest.raises(ValueError, match="head_overrides key -1 counts from the end"):
+        c.for_layer(3)
+
+
+def test_head_overrides_round_trip(tmp_path):
+    c = DistrConfig(group_size=4, layer_overrides={1: {"exact_window": 0}}, head_overrides=HEADS)
+    assert DistrConfig.from_dict(c.to_dict()) == c
+    as_json = json.loads(json.dumps(c.to_dict()))
+    assert as_json["head_overrides"] == {"1": {"0": {"group_size": 1}, "3": {"group_size": 4, "fusion": "mean"}},
+                                         "-1": {"2": {"exact_window": 0}}}
+    assert DistrConfig.from_dict(as_json) == c  # JSON turns layer and head keys into strings
+    c.save(tmp_path / "distr.json")
+    assert DistrConfig.load(tmp_path / "distr.json") == c
+    assert c.replace(group_size=2).head_overrides == c.head_overrides
+
+
+@pytest.mark.parametrize("heads, error, match", [
+    ([1], TypeError, r"head_overrides must be a dict \{layer index"),
+    ({"x": {}}, TypeError, "head_overrides keys must be int layer indices, got 'x'"),
+    ({0.5: {}}, TypeError, "head_overrides keys must be int layer indices"),
+    ({0: [1]}, TypeError, r"head_overrides\[0\] must be a dict \{head index"),
+    ({0: {"a": {}}}, TypeError, r"head_overrides\[0\] keys must be int query head indices, got 'a'"),
+    ({0: {True: {}}}, TypeError, r"head_overrides\[0\] keys must be int query head indices"),
+    ({0: {-1: {}}}, ValueError, r"head_overrides\[0\] keys must be query head indices >= 0"),
+    ({0: {1: 4}}, TypeError, r"head_overrides\[0\]\[1\] must be a dict of fields"),
+    ({0: {1: {"fusoin": "mean"}}}, ValueError, r"head_overrides\[0\]\[1\]: unknown field 'fusoin'; did you mean 'fus"),
+    ({0: {1: {"group_size": 3}}}, ValueError, r"head_overrides\[0\]\[1\]: group_size"),
+    ({"2": {"1": {"exact_below": 0}}}, ValueError, r"head_overrides\[2\]\[1\]: exact_below"),
+])
+def test_bad_head_overrides_raise_naming_the_entry(heads, error, match):
+    with pytest.raises(error, match=match):
+        DistrConfig(head_overrides=heads)

@@ -87,3 +87,36 @@ def write_image_folder(directory: Path, classes: int = 3, per_class: int = 4, se
             arr = rng.integers(0, 255, size=(40, 40, 3), dtype=np.uint8)
             Image.fromarray(arr).save(directory / f"class{c}" / f"{i}.png")
     return directory
+
+
+def write_lm_eval_task(directory: Path, rows: int) -> Path:
+    """An lm-eval task ``mytask`` in ``directory``: ``rows`` 4-choice questions over local JSON lines
+    (``dataset_path: json``, offline). Pass ``directory`` as ``--lm-eval-include``."""
+    import json
+
+    d = Path(directory)
+    # contexts of 24 words: past the default exact_below (16 query rows), so G>1 runs the DistrAttention operator
+    lines = sample_text(num_words=24 * rows).split("\n")
+    contexts = [" ".join(lines[2 * i:2 * i + 2]) for i in range(rows)]
+    choices = ["the cat sat on the hill .", "red fish .", "blue tree near the river .", "eats ."]
+    data = [{"question": c, "choices": choices, "answer": i % 4} for i, c in enumerate(contexts)]
+    (d / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in data) + "\n")
+    (d / "mytask.yaml").write_text(f"""\
+task: mytask
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {d / 'rows.jsonl'}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+""")
+    return d

@@ -1,4 +1,5 @@
-"""Calibration: per-layer DistrAttention settings that save the most attention work within a loss budget."""
+"""Calibration: per-layer (or, with ``per_head=True``, per-head) DistrAttention settings that save the most
+attention work within a loss budget."""
 from .api import BudgetError, Choice, Sensitivity, calibrate, calibrate_full, choose, measure, parse_budget
 from .objectives import Fidelity, Objective, Perplexity
 from .candidates import DEFAULT_GRID, FAST_GRID, Candidate, CandidateError, candidate_grid, parse_candidates

@@ -16,6 +16,13 @@ Steps (``measure`` once, then ``choose`` per budget):
    Checks are shared between budgets (a point checked for 3% bounds the search for 10%). All-exact is
    within any budget, so the result always is.
 
+Per head (``per_head=True``, CLI ``--per-head``): the units of the search are (layer, query head). The same
+replays give each head's attention-output error e_h and its share s_h of the layer's exact output energy
+(``proxy.HeadErrors``; e_layer² = Σ_h s_h·e_h²), so a unit's predicted loss is alpha_layer · s_h · e_h²
+(the layer's probe still sets alpha; all heads on one candidate predict the per-layer loss). The greedy path
+moves one head at a time (each weighted 1/heads of its layer's work), the result has ``head_overrides``,
+and the held-out checks and the back-off along the path are unchanged (they back off whole units).
+
 ViT-family models (vit, deit, dinov2; ``task="vit"``, detected from the model) run the same steps on
 images: the windows are pixel batches, the loss is 1 − mean cosine similarity of the classifier logits or
 pooled embedding to exact (``objectives.Fidelity``), and the budget is that loss itself (0.01: cosine
@@ -107,10 +114,20 @@ class Sensitivity:
     seq_len: int
     seconds: dict[str, float] = field(default_factory=dict)
     task: str = "lm"
+    # per_head=True: the path's units are (layer, head), layer-major; None when the units are layers
+    heads: list[int] | None = None                   # [layer] query heads
+    head_errors: list[list[list[float]]] | None = None  # [layer][head][candidate] relative attention-output error
+    head_share: list[list[float]] | None = None      # [layer][head] share of the layer's exact output energy
+    head_loss: list[list[list[float]]] | None = None  # [layer][head][candidate] predicted loss
 
     @property
     def num_layers(self) -> int:
         return len(self.errors)
+
+    @property
+    def num_units(self) -> int:
+        """Entries of a path point's choice: layers, or (layer, head) pairs when per head."""
+        return self.num_layers if self.heads is None else sum(self.heads)
 
 
 @dataclass
@@ -138,6 +155,9 @@ class Choice:
     test_exact: float | None = None
     test: float | None = None
     metric: str = "perplexity"  # or "fidelity loss"
+    heads_grouped: int | None = None     # per head: (layer, head) units not exact
+    heads_grouped_by_g: dict[int, int] | None = None
+    num_heads: int | None = None         # per head: all query heads of the model
 
     @property
     def heldout_relative(self) -> float:
@@ -147,14 +167,15 @@ class Choice:
 
 def _uniform(base: DistrConfig | None) -> DistrConfig:
     base = DistrConfig() if base is None else DistrConfig.from_dict(base) if isinstance(base, dict) else base
-    return base.replace(exact_layers=(), exact_first=0, exact_last=0, layer_overrides={})
+    return base.replace(exact_layers=(), exact_first=0, exact_last=0, layer_overrides={}, head_overrides={})
 
 
 def measure(model, calib: list[torch.Tensor], candidates=None, *, base: DistrConfig | None = None,
             cost: CostModel | None = None, probe: Candidate | str | None = None, objective: Objective | None = None,
-            progress: bool = True) -> Sensitivity:
+            progress: bool = True, per_head: bool = False) -> Sensitivity:
     """Score every (layer, candidate) on the calibration windows (token ids [1, n] each, or pixel batches
-    [B, 3, H, W] with ``objective=Fidelity()``)."""
+    [B, 3, H, W] with ``objective=Fidelity()``); with ``per_head`` every (layer, query head, candidate)
+    too, and the greedy path runs over (layer, head) units."""
     base = _uniform(base)
     cands = parse_candidates(candidates)
     objective = objective or Perplexity(0, 0)
@@ -171,7 +192,8 @@ def measure(model, calib: list[torch.Tensor], candidates=None, *, base: DistrCon
     work = [cost.work(c) for c in cands]
 
     t0 = time.perf_counter()
-    err = attention_errors(cap, cands, base, modules, progress=progress)
+    err = attention_errors(cap, cands, base, modules, progress=progress, per_head=per_head)
+    err, head = err if per_head else (err, None)
     timings["proxy_s"] = time.perf_counter() - t0
 
     probe = Candidate.parse(probe) if isinstance(probe, str) else probe
@@ -188,15 +210,27 @@ def measure(model, calib: list[torch.Tensor], candidates=None, *, base: DistrCon
         kls.append(kl)
         alpha.append(kl / (e * e) if e > 0 else 0.0)
     timings["probes_s"] = time.perf_counter() - t0
+    cap_heads = cap.num_heads
     del cap
     loss = [[alpha[i] * float(err[i, j]) ** 2 for j in range(len(cands))] for i in range(len(alpha))]
     if pj is not None:  # measured where we have it
         for i in range(len(alpha)):
             loss[i][pj] = kls[i]
-    weights = None  # every layer's exact attention work is the same in these models (same heads, same N)
-    path = greedy_path(work, loss, weights)
+    if not per_head:
+        weights = None  # every layer's exact attention work is the same in these models (same heads, same N)
+        path = greedy_path(work, loss, weights)
+        return Sensitivity(cands, work, err.tolist(), probe, kls, alpha, loss, path, cost.source, seq_len, timings,
+                           objective.task)
+    heads = list(cap_heads)
+    head_err = [head.errors[i, :heads[i]].tolist() for i in range(len(heads))]
+    share = [head.share[i, :heads[i]].tolist() for i in range(len(heads))]
+    head_loss = [[[alpha[i] * share[i][h] * e * e for e in head_err[i][h]] for h in range(heads[i])]
+                 for i in range(len(heads))]
+    units = [unit for layer in head_loss for unit in layer]
+    weights = [1.0 / heads[i] for i in range(len(heads)) for _ in range(heads[i])]  # each layer's work shared
+    path = greedy_path(work, units, weights)
     return Sensitivity(cands, work, err.tolist(), probe, kls, alpha, loss, path, cost.source, seq_len, timings,
-                       objective.task)
+                       objective.task, heads, head_err, share, head_loss)
 
 
 def _one_layer(cap: Capture, layer: int) -> Capture:
@@ -214,9 +248,9 @@ def choose(model, sens: Sensitivity, budget, heldout, *, window: int | None = No
            base: DistrConfig | None = None, max_checks: int = 4, heldout_exact: float | None = None,
            test=None, test_exact: float | None = None, known: dict | None = None,
            objective: Objective | None = None, progress: bool = True) -> Choice:
-    """The per-layer config for ``budget``, checked on ``heldout``: token ids with ``window``/``stride``
-    (budget: relative perplexity increase), or pixel batches with ``objective=Fidelity()`` (budget:
-    1 − cosine).
+    """The per-layer (per-head when ``sens.heads`` is set) config for ``budget``, checked on ``heldout``: token
+    ids with ``window``/``stride`` (budget: relative perplexity increase), or pixel batches with
+    ``objective=Fidelity()`` (budget: 1 − cosine).
 
     ``known`` (point -> Check) carries the checks of earlier budgets on the same ``sens`` and held-out data;
     new checks are added to it. ``max_checks`` counts only new checks."""
@@ -228,7 +262,7 @@ def choose(model, sens: Sensitivity, budget, heldout, *, window: int | None = No
     base = _uniform(base)
     if not isinstance(max_checks, int) or max_checks < 1:
         raise ValueError(f"max_checks must be an int >= 1, got {max_checks!r}")
-    n = sens.num_layers
+    n = sens.num_units
     path = sens.path
     if heldout_exact is None:
         heldout_exact = objective.value(model, heldout, None)
@@ -244,7 +278,7 @@ def choose(model, sens: Sensitivity, budget, heldout, *, window: int | None = No
     if budget > 0 and not lo < k < hi:
         k = (lo + hi) // 2
     while budget > 0 and lo < k < hi and len(checks) < max_checks:
-        cfg = config_for(path[k].choice, sens.candidates, base)
+        cfg = config_for(path[k].choice, sens.candidates, base, sens.heads)
         p = objective.value(model, heldout, cfg)
         rel = objective.relative(p, heldout_exact)
         known[k] = Check(k, path[k].loss, path[k].saving, p, rel)
@@ -265,15 +299,23 @@ def choose(model, sens: Sensitivity, budget, heldout, *, window: int | None = No
             guess = len(path) - 1
         k = guess if lo < guess < hi else (lo + hi) // 2
     choice = path[lo].choice
-    cfg = config_for(choice, sens.candidates, base)
+    cfg = config_for(choice, sens.candidates, base, sens.heads)
     held = heldout_exact if lo == 0 else known[lo].perplexity
     by_g: dict[int, int] = {}
     for j in choice:
         if j is not None:
             g = sens.candidates[j].group_size
             by_g[g] = by_g.get(g, 0) + 1
-    out = Choice(budget, cfg, lo, path[lo].loss, path[lo].saving, sum(j is not None for j in choice), by_g,
-                 heldout_exact, held, checks, metric=objective.metric)
+    if sens.heads is None:
+        out = Choice(budget, cfg, lo, path[lo].loss, path[lo].saving, sum(j is not None for j in choice), by_g,
+                     heldout_exact, held, checks, metric=objective.metric)
+    else:  # layers: those with a grouped head, by the G of their layer override; heads: every grouped unit
+        layer_g: dict[int, int] = {}
+        for over in cfg.layer_overrides.values():
+            layer_g[over["group_size"]] = layer_g.get(over["group_size"], 0) + 1
+        out = Choice(budget, cfg, lo, path[lo].loss, path[lo].saving, len(cfg.layer_overrides), layer_g,
+                     heldout_exact, held, checks, metric=objective.metric, heads_grouped=sum(by_g.values()),
+                     heads_grouped_by_g=by_g, num_heads=sum(sens.heads))
     if test is not None:
         out.test_exact = test_exact if test_exact is not None else objective.value(model, test, None)
         out.test = out.test_exact if lo == 0 else objective.value(model, test, cfg)
@@ -346,7 +388,7 @@ def calibrate(model, data, budget=0.01, candidates=None, *, task: str | None = N
               calib_windows: int = 1, heldout_windows: int = 2, calib_images: int = 16, heldout_images: int = 32,
               batch_size: int = 16, image_column: str = "image", split: str = "train",
               probe: Candidate | str | None = None, cost: CostModel | None = None, max_checks: int = 4,
-              seed: int = 0, progress: bool = False) -> DistrConfig:
+              seed: int = 0, progress: bool = False, per_head: bool = False) -> DistrConfig:
     """Per-layer DistrAttention settings for ``model`` whose held-out loss is within ``budget``.
 
     Args:
@@ -368,6 +410,8 @@ def calibrate(model, data, budget=0.01, candidates=None, *, task: str | None = N
         probe: the candidate whose output loss sets each layer's sensitivity (default G2-rank1-b128-w0-c0).
         cost: relative attention work per candidate (default: the analytic count at the model's tokens).
         max_checks: end-to-end held-out checks at most.
+        per_head: choose settings per (layer, query head) from each head's attention-output error; the result
+            also has ``head_overrides`` (heads that differ from their layer, {"group_size": 1} for exact ones).
 
     Returns a DistrConfig (``layer_overrides`` for the grouped layers, ``exact_layers`` for the rest) that
     ``patch_model``, ``config.distr_config`` and ``save_pretrained`` take as it is. ``calibrate_full``
@@ -377,7 +421,7 @@ def calibrate(model, data, budget=0.01, candidates=None, *, task: str | None = N
                           base=base, window=window, stride=stride, calib_windows=calib_windows,
                           heldout_windows=heldout_windows, calib_images=calib_images, heldout_images=heldout_images,
                           batch_size=batch_size, image_column=image_column, split=split, probe=probe, cost=cost,
-                          max_checks=max_checks, seed=seed, progress=progress)[1][0].config
+                          max_checks=max_checks, seed=seed, progress=progress, per_head=per_head)[1][0].config
 
 
 def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = None, tokenizer=None,
@@ -385,13 +429,15 @@ def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = 
                    heldout_windows: int = 2, test_windows: int = 0, calib_images: int = 16,
                    heldout_images: int = 32, test_images: int = 0, batch_size: int = 16, image_column: str = "image",
                    split: str = "train", probe=None, cost: CostModel | None = None, max_checks: int = 4,
-                   seed: int = 0, progress: bool = False) -> tuple[Sensitivity, list[Choice]]:
+                   seed: int = 0, progress: bool = False, per_head: bool = False) -> tuple[Sensitivity, list[Choice]]:
     """``calibrate`` for several budgets sharing one measurement; returns (sensitivity, one Choice per budget)."""
     task = task_of(model, task)
     budgets = [parse_budget(b, task) for b in budgets]
     if not budgets:
         raise BudgetError("give at least one budget")
     cands = parse_candidates(candidates)  # bad candidates fail before any model work
+    if not isinstance(per_head, bool):
+        raise TypeError(f"per_head must be True or False, got {per_head!r}")
     counts = (("window", window), ("calib_windows", calib_windows), ("heldout_windows", heldout_windows)) \
         if task == "lm" else (("calib_images", calib_images), ("heldout_images", heldout_images),
                               ("batch_size", batch_size))
@@ -411,7 +457,7 @@ def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = 
         parts = split_images(_pixel_values(data, processor, image_column, split, need, seed), calib_images=calib_images,
                              heldout_images=heldout_images, test_images=test_images, batch_size=batch_size, seed=seed)
     sens = measure(model, parts.calib, cands, base=base, cost=cost, probe=probe, objective=objective,
-                   progress=progress)
+                   progress=progress, per_head=per_head)
     heldout_exact = objective.value(model, parts.heldout, None)
     test_exact = None
     if parts.test is not None:

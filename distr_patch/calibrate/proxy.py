@@ -5,7 +5,8 @@
    the exact output, and each decoder layer's output is kept (it is the next layer's input).
 2. ``attention_errors``: every (layer, candidate) replays the recorded call through the "distr" adapter
    (``integrations.hf.distr_attention_forward``, so masks and causality resolve exactly as in the patched
-   model) and scores the relative error of the attention output, ||out - exact|| / ||exact||.
+   model) and scores the relative error of the attention output, ||out - exact|| / ||exact||; with
+   ``per_head`` also each query head's error and its share of the layer's output (``HeadErrors``).
 3. ``layer_loss``: for a few (layer, candidate) pairs, the objective's loss at the output with only that
    layer changed (``objectives``: KL of the next-token distribution for LMs, 1 − cosine of the logits or
    pooled embedding for ViTs). Layers before it are not recomputed: they are swapped for stubs that hand
@@ -154,19 +155,35 @@ def capture(model, windows: list[torch.Tensor], objective: Objective | None = No
 
 def layer_settings(cand: Candidate, base: DistrConfig) -> LayerSettings:
     """The settings a layer runs with under ``cand`` (LSH seed and bits from ``base``)."""
-    uniform = base.replace(exact_layers=(), exact_first=0, exact_last=0, layer_overrides={})
+    uniform = base.replace(exact_layers=(), exact_first=0, exact_last=0, layer_overrides={}, head_overrides={})
     values = {**uniform.for_layer(None).__dict__, **cand.settings()}
     values.pop("exact", None)
+    values.pop("heads", None)
     return LayerSettings(**values, exact=False)
+
+
+@dataclass
+class HeadErrors:
+    """Per query head: relative attention-output error [layers, heads, candidates] and each head's share of
+    its layer's exact output energy [layers, heads] (layers with fewer heads are zero-padded).
+
+    The layer's squared error is the share-weighted sum of its heads' squared errors:
+    e_layer² = Σ_h share_h · e_h² (the heads' outputs are disjoint slices of the layer's)."""
+    errors: torch.Tensor
+    share: torch.Tensor
 
 
 @torch.no_grad()
 def attention_errors(cap: Capture, candidates: list[Candidate], base: DistrConfig, modules: list | None = None,
-                     progress: bool = True) -> torch.Tensor:
-    """Relative attention-output error [layers, candidates] over the calibration windows."""
+                     progress: bool = True, per_head: bool = False):
+    """Relative attention-output error [layers, candidates] over the calibration windows; with ``per_head``
+    the pair (that, ``HeadErrors``) from the same replays (a head's output depends only on its own setting)."""
     from tqdm.auto import tqdm
 
     err = torch.zeros(cap.num_layers, len(candidates), dtype=torch.float64)
+    max_heads = max((c[0].query.shape[1] for c in cap.calls), default=0)
+    head_num = torch.zeros(cap.num_layers, max_heads, len(candidates), dtype=torch.float64)
+    head_den = torch.zeros(cap.num_layers, max_heads, dtype=torch.float64)
     bar = tqdm(total=cap.num_layers * len(candidates), desc="proxy: attention error", disable=not progress,
                leave=False)
     for layer in range(cap.num_layers):
@@ -177,12 +194,24 @@ def attention_errors(cap: Capture, candidates: list[Candidate], base: DistrConfi
             for c in cap.calls[layer]:
                 out, _ = distr_attention_forward(stand_in, c.query, c.key, c.value, c.attention_mask,
                                                  scaling=c.scaling, is_causal=c.is_causal, **c.kwargs)
-                num += float((out.float() - c.out.float()).pow(2).sum())
+                diff = (out.float() - c.out.float()).pow(2)
+                num += float(diff.sum())
                 den += float(c.out.float().pow(2).sum())
+                if per_head:  # out is [B, N, Hq, d]
+                    h = out.shape[2]
+                    head_num[layer, :h, j] += diff.sum(dim=(0, 1, 3)).double()
+                    if j == 0:
+                        head_den[layer, :h] += c.out.float().pow(2).sum(dim=(0, 1, 3)).double()
             err[layer, j] = (num / den) ** 0.5 if den > 0 else 0.0
             bar.update()
     bar.close()
-    return err
+    if not per_head:
+        return err
+    den = head_den.unsqueeze(-1)
+    head_err = torch.where(den > 0, head_num / den.clamp_min(1e-300), torch.zeros_like(head_num)).sqrt()
+    total = head_den.sum(dim=1, keepdim=True)
+    share = torch.where(total > 0, head_den / total.clamp_min(1e-300), torch.zeros_like(head_den))
+    return err, HeadErrors(head_err, share)
 
 
 class _Handoff(torch.nn.Module):
@@ -231,7 +260,8 @@ def layer_loss(model, cap: Capture, layer: int, cand: Candidate, base: DistrConf
     """The objective's loss vs exact, averaged over the calibration windows, with only ``layer`` on ``cand``."""
     modules = attention_modules(model)
     stack = decoder_layers(model, modules)
-    cfg = base.replace(**cand.settings(), exact_layers=(), exact_first=0, exact_last=0, layer_overrides={})
+    cfg = base.replace(**cand.settings(), exact_layers=(), exact_first=0, exact_last=0, layer_overrides={},
+                       head_overrides={})
     total = 0.0
     with patched(model, cfg, layers=[layer]):
         for w, x in enumerate(cap.windows):

@@ -6,6 +6,9 @@ DistrConfig with its held-out checks. Plots read only this dict: ``sensitivity_h
 candidates, predicted loss) and ``pareto.png`` (the path, the checked points and the chosen ones).
 ``task`` says what the loss is: "lm" (KL nats/token, held-out perplexity, relative = ppl / exact − 1) or
 "vit" (1 − cosine to exact; held-out and relative are that fidelity loss). Files without it are "lm".
+A per-head calibration (``per_head``: true) adds ``num_heads`` (per layer), ``head_errors`` and
+``head_predicted_loss`` ([layer][head][candidate]); its path's ``grouped`` counts (layer, head) units and
+each choice adds ``heads_grouped`` / ``heads_grouped_by_g`` (``layers_grouped``: layers with a grouped head).
 """
 from __future__ import annotations
 
@@ -93,6 +96,9 @@ def choice_dict(c: Choice, sens: Sensitivity) -> dict:
         "test": None if c.test is None else {"exact": c.test_exact, "chosen": c.test,
                                              "relative": _rel(c.test, c.test_exact, c.metric)},
         "checks": [dataclasses.asdict(k) for k in c.checks],
+        **({} if c.heads_grouped is None else {
+            "heads_grouped": c.heads_grouped, "num_heads": c.num_heads,
+            "heads_grouped_by_g": {str(g): n for g, n in sorted((c.heads_grouped_by_g or {}).items())}}),
     }
 
 
@@ -115,7 +121,11 @@ def result_dict(sens: Sensitivity, choices: list[Choice], *, model: dict, settin
                  for p in sens.path],
         "choices": [choice_dict(c, sens) for c in choices],
         "timing_s": sens.seconds,
+        "per_head": sens.heads is not None,
     }
+    if sens.heads is not None:
+        out.update(num_heads=sens.heads, head_errors=sens.head_errors, head_share=sens.head_share,
+                   head_predicted_loss=sens.head_loss)
     validate(out)
     return out
 
@@ -144,8 +154,9 @@ def markdown(result: dict) -> str:
     n = result["model"]["num_layers"]
     vit = _vit(result)
     held, test = ("held-out 1 - cos", "test 1 - cos") if vit else ("held-out ppl (Δ)", "test ppl (Δ)")
-    head = ["budget", "layers grouped", "at G=2", "at G=4", "attention-work saving", "predicted", held, test,
-            "checks"]
+    per_head = any("heads_grouped" in c for c in result["choices"])
+    head = ["budget", "layers grouped", "at G=2", "at G=4", *(["heads grouped"] if per_head else []),
+            "attention-work saving", "predicted", held, test, "checks"]
 
     def value(x):
         return "" if x is None else f"{x['chosen']:.2e}" if vit else f"{x['chosen']:.3f} ({_pct(x['relative'])})"
@@ -157,12 +168,14 @@ def markdown(result: dict) -> str:
         lines.append("| " + " | ".join([
             f"{c['budget']:.0%}" if c["budget"] * 100 == round(c["budget"] * 100) else f"{c['budget']:.2%}",
             f"{c['layers_grouped']}/{n}", f"{by_g.get('2', 0)}/{n}", f"{by_g.get('4', 0)}/{n}",
+            *([f"{c.get('heads_grouped', 0)}/{c.get('num_heads', '?')}"] if per_head else []),
             f"{c['attention_work_saving']:.1%}",
             f"{c['predicted_loss']:.2e}" if vit else _pct(math.expm1(c["predicted_loss"])),
             value(h), value(t), str(len(c["checks"]))]) + " |")
     m = result["model"]
     s = result["settings"]
-    notes = [f"model {m['name']} ({m['model_type']}, {n} layers); candidates: {len(result['candidates'])} per layer; "
+    notes = [f"model {m['name']} ({m['model_type']}, {n} layers); candidates: {len(result['candidates'])} per "
+             f"{'query head' if result.get('per_head') else 'layer'}; "
              f"probe {result['probe']['candidate']}; work: {result['cost']['source']} at {result['cost']['seq_len']} "
              f"tokens",
              f"data {s.get('data')}: calibration {s.get('calib_images')} images, held-out {s.get('heldout_images')}, "

@@ -6,6 +6,10 @@ cheaper settings, each with an efficiency (work saved per unit of loss), non-inc
 Sorting every layer's moves by efficiency gives the greedy path: point k applies the k best moves, so the
 path runs from all-exact to the cheapest settings, with loss (summed over layers, an additive model) and
 saving both growing. ``point_within(path, loss)`` is the furthest point whose predicted loss fits.
+
+Per head (``calibrate(per_head=True)``) the units are (layer, query head) instead of layers, each weighted by
+its share of the layer's work (1/heads); ``config_for(..., heads=...)`` turns such a choice into
+``layer_overrides`` plus ``head_overrides``.
 """
 from __future__ import annotations
 
@@ -30,8 +34,8 @@ class Move:
 
 @dataclass(frozen=True)
 class PathPoint:
-    choice: tuple            # per layer: candidate index or None (exact)
-    loss: float              # predicted loss (sum over layers)
+    choice: tuple            # per unit (layer, or (layer, head) layer-major): candidate index or None (exact)
+    loss: float              # predicted loss (sum over units)
     saving: float            # fraction of the model's attention work saved (0..1)
 
 
@@ -90,8 +94,40 @@ def point_within(path: list[PathPoint], max_loss: float) -> int:
     return best
 
 
-def config_for(choice, candidates: list[Candidate], base: DistrConfig) -> DistrConfig:
-    """The DistrConfig of a per-layer choice: grouped layers in ``layer_overrides``, the rest in ``exact_layers``."""
-    overrides = {i: candidates[j].settings() for i, j in enumerate(choice) if j is not None}
-    exact = tuple(i for i, j in enumerate(choice) if j is None)
-    return base.replace(exact_layers=exact, exact_first=0, exact_last=0, layer_overrides=overrides)
+def split_units(choice, heads: list[int] | None) -> list[tuple]:
+    """A choice per unit -> per layer: the layer's entry (per layer), or the tuple of its heads' (per head)."""
+    if heads is None:
+        return list(choice)
+    out, u = [], 0
+    for h in heads:
+        out.append(tuple(choice[u:u + h]))
+        u += h
+    if u != len(choice):
+        raise ValueError(f"a per-head choice of {len(choice)} units does not match {sum(heads)} heads")
+    return out
+
+
+def config_for(choice, candidates: list[Candidate], base: DistrConfig, heads: list[int] | None = None) -> DistrConfig:
+    """The DistrConfig of a choice: grouped layers in ``layer_overrides``, the rest in ``exact_layers``.
+
+    ``heads`` (query heads per layer): the choice is per (layer, head), layer-major. A layer whose heads all
+    take one candidate is a plain layer override; otherwise the layer takes its most common grouped candidate
+    (ties: the lowest index) and the other heads get ``head_overrides`` (their candidate's settings, or
+    {"group_size": 1} for exact heads)."""
+    overrides: dict[int, dict] = {}
+    head_overrides: dict[int, dict[int, dict]] = {}
+    exact = []
+    for i, per in enumerate(split_units(choice, heads)):
+        per = per if isinstance(per, tuple) else (per,)
+        grouped = [j for j in per if j is not None]
+        if not grouped:
+            exact.append(i)
+            continue
+        layer_j = max(sorted(set(grouped)), key=grouped.count)
+        overrides[i] = candidates[layer_j].settings()
+        others = {h: {"group_size": 1} if j is None else candidates[j].settings()
+                  for h, j in enumerate(per) if j != layer_j}
+        if others:
+            head_overrides[i] = others
+    return base.replace(exact_layers=tuple(exact), exact_first=0, exact_last=0, layer_overrides=overrides,
+                        head_overrides=head_overrides)

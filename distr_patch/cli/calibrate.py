@@ -5,6 +5,8 @@ ViT-family model (vit, deit, dinov2) on an image folder or data set, budget = he
 1 − mean cosine similarity to exact of the pooled embedding (``--vit-output embedding``, the model loaded
 as a backbone) or the classifier logits (``--vit-output logits``).
 
+``--per-head`` chooses settings per (layer, query head) instead of per layer (configs with ``head_overrides``).
+
 Writes one directory: ``calibration.json`` (heat map, greedy path, per budget the chosen DistrConfig and
 its held-out checks, provenance), ``distr_config-<budget>.json`` per budget (``DistrConfig.load`` /
 ``patch_model`` take it as it is), ``report.md`` and the plots. Settings merge defaults < ``--config``
@@ -24,6 +26,7 @@ HELP = ("choose per-layer DistrAttention settings that save the most attention w
 EPILOG = """examples:
   distr-patch calibrate --model smollm2-135m --data lee --budget 1%
   distr-patch calibrate --model smollm2-135m --budget 1%,3%,10% --candidates fast --test-windows 2
+  distr-patch calibrate --model smollm2-135m --budget 1% --candidates fast --per-head
   distr-patch calibrate --config configs/calibrate-smollm2-135m.yaml
   distr-patch calibrate --task vit --model facebook/dinov2-small --data IMAGE_FOLDER --budget 0.01
 """
@@ -31,7 +34,7 @@ DEFAULTS = dict(task="lm", model=None, data=None, data_name=None, split="train",
                 device="cpu", seed=0, budget=["1%"], candidates="default", probe=None, window=1024, stride=None,
                 calib_windows=1, heldout_windows=2, test_windows=0, max_checks=4, speeds=None, seq_len=None,
                 output_dir="results", run_name=None, plots=True, vit_output="embedding", calib_images=16,
-                heldout_images=32, test_images=0, batch_size=16, image_column="image")
+                heldout_images=32, test_images=0, batch_size=16, image_column="image", per_head=False)
 
 
 def register(sub) -> None:
@@ -72,6 +75,9 @@ def register(sub) -> None:
     g.add_argument("--test-images", type=int, default=o.S, help="vit: further images that only report (0)")
     g.add_argument("--batch-size", type=int, default=o.S, help="vit: images per forward (16)")
     g.add_argument("--max-checks", type=int, default=o.S, help="end-to-end held-out checks per budget (4)")
+    g.add_argument("--per-head", action="store_true", default=o.S,
+                   help="choose settings per (layer, query head) from each head's attention-output error: the "
+                        "configs get head_overrides (default: per layer)")
     g.add_argument("--speeds", default=o.S, metavar="FILE.json",
                    help="measured kernel time per candidate relative to exact attention (default: analytic count)")
     g.add_argument("--seq-len", type=int, default=o.S,
@@ -154,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--speeds with --task vit needs --seq-len (the model's tokens, 1 + patches)")
     try:
         sens, choices = calibrate_full(model, data, budgets, candidates, probe=s["probe"], cost=cost,
-                                       max_checks=s["max_checks"], seed=s["seed"], progress=True, **inputs)
+                                       max_checks=s["max_checks"], seed=s["seed"], progress=True,
+                                       per_head=bool(s["per_head"]), **inputs)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     name = s["run_name"] or "calibrate-{}-{}".format(re.sub(r"[^A-Za-z0-9.]+", "-", s["model"].rsplit("/", 1)[-1]),

@@ -51,25 +51,31 @@ def score_vit(model, dataset, *, batch_size: int) -> dict:
     return {"top1": accuracy(preds, dataset.labels.tolist()), "num_images": len(dataset)}
 
 
-def attention_work_saved(distr_config: dict | None, num_layers: int, seq_len: int) -> float:
+def attention_work_saved(distr_config: dict | None, num_layers: int, seq_len: int,
+                         num_heads: int | None = None) -> float:
     """Fraction of the model's attention multiply-adds saved at ``seq_len`` tokens (the calibration cost model:
-    analytic, causal, per layer, layers kept exact count as 1)."""
+    analytic, causal, per layer, layers kept exact count as 1; with ``num_heads``, per-head settings are
+    averaged over the layer's query heads)."""
     if not distr_config:
         return 0.0
     from ..calibrate.candidates import Candidate
     from ..calibrate.cost import relative_work
     from ..config import DistrConfig
 
+    def work_of(s) -> float:
+        if s.exact or s.group_size == 1:
+            return 1.0
+        return relative_work(Candidate(s.group_size, s.fusion, s.block_m, s.exact_window,
+                                       s.window_correction if s.exact_window else 0.0), seq_len)
+
     cfg = DistrConfig.from_dict(distr_config)
     work = []
     for i in range(num_layers):
         s = cfg.for_layer(i, num_layers)
-        if s.exact or s.group_size == 1:
-            work.append(1.0)
-            continue
-        cand = Candidate(s.group_size, s.fusion, s.block_m, s.exact_window,
-                         s.window_correction if s.exact_window else 0.0)
-        work.append(relative_work(cand, seq_len))
+        if s.heads and num_heads and not s.exact:
+            work.append(sum(work_of(s.for_head(h)) for h in range(num_heads)) / num_heads)
+        else:
+            work.append(work_of(s))
     return 1.0 - sum(work) / len(work)
 
 

@@ -160,8 +160,8 @@ def run_finetune(cfg: FinetuneConfig, *, progress: bool = True) -> FinetuneOutpu
             entry["attn_implementation"] = m.config._attn_implementation
             if entry["distr_config"]:
                 entry["layers"] = {k: entry["distr_config"][k] for k in LAYER_SELECTION if k in entry["distr_config"]}
-            entry["attention_work_saved"] = attention_work_saved(entry["distr_config"], num_layers, seq) \
-                if seq else None
+            entry["attention_work_saved"] = attention_work_saved(
+                entry["distr_config"], num_layers, seq, getattr(m.config, "num_attention_heads", None)) if seq else None
             trainer, stats = finetune(m, train_ds, cfg, output_dir=directory / "trainer" / variant.name,
                                       units_per_sample=units, unit=unit)
             entry["train"] = stats.to_dict()

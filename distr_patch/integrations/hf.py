@@ -7,6 +7,11 @@
 the operator (k/v are never repeated). Exact calls (layers kept exact, short queries such as
 KV-cache decode steps) go to transformers' own SDPA function.
 
+Per-head settings (``DistrConfig.head_overrides``): ``head_partitions`` groups the query heads by the
+operator settings they run with; the operator runs once per group on those query heads and their KV
+heads, and the outputs go back in head order. Heads with G=1 (or below their ``exact_below``) run the
+operator with G=1, exact attention.
+
 Masks: "distr" is registered in ``AttentionMaskInterface`` with transformers' ``sdpa_mask`` (boolean,
 True = attend, None for plain causal prefill), so padding and sliding windows reach the operator.
 """
@@ -90,12 +95,52 @@ def autocast_inputs(query, key, value):
     return query, key, value
 
 
+def head_partitions(settings: LayerSettings, num_heads: int, q_len: int) -> list[tuple[list[int], dict]] | None:
+    """The query heads of one call grouped by the operator settings they run with: [(heads, operator kwargs)],
+    heads ascending, groups ordered by their first head; one group of all heads when the layer has no
+    per-head settings. Heads with G=1, or with fewer than ``exact_below`` query rows, share one exact
+    group (G=1, no window). None when every head is below its ``exact_below`` (the call runs exact SDPA).
+    """
+    if not settings.heads:
+        return None if q_len < settings.exact_below else [(list(range(num_heads)), settings.operator_kwargs())]
+    bad = [h for h in settings.heads if not 0 <= h < num_heads]
+    if bad:
+        raise DistrSettingsError(f"per-head settings for query head {bad[0]}, but this layer has {num_heads} heads")
+    per_head = [settings.for_head(h) for h in range(num_heads)]
+    if all(q_len < s.exact_below for s in per_head):
+        return None
+    exact = {**settings.operator_kwargs(), "group_size": 1, "exact_window": 0, "window_correction": 0.0}
+    groups: dict[tuple, tuple[list[int], dict]] = {}
+    for h, s in enumerate(per_head):
+        kw = exact if s.group_size == 1 or q_len < s.exact_below else s.operator_kwargs()
+        groups.setdefault(tuple(sorted(kw.items())), ([], kw))[0].append(h)
+    return list(groups.values())
+
+
+def _heads_of(query, key, value, attention_mask, heads: list[int]):
+    """q/k/v (and a per-head mask) of the query heads ``heads``: whole GQA groups keep their KV heads
+    (no copy of K/V per query head), otherwise each query head gets its own KV head."""
+    hq, hkv = query.shape[1], key.shape[1]
+    rep = hq // hkv
+    idx = torch.tensor(heads, device=query.device)
+    kv = sorted({h // rep for h in heads})
+    if heads == [g * rep + r for g in kv for r in range(rep)]:
+        kv_idx = torch.tensor(kv, device=query.device)
+    else:
+        kv_idx = idx // rep
+    head_dim = None if attention_mask is None else attention_mask.dim() - 3  # [..., H, N, M]: broadcast from the left
+    if head_dim is not None and head_dim >= 0 and attention_mask.shape[head_dim] == hq > 1:
+        attention_mask = attention_mask.index_select(head_dim, idx)
+    return query.index_select(1, idx), key.index_select(1, kv_idx), value.index_select(1, kv_idx), attention_mask
+
+
 def distr_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                             is_causal=None, **kwargs):
     """transformers attention function: query [B, Hq, N, d], key/value [B, Hkv, M, d] -> ([B, N, Hq, d], None)."""
     settings = layer_settings(module)
     q_len = query.shape[2]
-    if settings.exact or q_len < settings.exact_below:
+    parts = None if settings.exact else head_partitions(settings, query.shape[1], q_len)
+    if parts is None:
         sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
         return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
                     **kwargs)
@@ -116,8 +161,17 @@ def distr_attention_forward(module, query, key, value, attention_mask, dropout=0
     query_valid = None
     if attention_mask is not None:
         query_valid = query_rows_valid(attention_mask, query.shape[0], q_len, key.shape[2])
-    out = distr_attention(query, key, value, causal=is_causal, attention_mask=attention_mask, scale=scaling,
-                          query_valid=query_valid, **settings.operator_kwargs())
+    common = dict(causal=is_causal, scale=scaling, query_valid=query_valid)
+    if len(parts) == 1:
+        out = distr_attention(query, key, value, attention_mask=attention_mask, **common, **parts[0][1])
+    else:
+        outs = []
+        for heads, kw in parts:
+            q, k, v, mask = _heads_of(query, key, value, attention_mask, heads)
+            outs.append(distr_attention(q, k, v, attention_mask=mask, **common, **kw))
+        order = [h for heads, _ in parts for h in heads]
+        inverse = torch.argsort(torch.tensor(order, device=query.device))
+        out = torch.cat(outs, dim=1).index_select(1, inverse)
     return out.transpose(1, 2).contiguous(), None
 
 

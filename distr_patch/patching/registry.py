@@ -165,15 +165,17 @@ def patch_model(model, config: DistrConfig | dict | None = None, layers: Iterabl
     if layers is not None:
         keep = {cfg._resolve_index(int(i), n, "layers entry") for i in layers}
         cfg = cfg.replace(exact_layers=tuple(i for i in range(n) if i not in keep), exact_first=0, exact_last=0)
-    cfg.check_layers(n)
+    cfg.check_layers(n, getattr(model.config, "num_attention_heads", None))
     settings = [cfg.for_layer(i, n) for i in range(n)]
     for i, (module, s) in enumerate(zip(modules, settings)):
         if not s.exact:
             d = _head_dim(module, model.config)
-            try:
-                check_group_size(s.group_size, d)
-            except ValueError as e:
-                raise ValueError(f"layer {i}: {e}") from None
+            for where, g in [(f"layer {i}", s.group_size),
+                             *((f"layer {i} head {h}", hs.group_size) for h, hs in s.heads.items())]:
+                try:
+                    check_group_size(g, d)
+                except ValueError as e:
+                    raise ValueError(f"{where}: {e}") from None
 
     state = getattr(model, "_distr_patch_state", None)
     if state is None:

@@ -229,3 +229,67 @@ def test_cli(tmp_path, tiny_lm_dir, capsys):
     assert "not a number or a percentage" in capsys.readouterr().err
     assert main(["calibrate", "--model", str(tiny_lm_dir), "--candidates", "G2-quick"]) == 2
     assert "unknown candidate" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- per head
+def test_per_head_calibration_within_budget_and_deterministic(model, ids):
+    budget = 0.002
+    sens, (choice,) = calibrate_full(model, ids, [budget], CANDS, window=WINDOW, heldout_windows=3, per_head=True,
+                                     max_checks=6)
+    again = calibrate(model, ids, budget=budget, candidates=CANDS, window=WINDOW, heldout_windows=3, per_head=True,
+                      max_checks=6)
+    cfg = choice.config
+    assert again.to_dict() == cfg.to_dict()
+    # the proxy: a layer's squared error is its heads' share-weighted sum, so the unit losses add up to the layer's
+    assert sens.heads == [4] * 4 and sens.num_units == 16
+    for i in range(4):
+        for j in range(len(CANDS)):
+            assert sum(s * e[j] ** 2 for s, e in zip(sens.head_share[i], sens.head_errors[i])) == pytest.approx(
+                sens.errors[i][j] ** 2, rel=1e-6)
+            assert sum(h[j] for h in sens.head_loss[i]) == pytest.approx(sens.loss[i][j], rel=1e-6)
+    # the config runs each (layer, head) on the candidate of the chosen path point (exact: G=1 or an exact layer)
+    point = sens.path[choice.point].choice
+    for u, j in enumerate(point):
+        s = cfg.for_head(u // 4, u % 4, 4)
+        if j is None:
+            assert cfg.for_layer(u // 4, 4).exact or s.group_size == 1
+        else:
+            cand = Candidate.parse(CANDS[j]).settings()
+            assert {k: getattr(s, k) for k in cand} == cand
+    assert cfg.head_overrides and choice.heads_grouped == sum(j is not None for j in point) > 0
+    assert choice.grouped == len(cfg.layer_overrides) and choice.num_heads == 16
+    # the held-out perplexity of the returned config, recomputed with the harness, is within budget
+    split = split_tokens(ids, window=WINDOW, stride=WINDOW // 2, calib_windows=1, heldout_windows=3)
+    exact = perplexity(model, split.heldout, window=WINDOW, stride=WINDOW // 2, progress=False)["metrics"]
+    with patched(model, cfg):
+        ours = perplexity(model, split.heldout, window=WINDOW, stride=WINDOW // 2, progress=False)["metrics"]
+    assert ours["perplexity"] <= (1 + budget) * exact["perplexity"]
+    assert ours["perplexity"] == pytest.approx(choice.heldout, rel=1e-6)
+
+
+def test_per_head_zero_budget_and_default_stay_per_layer(model, ids):
+    zero = calibrate(model, ids, budget=0, candidates=CANDS, window=WINDOW, heldout_windows=2, per_head=True)
+    assert sorted(zero.exact_layers) == [0, 1, 2, 3] and not zero.layer_overrides and not zero.head_overrides
+    sens, (choice,) = calibrate_full(model, ids, [0.5], CANDS, window=WINDOW, heldout_windows=2)
+    assert sens.heads is None and sens.num_units == 4 and not choice.config.head_overrides
+    assert choice.heads_grouped is None
+    with pytest.raises(TypeError, match="per_head"):
+        calibrate(model, ids, budget=0.01, candidates=CANDS, per_head="yes")
+
+
+def test_cli_per_head(tmp_path, tiny_lm_dir):
+    from distr_patch.cli.main import main
+
+    long_text = tmp_path / "long.txt"
+    long_text.write_text(sample_text(2000))
+    rc = main(["calibrate", "--model", str(tiny_lm_dir), "--data", str(long_text), "--budget", "5%",
+               "--candidates", ",".join(CANDS), "--window", "64", "--heldout-windows", "2", "--per-head",
+               "--no-plots", "--output-dir", str(tmp_path), "--run-name", "run"])
+    assert rc == 0
+    result = json.loads((tmp_path / "run" / "calibration.json").read_text())
+    assert result["per_head"] is True and result["num_heads"] == [4, 4]
+    assert len(result["head_errors"][0]) == 4 and len(result["head_errors"][0][0]) == len(CANDS)
+    c = result["choices"][0]
+    assert c["num_heads"] == 8 and 0 <= c["heads_grouped"] <= 8 and result["settings"]["per_head"] is True
+    assert DistrConfig.load(tmp_path / "run" / "distr_config-0.05.json") == DistrConfig.from_dict(c["distr_config"])
+    assert "heads grouped" in (tmp_path / "run" / "report.md").read_text()

@@ -126,3 +126,83 @@ def test_unsupported_features_raise_or_warn():
     out, _ = distr_attention_forward(_Attn(G2), q, k, v, None, dropout=0.1, scaling=0.25)  # warns once, no dropout
     ref, _ = distr_attention_forward(_Attn(G2), q, k, v, None, scaling=0.25)
     assert torch.equal(out, ref)
+
+
+# ----------------------------------------------------------------------------- per-head settings
+BASE = dict(exact_window=0, window_correction=0.0, block_m=32, exact_below=1)
+
+
+def _per_head(heads):
+    return DistrConfig(**BASE, head_overrides={0: heads}).for_layer(0, 1)
+
+
+def test_head_partitions_group_heads_by_setting():
+    s = _per_head({0: {"group_size": 4}, 1: {"group_size": 4}, 2: {"group_size": 1}, 5: {"exact_below": 64}})
+    parts = hf.head_partitions(s, 6, 40)
+    assert [heads for heads, _ in parts] == [[0, 1], [2, 5], [3, 4]]
+    assert parts[0][1]["group_size"] == 4 and parts[2][1] == s.operator_kwargs()
+    # G=1 heads and heads below their exact_below share one exact group (no window)
+    assert parts[1][1] == {**s.operator_kwargs(), "group_size": 1, "exact_window": 0, "window_correction": 0.0}
+    assert [h for h, _ in hf.head_partitions(s, 6, 80)] == [[0, 1], [2], [3, 4, 5]]
+    uniform = DistrConfig(**BASE).for_layer(None)
+    assert hf.head_partitions(uniform, 4, 40) == [([0, 1, 2, 3], uniform.operator_kwargs())]
+    slow = DistrConfig(**{**BASE, "exact_below": 16}, head_overrides={0: {h: {"exact_below": 8} for h in range(4)}})
+    assert hf.head_partitions(slow.for_layer(0, 1), 4, 4) is None  # every head below its exact_below: SDPA
+    assert len(hf.head_partitions(slow.for_layer(0, 1), 4, 12)) == 1
+    with pytest.raises(hf.DistrSettingsError, match="query head 5"):
+        hf.head_partitions(s, 4, 40)
+
+
+def _mask(kind, B, Hq, N, M):
+    if kind == "padding":  # broadcast over heads
+        return _padding_mask([N, N - 7], N, M)
+    g = torch.Generator().manual_seed(3)
+    per_head = (torch.rand(B, Hq, N, M, generator=g) > 0.3) | torch.eye(N, M, dtype=torch.bool)
+    if kind == "per_head_3d":
+        return per_head[0]
+    if kind == "per_head_additive":
+        return torch.zeros(B, Hq, N, M).masked_fill(~per_head, torch.finfo(torch.float32).min)
+    return per_head
+
+
+@pytest.mark.parametrize("mask_kind", [None, "padding", "per_head", "per_head_3d", "per_head_additive"])
+@pytest.mark.parametrize("heads", [
+    {0: {"group_size": 4}, 1: {"group_size": 4}, 2: {"group_size": 1}},        # a whole KV group, an exact head
+    {0: {"fusion": "mean"}, 2: {"fusion": "mean"}, 3: {"exact_window": 8, "window_correction": 0.5}},
+])
+def test_per_head_output_is_the_operator_with_each_heads_setting(heads, mask_kind, monkeypatch):
+    B, Hq, Hkv, N = 2, 4, 2, 40
+    q, k, v = _qkv(B=B, Hq=Hq, Hkv=Hkv, N=N, M=N)
+    mask = None if mask_kind is None else _mask(mask_kind, B, Hq, N, N)
+    s = _per_head(heads)
+    calls = []
+    real = hf.distr_attention
+
+    def spy(q_, k_, v_, **kw):
+        calls.append((q_.shape[1], k_.clone()))
+        return real(q_, k_, v_, **kw)
+
+    monkeypatch.setattr(hf, "distr_attention", spy)
+    out, _ = distr_attention_forward(_Attn(s), q, k, v, mask, scaling=0.3)
+    valid = None if mask is None else query_rows_valid(mask, B, N, N)
+    for h in range(Hq):
+        alone = real(q, k, v, causal=mask is None, attention_mask=mask, scale=0.3, query_valid=valid,
+                     backend="reference", **s.for_head(h).operator_kwargs())
+        torch.testing.assert_close(out[:, :, h], alone[:, h], atol=1e-6, rtol=1e-6)
+    assert len(calls) == 3
+    if 0 in heads and heads[0].get("group_size") == 4:  # heads 0, 1 are KV group 0: its K once, not per head
+        assert calls[0][0] == 2 and torch.equal(calls[0][1], k[:, :1])
+        assert [c[0] for c in calls[1:]] == [1, 1] and all(torch.equal(c[1], k[:, 1:]) for c in calls[1:])
+    else:  # heads 0, 2 (KV heads 0, 1), then 1 (KV 0), then 3 (KV 1): one KV head per query head
+        assert torch.equal(calls[0][1], k) and torch.equal(calls[1][1], k[:, :1]) and torch.equal(calls[2][1], k[:, 1:])
+
+
+def test_all_heads_alike_is_one_call_equal_to_the_layer_setting(monkeypatch):
+    q, k, v = _qkv(N=40, M=40)
+    layer = DistrConfig(**BASE, layer_overrides={0: {"group_size": 4}}).for_layer(0, 1)
+    heads = _per_head({h: {"group_size": 4} for h in range(4)})
+    ref, _ = distr_attention_forward(_Attn(layer), q, k, v, None, scaling=0.25)
+    calls, real = [], hf.distr_attention
+    monkeypatch.setattr(hf, "distr_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    out, _ = distr_attention_forward(_Attn(heads), q, k, v, None, scaling=0.25)
+    assert calls == [1] and torch.equal(out, ref)
