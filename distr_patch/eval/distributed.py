@@ -1,4 +1,4 @@
-"""Sharding of evaluation items over processes (``accelerate launch``) and one exact gather.
+"""Sharding of evaluation items over processes (``accelerate launch``), one exact gather and a broadcast.
 
 Each process evaluates items ``rank, rank + world, ...``; ``gather`` returns every item's result on every
 process, ordered by item index, so metrics are computed once from the same numbers in the same order as
@@ -44,6 +44,14 @@ class Shard:
 
             items = gather_object(items)
         return [r for _, r in sorted(items, key=lambda x: x[0])]
+
+    def broadcast(self, obj: Any) -> Any:
+        """Process 0's ``obj`` on every process."""
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            obj = broadcast_object_list([obj], from_process=0)[0]
+        return obj
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -84,11 +84,12 @@ def run_lm(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
             metrics.update({f"{task}/{k}": (v, task) for k, v in out["metrics"].items()})
             latency[task] = out["latency"]
         if lm_eval_manager is not None:
-            values, task_rows_scored = run_lm_eval(model, tokenizer, cfg.lm_eval_tasks, limit=cfg.lm_eval_limit,
-                                                   batch_size=cfg.batch_size, manager=lm_eval_manager)
-            metrics.update({f"lm-eval/{name}": (value, "lm-eval") for name, value in values.items()})
-            result.add_dataset("lm-eval", ",".join(cfg.lm_eval_tasks), sum(task_rows_scored.values()), unit="rows",
-                               rows_per_task=task_rows_scored, include=cfg.lm_eval_include)
+            out = run_lm_eval(model, tokenizer, cfg.lm_eval_tasks, limit=cfg.lm_eval_limit,
+                              batch_size=cfg.batch_size, manager=lm_eval_manager, shard=shard)
+            metrics.update({f"lm-eval/{name}": (value, "lm-eval") for name, value in out.metrics.items()})
+            result.add_dataset("lm-eval", ",".join(cfg.lm_eval_tasks), sum(out.rows.values()), unit="rows",
+                               rows_per_task=out.rows, include=cfg.lm_eval_include,
+                               requests_per_process=out.requests_per_process)
         return metrics, latency
 
     finished = run_variants(model, variants, evaluate, result, shard=shard, progress=progress)

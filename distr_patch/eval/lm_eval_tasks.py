@@ -5,28 +5,39 @@ Task data comes from wherever lm-eval finds it (the hub, or its local cache when
 your own are YAML files in a directory given as ``--lm-eval-include`` (lm-eval's ``include_path``);
 a ``dataset_path: json`` task with local ``data_files`` runs fully offline.
 
-lm-eval takes the model as a live object here, so it runs in a single process: under ``accelerate
-launch`` every process would evaluate every row.
+Under ``accelerate launch`` / ``torchrun`` each process scores only its share of the requests and the
+answers are gathered (:mod:`.lm_eval_shard`), so the metrics equal a one-process run's.
 """
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError
+from .distributed import Shard
+from .lm_eval_shard import sharded_hflm
 
 INSTALL_HINT = "--lm-eval-tasks needs lm-evaluation-harness: pip install 'distr_patch[lm-eval]'"
 
 
 def task_manager(tasks: list[str], include: str | None = None):
     """lm-eval's ``TaskManager`` (built-in tasks plus those under ``include``), after checking that every
-    task name is known; build it once, before the slow model load, and pass it to :func:`run_lm_eval`."""
+    task name is known; build it once, before the slow model load, and pass it to :func:`run_lm_eval`.
+
+    When every task is a plain task defined under ``include`` (no group or tag), the built-in tasks are not
+    indexed: reading their ~14k YAML files takes seconds in every process.
+    """
     try:
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise ImportError(INSTALL_HINT) from None
     if include is not None and not Path(include).is_dir():
         raise ConfigError(f"--lm-eval-include {include}: no such directory")
+    if include is not None:
+        local = TaskManager(include_path=include, include_defaults=False)
+        if set(tasks) <= set(local.all_subtasks):
+            return local
     manager = TaskManager(include_path=include)
     known = set(manager.all_tasks)
     for task in tasks:
@@ -40,24 +51,38 @@ def task_manager(tasks: list[str], include: str | None = None):
     return manager
 
 
-def run_lm_eval(model, tokenizer, tasks: list[str], *, limit: int | None, batch_size: int,
-                include: str | None = None, manager=None) -> tuple[dict[str, float], dict[str, int]]:
-    """Run ``tasks`` on the live ``model``.
+@dataclass
+class LmEvalOutput:
+    metrics: dict[str, float]  # {"task/metric": value}
+    rows: dict[str, int]  # {"task": documents scored}
+    requests_per_process: list[int]  # [world] model requests (loglikelihood, ...) each process scored
 
-    Returns ({"task/metric": value}, {"task": rows scored}). Metrics are lm-eval's "metric,filter"
-    entries: the filter is dropped when it is "none" ("acc,none" -> "acc") and kept otherwise
-    ("exact_match,strict-match"); stderr entries and bookkeeping ("alias", "sample_len") are dropped.
+
+def run_lm_eval(model, tokenizer, tasks: list[str], *, limit: int | None, batch_size: int,
+                include: str | None = None, manager=None, shard: Shard = Shard()) -> LmEvalOutput:
+    """Run ``tasks`` on the live ``model``, each process of ``shard`` scoring its share of the requests.
+
+    Metrics are lm-eval's "metric,filter" entries: the filter is dropped when it is "none" ("acc,none" ->
+    "acc") and kept otherwise ("exact_match,strict-match"); stderr entries and bookkeeping ("alias",
+    "sample_len") are dropped. Every process returns the same output.
     """
     try:
         import lm_eval
-        from lm_eval.models.huggingface import HFLM
     except ImportError:
         raise ImportError(INSTALL_HINT) from None
     if manager is None:
         manager = task_manager(tasks, include)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm = sharded_hflm(shard, pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=manager,
                                   log_samples=False)
+    # lm-eval returns the results only where LOCAL_RANK is 0: process 0's are everyone's
+    metrics, rows = shard.broadcast(_parse(out) if shard.is_main else None)
+    scored = shard.gather([(shard.rank, lm.requests_scored)])
+    return LmEvalOutput(metrics, rows, scored)
+
+
+def _parse(out: dict) -> tuple[dict[str, float], dict[str, int]]:
+    """lm-eval's results dict -> ({"task/metric": value}, {"task": documents scored})."""
     metrics = {}
     for task, values in out["results"].items():
         for key, value in values.items():

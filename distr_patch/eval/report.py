@@ -75,10 +75,14 @@ def bench_points(variant: dict) -> list[dict]:
     return [e for entries in variant["latency"].values() if isinstance(entries, list) for e in entries]
 
 
-def markdown(results: list[dict]) -> str:
+def markdown(results: list[dict], tradeoff=None) -> str:
+    """The tables; ``tradeoff`` (a :class:`~.tradeoff.TradeOff`) adds the section of speed from a bench file."""
+    from .tradeoff import table as tradeoff_table
+
     parts = []
     for title, table in (("Accuracy vs exact attention", eval_table(results)),
-                         ("Latency", bench_table(results))):
+                         ("Latency", bench_table(results)),
+                         ("Speed / accuracy trade-off", tradeoff_table(tradeoff) if tradeoff else "")):
         if table:
             parts.append(f"### {title}\n\n{table}")
     notes = sorted({n for r in results for n in r.get("notes", [])})
@@ -98,13 +102,17 @@ def _pyplot():
     return plt
 
 
-def write_plots(results: list[dict], out_dir: Path) -> list[Path]:
-    """Write the plots the results have data for; returns their paths."""
+def write_plots(results: list[dict], out_dir: Path, tradeoff=None) -> list[Path]:
+    """Write the plots the results have data for; returns their paths. The trade-off plot takes its speedups
+    from ``tradeoff`` (a :class:`~.tradeoff.TradeOff`) when given, else from each eval run's own timings."""
+    from .tradeoff import draw as draw_tradeoff
+
     plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, draw in zip(PLOT_NAMES, (_plot_loss_vs_g, _plot_latency_vs_seq, _plot_tradeoff)):
+    own_tradeoff = _plot_tradeoff if tradeoff is None else lambda ax, _: draw_tradeoff(ax, tradeoff)
+    for name, draw in zip(PLOT_NAMES, (_plot_loss_vs_g, _plot_latency_vs_seq, own_tradeoff)):
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         if draw(ax, results):
             fig.tight_layout()
@@ -178,7 +186,7 @@ def _plot_tradeoff(ax, results) -> bool:
         ax.axhline(0, color="grey", lw=0.8)
         ax.axvline(1, color="grey", lw=0.8)
         ax.set_yscale("symlog", linthresh=LOSS_LINTHRESH)
-        ax.set_xlabel("speedup vs exact attention (x)")
+        ax.set_xlabel("speedup vs exact attention (x), each run's own timings")
         ax.set_ylabel("loss of the first metric vs exact (>0 = worse)")
         ax.set_title("Speed / accuracy trade-off")
     return drawn

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness not installed (pip install -e '.[lm-eval]')")
 
-from tiny_models import sample_text  # noqa: E402
+from tiny_models import write_lm_eval_task  # noqa: E402
 
 from distr_patch.cli.main import main  # noqa: E402
 from distr_patch.integrations import hf  # noqa: E402
@@ -18,33 +18,7 @@ ROWS = 6
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
-    """A 4-choice multiple-choice task over local JSON lines (lm-eval's ``dataset_path: json``)."""
-    d = tmp_path_factory.mktemp("lm_eval_tasks")
-    # contexts of 24 words: past the default exact_below (16 query rows), so G>1 runs the DistrAttention operator
-    lines = sample_text(num_words=24 * ROWS).split("\n")
-    contexts = [" ".join(lines[2 * i:2 * i + 2]) for i in range(ROWS)]
-    choices = ["the cat sat on the hill .", "red fish .", "blue tree near the river .", "eats ."]
-    rows = [{"question": c, "choices": choices, "answer": i % 4} for i, c in enumerate(contexts)]
-    (d / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    (d / "mytask.yaml").write_text(f"""\
-task: mytask
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {d / 'rows.jsonl'}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-metadata:
-  version: 1.0
-""")
-    return d
+    return write_lm_eval_task(tmp_path_factory.mktemp("lm_eval_tasks"), ROWS)
 
 
 def test_cli_records_task_accuracy_per_variant(tiny_lm_dir, task_dir, tmp_path, monkeypatch):
