@@ -9,6 +9,14 @@ own cost (hash, sort, fusion weights, K transpose) is timed apart and shown as a
     python scripts/bench_attention.py --quick              # d=64/128, N=4096 only
     python scripts/bench_attention.py --tune               # sweep the kernel's tile table
     python scripts/bench_attention.py --json out.json      # also write all numbers
+    python scripts/bench_attention.py --backward           # forward+backward (training step) instead
+
+With ``--backward`` each variant is timed as forward + backward (``torch.autograd.grad`` of the
+output for a random output gradient), and every gradient's relative error is reported against
+fp32 autograd of the same function on a slice of the heads (exact attention for SDPA and G=1,
+the PyTorch reference for DistrAttention), plus the largest of the three against exact
+attention. ``--device cpu`` (with TRITON_INTERPRET=1) runs the same code at tiny sizes
+through the Triton interpreter, as a smoke test only: its timings mean nothing.
 
 SageAttention 1 (``pip install sageattention==1.0.6``) is timed when importable.
 """
@@ -101,6 +109,8 @@ def _bench(fn, reps_ms):
 
 
 def run_sweep(args):
+    from distr_patch.eval.speed import op_settings
+
     torch.manual_seed(0)
     dev = torch.device("cuda")
     dtype = torch.bfloat16
@@ -142,6 +152,8 @@ def run_sweep(args):
                         base[spec["kind"]] = ms
                     row = dict(d=d, N=N, B=B, H=H, causal=causal, variant=name, ms=ms, tflops=flops / ms * 1e-9,
                                rel_err=err, grouping_ms=gms)
+                    if spec["kind"] == "distr":  # what `distr-patch report --speed-from` matches eval variants by
+                        row["settings"] = op_settings(spec["kw"])
                     rows.append(row)
                     print(f"  d={d:<3} N={N:<5} causal={int(causal)} {name:<30} {ms:8.3f} ms "
                           f"{row['tflops']:6.1f} TF/s err={err:.2e} grouping={gms:.3f} ms", flush=True)
@@ -211,6 +223,132 @@ def run_tune(args):
     return rows
 
 
+BWD_VARIANTS = {
+    "sdpa-flash": dict(kind="flash"),
+    "sdpa-cudnn": dict(kind="cudnn"),
+    "distr G=1": dict(kind="distr", kw=dict(group_size=1)),
+    "distr G=2 mean": dict(kind="distr", kw=dict(group_size=2, fusion="mean", block_m=128)),
+    "distr G=2 rank1": dict(kind="distr", kw=dict(group_size=2, fusion="rank1", block_m=128)),
+    "distr G=2 rank1 W128 c.5": dict(kind="distr", kw=dict(group_size=2, fusion="rank1", exact_window=128,
+                                                           window_correction=0.5, block_m=128)),
+}
+
+
+def _fwd_fn(spec, causal, backend):
+    """(q, k, v) -> output, for one variant."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from distr_patch.ops import distr_attention
+
+    if spec["kind"] in ("flash", "cudnn"):
+        sdp = SDPBackend.FLASH_ATTENTION if spec["kind"] == "flash" else SDPBackend.CUDNN_ATTENTION
+
+        def fn(q, k, v):
+            with sdpa_kernel(sdp):
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return fn
+    kw = dict(spec["kw"])
+    return lambda q, k, v: distr_attention(q, k, v, causal=causal, backend=backend, **kw)
+
+
+def _grads(fn, q, k, v, do):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    return torch.autograd.grad(fn(q, k, v), (q, k, v), do)
+
+
+def _time_cpu(fn, reps_ms):
+    """Median wall time (ms) on the CPU, for the interpreter smoke test."""
+    import time
+    times = []
+    budget = time.perf_counter() + reps_ms / 1e3
+    while not times or (time.perf_counter() < budget and len(times) < 5):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def run_backward(args):
+    """Forward+backward time of each variant with the relative error of its gradients."""
+    from distr_patch.ops import reference_distr_attention
+
+    torch.manual_seed(0)
+    dev = torch.device(args.device)
+    on_gpu = dev.type == "cuda"
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    backend = "auto" if on_gpu else "triton"
+    variants = BWD_VARIANTS
+    if args.variants:
+        keep = set(args.variants)
+        variants = {k: v for k, v in variants.items() if k in keep or v["kind"] in ("flash", "cudnn")}
+    rows = []
+    for d in args.d:
+        H = max(1, args.model_dim // d)
+        for N in args.n:
+            B = max(1, args.tokens // N)
+            for causal in args.causal:
+                q, k, v, do = (torch.randn(B, H, N, d, device=dev, dtype=dtype) for _ in range(4))
+                # fp32 references on a slice (batch 0, the first heads; heads are independent)
+                hs = slice(0, min(H, 2 if N <= 4096 else 1))
+                sl = [t[:1, hs].float() for t in (q, k, v, do)]
+
+                def exact(q, k, v):
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                exact_g = _grads(exact, *sl)
+                flops = 4.0 * B * H * N * N * d * (0.5 if causal else 1.0) * 3.5  # fwd + bwd (2.5x)
+                base = {}
+                for name, spec in variants.items():
+                    fn = _fwd_fn(spec, causal, backend)
+                    qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+
+                    def step():
+                        return torch.autograd.grad(fn(qg, kg, vg), (qg, kg, vg), do)
+                    try:
+                        got = step()
+                        if on_gpu:
+                            torch.cuda.synchronize()
+                    except Exception as e:  # a backend that is unavailable or does not support this shape
+                        print(f"  skip {name} d={d} N={N} causal={causal}: {type(e).__name__}: {e}"[:200])
+                        continue
+                    got = [g[:1, hs].float() for g in got]
+                    if spec["kind"] == "distr" and spec["kw"].get("group_size", 2) > 1:
+                        ref_g = _grads(lambda q_, k_, v_: reference_distr_attention(q_, k_, v_, causal=causal,
+                                                                                    **spec["kw"]), *sl)
+                    else:
+                        ref_g = exact_g
+                    errs = [_rel_err(a, b) for a, b in zip(got, ref_g)]
+                    err_exact = max(_rel_err(a, b) for a, b in zip(got, exact_g))
+                    del got, ref_g
+                    ms = _bench(step, args.rep_ms) if on_gpu else _time_cpu(step, args.rep_ms)
+                    if spec["kind"] in ("flash", "cudnn"):
+                        base[spec["kind"]] = ms
+                    row = dict(d=d, N=N, B=B, H=H, causal=causal, variant=name, ms=ms, tflops=flops / ms * 1e-9,
+                               err_dq=errs[0], err_dk=errs[1], err_dv=errs[2], err_vs_exact=err_exact)
+                    rows.append(row)
+                    print(f"  d={d:<3} N={N:<5} causal={int(causal)} {name:<26} fwd+bwd {ms:8.3f} ms "
+                          f"{row['tflops']:6.1f} TF/s err dq/dk/dv={errs[0]:.1e}/{errs[1]:.1e}/{errs[2]:.1e} "
+                          f"vs exact={err_exact:.1e}", flush=True)
+                for row in rows:
+                    if row["d"] == d and row["N"] == N and row["causal"] == causal:
+                        row["vs_flash"] = base.get("flash", float("nan")) / row["ms"]
+                        row["vs_cudnn"] = base.get("cudnn", float("nan")) / row["ms"]
+                del q, k, v, do, sl, exact_g
+                if on_gpu:
+                    torch.cuda.empty_cache()
+    return rows
+
+
+def print_table_backward(rows):
+    print()
+    print("| d | N | causal | variant | fwd+bwd ms | TFLOP/s | vs flash | vs cuDNN | dq err | dk err | dv err | "
+          "err vs exact |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['d']} | {r['N']} | {int(r['causal'])} | {r['variant']} | {r['ms']:.3f} | {r['tflops']:.0f} | "
+              f"{r.get('vs_flash', float('nan')):.2f} | {r.get('vs_cudnn', float('nan')):.2f} | "
+              f"{r['err_dq']:.1e} | {r['err_dk']:.1e} | {r['err_dv']:.1e} | {r['err_vs_exact']:.1e} |")
+
+
 def print_table(rows):
     print()
     print(f"| d | N | causal | variant | ms | TFLOP/s | vs flash | vs cuDNN | rel. err | grouping % |")
@@ -234,21 +372,36 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="N=4096 only")
     p.add_argument("--tune", action="store_true", help="sweep the kernel's tile configurations instead")
     p.add_argument("--json", help="write all rows to this JSON file")
+    p.add_argument("--backward", action="store_true",
+                   help="time forward+backward and report each gradient's error (G=1, G=2 mean/rank1/W128 c.5)")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                   help="cpu: --backward smoke test through the Triton interpreter (TRITON_INTERPRET=1)")
     args = p.parse_args(argv)
     args.causal = [bool(c) for c in args.causal]
+    if args.quick:
+        args.n = [4096]
+    if args.device == "cpu":
+        from distr_patch.ops.configs import interpreting
+        if not (args.backward and interpreting()):
+            sys.exit("--device cpu is the --backward smoke test and needs TRITON_INTERPRET=1")
+        rows = run_backward(args)
+        print_table_backward(rows)
+        return rows
     if not torch.cuda.is_available():
         sys.exit("bench_attention.py times the Triton kernel and needs a CUDA GPU "
                  "(on the CPU, `distr-patch bench model` times the reference path)")
-    if args.quick:
-        args.n = [4096]
     import triton
     print(f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
           f"sage1: {'yes' if _sage() else 'not installed'}")
-    rows = run_tune(args) if args.tune else run_sweep(args)
+    rows = run_backward(args) if args.backward else run_tune(args) if args.tune else run_sweep(args)
     if args.json:
+        kind = "bench-op-backward" if args.backward else "bench-op"  # backward rows time fwd+bwd
         with open(args.json, "w") as f:
-            json.dump(dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows), f, indent=1)
-    if args.tune:
+            json.dump(dict(kind=kind, gpu=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows), f,
+                      indent=1)
+    if args.backward:
+        print_table_backward(rows)
+    elif args.tune:
         print("\n| d | causal | variant | ms | block_n | warps | stages | k_layout |\n|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['d']} | {int(r['causal'])} | {r['variant']} | {r['ms']:.3f} | {r['block_n']} | "

@@ -8,7 +8,7 @@ docs/benchmarks.md); the interpreter uses small tiles so CPU tests stay fast.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -74,24 +74,36 @@ class BwdConfig:
     """
     kv_block_m: int
     kv_block_n: int
+    kv_warps: int
+    kv_stages: int
     q_block_m: int
     q_block_n: int
-    num_warps: int
-    num_stages: int
+    q_warps: int
+    q_stages: int
     kv_split: int | None = None
 
 
-def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *,
+def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, fp32: bool = False,
                interpret: bool | None = None) -> BwdConfig:
-    """Backward tiles for one call. GPU values follow the Triton FlashAttention-2 tutorial's
-    backward (a tall key tile for dK/dV, a tall query tile for dQ), shrunk as d grows so the
-    fp32 accumulators stay in registers; the interpreter uses 32x32 tiles. Not tuned yet:
-    group_size / exact_window are there so a tuned table can tell the variants apart."""
+    """Backward tiles for one call; the interpreter uses 32x32 tiles.
+
+    GPU: not timed yet. Chosen as the largest tiles that compile for sm_90 (bf16) without
+    register spills (or with the fewest: tiles that meet an exact window compute both
+    products), following the Triton FlashAttention-2 tutorial's shape: a tall key tile for
+    dK/dV, a tall query tile for dQ. Tiles meeting the window need more registers, hence
+    ``exact_window`` (and ``group_size``, for a tuned table to come). fp32 inputs (a
+    correctness path: fp32 dots) take half-height query tiles.
+    """
     interpret = interpreting() if interpret is None else interpret
     if interpret:
-        return BwdConfig(32, 32, 32, 32, num_warps=4, num_stages=1)
+        return BwdConfig(32, 32, 4, 1, 32, 32, 4, 1)
+    window = exact_window > 0 and group_size > 1
     if head_dim <= 64:
-        return BwdConfig(32, 128, 128 if exact_window == 0 else 64, 32, num_warps=4, num_stages=3)
-    if head_dim <= 128:
-        return BwdConfig(32, 64, 64, 32, num_warps=4 if exact_window == 0 else 8, num_stages=2)
-    return BwdConfig(16, 32, 32, 16, num_warps=8, num_stages=1)
+        cfg = BwdConfig(32, 64, 8, 3, 128, 32, 8, 3) if window else BwdConfig(32, 128, 8, 3, 128, 32, 4, 3)
+    elif head_dim <= 128:
+        cfg = BwdConfig(32, 32, 8, 2, 64, 32, 8, 2) if window else BwdConfig(16, 64, 8, 2, 64, 32, 4, 2)
+    else:
+        cfg = BwdConfig(16, 32, 8, 1, 32, 32, 8, 1)
+    if fp32:
+        cfg = replace(cfg, kv_block_n=max(32, cfg.kv_block_n // 2), q_block_m=max(16, cfg.q_block_m // 2))
+    return cfg

@@ -1,0 +1,260 @@
+"""The Triton backward against autograd through the PyTorch reference.
+
+On the CPU the kernels run under TRITON_INTERPRET=1 at small sizes in fp32 (tight
+tolerance); with a CUDA device the same comparison runs at real sizes in bf16, plus a
+memory check (no [N, M] tensor). Inputs are fresh heavy-tailed tensors, seeded per test.
+"""
+import importlib.util
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from distr_patch.ops import compute_groups, distr_attention, reference_distr_attention
+
+from test_distr_attn import CUDA, interpreter_only, make_mask, make_qkv, rel_err
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def grads_of(fn, q, k, v, do, mask=None):
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v)
+    return (out, *torch.autograd.grad(out, (q, k, v), do))
+
+
+def reference_grads(q, k, v, do, **kw):
+    """fp32 autograd through the definition (fp32 leaves, so the gradients stay fp32)."""
+    return grads_of(lambda *t: reference_distr_attention(*t, **kw), q.float(), k.float(), v.float(), do.float())
+
+
+def check_case(case, seed, tol=1e-4, dtype=torch.float32, device="cpu", backend="triton"):
+    B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask_kind = case
+    q, k, v = make_qkv(seed, B, Hq, Hkv, N, M, d, dtype=dtype, device=device)
+    gen = torch.Generator().manual_seed(seed + 1)
+    mask = make_mask(mask_kind, B, Hq, N, M, gen, device)
+    do = torch.randn(B, Hq, N, d, generator=gen).to(device=device, dtype=dtype)
+    kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=W, window_correction=c, causal=causal,
+              attention_mask=mask)
+    got = grads_of(lambda *t: distr_attention(*t, backend=backend, **kw), q, k, v, do)
+    ref = reference_grads(q, k, v, do, **kw)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
+        assert a.dtype == dtype and a.shape == b.shape, name
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a, b) <= tol, (name, rel_err(a, b))
+    return got, ref
+
+
+# (B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask_kind)
+CPU_CASES = [
+    (1, 2, 2, 40, 40, 32, 1, "mean", 32, 0, 0.0, False, None),
+    (1, 4, 2, 70, 70, 64, 1, "mean", 64, 0, 0.0, True, "pad"),      # G=1, GQA, padding mask
+    (1, 2, 2, 70, 70, 32, 2, "mean", 32, 0, 0.0, False, None),
+    (1, 4, 2, 70, 40, 32, 2, "rank1", 64, 0, 0.0, True, None),      # N > M: leading rows fully masked
+    (1, 2, 1, 40, 70, 64, 2, "mean", 64, 0, 0.0, True, "float"),    # N < M, MQA, additive mask
+    (1, 2, 2, 70, 70, 32, 4, "rank1", 32, 0, 0.0, False, "pad"),
+    (1, 4, 2, 70, 70, 64, 4, "mean", 32, 0, 0.0, True, None),
+    (1, 2, 2, 70, 70, 32, 2, "rank1", 32, 16, 0.0, True, None),     # exact window
+    (1, 4, 2, 70, 70, 32, 2, "rank1", 32, 16, 0.5, True, "pad"),    # window + correction
+    (1, 2, 2, 70, 40, 64, 2, "mean", 64, 16, 0.5, False, "float"),
+    (2, 2, 2, 40, 70, 32, 4, "rank1", 32, 16, 0.5, True, None),
+    (1, 4, 2, 70, 70, 32, 2, "mean", 64, 16, 0.5, False, "float"),
+    (1, 1, 1, 40, 40, 80, 2, "rank1", 32, 16, 0.5, True, None),     # d=80: padded head dim
+]
+
+
+@interpreter_only
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_grads_match_reference_interpreter(case):
+    check_case(case, zlib.crc32(repr(case).encode()))
+
+
+@interpreter_only
+def test_fully_masked_row_interpreter():
+    B, H, N, M, d = 1, 2, 40, 40, 32
+    q, k, v = make_qkv(21, B, H, H, N, M, d)
+    mask = torch.rand(B, H, N, M, generator=torch.Generator().manual_seed(3)) > 0.3
+    mask[:, :, 5] = False  # row 5 sees nothing
+    mask[:, 1, 33] = False
+    do = torch.randn(B, H, N, d, generator=torch.Generator().manual_seed(4))
+    kw = dict(group_size=2, block_m=32, fusion="rank1", exact_window=16, window_correction=0.5, causal=False,
+              attention_mask=mask)
+    got = grads_of(lambda *t: distr_attention(*t, backend="triton", **kw), q, k, v, do)
+    ref = reference_grads(q, k, v, do, **kw)
+    for a, b in zip(got, ref):
+        assert torch.isfinite(a).all() and rel_err(a, b) <= 1e-4
+    out, dq = got[0], got[1]
+    assert (out[:, :, 5] == 0).all() and (dq[:, :, 5] == 0).all() and (dq[:, 1, 33] == 0).all()
+
+
+@interpreter_only
+def test_gqa_split_and_partial_needs_interpreter():
+    """The dK/dV kernel split over query heads (as picked on a small GPU grid), and calls that
+    need only some gradients."""
+    from distr_patch.ops.configs import bwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+    from distr_patch.ops.distr_bwd import _triton_backward
+
+    B, Hq, Hkv, N, d = 1, 4, 1, 40, 32
+    q, k, v = make_qkv(8, B, Hq, Hkv, N, N, d)
+    do = torch.randn(B, Hq, N, d, generator=torch.Generator().manual_seed(9))
+    kw = dict(group_size=2, block_m=32, fusion="rank1", exact_window=16, window_correction=0.5, causal=True,
+              attention_mask=None, scale=None)
+    ref = reference_grads(q, k, v, do, **kw)
+    out, lse, grp, wa, wb = _triton_forward(q, k, v, num_hash_bits=16, seed=0, query_valid=None, groups=None,
+                                            return_lse=True, **kw)
+    base = bwd_config(d)
+    for split in (2, 4):
+        cfg = type(base)(**{**base.__dict__, "kv_split": split})
+        dq, dk, dv = _triton_backward(do, q, k, v, out, lse, grp, wa, wb, config=cfg, **kw)
+        assert rel_err(dk, ref[2]) <= 1e-4 and rel_err(dv, ref[3]) <= 1e-4 and rel_err(dq, ref[1]) <= 1e-4
+    # only q needs grad / only k, v need grad
+    kw.update(exact_window=0, window_correction=0.0)
+    ref = reference_grads(q, k, v, do, **kw)
+    k2, v2 = k.clone().requires_grad_(), v.clone().requires_grad_()
+    q2 = q.clone().requires_grad_()
+    (dq,) = torch.autograd.grad(distr_attention(q2, k, v, backend="triton", **kw), q2, do)
+    assert rel_err(dq, ref[1]) <= 1e-4
+    dk, dv = torch.autograd.grad(distr_attention(q, k2, v2, backend="triton", **kw), (k2, v2), do)
+    assert rel_err(dk, ref[2]) <= 1e-4 and rel_err(dv, ref[3]) <= 1e-4
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_interpreter(dtype):
+    check_case((1, 2, 1, 70, 70, 64, 2, "rank1", 32, 16, 0.5, True, None), 31, tol=2e-2, dtype=dtype)
+
+
+@interpreter_only
+def test_noncontiguous_groups_query_valid_and_public_api_interpreter(recwarn):
+    """[B, N, H, d] projections transposed to [B, H, N, d], precomputed groups, query_valid, and
+    an output gradient with stride 0 (out.sum()); the public call warns no more."""
+    gen = torch.Generator().manual_seed(12)
+    q = torch.randn(1, 70, 2, 32, generator=gen).transpose(1, 2)
+    k = torch.randn(1, 70, 1, 32, generator=gen).transpose(1, 2)
+    v = torch.randn(1, 70, 1, 32, generator=gen).transpose(1, 2)
+    valid = torch.ones(1, 70, dtype=torch.bool)
+    valid[0, 50:] = False
+    groups = compute_groups(q, group_size=2, block_m=32, query_valid=valid, seed=5)
+    kw = dict(group_size=2, block_m=32, fusion="rank1", query_valid=valid, seed=5, causal=True, exact_window=16,
+              window_correction=0.5, groups=groups)
+    qs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    assert not qs[0].is_contiguous()
+    distr_attention(*qs, backend="triton", **kw).sum().backward()
+    qr = [t.detach().contiguous().requires_grad_() for t in (q, k, v)]
+    reference_distr_attention(*qr, **kw).sum().backward()
+    for a, b in zip(qs, qr):
+        assert rel_err(a.grad, b.grad) <= 1e-4
+    assert not [w for w in recwarn.list if "reference" in str(w.message)]
+
+
+@interpreter_only
+def test_mask_requiring_grad_uses_the_reference_interpreter():
+    import distr_patch.ops.distr_attn as da
+
+    q, k, v = (t.requires_grad_() for t in make_qkv(13, 1, 1, 1, 40, 40, 32))
+    mask = torch.zeros(1, 1, 40, 40, requires_grad=True)
+    da._warned_autograd = False
+    with pytest.warns(UserWarning, match="requires grad"):
+        out = distr_attention(q, k, v, backend="triton", attention_mask=mask, block_m=32)
+    out.sum().backward()
+    assert mask.grad is not None
+
+
+@interpreter_only
+def test_regroup_is_fused_queries_and_its_adjoint_interpreter():
+    from distr_patch.ops.distr_bwd import regroup
+    from distr_patch.ops.grouping import fused_queries, fusion_weights
+
+    q = make_qkv(14, 2, 2, 2, 70, 70, 64)[0]
+    for G, fusion in ((2, "rank1"), (4, "mean"), (8, "rank1")):
+        groups = compute_groups(q, group_size=G, block_m=32)
+        a, b = fusion_weights(q, groups, group_size=G, block_m=32, fusion=fusion)
+        g32 = groups.to(torch.int32).contiguous()
+        qe = regroup(q, g32, a, b, group_size=G, block_m=32, out_dtype=torch.float32)
+        assert torch.allclose(qe, fused_queries(q, groups, a, b, group_size=G, block_m=32), atol=1e-5)
+        y = torch.randn_like(q)
+        adj = regroup(y, g32, b, a, group_size=G, block_m=32, out_dtype=torch.float32)
+        assert abs((qe * y).sum() - (q * adj).sum()) <= 1e-3 * (qe * y).abs().sum()
+
+
+def test_reference_gradcheck_window_correction():
+    """float64 gradcheck of the definition (the oracle), window + correction, grouping held fixed."""
+    gen = torch.Generator().manual_seed(15)
+    q, k, v = (torch.randn(1, 1, 12, 8, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(3))
+    groups = compute_groups(q.detach(), group_size=2, block_m=32)
+
+    def f(q, k, v):
+        return reference_distr_attention(q, k, v, group_size=2, block_m=32, fusion="mean", exact_window=3,
+                                         window_correction=0.5, causal=True, groups=groups)
+    assert torch.autograd.gradcheck(f, (q, k, v), eps=1e-6, atol=1e-6)
+
+
+@interpreter_only
+def test_bench_backward_smoke_interpreter(capsys):
+    spec = importlib.util.spec_from_file_location("bench_attention_bwd_smoke", ROOT / "scripts" / "bench_attention.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--backward", "--device", "cpu", "--d", "32", "--n", "64", "--causal", "1",
+                       "--tokens", "64", "--model-dim", "32", "--rep-ms", "1"])
+    text = capsys.readouterr().out
+    names = {r["variant"] for r in rows}
+    assert {"distr G=1", "distr G=2 mean", "distr G=2 rank1", "distr G=2 rank1 W128 c.5"} <= names
+    for r in rows:
+        if r["variant"].startswith("distr"):
+            assert max(r["err_dq"], r["err_dk"], r["err_dv"]) < 1e-4, r
+    assert "| fwd+bwd ms | TFLOP/s | vs flash | vs cuDNN | dq err | dk err | dv err |" in text
+
+
+# --------------------------------------------------------------------------- GPU, real sizes
+GPU_CASES = [
+    # (B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask)
+    (2, 8, 2, 1024, 1024, 64, 1, "mean", 128, 0, 0.0, True, None),
+    (2, 8, 2, 2048, 2048, 128, 1, "mean", 128, 0, 0.0, False, None),
+    (2, 8, 2, 2048, 2048, 64, 2, "mean", 128, 0, 0.0, False, None),
+    (2, 8, 2, 1024, 1024, 128, 2, "mean", 128, 0, 0.0, True, None),
+    (2, 8, 2, 2048, 2048, 64, 2, "rank1", 128, 128, 0.5, True, None),
+    (2, 8, 2, 1024, 1024, 128, 2, "rank1", 128, 128, 0.5, False, None),
+    (1, 8, 2, 1500, 1700, 128, 2, "rank1", 64, 128, 0.5, True, "pad"),
+    (1, 8, 8, 1024, 1024, 64, 4, "rank1", 32, 64, 0.5, False, "float"),
+    (1, 4, 4, 1000, 1000, 80, 2, "rank1", 64, 0, 0.0, True, None),
+    (1, 4, 4, 1024, 1024, 256, 2, "rank1", 128, 64, 0.5, True, None),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_grads_match_reference_gpu(case):
+    check_case(case, zlib.crc32(repr(case).encode()), tol=2e-2, dtype=torch.bfloat16, device="cuda",
+               backend="auto")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+def test_grads_fp32_gpu():
+    check_case((1, 4, 2, 1000, 1000, 64, 2, "rank1", 64, 32, 0.5, True, None), 41, tol=1e-4,
+               device="cuda", backend="auto")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("kw", [dict(group_size=1), dict(group_size=2, fusion="rank1", exact_window=128,
+                                                            window_correction=0.5)], ids=["G1", "G2-W128"])
+def test_backward_memory_is_linear_gpu(kw):
+    """At N = 16384 the backward's extra memory (O(N·d): tens of MB) stays far below one bf16
+    [B, H, N, N] tensor (2.1 GB)."""
+    B, H, N, d = 1, 4, 16384, 64
+    q, k, v = (t.requires_grad_() for t in make_qkv(16, B, H, H, N, N, d, dtype=torch.bfloat16, device="cuda"))
+    out = distr_attention(q, k, v, causal=True, **kw)
+    do = torch.randn_like(out)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), do)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    n2 = B * H * N * N * 2
+    assert extra < n2 / 16, (extra, n2)
+    assert all(torch.isfinite(g).all() for g in (dq, dk, dv))
