@@ -35,6 +35,8 @@ PRESETS: dict[str, dict] = {
     "deit-b": dict(
         model_type="deit", hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
         image_size=224, patch_size=16, num_labels=1000,
+        # the auto class maps deit to two heads; transformers 5.17 then needs the architecture named
+        architectures=["DeiTForImageClassificationWithTeacher"],
     ),
 }
 
