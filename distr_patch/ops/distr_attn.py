@@ -406,7 +406,8 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     dg_pad = max(16, triton.next_power_of_2(dg))
     qt_scratch = not exact and cfg.qt_scratch
     qt_buf = (torch.empty((B * Hq, triton.cdiv(N, cfg.block_m) * cfg.block_m, dg_pad), device=q.device,
-                          dtype=q.dtype if q.dtype != torch.float32 else torch.float32) if qt_scratch else out)
+                          dtype=torch.float32 if _dot_dtype(q.dtype) == tl.float32 else q.dtype)
+              if qt_scratch else out)  # Q̃ in the dot's operand type
     lse = torch.empty((B, Hq, N), device=q.device, dtype=torch.float32) if return_lse else out
     kind, mask_t, mstr = _mask_operand(attention_mask, B, Hq, N, M, q.device)
     window = int(exact_window) if not exact else 0
