@@ -186,6 +186,35 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, MASKP, offs_m, N, M, WINDOW,
 
 
 @triton.jit
+def _key_segments(m0, N, M, WINDOW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                  HAS_WINDOW: tl.constexpr):
+    """Key ranges of the query tile starting at row m0 (shared by the forward and the dQ backward).
+
+    Returns (hi, seg_a, seg_b, seg_c, band_lo, band_hi): keys [0, hi) may be attended (bottom-right causal);
+    [0,a) plain | [a,b) the exact band, mixed and checked | [b,c) plain | [c,hi) checked (tails, diagonal).
+    [band_lo, band_hi) are the key tiles that meet the band (0, 0 without a window).
+    """
+    off = M - N
+    hi = M
+    if CAUSAL:
+        hi = tl.maximum(tl.minimum(M, m0 + BLOCK_M + off), 0)
+    mask_start = (M // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        mask_start = tl.minimum(mask_start, (tl.maximum(m0 + off + 1, 0) // BLOCK_N) * BLOCK_N)
+    seg_a = mask_start
+    seg_b = mask_start
+    band_lo = 0
+    band_hi = 0
+    if HAS_WINDOW:
+        band_lo = (tl.maximum(m0 + off - WINDOW + 1, 0) // BLOCK_N) * BLOCK_N
+        band_hi = tl.minimum(hi, tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 + off + WINDOW, 0), BLOCK_N) * BLOCK_N)
+        seg_a = tl.minimum(band_lo, mask_start)
+        seg_b = tl.maximum(seg_a, band_hi)
+    seg_c = tl.maximum(seg_b, mask_start)
+    return hi, seg_a, seg_b, seg_c, band_lo, band_hi
+
+
+@triton.jit
 def _distr_fwd_kernel(
     Q, K, KG, V, O, LSE, GRP, WA, WB, MASK, QT,
     scale, qk_scale2, half_corr,
@@ -252,23 +281,8 @@ def _distr_fwd_kernel(
             qt = tl.load(qt_ptrs)
 
     # ---- key ranges: [0,a) plain | [a,b) band: exact+grouped, checked | [b,c) plain | [c,hi) checked
-    off = M - N
-    hi = M
-    if CAUSAL:
-        hi = tl.maximum(tl.minimum(M, m0 + BLOCK_M + off), 0)
-    mask_start = (M // BLOCK_N) * BLOCK_N
-    if CAUSAL:
-        mask_start = tl.minimum(mask_start, (tl.maximum(m0 + off + 1, 0) // BLOCK_N) * BLOCK_N)
-    seg_a = mask_start
-    seg_b = mask_start
-    band_lo = 0
-    band_hi = 0
-    if HAS_WINDOW:
-        band_lo = (tl.maximum(m0 + off - WINDOW + 1, 0) // BLOCK_N) * BLOCK_N
-        band_hi = tl.minimum(hi, tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 + off + WINDOW, 0), BLOCK_N) * BLOCK_N)
-        seg_a = tl.minimum(band_lo, mask_start)
-        seg_b = tl.maximum(seg_a, band_hi)
-    seg_c = tl.maximum(seg_b, mask_start)
+    hi, seg_a, seg_b, seg_c, band_lo, band_hi = _key_segments(m0, N, M, WINDOW, BLOCK_M, BLOCK_N, CAUSAL,
+                                                               HAS_WINDOW)
 
     corr2 = tl.zeros([BLOCK_M], dtype=tl.float32)
     if HAS_CORR:  # σ² first, from the band tiles, so every grouped score can be corrected

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .configs import BwdConfig, bwd_config
-from .distr_attn import LOG2E, _dot_dtype, _mask_operand
+from .distr_attn import LOG2E, _dot_dtype, _key_segments, _mask_operand
 
 
 # --------------------------------------------------------------------------- helpers
@@ -192,11 +192,7 @@ def _bwd_preprocess_kernel(
         do_t = do.to(DOT_T)
         lse = tl.load(LSE + row, mask=offs_m < N, other=float("inf"))
         off = M - N
-        hi = M
-        if CAUSAL:
-            hi = tl.maximum(tl.minimum(M, m0 + BLOCK_M + off), 0)
-        band_lo = (tl.maximum(m0 + off - WINDOW + 1, 0) // BLOCK_N) * BLOCK_N
-        band_hi = tl.minimum(hi, tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 + off + WINDOW, 0), BLOCK_N) * BLOCK_N)
+        hi, _a, _b, _c, band_lo, band_hi = _key_segments(m0, N, M, WINDOW, BLOCK_M, BLOCK_N, CAUSAL, True)
         sq = tl.zeros([BLOCK_M], dtype=tl.float32)
         cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
         sds = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -451,22 +447,9 @@ def _bwd_dq_kernel(
         corr2 = tl.load(CORR + row, mask=rmask, other=0.0)[:, None]
         kappa = tl.load(KAPPA + row, mask=rmask, other=0.0)[:, None]
 
-    # ---- key ranges, as the forward: [0,a) plain | [a,b) band: mixed, checked | [b,c) plain | [c,hi) checked
-    off = M - N
-    hi = M
-    if CAUSAL:
-        hi = tl.maximum(tl.minimum(M, m0 + BLOCK_M + off), 0)
-    mask_start = (M // BLOCK_N) * BLOCK_N
-    if CAUSAL:
-        mask_start = tl.minimum(mask_start, (tl.maximum(m0 + off + 1, 0) // BLOCK_N) * BLOCK_N)
-    seg_a = mask_start
-    seg_b = mask_start
-    if HAS_WINDOW:
-        band_lo = (tl.maximum(m0 + off - WINDOW + 1, 0) // BLOCK_N) * BLOCK_N
-        band_hi = tl.minimum(hi, tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 + off + WINDOW, 0), BLOCK_N) * BLOCK_N)
-        seg_a = tl.minimum(band_lo, mask_start)
-        seg_b = tl.maximum(seg_a, band_hi)
-    seg_c = tl.maximum(seg_b, mask_start)
+    # ---- key ranges, as the forward
+    hi, seg_a, seg_b, seg_c, band_lo, band_hi = _key_segments(m0, N, M, WINDOW, BLOCK_M, BLOCK_N, CAUSAL,
+                                                               HAS_WINDOW)
 
     dqe = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     dqx = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
