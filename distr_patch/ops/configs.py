@@ -87,21 +87,21 @@ def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, fp3
                interpret: bool | None = None) -> BwdConfig:
     """Backward tiles for one call; the interpreter uses 32x32 tiles.
 
-    GPU: not timed yet. Chosen as the largest tiles that compile for sm_90 (bf16) without
-    register spills (or with the fewest: tiles that meet an exact window compute both
-    products), following the Triton FlashAttention-2 tutorial's shape: a tall key tile for
-    dK/dV, a tall query tile for dQ. Tiles meeting the window need more registers, hence
-    ``exact_window`` (and ``group_size``, for a tuned table to come). fp32 inputs (a
-    correctness path: fp32 dots) take half-height query tiles.
+    GPU (H100, bf16): the fastest of 10 dK/dV and 10 dQ candidates per (d, variant), timed at
+    N=4096 with ``scripts/tune_backward.py`` (docs/benchmarks.md, "Backward tile tuning"); causal and
+    non-causal agreed within 2%. The earlier untimed table (16-row dK/dV tiles at d=128)
+    was 3.3x slower in the dK/dV kernel. Tiles that meet an exact window compute both products,
+    hence the separate row. d=256 is untuned (largest tiles that compile without spills). fp32
+    inputs (a correctness path: fp32 dots) take half-height tiles.
     """
     interpret = interpreting() if interpret is None else interpret
     if interpret:
         return BwdConfig(32, 32, 4, 1, 32, 32, 4, 1)
     window = exact_window > 0 and group_size > 1
     if head_dim <= 64:
-        cfg = BwdConfig(32, 64, 8, 3, 128, 32, 8, 3) if window else BwdConfig(32, 128, 8, 3, 128, 32, 4, 3)
+        cfg = BwdConfig(64, 64, 4, 2, 64, 16, 4, 3) if window else BwdConfig(32, 128, 4, 3, 64, 64, 4, 2)
     elif head_dim <= 128:
-        cfg = BwdConfig(32, 32, 8, 2, 64, 32, 8, 2) if window else BwdConfig(16, 64, 8, 2, 64, 32, 4, 2)
+        cfg = BwdConfig(32, 64, 4, 3, 128, 32, 8, 3) if window else BwdConfig(64, 64, 4, 2, 64, 64, 4, 2)
     else:
         cfg = BwdConfig(16, 32, 8, 1, 32, 32, 8, 1)
     if fp32:
