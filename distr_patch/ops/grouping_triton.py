@@ -1,11 +1,30 @@
-"""Triton kernel for the grouping: LSH hash, sort and (rank1, G=2) fusion weights in one pass.
+"""Triton kernel for the grouping: LSH hash, sort and rank1 fusion weights in one pass.
 
-One program per (batch·head, query block): it reads the block's Q once, projects its d
-columns on the seeded directions (fp32), sorts the columns by (code, index) and writes the
-permutation; for rank1 with G=2 it also writes the closed-form top eigenvector of each
-pair's Gram matrix. It computes the same function as ``grouping.compute_groups_torch`` /
+One program per (batch·head, query block): it reads the block's Q [BM, d] into
+registers, projects its d columns on the seeded directions (fp32), sorts the columns by
+(code, index) and writes the permutation. For rank1 fusion it then computes each group's
+G×G Gram matrix XᵀX (fp32; see below) and writes the group's top eigenvector: closed form
+for G=2, ``POWER_ITERATION_STEPS`` normalised power steps from the largest-diagonal column
+for G=4 and 8 (tail and invalid rows count as zeros; sign so that Σu >= 0; an all-zero
+group gets u = 1/sqrt(G)).
+
+It computes the same function as ``grouping.compute_groups_torch`` /
 ``fusion_weights_torch``; a projection within rounding of zero may hash differently
-(tests check that only such near-ties differ).
+(tests check that only such near-ties differ), and the weights agree to fp32 rounding
+(the Gram and power-step sums are taken in another order; groups whose top eigenvalues
+nearly coincide may settle on another, equally valid, eigenvector).
+
+How the Gram is formed (docs/benchmarks.md, "rank1 weights in the grouping kernel").
+G=2: each pair's three Gram entries from Q re-read by the pair's columns (L1/L2 hits).
+G>=4: the columns are put in sorted order by a dot of the block's registers with the one-hot
+permutation matrix, CH = min(D_PAD, 64) sorted positions at a time ([D_PAD, CH] per chunk; at
+d=256 the whole one-hot would not fit in shared memory). One 1.0 per column and fp32
+accumulation make it exact (tf32 operands hold bf16/fp16 values exactly; fp32 Q takes an fp32
+dot). Each permuted [BM, CH] chunk is reshaped to [BM, CH/G, G] and one multiply + row sum per
+member gives every group's G×G Gram. (Tried during development and dropped as slower, timings not
+kept: the one-hot route for G=2, and a ``tl.gather`` along the column axis, slower at d=128.)
+
+rank1 weights satisfy a = b, so the kernel writes one tensor and returns it as both.
 """
 from __future__ import annotations
 
@@ -15,16 +34,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .grouping import fusion_weights_torch, hash_projections
+from .grouping import POWER_ITERATION_STEPS, fusion_weights_torch, hash_projections
 
 
 @triton.jit
-def _grouping_kernel(Q, QV, R, GRP, WA, WB,
+def _grouping_kernel(Q, QV, R, GRP, W,
                      stride_qb, stride_qh, stride_qn, stride_qd, stride_qvb,
                      Hq, N, NB,
                      HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BM: tl.constexpr, NBITS: tl.constexpr,
-                     NBITS_PAD: tl.constexpr, RANK1_PAIRS: tl.constexpr, HAS_QV: tl.constexpr,
-                     ROW_CHUNK: tl.constexpr):
+                     NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
+                     DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
+                     EXACT_DOT: tl.constexpr):
     pid_blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -35,8 +55,10 @@ def _grouping_kernel(Q, QV, R, GRP, WA, WB,
     rvalid = rows < N
     if HAS_QV:
         rvalid = rvalid & (tl.load(QV + b.to(tl.int64) * stride_qvb + rows, mask=rows < N, other=0) != 0)
-    x = tl.load(Q + rows[:, None] * stride_qn + cols[None, :] * stride_qd,
-                mask=rvalid[:, None] & (cols < HEAD_DIM)[None, :], other=0.0).to(tl.float32)
+    # the block's tile in Q's dtype; tail rows, invalid rows and padded columns are zeros
+    xq = tl.load(Q + rows[:, None] * stride_qn + cols[None, :] * stride_qd,
+                 mask=rvalid[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+    x = xq.to(tl.float32)
     kb = tl.arange(0, NBITS_PAD)
     r = tl.load(R + tl.arange(0, BM)[:, None] * NBITS_PAD + kb[None, :])  # zero-padded bits
     proj = tl.dot(tl.trans(x), r, input_precision="ieee")  # [D_PAD, NBITS_PAD]
@@ -47,54 +69,105 @@ def _grouping_kernel(Q, QV, R, GRP, WA, WB,
     perm = (tl.sort(key) % D_PAD).to(tl.int32)
     out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
     tl.store(GRP + out + cols, perm, mask=cols < HEAD_DIM)
-    if RANK1_PAIRS:
-        tl.debug_barrier()  # the permutation is re-read from memory in a plain layout
-        g = tl.arange(0, D_PAD // 2)
-        gvalid = g < HEAD_DIM // 2
-        c0 = tl.load(GRP + out + 2 * g, mask=gvalid, other=0).to(tl.int64)
-        c1 = tl.load(GRP + out + 2 * g + 1, mask=gvalid, other=0).to(tl.int64)
-        a = tl.zeros([D_PAD // 2], dtype=tl.float32)
-        bb = tl.zeros([D_PAD // 2], dtype=tl.float32)
-        c = tl.zeros([D_PAD // 2], dtype=tl.float32)
-        # Gram entries of each pair, accumulated over row chunks (keeps registers small)
-        for r0 in tl.static_range(0, BM, ROW_CHUNK):
-            rr = pid_blk * BM + r0 + tl.arange(0, ROW_CHUNK)
-            rv = rr < N
-            if HAS_QV:
-                rv = rv & (tl.load(QV + b.to(tl.int64) * stride_qvb + rr, mask=rr < N, other=0) != 0)
-            lm = rv[:, None] & gvalid[None, :]
-            x0 = tl.load(Q + rr[:, None] * stride_qn + c0[None, :] * stride_qd, mask=lm, other=0.0).to(tl.float32)
-            x1 = tl.load(Q + rr[:, None] * stride_qn + c1[None, :] * stride_qd, mask=lm, other=0.0).to(tl.float32)
-            a += tl.sum(x0 * x0, 0)
-            bb += tl.sum(x0 * x1, 0)
-            c += tl.sum(x1 * x1, 0)
-        lam = 0.5 * (a + c) + tl.sqrt((0.5 * (a - c)) * (0.5 * (a - c)) + bb * bb)
-        v1a, v1b = lam - c, bb
-        v2a, v2b = bb, lam - a
-        n1 = v1a * v1a + v1b * v1b
-        n2 = v2a * v2a + v2b * v2b
-        use1 = n1 >= n2
-        va = tl.where(use1, v1a, v2a)
-        vb = tl.where(use1, v1b, v2b)
-        n = tl.where(use1, n1, n2)
-        inv = 1.0 / tl.sqrt(tl.maximum(n, 1e-38))
-        ua = tl.where(n > 0, va * inv, 0.7071067811865476)
-        ub = tl.where(n > 0, vb * inv, 0.7071067811865476)
-        flip = (ua + ub) < 0
-        ua = tl.where(flip, -ua, ua)
-        ub = tl.where(flip, -ub, ub)
-        tl.store(WA + out + 2 * g, ua, mask=gvalid)
-        tl.store(WA + out + 2 * g + 1, ub, mask=gvalid)
-        tl.store(WB + out + 2 * g, ua, mask=gvalid)
-        tl.store(WB + out + 2 * g + 1, ub, mask=gvalid)
+    if RANK1:
+        tl.debug_barrier()  # the permutation is re-read from memory in plain layouts
+        if G == 2:
+            _pair_weights(Q, QV, GRP, W, out, b, pid_blk, stride_qn, stride_qd, stride_qvb, N,
+                          HEAD_DIM, D_PAD, BM, HAS_QV, 32)
+        else:
+            # Columns in sorted order from the registers: the tile times the one-hot permutation
+            # (module docstring), CH sorted positions at a time. G divides HEAD_DIM and CH, so a
+            # group holds either real columns only or padded (zero) columns only, in one chunk.
+            for j0 in tl.static_range(0, D_PAD, CH):
+                pj = j0 + tl.arange(0, CH)
+                perm_j = tl.load(GRP + out + pj, mask=pj < HEAD_DIM, other=D_PAD)  # padded: no column
+                onehot = cols[:, None] == perm_j[None, :]  # [column, sorted position]
+                # one 1.0 per column: exact, in tf32 for 16-bit Q (their mantissas fit tf32's)
+                xs = tl.dot(x, onehot.to(tl.float32), input_precision="ieee" if EXACT_DOT else "tf32")
+                w = _power_weights(xs, BM, G, DG, CH, STEPS, U_ZERO)
+                tl.store(W + out + pj, w, mask=pj < HEAD_DIM)
+
+
+@triton.jit
+def _pair_weights(Q, QV, GRP, W, out, b, pid_blk, stride_qn, stride_qd, stride_qvb, N,
+                  HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BM: tl.constexpr, HAS_QV: tl.constexpr,
+                  ROW_CHUNK: tl.constexpr):
+    """G=2: each pair's Gram [[a, b], [b, c]] from Q re-read by the pair's columns (row chunks),
+    then its closed-form top eigenvector (grouping._top_eigvec_2), written at W + out."""
+    g = tl.arange(0, D_PAD // 2)
+    gvalid = g < HEAD_DIM // 2
+    c0 = tl.load(GRP + out + 2 * g, mask=gvalid, other=0).to(tl.int64)
+    c1 = tl.load(GRP + out + 2 * g + 1, mask=gvalid, other=0).to(tl.int64)
+    a = tl.zeros([D_PAD // 2], dtype=tl.float32)
+    bb = tl.zeros([D_PAD // 2], dtype=tl.float32)
+    c = tl.zeros([D_PAD // 2], dtype=tl.float32)
+    for r0 in tl.static_range(0, BM, ROW_CHUNK):
+        rr = pid_blk * BM + r0 + tl.arange(0, ROW_CHUNK)
+        rv = rr < N
+        if HAS_QV:
+            rv = rv & (tl.load(QV + b.to(tl.int64) * stride_qvb + rr, mask=rr < N, other=0) != 0)
+        lm = rv[:, None] & gvalid[None, :]
+        x0 = tl.load(Q + rr[:, None] * stride_qn + c0[None, :] * stride_qd, mask=lm, other=0.0).to(tl.float32)
+        x1 = tl.load(Q + rr[:, None] * stride_qn + c1[None, :] * stride_qd, mask=lm, other=0.0).to(tl.float32)
+        a += tl.sum(x0 * x0, 0)
+        bb += tl.sum(x0 * x1, 0)
+        c += tl.sum(x1 * x1, 0)
+    lam = 0.5 * (a + c) + tl.sqrt((0.5 * (a - c)) * (0.5 * (a - c)) + bb * bb)
+    v1a, v1b = lam - c, bb
+    v2a, v2b = bb, lam - a
+    n1 = v1a * v1a + v1b * v1b
+    n2 = v2a * v2a + v2b * v2b
+    use1 = n1 >= n2
+    va = tl.where(use1, v1a, v2a)
+    vb = tl.where(use1, v1b, v2b)
+    n = tl.where(use1, n1, n2)
+    inv = 1.0 / tl.sqrt(tl.maximum(n, 1e-38))
+    ua = tl.where(n > 0, va * inv, 0.7071067811865476)
+    ub = tl.where(n > 0, vb * inv, 0.7071067811865476)
+    flip = (ua + ub) < 0
+    ua = tl.where(flip, -ua, ua)
+    ub = tl.where(flip, -ub, ub)
+    tl.store(W + out + 2 * g, ua, mask=gvalid)
+    tl.store(W + out + 2 * g + 1, ub, mask=gvalid)
+
+
+@triton.jit
+def _power_weights(xs, BM: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, CH: tl.constexpr,
+                   STEPS: tl.constexpr, U_ZERO: tl.constexpr):
+    """G>=4: xs [BM, CH], columns in sorted order (DG = CH/G whole groups) -> u per position [CH]:
+    each group's G×G Gram, then grouping._top_eigvec_power."""
+    xs3 = tl.reshape(xs, [BM, DG, G])  # [row, group, member]
+    gi = tl.arange(0, G)
+    sel_j = gi[None, None, :]  # member axis of [DG, G, G] / [BM, DG, G]
+    gram = tl.zeros([DG, G, G], dtype=tl.float32)
+    for j in tl.static_range(G):
+        xj = tl.sum(tl.where(sel_j == j, xs3, 0.0), axis=2)  # member j of each group [BM, DG]
+        colj = tl.sum(xs3 * xj[:, :, None], axis=0)  # [DG, G]: gram[:, i, j]
+        gram = tl.where(sel_j == j, colj[:, :, None], gram)
+    # grouping._top_eigvec_power: start from the column with the largest diagonal
+    # entry (first one on ties, as torch.argmax), STEPS normalised power steps
+    diag = tl.sum(tl.where(gi[None, :, None] == sel_j, gram, 0.0), axis=2)  # [DG, G]
+    start = tl.argmax(diag, axis=1, tie_break_left=True)  # [DG]
+    v = tl.sum(tl.where(sel_j == start[:, None, None], gram, 0.0), axis=2)  # gram[:, :, start]
+    for _ in tl.static_range(STEPS):
+        v = tl.sum(gram * v[:, None, :], axis=2)
+        nrm = tl.sqrt(tl.sum(v * v, axis=1))
+        v = tl.where(nrm[:, None] > 0, v / tl.maximum(nrm, 1e-30)[:, None], v)
+    nv = tl.sum(v * v, axis=1)
+    u = tl.where(nv[:, None] > 0, v, U_ZERO)  # all-zero group: 1/sqrt(G)
+    u = tl.where(tl.sum(u, axis=1)[:, None] < 0, -u, u)  # grouping._fix_sign
+    w = tl.reshape(u, [CH])  # sorted position g*G + i
+    return w
 
 
 def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
                     query_valid: torch.Tensor | None, fusion: str):
     """(groups int32 [B,H,nb,d], a fp32 [B,H,nb,d], b fp32 [B,H,nb,d]) for the attention kernel.
 
+    One kernel launch computes the grouping and, for "rank1" with G = 2, 4 or 8, the fusion
+    weights: a = b = u, the top eigenvector of each group's Gram matrix (the same function as
+    ``grouping.fusion_weights_torch``, to fp32 rounding); a and b are then the same tensor.
     For "mean" the weights are constants the kernel folds in: a and b are None.
-    rank1 with G >= 4 takes its weights from the torch path (power iteration).
     """
     B, H, N, d = q.shape
     nb = max(1, math.ceil(N / block_m))
@@ -103,17 +176,19 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     r = torch.zeros(block_m, nbits_pad, device=q.device, dtype=torch.float32)
     r[:, :num_hash_bits] = hash_projections(block_m, num_hash_bits, seed, device=q.device)
     groups = torch.empty(B, H, nb, d, device=q.device, dtype=torch.int32)
-    rank1_pairs = fusion == "rank1" and group_size == 2
-    wa = torch.empty(B, H, nb, d, device=q.device, dtype=torch.float32) if rank1_pairs else groups
-    wb = torch.empty_like(wa) if rank1_pairs else groups
+    rank1 = fusion == "rank1" and group_size > 1
+    w = torch.empty(B, H, nb, d, device=q.device, dtype=torch.float32) if rank1 else groups
     qv = query_valid.view(torch.uint8) if query_valid is not None else groups
+    g = group_size if rank1 else 2  # (G, DG = D_PAD/G) only matter for rank1
     _grouping_kernel[(nb, B * H)](
-        q, qv, r, groups, wa, wb, *q.stride(), qv.stride(0) if query_valid is not None else 0, H, N, nb,
-        HEAD_DIM=d, D_PAD=d_pad, BM=block_m, NBITS=num_hash_bits, NBITS_PAD=nbits_pad, RANK1_PAIRS=rank1_pairs,
-        HAS_QV=query_valid is not None, ROW_CHUNK=32, num_warps=4 if d <= 64 else 8)
+        q, qv, r, groups, w, *q.stride(), qv.stride(0) if query_valid is not None else 0, H, N, nb,
+        HEAD_DIM=d, D_PAD=d_pad, BM=block_m, NBITS=num_hash_bits, NBITS_PAD=nbits_pad,
+        HAS_QV=query_valid is not None, RANK1=rank1, G=g, DG=min(d_pad, 64) // g, CH=min(d_pad, 64), STEPS=POWER_ITERATION_STEPS,
+        U_ZERO=1.0 / math.sqrt(group_size) if rank1 else 1.0, EXACT_DOT=q.dtype == torch.float32,
+        num_warps=4 if d <= 64 else 8)
     if fusion == "mean":
         return groups, None, None
-    if not rank1_pairs:
-        wa, wb = fusion_weights_torch(q, groups, group_size=group_size, block_m=block_m, fusion=fusion,
-                                      query_valid=query_valid)
-    return groups, wa, wb
+    if not rank1:  # G = 1: constant weights
+        return (groups, *fusion_weights_torch(q, groups, group_size=group_size, block_m=block_m, fusion=fusion,
+                                              query_valid=query_valid))
+    return groups, w, w

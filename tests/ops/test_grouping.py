@@ -134,20 +134,162 @@ def assert_same_up_to_ties(got, ref, q, bm, valid=None, rel_tol=1e-5):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("G", [2, 4, 8])
 @pytest.mark.parametrize("d", [64, 128, 80])
-def test_triton_grouping_matches_torch_gpu(d):
+def test_triton_grouping_matches_torch_gpu(d, G):
     from distr_patch.ops.grouping_triton import triton_grouping
 
     q = rand_q(9, (4, 8, 4000, d), dtype=torch.bfloat16, device="cuda")
-    groups, wa, _ = triton_grouping(q, group_size=2, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
+    groups, wa, _ = triton_grouping(q, group_size=G, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
                                     fusion="rank1")
-    ref = compute_groups_torch(q, group_size=2, block_m=128)
+    ref = compute_groups_torch(q, group_size=G, block_m=128)
     assert_same_up_to_ties(groups.long(), ref, q, 128)
-    ra, _ = fusion_weights(q, groups.long(), group_size=2, block_m=128, fusion="rank1")
-    # the same unit vectors up to rounding; pairs with a near-degenerate Gram matrix may
+    ra, _ = fusion_weights(q, groups.long(), group_size=G, block_m=128, fusion="rank1")
+    # the same unit vectors up to rounding; groups with a near-degenerate Gram matrix may
     # pick another (equally valid) eigenvector, so allow a tiny fraction of those
-    cos = (wa.view(*wa.shape[:-1], -1, 2) * ra.view(*ra.shape[:-1], -1, 2)).sum(-1).abs()
+    cos = (wa.view(*wa.shape[:-1], -1, G) * ra.view(*ra.shape[:-1], -1, G)).sum(-1).abs()
     assert (cos > 1 - 1e-4).float().mean() > 0.999
+
+
+# --------------------------------------------------------------------------- rank1 weights in the kernel
+def separated_q(seed, B, H, N, d):
+    """Non-contiguous q [B, H, N, d] (a transposed [B, N, H, d]) whose every column group has a
+    well-separated top eigenvalue: a shared rank-1 part z·α_c (|α_c| in [0.5, 2], random signs)
+    plus 0.3·noise, so λ2/λ1 of any group's Gram is small and 8 power steps converge."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(B, N, H, 1, generator=gen)
+    alpha = (0.5 + 1.5 * torch.rand(B, 1, H, d, generator=gen)) * torch.randn(B, 1, H, d, generator=gen).sign()
+    q = z * alpha + 0.3 * torch.randn(B, N, H, d, generator=gen)
+    return q.transpose(1, 2)
+
+
+def group_grams(q, groups, G, bm, valid=None):
+    """float64 Gram matrices [B, H, nb, d/G, G, G] of the groups (tail/invalid rows zero)."""
+    x = blocked_queries(q, bm, valid).double()
+    B, H, nb, _, d = x.shape
+    xs = torch.gather(x, -1, groups.long()[..., None, :].expand(B, H, nb, bm, d))
+    xg = xs.reshape(B, H, nb, bm, d // G, G).permute(0, 1, 2, 4, 3, 5)
+    return xg.transpose(-1, -2) @ xg
+
+
+def rank1_valid_mask(B, N, bm, seed):
+    """Some rows invalid: random ones, a tail, and one whole block (-> an all-zero Gram)."""
+    valid = torch.rand(B, N, generator=torch.Generator().manual_seed(seed)) > 0.3
+    valid[-1, N - 17:] = False
+    valid[-1, :bm] = False
+    return valid
+
+
+@interpreter_only
+@pytest.mark.parametrize("with_valid", [False, True], ids=["all-valid", "query_valid"])
+@pytest.mark.parametrize("d", [32, 64, 80, 128])
+@pytest.mark.parametrize("bm", [32, 64, 128])
+@pytest.mark.parametrize("G", [2, 4, 8])
+def test_triton_rank1_weights_match_torch(G, bm, d, with_valid):
+    from distr_patch.ops import grouping_triton
+
+    B, H, N = 2, 2, bm + bm // 2 + 3  # two blocks, the second a partial tail
+    seed = 1000 * G + 10 * bm + d + with_valid
+    q = separated_q(seed, B, H, N, d)
+    assert not q.is_contiguous()
+    valid = rank1_valid_mask(B, N, bm, seed) if with_valid else None
+    groups, wa, wb = grouping_triton.triton_grouping(q, group_size=G, block_m=bm, num_hash_bits=16, seed=0,
+                                                     query_valid=valid, fusion="rank1")
+    ref = compute_groups_torch(q, group_size=G, block_m=bm, query_valid=valid)
+    assert_same_up_to_ties(groups.long(), ref, q, bm, valid)
+    assert wa.dtype == torch.float32 and wa.shape == (B, H, 2, d) and torch.equal(wa, wb)
+    ra, _ = fusion_weights(q, groups.long(), group_size=G, block_m=bm, fusion="rank1", query_valid=valid)
+    gram = group_grams(q, groups, G, bm, valid)
+    evals = torch.linalg.eigvalsh(gram)
+    nonzero = evals[..., -1] > 0
+    assert (evals[..., -2][nonzero] < 0.5 * evals[..., -1][nonzero]).all()  # the premise: separated
+    u, ur = wa.view(B, H, 2, d // G, G), ra.view(B, H, 2, d // G, G)
+    assert ((u - ur).norm(dim=-1) <= 1e-4).all(), (u - ur).norm(dim=-1).max()
+    assert (u.sum(-1) >= 0).all()
+    if with_valid:  # the fully invalid block: all-zero Grams -> u = 1/sqrt(G), identity grouping
+        assert not nonzero[-1, :, 0].any()
+        assert torch.equal(u[-1, :, 0], torch.full_like(u[-1, :, 0], G ** -0.5))
+        assert torch.equal(groups[-1, :, 0].long(), torch.arange(d).expand(H, d))
+    else:
+        assert nonzero.all()
+
+
+def eigen_residual(gram, u):
+    """‖G u − (uᵀ G u) u‖ / λ_max per group, in float64."""
+    u = u.double()
+    gu = (gram @ u[..., None]).squeeze(-1)
+    lam = (gu * u).sum(-1, keepdim=True)
+    top = torch.linalg.eigvalsh(gram)[..., -1].clamp_min(1e-30)
+    return (gu - lam * u).norm(dim=-1) / top
+
+
+@interpreter_only
+@pytest.mark.parametrize("G,bm,d,N", [(2, 64, 64, 100), (4, 32, 80, 70), (4, 128, 32, 140), (8, 64, 128, 90),
+                                      (8, 32, 32, 45), (4, 32, 256, 50)])
+def test_triton_rank1_weights_random_inputs_eigen_residual(G, bm, d, N):
+    """Random (heavy-tailed, scaled) inputs, where top eigenvalues may be close and 8 power steps
+    need not converge: the kernel's u is as good an eigenvector as the reference's."""
+    from distr_patch.ops.grouping_triton import triton_grouping
+
+    gen = torch.Generator().manual_seed(77 * G + d + N)
+    x = torch.randn(2, 2, N, d, generator=gen)
+    q = torch.where(torch.rand(x.shape, generator=gen) < 0.02, 8 * x, x) * torch.rand(d, generator=gen).add(0.1)
+    valid = torch.rand(2, N, generator=gen) > 0.2
+    groups, wa, _ = triton_grouping(q, group_size=G, block_m=bm, num_hash_bits=16, seed=0, query_valid=valid,
+                                    fusion="rank1")
+    ra, _ = fusion_weights(q, groups.long(), group_size=G, block_m=bm, fusion="rank1", query_valid=valid)
+    gram = group_grams(q, groups, G, bm, valid)
+    shape = (*groups.shape[:3], d // G, G)
+    u, ur = wa.view(shape), ra.view(shape)
+    assert torch.allclose(u.norm(dim=-1), torch.ones(()), atol=1e-5)
+    res, res_ref = eigen_residual(gram, u), eigen_residual(gram, ur)
+    assert (res <= res_ref + 1e-4).all(), (res - res_ref).max()
+    if G == 2:  # the closed form is exact
+        assert (res <= 1e-5).all()
+
+
+@interpreter_only
+def test_triton_rank1_weights_strided_head_dim():
+    """A column stride != 1 (every other column of a wider tensor)."""
+    from distr_patch.ops.grouping_triton import triton_grouping
+
+    q = separated_q(5, 1, 2, 70, 64)
+    wide = torch.zeros(1, 2, 70, 128)
+    wide[..., ::2] = q
+    q = wide[..., ::2]
+    assert q.stride(-1) == 2
+    groups, wa, _ = triton_grouping(q, group_size=4, block_m=64, num_hash_bits=16, seed=0, query_valid=None,
+                                    fusion="rank1")
+    assert torch.equal(groups.long(), compute_groups_torch(q, group_size=4, block_m=64))
+    ra, _ = fusion_weights(q, groups.long(), group_size=4, block_m=64, fusion="rank1")
+    assert (wa - ra).abs().max() <= 1e-4
+
+
+@interpreter_only
+@pytest.mark.parametrize("G,bm,d,with_valid", [(4, 32, 64, False), (4, 64, 80, True), (8, 32, 64, True)])
+def test_distr_attention_rank1_kernel_weights_match_reference(G, bm, d, with_valid, monkeypatch):
+    """End to end: the triton path with the kernel's rank1 weights (the torch weights are not
+    called) matches the reference path."""
+    from distr_patch.ops import distr_attention, grouping_triton, reference_distr_attention
+
+    def no_torch_weights(*args, **kwargs):
+        raise AssertionError("triton_grouping fell back to fusion_weights_torch")
+
+    monkeypatch.setattr(grouping_triton, "fusion_weights_torch", no_torch_weights)
+    gen = torch.Generator().manual_seed(G * 100 + d)
+    B, Hq, Hkv, N, M = 2, 2, 1, 90, 100
+    q = torch.randn(B, N, Hq, d, generator=gen).transpose(1, 2)
+    k = torch.randn(B, Hkv, M, d, generator=gen)
+    v = torch.randn(B, Hkv, M, d, generator=gen)
+    valid = rank1_valid_mask(B, N, bm, G) if with_valid else None
+    kw = dict(group_size=G, block_m=bm, fusion="rank1", causal=True, query_valid=valid)
+    out = distr_attention(q, k, v, backend="triton", **kw)
+    ref = reference_distr_attention(q, k, v, **kw)
+    err = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+    assert err < 1e-5, err
+    # and the same call with mean fusion differs (the weights matter)
+    mean = reference_distr_attention(q, k, v, **{**kw, "fusion": "mean"})
+    assert ((mean.double() - ref.double()).norm() / ref.double().norm()).item() > 1e-3
 
 
 def test_bad_grouping_arguments_raise_named_errors():
