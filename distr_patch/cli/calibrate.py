@@ -48,12 +48,9 @@ def register(sub) -> None:
     g.add_argument("--dtype", default=o.S, choices=["float32", "float16", "bfloat16"], help="weights dtype (float32)")
     g.add_argument("--device", default=o.S, help="cpu (default) or cuda")
     g.add_argument("--seed", type=int, default=o.S, help="seed (0)")
-    g.add_argument("--data", default=o.S, help="lm: text, 'lee' (default), a .txt/.jsonl file or a datasets name; "
-                                             "vit: an image folder or a datasets name (required)")
-    g.add_argument("--data-name", default=o.S, help="configuration of a hub data set")
-    g.add_argument("--split", default=o.S, help="data set split (train)")
-    g.add_argument("--text-column", default=o.S, help="column holding the text (text)")
-    g.add_argument("--image-column", default=o.S, help="vit: column holding the images (image)")
+    o.add_data_source(g, data_help="lm: text, 'lee' (default), a .txt/.jsonl file or a datasets name; "
+                                   "vit: an image folder or a datasets name (required)",
+                      text_column="column holding the text (text)", image_column="vit: column holding the images (image)")
     g.add_argument("--vit-output", default=o.S, choices=["embedding", "logits"],
                    help="vit: compare the pooled embedding (default, model loaded as a backbone) or the logits")
     g = p.add_argument_group("calibration")

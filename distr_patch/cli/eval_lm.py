@@ -21,11 +21,8 @@ def register(sub) -> None:
     o.add_model(p, required_help="an alias (smollm2-135m), a local directory or .gguf file, or a hub id")
     o.add_variants(p)
     g = p.add_argument_group("perplexity (strided sliding window)")
-    g.add_argument("--data", default=o.S, help="text: 'lee' (packaged news corpus, default), a .txt/.jsonl file, "
-                                             "or a datasets name")
-    g.add_argument("--data-name", default=o.S, help="configuration of a hub data set (e.g. wikitext-2-raw-v1)")
-    g.add_argument("--split", default=o.S, help="data set split (train)")
-    g.add_argument("--text-column", default=o.S, help="column holding the text (text)")
+    o.add_data_source(g, data_help="text: 'lee' (packaged news corpus, default), a .txt/.jsonl file, or a datasets "
+                                   "name", text_column="column holding the text (text)")
     g.add_argument("--window", type=int, default=o.S, help="tokens per window (1024)")
     g.add_argument("--stride", type=int, default=o.S, help="tokens between window starts (512)")
     g.add_argument("--max-windows", type=int, default=o.S, help="evaluate at most this many windows (4)")

@@ -20,11 +20,8 @@ def register(sub) -> None:
     o.add_model(p, required_help="a local directory or a hub id (classifier; a backbone with --vit-metric fidelity)")
     o.add_variants(p)
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=o.S, help="an imagefolder directory (class per sub-folder) or a datasets name")
-    g.add_argument("--data-name", default=o.S, help="configuration of a hub data set")
-    g.add_argument("--split", default=o.S, help="data set split (train)")
-    g.add_argument("--image-column", default=o.S, help="column of the images (image)")
-    g.add_argument("--label-column", default=o.S, help="column of the class labels (label)")
+    o.add_data_source(g, data_help="an imagefolder directory (class per sub-folder) or a datasets name",
+                      image_column="column of the images (image)", label_column="column of the class labels (label)")
     g.add_argument("--limit", type=int, default=o.S, help="evaluate at most this many images")
     g.add_argument("--batch-size", type=int, default=o.S, help="images per forward (8)")
     g.add_argument("--vit-metric", default=o.S, choices=["top-k", "fidelity"],

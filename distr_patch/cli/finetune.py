@@ -44,13 +44,10 @@ def register(sub) -> None:
     g.add_argument("--no-exact-baseline", dest="exact_baseline", action="store_false", default=o.S,
                    help="do not fine-tune exact attention for comparison")
     g = p.add_argument_group("data (the first part trains, the part after it is held out)")
-    g.add_argument("--data", default=o.S, help="lm: 'lee' (default), a .txt/.jsonl file or a datasets name; "
-                                             "vit: an imagefolder directory or a datasets name")
-    g.add_argument("--data-name", default=o.S, help="configuration of a hub data set")
-    g.add_argument("--split", default=o.S, help="data set split (train)")
-    g.add_argument("--text-column", default=o.S, help="lm: column holding the text (text)")
-    g.add_argument("--image-column", default=o.S, help="vit: column of the images (image)")
-    g.add_argument("--label-column", default=o.S, help="vit: column of the class index (label)")
+    o.add_data_source(g, data_help="lm: 'lee' (default), a .txt/.jsonl file or a datasets name; "
+                                   "vit: an imagefolder directory or a datasets name",
+                      text_column="lm: column holding the text (text)", image_column="vit: column of the images (image)",
+                      label_column="vit: column of the class index (label)")
     g.add_argument("--seq-len", type=int, default=o.S, help="lm: tokens per training block (256)")
     g.add_argument("--train-tokens", type=int, default=o.S, help="lm: training tokens (all but the held-out)")
     g.add_argument("--heldout-tokens", type=int, default=o.S, help="lm: held-out tokens after them (4096)")

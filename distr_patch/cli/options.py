@@ -65,6 +65,18 @@ def add_variants(p: argparse.ArgumentParser) -> None:
                    help="set a DistrConfig field on every variant (repeatable), e.g. the layer selection")
 
 
+def add_data_source(g, *, data_help: str, text_column: str | None = None, image_column: str | None = None,
+                    label_column: str | None = None) -> None:
+    """--data, --data-name, --split and the column flags a sub-command reads (help None: flag omitted)."""
+    g.add_argument("--data", default=S, help=data_help)
+    g.add_argument("--data-name", default=S, help="configuration of a hub data set")
+    g.add_argument("--split", default=S, help="data set split (train)")
+    for flag, help_text in (("--text-column", text_column), ("--image-column", image_column),
+                            ("--label-column", label_column)):
+        if help_text is not None:
+            g.add_argument(flag, default=S, help=help_text)
+
+
 def add_output(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--output-dir", default=S, metavar="DIR", help="where run directories go (results)")
