@@ -44,7 +44,7 @@ from .candidates import Candidate, parse_candidates
 from .cost import CostModel
 from .objectives import Fidelity, Objective, Perplexity, task_of
 from .proxy import Capture, attention_errors, capture, layer_loss
-from .search import PathPoint, config_for, greedy_path, point_within
+from .search import PathPoint, all_grouped_point, config_for, greedy_path, point_within
 
 DEFAULT_PROBE = Candidate(2, "rank1", 128, 0, 0.0)
 
@@ -119,6 +119,7 @@ class Sensitivity:
     head_errors: list[list[list[float]]] | None = None  # [layer][head][candidate] relative attention-output error
     head_share: list[list[float]] | None = None      # [layer][head] share of the layer's exact output energy
     head_loss: list[list[list[float]]] | None = None  # [layer][head][candidate] predicted loss
+    all_grouped: list["AllGrouped"] = field(default_factory=list)  # filled by calibrate_full (checked)
 
     @property
     def num_layers(self) -> int:
@@ -128,6 +129,14 @@ class Sensitivity:
     def num_units(self) -> int:
         """Entries of a path point's choice: layers, or (layer, head) pairs when per head."""
         return self.num_layers if self.heads is None else sum(self.heads)
+
+    def unit_losses(self) -> list[list[float]]:
+        """[unit][candidate] predicted loss: per layer, or per (layer, head) layer-major."""
+        return self.loss if self.heads is None else [unit for layer in self.head_loss for unit in layer]
+
+    def unit_weights(self) -> list[float] | None:
+        """Each unit's share of its layer's work (per head: 1/heads); None: layers, all equal."""
+        return None if self.heads is None else [1.0 / h for h in self.heads for _ in range(h)]
 
 
 @dataclass
@@ -163,6 +172,53 @@ class Choice:
     def heldout_relative(self) -> float:
         """What the budget bounds: relative perplexity increase (lm), fidelity loss (vit)."""
         return self.heldout / self.heldout_exact - 1 if self.metric == "perplexity" else self.heldout
+
+
+@dataclass
+class AllGrouped:
+    """Every layer (every head, per head) grouped at one G, each on its lowest-predicted-loss candidate of
+    that G that saves work: the most accurate "G everywhere" config the proxy knows, checked like a choice.
+    It answers "does every layer fit at G=2 within the budget?" next to the budget choices."""
+    group_size: int
+    config: DistrConfig
+    predicted: float
+    saving: float
+    heldout_exact: float
+    heldout: float
+    test_exact: float | None = None
+    test: float | None = None
+    metric: str = "perplexity"
+
+    @property
+    def heldout_relative(self) -> float:
+        return self.heldout / self.heldout_exact - 1 if self.metric == "perplexity" else self.heldout
+
+
+def all_grouped(model, sens: Sensitivity, heldout, *, objective: Objective, base: DistrConfig | None = None,
+                heldout_exact: float | None = None, test=None, test_exact: float | None = None) -> list[AllGrouped]:
+    """One ``AllGrouped`` per group size among the candidates (ascending), each checked on ``heldout`` (and
+    ``test``): two evaluations per G."""
+    base = _uniform(base)
+    if heldout_exact is None:
+        heldout_exact = objective.value(model, heldout, None)
+    if test is not None and test_exact is None:
+        test_exact = objective.value(model, test, None)
+    out = []
+    for g in sorted({c.group_size for c in sens.candidates}):
+        point = all_grouped_point(sens.work, sens.unit_losses(), [c.group_size == g for c in sens.candidates],
+                                  sens.unit_weights())
+        if point is None:
+            continue
+        cfg = config_for(point.choice, sens.candidates, base, sens.heads)
+        out.append(AllGrouped(g, cfg, point.loss, point.saving, heldout_exact, objective.value(model, heldout, cfg),
+                              test_exact, None if test is None else objective.value(model, test, cfg),
+                              objective.metric))
+    return out
+
+
+def _fmt_predicted(loss: float, task: str) -> str:
+    """A predicted loss in the budget's unit: relative perplexity increase (lm), 1 − cosine (vit)."""
+    return f"{(loss if task == 'vit' else math.expm1(loss)):+.2%}"
 
 
 def _uniform(base: DistrConfig | None) -> DistrConfig:
@@ -226,11 +282,10 @@ def measure(model, calib: list[torch.Tensor], candidates=None, *, base: DistrCon
     share = [head.share[i, :heads[i]].tolist() for i in range(len(heads))]
     head_loss = [[[alpha[i] * share[i][h] * e * e for e in head_err[i][h]] for h in range(heads[i])]
                  for i in range(len(heads))]
-    units = [unit for layer in head_loss for unit in layer]
-    weights = [1.0 / heads[i] for i in range(len(heads)) for _ in range(heads[i])]  # each layer's work shared
-    path = greedy_path(work, units, weights)
-    return Sensitivity(cands, work, err.tolist(), probe, kls, alpha, loss, path, cost.source, seq_len, timings,
+    sens = Sensitivity(cands, work, err.tolist(), probe, kls, alpha, loss, [], cost.source, seq_len, timings,
                        objective.task, heads, head_err, share, head_loss)
+    sens.path = greedy_path(work, sens.unit_losses(), sens.unit_weights())  # each layer's work shared by its heads
+    return sens
 
 
 def _one_layer(cap: Capture, layer: int) -> Capture:
@@ -284,8 +339,8 @@ def choose(model, sens: Sensitivity, budget, heldout, *, window: int | None = No
         known[k] = Check(k, path[k].loss, path[k].saving, p, rel)
         checks.append(known[k])
         if progress:
-            predicted = path[k].loss if objective.task == "vit" else math.expm1(path[k].loss)
-            print(f"  budget {budget:.2%}: point {k}/{len(path) - 1} predicted {predicted:+.2%} "
+            print(f"  budget {budget:.2%}: point {k}/{len(path) - 1} "
+                  f"predicted {_fmt_predicted(path[k].loss, objective.task)} "
                   f"held-out {rel:+.2%} ({objective.metric}) saving {path[k].saving:.1%}")
         if rel <= budget:
             lo = k
@@ -421,7 +476,8 @@ def calibrate(model, data, budget=0.01, candidates=None, *, task: str | None = N
                           base=base, window=window, stride=stride, calib_windows=calib_windows,
                           heldout_windows=heldout_windows, calib_images=calib_images, heldout_images=heldout_images,
                           batch_size=batch_size, image_column=image_column, split=split, probe=probe, cost=cost,
-                          max_checks=max_checks, seed=seed, progress=progress, per_head=per_head)[1][0].config
+                          max_checks=max_checks, seed=seed, progress=progress, per_head=per_head,
+                          check_all_grouped=False)[1][0].config
 
 
 def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = None, tokenizer=None,
@@ -429,8 +485,12 @@ def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = 
                    heldout_windows: int = 2, test_windows: int = 0, calib_images: int = 16,
                    heldout_images: int = 32, test_images: int = 0, batch_size: int = 16, image_column: str = "image",
                    split: str = "train", probe=None, cost: CostModel | None = None, max_checks: int = 4,
-                   seed: int = 0, progress: bool = False, per_head: bool = False) -> tuple[Sensitivity, list[Choice]]:
-    """``calibrate`` for several budgets sharing one measurement; returns (sensitivity, one Choice per budget)."""
+                   seed: int = 0, progress: bool = False, per_head: bool = False,
+                   check_all_grouped: bool = True) -> tuple[Sensitivity, list[Choice]]:
+    """``calibrate`` for several budgets sharing one measurement; returns (sensitivity, one Choice per budget).
+
+    ``check_all_grouped``: also check, per G among the candidates, every layer grouped at that G on its
+    lowest-predicted-loss candidate (``AllGrouped``, in ``sensitivity.all_grouped``; two evaluations per G)."""
     task = task_of(model, task)
     budgets = [parse_budget(b, task) for b in budgets]
     if not budgets:
@@ -469,4 +529,13 @@ def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = 
                               heldout_exact=heldout_exact, test=parts.test, test_exact=test_exact, known=known,
                               objective=objective, progress=progress))
         sens.seconds[f"choose_{b:g}_s"] = time.perf_counter() - t0
+    if check_all_grouped:
+        t0 = time.perf_counter()
+        sens.all_grouped = all_grouped(model, sens, parts.heldout, objective=objective, base=base,
+                                       heldout_exact=heldout_exact, test=parts.test, test_exact=test_exact)
+        sens.seconds["all_grouped_s"] = time.perf_counter() - t0
+        if progress:
+            for a in sens.all_grouped:
+                print(f"  every unit at G={a.group_size}: predicted {_fmt_predicted(a.predicted, objective.task)} "
+                      f"held-out {a.heldout_relative:+.2%} ({objective.metric}) saving {a.saving:.1%}")
     return sens, choices

@@ -9,6 +9,8 @@ candidates, predicted loss) and ``pareto.png`` (the path, the checked points and
 A per-head calibration (``per_head``: true) adds ``num_heads`` (per layer), ``head_errors`` and
 ``head_predicted_loss`` ([layer][head][candidate]); its path's ``grouped`` counts (layer, head) units and
 each choice adds ``heads_grouped`` / ``heads_grouped_by_g`` (``layers_grouped``: layers with a grouped head).
+``all_grouped`` (optional) holds, per G, every layer grouped at G on its lowest-predicted-loss candidate, with
+its held-out and test values: the reference "a whole model at G" next to the budget choices.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import Any
 
 from ..eval.report import _pyplot
 from ..eval.schema import SchemaError, _check
-from .api import Choice, Sensitivity
+from .api import AllGrouped, Choice, Sensitivity
 
 SCHEMA_VERSION = 1
 PLOT_NAMES = ("sensitivity_heatmap.png", "pareto.png")
@@ -34,6 +36,14 @@ CHOICE = {
     "properties": {"budget": _NUM, "distr_config": {"type": "object"}, "layers_grouped": {"type": "integer"},
                    "layers_grouped_by_g": {"type": "object"}, "attention_work_saving": _NUM,
                    "predicted_loss": _NUM, "checks": {"type": "array"},
+                   "heldout": {"type": "object", "required": ["exact", "chosen", "relative"]},
+                   "test": {"type": ["object", "null"]}},
+}
+ALL_GROUPED = {
+    "type": "object",
+    "required": ["group_size", "distr_config", "attention_work_saving", "predicted_loss", "heldout"],
+    "properties": {"group_size": {"type": "integer"}, "distr_config": {"type": "object"},
+                   "attention_work_saving": _NUM, "predicted_loss": _NUM,
                    "heldout": {"type": "object", "required": ["exact", "chosen", "relative"]},
                    "test": {"type": ["object", "null"]}},
 }
@@ -55,6 +65,7 @@ CALIBRATION_SCHEMA: dict[str, Any] = {
         "probe": {"type": "object", "required": ["candidate", "kl", "alpha"]},
         "path": {"type": "array", "items": {"type": "object", "required": ["predicted_loss", "saving", "grouped"]}},
         "choices": {"type": "array", "items": CHOICE},
+        "all_grouped": {"type": "array", "items": ALL_GROUPED},
         "timing_s": {"type": "object"},
     },
 }
@@ -102,6 +113,19 @@ def choice_dict(c: Choice, sens: Sensitivity) -> dict:
     }
 
 
+def all_grouped_dict(a: AllGrouped) -> dict:
+    return {
+        "group_size": a.group_size,
+        "distr_config": a.config.to_dict(),
+        "attention_work_saving": a.saving,
+        "predicted_loss": a.predicted,
+        "metric": a.metric,
+        "heldout": {"exact": a.heldout_exact, "chosen": a.heldout, "relative": _rel(a.heldout, a.heldout_exact, a.metric)},
+        "test": None if a.test is None else {"exact": a.test_exact, "chosen": a.test,
+                                             "relative": _rel(a.test, a.test_exact, a.metric)},
+    }
+
+
 def result_dict(sens: Sensitivity, choices: list[Choice], *, model: dict, settings: dict, provenance: dict) -> dict:
     out = {
         "schema_version": SCHEMA_VERSION,
@@ -120,6 +144,7 @@ def result_dict(sens: Sensitivity, choices: list[Choice], *, model: dict, settin
         "path": [{"predicted_loss": p.loss, "saving": p.saving, "grouped": sum(j is not None for j in p.choice)}
                  for p in sens.path],
         "choices": [choice_dict(c, sens) for c in choices],
+        "all_grouped": [all_grouped_dict(a) for a in sens.all_grouped],
         "timing_s": sens.seconds,
         "per_head": sens.heads is not None,
     }
@@ -172,6 +197,15 @@ def markdown(result: dict) -> str:
             f"{c['attention_work_saving']:.1%}",
             f"{c['predicted_loss']:.2e}" if vit else _pct(math.expm1(c["predicted_loss"])),
             value(h), value(t), str(len(c["checks"]))]) + " |")
+    unit = "head" if per_head else "layer"
+    if result.get("all_grouped"):
+        lines += ["", f"Every {unit} grouped at one G, each on its lowest-predicted-loss candidate of that G "
+                      "(reference, not a budget choice):", "",
+                  f"| every {unit} at | attention-work saving | predicted | {held} | {test} |", "|---|---|---|---|---|"]
+        for a in result["all_grouped"]:
+            lines.append(f"| G={a['group_size']} | {a['attention_work_saving']:.1%} | "
+                         + (f"{a['predicted_loss']:.2e}" if vit else _pct(math.expm1(a["predicted_loss"])))
+                         + f" | {value(a['heldout'])} | {value(a.get('test'))} |")
     m = result["model"]
     s = result["settings"]
     notes = [f"model {m['name']} ({m['model_type']}, {n} layers); candidates: {len(result['candidates'])} per "
@@ -218,6 +252,10 @@ def write_plots(result: dict, out_dir: Path) -> list[Path]:
         ax.scatter([100 * c["attention_work_saving"]], [100 * (c["heldout"]["relative"] or 0.0)], marker="o", s=40,
                    label=f"chosen, budget {c['budget']:.0%} (held-out)")
         ax.axhline(100 * c["budget"], lw=0.6, ls=":", color="black")
+    for a in result.get("all_grouped", []):
+        ax.scatter([100 * a["attention_work_saving"]], [100 * (a["heldout"]["relative"] or 0.0)], marker="s", s=36,
+                   facecolors="none", edgecolors="black" if a["group_size"] == 2 else "tab:red",
+                   label=f"every unit at G={a['group_size']} (held-out)")
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("attention work saved [%]")
     ax.set_ylabel(("fidelity loss 1 - cosine" if _vit(result) else "perplexity increase") +

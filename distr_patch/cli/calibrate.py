@@ -9,7 +9,9 @@ as a backbone) or the classifier logits (``--vit-output logits``).
 
 Writes one directory: ``calibration.json`` (heat map, greedy path, per budget the chosen DistrConfig and
 its held-out checks, provenance), ``distr_config-<budget>.json`` per budget (``DistrConfig.load`` /
-``patch_model`` take it as it is), ``report.md`` and the plots. Settings merge defaults < ``--config``
+``patch_model`` take it as it is), ``report.md`` and the plots. Next to the budgets it checks, per G among
+the candidates, every layer grouped at that G on its lowest-predicted-loss candidate
+(``distr_config-all-G<G>.json``; ``--no-all-grouped`` skips it): whether a whole model fits at G=2. Settings merge defaults < ``--config``
 YAML < flags.
 """
 from __future__ import annotations
@@ -34,7 +36,8 @@ DEFAULTS = dict(task="lm", model=None, data=None, data_name=None, split="train",
                 device="cpu", seed=0, budget=["1%"], candidates="default", probe=None, window=1024, stride=None,
                 calib_windows=1, heldout_windows=2, test_windows=0, max_checks=4, speeds=None, seq_len=None,
                 output_dir="results", run_name=None, plots=True, vit_output="embedding", calib_images=16,
-                heldout_images=32, test_images=0, batch_size=16, image_column="image", per_head=False)
+                heldout_images=32, test_images=0, batch_size=16, image_column="image", per_head=False,
+                all_grouped=True)
 
 
 def register(sub) -> None:
@@ -75,6 +78,9 @@ def register(sub) -> None:
     g.add_argument("--per-head", action="store_true", default=o.S,
                    help="choose settings per (layer, query head) from each head's attention-output error: the "
                         "configs get head_overrides (default: per layer)")
+    g.add_argument("--no-all-grouped", dest="all_grouped", action="store_false", default=o.S,
+                   help="skip the reference rows 'every layer at G' (each layer's lowest-loss candidate of that G, "
+                        "checked on the held-out and test windows: two evaluations per G)")
     g.add_argument("--speeds", default=o.S, metavar="FILE.json",
                    help="measured kernel time per candidate relative to exact attention (default: analytic count)")
     g.add_argument("--seq-len", type=int, default=o.S,
@@ -158,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         sens, choices = calibrate_full(model, data, budgets, candidates, probe=s["probe"], cost=cost,
                                        max_checks=s["max_checks"], seed=s["seed"], progress=True,
-                                       per_head=bool(s["per_head"]), **inputs)
+                                       per_head=bool(s["per_head"]), check_all_grouped=bool(s["all_grouped"]),
+                                       **inputs)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     name = s["run_name"] or "calibrate-{}-{}".format(re.sub(r"[^A-Za-z0-9.]+", "-", s["model"].rsplit("/", 1)[-1]),
@@ -170,12 +177,16 @@ def run(args: argparse.Namespace) -> int:
     write_json(result, out / "calibration.json")
     for c in choices:
         c.config.save(out / f"distr_config-{c.budget:g}.json")
+    for a in sens.all_grouped:
+        a.config.save(out / f"distr_config-all-G{a.group_size}.json")
     table = markdown(result)
     (out / "report.md").write_text(table)
     print("\n" + table)
     print(f"results: {out / 'calibration.json'}")
     for c in choices:
         print(f"config:  {out / f'distr_config-{c.budget:g}.json'}")
+    for a in sens.all_grouped:
+        print(f"config:  {out / f'distr_config-all-G{a.group_size}.json'} (every layer at G={a.group_size})")
     for p in write_plots(result, out) if s["plots"] else []:
         print(f"plot:    {p}")
     return 0

@@ -13,7 +13,7 @@ from distr_patch.calibrate import (BudgetError, Candidate, CandidateError, CostM
                                    candidate_grid, parse_budget, parse_candidates, relative_work)
 from distr_patch.calibrate.api import split_tokens
 from distr_patch.calibrate.proxy import capture, decoder_layers, kl_to_exact, layer_kl
-from distr_patch.calibrate.search import greedy_path, layer_chain, point_within
+from distr_patch.calibrate.search import all_grouped_point, greedy_path, layer_chain, point_within
 from distr_patch.eval.perplexity import perplexity
 from distr_patch.patching import attention_modules
 
@@ -144,6 +144,19 @@ def test_back_off_until_within_budget(model, ids, monkeypatch):
     assert c.point == furthest and c.grouped > 0
 
 
+def test_all_grouped_point_takes_each_units_lowest_loss_saving_candidate():
+    work = [0.75, 0.6, 0.9, 1.02]            # the last one saves nothing (a band over everything)
+    loss = [[0.01, 0.05, 0.02, 0.0], [0.3, 0.1, 0.2, 0.0], [0.2, 0.3, 0.2, 0.0]]
+    g2 = [True, False, True, True]
+    p = all_grouped_point(work, loss, g2)
+    assert p.choice == (0, 2, 0)            # never candidate 3 (work >= 1); ties: the lower index
+    assert p.loss == pytest.approx(0.01 + 0.2 + 0.2)
+    assert p.saving == pytest.approx((0.25 + 0.1 + 0.25) / 3)
+    weighted = all_grouped_point(work, loss, g2, weights=[2.0, 1.0, 1.0])
+    assert weighted.saving == pytest.approx((2 * 0.25 + 0.1 + 0.25) / 4)
+    assert all_grouped_point(work, loss, [False, False, False, True]) is None
+
+
 # ----------------------------------------------------------------------------- proxy
 def test_truncated_forward_matches_full(model, ids):
     """layer_kl skips the layers before the changed one; it must equal a full forward's KL."""
@@ -174,6 +187,33 @@ def test_heldout_within_budget_and_deterministic(model, ids):
     assert ours["perplexity"] <= (1 + budget) * exact["perplexity"]
     assert ours["perplexity"] == pytest.approx(choice.heldout, rel=1e-6)
     assert choice.grouped == len(again.layer_overrides) > 0
+
+
+def test_all_grouped_reference_is_checked(model, ids):
+    """calibrate_full also checks every layer at each G on its lowest-predicted-loss candidate of that G."""
+    sens, _ = calibrate_full(model, ids, [0.001], CANDS, window=WINDOW, heldout_windows=2, test_windows=1,
+                             progress=False)
+    assert [a.group_size for a in sens.all_grouped] == [2, 4]
+    split = split_tokens(ids, window=WINDOW, stride=WINDOW // 2, calib_windows=1, heldout_windows=2, test_windows=1)
+    for a in sens.all_grouped:
+        mine = [j for j, c in enumerate(sens.candidates) if c.group_size == a.group_size and sens.work[j] < 1]
+        best = [min(mine, key=lambda j: (sens.loss[i][j], j)) for i in range(4)]
+        assert a.predicted == pytest.approx(sum(sens.loss[i][j] for i, j in enumerate(best)))
+        assert not a.config.exact_layers and len(a.config.layer_overrides) == 4
+        for i, j in enumerate(best):
+            s = a.config.for_layer(i, 4)
+            assert s.group_size == a.group_size
+            assert {k: getattr(s, k) for k in sens.candidates[j].settings()} == sens.candidates[j].settings()
+        with patched(model, a.config):
+            held = perplexity(model, split.heldout, window=WINDOW, stride=WINDOW // 2, progress=False)["metrics"]
+            test = perplexity(model, split.test, window=WINDOW, stride=WINDOW // 2, progress=False)["metrics"]
+        assert held["perplexity"] == pytest.approx(a.heldout, rel=1e-6)
+        assert test["perplexity"] == pytest.approx(a.test, rel=1e-6)
+        assert a.heldout != a.heldout_exact and 0 < a.saving < 1  # grouped: the perplexity moves
+    exact = perplexity(model, split.heldout, window=WINDOW, stride=WINDOW // 2, progress=False)["metrics"]
+    assert sens.all_grouped[0].heldout_exact == pytest.approx(exact["perplexity"], rel=1e-6)
+    assert calibrate_full(model, ids, [0.001], CANDS, window=WINDOW, heldout_windows=2,
+                          check_all_grouped=False)[0].all_grouped == []
 
 
 def test_zero_budget_is_all_exact(model, ids):
@@ -224,6 +264,12 @@ def test_cli(tmp_path, tiny_lm_dir, capsys):
     assert DistrConfig.load(run / "distr_config-0.05.json") == DistrConfig.from_dict(result["choices"][1]["distr_config"])
     assert (run / "sensitivity_heatmap.png").is_file() and (run / "pareto.png").is_file()
     assert "layers grouped" in (run / "report.md").read_text()
+    assert [a["group_size"] for a in result["all_grouped"]] == [2, 4]
+    for a in result["all_grouped"]:
+        cfg = DistrConfig.load(run / f"distr_config-all-G{a['group_size']}.json")
+        assert cfg == DistrConfig.from_dict(a["distr_config"]) and len(cfg.layer_overrides) == 2
+        assert a["test"]["relative"] == pytest.approx(a["test"]["chosen"] / a["test"]["exact"] - 1)
+    assert "| G=2 |" in (run / "report.md").read_text()
 
     assert main(["calibrate", "--model", str(tiny_lm_dir), "--budget", "lots"]) == 2
     assert "not a number or a percentage" in capsys.readouterr().err
@@ -293,3 +339,7 @@ def test_cli_per_head(tmp_path, tiny_lm_dir):
     assert c["num_heads"] == 8 and 0 <= c["heads_grouped"] <= 8 and result["settings"]["per_head"] is True
     assert DistrConfig.load(tmp_path / "run" / "distr_config-0.05.json") == DistrConfig.from_dict(c["distr_config"])
     assert "heads grouped" in (tmp_path / "run" / "report.md").read_text()
+    for a in result["all_grouped"]:  # every (layer, head) at one G: no exact layer, no exact head
+        cfg = DistrConfig.from_dict(a["distr_config"])
+        assert len(cfg.layer_overrides) == 2 and not cfg.exact_layers
+        assert all(cfg.for_head(i, h, 4).group_size == a["group_size"] for i in range(2) for h in range(4))

@@ -121,6 +121,10 @@ def test_cli_vit(tmp_path, capsys):
     assert all(c["heldout"]["relative"] <= c["budget"] for c in result["choices"])
     assert DistrConfig.load(run / "distr_config-0.json").exact_layers == (0, 1)
     assert "held-out 1 - cos" in (run / "report.md").read_text()
+    # the "every layer at G" reference rows: the fidelity loss is the relative value itself
+    assert [a["group_size"] for a in result["all_grouped"]] == sorted({int(c[1]) for c in CANDS})
+    for a in result["all_grouped"]:
+        assert a["heldout"]["relative"] == pytest.approx(a["heldout"]["chosen"]) and a["heldout"]["chosen"] > 0
 
     assert main(["calibrate", "--task", "vit", "--model", str(model_dir), "--data", str(images),
                  "--budget", "2"]) == 2
