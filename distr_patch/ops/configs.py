@@ -88,8 +88,8 @@ def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, fp3
     """Backward tiles for one call; the interpreter uses 32x32 tiles.
 
     GPU (H100, bf16): the fastest of 10 dK/dV and 10 dQ candidates per (d, variant), timed at
-    N=4096 with ``scripts/tune_backward.py`` (docs/benchmarks.md, "Backward tile tuning"); causal and
-    non-causal agreed within 2%. The earlier untimed table (16-row dK/dV tiles at d=128)
+    N=4096 with ``scripts/tune_backward.py`` (docs/benchmarks.md, "Backward tile tuning": the sweep's
+    table itself was not recorded); causal and non-causal agreed within 2%. The earlier untimed table (16-row dK/dV tiles at d=128)
     was 3.3x slower in the dK/dV kernel. Tiles that meet an exact window compute both products,
     hence the separate row. d=256 is untuned (largest tiles that compile without spills). fp32
     inputs (a correctness path: fp32 dots) take half-height tiles.
