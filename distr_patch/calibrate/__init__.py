@@ -1,11 +1,13 @@
 """Calibration: per-layer (or, with ``per_head=True``, per-head) DistrAttention settings that save the most
 attention work within a loss budget."""
-from .api import BudgetError, Choice, Sensitivity, calibrate, calibrate_full, choose, measure, parse_budget
+from .api import (AllGrouped, BudgetError, Choice, Sensitivity, all_grouped, calibrate, calibrate_full, choose, measure,
+                  parse_budget)
 from .objectives import Fidelity, Objective, Perplexity
 from .candidates import DEFAULT_GRID, FAST_GRID, Candidate, CandidateError, candidate_grid, parse_candidates
 from .cost import CostModel, relative_work
 
 __all__ = [
+    "AllGrouped",
     "BudgetError",
     "Candidate",
     "CandidateError",
@@ -17,6 +19,7 @@ __all__ = [
     "Objective",
     "Perplexity",
     "Sensitivity",
+    "all_grouped",
     "calibrate",
     "calibrate_full",
     "candidate_grid",

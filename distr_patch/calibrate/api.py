@@ -15,6 +15,9 @@ Steps (``measure`` once, then ``choose`` per budget):
    over it), at most ``max_checks`` checks; under budget with room left, it steps forward the same way.
    Checks are shared between budgets (a point checked for 3% bounds the search for 10%). All-exact is
    within any budget, so the result always is.
+4. ``all_grouped`` (``calibrate_full``, on by default): per G among the candidates, every layer on its
+   lowest-predicted-loss candidate of that G, checked on the same held-out (and test) windows: a reference
+   row that says whether the whole model fits at that G, whatever the search chose.
 
 Per head (``per_head=True``, CLI ``--per-head``): the units of the search are (layer, query head). The same
 replays give each head's attention-output error e_h and its share s_h of the layer's exact output energy
