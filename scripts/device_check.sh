@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One call on the GPU machine, in the order a kernel change needs: correctness first, then timing.
+#   bash scripts/device_check.sh [tests|fwd|bwd ...]     (default: all three)
+# tests: every `gpu`-marked test (kernels against the PyTorch reference at real sizes, patched models);
+# fwd:   the operator at N=4096, d=64/128, causal and not (bench_attention.py --quick);
+# bwd:   forward+backward at the same shapes (bench_attention.py --backward --quick).
+# Logs and JSON go to $OUT (the device tool's folder) or /tmp/device-check; each table prints last.
+set -o pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)"
+out="${OUT:-/tmp/device-check}"
+mkdir -p "$out"
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(tests fwd bwd)
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || exit 1
+rc=0
+for step in "${steps[@]}"; do
+  case "$step" in
+    tests) python -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$out/gpu-tests.log" | tail -20 || rc=1 ;;
+    fwd) python scripts/bench_attention.py --quick --rep-ms 10 --json "$out/fwd.json" 2>&1 | tee "$out/fwd.log" \
+           | sed -n '/^| d |/,$p' || rc=1 ;;
+    bwd) python scripts/bench_attention.py --backward --quick --rep-ms 10 --json "$out/bwd.json" 2>&1 \
+           | tee "$out/bwd.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+    *) echo "unknown step '$step' (tests, fwd, bwd)" >&2; exit 2 ;;
+  esac
+done
+exit $rc
