@@ -48,6 +48,7 @@ from .cost import CostModel
 from .objectives import Fidelity, Objective, Perplexity, task_of
 from .proxy import Capture, attention_errors, capture, layer_loss
 from .search import PathPoint, all_grouped_point, config_for, greedy_path, point_within
+from .speed import Speed, forward_ms, wants_speed
 
 DEFAULT_PROBE = Candidate(2, "rank1", 128, 0, 0.0)
 
@@ -170,6 +171,7 @@ class Choice:
     heads_grouped: int | None = None     # per head: (layer, head) units not exact
     heads_grouped_by_g: dict[int, int] | None = None
     num_heads: int | None = None         # per head: all query heads of the model
+    speed: Speed | None = None           # measured forward time vs exact (calibrate_full's ``speedup``)
 
     @property
     def heldout_relative(self) -> float:
@@ -191,6 +193,7 @@ class AllGrouped:
     test_exact: float | None = None
     test: float | None = None
     metric: str = "perplexity"
+    speed: Speed | None = None
 
     @property
     def heldout_relative(self) -> float:
@@ -480,7 +483,7 @@ def calibrate(model, data, budget=0.01, candidates=None, *, task: str | None = N
                           heldout_windows=heldout_windows, calib_images=calib_images, heldout_images=heldout_images,
                           batch_size=batch_size, image_column=image_column, split=split, probe=probe, cost=cost,
                           max_checks=max_checks, seed=seed, progress=progress, per_head=per_head,
-                          check_all_grouped=False)[1][0].config
+                          check_all_grouped=False, speedup="off")[1][0].config
 
 
 def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = None, tokenizer=None,
@@ -489,16 +492,20 @@ def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = 
                    heldout_images: int = 32, test_images: int = 0, batch_size: int = 16, image_column: str = "image",
                    split: str = "train", probe=None, cost: CostModel | None = None, max_checks: int = 4,
                    seed: int = 0, progress: bool = False, per_head: bool = False,
-                   check_all_grouped: bool = True) -> tuple[Sensitivity, list[Choice]]:
+                   check_all_grouped: bool = True, speedup: str = "auto") -> tuple[Sensitivity, list[Choice]]:
     """``calibrate`` for several budgets sharing one measurement; returns (sensitivity, one Choice per budget).
 
     ``check_all_grouped``: also check, per G among the candidates, every layer grouped at that G on its
-    lowest-predicted-loss candidate (``AllGrouped``, in ``sensitivity.all_grouped``; two evaluations per G)."""
+    lowest-predicted-loss candidate (``AllGrouped``, in ``sensitivity.all_grouped``; two evaluations per G).
+    ``speedup``: time one forward on the first calibration window with exact attention and with each result
+    (``Choice.speed``, ``AllGrouped.speed``): "auto" on a GPU only, "on" also on the CPU (where DistrAttention
+    runs its PyTorch reference, so the times are not the kernel's), "off" never."""
     task = task_of(model, task)
     budgets = [parse_budget(b, task) for b in budgets]
     if not budgets:
         raise BudgetError("give at least one budget")
     cands = parse_candidates(candidates)  # bad candidates fail before any model work
+    timed = wants_speed(speedup, model)
     if not isinstance(per_head, bool):
         raise TypeError(f"per_head must be True or False, got {per_head!r}")
     counts = (("window", window), ("calib_windows", calib_windows), ("heldout_windows", heldout_windows)) \
@@ -541,4 +548,12 @@ def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = 
             for a in sens.all_grouped:
                 print(f"  every unit at G={a.group_size}: predicted {_fmt_predicted(a.predicted, objective.task)} "
                       f"held-out {a.heldout_relative:+.2%} ({objective.metric}) saving {a.saving:.1%}")
+    if timed:
+        t0 = time.perf_counter()
+        x = parts.calib[0]
+        exact_ms = forward_ms(model, objective, x, None)
+        device = str(next(model.parameters()).device)
+        for r in [*choices, *sens.all_grouped]:
+            r.speed = Speed(exact_ms, forward_ms(model, objective, x, r.config), device)
+        sens.seconds["speed_s"] = time.perf_counter() - t0
     return sens, choices

@@ -10,7 +10,8 @@ A per-head calibration (``per_head``: true) adds ``num_heads`` (per layer), ``he
 ``head_predicted_loss`` ([layer][head][candidate]); its path's ``grouped`` counts (layer, head) units and
 each choice adds ``heads_grouped`` / ``heads_grouped_by_g`` (``layers_grouped``: layers with a grouped head).
 ``all_grouped`` (optional) holds, per G, every layer grouped at G on its lowest-predicted-loss candidate, with
-its held-out and test values: the reference "a whole model at G" next to the budget choices.
+its held-out and test values: the reference "a whole model at G" next to the budget choices. ``speed``
+(choices and all_grouped, optional) is the measured forward time vs exact: exact_ms, ms, speedup, device.
 """
 from __future__ import annotations
 
@@ -107,6 +108,7 @@ def choice_dict(c: Choice, sens: Sensitivity) -> dict:
         "test": None if c.test is None else {"exact": c.test_exact, "chosen": c.test,
                                              "relative": _rel(c.test, c.test_exact, c.metric)},
         "checks": [dataclasses.asdict(k) for k in c.checks],
+        "speed": None if c.speed is None else c.speed.to_dict(),
         **({} if c.heads_grouped is None else {
             "heads_grouped": c.heads_grouped, "num_heads": c.num_heads,
             "heads_grouped_by_g": {str(g): n for g, n in sorted((c.heads_grouped_by_g or {}).items())}}),
@@ -123,6 +125,7 @@ def all_grouped_dict(a: AllGrouped) -> dict:
         "heldout": {"exact": a.heldout_exact, "chosen": a.heldout, "relative": _rel(a.heldout, a.heldout_exact, a.metric)},
         "test": None if a.test is None else {"exact": a.test_exact, "chosen": a.test,
                                              "relative": _rel(a.test, a.test_exact, a.metric)},
+        "speed": None if a.speed is None else a.speed.to_dict(),
     }
 
 
@@ -180,11 +183,19 @@ def markdown(result: dict) -> str:
     vit = _vit(result)
     held, test = ("held-out 1 - cos", "test 1 - cos") if vit else ("held-out ppl (Δ)", "test ppl (Δ)")
     per_head = any("heads_grouped" in c for c in result["choices"])
+    rows = [*result["choices"], *result.get("all_grouped", [])]
+    timed = any(r.get("speed") for r in rows)
+    speed_head = ["measured speedup"] if timed else []
     head = ["budget", "layers grouped", "at G=2", "at G=4", *(["heads grouped"] if per_head else []),
-            "attention-work saving", "predicted", held, test, "checks"]
+            "attention-work saving", "predicted", held, test, *speed_head, "checks"]
 
     def value(x):
         return "" if x is None else f"{x['chosen']:.2e}" if vit else f"{x['chosen']:.3f} ({_pct(x['relative'])})"
+
+    def speed(r):
+        sp = r.get("speed")
+        return ([] if not timed else [""] if not sp else
+                [f"{sp['speedup']:.2f}x ({sp['ms']:.1f} vs {sp['exact_ms']:.1f} ms)"])
 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in result["choices"]:
@@ -196,18 +207,26 @@ def markdown(result: dict) -> str:
             *([f"{c.get('heads_grouped', 0)}/{c.get('num_heads', '?')}"] if per_head else []),
             f"{c['attention_work_saving']:.1%}",
             f"{c['predicted_loss']:.2e}" if vit else _pct(math.expm1(c["predicted_loss"])),
-            value(h), value(t), str(len(c["checks"]))]) + " |")
+            value(h), value(t), *speed(c), str(len(c["checks"]))]) + " |")
     unit = "head" if per_head else "layer"
     if result.get("all_grouped"):
         lines += ["", f"Every {unit} grouped at one G, each on its lowest-predicted-loss candidate of that G "
                       "(reference, not a budget choice):", "",
-                  f"| every {unit} at | attention-work saving | predicted | {held} | {test} |", "|---|---|---|---|---|"]
+                  "| " + " | ".join([f"every {unit} at", "attention-work saving", "predicted", held, test, *speed_head])
+                  + " |", "|" + "---|" * (5 + len(speed_head))]
         for a in result["all_grouped"]:
-            lines.append(f"| G={a['group_size']} | {a['attention_work_saving']:.1%} | "
-                         + (f"{a['predicted_loss']:.2e}" if vit else _pct(math.expm1(a["predicted_loss"])))
-                         + f" | {value(a['heldout'])} | {value(a.get('test'))} |")
+            lines.append("| " + " | ".join([
+                f"G={a['group_size']}", f"{a['attention_work_saving']:.1%}",
+                f"{a['predicted_loss']:.2e}" if vit else _pct(math.expm1(a["predicted_loss"])),
+                value(a["heldout"]), value(a.get("test")), *speed(a)]) + " |")
     m = result["model"]
     s = result["settings"]
+    sp = next((r["speed"] for r in rows if r.get("speed")), None)
+    if sp:
+        lines += ["", f"Measured speedup: exact time / config time of one forward on the first calibration "
+                      f"window, p50, on {sp['device']}"
+                      + (" (CPU: DistrAttention runs its PyTorch reference there, not the kernel)."
+                         if not str(sp["device"]).startswith("cuda") else ".")]
     notes = [f"model {m['name']} ({m['model_type']}, {n} layers); candidates: {len(result['candidates'])} per "
              f"{'query head' if result.get('per_head') else 'layer'}; "
              f"probe {result['probe']['candidate']}; work: {result['cost']['source']} at {result['cost']['seq_len']} "
@@ -251,6 +270,10 @@ def write_plots(result: dict, out_dir: Path) -> list[Path]:
             ax.scatter([100 * k["saving"] for k in checks], [100 * k["relative"] for k in checks], marker="x", s=20)
         ax.scatter([100 * c["attention_work_saving"]], [100 * (c["heldout"]["relative"] or 0.0)], marker="o", s=40,
                    label=f"chosen, budget {c['budget']:.0%} (held-out)")
+        if c.get("speed"):
+            ax.annotate(f"{c['speed']['speedup']:.2f}x", (100 * c["attention_work_saving"],
+                                                           100 * (c["heldout"]["relative"] or 0.0)),
+                        textcoords="offset points", xytext=(5, -10), fontsize=7)
         ax.axhline(100 * c["budget"], lw=0.6, ls=":", color="black")
     for a in result.get("all_grouped", []):
         ax.scatter([100 * a["attention_work_saving"]], [100 * (a["heldout"]["relative"] or 0.0)], marker="s", s=36,

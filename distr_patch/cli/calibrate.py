@@ -37,7 +37,7 @@ DEFAULTS = dict(task="lm", model=None, data=None, data_name=None, split="train",
                 calib_windows=1, heldout_windows=2, test_windows=0, max_checks=4, speeds=None, seq_len=None,
                 output_dir="results", run_name=None, plots=True, vit_output="embedding", calib_images=16,
                 heldout_images=32, test_images=0, batch_size=16, image_column="image", per_head=False,
-                all_grouped=True)
+                all_grouped=True, speedup="auto")
 
 
 def register(sub) -> None:
@@ -81,6 +81,9 @@ def register(sub) -> None:
     g.add_argument("--no-all-grouped", dest="all_grouped", action="store_false", default=o.S,
                    help="skip the reference rows 'every layer at G' (each layer's lowest-loss candidate of that G, "
                         "checked on the held-out and test windows: two evaluations per G)")
+    g.add_argument("--speedup", default=o.S, choices=["auto", "on", "off"],
+                   help="time one forward with exact attention and with each result: auto (default) on a GPU only; "
+                        "on: also on the CPU, where DistrAttention runs its PyTorch reference (not the kernel)")
     g.add_argument("--speeds", default=o.S, metavar="FILE.json",
                    help="measured kernel time per candidate relative to exact attention (default: analytic count)")
     g.add_argument("--seq-len", type=int, default=o.S,
@@ -165,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         sens, choices = calibrate_full(model, data, budgets, candidates, probe=s["probe"], cost=cost,
                                        max_checks=s["max_checks"], seed=s["seed"], progress=True,
                                        per_head=bool(s["per_head"]), check_all_grouped=bool(s["all_grouped"]),
+                                       speedup=s["speedup"],
                                        **inputs)
     except ValueError as e:
         raise ConfigError(str(e)) from e

@@ -216,6 +216,40 @@ def test_all_grouped_reference_is_checked(model, ids):
                           check_all_grouped=False)[0].all_grouped == []
 
 
+def test_speedup_timed_on_request(model, ids, monkeypatch):
+    """speedup='on' times exact and every result (here on the CPU: the reference path); 'auto' skips the CPU."""
+    from distr_patch.calibrate import speed
+
+    times = iter([10.0, 8.0, 5.0, 4.0, 2.5])  # exact, budget 0, budget 0.5, all at G=2, all at G=4
+    calls = []
+
+    def fake_ms(model, objective, x, config, **kw):
+        calls.append((tuple(x.shape), config))
+        return next(times)
+
+    monkeypatch.setattr(api, "forward_ms", fake_ms)
+    sens, choices = calibrate_full(model, ids, [0, 0.5], CANDS, window=WINDOW, heldout_windows=2, speedup="on")
+    assert calls[0] == ((1, WINDOW), None) and all(shape == (1, WINDOW) for shape, _ in calls)
+    assert [c for _, c in calls[1:]] == [r.config for r in [*choices, *sens.all_grouped]]
+    assert [r.speed.speedup for r in [*choices, *sens.all_grouped]] == [1.25, 2.0, 2.5, 4.0]
+    assert all(r.speed.exact_ms == 10.0 and r.speed.device == "cpu" for r in choices)
+    auto, _ = calibrate_full(model, ids, [0.5], CANDS, window=WINDOW, heldout_windows=2, check_all_grouped=False)
+    assert len(calls) == 5  # 'auto' on the CPU: nothing timed
+    with pytest.raises(ValueError, match="speedup must be one of"):
+        calibrate_full(model, ids, [0.5], CANDS, window=WINDOW, speedup="yes")
+
+
+def test_forward_ms_times_the_patched_model(model, ids):
+    from distr_patch.calibrate.objectives import Perplexity
+    from distr_patch.calibrate.speed import forward_ms
+
+    x = ids[:WINDOW].unsqueeze(0)
+    cfg = DistrConfig(**Candidate.parse(CANDS[0]).settings())
+    assert forward_ms(model, Perplexity(WINDOW, WINDOW), x, None, warmup=0, repeats=2) > 0
+    assert forward_ms(model, Perplexity(WINDOW, WINDOW), x, cfg, warmup=0, repeats=2) > 0
+    assert not any(hasattr(m, "_distr_settings") for m in model.modules())  # unpatched afterwards
+
+
 def test_zero_budget_is_all_exact(model, ids):
     cfg = calibrate(model, ids, budget=0, candidates=CANDS, window=WINDOW, heldout_windows=2)
     assert sorted(cfg.exact_layers) == [0, 1, 2, 3] and not cfg.layer_overrides
@@ -270,6 +304,7 @@ def test_cli(tmp_path, tiny_lm_dir, capsys):
         assert cfg == DistrConfig.from_dict(a["distr_config"]) and len(cfg.layer_overrides) == 2
         assert a["test"]["relative"] == pytest.approx(a["test"]["chosen"] / a["test"]["exact"] - 1)
     assert "| G=2 |" in (run / "report.md").read_text()
+    assert all(c["speed"] is None for c in result["choices"])  # CPU, --speedup auto: not timed
 
     assert main(["calibrate", "--model", str(tiny_lm_dir), "--budget", "lots"]) == 2
     assert "not a number or a percentage" in capsys.readouterr().err
@@ -330,7 +365,7 @@ def test_cli_per_head(tmp_path, tiny_lm_dir):
     long_text.write_text(sample_text(2000))
     rc = main(["calibrate", "--model", str(tiny_lm_dir), "--data", str(long_text), "--budget", "5%",
                "--candidates", ",".join(CANDS), "--window", "64", "--heldout-windows", "2", "--per-head",
-               "--no-plots", "--output-dir", str(tmp_path), "--run-name", "run"])
+               "--speedup", "on", "--no-plots", "--output-dir", str(tmp_path), "--run-name", "run"])
     assert rc == 0
     result = json.loads((tmp_path / "run" / "calibration.json").read_text())
     assert result["per_head"] is True and result["num_heads"] == [4, 4]
@@ -338,7 +373,11 @@ def test_cli_per_head(tmp_path, tiny_lm_dir):
     c = result["choices"][0]
     assert c["num_heads"] == 8 and 0 <= c["heads_grouped"] <= 8 and result["settings"]["per_head"] is True
     assert DistrConfig.load(tmp_path / "run" / "distr_config-0.05.json") == DistrConfig.from_dict(c["distr_config"])
-    assert "heads grouped" in (tmp_path / "run" / "report.md").read_text()
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "heads grouped" in report and "measured speedup" in report and "PyTorch reference" in report
+    for r in [c, *result["all_grouped"]]:  # --speedup on: timed on the CPU
+        sp = r["speed"]
+        assert sp["device"] == "cpu" and sp["ms"] > 0 and sp["speedup"] == pytest.approx(sp["exact_ms"] / sp["ms"])
     for a in result["all_grouped"]:  # every (layer, head) at one G: no exact layer, no exact head
         cfg = DistrConfig.from_dict(a["distr_config"])
         assert len(cfg.layer_overrides) == 2 and not cfg.exact_layers
