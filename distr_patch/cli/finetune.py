@@ -33,7 +33,9 @@ def register(sub) -> None:
     g.add_argument("--device", default=o.S, help="cpu or cuda (default: cuda when available)")
     g.add_argument("--seed", type=int, default=o.S, help="seed of the run (0)")
     g = p.add_argument_group("variants (exact attention first, fine-tuned the same way)")
-    g.add_argument("--group-sizes", type=o.int_list, default=o.S, metavar="G,G", help="DistrAttention G (2)")
+    g.add_argument("--group-sizes", type=o.group_size_list, default=o.S, metavar="G,G",
+                   help="DistrAttention G (2); none: only --distr-configs")
+    o.add_distr_configs(g)
     g.add_argument("--settings", type=o.str_list, default=o.S, metavar="S,S",
                    help="paper (mean fusion, no window) and/or recommended (rank-1 + exact window); "
                         "default recommended")

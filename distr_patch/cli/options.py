@@ -23,6 +23,11 @@ def str_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def group_size_list(text: str) -> list[int]:
+    """``2,4``; ``none``: no G variants (with --distr-configs only those files' variants run)."""
+    return [] if text.strip().lower() == "none" else int_list(text)
+
+
 def key_value(text: str) -> tuple[str, object]:
     import yaml
 
@@ -56,13 +61,21 @@ def add_model(p: argparse.ArgumentParser, *, required_help: str) -> None:
 
 def add_variants(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("variants (exact attention is always first)")
-    g.add_argument("--group-sizes", type=int_list, default=S, metavar="G,G",
-                   help="DistrAttention group sizes G to compare with exact attention (1,2,4)")
+    g.add_argument("--group-sizes", type=group_size_list, default=S, metavar="G,G",
+                   help="DistrAttention group sizes G to compare with exact attention (1,2,4); none: only "
+                        "--distr-configs")
     g.add_argument("--settings", type=str_list, default=S, metavar="S,S",
                    help="paper (mean fusion, no exact window) and/or recommended (rank-1 fusion + exact window); "
                         "default: recommended")
     g.add_argument("--distr", type=key_value, action=_KeyValues, default=S, metavar="FIELD=VALUE",
                    help="set a DistrConfig field on every variant (repeatable), e.g. the layer selection")
+    add_distr_configs(g)
+
+
+def add_distr_configs(g) -> None:
+    g.add_argument("--distr-configs", type=str_list, default=S, metavar="FILE,FILE",
+                   help="DistrConfig JSON files, one more variant each (cfg:<file stem>), e.g. the "
+                        "distr_config-0.01.json or distr_config-all-G2.json that `distr-patch calibrate` writes")
 
 
 def add_data_source(g, *, data_help: str, text_column: str | None = None, image_column: str | None = None,

@@ -85,7 +85,7 @@ def run_bench(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
         raise ConfigError("--model: required (e.g. preset:llama-3.2-1b, a local path, or a hub id)")
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg)
-    variants = build_variants(cfg.group_sizes, cfg.settings, cfg.distr)
+    variants = build_variants(cfg.group_sizes, cfg.settings, cfg.distr, cfg.distr_configs)
     is_vision = cfg.model.startswith("preset:") and _preset_is_vision(cfg.model)
     loaded = load_model(cfg.model, "vit" if is_vision else "lm", dtype=cfg.dtype, device_map=cfg.device_map)
     model = loaded.model if cfg.device_map else loaded.model.to(device)

@@ -24,6 +24,16 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_distr_configs(paths) -> None:
+    """``distr_configs``: a list of existing files (each is read when the variants are built)."""
+    if not isinstance(paths, list) or any(not isinstance(p, str) for p in paths):
+        raise ConfigError(f"{flag('distr_configs')}: expected a list of DistrConfig JSON files, got {paths!r}")
+    for p in paths:
+        if not Path(p).is_file():
+            raise ConfigError(f"{flag('distr_configs')}: {p} is not a file (a DistrConfig JSON file, e.g. the "
+                              "distr_config-0.01.json that `distr-patch calibrate` writes)")
+
+
 @dataclass
 class RunConfig:
     # the model
@@ -36,6 +46,7 @@ class RunConfig:
     group_sizes: list[int] = field(default_factory=lambda: [1, 2, 4])
     settings: list[str] = field(default_factory=lambda: ["recommended"])
     distr: dict[str, Any] = field(default_factory=dict)  # extra DistrConfig fields (e.g. layer selection)
+    distr_configs: list[str] = field(default_factory=list)  # DistrConfig JSON files, one variant each
     # data (text for perplexity, images for vit)
     data: str | None = None
     data_name: str | None = None  # a hub data set's configuration name
@@ -99,8 +110,10 @@ class RunConfig:
 
     def _configure(self) -> None:
         """Validate every field once; the error names the flag."""
-        if not self.group_sizes or not isinstance(self.group_sizes, list):
-            raise ConfigError(f"{flag('group_sizes')}: give at least one group size, e.g. 1,2,4")
+        check_distr_configs(self.distr_configs)
+        if not isinstance(self.group_sizes, list) or not (self.group_sizes or self.distr_configs):
+            raise ConfigError(f"{flag('group_sizes')}: give at least one group size, e.g. 1,2,4 (or none with "
+                              f"{flag('distr_configs')})")
         for g in self.group_sizes:
             if not isinstance(g, int) or isinstance(g, bool) or g not in VALID_GROUP_SIZES:
                 raise ConfigError(f"{flag('group_sizes')}: {g!r} is not a valid G; use values from "

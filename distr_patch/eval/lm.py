@@ -38,7 +38,7 @@ def run_lm(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
     torch.manual_seed(cfg.seed)
     shard = Shard.current(cfg.device)
     device = pick_device(cfg)
-    variants = build_variants(cfg.group_sizes, cfg.settings, cfg.distr)
+    variants = build_variants(cfg.group_sizes, cfg.settings, cfg.distr, cfg.distr_configs)
     text, rows = _read_text(cfg) if cfg.perplexity else (None, None)  # data errors before the slow model load
     task_rows = {}
     for task in cfg.tasks:

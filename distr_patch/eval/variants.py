@@ -4,6 +4,10 @@ A setting is a starting DistrConfig: ``paper`` (``DistrConfig.paper()``: mean fu
 or ``recommended`` (``DistrConfig()``: rank-1 fusion with an exact window). The run's ``distr`` fields
 (e.g. the layer selection) are applied on top, then ``group_size``. G=1 is exact attention computed by
 the patched path, so it appears once whatever the settings.
+
+``distr_configs`` adds one variant per DistrConfig JSON file, taken as it is (``distr`` fields on top): e.g.
+the per-layer configs that ``distr-patch calibrate`` writes. Such a variant is named ``cfg:<file stem>``,
+its setting is ``file:<file stem>`` and its ``group_size`` is the largest G any of its layers uses.
 """
 from __future__ import annotations
 
@@ -48,12 +52,42 @@ def distr_config_dict(setting: str, group_size: int, overrides: dict[str, Any]) 
         raise ConfigError(f"--distr {overrides}: not a valid DistrConfig for {setting} at G={group_size}: {e}") from e
 
 
-def build_variants(group_sizes: list[int], settings: list[str], overrides: dict[str, Any] | None = None) -> list[Variant]:
+def load_config_file(path, overrides: dict[str, Any] | None = None, *, flag_name: str = "--distr-configs") -> dict:
+    """A DistrConfig JSON file (``DistrConfig.save``), ``overrides`` on top, as a full dict; errors name the flag."""
+    DistrConfig, _ = _patcher()
+    try:
+        cfg = DistrConfig.load(path)
+        return DistrConfig.from_dict({**cfg.to_dict(), **dict(overrides or {})}).to_dict()
+    except FileNotFoundError:
+        raise ConfigError(f"{flag_name}: {path} does not exist") from None
+    except (TypeError, ValueError, KeyError) as e:  # bad JSON is a ValueError too
+        raise ConfigError(f"{flag_name}: {path} is not a DistrConfig JSON file: {e}") from None
+
+
+def file_variant(path, overrides: dict[str, Any] | None = None) -> Variant:
+    from pathlib import Path
+
+    distr = load_config_file(path, overrides)
+    stem = Path(path).stem
+    g = max([o.get("group_size", distr["group_size"]) for o in distr.get("layer_overrides", {}).values()]
+            or [distr["group_size"]])
+    return Variant(f"cfg:{stem}", g, f"file:{stem}", distr)
+
+
+def build_variants(group_sizes: list[int], settings: list[str], overrides: dict[str, Any] | None = None,
+                   config_files: list[str] | tuple = ()) -> list[Variant]:
     variants = [Variant("exact")]
     for g in group_sizes:
         for setting in (settings[:1] if g == 1 else settings):
             name = "G1" if g == 1 else (f"G{g}" if len(settings) == 1 else f"G{g}-{SHORT[setting]}")
             variants.append(Variant(name, g, setting, distr_config_dict(setting, g, dict(overrides or {}))))
+    for path in config_files:
+        v = file_variant(path, overrides)
+        if any(v.name == u.name for u in variants):
+            raise ConfigError(f"--distr-configs: two files named {v.name[4:]!r}; variants are named by file stem")
+        variants.append(v)
+    if len(variants) == 1:
+        raise ConfigError("--group-sizes/--distr-configs: no DistrAttention variant to compare with exact attention")
     return variants
 
 

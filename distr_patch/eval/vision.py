@@ -60,7 +60,7 @@ def run_vit(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
     torch.manual_seed(cfg.seed)
     shard = Shard.current(cfg.device)
     device = pick_device(cfg)
-    variants = build_variants(cfg.group_sizes, cfg.settings, cfg.distr)
+    variants = build_variants(cfg.group_sizes, cfg.settings, cfg.distr, cfg.distr_configs)
     by_fidelity = cfg.vit_metric == "fidelity"
     loaded = load_model(cfg.model, "backbone" if by_fidelity else "vit", dtype=cfg.dtype, device_map=cfg.device_map)
     model, processor = loaded.model, loaded.processor

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..eval.config import DTYPES, SETTINGS, VALID_GROUP_SIZES, ConfigError, RunConfig, flag
+from ..eval.config import DTYPES, SETTINGS, VALID_GROUP_SIZES, ConfigError, RunConfig, check_distr_configs, flag
 
 TASKS = ("lm", "vit")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -29,6 +29,7 @@ class FinetuneConfig:
     group_sizes: list[int] = field(default_factory=lambda: [2])
     settings: list[str] = field(default_factory=lambda: ["recommended"])
     distr: dict[str, Any] = field(default_factory=dict)  # extra DistrConfig fields on every variant
+    distr_configs: list[str] = field(default_factory=list)  # DistrConfig JSON files (e.g. calibrated), one variant each
     layers: list[int] | None = None  # only these layer indices use DistrAttention (None: all)
     exact_baseline: bool = True  # also fine-tune exact attention the same way (the fair comparison)
     # data: text (lm) or images (vit); the first part trains, the part after it is held out
@@ -74,8 +75,10 @@ class FinetuneConfig:
             raise ConfigError(f"{flag('task')}: {self.task!r} is not one of {', '.join(TASKS)}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"{flag('dtype')}: {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        if not isinstance(self.group_sizes, list) or not self.group_sizes:
-            raise ConfigError(f"{flag('group_sizes')}: give at least one group size, e.g. 2")
+        check_distr_configs(self.distr_configs)
+        if not isinstance(self.group_sizes, list) or not (self.group_sizes or self.distr_configs):
+            raise ConfigError(f"{flag('group_sizes')}: give at least one group size, e.g. 2 (or none with "
+                              f"{flag('distr_configs')})")
         for g in self.group_sizes:
             if not isinstance(g, int) or isinstance(g, bool) or g not in VALID_GROUP_SIZES:
                 raise ConfigError(f"{flag('group_sizes')}: {g!r} is not a valid G; use values from "

@@ -38,7 +38,7 @@ class FinetuneOutput:
 
 def variants_of(cfg: FinetuneConfig) -> list[Variant]:
     """Exact attention (if ``exact_baseline``) and DistrAttention per G x setting, ``--layers`` applied."""
-    variants = build_variants(cfg.group_sizes, cfg.settings, dict(cfg.distr))
+    variants = build_variants(cfg.group_sizes, cfg.settings, dict(cfg.distr), cfg.distr_configs)
     return variants if cfg.exact_baseline else variants[1:]
 
 

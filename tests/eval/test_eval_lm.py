@@ -94,3 +94,62 @@ def test_device_map_auto_loads_and_runs_patched(finished, tiny_lm_dir, text_file
     for name in ("exact", "G2"):
         got = by_name[name]["metrics"]["perplexity"]["value"]
         assert got == pytest.approx(ref[name]["metrics"]["perplexity"]["value"], rel=1e-5)
+
+
+def test_distr_config_files_are_variants(tiny_lm_dir, text_file, tmp_path):
+    """--distr-configs: a calibrated per-layer config (JSON file) runs as a variant of its own, as it is."""
+    from distr_patch import DistrConfig, patched
+    from distr_patch.eval.perplexity import perplexity
+    from distr_patch.models import load_model
+
+    per_layer = DistrConfig(exact_layers=(0,), layer_overrides={1: dict(group_size=4, fusion="mean", block_m=32,
+                                                                          exact_window=0)})
+    per_layer.save(tmp_path / "calibrated.json")
+    cfg = _config(tiny_lm_dir, text_file, tmp_path, group_sizes=[], distr={},
+                  distr_configs=[str(tmp_path / "calibrated.json")])
+    data = json.loads(run_lm(cfg, progress=False).result.path.read_text())
+    assert [v["name"] for v in data["variants"]] == ["exact", "cfg:calibrated"]
+    v = data["variants"][1]
+    assert v["group_size"] == 4 and v["setting"] == "file:calibrated"
+    assert DistrConfig.from_dict(v["distr_config"]) == per_layer
+    # the same perplexity as the harness computes with that config patched in by hand
+    loaded = load_model(str(tiny_lm_dir), "lm")
+    ids = loaded.processor(text_file.read_text(), return_tensors="pt").input_ids[0]
+    with patched(loaded.model, per_layer):
+        want = perplexity(loaded.model, ids, window=64, stride=32, max_windows=3, progress=False)["metrics"]
+    assert v["metrics"]["perplexity"]["value"] == pytest.approx(want["perplexity"], rel=1e-6)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(distr_configs=["missing.json"]), "--distr-configs: missing.json is not a file"),
+    (dict(group_sizes=[]), "--group-sizes: give at least one group size"),
+])
+def test_distr_config_files_bad_input(tiny_lm_dir, text_file, tmp_path, changes, message):
+    from distr_patch.eval.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        _config(tiny_lm_dir, text_file, tmp_path, **changes)
+
+
+def test_distr_config_file_not_a_config(tmp_path):
+    from distr_patch.eval.config import ConfigError
+    from distr_patch.eval.variants import build_variants
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"group_size": 3}')
+    with pytest.raises(ConfigError, match="--distr-configs: .*bad.json is not a DistrConfig JSON file"):
+        build_variants([2], ["recommended"], {}, [str(bad)])
+    bad.write_text("not json")
+    with pytest.raises(ConfigError, match="is not a DistrConfig JSON file"):
+        build_variants([2], ["recommended"], {}, [str(bad)])
+    (tmp_path / "a").mkdir()
+    good = DistrConfig_json(tmp_path / "a" / "c.json"), DistrConfig_json(tmp_path / "c.json")
+    with pytest.raises(ConfigError, match="two files named 'c'"):
+        build_variants([2], ["recommended"], {}, [str(p) for p in good])
+
+
+def DistrConfig_json(path):
+    from distr_patch import DistrConfig
+
+    DistrConfig().save(path)
+    return path

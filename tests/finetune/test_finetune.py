@@ -131,6 +131,24 @@ def test_run_lm_end_to_end(tiny_lm_dir, text_file, tmp_path):
     assert DistrConfig.from_dict(reloaded.config.distr_config) == DistrConfig.from_dict(g2["distr_config"])
 
 
+def test_run_lm_calibrated_config_file(tiny_lm_dir, text_file, tmp_path):
+    """--distr-configs: a per-layer config file fine-tunes as a variant; its checkpoint reloads with it."""
+    per_layer = DistrConfig(exact_layers=(0,), layer_overrides={1: dict(group_size=2, fusion="mean", block_m=32,
+                                                                          exact_window=0)})
+    per_layer.save(tmp_path / "cal.json")
+    cfg = FinetuneConfig.merge(flags=dict(
+        model=str(tiny_lm_dir), data=str(text_file), device="cpu", seq_len=32, heldout_tokens=96, max_steps=2,
+        warmup_steps=0, group_sizes=[], distr_configs=[str(tmp_path / "cal.json")], exact_baseline=False,
+        output_dir=str(tmp_path), run_name="r", plots=False))
+    out = run_finetune(cfg, progress=False)
+    result = json.loads((out.directory / "finetune.json").read_text())
+    (v,) = result["variants"]
+    assert v["name"] == "cfg:cal" and DistrConfig.from_dict(v["distr_config"]) == per_layer
+    assert v["train"]["steps"] == 2
+    reloaded = load_checkpoint(v["checkpoint"])
+    assert DistrConfig.from_dict(reloaded.config.distr_config) == per_layer
+
+
 def test_run_vit_end_to_end(vit_setup, tmp_path):
     model_dir, images = vit_setup
     cfg = FinetuneConfig.merge(flags=dict(

@@ -25,6 +25,8 @@ def _error(argv, capsys) -> str:
     (["--learning-rate", "-1"], "--learning-rate: expected a number > 0, got -1.0"),
     (["--group-sizes", "3"], "--group-sizes: 3 is not a valid G; use values from 1, 2, 4, 8"),
     (["--settings", "papr"], "--settings: 'papr' is not a setting"),
+    (["--distr-configs", "nope.json"], "--distr-configs: nope.json is not a file"),
+    (["--group-sizes", "none"], "--group-sizes: give at least one group size, e.g. 2 (or none with --distr-configs)"),
     (["--eval-window", "64", "--eval-stride", "128"], "--eval-stride: 128 is larger than the window 64"),
 ])
 def test_bad_option(argv, message, capsys):
