@@ -382,3 +382,14 @@ def test_cli_per_head(tmp_path, tiny_lm_dir):
         cfg = DistrConfig.from_dict(a["distr_config"])
         assert len(cfg.layer_overrides) == 2 and not cfg.exact_layers
         assert all(cfg.for_head(i, h, 4).group_size == a["group_size"] for i in range(2) for h in range(4))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the device machine)")
+def test_speedup_measured_on_the_gpu_by_default(ids):
+    """speedup='auto' on a CUDA model: every result carries a CUDA-event timing against exact attention."""
+    gpu_model = tiny_lm().to("cuda")
+    sens, choices = calibrate_full(gpu_model, ids, [0.5], CANDS, window=WINDOW, heldout_windows=2)
+    for r in [*choices, *sens.all_grouped]:
+        assert r.speed is not None and r.speed.device.startswith("cuda")
+        assert r.speed.ms > 0 and r.speed.speedup == pytest.approx(r.speed.exact_ms / r.speed.ms)
