@@ -21,13 +21,14 @@ CANDS = ["G2-rank1-b32-w0-c0", "G2-mean-b32-w0-c0", "G4-mean-b32-w0-c0", "G4-ran
 WINDOW = 128
 
 
-def tiny_lm(num_layers: int = 4, seed: int = 0):
-    """A 4-layer Llama (GQA 4/2 heads, d=16) with sharpened q/k so grouping changes the outputs."""
+def tiny_lm(num_layers: int = 4, seed: int = 0, head_dim: int = 16):
+    """A 4-layer Llama (GQA 4/2 heads, d=16; the Triton kernel needs d >= 32) with sharpened q/k so grouping
+    changes the outputs."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(word_tokenizer()), hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                      num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim,
                       max_position_embeddings=512, bos_token_id=2, eos_token_id=3, pad_token_id=1)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
@@ -388,7 +389,7 @@ def test_cli_per_head(tmp_path, tiny_lm_dir):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the device machine)")
 def test_speedup_measured_on_the_gpu_by_default(ids):
     """speedup='auto' on a CUDA model: every result carries a CUDA-event timing against exact attention."""
-    gpu_model = tiny_lm().to("cuda")
+    gpu_model = tiny_lm(head_dim=32).to("cuda")  # a head dim the Triton kernel takes
     sens, choices = calibrate_full(gpu_model, ids, [0.5], CANDS, window=WINDOW, heldout_windows=2)
     for r in [*choices, *sens.all_grouped]:
         assert r.speed is not None and r.speed.device.startswith("cuda")
