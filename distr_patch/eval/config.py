@@ -24,14 +24,18 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_distr_configs(paths) -> None:
-    """``distr_configs``: a list of existing files (each is read when the variants are built)."""
+def check_distr_configs(paths) -> list[str]:
+    """``distr_configs``: existing files (each is read when the variants are built); one path or a
+    comma-separated string (as YAML may give it) becomes a list."""
+    if isinstance(paths, str):
+        paths = [p.strip() for p in paths.split(",") if p.strip()]
     if not isinstance(paths, list) or any(not isinstance(p, str) for p in paths):
         raise ConfigError(f"{flag('distr_configs')}: expected a list of DistrConfig JSON files, got {paths!r}")
     for p in paths:
         if not Path(p).is_file():
             raise ConfigError(f"{flag('distr_configs')}: {p} is not a file (a DistrConfig JSON file, e.g. the "
                               "distr_config-0.01.json that `distr-patch calibrate` writes)")
+    return paths
 
 
 @dataclass
@@ -110,7 +114,7 @@ class RunConfig:
 
     def _configure(self) -> None:
         """Validate every field once; the error names the flag."""
-        check_distr_configs(self.distr_configs)
+        self.distr_configs = check_distr_configs(self.distr_configs)
         if not isinstance(self.group_sizes, list) or not (self.group_sizes or self.distr_configs):
             raise ConfigError(f"{flag('group_sizes')}: give at least one group size, e.g. 1,2,4 (or none with "
                               f"{flag('distr_configs')})")

@@ -75,7 +75,7 @@ class FinetuneConfig:
             raise ConfigError(f"{flag('task')}: {self.task!r} is not one of {', '.join(TASKS)}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"{flag('dtype')}: {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        check_distr_configs(self.distr_configs)
+        self.distr_configs = check_distr_configs(self.distr_configs)
         if not isinstance(self.group_sizes, list) or not (self.group_sizes or self.distr_configs):
             raise ConfigError(f"{flag('group_sizes')}: give at least one group size, e.g. 2 (or none with "
                               f"{flag('distr_configs')})")

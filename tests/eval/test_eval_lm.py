@@ -123,12 +123,20 @@ def test_distr_config_files_are_variants(tiny_lm_dir, text_file, tmp_path):
 @pytest.mark.parametrize("changes, message", [
     (dict(distr_configs=["missing.json"]), "--distr-configs: missing.json is not a file"),
     (dict(group_sizes=[]), "--group-sizes: give at least one group size"),
+    (dict(distr_configs=3), "--distr-configs: expected a list of DistrConfig JSON files"),
 ])
 def test_distr_config_files_bad_input(tiny_lm_dir, text_file, tmp_path, changes, message):
     from distr_patch.eval.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         _config(tiny_lm_dir, text_file, tmp_path, **changes)
+
+
+def test_distr_configs_from_yaml_as_one_string(tiny_lm_dir, text_file, tmp_path):
+    path = DistrConfig_json(tmp_path / "one.json")
+    (tmp_path / "run.yaml").write_text(f"distr_configs: {path}\n")
+    cfg = RunConfig.merge(str(tmp_path / "run.yaml"), flags=dict(model=str(tiny_lm_dir), data=str(text_file)))
+    assert cfg.distr_configs == [str(path)]
 
 
 def test_distr_config_file_not_a_config(tmp_path):
