@@ -11,8 +11,8 @@ Writes one directory: ``calibration.json`` (heat map, greedy path, per budget th
 its held-out checks, provenance), ``distr_config-<budget>.json`` per budget (``DistrConfig.load`` /
 ``patch_model`` take it as it is), ``report.md`` and the plots. Next to the budgets it checks, per G among
 the candidates, every layer grouped at that G on its lowest-predicted-loss candidate
-(``distr_config-all-G<G>.json``; ``--no-all-grouped`` skips it): whether a whole model fits at G=2. Settings merge defaults < ``--config``
-YAML < flags.
+(``distr_config-all-G<G>.json``; ``--no-all-grouped`` skips it): whether a whole model fits at G=2.
+Settings merge defaults < ``--config`` YAML < flags.
 """
 from __future__ import annotations
 
@@ -168,8 +168,7 @@ def run(args: argparse.Namespace) -> int:
         sens, choices = calibrate_full(model, data, budgets, candidates, probe=s["probe"], cost=cost,
                                        max_checks=s["max_checks"], seed=s["seed"], progress=True,
                                        per_head=bool(s["per_head"]), check_all_grouped=bool(s["all_grouped"]),
-                                       speedup=s["speedup"],
-                                       **inputs)
+                                       speedup=s["speedup"], **inputs)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     name = s["run_name"] or "calibrate-{}-{}".format(re.sub(r"[^A-Za-z0-9.]+", "-", s["model"].rsplit("/", 1)[-1]),

@@ -7,11 +7,12 @@ the patched path, so it appears once whatever the settings.
 
 ``distr_configs`` adds one variant per DistrConfig JSON file, taken as it is (``distr`` fields on top): e.g.
 the per-layer configs that ``distr-patch calibrate`` writes. Such a variant is named ``cfg:<file stem>``,
-its setting is ``file:<file stem>`` and its ``group_size`` is the largest G any of its layers uses.
+its setting is ``file:<file stem>`` and its ``group_size`` is the largest G its settings name.
 """
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,12 +66,12 @@ def load_config_file(path, overrides: dict[str, Any] | None = None, *, flag_name
 
 
 def file_variant(path, overrides: dict[str, Any] | None = None) -> Variant:
-    from pathlib import Path
-
+    """The variant of one DistrConfig file: ``cfg:<stem>``, G = the largest G its settings name (the base's
+    and every layer override's; the file alone does not say which layers the base covers)."""
     distr = load_config_file(path, overrides)
     stem = Path(path).stem
-    g = max([o.get("group_size", distr["group_size"]) for o in distr.get("layer_overrides", {}).values()]
-            or [distr["group_size"]])
+    g = max([distr["group_size"], *(o.get("group_size", distr["group_size"])
+                                    for o in distr.get("layer_overrides", {}).values())])
     return Variant(f"cfg:{stem}", g, f"file:{stem}", distr)
 
 

@@ -183,8 +183,9 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     _grouping_kernel[(nb, B * H)](
         q, qv, r, groups, w, *q.stride(), qv.stride(0) if query_valid is not None else 0, H, N, nb,
         HEAD_DIM=d, D_PAD=d_pad, BM=block_m, NBITS=num_hash_bits, NBITS_PAD=nbits_pad,
-        HAS_QV=query_valid is not None, RANK1=rank1, G=g, DG=min(d_pad, 64) // g, CH=min(d_pad, 64), STEPS=POWER_ITERATION_STEPS,
-        U_ZERO=1.0 / math.sqrt(group_size) if rank1 else 1.0, EXACT_DOT=q.dtype == torch.float32,
+        HAS_QV=query_valid is not None, RANK1=rank1, G=g, DG=min(d_pad, 64) // g, CH=min(d_pad, 64),
+        STEPS=POWER_ITERATION_STEPS, U_ZERO=1.0 / math.sqrt(group_size) if rank1 else 1.0,
+        EXACT_DOT=q.dtype == torch.float32,
         num_warps=4 if d <= 64 else 8)
     if fusion == "mean":
         return groups, None, None

@@ -161,3 +161,13 @@ def DistrConfig_json(path):
 
     DistrConfig().save(path)
     return path
+
+
+def test_file_variant_group_size_counts_the_base(tmp_path):
+    """A file whose base is G=4 with one layer overridden to G=2 still runs G=4 layers: the variant says 4."""
+    from distr_patch import DistrConfig
+    from distr_patch.eval.variants import file_variant
+
+    DistrConfig(group_size=4, layer_overrides={1: dict(group_size=2)}).save(tmp_path / "mixed.json")
+    v = file_variant(str(tmp_path / "mixed.json"))
+    assert (v.name, v.group_size, v.setting) == ("cfg:mixed", 4, "file:mixed")
