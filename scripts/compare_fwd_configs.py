@@ -1,15 +1,20 @@
-"""Forward-kernel launch configs side by side on the GPU (the v5-v7 table of docs/benchmarks.md).
+"""Forward-kernel launch configs side by side on the GPU.
 
 For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_forward`` with a few
 ``FwdConfig``s next to SDPA-flash, and checks each against the PyTorch reference on 2 heads:
 
-    base   64-key tiles, Q̃ formed in registers (the table before v6)
-    +qts   the same with Q̃ through a global scratch (read by the dot from shared memory)
-    bn128  128-key tiles with the scratch (grouped, no window: the table since v7)
-    st2/w8 window variants: 2 stages, or 8 warps (d = 64)
+    default        the table in ``ops/configs.py`` now
+    bn64+qts       64-key tiles, Q̃ from the scratch (grouped, no window; the v6 table)
+    before         the window's table before band sub-tiles: 64-key tiles everywhere, 8 warps
+    bn128 bandX wY 128-key plain tiles, X-key tiles where the exact band is, Y warps
 
-    python scripts/compare_fwd_configs.py           # prints one markdown table last
+    python scripts/compare_fwd_configs.py                    # the window variants at N=4096
+    python scripts/compare_fwd_configs.py --variants all --n 4096 16384
+
+Prints one markdown table last. (The v5-v7 table of docs/benchmarks.md came from an earlier
+version of this script, which compared the no-window configs.)
 """
+import argparse
 import itertools
 
 import torch
@@ -19,7 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import distr_patch.ops.distr_attn as da
 from distr_patch.ops import reference_distr_attention
-from distr_patch.ops.configs import FwdConfig
+from distr_patch.ops.configs import FwdConfig, fwd_config
 
 
 def bench(fn, ms=20):
@@ -27,27 +32,35 @@ def bench(fn, ms=20):
 
 
 def configs(d, G, window):
-    """(name, FwdConfig) to compare for one variant."""
-    warps = 4 if d <= 64 else 8
-    base = FwdConfig(128, 64, warps, 3, "transposed")
+    """(name, FwdConfig) to compare for one variant at block_m=128."""
+    out = [("default", fwd_config(d, G, 128, exact_window=128 if window else 0))]
     if G == 1:
-        return [("base", base)]
-    out = [("base", base), ("base+qts", FwdConfig(128, 64, warps, 3, "transposed", qt_scratch=True))]
+        return out
+    warps = 4 if d <= 64 else 8
     if not window:
-        out.append(("bn128+qts", FwdConfig(128, 128, warps, 3, "transposed", qt_scratch=True)))
-    else:
-        out.append(("st2+qts", FwdConfig(128, 64, warps, 2, "transposed", qt_scratch=True)))
-        if d == 64:
-            out.append(("w8+qts", FwdConfig(128, 64, 8, 3, "transposed", qt_scratch=True)))
+        return out + [("bn64+qts", FwdConfig(128, 64, warps, 3, "transposed", qt_scratch=True))]
+    out.append(("before", FwdConfig(128, 64, 8, 3, "transposed")))
+    for band, w in ([(32, 4), (64, 4), (32, 8), (64, 8)] if d <= 64 else [(32, 8), (64, 8)]):
+        cfg = FwdConfig(128, 128, w, 3, "transposed", qt_scratch=True, band_block_n=band)
+        if cfg != out[0][1]:
+            out.append((f"bn128 band{band} w{w}", cfg))
     return out
 
 
-VARIANTS = [("G1", dict(group_size=1)), ("G2 mean", dict(group_size=2, fusion="mean")),
-            ("G2 rank1", dict(group_size=2, fusion="rank1")),
-            ("G2 r1 W128 c.5", dict(group_size=2, fusion="rank1", exact_window=128, window_correction=0.5))]
+ALL = {"G1": dict(group_size=1), "G2 mean": dict(group_size=2, fusion="mean"),
+       "G2 rank1": dict(group_size=2, fusion="rank1"),
+       "G2 r1 W128 c.5": dict(group_size=2, fusion="rank1", exact_window=128, window_correction=0.5),
+       "G2 mean W128 c.5": dict(group_size=2, fusion="mean", exact_window=128, window_correction=0.5)}
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--variants", nargs="+", default=["G2 r1 W128 c.5"], help=f"'all' or some of {list(ALL)}")
+ap.add_argument("--d", nargs="+", type=int, default=[64, 128])
+ap.add_argument("--n", nargs="+", type=int, default=[4096])
+ap.add_argument("--causal", nargs="+", type=int, default=[0, 1])
+args = ap.parse_args()
+VARIANTS = [(n, ALL[n]) for n in (ALL if args.variants == ["all"] else args.variants)]
 
 rows = []
-for (d, N), causal in itertools.product([(64, 4096), (128, 4096), (128, 16384)], (False, True)):
+for d, N, causal in itertools.product(args.d, args.n, [bool(c) for c in args.causal]):
     H, B = 2048 // d, max(1, 32768 // N)
     q, k, v = [torch.randn(B, H, N, d, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):

@@ -27,6 +27,8 @@ KV = [(16, 64, 8, 2), (16, 128, 8, 2), (32, 64, 4, 3), (32, 64, 8, 2), (32, 128,
       (32, 128, 8, 3), (64, 64, 4, 2), (64, 64, 8, 2), (64, 128, 8, 2)]
 Q = [(64, 16, 4, 3), (64, 32, 4, 2), (64, 32, 8, 2), (64, 64, 4, 2), (64, 64, 8, 2), (128, 16, 8, 2),
      (128, 32, 4, 2), (128, 32, 8, 2), (128, 32, 8, 3), (128, 64, 8, 2)]
+# with a window, also the default's block tiles under each band sub-tile (kv_band_m / q_band_n)
+BANDS = [16, 32, 64]
 VARIANTS = {
     "G=1": dict(group_size=1),
     "G=2 mean": dict(group_size=2, fusion="mean"),
@@ -43,11 +45,26 @@ def _opts(kw, causal):
     return full
 
 
+def _fit(cfg):
+    """cfg with its band sub-tiles (window only) cut to divide the block tiles (all powers of 2)."""
+    if cfg.kv_band_m is not None:
+        cfg = replace(cfg, kv_band_m=min(cfg.kv_band_m, cfg.kv_block_m))
+    if cfg.q_band_n is not None:
+        cfg = replace(cfg, q_band_n=min(cfg.q_band_n, cfg.q_block_n))
+    return cfg
+
+
 def _candidates(d, kw):
     from distr_patch.ops.configs import bwd_config
     base = bwd_config(d, kw["group_size"], kw.get("exact_window", 0))
-    kvs = [replace(base, kv_block_m=a, kv_block_n=b, kv_warps=w, kv_stages=s) for a, b, w, s in KV]
-    qs = [replace(base, q_block_m=a, q_block_n=b, q_warps=w, q_stages=s) for a, b, w, s in Q]
+    kvs = [_fit(replace(base, kv_block_m=a, kv_block_n=b, kv_warps=w, kv_stages=s)) for a, b, w, s in KV]
+    qs = [_fit(replace(base, q_block_m=a, q_block_n=b, q_warps=w, q_stages=s)) for a, b, w, s in Q]
+    if base.kv_band_m is not None:
+        kvs += [replace(base, kv_band_m=m) for m in BANDS if m <= base.kv_block_m and m != base.kv_band_m]
+    if base.q_band_n is not None:
+        qs += [replace(base, q_band_n=n) for n in BANDS if n <= base.q_block_n and n != base.q_band_n]
+    kvs = list(dict.fromkeys(kvs))  # cut bands can repeat a candidate
+    qs = list(dict.fromkeys(qs))
     return base, kvs, qs
 
 
@@ -139,17 +156,19 @@ def main(argv=None):
         best_kv, best_q = res["kv"][0], res["q"][0]
         row = dict(d=d, variant=vname, causal=causal, flash_bwd_ms=flash_bwd, default_kv_ms=t_base_kv,
                    default_q_ms=t_base_q, best_kv_ms=best_kv[0], best_q_ms=best_q[0],
-                   best_kv=[best_kv[1].kv_block_m, best_kv[1].kv_block_n, best_kv[1].kv_warps, best_kv[1].kv_stages],
-                   best_q=[best_q[1].q_block_m, best_q[1].q_block_n, best_q[1].q_warps, best_q[1].q_stages],
+                   best_kv=[best_kv[1].kv_block_m, best_kv[1].kv_block_n, best_kv[1].kv_warps, best_kv[1].kv_stages,
+                            best_kv[1].kv_band_m],
+                   best_q=[best_q[1].q_block_m, best_q[1].q_block_n, best_q[1].q_warps, best_q[1].q_stages,
+                           best_q[1].q_band_n],
                    top_kv=[(t, asdict(c)) for t, c in res["kv"][:4]], top_q=[(t, asdict(c)) for t, c in res["q"][:4]])
         rows.append(row)
         print(f"d={d} {vname:<20} causal={int(causal)} flash bwd {flash_bwd:.3f} | kv default {t_base_kv:.3f} best "
               f"{best_kv[0]:.3f} {row['best_kv']} | q default {t_base_q:.3f} best {best_q[0]:.3f} {row['best_q']}",
               flush=True)
         for t, c in res["kv"][:4]:
-            print(f"    kv {t:.3f} {c.kv_block_m} {c.kv_block_n} {c.kv_warps} {c.kv_stages}")
+            print(f"    kv {t:.3f} {c.kv_block_m} {c.kv_block_n} {c.kv_warps} {c.kv_stages} band {c.kv_band_m}")
         for t, c in res["q"][:4]:
-            print(f"    q  {t:.3f} {c.q_block_m} {c.q_block_n} {c.q_warps} {c.q_stages}")
+            print(f"    q  {t:.3f} {c.q_block_m} {c.q_block_n} {c.q_warps} {c.q_stages} band {c.q_band_n}")
         del args, q, k, v, o
         torch.cuda.empty_cache()
         if a.json:
@@ -158,8 +177,8 @@ def main(argv=None):
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(gpu=torch.cuda.get_device_name(), rows=rows), f, indent=1)
-    print("\n| d | variant | causal | flash bwd ms | default dK/dV + dQ ms | best dK/dV + dQ ms | best kv (bm,bn,w,s) "
-          "| best q (bm,bn,w,s) |\n|---|---|---|---|---|---|---|---|")
+    print("\n| d | variant | causal | flash bwd ms | default dK/dV + dQ ms | best dK/dV + dQ ms "
+          "| best kv (bm,bn,w,s,band) | best q (bm,bn,w,s,band) |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['d']} | {r['variant']} | {int(r['causal'])} | {r['flash_bwd_ms']:.3f} | "
               f"{r['default_kv_ms']:.3f} + {r['default_q_ms']:.3f} | {r['best_kv_ms']:.3f} + {r['best_q_ms']:.3f} | "

@@ -19,12 +19,18 @@ class FwdConfig:
     num_stages: int
     k_layout: str  # "transposed": grouped key loads read a [d, M] copy of K; "natural": read K as is
     qt_scratch: bool = False  # Q̃ goes through a global scratch so the QK̃ dot reads it from shared memory
+    band_block_n: int | None = None  # keys per tile where the exact band is (divides block_n); None: block_n
 
 
 # Grouped key loads gather K's columns in the query block's order. With K's natural
 # [M, d] layout that is a strided, unvectorised load; a transposed copy made once per
 # call turns it into contiguous row loads. The bench measures both (docs/benchmarks.md).
 DEFAULT_K_LAYOUT = os.environ.get("DISTR_K_LAYOUT", "transposed")
+
+
+# keys per band tile with an exact window at block_m=128, by (d <= 64): chosen on the GPU from
+# scripts/compare_fwd_configs.py (docs/benchmarks.md, "exact window: band sub-tiles")
+WINDOW_BAND_N = {True: 32, False: 64}
 
 
 def interpreting() -> bool:
@@ -35,25 +41,25 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
                interpret: bool | None = None, k_layout: str | None = None) -> FwdConfig:
     """Tile sizes for one call; see the module docstring.
 
-    Grouped calls without a window at block_m=128 take 128-key tiles and Q̃ from shared memory
-    (``qt_scratch``): 1.04-1.16x faster than 64-key tiles at N=4096-16384 (docs/benchmarks.md,
-    "v7"). With the window the mixed tiles hold two score tiles, so 64-key tiles, and 8 warps at
-    d<=64 where 4 warps spilled registers (0.48 -> 0.58x flash).
+    Grouped calls at block_m=128 take 128-key tiles and Q̃ from shared memory (``qt_scratch``):
+    1.04-1.16x faster than 64-key tiles at N=4096-16384 (docs/benchmarks.md, "v7"). With an exact
+    window only the tiles that meet the band hold two score tiles; they step by ``band_block_n``
+    (``WINDOW_BAND_N``) inside the same kernel, so the plain tiles keep the fast table.
     """
     interpret = interpreting() if interpret is None else interpret
     layout = k_layout or DEFAULT_K_LAYOUT
     block_m = 128 if group_size == 1 else grouping_block_m
     window = exact_window > 0 and group_size > 1
-    if interpret:
+    if interpret:  # band sub-tiles of 16 keys so CPU tests exercise the split
         return FwdConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=1, k_layout=layout,
-                         qt_scratch=group_size > 1 and not window)
+                         qt_scratch=group_size > 1, band_block_n=16 if window else None)
     if block_m <= 32:
         return FwdConfig(block_m, 64, num_warps=2 if head_dim <= 64 else 4, num_stages=3, k_layout=layout)
     if block_m == 64:
         return FwdConfig(block_m, 64, num_warps=4, num_stages=3, k_layout=layout)
-    if head_dim <= 128 and group_size > 1 and not window:
+    if head_dim <= 128 and group_size > 1:
         return FwdConfig(block_m, 128, num_warps=4 if head_dim <= 64 else 8, num_stages=3, k_layout=layout,
-                         qt_scratch=True)
+                         qt_scratch=True, band_block_n=WINDOW_BAND_N[head_dim <= 64] if window else None)
     if head_dim <= 64:
         return FwdConfig(block_m, 64, num_warps=8 if window else 4, num_stages=3, k_layout=layout)
     if head_dim <= 128:
@@ -68,9 +74,13 @@ class BwdConfig:
     The backward works on precomputed fused queries Q_eff, so its tiles are independent of
     the grouping ``block_m``. dK/dV kernel: one program holds ``kv_block_n`` keys and streams
     ``kv_block_m`` query rows; dQ kernel (and the per-row preprocess): one program holds
-    ``q_block_m`` query rows and streams ``q_block_n`` keys. ``kv_split``: with GQA, how many
-    programs share one kv head's query heads (each writes a partial dK/dV, summed after);
-    None picks it from the GPU's SM count (1 when the grid already fills the GPU).
+    ``q_block_m`` query rows and streams ``q_block_n`` keys. With an exact window the tiles that
+    meet the band ("mixed": both the exact and the grouped product, two score tiles) stream
+    sub-tiles instead: ``kv_band_m`` query rows (dK/dV) and ``q_band_n`` keys (dQ and the
+    preprocess's σ²/κ); each must divide its block tile, None = the block tile itself.
+    ``kv_split``: with GQA, how many programs share one kv head's query heads (each writes a
+    partial dK/dV, summed after); None picks it from the GPU's SM count (1 when the grid
+    already fills the GPU).
     """
     kv_block_m: int
     kv_block_n: int
@@ -81,29 +91,52 @@ class BwdConfig:
     q_warps: int
     q_stages: int
     kv_split: int | None = None
+    kv_band_m: int | None = None
+    q_band_n: int | None = None
+
+    @property
+    def band_m(self) -> int:
+        """Query rows per mixed dK/dV tile."""
+        return self.kv_block_m if self.kv_band_m is None else self.kv_band_m
+
+    @property
+    def band_n(self) -> int:
+        """Keys per mixed dQ / preprocess tile."""
+        return self.q_block_n if self.q_band_n is None else self.q_band_n
 
 
 def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, fp32: bool = False,
                interpret: bool | None = None) -> BwdConfig:
-    """Backward tiles for one call; the interpreter uses 32x32 tiles.
+    """Backward tiles for one call; the interpreter uses 32x32 tiles (16-wide band sub-tiles
+    with a window, so CPU tests exercise the split).
 
     GPU (H100, bf16): the fastest of 10 dK/dV and 10 dQ candidates per (d, variant), timed at
-    N=4096 with ``scripts/tune_backward.py`` (docs/benchmarks.md, "Backward tile tuning": the sweep's
-    table itself was not recorded); causal and non-causal agreed within 2%. The earlier untimed table (16-row dK/dV tiles at d=128)
-    was 3.3x slower in the dK/dV kernel. Tiles that meet an exact window compute both products,
-    hence the separate row. d=256 is untuned (largest tiles that compile without spills). fp32
-    inputs (a correctness path: fp32 dots) take half-height tiles.
+    N=4096 with ``scripts/tune_backward.py`` (docs/benchmarks.md, "Backward tile tuning": the
+    sweep's table itself was not recorded); causal and non-causal agreed within 2%. The earlier
+    untimed table (16-row dK/dV tiles at d=128) was 3.3x slower in the dK/dV kernel.
+
+    With an exact window every tile runs at the no-window tiles except those that meet the band:
+    they compute both products (two score tiles), so they stream sub-tiles (``kv_band_m`` rows,
+    ``q_band_n`` keys) whose score tiles are no larger than those of the old all-mixed window
+    row that was tuned (dK/dV (64, 64, 4, 2) / dQ (64, 16, 4, 3) at d<=64, (32, 64, 4, 3) /
+    (128, 32, 8, 3) at d<=128). The split itself is not yet timed on a GPU.
+
+    d=256 is untuned (largest tiles that compile without spills). fp32 inputs (a correctness
+    path: fp32 dots) take half-height tiles.
     """
     interpret = interpreting() if interpret is None else interpret
-    if interpret:
-        return BwdConfig(32, 32, 4, 1, 32, 32, 4, 1)
     window = exact_window > 0 and group_size > 1
+    if interpret:
+        cfg = BwdConfig(32, 32, 4, 1, 32, 32, 4, 1)
+        return replace(cfg, kv_band_m=16, q_band_n=16) if window else cfg
     if head_dim <= 64:
-        cfg = BwdConfig(64, 64, 4, 2, 64, 16, 4, 3) if window else BwdConfig(32, 128, 4, 3, 64, 64, 4, 2)
+        cfg, band = BwdConfig(32, 128, 4, 3, 64, 64, 4, 2), (16, 16)
     elif head_dim <= 128:
-        cfg = BwdConfig(32, 64, 4, 3, 128, 32, 8, 3) if window else BwdConfig(64, 64, 4, 2, 64, 64, 4, 2)
+        cfg, band = BwdConfig(64, 64, 4, 2, 64, 64, 4, 2), (32, 32)
     else:
-        cfg = BwdConfig(16, 32, 8, 1, 32, 32, 8, 1)
+        cfg, band = BwdConfig(16, 32, 8, 1, 32, 32, 8, 1), (16, 16)
+    if window:  # (kv_band_m, q_band_n); fp32's halving below touches the held dimensions only
+        cfg = replace(cfg, kv_band_m=band[0], q_band_n=band[1])
     if fp32:
         cfg = replace(cfg, kv_block_n=max(32, cfg.kv_block_n // 2), q_block_m=max(16, cfg.q_block_m // 2))
     return cfg

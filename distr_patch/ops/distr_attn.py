@@ -226,12 +226,15 @@ def _distr_fwd_kernel(
     stride_mb, stride_mh, stride_mn, stride_mm,
     Hq, N, M, NB, KV_REP, WINDOW,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, DG_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BAND_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr,
     EXACT: tl.constexpr, FUSION_MEAN: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
     STORE_LSE: tl.constexpr, QT_SCRATCH: tl.constexpr,
 ):
     """One program: one query tile (= one grouping block of BLOCK_M rows) of one (batch, query head).
+
+    Plain key tiles are BLOCK_N wide; the tiles that meet the exact band (both products, two score
+    tiles live) step by BAND_N, a divisor of BLOCK_N, inside the same BLOCK_N-aligned band segment.
 
     With STORE_LSE, LSE[b, h, i] (fp32, contiguous [B, Hq, N]) receives the row's log-sum-exp in
     log2 units of the scaled, corrected scores (+inf for a fully masked row), for the backward.
@@ -281,14 +284,14 @@ def _distr_fwd_kernel(
             qt = tl.load(qt_ptrs)
 
     # ---- key ranges: [0,a) plain | [a,b) band: exact+grouped, checked | [b,c) plain | [c,hi) checked
-    hi, seg_a, seg_b, seg_c, band_lo, band_hi = _key_segments(m0, N, M, WINDOW, BLOCK_M, BLOCK_N, CAUSAL,
-                                                               HAS_WINDOW)
+    hi, seg_a, seg_b, seg_c, _bl, _bh = _key_segments(m0, N, M, WINDOW, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
 
     corr2 = tl.zeros([BLOCK_M], dtype=tl.float32)
     if HAS_CORR:  # σ² first, from the band tiles, so every grouped score can be corrected
+        _h, _a, _b, _c, band_lo, band_hi = _key_segments(m0, N, M, WINDOW, BLOCK_M, BAND_N, CAUSAL, HAS_WINDOW)
         sigma2 = _band_sigma2(qt, band_lo, band_hi, Q, KG, GRP_B, WB_B, K, MASKP, offs_m, N, M, WINDOW, scale,
                               stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn,
-                              stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_M, BLOCK_N, FUSION_MEAN, CAUSAL,
+                              stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_M, BAND_N, FUSION_MEAN, CAUSAL,
                               MASK_KIND, DOT_PREC, DOT_T)
         corr2 = half_corr * sigma2 * 1.4426950408889634
 
@@ -304,7 +307,7 @@ def _distr_fwd_kernel(
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_a, tl.minimum(seg_b, hi),
                                     Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
-                                    stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N,
+                                    stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BAND_N,
                                     EXACT, FUSION_MEAN, True, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T)
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_b, tl.minimum(seg_c, hi),
                                     Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
@@ -434,7 +437,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         *q.stride(), *k.stride(), *kg_strides, *v.stride(), *out.stride(), *mstr,
         Hq, N, M, nb, Hq // Hkv, window,
         HEAD_DIM=d, D_PAD=d_pad, G=G, DG=dg, DG_PAD=dg_pad,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BAND_N=cfg.band_block_n or cfg.block_n,
         CAUSAL=bool(causal), HAS_WINDOW=window > 0, HAS_CORR=has_corr, MASK_KIND=kind, EXACT=exact,
         FUSION_MEAN=fusion == "mean",
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",

@@ -25,9 +25,14 @@ from the forward's row log-sum-exp (log2 units). With ``dS = P∘(dO Vᵀ - Δ)`
 Kernels: a per-row preprocess (Δ; with c > 0 also σ² and κ, from the band tiles only), a
 dK/dV kernel (one program per (batch, kv head, key tile), looping over the kv head's query
 heads (GQA) and their query tiles, skipping the tiles causality masks out) and a dQ kernel
-(one program per query tile, looping over key tiles). Masks follow the forward: bottom-right
-causal, bool / additive tensor masks broadcast to [B, Hq, N, M], key/query tails, fully
-masked rows (lse = +inf, so P = 0 and their gradient is 0).
+(one program per query tile, looping over key tiles). With an exact window only the tiles
+that meet the band are "mixed" (both products, two score tiles, plus dQ_exact in the dQ
+kernel); they step in sub-tiles of the plain ones (``BwdConfig.kv_band_m`` query rows,
+``q_band_n`` keys, also the preprocess's band tiles), every other tile runs at the no-window
+tiles. The dQ kernel does the band first and stores dQ_exact before the plain key tiles, so
+only one [BM, d] accumulator stays live there. (That split is not yet timed on a GPU.)
+Masks follow the forward: bottom-right causal, bool / additive tensor masks broadcast to
+[B, Hq, N, M], key/query tails, fully masked rows (lse = +inf, so P = 0 and their gradient is 0).
 """
 from __future__ import annotations
 
@@ -164,12 +169,12 @@ def _bwd_preprocess_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_mb, stride_mh, stride_mn, stride_mm,
     Hq, N, M, KV_REP, WINDOW,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BAND_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
 ):
     """Per query tile: Δ = rowsum(dO∘O); with the correction also σ² (stored as the log2-unit
-    shift (c/2)·σ²·log2e) and κ = c·Σ_{band} dS / n, from the band tiles only."""
+    shift (c/2)·σ²·log2e) and κ = c·Σ_{band} dS / n, from the band's BAND_N-key tiles only."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -200,13 +205,13 @@ def _bwd_preprocess_kernel(
         do_t = do.to(DOT_T)
         lse = tl.load(LSE + row, mask=offs_m < N, other=float("inf"))
         off = M - N
-        hi, _a, _b, _c, band_lo, band_hi = _key_segments(m0, N, M, WINDOW, BLOCK_M, BLOCK_N, CAUSAL, True)
+        hi, _a, _b, _c, band_lo, band_hi = _key_segments(m0, N, M, WINDOW, BLOCK_M, BAND_N, CAUSAL, True)
         sq = tl.zeros([BLOCK_M], dtype=tl.float32)
         cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
         sds = tl.zeros([BLOCK_M], dtype=tl.float32)
         dtr = offs_d[:, None]
-        for start_n in range(band_lo, band_hi, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
+        for start_n in range(band_lo, band_hi, BAND_N):
+            offs_n = start_n + tl.arange(0, BAND_N)
             nj = offs_n[None, :]
             kt = _load_2d(K, nj, dtr, M, HEAD_DIM, stride_kn, stride_kd).to(DOT_T)  # [D_PAD, BN]
             vt = _load_2d(V, nj, dtr, M, HEAD_DIM, stride_vn, stride_vd).to(DOT_T)
@@ -294,11 +299,13 @@ def _bwd_dkdv_kernel(
     stride_mb, stride_mh, stride_mn, stride_mm,
     Hq, Hkv, N, M, KV_REP, REP_PER, SPLIT, WINDOW,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BAND_M: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
 ):
     """One program: one key tile of one (batch, kv head); sums over REP_PER of its KV_REP query
-    heads (all of them unless SPLIT > 1: then part `split` of SPLIT, written at DK + split·stride_dks)."""
+    heads (all of them unless SPLIT > 1: then part `split` of SPLIT, written at DK + split·stride_dks).
+    Query rows stream in BLOCK_M tiles, the band's (mixed) rows in BAND_M tiles (BAND_M | BLOCK_M)."""
     pid_n = tl.program_id(0)
     pid_bhs = tl.program_id(1)
     split = pid_bhs % SPLIT
@@ -315,7 +322,8 @@ def _bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
 
-    # ---- query ranges (rows): [start, A) checked | [A, bl) plain | [bl, C) band: mixed, checked | [C, N) plain
+    # ---- query ranges (rows): [start, A) checked | [A, bl) plain | [bl, C) band: mixed, checked | [C, N) plain.
+    # All four bounds are multiples of BLOCK_M (hence of BAND_M), so the band's sub-tiles fit exactly.
     off = M - N
     start = 0
     e_chk = 0
@@ -355,7 +363,7 @@ def _bwd_dkdv_kernel(
             dk, dv = _dkdv_tiles(dk, dv, k, v, bl, tl.minimum(seg_c, N), QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
                                  CORR + rowb, KAPPA + rowb, MASKP, offs_n, N, M, WINDOW, scale, qk_scale2,
                                  stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
-                                 stride_mm, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, True, True, HAS_CORR, MASK_KIND,
+                                 stride_mm, HEAD_DIM, D_PAD, BAND_M, CAUSAL, True, True, HAS_CORR, MASK_KIND,
                                  DOT_PREC, DOT_T)
         dk, dv = _dkdv_tiles(dk, dv, k, v, seg_c, N, QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
                              CORR + rowb, KAPPA + rowb, MASKP, offs_n, N, M, WINDOW, scale, qk_scale2,
@@ -377,7 +385,8 @@ def _dq_tiles(dqe, dqx, qe, q, do, lse, delta, corr2, kappa, lo, hi, K, V, MASKP
               HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
               CAUSAL: tl.constexpr, CHECK: tl.constexpr, MIXED: tl.constexpr, HAS_CORR: tl.constexpr,
               MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr):
-    """Key tiles [lo, hi) for one query tile ([BM, BN] scores)."""
+    """Keys [lo, hi) in BLOCK_N-key tiles for one query tile ([BM, BN] scores). Returns dqe, and
+    with MIXED (dqe, dqx); dqx is not used otherwise (None)."""
     offs_d = tl.arange(0, D_PAD)
     mi = offs_m[:, None]
     for start_n in range(lo, hi, BLOCK_N):
@@ -401,7 +410,10 @@ def _dq_tiles(dqe, dqx, qe, q, do, lse, delta, corr2, kappa, lo, hi, K, V, MASKP
             dqx = tl.dot(de.to(DOT_T), tl.trans(kt), dqx, input_precision=DOT_PREC)
         else:
             dqe = tl.dot(ds.to(DOT_T), tl.trans(kt), dqe, input_precision=DOT_PREC)
-    return dqe, dqx
+    if MIXED:
+        return dqe, dqx
+    else:
+        return dqe
 
 
 @triton.jit
@@ -417,11 +429,14 @@ def _bwd_dq_kernel(
     stride_mb, stride_mh, stride_mn, stride_mm,
     Hq, N, M, KV_REP, WINDOW,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BAND_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
 ):
     """One program: one query tile of one (batch, query head). DQE receives scale·dG K (the
-    gradient of Q_eff; dQ itself for G = 1), DQX (with a window) scale·dE K, both [B,Hq,N,d]."""
+    gradient of Q_eff; dQ itself for G = 1), DQX (with a window) scale·dE K, both [B,Hq,N,d]
+    (every row written: zeros where no band key is). Keys stream in BLOCK_N tiles, the band's
+    (mixed) keys in BAND_N tiles (BAND_N | BLOCK_N)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -458,31 +473,32 @@ def _bwd_dq_kernel(
     # ---- key ranges, as the forward
     hi, seg_a, seg_b, seg_c, band_lo, band_hi = _key_segments(m0, N, M, WINDOW, BLOCK_M, BLOCK_N, CAUSAL,
                                                                HAS_WINDOW)
-
-    dqe = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
-    dqx = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
-    dqe, dqx = _dq_tiles(dqe, dqx, qe, q, do, lse, delta, corr2, kappa, 0, tl.minimum(seg_a, hi), K, V, MASKP,
-                         offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd,
-                         stride_mn, stride_mm, HEAD_DIM, D_PAD, BLOCK_N, CAUSAL, False, False, HAS_CORR, MASK_KIND,
-                         DOT_PREC, DOT_T)
-    if HAS_WINDOW:
-        dqe, dqx = _dq_tiles(dqe, dqx, qe, q, do, lse, delta, corr2, kappa, seg_a, tl.minimum(seg_b, hi), K, V,
-                             MASKP, offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd, stride_vn,
-                             stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, BLOCK_N, CAUSAL, True, True, HAS_CORR,
-                             MASK_KIND, DOT_PREC, DOT_T)
-        dqe, dqx = _dq_tiles(dqe, dqx, qe, q, do, lse, delta, corr2, kappa, seg_b, tl.minimum(seg_c, hi), K, V,
-                             MASKP, offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd, stride_vn,
-                             stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, BLOCK_N, CAUSAL, False, False,
-                             HAS_CORR, MASK_KIND, DOT_PREC, DOT_T)
-    dqe, dqx = _dq_tiles(dqe, dqx, qe, q, do, lse, delta, corr2, kappa, seg_c, hi, K, V, MASKP,
-                         offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd,
-                         stride_mn, stride_mm, HEAD_DIM, D_PAD, BLOCK_N, CAUSAL, True, False, HAS_CORR, MASK_KIND,
-                         DOT_PREC, DOT_T)
     omask = rmask[:, None] & (offs_d < HEAD_DIM)[None, :]
     optr = b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh + mi * stride_dqn + dcol * stride_dqd
-    tl.store(DQE + optr, (dqe * scale).to(DQE.dtype.element_ty), mask=omask)
-    if HAS_WINDOW:
+
+    dqe = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    if HAS_WINDOW:  # the band first, in BAND_N-key sub-tiles; dQ_exact is stored (and its registers freed) here
+        dqx = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+        dqe, dqx = _dq_tiles(dqe, dqx, qe, q, do, lse, delta, corr2, kappa, seg_a, tl.minimum(seg_b, hi), K, V,
+                             MASKP, offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd, stride_vn,
+                             stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, BAND_N, CAUSAL, True, True, HAS_CORR,
+                             MASK_KIND, DOT_PREC, DOT_T)
         tl.store(DQX + optr, (dqx * scale).to(DQX.dtype.element_ty), mask=omask)
+    # the plain tiles, BLOCK_N keys each (seg_b is a multiple of BLOCK_N or >= hi)
+    dqe = _dq_tiles(dqe, None, qe, q, do, lse, delta, corr2, kappa, 0, tl.minimum(seg_a, hi), K, V, MASKP,
+                    offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd,
+                    stride_mn, stride_mm, HEAD_DIM, D_PAD, BLOCK_N, CAUSAL, False, False, HAS_CORR, MASK_KIND,
+                    DOT_PREC, DOT_T)
+    if HAS_WINDOW:
+        dqe = _dq_tiles(dqe, None, qe, q, do, lse, delta, corr2, kappa, seg_b, tl.minimum(seg_c, hi), K, V,
+                        MASKP, offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd, stride_vn,
+                        stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, BLOCK_N, CAUSAL, False, False,
+                        HAS_CORR, MASK_KIND, DOT_PREC, DOT_T)
+    dqe = _dq_tiles(dqe, None, qe, q, do, lse, delta, corr2, kappa, seg_c, hi, K, V, MASKP,
+                    offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd,
+                    stride_mn, stride_mm, HEAD_DIM, D_PAD, BLOCK_N, CAUSAL, True, False, HAS_CORR, MASK_KIND,
+                    DOT_PREC, DOT_T)
+    tl.store(DQE + optr, (dqe * scale).to(DQE.dtype.element_ty), mask=omask)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -552,6 +568,8 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
     G = group_size
     exact = G == 1
     cfg = config or bwd_config(d, G, exact_window, fp32=q.dtype == torch.float32)
+    if cfg.kv_block_m % cfg.band_m or cfg.q_block_n % cfg.band_n or min(cfg.band_m, cfg.band_n) < 16:
+        raise ValueError(f"band sub-tiles must divide their block tiles and be >= 16: {cfg}")
     dev = q.device
     kind, mask_t, mstr = _mask_operand(attention_mask, B, Hq, N, M, dev)
     sm_scale = d ** -0.5 if scale is None else float(scale)
@@ -580,7 +598,7 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
         out, do, qe, q, k, v, lse, delta, corr, kappa, mask_t,
         sm_scale, sm_scale * LOG2E, 0.5 * float(window_correction), float(window_correction),
         *out.stride(), *do.stride(), *qe.stride(), *q.stride(), *k.stride(), *v.stride(), *mstr,
-        Hq, N, M, rep, window, BLOCK_M=cfg.q_block_m, BLOCK_N=cfg.q_block_n,
+        Hq, N, M, rep, window, BLOCK_M=cfg.q_block_m, BAND_N=cfg.band_n,
         num_warps=cfg.q_warps, num_stages=1, **common,
     )
     common["HAS_WINDOW"] = window > 0
@@ -601,7 +619,7 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
             sm_scale, sm_scale * LOG2E,
             *qe.stride(), *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk_s, *dv_s, *mstr,
             Hq, Hkv, N, M, rep, rep // split, split, window, BLOCK_M=cfg.kv_block_m, BLOCK_N=cfg.kv_block_n,
-            num_warps=cfg.kv_warps, num_stages=cfg.kv_stages, **common,
+            BAND_M=cfg.band_m, num_warps=cfg.kv_warps, num_stages=cfg.kv_stages, **common,
         )
         if split > 1:
             dk = dk.sum(0).to(k.dtype)
@@ -613,7 +631,7 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
             qe, q, k, v, do, dqe, dqx, lse, delta, corr, kappa, mask_t,
             sm_scale, sm_scale * LOG2E,
             *qe.stride(), *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dqe.stride(), *mstr,
-            Hq, N, M, rep, window, BLOCK_M=cfg.q_block_m, BLOCK_N=cfg.q_block_n,
+            Hq, N, M, rep, window, BLOCK_M=cfg.q_block_m, BLOCK_N=cfg.q_block_n, BAND_N=cfg.band_n,
             num_warps=cfg.q_warps, num_stages=cfg.q_stages, **common,
         )
         if exact:

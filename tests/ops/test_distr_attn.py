@@ -56,6 +56,7 @@ CPU_CASES = [
     (2, 2, 2, 150, 170, 32, 4, "rank1", 32, 128, 0.5, False, "float"),
     (1, 2, 2, 90, 90, 80, 2, "rank1", 32, 16, 0.5, True, None),     # d=80: padded head dim
     (1, 2, 2, 90, 90, 32, 8, "rank1", 64, 0, 0.0, False, None),    # G=8: d/G=4 padded to 16
+    (1, 2, 1, 150, 190, 64, 2, "rank1", 128, 40, 0.5, True, "pad"),  # band sub-tiles, N < M, GQA
 ]
 
 
@@ -91,6 +92,24 @@ def test_kernel_matches_reference_interpreter(case):
     # fully masked rows (if any) are zeros in both
     zero_rows = ref.abs().sum(-1) == 0
     assert torch.equal(out.abs().sum(-1) == 0, zero_rows)
+
+
+@interpreter_only
+@pytest.mark.parametrize("block_n,band_n,causal", [(128, 32, True), (128, 64, False), (64, 16, True)])
+def test_window_band_subtiles_interpreter(block_n, band_n, causal):
+    """The GPU table's shape: 128-row tiles, wide plain key tiles, narrower tiles where the band is
+    (N != M, tails, padding, a window that is no multiple of any tile)."""
+    from distr_patch.ops.configs import FwdConfig
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    q, k, v = make_qkv(block_n + band_n, 1, 2, 1, 300, 333, 32)
+    mask = make_mask("pad", 1, 2, 300, 333, torch.Generator().manual_seed(5), "cpu")
+    kw = dict(group_size=2, block_m=128, fusion="rank1", exact_window=40, window_correction=0.5, causal=causal,
+              attention_mask=mask, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
+    cfg = FwdConfig(128, block_n, 4, 1, "transposed", qt_scratch=True, band_block_n=band_n)
+    out = _triton_forward(q, k, v, config=cfg, **kw)
+    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n not in ("query_valid", "groups")})
+    assert rel_err(out, ref) < 1e-5, rel_err(out, ref)
 
 
 @interpreter_only
