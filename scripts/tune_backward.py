@@ -104,11 +104,13 @@ def main(argv=None):
     p.add_argument("--budget-s", type=float, default=480, help="stop starting new shapes after this many seconds")
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--rep-ms", type=int, default=40)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="which variants of SHAPES to sweep (default: all)")
     p.add_argument("--json")
     a = p.parse_args(argv)
     import time
     t0 = time.time()
-    shapes = [(d, v, c) for d in a.d for v, c in SHAPES]
+    shapes = [(d, v, c) for d in a.d for v, c in SHAPES if v in a.variants]
     jobs = []
     for d, vname, causal in shapes:
         base, kvs, qs = _candidates(d, VARIANTS[vname])
