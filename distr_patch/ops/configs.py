@@ -28,7 +28,7 @@ class FwdConfig:
 DEFAULT_K_LAYOUT = os.environ.get("DISTR_K_LAYOUT", "transposed")
 
 
-# keys per band tile with an exact window at block_m=128, by (d <= 64): chosen on the GPU from
+# keys per band tile with an exact window at block_m=128, by (d <= 64): chosen on the H200 with
 # scripts/compare_fwd_configs.py (docs/benchmarks.md, "exact window: band sub-tiles")
 WINDOW_BAND_N = {True: 32, False: 64}
 
@@ -44,7 +44,9 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     Grouped calls at block_m=128 take 128-key tiles and Q̃ from shared memory (``qt_scratch``):
     1.04-1.16x faster than 64-key tiles at N=4096-16384 (docs/benchmarks.md, "v7"). With an exact
     window only the tiles that meet the band hold two score tiles; they step by ``band_block_n``
-    (``WINDOW_BAND_N``) inside the same kernel, so the plain tiles keep the fast table.
+    (``WINDOW_BAND_N``) inside the same kernel, so the plain tiles keep the 128-key tiles; at d<=64 the
+    window takes 8 warps (H200, N=4096: 5.76 ms against 6.28 with 4 warps and 6.44 for the earlier
+    64-key table; docs/benchmarks.md, "exact window: band sub-tiles").
     """
     interpret = interpreting() if interpret is None else interpret
     layout = k_layout or DEFAULT_K_LAYOUT
@@ -58,8 +60,9 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     if block_m == 64:
         return FwdConfig(block_m, 64, num_warps=4, num_stages=3, k_layout=layout)
     if head_dim <= 128 and group_size > 1:
-        return FwdConfig(block_m, 128, num_warps=4 if head_dim <= 64 else 8, num_stages=3, k_layout=layout,
-                         qt_scratch=True, band_block_n=WINDOW_BAND_N[head_dim <= 64] if window else None)
+        band_n = WINDOW_BAND_N[head_dim <= 64] if window else None
+        return FwdConfig(block_m, 128, num_warps=4 if head_dim <= 64 and not window else 8, num_stages=3,
+                         k_layout=layout, qt_scratch=True, band_block_n=band_n)
     if head_dim <= 64:
         return FwdConfig(block_m, 64, num_warps=8 if window else 4, num_stages=3, k_layout=layout)
     if head_dim <= 128:
