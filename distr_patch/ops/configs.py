@@ -120,9 +120,9 @@ def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, fp3
 
     With an exact window every tile runs at the no-window tiles except those that meet the band:
     they compute both products (two score tiles), so they stream sub-tiles (``kv_band_m`` rows,
-    ``q_band_n`` keys) whose score tiles are no larger than those of the old all-mixed window
-    row that was tuned (dK/dV (64, 64, 4, 2) / dQ (64, 16, 4, 3) at d<=64, (32, 64, 4, 3) /
-    (128, 32, 8, 3) at d<=128). The split itself is not yet timed on a GPU.
+    ``q_band_n`` keys). d<=64: swept on the H200 (``tune_backward.py --variants "G=2 rank1 W128 c.5"
+    --d 64``, causal): dK/dV band 16 best (4.07 ms), dQ band 32 (3.27 ms against 3.75-3.98 for 16 and
+    64); d<=128: band 32 (not swept; docs/benchmarks.md, "exact window: band sub-tiles").
 
     d=256 is untuned (largest tiles that compile without spills). fp32 inputs (a correctness
     path: fp32 dots) take half-height tiles.
@@ -133,7 +133,7 @@ def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, fp3
         cfg = BwdConfig(32, 32, 4, 1, 32, 32, 4, 1)
         return replace(cfg, kv_band_m=16, q_band_n=16) if window else cfg
     if head_dim <= 64:
-        cfg, band = BwdConfig(32, 128, 4, 3, 64, 64, 4, 2), (16, 16)
+        cfg, band = BwdConfig(32, 128, 4, 3, 64, 64, 4, 2), (16, 32)
     elif head_dim <= 128:
         cfg, band = BwdConfig(64, 64, 4, 2, 64, 64, 4, 2), (32, 32)
     else:
