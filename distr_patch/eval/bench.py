@@ -55,8 +55,9 @@ def bench_lm(model, cfg: RunConfig, device, progress: bool) -> dict:
         kw = dict(max_new_tokens=cfg.gen_tokens, min_new_tokens=cfg.gen_tokens, do_sample=False, use_cache=True,
                   pad_token_id=0, attention_mask=torch.ones_like(ids))
         _peak_reset(device)
-        t = measure(lambda: model.generate(ids, **kw), device, warmup=min(cfg.warmup, 1),
-                    repeats=max(1, cfg.repeats // 3))
+        # a decode loop is Python-bound and noisy: at least one warm-up and the median of >= 3 runs
+        t = measure(lambda: model.generate(ids, **kw), device, warmup=max(1, min(cfg.warmup, 2)),
+                    repeats=max(3, cfg.repeats // 3))
         point = _point("generate", b, cfg.gen_prompt_len, t, b * cfg.gen_tokens, "new tokens/s", device)
         point["new_tokens"] = cfg.gen_tokens
         generate.append(point)
