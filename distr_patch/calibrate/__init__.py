@@ -5,9 +5,11 @@ from .api import (AllGrouped, BudgetError, Choice, Sensitivity, all_grouped, cal
 from .objectives import Fidelity, Objective, Perplexity
 from .candidates import DEFAULT_GRID, FAST_GRID, Candidate, CandidateError, candidate_grid, parse_candidates
 from .cost import CostModel, relative_work
+from .kernel_speed import AttentionShape, attention_shape, measure_speeds
 
 __all__ = [
     "AllGrouped",
+    "AttentionShape",
     "BudgetError",
     "Candidate",
     "CandidateError",
@@ -20,11 +22,13 @@ __all__ = [
     "Perplexity",
     "Sensitivity",
     "all_grouped",
+    "attention_shape",
     "calibrate",
     "calibrate_full",
     "candidate_grid",
     "choose",
     "measure",
+    "measure_speeds",
     "parse_budget",
     "parse_candidates",
     "relative_work",

@@ -10,7 +10,8 @@ Bidirectional attention (ViT encoders, ``causal=False``) counts all P = N² pair
 Tiles meeting the band compute both products (hence d + d/G there); fusing K inside each query block costs
 G loads per fused column, d per key per block of block_m rows. Grouping (LSH) and the correction's
 band statistics are O(N·d) and left out. ``CostModel(speeds=...)`` replaces the count by measured
-kernel times (candidate name -> time relative to exact attention, e.g. from ``bench op`` on a GPU).
+kernel times (candidate name -> time relative to exact attention; ``kernel_speed.measure_speeds`` takes them
+at the model's attention shape on a GPU, the CLI's ``--speeds measure``).
 """
 from __future__ import annotations
 

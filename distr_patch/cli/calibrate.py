@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import re
 from pathlib import Path
 
@@ -29,6 +30,7 @@ EPILOG = """examples:
   distr-patch calibrate --model smollm2-135m --data lee --budget 1%
   distr-patch calibrate --model smollm2-135m --budget 1%,3%,10% --candidates fast --test-windows 2
   distr-patch calibrate --model smollm2-135m --budget 1% --candidates fast --per-head
+  distr-patch calibrate --model smollm2-135m --budget 1% --device cuda --dtype bfloat16 --speeds measure
   distr-patch calibrate --config configs/calibrate-smollm2-135m.yaml
   distr-patch calibrate --task vit --model facebook/dinov2-small --data IMAGE_FOLDER --budget 0.01
 """
@@ -84,8 +86,10 @@ def register(sub) -> None:
     g.add_argument("--speedup", default=o.S, choices=["auto", "on", "off"],
                    help="time one forward with exact attention and with each result: auto (default) on a GPU only; "
                         "on: also on the CPU, where DistrAttention runs its PyTorch reference (not the kernel)")
-    g.add_argument("--speeds", default=o.S, metavar="FILE.json",
-                   help="measured kernel time per candidate relative to exact attention (default: analytic count)")
+    g.add_argument("--speeds", default=o.S, metavar="FILE.json|measure",
+                   help="kernel time per candidate relative to exact attention, the work the choice saves: a JSON "
+                        "file {candidate: ratio}, or 'measure' to time each candidate's operator at the model's "
+                        "attention shape first (CUDA only; written to speeds.json); default: analytic count")
     g.add_argument("--seq-len", type=int, default=o.S,
                    help="sequence length of the work estimate (lm: --window; vit: the model's tokens)")
     o.add_output(p)
@@ -123,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..calibrate import CostModel, calibrate_full, parse_budget, parse_candidates
+    from ..calibrate.kernel_speed import attention_shape, measure_speeds
     from ..calibrate.report import markdown, result_dict, write_json, write_plots
     from ..data import load_images, load_text
     from ..eval.config import ConfigError
@@ -159,11 +164,18 @@ def run(args: argparse.Namespace) -> int:
     model = loaded.model
     model.to(device)
     seq_len = s["seq_len"] or (None if vit else s["window"])  # vit: None = the model's token count
-    cost = None
-    if seq_len is not None:
-        cost = CostModel.load(s["speeds"], seq_len, causal) if s["speeds"] else CostModel(seq_len, causal=causal)
-    elif s["speeds"]:
+    cost, speeds = None, None
+    if seq_len is None and s["speeds"]:
         raise ConfigError("--speeds with --task vit needs --seq-len (the model's tokens, 1 + patches)")
+    if s["speeds"] == "measure":
+        if device.type != "cuda":
+            raise ConfigError("--speeds measure: needs a CUDA device (--device cuda); on the CPU DistrAttention "
+                              "runs its PyTorch reference, whose times say nothing about the kernel")
+        speeds = measure_speeds(candidates, attention_shape(model), seq_len=seq_len, causal=causal,
+                                seed=s["seed"], progress=True)
+        cost = CostModel(seq_len, speeds, causal)
+    elif seq_len is not None:
+        cost = CostModel.load(s["speeds"], seq_len, causal) if s["speeds"] else CostModel(seq_len, causal=causal)
     try:
         sens, choices = calibrate_full(model, data, budgets, candidates, probe=s["probe"], cost=cost,
                                        max_checks=s["max_checks"], seed=s["seed"], progress=True,
@@ -177,6 +189,10 @@ def run(args: argparse.Namespace) -> int:
     result = result_dict(sens, choices, model=model_info(model, s["model"], loaded.source, s["dtype"]),
                          settings={**s, "stride": stride, "budget": budgets},
                          provenance=provenance(device, seed=s["seed"]))
+    if speeds is not None:
+        result["cost"]["speeds"] = speeds  # reusable as --speeds FILE
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "speeds.json").write_text(json.dumps(speeds, indent=2) + "\n")
     write_json(result, out / "calibration.json")
     for c in choices:
         c.config.save(out / f"distr_config-{c.budget:g}.json")

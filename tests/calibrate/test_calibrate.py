@@ -309,6 +309,9 @@ def test_cli(tmp_path, tiny_lm_dir, capsys):
 
     assert main(["calibrate", "--model", str(tiny_lm_dir), "--budget", "lots"]) == 2
     assert "not a number or a percentage" in capsys.readouterr().err
+    assert main(["calibrate", "--model", str(tiny_lm_dir), "--data", str(long_text), "--speeds", "measure",
+                 "--device", "cpu"]) == 2
+    assert "--speeds measure: needs a CUDA device" in capsys.readouterr().err
     assert main(["calibrate", "--model", str(tiny_lm_dir), "--candidates", "G2-quick"]) == 2
     assert "unknown candidate" in capsys.readouterr().err
 
@@ -394,3 +397,47 @@ def test_speedup_measured_on_the_gpu_by_default(ids):
     for r in [*choices, *sens.all_grouped]:
         assert r.speed is not None and r.speed.device.startswith("cuda")
         assert r.speed.ms > 0 and r.speed.speedup == pytest.approx(r.speed.exact_ms / r.speed.ms)
+
+
+# ----------------------------------------------------------------------------- measured kernel speed
+def test_measured_speeds_are_ratios_to_exact_at_the_models_shape(model, monkeypatch):
+    from distr_patch.calibrate import kernel_speed
+
+    shape = kernel_speed.attention_shape(model)
+    assert (shape.heads, shape.kv_heads, shape.head_dim) == (4, 2, 16) and shape.dtype == torch.float32
+    calls = []
+
+    def fake_time(fn, device, *, warmup, repeats):  # the time of a call = how often it was made
+        fn()
+        calls.append(1)
+        return {"p50_ms": float(len(calls))}
+
+    monkeypatch.setattr(kernel_speed, "time_call", fake_time)
+    cands = [Candidate.parse(c) for c in CANDS[:3]]
+    speeds = kernel_speed.measure_speeds(cands, shape, seq_len=40)
+    assert speeds == {c.name: (i + 2) / 1.0 for i, c in enumerate(cands)}  # exact ran first, 1 ms
+    cost = CostModel(40, speeds)
+    assert cost.source == "measured" and cost.work(cands[1]) == 3.0
+    with pytest.raises(ValueError, match="seq_len"):
+        kernel_speed.measure_speeds(cands, shape, seq_len=0)
+
+
+def test_measured_speeds_run_the_operator(model):
+    """Real timings on the CPU (the reference path): finite positive ratios, one per candidate."""
+    from distr_patch.calibrate.kernel_speed import attention_shape, measure_speeds
+
+    speeds = measure_speeds([Candidate.parse(c) for c in CANDS], attention_shape(model), seq_len=64, warmup=0,
+                            repeats=1)
+    assert list(speeds) == CANDS and all(math.isfinite(r) and r > 0 for r in speeds.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the device machine)")
+def test_measured_speeds_on_the_gpu():
+    from distr_patch.calibrate.kernel_speed import attention_shape, measure_speeds
+
+    m = tiny_lm(head_dim=32).to("cuda", torch.bfloat16)
+    shape = attention_shape(m)
+    assert shape.device.type == "cuda" and shape.dtype == torch.bfloat16
+    speeds = measure_speeds([Candidate.parse(c) for c in CANDS], shape, seq_len=2048)
+    assert list(speeds) == CANDS and all(math.isfinite(r) and r > 0 for r in speeds.values())
