@@ -29,6 +29,7 @@ rank1 weights satisfy a = b, so the kernel writes one tensor and returns it as b
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import triton
@@ -160,6 +161,15 @@ def _power_weights(xs, BM: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, CH: 
     return w
 
 
+@lru_cache(maxsize=64)
+def _padded_projections(block_m: int, num_hash_bits: int, nbits_pad: int, seed: int, device: torch.device):
+    """The hash directions zero-padded to [block_m, nbits_pad] fp32 on ``device``, made once per key: a call
+    then copies nothing from the host (at batch 1 the host side of a call is most of its time)."""
+    r = torch.zeros(block_m, nbits_pad, device=device, dtype=torch.float32)
+    r[:, :num_hash_bits] = hash_projections(block_m, num_hash_bits, seed, device=device)
+    return r
+
+
 def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
                     query_valid: torch.Tensor | None, fusion: str):
     """(groups int32 [B,H,nb,d], a fp32 [B,H,nb,d], b fp32 [B,H,nb,d]) for the attention kernel.
@@ -173,8 +183,7 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     nb = max(1, math.ceil(N / block_m))
     d_pad = triton.next_power_of_2(d)
     nbits_pad = max(16, triton.next_power_of_2(num_hash_bits))
-    r = torch.zeros(block_m, nbits_pad, device=q.device, dtype=torch.float32)
-    r[:, :num_hash_bits] = hash_projections(block_m, num_hash_bits, seed, device=q.device)
+    r = _padded_projections(block_m, num_hash_bits, nbits_pad, seed, q.device)
     groups = torch.empty(B, H, nb, d, device=q.device, dtype=torch.int32)
     rank1 = fusion == "rank1" and group_size > 1
     w = torch.empty(B, H, nb, d, device=q.device, dtype=torch.float32) if rank1 else groups
