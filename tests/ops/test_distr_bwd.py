@@ -94,22 +94,29 @@ def test_fully_masked_row_interpreter():
     assert (out[:, :, 5] == 0).all() and (dq[:, :, 5] == 0).all() and (dq[:, 1, 33] == 0).all()
 
 
+def window_problem(seed, shape, *, causal):
+    """G=2 rank1, block_m=32, W=16, c=0.5 on fresh inputs of ``shape`` (B, Hq, Hkv, N, M, d):
+    ((q, k, v, dO), the options, the reference gradients, the Triton forward's (out, lse, groups, wa, wb))."""
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    B, Hq, Hkv, N, M, d = shape
+    q, k, v = make_qkv(seed, B, Hq, Hkv, N, M, d)
+    do = torch.randn(B, Hq, N, d, generator=torch.Generator().manual_seed(seed + 1))
+    kw = dict(group_size=2, block_m=32, fusion="rank1", exact_window=16, window_correction=0.5, causal=causal,
+              attention_mask=None, scale=None)
+    fwd = _triton_forward(q, k, v, num_hash_bits=16, seed=0, query_valid=None, groups=None, return_lse=True, **kw)
+    return (q, k, v, do), kw, reference_grads(q, k, v, do, **kw), fwd
+
+
 @interpreter_only
 def test_gqa_split_and_partial_needs_interpreter():
     """The dK/dV kernel split over query heads (as picked on a small GPU grid), and calls that
     need only some gradients."""
     from distr_patch.ops.configs import bwd_config
-    from distr_patch.ops.distr_attn import _triton_forward
     from distr_patch.ops.distr_bwd import _triton_backward
 
-    B, Hq, Hkv, N, d = 1, 4, 1, 40, 32
-    q, k, v = make_qkv(8, B, Hq, Hkv, N, N, d)
-    do = torch.randn(B, Hq, N, d, generator=torch.Generator().manual_seed(9))
-    kw = dict(group_size=2, block_m=32, fusion="rank1", exact_window=16, window_correction=0.5, causal=True,
-              attention_mask=None, scale=None)
-    ref = reference_grads(q, k, v, do, **kw)
-    out, lse, grp, wa, wb = _triton_forward(q, k, v, num_hash_bits=16, seed=0, query_valid=None, groups=None,
-                                            return_lse=True, **kw)
+    d = 32
+    (q, k, v, do), kw, ref, (out, lse, grp, wa, wb) = window_problem(8, (1, 4, 1, 40, 40, d), causal=True)
     base = bwd_config(d)
     for split in (2, 4):
         cfg = type(base)(**{**base.__dict__, "kv_split": split})
@@ -134,17 +141,9 @@ def test_window_band_subtiles_interpreter(causal, band):
     N != M (70 queries, 100 keys: both with tails), GQA, against autograd through the reference;
     and a band tile that does not divide its block is refused."""
     from distr_patch.ops.configs import BwdConfig
-    from distr_patch.ops.distr_attn import _triton_forward
     from distr_patch.ops.distr_bwd import _triton_backward
 
-    B, Hq, Hkv, N, M, d = 1, 2, 1, 70, 100, 32
-    q, k, v = make_qkv(17, B, Hq, Hkv, N, M, d)
-    do = torch.randn(B, Hq, N, d, generator=torch.Generator().manual_seed(18))
-    kw = dict(group_size=2, block_m=32, fusion="rank1", exact_window=16, window_correction=0.5, causal=causal,
-              attention_mask=None, scale=None)
-    ref = reference_grads(q, k, v, do, **kw)
-    out, lse, grp, wa, wb = _triton_forward(q, k, v, num_hash_bits=16, seed=0, query_valid=None, groups=None,
-                                            return_lse=True, **kw)
+    (q, k, v, do), kw, ref, (out, lse, grp, wa, wb) = window_problem(17, (1, 2, 1, 70, 100, 32), causal=causal)
     blk = 64 if 32 in band else 32
     cfg = BwdConfig(blk, 32, 4, 1, 32, blk, 4, 1, kv_band_m=band[0], q_band_n=band[1])
     dq, dk, dv = _triton_backward(do, q, k, v, out, lse, grp, wa, wb, config=cfg, **kw)
