@@ -4,18 +4,21 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
 ``FwdConfig``s next to SDPA-flash, and checks each against the PyTorch reference on 2 heads:
 
     default        the table in ``ops/configs.py`` now
+    +fused-grouping  the same, each program computing its block's grouping (no grouping launch)
     bn64+qts       64-key tiles, Q̃ from the scratch (grouped, no window; the v6 table)
     before         the window's table before band sub-tiles: 64-key tiles everywhere, 8 warps
     bn128 bandX wY 128-key plain tiles, X-key tiles where the exact band is, Y warps
 
     python scripts/compare_fwd_configs.py                    # the window variants at N=4096
     python scripts/compare_fwd_configs.py --variants all --n 4096 16384
+    python scripts/compare_fwd_configs.py --variants "G2 mean" "G2 rank1" --d 64 128   # fused grouping
 
 Prints one markdown table last. (The v5-v7 table of docs/benchmarks.md came from an earlier
 version of this script, which compared the no-window configs.)
 """
 import argparse
 import itertools
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +39,7 @@ def configs(d, G, window):
     out = [("default", fwd_config(d, G, 128, exact_window=128 if window else 0))]
     if G == 1:
         return out
+    out.append(("default+fused-grouping", replace(out[0][1], fused_grouping=True)))
     warps = 4 if d <= 64 else 8
     if not window:
         return out + [("bn64+qts", FwdConfig(128, 64, warps, 3, "transposed", qt_scratch=True))]

@@ -20,6 +20,7 @@ class FwdConfig:
     k_layout: str  # "transposed": grouped key loads read a [d, M] copy of K; "natural": read K as is
     qt_scratch: bool = False  # Q̃ goes through a global scratch so the QK̃ dot reads it from shared memory
     band_block_n: int | None = None  # keys per tile where the exact band is (divides block_n); None: block_n
+    fused_grouping: bool = False  # each program computes its block's grouping itself (no grouping launch)
 
 
 # Grouped key loads gather K's columns in the query block's order. With K's natural

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .configs import FwdConfig, fwd_config, interpreting
 from .grouping import fusion_weights
-from .grouping_triton import triton_grouping
+from .grouping_triton import group_block, grouping_launch, triton_grouping
 from .reference import normalize_mask, reference_distr_attention
 from .validate import check_attention_inputs, check_triton_inputs
 
@@ -216,8 +216,8 @@ def _key_segments(m0, N, M, WINDOW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
 
 @triton.jit
 def _distr_fwd_kernel(
-    Q, K, KG, V, O, LSE, GRP, WA, WB, MASK, QT,
-    scale, qk_scale2, half_corr,
+    Q, K, KG, V, O, LSE, GRP, WA, WB, MASK, QT, R, QV,
+    scale, qk_scale2, half_corr, stride_qvb,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_kgb, stride_kgh, stride_kgn, stride_kgd,
@@ -230,11 +230,18 @@ def _distr_fwd_kernel(
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr,
     EXACT: tl.constexpr, FUSION_MEAN: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
     STORE_LSE: tl.constexpr, QT_SCRATCH: tl.constexpr,
+    FUSED_GROUPING: tl.constexpr, NBITS: tl.constexpr, NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr,
+    RANK1: tl.constexpr, GB_DG: tl.constexpr, GB_CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
+    EXACT_DOT: tl.constexpr,
 ):
     """One program: one query tile (= one grouping block of BLOCK_M rows) of one (batch, query head).
 
     Plain key tiles are BLOCK_N wide; the tiles that meet the exact band (both products, two score
     tiles live) step by BAND_N, a divisor of BLOCK_N, inside the same BLOCK_N-aligned band segment.
+
+    With FUSED_GROUPING the program first computes its block's grouping (and rank1 weights) itself
+    (``grouping_triton.group_block``: the same function as the grouping kernel, written to GRP / WB, then
+    read back like precomputed groups) instead of a separate launch having done it.
 
     With STORE_LSE, LSE[b, h, i] (fp32, contiguous [B, Hq, N]) receives the row's log-sum-exp in
     log2 units of the scaled, corrected scores (+inf for a fully masked row), for the backward.
@@ -258,6 +265,12 @@ def _distr_fwd_kernel(
     blk_off = (pid_bh.to(tl.int64) * NB + pid_m) * HEAD_DIM
     GRP_B = GRP + blk_off
     WB_B = WB + blk_off
+
+    if FUSED_GROUPING:  # this block's grouping, here instead of in a launch of its own
+        group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP_B, WB_B, pid_m, stride_qn, stride_qd, N,
+                    HEAD_DIM, D_PAD, BLOCK_M, NBITS, NBITS_PAD, HAS_QV, RANK1, G, GB_DG, GB_CH, STEPS, U_ZERO,
+                    EXACT_DOT)
+        tl.debug_barrier()  # the order and the weights are read back below by other threads
 
     # ---- the tile's fused queries, formed once: Q̃[:, g] = Σ_i a Q[:, col(g·G+i)]
     qt = tl.zeros([BLOCK_M, DG_PAD], dtype=DOT_T)
@@ -378,6 +391,17 @@ def _mask_operand(attention_mask, B, Hq, N, M, device):
     return kind, t, strides
 
 
+def _fused_grouping_meta(gl) -> dict:
+    """The attention kernel's constexprs for its fused-grouping prologue (placeholders when off)."""
+    if gl is None:
+        return dict(FUSED_GROUPING=False, NBITS=16, NBITS_PAD=16, HAS_QV=False, RANK1=False, GB_DG=16, GB_CH=32,
+                    STEPS=1, U_ZERO=1.0, EXACT_DOT=False)
+    m = gl.meta
+    return dict(FUSED_GROUPING=True, NBITS=m["NBITS"], NBITS_PAD=m["NBITS_PAD"], HAS_QV=m["HAS_QV"],
+                RANK1=m["RANK1"], GB_DG=m["DG"], GB_CH=m["CH"], STEPS=m["STEPS"], U_ZERO=m["U_ZERO"],
+                EXACT_DOT=m["EXACT_DOT"])
+
+
 def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, window_correction, causal,
                     attention_mask, scale, num_hash_bits, seed, query_valid, groups,
                     config: FwdConfig | None = None, return_lse: bool = False):
@@ -397,7 +421,14 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     if exact:
         grp = wa = wb = torch.empty(1, device=q.device, dtype=torch.float32)
         nb = 1
-    else:
+    fused = not exact and groups is None and cfg.fused_grouping
+    gl = None
+    if fused:  # the attention kernel computes the grouping in its prologue
+        gl = grouping_launch(q, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
+                             query_valid=query_valid, fusion=fusion)
+        grp, wa, wb = gl.groups, gl.w, gl.w  # mean: w is groups, a dummy the kernel never reads
+        nb = grp.shape[2]
+    elif not exact:
         if groups is None:
             grp, wa, wb = triton_grouping(q, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
                                           query_valid=query_valid, fusion=fusion)
@@ -410,7 +441,6 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         if wa is None:  # mean: the kernel folds in a = 1/G, b = 1
             wa = wb = grp
         nb = grp.shape[2]
-        sub_m = block_m
     if not exact and cfg.k_layout == "transposed":
         kg = transpose_keys(k)  # [B, Hkv, d, M]
         kg_strides = (kg.stride(0), kg.stride(1), kg.stride(3), kg.stride(2))
@@ -432,8 +462,8 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     sm_scale = d ** -0.5 if scale is None else float(scale)
     grid = (triton.cdiv(N, cfg.block_m), B * Hq)
     _distr_fwd_kernel[grid](
-        q, k, kg, v, out, lse, grp, wa, wb, mask_t, qt_buf,
-        sm_scale, sm_scale * LOG2E, 0.5 * float(window_correction),
+        q, k, kg, v, out, lse, grp, wa, wb, mask_t, qt_buf, gl.r if fused else out, gl.qv if fused else out,
+        sm_scale, sm_scale * LOG2E, 0.5 * float(window_correction), gl.qv_stride if fused else 0,
         *q.stride(), *k.stride(), *kg_strides, *v.stride(), *out.stride(), *mstr,
         Hq, N, M, nb, Hq // Hkv, window,
         HEAD_DIM=d, D_PAD=d_pad, G=G, DG=dg, DG_PAD=dg_pad,
@@ -441,7 +471,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         CAUSAL=bool(causal), HAS_WINDOW=window > 0, HAS_CORR=has_corr, MASK_KIND=kind, EXACT=exact,
         FUSION_MEAN=fusion == "mean",
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        DOT_T=_dot_dtype(q.dtype), STORE_LSE=return_lse, QT_SCRATCH=qt_scratch,
+        DOT_T=_dot_dtype(q.dtype), STORE_LSE=return_lse, QT_SCRATCH=qt_scratch, **_fused_grouping_meta(gl),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if not return_lse:

@@ -29,6 +29,7 @@ rank1 weights satisfy a = b, so the kernel writes one tensor and returns it as b
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -51,11 +52,25 @@ def _grouping_kernel(Q, QV, R, GRP, W,
     b = pid_bh // Hq
     h = pid_bh % Hq
     Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
+    group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, pid_blk, stride_qn, stride_qd, N,
+                HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO, EXACT_DOT)
+
+
+@triton.jit
+def group_block(Q, QV_B, R, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N,
+                HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BM: tl.constexpr, NBITS: tl.constexpr,
+                NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
+                DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
+                EXACT_DOT: tl.constexpr):
+    """The grouping of one query block: Q points at its (batch, head) [N, d] rows, QV_B at its batch's
+    query_valid row (if HAS_QV); writes the sorted column order to GRP_B[0:d] and, with RANK1, the weights
+    u to W_B[0:d]. Shared by ``_grouping_kernel`` and the attention kernel's fused-grouping prologue."""
     rows = pid_blk * BM + tl.arange(0, BM)
     cols = tl.arange(0, D_PAD)
     rvalid = rows < N
     if HAS_QV:
-        rvalid = rvalid & (tl.load(QV + b.to(tl.int64) * stride_qvb + rows, mask=rows < N, other=0) != 0)
+        rvalid = rvalid & (tl.load(QV_B + rows, mask=rows < N, other=0) != 0)
     # the block's tile in Q's dtype; tail rows, invalid rows and padded columns are zeros
     xq = tl.load(Q + rows[:, None] * stride_qn + cols[None, :] * stride_qd,
                  mask=rvalid[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
@@ -68,37 +83,35 @@ def _grouping_kernel(Q, QV, R, GRP, W,
     big = (1 << NBITS) * D_PAD
     key = tl.where(cols < HEAD_DIM, code * D_PAD + cols, big + cols)  # padded columns sort last
     perm = (tl.sort(key) % D_PAD).to(tl.int32)
-    out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
-    tl.store(GRP + out + cols, perm, mask=cols < HEAD_DIM)
+    tl.store(GRP_B + cols, perm, mask=cols < HEAD_DIM)
     if RANK1:
         tl.debug_barrier()  # the permutation is re-read from memory in plain layouts
         if G == 2:
-            _pair_weights(Q, QV, GRP, W, out, b, pid_blk, stride_qn, stride_qd, stride_qvb, N,
-                          HEAD_DIM, D_PAD, BM, HAS_QV, 32)
+            _pair_weights(Q, QV_B, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N, HEAD_DIM, D_PAD, BM, HAS_QV, 32)
         else:
             # Columns in sorted order from the registers: the tile times the one-hot permutation
             # (module docstring), CH sorted positions at a time. G divides HEAD_DIM and CH, so a
             # group holds either real columns only or padded (zero) columns only, in one chunk.
             for j0 in tl.static_range(0, D_PAD, CH):
                 pj = j0 + tl.arange(0, CH)
-                perm_j = tl.load(GRP + out + pj, mask=pj < HEAD_DIM, other=D_PAD)  # padded: no column
+                perm_j = tl.load(GRP_B + pj, mask=pj < HEAD_DIM, other=D_PAD)  # padded: no column
                 onehot = cols[:, None] == perm_j[None, :]  # [column, sorted position]
                 # one 1.0 per column: exact, in tf32 for 16-bit Q (their mantissas fit tf32's)
                 xs = tl.dot(x, onehot.to(tl.float32), input_precision="ieee" if EXACT_DOT else "tf32")
                 w = _power_weights(xs, BM, G, DG, CH, STEPS, U_ZERO)
-                tl.store(W + out + pj, w, mask=pj < HEAD_DIM)
+                tl.store(W_B + pj, w, mask=pj < HEAD_DIM)
 
 
 @triton.jit
-def _pair_weights(Q, QV, GRP, W, out, b, pid_blk, stride_qn, stride_qd, stride_qvb, N,
+def _pair_weights(Q, QV_B, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N,
                   HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BM: tl.constexpr, HAS_QV: tl.constexpr,
                   ROW_CHUNK: tl.constexpr):
     """G=2: each pair's Gram [[a, b], [b, c]] from Q re-read by the pair's columns (row chunks),
-    then its closed-form top eigenvector (grouping._top_eigvec_2), written at W + out."""
+    then its closed-form top eigenvector (grouping._top_eigvec_2), written at W_B."""
     g = tl.arange(0, D_PAD // 2)
     gvalid = g < HEAD_DIM // 2
-    c0 = tl.load(GRP + out + 2 * g, mask=gvalid, other=0).to(tl.int64)
-    c1 = tl.load(GRP + out + 2 * g + 1, mask=gvalid, other=0).to(tl.int64)
+    c0 = tl.load(GRP_B + 2 * g, mask=gvalid, other=0).to(tl.int64)
+    c1 = tl.load(GRP_B + 2 * g + 1, mask=gvalid, other=0).to(tl.int64)
     a = tl.zeros([D_PAD // 2], dtype=tl.float32)
     bb = tl.zeros([D_PAD // 2], dtype=tl.float32)
     c = tl.zeros([D_PAD // 2], dtype=tl.float32)
@@ -106,7 +119,7 @@ def _pair_weights(Q, QV, GRP, W, out, b, pid_blk, stride_qn, stride_qd, stride_q
         rr = pid_blk * BM + r0 + tl.arange(0, ROW_CHUNK)
         rv = rr < N
         if HAS_QV:
-            rv = rv & (tl.load(QV + b.to(tl.int64) * stride_qvb + rr, mask=rr < N, other=0) != 0)
+            rv = rv & (tl.load(QV_B + rr, mask=rr < N, other=0) != 0)
         lm = rv[:, None] & gvalid[None, :]
         x0 = tl.load(Q + rr[:, None] * stride_qn + c0[None, :] * stride_qd, mask=lm, other=0.0).to(tl.float32)
         x1 = tl.load(Q + rr[:, None] * stride_qn + c1[None, :] * stride_qd, mask=lm, other=0.0).to(tl.float32)
@@ -128,8 +141,8 @@ def _pair_weights(Q, QV, GRP, W, out, b, pid_blk, stride_qn, stride_qd, stride_q
     flip = (ua + ub) < 0
     ua = tl.where(flip, -ua, ua)
     ub = tl.where(flip, -ub, ub)
-    tl.store(W + out + 2 * g, ua, mask=gvalid)
-    tl.store(W + out + 2 * g + 1, ub, mask=gvalid)
+    tl.store(W_B + 2 * g, ua, mask=gvalid)
+    tl.store(W_B + 2 * g + 1, ub, mask=gvalid)
 
 
 @triton.jit
@@ -170,6 +183,38 @@ def _padded_projections(block_m: int, num_hash_bits: int, nbits_pad: int, seed: 
     return r
 
 
+@dataclass
+class GroupingLaunch:
+    """What a grouping launch needs besides q: output buffers, the directions and the constexprs of
+    ``group_block`` (``_grouping_kernel`` and the attention kernel's fused prologue take the same)."""
+    groups: torch.Tensor  # int32 [B, H, nb, d]
+    w: torch.Tensor  # fp32 [B, H, nb, d] rank1 weights (a = b = u); ``groups`` itself when unused
+    qv: torch.Tensor  # uint8 view of query_valid [B, N]; ``groups`` when None
+    qv_stride: int
+    r: torch.Tensor  # zero-padded directions [block_m, NBITS_PAD]
+    rank1: bool
+    meta: dict  # group_block's constexprs
+
+
+def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
+                    query_valid: torch.Tensor | None, fusion: str) -> GroupingLaunch:
+    B, H, N, d = q.shape
+    nb = max(1, math.ceil(N / block_m))
+    d_pad = triton.next_power_of_2(d)
+    nbits_pad = max(16, triton.next_power_of_2(num_hash_bits))
+    groups = torch.empty(B, H, nb, d, device=q.device, dtype=torch.int32)
+    rank1 = fusion == "rank1" and group_size > 1
+    w = torch.empty(B, H, nb, d, device=q.device, dtype=torch.float32) if rank1 else groups
+    qv = query_valid.view(torch.uint8) if query_valid is not None else groups
+    g = group_size if rank1 else 2  # (G, DG = D_PAD/G) only matter for rank1
+    meta = dict(HEAD_DIM=d, D_PAD=d_pad, BM=block_m, NBITS=num_hash_bits, NBITS_PAD=nbits_pad,
+                HAS_QV=query_valid is not None, RANK1=rank1, G=g, DG=min(d_pad, 64) // g, CH=min(d_pad, 64),
+                STEPS=POWER_ITERATION_STEPS, U_ZERO=1.0 / math.sqrt(group_size) if rank1 else 1.0,
+                EXACT_DOT=q.dtype == torch.float32)
+    return GroupingLaunch(groups, w, qv, qv.stride(0) if query_valid is not None else 0,
+                          _padded_projections(block_m, num_hash_bits, nbits_pad, seed, q.device), rank1, meta)
+
+
 def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
                     query_valid: torch.Tensor | None, fusion: str):
     """(groups int32 [B,H,nb,d], a fp32 [B,H,nb,d], b fp32 [B,H,nb,d]) for the attention kernel.
@@ -180,25 +225,19 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     For "mean" the weights are constants the kernel folds in: a and b are None.
     """
     B, H, N, d = q.shape
-    nb = max(1, math.ceil(N / block_m))
-    d_pad = triton.next_power_of_2(d)
-    nbits_pad = max(16, triton.next_power_of_2(num_hash_bits))
-    r = _padded_projections(block_m, num_hash_bits, nbits_pad, seed, q.device)
-    groups = torch.empty(B, H, nb, d, device=q.device, dtype=torch.int32)
-    rank1 = fusion == "rank1" and group_size > 1
-    w = torch.empty(B, H, nb, d, device=q.device, dtype=torch.float32) if rank1 else groups
-    qv = query_valid.view(torch.uint8) if query_valid is not None else groups
-    g = group_size if rank1 else 2  # (G, DG = D_PAD/G) only matter for rank1
-    _grouping_kernel[(nb, B * H)](
-        q, qv, r, groups, w, *q.stride(), qv.stride(0) if query_valid is not None else 0, H, N, nb,
-        HEAD_DIM=d, D_PAD=d_pad, BM=block_m, NBITS=num_hash_bits, NBITS_PAD=nbits_pad,
-        HAS_QV=query_valid is not None, RANK1=rank1, G=g, DG=min(d_pad, 64) // g, CH=min(d_pad, 64),
-        STEPS=POWER_ITERATION_STEPS, U_ZERO=1.0 / math.sqrt(group_size) if rank1 else 1.0,
-        EXACT_DOT=q.dtype == torch.float32,
-        num_warps=4 if d <= 64 else 8)
+    gl = grouping_launch(q, group_size=group_size, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
+                         query_valid=query_valid, fusion=fusion)
+    nb = gl.groups.shape[2]
+    _grouping_kernel[(nb, B * H)](q, gl.qv, gl.r, gl.groups, gl.w, *q.stride(), gl.qv_stride, H, N, nb, **gl.meta,
+                                  num_warps=4 if d <= 64 else 8)
+    return finish_grouping(q, gl, group_size=group_size, block_m=block_m, fusion=fusion, query_valid=query_valid)
+
+
+def finish_grouping(q, gl: GroupingLaunch, *, group_size: int, block_m: int, fusion: str, query_valid):
+    """(groups, a, b) after a launch wrote ``gl``: a = b = None for mean, u for rank1 (G = 1: torch)."""
     if fusion == "mean":
-        return groups, None, None
-    if not rank1:  # G = 1: constant weights
-        return (groups, *fusion_weights_torch(q, groups, group_size=group_size, block_m=block_m, fusion=fusion,
-                                              query_valid=query_valid))
-    return groups, w, w
+        return gl.groups, None, None
+    if not gl.rank1:  # G = 1: constant weights
+        return (gl.groups, *fusion_weights_torch(q, gl.groups, group_size=group_size, block_m=block_m, fusion=fusion,
+                                                 query_valid=query_valid))
+    return gl.groups, gl.w, gl.w

@@ -4,9 +4,9 @@ On the CPU the kernel runs under TRITON_INTERPRET=1 (set in tests/conftest.py) a
 sizes; with a CUDA device the same checks run again at real sizes in bf16.
 Inputs are fresh heavy-tailed random tensors, seeded per test.
 """
-import zlib
-
 import os
+import zlib
+from dataclasses import replace
 
 import pytest
 import torch
@@ -110,6 +110,34 @@ def test_window_band_subtiles_interpreter(block_n, band_n, causal):
     out = _triton_forward(q, k, v, config=cfg, **kw)
     ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n not in ("query_valid", "groups")})
     assert rel_err(out, ref) < 1e-5, rel_err(out, ref)
+
+
+@interpreter_only
+@pytest.mark.parametrize("case", [(2, "mean", 32, 0, 0.0, True, 64), (2, "rank1", 64, 16, 0.5, True, 32),
+                                  (4, "rank1", 32, 0, 0.0, False, 80), (8, "rank1", 64, 0, 0.0, True, 32)],
+                         ids=["G2-mean", "G2-rank1-window", "G4-rank1-d80", "G8-rank1"])
+def test_fused_grouping_prologue_interpreter(case):
+    """FwdConfig.fused_grouping: each program groups its own block; the same groups, weights and output
+    as the separate grouping launch and the reference (tails, query_valid, GQA)."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    G, fusion, block_m, W, c, causal, d = case
+    q, k, v = make_qkv(G * d + block_m, 2, 4, 2, 90, 90, d)
+    valid = torch.ones(2, 90, dtype=torch.bool)
+    valid[1, 70:] = False
+    kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=W, window_correction=c, causal=causal,
+              attention_mask=valid[:, None, None, :], scale=None, num_hash_bits=16, seed=3, query_valid=valid,
+              groups=None)
+    base = fwd_config(d, G, block_m, exact_window=W)
+    fused = replace(base, fused_grouping=True)
+    out_f, lse_f, grp_f, wa_f, _ = _triton_forward(q, k, v, config=fused, return_lse=True, **kw)
+    out_s, lse_s, grp_s, wa_s, _ = _triton_forward(q, k, v, config=base, return_lse=True, **kw)
+    assert torch.equal(grp_f, grp_s)
+    assert (wa_f is None) == (fusion == "mean") and (wa_f is None or torch.allclose(wa_f, wa_s, atol=1e-6))
+    torch.testing.assert_close(out_f, out_s, rtol=1e-5, atol=1e-6)
+    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
+    assert rel_err(out_f, ref) < 1e-5
 
 
 @interpreter_only
