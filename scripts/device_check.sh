@@ -5,6 +5,9 @@
 # fwd:   the operator at N=4096, d=64/128, causal and not (bench_attention.py --quick);
 # bwd:   forward+backward at the same shapes (bench_attention.py --backward --quick).
 # Logs and JSON go to $OUT (the device tool's folder) or /tmp/device-check; each table prints last.
+# The GPU tests took 470 s in one process (mostly kernel compilation). With pytest-xdist importable, or its
+# wheels in .whl/ (carry ".whl"; `pip download --no-deps -d .whl pytest-xdist execnet`), they run in
+# $GPU_TEST_WORKERS processes (default 8) that compile in parallel.
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)"
 out="${OUT:-/tmp/device-check}"
@@ -12,10 +15,16 @@ mkdir -p "$out"
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(tests fwd bwd)
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || exit 1
+if ls .whl/pytest_xdist-*.whl >/dev/null 2>&1 && ! python -c "import xdist" 2>/dev/null; then
+  python -m pip install -q --no-index --no-deps --target /tmp/xdist-site .whl/pytest_xdist-*.whl .whl/execnet-*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/xdist-site"
+fi
+workers=()
+python -c "import xdist" 2>/dev/null && workers=(-n "${GPU_TEST_WORKERS:-8}")
 rc=0
 for step in "${steps[@]}"; do
   case "$step" in
-    tests) python -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$out/gpu-tests.log" | tail -20 || rc=1 ;;
+    tests) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests 2>&1 | tee "$out/gpu-tests.log" | tail -20 || rc=1 ;;
     fwd) python scripts/bench_attention.py --quick --rep-ms 10 --json "$out/fwd.json" 2>&1 | tee "$out/fwd.log" \
            | sed -n '/^| d |/,$p' || rc=1 ;;
     bwd) python scripts/bench_attention.py --backward --quick --rep-ms 10 --json "$out/bwd.json" 2>&1 \
