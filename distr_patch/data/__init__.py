@@ -1,4 +1,5 @@
-"""Data sets for the harness, all through ``datasets``: text for perplexity, multiple-choice rows, images."""
+"""Data sets for the harness: text for perplexity (local text files and corpora also without ``datasets``),
+multiple-choice rows, images."""
 from .choices import ChoiceRow, load_choices
 from .corpora import CORPUS_ALIASES, locate_corpus
 from .images import load_images

@@ -1,18 +1,40 @@
-"""Text for perplexity: one string, the rows of a text column joined by newlines."""
+"""Text for perplexity: one string, the rows of a text column joined by newlines.
+
+Local text files (.txt, .cor, .text) and the packaged corpora are one row per line. Where ``datasets`` is
+not installed (the GPU image, say) they are read as plain files, with the same rows; other sources need it.
+"""
 from __future__ import annotations
 
+from pathlib import Path
+
+from .corpora import CORPUS_ALIASES, locate_corpus
 from .errors import DataError, missing_column
 from .source import open_dataset
+
+PLAIN_TEXT_SUFFIXES = (".txt", ".cor", ".text")
 
 
 def load_text(data: str, *, column: str = "text", split: str = "train", name: str | None = None,
               max_chars: int | None = None) -> tuple[str, int]:
     """(text, number of rows used). Empty rows are kept as blank lines, as the source had them."""
-    ds = open_dataset(data, split=split, name=name)
-    if column not in ds.column_names:
-        raise missing_column("--text-column", column, ds.column_names)
+    try:
+        import datasets  # noqa: F401
+        rows = None
+    except ImportError:
+        rows = plain_text_rows(data)
+        if rows is None:
+            raise DataError(f"--data {data}: reading it needs the `datasets` package (pip install datasets); "
+                            f"without it only local {'/'.join(PLAIN_TEXT_SUFFIXES)} files and the corpora "
+                            f"{', '.join(CORPUS_ALIASES)} load") from None
+        if column != "text":
+            raise missing_column("--text-column", column, ["text"])
+    if rows is None:
+        ds = open_dataset(data, split=split, name=name)
+        if column not in ds.column_names:
+            raise missing_column("--text-column", column, ds.column_names)
+        rows = ds[column]
     parts, size = [], 0
-    for row in ds[column]:
+    for row in rows:
         parts.append(row or "")
         size += len(parts[-1]) + 1
         if max_chars is not None and size >= max_chars:
@@ -21,3 +43,15 @@ def load_text(data: str, *, column: str = "text", split: str = "train", name: st
     if not text.strip():
         raise DataError(f"--data {data}: column {column!r} holds no text")
     return text, len(parts)
+
+
+def plain_text_rows(data: str) -> list[str] | None:
+    """The lines of a packaged corpus or a local text file, read without ``datasets`` (the rows its
+    ``text`` builder gives); None for any other source."""
+    if data in CORPUS_ALIASES:
+        path = locate_corpus(data)
+    else:
+        path = Path(data).expanduser()
+        if not (path.is_file() and path.suffix.lower() in PLAIN_TEXT_SUFFIXES):
+            return None
+    return path.read_text(encoding="utf-8").splitlines()

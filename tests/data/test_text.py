@@ -1,0 +1,51 @@
+"""load_text: the plain-file reading used where `datasets` is missing gives the rows `datasets` gives."""
+import builtins
+import importlib.util
+
+import pytest
+
+from distr_patch.data.errors import DataError
+from distr_patch.data.text import load_text, plain_text_rows
+
+
+def _hide_datasets(monkeypatch):
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "datasets" or name.startswith("datasets."):
+            raise ImportError("No module named 'datasets'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+
+
+def test_plain_text_file_same_as_datasets(tmp_path, monkeypatch):
+    f = tmp_path / "news.txt"
+    f.write_text("First line.\n\nThird line, after a blank one.\nLast line without newline", encoding="utf-8")
+    with_ds = load_text(str(f)) if importlib.util.find_spec("datasets") else None
+    _hide_datasets(monkeypatch)
+    without = load_text(str(f))
+    assert without == ("First line.\n\nThird line, after a blank one.\nLast line without newline", 4)
+    if with_ds is not None:
+        assert with_ds == without
+    assert load_text(str(f), max_chars=15) == ("First line.\n\nThird line, after a blank one.", 3)
+
+
+def test_without_datasets_other_sources_say_what_to_install(tmp_path, monkeypatch):
+    _hide_datasets(monkeypatch)
+    j = tmp_path / "rows.jsonl"
+    j.write_text('{"text": "a"}\n')
+    with pytest.raises(DataError, match="needs the `datasets` package"):
+        load_text(str(j))
+    f = tmp_path / "a.txt"
+    f.write_text("x\n")
+    with pytest.raises(DataError, match="--text-column"):
+        load_text(str(f), column="body")
+    assert plain_text_rows("some/hub-name") is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gensim") is None, reason="the lee corpus comes with gensim")
+def test_lee_corpus_same_without_datasets(monkeypatch):
+    with_ds = load_text("lee", max_chars=20000)
+    _hide_datasets(monkeypatch)
+    assert load_text("lee", max_chars=20000) == with_ds
