@@ -49,3 +49,17 @@ def test_lee_corpus_same_without_datasets(monkeypatch):
     with_ds = load_text("lee", max_chars=20000)
     _hide_datasets(monkeypatch)
     assert load_text("lee", max_chars=20000) == with_ds
+
+
+def test_eval_lm_cli_runs_without_datasets(tiny_lm_dir, text_file, tmp_path):
+    """As on the GPU image: no `datasets`, no `evaluate`; a local text file still evaluates."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['datasets'] = None; sys.modules['evaluate'] = None\n"
+            "from distr_patch.cli.main import main; sys.exit(main(sys.argv[1:]))")
+    args = ["eval", "lm", "--model", str(tiny_lm_dir), "--data", str(text_file), "--group-sizes", "2",
+            "--max-windows", "1", "--window", "64", "--stride", "32", "--output-dir", str(tmp_path), "--no-plots"]
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "results:" in r.stdout
