@@ -32,7 +32,10 @@ import os; d, f = locate_alias(MODEL_ALIASES['smollm2-135m']); print(os.path.joi
     python -m pip install -q --no-index --no-deps --target /tmp/site "$real"/gguf-*.whl
     export PYTHONPATH="/tmp/site:$(pwd)${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
     export MODEL="$real/smollm2.gguf" DATA="$real/$(cd "$real" && ls *.cor | head -1)"
-    eval set -- "$*"  # expand $MODEL / $DATA given literally
-    python -m distr_patch "$@" ;;
+    args=()
+    for a in "$@"; do  # the literal words $MODEL / $DATA (quoted where the call was written) become the paths
+      case "$a" in '$MODEL') args+=("$MODEL") ;; '$DATA') args+=("$DATA") ;; *) args+=("$a") ;; esac
+    done
+    python -m distr_patch "${args[@]}" ;;
   *) echo "usage: $0 prepare | stage | run ARGS..." >&2; exit 2 ;;
 esac

@@ -60,8 +60,9 @@ def measure_speeds(candidates: Iterable[Candidate], shape: AttentionShape, *, se
     from tqdm.auto import tqdm
 
     cands = list(candidates)
-    if not isinstance(seq_len, int) or seq_len <= 0:
-        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+    for name, value in (("seq_len", seq_len), ("batch", batch), ("repeats", repeats)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(batch, shape.heads, seq_len, shape.head_dim, generator=g)
     k, v = (torch.randn(batch, shape.kv_heads, seq_len, shape.head_dim, generator=g) for _ in range(2))

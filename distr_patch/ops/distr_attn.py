@@ -418,6 +418,9 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     cfg = config or fwd_config(d, G, block_m, exact_window=exact_window)
     if not exact and cfg.block_m != block_m:
         raise ValueError(f"kernel tile {cfg.block_m} must equal the grouping block_m={block_m}")
+    band_n = cfg.band_block_n or cfg.block_n
+    if cfg.block_n % band_n or band_n < 16:  # the band segment is BLOCK_N-aligned; sub-tiles must fit it
+        raise ValueError(f"config.band_block_n={band_n} must divide block_n={cfg.block_n} and be >= 16")
     if exact:
         grp = wa = wb = torch.empty(1, device=q.device, dtype=torch.float32)
         nb = 1
@@ -467,7 +470,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         *q.stride(), *k.stride(), *kg_strides, *v.stride(), *out.stride(), *mstr,
         Hq, N, M, nb, Hq // Hkv, window,
         HEAD_DIM=d, D_PAD=d_pad, G=G, DG=dg, DG_PAD=dg_pad,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BAND_N=cfg.band_block_n or cfg.block_n,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BAND_N=band_n,
         CAUSAL=bool(causal), HAS_WINDOW=window > 0, HAS_CORR=has_corr, MASK_KIND=kind, EXACT=exact,
         FUSION_MEAN=fusion == "mean",
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",

@@ -420,6 +420,8 @@ def test_measured_speeds_are_ratios_to_exact_at_the_models_shape(model, monkeypa
     assert cost.source == "measured" and cost.work(cands[1]) == 3.0
     with pytest.raises(ValueError, match="seq_len"):
         kernel_speed.measure_speeds(cands, shape, seq_len=0)
+    with pytest.raises(ValueError, match="batch must be a positive int"):
+        kernel_speed.measure_speeds(cands, shape, seq_len=40, batch=0)
 
 
 def test_measured_speeds_run_the_operator(model):

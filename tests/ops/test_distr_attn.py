@@ -110,6 +110,8 @@ def test_window_band_subtiles_interpreter(block_n, band_n, causal):
     out = _triton_forward(q, k, v, config=cfg, **kw)
     ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n not in ("query_valid", "groups")})
     assert rel_err(out, ref) < 1e-5, rel_err(out, ref)
+    with pytest.raises(ValueError, match="band_block_n=24 must divide block_n"):
+        _triton_forward(q, k, v, config=FwdConfig(128, block_n, 4, 1, "transposed", band_block_n=24), **kw)
 
 
 @interpreter_only
