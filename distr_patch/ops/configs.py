@@ -21,6 +21,7 @@ class FwdConfig:
     qt_scratch: bool = False  # Q̃ goes through a global scratch so the QK̃ dot reads it from shared memory
     band_block_n: int | None = None  # keys per tile where the exact band is (divides block_n); None: block_n
     fused_grouping: bool = False  # each program computes its block's grouping itself (no grouping launch)
+    grouped_qk: str = "reduced"  # "reduced": Q̃ K̃ᵀ, K̃ gathered per key tile; "expanded": Q_eff Kᵀ (see below)
 
 
 # Grouped key loads gather K's columns in the query block's order. With K's natural
@@ -34,12 +35,21 @@ DEFAULT_K_LAYOUT = os.environ.get("DISTR_K_LAYOUT", "transposed")
 WINDOW_BAND_N = {True: 32, False: 64}
 
 
+# How the grouped scores are computed. "reduced": the dot runs with inner dimension d/G on K̃, which
+# each program gathers and sums from K per key tile (registers -> shared memory: about what the
+# halved dot saves, docs/benchmarks.md "What we learned about why"). "expanded": the same scores as
+# Q_eff Kᵀ, Q_eff = Q̃ spread back over the d columns (formed once per call by ``regroup``): a
+# full-d dot on K's tiles as loaded, the exact kernel's cost, any query tile for any grouping block_m.
+DEFAULT_GROUPED_QK = os.environ.get("DISTR_GROUPED_QK", "reduced")
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_window: int = 0,
-               interpret: bool | None = None, k_layout: str | None = None) -> FwdConfig:
+               interpret: bool | None = None, k_layout: str | None = None,
+               grouped_qk: str | None = None) -> FwdConfig:
     """Tile sizes for one call; see the module docstring.
 
     Grouped calls at block_m=128 take 128-key tiles and Q̃ from shared memory (``qt_scratch``):
@@ -51,8 +61,11 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     """
     interpret = interpreting() if interpret is None else interpret
     layout = k_layout or DEFAULT_K_LAYOUT
-    block_m = 128 if group_size == 1 else grouping_block_m
+    mode = grouped_qk or DEFAULT_GROUPED_QK
     window = exact_window > 0 and group_size > 1
+    if group_size > 1 and mode == "expanded":
+        return _expanded_config(head_dim, window, interpret)
+    block_m = 128 if group_size == 1 else grouping_block_m
     if interpret:  # band sub-tiles of 16 keys so CPU tests exercise the split
         return FwdConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=1, k_layout=layout,
                          qt_scratch=group_size > 1, band_block_n=16 if window else None)
@@ -69,6 +82,20 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     if head_dim <= 128:
         return FwdConfig(block_m, 64, num_warps=8, num_stages=3, k_layout=layout)
     return FwdConfig(block_m, 32, num_warps=8, num_stages=2, k_layout=layout)
+
+
+def _expanded_config(head_dim: int, window: bool, interpret: bool) -> FwdConfig:
+    """grouped_qk="expanded": the exact (G=1) kernel's tiles, whatever the grouping block_m; with a
+    window the tiles that meet the band step by 32 keys (two score tiles live) on 8 warps.
+    The interpreter takes 64-row tiles, so CPU tests cover tiles holding several grouping blocks
+    (block_m=32) and tiles inside one (block_m=128)."""
+    if interpret:
+        return FwdConfig(64, 32, 4, 1, "natural", band_block_n=16 if window else None, grouped_qk="expanded")
+    if head_dim > 128:
+        return FwdConfig(128, 32, 8, 2, "natural", grouped_qk="expanded")
+    band = 32 if window else None
+    warps = 8 if head_dim > 64 or window else 4
+    return FwdConfig(128, 64, warps, 3, "natural", band_block_n=band, grouped_qk="expanded")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from .configs import FwdConfig, fwd_config, interpreting
 from .grouping import fusion_weights
 from .grouping_triton import group_block, grouping_launch, triton_grouping
 from .reference import normalize_mask, reference_distr_attention
+from .regroup import regroup
 from .validate import check_attention_inputs, check_triton_inputs
 
 LOG2E = 1.4426950408889634
@@ -67,10 +68,9 @@ def _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM: tl.constexpr, D_P
 
 
 @triton.jit
-def _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd,
-              HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-              BOUNDS: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Raw exact scores Q Kᵀ of one key tile: fp32 [BLOCK_M, BLOCK_N]."""
+def _load_kt(K, start_n, M, stride_kn, stride_kd, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+             BLOCK_N: tl.constexpr, BOUNDS: tl.constexpr, DOT_T: tl.constexpr):
+    """Kᵀ of one key tile with the full d: [D_PAD, BLOCK_N] in the dot type (zeros past M / d)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
     ptrs = K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
@@ -80,7 +80,16 @@ def _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd,
         kt = tl.load(ptrs, mask=(offs_d < HEAD_DIM)[:, None], other=0.0)
     else:
         kt = tl.load(ptrs)
-    return tl.dot(q_full, kt.to(q_full.dtype), input_precision=DOT_PREC)
+    return kt.to(DOT_T)
+
+
+@triton.jit
+def _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd,
+              HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+              BOUNDS: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Raw exact scores Q Kᵀ of one key tile: fp32 [BLOCK_M, BLOCK_N]."""
+    kt = _load_kt(K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS, q_full.dtype)
+    return tl.dot(q_full, kt, input_precision=DOT_PREC)
 
 
 @triton.jit
@@ -107,11 +116,14 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, DG: tl.constexpr,
                 DG_PAD: tl.constexpr, BLOCK_N: tl.constexpr, EXACT: tl.constexpr, FUSION_MEAN: tl.constexpr,
                 MIXED: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_CORR: tl.constexpr,
-                MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr):
+                MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, EXPANDED: tl.constexpr):
     """Online softmax over key tiles [lo, hi): scores in log2 units, exact P·V.
 
     MIXED: the tiles meet the exact band and compute both products. BOUNDS: the tiles need
     the key-range and causal checks. The tensor mask (MASK_KIND) applies everywhere.
+    EXPANDED: ``qt`` is Q_eff [BLOCK_M, D_PAD] and the grouped scores are Q_eff Kᵀ on the key
+    tile as loaded (one tile serves both products when MIXED); else ``qt`` is Q̃ [BLOCK_M, DG_PAD]
+    and K̃ is gathered per tile.
     """
     offs_d = tl.arange(0, D_PAD)
     if EXACT or MIXED:
@@ -121,6 +133,15 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
         if EXACT:
             s = _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS,
                           DOT_PREC) * qk_scale2
+        elif EXPANDED:
+            kt = _load_kt(K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS, DOT_T)
+            s = tl.dot(qt, kt, input_precision=DOT_PREC) * qk_scale2
+            if HAS_CORR:
+                s = s - corr2[:, None]
+            if MIXED:
+                se = tl.dot(q_full, kt, input_precision=DOT_PREC) * qk_scale2
+                dist = offs_m[:, None] + (M - N) - offs_n[None, :]
+                s = tl.where((dist < WINDOW) & (dist > -WINDOW), se, s)
         else:
             ktt = _grouped_kt(KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD, BLOCK_N,
                               FUSION_MEAN, BOUNDS, DOT_T)
@@ -162,16 +183,22 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, MASKP, offs_m, N, M, WINDOW,
                  stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn, stride_mm,
                  HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, DG: tl.constexpr,
                  DG_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FUSION_MEAN: tl.constexpr,
-                 CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr):
+                 CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
+                 EXPANDED: tl.constexpr):
     """σ² per row: mean of (grouped − exact)² (after scale) over attendable band entries."""
     q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
     sq = tl.zeros([BLOCK_M], dtype=tl.float32)
     cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        sg = tl.dot(qt, _grouped_kt(KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD, BLOCK_N,
-                                    FUSION_MEAN, True, DOT_T), input_precision=DOT_PREC)
-        se = _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_PREC)
+        if EXPANDED:  # Q_eff and Q against the same key tile
+            kt = _load_kt(K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_T)
+            sg = tl.dot(qt, kt, input_precision=DOT_PREC)
+            se = tl.dot(q_full, kt, input_precision=DOT_PREC)
+        else:
+            sg = tl.dot(qt, _grouped_kt(KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD,
+                                        BLOCK_N, FUSION_MEAN, True, DOT_T), input_precision=DOT_PREC)
+            se = _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_PREC)
         dist = offs_m[:, None] + (M - N) - offs_n[None, :]
         sel = (dist < WINDOW) & (dist > -WINDOW)
         sel = sel & _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm, CAUSAL, True, MASK_KIND)
@@ -216,9 +243,10 @@ def _key_segments(m0, N, M, WINDOW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
 
 @triton.jit
 def _distr_fwd_kernel(
-    Q, K, KG, V, O, LSE, GRP, WA, WB, MASK, QT, R, QV,
+    Q, QE, K, KG, V, O, LSE, GRP, WA, WB, MASK, QT, R, QV,
     scale, qk_scale2, half_corr, stride_qvb,
     stride_qb, stride_qh, stride_qn, stride_qd,
+    stride_qeb, stride_qeh, stride_qen, stride_qed,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_kgb, stride_kgh, stride_kgn, stride_kgd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -232,7 +260,7 @@ def _distr_fwd_kernel(
     STORE_LSE: tl.constexpr, QT_SCRATCH: tl.constexpr,
     FUSED_GROUPING: tl.constexpr, NBITS: tl.constexpr, NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr,
     RANK1: tl.constexpr, GB_DG: tl.constexpr, GB_CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
-    EXACT_DOT: tl.constexpr,
+    EXACT_DOT: tl.constexpr, EXPANDED: tl.constexpr,
 ):
     """One program: one query tile (= one grouping block of BLOCK_M rows) of one (batch, query head).
 
@@ -242,6 +270,10 @@ def _distr_fwd_kernel(
     With FUSED_GROUPING the program first computes its block's grouping (and rank1 weights) itself
     (``grouping_triton.group_block``: the same function as the grouping kernel, written to GRP / WB, then
     read back like precomputed groups) instead of a separate launch having done it.
+
+    With EXPANDED the grouped scores are Q_eff Kᵀ (``QE``: Q_eff = Q̃ spread back over the d columns,
+    formed per row from its own grouping block by ``regroup``, so BLOCK_M need not equal the grouping
+    block_m): the same function as Q̃ K̃ᵀ, on K's tiles as loaded, without the per-tile K̃ gather.
 
     With STORE_LSE, LSE[b, h, i] (fp32, contiguous [B, Hq, N]) receives the row's log-sum-exp in
     log2 units of the scaled, corrected scores (+inf for a fully masked row), for the backward.
@@ -274,7 +306,10 @@ def _distr_fwd_kernel(
 
     # ---- the tile's fused queries, formed once: Q̃[:, g] = Σ_i a Q[:, col(g·G+i)]
     qt = tl.zeros([BLOCK_M, DG_PAD], dtype=DOT_T)
-    if not EXACT:
+    if EXPANDED:  # Q_eff, formed before the launch
+        qt = _load_q_tile(QE + b.to(tl.int64) * stride_qeb + h.to(tl.int64) * stride_qeh, offs_m, N,
+                          stride_qen, stride_qed, HEAD_DIM, D_PAD, DOT_T)
+    elif not EXACT:
         offs_g = tl.arange(0, DG_PAD)
         gmask = offs_g < DG
         qacc = tl.zeros([BLOCK_M, DG_PAD], dtype=tl.float32)
@@ -305,7 +340,7 @@ def _distr_fwd_kernel(
         sigma2 = _band_sigma2(qt, band_lo, band_hi, Q, KG, GRP_B, WB_B, K, MASKP, offs_m, N, M, WINDOW, scale,
                               stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn,
                               stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_M, BAND_N, FUSION_MEAN, CAUSAL,
-                              MASK_KIND, DOT_PREC, DOT_T)
+                              MASK_KIND, DOT_PREC, DOT_T, EXPANDED)
         corr2 = half_corr * sigma2 * 1.4426950408889634
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -315,23 +350,27 @@ def _distr_fwd_kernel(
                                 Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                 stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N, EXACT,
-                                FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T)
+                                FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
+                                EXPANDED)
     if HAS_WINDOW:
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_a, tl.minimum(seg_b, hi),
                                     Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                     stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BAND_N,
-                                    EXACT, FUSION_MEAN, True, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T)
+                                    EXACT, FUSION_MEAN, True, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
+                                EXPANDED)
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_b, tl.minimum(seg_c, hi),
                                     Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                     stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N,
-                                    EXACT, FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T)
+                                    EXACT, FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
+                                EXPANDED)
     acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_c, hi,
                                 Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                 stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N, EXACT,
-                                FUSION_MEAN, False, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T)
+                                FUSION_MEAN, False, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
+                                EXPANDED)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     omask = (offs_m < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty), mask=omask)
@@ -416,8 +455,13 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     G = group_size
     exact = G == 1
     cfg = config or fwd_config(d, G, block_m, exact_window=exact_window)
-    if not exact and cfg.block_m != block_m:
+    expanded = not exact and cfg.grouped_qk == "expanded"
+    if cfg.grouped_qk not in ("reduced", "expanded"):
+        raise ValueError(f"config.grouped_qk must be 'reduced' or 'expanded', got {cfg.grouped_qk!r}")
+    if not exact and not expanded and cfg.block_m != block_m:
         raise ValueError(f"kernel tile {cfg.block_m} must equal the grouping block_m={block_m}")
+    if expanded and cfg.fused_grouping:
+        raise ValueError("config.fused_grouping needs grouped_qk='reduced' (Q_eff is formed before the launch)")
     band_n = cfg.band_block_n or cfg.block_n
     if cfg.block_n % band_n or band_n < 16:  # the band segment is BLOCK_N-aligned; sub-tiles must fit it
         raise ValueError(f"config.band_block_n={band_n} must divide block_n={cfg.block_n} and be >= 16")
@@ -444,7 +488,13 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         if wa is None:  # mean: the kernel folds in a = 1/G, b = 1
             wa = wb = grp
         nb = grp.shape[2]
-    if not exact and cfg.k_layout == "transposed":
+    if expanded:  # Q_eff[:, j] = b_j Q̃[:, group(j)], per row from its own grouping block
+        mean = wa is grp
+        qe = regroup(q, grp, None if mean else wa, None if mean else wb, group_size=G, block_m=block_m,
+                     out_dtype=q.dtype, mean_weights=(1.0 / G, 1.0) if mean else None)
+    else:
+        qe = q
+    if not exact and not expanded and cfg.k_layout == "transposed":
         kg = transpose_keys(k)  # [B, Hkv, d, M]
         kg_strides = (kg.stride(0), kg.stride(1), kg.stride(3), kg.stride(2))
     else:
@@ -454,7 +504,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     d_pad = triton.next_power_of_2(d)
     dg = d // G
     dg_pad = max(16, triton.next_power_of_2(dg))
-    qt_scratch = not exact and cfg.qt_scratch
+    qt_scratch = not exact and not expanded and cfg.qt_scratch
     qt_buf = (torch.empty((B * Hq, triton.cdiv(N, cfg.block_m) * cfg.block_m, dg_pad), device=q.device,
                           dtype=torch.float32 if _dot_dtype(q.dtype) == tl.float32 else q.dtype)
               if qt_scratch else out)  # Q̃ in the dot's operand type
@@ -465,16 +515,17 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     sm_scale = d ** -0.5 if scale is None else float(scale)
     grid = (triton.cdiv(N, cfg.block_m), B * Hq)
     _distr_fwd_kernel[grid](
-        q, k, kg, v, out, lse, grp, wa, wb, mask_t, qt_buf, gl.r if fused else out, gl.qv if fused else out,
+        q, qe, k, kg, v, out, lse, grp, wa, wb, mask_t, qt_buf, gl.r if fused else out, gl.qv if fused else out,
         sm_scale, sm_scale * LOG2E, 0.5 * float(window_correction), gl.qv_stride if fused else 0,
-        *q.stride(), *k.stride(), *kg_strides, *v.stride(), *out.stride(), *mstr,
+        *q.stride(), *qe.stride(), *k.stride(), *kg_strides, *v.stride(), *out.stride(), *mstr,
         Hq, N, M, nb, Hq // Hkv, window,
         HEAD_DIM=d, D_PAD=d_pad, G=G, DG=dg, DG_PAD=dg_pad,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BAND_N=band_n,
         CAUSAL=bool(causal), HAS_WINDOW=window > 0, HAS_CORR=has_corr, MASK_KIND=kind, EXACT=exact,
         FUSION_MEAN=fusion == "mean",
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        DOT_T=_dot_dtype(q.dtype), STORE_LSE=return_lse, QT_SCRATCH=qt_scratch, **_fused_grouping_meta(gl),
+        DOT_T=_dot_dtype(q.dtype), STORE_LSE=return_lse, QT_SCRATCH=qt_scratch, EXPANDED=expanded,
+        **_fused_grouping_meta(gl),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if not return_lse:

@@ -73,9 +73,16 @@ def make_mask(kind, B, Hq, N, M, gen, device):
     return torch.where(allowed, vals, torch.tensor(torch.finfo(torch.float32).min)).to(device)
 
 
+@pytest.fixture(params=["reduced", "expanded"])
+def grouped_qk(request, monkeypatch):
+    """Both ways the kernel computes the grouped scores (``FwdConfig.grouped_qk``), as the default."""
+    monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_GROUPED_QK", request.param)
+    return request.param
+
+
 @interpreter_only
 @pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_kernel_matches_reference_interpreter(case):
+def test_kernel_matches_reference_interpreter(case, grouped_qk):
     B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask_kind = case
     seed = zlib.crc32(repr(case).encode())
     q, k, v = make_qkv(seed, B, Hq, Hkv, N, M, d)
@@ -131,7 +138,7 @@ def test_fused_grouping_prologue_interpreter(case):
     kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=W, window_correction=c, causal=causal,
               attention_mask=valid[:, None, None, :], scale=None, num_hash_bits=16, seed=3, query_valid=valid,
               groups=None)
-    base = fwd_config(d, G, block_m, exact_window=W)
+    base = fwd_config(d, G, block_m, exact_window=W, grouped_qk="reduced")
     fused = replace(base, fused_grouping=True)
     out_f, lse_f, grp_f, wa_f, _ = _triton_forward(q, k, v, config=fused, return_lse=True, **kw)
     out_s, lse_s, grp_s, wa_s, _ = _triton_forward(q, k, v, config=base, return_lse=True, **kw)
@@ -210,7 +217,7 @@ def test_fused_grouping_prologue_gpu(d, G, fusion, W):
     q, k, v = make_qkv(d + G + W, 2, 8, 2, 4000, 4000, d, dtype=torch.bfloat16, device="cuda")
     kw = dict(group_size=G, block_m=128, fusion=fusion, exact_window=W, window_correction=0.5 if W else 0.0,
               causal=True, attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
-    base = fwd_config(d, G, 128, exact_window=W)
+    base = fwd_config(d, G, 128, exact_window=W, grouped_qk="reduced")
     out_f, _, grp_f, wa_f, _ = _triton_forward(q, k, v, config=replace(base, fused_grouping=True), return_lse=True,
                                                **kw)
     _, _, grp_s, wa_s, _ = _triton_forward(q, k, v, config=base, return_lse=True, **kw)
@@ -224,7 +231,7 @@ def test_fused_grouping_prologue_gpu(d, G, fusion, W):
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_kernel_matches_reference_gpu(case, dtype):
+def test_kernel_matches_reference_gpu(case, dtype, grouped_qk):
     B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask_kind = case
     seed = zlib.crc32(repr(case).encode())
     q, k, v = make_qkv(seed, B, Hq, Hkv, N, M, d, dtype=dtype, device="cuda")

@@ -1,0 +1,105 @@
+"""Q_eff and its adjoint: per grouping block, a column regroup by the block's fusion matrix.
+
+The grouped scores of DistrAttention are ``Q̃ K̃ᵀ = Q_eff Kᵀ`` with ``Q_eff[:, j] = b_j Q̃[:, group(j)]``:
+Q̃ spread back over the d columns. The forward's ``grouped_qk="expanded"`` path and the backward
+form Q_eff with ``regroup(q, groups, a, b)``; the backward maps dQ_eff back with the swapped weights.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _regroup_kernel(X, Y, ADD, INV, W1, W2, w1c, w2c,
+                    stride_xb, stride_xh, stride_xn, stride_xd,
+                    stride_yb, stride_yh, stride_yn, stride_yd,
+                    stride_ab, stride_ah, stride_an, stride_ad,
+                    Hq, N, NB, GROUP_BLOCK,
+                    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, CB: tl.constexpr,
+                    ROWS: tl.constexpr, WEIGHTED: tl.constexpr, HAS_ADD: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Y = X·W (+ ADD) for ROWS rows of one grouping block of one (batch, head), with the block's
+    fusion matrix W[c, c'] = w1(c)·w2(c') if columns c and c' share a group, else 0 (so
+    Y[:, c'] = w2(c') Σ_{c in group(c')} w1(c) X[:, c]). INV: each column's sorted position
+    (group = position // G); W1 / W2 per sorted position, or the scalars w1c / w2c. One dense
+    [ROWS, D_PAD] x [D_PAD, CB] dot per chunk of CB output columns: X and Y move as contiguous
+    rows (a column gather here ran at a fraction of the memory bandwidth)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    X += b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
+    Y += b.to(tl.int64) * stride_yb + h.to(tl.int64) * stride_yh
+    ADD += b.to(tl.int64) * stride_ab + h.to(tl.int64) * stride_ah
+    blk = (pid_bh.to(tl.int64) * NB + (pid_m * ROWS) // GROUP_BLOCK) * HEAD_DIM
+    offs_m = pid_m * ROWS + tl.arange(0, ROWS)
+    offs_c = tl.arange(0, D_PAD)
+    cmask = offs_c < HEAD_DIM
+    rmask = offs_m < N
+    x = tl.load(X + offs_m[:, None] * stride_xn + offs_c[None, :] * stride_xd,
+                mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+    pos = tl.load(INV + blk + offs_c, mask=cmask, other=0)
+    gid = tl.where(cmask, pos // G, -1)
+    if WEIGHTED:
+        w1 = tl.load(W1 + blk + pos, mask=cmask, other=0.0)
+    else:
+        w1 = tl.where(cmask, w1c, 0.0)
+    for j in tl.static_range(0, D_PAD, CB):
+        offs_o = j + tl.arange(0, CB)
+        omask = offs_o < HEAD_DIM
+        pos_o = tl.load(INV + blk + offs_o, mask=omask, other=0)
+        gid_o = tl.where(omask, pos_o // G, -2)
+        if WEIGHTED:
+            w2 = tl.load(W2 + blk + pos_o, mask=omask, other=0.0)
+        else:
+            w2 = tl.where(omask, w2c, 0.0)
+        wm = tl.where(gid[:, None] == gid_o[None, :], w1[:, None] * w2[None, :], 0.0)  # [D_PAD, CB]
+        y = tl.dot(x, wm, input_precision=DOT_PREC)
+        optr = offs_m[:, None] * stride_yn + offs_o[None, :] * stride_yd
+        smask = rmask[:, None] & omask[None, :]
+        if HAS_ADD:
+            y += tl.load(ADD + offs_m[:, None] * stride_an + offs_o[None, :] * stride_ad, mask=smask, other=0.0)
+        tl.store(Y + optr, y.to(Y.dtype.element_ty), mask=smask)
+
+
+
+def inverse_groups(groups: torch.Tensor) -> torch.Tensor:
+    """groups int [B,H,nb,d] (sorted position -> column) -> int32 [B,H,nb,d] (column -> sorted position)."""
+    pos = torch.arange(groups.shape[-1], device=groups.device, dtype=torch.int32).expand(groups.shape)
+    return torch.empty_like(pos).scatter_(-1, groups.long(), pos).contiguous()
+
+
+def regroup(x: torch.Tensor, groups: torch.Tensor, w1: torch.Tensor | None, w2: torch.Tensor | None, *,
+            group_size: int, block_m: int, out_dtype: torch.dtype, add: torch.Tensor | None = None,
+            mean_weights: tuple[float, float] | None = None, inv: torch.Tensor | None = None) -> torch.Tensor:
+    """Y[:, col(p)] = w2_p Σ_{p'∈group(p)} w1_p' X[:, col(p')] (+ add) per grouping block.
+
+    ``regroup(q, groups, a, b)`` is ``fused_queries`` (Q_eff); ``regroup(dq_eff, groups, b, a)``
+    its adjoint. x [B,H,N,d] any strides; groups int32 [B,H,nb,d] contiguous (``inv``: its
+    ``inverse_groups``, computed here if not given); w1/w2 fp32 like groups, or None with
+    ``mean_weights = (w1, w2)`` scalars. Returns a contiguous tensor.
+
+    The product runs as a dot with the block's [d, d] fusion matrix: fp32 operands at tf32
+    precision when the output is 16-bit (the weights' 2^-11 rounding is below the output's
+    2^-9; mean weights and bf16/fp16 inputs are exact in tf32), fp32 ("ieee") for fp32 outputs.
+    """
+    B, H, N, d = x.shape
+    G = group_size
+    y = torch.empty((B, H, N, d), device=x.device, dtype=out_dtype)
+    nb = groups.shape[2]
+    inv = inverse_groups(groups) if inv is None else inv
+    weighted = w1 is not None
+    if not weighted:
+        w1 = w2 = inv
+    w1c, w2c = mean_weights if mean_weights is not None else (1.0, 1.0)
+    add_t = add if add is not None else y
+    d_pad = triton.next_power_of_2(d)
+    rows = min(32, block_m)
+    _regroup_kernel[(triton.cdiv(N, rows), B * H)](
+        x, y, add_t, inv, w1, w2, float(w1c), float(w2c),
+        *x.stride(), *y.stride(), *add_t.stride(), H, N, nb, block_m,
+        HEAD_DIM=d, D_PAD=d_pad, G=G, CB=min(d_pad, 64), ROWS=rows, WEIGHTED=weighted,
+        HAS_ADD=add is not None, DOT_PREC="ieee" if out_dtype == torch.float32 else "tf32", num_warps=4,
+    )
+    return y
