@@ -1,9 +1,11 @@
 """Launch configuration of the DistrAttention forward kernel, in one place.
 
-``BLOCK_M`` is the query tile of one program and equals the grouping ``block_m`` (one
-column grouping per program; exact attention, G=1, uses 128). ``BLOCK_N`` is the key tile of the inner loop.
-The GPU table was chosen from the sweep in ``scripts/bench_attention.py`` (see
-docs/benchmarks.md); the interpreter uses small tiles so CPU tests stay fast.
+``BLOCK_M`` is the query tile of one program: 128 for exact attention (G=1) and for the default
+``grouped_qk="expanded"`` path (any grouping ``block_m``: Q_eff is formed per row); with
+``grouped_qk="reduced"`` it equals the grouping ``block_m`` (one column grouping per program).
+``BLOCK_N`` is the key tile of the inner loop. The GPU tables were chosen from side-by-side runs of
+``scripts/bench_attention.py`` and ``scripts/compare_fwd_configs.py`` (docs/benchmarks.md); the
+interpreter uses small tiles so CPU tests stay fast.
 """
 from __future__ import annotations
 
@@ -37,10 +39,12 @@ WINDOW_BAND_N = {True: 32, False: 64}
 
 # How the grouped scores are computed. "reduced": the dot runs with inner dimension d/G on K̃, which
 # each program gathers and sums from K per key tile (registers -> shared memory: about what the
-# halved dot saves, docs/benchmarks.md "What we learned about why"). "expanded": the same scores as
-# Q_eff Kᵀ, Q_eff = Q̃ spread back over the d columns (formed once per call by ``regroup``): a
-# full-d dot on K's tiles as loaded, the exact kernel's cost, any query tile for any grouping block_m.
-DEFAULT_GROUPED_QK = os.environ.get("DISTR_GROUPED_QK", "reduced")
+# halved dot saves, docs/benchmarks.md "What we learned about why"). "expanded" (default): the same
+# scores as Q_eff Kᵀ, Q_eff = Q̃ spread back over the d columns (formed once per call by ``regroup``):
+# a full-d dot on K's tiles as loaded, the exact kernel's cost, any query tile for any grouping
+# block_m. Faster at every measured shape (H200, N=4096: 2-9% without a window, 6-27% with one,
+# 1.7-3x at block_m=32; docs/benchmarks.md, "grouped scores as Q_eff Kᵀ").
+DEFAULT_GROUPED_QK = os.environ.get("DISTR_GROUPED_QK", "expanded")
 
 
 def interpreting() -> bool:
@@ -48,9 +52,29 @@ def interpreting() -> bool:
 
 
 def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_window: int = 0,
-               interpret: bool | None = None, k_layout: str | None = None,
-               grouped_qk: str | None = None) -> FwdConfig:
-    """Tile sizes for one call; see the module docstring.
+               interpret: bool | None = None, k_layout: str | None = None, grouped_qk: str | None = None,
+               fp32: bool = False) -> FwdConfig:
+    """Tile sizes for one call: G=1 and ``grouped_qk="expanded"`` take the exact kernel's tiles
+    (``_expanded_config``), ``"reduced"`` its own table (``_reduced_config``). fp32 inputs (a
+    correctness path: fp32 dots) take half-width key tiles so their tiles fit in shared memory."""
+    interpret = interpreting() if interpret is None else interpret
+    mode = grouped_qk or DEFAULT_GROUPED_QK
+    if mode not in ("reduced", "expanded"):
+        raise ValueError(f"grouped_qk must be 'reduced' or 'expanded', got {mode!r}")
+    window = exact_window > 0 and group_size > 1
+    if group_size > 1 and mode == "expanded":
+        cfg = _expanded_config(head_dim, window, interpret)
+    else:
+        cfg = _reduced_config(head_dim, group_size, grouping_block_m, window, interpret, k_layout or DEFAULT_K_LAYOUT)
+    if fp32 and not interpret and cfg.block_n > 32:
+        cfg = replace(cfg, block_n=cfg.block_n // 2,
+                      band_block_n=None if cfg.band_block_n is None else min(cfg.band_block_n, cfg.block_n // 2))
+    return cfg
+
+
+def _reduced_config(head_dim: int, group_size: int, grouping_block_m: int, window: bool, interpret: bool,
+                    layout: str) -> FwdConfig:
+    """grouped_qk="reduced" (and G=1 at block_m=128).
 
     Grouped calls at block_m=128 take 128-key tiles and Q̃ from shared memory (``qt_scratch``):
     1.04-1.16x faster than 64-key tiles at N=4096-16384 (docs/benchmarks.md, "v7"). With an exact
@@ -59,12 +83,6 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     window takes 8 warps (H200, N=4096: 5.76 ms against 6.28 with 4 warps and 6.44 for the earlier
     64-key table; docs/benchmarks.md, "exact window: band sub-tiles").
     """
-    interpret = interpreting() if interpret is None else interpret
-    layout = k_layout or DEFAULT_K_LAYOUT
-    mode = grouped_qk or DEFAULT_GROUPED_QK
-    window = exact_window > 0 and group_size > 1
-    if group_size > 1 and mode == "expanded":
-        return _expanded_config(head_dim, window, interpret)
     block_m = 128 if group_size == 1 else grouping_block_m
     if interpret:  # band sub-tiles of 16 keys so CPU tests exercise the split
         return FwdConfig(block_m=block_m, block_n=32, num_warps=4, num_stages=1, k_layout=layout,

@@ -39,19 +39,32 @@ def _regroup_kernel(X, Y, ADD, INV, W1, W2, w1c, w2c,
     rmask = offs_m < N
     x = tl.load(X + offs_m[:, None] * stride_xn + offs_c[None, :] * stride_xd,
                 mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-    pos = tl.load(INV + blk + offs_c, mask=cmask, other=0)
+    regroup_rows(x, offs_m, rmask, Y, stride_yn, stride_yd, ADD, stride_an, stride_ad, INV + blk, W1 + blk, W2 + blk,
+                 w1c, w2c, HEAD_DIM, D_PAD, G, CB, WEIGHTED, HAS_ADD, DOT_PREC)
+
+
+@triton.jit
+def regroup_rows(x, offs_m, rmask, Y, stride_yn, stride_yd, ADD, stride_an, stride_ad, INV_B, W1_B, W2_B, w1c, w2c,
+                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, CB: tl.constexpr,
+                 WEIGHTED: tl.constexpr, HAS_ADD: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Y[offs_m] = x·W (+ ADD) for rows x (fp32 [ROWS, D_PAD], zero past d) of one grouping block, whose
+    inverse permutation / weights start at INV_B / W1_B / W2_B. Shared by ``_regroup_kernel`` and the
+    grouping kernel (which writes Q_eff as it groups)."""
+    offs_c = tl.arange(0, D_PAD)
+    cmask = offs_c < HEAD_DIM
+    pos = tl.load(INV_B + offs_c, mask=cmask, other=0)
     gid = tl.where(cmask, pos // G, -1)
     if WEIGHTED:
-        w1 = tl.load(W1 + blk + pos, mask=cmask, other=0.0)
+        w1 = tl.load(W1_B + pos, mask=cmask, other=0.0)
     else:
         w1 = tl.where(cmask, w1c, 0.0)
     for j in tl.static_range(0, D_PAD, CB):
         offs_o = j + tl.arange(0, CB)
         omask = offs_o < HEAD_DIM
-        pos_o = tl.load(INV + blk + offs_o, mask=omask, other=0)
+        pos_o = tl.load(INV_B + offs_o, mask=omask, other=0)
         gid_o = tl.where(omask, pos_o // G, -2)
         if WEIGHTED:
-            w2 = tl.load(W2 + blk + pos_o, mask=omask, other=0.0)
+            w2 = tl.load(W2_B + pos_o, mask=omask, other=0.0)
         else:
             w2 = tl.where(omask, w2c, 0.0)
         wm = tl.where(gid[:, None] == gid_o[None, :], w1[:, None] * w2[None, :], 0.0)  # [D_PAD, CB]
@@ -61,7 +74,6 @@ def _regroup_kernel(X, Y, ADD, INV, W1, W2, w1c, w2c,
         if HAS_ADD:
             y += tl.load(ADD + offs_m[:, None] * stride_an + offs_o[None, :] * stride_ad, mask=smask, other=0.0)
         tl.store(Y + optr, y.to(Y.dtype.element_ty), mask=smask)
-
 
 
 def inverse_groups(groups: torch.Tensor) -> torch.Tensor:

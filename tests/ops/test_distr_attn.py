@@ -266,3 +266,24 @@ def test_transpose_keys_interpreter():
 
     k = torch.randn(2, 70, 3, 80).transpose(1, 2)  # non-contiguous, tail keys, padded head dim
     assert torch.equal(transpose_keys(k), k.transpose(-1, -2).contiguous())
+
+
+def test_fwd_config_table():
+    """The GPU table: expanded tiles for any grouping block_m, fp32 halves the key tiles (shared memory),
+    a window's band sub-tiles divide the key tile, and an unknown grouped_qk is refused."""
+    from distr_patch.ops.configs import fwd_config
+
+    for d in (32, 64, 80, 128, 256):
+        for bm in (32, 64, 128):
+            for W in (0, 128):
+                for fp32 in (False, True):
+                    cfg = fwd_config(d, 2, bm, exact_window=W, interpret=False, grouped_qk="expanded", fp32=fp32)
+                    assert cfg.block_m == 128 and cfg.grouped_qk == "expanded" and not cfg.fused_grouping
+                    band = cfg.band_block_n or cfg.block_n
+                    assert cfg.block_n % band == 0 and band >= 16
+                    red = fwd_config(d, 2, bm, exact_window=W, interpret=False, grouped_qk="reduced", fp32=fp32)
+                    assert red.block_m == bm and red.block_n % (red.band_block_n or red.block_n) == 0
+    assert fwd_config(64, 2, 128, interpret=False, fp32=True).block_n == \
+        fwd_config(64, 2, 128, interpret=False).block_n // 2
+    with pytest.raises(ValueError, match="grouped_qk must be 'reduced' or 'expanded'"):
+        fwd_config(64, 2, 128, grouped_qk="fast")
