@@ -29,6 +29,7 @@ rank1 weights satisfy a = b, so the kernel writes one tensor and returns it as b
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -36,6 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .configs import interpreting
 from .grouping import POWER_ITERATION_STEPS, fusion_weights_torch, hash_projections
 from .regroup import regroup_rows
 
@@ -48,7 +50,8 @@ def _grouping_kernel(Q, QV, R, GRP, W, INV, QE,
                      HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BM: tl.constexpr, NBITS: tl.constexpr,
                      NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
                      DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
-                     EXACT_DOT: tl.constexpr, WRITE_QE: tl.constexpr, FG: tl.constexpr, CB: tl.constexpr):
+                     EXACT_DOT: tl.constexpr, WRITE_QE: tl.constexpr, FG: tl.constexpr, CB: tl.constexpr,
+                     PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr):
     """One program per (query block, batch·head): ``group_block``; with WRITE_QE it then also writes
     the block's inverse permutation to INV and its Q_eff rows (``regroup.regroup_rows``: Q_eff =
     Q·W, mean weights (w1c, 1), rank1 (u, u)) to QE, so no separate regroup launch reads Q again."""
@@ -60,7 +63,8 @@ def _grouping_kernel(Q, QV, R, GRP, W, INV, QE,
     out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
     QV_B = QV + b.to(tl.int64) * stride_qvb
     group_block(Q, QV_B, R, GRP + out, W + out, pid_blk, stride_qn, stride_qd, N,
-                HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO, EXACT_DOT)
+                HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO, EXACT_DOT,
+                PAIR_GRAM, GRAM_F32)
     if WRITE_QE:
         cols = tl.arange(0, D_PAD)
         tl.debug_barrier()  # the permutation and weights are re-read in other layouts
@@ -80,7 +84,7 @@ def group_block(Q, QV_B, R, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N,
                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BM: tl.constexpr, NBITS: tl.constexpr,
                 NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
                 DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
-                EXACT_DOT: tl.constexpr):
+                EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr = False, GRAM_F32: tl.constexpr = False):
     """The grouping of one query block: Q points at its (batch, head) [N, d] rows, QV_B at its batch's
     query_valid row (if HAS_QV); writes the sorted column order to GRP_B[0:d] and, with RANK1, the weights
     u to W_B[0:d]. Shared by ``_grouping_kernel`` and the attention kernel's fused-grouping prologue."""
@@ -104,7 +108,13 @@ def group_block(Q, QV_B, R, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N,
     tl.store(GRP_B + cols, perm, mask=cols < HEAD_DIM)
     if RANK1:
         tl.debug_barrier()  # the permutation is re-read from memory in plain layouts
-        if G == 2:
+        if G == 2 and PAIR_GRAM:
+            if GRAM_F32:  # fp32 q, or the interpreter (whose 16-bit dots are not exact)
+                gram = tl.dot(tl.trans(x), x, input_precision="ieee")
+            else:  # 16-bit products are exact in the fp32 accumulator
+                gram = tl.dot(tl.trans(xq), xq)
+            _pair_weights_gram(gram, perm, W_B, HEAD_DIM, D_PAD)
+        elif G == 2:
             _pair_weights(Q, QV_B, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N, HEAD_DIM, D_PAD, BM, HAS_QV, 32)
         else:
             # Columns in sorted order from the registers: the tile times the one-hot permutation
@@ -144,6 +154,31 @@ def _pair_weights(Q, QV_B, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N,
         a += tl.sum(x0 * x0, 0)
         bb += tl.sum(x0 * x1, 0)
         c += tl.sum(x1 * x1, 0)
+    ua, ub = _top_eigvec_2(a, bb, c)
+    tl.store(W_B + 2 * g, ua, mask=gvalid)
+    tl.store(W_B + 2 * g + 1, ub, mask=gvalid)
+
+
+@triton.jit
+def _pair_weights_gram(gram, perm, W_B, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr):
+    """G=2 from the block's full Gram matrix gram = XᵀX [D_PAD, D_PAD] (one dot) and the sorted column
+    order perm [D_PAD]: each column's pair entries are picked from gram by masks, no second read of Q.
+    Writes u at each column's sorted position in W_B."""
+    cols = tl.arange(0, D_PAD)
+    pos = tl.sum(tl.where(perm[None, :] == cols[:, None], cols[None, :], 0), axis=1)  # column -> position
+    partner = tl.sum(tl.where(cols[None, :] == (pos ^ 1)[:, None], perm[None, :], 0), axis=1)
+    diag = tl.sum(tl.where(cols[None, :] == cols[:, None], gram, 0.0), axis=1)
+    off = tl.sum(tl.where(cols[None, :] == partner[:, None], gram, 0.0), axis=1)  # gram[c, partner(c)]
+    dpart = tl.sum(tl.where(cols[None, :] == partner[:, None], diag[None, :], 0.0), axis=1)
+    first = (pos % 2) == 0  # c is the pair's first member (sorted position 2g)
+    ua, ub = _top_eigvec_2(tl.where(first, diag, dpart), off, tl.where(first, dpart, diag))
+    tl.store(W_B + pos, tl.where(first, ua, ub), mask=cols < HEAD_DIM)
+
+
+@triton.jit
+def _top_eigvec_2(a, bb, c):
+    """Closed-form top eigenvector (ua, ub) of [[a, bb], [bb, c]] (grouping._top_eigvec_2): the larger
+    of the two candidate vectors, normalised, 1/sqrt(2) each for a zero matrix, sign so ua + ub >= 0."""
     lam = 0.5 * (a + c) + tl.sqrt((0.5 * (a - c)) * (0.5 * (a - c)) + bb * bb)
     v1a, v1b = lam - c, bb
     v2a, v2b = bb, lam - a
@@ -157,10 +192,7 @@ def _pair_weights(Q, QV_B, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N,
     ua = tl.where(n > 0, va * inv, 0.7071067811865476)
     ub = tl.where(n > 0, vb * inv, 0.7071067811865476)
     flip = (ua + ub) < 0
-    ua = tl.where(flip, -ua, ua)
-    ub = tl.where(flip, -ub, ub)
-    tl.store(W_B + 2 * g, ua, mask=gvalid)
-    tl.store(W_B + 2 * g + 1, ub, mask=gvalid)
+    return tl.where(flip, -ua, ua), tl.where(flip, -ub, ub)
 
 
 @triton.jit
@@ -190,6 +222,11 @@ def _power_weights(xs, BM: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, CH: 
     u = tl.where(tl.sum(u, axis=1)[:, None] < 0, -u, u)  # grouping._fix_sign
     w = tl.reshape(u, [CH])  # sorted position g*G + i
     return w
+
+
+# G=2 rank1 pair Grams: "gather" re-reads Q by each pair's columns; "gram" picks them from the block's
+# full XᵀX (one dot of the tile already in registers). Both compute the same weights (tests).
+PAIR_WEIGHTS = os.environ.get("DISTR_PAIR_WEIGHTS", "gather")
 
 
 @lru_cache(maxsize=64)
@@ -269,7 +306,9 @@ def _launch(q, group_size, block_m, num_hash_bits, seed, query_valid, fusion, *,
     _grouping_kernel[(nb, B * H)](q, gl.qv, gl.r, gl.groups, gl.w, inv, qe, *q.stride(), gl.qv_stride,
                                   *(qe.stride() if write_qe else (0, 0, 0, 0)), H, N, nb, 1.0 / group_size,
                                   **gl.meta, WRITE_QE=write_qe, FG=group_size,
-                                  CB=min(triton.next_power_of_2(d), 64), num_warps=4 if d <= 64 else 8)
+                                  CB=min(triton.next_power_of_2(d), 64), PAIR_GRAM=PAIR_WEIGHTS == "gram",
+                                  GRAM_F32=q.dtype == torch.float32 or interpreting(),
+                                  num_warps=4 if d <= 64 else 8)
     grp, a, b = finish_grouping(q, gl, group_size=group_size, block_m=block_m, fusion=fusion,
                                 query_valid=query_valid)
     return grp, a, b, (qe if write_qe else None)
