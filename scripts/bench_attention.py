@@ -82,10 +82,11 @@ def _make_fn(spec, q, k, v, causal):
 
 def _grouping_fn(kw, q, k):
     """The grouping's own kernels for one call: hash+sort and fusion weights, then the K copy
-    (grouped_qk="reduced", transposed layout), or the same launch writing Q_eff (grouped_qk="expanded")."""
+    (grouped_qk="reduced", transposed layout) or Q_eff (grouped_qk="expanded")."""
     from distr_patch.ops.configs import fwd_config
     from distr_patch.ops.distr_attn import transpose_keys
-    from distr_patch.ops.grouping_triton import triton_grouping, triton_grouping_qeff
+    from distr_patch.ops.grouping_triton import triton_grouping
+    from distr_patch.ops.regroup import regroup
 
     G, bm = kw.get("group_size", 2), kw.get("block_m", 128)
     if G == 1:
@@ -94,11 +95,12 @@ def _grouping_fn(kw, q, k):
     fusion = kw.get("fusion", "mean")
 
     def fn():
+        grp, wa, wb = triton_grouping(q, group_size=G, block_m=bm, num_hash_bits=16, seed=0, query_valid=None,
+                                      fusion=fusion)
         if cfg.grouped_qk == "expanded":
-            return triton_grouping_qeff(q, group_size=G, block_m=bm, num_hash_bits=16, seed=0, query_valid=None,
-                                        fusion=fusion)
-        triton_grouping(q, group_size=G, block_m=bm, num_hash_bits=16, seed=0, query_valid=None, fusion=fusion)
-        if cfg.k_layout == "transposed":
+            regroup(q, grp, wa, wb, group_size=G, block_m=bm, out_dtype=q.dtype,
+                    mean_weights=(1.0 / G, 1.0) if wa is None else None)
+        elif cfg.k_layout == "transposed":
             transpose_keys(k)
     return fn
 

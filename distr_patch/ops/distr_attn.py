@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .configs import FwdConfig, fwd_config, interpreting
 from .grouping import fusion_weights
-from .grouping_triton import group_block, grouping_launch, triton_grouping, triton_grouping_qeff
+from .grouping_triton import group_block, grouping_launch, triton_grouping
 from .reference import normalize_mask, reference_distr_attention
 from .regroup import regroup
 from .validate import check_attention_inputs, check_triton_inputs
@@ -469,17 +469,14 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         grp = wa = wb = torch.empty(1, device=q.device, dtype=torch.float32)
         nb = 1
     fused = not exact and groups is None and cfg.fused_grouping
-    gl = qe = None
+    gl = None
     if fused:  # the attention kernel computes the grouping in its prologue
         gl = grouping_launch(q, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
                              query_valid=query_valid, fusion=fusion)
         grp, wa, wb = gl.groups, gl.w, gl.w  # mean: w is groups, a dummy the kernel never reads
         nb = grp.shape[2]
     elif not exact:
-        if groups is None and expanded:  # the grouping launch writes Q_eff too
-            grp, wa, wb, qe = triton_grouping_qeff(q, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits,
-                                                   seed=seed, query_valid=query_valid, fusion=fusion)
-        elif groups is None:
+        if groups is None:
             grp, wa, wb = triton_grouping(q, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
                                           query_valid=query_valid, fusion=fusion)
         else:
@@ -491,7 +488,8 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         if wa is None:  # mean: the kernel folds in a = 1/G, b = 1
             wa = wb = grp
         nb = grp.shape[2]
-    if expanded and qe is None:  # Q_eff[:, j] = b_j Q̃[:, group(j)], per row from its own grouping block
+    if expanded:  # Q_eff[:, j] = b_j Q̃[:, group(j)], per row from its own grouping block. A separate launch:
+        # writing Q_eff from the grouping kernel measured slower (docs/benchmarks.md, "grouped scores as Q_eff Kᵀ")
         mean = wa is grp
         qe = regroup(q, grp, None if mean else wa, None if mean else wb, group_size=G, block_m=block_m,
                      out_dtype=q.dtype, mean_weights=(1.0 / G, 1.0) if mean else None)

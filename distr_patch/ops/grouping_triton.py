@@ -39,44 +39,25 @@ import triton.language as tl
 
 from .configs import interpreting
 from .grouping import POWER_ITERATION_STEPS, fusion_weights_torch, hash_projections
-from .regroup import regroup_rows
 
 
 @triton.jit
-def _grouping_kernel(Q, QV, R, GRP, W, INV, QE,
+def _grouping_kernel(Q, QV, R, GRP, W,
                      stride_qb, stride_qh, stride_qn, stride_qd, stride_qvb,
-                     stride_eb, stride_eh, stride_en, stride_ed,
-                     Hq, N, NB, w1c,
+                     Hq, N, NB,
                      HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BM: tl.constexpr, NBITS: tl.constexpr,
                      NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
                      DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
-                     EXACT_DOT: tl.constexpr, WRITE_QE: tl.constexpr, FG: tl.constexpr, CB: tl.constexpr,
-                     PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr):
-    """One program per (query block, batch·head): ``group_block``; with WRITE_QE it then also writes
-    the block's inverse permutation to INV and its Q_eff rows (``regroup.regroup_rows``: Q_eff =
-    Q·W, mean weights (w1c, 1), rank1 (u, u)) to QE, so no separate regroup launch reads Q again."""
+                     EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr):
     pid_blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
     h = pid_bh % Hq
     Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
-    QV_B = QV + b.to(tl.int64) * stride_qvb
-    group_block(Q, QV_B, R, GRP + out, W + out, pid_blk, stride_qn, stride_qd, N,
+    group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, pid_blk, stride_qn, stride_qd, N,
                 HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO, EXACT_DOT,
                 PAIR_GRAM, GRAM_F32)
-    if WRITE_QE:
-        cols = tl.arange(0, D_PAD)
-        tl.debug_barrier()  # the permutation and weights are re-read in other layouts
-        perm = tl.load(GRP + out + cols, mask=cols < HEAD_DIM, other=0)
-        tl.store(INV + out + perm, cols, mask=cols < HEAD_DIM)  # column -> sorted position
-        tl.debug_barrier()
-        rows = pid_blk * BM + tl.arange(0, BM)
-        x = tl.load(Q + rows[:, None] * stride_qn + cols[None, :] * stride_qd,
-                    mask=(rows < N)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0).to(tl.float32)
-        regroup_rows(x, rows, rows < N, QE + b.to(tl.int64) * stride_eb + h.to(tl.int64) * stride_eh,
-                     stride_en, stride_ed, QE, 0, 0, INV + out, W + out, W + out, w1c, 1.0,
-                     HEAD_DIM, D_PAD, FG, CB, RANK1, False, "ieee" if EXACT_DOT else "tf32")
 
 
 @triton.jit
@@ -224,9 +205,10 @@ def _power_weights(xs, BM: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, CH: 
     return w
 
 
-# G=2 rank1 pair Grams: "gather" re-reads Q by each pair's columns; "gram" picks them from the block's
-# full XᵀX (one dot of the tile already in registers). Both compute the same weights (tests).
-PAIR_WEIGHTS = os.environ.get("DISTR_PAIR_WEIGHTS", "gather")
+# G=2 rank1 pair Grams: "gram" (default) picks them from the block's full XᵀX (one dot of the tile
+# already in registers); "gather" re-reads Q by each pair's columns. Both compute the same weights
+# (tests); "gram" made the whole G2 rank1 call 5-10% faster on the H200 at N=4096 (docs/benchmarks.md).
+PAIR_WEIGHTS = os.environ.get("DISTR_PAIR_WEIGHTS", "gram")
 
 
 @lru_cache(maxsize=64)
@@ -279,39 +261,14 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     ``grouping.fusion_weights_torch``, to fp32 rounding); a and b are then the same tensor.
     For "mean" the weights are constants the kernel folds in: a and b are None.
     """
-    return _launch(q, group_size, block_m, num_hash_bits, seed, query_valid, fusion, write_qe=False)[:3]
-
-
-def triton_grouping_qeff(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
-                         query_valid: torch.Tensor | None, fusion: str):
-    """``triton_grouping``'s (groups, a, b) and Q_eff [B,H,N,d] (q's dtype, contiguous; ``regroup(q, groups,
-    a, b)``, the operand of the forward's ``grouped_qk="expanded"`` path) from the same launch.
-
-    mean and rank1 with G in {2, 4, 8}; other cases (G=1) return None for Q_eff.
-    """
-    return _launch(q, group_size, block_m, num_hash_bits, seed, query_valid, fusion, write_qe=True)
-
-
-def _launch(q, group_size, block_m, num_hash_bits, seed, query_valid, fusion, *, write_qe: bool):
     B, H, N, d = q.shape
     gl = grouping_launch(q, group_size=group_size, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
                          query_valid=query_valid, fusion=fusion)
     nb = gl.groups.shape[2]
-    write_qe = write_qe and group_size > 1 and (fusion == "mean" or gl.rank1)
-    if write_qe:
-        inv = torch.empty_like(gl.groups)
-        qe = torch.empty((B, H, N, d), device=q.device, dtype=q.dtype)
-    else:
-        inv = qe = gl.groups
-    _grouping_kernel[(nb, B * H)](q, gl.qv, gl.r, gl.groups, gl.w, inv, qe, *q.stride(), gl.qv_stride,
-                                  *(qe.stride() if write_qe else (0, 0, 0, 0)), H, N, nb, 1.0 / group_size,
-                                  **gl.meta, WRITE_QE=write_qe, FG=group_size,
-                                  CB=min(triton.next_power_of_2(d), 64), PAIR_GRAM=PAIR_WEIGHTS == "gram",
-                                  GRAM_F32=q.dtype == torch.float32 or interpreting(),
+    _grouping_kernel[(nb, B * H)](q, gl.qv, gl.r, gl.groups, gl.w, *q.stride(), gl.qv_stride, H, N, nb, **gl.meta,
+                                  PAIR_GRAM=PAIR_WEIGHTS == "gram", GRAM_F32=q.dtype == torch.float32 or interpreting(),
                                   num_warps=4 if d <= 64 else 8)
-    grp, a, b = finish_grouping(q, gl, group_size=group_size, block_m=block_m, fusion=fusion,
-                                query_valid=query_valid)
-    return grp, a, b, (qe if write_qe else None)
+    return finish_grouping(q, gl, group_size=group_size, block_m=block_m, fusion=fusion, query_valid=query_valid)
 
 
 def finish_grouping(q, gl: GroupingLaunch, *, group_size: int, block_m: int, fusion: str, query_valid):

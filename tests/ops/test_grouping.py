@@ -123,30 +123,6 @@ def test_triton_grouping_matches_torch(fusion, G, d, N, bm, pair_weights, monkey
         assert torch.allclose(wa, ra, atol=1e-5) and torch.allclose(wb, rb, atol=1e-5)
 
 
-@interpreter_only
-@pytest.mark.parametrize("fusion,G,d,N,bm", [("mean", 2, 64, 150, 64), ("rank1", 2, 32, 100, 32),
-                                             ("rank1", 4, 80, 70, 32), ("mean", 8, 32, 140, 128)])
-def test_triton_grouping_writes_q_eff(fusion, G, d, N, bm):
-    """The grouping launch's Q_eff (forward, grouped_qk="expanded") is regroup(q, groups, a, b) of its own
-    groups and weights, padding rows included (they are mapped, not zeroed); tails, non-contiguous q."""
-    from distr_patch.ops.grouping_triton import triton_grouping, triton_grouping_qeff
-    from distr_patch.ops.regroup import regroup
-
-    q = rand_q(11 + G, (2, N, 2, d)).transpose(1, 2)
-    valid = torch.ones(2, N, dtype=torch.bool)
-    valid[0, N - 9:] = False
-    kw = dict(group_size=G, block_m=bm, num_hash_bits=16, seed=1, query_valid=valid, fusion=fusion)
-    groups, wa, wb, qe = triton_grouping_qeff(q, **kw)
-    g2, wa2, _ = triton_grouping(q, **kw)
-    assert torch.equal(groups, g2) and (wa is None) == (fusion == "mean")
-    assert wa is None or torch.equal(wa, wa2)
-    want = regroup(q, groups, wa, wb, group_size=G, block_m=bm, out_dtype=q.dtype,
-                   mean_weights=(1.0 / G, 1.0) if wa is None else None)
-    assert qe.shape == q.shape and qe.is_contiguous()
-    torch.testing.assert_close(qe, want, rtol=1e-6, atol=1e-6)
-    assert qe[0, :, N - 9:].abs().sum() > 0
-
-
 def assert_same_up_to_ties(got, ref, q, bm, valid=None, rel_tol=1e-5):
     """Groupings agree except in blocks where some projection is within rounding of zero."""
     differ = (got != ref).any(-1)
