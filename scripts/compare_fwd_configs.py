@@ -7,7 +7,8 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
     reduced        grouped_qk="reduced": Q̃ K̃ᵀ, K̃ gathered per key tile (the table in ``ops/configs.py``)
     expanded       grouped_qk="expanded": Q_eff Kᵀ on K's tiles as loaded (``_expanded_config``)
     reduced+fused-grouping   (--fused) each program computing its block's grouping (no grouping launch)
-    expanded+pair-gram       (--pair-gram) G=2 rank1 pair Grams picked from one XᵀX dot
+    expanded sort+gram / sort+gather   (--grouping-ways) the earlier grouping kernels: columns ordered by
+                   tl.sort, G=2 rank1 pair Grams from one XᵀX dot / by re-reading Q (now: rank order + gram)
     expanded bnX wY bandZ    (--alternatives) other tiles of the expanded path
 
     python scripts/compare_fwd_configs.py                    # the window variant at N=4096
@@ -44,8 +45,8 @@ def configs(d, G, window, block_m):
         return [("exact", red)]
     ex = fwd_config(d, G, block_m, exact_window=W, grouped_qk="expanded")
     out = [("reduced", red), ("expanded", ex)]
-    if args.pair_gram and G == 2:
-        out.append(("expanded+pair-gram", ex))
+    if args.grouping_ways:  # the earlier grouping kernels (column order by tl.sort; pair Grams by re-reading Q)
+        out += [("expanded sort+gram", ex), ("expanded sort+gather", ex)]
     if args.fused and block_m == 128:
         out.append(("reduced+fused-grouping", replace(red, fused_grouping=True)))
     alts = [(64, 4, 32), (64, 8, 64), (128, 8, 32)] if window else [(64, 8 if d <= 64 else 4, None), (128, 8, None)]
@@ -70,8 +71,9 @@ ap.add_argument("--n", nargs="+", type=int, default=[4096])
 ap.add_argument("--causal", nargs="+", type=int, default=[0, 1])
 ap.add_argument("--fused", action="store_true", help="add the reduced path with its fused-grouping prologue")
 ap.add_argument("--alternatives", action="store_true", help="add other tiles of the expanded path")
-ap.add_argument("--pair-gram", action="store_true",
-                help="add the expanded path with G=2 rank1 pair Grams from one XᵀX dot (grouping_triton.PAIR_WEIGHTS)")
+ap.add_argument("--grouping-ways", action="store_true",
+                help="add the expanded path with the earlier grouping kernels (grouping_triton.COLUMN_ORDER='sort', "
+                     "PAIR_WEIGHTS='gram' / 'gather')")
 args = ap.parse_args()
 VARIANTS = [(n, ALL[n]) for n in (ALL if args.variants == ["all"] else args.variants)]
 
@@ -87,7 +89,8 @@ for d, N, causal in itertools.product(args.d, args.n, [bool(c) for c in args.cau
                     causal=causal, attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None,
                     groups=None)
         for cname, cfg in configs(d, kw["group_size"], full["exact_window"] > 0, full["block_m"]):
-            gt.PAIR_WEIGHTS = "gram" if cname.endswith("pair-gram") else "gather"
+            gt.COLUMN_ORDER = "sort" if "sort+" in cname else "rank"
+            gt.PAIR_WEIGHTS = "gather" if cname.endswith("+gather") else "gram"
             out = da._triton_forward(q, k, v, config=cfg, **full)
             r = reference_distr_attention(q[:1, :2].float(), k[:1, :2].float(), v[:1, :2].float(), **full)
             err = ((out[:1, :2].float() - r).norm() / r.norm()).item()

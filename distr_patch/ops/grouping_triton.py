@@ -48,7 +48,8 @@ def _grouping_kernel(Q, QV, R, GRP, W,
                      HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BM: tl.constexpr, NBITS: tl.constexpr,
                      NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
                      DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
-                     EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr):
+                     EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
+                     RANK_ORDER: tl.constexpr):
     pid_blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -57,7 +58,7 @@ def _grouping_kernel(Q, QV, R, GRP, W,
     out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
     group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, pid_blk, stride_qn, stride_qd, N,
                 HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO, EXACT_DOT,
-                PAIR_GRAM, GRAM_F32)
+                PAIR_GRAM, GRAM_F32, RANK_ORDER)
 
 
 @triton.jit
@@ -65,7 +66,8 @@ def group_block(Q, QV_B, R, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N,
                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BM: tl.constexpr, NBITS: tl.constexpr,
                 NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
                 DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
-                EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr = False, GRAM_F32: tl.constexpr = False):
+                EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr = False, GRAM_F32: tl.constexpr = False,
+                RANK_ORDER: tl.constexpr = False):
     """The grouping of one query block: Q points at its (batch, head) [N, d] rows, QV_B at its batch's
     query_valid row (if HAS_QV); writes the sorted column order to GRP_B[0:d] and, with RANK1, the weights
     u to W_B[0:d]. Shared by ``_grouping_kernel`` and the attention kernel's fused-grouping prologue."""
@@ -85,8 +87,13 @@ def group_block(Q, QV_B, R, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N,
     code = tl.sum(tl.where(proj > 0, bit[None, :], 0), axis=1)  # [D_PAD]
     big = (1 << NBITS) * D_PAD
     key = tl.where(cols < HEAD_DIM, code * D_PAD + cols, big + cols)  # padded columns sort last
-    perm = (tl.sort(key) % D_PAD).to(tl.int32)
-    tl.store(GRP_B + cols, perm, mask=cols < HEAD_DIM)
+    if RANK_ORDER:  # each column's sorted position = how many keys are smaller (keys are distinct)
+        pos = tl.sum((key[None, :] < key[:, None]).to(tl.int32), axis=1)
+        tl.store(GRP_B + pos, cols, mask=cols < HEAD_DIM)  # padded columns have the largest keys
+    else:
+        perm = (tl.sort(key) % D_PAD).to(tl.int32)
+        tl.store(GRP_B + cols, perm, mask=cols < HEAD_DIM)
+        pos = tl.sum(tl.where(perm[None, :] == cols[:, None], cols[None, :], 0), axis=1)  # column -> position
     if RANK1:
         tl.debug_barrier()  # the permutation is re-read from memory in plain layouts
         if G == 2 and PAIR_GRAM:
@@ -94,7 +101,7 @@ def group_block(Q, QV_B, R, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N,
                 gram = tl.dot(tl.trans(x), x, input_precision="ieee")
             else:  # 16-bit products are exact in the fp32 accumulator
                 gram = tl.dot(tl.trans(xq), xq)
-            _pair_weights_gram(gram, perm, W_B, HEAD_DIM, D_PAD)
+            _pair_weights_gram(gram, pos, W_B, HEAD_DIM, D_PAD)
         elif G == 2:
             _pair_weights(Q, QV_B, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N, HEAD_DIM, D_PAD, BM, HAS_QV, 32)
         else:
@@ -141,13 +148,12 @@ def _pair_weights(Q, QV_B, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N,
 
 
 @triton.jit
-def _pair_weights_gram(gram, perm, W_B, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr):
-    """G=2 from the block's full Gram matrix gram = XᵀX [D_PAD, D_PAD] (one dot) and the sorted column
-    order perm [D_PAD]: each column's pair entries are picked from gram by masks, no second read of Q.
+def _pair_weights_gram(gram, pos, W_B, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr):
+    """G=2 from the block's full Gram matrix gram = XᵀX [D_PAD, D_PAD] (one dot) and each column's sorted
+    position pos [D_PAD]: each column's pair entries are picked from gram by masks, no second read of Q.
     Writes u at each column's sorted position in W_B."""
     cols = tl.arange(0, D_PAD)
-    pos = tl.sum(tl.where(perm[None, :] == cols[:, None], cols[None, :], 0), axis=1)  # column -> position
-    partner = tl.sum(tl.where(cols[None, :] == (pos ^ 1)[:, None], perm[None, :], 0), axis=1)
+    partner = tl.sum(tl.where(pos[None, :] == (pos ^ 1)[:, None], cols[None, :], 0), axis=1)  # the pair's other
     diag = tl.sum(tl.where(cols[None, :] == cols[:, None], gram, 0.0), axis=1)
     off = tl.sum(tl.where(cols[None, :] == partner[:, None], gram, 0.0), axis=1)  # gram[c, partner(c)]
     dpart = tl.sum(tl.where(cols[None, :] == partner[:, None], diag[None, :], 0.0), axis=1)
@@ -209,6 +215,9 @@ def _power_weights(xs, BM: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, CH: 
 # already in registers); "gather" re-reads Q by each pair's columns. Both compute the same weights
 # (tests); "gram" made the whole G2 rank1 call 5-10% faster on the H200 at N=4096 (docs/benchmarks.md).
 PAIR_WEIGHTS = os.environ.get("DISTR_PAIR_WEIGHTS", "gram")
+# The columns' sorted order: "rank" counts, for each column, the smaller (code, index) keys (d² compares,
+# one reduction); "sort" runs tl.sort on the keys (a bitonic network of shuffles). The same permutation.
+COLUMN_ORDER = os.environ.get("DISTR_COLUMN_ORDER", "rank")
 
 
 @lru_cache(maxsize=64)
@@ -267,6 +276,7 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     nb = gl.groups.shape[2]
     _grouping_kernel[(nb, B * H)](q, gl.qv, gl.r, gl.groups, gl.w, *q.stride(), gl.qv_stride, H, N, nb, **gl.meta,
                                   PAIR_GRAM=PAIR_WEIGHTS == "gram", GRAM_F32=q.dtype == torch.float32 or interpreting(),
+                                  RANK_ORDER=COLUMN_ORDER == "rank",
                                   num_warps=4 if d <= 64 else 8)
     return finish_grouping(q, gl, group_size=group_size, block_m=block_m, fusion=fusion, query_valid=query_valid)
 

@@ -101,15 +101,21 @@ def test_mean_weights_and_fused_queries_equal_grouped_product():
             assert torch.allclose(qt @ kt.T, q_eff[0, 0, rows] @ k[0, 0].T, atol=1e-4)
 
 
+# (grouping_triton.PAIR_WEIGHTS, grouping_triton.COLUMN_ORDER): the defaults first, then the other ways
+GROUPING_WAYS = [("gram", "rank"), ("gather", "sort"), ("gram", "sort"), ("gather", "rank")]
+
+
 @interpreter_only
-@pytest.mark.parametrize("pair_weights", ["gather", "gram"])
+@pytest.mark.parametrize("ways", GROUPING_WAYS, ids="-".join)
 @pytest.mark.parametrize("fusion,G,d,N,bm", [("mean", 2, 64, 150, 64), ("rank1", 2, 32, 100, 32),
                                              ("rank1", 4, 80, 70, 32), ("rank1", 2, 96, 140, 128)])
-def test_triton_grouping_matches_torch(fusion, G, d, N, bm, pair_weights, monkeypatch):
-    """Both ways of the G=2 rank1 pair Grams (``grouping_triton.PAIR_WEIGHTS``) give the reference weights."""
+def test_triton_grouping_matches_torch(fusion, G, d, N, bm, ways, monkeypatch):
+    """Every way of ordering the columns and of forming the G=2 rank1 pair Grams gives the reference's
+    groups and weights."""
     from distr_patch.ops.grouping_triton import triton_grouping
 
-    monkeypatch.setattr("distr_patch.ops.grouping_triton.PAIR_WEIGHTS", pair_weights)
+    monkeypatch.setattr("distr_patch.ops.grouping_triton.PAIR_WEIGHTS", ways[0])
+    monkeypatch.setattr("distr_patch.ops.grouping_triton.COLUMN_ORDER", ways[1])
 
     q = rand_q(8, (2, 2, N, d))
     valid = torch.ones(2, N, dtype=torch.bool)
@@ -138,12 +144,14 @@ def assert_same_up_to_ties(got, ref, q, bm, valid=None, rel_tol=1e-5):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
-@pytest.mark.parametrize("G,pair_weights", [(2, "gather"), (2, "gram"), (4, "gather"), (8, "gather")])
+@pytest.mark.parametrize("G,ways", [(2, GROUPING_WAYS[0]), (2, GROUPING_WAYS[1]), (4, GROUPING_WAYS[0]),
+                                    (8, GROUPING_WAYS[1])])
 @pytest.mark.parametrize("d", [64, 128, 80])
-def test_triton_grouping_matches_torch_gpu(d, G, pair_weights, monkeypatch):
+def test_triton_grouping_matches_torch_gpu(d, G, ways, monkeypatch):
     from distr_patch.ops.grouping_triton import triton_grouping
 
-    monkeypatch.setattr("distr_patch.ops.grouping_triton.PAIR_WEIGHTS", pair_weights)
+    monkeypatch.setattr("distr_patch.ops.grouping_triton.PAIR_WEIGHTS", ways[0])
+    monkeypatch.setattr("distr_patch.ops.grouping_triton.COLUMN_ORDER", ways[1])
 
     q = rand_q(9, (4, 8, 4000, d), dtype=torch.bfloat16, device="cuda")
     groups, wa, _ = triton_grouping(q, group_size=G, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
