@@ -66,8 +66,8 @@ def group_block(Q, QV_B, R, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N,
                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BM: tl.constexpr, NBITS: tl.constexpr,
                 NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
                 DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
-                EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr = False, GRAM_F32: tl.constexpr = False,
-                RANK_ORDER: tl.constexpr = False):
+                EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
+                RANK_ORDER: tl.constexpr):
     """The grouping of one query block: Q points at its (batch, head) [N, d] rows, QV_B at its batch's
     query_valid row (if HAS_QV); writes the sorted column order to GRP_B[0:d] and, with RANK1, the weights
     u to W_B[0:d]. Shared by ``_grouping_kernel`` and the attention kernel's fused-grouping prologue."""
@@ -256,7 +256,8 @@ def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     meta = dict(HEAD_DIM=d, D_PAD=d_pad, BM=block_m, NBITS=num_hash_bits, NBITS_PAD=nbits_pad,
                 HAS_QV=query_valid is not None, RANK1=rank1, G=g, DG=min(d_pad, 64) // g, CH=min(d_pad, 64),
                 STEPS=POWER_ITERATION_STEPS, U_ZERO=1.0 / math.sqrt(group_size) if rank1 else 1.0,
-                EXACT_DOT=q.dtype == torch.float32)
+                EXACT_DOT=q.dtype == torch.float32, PAIR_GRAM=PAIR_WEIGHTS == "gram",
+                GRAM_F32=q.dtype == torch.float32 or interpreting(), RANK_ORDER=COLUMN_ORDER == "rank")
     return GroupingLaunch(groups, w, qv, qv.stride(0) if query_valid is not None else 0,
                           _padded_projections(block_m, num_hash_bits, nbits_pad, seed, q.device), rank1, meta)
 
@@ -275,8 +276,6 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
                          query_valid=query_valid, fusion=fusion)
     nb = gl.groups.shape[2]
     _grouping_kernel[(nb, B * H)](q, gl.qv, gl.r, gl.groups, gl.w, *q.stride(), gl.qv_stride, H, N, nb, **gl.meta,
-                                  PAIR_GRAM=PAIR_WEIGHTS == "gram", GRAM_F32=q.dtype == torch.float32 or interpreting(),
-                                  RANK_ORDER=COLUMN_ORDER == "rank",
                                   num_warps=4 if d <= 64 else 8)
     return finish_grouping(q, gl, group_size=group_size, block_m=block_m, fusion=fusion, query_valid=query_valid)
 
