@@ -1,7 +1,10 @@
 """Attention work of a candidate relative to exact attention, per layer: what calibration saves.
 
 Analytic count (multiply-adds per head, causal self-attention over N tokens, head dim d), following the
-fused kernel: P = N(N+1)/2 attended pairs, P_b of them inside the exact band (|i - j| < W).
+method with its inner dimension reduced (the paper's count; the kernel's ``grouped_qk="reduced"`` path):
+P = N(N+1)/2 attended pairs, P_b of them inside the exact band (|i - j| < W). The default kernel
+(``grouped_qk="expanded"``, faster on the H200) computes the same scores as Q_eff Kᵀ at exact attention's
+multiply-adds, so this count is the method's work, not a speed: use measured ``speeds`` for that.
 
     exact:      QKᵀ  P·d                                 + P·V  P·d
     candidate:  QKᵀ  (P - P_b)·d/G + P_b·(d + d/G)       + P·V  P·d      + K fusion  P·d/block_m
