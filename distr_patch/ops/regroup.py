@@ -39,41 +39,30 @@ def _regroup_kernel(X, Y, ADD, INV, W1, W2, w1c, w2c,
     rmask = offs_m < N
     x = tl.load(X + offs_m[:, None] * stride_xn + offs_c[None, :] * stride_xd,
                 mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-    regroup_rows(x, offs_m, rmask, Y, stride_yn, stride_yd, ADD, stride_an, stride_ad, INV + blk, W1 + blk, W2 + blk,
-                 w1c, w2c, HEAD_DIM, D_PAD, G, CB, WEIGHTED, HAS_ADD, DOT_PREC)
-
-
-@triton.jit
-def regroup_rows(x, offs_m, rmask, Y, stride_yn, stride_yd, ADD, stride_an, stride_ad, INV_B, W1_B, W2_B, w1c, w2c,
-                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, CB: tl.constexpr,
-                 WEIGHTED: tl.constexpr, HAS_ADD: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Y[offs_m] = x·W (+ ADD) for rows x (fp32 [ROWS, D_PAD], zero past d) of one grouping block, whose
-    inverse permutation / weights start at INV_B / W1_B / W2_B. (Also called from the grouping kernel
-    during development, to write Q_eff as it groups: slower than this separate launch on the H200.)"""
-    offs_c = tl.arange(0, D_PAD)
-    cmask = offs_c < HEAD_DIM
-    pos = tl.load(INV_B + offs_c, mask=cmask, other=0)
-    gid = tl.where(cmask, pos // G, -1)
-    if WEIGHTED:
-        w1 = tl.load(W1_B + pos, mask=cmask, other=0.0)
-    else:
-        w1 = tl.where(cmask, w1c, 0.0)
+    gid, w1 = _column_slots(INV + blk, W1 + blk, w1c, offs_c, HEAD_DIM, G, WEIGHTED)
     for j in tl.static_range(0, D_PAD, CB):
         offs_o = j + tl.arange(0, CB)
-        omask = offs_o < HEAD_DIM
-        pos_o = tl.load(INV_B + offs_o, mask=omask, other=0)
-        gid_o = tl.where(omask, pos_o // G, -2)
-        if WEIGHTED:
-            w2 = tl.load(W2_B + pos_o, mask=omask, other=0.0)
-        else:
-            w2 = tl.where(omask, w2c, 0.0)
+        gid_o, w2 = _column_slots(INV + blk, W2 + blk, w2c, offs_o, HEAD_DIM, G, WEIGHTED)
         wm = tl.where(gid[:, None] == gid_o[None, :], w1[:, None] * w2[None, :], 0.0)  # [D_PAD, CB]
         y = tl.dot(x, wm, input_precision=DOT_PREC)
         optr = offs_m[:, None] * stride_yn + offs_o[None, :] * stride_yd
-        smask = rmask[:, None] & omask[None, :]
+        smask = rmask[:, None] & (offs_o < HEAD_DIM)[None, :]
         if HAS_ADD:
             y += tl.load(ADD + offs_m[:, None] * stride_an + offs_o[None, :] * stride_ad, mask=smask, other=0.0)
         tl.store(Y + optr, y.to(Y.dtype.element_ty), mask=smask)
+
+
+@triton.jit
+def _column_slots(INV_B, W_B, wc, offs, HEAD_DIM: tl.constexpr, G: tl.constexpr, WEIGHTED: tl.constexpr):
+    """(group id, weight) of columns ``offs`` of one grouping block: the group is the sorted position // G,
+    the weight W_B[position] (or the scalar wc); columns past d get group -1 and weight 0."""
+    valid = offs < HEAD_DIM
+    pos = tl.load(INV_B + offs, mask=valid, other=0)
+    if WEIGHTED:
+        w = tl.load(W_B + pos, mask=valid, other=0.0)
+    else:
+        w = tl.where(valid, wc, 0.0)
+    return tl.where(valid, pos // G, -1), w
 
 
 def inverse_groups(groups: torch.Tensor) -> torch.Tensor:
