@@ -4,9 +4,12 @@ Layout of this file: Triton kernels (score helpers, the inner key loop, the forw
 kernel), the host launcher ``_triton_forward``, then ``distr_attention`` which validates,
 dispatches (CUDA -> Triton, CPU -> PyTorch reference) and documents the operator.
 
-The grouping (LSH hash, sort) and the fusion weights are computed by the torch ops in
-``grouping.py`` on the tensor's own device, once per call, and the kernel *loads* them:
-so the kernel and the reference compute exactly the same function.
+The grouping (LSH hash, column order) and the fusion weights are computed once per call by the
+grouping kernel (``grouping_triton.py``, the same function as the torch definition in ``grouping.py``)
+and the attention kernel *loads* them, so the kernel and the reference compute the same function.
+The grouped scores Q̃ K̃ᵀ are computed either as Q_eff Kᵀ (``grouped_qk="expanded"``, the default:
+Q_eff formed once by ``regroup.regroup``, then the exact kernel's dot on K's tiles) or with the
+inner dimension d/G on a K̃ gathered per key tile (``"reduced"``); ``configs.py`` says which is faster.
 """
 from __future__ import annotations
 
