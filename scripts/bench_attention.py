@@ -178,9 +178,11 @@ def run_tune(args):
     from distr_patch.ops.distr_attn import _triton_forward
 
     dev = torch.device("cuda")
-    cfgs = [FwdConfig(128, bn, w, s, lay) for bn, w, s in ((64, 4, 2), (64, 4, 3), (64, 8, 2), (64, 8, 3),
-                                                          (128, 8, 2), (32, 4, 3))
-            for lay in ("transposed", "natural")]
+    tiles = ((64, 4, 2), (64, 4, 3), (64, 8, 2), (64, 8, 3), (128, 8, 2), (32, 4, 3))
+    cfgs = [FwdConfig(128, bn, w, s, lay) for bn, w, s in tiles for lay in ("transposed", "natural")]
+    # grouped_qk="expanded" (the default path: Q_eff Kᵀ; no K layout of its own), with 32-key band tiles
+    cfgs += [FwdConfig(128, bn, w, s, "natural", grouped_qk="expanded", band_block_n=min(32, bn))
+             for bn, w, s in tiles]
     tune_variants = {
         "G=1": dict(group_size=1),
         "G=2 mean": dict(group_size=2, fusion="mean"),
@@ -200,8 +202,8 @@ def run_tune(args):
                 full.update(kw)
                 results = []
                 for cfg in cfgs:
-                    if kw["group_size"] == 1 and cfg.k_layout == "natural":
-                        continue
+                    if kw["group_size"] == 1 and (cfg.k_layout == "natural" or cfg.grouped_qk == "expanded"):
+                        continue  # G=1 has one path
 
                     try:
                         ms = _bench(lambda: _triton_forward(q, k, v, config=cfg, **full), 60)
