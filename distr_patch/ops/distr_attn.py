@@ -266,7 +266,8 @@ def _distr_fwd_kernel(
     EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr, RANK_ORDER: tl.constexpr,
     EXPANDED: tl.constexpr,
 ):
-    """One program: one query tile (= one grouping block of BLOCK_M rows) of one (batch, query head).
+    """One program: one query tile of BLOCK_M rows of one (batch, query head); on the reduced path
+    (not EXPANDED) the tile is one grouping block.
 
     Plain key tiles are BLOCK_N wide; the tiles that meet the exact band (both products, two score
     tiles live) step by BAND_N, a divisor of BLOCK_N, inside the same BLOCK_N-aligned band segment.
@@ -362,13 +363,13 @@ def _distr_fwd_kernel(
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                     stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BAND_N,
                                     EXACT, FUSION_MEAN, True, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                EXPANDED)
+                                    EXPANDED)
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_b, tl.minimum(seg_c, hi),
                                     Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                     stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N,
                                     EXACT, FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                EXPANDED)
+                                    EXPANDED)
     acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_c, hi,
                                 Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,

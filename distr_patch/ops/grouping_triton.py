@@ -1,8 +1,9 @@
-"""Triton kernel for the grouping: LSH hash, sort and rank1 fusion weights in one pass.
+"""Triton kernel for the grouping: LSH hash, column order and rank1 fusion weights in one pass.
 
 One program per (batch·head, query block): it reads the block's Q [BM, d] into
-registers, projects its d columns on the seeded directions (fp32), sorts the columns by
-(code, index) and writes the permutation. For rank1 fusion it then computes each group's
+registers, projects its d columns on the seeded directions (fp32), orders the columns by
+(code, index) and writes the permutation (``COLUMN_ORDER``: by counting each column's smaller keys,
+the default, or by ``tl.sort``). For rank1 fusion it then computes each group's
 G×G Gram matrix XᵀX (fp32; see below) and writes the group's top eigenvector: closed form
 for G=2, ``POWER_ITERATION_STEPS`` normalised power steps from the largest-diagonal column
 for G=4 and 8 (tail and invalid rows count as zeros; sign so that Σu >= 0; an all-zero
@@ -15,7 +16,9 @@ It computes the same function as ``grouping.compute_groups_torch`` /
 nearly coincide may settle on another, equally valid, eigenvector).
 
 How the Gram is formed (docs/benchmarks.md, "rank1 weights in the grouping kernel").
-G=2: each pair's three Gram entries from Q re-read by the pair's columns (L1/L2 hits).
+G=2 (``PAIR_WEIGHTS``): by default each pair's three entries are picked from the block's full XᵀX, one
+tensor-core dot of the tile in registers (16-bit products are exact in its fp32 accumulator); "gather"
+re-reads Q by the pair's columns (L1/L2 hits), about 10% slower per G2 rank1 call on the H200.
 G>=4: the columns are put in sorted order by a dot of the block's registers with the one-hot
 permutation matrix, CH = min(D_PAD, 64) sorted positions at a time ([D_PAD, CH] per chunk; at
 d=256 the whole one-hot would not fit in shared memory). One 1.0 per column and fp32
@@ -213,7 +216,7 @@ def _power_weights(xs, BM: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, CH: 
 
 # G=2 rank1 pair Grams: "gram" (default) picks them from the block's full XᵀX (one dot of the tile
 # already in registers); "gather" re-reads Q by each pair's columns. Both compute the same weights
-# (tests); "gram" made the whole G2 rank1 call 5-10% faster on the H200 at N=4096 (docs/benchmarks.md).
+# (tests); "gram" made the whole G2 rank1 call ~10% faster on the H200 at N=4096 (docs/benchmarks.md).
 PAIR_WEIGHTS = os.environ.get("DISTR_PAIR_WEIGHTS", "gram")
 # The columns' sorted order: "rank" counts, for each column, the smaller (code, index) keys (d² compares,
 # one reduction); "sort" runs tl.sort on the keys (a bitonic network of shuffles). The same permutation.
