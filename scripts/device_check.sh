@@ -4,6 +4,8 @@
 # tests: every `gpu`-marked test (kernels against the PyTorch reference at real sizes, patched models);
 # fwd:   the operator at N=4096, d=64/128, causal and not (bench_attention.py --quick);
 # bwd:   forward+backward at the same shapes (bench_attention.py --backward --quick).
+# bwd16k: forward+backward at N=16384 for G=1, G=2 mean/rank1 and rank1 W128 c0.5 (issue 7's other length).
+# tiles: the expanded path's default tiles against alternatives (compare_fwd_configs.py --alternatives).
 # Logs and JSON go to $OUT (the device tool's folder) or /tmp/device-check; each table prints last.
 # The GPU tests took 470 s in one process (mostly kernel compilation). With pytest-xdist importable, or its
 # wheels in .whl/ (carry ".whl"; `pip download --no-deps -d .whl pytest-xdist execnet`), they run in
@@ -29,7 +31,12 @@ for step in "${steps[@]}"; do
            | sed -n '/^| d |/,$p' || rc=1 ;;
     bwd) python scripts/bench_attention.py --backward --quick --rep-ms 10 --json "$out/bwd.json" 2>&1 \
            | tee "$out/bwd.log" | sed -n '/^| d |/,$p' || rc=1 ;;
-    *) echo "unknown step '$step' (tests, fwd, bwd)" >&2; exit 2 ;;
+    bwd16k) python scripts/bench_attention.py --backward --n 16384 --rep-ms 10 --json "$out/bwd16k.json" \
+           --variants "distr G=1" "distr G=2 mean" "distr G=2 rank1" "distr G=2 rank1 W128 c.5" 2>&1 \
+           | tee "$out/bwd16k.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+    tiles) python scripts/compare_fwd_configs.py --variants "G2 mean" "G2 rank1" "G2 r1 W128 c.5" --d 64 128 \
+           --alternatives 2>&1 | tee "$out/tiles.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+    *) echo "unknown step '$step' (tests, fwd, bwd, bwd16k, tiles)" >&2; exit 2 ;;
   esac
 done
 exit $rc
