@@ -6,7 +6,8 @@ The same numbers ``distr-patch calibrate --speeds measure`` takes (``calibrate.k
 of candidates, printed as one markdown table last (ratio < 1: the candidate is faster than exact). With
 ``--host`` it also prints each call's host time (µs to enqueue one call, no synchronisation, at the last
 sequence length) next to its time between CUDA events over back-to-back calls: where the two are close, the
-call is bound by its Python side and launches, not by its kernels. (Not yet run on a GPU.)
+call is bound by its Python side and launches, not by its kernels. (The table ran on the H200, see
+docs/benchmarks.md; ``--host`` has not run on a GPU yet.)
 """
 import argparse
 import time

@@ -28,6 +28,9 @@ def load_text(data: str, *, column: str = "text", split: str = "train", name: st
                             f"{', '.join(CORPUS_ALIASES)} load") from None
         if column != "text":
             raise missing_column("--text-column", column, ["text"])
+        if split != "train" or name is not None:
+            raise DataError(f"--data {data}: a plain text file has one split ('train') and no configuration; "
+                            f"got --split {split!r}" + (f" --data-name {name!r}" if name is not None else ""))
     if rows is None:
         ds = open_dataset(data, split=split, name=name)
         if column not in ds.column_names:

@@ -23,7 +23,9 @@ class FwdConfig:
     qt_scratch: bool = False  # Q̃ goes through a global scratch so the QK̃ dot reads it from shared memory
     band_block_n: int | None = None  # keys per tile where the exact band is (divides block_n); None: block_n
     fused_grouping: bool = False  # each program computes its block's grouping itself (no grouping launch)
-    grouped_qk: str = "reduced"  # "reduced": Q̃ K̃ᵀ, K̃ gathered per key tile; "expanded": Q_eff Kᵀ (see below)
+    # "reduced": Q̃ K̃ᵀ, K̃ gathered per key tile; "expanded": Q_eff Kᵀ (see below). The field's default keeps
+    # hand-built configs on the path their tiles name; ``fwd_config`` picks DEFAULT_GROUPED_QK ("expanded").
+    grouped_qk: str = "reduced"
 
 
 # Grouped key loads gather K's columns in the query block's order. With K's natural
@@ -61,12 +63,17 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     interpret = interpreting() if interpret is None else interpret
     mode = grouped_qk or DEFAULT_GROUPED_QK
     if mode not in ("reduced", "expanded"):
-        raise ValueError(f"grouped_qk must be 'reduced' or 'expanded', got {mode!r}")
+        src = "grouped_qk" if grouped_qk else "the environment variable DISTR_GROUPED_QK"
+        raise ValueError(f"{src} must be 'reduced' or 'expanded', got {mode!r}")
+    layout = k_layout or DEFAULT_K_LAYOUT
+    if layout not in ("transposed", "natural"):
+        src = "k_layout" if k_layout else "the environment variable DISTR_K_LAYOUT"
+        raise ValueError(f"{src} must be 'transposed' or 'natural', got {layout!r}")
     window = exact_window > 0 and group_size > 1
     if group_size > 1 and mode == "expanded":
         cfg = _expanded_config(head_dim, window, interpret)
     else:
-        cfg = _reduced_config(head_dim, group_size, grouping_block_m, window, interpret, k_layout or DEFAULT_K_LAYOUT)
+        cfg = _reduced_config(head_dim, group_size, grouping_block_m, window, interpret, layout)
     if fp32 and not interpret and cfg.block_n > 32:
         cfg = replace(cfg, block_n=cfg.block_n // 2,
                       band_block_n=None if cfg.band_block_n is None else min(cfg.band_block_n, cfg.block_n // 2))

@@ -464,6 +464,8 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     expanded = not exact and cfg.grouped_qk == "expanded"
     if cfg.grouped_qk not in ("reduced", "expanded"):
         raise ValueError(f"config.grouped_qk must be 'reduced' or 'expanded', got {cfg.grouped_qk!r}")
+    if cfg.k_layout not in ("transposed", "natural"):
+        raise ValueError(f"config.k_layout must be 'transposed' or 'natural', got {cfg.k_layout!r}")
     if not exact and not expanded and cfg.block_m != block_m:
         raise ValueError(f"kernel tile {cfg.block_m} must equal the grouping block_m={block_m}")
     if expanded and cfg.fused_grouping:

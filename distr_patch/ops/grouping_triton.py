@@ -247,6 +247,12 @@ class GroupingLaunch:
 
 def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
                     query_valid: torch.Tensor | None, fusion: str) -> GroupingLaunch:
+    if PAIR_WEIGHTS not in ("gram", "gather"):
+        raise ValueError(f"grouping_triton.PAIR_WEIGHTS (environment variable DISTR_PAIR_WEIGHTS) must be 'gram' "
+                         f"or 'gather', got {PAIR_WEIGHTS!r}")
+    if COLUMN_ORDER not in ("rank", "sort"):
+        raise ValueError(f"grouping_triton.COLUMN_ORDER (environment variable DISTR_COLUMN_ORDER) must be 'rank' "
+                         f"or 'sort', got {COLUMN_ORDER!r}")
     B, H, N, d = q.shape
     nb = max(1, math.ceil(N / block_m))
     d_pad = triton.next_power_of_2(d)

@@ -63,3 +63,15 @@ def test_eval_lm_cli_runs_without_datasets(tiny_lm_dir, text_file, tmp_path):
     r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "results:" in r.stdout
+
+
+def test_without_datasets_plain_file_refuses_split_and_name(tmp_path, monkeypatch):
+    """A plain text file read without `datasets` has one split and no configuration: asking for another
+    is an error naming the flag, not silently the same text."""
+    _hide_datasets(monkeypatch)
+    f = tmp_path / "t.txt"
+    f.write_text("one\ntwo\n")
+    with pytest.raises(DataError, match="--split 'validation'"):
+        load_text(str(f), split="validation")
+    with pytest.raises(DataError, match="--data-name 'wikitext'"):
+        load_text(str(f), name="wikitext")

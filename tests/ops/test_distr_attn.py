@@ -287,3 +287,25 @@ def test_fwd_config_table():
         fwd_config(64, 2, 128, interpret=False).block_n // 2
     with pytest.raises(ValueError, match="grouped_qk must be 'reduced' or 'expanded'"):
         fwd_config(64, 2, 128, grouped_qk="fast")
+    with pytest.raises(ValueError, match="k_layout must be 'transposed' or 'natural'"):
+        fwd_config(64, 2, 128, grouped_qk="reduced", k_layout="rows")
+
+
+def test_misspelled_environment_choices_are_named_errors(monkeypatch):
+    """DISTR_GROUPED_QK / DISTR_PAIR_WEIGHTS / DISTR_COLUMN_ORDER with an unknown value fail naming the variable,
+    instead of silently running another path."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.grouping_triton import triton_grouping
+
+    monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_GROUPED_QK", "expand")
+    with pytest.raises(ValueError, match="DISTR_GROUPED_QK must be 'reduced' or 'expanded', got 'expand'"):
+        fwd_config(64, 2, 128)
+    q = torch.randn(1, 1, 8, 32)
+    kw = dict(group_size=2, block_m=32, num_hash_bits=16, seed=0, query_valid=None, fusion="rank1")
+    monkeypatch.setattr("distr_patch.ops.grouping_triton.PAIR_WEIGHTS", "grams")
+    with pytest.raises(ValueError, match="DISTR_PAIR_WEIGHTS"):
+        triton_grouping(q, **kw)
+    monkeypatch.setattr("distr_patch.ops.grouping_triton.PAIR_WEIGHTS", "gram")
+    monkeypatch.setattr("distr_patch.ops.grouping_triton.COLUMN_ORDER", "sorted")
+    with pytest.raises(ValueError, match="DISTR_COLUMN_ORDER"):
+        triton_grouping(q, **kw)
