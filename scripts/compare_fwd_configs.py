@@ -10,6 +10,8 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
     expanded sort+gram / sort+gather   (--grouping-ways) the earlier grouping kernels: columns ordered by
                    tl.sort, G=2 rank1 pair Grams from one XᵀX dot / by re-reading Q (now: rank order + gram)
     expanded bnX wY bandZ    (--alternatives) other tiles of the expanded path
+    expanded+prologue / +tma / +prologue+tma, exact+tma   (--kernel-options) Q_eff formed in each program's
+                   prologue (no regroup launch); K and V tiles through TMA tensor descriptors
 
     python scripts/compare_fwd_configs.py                    # the window variant at N=4096
     python scripts/compare_fwd_configs.py --variants all --n 4096 16384
@@ -42,9 +44,12 @@ def configs(d, G, window, block_m):
     W = 128 if window else 0
     red = fwd_config(d, G, block_m, exact_window=W, grouped_qk="reduced")
     if G == 1:
-        return [("exact", red)]
+        return [("exact", red)] + ([("exact+tma", replace(red, kv_tma=True))] if args.kernel_options else [])
     ex = fwd_config(d, G, block_m, exact_window=W, grouped_qk="expanded")
-    out = [("reduced", red), ("expanded", ex)]
+    out = ([] if args.no_reduced else [("reduced", red)]) + [("expanded", ex)]
+    if args.kernel_options:  # Q_eff in the kernel's prologue instead of a regroup launch; K/V tiles through TMA
+        out += [("expanded+prologue", replace(ex, qeff_prologue=True)), ("expanded+tma", replace(ex, kv_tma=True)),
+                ("expanded+prologue+tma", replace(ex, qeff_prologue=True, kv_tma=True))]
     if args.grouping_ways:  # the earlier grouping kernels (column order by tl.sort; pair Grams by re-reading Q)
         out += [("expanded sort+gram", ex), ("expanded sort+gather", ex)]
     if args.fused and block_m == 128:
@@ -74,6 +79,10 @@ ap.add_argument("--alternatives", action="store_true", help="add other tiles of 
 ap.add_argument("--grouping-ways", action="store_true",
                 help="add the expanded path with the earlier grouping kernels (grouping_triton.COLUMN_ORDER='sort', "
                      "PAIR_WEIGHTS='gram' / 'gather')")
+ap.add_argument("--kernel-options", action="store_true",
+                help="add the expanded path with Q_eff formed in the kernel's prologue and/or K/V tiles through TMA "
+                     "descriptors (FwdConfig.qeff_prologue / kv_tma), and G=1 with TMA")
+ap.add_argument("--no-reduced", action="store_true", help="leave out the reduced path")
 args = ap.parse_args()
 VARIANTS = [(n, ALL[n]) for n in (ALL if args.variants == ["all"] else args.variants)]
 

@@ -6,6 +6,8 @@
 # bwd:   forward+backward at the same shapes (bench_attention.py --backward --quick).
 # bwd16k: forward+backward at N=16384 for G=1, G=2 mean/rank1 and rank1 W128 c0.5 (issue 7's other length).
 # tiles: the expanded path's default tiles against alternatives (compare_fwd_configs.py --alternatives).
+# options: Q_eff in the kernel's prologue and TMA K/V tiles against the defaults (--kernel-options).
+# kernel-tests: the forward kernel's GPU tests alone.
 # Logs and JSON go to $OUT (the device tool's folder) or /tmp/device-check; each table prints last.
 # The GPU tests took 470 s in one process (mostly kernel compilation). With pytest-xdist importable, or its
 # wheels in .whl/ (carry ".whl"; `pip download --no-deps -d .whl pytest-xdist execnet`), they run in
@@ -36,7 +38,11 @@ for step in "${steps[@]}"; do
            | tee "$out/bwd16k.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     tiles) python scripts/compare_fwd_configs.py --variants "G2 mean" "G2 rank1" "G2 r1 W128 c.5" --d 64 128 \
            --alternatives 2>&1 | tee "$out/tiles.log" | sed -n '/^| d |/,$p' || rc=1 ;;
-    *) echo "unknown step '$step' (tests, fwd, bwd, bwd16k, tiles)" >&2; exit 2 ;;
+    options) python scripts/compare_fwd_configs.py --variants "G1" "G2 mean" "G2 rank1" "G2 r1 W128 c.5" --d 64 128 \
+           --kernel-options --no-reduced 2>&1 | tee "$out/options.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+    kernel-tests) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py 2>&1 \
+           | tee "$out/kernel-tests.log" | tail -20 || rc=1 ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, fwd, bwd, bwd16k, tiles, options)" >&2; exit 2 ;;
   esac
 done
 exit $rc

@@ -26,6 +26,10 @@ class FwdConfig:
     # "reduced": Q̃ K̃ᵀ, K̃ gathered per key tile; "expanded": Q_eff Kᵀ (see below). The field's default keeps
     # hand-built configs on the path their tiles name; ``fwd_config`` picks DEFAULT_GROUPED_QK ("expanded").
     grouped_qk: str = "reduced"
+    # expanded path: each program forms its tile's Q_eff in its prologue (no regroup launch)
+    qeff_prologue: bool = False
+    # K and V tiles of block_n keys through TMA tensor descriptors (exact and expanded paths; Hopper+, aligned)
+    kv_tma: bool = False
 
 
 # Grouped key loads gather K's columns in the query block's order. With K's natural
@@ -47,6 +51,24 @@ WINDOW_BAND_N = {True: 32, False: 64}
 # block_m. Faster at every measured shape (H200, N=4096: 2-9% without a window, 6-27% with one,
 # 1.7-3x at block_m=32; docs/benchmarks.md, "grouped scores as Q_eff Kᵀ").
 DEFAULT_GROUPED_QK = os.environ.get("DISTR_GROUPED_QK", "expanded")
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    """A 0/1 environment switch; anything else is a named error (not a silent other path)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    if raw not in ("0", "1"):
+        raise ValueError(f"the environment variable {name} must be 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
+# The expanded path forms Q_eff in each program's prologue (one dot per grouping block with its fusion matrix)
+# instead of a regroup launch before the kernel; K and V tiles come through TMA tensor descriptors (Hopper;
+# exact and expanded paths; pointer loads where the strides do not allow them). Side by side in
+# docs/benchmarks.md ("Q_eff in the prologue, TMA tiles").
+DEFAULT_QEFF_PROLOGUE = _env_flag("DISTR_QEFF_PROLOGUE", False)
+DEFAULT_KV_TMA = _env_flag("DISTR_KV_TMA", False)
 
 
 def interpreting() -> bool:
@@ -74,6 +96,7 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
         cfg = _expanded_config(head_dim, window, interpret)
     else:
         cfg = _reduced_config(head_dim, group_size, grouping_block_m, window, interpret, layout)
+    cfg = replace(cfg, qeff_prologue=cfg.grouped_qk == "expanded" and DEFAULT_QEFF_PROLOGUE, kv_tma=DEFAULT_KV_TMA)
     if fp32 and not interpret and cfg.block_n > 32:
         cfg = replace(cfg, block_n=cfg.block_n // 2,
                       band_block_n=None if cfg.band_block_n is None else min(cfg.band_block_n, cfg.block_n // 2))

@@ -21,10 +21,15 @@ import triton
 import triton.language as tl
 
 from .configs import FwdConfig, fwd_config, interpreting
+
+try:  # the copy engine's tile descriptors (Triton >= 3.4); the kernels fall back to pointer loads without them
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover
+    TensorDescriptor = None
 from .grouping import fusion_weights
 from .grouping_triton import group_block, grouping_launch, triton_grouping
 from .reference import normalize_mask, reference_distr_attention
-from .regroup import regroup
+from .regroup import fused_query_tile, inverse_groups, regroup
 from .validate import check_attention_inputs, check_triton_inputs
 
 LOG2E = 1.4426950408889634
@@ -71,9 +76,14 @@ def _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM: tl.constexpr, D_P
 
 
 @triton.jit
-def _load_kt(K, start_n, M, stride_kn, stride_kd, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-             BLOCK_N: tl.constexpr, BOUNDS: tl.constexpr, DOT_T: tl.constexpr):
-    """Kᵀ of one key tile with the full d: [D_PAD, BLOCK_N] in the dot type (zeros past M / d)."""
+def _load_kt(K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+             BLOCK_N: tl.constexpr, BOUNDS: tl.constexpr, DOT_T: tl.constexpr, TMA_N: tl.constexpr):
+    """Kᵀ of one key tile with the full d: [D_PAD, BLOCK_N] in the dot type (zeros past M / d).
+
+    TMA_N == BLOCK_N: through the tensor descriptor KD over K [B, Hkv, M, d] (block [1, 1, TMA_N, D_PAD],
+    the copy engine zero-fills past M and d); else pointer loads from K (this (b, kv-head)'s slice)."""
+    if TMA_N == BLOCK_N:
+        return tl.trans(KD.load([kb, kh, start_n, 0]).reshape([BLOCK_N, D_PAD])).to(DOT_T)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
     ptrs = K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
@@ -87,12 +97,31 @@ def _load_kt(K, start_n, M, stride_kn, stride_kd, HEAD_DIM: tl.constexpr, D_PAD:
 
 
 @triton.jit
-def _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd,
+def _exact_qk(q_full, K, KD, kb, kh, start_n, M, stride_kn, stride_kd,
               HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-              BOUNDS: tl.constexpr, DOT_PREC: tl.constexpr):
+              BOUNDS: tl.constexpr, DOT_PREC: tl.constexpr, TMA_N: tl.constexpr):
     """Raw exact scores Q Kᵀ of one key tile: fp32 [BLOCK_M, BLOCK_N]."""
-    kt = _load_kt(K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS, q_full.dtype)
+    kt = _load_kt(K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS, q_full.dtype,
+                  TMA_N)
     return tl.dot(q_full, kt, input_precision=DOT_PREC)
+
+
+@triton.jit
+def _load_v(V, VD, kb, kh, start_n, M, stride_vn, stride_vd, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+            BLOCK_N: tl.constexpr, BOUNDS: tl.constexpr, DOT_T: tl.constexpr, TMA_N: tl.constexpr):
+    """V of one key tile: [BLOCK_N, D_PAD] in the dot type (zeros past M / d); TMA as in ``_load_kt``."""
+    if TMA_N == BLOCK_N:
+        return VD.load([kb, kh, start_n, 0]).reshape([BLOCK_N, D_PAD]).to(DOT_T)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    vptrs = V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    if BOUNDS:
+        v = tl.load(vptrs, mask=(offs_n < M)[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+    elif D_PAD != HEAD_DIM:
+        v = tl.load(vptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
+    else:
+        v = tl.load(vptrs)
+    return v.to(DOT_T)
 
 
 @triton.jit
@@ -113,20 +142,22 @@ def _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm,
 
 @triton.jit
 def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
-                Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                Q, KG, GRP_B, WB_B, K, V, KD, VD, kb, kh, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn, stride_vd,
                 stride_mn, stride_mm,
                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, DG: tl.constexpr,
                 DG_PAD: tl.constexpr, BLOCK_N: tl.constexpr, EXACT: tl.constexpr, FUSION_MEAN: tl.constexpr,
                 MIXED: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_CORR: tl.constexpr,
-                MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, EXPANDED: tl.constexpr):
+                MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, EXPANDED: tl.constexpr,
+                TMA_N: tl.constexpr):
     """Online softmax over key tiles [lo, hi): scores in log2 units, exact P·V.
 
     MIXED: the tiles meet the exact band and compute both products. BOUNDS: the tiles need
     the key-range and causal checks. The tensor mask (MASK_KIND) applies everywhere.
     EXPANDED: ``qt`` is Q_eff [BLOCK_M, D_PAD] and the grouped scores are Q_eff Kᵀ on the key
     tile as loaded (one tile serves both products when MIXED); else ``qt`` is Q̃ [BLOCK_M, DG_PAD]
-    and K̃ is gathered per tile.
+    and K̃ is gathered per tile. K and V tiles of TMA_N keys come through the descriptors KD / VD
+    (coordinates [kb, kh, key, 0]), others through pointers (``_load_kt``).
     """
     offs_d = tl.arange(0, D_PAD)
     if EXACT or MIXED:
@@ -134,10 +165,11 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if EXACT:
-            s = _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS,
-                          DOT_PREC) * qk_scale2
+            s = _exact_qk(q_full, K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N,
+                          BOUNDS, DOT_PREC, TMA_N) * qk_scale2
         elif EXPANDED:
-            kt = _load_kt(K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS, DOT_T)
+            kt = _load_kt(K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS, DOT_T,
+                          TMA_N)
             s = tl.dot(qt, kt, input_precision=DOT_PREC) * qk_scale2
             if HAS_CORR:
                 s = s - corr2[:, None]
@@ -152,8 +184,8 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
             if HAS_CORR:
                 s = s - corr2[:, None]
             if MIXED:
-                se = _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS,
-                               DOT_PREC) * qk_scale2
+                se = _exact_qk(q_full, K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N,
+                               BOUNDS, DOT_PREC, TMA_N) * qk_scale2
                 dist = offs_m[:, None] + (M - N) - offs_n[None, :]
                 s = tl.where((dist < WINDOW) & (dist > -WINDOW), se, s)
         if MASK_KIND == 2:
@@ -169,25 +201,19 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        vptrs = V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-        if BOUNDS:
-            v = tl.load(vptrs, mask=(offs_n < M)[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
-        elif D_PAD != HEAD_DIM:
-            v = tl.load(vptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
-        else:
-            v = tl.load(vptrs)
-        acc = tl.dot(p.to(DOT_T), v.to(DOT_T), acc, input_precision=DOT_PREC)
+        v = _load_v(V, VD, kb, kh, start_n, M, stride_vn, stride_vd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS, DOT_T, TMA_N)
+        acc = tl.dot(p.to(DOT_T), v, acc, input_precision=DOT_PREC)
         m_i = m_new
     return acc, m_i, l_i
 
 
 @triton.jit
-def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, MASKP, offs_m, N, M, WINDOW, scale,
+def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, KD, kb, kh, MASKP, offs_m, N, M, WINDOW, scale,
                  stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn, stride_mm,
                  HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, DG: tl.constexpr,
                  DG_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FUSION_MEAN: tl.constexpr,
                  CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
-                 EXPANDED: tl.constexpr):
+                 EXPANDED: tl.constexpr, TMA_N: tl.constexpr):
     """σ² per row: mean of (grouped − exact)² (after scale) over attendable band entries."""
     q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
     sq = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -195,13 +221,15 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, MASKP, offs_m, N, M, WINDOW,
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if EXPANDED:  # Q_eff and Q against the same key tile
-            kt = _load_kt(K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_T)
+            kt = _load_kt(K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_T,
+                          TMA_N)
             sg = tl.dot(qt, kt, input_precision=DOT_PREC)
             se = tl.dot(q_full, kt, input_precision=DOT_PREC)
         else:
             sg = tl.dot(qt, _grouped_kt(KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD,
                                         BLOCK_N, FUSION_MEAN, True, DOT_T), input_precision=DOT_PREC)
-            se = _exact_qk(q_full, K, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_PREC)
+            se = _exact_qk(q_full, K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True,
+                           DOT_PREC, TMA_N)
         dist = offs_m[:, None] + (M - N) - offs_n[None, :]
         sel = (dist < WINDOW) & (dist > -WINDOW)
         sel = sel & _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm, CAUSAL, True, MASK_KIND)
@@ -246,8 +274,8 @@ def _key_segments(m0, N, M, WINDOW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
 
 @triton.jit
 def _distr_fwd_kernel(
-    Q, QE, K, KG, V, O, LSE, GRP, WA, WB, MASK, QT, R, QV,
-    scale, qk_scale2, half_corr, stride_qvb,
+    Q, QE, K, KG, V, KD, VD, O, LSE, GRP, INV, WA, WB, MASK, QT, R, QV,
+    scale, qk_scale2, half_corr, mean_a, stride_qvb,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_qeb, stride_qeh, stride_qen, stride_qed,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -264,7 +292,8 @@ def _distr_fwd_kernel(
     FUSED_GROUPING: tl.constexpr, NBITS: tl.constexpr, NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr,
     RANK1: tl.constexpr, GB_DG: tl.constexpr, GB_CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
     EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr, RANK_ORDER: tl.constexpr,
-    EXPANDED: tl.constexpr,
+    EXPANDED: tl.constexpr, TMA_N: tl.constexpr, QE_PROLOGUE: tl.constexpr, GROUP_BM: tl.constexpr,
+    SPLIT_W: tl.constexpr,
 ):
     """One program: one query tile of BLOCK_M rows of one (batch, query head); on the reduced path
     (not EXPANDED) the tile is one grouping block.
@@ -279,6 +308,10 @@ def _distr_fwd_kernel(
     With EXPANDED the grouped scores are Q_eff Kᵀ (``QE``: Q_eff = Q̃ spread back over the d columns,
     formed per row from its own grouping block by ``regroup``, so BLOCK_M need not equal the grouping
     block_m): the same function as Q̃ K̃ᵀ, on K's tiles as loaded, without the per-tile K̃ gather.
+
+    With QE_PROLOGUE (and EXPANDED) the program forms its tile's Q_eff itself from Q and its grouping blocks'
+    fusion matrices (``regroup.fused_query_tile``: INV, WA, WB or the mean weights ``mean_a``, 1), instead of
+    loading QE. TMA_N > 0: K and V tiles of TMA_N keys come through the tensor descriptors KD / VD.
 
     With STORE_LSE, LSE[b, h, i] (fp32, contiguous [B, Hq, N]) receives the row's log-sum-exp in
     log2 units of the scaled, corrected scores (+inf for a fully masked row), for the backward.
@@ -311,7 +344,11 @@ def _distr_fwd_kernel(
 
     # ---- the tile's fused queries, formed once: Q̃[:, g] = Σ_i a Q[:, col(g·G+i)]
     qt = tl.zeros([BLOCK_M, DG_PAD], dtype=DOT_T)
-    if EXPANDED:  # Q_eff, formed before the launch
+    if EXPANDED and QE_PROLOGUE:  # Q_eff formed here: one dot per grouping block with its fusion matrix
+        qt = fused_query_tile(_load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T),
+                              INV, WA, WB, mean_a, pid_bh, m0, NB, HEAD_DIM, D_PAD, G, GROUP_BM, BLOCK_M,
+                              not FUSION_MEAN, SPLIT_W, DOT_T)
+    elif EXPANDED:  # Q_eff, formed before the launch
         qt = _load_q_tile(QE + b.to(tl.int64) * stride_qeb + h.to(tl.int64) * stride_qeh, offs_m, N,
                           stride_qen, stride_qed, HEAD_DIM, D_PAD, DOT_T)
     elif not EXACT:
@@ -342,40 +379,41 @@ def _distr_fwd_kernel(
     corr2 = tl.zeros([BLOCK_M], dtype=tl.float32)
     if HAS_CORR:  # σ² first, from the band tiles, so every grouped score can be corrected
         _h, _a, _b, _c, band_lo, band_hi = _key_segments(m0, N, M, WINDOW, BLOCK_M, BAND_N, CAUSAL, HAS_WINDOW)
-        sigma2 = _band_sigma2(qt, band_lo, band_hi, Q, KG, GRP_B, WB_B, K, MASKP, offs_m, N, M, WINDOW, scale,
+        sigma2 = _band_sigma2(qt, band_lo, band_hi, Q, KG, GRP_B, WB_B, K, KD, b, hk, MASKP, offs_m, N, M, WINDOW,
+                              scale,
                               stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn,
                               stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_M, BAND_N, FUSION_MEAN, CAUSAL,
-                              MASK_KIND, DOT_PREC, DOT_T, EXPANDED)
+                              MASK_KIND, DOT_PREC, DOT_T, EXPANDED, TMA_N)
         corr2 = half_corr * sigma2 * 1.4426950408889634
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, 0, tl.minimum(seg_a, hi),
-                                Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                                Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                 stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N, EXACT,
                                 FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                EXPANDED)
+                                EXPANDED, TMA_N)
     if HAS_WINDOW:
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_a, tl.minimum(seg_b, hi),
-                                    Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                                    Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                     stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BAND_N,
                                     EXACT, FUSION_MEAN, True, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                    EXPANDED)
+                                    EXPANDED, TMA_N)
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_b, tl.minimum(seg_c, hi),
-                                    Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                                    Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                     stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N,
                                     EXACT, FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                    EXPANDED)
+                                    EXPANDED, TMA_N)
     acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_c, hi,
-                                Q, KG, GRP_B, WB_B, K, V, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                                Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                 stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N, EXACT,
                                 FUSION_MEAN, False, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                EXPANDED)
+                                EXPANDED, TMA_N)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     omask = (offs_m < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty), mask=omask)
@@ -433,6 +471,21 @@ def _mask_operand(attention_mask, B, Hq, N, M, device):
     t = t.expand(B, Hq, N, M) if t.dim() == 4 else t
     strides = tuple(0 if t.shape[i] == 1 and (B, Hq, N, M)[i] != 1 else t.stride(i) for i in range(4))
     return kind, t, strides
+
+
+def kv_descriptors(k: torch.Tensor, v: torch.Tensor, block_n: int, d_pad: int):
+    """Tensor descriptors (the copy engine's tile loads) over k, v [B, Hkv, M, d] with [1, 1, block_n, d_pad]
+    blocks, or None where they do not apply: no ``TensorDescriptor`` in this Triton, a GPU before Hopper, or
+    strides / addresses that are not 16-byte aligned with a unit stride along d (then the kernel loads by
+    pointers, the same function)."""
+    if TensorDescriptor is None or (k.is_cuda and torch.cuda.get_device_capability(k.device)[0] < 9):
+        return None
+    for t in (k, v):
+        size = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any((st * size) % 16 for st in t.stride()[:-1]):
+            return None
+    block = [1, 1, block_n, d_pad]
+    return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), block) for t in (k, v))
 
 
 def _fused_grouping_meta(gl) -> dict:
@@ -496,13 +549,16 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         if wa is None:  # mean: the kernel folds in a = 1/G, b = 1
             wa = wb = grp
         nb = grp.shape[2]
-    if expanded:  # Q_eff[:, j] = b_j Q̃[:, group(j)], per row from its own grouping block. A separate launch:
+    prologue = expanded and cfg.qeff_prologue
+    inv = grp
+    qe = q
+    if prologue:  # each program forms its tile's Q_eff (fused_query_tile) from the column -> position map
+        inv = inverse_groups(grp)
+    elif expanded:  # Q_eff[:, j] = b_j Q̃[:, group(j)], per row from its own grouping block. A separate launch:
         # writing Q_eff from the grouping kernel measured slower (docs/benchmarks.md, "grouped scores as Q_eff Kᵀ")
         mean = wa is grp
         qe = regroup(q, grp, None if mean else wa, None if mean else wb, group_size=G, block_m=block_m,
                      out_dtype=q.dtype, mean_weights=(1.0 / G, 1.0) if mean else None)
-    elif not expanded:
-        qe = q
     if not exact and not expanded and cfg.k_layout == "transposed":
         kg = transpose_keys(k)  # [B, Hkv, d, M]
         kg_strides = (kg.stride(0), kg.stride(1), kg.stride(3), kg.stride(2))
@@ -523,9 +579,12 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     has_corr = window > 0 and window_correction > 0
     sm_scale = d ** -0.5 if scale is None else float(scale)
     grid = (triton.cdiv(N, cfg.block_m), B * Hq)
+    descs = kv_descriptors(k, v, cfg.block_n, d_pad) if cfg.kv_tma and (exact or expanded) else None
+    kd, vd = descs or (k, v)
     _distr_fwd_kernel[grid](
-        q, qe, k, kg, v, out, lse, grp, wa, wb, mask_t, qt_buf, gl.r if fused else out, gl.qv if fused else out,
-        sm_scale, sm_scale * LOG2E, 0.5 * float(window_correction), gl.qv_stride if fused else 0,
+        q, qe, k, kg, v, kd, vd, out, lse, grp, inv, wa, wb, mask_t, qt_buf, gl.r if fused else out,
+        gl.qv if fused else out, sm_scale, sm_scale * LOG2E, 0.5 * float(window_correction), 1.0 / G,
+        gl.qv_stride if fused else 0,
         *q.stride(), *qe.stride(), *k.stride(), *kg_strides, *v.stride(), *out.stride(), *mstr,
         Hq, N, M, nb, Hq // Hkv, window,
         HEAD_DIM=d, D_PAD=d_pad, G=G, DG=dg, DG_PAD=dg_pad,
@@ -534,6 +593,8 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         FUSION_MEAN=fusion == "mean",
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         DOT_T=_dot_dtype(q.dtype), STORE_LSE=return_lse, QT_SCRATCH=qt_scratch, EXPANDED=expanded,
+        TMA_N=cfg.block_n if descs else 0, QE_PROLOGUE=prologue, GROUP_BM=block_m,
+        SPLIT_W=prologue and wa is not grp and _dot_dtype(q.dtype) != tl.float32,
         **_fused_grouping_meta(gl),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -73,10 +73,14 @@ def make_mask(kind, B, Hq, N, M, gen, device):
     return torch.where(allowed, vals, torch.tensor(torch.finfo(torch.float32).min)).to(device)
 
 
-@pytest.fixture(params=["reduced", "expanded"])
+@pytest.fixture(params=["reduced", "expanded", "expanded+prologue+tma", "expanded+tma"])
 def grouped_qk(request, monkeypatch):
-    """Both ways the kernel computes the grouped scores (``FwdConfig.grouped_qk``), as the default."""
-    monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_GROUPED_QK", request.param)
+    """Each way the kernel computes the grouped scores (``FwdConfig.grouped_qk``; Q_eff formed in the
+    kernel's prologue or by a launch before it; K/V tiles through TMA descriptors or pointers), as the default."""
+    mode, *opts = request.param.split("+")
+    monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_GROUPED_QK", mode)
+    monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_QEFF_PROLOGUE", "prologue" in opts)
+    monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_KV_TMA", "tma" in opts)
     return request.param
 
 
@@ -309,3 +313,32 @@ def test_misspelled_environment_choices_are_named_errors(monkeypatch):
     monkeypatch.setattr("distr_patch.ops.grouping_triton.COLUMN_ORDER", "sorted")
     with pytest.raises(ValueError, match="DISTR_COLUMN_ORDER"):
         triton_grouping(q, **kw)
+    from distr_patch.ops.configs import _env_flag
+
+    monkeypatch.setenv("DISTR_KV_TMA", "yes")
+    with pytest.raises(ValueError, match="DISTR_KV_TMA must be 0 or 1, got 'yes'"):
+        _env_flag("DISTR_KV_TMA", False)
+    monkeypatch.setenv("DISTR_KV_TMA", "1")
+    assert _env_flag("DISTR_KV_TMA", False)
+
+
+@interpreter_only
+def test_kv_descriptors_fall_back_on_unaligned_strides():
+    """TMA descriptors apply to 16-byte aligned strides with a unit stride along d; otherwise the kernel takes
+    pointer loads (None), and the output is the same either way."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward, kv_descriptors
+
+    q, k, v = make_qkv(3, 1, 2, 2, 70, 70, 32)
+    assert kv_descriptors(k, v, 32, 32) is not None
+    k_odd = torch.randn(1, 2, 70, 33)[..., :32]  # row stride 33 floats: not 16-byte aligned
+    assert kv_descriptors(k_odd, v, 32, 32) is None
+    assert kv_descriptors(k.transpose(-1, -2).contiguous().transpose(-1, -2), v, 32, 32) is None  # stride(d) != 1
+    kw = dict(group_size=2, block_m=32, fusion="rank1", exact_window=0, window_correction=0.0, causal=True,
+              attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
+    cfg = replace(fwd_config(32, 2, 32, grouped_qk="expanded"), kv_tma=True, qeff_prologue=True)
+    k_odd.copy_(k)
+    out_tma = _triton_forward(q, k, v, config=cfg, **kw)
+    out_ptr = _triton_forward(q, k_odd, v, config=cfg, **kw)
+    assert torch.equal(out_tma, out_ptr)
+    assert rel_err(out_tma, reference_distr_attention(q, k, v, **kw)) < 1e-5
