@@ -32,7 +32,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import distr_patch.ops.distr_attn as da
 import distr_patch.ops.grouping_triton as gt
 from distr_patch.ops import reference_distr_attention
-from distr_patch.ops.configs import FwdConfig, fwd_config
+from distr_patch.ops.configs import fwd_config
 
 
 def bench(fn, ms=20):
@@ -56,7 +56,7 @@ def configs(d, G, window, block_m):
         out.append(("reduced+fused-grouping", replace(red, fused_grouping=True)))
     alts = [(64, 4, 32), (64, 8, 64), (128, 8, 32)] if window else [(64, 8 if d <= 64 else 4, None), (128, 8, None)]
     for bn, w, band in alts if args.alternatives else []:
-        cfg = FwdConfig(128, bn, w, 3, "natural", band_block_n=band, grouped_qk="expanded")
+        cfg = replace(ex, block_n=bn, num_warps=w, band_block_n=band)  # the default's prologue / TMA choices
         if cfg != ex:
             out.append((f"expanded bn{bn} w{w}" + (f" band{band}" if band else ""), cfg))
     return out

@@ -53,8 +53,9 @@ WINDOW_BAND_N = {True: 32, False: 64}
 DEFAULT_GROUPED_QK = os.environ.get("DISTR_GROUPED_QK", "expanded")
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    """A 0/1 environment switch; anything else is a named error (not a silent other path)."""
+def _env_flag(name: str, default: bool | None) -> bool | None:
+    """A 0/1 environment switch (``default`` when unset); anything else is a named error, not a silent other
+    path."""
     raw = os.environ.get(name)
     if raw is None:
         return default
@@ -63,12 +64,12 @@ def _env_flag(name: str, default: bool) -> bool:
     return raw == "1"
 
 
-# The expanded path forms Q_eff in each program's prologue (one dot per grouping block with its fusion matrix)
-# instead of a regroup launch before the kernel; K and V tiles come through TMA tensor descriptors (Hopper;
-# exact and expanded paths; pointer loads where the strides do not allow them). Side by side in
-# docs/benchmarks.md ("Q_eff in the prologue, TMA tiles").
-DEFAULT_QEFF_PROLOGUE = _env_flag("DISTR_QEFF_PROLOGUE", False)
-DEFAULT_KV_TMA = _env_flag("DISTR_KV_TMA", False)
+# Overrides of the tables below (None: the tables decide). qeff_prologue: the expanded path forms Q_eff in
+# each program's prologue (one dot per grouping block with its fusion matrix) instead of a regroup launch
+# before the kernel. kv_tma: K and V tiles come through TMA tensor descriptors (Hopper; exact and expanded
+# paths; pointer loads where the strides do not allow them). docs/benchmarks.md, "Q_eff in the prologue, TMA".
+DEFAULT_QEFF_PROLOGUE = _env_flag("DISTR_QEFF_PROLOGUE", None)
+DEFAULT_KV_TMA = _env_flag("DISTR_KV_TMA", None)
 
 
 def interpreting() -> bool:
@@ -96,7 +97,12 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
         cfg = _expanded_config(head_dim, window, interpret)
     else:
         cfg = _reduced_config(head_dim, group_size, grouping_block_m, window, interpret, layout)
-    cfg = replace(cfg, qeff_prologue=cfg.grouped_qk == "expanded" and DEFAULT_QEFF_PROLOGUE, kv_tma=DEFAULT_KV_TMA)
+    if group_size == 1:  # exact: K/V through TMA at d<=64 (H200, N=4096: 3-5% faster; 8-10% slower at d=128)
+        cfg = replace(cfg, kv_tma=head_dim <= 64)
+    if DEFAULT_QEFF_PROLOGUE is not None:
+        cfg = replace(cfg, qeff_prologue=cfg.grouped_qk == "expanded" and DEFAULT_QEFF_PROLOGUE)
+    if DEFAULT_KV_TMA is not None:
+        cfg = replace(cfg, kv_tma=DEFAULT_KV_TMA)
     if fp32 and not interpret and cfg.block_n > 32:
         cfg = replace(cfg, block_n=cfg.block_n // 2,
                       band_block_n=None if cfg.band_block_n is None else min(cfg.band_block_n, cfg.block_n // 2))
@@ -138,13 +144,19 @@ def _expanded_config(head_dim: int, window: bool, interpret: bool) -> FwdConfig:
     window the tiles that meet the band step by 32 keys (two score tiles live) on 8 warps.
     The interpreter takes 64-row tiles, so CPU tests cover tiles holding several grouping blocks
     (block_m=32) and tiles inside one (block_m=128)."""
+    # Q_eff in the prologue: 3-11% faster than the regroup launch, except with a window at d<=64 (29% slower
+    # non-causal: two score tiles, Q, Q_eff and the fusion matrix live at once). TMA K/V tiles: 2-5% faster at
+    # d<=64 with the prologue, slower at d=128 and with a window (H200, N=4096; docs/benchmarks.md,
+    # "Q_eff in the prologue, TMA").
+    opts = dict(grouped_qk="expanded", qeff_prologue=not (window and head_dim <= 64),
+                kv_tma=head_dim <= 64 and not window)
     if interpret:
-        return FwdConfig(64, 32, 4, 1, "natural", band_block_n=16 if window else None, grouped_qk="expanded")
+        return FwdConfig(64, 32, 4, 1, "natural", band_block_n=16 if window else None, **opts)
     if head_dim > 128:
-        return FwdConfig(128, 32, 8, 2, "natural", grouped_qk="expanded")
+        return FwdConfig(128, 32, 8, 2, "natural", **opts)
     band = 32 if window else None
     warps = 8 if head_dim > 64 or window else 4
-    return FwdConfig(128, 64, warps, 3, "natural", band_block_n=band, grouped_qk="expanded")
+    return FwdConfig(128, 64, warps, 3, "natural", band_block_n=band, **opts)
 
 
 @dataclass(frozen=True)

@@ -73,14 +73,16 @@ def make_mask(kind, B, Hq, N, M, gen, device):
     return torch.where(allowed, vals, torch.tensor(torch.finfo(torch.float32).min)).to(device)
 
 
-@pytest.fixture(params=["reduced", "expanded", "expanded+prologue+tma", "expanded+tma"])
+@pytest.fixture(params=["reduced", "expanded", "expanded+prologue+tma", "table"])
 def grouped_qk(request, monkeypatch):
-    """Each way the kernel computes the grouped scores (``FwdConfig.grouped_qk``; Q_eff formed in the
-    kernel's prologue or by a launch before it; K/V tiles through TMA descriptors or pointers), as the default."""
+    """Each way the kernel computes the grouped scores, as the default: ``FwdConfig.grouped_qk`` reduced or
+    expanded; Q_eff formed by a launch before the kernel or in its prologue; K/V tiles through pointers or TMA
+    descriptors. "table": the config table's own choices (prologue and TMA by head dim and window)."""
     mode, *opts = request.param.split("+")
-    monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_GROUPED_QK", mode)
-    monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_QEFF_PROLOGUE", "prologue" in opts)
-    monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_KV_TMA", "tma" in opts)
+    forced = mode == "expanded"
+    monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_GROUPED_QK", "reduced" if mode == "reduced" else "expanded")
+    monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_QEFF_PROLOGUE", ("prologue" in opts) if forced else None)
+    monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_KV_TMA", ("tma" in opts) if forced else None)
     return request.param
 
 
@@ -289,6 +291,14 @@ def test_fwd_config_table():
                     assert red.block_m == bm and red.block_n % (red.band_block_n or red.block_n) == 0
     assert fwd_config(64, 2, 128, interpret=False, fp32=True).block_n == \
         fwd_config(64, 2, 128, interpret=False).block_n // 2
+    # the measured choices: Q_eff in the prologue except with a window at d<=64; TMA at d<=64 without a window
+    # (and for exact attention at d<=64); the reduced path never forms Q_eff
+    pick = {(d, W): fwd_config(d, 2, 128, exact_window=W, interpret=False, grouped_qk="expanded")
+            for d in (64, 128) for W in (0, 128)}
+    assert [pick[k].qeff_prologue for k in sorted(pick)] == [True, False, True, True]
+    assert [pick[k].kv_tma for k in sorted(pick)] == [True, False, False, False]
+    assert fwd_config(64, 1, 128, interpret=False).kv_tma and not fwd_config(128, 1, 128, interpret=False).kv_tma
+    assert not fwd_config(64, 2, 128, interpret=False, grouped_qk="reduced").qeff_prologue
     with pytest.raises(ValueError, match="grouped_qk must be 'reduced' or 'expanded'"):
         fwd_config(64, 2, 128, grouped_qk="fast")
     with pytest.raises(ValueError, match="k_layout must be 'transposed' or 'natural'"):
