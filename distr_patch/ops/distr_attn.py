@@ -347,7 +347,7 @@ def _distr_fwd_kernel(
     if EXPANDED and QE_PROLOGUE:  # Q_eff formed here: one dot per grouping block with its fusion matrix
         qt = fused_query_tile(_load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T),
                               INV, WA, WB, mean_a, pid_bh, m0, NB, HEAD_DIM, D_PAD, G, GROUP_BM, BLOCK_M,
-                              not FUSION_MEAN, SPLIT_W, DOT_T)
+                              not FUSION_MEAN, SPLIT_W, DOT_T, DOT_PREC)
     elif EXPANDED:  # Q_eff, formed before the launch
         qt = _load_q_tile(QE + b.to(tl.int64) * stride_qeb + h.to(tl.int64) * stride_qeh, offs_m, N,
                           stride_qen, stride_qed, HEAD_DIM, D_PAD, DOT_T)

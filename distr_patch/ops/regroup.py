@@ -68,14 +68,16 @@ def _column_slots(INV_B, W_B, wc, offs, HEAD_DIM: tl.constexpr, G: tl.constexpr,
 @triton.jit
 def fused_query_tile(x, INV, WA, WB, mean_a, pid_bh, m0, NB, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                      G: tl.constexpr, GROUP_BM: tl.constexpr, BLOCK_M: tl.constexpr, WEIGHTED: tl.constexpr,
-                     SPLIT_W: tl.constexpr, DOT_T: tl.constexpr):
+                     SPLIT_W: tl.constexpr, DOT_T: tl.constexpr, DOT_PREC: tl.constexpr):
     """Q_eff of one query tile, in the attention kernel's prologue: ``regroup``'s function, row by row.
 
     x: the tile's queries [BLOCK_M, D_PAD] in DOT_T (rows m0..m0+BLOCK_M of (batch·head) ``pid_bh``).
     Each grouping block of GROUP_BM rows that the tile meets takes one [D_PAD, D_PAD] dot with its fusion
     matrix W[c, c'] = a(c)·b(c') on shared groups (INV: column -> sorted position; WA / WB per position, or
     mean weights ``mean_a``, 1). SPLIT_W: W goes in as two 16-bit parts (hi + lo) so that rank1 weights keep
-    ~16 bits; mean weights (powers of two) are exact in one. Returns [BLOCK_M, D_PAD] in DOT_T.
+    ~16 bits; mean weights (powers of two) are exact in one. fp32 (DOT_PREC "ieee") multiplies in full fp32:
+    tf32 there moved a 2-layer fp32 model's later groupings off the reference's. Returns [BLOCK_M, D_PAD]
+    in DOT_T.
     """
     offs_c = tl.arange(0, D_PAD)
     SUB: tl.constexpr = GROUP_BM if GROUP_BM < BLOCK_M else BLOCK_M  # rows per grouping block in the tile
@@ -88,9 +90,9 @@ def fused_query_tile(x, INV, WA, WB, mean_a, pid_bh, m0, NB, HEAD_DIM: tl.conste
         _g, w2 = _column_slots(INV + base, WB + base, 1.0, offs_c, HEAD_DIM, G, WEIGHTED)
         wm = tl.where(gid[:, None] == gid[None, :], w1[:, None] * w2[None, :], 0.0)  # [D_PAD, D_PAD] fp32
         hi = wm.to(DOT_T)
-        ys = tl.dot(x, hi)
+        ys = tl.dot(x, hi, input_precision=DOT_PREC)
         if SPLIT_W:
-            ys = tl.dot(x, (wm - hi.to(tl.float32)).to(DOT_T), ys)
+            ys = tl.dot(x, (wm - hi.to(tl.float32)).to(DOT_T), ys, input_precision=DOT_PREC)
         if BLOCK_M // SUB > 1:
             y = tl.where((rows // SUB == s)[:, None], ys, y)
         else:

@@ -259,9 +259,11 @@ def test_kernel_matches_reference_gpu(case, dtype, grouped_qk):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
-def test_fp32_gpu():
-    q, k, v = make_qkv(5, 1, 4, 2, 1000, 1000, 64, dtype=torch.float32, device="cuda")
-    kw = dict(group_size=2, block_m=64, fusion="rank1", exact_window=32, window_correction=0.5, causal=True)
+@pytest.mark.parametrize("d,fusion,W", [(64, "rank1", 32), (64, "mean", 0), (128, "rank1", 0), (32, "rank1", 0)])
+def test_fp32_gpu(d, fusion, W, grouped_qk):
+    """fp32 is computed in fp32 on every path (Q_eff prologue and TMA tiles included: no tf32 products)."""
+    q, k, v = make_qkv(5 + d, 1, 4, 2, 1000, 1000, d, dtype=torch.float32, device="cuda")
+    kw = dict(group_size=2, block_m=64, fusion=fusion, exact_window=W, window_correction=0.5, causal=True)
     assert rel_err(distr_attention(q, k, v, **kw), reference_distr_attention(q, k, v, **kw)) < 1e-4
 
 
