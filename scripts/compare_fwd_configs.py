@@ -44,7 +44,8 @@ def configs(d, G, window, block_m):
     W = 128 if window else 0
     red = fwd_config(d, G, block_m, exact_window=W, grouped_qk="reduced")
     if G == 1:
-        return [("exact", red)] + ([("exact+tma", replace(red, kv_tma=True))] if args.kernel_options else [])
+        return [("exact", red)] + ([("exact+tma", replace(red, kv_tma=True))] if args.kernel_options else []) \
+            + ([("exact bn128 w8", replace(red, block_n=128, num_warps=8))] if args.alternatives else [])
     ex = fwd_config(d, G, block_m, exact_window=W, grouped_qk="expanded")
     out = ([] if args.no_reduced else [("reduced", red)]) + [("expanded", ex)]
     if args.kernel_options:  # Q_eff in the kernel's prologue instead of a regroup launch; K/V tiles through TMA
