@@ -97,15 +97,18 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
         cfg = _expanded_config(head_dim, window, interpret)
     else:
         cfg = _reduced_config(head_dim, group_size, grouping_block_m, window, interpret, layout)
-    if group_size == 1:  # exact: K/V through TMA at d<=64 (H200, N=4096: 3-5% faster; 8-10% slower at d=128)
+    if group_size == 1:  # exact: K/V through TMA at d<=64 (H200, N=4096: 3-5% faster; 8-10% slower at d=128);
+        # 128-key tiles on 8 warps at 64 < d <= 128 (2-5% faster)
         cfg = replace(cfg, kv_tma=head_dim <= 64)
+        if not interpret and 64 < head_dim <= 128:
+            cfg = replace(cfg, block_n=128, num_warps=8)
     if DEFAULT_QEFF_PROLOGUE is not None:
         cfg = replace(cfg, qeff_prologue=cfg.grouped_qk == "expanded" and DEFAULT_QEFF_PROLOGUE)
     if DEFAULT_KV_TMA is not None:
         cfg = replace(cfg, kv_tma=DEFAULT_KV_TMA)
     if fp32 and not interpret and cfg.block_n > 32:
-        cfg = replace(cfg, block_n=cfg.block_n // 2,
-                      band_block_n=None if cfg.band_block_n is None else min(cfg.band_block_n, cfg.block_n // 2))
+        bn = cfg.block_n // 2 if head_dim <= 64 else 32
+        cfg = replace(cfg, block_n=bn, band_block_n=None if cfg.band_block_n is None else min(cfg.band_block_n, bn))
     return cfg
 
 
