@@ -159,7 +159,9 @@ def _expanded_config(head_dim: int, window: bool, interpret: bool) -> FwdConfig:
         return FwdConfig(128, 32, 8, 2, "natural", **opts)
     band = 32 if window else None
     warps = 8 if head_dim > 64 or window else 4
-    return FwdConfig(128, 64, warps, 3, "natural", band_block_n=band, **opts)
+    # 128-key tiles at 64 < d <= 128 without a window: G2 mean 4-6% faster, rank1 within 1% (H200, N=4096)
+    block_n = 128 if head_dim > 64 and not window else 64
+    return FwdConfig(128, block_n, warps, 3, "natural", band_block_n=band, **opts)
 
 
 @dataclass(frozen=True)
