@@ -3,7 +3,9 @@
 ``BLOCK_M`` is the query tile of one program: 128 for exact attention (G=1) and for the default
 ``grouped_qk="expanded"`` path (any grouping ``block_m``: Q_eff is formed per row); with
 ``grouped_qk="reduced"`` it equals the grouping ``block_m`` (one column grouping per program).
-``BLOCK_N`` is the key tile of the inner loop. The GPU tables were chosen from side-by-side runs of
+``BLOCK_N`` is the key tile of the inner loop. ``qeff_prologue``: the expanded path's programs form their
+tile's Q_eff themselves (else a regroup launch writes it first); ``kv_tma``: K and V tiles come through
+TMA tensor descriptors. The GPU tables were chosen from side-by-side runs of
 ``scripts/bench_attention.py`` and ``scripts/compare_fwd_configs.py`` (docs/benchmarks.md); the
 interpreter uses small tiles so CPU tests stay fast.
 """
@@ -144,14 +146,16 @@ def _reduced_config(head_dim: int, group_size: int, grouping_block_m: int, windo
 
 def _expanded_config(head_dim: int, window: bool, interpret: bool) -> FwdConfig:
     """grouped_qk="expanded": the exact (G=1) kernel's tiles, whatever the grouping block_m; with a
-    window the tiles that meet the band step by 32 keys (two score tiles live) on 8 warps.
+    window the tiles that meet the band step by 32 keys (two score tiles live) on 8 warps. Q_eff in the
+    prologue and TMA tiles where they measured faster (below).
     The interpreter takes 64-row tiles, so CPU tests cover tiles holding several grouping blocks
     (block_m=32) and tiles inside one (block_m=128)."""
     # Q_eff in the prologue: 3-11% faster than the regroup launch, except with a window at d<=64 (29% slower
     # non-causal: two score tiles, Q, Q_eff and the fusion matrix live at once). TMA K/V tiles: 2-5% faster at
     # d<=64 with the prologue, slower at d=128 and with a window (H200, N=4096; docs/benchmarks.md,
-    # "Q_eff in the prologue, TMA").
-    opts = dict(grouped_qk="expanded", qeff_prologue=not (window and head_dim <= 64),
+    # "Q_eff in the prologue, TMA"). d=256 (not timed) keeps the regroup launch: its [256, 256] fusion matrix
+    # would hold 256 fp32 registers per thread on 8 warps.
+    opts = dict(grouped_qk="expanded", qeff_prologue=head_dim <= 128 and not (window and head_dim <= 64),
                 kv_tma=head_dim <= 64 and not window)
     if interpret:
         return FwdConfig(64, 32, 4, 1, "natural", band_block_n=16 if window else None, **opts)

@@ -8,8 +8,10 @@ The grouping (LSH hash, column order) and the fusion weights are computed once p
 grouping kernel (``grouping_triton.py``, the same function as the torch definition in ``grouping.py``)
 and the attention kernel *loads* them, so the kernel and the reference compute the same function.
 The grouped scores Q̃ K̃ᵀ are computed either as Q_eff Kᵀ (``grouped_qk="expanded"``, the default:
-Q_eff formed once by ``regroup.regroup``, then the exact kernel's dot on K's tiles) or with the
-inner dimension d/G on a K̃ gathered per key tile (``"reduced"``); ``configs.py`` says which is faster.
+Q_eff formed in each program's prologue by ``regroup.fused_query_tile``, or once by a ``regroup.regroup``
+launch, then the exact kernel's dot on K's tiles) or with the inner dimension d/G on a K̃ gathered per
+key tile (``"reduced"``); ``configs.py`` says which is faster where. K and V tiles come through TMA tensor
+descriptors (``kv_descriptors``) where the config asks for them and the strides allow it.
 """
 from __future__ import annotations
 

@@ -301,6 +301,7 @@ def test_fwd_config_table():
     assert [pick[k].kv_tma for k in sorted(pick)] == [True, False, False, False]
     assert fwd_config(64, 1, 128, interpret=False).kv_tma and not fwd_config(128, 1, 128, interpret=False).kv_tma
     assert not fwd_config(64, 2, 128, interpret=False, grouped_qk="reduced").qeff_prologue
+    assert not fwd_config(256, 2, 128, interpret=False, grouped_qk="expanded").qeff_prologue
     with pytest.raises(ValueError, match="grouped_qk must be 'reduced' or 'expanded'"):
         fwd_config(64, 2, 128, grouped_qk="fast")
     with pytest.raises(ValueError, match="k_layout must be 'transposed' or 'natural'"):
