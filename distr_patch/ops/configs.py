@@ -99,7 +99,7 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
         cfg = _expanded_config(head_dim, window, interpret)
     else:
         cfg = _reduced_config(head_dim, group_size, grouping_block_m, window, interpret, layout)
-    if group_size == 1:  # exact: K/V through TMA at d<=64 (H200, N=4096: 3-5% faster; 8-10% slower at d=128);
+    if group_size == 1:  # exact: K/V through TMA at d<=64 (H200, N=4096: 3-5% faster; 7-10% slower at d=128);
         # 128-key tiles on 8 warps at 64 < d <= 128 (2-5% faster)
         cfg = replace(cfg, kv_tma=head_dim <= 64)
         if not interpret and 64 < head_dim <= 128:
@@ -150,9 +150,9 @@ def _expanded_config(head_dim: int, window: bool, interpret: bool) -> FwdConfig:
     prologue and TMA tiles where they measured faster (below).
     The interpreter takes 64-row tiles, so CPU tests cover tiles holding several grouping blocks
     (block_m=32) and tiles inside one (block_m=128)."""
-    # Q_eff in the prologue: 3-11% faster than the regroup launch, except with a window at d<=64 (29% slower
-    # non-causal: two score tiles, Q, Q_eff and the fusion matrix live at once). TMA K/V tiles: 2-5% faster at
-    # d<=64 with the prologue, slower at d=128 and with a window (H200, N=4096; docs/benchmarks.md,
+    # Q_eff in the prologue: 3-10% faster than the regroup launch, except with a window at d<=64 (29% slower
+    # non-causal: two score tiles, Q, Q_eff and the fusion matrix live at once). TMA K/V tiles: 0-5% faster at
+    # d<=64 with the prologue, 5-10% slower at d=128 and with a window (H200, N=4096; docs/benchmarks.md,
     # "Q_eff in the prologue, TMA"). d=256 (not timed) keeps the regroup launch: its [256, 256] fusion matrix
     # would hold 256 fp32 registers per thread on 8 warps.
     opts = dict(grouped_qk="expanded", qeff_prologue=head_dim <= 128 and not (window and head_dim <= 64),
