@@ -184,9 +184,11 @@ def run_tune(args):
     dev = torch.device("cuda")
     tiles = ((64, 4, 2), (64, 4, 3), (64, 8, 2), (64, 8, 3), (128, 8, 2), (32, 4, 3))
     cfgs = [FwdConfig(128, bn, w, s, lay) for bn, w, s in tiles for lay in ("transposed", "natural")]
-    # grouped_qk="expanded" (the default path: Q_eff Kᵀ; no K layout of its own), with 32-key band tiles
-    cfgs += [FwdConfig(128, bn, w, s, "natural", grouped_qk="expanded", band_block_n=min(32, bn))
-             for bn, w, s in tiles]
+    cfgs += [FwdConfig(128, bn, w, s, "transposed", kv_tma=True) for bn, w, s in tiles]  # G=1 with TMA tiles
+    # grouped_qk="expanded" (the default path: Q_eff Kᵀ; no K layout of its own), with 32-key band tiles, Q_eff
+    # from a regroup launch or the kernel's prologue, K/V tiles by pointers or TMA
+    cfgs += [FwdConfig(128, bn, w, s, "natural", grouped_qk="expanded", band_block_n=min(32, bn), qeff_prologue=pro,
+                       kv_tma=tma) for bn, w, s in tiles for pro, tma in ((False, False), (True, False), (True, True))]
     tune_variants = {
         "G=1": dict(group_size=1),
         "G=2 mean": dict(group_size=2, fusion="mean"),
@@ -207,7 +209,9 @@ def run_tune(args):
                 results = []
                 for cfg in cfgs:
                     if kw["group_size"] == 1 and (cfg.k_layout == "natural" or cfg.grouped_qk == "expanded"):
-                        continue  # G=1 has one path
+                        continue  # G=1: the exact kernel, with pointer or TMA tiles
+                    if kw["group_size"] > 1 and cfg.grouped_qk == "reduced" and cfg.kv_tma:
+                        continue  # the reduced path has no TMA tiles: the same config again
 
                     try:
                         ms = _bench(lambda: _triton_forward(q, k, v, config=cfg, **full), 60)
@@ -419,10 +423,12 @@ def main(argv=None):
     if args.backward:
         print_table_backward(rows)
     elif args.tune:
-        print("\n| d | causal | variant | ms | block_n | warps | stages | k_layout |\n|---|---|---|---|---|---|---|---|")
+        print("\n| d | causal | variant | ms | block_n | warps | stages | k_layout | grouped_qk | prologue | tma |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['d']} | {int(r['causal'])} | {r['variant']} | {r['ms']:.3f} | {r['block_n']} | "
-                  f"{r['num_warps']} | {r['num_stages']} | {r['k_layout']} |")
+                  f"{r['num_warps']} | {r['num_stages']} | {r['k_layout']} | {r['grouped_qk']} | "
+                  f"{int(r['qeff_prologue'])} | {int(r['kv_tma'])} |")
     else:
         print_table(rows)
     return rows

@@ -23,16 +23,16 @@ import triton
 import triton.language as tl
 
 from .configs import FwdConfig, fwd_config, interpreting
-
-try:  # the copy engine's tile descriptors (Triton >= 3.4); the kernels fall back to pointer loads without them
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover
-    TensorDescriptor = None
 from .grouping import fusion_weights
 from .grouping_triton import group_block, grouping_launch, triton_grouping
 from .reference import normalize_mask, reference_distr_attention
 from .regroup import fused_query_tile, inverse_groups, regroup
 from .validate import check_attention_inputs, check_triton_inputs
+
+try:  # the copy engine's tile descriptors (Triton >= 3.4); the kernels fall back to pointer loads without them
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover
+    TensorDescriptor = None
 
 LOG2E = 1.4426950408889634
 MASK_NONE, MASK_BOOL, MASK_ADDITIVE = 0, 1, 2
@@ -382,8 +382,7 @@ def _distr_fwd_kernel(
     if HAS_CORR:  # σ² first, from the band tiles, so every grouped score can be corrected
         _h, _a, _b, _c, band_lo, band_hi = _key_segments(m0, N, M, WINDOW, BLOCK_M, BAND_N, CAUSAL, HAS_WINDOW)
         sigma2 = _band_sigma2(qt, band_lo, band_hi, Q, KG, GRP_B, WB_B, K, KD, b, hk, MASKP, offs_m, N, M, WINDOW,
-                              scale,
-                              stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn,
+                              scale, stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn,
                               stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_M, BAND_N, FUSION_MEAN, CAUSAL,
                               MASK_KIND, DOT_PREC, DOT_T, EXPANDED, TMA_N)
         corr2 = half_corr * sigma2 * 1.4426950408889634
