@@ -85,6 +85,7 @@ def _grouping_fn(kw, q, k):
     (grouped_qk="reduced", transposed layout), the Q_eff regroup (grouped_qk="expanded") or, when the kernel
     forms Q_eff in its prologue (``qeff_prologue``), the column -> position map it reads. The prologue's
     own dot runs inside the attention kernel: the "vs G=1" column of the tables counts it."""
+    from distr_patch.ops import grouping_triton
     from distr_patch.ops.configs import fwd_config
     from distr_patch.ops.distr_attn import transpose_keys
     from distr_patch.ops.grouping_triton import triton_grouping
@@ -96,10 +97,13 @@ def _grouping_fn(kw, q, k):
     cfg = fwd_config(q.shape[-1], G, bm, exact_window=kw.get("exact_window", 0))
     fusion = kw.get("fusion", "mean")
 
+    prologue = cfg.grouped_qk == "expanded" and cfg.qeff_prologue
+    kernel_positions = prologue and grouping_triton.POSITIONS == "kernel"
+
     def fn():
-        grp, wa, wb = triton_grouping(q, group_size=G, block_m=bm, num_hash_bits=16, seed=0, query_valid=None,
-                                      fusion=fusion)
-        if cfg.grouped_qk == "expanded" and cfg.qeff_prologue:
+        grp, wa, wb, *_ = triton_grouping(q, group_size=G, block_m=bm, num_hash_bits=16, seed=0, query_valid=None,
+                                          fusion=fusion, positions=kernel_positions)
+        if prologue and not kernel_positions:  # (with kernel_positions the grouping launch stored them)
             inverse_groups(grp)
         elif cfg.grouped_qk == "expanded":
             regroup(q, grp, wa, wb, group_size=G, block_m=bm, out_dtype=q.dtype,

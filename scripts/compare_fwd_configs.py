@@ -12,6 +12,8 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
     expanded bnX wY bandZ    (--alternatives) other tiles of the expanded path
     expanded+prologue / +tma / +prologue+tma, exact+tma   (--kernel-options) Q_eff formed in each program's
                    prologue (no regroup launch); K and V tiles through TMA tensor descriptors
+    default+positions   (--kernel-options) the table's config with the grouping launch storing each column's
+                   sorted position for the prologue (grouping_triton.POSITIONS="kernel"; else a torch scatter)
 
     python scripts/compare_fwd_configs.py                    # the window variant at N=4096
     python scripts/compare_fwd_configs.py --variants all --n 4096 16384
@@ -50,7 +52,8 @@ def configs(d, G, window, block_m):
     out = ([] if args.no_reduced else [("reduced", red)]) + [("expanded", ex)]
     if args.kernel_options:  # Q_eff in the kernel's prologue instead of a regroup launch; K/V tiles through TMA
         out += [("expanded+prologue", replace(ex, qeff_prologue=True)), ("expanded+tma", replace(ex, kv_tma=True)),
-                ("expanded+prologue+tma", replace(ex, qeff_prologue=True, kv_tma=True))]
+                ("expanded+prologue+tma", replace(ex, qeff_prologue=True, kv_tma=True)),
+                ("default+positions", ex)]  # the table's config, the grouping launch storing the positions
     if args.grouping_ways:  # the earlier grouping kernels (column order by tl.sort; pair Grams by re-reading Q)
         out += [("expanded sort+gram", ex), ("expanded sort+gather", ex)]
     if args.fused and block_m == 128:
@@ -101,6 +104,7 @@ for d, N, causal in itertools.product(args.d, args.n, [bool(c) for c in args.cau
         for cname, cfg in configs(d, kw["group_size"], full["exact_window"] > 0, full["block_m"]):
             gt.COLUMN_ORDER = "sort" if "sort+" in cname else "rank"
             gt.PAIR_WEIGHTS = "gather" if cname.endswith("+gather") else "gram"
+            gt.POSITIONS = "kernel" if cname.endswith("+positions") else "torch"
             out = da._triton_forward(q, k, v, config=cfg, **full)
             r = reference_distr_attention(q[:1, :2].float(), k[:1, :2].float(), v[:1, :2].float(), **full)
             err = ((out[:1, :2].float() - r).norm() / r.norm()).item()

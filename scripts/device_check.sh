@@ -6,7 +6,8 @@
 # bwd:   forward+backward at the same shapes (bench_attention.py --backward --quick).
 # bwd16k: forward+backward at N=16384 for G=1, G=2 mean/rank1 and rank1 W128 c0.5 (issue 7's other length).
 # tiles: the expanded path's default tiles against alternatives (compare_fwd_configs.py --alternatives).
-# options: Q_eff in the kernel's prologue and TMA K/V tiles against the defaults (--kernel-options).
+# options: Q_eff in the kernel's prologue, TMA K/V tiles and kernel-stored positions against the defaults
+#          (--kernel-options).
 # kernel-tests: the forward kernel's GPU tests alone.
 # Logs and JSON go to $OUT (the device tool's folder) or /tmp/device-check; each table prints last.
 # The GPU tests took 470 s in one process (mostly kernel compilation). With pytest-xdist importable, or its

@@ -24,6 +24,7 @@ import triton.language as tl
 
 from .configs import FwdConfig, fwd_config, interpreting
 from .grouping import fusion_weights
+from . import grouping_triton
 from .grouping_triton import group_block, grouping_launch, triton_grouping
 from .reference import normalize_mask, reference_distr_attention
 from .regroup import fused_query_tile, inverse_groups, regroup
@@ -339,9 +340,9 @@ def _distr_fwd_kernel(
     WB_B = WB + blk_off
 
     if FUSED_GROUPING:  # this block's grouping, here instead of in a launch of its own
-        group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP_B, WB_B, pid_m, stride_qn, stride_qd, N,
+        group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP_B, WB_B, GRP_B, pid_m, stride_qn, stride_qd, N,
                     HEAD_DIM, D_PAD, BLOCK_M, NBITS, NBITS_PAD, HAS_QV, RANK1, G, GB_DG, GB_CH, STEPS, U_ZERO,
-                    EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER)
+                    EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, False)
         tl.debug_barrier()  # the order and the weights are read back below by other threads
 
     # ---- the tile's fused queries, formed once: Q̃[:, g] = Σ_i a Q[:, col(g·G+i)]
@@ -527,6 +528,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     band_n = cfg.band_block_n or cfg.block_n
     if cfg.block_n % band_n or band_n < 16:  # the band segment is BLOCK_N-aligned; sub-tiles must fit it
         raise ValueError(f"config.band_block_n={band_n} must divide block_n={cfg.block_n} and be >= 16")
+    inv = None  # column -> sorted position (the Q_eff prologue's map), from the grouping launch or torch below
     if exact:
         grp = wa = wb = torch.empty(1, device=q.device, dtype=torch.float32)
         nb = 1
@@ -539,8 +541,11 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         nb = grp.shape[2]
     elif not exact:
         if groups is None:
-            grp, wa, wb = triton_grouping(q, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
-                                          query_valid=query_valid, fusion=fusion)
+            kernel_inv = expanded and cfg.qeff_prologue and grouping_triton.POSITIONS == "kernel"
+            grp, wa, wb, *kinv = triton_grouping(q, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits,
+                                                 seed=seed, query_valid=query_valid, fusion=fusion,
+                                                 positions=kernel_inv)
+            inv = kinv[0] if kinv else None
         else:
             grp = groups.to(torch.int32).contiguous()
             wa = wb = None
@@ -551,10 +556,9 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
             wa = wb = grp
         nb = grp.shape[2]
     prologue = expanded and cfg.qeff_prologue
-    inv = grp
     qe = q
     if prologue:  # each program forms its tile's Q_eff (fused_query_tile) from the column -> position map
-        inv = inverse_groups(grp)
+        inv = inverse_groups(grp) if inv is None else inv
     elif expanded:  # Q_eff[:, j] = b_j Q̃[:, group(j)], per row from its own grouping block. A separate launch:
         # writing Q_eff from the grouping kernel measured slower (docs/benchmarks.md, "grouped scores as Q_eff Kᵀ")
         mean = wa is grp
@@ -583,8 +587,8 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     descs = kv_descriptors(k, v, cfg.block_n, d_pad) if cfg.kv_tma and (exact or expanded) else None
     kd, vd = descs or (k, v)
     _distr_fwd_kernel[grid](
-        q, qe, k, kg, v, kd, vd, out, lse, grp, inv, wa, wb, mask_t, qt_buf, gl.r if fused else out,
-        gl.qv if fused else out, sm_scale, sm_scale * LOG2E, 0.5 * float(window_correction), 1.0 / G,
+        q, qe, k, kg, v, kd, vd, out, lse, grp, grp if inv is None else inv, wa, wb, mask_t, qt_buf,
+        gl.r if fused else out, gl.qv if fused else out, sm_scale, sm_scale * LOG2E, 0.5 * float(window_correction), 1.0 / G,
         gl.qv_stride if fused else 0,
         *q.stride(), *qe.stride(), *k.stride(), *kg_strides, *v.stride(), *out.stride(), *mstr,
         Hq, N, M, nb, Hq // Hkv, window,

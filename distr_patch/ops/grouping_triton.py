@@ -45,35 +45,37 @@ from .grouping import POWER_ITERATION_STEPS, fusion_weights_torch, hash_projecti
 
 
 @triton.jit
-def _grouping_kernel(Q, QV, R, GRP, W,
+def _grouping_kernel(Q, QV, R, GRP, W, INV,
                      stride_qb, stride_qh, stride_qn, stride_qd, stride_qvb,
                      Hq, N, NB,
                      HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BM: tl.constexpr, NBITS: tl.constexpr,
                      NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
                      DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
                      EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
-                     RANK_ORDER: tl.constexpr):
+                     RANK_ORDER: tl.constexpr, STORE_INV: tl.constexpr):
     pid_blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
     h = pid_bh % Hq
     Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
-    group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, pid_blk, stride_qn, stride_qd, N,
-                HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO, EXACT_DOT,
-                PAIR_GRAM, GRAM_F32, RANK_ORDER)
+    group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, INV + out, pid_blk, stride_qn,
+                stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO,
+                EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, STORE_INV)
 
 
 @triton.jit
-def group_block(Q, QV_B, R, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N,
+def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BM: tl.constexpr, NBITS: tl.constexpr,
                 NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
                 DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
                 EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
-                RANK_ORDER: tl.constexpr):
+                RANK_ORDER: tl.constexpr, STORE_INV: tl.constexpr):
     """The grouping of one query block: Q points at its (batch, head) [N, d] rows, QV_B at its batch's
-    query_valid row (if HAS_QV); writes the sorted column order to GRP_B[0:d] and, with RANK1, the weights
-    u to W_B[0:d]. Shared by ``_grouping_kernel`` and the attention kernel's fused-grouping prologue."""
+    query_valid row (if HAS_QV); writes the sorted column order to GRP_B[0:d], with RANK1 the weights
+    u to W_B[0:d], and with STORE_INV each column's sorted position to INV_B[0:d] (``regroup.inverse_groups``
+    of the order, which the attention kernel's Q_eff prologue reads). Shared by ``_grouping_kernel`` and the
+    attention kernel's fused-grouping prologue."""
     rows = pid_blk * BM + tl.arange(0, BM)
     cols = tl.arange(0, D_PAD)
     rvalid = rows < N
@@ -97,6 +99,8 @@ def group_block(Q, QV_B, R, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N,
         perm = (tl.sort(key) % D_PAD).to(tl.int32)
         tl.store(GRP_B + cols, perm, mask=cols < HEAD_DIM)
         pos = tl.sum(tl.where(perm[None, :] == cols[:, None], cols[None, :], 0), axis=1)  # column -> position
+    if STORE_INV:
+        tl.store(INV_B + cols, pos.to(tl.int32), mask=cols < HEAD_DIM)
     if RANK1:
         tl.debug_barrier()  # the permutation is re-read from memory in plain layouts
         if G == 2 and PAIR_GRAM:
@@ -221,6 +225,11 @@ PAIR_WEIGHTS = os.environ.get("DISTR_PAIR_WEIGHTS", "gram")
 # The columns' sorted order: "rank" counts, for each column, the smaller (code, index) keys (d² compares,
 # one reduction); "sort" runs tl.sort on the keys (a bitonic network of shuffles). The same permutation.
 COLUMN_ORDER = os.environ.get("DISTR_COLUMN_ORDER", "rank")
+# Each column's sorted position (the Q_eff prologue's column -> position map): "torch" scatters it from the
+# order after the launch (``regroup.inverse_groups``: two small launches); "kernel" has the grouping kernel
+# store the positions it already holds. The same map (tests); "kernel" is not yet timed on a GPU, so it is
+# off by default.
+POSITIONS = os.environ.get("DISTR_GROUPING_POSITIONS", "torch")
 
 
 @lru_cache(maxsize=64)
@@ -237,6 +246,7 @@ class GroupingLaunch:
     """What a grouping launch needs besides q: output buffers, the directions and the constexprs of
     ``group_block`` (``_grouping_kernel`` and the attention kernel's fused prologue take the same)."""
     groups: torch.Tensor  # int32 [B, H, nb, d]
+    inv: torch.Tensor  # int32 [B, H, nb, d] column -> sorted position, when asked for; ``groups`` otherwise
     w: torch.Tensor  # fp32 [B, H, nb, d] rank1 weights (a = b = u); ``groups`` itself when unused
     qv: torch.Tensor  # uint8 view of query_valid [B, N]; ``groups`` when None
     qv_stride: int
@@ -246,10 +256,13 @@ class GroupingLaunch:
 
 
 def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
-                    query_valid: torch.Tensor | None, fusion: str) -> GroupingLaunch:
+                    query_valid: torch.Tensor | None, fusion: str, positions: bool = False) -> GroupingLaunch:
     if PAIR_WEIGHTS not in ("gram", "gather"):
         raise ValueError(f"grouping_triton.PAIR_WEIGHTS (environment variable DISTR_PAIR_WEIGHTS) must be 'gram' "
                          f"or 'gather', got {PAIR_WEIGHTS!r}")
+    if POSITIONS not in ("torch", "kernel"):
+        raise ValueError(f"grouping_triton.POSITIONS (environment variable DISTR_GROUPING_POSITIONS) must be 'torch' "
+                         f"or 'kernel', got {POSITIONS!r}")
     if COLUMN_ORDER not in ("rank", "sort"):
         raise ValueError(f"grouping_triton.COLUMN_ORDER (environment variable DISTR_COLUMN_ORDER) must be 'rank' "
                          f"or 'sort', got {COLUMN_ORDER!r}")
@@ -258,6 +271,7 @@ def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     d_pad = triton.next_power_of_2(d)
     nbits_pad = max(16, triton.next_power_of_2(num_hash_bits))
     groups = torch.empty(B, H, nb, d, device=q.device, dtype=torch.int32)
+    inv = torch.empty(B, H, nb, d, device=q.device, dtype=torch.int32) if positions else groups
     rank1 = fusion == "rank1" and group_size > 1
     w = torch.empty(B, H, nb, d, device=q.device, dtype=torch.float32) if rank1 else groups
     qv = query_valid.view(torch.uint8) if query_valid is not None else groups
@@ -267,13 +281,15 @@ def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
                 STEPS=POWER_ITERATION_STEPS, U_ZERO=1.0 / math.sqrt(group_size) if rank1 else 1.0,
                 EXACT_DOT=q.dtype == torch.float32, PAIR_GRAM=PAIR_WEIGHTS == "gram",
                 GRAM_F32=q.dtype == torch.float32 or interpreting(), RANK_ORDER=COLUMN_ORDER == "rank")
-    return GroupingLaunch(groups, w, qv, qv.stride(0) if query_valid is not None else 0,
+    return GroupingLaunch(groups, inv, w, qv, qv.stride(0) if query_valid is not None else 0,
                           _padded_projections(block_m, num_hash_bits, nbits_pad, seed, q.device), rank1, meta)
 
 
 def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
-                    query_valid: torch.Tensor | None, fusion: str):
-    """(groups int32 [B,H,nb,d], a fp32 [B,H,nb,d], b fp32 [B,H,nb,d]) for the attention kernel.
+                    query_valid: torch.Tensor | None, fusion: str, positions: bool = False):
+    """(groups int32 [B,H,nb,d], a fp32 [B,H,nb,d], b fp32 [B,H,nb,d]) for the attention kernel; with
+    ``positions``, a fourth item: int32 [B,H,nb,d] column -> sorted position (``inverse_groups(groups)``),
+    stored by the same launch.
 
     One kernel launch computes the grouping and, for "rank1" with G = 2, 4 or 8, the fusion
     weights: a = b = u, the top eigenvector of each group's Gram matrix (the same function as
@@ -282,11 +298,12 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     """
     B, H, N, d = q.shape
     gl = grouping_launch(q, group_size=group_size, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
-                         query_valid=query_valid, fusion=fusion)
+                         query_valid=query_valid, fusion=fusion, positions=positions)
     nb = gl.groups.shape[2]
-    _grouping_kernel[(nb, B * H)](q, gl.qv, gl.r, gl.groups, gl.w, *q.stride(), gl.qv_stride, H, N, nb, **gl.meta,
-                                  num_warps=4 if d <= 64 else 8)
-    return finish_grouping(q, gl, group_size=group_size, block_m=block_m, fusion=fusion, query_valid=query_valid)
+    _grouping_kernel[(nb, B * H)](q, gl.qv, gl.r, gl.groups, gl.w, gl.inv, *q.stride(), gl.qv_stride, H, N, nb,
+                                  **gl.meta, STORE_INV=positions, num_warps=4 if d <= 64 else 8)
+    out = finish_grouping(q, gl, group_size=group_size, block_m=block_m, fusion=fusion, query_valid=query_valid)
+    return (*out, gl.inv) if positions else out
 
 
 def finish_grouping(q, gl: GroupingLaunch, *, group_size: int, block_m: int, fusion: str, query_valid):

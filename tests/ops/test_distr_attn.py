@@ -73,12 +73,14 @@ def make_mask(kind, B, Hq, N, M, gen, device):
     return torch.where(allowed, vals, torch.tensor(torch.finfo(torch.float32).min)).to(device)
 
 
-@pytest.fixture(params=["reduced", "expanded", "expanded+prologue+tma", "table"])
+@pytest.fixture(params=["reduced", "expanded", "expanded+prologue+tma+positions", "table"])
 def grouped_qk(request, monkeypatch):
     """Each way the kernel computes the grouped scores, as the default: ``FwdConfig.grouped_qk`` reduced or
-    expanded; Q_eff formed by a launch before the kernel or in its prologue; K/V tiles through pointers or TMA
-    descriptors. "table": the config table's own choices (prologue and TMA by head dim and window)."""
+    expanded; Q_eff formed by a launch before the kernel or in its prologue (reading a column -> position map
+    scattered by torch or stored by the grouping launch); K/V tiles through pointers or TMA descriptors.
+    "table": the config table's own choices (prologue and TMA by head dim and window)."""
     mode, *opts = request.param.split("+")
+    monkeypatch.setattr("distr_patch.ops.grouping_triton.POSITIONS", "kernel" if "positions" in opts else "torch")
     forced = mode == "expanded"
     monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_GROUPED_QK", "reduced" if mode == "reduced" else "expanded")
     monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_QEFF_PROLOGUE", ("prologue" in opts) if forced else None)
@@ -325,6 +327,10 @@ def test_misspelled_environment_choices_are_named_errors(monkeypatch):
     monkeypatch.setattr("distr_patch.ops.grouping_triton.PAIR_WEIGHTS", "gram")
     monkeypatch.setattr("distr_patch.ops.grouping_triton.COLUMN_ORDER", "sorted")
     with pytest.raises(ValueError, match="DISTR_COLUMN_ORDER"):
+        triton_grouping(q, **kw)
+    monkeypatch.setattr("distr_patch.ops.grouping_triton.COLUMN_ORDER", "rank")
+    monkeypatch.setattr("distr_patch.ops.grouping_triton.POSITIONS", "kernels")
+    with pytest.raises(ValueError, match="DISTR_GROUPING_POSITIONS"):
         triton_grouping(q, **kw)
     from distr_patch.ops.configs import _env_flag
 

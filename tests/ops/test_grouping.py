@@ -127,6 +127,13 @@ def test_triton_grouping_matches_torch(fusion, G, d, N, bm, ways, monkeypatch):
     if fusion == "rank1":
         ra, rb = fusion_weights(q, groups.long(), group_size=G, block_m=bm, fusion="rank1", query_valid=valid)
         assert torch.allclose(wa, ra, atol=1e-5) and torch.allclose(wb, rb, atol=1e-5)
+    # the same launch can store each column's sorted position (the Q_eff prologue's map): inverse_groups of it
+    from distr_patch.ops.regroup import inverse_groups
+
+    g2, wa2, _, inv = triton_grouping(q, group_size=G, block_m=bm, num_hash_bits=16, seed=0, query_valid=valid,
+                                      fusion=fusion, positions=True)
+    assert torch.equal(g2, groups) and (wa is None or torch.equal(wa2, wa))
+    assert inv.dtype == torch.int32 and torch.equal(inv, inverse_groups(groups))
 
 
 def assert_same_up_to_ties(got, ref, q, bm, valid=None, rel_tol=1e-5):
@@ -154,8 +161,11 @@ def test_triton_grouping_matches_torch_gpu(d, G, ways, monkeypatch):
     monkeypatch.setattr("distr_patch.ops.grouping_triton.COLUMN_ORDER", ways[1])
 
     q = rand_q(9, (4, 8, 4000, d), dtype=torch.bfloat16, device="cuda")
-    groups, wa, _ = triton_grouping(q, group_size=G, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
-                                    fusion="rank1")
+    groups, wa, _, inv = triton_grouping(q, group_size=G, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
+                                         fusion="rank1", positions=True)
+    from distr_patch.ops.regroup import inverse_groups
+
+    assert torch.equal(inv, inverse_groups(groups))
     ref = compute_groups_torch(q, group_size=G, block_m=128)
     assert_same_up_to_ties(groups.long(), ref, q, 128)
     ra, _ = fusion_weights(q, groups.long(), group_size=G, block_m=128, fusion="rank1")
