@@ -588,8 +588,8 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     kd, vd = descs or (k, v)
     _distr_fwd_kernel[grid](
         q, qe, k, kg, v, kd, vd, out, lse, grp, grp if inv is None else inv, wa, wb, mask_t, qt_buf,
-        gl.r if fused else out, gl.qv if fused else out, sm_scale, sm_scale * LOG2E, 0.5 * float(window_correction), 1.0 / G,
-        gl.qv_stride if fused else 0,
+        gl.r if fused else out, gl.qv if fused else out, sm_scale, sm_scale * LOG2E, 0.5 * float(window_correction),
+        1.0 / G, gl.qv_stride if fused else 0,
         *q.stride(), *qe.stride(), *k.stride(), *kg_strides, *v.stride(), *out.stride(), *mstr,
         Hq, N, M, nb, Hq // Hkv, window,
         HEAD_DIM=d, D_PAD=d_pad, G=G, DG=dg, DG_PAD=dg_pad,
