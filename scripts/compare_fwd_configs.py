@@ -12,6 +12,8 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
     expanded bnX wY bandZ    (--alternatives) other tiles of the expanded path
     expanded+prologue / +tma / +prologue+tma, exact+tma   (--kernel-options) Q_eff formed in each program's
                    prologue (no regroup launch); K and V tiles through TMA tensor descriptors
+    default maxnregN / prologue maxnregN   (--register-caps) a register cap that fits one more program per SM
+                   (scripts/kernel_resources.py shows registers and spills without a GPU)
     default+positions   (--kernel-options) the table's config with the grouping launch storing each column's
                    sorted position for the prologue (grouping_triton.POSITIONS="kernel"; else a torch scatter)
 
@@ -45,15 +47,23 @@ def configs(d, G, window, block_m):
     """(name, FwdConfig) to compare for one variant."""
     W = 128 if window else 0
     red = fwd_config(d, G, block_m, exact_window=W, grouped_qk="reduced")
+    cap = 128 if red.num_warps == 8 else 168  # registers at which one more program fits on an SM
     if G == 1:
         return [("exact", red)] + ([("exact+tma", replace(red, kv_tma=True))] if args.kernel_options else []) \
-            + ([("exact bn128 w8", replace(red, block_n=128, num_warps=8))] if args.alternatives else [])
+            + ([("exact bn128 w8", replace(red, block_n=128, num_warps=8))] if args.alternatives else []) \
+            + ([(f"exact maxnreg{cap}", replace(red, maxnreg=cap))] if args.register_caps and d <= 64 else [])
     ex = fwd_config(d, G, block_m, exact_window=W, grouped_qk="expanded")
     out = ([] if args.no_reduced else [("reduced", red)]) + [("expanded", ex)]
     if args.kernel_options:  # Q_eff in the kernel's prologue instead of a regroup launch; K/V tiles through TMA
         out += [("expanded+prologue", replace(ex, qeff_prologue=True)), ("expanded+tma", replace(ex, kv_tma=True)),
                 ("expanded+prologue+tma", replace(ex, qeff_prologue=True, kv_tma=True)),
                 ("default+positions", ex)]  # the table's config, the grouping launch storing the positions
+    if args.register_caps:  # scripts/kernel_resources.py: which caps fit one more program per SM, at what spills
+        cap = 128 if ex.num_warps == 8 else 168
+        if d <= 64 or window:
+            out.append((f"default maxnreg{cap}", replace(ex, maxnreg=cap)))
+        if window and not ex.qeff_prologue:
+            out.append((f"prologue maxnreg{cap}", replace(ex, qeff_prologue=True, maxnreg=cap)))
     if args.grouping_ways:  # the earlier grouping kernels (column order by tl.sort; pair Grams by re-reading Q)
         out += [("expanded sort+gram", ex), ("expanded sort+gather", ex)]
     if args.fused and block_m == 128:
@@ -87,6 +97,9 @@ ap.add_argument("--kernel-options", action="store_true",
                 help="add the expanded path with Q_eff formed in the kernel's prologue and/or K/V tiles through TMA "
                      "descriptors (FwdConfig.qeff_prologue / kv_tma), and G=1 with TMA")
 ap.add_argument("--no-reduced", action="store_true", help="leave out the reduced path")
+ap.add_argument("--register-caps", action="store_true",
+                help="add the default config with a register cap (FwdConfig.maxnreg: 128 on 8 warps, 168 on 4) that "
+                     "fits one more program per SM, and with a window the Q_eff prologue under that cap")
 args = ap.parse_args()
 VARIANTS = [(n, ALL[n]) for n in (ALL if args.variants == ["all"] else args.variants)]
 

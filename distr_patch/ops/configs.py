@@ -32,6 +32,9 @@ class FwdConfig:
     qeff_prologue: bool = False
     # K and V tiles of block_n keys through TMA tensor descriptors (exact and expanded paths; Hopper+, aligned)
     kv_tma: bool = False
+    # registers per thread the compiler may use (Triton's ``maxnreg``; None: its own choice). Two 8-warp
+    # programs fit on an SM only at <= 128, three 4-warp ones at <= 168 (65536 registers per SM)
+    maxnreg: int | None = None
 
 
 # Grouped key loads gather K's columns in the query block's order. With K's natural

@@ -601,7 +601,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         TMA_N=cfg.block_n if descs else 0, QE_PROLOGUE=prologue, GROUP_BM=block_m,
         SPLIT_W=prologue and wa is not grp and _dot_dtype(q.dtype) != tl.float32,
         **_fused_grouping_meta(gl),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )
     if not return_lse:
         return out

@@ -361,3 +361,17 @@ def test_kv_descriptors_fall_back_on_unaligned_strides():
     out_ptr = _triton_forward(q, k_odd, v, config=cfg, **kw)
     assert torch.equal(out_tma, out_ptr)
     assert rel_err(out_tma, reference_distr_attention(q, k, v, **kw)) < 1e-5
+
+
+@interpreter_only
+def test_register_cap_is_a_launch_option():
+    """FwdConfig.maxnreg reaches the launch (a compiler option: the interpreter accepts and ignores it) and
+    leaves the function unchanged."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    q, k, v = make_qkv(11, 1, 2, 1, 70, 90, 64)
+    kw = dict(group_size=2, block_m=32, fusion="rank1", exact_window=16, window_correction=0.5, causal=True,
+              attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
+    cfg = replace(fwd_config(64, 2, 32, exact_window=16), maxnreg=128, qeff_prologue=True)
+    assert rel_err(_triton_forward(q, k, v, config=cfg, **kw), reference_distr_attention(q, k, v, **kw)) < 1e-5

@@ -1,0 +1,154 @@
+"""Registers, spills and shared memory of the forward kernel per launch config, compiled for Hopper
+(sm_90) on any machine: no GPU needed.
+
+The forward's launches are compiled, not run: a stand-in Triton driver names an sm_90 target and every
+``JITFunction.run`` becomes a warm-up (compile only) on CPU tensors. Triton's bundled ptxas (``-v`` on the
+PTX) then reports each kernel's registers and spills; 65536 registers per SM give how many programs fit.
+Use it to see why a config is slow before spending device time. Caveats:
+- the numbers are this machine's Triton's; the GPU image may run an older one, whose code generation can differ;
+- it leans on Triton internals (``driver.set_active``, ``JITFunction.run``) and may need updating with them.
+
+    python scripts/kernel_resources.py                      # the variants below, default and other configs
+    python scripts/kernel_resources.py --variants "G2 r1 W128 c.5" --d 64
+
+Prints one markdown table last.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile the real kernels, not the interpreter's
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime import driver, jit  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import distr_patch.ops.distr_attn as da  # noqa: E402
+from distr_patch.ops import compute_groups  # noqa: E402
+from distr_patch.ops.configs import fwd_config  # noqa: E402
+
+VARIANTS = {"G1": dict(group_size=1), "G2 mean": dict(group_size=2, fusion="mean"),
+            "G2 rank1": dict(group_size=2, fusion="rank1"),
+            "G2 r1 W128 c.5": dict(group_size=2, fusion="rank1", exact_window=128, window_correction=0.5)}
+
+
+class _Sm90Driver:
+    """Just enough of a Triton driver to compile for sm_90 without a GPU."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+
+_compiled: list = []
+
+
+def _compile_only(run):
+    def wrapper(self, *args, grid, warmup, **kwargs):
+        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+        _compiled.append((self.__name__, kernel))
+        return kernel
+    return wrapper
+
+
+def _ptxas() -> str:
+    """The ptxas Triton itself uses for sm_90 (its bundled one; the name says Blackwell, the binary is new)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        return get_ptxas(90).path
+    except (ImportError, AttributeError):  # older Triton: one bundled ptxas
+        return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas")
+
+
+def resources(kernel) -> dict:
+    """Registers, spill bytes (stores + loads) and warnings of one compiled kernel, from ``ptxas -v`` on its
+    PTX (the cubin's resource table missed spills here), plus Triton's shared memory."""
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(kernel.asm["ptx"])
+    text = subprocess.run([_ptxas(), "-v", "-arch=sm_90a", f.name, "-o", os.devnull], capture_output=True,
+                          text=True).stderr
+    os.unlink(f.name)
+    regs = re.findall(r"Used (\d+) registers", text)
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    return dict(regs=int(regs[-1]) if regs else -1, spill=sum(map(int, spills[-1])) if spills else -1,
+                serialized="C7511" in text or "serialized" in text, shared=int(kernel.metadata.shared))
+
+
+def configs(d: int, G: int, window: bool):
+    """(name, FwdConfig): the table's choice and the alternatives measured on the GPU."""
+    W = 128 if window else 0
+    base = fwd_config(d, G, 128, exact_window=W, interpret=False)
+    out = [("default", base)]
+    if G == 1:
+        cap = 128 if base.num_warps == 8 else 168
+        return out + [("tma" if not base.kv_tma else "no tma", replace(base, kv_tma=not base.kv_tma)),
+                      (f"maxnreg{cap}", replace(base, maxnreg=cap))]
+    out += [("prologue" if not base.qeff_prologue else "regroup launch",
+             replace(base, qeff_prologue=not base.qeff_prologue)),
+            ("tma" if not base.kv_tma else "no tma", replace(base, kv_tma=not base.kv_tma))]
+    if not window:
+        out.append((f"bn{192 - base.block_n}", replace(base, block_n=192 - base.block_n)))  # 64 <-> 128
+    # register caps that let one more program share an SM (8 warps: 2 at <= 128; 4 warps: 3 at <= 168)
+    cap = 128 if base.num_warps == 8 else 168
+    out.append((f"maxnreg{cap}", replace(base, maxnreg=cap)))
+    if window and not base.qeff_prologue:
+        out.append((f"prologue maxnreg{cap}", replace(base, qeff_prologue=True, maxnreg=cap)))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"some of {list(VARIANTS)}")
+    ap.add_argument("--d", nargs="+", type=int, default=[64, 128])
+    ap.add_argument("--causal", nargs="+", type=int, default=[0, 1])
+    args = ap.parse_args(argv)
+    driver.set_active(_Sm90Driver())
+    jit.JITFunction.run = _compile_only(jit.JITFunction.run)
+    rows = []
+    for d in args.d:
+        q, k, v = (torch.randn(1, 2, 512, d, dtype=torch.bfloat16) for _ in range(3))
+        for name in args.variants:
+            kw = VARIANTS[name]
+            for causal in args.causal:
+                G = kw["group_size"]  # groups from torch: the grouping kernel is compiled, never run, here
+                full = dict(group_size=G, block_m=128, fusion=kw.get("fusion", "mean"),
+                            exact_window=kw.get("exact_window", 0), window_correction=kw.get("window_correction", 0.0),
+                            causal=bool(causal), attention_mask=None, scale=None, num_hash_bits=16, seed=0,
+                            query_valid=None,
+                            groups=compute_groups(q, group_size=G, block_m=128, num_hash_bits=16, seed=0))
+                for cname, cfg in configs(d, kw["group_size"], full["exact_window"] > 0):
+                    _compiled.clear()
+                    da._triton_forward(q, k, v, config=cfg, **full)
+                    kern = [kernel for kname, kernel in _compiled if kname == "_distr_fwd_kernel"][-1]
+                    r = resources(kern)
+                    rows.append((d, causal, name, cname, cfg.block_n, cfg.num_warps, r))
+                    print(rows[-1], flush=True)
+    print(f"\nTriton {triton.__version__}, sm_90 (compiled only)\n")
+    print("| d | causal | variant | config | block_n | warps | registers | programs/SM by registers | "
+          "spill B | wgmma serialized | shared KB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for d, causal, name, cname, bn, w, r in rows:
+        per_sm = 65536 // max(1, r["regs"] * 32 * w)
+        print(f"| {d} | {causal} | {name} | {cname} | {bn} | {w} | {r['regs']} | {per_sm} | {r['spill']} | "
+              f"{'yes' if r['serialized'] else ''} | {r['shared'] / 1024:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

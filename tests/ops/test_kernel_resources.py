@@ -1,0 +1,24 @@
+"""scripts/kernel_resources.py compiles the forward for sm_90 on a machine without a GPU and reads its
+registers and spills (a subprocess: the test session's kernels are the interpreter's)."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_kernel_resources_reports_registers_for_sm90():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_resources.py"), "--variants", "G2 r1 W128 c.5",
+                          "--d", "64", "--causal", "0"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| 64 |")]
+    configs = {r[3].strip(): r for r in rows}
+    assert {"default", "prologue", "maxnreg128", "prologue maxnreg128"} <= set(configs)
+    regs = {name: int(r[6]) for name, r in configs.items()}
+    assert all(0 < n <= 255 for n in regs.values())
+    assert regs["maxnreg128"] <= 128 and regs["prologue maxnreg128"] <= 128  # the cap reaches the compiler
+    assert re.search(r"Triton \d+\.\d+", run.stdout)
