@@ -9,6 +9,7 @@
 # options: Q_eff in the kernel's prologue, TMA K/V tiles and kernel-stored positions against the defaults
 #          (--kernel-options).
 # caps: register caps that fit one more program per SM (--register-caps; scripts/kernel_resources.py's table).
+# regroup: the regroup launch (backward: Q_eff and dQ) under other tiles (scripts/bench_regroup.py).
 # kernel-tests: the forward kernel's GPU tests alone.
 # Logs and JSON go to $OUT (the device tool's folder) or /tmp/device-check; each table prints last.
 # The GPU tests took 470 s in one process (mostly kernel compilation). With pytest-xdist importable, or its
@@ -44,9 +45,10 @@ for step in "${steps[@]}"; do
            --kernel-options --no-reduced 2>&1 | tee "$out/options.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     caps) python scripts/compare_fwd_configs.py --variants "G1" "G2 mean" "G2 r1 W128 c.5" --d 64 128 --register-caps \
            --no-reduced 2>&1 | tee "$out/caps.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+    regroup) python scripts/bench_regroup.py 2>&1 | tee "$out/regroup.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     kernel-tests) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py 2>&1 \
            | tee "$out/kernel-tests.log" | tail -20 || rc=1 ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, fwd, bwd, bwd16k, tiles, options, caps)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, fwd, bwd, bwd16k, tiles, options, caps, regroup)" >&2; exit 2 ;;
   esac
 done
 exit $rc

@@ -10,6 +10,7 @@ Use it to see why a config is slow before spending device time. Caveats:
 
     python scripts/kernel_resources.py                      # the variants below, default and other configs
     python scripts/kernel_resources.py --variants "G2 r1 W128 c.5" --d 64
+    python scripts/kernel_resources.py --backward            # each backward kernel at the backward table's tiles
 
 Prints one markdown table last.
 """
@@ -113,11 +114,33 @@ def configs(d: int, G: int, window: bool):
     return out
 
 
+def backward_rows(q, k, v, name, causal, full) -> list:
+    """(kernel name, BwdConfig fields, resources) of each backward launch at the table's backward config."""
+    from distr_patch.ops.configs import bwd_config
+    from distr_patch.ops.distr_bwd import _triton_backward
+
+    d = q.shape[-1]
+    cfg = bwd_config(d, full["group_size"], full["exact_window"], interpret=False)
+    B, H, N, _ = q.shape
+    lse = torch.zeros(B, H, N)
+    grp = full["groups"].to(torch.int32) if full["group_size"] > 1 else None
+    wa = torch.full(grp.shape, 0.5) if grp is not None and full["fusion"] == "rank1" else None
+    _compiled.clear()
+    _triton_backward(q, q, k, v, q, lse, grp, wa, wa, config=cfg,
+                     **{n: full[n] for n in ("group_size", "block_m", "fusion", "exact_window", "window_correction",
+                                             "causal", "attention_mask", "scale")})
+    tiles = {"_bwd_dkdv_kernel": (cfg.kv_block_m, cfg.kv_block_n, cfg.kv_warps),
+             "_bwd_dq_kernel": (cfg.q_block_m, cfg.q_block_n, cfg.q_warps),
+             "_bwd_preprocess_kernel": (cfg.q_block_m, cfg.band_n, cfg.q_warps)}
+    return [(kname, tiles.get(kname, ("", "", kern.metadata.num_warps)), resources(kern)) for kname, kern in _compiled]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"some of {list(VARIANTS)}")
     ap.add_argument("--d", nargs="+", type=int, default=[64, 128])
     ap.add_argument("--causal", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--backward", action="store_true", help="the backward's kernels at the table's backward config")
     args = ap.parse_args(argv)
     driver.set_active(_Sm90Driver())
     jit.JITFunction.run = _compile_only(jit.JITFunction.run)
@@ -133,16 +156,21 @@ def main(argv=None):
                             causal=bool(causal), attention_mask=None, scale=None, num_hash_bits=16, seed=0,
                             query_valid=None,
                             groups=compute_groups(q, group_size=G, block_m=128, num_hash_bits=16, seed=0))
+                if args.backward:
+                    for kname, (bm, bn, w), r in backward_rows(q, k, v, name, causal, full):
+                        rows.append((d, causal, name, kname, f"{bm}x{bn}", w, r))
+                        print(rows[-1], flush=True)
+                    continue
                 for cname, cfg in configs(d, kw["group_size"], full["exact_window"] > 0):
                     _compiled.clear()
                     da._triton_forward(q, k, v, config=cfg, **full)
                     kern = [kernel for kname, kernel in _compiled if kname == "_distr_fwd_kernel"][-1]
                     r = resources(kern)
-                    rows.append((d, causal, name, cname, cfg.block_n, cfg.num_warps, r))
+                    rows.append((d, causal, name, cname, f"{cfg.block_m}x{cfg.block_n}", cfg.num_warps, r))
                     print(rows[-1], flush=True)
     print(f"\nTriton {triton.__version__}, sm_90 (compiled only)\n")
-    print("| d | causal | variant | config | block_n | warps | registers | programs/SM by registers | "
-          "spill B | wgmma serialized | shared KB |")
+    print(f"| d | causal | variant | {'kernel' if args.backward else 'config'} | tile (rows x keys) | warps | "
+          "registers | programs/SM by registers | spill B | wgmma serialized | shared KB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for d, causal, name, cname, bn, w, r in rows:
         per_sm = 65536 // max(1, r["regs"] * 32 * w)

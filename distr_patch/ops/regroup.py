@@ -100,6 +100,12 @@ def fused_query_tile(x, INV, WA, WB, mean_a, pid_bh, m0, NB, HEAD_DIM: tl.conste
     return y.to(DOT_T)
 
 
+# (num_warps, output columns per dot) of the regroup launch. Compiled for sm_90 (scripts/kernel_resources.py's
+# approach), (4, 64) takes 255 registers and spills 456-636 B at d=128 while (8, 32) takes 128-158 without spills;
+# whether that is faster has not been timed (scripts/bench_regroup.py), so the timed tiles stay.
+REGROUP_TILES = (4, 64)
+
+
 def inverse_groups(groups: torch.Tensor) -> torch.Tensor:
     """groups int [B,H,nb,d] (sorted position -> column) -> int32 [B,H,nb,d] (column -> sorted position)."""
     pos = torch.arange(groups.shape[-1], device=groups.device, dtype=torch.int32).expand(groups.shape)
@@ -108,13 +114,17 @@ def inverse_groups(groups: torch.Tensor) -> torch.Tensor:
 
 def regroup(x: torch.Tensor, groups: torch.Tensor, w1: torch.Tensor | None, w2: torch.Tensor | None, *,
             group_size: int, block_m: int, out_dtype: torch.dtype, add: torch.Tensor | None = None,
-            mean_weights: tuple[float, float] | None = None, inv: torch.Tensor | None = None) -> torch.Tensor:
+            mean_weights: tuple[float, float] | None = None, inv: torch.Tensor | None = None,
+            tiles: tuple[int, int] | None = None) -> torch.Tensor:
     """Y[:, col(p)] = w2_p Σ_{p'∈group(p)} w1_p' X[:, col(p')] (+ add) per grouping block.
 
     ``regroup(q, groups, a, b)`` is ``fused_queries`` (Q_eff); ``regroup(dq_eff, groups, b, a)``
     its adjoint. x [B,H,N,d] any strides; groups int32 [B,H,nb,d] contiguous (``inv``: its
     ``inverse_groups``, computed here if not given); w1/w2 fp32 like groups, or None with
     ``mean_weights = (w1, w2)`` scalars. Returns a contiguous tensor.
+
+    ``tiles``: (num_warps, output columns per dot) instead of ``REGROUP_TILES`` (for side-by-side timing,
+    ``scripts/bench_regroup.py``).
 
     The product runs as a dot with the block's [d, d] fusion matrix: fp32 operands at tf32
     precision when the output is 16-bit (the weights' 2^-11 rounding is below the output's
@@ -132,10 +142,11 @@ def regroup(x: torch.Tensor, groups: torch.Tensor, w1: torch.Tensor | None, w2: 
     add_t = add if add is not None else y
     d_pad = triton.next_power_of_2(d)
     rows = min(32, block_m)
+    warps, cb = tiles or REGROUP_TILES
     _regroup_kernel[(triton.cdiv(N, rows), B * H)](
         x, y, add_t, inv, w1, w2, float(w1c), float(w2c),
         *x.stride(), *y.stride(), *add_t.stride(), H, N, nb, block_m,
-        HEAD_DIM=d, D_PAD=d_pad, G=G, CB=min(d_pad, 64), ROWS=rows, WEIGHTED=weighted,
-        HAS_ADD=add is not None, DOT_PREC="ieee" if out_dtype == torch.float32 else "tf32", num_warps=4,
+        HEAD_DIM=d, D_PAD=d_pad, G=G, CB=min(d_pad, cb), ROWS=rows, WEIGHTED=weighted,
+        HAS_ADD=add is not None, DOT_PREC="ieee" if out_dtype == torch.float32 else "tf32", num_warps=warps,
     )
     return y

@@ -208,6 +208,9 @@ def test_regroup_is_fused_queries_and_its_adjoint_interpreter():
         g32 = groups.to(torch.int32).contiguous()
         qe = regroup(q, g32, a, b, group_size=G, block_m=32, out_dtype=torch.float32)
         assert torch.allclose(qe, fused_queries(q, groups, a, b, group_size=G, block_m=32), atol=1e-5)
+        for tiles in ((8, 32), (4, 16)):  # other launch tiles: the same function
+            assert torch.allclose(regroup(q, g32, a, b, group_size=G, block_m=32, out_dtype=torch.float32,
+                                          tiles=tiles), qe, atol=1e-6)
         y = torch.randn_like(q)
         adj = regroup(y, g32, b, a, group_size=G, block_m=32, out_dtype=torch.float32)
         assert abs((qe * y).sum() - (q * adj).sum()) <= 1e-3 * (qe * y).abs().sum()
