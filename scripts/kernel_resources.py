@@ -114,7 +114,7 @@ def configs(d: int, G: int, window: bool):
     return out
 
 
-def backward_rows(q, k, v, name, causal, full) -> list:
+def backward_rows(q, k, v, full) -> list:
     """(kernel name, BwdConfig fields, resources) of each backward launch at the table's backward config."""
     from distr_patch.ops.configs import bwd_config
     from distr_patch.ops.distr_bwd import _triton_backward
@@ -157,7 +157,7 @@ def main(argv=None):
                             query_valid=None,
                             groups=compute_groups(q, group_size=G, block_m=128, num_hash_bits=16, seed=0))
                 if args.backward:
-                    for kname, (bm, bn, w), r in backward_rows(q, k, v, name, causal, full):
+                    for kname, (bm, bn, w), r in backward_rows(q, k, v, full):
                         rows.append((d, causal, name, kname, f"{bm}x{bn}", w, r))
                         print(rows[-1], flush=True)
                     continue

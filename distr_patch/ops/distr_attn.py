@@ -15,6 +15,7 @@ descriptors (``kv_descriptors``) where the config asks for them and the strides 
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -475,12 +476,18 @@ def _mask_operand(attention_mask, B, Hq, N, M, device):
     return kind, t, strides
 
 
+@functools.lru_cache(maxsize=None)
+def _major_capability(index: int | None) -> int:
+    """The CUDA device's compute capability major (cached: ``kv_descriptors`` runs on every call)."""
+    return torch.cuda.get_device_capability(index)[0]
+
+
 def kv_descriptors(k: torch.Tensor, v: torch.Tensor, block_n: int, d_pad: int):
     """Tensor descriptors (the copy engine's tile loads) over k, v [B, Hkv, M, d] with [1, 1, block_n, d_pad]
     blocks, or None where they do not apply: no ``TensorDescriptor`` in this Triton, a GPU before Hopper, or
     strides / addresses that are not 16-byte aligned with a unit stride along d (then the kernel loads by
     pointers, the same function)."""
-    if TensorDescriptor is None or (k.is_cuda and torch.cuda.get_device_capability(k.device)[0] < 9):
+    if TensorDescriptor is None or (k.is_cuda and _major_capability(k.device.index) < 9):
         return None
     for t in (k, v):
         size = t.element_size()
@@ -528,6 +535,8 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     band_n = cfg.band_block_n or cfg.block_n
     if cfg.block_n % band_n or band_n < 16:  # the band segment is BLOCK_N-aligned; sub-tiles must fit it
         raise ValueError(f"config.band_block_n={band_n} must divide block_n={cfg.block_n} and be >= 16")
+    if cfg.maxnreg is not None and not 24 <= cfg.maxnreg <= 255:  # what ptxas accepts for .maxnreg
+        raise ValueError(f"config.maxnreg must be None or in [24, 255] registers per thread, got {cfg.maxnreg}")
     inv = None  # column -> sorted position (the Q_eff prologue's map), from the grouping launch or torch below
     if exact:
         grp = wa = wb = torch.empty(1, device=q.device, dtype=torch.float32)

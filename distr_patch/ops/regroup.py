@@ -143,6 +143,9 @@ def regroup(x: torch.Tensor, groups: torch.Tensor, w1: torch.Tensor | None, w2: 
     d_pad = triton.next_power_of_2(d)
     rows = min(32, block_m)
     warps, cb = tiles or REGROUP_TILES
+    if warps not in (1, 2, 4, 8, 16) or cb < 16 or cb & (cb - 1):
+        raise ValueError(f"tiles must be (num_warps in 1/2/4/8/16, output columns: a power of two >= 16), "
+                         f"got {tiles}")
     _regroup_kernel[(triton.cdiv(N, rows), B * H)](
         x, y, add_t, inv, w1, w2, float(w1c), float(w2c),
         *x.stride(), *y.stride(), *add_t.stride(), H, N, nb, block_m,

@@ -375,3 +375,5 @@ def test_register_cap_is_a_launch_option():
               attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
     cfg = replace(fwd_config(64, 2, 32, exact_window=16), maxnreg=128, qeff_prologue=True)
     assert rel_err(_triton_forward(q, k, v, config=cfg, **kw), reference_distr_attention(q, k, v, **kw)) < 1e-5
+    with pytest.raises(ValueError, match=r"config.maxnreg must be None or in \[24, 255\]"):
+        _triton_forward(q, k, v, config=replace(cfg, maxnreg=512), **kw)

@@ -211,6 +211,8 @@ def test_regroup_is_fused_queries_and_its_adjoint_interpreter():
         for tiles in ((8, 32), (4, 16)):  # other launch tiles: the same function
             assert torch.allclose(regroup(q, g32, a, b, group_size=G, block_m=32, out_dtype=torch.float32,
                                           tiles=tiles), qe, atol=1e-6)
+    with pytest.raises(ValueError, match="tiles must be"):
+        regroup(q, g32, a, b, group_size=G, block_m=32, out_dtype=torch.float32, tiles=(4, 24))
         y = torch.randn_like(q)
         adj = regroup(y, g32, b, a, group_size=G, block_m=32, out_dtype=torch.float32)
         assert abs((qe * y).sum() - (q * adj).sum()) <= 1e-3 * (qe * y).abs().sum()
