@@ -158,8 +158,13 @@ def _expanded_config(head_dim: int, window: bool, interpret: bool) -> FwdConfig:
     # d<=64 with the prologue, 5-10% slower at d=128 and with a window (H200, N=4096; docs/benchmarks.md,
     # "Q_eff in the prologue, TMA"). d=256 (not timed) keeps the regroup launch: its [256, 256] fusion matrix
     # would hold 256 fp32 registers per thread on 8 warps.
-    opts = dict(grouped_qk="expanded", qeff_prologue=head_dim <= 128 and not (window and head_dim <= 64),
-                kv_tma=head_dim <= 64 and not window)
+    # With a window at d=64 the prologue fits two 8-warp programs per SM only under a 128-register cap
+    # (scripts/kernel_resources.py: 167 registers uncapped, no spill at 128): capped, 3% faster than the regroup
+    # launch non-causal and 24% causal (H200, N=4096: 3.610 / 2.408 ms against 3.731 / 3.181; docs/benchmarks.md,
+    # "Register caps and kernel-stored positions"). d=32 (not timed) keeps the regroup launch there.
+    capped_window = window and 32 < head_dim <= 64
+    opts = dict(grouped_qk="expanded", qeff_prologue=head_dim <= 128 and (not window or head_dim > 64 or capped_window),
+                kv_tma=head_dim <= 64 and not window, maxnreg=128 if capped_window and not interpret else None)
     if interpret:
         return FwdConfig(64, 32, 4, 1, "natural", band_block_n=16 if window else None, **opts)
     if head_dim > 128:

@@ -80,7 +80,8 @@ def grouped_qk(request, monkeypatch):
     scattered by torch or stored by the grouping launch); K/V tiles through pointers or TMA descriptors.
     "table": the config table's own choices (prologue and TMA by head dim and window)."""
     mode, *opts = request.param.split("+")
-    monkeypatch.setattr("distr_patch.ops.grouping_triton.POSITIONS", "kernel" if "positions" in opts else "torch")
+    if mode != "table":  # the table keeps the module's default map (kernel-stored positions)
+        monkeypatch.setattr("distr_patch.ops.grouping_triton.POSITIONS", "kernel" if "positions" in opts else "torch")
     forced = mode == "expanded"
     monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_GROUPED_QK", "reduced" if mode == "reduced" else "expanded")
     monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_QEFF_PROLOGUE", ("prologue" in opts) if forced else None)
@@ -295,12 +296,15 @@ def test_fwd_config_table():
                     assert red.block_m == bm and red.block_n % (red.band_block_n or red.block_n) == 0
     assert fwd_config(64, 2, 128, interpret=False, fp32=True).block_n == \
         fwd_config(64, 2, 128, interpret=False).block_n // 2
-    # the measured choices: Q_eff in the prologue except with a window at d<=64; TMA at d<=64 without a window
-    # (and for exact attention at d<=64); the reduced path never forms Q_eff
+    # the measured choices: Q_eff in the prologue (with a window at d=64 under a 128-register cap; d=32 with a
+    # window keeps the regroup launch); TMA at d<=64 without a window (and for exact attention at d<=64); the
+    # reduced path never forms Q_eff
     pick = {(d, W): fwd_config(d, 2, 128, exact_window=W, interpret=False, grouped_qk="expanded")
-            for d in (64, 128) for W in (0, 128)}
-    assert [pick[k].qeff_prologue for k in sorted(pick)] == [True, False, True, True]
-    assert [pick[k].kv_tma for k in sorted(pick)] == [True, False, False, False]
+            for d in (32, 64, 128) for W in (0, 128)}
+    assert [pick[k].qeff_prologue for k in sorted(pick)] == [True, False, True, True, True, True]
+    assert [pick[k].kv_tma for k in sorted(pick)] == [True, False, True, False, False, False]
+    assert [pick[k].maxnreg for k in sorted(pick)] == [None, None, None, 128, None, None]
+    assert fwd_config(64, 2, 128, exact_window=128, interpret=True, grouped_qk="expanded").maxnreg is None
     assert fwd_config(64, 1, 128, interpret=False).kv_tma and not fwd_config(128, 1, 128, interpret=False).kv_tma
     assert not fwd_config(64, 2, 128, interpret=False, grouped_qk="reduced").qeff_prologue
     assert not fwd_config(256, 2, 128, interpret=False, grouped_qk="expanded").qeff_prologue
