@@ -10,6 +10,7 @@ own cost (hash, sort, fusion weights, K transpose) is timed apart and shown as a
     python scripts/bench_attention.py --tune               # sweep the kernel's tile table
     python scripts/bench_attention.py --json out.json      # also write all numbers
     python scripts/bench_attention.py --backward           # forward+backward (training step) instead
+    python scripts/bench_attention.py --backward --backward-paths   # + each G>1 variant on the earlier paths
 
 With ``--backward`` each variant is timed as forward + backward (``torch.autograd.grad`` of the
 output for a random output gradient), and every gradient's relative error is reported against
@@ -17,6 +18,9 @@ fp32 autograd of the same function on a slice of the heads (exact attention for 
 the PyTorch reference for DistrAttention), plus the largest of the three against exact
 attention. ``--device cpu`` (with TRITON_INTERPRET=1) runs the same code at tiny sizes
 through the Triton interpreter, as a smoke test only: its timings mean nothing.
+``--backward-paths`` adds, for each grouped variant, rows on the backward's earlier paths side by side:
+"(launches)" forms Q_eff again and maps dQ_eff back with regroup launches; "(kept Q_eff)" takes the
+forward's Q_eff but still maps dQ back by a launch (the plain rows: kept Q_eff and the dQ kernel's epilogue).
 
 SageAttention 1 (``pip install sageattention==1.0.6``) is timed when importable.
 """
@@ -132,6 +136,12 @@ def run_sweep(args):
     if args.variants:
         keep = set(args.variants)
         variants = {k: v for k, v in variants.items() if k in keep or v["kind"] in ("flash", "cudnn")}
+    if args.backward_paths:
+        variants = dict(variants)
+        for name, spec in list(variants.items()):
+            if spec["kind"] == "distr" and spec["kw"].get("group_size", 2) > 1:
+                for label, paths in BWD_PATHS.items():
+                    variants[f"{name} ({label})"] = dict(spec, paths=paths)
     rows = []
     for d in args.d:
         H = max(1, args.model_dim // d)
@@ -254,6 +264,27 @@ BWD_VARIANTS = {
 }
 
 
+# --backward-paths: (keep the forward's Q_eff, map dQ back in the dQ kernel's epilogue) per extra row
+BWD_PATHS = {"launches": (False, False), "kept Q_eff": (True, False)}
+
+
+def _with_paths(paths, fn):
+    """fn under the backward path flags ``paths`` (configs.DEFAULT_KEEP_QEFF / DEFAULT_DQ_EPILOGUE), restored
+    after; fn itself when None."""
+    if paths is None:
+        return fn
+    from distr_patch.ops import configs
+
+    def run(*a):
+        saved = configs.DEFAULT_KEEP_QEFF, configs.DEFAULT_DQ_EPILOGUE
+        configs.DEFAULT_KEEP_QEFF, configs.DEFAULT_DQ_EPILOGUE = paths
+        try:
+            return fn(*a)
+        finally:
+            configs.DEFAULT_KEEP_QEFF, configs.DEFAULT_DQ_EPILOGUE = saved
+    return run
+
+
 def _fwd_fn(spec, causal, backend):
     """(q, k, v) -> output, for one variant."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -301,6 +332,12 @@ def run_backward(args):
     if args.variants:
         keep = set(args.variants)
         variants = {k: v for k, v in variants.items() if k in keep or v["kind"] in ("flash", "cudnn")}
+    if args.backward_paths:
+        variants = dict(variants)
+        for name, spec in list(variants.items()):
+            if spec["kind"] == "distr" and spec["kw"].get("group_size", 2) > 1:
+                for label, paths in BWD_PATHS.items():
+                    variants[f"{name} ({label})"] = dict(spec, paths=paths)
     rows = []
     for d in args.d:
         H = max(1, args.model_dim // d)
@@ -321,8 +358,9 @@ def run_backward(args):
                     fn = _fwd_fn(spec, causal, backend)
                     qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
 
-                    def step():
+                    def grads_once():
                         return torch.autograd.grad(fn(qg, kg, vg), (qg, kg, vg), do)
+                    step = _with_paths(spec.get("paths"), grads_once)
                     try:
                         got = step()
                         if on_gpu:
@@ -399,6 +437,9 @@ def main(argv=None):
     p.add_argument("--json", help="write all rows to this JSON file")
     p.add_argument("--backward", action="store_true",
                    help="time forward+backward and report each gradient's error (G=1, G=2 mean/rank1/W128 c.5)")
+    p.add_argument("--backward-paths", action="store_true",
+                   help="with --backward: also each grouped variant on the backward's earlier paths (regroup "
+                        "launches for Q_eff and dQ; the forward's Q_eff with a dQ launch)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                    help="cpu: --backward smoke test through the Triton interpreter (TRITON_INTERPRET=1)")
     args = p.parse_args(argv)

@@ -10,7 +10,9 @@
 #          (--kernel-options).
 # caps: register caps that fit one more program per SM (--register-caps; scripts/kernel_resources.py's table).
 # regroup: the regroup launch (backward: Q_eff and dQ) under other tiles (scripts/bench_regroup.py).
-# kernel-tests: the forward kernel's GPU tests alone.
+# kernel-tests: the forward kernel's GPU tests alone; bwd-tests: the backward's.
+# bwdpaths: forward+backward at N=4096 with each grouped variant also on the backward's earlier paths
+#           (bench_attention.py --backward --backward-paths: regroup launches / the forward's Q_eff kept).
 # Logs and JSON go to $OUT (the device tool's folder) or /tmp/device-check; each table prints last.
 # The GPU tests took 470 s in one process (mostly kernel compilation). With pytest-xdist importable, or its
 # wheels in .whl/ (carry ".whl"; `pip download --no-deps -d .whl pytest-xdist execnet`), they run in
@@ -46,9 +48,14 @@ for step in "${steps[@]}"; do
     caps) python scripts/compare_fwd_configs.py --variants "G1" "G2 mean" "G2 r1 W128 c.5" --d 64 128 --register-caps \
            --no-reduced 2>&1 | tee "$out/caps.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     regroup) python scripts/bench_regroup.py 2>&1 | tee "$out/regroup.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+    bwd-tests) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_bwd.py 2>&1 \
+           | tee "$out/bwd-tests.log" | tail -20 || rc=1 ;;
+    bwdpaths) python scripts/bench_attention.py --backward --backward-paths --quick --rep-ms 10 \
+           --json "$out/bwdpaths.json" --variants "distr G=1" "distr G=2 mean" "distr G=2 rank1" \
+           "distr G=2 rank1 W128 c.5" 2>&1 | tee "$out/bwdpaths.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     kernel-tests) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py 2>&1 \
            | tee "$out/kernel-tests.log" | tail -20 || rc=1 ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, fwd, bwd, bwd16k, tiles, options, caps, regroup)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup)" >&2; exit 2 ;;
   esac
 done
 exit $rc

@@ -102,13 +102,14 @@ def configs(d: int, G: int, window: bool):
         return out + [("tma" if not base.kv_tma else "no tma", replace(base, kv_tma=not base.kv_tma)),
                       (f"maxnreg{cap}", replace(base, maxnreg=cap))]
     out += [("prologue" if not base.qeff_prologue else "regroup launch",
-             replace(base, qeff_prologue=not base.qeff_prologue)),
+             replace(base, qeff_prologue=not base.qeff_prologue, maxnreg=None)),
             ("tma" if not base.kv_tma else "no tma", replace(base, kv_tma=not base.kv_tma))]
     if not window:
         out.append((f"bn{192 - base.block_n}", replace(base, block_n=192 - base.block_n)))  # 64 <-> 128
     # register caps that let one more program share an SM (8 warps: 2 at <= 128; 4 warps: 3 at <= 168)
     cap = 128 if base.num_warps == 8 else 168
-    out.append((f"maxnreg{cap}", replace(base, maxnreg=cap)))
+    out.append((f"maxnreg{cap}", replace(base, maxnreg=cap)) if base.maxnreg is None
+               else ("uncapped", replace(base, maxnreg=None)))
     if window and not base.qeff_prologue:
         out.append((f"prologue maxnreg{cap}", replace(base, qeff_prologue=True, maxnreg=cap)))
     return out

@@ -75,6 +75,10 @@ def _env_flag(name: str, default: bool | None) -> bool | None:
 # paths; pointer loads where the strides do not allow them). docs/benchmarks.md, "Q_eff in the prologue, TMA".
 DEFAULT_QEFF_PROLOGUE = _env_flag("DISTR_QEFF_PROLOGUE", None)
 DEFAULT_KV_TMA = _env_flag("DISTR_KV_TMA", None)
+# The backward: the dQ kernel's epilogue maps dQ_eff back (BwdConfig.dq_epilogue; None: the table), and the
+# forward keeps its Q_eff and column -> position map for the backward (else the backward forms them again).
+DEFAULT_DQ_EPILOGUE = _env_flag("DISTR_DQ_EPILOGUE", None)
+DEFAULT_KEEP_QEFF = _env_flag("DISTR_KEEP_QEFF", True)
 
 
 def interpreting() -> bool:
@@ -202,6 +206,9 @@ class BwdConfig:
     kv_split: int | None = None
     kv_band_m: int | None = None
     q_band_n: int | None = None
+    # G > 1: the dQ kernel maps dQ_eff back to dQ in its epilogue (one dot per output chunk with the grouping
+    # block's fusion matrix) instead of a regroup launch after it (DISTR_DQ_EPILOGUE=0/1 overrides)
+    dq_epilogue: bool = True
 
     @property
     def band_m(self) -> int:
@@ -248,4 +255,6 @@ def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, fp3
         cfg = replace(cfg, kv_band_m=band[0], q_band_n=band[1])
     if fp32:
         cfg = replace(cfg, kv_block_n=max(32, cfg.kv_block_n // 2), q_block_m=max(16, cfg.q_block_m // 2))
+    if DEFAULT_DQ_EPILOGUE is not None:
+        cfg = replace(cfg, dq_epilogue=DEFAULT_DQ_EPILOGUE)
     return cfg

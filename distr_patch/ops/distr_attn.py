@@ -297,7 +297,7 @@ def _distr_fwd_kernel(
     RANK1: tl.constexpr, GB_DG: tl.constexpr, GB_CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
     EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr, RANK_ORDER: tl.constexpr,
     EXPANDED: tl.constexpr, TMA_N: tl.constexpr, QE_PROLOGUE: tl.constexpr, GROUP_BM: tl.constexpr,
-    SPLIT_W: tl.constexpr,
+    SPLIT_W: tl.constexpr, STORE_QE: tl.constexpr,
 ):
     """One program: one query tile of BLOCK_M rows of one (batch, query head); on the reduced path
     (not EXPANDED) the tile is one grouping block.
@@ -315,7 +315,8 @@ def _distr_fwd_kernel(
 
     With QE_PROLOGUE (and EXPANDED) the program forms its tile's Q_eff itself from Q and its grouping blocks'
     fusion matrices (``regroup.fused_query_tile``: INV, WA, WB or the mean weights ``mean_a``, 1), instead of
-    loading QE. TMA_N > 0: K and V tiles of TMA_N keys come through the tensor descriptors KD / VD.
+    loading QE; with STORE_QE it also stores that Q_eff to QE (in QE's dtype) for the backward. TMA_N > 0: K and
+    V tiles of TMA_N keys come through the tensor descriptors KD / VD.
 
     With STORE_LSE, LSE[b, h, i] (fp32, contiguous [B, Hq, N]) receives the row's log-sum-exp in
     log2 units of the scaled, corrected scores (+inf for a fully masked row), for the backward.
@@ -352,6 +353,10 @@ def _distr_fwd_kernel(
         qt = fused_query_tile(_load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T),
                               INV, WA, WB, mean_a, pid_bh, m0, NB, HEAD_DIM, D_PAD, G, GROUP_BM, BLOCK_M,
                               not FUSION_MEAN, SPLIT_W, DOT_T, DOT_PREC)
+        if STORE_QE:
+            tl.store(QE + b.to(tl.int64) * stride_qeb + h.to(tl.int64) * stride_qeh + offs_m[:, None] * stride_qen
+                     + offs_d[None, :] * stride_qed, qt.to(QE.dtype.element_ty),
+                     mask=(offs_m < N)[:, None] & (offs_d < HEAD_DIM)[None, :])
     elif EXPANDED:  # Q_eff, formed before the launch
         qt = _load_q_tile(QE + b.to(tl.int64) * stride_qeb + h.to(tl.int64) * stride_qeh, offs_m, N,
                           stride_qen, stride_qed, HEAD_DIM, D_PAD, DOT_T)
@@ -511,12 +516,14 @@ def _fused_grouping_meta(gl) -> dict:
 
 def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, window_correction, causal,
                     attention_mask, scale, num_hash_bits, seed, query_valid, groups,
-                    config: FwdConfig | None = None, return_lse: bool = False):
+                    config: FwdConfig | None = None, return_lse: bool = False, keep_qeff: bool = False):
     """Launch the fused forward. q [B,Hq,N,d], k/v [B,Hkv,M,d] -> out [B,Hq,N,d] (q's dtype).
 
     With ``return_lse``: (out, lse, groups, wa, wb): lse [B,Hq,N] fp32 in log2 units of the
     scaled scores (+inf for fully masked rows); groups int32 [B,Hq,NB,d] (None for G=1) and
-    the fusion weights (None for mean fusion) the kernel used, for the backward.
+    the fusion weights (None for mean fusion) the kernel used, for the backward. With ``keep_qeff`` too,
+    two more: the Q_eff the kernel used [B,Hq,N,d] (q's dtype; the prologue stores it) and the column ->
+    position map int32 [B,Hq,NB,d], both None where the path has none (G=1, grouped_qk="reduced").
     """
     B, Hq, N, d = q.shape
     Hkv, M = k.shape[1], k.shape[2]
@@ -565,9 +572,12 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
             wa = wb = grp
         nb = grp.shape[2]
     prologue = expanded and cfg.qeff_prologue
+    store_qe = prologue and keep_qeff and return_lse
     qe = q
     if prologue:  # each program forms its tile's Q_eff (fused_query_tile) from the column -> position map
         inv = inverse_groups(grp) if inv is None else inv
+        if store_qe:  # ... and stores it for the backward
+            qe = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     elif expanded:  # Q_eff[:, j] = b_j Q̃[:, group(j)], per row from its own grouping block. A separate launch:
         # writing Q_eff from the grouping kernel measured slower (docs/benchmarks.md, "grouped scores as Q_eff Kᵀ")
         mean = wa is grp
@@ -608,15 +618,16 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         DOT_T=_dot_dtype(q.dtype), STORE_LSE=return_lse, QT_SCRATCH=qt_scratch, EXPANDED=expanded,
         TMA_N=cfg.block_n if descs else 0, QE_PROLOGUE=prologue, GROUP_BM=block_m,
-        SPLIT_W=prologue and wa is not grp and _dot_dtype(q.dtype) != tl.float32,
+        SPLIT_W=prologue and wa is not grp and _dot_dtype(q.dtype) != tl.float32, STORE_QE=store_qe,
         **_fused_grouping_meta(gl),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )
     if not return_lse:
         return out
+    kept = (qe if expanded and (store_qe or not prologue) else None, inv) if keep_qeff else ()
     if exact:
-        return out, lse, None, None, None
-    return out, lse, grp, (None if wa is grp else wa), (None if wb is grp else wb)
+        return (out, lse, None, None, None, *kept)
+    return (out, lse, grp, (None if wa is grp else wa), (None if wb is grp else wb), *kept)
 
 
 # --------------------------------------------------------------------------- public API

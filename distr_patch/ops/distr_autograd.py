@@ -2,7 +2,9 @@
 
 ``DistrAttentionFunction`` runs ``_triton_forward(..., return_lse=True)``, keeps q, k, v, the
 output, the row log-sum-exp and the grouping / fusion weights the forward used (all O(N·d)),
-and its backward calls ``distr_bwd._triton_backward``. Gradients flow to q, k and v; the
+and (G > 1, ``configs.DEFAULT_KEEP_QEFF``, env DISTR_KEEP_QEFF) the forward's Q_eff and column ->
+position map, one more [B, Hq, N, d] tensor that spares the backward a regroup launch; its
+backward calls ``distr_bwd._triton_backward``. Gradients flow to q, k and v; the
 grouping, the fusion weights, ``query_valid`` and the attention mask are constants (the mask
 gets no gradient). Not twice differentiable.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import configs
 from .distr_attn import _triton_forward
 from .distr_bwd import _triton_backward
 
@@ -18,15 +21,17 @@ from .distr_bwd import _triton_backward
 class DistrAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, opts: dict):
-        out, lse, groups, wa, wb = _triton_forward(q, k, v, return_lse=True, **opts)
-        ctx.save_for_backward(q, k, v, out, lse, groups, wa, wb)
+        keep = bool(configs.DEFAULT_KEEP_QEFF)
+        out, lse, groups, wa, wb, *kept = _triton_forward(q, k, v, return_lse=True, keep_qeff=keep, **opts)
+        qeff, inv = kept if keep else (None, None)
+        ctx.save_for_backward(q, k, v, out, lse, groups, wa, wb, qeff, inv)
         ctx.opts = opts
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, do):
-        q, k, v, out, lse, groups, wa, wb = ctx.saved_tensors
+        q, k, v, out, lse, groups, wa, wb, qeff, inv = ctx.saved_tensors
         o = ctx.opts
         need_dq = ctx.needs_input_grad[0]
         need_dkdv = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
@@ -34,7 +39,7 @@ class DistrAttentionFunction(torch.autograd.Function):
             do, q, k, v, out, lse, groups, wa, wb, group_size=o["group_size"], block_m=o["block_m"],
             fusion=o["fusion"], exact_window=o["exact_window"], window_correction=o["window_correction"],
             causal=o["causal"], attention_mask=o["attention_mask"], scale=o["scale"],
-            need_dq=need_dq, need_dkdv=need_dkdv)
+            need_dq=need_dq, need_dkdv=need_dkdv, qeff=qeff, inv=inv)
         return dq, (dk if ctx.needs_input_grad[1] else None), (dv if ctx.needs_input_grad[2] else None), None
 
 

@@ -43,7 +43,7 @@ import triton.language as tl
 
 from .configs import BwdConfig, bwd_config
 from .distr_attn import LOG2E, _dot_dtype, _key_segments, _mask_operand
-from .regroup import inverse_groups, regroup
+from .regroup import inverse_groups, regroup, regroup_tile_store
 
 
 # --------------------------------------------------------------------------- helpers
@@ -367,7 +367,7 @@ def _dq_tiles(dqe, dqx, qe, q, do, lse, delta, corr2, kappa, lo, hi, K, V, MASKP
 
 @triton.jit
 def _bwd_dq_kernel(
-    QE, Q, K, V, DO, DQE, DQX, LSE, DELTA, CORR, KAPPA, MASK,
+    QE, Q, K, V, DO, DQE, DQX, LSE, DELTA, CORR, KAPPA, MASK, INV, W1, W2, w1c,
     scale, qk_scale2,
     stride_qeb, stride_qeh, stride_qen, stride_qed,
     stride_qb, stride_qh, stride_qn, stride_qd,
@@ -376,16 +376,22 @@ def _bwd_dq_kernel(
     stride_dob, stride_doh, stride_don, stride_dod,
     stride_dqb, stride_dqh, stride_dqn, stride_dqd,
     stride_mb, stride_mh, stride_mn, stride_mm,
-    Hq, N, M, KV_REP, WINDOW,
+    Hq, N, M, KV_REP, WINDOW, NB,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BAND_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
+    ADJOINT: tl.constexpr, G: tl.constexpr, GROUP_BM: tl.constexpr, ADJ_CB: tl.constexpr,
+    WEIGHTED: tl.constexpr, ADJ_PREC: tl.constexpr,
 ):
     """One program: one query tile of one (batch, query head). DQE receives scale·dG K (the
     gradient of Q_eff; dQ itself for G = 1), DQX (with a window) scale·dE K, both [B,Hq,N,d]
     (every row written: zeros where no band key is). Keys stream in BLOCK_N tiles, the band's
-    (mixed) keys in BAND_N tiles (BAND_N | BLOCK_N)."""
+    (mixed) keys in BAND_N tiles (BAND_N | BLOCK_N).
+
+    With ADJOINT (G > 1) the epilogue maps dQ_eff back itself and DQE receives dQ = dQ_eff Wᵀ (+ DQX):
+    ``regroup.regroup_tile_store`` with the swapped weights (W1 = b, W2 = a per sorted position, or the
+    scalar w1c for mean fusion; INV: column -> sorted position, NB grouping blocks of GROUP_BM rows)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -447,7 +453,15 @@ def _bwd_dq_kernel(
                     offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd,
                     stride_mn, stride_mm, HEAD_DIM, D_PAD, BLOCK_N, CAUSAL, True, False, HAS_CORR, MASK_KIND,
                     DOT_PREC, DOT_T)
-    tl.store(DQE + optr, (dqe * scale).to(DQE.dtype.element_ty), mask=omask)
+    if ADJOINT:  # dQ = dQ_eff Wᵀ (+ the band's dQ_exact), in q's dtype: no regroup launch after the kernel
+        if HAS_WINDOW:
+            tl.debug_barrier()  # dQ_exact was stored above, by other threads of this program
+        obase = b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
+        regroup_tile_store(dqe * scale, DQE + obase, DQX + obase, offs_m, N, stride_dqn, stride_dqd, stride_dqn,
+                           stride_dqd, INV, W1, W2, w1c, pid_bh, m0, NB, HEAD_DIM, D_PAD, G, GROUP_BM, BLOCK_M,
+                           ADJ_CB, WEIGHTED, HAS_WINDOW, ADJ_PREC)
+    else:
+        tl.store(DQE + optr, (dqe * scale).to(DQE.dtype.element_ty), mask=omask)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -465,11 +479,13 @@ def _kv_split(rep: int, programs: int, device) -> int:
 
 def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block_m, fusion, exact_window,
                      window_correction, causal, attention_mask, scale, need_dq=True, need_dkdv=True,
-                     config: BwdConfig | None = None):
+                     qeff=None, inv=None, config: BwdConfig | None = None):
     """Gradients (dq, dk, dv) of ``_triton_forward`` at (q, k, v) for the output gradient ``do``.
 
     ``out``, ``lse``, ``groups``, ``wa``, ``wb`` are what ``_triton_forward(..., return_lse=True)``
-    returned. dq is None unless ``need_dq``; dk, dv None unless ``need_dkdv``.
+    returned; ``qeff`` and ``inv`` what it kept with ``keep_qeff=True`` (the forward's Q_eff and the column ->
+    position map; None: formed here, a regroup launch and a scatter). dq is None unless ``need_dq``; dk, dv
+    None unless ``need_dkdv``.
     """
     B, Hq, N, d = q.shape
     Hkv, M = k.shape[1], k.shape[2]
@@ -492,9 +508,10 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
     if exact:
         qe = q
     else:
-        inv = inverse_groups(groups)
-        qe = regroup(q, groups, None if mean else wa, None if mean else wb, group_size=G, block_m=block_m,
-                     out_dtype=q.dtype, mean_weights=(1.0 / G, 1.0) if mean else None, inv=inv)
+        inv = inverse_groups(groups) if inv is None else inv
+        qe = qeff if qeff is not None else regroup(
+            q, groups, None if mean else wa, None if mean else wb, group_size=G, block_m=block_m,
+            out_dtype=q.dtype, mean_weights=(1.0 / G, 1.0) if mean else None, inv=inv)
     lse = lse.contiguous()
     f32 = dict(device=dev, dtype=torch.float32)
     delta = torch.empty((B, Hq, N), **f32)
@@ -533,16 +550,25 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
             dk = dk.sum(0).to(k.dtype)
             dv = dv.sum(0).to(v.dtype)
     if need_dq:
-        dqe = torch.empty(q.shape, device=dev, dtype=q.dtype if exact else torch.float32)
+        # the dQ kernel maps dQ_eff back in its epilogue (dq_epilogue) or a regroup launch does it after
+        adjoint = not exact and cfg.dq_epilogue
+        dqe = torch.empty(q.shape, device=dev, dtype=q.dtype if exact or adjoint else torch.float32)
         dqx = torch.empty(q.shape, **f32) if window > 0 else dqe
+        inv_t, w1, w2 = (delta, delta, delta) if exact else (inv, inv if mean else wb, inv if mean else wa)
         _bwd_dq_kernel[(triton.cdiv(N, cfg.q_block_m), B * Hq)](
-            qe, q, k, v, do, dqe, dqx, lse, delta, corr, kappa, mask_t,
+            qe, q, k, v, do, dqe, dqx, lse, delta, corr, kappa, mask_t, inv_t, w1, w2, 1.0 / G,
             sm_scale, sm_scale * LOG2E,
             *qe.stride(), *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dqe.stride(), *mstr,
-            Hq, N, M, rep, window, BLOCK_M=cfg.q_block_m, BLOCK_N=cfg.q_block_n, BAND_N=cfg.band_n,
+            Hq, N, M, rep, window, 1 if exact else groups.shape[2],
+            BLOCK_M=cfg.q_block_m, BLOCK_N=cfg.q_block_n, BAND_N=cfg.band_n,
+            # 16 output columns per epilogue dot: compiled for sm_90 (scripts/kernel_resources.py --backward) the
+            # dQ kernel keeps the registers it takes without the epilogue (122 at d=64, 163-167 at d=128, so 4 / 3
+            # programs per SM); 64 columns took 150-212 (one program per SM fewer)
+            ADJOINT=adjoint, G=G, GROUP_BM=block_m, ADJ_CB=min(d_pad, 16), WEIGHTED=not mean,
+            ADJ_PREC="ieee" if q.dtype == torch.float32 else "tf32",
             num_warps=cfg.q_warps, num_stages=cfg.q_stages, **common,
         )
-        if exact:
+        if exact or adjoint:
             dq = dqe
         else:  # dQ = dQ_eff Wᵀ (+ the exact band's part): the regroup with a and b swapped
             dq = regroup(dqe, groups, None if mean else wb, None if mean else wa, group_size=G, block_m=block_m,

@@ -100,6 +100,44 @@ def fused_query_tile(x, INV, WA, WB, mean_a, pid_bh, m0, NB, HEAD_DIM: tl.conste
     return y.to(DOT_T)
 
 
+@triton.jit
+def regroup_tile_store(x, Y, ADD, offs_m, N, stride_yn, stride_yd, stride_an, stride_ad, INV, W1, W2, w1c,
+                       pid_bh, m0, NB, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr,
+                       GROUP_BM: tl.constexpr, BLOCK_M: tl.constexpr, CB: tl.constexpr, WEIGHTED: tl.constexpr,
+                       HAS_ADD: tl.constexpr, DOT_PREC: tl.constexpr):
+    """``regroup``'s function for one tile already in registers, stored: Y[rows] = x·W (+ ADD[rows]).
+
+    x: [BLOCK_M, D_PAD] fp32, rows ``offs_m`` (= m0 + arange) of (batch·head) ``pid_bh``; Y and ADD point at
+    that (batch, head). Each grouping block of GROUP_BM rows that the tile meets has its fusion matrix
+    W[c, c'] = w1(c)·w2(c') on shared groups (INV: column -> sorted position; W1 / W2 per position, or the
+    scalars w1c, 1). One [BLOCK_M, D_PAD] x [D_PAD, CB] dot per chunk of CB output columns, at ``regroup``'s
+    precision (fp32 operands: tf32 for 16-bit outputs, "ieee" for fp32). The backward's dQ kernel maps dQ_eff
+    back with it in its epilogue (w1 = b, w2 = a: the adjoint) instead of a launch of its own."""
+    offs_c = tl.arange(0, D_PAD)
+    SUB: tl.constexpr = GROUP_BM if GROUP_BM < BLOCK_M else BLOCK_M  # rows per grouping block in the tile
+    rows = tl.arange(0, BLOCK_M)
+    rmask = offs_m < N
+    for j in tl.static_range(0, D_PAD, CB):
+        offs_o = j + tl.arange(0, CB)
+        y = tl.zeros([BLOCK_M, CB], dtype=tl.float32)
+        for s in tl.static_range(BLOCK_M // SUB):
+            blk = tl.minimum((m0 + s * SUB) // GROUP_BM, NB - 1)  # a tail tile's rows past N are not stored
+            base = (pid_bh.to(tl.int64) * NB + blk) * HEAD_DIM
+            gid, w1 = _column_slots(INV + base, W1 + base, w1c, offs_c, HEAD_DIM, G, WEIGHTED)
+            gid_o, w2 = _column_slots(INV + base, W2 + base, 1.0, offs_o, HEAD_DIM, G, WEIGHTED)
+            wm = tl.where(gid[:, None] == gid_o[None, :], w1[:, None] * w2[None, :], 0.0)  # [D_PAD, CB]
+            ys = tl.dot(x, wm, input_precision=DOT_PREC)
+            if BLOCK_M // SUB > 1:
+                y = tl.where((rows // SUB == s)[:, None], ys, y)
+            else:
+                y = ys
+        smask = rmask[:, None] & (offs_o < HEAD_DIM)[None, :]
+        if HAS_ADD:
+            y += tl.load(ADD + offs_m[:, None] * stride_an + offs_o[None, :] * stride_ad, mask=smask, other=0.0)
+        tl.store(Y + offs_m[:, None] * stride_yn + offs_o[None, :] * stride_yd, y.to(Y.dtype.element_ty),
+                 mask=smask)
+
+
 # (num_warps, output columns per dot) of the regroup launch. Compiled for sm_90 (scripts/kernel_resources.py's
 # approach), (4, 64) takes 255 registers and spills 456-636 B at d=128 while (8, 32) takes 128-158 without spills;
 # whether that is faster has not been timed (scripts/bench_regroup.py), so the timed tiles stay.

@@ -218,6 +218,62 @@ def test_regroup_is_fused_queries_and_its_adjoint_interpreter():
         assert abs((qe * y).sum() - (q * adj).sum()) <= 1e-3 * (qe * y).abs().sum()
 
 
+# (B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, dQ tile rows)
+BWD_PATH_CASES = [
+    (1, 4, 2, 70, 70, 32, 2, "rank1", 32, 0, 0.0, True, 64),     # a 64-row dQ tile holds two grouping blocks
+    (1, 2, 2, 70, 70, 64, 4, "mean", 128, 16, 0.5, False, 32),   # 32-row tiles inside a 128-row block, window
+    (1, 2, 1, 40, 70, 32, 2, "mean", 32, 16, 0.0, True, 32),     # N < M, MQA; forward Q_eff by a regroup launch
+    (1, 2, 2, 70, 70, 80, 2, "rank1", 64, 16, 0.5, True, 64),    # padded head dim
+]
+
+
+def _backward_paths(case, device="cpu", dtype=torch.float32):
+    """Gradients of one problem under each backward path: the dQ kernel's epilogue or a regroup launch for
+    dQ = dQ_eff Wᵀ, and the forward's kept Q_eff / position map or the backward's own. Returns
+    ({(epilogue, kept): (dq, dk, dv)}, the reference gradients, the kept Q_eff, the regroup's Q_eff)."""
+    from dataclasses import replace
+
+    from distr_patch.ops.configs import bwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+    from distr_patch.ops.distr_bwd import _triton_backward
+    from distr_patch.ops.regroup import regroup
+
+    B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, rows = case
+    seed = zlib.crc32(repr(case).encode())
+    q, k, v = make_qkv(seed, B, Hq, Hkv, N, M, d, dtype=dtype, device=device)
+    do = torch.randn(B, Hq, N, d, generator=torch.Generator().manual_seed(seed + 1)).to(device=device, dtype=dtype)
+    kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=W, window_correction=c, causal=causal,
+              attention_mask=None, scale=None)
+    out, lse, grp, wa, wb, qe, inv = _triton_forward(q, k, v, num_hash_bits=16, seed=0, query_valid=None,
+                                                     groups=None, return_lse=True, keep_qeff=True, **kw)
+    assert qe is not None and qe.dtype == q.dtype
+    mean = wa is None
+    qe_launch = regroup(q, grp, wa, wb, group_size=G, block_m=block_m, out_dtype=q.dtype,
+                        mean_weights=(1.0 / G, 1.0) if mean else None)
+    base = bwd_config(d, G, W, fp32=dtype == torch.float32)
+    grads = {}
+    for epilogue in (True, False):
+        for kept in (True, False):
+            cfg = replace(base, q_block_m=rows, dq_epilogue=epilogue)
+            grads[epilogue, kept] = _triton_backward(do, q, k, v, out, lse, grp, wa, wb, config=cfg,
+                                                     qeff=qe if kept else None, inv=inv if kept else None, **kw)
+    ref = reference_grads(q, k, v, do, **kw)
+    return grads, ref, qe, qe_launch
+
+
+@interpreter_only
+@pytest.mark.parametrize("case", BWD_PATH_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_dq_epilogue_and_kept_qeff_interpreter(case):
+    """The dQ kernel's epilogue and the forward's kept Q_eff compute the gradients of the regroup launches,
+    and of the reference (fp32)."""
+    grads, ref, qe, qe_launch = _backward_paths(case)
+    assert rel_err(qe, qe_launch) <= 1e-6
+    for path, got in grads.items():
+        for name, a, b in zip(("dq", "dk", "dv"), got, ref[1:]):
+            assert a.dtype == torch.float32 and rel_err(a, b) <= 1e-4, (path, name, rel_err(a, b))
+            assert rel_err(a, grads[False, False][("dq", "dk", "dv").index(name)]) <= 1e-5, (path, name)
+
+
 def test_reference_gradcheck_window_correction():
     """float64 gradcheck of the definition (the oracle), window + correction, grouping held fixed."""
     gen = torch.Generator().manual_seed(15)
@@ -236,10 +292,11 @@ def test_bench_backward_smoke_interpreter(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     rows = bench.main(["--backward", "--device", "cpu", "--d", "32", "--n", "64", "--causal", "1",
-                       "--tokens", "64", "--model-dim", "32", "--rep-ms", "1"])
+                       "--tokens", "64", "--model-dim", "32", "--rep-ms", "1", "--backward-paths"])
     text = capsys.readouterr().out
     names = {r["variant"] for r in rows}
     assert {"distr G=1", "distr G=2 mean", "distr G=2 rank1", "distr G=2 rank1 W128 c.5"} <= names
+    assert {"distr G=2 mean (launches)", "distr G=2 rank1 W128 c.5 (kept Q_eff)"} <= names
     for r in rows:
         if r["variant"].startswith("distr"):
             assert max(r["err_dq"], r["err_dk"], r["err_dv"]) < 1e-4, r
@@ -286,6 +343,23 @@ HEAVY_BF16_TOL = {1: 1e-2, 2: 7e-2, 4: 7e-2}
 def test_grads_heavy_tailed_bf16_gpu(case):
     check_case(case, zlib.crc32(repr(case).encode()), tol=HEAVY_BF16_TOL[case[6]], dtype=torch.bfloat16,
                device="cuda", backend="auto")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("case", [(2, 8, 2, 1024, 1024, 64, 2, "mean", 128, 0, 0.0, True, 64),
+                                  (1, 8, 2, 1500, 1700, 128, 2, "rank1", 32, 128, 0.5, False, 64),
+                                  (1, 4, 4, 1000, 1000, 256, 2, "rank1", 128, 64, 0.5, True, 32)],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_dq_epilogue_and_kept_qeff_gpu(case):
+    """bf16 at real sizes: every backward path within the issue's 2e-2 of the fp32 reference, and the epilogue /
+    kept Q_eff within bf16 rounding of the regroup launches (d=256's forward forms Q_eff by a launch)."""
+    grads, ref, qe, qe_launch = _backward_paths(case, device="cuda", dtype=torch.bfloat16)
+    assert rel_err(qe, qe_launch) <= 4e-3
+    for path, got in grads.items():
+        for i, (a, b) in enumerate(zip(got, ref[1:])):
+            assert torch.isfinite(a).all() and rel_err(a, b) <= 2e-2, (path, i, rel_err(a, b))
+            assert rel_err(a, grads[False, False][i]) <= 1e-2, (path, i)
 
 
 @pytest.mark.gpu
