@@ -10,6 +10,7 @@
 #          (--kernel-options).
 # caps: register caps that fit one more program per SM (--register-caps; scripts/kernel_resources.py's table).
 # regroup: the regroup launch (backward: Q_eff and dQ) under other tiles (scripts/bench_regroup.py).
+# grouping: the grouping's launches alone, from Python and from a CUDA graph (scripts/bench_grouping.py).
 # kernel-tests: the forward kernel's GPU tests alone; bwd-tests: the backward's.
 # bwdpaths: forward+backward at N=4096 with each grouped variant also on the backward's earlier paths
 #           (bench_attention.py --backward --backward-paths: regroup launches / the forward's Q_eff kept).
@@ -53,9 +54,10 @@ for step in "${steps[@]}"; do
     bwdpaths) python scripts/bench_attention.py --backward --backward-paths --quick --rep-ms 10 \
            --json "$out/bwdpaths.json" --variants "distr G=1" "distr G=2 mean" "distr G=2 rank1" \
            "distr G=2 rank1 W128 c.5" 2>&1 | tee "$out/bwdpaths.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+    grouping) python scripts/bench_grouping.py 2>&1 | tee "$out/grouping.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     kernel-tests) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py 2>&1 \
            | tee "$out/kernel-tests.log" | tail -20 || rc=1 ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, grouping)" >&2; exit 2 ;;
   esac
 done
 exit $rc

@@ -1,0 +1,76 @@
+"""The grouping's own launches, timed alone on the GPU, three ways side by side.
+
+For each head dim and fusion (bf16, N = 4096, B·N = 32768, H = 2048/d) it times what the Q_eff prologue
+needs before the attention kernel: the grouping launch with the column -> position map scattered by torch
+afterwards (``regroup.inverse_groups``), and the grouping launch storing the positions itself
+(``positions=True``), plus the grouping launch alone. Each is timed as called from Python (``do_bench``:
+host launch overhead included when it exceeds the GPU time) and replayed from a CUDA graph (GPU time only),
+so a share of a whole call can be read either way. Checks that both maps agree.
+
+    python scripts/bench_grouping.py [--d 64 128] [--n 4096]
+
+Prints one markdown table last.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import triton
+
+
+def _graph_ms(fn, ms):
+    fn()  # compile outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+        with torch.cuda.graph(g, stream=s):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    return triton.testing.do_bench(g.replay, warmup=10, rep=ms, return_mode="median")
+
+
+def main(argv=None):
+    from distr_patch.ops.grouping_triton import triton_grouping
+    from distr_patch.ops.regroup import inverse_groups
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--d", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--n", type=int, default=4096)
+    p.add_argument("--fusions", nargs="+", default=["mean", "rank1"])
+    p.add_argument("--rep-ms", type=int, default=50)
+    args = p.parse_args(argv)
+    rows = []
+    for d in args.d:
+        B, H = max(1, 32768 // args.n), 2048 // d
+        q = torch.randn(B, H, args.n, d, device="cuda", dtype=torch.bfloat16)
+        for fusion in args.fusions:
+            kw = dict(group_size=2, block_m=128, num_hash_bits=16, seed=0, query_valid=None, fusion=fusion)
+            grp, _a, _b, inv = triton_grouping(q, positions=True, **kw)
+            assert torch.equal(inv, inverse_groups(grp)), "kernel-stored positions differ from the scatter"
+            ways = {
+                "grouping alone": lambda: triton_grouping(q, **kw),
+                "grouping + torch scatter": lambda: inverse_groups(triton_grouping(q, **kw)[0]),
+                "grouping storing positions": lambda: triton_grouping(q, positions=True, **kw),
+            }
+            for name, fn in ways.items():
+                py = triton.testing.do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median")
+                try:
+                    gr = _graph_ms(fn, args.rep_ms)
+                except RuntimeError as e:  # a host sync inside the launch cannot be captured
+                    print(f"  no CUDA graph for {name}: {e}"[:160])
+                    gr = float("nan")
+                rows.append((d, fusion, name, py, gr))
+                print(f"d={d} {fusion:<5} {name:<28} python {py:.4f} ms  graph {gr:.4f} ms", flush=True)
+        del q
+    print("\n| d | fusion | launches | ms from Python | ms in a CUDA graph |\n|---|---|---|---|---|")
+    for d, fusion, name, py, gr in rows:
+        print(f"| {d} | {fusion} | {name} | {py:.4f} | {gr:.4f} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
