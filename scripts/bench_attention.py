@@ -107,8 +107,9 @@ def _grouping_fn(kw, q, k):
     def fn():
         grp, wa, wb, *_ = triton_grouping(q, group_size=G, block_m=bm, num_hash_bits=16, seed=0, query_valid=None,
                                           fusion=fusion, positions=kernel_positions)
-        if prologue and not kernel_positions:  # (with kernel_positions the grouping launch stored them)
-            inverse_groups(grp)
+        if prologue:  # the column -> position map (with kernel_positions the grouping launch stored it)
+            if not kernel_positions:
+                inverse_groups(grp)
         elif cfg.grouped_qk == "expanded":
             regroup(q, grp, wa, wb, group_size=G, block_m=bm, out_dtype=q.dtype,
                     mean_weights=(1.0 / G, 1.0) if wa is None else None)
