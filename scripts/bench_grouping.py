@@ -7,7 +7,7 @@ afterwards (``regroup.inverse_groups``), and the grouping launch storing the pos
 host launch overhead included when it exceeds the GPU time) and replayed from a CUDA graph (GPU time only),
 so a share of a whole call can be read either way. Checks that both maps agree.
 
-    python scripts/bench_grouping.py [--d 64 128] [--n 4096]
+    python scripts/bench_grouping.py [--d 64 128] [--n 4096] [--warps 2 4 8 16]
 
 Prints one markdown table last.
 """
@@ -42,6 +42,8 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=4096)
     p.add_argument("--fusions", nargs="+", default=["mean", "rank1"])
     p.add_argument("--rep-ms", type=int, default=50)
+    p.add_argument("--warps", type=int, nargs="*", default=[],
+                   help="also the grouping launch storing positions at each of these num_warps")
     args = p.parse_args(argv)
     rows = []
     for d in args.d:
@@ -56,6 +58,14 @@ def main(argv=None):
                 "grouping + torch scatter": lambda: inverse_groups(triton_grouping(q, **kw)[0]),
                 "grouping storing positions": lambda: triton_grouping(q, positions=True, **kw),
             }
+            for w in args.warps:
+                ref = triton_grouping(q, positions=True, **kw)
+                got = triton_grouping(q, positions=True, num_warps=w, **kw)
+                if all(torch.equal(a, b) for a, b in zip(got, ref) if a is not None):
+                    ways[f"storing positions, {w} warps"] = (lambda w=w: triton_grouping(q, positions=True,
+                                                                                         num_warps=w, **kw))
+                else:
+                    print(f"  {w} warps: different groups or weights, not timed")
             for name, fn in ways.items():
                 py = triton.testing.do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median")
                 try:

@@ -232,6 +232,11 @@ COLUMN_ORDER = os.environ.get("DISTR_COLUMN_ORDER", "rank")
 POSITIONS = os.environ.get("DISTR_GROUPING_POSITIONS", "kernel")
 
 
+def grouping_warps(head_dim: int) -> int:
+    """Warps of one grouping program (one block of block_m query rows)."""
+    return 4 if head_dim <= 64 else 8
+
+
 @lru_cache(maxsize=64)
 def _padded_projections(block_m: int, num_hash_bits: int, nbits_pad: int, seed: int, device: torch.device):
     """The hash directions zero-padded to [block_m, nbits_pad] fp32 on ``device``, made once per key: a call
@@ -286,7 +291,8 @@ def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
 
 
 def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
-                    query_valid: torch.Tensor | None, fusion: str, positions: bool = False):
+                    query_valid: torch.Tensor | None, fusion: str, positions: bool = False,
+                    num_warps: int | None = None):
     """(groups int32 [B,H,nb,d], a fp32 [B,H,nb,d], b fp32 [B,H,nb,d]) for the attention kernel; with
     ``positions``, a fourth item: int32 [B,H,nb,d] column -> sorted position (``inverse_groups(groups)``),
     stored by the same launch.
@@ -295,13 +301,15 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     weights: a = b = u, the top eigenvector of each group's Gram matrix (the same function as
     ``grouping.fusion_weights_torch``, to fp32 rounding); a and b are then the same tensor.
     For "mean" the weights are constants the kernel folds in: a and b are None.
+    ``num_warps``: the launch's warps instead of ``grouping_warps(d)`` (side-by-side timing,
+    ``scripts/bench_grouping.py --warps``).
     """
     B, H, N, d = q.shape
     gl = grouping_launch(q, group_size=group_size, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
                          query_valid=query_valid, fusion=fusion, positions=positions)
     nb = gl.groups.shape[2]
     _grouping_kernel[(nb, B * H)](q, gl.qv, gl.r, gl.groups, gl.w, gl.inv, *q.stride(), gl.qv_stride, H, N, nb,
-                                  **gl.meta, STORE_INV=positions, num_warps=4 if d <= 64 else 8)
+                                  **gl.meta, STORE_INV=positions, num_warps=num_warps or grouping_warps(d))
     out = finish_grouping(q, gl, group_size=group_size, block_m=block_m, fusion=fusion, query_valid=query_valid)
     return (*out, gl.inv) if positions else out
 
