@@ -137,12 +137,6 @@ def run_sweep(args):
     if args.variants:
         keep = set(args.variants)
         variants = {k: v for k, v in variants.items() if k in keep or v["kind"] in ("flash", "cudnn")}
-    if args.backward_paths:
-        variants = dict(variants)
-        for name, spec in list(variants.items()):
-            if spec["kind"] == "distr" and spec["kw"].get("group_size", 2) > 1:
-                for label, paths in BWD_PATHS.items():
-                    variants[f"{name} ({label})"] = dict(spec, paths=paths)
     rows = []
     for d in args.d:
         H = max(1, args.model_dim // d)

@@ -66,6 +66,17 @@ def _column_slots(INV_B, W_B, wc, offs, HEAD_DIM: tl.constexpr, G: tl.constexpr,
 
 
 @triton.jit
+def _fusion_slice(INV, W1, W2, w1c, pid_bh, blk, NB, offs_in, offs_out, HEAD_DIM: tl.constexpr, G: tl.constexpr,
+                  WEIGHTED: tl.constexpr):
+    """Rows ``offs_in`` x columns ``offs_out`` of grouping block ``blk``'s fusion matrix (of (batch·head) pid_bh,
+    NB blocks each): W[c, c'] = w1(c)·w2(c') where c and c' share a group, else 0; fp32."""
+    base = (pid_bh.to(tl.int64) * NB + blk) * HEAD_DIM
+    gid, w1 = _column_slots(INV + base, W1 + base, w1c, offs_in, HEAD_DIM, G, WEIGHTED)
+    gid_o, w2 = _column_slots(INV + base, W2 + base, 1.0, offs_out, HEAD_DIM, G, WEIGHTED)
+    return tl.where(gid[:, None] == gid_o[None, :], w1[:, None] * w2[None, :], 0.0)
+
+
+@triton.jit
 def fused_query_tile(x, INV, WA, WB, mean_a, pid_bh, m0, NB, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
                      G: tl.constexpr, GROUP_BM: tl.constexpr, BLOCK_M: tl.constexpr, WEIGHTED: tl.constexpr,
                      SPLIT_W: tl.constexpr, DOT_T: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -85,10 +96,7 @@ def fused_query_tile(x, INV, WA, WB, mean_a, pid_bh, m0, NB, HEAD_DIM: tl.conste
     y = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     for s in tl.static_range(BLOCK_M // SUB):
         blk = tl.minimum((m0 + s * SUB) // GROUP_BM, NB - 1)  # a tail tile's rows past N are zeros anyway
-        base = (pid_bh.to(tl.int64) * NB + blk) * HEAD_DIM
-        gid, w1 = _column_slots(INV + base, WA + base, mean_a, offs_c, HEAD_DIM, G, WEIGHTED)
-        _g, w2 = _column_slots(INV + base, WB + base, 1.0, offs_c, HEAD_DIM, G, WEIGHTED)
-        wm = tl.where(gid[:, None] == gid[None, :], w1[:, None] * w2[None, :], 0.0)  # [D_PAD, D_PAD] fp32
+        wm = _fusion_slice(INV, WA, WB, mean_a, pid_bh, blk, NB, offs_c, offs_c, HEAD_DIM, G, WEIGHTED)
         hi = wm.to(DOT_T)
         ys = tl.dot(x, hi, input_precision=DOT_PREC)
         if SPLIT_W:
@@ -122,10 +130,7 @@ def regroup_tile_store(x, Y, ADD, offs_m, N, stride_yn, stride_yd, stride_an, st
         y = tl.zeros([BLOCK_M, CB], dtype=tl.float32)
         for s in tl.static_range(BLOCK_M // SUB):
             blk = tl.minimum((m0 + s * SUB) // GROUP_BM, NB - 1)  # a tail tile's rows past N are not stored
-            base = (pid_bh.to(tl.int64) * NB + blk) * HEAD_DIM
-            gid, w1 = _column_slots(INV + base, W1 + base, w1c, offs_c, HEAD_DIM, G, WEIGHTED)
-            gid_o, w2 = _column_slots(INV + base, W2 + base, 1.0, offs_o, HEAD_DIM, G, WEIGHTED)
-            wm = tl.where(gid[:, None] == gid_o[None, :], w1[:, None] * w2[None, :], 0.0)  # [D_PAD, CB]
+            wm = _fusion_slice(INV, W1, W2, w1c, pid_bh, blk, NB, offs_c, offs_o, HEAD_DIM, G, WEIGHTED)
             ys = tl.dot(x, wm, input_precision=DOT_PREC)
             if BLOCK_M // SUB > 1:
                 y = tl.where((rows // SUB == s)[:, None], ys, y)
