@@ -73,14 +73,15 @@ def _problem(d, kw, causal, B, H, N=4096, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     q, k, v, do = (torch.randn(B, H, N, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(4))
     opts = _opts(kw, causal)
-    out, lse, grp, wa, wb = _triton_forward(q, k, v, return_lse=True, **opts)
+    out, lse, grp, wa, wb, qeff, inv = _triton_forward(q, k, v, return_lse=True, keep_qeff=True, **opts)
+    opts.update(qeff=qeff, inv=inv)  # as in training: the backward reads the forward's Q_eff
     return (do, q, k, v, out, lse, grp, wa, wb), opts
 
 
 def _bwd_call(args, opts, cfg, which):
     from distr_patch.ops.distr_bwd import _triton_backward
     keys = ("group_size", "block_m", "fusion", "exact_window", "window_correction", "causal", "attention_mask",
-            "scale")
+            "scale", "qeff", "inv")
     return _triton_backward(*args, **{k: opts[k] for k in keys}, need_dq=which == "q", need_dkdv=which == "kv",
                             config=cfg)
 
