@@ -305,6 +305,8 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     ``scripts/bench_grouping.py --warps``).
     """
     B, H, N, d = q.shape
+    if num_warps is not None and num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"num_warps must be None or one of 1, 2, 4, 8, 16, got {num_warps!r}")
     gl = grouping_launch(q, group_size=group_size, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
                          query_valid=query_valid, fusion=fusion, positions=positions)
     nb = gl.groups.shape[2]

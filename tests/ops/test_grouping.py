@@ -330,3 +330,13 @@ def test_bad_grouping_arguments_raise_named_errors():
         compute_groups(q, query_valid=torch.ones(1, 9, dtype=torch.bool))
     with pytest.raises(ValueError, match="group_size=8 must divide"):
         compute_groups(rand_q(0, (1, 1, 8, 36)), group_size=8)
+
+
+def test_grouping_launch_warps_are_checked():
+    """A warp count Triton cannot launch is a named error, not a compiler trace."""
+    from distr_patch.ops.grouping_triton import triton_grouping
+
+    q = torch.randn(1, 1, 40, 32, generator=torch.Generator().manual_seed(3))
+    with pytest.raises(ValueError, match="num_warps must be None or one of"):
+        triton_grouping(q, group_size=2, block_m=32, num_hash_bits=16, seed=0, query_valid=None, fusion="mean",
+                        num_warps=3)
