@@ -5,9 +5,10 @@ needs before the attention kernel: the grouping launch with the column -> positi
 afterwards (``regroup.inverse_groups``), and the grouping launch storing the positions itself
 (``positions=True``), plus the grouping launch alone. Each is timed as called from Python (``do_bench``:
 host launch overhead included when it exceeds the GPU time) and replayed from a CUDA graph (GPU time only),
-so a share of a whole call can be read either way. Checks that both maps agree.
+so a share of a whole call can be read either way. Checks that both maps agree. ``--projections`` times the
+launch storing positions with each way of computing the hash projection (``grouping_triton.PROJECTION``).
 
-    python scripts/bench_grouping.py [--d 64 128] [--n 4096] [--warps 2 4 8 16]
+    python scripts/bench_grouping.py [--d 64 128] [--n 4096] [--warps 2 4 8 16] [--projections split fp32]
 
 Prints one markdown table last.
 """
@@ -34,6 +35,7 @@ def _graph_ms(fn, ms):
 
 
 def main(argv=None):
+    from distr_patch.ops import grouping_triton
     from distr_patch.ops.grouping_triton import triton_grouping
     from distr_patch.ops.regroup import inverse_groups
 
@@ -44,6 +46,8 @@ def main(argv=None):
     p.add_argument("--rep-ms", type=int, default=50)
     p.add_argument("--warps", type=int, nargs="*", default=[],
                    help="also the grouping launch storing positions at each of these num_warps")
+    p.add_argument("--projections", nargs="*", default=[],
+                   help="also the launch storing positions with each of these hash projections (split, fp32)")
     args = p.parse_args(argv)
     rows = []
     for d in args.d:
@@ -66,6 +70,16 @@ def main(argv=None):
                                                                                          num_warps=w, **kw))
                 else:
                     print(f"  {w} warps: different groups or weights, not timed")
+            for proj in args.projections:
+                def with_projection(proj=proj):
+                    saved, grouping_triton.PROJECTION = grouping_triton.PROJECTION, proj
+                    try:
+                        return triton_grouping(q, positions=True, **kw)
+                    finally:
+                        grouping_triton.PROJECTION = saved
+                same = with_projection()[0].ne(grp).any(-1).float().mean().item()
+                print(f"  projection {proj}: {same:.2%} of blocks grouped otherwise than the default (near-ties)")
+                ways[f"storing positions, {proj} projection"] = with_projection
             for name, fn in ways.items():
                 py = triton.testing.do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median")
                 try:

@@ -52,7 +52,7 @@ def _grouping_kernel(Q, QV, R, GRP, W, INV,
                      NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
                      DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
                      EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
-                     RANK_ORDER: tl.constexpr, STORE_INV: tl.constexpr):
+                     RANK_ORDER: tl.constexpr, STORE_INV: tl.constexpr, PROJ_PARTS: tl.constexpr):
     pid_blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -61,7 +61,7 @@ def _grouping_kernel(Q, QV, R, GRP, W, INV,
     out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
     group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, INV + out, pid_blk, stride_qn,
                 stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO,
-                EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, STORE_INV)
+                EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, STORE_INV, PROJ_PARTS)
 
 
 @triton.jit
@@ -70,12 +70,16 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
                 NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
                 DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
                 EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
-                RANK_ORDER: tl.constexpr, STORE_INV: tl.constexpr):
+                RANK_ORDER: tl.constexpr, STORE_INV: tl.constexpr, PROJ_PARTS: tl.constexpr):
     """The grouping of one query block: Q points at its (batch, head) [N, d] rows, QV_B at its batch's
     query_valid row (if HAS_QV); writes the sorted column order to GRP_B[0:d], with RANK1 the weights
     u to W_B[0:d], and with STORE_INV each column's sorted position to INV_B[0:d] (``regroup.inverse_groups``
     of the order, which the attention kernel's Q_eff prologue reads). Shared by ``_grouping_kernel`` and the
-    attention kernel's fused-grouping prologue."""
+    attention kernel's fused-grouping prologue.
+
+    R: the directions, fp32 [BM, NBITS_PAD] (PROJ_PARTS = 0: an fp32 FMA dot), or PROJ_PARTS 16-bit parts in
+    Q's dtype, [PROJ_PARTS, BM, NBITS_PAD], that sum to them (``split_projections``): tensor-core dots of the
+    16-bit tile, whose products are exact in the fp32 accumulator."""
     rows = pid_blk * BM + tl.arange(0, BM)
     cols = tl.arange(0, D_PAD)
     rvalid = rows < N
@@ -86,9 +90,18 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
                  mask=rvalid[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
     x = xq.to(tl.float32)
     kb = tl.arange(0, NBITS_PAD)
-    r = tl.load(R + tl.arange(0, BM)[:, None] * NBITS_PAD + kb[None, :])  # zero-padded bits
-    proj = tl.dot(tl.trans(x), r, input_precision="ieee")  # [D_PAD, NBITS_PAD]
-    bit = tl.where(kb < NBITS, tl.full([NBITS_PAD], 1, tl.int64) << kb.to(tl.int64), 0)
+    r_offs = tl.arange(0, BM)[:, None] * NBITS_PAD + kb[None, :]  # zero-padded bits
+    if PROJ_PARTS == 0:
+        r = tl.load(R + r_offs)  # a load of its own: inside the dot, Triton spilled 4.7 KB here (sm_90)
+        proj = tl.dot(tl.trans(x), r, input_precision="ieee")  # [D_PAD, NBITS_PAD]
+    else:  # the smallest part first; each product is exact, the sums are fp32
+        proj = tl.zeros([D_PAD, NBITS_PAD], dtype=tl.float32)
+        for i in tl.static_range(PROJ_PARTS):
+            proj = tl.dot(tl.trans(xq), tl.load(R + (PROJ_PARTS - 1 - i) * BM * NBITS_PAD + r_offs), proj)
+    if NBITS <= 22:  # (code, index) keys below 2^31 (D_PAD <= 256): int32 compares
+        bit = tl.where(kb < NBITS, tl.full([NBITS_PAD], 1, tl.int32) << kb, 0)
+    else:
+        bit = tl.where(kb < NBITS, tl.full([NBITS_PAD], 1, tl.int64) << kb.to(tl.int64), 0)
     code = tl.sum(tl.where(proj > 0, bit[None, :], 0), axis=1)  # [D_PAD]
     big = (1 << NBITS) * D_PAD
     key = tl.where(cols < HEAD_DIM, code * D_PAD + cols, big + cols)  # padded columns sort last
@@ -108,7 +121,7 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
                 gram = tl.dot(tl.trans(x), x, input_precision="ieee")
             else:  # 16-bit products are exact in the fp32 accumulator
                 gram = tl.dot(tl.trans(xq), xq)
-            _pair_weights_gram(gram, pos, W_B, HEAD_DIM, D_PAD)
+            _pair_weights_gram(gram, pos, GRP_B, W_B, HEAD_DIM, D_PAD)
         elif G == 2:
             _pair_weights(Q, QV_B, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N, HEAD_DIM, D_PAD, BM, HAS_QV, 32)
         else:
@@ -120,7 +133,10 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
                 perm_j = tl.load(GRP_B + pj, mask=pj < HEAD_DIM, other=D_PAD)  # padded: no column
                 onehot = cols[:, None] == perm_j[None, :]  # [column, sorted position]
                 # one 1.0 per column: exact, in tf32 for 16-bit Q (their mantissas fit tf32's)
-                xs = tl.dot(x, onehot.to(tl.float32), input_precision="ieee" if EXACT_DOT else "tf32")
+                if GRAM_F32:
+                    xs = tl.dot(x, onehot.to(tl.float32), input_precision="ieee" if EXACT_DOT else "tf32")
+                else:  # 16-bit Q times 16-bit ones: exact products, one per output
+                    xs = tl.dot(xq, onehot.to(xq.dtype))
                 w = _power_weights(xs, BM, G, DG, CH, STEPS, U_ZERO)
                 tl.store(W_B + pj, w, mask=pj < HEAD_DIM)
 
@@ -155,18 +171,24 @@ def _pair_weights(Q, QV_B, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N,
 
 
 @triton.jit
-def _pair_weights_gram(gram, pos, W_B, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr):
+def _pair_weights_gram(gram, pos, GRP_B, W_B, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr):
     """G=2 from the block's full Gram matrix gram = XᵀX [D_PAD, D_PAD] (one dot) and each column's sorted
-    position pos [D_PAD]: each column's pair entries are picked from gram by masks, no second read of Q.
-    Writes u at each column's sorted position in W_B."""
+    position pos [D_PAD]: each column's diagonal and pair entries are picked from gram by masks (no second read
+    of Q); the partner's column and diagonal entry are read back through memory (GRP_B, which holds the order,
+    and W_B as a scratch), which costs less than two more [D_PAD, D_PAD] selections. Writes u at each column's
+    sorted position in W_B."""
     cols = tl.arange(0, D_PAD)
-    partner = tl.sum(tl.where(pos[None, :] == (pos ^ 1)[:, None], cols[None, :], 0), axis=1)  # the pair's other
+    real = cols < HEAD_DIM  # padded columns have padded positions (HEAD_DIM is even): pairs of their own
+    partner = tl.load(GRP_B + (pos ^ 1), mask=real, other=0)  # the pair's other column
     diag = tl.sum(tl.where(cols[None, :] == cols[:, None], gram, 0.0), axis=1)
     off = tl.sum(tl.where(cols[None, :] == partner[:, None], gram, 0.0), axis=1)  # gram[c, partner(c)]
-    dpart = tl.sum(tl.where(cols[None, :] == partner[:, None], diag[None, :], 0.0), axis=1)
+    tl.store(W_B + cols, diag, mask=real)  # scratch: diag by column
+    tl.debug_barrier()
+    dpart = tl.load(W_B + partner, mask=real, other=0.0)
+    tl.debug_barrier()  # every read of the scratch precedes the stores of u below
     first = (pos % 2) == 0  # c is the pair's first member (sorted position 2g)
     ua, ub = _top_eigvec_2(tl.where(first, diag, dpart), off, tl.where(first, dpart, diag))
-    tl.store(W_B + pos, tl.where(first, ua, ub), mask=cols < HEAD_DIM)
+    tl.store(W_B + pos, tl.where(first, ua, ub), mask=real)
 
 
 @triton.jit
@@ -230,6 +252,12 @@ COLUMN_ORDER = os.environ.get("DISTR_COLUMN_ORDER", "rank")
 # store the positions it already holds. The same map (tests); "kernel" (default) made the G2 calls up to 6%
 # faster on the H200 at N=4096 (docs/benchmarks.md, "Register caps and kernel-stored positions").
 POSITIONS = os.environ.get("DISTR_GROUPING_POSITIONS", "kernel")
+# The hash projection Qᵀ R of a 16-bit Q: "split" (default) runs three tensor-core dots of the 16-bit tile with
+# R cut into three 16-bit parts that sum to it (``split_projections``: exact products, fp32 sums); "fp32"
+# converts the tile to fp32 for one FMA dot (what fp32 Q always takes, and bf16 Q in the interpreter, whose
+# bf16 dots are not exact). Both give the same codes up to projections within rounding of zero (tests).
+PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "split")
+PROJ_PARTS = 3
 
 
 def grouping_warps(head_dim: int) -> int:
@@ -246,6 +274,28 @@ def _padded_projections(block_m: int, num_hash_bits: int, nbits_pad: int, seed: 
     return r
 
 
+@lru_cache(maxsize=64)
+def split_projections(block_m: int, num_hash_bits: int, nbits_pad: int, seed: int, device: torch.device,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """The padded directions as PROJ_PARTS parts in ``dtype`` (bf16 or fp16), [PROJ_PARTS, block_m, nbits_pad],
+    largest first, whose fp32 sum is the fp32 directions (to fp32 rounding for fp16's subnormal last part)."""
+    r = _padded_projections(block_m, num_hash_bits, nbits_pad, seed, device)
+    parts, rest = [], r
+    for _ in range(PROJ_PARTS):
+        parts.append(rest.to(dtype))
+        rest = rest - parts[-1].float()
+    return torch.stack(parts)
+
+
+def projection_parts(dtype: torch.dtype) -> int:
+    """How many 16-bit parts the hash projection of a ``dtype`` Q takes in the kernel (0: the fp32 dot)."""
+    if PROJECTION not in ("split", "fp32"):
+        raise ValueError(f"grouping_triton.PROJECTION (environment variable DISTR_GROUPING_PROJECTION) must be "
+                         f"'split' or 'fp32', got {PROJECTION!r}")
+    exact_16bit_dots = dtype == torch.float16 or (dtype == torch.bfloat16 and not interpreting())
+    return PROJ_PARTS if PROJECTION == "split" and exact_16bit_dots else 0
+
+
 @dataclass
 class GroupingLaunch:
     """What a grouping launch needs besides q: output buffers, the directions and the constexprs of
@@ -255,7 +305,7 @@ class GroupingLaunch:
     w: torch.Tensor  # fp32 [B, H, nb, d] rank1 weights (a = b = u); ``groups`` itself when unused
     qv: torch.Tensor  # uint8 view of query_valid [B, N]; ``groups`` when None
     qv_stride: int
-    r: torch.Tensor  # zero-padded directions [block_m, NBITS_PAD]
+    r: torch.Tensor  # zero-padded directions: fp32 [block_m, NBITS_PAD], or [PROJ_PARTS, ...] 16-bit parts
     rank1: bool
     meta: dict  # group_block's constexprs
 
@@ -285,9 +335,11 @@ def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
                 HAS_QV=query_valid is not None, RANK1=rank1, G=g, DG=min(d_pad, 64) // g, CH=min(d_pad, 64),
                 STEPS=POWER_ITERATION_STEPS, U_ZERO=1.0 / math.sqrt(group_size) if rank1 else 1.0,
                 EXACT_DOT=q.dtype == torch.float32, PAIR_GRAM=PAIR_WEIGHTS == "gram",
-                GRAM_F32=q.dtype == torch.float32 or interpreting(), RANK_ORDER=COLUMN_ORDER == "rank")
-    return GroupingLaunch(groups, inv, w, qv, qv.stride(0) if query_valid is not None else 0,
-                          _padded_projections(block_m, num_hash_bits, nbits_pad, seed, q.device), rank1, meta)
+                GRAM_F32=q.dtype == torch.float32 or interpreting(), RANK_ORDER=COLUMN_ORDER == "rank",
+                PROJ_PARTS=projection_parts(q.dtype))
+    r = (split_projections(block_m, num_hash_bits, nbits_pad, seed, q.device, q.dtype) if meta["PROJ_PARTS"]
+         else _padded_projections(block_m, num_hash_bits, nbits_pad, seed, q.device))
+    return GroupingLaunch(groups, inv, w, qv, qv.stride(0) if query_valid is not None else 0, r, rank1, meta)
 
 
 def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,

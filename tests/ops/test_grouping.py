@@ -136,13 +136,60 @@ def test_triton_grouping_matches_torch(fusion, G, d, N, bm, ways, monkeypatch):
     assert inv.dtype == torch.int32 and torch.equal(inv, inverse_groups(groups))
 
 
-def assert_same_up_to_ties(got, ref, q, bm, valid=None, rel_tol=1e-5):
+@interpreter_only
+@pytest.mark.parametrize("fusion,G,d,N,bm", [("mean", 2, 64, 150, 64), ("rank1", 2, 96, 140, 128),
+                                             ("rank1", 4, 32, 70, 32)])
+def test_split_projection_matches_torch(fusion, G, d, N, bm, monkeypatch):
+    """16-bit Q hashes through three 16-bit tensor-core dots (``split_projections``; fp16 here, whose dots the
+    interpreter computes exactly): the reference's groups and weights, and the fp32 dot's."""
+    from distr_patch.ops import grouping_triton as gt
+
+    assert gt.projection_parts(torch.float16) == 3 and gt.projection_parts(torch.float32) == 0
+    parts = gt.split_projections(bm, 16, 16, 0, torch.device("cpu"), torch.float16)
+    assert parts.dtype == torch.float16 and parts.shape == (3, bm, 16)
+    full = gt._padded_projections(bm, 16, 16, 0, torch.device("cpu"))
+    assert (parts.float().sum(0) - full).abs().max() <= 1e-7 * full.abs().max()
+    q = rand_q(11, (2, 2, N, d), dtype=torch.float16)
+    valid = torch.ones(2, N, dtype=torch.bool)
+    valid[0, N - 9:] = False
+    kw = dict(group_size=G, block_m=bm, num_hash_bits=16, seed=0, query_valid=valid, fusion=fusion)
+    groups, wa, wb, inv = gt.triton_grouping(q, positions=True, **kw)
+    assert_same_up_to_ties(groups.long(), compute_groups_torch(q, group_size=G, block_m=bm, query_valid=valid), q,
+                           bm, valid)
+    from distr_patch.ops.regroup import inverse_groups
+
+    assert torch.equal(inv, inverse_groups(groups))
+    if fusion == "rank1":
+        ra, _ = fusion_weights(q, groups.long(), group_size=G, block_m=bm, fusion="rank1", query_valid=valid)
+        assert torch.allclose(wa, ra, atol=1e-5) and wb is wa
+    monkeypatch.setattr(gt, "PROJECTION", "fp32")
+    g32 = gt.triton_grouping(q, **kw)[0]
+    assert_same_up_to_ties(groups.long(), g32.long(), q, bm, valid)
+    monkeypatch.setattr(gt, "PROJECTION", "bf16")
+    with pytest.raises(ValueError, match="DISTR_GROUPING_PROJECTION"):
+        gt.triton_grouping(q, **kw)
+
+
+@interpreter_only
+@pytest.mark.parametrize("nbits", [5, 22, 23, 40])
+def test_triton_grouping_hash_widths(nbits):
+    """The kernel's (code, index) keys are int32 up to 22 bits and int64 above: the reference's groups at both."""
+    from distr_patch.ops.grouping_triton import triton_grouping
+
+    q = rand_q(12, (1, 2, 100, 64))
+    groups = triton_grouping(q, group_size=2, block_m=64, num_hash_bits=nbits, seed=0, query_valid=None,
+                             fusion="mean")[0]
+    ref = compute_groups_torch(q, group_size=2, block_m=64, num_hash_bits=nbits, seed=0)
+    assert_same_up_to_ties(groups.long(), ref, q, 64, nbits=nbits)
+
+
+def assert_same_up_to_ties(got, ref, q, bm, valid=None, rel_tol=1e-5, nbits=16):
     """Groupings agree except in blocks where some projection is within rounding of zero."""
     differ = (got != ref).any(-1)
     if not differ.any():
         return
     x = blocked_queries(q, bm, valid)
-    proj = torch.einsum("bhnmd,mk->bhndk", x, hash_projections(bm, 16, 0, device=q.device))
+    proj = torch.einsum("bhnmd,mk->bhndk", x, hash_projections(bm, nbits, 0, device=q.device))
     scale = x.abs().amax(dim=(-1, -2), keepdim=True).squeeze(-1) * bm
     near_tie = (proj.abs() <= rel_tol * scale[..., None]).flatten(-2).any(-1)
     assert near_tie[differ].all(), f"{int(differ.sum())} blocks differ without a near-tie"
