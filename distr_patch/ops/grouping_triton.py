@@ -260,9 +260,14 @@ PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "split")
 PROJ_PARTS = 3
 
 
-def grouping_warps(head_dim: int) -> int:
-    """Warps of one grouping program (one block of block_m query rows)."""
-    return 4 if head_dim <= 64 else 8
+def grouping_warps(head_dim: int, rank1: bool = False, group_size: int = 2) -> int:
+    """Warps of one grouping program (one block of block_m query rows). Timed on the H200 at N=4096 with
+    ``scripts/bench_grouping.py --warps`` (docs/benchmarks.md, "The grouping launch"): without weights 2 warps
+    (d=64: 0.060 ms against 0.072 with 4; d=128: 0.066 against 0.074 with 8); G=2 rank1 4 warps (0.080 / 0.099 ms,
+    the fastest at both). G>=4 rank1 and d > 128 keep the earlier rule (4 warps at d <= 64, else 8)."""
+    if head_dim > 128 or (rank1 and group_size > 2):
+        return 4 if head_dim <= 64 else 8
+    return 4 if rank1 else 2
 
 
 @lru_cache(maxsize=64)
@@ -353,7 +358,7 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     weights: a = b = u, the top eigenvector of each group's Gram matrix (the same function as
     ``grouping.fusion_weights_torch``, to fp32 rounding); a and b are then the same tensor.
     For "mean" the weights are constants the kernel folds in: a and b are None.
-    ``num_warps``: the launch's warps instead of ``grouping_warps(d)`` (side-by-side timing,
+    ``num_warps``: the launch's warps instead of ``grouping_warps`` (side-by-side timing,
     ``scripts/bench_grouping.py --warps``).
     """
     B, H, N, d = q.shape
@@ -363,7 +368,8 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
                          query_valid=query_valid, fusion=fusion, positions=positions)
     nb = gl.groups.shape[2]
     _grouping_kernel[(nb, B * H)](q, gl.qv, gl.r, gl.groups, gl.w, gl.inv, *q.stride(), gl.qv_stride, H, N, nb,
-                                  **gl.meta, STORE_INV=positions, num_warps=num_warps or grouping_warps(d))
+                                  **gl.meta, STORE_INV=positions,
+                                  num_warps=num_warps or grouping_warps(d, gl.rank1, group_size))
     out = finish_grouping(q, gl, group_size=group_size, block_m=block_m, fusion=fusion, query_valid=query_valid)
     return (*out, gl.inv) if positions else out
 
