@@ -1,6 +1,6 @@
 """Sweep the backward's launch configs (``ops/configs.py:BwdConfig``) on the GPU.
 
-For each shape (bf16, N = 4096, B·N = 32768, H = 2048/d) and variant it times the dK/dV kernel
+For each shape (bf16, N = 4096 or ``--n``, B·N = 32768, H = 2048/d) and variant it times the dK/dV kernel
 (``need_dq=False``) and the dQ kernel (``need_dkdv=False``) of ``_triton_backward`` under each
 candidate tile config, next to SDPA-flash's backward alone, and checks every config's gradients
 against those of the current default config (a config that computes something else is dropped,
@@ -9,6 +9,7 @@ the sweep is bounded by timing, not compilation.
 
     python scripts/tune_backward.py --d 128         # G=1, G=2 mean (causal or not), G=2 rank1 W128 c.5 causal
     python scripts/tune_backward.py --json out.json
+    python scripts/tune_backward.py --d 64 --n 16384 --variants "G=2 mean" --causal 0
 
 Prints one markdown table last: per shape the default and best of each kernel, in ms.
 """
@@ -107,11 +108,14 @@ def main(argv=None):
     p.add_argument("--rep-ms", type=int, default=40)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="which variants of SHAPES to sweep (default: all)")
+    p.add_argument("--n", type=int, default=4096, help="sequence length N = M (B = 32768 // N)")
+    p.add_argument("--causal", type=int, nargs="+", choices=[0, 1], default=[0, 1],
+                   help="which of SHAPES' causal settings to sweep")
     p.add_argument("--json")
     a = p.parse_args(argv)
     import time
     t0 = time.time()
-    shapes = [(d, v, c) for d in a.d for v, c in SHAPES if v in a.variants]
+    shapes = [(d, v, c) for d in a.d for v, c in SHAPES if v in a.variants and int(c) in a.causal]
     jobs = []
     for d, vname, causal in shapes:
         base, kvs, qs = _candidates(d, VARIANTS[vname])
@@ -128,9 +132,9 @@ def main(argv=None):
         if time.time() - t0 > a.budget_s:
             print(f"time budget spent: skipping d={d} {vname} causal={int(causal)}", flush=True)
             continue
-        H, N = 2048 // d, 4096
-        B = 32768 // N
-        args, opts = _problem(d, VARIANTS[vname], causal, B=B, H=H)
+        H, N = 2048 // d, a.n
+        B = max(1, 32768 // N)
+        args, opts = _problem(d, VARIANTS[vname], causal, B=B, H=H, N=N)
         q, k, v = (t.detach().requires_grad_() for t in args[1:4])
         from torch.nn.attention import SDPBackend, sdpa_kernel
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
