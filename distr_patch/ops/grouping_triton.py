@@ -1,7 +1,8 @@
 """Triton kernel for the grouping: LSH hash, column order and rank1 fusion weights in one pass.
 
 One program per (batch·head, query block): it reads the block's Q [BM, d] into
-registers, projects its d columns on the seeded directions (fp32), orders the columns by
+registers, projects its d columns on the seeded directions (fp32 sums: 16-bit Q by three 16-bit tensor-core
+dots against the directions cut into parts, ``PROJECTION``; fp32 Q by an fp32 dot), orders the columns by
 (code, index) and writes the permutation (``COLUMN_ORDER``: by counting each column's smaller keys,
 the default, or by ``tl.sort``). For rank1 fusion it then computes each group's
 G×G Gram matrix XᵀX (fp32; see below) and writes the group's top eigenvector: closed form
@@ -18,12 +19,11 @@ nearly coincide may settle on another, equally valid, eigenvector).
 How the Gram is formed (docs/benchmarks.md, "rank1 weights in the grouping kernel").
 G=2 (``PAIR_WEIGHTS``): by default each pair's three entries are picked from the block's full XᵀX, one
 tensor-core dot of the tile in registers (16-bit products are exact in its fp32 accumulator); "gather"
-re-reads Q by the pair's columns (L1/L2 hits), about 10% slower per G2 rank1 call on the H200.
+re-reads Q by the pair's columns (L1/L2 hits): 5x slower as a launch on the H200 (0.42 against 0.08-0.10 ms).
 G>=4: the columns are put in sorted order by a dot of the block's registers with the one-hot
 permutation matrix, CH = min(D_PAD, 64) sorted positions at a time ([D_PAD, CH] per chunk; at
 d=256 the whole one-hot would not fit in shared memory). One 1.0 per column and fp32
-accumulation make it exact (tf32 operands hold bf16/fp16 values exactly; fp32 Q takes an fp32
-dot). Each permuted [BM, CH] chunk is reshaped to [BM, CH/G, G] and one multiply + row sum per
+accumulation make it exact (16-bit Q in its own dtype; fp32 Q takes an fp32 dot). Each permuted [BM, CH] chunk is reshaped to [BM, CH/G, G] and one multiply + row sum per
 member gives every group's G×G Gram. (Tried during development and dropped as slower, timings not
 kept: the one-hot route for G=2, and a ``tl.gather`` along the column axis, slower at d=128.)
 
@@ -132,10 +132,11 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
                 pj = j0 + tl.arange(0, CH)
                 perm_j = tl.load(GRP_B + pj, mask=pj < HEAD_DIM, other=D_PAD)  # padded: no column
                 onehot = cols[:, None] == perm_j[None, :]  # [column, sorted position]
-                # one 1.0 per column: exact, in tf32 for 16-bit Q (their mantissas fit tf32's)
+                # one 1.0 per column, so each output is one exact product: fp32 Q (and the interpreter) in fp32
+                # ("ieee") or tf32, 16-bit Q in its own dtype (no fp32 copy of the tile)
                 if GRAM_F32:
                     xs = tl.dot(x, onehot.to(tl.float32), input_precision="ieee" if EXACT_DOT else "tf32")
-                else:  # 16-bit Q times 16-bit ones: exact products, one per output
+                else:
                     xs = tl.dot(xq, onehot.to(xq.dtype))
                 w = _power_weights(xs, BM, G, DG, CH, STEPS, U_ZERO)
                 tl.store(W_B + pj, w, mask=pj < HEAD_DIM)
