@@ -11,6 +11,7 @@ Use it to see why a config is slow before spending device time. Caveats:
     python scripts/kernel_resources.py                      # the variants below, default and other configs
     python scripts/kernel_resources.py --variants "G2 r1 W128 c.5" --d 64
     python scripts/kernel_resources.py --backward            # each backward kernel at the backward table's tiles
+    python scripts/kernel_resources.py --grouping            # the grouping launch (G=2 mean / rank1, both projections)
 
 Prints one markdown table last.
 """
@@ -136,15 +137,48 @@ def backward_rows(q, k, v, full) -> list:
     return [(kname, tiles.get(kname, ("", "", kern.metadata.num_warps)), resources(kern)) for kname, kern in _compiled]
 
 
+def grouping_rows(q) -> list:
+    """(name, warps, resources) of the grouping launch storing positions (what the Q_eff prologue needs), for G=2
+    mean and rank1, with each hash projection (``grouping_triton.PROJECTION``) and each G=2 pair-Gram way."""
+    from distr_patch.ops import grouping_triton as gt
+
+    rows = []
+    saved = gt.PROJECTION, gt.PAIR_WEIGHTS
+    try:
+        for fusion, proj, pair in (("mean", "split", "gram"), ("mean", "fp32", "gram"), ("rank1", "split", "gram"),
+                                   ("rank1", "fp32", "gram"), ("rank1", "split", "gather")):
+            gt.PROJECTION, gt.PAIR_WEIGHTS = proj, pair
+            _compiled.clear()
+            gt.triton_grouping(q, group_size=2, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
+                               fusion=fusion, positions=True)
+            kern = [k for name, k in _compiled if name == "_grouping_kernel"][-1]
+            name = f"G2 {fusion}, {proj} projection" + (f", {pair} pairs" if fusion == "rank1" else "")
+            rows.append((name, kern.metadata.num_warps, resources(kern)))
+    finally:
+        gt.PROJECTION, gt.PAIR_WEIGHTS = saved
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"some of {list(VARIANTS)}")
     ap.add_argument("--d", nargs="+", type=int, default=[64, 128])
     ap.add_argument("--causal", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--backward", action="store_true", help="the backward's kernels at the table's backward config")
+    ap.add_argument("--grouping", action="store_true", help="the grouping launch instead of the attention kernels")
     args = ap.parse_args(argv)
     driver.set_active(_Sm90Driver())
     jit.JITFunction.run = _compile_only(jit.JITFunction.run)
+    if args.grouping:
+        print(f"Triton {triton.__version__}, sm_90 (compiled only), N=512 bf16, block_m=128, storing positions\n")
+        print("| d | launch | warps | registers | programs/SM by registers | spill B | shared KB |\n"
+              "|---|---|---|---|---|---|---|")
+        for d in args.d:
+            for name, w, r in grouping_rows(torch.randn(1, 2, 512, d, dtype=torch.bfloat16)):
+                per_sm = 65536 // max(1, r["regs"] * 32 * w)
+                print(f"| {d} | {name} | {w} | {r['regs']} | {per_sm} | {r['spill']} | {r['shared'] / 1024:.0f} |",
+                      flush=True)
+        return
     rows = []
     for d in args.d:
         q, k, v = (torch.randn(1, 2, 512, d, dtype=torch.bfloat16) for _ in range(3))

@@ -23,8 +23,9 @@ re-reads Q by the pair's columns (L1/L2 hits): 5x slower as a launch on the H200
 G>=4: the columns are put in sorted order by a dot of the block's registers with the one-hot
 permutation matrix, CH = min(D_PAD, 64) sorted positions at a time ([D_PAD, CH] per chunk; at
 d=256 the whole one-hot would not fit in shared memory). One 1.0 per column and fp32
-accumulation make it exact (16-bit Q in its own dtype; fp32 Q takes an fp32 dot). Each permuted [BM, CH] chunk is reshaped to [BM, CH/G, G] and one multiply + row sum per
-member gives every group's G×G Gram. (Tried during development and dropped as slower, timings not
+accumulation make it exact (16-bit Q in its own dtype; fp32 Q takes an fp32 dot). Each permuted
+[BM, CH] chunk is reshaped to [BM, CH/G, G] and one multiply + row sum per member gives every
+group's G×G Gram. (Tried during development and dropped as slower, timings not
 kept: the one-hot route for G=2, and a ``tl.gather`` along the column axis, slower at d=128.)
 
 rank1 weights satisfy a = b, so the kernel writes one tensor and returns it as both.
@@ -261,12 +262,14 @@ PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "split")
 PROJ_PARTS = 3
 
 
-def grouping_warps(head_dim: int, rank1: bool = False, group_size: int = 2) -> int:
+def grouping_warps(head_dim: int, rank1: bool = False, group_size: int = 2, split: bool = True) -> int:
     """Warps of one grouping program (one block of block_m query rows). Timed on the H200 at N=4096 with
-    ``scripts/bench_grouping.py --warps`` (docs/benchmarks.md, "The grouping launch"): without weights 2 warps
-    (d=64: 0.060 ms against 0.072 with 4; d=128: 0.066 against 0.074 with 8); G=2 rank1 4 warps (0.080 / 0.099 ms,
-    the fastest at both). G>=4 rank1 and d > 128 keep the earlier rule (4 warps at d <= 64, else 8)."""
-    if head_dim > 128 or (rank1 and group_size > 2):
+    ``scripts/bench_grouping.py --warps`` (docs/benchmarks.md, "The grouping launch"), for the split projection
+    (``split``): without weights 2 warps (d=64: 0.060 ms against 0.072 with 4; d=128: 0.066 against 0.074 with 8);
+    G=2 rank1 4 warps (0.080 / 0.099 ms, the fastest at both). The fp32 projection (fp32 Q), G>=4 rank1 and
+    d > 128 keep the earlier rule (4 warps at d <= 64, else 8): at 2 warps the fp32 projection spills 15-25 KB
+    (``scripts/kernel_resources.py --grouping``)."""
+    if head_dim > 128 or (rank1 and group_size > 2) or not split:
         return 4 if head_dim <= 64 else 8
     return 4 if rank1 else 2
 
@@ -370,7 +373,8 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     nb = gl.groups.shape[2]
     _grouping_kernel[(nb, B * H)](q, gl.qv, gl.r, gl.groups, gl.w, gl.inv, *q.stride(), gl.qv_stride, H, N, nb,
                                   **gl.meta, STORE_INV=positions,
-                                  num_warps=num_warps or grouping_warps(d, gl.rank1, group_size))
+                                  num_warps=num_warps or grouping_warps(d, gl.rank1, group_size,
+                                                                        gl.meta["PROJ_PARTS"] > 0))
     out = finish_grouping(q, gl, group_size=group_size, block_m=block_m, fusion=fusion, query_valid=query_valid)
     return (*out, gl.inv) if positions else out
 
