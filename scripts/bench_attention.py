@@ -20,7 +20,8 @@ attention. ``--device cpu`` (with TRITON_INTERPRET=1) runs the same code at tiny
 through the Triton interpreter, as a smoke test only: its timings mean nothing.
 ``--backward-paths`` adds, for each grouped variant, rows on the backward's earlier paths side by side:
 "(launches)" forms Q_eff again and maps dQ_eff back with regroup launches; "(kept Q_eff)" takes the
-forward's Q_eff but still maps dQ back by a launch (the plain rows: kept Q_eff and the dQ kernel's epilogue).
+forward's Q_eff but still maps dQ back by a launch (the plain rows: kept Q_eff and the dQ kernel's epilogue);
+"(atomic dQ)" / "(dQ kernel)" (every variant) force dQ's way: atomics in the dK/dV kernel or its own kernel.
 
 SageAttention 1 (``pip install sageattention==1.0.6``) is timed when importable.
 """
@@ -259,24 +260,31 @@ BWD_VARIANTS = {
 }
 
 
-# --backward-paths: (keep the forward's Q_eff, map dQ back in the dQ kernel's epilogue) per extra row
-BWD_PATHS = {"launches": (False, False), "kept Q_eff": (True, False)}
+# --backward-paths: the ``distr_patch.ops.configs`` switches of each extra row. The first two are grouped
+# variants only (they differ in how Q_eff and dQ_eff are mapped); the last two force dQ's way (atomics in the
+# dK/dV kernel, or the dQ kernel) for every variant, whatever the table picks
+BWD_PATHS = {"launches": dict(DEFAULT_KEEP_QEFF=False, DEFAULT_DQ_EPILOGUE=False, DEFAULT_DQ_ATOMIC=False),
+             "kept Q_eff": dict(DEFAULT_KEEP_QEFF=True, DEFAULT_DQ_EPILOGUE=False, DEFAULT_DQ_ATOMIC=False),
+             "atomic dQ": dict(DEFAULT_DQ_ATOMIC=True), "dQ kernel": dict(DEFAULT_DQ_ATOMIC=False)}
+GROUPED_ONLY_PATHS = ("launches", "kept Q_eff")
 
 
 def _with_paths(paths, fn):
-    """fn under the backward path flags ``paths`` (configs.DEFAULT_KEEP_QEFF / DEFAULT_DQ_EPILOGUE), restored
+    """fn under the backward path switches ``paths`` (attributes of ``distr_patch.ops.configs``), restored
     after; fn itself when None."""
     if paths is None:
         return fn
     from distr_patch.ops import configs
 
     def run(*a):
-        saved = configs.DEFAULT_KEEP_QEFF, configs.DEFAULT_DQ_EPILOGUE
-        configs.DEFAULT_KEEP_QEFF, configs.DEFAULT_DQ_EPILOGUE = paths
+        saved = {name: getattr(configs, name) for name in paths}
+        for name, value in paths.items():
+            setattr(configs, name, value)
         try:
             return fn(*a)
         finally:
-            configs.DEFAULT_KEEP_QEFF, configs.DEFAULT_DQ_EPILOGUE = saved
+            for name, value in saved.items():
+                setattr(configs, name, value)
     return run
 
 
@@ -330,9 +338,11 @@ def run_backward(args):
     if args.backward_paths:
         variants = dict(variants)
         for name, spec in list(variants.items()):
-            if spec["kind"] == "distr" and spec["kw"].get("group_size", 2) > 1:
+            if spec["kind"] == "distr":
+                grouped = spec["kw"].get("group_size", 2) > 1
                 for label, paths in BWD_PATHS.items():
-                    variants[f"{name} ({label})"] = dict(spec, paths=paths)
+                    if (grouped or label not in GROUPED_ONLY_PATHS) and label in (args.paths or BWD_PATHS):
+                        variants[f"{name} ({label})"] = dict(spec, paths=paths)
     rows = []
     for d in args.d:
         H = max(1, args.model_dim // d)
@@ -433,8 +443,10 @@ def main(argv=None):
     p.add_argument("--backward", action="store_true",
                    help="time forward+backward and report each gradient's error (G=1, G=2 mean/rank1/W128 c.5)")
     p.add_argument("--backward-paths", action="store_true",
-                   help="with --backward: also each grouped variant on the backward's earlier paths (regroup "
-                        "launches for Q_eff and dQ; the forward's Q_eff with a dQ launch)")
+                   help="with --backward: also each variant on the backward's other paths (regroup launches "
+                        "for Q_eff and dQ; the forward's Q_eff with a dQ launch; dQ by atomics / by its kernel)")
+    p.add_argument("--paths", nargs="+", choices=list(BWD_PATHS),
+                   help="with --backward-paths: only these of the extra paths (default: all)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                    help="cpu: --backward smoke test through the Triton interpreter (TRITON_INTERPRET=1)")
     args = p.parse_args(argv)

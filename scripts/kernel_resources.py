@@ -12,6 +12,7 @@ Use it to see why a config is slow before spending device time. Caveats:
     python scripts/kernel_resources.py --variants "G2 r1 W128 c.5" --d 64
     python scripts/kernel_resources.py --backward            # each backward kernel at the backward table's tiles
     python scripts/kernel_resources.py --grouping            # the grouping launch (G=2 mean / rank1, both projections)
+    python scripts/kernel_resources.py --mask float --default-only   # with a tensor attention mask (shared memory)
 
 Prints one markdown table last.
 """
@@ -93,11 +94,13 @@ def resources(kernel) -> dict:
                 serialized="C7511" in text or "serialized" in text, shared=int(kernel.metadata.shared))
 
 
-def configs(d: int, G: int, window: bool):
+def configs(d: int, G: int, window: bool, masked: bool = False, default_only: bool = False):
     """(name, FwdConfig): the table's choice and the alternatives measured on the GPU."""
     W = 128 if window else 0
-    base = fwd_config(d, G, 128, exact_window=W, interpret=False)
+    base = fwd_config(d, G, 128, exact_window=W, interpret=False, masked=masked)
     out = [("default", base)]
+    if default_only:
+        return out
     if G == 1:
         cap = 128 if base.num_warps == 8 else 168
         return out + [("tma" if not base.kv_tma else "no tma", replace(base, kv_tma=not base.kv_tma)),
@@ -122,7 +125,7 @@ def backward_rows(q, k, v, full) -> list:
     from distr_patch.ops.distr_bwd import _triton_backward
 
     d = q.shape[-1]
-    cfg = bwd_config(d, full["group_size"], full["exact_window"], interpret=False)
+    cfg = bwd_config(d, full["group_size"], full["exact_window"], causal=full["causal"], interpret=False)
     B, H, N, _ = q.shape
     lse = torch.zeros(B, H, N)
     grp = full["groups"].to(torch.int32) if full["group_size"] > 1 else None
@@ -166,6 +169,9 @@ def main(argv=None):
     ap.add_argument("--causal", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--backward", action="store_true", help="the backward's kernels at the table's backward config")
     ap.add_argument("--grouping", action="store_true", help="the grouping launch instead of the attention kernels")
+    ap.add_argument("--mask", choices=["none", "bool", "float"], default="none",
+                    help="compile with a [1, H, N, N] tensor attention mask of this kind (its tiles take shared memory)")
+    ap.add_argument("--default-only", action="store_true", help="the table's config only, no alternatives")
     args = ap.parse_args(argv)
     driver.set_active(_Sm90Driver())
     jit.JITFunction.run = _compile_only(jit.JITFunction.run)
@@ -182,13 +188,14 @@ def main(argv=None):
     rows = []
     for d in args.d:
         q, k, v = (torch.randn(1, 2, 512, d, dtype=torch.bfloat16) for _ in range(3))
+        mask = {"none": None, "bool": torch.rand(1, 2, 512, 512) > 0.2, "float": torch.zeros(1, 2, 512, 512)}[args.mask]
         for name in args.variants:
             kw = VARIANTS[name]
             for causal in args.causal:
                 G = kw["group_size"]  # groups from torch: the grouping kernel is compiled, never run, here
                 full = dict(group_size=G, block_m=128, fusion=kw.get("fusion", "mean"),
                             exact_window=kw.get("exact_window", 0), window_correction=kw.get("window_correction", 0.0),
-                            causal=bool(causal), attention_mask=None, scale=None, num_hash_bits=16, seed=0,
+                            causal=bool(causal), attention_mask=mask, scale=None, num_hash_bits=16, seed=0,
                             query_valid=None,
                             groups=compute_groups(q, group_size=G, block_m=128, num_hash_bits=16, seed=0))
                 if args.backward:
@@ -196,14 +203,16 @@ def main(argv=None):
                         rows.append((d, causal, name, kname, f"{bm}x{bn}", w, r))
                         print(rows[-1], flush=True)
                     continue
-                for cname, cfg in configs(d, kw["group_size"], full["exact_window"] > 0):
+                for cname, cfg in configs(d, kw["group_size"], full["exact_window"] > 0, mask is not None,
+                                          args.default_only):
                     _compiled.clear()
                     da._triton_forward(q, k, v, config=cfg, **full)
                     kern = [kernel for kname, kernel in _compiled if kname == "_distr_fwd_kernel"][-1]
                     r = resources(kern)
                     rows.append((d, causal, name, cname, f"{cfg.block_m}x{cfg.block_n}", cfg.num_warps, r))
                     print(rows[-1], flush=True)
-    print(f"\nTriton {triton.__version__}, sm_90 (compiled only)\n")
+    print(f"\nTriton {triton.__version__}, sm_90 (compiled only), attention mask: {args.mask}; an SM has 227 KB of "
+          "shared memory\n")
     print(f"| d | causal | variant | {'kernel' if args.backward else 'config'} | tile (rows x keys) | warps | "
           "registers | programs/SM by registers | spill B | wgmma serialized | shared KB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

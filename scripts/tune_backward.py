@@ -55,9 +55,12 @@ def _fit(cfg):
     return cfg
 
 
-def _candidates(d, kw):
+def _candidates(d, kw, causal, n):
+    """The default config at this shape (on the two-kernel path: the sweep times dK/dV and dQ apart) and the
+    dK/dV and dQ candidates around it."""
     from distr_patch.ops.configs import bwd_config
-    base = bwd_config(d, kw["group_size"], kw.get("exact_window", 0))
+    base = replace(bwd_config(d, kw["group_size"], kw.get("exact_window", 0), causal=bool(causal), keys=n),
+                   dq_atomic=False)
     kvs = [_fit(replace(base, kv_block_m=a, kv_block_n=b, kv_warps=w, kv_stages=s)) for a, b, w, s in KV]
     qs = [_fit(replace(base, q_block_m=a, q_block_n=b, q_warps=w, q_stages=s)) for a, b, w, s in Q]
     if base.kv_band_m is not None:
@@ -118,7 +121,7 @@ def main(argv=None):
     shapes = [(d, v, c) for d in a.d for v, c in SHAPES if v in a.variants and int(c) in a.causal]
     jobs = []
     for d, vname, causal in shapes:
-        base, kvs, qs = _candidates(d, VARIANTS[vname])
+        base, kvs, qs = _candidates(d, VARIANTS[vname], causal, a.n)
         jobs += [(d, vname, causal, c, "kv") for c in kvs] + [(d, vname, causal, c, "q") for c in qs]
     print(f"compiling {len(jobs)} kernels in {a.workers} processes", flush=True)
     with mp.get_context("spawn").Pool(a.workers) as pool:
@@ -140,7 +143,7 @@ def main(argv=None):
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
         flash_bwd = bench(lambda: torch.autograd.grad(o, (q, k, v), args[0], retain_graph=True))
-        base, kvs, qs = _candidates(d, VARIANTS[vname])
+        base, kvs, qs = _candidates(d, VARIANTS[vname], causal, N)
         ref_kv = _bwd_call(args, opts, base, "kv")
         ref_q = _bwd_call(args, opts, base, "q")
         res = {}

@@ -79,6 +79,7 @@ DEFAULT_KV_TMA = _env_flag("DISTR_KV_TMA", None)
 # forward keeps its Q_eff and column -> position map for the backward (else the backward forms them again).
 DEFAULT_DQ_EPILOGUE = _env_flag("DISTR_DQ_EPILOGUE", None)
 DEFAULT_KEEP_QEFF = _env_flag("DISTR_KEEP_QEFF", True)
+DEFAULT_DQ_ATOMIC = _env_flag("DISTR_DQ_ATOMIC", None)  # BwdConfig.dq_atomic; None: the table
 
 
 def interpreting() -> bool:
@@ -87,11 +88,14 @@ def interpreting() -> bool:
 
 def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_window: int = 0,
                interpret: bool | None = None, k_layout: str | None = None, grouped_qk: str | None = None,
-               fp32: bool = False) -> FwdConfig:
+               fp32: bool = False, masked: bool = False) -> FwdConfig:
     """Tile sizes for one call. G=1 takes the exact rows of ``_reduced_config``'s table;
     ``grouped_qk="expanded"`` the same tiles (``_expanded_config``); ``"reduced"`` its own rows. fp32
     inputs (a correctness path: fp32 dots) take half-width key tiles so that they fit in shared memory
-    (128-key fp32 tiles asked for 246 KB on the H200)."""
+    (128-key fp32 tiles asked for 246 KB on the H200). ``masked`` (a tensor attention mask: its [block_m,
+    block_n] tile is pipelined too) caps the key tiles at 64: with 128 keys at 64 < d <= 128 the kernel asked
+    for 229-360 KB of shared memory (the H200 has 227 KB; ``scripts/kernel_resources.py --masks``), 115-197 KB
+    with 64."""
     interpret = interpreting() if interpret is None else interpret
     mode = grouped_qk or DEFAULT_GROUPED_QK
     if mode not in ("reduced", "expanded"):
@@ -115,6 +119,8 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
         cfg = replace(cfg, qeff_prologue=cfg.grouped_qk == "expanded" and DEFAULT_QEFF_PROLOGUE)
     if DEFAULT_KV_TMA is not None:
         cfg = replace(cfg, kv_tma=DEFAULT_KV_TMA)
+    if masked and not interpret and cfg.block_n > 64:
+        cfg = replace(cfg, block_n=64, band_block_n=None if cfg.band_block_n is None else min(cfg.band_block_n, 64))
     if fp32 and not interpret and cfg.block_n > 32:
         bn = cfg.block_n // 2 if head_dim <= 64 else 32
         cfg = replace(cfg, block_n=bn, band_block_n=None if cfg.band_block_n is None else min(cfg.band_block_n, bn))
@@ -209,6 +215,11 @@ class BwdConfig:
     # G > 1: the dQ kernel maps dQ_eff back to dQ in its epilogue (one dot per output chunk with the grouping
     # block's fusion matrix) instead of a regroup launch after it (DISTR_DQ_EPILOGUE=0/1 overrides)
     dq_epilogue: bool = True
+    # no exact window, dQ and dK/dV both wanted: the dK/dV kernel also adds each tile's dQ_eff into an fp32
+    # buffer with atomics (FlashAttention-2's way: no dQ kernel, whose S and dP recompute is 3 of the backward's
+    # 7 tile products), then a cast (G = 1) or a regroup launch (G > 1) gives dQ. Not bitwise reproducible
+    # (the order of the fp32 adds varies), so ``torch.use_deterministic_algorithms(True)`` turns it off
+    dq_atomic: bool = False
 
     @property
     def band_m(self) -> int:
@@ -221,15 +232,24 @@ class BwdConfig:
         return self.q_block_n if self.q_band_n is None else self.q_band_n
 
 
-def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, fp32: bool = False,
-               interpret: bool | None = None) -> BwdConfig:
-    """Backward tiles for one call; the interpreter uses 32x32 tiles (16-wide band sub-tiles
-    with a window, so CPU tests exercise the split).
+# keys from which the d <= 64 dQ kernel takes 128-row tiles on 8 warps (H200, N = M = 16384: 3-7% faster than
+# (64, 64, 4, 2) for G = 1 and G2 mean; docs/benchmarks.md, "Backward tiles at N=16384, d=64")
+LONG_KEYS = 16384
+
+
+def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, causal: bool = False, keys: int = 0,
+               fp32: bool = False, interpret: bool | None = None) -> BwdConfig:
+    """Backward tiles for one call (``keys``: M, the number of keys); the interpreter uses 32x32 tiles (16-wide
+    band sub-tiles with a window, so CPU tests exercise the split).
 
     GPU (H100, bf16): the fastest of 10 dK/dV and 10 dQ candidates per (d, variant), timed at
     N=4096 with ``scripts/tune_backward.py`` (docs/benchmarks.md, "Backward tile tuning": the
     sweep's table itself was not recorded); causal and non-causal agreed within 2%. The earlier
-    untimed table (16-row dK/dV tiles at d=128) was 3.3x slower in the dK/dV kernel.
+    untimed table (16-row dK/dV tiles at d=128) was 3.3x slower in the dK/dV kernel. At d <= 64 without a
+    window: the dQ kernel takes 128-row tiles from ``LONG_KEYS`` keys, and causal calls sum dQ with atomics in
+    the dK/dV kernel (``dq_atomic``; H200: forward+backward 2-7% faster causal at N = 4096 and 16384, but 3-6%
+    slower non-causal and 25-45% slower at d = 128, where the fused kernel spills; docs/benchmarks.md,
+    "dQ by atomics").
 
     With an exact window every tile runs at the no-window tiles except those that meet the band:
     they compute both products (two score tiles), so they stream sub-tiles (``kv_band_m`` rows,
@@ -247,6 +267,10 @@ def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, fp3
         return replace(cfg, kv_band_m=16, q_band_n=16) if window else cfg
     if head_dim <= 64:
         cfg, band = BwdConfig(32, 128, 4, 3, 64, 64, 4, 2), (16, 32)
+        if not window:
+            cfg = replace(cfg, dq_atomic=bool(causal))
+            if keys >= LONG_KEYS:
+                cfg = replace(cfg, q_block_m=128, q_warps=8)
     elif head_dim <= 128:
         cfg, band = BwdConfig(64, 64, 4, 2, 64, 64, 4, 2), (32, 32)
     else:
@@ -257,4 +281,6 @@ def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, fp3
         cfg = replace(cfg, kv_block_n=max(32, cfg.kv_block_n // 2), q_block_m=max(16, cfg.q_block_m // 2))
     if DEFAULT_DQ_EPILOGUE is not None:
         cfg = replace(cfg, dq_epilogue=DEFAULT_DQ_EPILOGUE)
+    if DEFAULT_DQ_ATOMIC is not None:
+        cfg = replace(cfg, dq_atomic=DEFAULT_DQ_ATOMIC)
     return cfg

@@ -189,13 +189,17 @@ def _bwd_preprocess_kernel(
 
 # --------------------------------------------------------------------------- dK / dV
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, lo, hi, QE, Q, DO, LSE, DELTA, CORR, KAPPA, MASKP, offs_n, N, M, WINDOW,
+def _dkdv_tiles(dk, dv, k, v, lo, hi, QE, Q, DO, LSE, DELTA, CORR, KAPPA, MASKP, DQA, offs_n, N, M, WINDOW,
                 scale, qk_scale2,
                 stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn, stride_mm,
+                stride_dqan,
                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
                 CAUSAL: tl.constexpr, CHECK: tl.constexpr, MIXED: tl.constexpr, HAS_CORR: tl.constexpr,
-                MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr):
-    """Query tiles [lo, hi) against one key tile, transposed orientation ([BN, BM] scores)."""
+                MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, ATOMIC_DQ: tl.constexpr):
+    """Query tiles [lo, hi) against one key tile, transposed orientation ([BN, BM] scores).
+    With ATOMIC_DQ (no band tiles) each query tile's scale·dS K is also added to the fp32 dQ_eff
+    buffer DQA ([N, d] rows of stride ``stride_dqan``) with atomics."""
+    tl.static_assert(not (ATOMIC_DQ and MIXED), "atomic dQ is for calls without an exact window")
     offs_d = tl.arange(0, D_PAD)
     nj = offs_n[:, None]
     for start_m in range(lo, hi, BLOCK_M):
@@ -230,13 +234,18 @@ def _dkdv_tiles(dk, dv, k, v, lo, hi, QE, Q, DO, LSE, DELTA, CORR, KAPPA, MASKP,
             dk = tl.dot(dg.to(DOT_T), tl.trans(qet), dk, input_precision=DOT_PREC)
             dk = tl.dot(de.to(DOT_T), tl.trans(qt), dk, input_precision=DOT_PREC)
         else:
-            dk = tl.dot(ds.to(DOT_T), tl.trans(qet), dk, input_precision=DOT_PREC)
+            ds_t = ds.to(DOT_T)
+            dk = tl.dot(ds_t, tl.trans(qet), dk, input_precision=DOT_PREC)
+            if ATOMIC_DQ:  # dQ_eff rows of this query tile: (dSᵀ K)·scale, summed over key tiles in L2
+                dq = tl.dot(tl.trans(ds_t), k, input_precision=DOT_PREC) * scale  # [BM, D_PAD]
+                tl.atomic_add(DQA + offs_m[:, None] * stride_dqan + offs_d[None, :], dq,
+                              mask=rmask[:, None] & (offs_d < HEAD_DIM)[None, :], sem="relaxed")
     return dk, dv
 
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    QE, Q, K, V, DO, DK, DV, LSE, DELTA, CORR, KAPPA, MASK,
+    QE, Q, K, V, DO, DK, DV, LSE, DELTA, CORR, KAPPA, MASK, DQA,
     scale, qk_scale2,
     stride_qeb, stride_qeh, stride_qen, stride_qed,
     stride_qb, stride_qh, stride_qn, stride_qd,
@@ -246,15 +255,17 @@ def _bwd_dkdv_kernel(
     stride_dks, stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvs, stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_mb, stride_mh, stride_mn, stride_mm,
+    stride_dqab, stride_dqah, stride_dqan,
     Hq, Hkv, N, M, KV_REP, REP_PER, SPLIT, WINDOW,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BAND_M: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr,
-    DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
+    DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, ATOMIC_DQ: tl.constexpr,
 ):
     """One program: one key tile of one (batch, kv head); sums over REP_PER of its KV_REP query
     heads (all of them unless SPLIT > 1: then part `split` of SPLIT, written at DK + split·stride_dks).
-    Query rows stream in BLOCK_M tiles, the band's (mixed) rows in BAND_M tiles (BAND_M | BLOCK_M)."""
+    Query rows stream in BLOCK_M tiles, the band's (mixed) rows in BAND_M tiles (BAND_M | BLOCK_M).
+    With ATOMIC_DQ (no window) it also adds scale·dS K into the fp32 dQ_eff buffer DQA [B, Hq, N, d]."""
     pid_n = tl.program_id(0)
     pid_bhs = tl.program_id(1)
     split = pid_bhs % SPLIT
@@ -298,27 +309,28 @@ def _bwd_dkdv_kernel(
         MASKP = MASK
         if MASK_KIND != 0:
             MASKP = MASK + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
+        DQAh = DQA + b.to(tl.int64) * stride_dqab + h.to(tl.int64) * stride_dqah
         dk, dv = _dkdv_tiles(dk, dv, k, v, start, tl.minimum(seg_a, N), QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
-                             CORR + rowb, KAPPA + rowb, MASKP, offs_n, N, M, WINDOW, scale, qk_scale2,
+                             CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
                              stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
-                             stride_mm, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, True, False, HAS_CORR, MASK_KIND,
-                             DOT_PREC, DOT_T)
+                             stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, True, False, HAS_CORR,
+                             MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ)
         if HAS_WINDOW:
             dk, dv = _dkdv_tiles(dk, dv, k, v, seg_a, tl.minimum(bl, N), QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
-                                 CORR + rowb, KAPPA + rowb, MASKP, offs_n, N, M, WINDOW, scale, qk_scale2,
+                                 CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
                                  stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
-                                 stride_mm, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR, MASK_KIND,
-                                 DOT_PREC, DOT_T)
+                                 stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR,
+                                 MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ)
             dk, dv = _dkdv_tiles(dk, dv, k, v, bl, tl.minimum(seg_c, N), QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
-                                 CORR + rowb, KAPPA + rowb, MASKP, offs_n, N, M, WINDOW, scale, qk_scale2,
+                                 CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
                                  stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
-                                 stride_mm, HEAD_DIM, D_PAD, BAND_M, CAUSAL, True, True, HAS_CORR, MASK_KIND,
-                                 DOT_PREC, DOT_T)
+                                 stride_mm, stride_dqan, HEAD_DIM, D_PAD, BAND_M, CAUSAL, True, True, HAS_CORR,
+                                 MASK_KIND, DOT_PREC, DOT_T, False)
         dk, dv = _dkdv_tiles(dk, dv, k, v, seg_c, N, QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
-                             CORR + rowb, KAPPA + rowb, MASKP, offs_n, N, M, WINDOW, scale, qk_scale2,
+                             CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
                              stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
-                             stride_mm, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR, MASK_KIND,
-                             DOT_PREC, DOT_T)
+                             stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR,
+                             MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ)
     omask = (offs_n < M)[:, None] & (offs_d < HEAD_DIM)[None, :]
     DK += split.to(tl.int64) * stride_dks + b.to(tl.int64) * stride_dkb + hk.to(tl.int64) * stride_dkh
     DV += split.to(tl.int64) * stride_dvs + b.to(tl.int64) * stride_dvb + hk.to(tl.int64) * stride_dvh
@@ -491,7 +503,7 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
     Hkv, M = k.shape[1], k.shape[2]
     G = group_size
     exact = G == 1
-    cfg = config or bwd_config(d, G, exact_window, fp32=q.dtype == torch.float32)
+    cfg = config or bwd_config(d, G, exact_window, causal=bool(causal), keys=M, fp32=q.dtype == torch.float32)
     if cfg.kv_block_m % cfg.band_m or cfg.q_block_n % cfg.band_n or min(cfg.band_m, cfg.band_n) < 16:
         raise ValueError(f"band sub-tiles must divide their block tiles and be >= 16: {cfg}")
     dev = q.device
@@ -528,6 +540,11 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
     )
     common["HAS_WINDOW"] = window > 0
     dq = dk = dv = None
+    # dQ by atomics in the dK/dV kernel (BwdConfig.dq_atomic): only without a window, when both are wanted
+    atomic = (cfg.dq_atomic and window == 0 and need_dq and need_dkdv
+              and not torch.are_deterministic_algorithms_enabled())
+    dqa = torch.zeros(q.shape, **f32) if atomic else delta
+    dqa_s = dqa.stride()[:3] if atomic else (0, 0, 0)
     if need_dkdv:
         n_tiles = triton.cdiv(M, cfg.kv_block_n)
         split = cfg.kv_split or _kv_split(rep, n_tiles * B * Hkv, dev)
@@ -540,15 +557,20 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
             dv = torch.empty((split, *v.shape), **f32)
             dk_s, dv_s = dk.stride(), dv.stride()
         _bwd_dkdv_kernel[(n_tiles, B * Hkv * split)](
-            qe, q, k, v, do, dk, dv, lse, delta, corr, kappa, mask_t,
+            qe, q, k, v, do, dk, dv, lse, delta, corr, kappa, mask_t, dqa,
             sm_scale, sm_scale * LOG2E,
-            *qe.stride(), *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk_s, *dv_s, *mstr,
+            *qe.stride(), *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk_s, *dv_s, *mstr, *dqa_s,
             Hq, Hkv, N, M, rep, rep // split, split, window, BLOCK_M=cfg.kv_block_m, BLOCK_N=cfg.kv_block_n,
-            BAND_M=cfg.band_m, num_warps=cfg.kv_warps, num_stages=cfg.kv_stages, **common,
+            BAND_M=cfg.band_m, num_warps=cfg.kv_warps, num_stages=cfg.kv_stages, ATOMIC_DQ=atomic, **common,
         )
         if split > 1:
             dk = dk.sum(0).to(k.dtype)
             dv = dv.sum(0).to(v.dtype)
+    if atomic:  # dQ_eff is summed: dQ = dQ_eff (G = 1) or dQ_eff Wᵀ (the regroup with a and b swapped)
+        dq = dqa.to(q.dtype) if exact else regroup(
+            dqa, groups, None if mean else wb, None if mean else wa, group_size=G, block_m=block_m,
+            out_dtype=q.dtype, mean_weights=(1.0, 1.0 / G) if mean else None, inv=inv)
+        return dq, dk, dv
     if need_dq:
         # the dQ kernel maps dQ_eff back in its epilogue (dq_epilogue) or a regroup launch does it after
         adjoint = not exact and cfg.dq_epilogue

@@ -14,7 +14,7 @@ import torch
 
 from distr_patch.ops import compute_groups, distr_attention, reference_distr_attention
 
-from test_distr_attn import CUDA, interpreter_only, make_mask, make_qkv, rel_err
+from test_distr_attn import CUDA, INTERPRET, interpreter_only, make_mask, make_qkv, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -272,6 +272,116 @@ def test_dq_epilogue_and_kept_qeff_interpreter(case):
         for name, a, b in zip(("dq", "dk", "dv"), got, ref[1:]):
             assert a.dtype == torch.float32 and rel_err(a, b) <= 1e-4, (path, name, rel_err(a, b))
             assert rel_err(a, grads[False, False][("dq", "dk", "dv").index(name)]) <= 1e-5, (path, name)
+
+
+# (B, Hq, Hkv, N, M, d, G, fusion, block_m, causal, mask): no window (the atomic path's domain); tails, GQA
+# with the dK/dV split, N != M, masks, both fusions, G = 1, 2, 4
+ATOMIC_CASES = [
+    (1, 4, 2, 70, 70, 32, 1, "mean", 64, True, "pad"),
+    (1, 2, 2, 70, 40, 32, 2, "rank1", 32, True, None),
+    (2, 4, 1, 40, 70, 64, 2, "mean", 64, False, "float"),
+    (1, 2, 2, 70, 70, 32, 4, "rank1", 32, False, "pad"),
+]
+
+
+def _atomic_vs_kernel(case, device="cpu", dtype=torch.float32, split=None):
+    """Gradients of the atomic dQ path and of the dQ kernel (same forward), and the fp32 reference's."""
+    from dataclasses import replace
+
+    from distr_patch.ops.configs import bwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+    from distr_patch.ops.distr_bwd import _triton_backward
+
+    B, Hq, Hkv, N, M, d, G, fusion, block_m, causal, mask_kind = case
+    seed = zlib.crc32(repr(case).encode())
+    gen0 = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, n, d, generator=gen0).to(device=device, dtype=dtype)
+               for H, n in ((Hq, N), (Hkv, M), (Hkv, M)))
+    gen = torch.Generator().manual_seed(seed + 1)
+    mask = make_mask(mask_kind, B, Hq, N, M, gen, device)
+    do = torch.randn(B, Hq, N, d, generator=gen).to(device=device, dtype=dtype)
+    kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=0, window_correction=0.0, causal=causal,
+              attention_mask=mask, scale=None)
+    out, lse, grp, wa, wb, qe, inv = _triton_forward(q, k, v, num_hash_bits=16, seed=0, query_valid=None,
+                                                     groups=None, return_lse=True, keep_qeff=True, **kw)
+    base = bwd_config(d, G, 0, fp32=dtype == torch.float32)
+    got = {}
+    for atomic in (True, False):
+        cfg = replace(base, dq_atomic=atomic, kv_split=split)
+        got[atomic] = _triton_backward(do, q, k, v, out, lse, grp, wa, wb, config=cfg, qeff=qe, inv=inv, **kw)
+    return got, reference_grads(q, k, v, do, **kw)
+
+
+@interpreter_only
+@pytest.mark.parametrize("case", ATOMIC_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_dq_atomic_interpreter(case):
+    """dQ summed by atomics in the dK/dV kernel: the reference's gradients (fp32), and the dQ kernel's to
+    fp32 rounding; dK and dV are the same kernel's either way. GQA cases also run with the dK/dV split."""
+    for split in ((None, 2) if case[1] // case[2] >= 2 else (None,)):
+        got, ref = _atomic_vs_kernel(case, split=split)
+        for name, a, b, c in zip(("dq", "dk", "dv"), got[True], ref[1:], got[False]):
+            assert a.dtype == torch.float32 and torch.isfinite(a).all(), name
+            assert rel_err(a, b) <= 1e-4, (name, split, rel_err(a, b))
+            assert rel_err(a, c) <= 1e-5, (name, split, rel_err(a, c))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("case", [(2, 8, 2, 2048, 2048, 64, 1, "mean", 128, False, None),
+                                  (2, 8, 2, 2000, 2000, 64, 2, "mean", 128, True, "pad"),
+                                  (1, 8, 4, 1500, 1700, 128, 2, "rank1", 32, True, None),
+                                  (1, 4, 4, 1000, 1000, 80, 4, "mean", 64, False, "float")],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_dq_atomic_gpu(case):
+    """bf16 at real sizes (tails, GQA, masks, d = 64 / 80 / 128): the atomic dQ path within the issue's 2e-2 of the
+    fp32 reference, and within bf16 noise of the dQ kernel's gradients."""
+    got, ref = _atomic_vs_kernel(case, device="cuda", dtype=torch.bfloat16)
+    for name, a, b, c in zip(("dq", "dk", "dv"), got[True], ref[1:], got[False]):
+        assert a.dtype == torch.bfloat16 and torch.isfinite(a).all(), name
+        assert rel_err(a, b) <= 2e-2, (name, rel_err(a, b))
+        assert rel_err(a, c) <= 1e-2, (name, rel_err(a, c))
+
+
+def test_bwd_config_table_picks_dq_paths():
+    """The GPU table: atomics for d <= 64 causal calls without a window, 128-row dQ tiles from LONG_KEYS keys,
+    neither at d = 128 or with a window; the environment switch overrides; the interpreter keeps its tiles."""
+    from distr_patch.ops import configs
+
+    gpu = dict(interpret=False)
+    assert configs.bwd_config(64, 2, 0, causal=True, **gpu).dq_atomic
+    assert not configs.bwd_config(64, 2, 0, causal=False, **gpu).dq_atomic
+    assert not configs.bwd_config(64, 2, 128, causal=True, **gpu).dq_atomic
+    assert not configs.bwd_config(128, 2, 0, causal=True, **gpu).dq_atomic
+    long = configs.bwd_config(64, 1, 0, keys=configs.LONG_KEYS, **gpu)
+    assert (long.q_block_m, long.q_warps) == (128, 8)
+    assert configs.bwd_config(64, 1, 0, keys=configs.LONG_KEYS - 1, **gpu).q_block_m == 64
+    assert configs.bwd_config(128, 1, 0, keys=configs.LONG_KEYS, **gpu).q_block_m == 64
+    assert configs.bwd_config(64, 2, 0, causal=True, interpret=True).q_block_m == 32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("case", [(1, 4, 2, 16400, 16400, 64, 1, "mean", 128, 0, 0.0, False, None),
+                                  (1, 4, 4, 16400, 16400, 64, 2, "mean", 128, 0, 0.0, True, None),
+                                  (1, 2, 2, 16400, 16400, 64, 2, "rank1", 32, 0, 0.0, False, "pad")],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_grads_long_sequence_gpu(case):
+    """N = M past LONG_KEYS with a tail (the 128-row dQ tiles; the atomic path for the causal case), bf16."""
+    check_case(case, zlib.crc32(repr(case).encode()), tol=2e-2, dtype=torch.bfloat16, device="cuda",
+               backend="auto", gaussian=True)
+
+
+@pytest.mark.skipif(not (CUDA or INTERPRET), reason="needs the Triton backward (GPU or TRITON_INTERPRET=1)")
+def test_dq_atomic_is_off_when_deterministic(monkeypatch):
+    """torch.use_deterministic_algorithms(True) takes the dQ kernel: the atomic path is not reproducible."""
+    import distr_patch.ops.distr_bwd as bwd
+
+    seen = []
+    monkeypatch.setattr(bwd.torch, "are_deterministic_algorithms_enabled", lambda: seen.append(1) or True)
+    got, ref = _atomic_vs_kernel(ATOMIC_CASES[1], device="cuda" if CUDA else "cpu")
+    assert seen, "the backward did not ask torch whether determinism is required"
+    for a, c in zip(got[True], got[False]):
+        assert torch.equal(a, c)  # the same (deterministic) path both times
 
 
 def test_reference_gradcheck_window_correction():

@@ -41,3 +41,20 @@ def test_kernel_resources_reports_the_grouping_launch():
     shared = {name: int(r[6]) for name, r in rows.items()}
     assert all(s == 0 for s in spill.values()), spill
     assert shared["G2 mean, split projection"] < shared["G2 mean, fp32 projection"]
+
+
+def test_forward_with_a_float_mask_fits_shared_memory():
+    """A tensor attention mask's tiles are pipelined too: at 64 < d <= 128 the table's 128-key tiles asked for
+    262-360 KB of shared memory with a mask (the H200 launch failed with OutOfResources); ``fwd_config(masked=True)``
+    must stay under an SM's 227 KB (232448 bytes) for exact and grouped calls."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_resources.py"), "--variants", "G1", "G2 mean",
+                          "--d", "128", "--causal", "0", "--mask", "float", "--default-only"],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| 128 |")]
+    assert {r[2].strip() for r in rows} == {"G1", "G2 mean"}
+    for r in rows:
+        assert 0 < int(r[10]) * 1024 <= 232448, r  # shared KB
+        assert int(r[8]) == 0, r  # no spill either
