@@ -326,11 +326,26 @@ def _bwd_dkdv_kernel(
                                  stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
                                  stride_mm, stride_dqan, HEAD_DIM, D_PAD, BAND_M, CAUSAL, True, True, HAS_CORR,
                                  MASK_KIND, DOT_PREC, DOT_T, False)
-        dk, dv = _dkdv_tiles(dk, dv, k, v, seg_c, N, QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
-                             CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
-                             stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
-                             stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR,
-                             MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ)
+        if ATOMIC_DQ and not CAUSAL and not HAS_WINDOW:
+            # every row sees every key: start at this key tile's own row tile and wrap, so that the programs of one
+            # head add into different dQ rows at a time instead of all into the first ones
+            rot = ((n0 // BLOCK_M) % tl.cdiv(N, BLOCK_M)) * BLOCK_M
+            dk, dv = _dkdv_tiles(dk, dv, k, v, rot, N, QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
+                                 CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
+                                 stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
+                                 stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR,
+                                 MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, 0, rot, QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
+                                 CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
+                                 stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
+                                 stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR,
+                                 MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ)
+        else:
+            dk, dv = _dkdv_tiles(dk, dv, k, v, seg_c, N, QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
+                                 CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
+                                 stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
+                                 stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR,
+                                 MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ)
     omask = (offs_n < M)[:, None] & (offs_d < HEAD_DIM)[None, :]
     DK += split.to(tl.int64) * stride_dks + b.to(tl.int64) * stride_dkb + hk.to(tl.int64) * stride_dkh
     DV += split.to(tl.int64) * stride_dvs + b.to(tl.int64) * stride_dvb + hk.to(tl.int64) * stride_dvh
