@@ -1,0 +1,98 @@
+"""Host (CPU) time per DistrAttention call next to its GPU time, at one layer's shape.
+
+A patched model whose layers each do little GPU work (SmolLM2-135M: 9 heads of d=64) runs at the speed of the
+host, not of the kernels, once a call's host side (Python, Triton's launcher for each kernel) outlasts its GPU
+side. This times ``n`` calls back to back: the host time is until the last call returns (the GPU still busy), the
+wall time until the GPU is done too; wall ≈ host means host-bound.
+
+    python scripts/host_overhead.py                      # GPU: SmolLM2's layer shape (B=4, 9 / 3 heads, N=4096)
+    python scripts/host_overhead.py --stub-kernels --device cpu   # the Python wrapper alone (no GPU needed)
+
+``--stub-kernels`` replaces every Triton kernel launch with a no-op, so what is left is this package's own Python
+(validation, configs, allocations, TMA descriptors). Prints one markdown table last.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _stub_kernels():
+    """Every Triton kernel of the ops modules launches nothing (host-side cost of the wrapper only)."""
+    import distr_patch.ops.distr_attn as da
+    import distr_patch.ops.grouping_triton as gt
+    import distr_patch.ops.regroup as rg
+
+    class _NoLaunch:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    for mod in (da, gt, rg):
+        for name in dir(mod):
+            if type(getattr(mod, name)).__name__ in ("JITFunction", "InterpretedFunction"):
+                setattr(mod, name, _NoLaunch())
+
+
+VARIANTS = {
+    "G1": dict(group_size=1),
+    "G2 mean": dict(group_size=2, fusion="mean"),
+    "G2 rank1": dict(group_size=2, fusion="rank1"),
+    "G2 rank1 W128 c.5": dict(group_size=2, fusion="rank1", exact_window=128, window_correction=0.5),
+}
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--stub-kernels", action="store_true", help="launch no kernel: the package's Python alone")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--heads", type=int, default=9, help="query heads")
+    p.add_argument("--kv-heads", type=int, default=3)
+    p.add_argument("--n", type=int, default=4096)
+    p.add_argument("--d", type=int, default=64)
+    p.add_argument("--calls", type=int, default=200)
+    a = p.parse_args(argv)
+    if a.device == "cpu":
+        if not a.stub_kernels:
+            p.error("--device cpu times only the wrapper: add --stub-kernels")
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # CPU tensors take the Triton path only under the interpreter
+    import torch
+    import torch.nn.functional as F
+
+    from distr_patch.ops import distr_attention
+
+    if a.stub_kernels:
+        _stub_kernels()
+    dev, dt = torch.device(a.device), torch.bfloat16
+    q = torch.randn(a.batch, a.heads, a.n, a.d, device=dev, dtype=dt)
+    k, v = (torch.randn(a.batch, a.kv_heads, a.n, a.d, device=dev, dtype=dt) for _ in range(2))
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    fns = {} if a.stub_kernels else {
+        "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)}
+    for name, kw in VARIANTS.items():
+        fns[f"distr {name}"] = (lambda kw=kw: distr_attention(q, k, v, causal=True, backend="triton", **kw))
+    rows = []
+    for name, fn in fns.items():
+        for _ in range(5):
+            fn()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(a.calls):
+            fn()
+        t1 = time.perf_counter()
+        sync()
+        t2 = time.perf_counter()
+        rows.append(dict(variant=name, host_ms=(t1 - t0) / a.calls * 1e3, wall_ms=(t2 - t0) / a.calls * 1e3))
+        print(rows[-1], flush=True)
+    print(f"\n{a.device}, B={a.batch}, heads {a.heads}/{a.kv_heads}, N={a.n}, d={a.d}, causal"
+          f"{', kernels stubbed' if a.stub_kernels else ''}; ms per call, {a.calls} calls back to back\n")
+    print("| variant | host ms/call | wall ms/call | host / wall |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['host_ms']:.3f} | {r['wall_ms']:.3f} | {r['host_ms'] / r['wall_ms']:.2f} |")
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

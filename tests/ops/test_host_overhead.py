@@ -1,0 +1,26 @@
+"""scripts/host_overhead.py with stubbed kernels on the CPU: the wrapper's own host time per call (a subprocess,
+since stubbing replaces the kernels module-wide)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_host_overhead_stubbed_runs_on_cpu():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "host_overhead.py"), "--stub-kernels", "--device",
+                          "cpu", "--n", "128", "--calls", "20"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| distr")]
+    assert {r[0].strip() for r in rows} == {"distr G1", "distr G2 mean", "distr G2 rank1", "distr G2 rank1 W128 c.5"}
+    for r in rows:
+        host = float(r[1])
+        assert 0 < host < 50, r  # ms per call with no kernel launched
+
+
+def test_host_overhead_cpu_needs_stubs():
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "host_overhead.py"), "--device", "cpu"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "--stub-kernels" in run.stderr
