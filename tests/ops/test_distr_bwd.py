@@ -407,6 +407,8 @@ def test_bench_backward_smoke_interpreter(capsys):
     names = {r["variant"] for r in rows}
     assert {"distr G=1", "distr G=2 mean", "distr G=2 rank1", "distr G=2 rank1 W128 c.5"} <= names
     assert {"distr G=2 mean (launches)", "distr G=2 rank1 W128 c.5 (kept Q_eff)"} <= names
+    assert {"distr G=1 (atomic dQ)", "distr G=1 (dQ kernel)", "distr G=2 rank1 (atomic dQ)"} <= names
+    assert "distr G=1 (launches)" not in names  # the Q_eff / dQ_eff mapping paths are for grouped variants only
     for r in rows:
         if r["variant"].startswith("distr"):
             assert max(r["err_dq"], r["err_dk"], r["err_dv"]) < 1e-4, r
