@@ -1,6 +1,7 @@
 """Where a patched model's prefill spends its time: torch.profiler over one prefill, exact and DistrAttention.
 
     python scripts/profile_prefill.py [--model preset:smollm2-135m] [--batch 4] [--seq 4096] [--fusion mean]
+    python scripts/profile_prefill.py --device cpu --seq 64 --batch 1     # smoke run (the PyTorch reference path)
 
 Prints, for each variant, the wall time of one prefill and the top operators by CUDA time and by CPU time
 (a model whose GPU work per layer is small can be bound by the host's launch work instead).
@@ -22,9 +23,17 @@ def main(argv=None):
     p.add_argument("--fusion", default="mean")
     p.add_argument("--window", type=int, default=0, help="exact_window (window_correction 0.5 when > 0)")
     p.add_argument("--rows", type=int, default=12)
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--repeats", type=int, default=10)
     a = p.parse_args(argv)
-    model = load_model(a.model, "lm", dtype="bfloat16").model.cuda()
-    ids = torch.randint(0, model.config.vocab_size, (a.batch, a.seq), device="cuda")
+    dev = torch.device(a.device)
+    model = load_model(a.model, "lm", dtype="bfloat16" if dev.type == "cuda" else "float32").model.to(dev)
+    ids = torch.randint(0, model.config.vocab_size, (a.batch, a.seq), device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if dev.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    walls = {}
 
     def prefill():
         with torch.no_grad():
@@ -36,21 +45,25 @@ def main(argv=None):
                                      window_correction=0.5 if a.window else 0.0))
         for _ in range(3):
             prefill()
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
-        for _ in range(10):
+        for _ in range(a.repeats):
             prefill()
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - t0) / 10 * 1e3
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+        sync()
+        walls[name] = (time.perf_counter() - t0) / a.repeats * 1e3
+        with torch.profiler.profile(activities=activities) as prof:
             prefill()
-            torch.cuda.synchronize()
-        print(f"\n=== {name}: {wall:.2f} ms per prefill (mean of 10)")
+            sync()
+        print(f"\n=== {name}: {walls[name]:.2f} ms per prefill (mean of {a.repeats})")
         ka = prof.key_averages()
-        print(ka.table(sort_by="cuda_time_total", row_limit=a.rows))
+        if dev.type == "cuda":
+            print(ka.table(sort_by="cuda_time_total", row_limit=a.rows))
         print(ka.table(sort_by="self_cpu_time_total", row_limit=a.rows))
     unpatch_model(model)
+    print("\n| variant | ms per prefill | vs exact |\n|---|---|---|")
+    for name, ms in walls.items():
+        print(f"| {name} | {ms:.2f} | {walls['exact'] / ms:.2f}x |")
+    return walls
 
 
 if __name__ == "__main__":

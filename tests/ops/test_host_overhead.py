@@ -24,3 +24,15 @@ def test_host_overhead_cpu_needs_stubs():
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "host_overhead.py"), "--device", "cpu"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "--stub-kernels" in run.stderr
+
+
+def test_profile_prefill_smoke_on_cpu():
+    """scripts/profile_prefill.py on the CPU (the reference path, a short sequence): both variants timed and
+    profiled, the model unpatched after."""
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "profile_prefill.py"), "--device", "cpu", "--seq", "16",
+                          "--batch", "1", "--repeats", "1", "--rows", "2"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| exact") or
+            line.startswith("| G2")]
+    assert [r[0].strip() for r in rows] == ["exact", "G2 mean W0"]
+    assert all(float(r[1]) > 0 for r in rows)
