@@ -94,7 +94,7 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     inputs (a correctness path: fp32 dots) take half-width key tiles so that they fit in shared memory
     (128-key fp32 tiles asked for 246 KB on the H200). ``masked`` (a tensor attention mask: its [block_m,
     block_n] tile is pipelined too) caps the key tiles at 64: with 128 keys at 64 < d <= 128 the kernel asked
-    for 229-360 KB of shared memory (the H200 has 227 KB; ``scripts/kernel_resources.py --masks``), 115-197 KB
+    for 229-360 KB of shared memory (the H200 has 227 KB; ``scripts/kernel_resources.py --mask float``), 115-197 KB
     with 64."""
     interpret = interpreting() if interpret is None else interpret
     mode = grouped_qk or DEFAULT_GROUPED_QK
@@ -247,7 +247,7 @@ def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, cau
     sweep's table itself was not recorded); causal and non-causal agreed within 2%. The earlier
     untimed table (16-row dK/dV tiles at d=128) was 3.3x slower in the dK/dV kernel. At d <= 64 without a
     window: the dQ kernel takes 128-row tiles from ``LONG_KEYS`` keys, and causal calls sum dQ with atomics in
-    the dK/dV kernel (``dq_atomic``; H200: forward+backward 2-7% faster causal at N = 4096 and 16384, but 3-6%
+    the dK/dV kernel (``dq_atomic``; H200: forward+backward 2-4% faster causal at N = 4096 and 16384, but 2-3%
     slower non-causal and 25-45% slower at d = 128, where the fused kernel spills; docs/benchmarks.md,
     "dQ by atomics").
 
