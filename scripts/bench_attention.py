@@ -450,6 +450,10 @@ def main(argv=None):
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                    help="cpu: --backward smoke test through the Triton interpreter (TRITON_INTERPRET=1)")
     args = p.parse_args(argv)
+    if args.paths and not args.backward_paths:
+        p.error("--paths selects among --backward-paths' rows: add --backward-paths (and --backward)")
+    if args.backward_paths and not args.backward:
+        p.error("--backward-paths needs --backward")
     args.causal = [bool(c) for c in args.causal]
     if args.quick:
         args.n = [4096]

@@ -502,3 +502,15 @@ def test_backward_memory_is_linear_gpu(kw):
     n2 = B * H * N * N * 2
     assert extra < n2 / 16, (extra, n2)
     assert all(torch.isfinite(g).all() for g in (dq, dk, dv))
+
+
+def test_bench_paths_options_need_backward():
+    """--paths without --backward-paths (or --backward-paths without --backward) is an error naming the option,
+    not a silently ignored flag."""
+    spec = importlib.util.spec_from_file_location("bench_attention_opts", ROOT / "scripts" / "bench_attention.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for argv, name in ((["--backward", "--paths", "atomic dQ"], "--paths"), (["--backward-paths"], "--backward-paths")):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(["--device", "cpu", *argv])
+        assert exc.value.code == 2, name
