@@ -265,7 +265,9 @@ BWD_VARIANTS = {
 # dK/dV kernel, or the dQ kernel) for every variant, whatever the table picks
 BWD_PATHS = {"launches": dict(DEFAULT_KEEP_QEFF=False, DEFAULT_DQ_EPILOGUE=False, DEFAULT_DQ_ATOMIC=False),
              "kept Q_eff": dict(DEFAULT_KEEP_QEFF=True, DEFAULT_DQ_EPILOGUE=False, DEFAULT_DQ_ATOMIC=False),
-             "atomic dQ": dict(DEFAULT_DQ_ATOMIC=True), "dQ kernel": dict(DEFAULT_DQ_ATOMIC=False)}
+             "atomic dQ": dict(DEFAULT_DQ_ATOMIC=True), "dQ kernel": dict(DEFAULT_DQ_ATOMIC=False),
+             "bwd TMA": dict(DEFAULT_BWD_TMA=True), "no bwd TMA": dict(DEFAULT_BWD_TMA=False),
+             "bwd TMA, dQ kernel": dict(DEFAULT_BWD_TMA=True, DEFAULT_DQ_ATOMIC=False)}
 GROUPED_ONLY_PATHS = ("launches", "kept Q_eff")
 
 

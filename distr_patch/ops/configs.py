@@ -80,6 +80,7 @@ DEFAULT_KV_TMA = _env_flag("DISTR_KV_TMA", None)
 DEFAULT_DQ_EPILOGUE = _env_flag("DISTR_DQ_EPILOGUE", None)
 DEFAULT_KEEP_QEFF = _env_flag("DISTR_KEEP_QEFF", True)
 DEFAULT_DQ_ATOMIC = _env_flag("DISTR_DQ_ATOMIC", None)  # BwdConfig.dq_atomic; None: the table
+DEFAULT_BWD_TMA = _env_flag("DISTR_BWD_TMA", None)  # BwdConfig.kv_tma and q_tma; None: the table
 
 
 def interpreting() -> bool:
@@ -220,6 +221,11 @@ class BwdConfig:
     # 7 tile products), then a cast (G = 1) or a regroup launch (G > 1) gives dQ. Not bitwise reproducible
     # (the order of the fp32 adds varies), so ``torch.use_deterministic_algorithms(True)`` turns it off
     dq_atomic: bool = False
+    # the dK/dV kernel's plain tiles load Q_eff and dO through tensor descriptors (the copy engine) instead of
+    # pointer loads, where the strides allow (16-byte aligned, unit stride along d) and the GPU has TMA
+    kv_tma: bool = False
+    # the dQ kernel's plain key tiles load K and V through tensor descriptors (as ``kv_tma``)
+    q_tma: bool = False
 
     @property
     def band_m(self) -> int:
@@ -283,4 +289,6 @@ def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, cau
         cfg = replace(cfg, dq_epilogue=DEFAULT_DQ_EPILOGUE)
     if DEFAULT_DQ_ATOMIC is not None:
         cfg = replace(cfg, dq_atomic=DEFAULT_DQ_ATOMIC)
+    if DEFAULT_BWD_TMA is not None:
+        cfg = replace(cfg, kv_tma=DEFAULT_BWD_TMA, q_tma=DEFAULT_BWD_TMA)
     return cfg

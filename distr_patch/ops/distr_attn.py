@@ -488,19 +488,24 @@ def _major_capability(index: int | None) -> int:
     return torch.cuda.get_device_capability(index)[0]
 
 
-def kv_descriptors(k: torch.Tensor, v: torch.Tensor, block_n: int, d_pad: int):
-    """Tensor descriptors (the copy engine's tile loads) over k, v [B, Hkv, M, d] with [1, 1, block_n, d_pad]
+def tile_descriptors(tensors, block_rows: int, d_pad: int):
+    """Tensor descriptors (the copy engine's tile loads) over [B, H, rows, d] tensors with [1, 1, block_rows, d_pad]
     blocks, or None where they do not apply: no ``TensorDescriptor`` in this Triton, a GPU before Hopper, or
-    strides / addresses that are not 16-byte aligned with a unit stride along d (then the kernel loads by
+    strides / addresses that are not 16-byte aligned with a unit stride along d (then the kernels load by
     pointers, the same function)."""
-    if TensorDescriptor is None or (k.is_cuda and _major_capability(k.device.index) < 9):
+    if TensorDescriptor is None or (tensors[0].is_cuda and _major_capability(tensors[0].device.index) < 9):
         return None
-    for t in (k, v):
+    for t in tensors:
         size = t.element_size()
         if t.stride(-1) != 1 or t.data_ptr() % 16 or any((st * size) % 16 for st in t.stride()[:-1]):
             return None
-    block = [1, 1, block_n, d_pad]
-    return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), block) for t in (k, v))
+    block = [1, 1, block_rows, d_pad]
+    return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), block) for t in tensors)
+
+
+def kv_descriptors(k: torch.Tensor, v: torch.Tensor, block_n: int, d_pad: int):
+    """``tile_descriptors`` over k, v [B, Hkv, M, d] with [1, 1, block_n, d_pad] blocks (or None)."""
+    return tile_descriptors((k, v), block_n, d_pad)
 
 
 def _fused_grouping_meta(gl) -> dict:

@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 
 from .configs import BwdConfig, bwd_config
-from .distr_attn import LOG2E, _dot_dtype, _key_segments, _mask_operand
+from .distr_attn import LOG2E, _dot_dtype, _key_segments, _mask_operand, tile_descriptors
 from .regroup import inverse_groups, regroup, regroup_tile_store
 
 
@@ -189,24 +189,31 @@ def _bwd_preprocess_kernel(
 
 # --------------------------------------------------------------------------- dK / dV
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, lo, hi, QE, Q, DO, LSE, DELTA, CORR, KAPPA, MASKP, DQA, offs_n, N, M, WINDOW,
-                scale, qk_scale2,
+def _dkdv_tiles(dk, dv, k, v, lo, hi, QE, Q, DO, QED, DOD, kb, h, LSE, DELTA, CORR, KAPPA, MASKP, DQA, offs_n, N,
+                M, WINDOW, scale, qk_scale2,
                 stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn, stride_mm,
                 stride_dqan,
                 HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
                 CAUSAL: tl.constexpr, CHECK: tl.constexpr, MIXED: tl.constexpr, HAS_CORR: tl.constexpr,
-                MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, ATOMIC_DQ: tl.constexpr):
+                MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+                TMA: tl.constexpr):
     """Query tiles [lo, hi) against one key tile, transposed orientation ([BN, BM] scores).
+    With TMA (plain tiles only) the Q_eff and dO tiles of (batch kb, query head h) come through the tensor
+    descriptors QED / DOD (blocks [1, 1, BLOCK_M, D_PAD], zero-filled past N and d) instead of pointer loads.
     With ATOMIC_DQ (no band tiles) each query tile's scale·dS K is also added to the fp32 dQ_eff
     buffer DQA ([N, d] rows of stride ``stride_dqan``) with atomics."""
     tl.static_assert(not (ATOMIC_DQ and MIXED), "atomic dQ is for calls without an exact window")
+    tl.static_assert(not (TMA and MIXED), "descriptor loads are for the plain tiles")
     offs_d = tl.arange(0, D_PAD)
     nj = offs_n[:, None]
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mi = offs_m[None, :]
         rmask = offs_m < N
-        qet = _load_2d(QE, mi, offs_d[:, None], N, HEAD_DIM, stride_qen, stride_qed).to(DOT_T)  # [D_PAD, BM]
+        if TMA:
+            qet = tl.trans(QED.load([kb, h, start_m, 0]).reshape([BLOCK_M, D_PAD])).to(DOT_T)
+        else:
+            qet = _load_2d(QE, mi, offs_d[:, None], N, HEAD_DIM, stride_qen, stride_qed).to(DOT_T)  # [D_PAD, BM]
         gdot = tl.dot(k, qet, input_precision=DOT_PREC)  # [BN, BM]
         edot = gdot
         qt = qet
@@ -223,7 +230,10 @@ def _dkdv_tiles(dk, dv, k, v, lo, hi, QE, Q, DO, LSE, DELTA, CORR, KAPPA, MASKP,
                              stride_mn, stride_mm, CAUSAL, CHECK, MIXED, HAS_CORR, MASK_KIND)
         lse = tl.load(LSE + offs_m, mask=rmask, other=float("inf"))
         p = tl.math.exp2(s - lse[None, :])  # Pᵀ
-        do = _load_2d(DO, offs_m[:, None], offs_d[None, :], N, HEAD_DIM, stride_don, stride_dod).to(DOT_T)
+        if TMA:
+            do = DOD.load([kb, h, start_m, 0]).reshape([BLOCK_M, D_PAD]).to(DOT_T)
+        else:
+            do = _load_2d(DO, offs_m[:, None], offs_d[None, :], N, HEAD_DIM, stride_don, stride_dod).to(DOT_T)
         dv = tl.dot(p.to(DOT_T), do, dv, input_precision=DOT_PREC)
         dp = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)  # (dO Vᵀ)ᵀ
         delta = tl.load(DELTA + offs_m, mask=rmask, other=0.0)
@@ -245,7 +255,7 @@ def _dkdv_tiles(dk, dv, k, v, lo, hi, QE, Q, DO, LSE, DELTA, CORR, KAPPA, MASKP,
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    QE, Q, K, V, DO, DK, DV, LSE, DELTA, CORR, KAPPA, MASK, DQA,
+    QE, Q, K, V, DO, DK, DV, LSE, DELTA, CORR, KAPPA, MASK, DQA, QED, DOD,
     scale, qk_scale2,
     stride_qeb, stride_qeh, stride_qen, stride_qed,
     stride_qb, stride_qh, stride_qn, stride_qd,
@@ -260,12 +270,13 @@ def _bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BAND_M: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr,
-    DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, ATOMIC_DQ: tl.constexpr, TMA: tl.constexpr,
 ):
     """One program: one key tile of one (batch, kv head); sums over REP_PER of its KV_REP query
     heads (all of them unless SPLIT > 1: then part `split` of SPLIT, written at DK + split·stride_dks).
     Query rows stream in BLOCK_M tiles, the band's (mixed) rows in BAND_M tiles (BAND_M | BLOCK_M).
-    With ATOMIC_DQ (no window) it also adds scale·dS K into the fp32 dQ_eff buffer DQA [B, Hq, N, d]."""
+    With ATOMIC_DQ (no window) it also adds scale·dS K into the fp32 dQ_eff buffer DQA [B, Hq, N, d]. With TMA the
+    plain tiles load Q_eff and dO through the descriptors QED / DOD over QE and DO ([1, 1, BLOCK_M, D_PAD] blocks)."""
     pid_n = tl.program_id(0)
     pid_bhs = tl.program_id(1)
     split = pid_bhs % SPLIT
@@ -310,42 +321,42 @@ def _bwd_dkdv_kernel(
         if MASK_KIND != 0:
             MASKP = MASK + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
         DQAh = DQA + b.to(tl.int64) * stride_dqab + h.to(tl.int64) * stride_dqah
-        dk, dv = _dkdv_tiles(dk, dv, k, v, start, tl.minimum(seg_a, N), QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
+        dk, dv = _dkdv_tiles(dk, dv, k, v, start, tl.minimum(seg_a, N), QEh, Qh, DOh, QED, DOD, b, h, LSE + rowb, DELTA + rowb,
                              CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
                              stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
                              stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, True, False, HAS_CORR,
-                             MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ)
+                             MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ, TMA)
         if HAS_WINDOW:
-            dk, dv = _dkdv_tiles(dk, dv, k, v, seg_a, tl.minimum(bl, N), QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
+            dk, dv = _dkdv_tiles(dk, dv, k, v, seg_a, tl.minimum(bl, N), QEh, Qh, DOh, QED, DOD, b, h, LSE + rowb, DELTA + rowb,
                                  CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
                                  stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
                                  stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR,
-                                 MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, bl, tl.minimum(seg_c, N), QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
+                                 MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ, TMA)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, bl, tl.minimum(seg_c, N), QEh, Qh, DOh, QED, DOD, b, h, LSE + rowb, DELTA + rowb,
                                  CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
                                  stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
                                  stride_mm, stride_dqan, HEAD_DIM, D_PAD, BAND_M, CAUSAL, True, True, HAS_CORR,
-                                 MASK_KIND, DOT_PREC, DOT_T, False)
+                                 MASK_KIND, DOT_PREC, DOT_T, False, False)
         if ATOMIC_DQ and not CAUSAL and not HAS_WINDOW:
             # every row sees every key: start at this key tile's own row tile and wrap, so that the programs of one
             # head add into different dQ rows at a time instead of all into the first ones
             rot = ((n0 // BLOCK_M) % tl.cdiv(N, BLOCK_M)) * BLOCK_M
-            dk, dv = _dkdv_tiles(dk, dv, k, v, rot, N, QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
+            dk, dv = _dkdv_tiles(dk, dv, k, v, rot, N, QEh, Qh, DOh, QED, DOD, b, h, LSE + rowb, DELTA + rowb,
                                  CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
                                  stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
                                  stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR,
-                                 MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, 0, rot, QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
+                                 MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ, TMA)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, 0, rot, QEh, Qh, DOh, QED, DOD, b, h, LSE + rowb, DELTA + rowb,
                                  CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
                                  stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
                                  stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR,
-                                 MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ)
+                                 MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ, TMA)
         else:
-            dk, dv = _dkdv_tiles(dk, dv, k, v, seg_c, N, QEh, Qh, DOh, LSE + rowb, DELTA + rowb,
+            dk, dv = _dkdv_tiles(dk, dv, k, v, seg_c, N, QEh, Qh, DOh, QED, DOD, b, h, LSE + rowb, DELTA + rowb,
                                  CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
                                  stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
                                  stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR,
-                                 MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ)
+                                 MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ, TMA)
     omask = (offs_n < M)[:, None] & (offs_d < HEAD_DIM)[None, :]
     DK += split.to(tl.int64) * stride_dks + b.to(tl.int64) * stride_dkb + hk.to(tl.int64) * stride_dkh
     DV += split.to(tl.int64) * stride_dvs + b.to(tl.int64) * stride_dvb + hk.to(tl.int64) * stride_dvh
@@ -356,20 +367,26 @@ def _bwd_dkdv_kernel(
 
 # --------------------------------------------------------------------------- dQ
 @triton.jit
-def _dq_tiles(dqe, dqx, qe, q, do, lse, delta, corr2, kappa, lo, hi, K, V, MASKP, offs_m, N, M, WINDOW,
-              scale, qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, stride_mm,
+def _dq_tiles(dqe, dqx, qe, q, do, lse, delta, corr2, kappa, lo, hi, K, V, KD, VD, kb, kh, MASKP, offs_m, N, M,
+              WINDOW, scale, qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd, stride_mn, stride_mm,
               HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
               CAUSAL: tl.constexpr, CHECK: tl.constexpr, MIXED: tl.constexpr, HAS_CORR: tl.constexpr,
-              MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr):
+              MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, TMA: tl.constexpr):
     """Keys [lo, hi) in BLOCK_N-key tiles for one query tile ([BM, BN] scores). Returns dqe, and
-    with MIXED (dqe, dqx); dqx is not used otherwise (None)."""
+    with MIXED (dqe, dqx); dqx is not used otherwise (None). With TMA (plain tiles only) the K and V tiles of
+    (batch kb, kv head kh) come through the descriptors KD / VD ([1, 1, BLOCK_N, D_PAD] blocks)."""
+    tl.static_assert(not (TMA and MIXED), "descriptor loads are for the plain tiles")
     offs_d = tl.arange(0, D_PAD)
     mi = offs_m[:, None]
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         nj = offs_n[None, :]
-        kt = _load_2d(K, nj, offs_d[:, None], M, HEAD_DIM, stride_kn, stride_kd).to(DOT_T)  # [D_PAD, BN]
-        vt = _load_2d(V, nj, offs_d[:, None], M, HEAD_DIM, stride_vn, stride_vd).to(DOT_T)
+        if TMA:
+            kt = tl.trans(KD.load([kb, kh, start_n, 0]).reshape([BLOCK_N, D_PAD])).to(DOT_T)
+            vt = tl.trans(VD.load([kb, kh, start_n, 0]).reshape([BLOCK_N, D_PAD])).to(DOT_T)
+        else:
+            kt = _load_2d(K, nj, offs_d[:, None], M, HEAD_DIM, stride_kn, stride_kd).to(DOT_T)  # [D_PAD, BN]
+            vt = _load_2d(V, nj, offs_d[:, None], M, HEAD_DIM, stride_vn, stride_vd).to(DOT_T)
         gdot = tl.dot(qe, kt, input_precision=DOT_PREC)
         edot = gdot
         if MIXED:
@@ -394,7 +411,7 @@ def _dq_tiles(dqe, dqx, qe, q, do, lse, delta, corr2, kappa, lo, hi, K, V, MASKP
 
 @triton.jit
 def _bwd_dq_kernel(
-    QE, Q, K, V, DO, DQE, DQX, LSE, DELTA, CORR, KAPPA, MASK, INV, W1, W2, w1c,
+    QE, Q, K, V, DO, DQE, DQX, LSE, DELTA, CORR, KAPPA, MASK, INV, W1, W2, w1c, KD, VD,
     scale, qk_scale2,
     stride_qeb, stride_qeh, stride_qen, stride_qed,
     stride_qb, stride_qh, stride_qn, stride_qd,
@@ -409,7 +426,7 @@ def _bwd_dq_kernel(
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
     ADJOINT: tl.constexpr, G: tl.constexpr, GROUP_BM: tl.constexpr, ADJ_CB: tl.constexpr,
-    WEIGHTED: tl.constexpr, ADJ_PREC: tl.constexpr,
+    WEIGHTED: tl.constexpr, ADJ_PREC: tl.constexpr, TMA: tl.constexpr,
 ):
     """One program: one query tile of one (batch, query head). DQE receives scale·dG K (the
     gradient of Q_eff; dQ itself for G = 1), DQX (with a window) scale·dE K, both [B,Hq,N,d]
@@ -418,7 +435,8 @@ def _bwd_dq_kernel(
 
     With ADJOINT (G > 1) the epilogue maps dQ_eff back itself and DQE receives dQ = dQ_eff Wᵀ (+ DQX):
     ``regroup.regroup_tile_store`` with the swapped weights (W1 = b, W2 = a per sorted position, or the
-    scalar w1c for mean fusion; INV: column -> sorted position, NB grouping blocks of GROUP_BM rows)."""
+    scalar w1c for mean fusion; INV: column -> sorted position, NB grouping blocks of GROUP_BM rows). With TMA the
+    plain key tiles load K and V through the descriptors KD / VD ([1, 1, BLOCK_N, D_PAD] blocks)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -462,24 +480,24 @@ def _bwd_dq_kernel(
     if HAS_WINDOW:  # the band first, in BAND_N-key sub-tiles; dQ_exact is stored (and its registers freed) here
         dqx = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
         dqe, dqx = _dq_tiles(dqe, dqx, qe, q, do, lse, delta, corr2, kappa, seg_a, tl.minimum(seg_b, hi), K, V,
-                             MASKP, offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd, stride_vn,
-                             stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, BAND_N, CAUSAL, True, True, HAS_CORR,
-                             MASK_KIND, DOT_PREC, DOT_T)
+                             KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd,
+                             stride_vn, stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, BAND_N, CAUSAL, True, True,
+                             HAS_CORR, MASK_KIND, DOT_PREC, DOT_T, False)
         tl.store(DQX + optr, (dqx * scale).to(DQX.dtype.element_ty), mask=omask)
     # the plain tiles, BLOCK_N keys each (seg_b is a multiple of BLOCK_N or >= hi)
-    dqe = _dq_tiles(dqe, None, qe, q, do, lse, delta, corr2, kappa, 0, tl.minimum(seg_a, hi), K, V, MASKP,
-                    offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd,
+    dqe = _dq_tiles(dqe, None, qe, q, do, lse, delta, corr2, kappa, 0, tl.minimum(seg_a, hi), K, V, KD, VD, b, hk,
+                    MASKP, offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd,
                     stride_mn, stride_mm, HEAD_DIM, D_PAD, BLOCK_N, CAUSAL, False, False, HAS_CORR, MASK_KIND,
-                    DOT_PREC, DOT_T)
+                    DOT_PREC, DOT_T, TMA)
     if HAS_WINDOW:
         dqe = _dq_tiles(dqe, None, qe, q, do, lse, delta, corr2, kappa, seg_b, tl.minimum(seg_c, hi), K, V,
-                        MASKP, offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd, stride_vn,
-                        stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, BLOCK_N, CAUSAL, False, False,
-                        HAS_CORR, MASK_KIND, DOT_PREC, DOT_T)
-    dqe = _dq_tiles(dqe, None, qe, q, do, lse, delta, corr2, kappa, seg_c, hi, K, V, MASKP,
+                        KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd,
+                        stride_vn, stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, BLOCK_N, CAUSAL, False, False,
+                        HAS_CORR, MASK_KIND, DOT_PREC, DOT_T, TMA)
+    dqe = _dq_tiles(dqe, None, qe, q, do, lse, delta, corr2, kappa, seg_c, hi, K, V, KD, VD, b, hk, MASKP,
                     offs_m, N, M, WINDOW, scale, qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd,
                     stride_mn, stride_mm, HEAD_DIM, D_PAD, BLOCK_N, CAUSAL, True, False, HAS_CORR, MASK_KIND,
-                    DOT_PREC, DOT_T)
+                    DOT_PREC, DOT_T, TMA)
     if ADJOINT:  # dQ = dQ_eff Wᵀ (+ the band's dQ_exact), in q's dtype: no regroup launch after the kernel
         if HAS_WINDOW:
             tl.debug_barrier()  # dQ_exact was stored above, by other threads of this program
@@ -571,12 +589,14 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
             dk = torch.empty((split, *k.shape), **f32)
             dv = torch.empty((split, *v.shape), **f32)
             dk_s, dv_s = dk.stride(), dv.stride()
+        descs = tile_descriptors((qe, do), cfg.kv_block_m, d_pad) if cfg.kv_tma else None
         _bwd_dkdv_kernel[(n_tiles, B * Hkv * split)](
-            qe, q, k, v, do, dk, dv, lse, delta, corr, kappa, mask_t, dqa,
+            qe, q, k, v, do, dk, dv, lse, delta, corr, kappa, mask_t, dqa, *(descs or (qe, do)),
             sm_scale, sm_scale * LOG2E,
             *qe.stride(), *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk_s, *dv_s, *mstr, *dqa_s,
             Hq, Hkv, N, M, rep, rep // split, split, window, BLOCK_M=cfg.kv_block_m, BLOCK_N=cfg.kv_block_n,
-            BAND_M=cfg.band_m, num_warps=cfg.kv_warps, num_stages=cfg.kv_stages, ATOMIC_DQ=atomic, **common,
+            BAND_M=cfg.band_m, num_warps=cfg.kv_warps, num_stages=cfg.kv_stages, ATOMIC_DQ=atomic,
+            TMA=descs is not None, **common,
         )
         if split > 1:
             dk = dk.sum(0).to(k.dtype)
@@ -592,8 +612,9 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
         dqe = torch.empty(q.shape, device=dev, dtype=q.dtype if exact or adjoint else torch.float32)
         dqx = torch.empty(q.shape, **f32) if window > 0 else dqe
         inv_t, w1, w2 = (delta, delta, delta) if exact else (inv, inv if mean else wb, inv if mean else wa)
+        kv_descs = tile_descriptors((k, v), cfg.q_block_n, d_pad) if cfg.q_tma else None
         _bwd_dq_kernel[(triton.cdiv(N, cfg.q_block_m), B * Hq)](
-            qe, q, k, v, do, dqe, dqx, lse, delta, corr, kappa, mask_t, inv_t, w1, w2, 1.0 / G,
+            qe, q, k, v, do, dqe, dqx, lse, delta, corr, kappa, mask_t, inv_t, w1, w2, 1.0 / G, *(kv_descs or (k, v)),
             sm_scale, sm_scale * LOG2E,
             *qe.stride(), *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dqe.stride(), *mstr,
             Hq, N, M, rep, window, 1 if exact else groups.shape[2],
@@ -602,7 +623,7 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
             # dQ kernel keeps the registers it takes without the epilogue (122 at d=64, 163-167 at d=128, so 4 / 3
             # programs per SM); 64 columns took 150-212 (one program per SM fewer)
             ADJOINT=adjoint, G=G, GROUP_BM=block_m, ADJ_CB=min(d_pad, 16), WEIGHTED=not mean,
-            ADJ_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+            ADJ_PREC="ieee" if q.dtype == torch.float32 else "tf32", TMA=kv_descs is not None,
             num_warps=cfg.q_warps, num_stages=cfg.q_stages, **common,
         )
         if exact or adjoint:
