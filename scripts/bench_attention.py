@@ -266,8 +266,11 @@ BWD_VARIANTS = {
 BWD_PATHS = {"launches": dict(DEFAULT_KEEP_QEFF=False, DEFAULT_DQ_EPILOGUE=False, DEFAULT_DQ_ATOMIC=False),
              "kept Q_eff": dict(DEFAULT_KEEP_QEFF=True, DEFAULT_DQ_EPILOGUE=False, DEFAULT_DQ_ATOMIC=False),
              "atomic dQ": dict(DEFAULT_DQ_ATOMIC=True), "dQ kernel": dict(DEFAULT_DQ_ATOMIC=False),
-             "bwd TMA": dict(DEFAULT_BWD_TMA=True), "no bwd TMA": dict(DEFAULT_BWD_TMA=False),
-             "bwd TMA, dQ kernel": dict(DEFAULT_BWD_TMA=True, DEFAULT_DQ_ATOMIC=False)}
+             "bwd TMA": dict(DEFAULT_BWD_KV_TMA=True, DEFAULT_BWD_Q_TMA=True),
+             "no bwd TMA": dict(DEFAULT_BWD_KV_TMA=False, DEFAULT_BWD_Q_TMA=False),
+             "dK/dV TMA": dict(DEFAULT_BWD_KV_TMA=True, DEFAULT_BWD_Q_TMA=False),
+             "dQ TMA": dict(DEFAULT_BWD_KV_TMA=False, DEFAULT_BWD_Q_TMA=True),
+             "bwd TMA, dQ kernel": dict(DEFAULT_BWD_KV_TMA=True, DEFAULT_BWD_Q_TMA=True, DEFAULT_DQ_ATOMIC=False)}
 GROUPED_ONLY_PATHS = ("launches", "kept Q_eff")
 
 

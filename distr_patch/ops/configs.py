@@ -80,7 +80,8 @@ DEFAULT_KV_TMA = _env_flag("DISTR_KV_TMA", None)
 DEFAULT_DQ_EPILOGUE = _env_flag("DISTR_DQ_EPILOGUE", None)
 DEFAULT_KEEP_QEFF = _env_flag("DISTR_KEEP_QEFF", True)
 DEFAULT_DQ_ATOMIC = _env_flag("DISTR_DQ_ATOMIC", None)  # BwdConfig.dq_atomic; None: the table
-DEFAULT_BWD_TMA = _env_flag("DISTR_BWD_TMA", None)  # BwdConfig.kv_tma and q_tma; None: the table
+DEFAULT_BWD_KV_TMA = _env_flag("DISTR_BWD_KV_TMA", None)  # BwdConfig.kv_tma; None: the table
+DEFAULT_BWD_Q_TMA = _env_flag("DISTR_BWD_Q_TMA", None)  # BwdConfig.q_tma; None: the table
 
 
 def interpreting() -> bool:
@@ -244,7 +245,7 @@ LONG_KEYS = 16384
 
 
 def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, causal: bool = False, keys: int = 0,
-               fp32: bool = False, interpret: bool | None = None) -> BwdConfig:
+               fp32: bool = False, masked: bool = False, interpret: bool | None = None) -> BwdConfig:
     """Backward tiles for one call (``keys``: M, the number of keys); the interpreter uses 32x32 tiles (16-wide
     band sub-tiles with a window, so CPU tests exercise the split).
 
@@ -255,7 +256,9 @@ def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, cau
     window: the dQ kernel takes 128-row tiles from ``LONG_KEYS`` keys, and causal calls sum dQ with atomics in
     the dK/dV kernel (``dq_atomic``; H200: forward+backward 2-4% faster causal at N = 4096 and 16384, but 2-3%
     slower non-causal and 25-45% slower at d = 128, where the fused kernel spills; docs/benchmarks.md,
-    "dQ by atomics").
+    "dQ by atomics"). At 64 < d <= 128, causal, without a tensor mask (``masked``) the dK/dV kernel loads Q_eff and
+    dO through tensor descriptors (``kv_tma``; H200: forward+backward 3-5% faster; docs/benchmarks.md, "Tensor
+    descriptors in the backward").
 
     With an exact window every tile runs at the no-window tiles except those that meet the band:
     they compute both products (two score tiles), so they stream sub-tiles (``kv_band_m`` rows,
@@ -279,6 +282,8 @@ def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, cau
                 cfg = replace(cfg, q_block_m=128, q_warps=8)
     elif head_dim <= 128:
         cfg, band = BwdConfig(64, 64, 4, 2, 64, 64, 4, 2), (32, 32)
+        # descriptor loads in the dK/dV kernel: causal without a tensor mask only (ptxas crashed on the other builds)
+        cfg = replace(cfg, kv_tma=causal and not masked and not fp32)
     else:
         cfg, band = BwdConfig(16, 32, 8, 1, 32, 32, 8, 1), (16, 16)
     if window:  # (kv_band_m, q_band_n); fp32's halving below touches the held dimensions only
@@ -289,6 +294,8 @@ def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, cau
         cfg = replace(cfg, dq_epilogue=DEFAULT_DQ_EPILOGUE)
     if DEFAULT_DQ_ATOMIC is not None:
         cfg = replace(cfg, dq_atomic=DEFAULT_DQ_ATOMIC)
-    if DEFAULT_BWD_TMA is not None:
-        cfg = replace(cfg, kv_tma=DEFAULT_BWD_TMA, q_tma=DEFAULT_BWD_TMA)
+    if DEFAULT_BWD_KV_TMA is not None:
+        cfg = replace(cfg, kv_tma=DEFAULT_BWD_KV_TMA)
+    if DEFAULT_BWD_Q_TMA is not None:
+        cfg = replace(cfg, q_tma=DEFAULT_BWD_Q_TMA)
     return cfg

@@ -37,6 +37,8 @@ Masks follow the forward: bottom-right causal, bool / additive tensor masks broa
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import triton
 import triton.language as tl
@@ -321,19 +323,22 @@ def _bwd_dkdv_kernel(
         if MASK_KIND != 0:
             MASKP = MASK + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
         DQAh = DQA + b.to(tl.int64) * stride_dqab + h.to(tl.int64) * stride_dqah
-        dk, dv = _dkdv_tiles(dk, dv, k, v, start, tl.minimum(seg_a, N), QEh, Qh, DOh, QED, DOD, b, h, LSE + rowb, DELTA + rowb,
-                             CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
+        dk, dv = _dkdv_tiles(dk, dv, k, v, start, tl.minimum(seg_a, N), QEh, Qh, DOh, QED, DOD, b, h,
+                             LSE + rowb, DELTA + rowb, CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW,
+                             scale, qk_scale2,
                              stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
                              stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, True, False, HAS_CORR,
                              MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ, TMA)
         if HAS_WINDOW:
-            dk, dv = _dkdv_tiles(dk, dv, k, v, seg_a, tl.minimum(bl, N), QEh, Qh, DOh, QED, DOD, b, h, LSE + rowb, DELTA + rowb,
-                                 CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
+            dk, dv = _dkdv_tiles(dk, dv, k, v, seg_a, tl.minimum(bl, N), QEh, Qh, DOh, QED, DOD, b, h,
+                                 LSE + rowb, DELTA + rowb, CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW,
+                                 scale, qk_scale2,
                                  stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
                                  stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR,
                                  MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ, TMA)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, bl, tl.minimum(seg_c, N), QEh, Qh, DOh, QED, DOD, b, h, LSE + rowb, DELTA + rowb,
-                                 CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
+            dk, dv = _dkdv_tiles(dk, dv, k, v, bl, tl.minimum(seg_c, N), QEh, Qh, DOh, QED, DOD, b, h,
+                                 LSE + rowb, DELTA + rowb, CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW,
+                                 scale, qk_scale2,
                                  stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
                                  stride_mm, stride_dqan, HEAD_DIM, D_PAD, BAND_M, CAUSAL, True, True, HAS_CORR,
                                  MASK_KIND, DOT_PREC, DOT_T, False, False)
@@ -341,19 +346,22 @@ def _bwd_dkdv_kernel(
             # every row sees every key: start at this key tile's own row tile and wrap, so that the programs of one
             # head add into different dQ rows at a time instead of all into the first ones
             rot = ((n0 // BLOCK_M) % tl.cdiv(N, BLOCK_M)) * BLOCK_M
-            dk, dv = _dkdv_tiles(dk, dv, k, v, rot, N, QEh, Qh, DOh, QED, DOD, b, h, LSE + rowb, DELTA + rowb,
-                                 CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
+            dk, dv = _dkdv_tiles(dk, dv, k, v, rot, N, QEh, Qh, DOh, QED, DOD, b, h,
+                                 LSE + rowb, DELTA + rowb, CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW,
+                                 scale, qk_scale2,
                                  stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
                                  stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR,
                                  MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ, TMA)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, 0, rot, QEh, Qh, DOh, QED, DOD, b, h, LSE + rowb, DELTA + rowb,
-                                 CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
+            dk, dv = _dkdv_tiles(dk, dv, k, v, 0, rot, QEh, Qh, DOh, QED, DOD, b, h,
+                                 LSE + rowb, DELTA + rowb, CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW,
+                                 scale, qk_scale2,
                                  stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
                                  stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR,
                                  MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ, TMA)
         else:
-            dk, dv = _dkdv_tiles(dk, dv, k, v, seg_c, N, QEh, Qh, DOh, QED, DOD, b, h, LSE + rowb, DELTA + rowb,
-                                 CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW, scale, qk_scale2,
+            dk, dv = _dkdv_tiles(dk, dv, k, v, seg_c, N, QEh, Qh, DOh, QED, DOD, b, h,
+                                 LSE + rowb, DELTA + rowb, CORR + rowb, KAPPA + rowb, MASKP, DQAh, offs_n, N, M, WINDOW,
+                                 scale, qk_scale2,
                                  stride_qen, stride_qed, stride_qn, stride_qd, stride_don, stride_dod, stride_mn,
                                  stride_mm, stride_dqan, HEAD_DIM, D_PAD, BLOCK_M, CAUSAL, False, False, HAS_CORR,
                                  MASK_KIND, DOT_PREC, DOT_T, ATOMIC_DQ, TMA)
@@ -522,6 +530,29 @@ def _kv_split(rep: int, programs: int, device) -> int:
     return split
 
 
+# ptxas (Triton 3.6, sm_90a) crashed compiling some descriptor-load builds of the dK/dV kernel (without causal
+# masking at d = 128, with tensor masks at d = 64 / 80): those specialisations fall back to pointer loads, the same
+# function, and are remembered here so that a failing build is attempted once per process
+_COMPILE_ERRORS = (getattr(triton.runtime.errors, "PTXASError", RuntimeError),)
+_NO_TMA: set = set()
+
+
+def _launch_tma_or_pointers(launch, key, make_descs, use_tma: bool):
+    """``launch(descs)`` with the tensor descriptors ``make_descs()`` (None: pointer loads) when ``use_tma``; if that
+    build fails to compile, again with pointer loads (nothing was written: compilation precedes the launch)."""
+    descs = make_descs() if use_tma and key not in _NO_TMA else None
+    if descs is None:
+        return launch(None)
+    try:
+        return launch(descs)
+    except _COMPILE_ERRORS as e:
+        _NO_TMA.add(key)
+        warnings.warn(f"distr_attention backward: the descriptor-load build of {key[0]} failed to compile "
+                      f"({type(e).__name__}); using pointer loads for this specialisation", RuntimeWarning,
+                      stacklevel=3)
+        return launch(None)
+
+
 def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block_m, fusion, exact_window,
                      window_correction, causal, attention_mask, scale, need_dq=True, need_dkdv=True,
                      qeff=None, inv=None, config: BwdConfig | None = None):
@@ -536,7 +567,8 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
     Hkv, M = k.shape[1], k.shape[2]
     G = group_size
     exact = G == 1
-    cfg = config or bwd_config(d, G, exact_window, causal=bool(causal), keys=M, fp32=q.dtype == torch.float32)
+    cfg = config or bwd_config(d, G, exact_window, causal=bool(causal), keys=M, fp32=q.dtype == torch.float32,
+                               masked=attention_mask is not None)
     if cfg.kv_block_m % cfg.band_m or cfg.q_block_n % cfg.band_n or min(cfg.band_m, cfg.band_n) < 16:
         raise ValueError(f"band sub-tiles must divide their block tiles and be >= 16: {cfg}")
     dev = q.device
@@ -589,15 +621,17 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
             dk = torch.empty((split, *k.shape), **f32)
             dv = torch.empty((split, *v.shape), **f32)
             dk_s, dv_s = dk.stride(), dv.stride()
-        descs = tile_descriptors((qe, do), cfg.kv_block_m, d_pad) if cfg.kv_tma else None
-        _bwd_dkdv_kernel[(n_tiles, B * Hkv * split)](
-            qe, q, k, v, do, dk, dv, lse, delta, corr, kappa, mask_t, dqa, *(descs or (qe, do)),
-            sm_scale, sm_scale * LOG2E,
-            *qe.stride(), *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk_s, *dv_s, *mstr, *dqa_s,
-            Hq, Hkv, N, M, rep, rep // split, split, window, BLOCK_M=cfg.kv_block_m, BLOCK_N=cfg.kv_block_n,
-            BAND_M=cfg.band_m, num_warps=cfg.kv_warps, num_stages=cfg.kv_stages, ATOMIC_DQ=atomic,
-            TMA=descs is not None, **common,
-        )
+        def dkdv(descs):
+            _bwd_dkdv_kernel[(n_tiles, B * Hkv * split)](
+                qe, q, k, v, do, dk, dv, lse, delta, corr, kappa, mask_t, dqa, *(descs or (qe, do)),
+                sm_scale, sm_scale * LOG2E,
+                *qe.stride(), *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk_s, *dv_s, *mstr, *dqa_s,
+                Hq, Hkv, N, M, rep, rep // split, split, window, BLOCK_M=cfg.kv_block_m, BLOCK_N=cfg.kv_block_n,
+                BAND_M=cfg.band_m, num_warps=cfg.kv_warps, num_stages=cfg.kv_stages, ATOMIC_DQ=atomic,
+                TMA=descs is not None, **common,
+            )
+        _launch_tma_or_pointers(dkdv, ("the dK/dV kernel", d, q.dtype, kind, atomic, split > 1, cfg, *common.values()),
+                                lambda: tile_descriptors((qe, do), cfg.kv_block_m, d_pad), cfg.kv_tma)
         if split > 1:
             dk = dk.sum(0).to(k.dtype)
             dv = dv.sum(0).to(v.dtype)
@@ -612,20 +646,22 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
         dqe = torch.empty(q.shape, device=dev, dtype=q.dtype if exact or adjoint else torch.float32)
         dqx = torch.empty(q.shape, **f32) if window > 0 else dqe
         inv_t, w1, w2 = (delta, delta, delta) if exact else (inv, inv if mean else wb, inv if mean else wa)
-        kv_descs = tile_descriptors((k, v), cfg.q_block_n, d_pad) if cfg.q_tma else None
-        _bwd_dq_kernel[(triton.cdiv(N, cfg.q_block_m), B * Hq)](
-            qe, q, k, v, do, dqe, dqx, lse, delta, corr, kappa, mask_t, inv_t, w1, w2, 1.0 / G, *(kv_descs or (k, v)),
-            sm_scale, sm_scale * LOG2E,
-            *qe.stride(), *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dqe.stride(), *mstr,
-            Hq, N, M, rep, window, 1 if exact else groups.shape[2],
-            BLOCK_M=cfg.q_block_m, BLOCK_N=cfg.q_block_n, BAND_N=cfg.band_n,
-            # 16 output columns per epilogue dot: compiled for sm_90 (scripts/kernel_resources.py --backward) the
-            # dQ kernel keeps the registers it takes without the epilogue (122 at d=64, 163-167 at d=128, so 4 / 3
-            # programs per SM); 64 columns took 150-212 (one program per SM fewer)
-            ADJOINT=adjoint, G=G, GROUP_BM=block_m, ADJ_CB=min(d_pad, 16), WEIGHTED=not mean,
-            ADJ_PREC="ieee" if q.dtype == torch.float32 else "tf32", TMA=kv_descs is not None,
-            num_warps=cfg.q_warps, num_stages=cfg.q_stages, **common,
-        )
+        def dq_kernel(descs):
+            _bwd_dq_kernel[(triton.cdiv(N, cfg.q_block_m), B * Hq)](
+                qe, q, k, v, do, dqe, dqx, lse, delta, corr, kappa, mask_t, inv_t, w1, w2, 1.0 / G, *(descs or (k, v)),
+                sm_scale, sm_scale * LOG2E,
+                *qe.stride(), *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dqe.stride(), *mstr,
+                Hq, N, M, rep, window, 1 if exact else groups.shape[2],
+                BLOCK_M=cfg.q_block_m, BLOCK_N=cfg.q_block_n, BAND_N=cfg.band_n,
+                # 16 output columns per epilogue dot: compiled for sm_90 (scripts/kernel_resources.py --backward) the
+                # dQ kernel keeps the registers it takes without the epilogue (122 at d=64, 163-167 at d=128, so 4 / 3
+                # programs per SM); 64 columns took 150-212 (one program per SM fewer)
+                ADJOINT=adjoint, G=G, GROUP_BM=block_m, ADJ_CB=min(d_pad, 16), WEIGHTED=not mean,
+                ADJ_PREC="ieee" if q.dtype == torch.float32 else "tf32", TMA=descs is not None,
+                num_warps=cfg.q_warps, num_stages=cfg.q_stages, **common,
+            )
+        _launch_tma_or_pointers(dq_kernel, ("the dQ kernel", d, q.dtype, kind, adjoint, cfg, *common.values()),
+                                lambda: tile_descriptors((k, v), cfg.q_block_n, d_pad), cfg.q_tma)
         if exact or adjoint:
             dq = dqe
         else:  # dQ = dQ_eff Wᵀ (+ the exact band's part): the regroup with a and b swapped
