@@ -35,6 +35,24 @@ def _stub_kernels():
                 setattr(mod, name, _NoLaunch())
 
 
+def _profile(fn, calls: int, top: int, sync) -> None:
+    """``calls`` calls of fn under cProfile: the ``top`` functions by own time, in µs per call."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    sync()
+    stats = pstats.Stats(prof).stats  # (file, line, name) -> (calls, primitive, own s, cumulative s, callers)
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    for (path, line, name), (n, _, own, cum, _) in rows:
+        print(f"    {own / calls * 1e6:8.1f} µs own {cum / calls * 1e6:8.1f} µs cum  {n // calls:3d}x  "
+              f"{os.path.basename(path)}:{line} {name}")
+
+
 VARIANTS = {
     "G1": dict(group_size=1),
     "G2 mean": dict(group_size=2, fusion="mean"),
@@ -53,6 +71,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--n", type=int, default=4096)
     p.add_argument("--d", type=int, default=64)
     p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--profile", type=int, default=0, metavar="K",
+                   help="also run each variant's calls under cProfile and print its K costliest functions (own time)")
     a = p.parse_args(argv)
     if a.device == "cpu":
         if not a.stub_kernels:
@@ -86,6 +106,8 @@ def main(argv=None) -> list[dict]:
         t2 = time.perf_counter()
         rows.append(dict(variant=name, host_ms=(t1 - t0) / a.calls * 1e3, wall_ms=(t2 - t0) / a.calls * 1e3))
         print(rows[-1], flush=True)
+        if a.profile:
+            _profile(fn, a.calls, a.profile, sync)
     print(f"\n{a.device}, B={a.batch}, heads {a.heads}/{a.kv_heads}, N={a.n}, d={a.d}, causal"
           f"{', kernels stubbed' if a.stub_kernels else ''}; ms per call, {a.calls} calls back to back\n")
     print("| variant | host ms/call | wall ms/call | host / wall |\n|---|---|---|---|")

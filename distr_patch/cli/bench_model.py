@@ -9,6 +9,7 @@ HELP = "whole-model latency: prefill, generate() tokens/s (LM) or images/s (ViT)
 EPILOG = """examples (random weights at real sizes; no hub access needed):
   distr-patch bench model --model preset:llama-3.2-1b --dtype bfloat16 --group-sizes 2,4
   distr-patch bench model --model preset:vit-b16 --dtype float16 --batch-sizes 1,32,128
+  distr-patch bench model --model preset:smollm2-135m --dtype bfloat16 --seq-lens 4096 --batch-sizes 4 --cuda-graph
 presets: llama-3.2-1b, qwen2-1.5b, smollm2-135m, vit-b16 (= deit-base-patch16-224), deit-b (distilled)
 On a CPU it runs too, but DistrAttention then runs its PyTorch reference: the times are not the kernel's.
 """
@@ -27,6 +28,10 @@ def register(sub) -> None:
     g.add_argument("--gen-prompt-len", type=int, default=o.S, help="prompt length for generate() (512)")
     g.add_argument("--warmup", type=int, default=o.S, help="untimed calls first (3)")
     g.add_argument("--repeats", type=int, default=o.S, help="timed calls; p20/p50/p80 are reported (10)")
+    g.add_argument("--cuda-graph", action="store_true", default=o.S,
+                   help="time prefill and image batches as replays of one captured CUDA graph per shape, exact and "
+                        "DistrAttention alike: the GPU's time without the host's launch overhead (generate() is not "
+                        "graphed)")
     o.add_output(p)
     p.set_defaults(func=run)
 

@@ -82,6 +82,7 @@ class RunConfig:
     gen_prompt_len: int = 512
     warmup: int = 3
     repeats: int = 10
+    cuda_graph: bool = False  # bench model: time prefill / image batches as replays of a captured CUDA graph
     # output
     output_dir: str = "results"
     run_name: str | None = None
@@ -144,6 +145,8 @@ class RunConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v <= 0):
                 raise ConfigError(f"{flag(name)}: expected a positive integer, got {v!r}")
+        if not isinstance(self.cuda_graph, bool):
+            raise ConfigError(f"{flag('cuda_graph')}: expected true or false, got {self.cuda_graph!r}")
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise ConfigError(f"{flag('warmup')}: expected an integer >= 0, got {self.warmup!r}")
         for name in ("seq_lens", "batch_sizes"):

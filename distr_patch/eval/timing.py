@@ -41,6 +41,31 @@ def quantiles(samples_ms: list[float]) -> dict[str, float]:
     return {"p20_ms": q[1], "p50_ms": statistics.median(samples_ms), "p80_ms": q[7]}
 
 
+def cuda_graphed(fn: Callable[[], object], device, *, warmup: int = 2) -> Callable[[], None]:
+    """``fn`` captured once in a CUDA graph: returns the graph's replay (which reruns fn's kernels on fn's captured
+    inputs, so fn must read the same tensors each call). fn first runs ``warmup`` times (at least once) on a side
+    stream, as ``torch.cuda.graph`` asks: kernels compile and lazy state is set up before the capture. A call that
+    synchronises with the host (``.item()``, a data-dependent shape) cannot be captured: that raises a
+    RuntimeError naming the cause."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"cuda_graphed: CUDA graphs need a CUDA device, got {device}")
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(max(1, warmup)):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception as e:
+        raise RuntimeError(f"capturing the call in a CUDA graph failed ({type(e).__name__}: {e}); "
+                           "time it without --cuda-graph") from e
+    return graph.replay
+
+
 def measure(fn: Callable[[], object], device, *, warmup: int, repeats: int) -> dict[str, float]:
     """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed: p20/p50/p80 ms."""
     for _ in range(warmup):

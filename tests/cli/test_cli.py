@@ -119,3 +119,17 @@ def test_bench_op_passes_arguments_to_the_script(capsys, monkeypatch, tmp_path):
     assert "got ['--quick', '--n', '128']" in capsys.readouterr().out
     monkeypatch.setattr(bench_op, "SCRIPT", tmp_path / "missing.py")
     assert "which is not in this checkout" in _error(["bench", "op"], capsys)
+
+
+def test_bench_model_cuda_graph_needs_a_cuda_device(tiny_lm_dir, tmp_path):
+    from distr_patch.eval.bench import run_bench
+    from distr_patch.eval.config import ConfigError, RunConfig
+    from distr_patch.eval.timing import cuda_graphed
+
+    cfg = RunConfig.merge(flags=dict(model=str(tiny_lm_dir), device="cpu", cuda_graph=True, output_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="--cuda-graph: CUDA graphs need a CUDA device"):
+        run_bench(cfg)
+    with pytest.raises(ValueError, match="need a CUDA device"):
+        cuda_graphed(lambda: None, "cpu")
+    with pytest.raises(ConfigError, match="--cuda-graph: expected true or false"):
+        RunConfig.merge(flags=dict(cuda_graph="yes"))

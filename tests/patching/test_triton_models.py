@@ -81,3 +81,26 @@ def test_patched_model_on_cuda(dtype):
         patch_model(model)  # the defaults: prefill through the kernel, decode exact
         out = model.generate(ids_c[:1, :150], max_new_tokens=20, min_new_tokens=20, do_sample=False)
         assert out.shape == (1, 170)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("cfg", [DistrConfig.exact(exact_below=1), DistrConfig.paper(exact_below=1),
+                                 DistrConfig.recommended(exact_below=1)], ids=["G1", "paper", "recommended"])
+def test_patched_prefill_replays_from_a_cuda_graph(cfg):
+    """A patched model's prefill (no host sync on the Triton path) captures in a CUDA graph; replays on new inputs
+    copied into the captured ones give the eager logits (``bench model --cuda-graph``)."""
+    from distr_patch.eval.timing import cuda_graphed
+
+    model = _llama(head_dim=64).to("cuda", torch.bfloat16)
+    patch_model(model, cfg)
+    ids = torch.randint(1, 128, (2, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    box = {}
+    with torch.no_grad():
+        replay = cuda_graphed(lambda: box.__setitem__("logits", model(ids, use_cache=False).logits), "cuda")
+        for seed in (3, 4):
+            gen = torch.Generator("cuda").manual_seed(seed)
+            ids.copy_(torch.randint(1, 128, ids.shape, device="cuda", generator=gen))
+            replay()
+            eager = model(ids, use_cache=False).logits
+            torch.testing.assert_close(box["logits"], eager, atol=0, rtol=0)
