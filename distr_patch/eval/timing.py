@@ -1,6 +1,7 @@
 """Wall-clock timing of model calls: CUDA events on the GPU, perf_counter on the CPU; p20/p50/p80."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from typing import Callable
@@ -41,10 +42,35 @@ def quantiles(samples_ms: list[float]) -> dict[str, float]:
     return {"p20_ms": q[1], "p50_ms": statistics.median(samples_ms), "p80_ms": q[7]}
 
 
+@contextlib.contextmanager
+def masks_as_in_eager():
+    """transformers' mask builders treat a capturing CUDA stream as tracing (``is_tracing`` asks
+    ``is_cuda_stream_capturing``) and then keep the causal mask as a tensor: in 5.17, ``_ignore_causal_mask_sdpa``
+    returns False under capture even without padding. A graph captured that way times masked attention (SDPA with a
+    tensor mask, DistrAttention's masked path), not the ``is_causal`` path an eager call takes. Inside this context
+    transformers sees no capture, so the graph holds the eager call's kernels. The check only guards host reads of a
+    padding mask's values; such a read during capture fails the capture loudly, it cannot go wrong silently."""
+    try:
+        from transformers.utils import import_utils
+    except ImportError:
+        yield
+        return
+    probe = getattr(import_utils, "is_cuda_stream_capturing", None)
+    if probe is None:
+        yield
+        return
+    import_utils.is_cuda_stream_capturing = lambda: False
+    try:
+        yield
+    finally:
+        import_utils.is_cuda_stream_capturing = probe
+
+
 def cuda_graphed(fn: Callable[[], object], device, *, warmup: int = 2) -> Callable[[], None]:
     """``fn`` captured once in a CUDA graph: returns the graph's replay (which reruns fn's kernels on fn's captured
     inputs, so fn must read the same tensors each call). fn first runs ``warmup`` times (at least once) on a side
-    stream, as ``torch.cuda.graph`` asks: kernels compile and lazy state is set up before the capture. A call that
+    stream, as ``torch.cuda.graph`` asks: kernels compile and lazy state is set up before the capture. The capture
+    runs under ``masks_as_in_eager`` (a transformers model builds the masks it builds eagerly). A call that
     synchronises with the host (``.item()``, a data-dependent shape) cannot be captured: that raises a
     RuntimeError naming the cause."""
     device = torch.device(device)
@@ -58,7 +84,7 @@ def cuda_graphed(fn: Callable[[], object], device, *, warmup: int = 2) -> Callab
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
+        with masks_as_in_eager(), torch.cuda.graph(graph):
             fn()
     except Exception as e:
         raise RuntimeError(f"capturing the call in a CUDA graph failed ({type(e).__name__}: {e}); "

@@ -133,3 +133,21 @@ def test_bench_model_cuda_graph_needs_a_cuda_device(tiny_lm_dir, tmp_path):
         cuda_graphed(lambda: None, "cpu")
     with pytest.raises(ConfigError, match="--cuda-graph: expected true or false"):
         RunConfig.merge(flags=dict(cuda_graph="yes"))
+
+
+def test_masks_as_in_eager_hides_the_capture_from_transformers_and_restores(monkeypatch):
+    """Under CUDA-graph capture transformers keeps the causal mask as a tensor (5.17: masked attention in the graph);
+    the context makes its probe report no capture, and puts the probe back after, also on error."""
+    from transformers.utils import import_utils
+
+    from distr_patch.eval.timing import masks_as_in_eager
+
+    monkeypatch.setattr(import_utils, "is_cuda_stream_capturing", lambda: True)
+    probe = import_utils.is_cuda_stream_capturing
+    assert import_utils.is_tracing()
+    with masks_as_in_eager():
+        assert not import_utils.is_cuda_stream_capturing() and not import_utils.is_tracing()
+    assert import_utils.is_cuda_stream_capturing is probe
+    with pytest.raises(KeyError), masks_as_in_eager():
+        raise KeyError("x")
+    assert import_utils.is_cuda_stream_capturing is probe

@@ -86,7 +86,7 @@ def test_patched_model_on_cuda(dtype):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
 @pytest.mark.parametrize("cfg", [DistrConfig.exact(exact_below=1), DistrConfig.paper(exact_below=1),
-                                 DistrConfig.recommended(exact_below=1)], ids=["G1", "paper", "recommended"])
+                                 DistrConfig(exact_below=1)], ids=["G1", "paper", "recommended"])
 def test_patched_prefill_replays_from_a_cuda_graph(cfg):
     """A patched model's prefill (no host sync on the Triton path) captures in a CUDA graph; replays on new inputs
     copied into the captured ones give the eager logits (``bench model --cuda-graph``)."""
