@@ -125,7 +125,8 @@ def backward_rows(q, k, v, full) -> list:
     from distr_patch.ops.distr_bwd import _triton_backward
 
     d = q.shape[-1]
-    cfg = bwd_config(d, full["group_size"], full["exact_window"], causal=full["causal"], interpret=False)
+    cfg = bwd_config(d, full["group_size"], full["exact_window"], causal=full["causal"], interpret=False,
+                     masked=full["attention_mask"] is not None)
     B, H, N, _ = q.shape
     lse = torch.zeros(B, H, N)
     grp = full["groups"].to(torch.int32) if full["group_size"] > 1 else None
