@@ -284,15 +284,12 @@ ATOMIC_CASES = [
 ]
 
 
-def _atomic_vs_kernel(case, device="cpu", dtype=torch.float32, split=None):
-    """Gradients of the atomic dQ path and of the dQ kernel (same forward), and the fp32 reference's."""
-    from dataclasses import replace
-
-    from distr_patch.ops.configs import bwd_config
+def _forward_problem(case, device, dtype):
+    """Gaussian q, k, v, dO and mask (seeded by the case) for a case (B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c,
+    causal, mask_kind), and the forward's saved tensors: (q, k, v, do, kw, (out, lse, groups, wa, wb, Q_eff, inv))."""
     from distr_patch.ops.distr_attn import _triton_forward
-    from distr_patch.ops.distr_bwd import _triton_backward
 
-    B, Hq, Hkv, N, M, d, G, fusion, block_m, causal, mask_kind = case
+    B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask_kind = case
     seed = zlib.crc32(repr(case).encode())
     gen0 = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(B, H, n, d, generator=gen0).to(device=device, dtype=dtype)
@@ -300,10 +297,23 @@ def _atomic_vs_kernel(case, device="cpu", dtype=torch.float32, split=None):
     gen = torch.Generator().manual_seed(seed + 1)
     mask = make_mask(mask_kind, B, Hq, N, M, gen, device)
     do = torch.randn(B, Hq, N, d, generator=gen).to(device=device, dtype=dtype)
-    kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=0, window_correction=0.0, causal=causal,
+    kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=W, window_correction=c, causal=causal,
               attention_mask=mask, scale=None)
-    out, lse, grp, wa, wb, qe, inv = _triton_forward(q, k, v, num_hash_bits=16, seed=0, query_valid=None,
-                                                     groups=None, return_lse=True, keep_qeff=True, **kw)
+    saved = _triton_forward(q, k, v, num_hash_bits=16, seed=0, query_valid=None, groups=None, return_lse=True,
+                            keep_qeff=True, **kw)
+    return q, k, v, do, kw, saved
+
+
+def _atomic_vs_kernel(case, device="cpu", dtype=torch.float32, split=None):
+    """Gradients of the atomic dQ path and of the dQ kernel (same forward), and the fp32 reference's."""
+    from dataclasses import replace
+
+    from distr_patch.ops.configs import bwd_config
+    from distr_patch.ops.distr_bwd import _triton_backward
+
+    B, Hq, Hkv, N, M, d, G, fusion, block_m, causal, mask_kind = case
+    q, k, v, do, kw, (out, lse, grp, wa, wb, qe, inv) = _forward_problem(
+        (B, Hq, Hkv, N, M, d, G, fusion, block_m, 0, 0.0, causal, mask_kind), device, dtype)
     base = bwd_config(d, G, 0, fp32=dtype == torch.float32)
     got = {}
     for atomic in (True, False):
@@ -357,21 +367,10 @@ def _descriptor_paths(case, device="cpu", dtype=torch.float32, atomic=False):
     from dataclasses import replace
 
     from distr_patch.ops.configs import bwd_config
-    from distr_patch.ops.distr_attn import _triton_forward
     from distr_patch.ops.distr_bwd import _triton_backward
 
-    B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask_kind = case
-    seed = zlib.crc32(repr(case).encode())
-    gen0 = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, H, n, d, generator=gen0).to(device=device, dtype=dtype)
-               for H, n in ((Hq, N), (Hkv, M), (Hkv, M)))
-    gen = torch.Generator().manual_seed(seed + 1)
-    mask = make_mask(mask_kind, B, Hq, N, M, gen, device)
-    do = torch.randn(B, Hq, N, d, generator=gen).to(device=device, dtype=dtype)
-    kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=W, window_correction=c, causal=causal,
-              attention_mask=mask, scale=None)
-    out, lse, grp, wa, wb, qe, inv = _triton_forward(q, k, v, num_hash_bits=16, seed=0, query_valid=None,
-                                                     groups=None, return_lse=True, keep_qeff=True, **kw)
+    q, k, v, do, kw, (out, lse, grp, wa, wb, qe, inv) = _forward_problem(case, device, dtype)
+    d, G, W, causal = case[5], case[6], case[9], case[11]
     base = replace(bwd_config(d, G, W, causal=causal, fp32=dtype == torch.float32), dq_atomic=atomic)
     got = {tma: _triton_backward(do, q, k, v, out, lse, grp, wa, wb, qeff=qe, inv=inv,
                                  config=replace(base, kv_tma=tma, q_tma=tma), **kw) for tma in (False, True)}
