@@ -490,14 +490,16 @@ def _major_capability(index: int | None) -> int:
 
 def tile_descriptors(tensors, block_rows: int, d_pad: int):
     """Tensor descriptors (the copy engine's tile loads) over [B, H, rows, d] tensors with [1, 1, block_rows, d_pad]
-    blocks, or None where they do not apply: no ``TensorDescriptor`` in this Triton, a GPU before Hopper, or
-    strides / addresses that are not 16-byte aligned with a unit stride along d (then the kernels load by
-    pointers, the same function)."""
+    blocks, or None where they do not apply: no ``TensorDescriptor`` in this Triton, a GPU before Hopper,
+    strides / addresses that are not 16-byte aligned with a unit stride along d, or a broadcast (stride-0)
+    dimension, such as the expanded gradient of ``out.sum()``, which the copy engine's descriptors cannot
+    express (then the kernels load by pointers, the same function)."""
     if TensorDescriptor is None or (tensors[0].is_cuda and _major_capability(tensors[0].device.index) < 9):
         return None
     for t in tensors:
         size = t.element_size()
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any((st * size) % 16 for st in t.stride()[:-1]):
+        lead = t.stride()[:-1]
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any((st * size) % 16 or st == 0 for st in lead):
             return None
     block = [1, 1, block_rows, d_pad]
     return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), block) for t in tensors)

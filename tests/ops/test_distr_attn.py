@@ -368,6 +368,7 @@ def test_kv_descriptors_fall_back_on_unaligned_strides():
     k_odd = torch.randn(1, 2, 70, 33)[..., :32]  # row stride 33 floats: not 16-byte aligned
     assert kv_descriptors(k_odd, v, 32, 32) is None
     assert kv_descriptors(k.transpose(-1, -2).contiguous().transpose(-1, -2), v, 32, 32) is None  # stride(d) != 1
+    assert kv_descriptors(k[:, :1].expand(1, 2, 70, 32), v, 32, 32) is None  # broadcast heads: stride 0
     kw = dict(group_size=2, block_m=32, fusion="rank1", exact_window=0, window_correction=0.0, causal=True,
               attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
     cfg = replace(fwd_config(32, 2, 32, grouped_qk="expanded"), kv_tma=True, qeff_prologue=True)

@@ -391,6 +391,27 @@ def test_descriptor_loads_interpreter(case):
 
 
 @interpreter_only
+def test_broadcast_output_gradient_takes_pointer_loads():
+    """``out.sum().backward()`` hands the backward an expanded dO (every stride 0), which a tensor descriptor cannot
+    express: with descriptors asked for, the backward loads it by pointers and gets the reference's gradients."""
+    from dataclasses import replace
+
+    from distr_patch.ops.configs import bwd_config
+    from distr_patch.ops.distr_attn import tile_descriptors
+    from distr_patch.ops.distr_bwd import _triton_backward
+
+    case = (1, 2, 2, 40, 40, 32, 2, "mean", 32, 0, 0.0, True, None)
+    q, k, v, _, kw, (out, lse, grp, wa, wb, qe, inv) = _forward_problem(case, "cpu", torch.float32)
+    do = torch.ones(()).expand(q.shape)
+    assert tile_descriptors((qe, do), 32, 32) is None and tile_descriptors((k, v), 32, 32) is not None
+    cfg = replace(bwd_config(32, 2, 0, causal=True), kv_tma=True, q_tma=True)
+    got = _triton_backward(do, q, k, v, out, lse, grp, wa, wb, qeff=qe, inv=inv, config=cfg, **kw)
+    ref = reference_grads(q, k, v, do.contiguous(), **kw)
+    for name, a, b in zip(("dq", "dk", "dv"), got, ref[1:]):
+        assert rel_err(a, b) <= 1e-4, (name, rel_err(a, b))
+
+
+@interpreter_only
 def test_descriptor_build_that_fails_to_compile_falls_back(monkeypatch):
     """A descriptor-load build that ptxas rejects (it crashed on some in Triton 3.6) runs with pointer loads: same
     gradients, one warning, and the specialisation is not compiled with descriptors again."""
