@@ -412,12 +412,13 @@ def test_broadcast_output_gradient_takes_pointer_loads():
 
 
 @interpreter_only
-def test_descriptor_build_that_fails_to_compile_falls_back(monkeypatch):
+@pytest.mark.parametrize("kernel", ["_bwd_dkdv_kernel", "_bwd_dq_kernel"])
+def test_descriptor_build_that_fails_to_compile_falls_back(monkeypatch, kernel):
     """A descriptor-load build that ptxas rejects (it crashed on some in Triton 3.6) runs with pointer loads: same
-    gradients, one warning, and the specialisation is not compiled with descriptors again."""
+    gradients, one warning, and the specialisation is not compiled with descriptors again. For either kernel."""
     from distr_patch.ops import distr_bwd
 
-    real, tried = distr_bwd._bwd_dkdv_kernel, []
+    real, tried = getattr(distr_bwd, kernel), []
 
     class Rejecting:
         def __getitem__(self, grid):
@@ -430,7 +431,7 @@ def test_descriptor_build_that_fails_to_compile_falls_back(monkeypatch):
 
     monkeypatch.setattr(distr_bwd, "_NO_TMA", set())
     want, _ = _descriptor_paths(TMA_CASES[0])
-    monkeypatch.setattr(distr_bwd, "_bwd_dkdv_kernel", Rejecting())
+    monkeypatch.setattr(distr_bwd, kernel, Rejecting())
     with pytest.warns(RuntimeWarning, match="failed to compile"):
         got, _ = _descriptor_paths(TMA_CASES[0])
     for a, b in zip(got[True], want[True]):
@@ -438,6 +439,7 @@ def test_descriptor_build_that_fails_to_compile_falls_back(monkeypatch):
     assert tried == [False, True, False]  # pointer-load call, then the descriptor build once and its fallback
     _descriptor_paths(TMA_CASES[0])
     assert tried[3:] == [False, False]
+    assert len(distr_bwd._NO_TMA) == 1
 
 
 @pytest.mark.gpu
