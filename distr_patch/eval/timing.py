@@ -42,49 +42,88 @@ def quantiles(samples_ms: list[float]) -> dict[str, float]:
     return {"p20_ms": q[1], "p50_ms": statistics.median(samples_ms), "p80_ms": q[7]}
 
 
-@contextlib.contextmanager
-def masks_as_in_eager():
-    """transformers' mask builders treat a capturing CUDA stream as tracing (``is_tracing`` asks
-    ``is_cuda_stream_capturing``) and then keep the causal mask as a tensor: in 5.17, ``_ignore_causal_mask_sdpa``
-    returns False under capture even without padding. A graph captured that way times masked attention (SDPA with a
-    tensor mask, DistrAttention's masked path), not the ``is_causal`` path an eager call takes. Inside this context
-    transformers sees no capture, so the graph holds the eager call's kernels. The check only guards host reads of a
-    padding mask's values; such a read during capture fails the capture loudly, it cannot go wrong silently."""
-    try:
-        from transformers.utils import import_utils
-    except ImportError:
-        yield
-        return
-    probe = getattr(import_utils, "is_cuda_stream_capturing", None)
-    if probe is None:
-        yield
-        return
-    import_utils.is_cuda_stream_capturing = lambda: False
-    try:
-        yield
-    finally:
-        import_utils.is_cuda_stream_capturing = probe
+# transformers' mask builders that decide from tensor values (a host read) and, while a CUDA stream captures, give
+# the cautious answer instead: ``find_packed_sequence_indices`` then returns the position ids' packing mask (so the
+# causal mask is built as a tensor) and, in 5.17, ``_ignore_causal_mask_sdpa`` returns False even without padding.
+MASK_DECISIONS = ("find_packed_sequence_indices", "_ignore_causal_mask_sdpa")
+
+
+class EagerMaskDecisions:
+    """Makes a captured call take the mask decisions its eager warm-up took.
+
+    ``recording()`` (around an eager call) notes what each of ``MASK_DECISIONS`` returned, in call order;
+    ``replaying()`` (around the capture) returns those answers where they were None or a bool, and calls the
+    function itself otherwise or past the recorded calls. So a graph of a model called without padding holds the
+    eager call's kernels (SDPA's ``is_causal`` path, DistrAttention's causal path), not masked attention. The graph
+    keeps those decisions: replays are right for inputs with the warm-up's padding and position pattern (a
+    prefill benchmark replays the same inputs). Without transformers, or where it lacks these functions, both
+    contexts do nothing."""
+
+    def __init__(self):
+        self.answers: dict[str, list] = {name: [] for name in MASK_DECISIONS}
+
+    def _patched(self, wrap):
+        try:
+            from transformers import masking_utils
+        except ImportError:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for name in MASK_DECISIONS:
+            original = getattr(masking_utils, name, None)
+            if original is None:
+                continue
+            setattr(masking_utils, name, wrap(name, original))
+            stack.callback(setattr, masking_utils, name, original)
+        return stack
+
+    def recording(self):
+        """Note the answers of an eager call (the previous recording is replaced)."""
+        self.answers = {name: [] for name in MASK_DECISIONS}
+
+        def wrap(name, original):
+            def recorded(*args, **kwargs):
+                out = original(*args, **kwargs)
+                self.answers[name].append(out)
+                return out
+            return recorded
+        return self._patched(wrap)
+
+    def replaying(self):
+        """Give the recorded answers again, call by call."""
+        calls = {name: 0 for name in MASK_DECISIONS}
+
+        def wrap(name, original):
+            def replayed(*args, **kwargs):
+                i, calls[name] = calls[name], calls[name] + 1
+                answers = self.answers[name]
+                if i < len(answers) and (answers[i] is None or isinstance(answers[i], bool)):
+                    return answers[i]
+                return original(*args, **kwargs)
+            return replayed
+        return self._patched(wrap)
 
 
 def cuda_graphed(fn: Callable[[], object], device, *, warmup: int = 2) -> Callable[[], None]:
     """``fn`` captured once in a CUDA graph: returns the graph's replay (which reruns fn's kernels on fn's captured
     inputs, so fn must read the same tensors each call). fn first runs ``warmup`` times (at least once) on a side
     stream, as ``torch.cuda.graph`` asks: kernels compile and lazy state is set up before the capture. The capture
-    runs under ``masks_as_in_eager`` (a transformers model builds the masks it builds eagerly). A call that
-    synchronises with the host (``.item()``, a data-dependent shape) cannot be captured: that raises a
-    RuntimeError naming the cause."""
+    replays the last warm-up's mask decisions (``EagerMaskDecisions``: a transformers model builds the masks its
+    eager call built). A call that synchronises with the host (``.item()``, a data-dependent shape) cannot be
+    captured: that raises a RuntimeError naming the cause."""
     device = torch.device(device)
     if device.type != "cuda":
         raise ValueError(f"cuda_graphed: CUDA graphs need a CUDA device, got {device}")
+    decisions = EagerMaskDecisions()
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
-        for _ in range(max(1, warmup)):
-            fn()
+        for i in range(max(1, warmup)):
+            with decisions.recording() if i == max(1, warmup) - 1 else contextlib.nullcontext():
+                fn()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     try:
-        with masks_as_in_eager(), torch.cuda.graph(graph):
+        with decisions.replaying(), torch.cuda.graph(graph):
             fn()
     except Exception as e:
         raise RuntimeError(f"capturing the call in a CUDA graph failed ({type(e).__name__}: {e}); "

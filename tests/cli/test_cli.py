@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from distr_patch.cli.main import main
 
@@ -135,19 +136,49 @@ def test_bench_model_cuda_graph_needs_a_cuda_device(tiny_lm_dir, tmp_path):
         RunConfig.merge(flags=dict(cuda_graph="yes"))
 
 
-def test_masks_as_in_eager_hides_the_capture_from_transformers_and_restores(monkeypatch):
-    """Under CUDA-graph capture transformers keeps the causal mask as a tensor (5.17: masked attention in the graph);
-    the context makes its probe report no capture, and puts the probe back after, also on error."""
+def test_a_capture_replays_the_eager_mask_decisions(monkeypatch):
+    """While a CUDA stream captures, transformers builds the causal mask as a tensor (it cannot read the position
+    ids or a padding mask then), so a graphed prefill would time masked attention. ``EagerMaskDecisions`` replays
+    the eager call's answers during the capture: the patched model's attention gets no mask and is causal, as
+    eagerly. Simulated on the CPU by making transformers' capture probe say True."""
+    import functools
+
+    from transformers import masking_utils
     from transformers.utils import import_utils
 
-    from distr_patch.eval.timing import masks_as_in_eager
+    from distr_patch import DistrConfig, patch_model
+    from distr_patch.eval.timing import MASK_DECISIONS, EagerMaskDecisions
+    from distr_patch.integrations import hf
+    from tiny_models import tiny_llama
 
-    monkeypatch.setattr(import_utils, "is_cuda_stream_capturing", lambda: True)
-    probe = import_utils.is_cuda_stream_capturing
-    assert import_utils.is_tracing()
-    with masks_as_in_eager():
-        assert not import_utils.is_cuda_stream_capturing() and not import_utils.is_tracing()
-    assert import_utils.is_cuda_stream_capturing is probe
-    with pytest.raises(KeyError), masks_as_in_eager():
+    seen = []
+
+    def recording(*args, **kw):
+        seen.append((kw.get("attention_mask") is None, kw.get("causal")))
+        return hf_distr(*args, **kw)
+
+    hf_distr = hf.distr_attention
+    monkeypatch.setattr(hf, "distr_attention", recording)
+    model = tiny_llama(vocab_size=64)
+    patch_model(model, DistrConfig.paper(block_m=32, exact_below=1))
+    ids = torch.randint(0, 64, (2, 40), generator=torch.Generator().manual_seed(0))
+    originals = [getattr(masking_utils, name) for name in MASK_DECISIONS]
+    decisions = EagerMaskDecisions()
+    with torch.no_grad():
+        with decisions.recording():
+            eager = model(ids, use_cache=False).logits
+        assert seen and all(no_mask and causal for no_mask, causal in seen)
+        assert decisions.answers == {"find_packed_sequence_indices": [None], "_ignore_causal_mask_sdpa": [True]}
+        monkeypatch.setattr(import_utils, "is_cuda_stream_capturing", lambda: True)
+        seen.clear()
+        model(ids, use_cache=False)  # "captured" without the replay: a mask tensor, not the causal path
+        assert seen and not any(no_mask for no_mask, _ in seen)
+        seen.clear()
+        with decisions.replaying():
+            replayed = model(ids, use_cache=False).logits
+        assert seen and all(no_mask and causal for no_mask, causal in seen)
+    torch.testing.assert_close(replayed, eager)
+    assert [getattr(masking_utils, name) for name in MASK_DECISIONS] == originals  # put back
+    with pytest.raises(KeyError), decisions.replaying():
         raise KeyError("x")
-    assert import_utils.is_cuda_stream_capturing is probe
+    assert [getattr(masking_utils, name) for name in MASK_DECISIONS] == originals

@@ -90,7 +90,7 @@ def test_patched_model_on_cuda(dtype):
 def test_patched_prefill_replays_from_a_cuda_graph(cfg, monkeypatch):
     """A patched model's prefill (no host sync on the Triton path) captures in a CUDA graph; replays on new inputs
     copied into the captured ones give the eager logits, and the captured calls took the eager call's causal path
-    (no mask tensor: ``masks_as_in_eager``), as ``bench model --cuda-graph`` needs."""
+    (no mask tensor: ``EagerMaskDecisions``), as ``bench model --cuda-graph`` needs."""
     from distr_patch.eval.timing import cuda_graphed
 
     masks = []
