@@ -12,6 +12,8 @@
 # regroup: the regroup launch (backward: Q_eff and dQ) under other tiles (scripts/bench_regroup.py).
 # grouping: the grouping's launches alone, from Python and from a CUDA graph (scripts/bench_grouping.py).
 # kernel-tests: the forward kernel's GPU tests alone; bwd-tests: the backward's.
+# graphs: whole-model prefill (SmolLM2 4x4096 with the calibrated config, Llama-3.2-1B 1x4096, random weights), eager
+#         and as CUDA-graph replays (bench model --cuda-graph), after the graph test (captured calls causal, no mask).
 # bwdpaths: forward+backward at N=4096 with each grouped variant also on the backward's earlier paths
 #           (bench_attention.py --backward --backward-paths: regroup launches / the forward's Q_eff kept).
 # Logs and JSON go to $OUT (the device tool's folder) or /tmp/device-check; each table prints last.
@@ -57,7 +59,18 @@ for step in "${steps[@]}"; do
     grouping) python scripts/bench_grouping.py 2>&1 | tee "$out/grouping.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     kernel-tests) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py 2>&1 \
            | tee "$out/kernel-tests.log" | tail -20 || rc=1 ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, grouping)" >&2; exit 2 ;;
+    graphs) python -m pytest -q -p no:cacheprovider -m gpu tests/patching/test_triton_models.py -k cuda_graph 2>&1 \
+           | tee "$out/graph-tests.log" | tail -3 || rc=1
+           for g in "" --cuda-graph; do
+             python -m distr_patch bench model --model preset:smollm2-135m --dtype bfloat16 --device cuda --group-sizes 2 \
+               --settings paper,recommended --distr-configs configs/smollm2-135m-g2-calibrated-10pct.json --seq-lens 4096 \
+               --batch-sizes 4 --gen-tokens 1 --gen-prompt-len 16 --repeats 10 --no-plots --output-dir "$out" $g 2>&1 \
+               | grep "| prefill |" || rc=1
+             python -m distr_patch bench model --model preset:llama-3.2-1b --dtype bfloat16 --device cuda --group-sizes 2 \
+               --settings paper,recommended --seq-lens 4096 --batch-sizes 1 --gen-tokens 1 --gen-prompt-len 16 \
+               --repeats 10 --no-plots --output-dir "$out" $g 2>&1 | grep "| prefill |" || rc=1
+           done ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, grouping, graphs)" >&2; exit 2 ;;
   esac
 done
 exit $rc
