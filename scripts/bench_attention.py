@@ -52,6 +52,9 @@ def _variants(args):
             kind="distr", kw=dict(group_size=2, fusion="rank1", exact_window=128, window_correction=0.5, block_m=bm))
     v["distr G=2 mean W128 c.5 bm128"] = dict(
         kind="distr", kw=dict(group_size=2, fusion="mean", exact_window=128, window_correction=0.5, block_m=128))
+    for G, fusion in ((2, "mean"), (2, "rank1"), (4, "mean")):  # Q_eff by our launches, then torch's SDPA
+        v[f"distr G={G} {fusion} sdpa"] = dict(kind="distr", kw=dict(group_size=G, fusion=fusion, block_m=128,
+                                                                     backend="sdpa"))
     return v
 
 
@@ -82,6 +85,7 @@ def _make_fn(spec, q, k, v, causal):
             return None
         return lambda: sage(q, k, v, tensor_layout="HND", is_causal=causal)
     kw = dict(spec["kw"])
+    kw.setdefault("backend", "triton")  # the fused kernel, unless the variant names its engine ("auto" could pick SDPA)
     return lambda: distr_attention(q, k, v, causal=causal, **kw)
 
 
@@ -99,6 +103,11 @@ def _grouping_fn(kw, q, k):
     G, bm = kw.get("group_size", 2), kw.get("block_m", 128)
     if G == 1:
         return None
+    if kw.get("backend") == "sdpa":  # the grouping launch (storing positions) and the Q_eff regroup launch
+        from distr_patch.ops.sdpa_engine import query_effective
+
+        return lambda: query_effective(q, group_size=G, block_m=bm, fusion=kw.get("fusion", "mean"), num_hash_bits=16,
+                                       seed=0, query_valid=None, groups=None)
     cfg = fwd_config(q.shape[-1], G, bm, exact_window=kw.get("exact_window", 0))
     fusion = kw.get("fusion", "mean")
 
@@ -257,6 +266,8 @@ BWD_VARIANTS = {
     "distr G=2 rank1": dict(kind="distr", kw=dict(group_size=2, fusion="rank1", block_m=128)),
     "distr G=2 rank1 W128 c.5": dict(kind="distr", kw=dict(group_size=2, fusion="rank1", exact_window=128,
                                                            window_correction=0.5, block_m=128)),
+    "distr G=2 mean sdpa": dict(kind="distr", kw=dict(group_size=2, fusion="mean", block_m=128, backend="sdpa")),
+    "distr G=2 rank1 sdpa": dict(kind="distr", kw=dict(group_size=2, fusion="rank1", block_m=128, backend="sdpa")),
 }
 
 
@@ -307,6 +318,7 @@ def _fwd_fn(spec, causal, backend):
                 return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return fn
     kw = dict(spec["kw"])
+    backend = kw.pop("backend", backend)  # a variant's own engine ("sdpa") over the run's
     return lambda q, k, v: distr_attention(q, k, v, causal=causal, backend=backend, **kw)
 
 
@@ -335,7 +347,7 @@ def run_backward(args):
     dev = torch.device(args.device)
     on_gpu = dev.type == "cuda"
     dtype = torch.bfloat16 if on_gpu else torch.float32
-    backend = "auto" if on_gpu else "triton"
+    backend = "triton"  # the fused kernels, unless a variant names its engine ("auto" could pick SDPA on the GPU)
     variants = BWD_VARIANTS
     if args.variants:
         keep = set(args.variants)
@@ -343,7 +355,7 @@ def run_backward(args):
     if args.backward_paths:
         variants = dict(variants)
         for name, spec in list(variants.items()):
-            if spec["kind"] == "distr":
+            if spec["kind"] == "distr" and spec["kw"].get("backend") != "sdpa":  # the paths are our kernels'
                 grouped = spec["kw"].get("group_size", 2) > 1
                 for label, paths in BWD_PATHS.items():
                     if (grouped or label not in GROUPED_ONLY_PATHS) and label in (args.paths or BWD_PATHS):
@@ -380,8 +392,9 @@ def run_backward(args):
                         continue
                     got = [g[:1, hs].float() for g in got]
                     if spec["kind"] == "distr" and spec["kw"].get("group_size", 2) > 1:
+                        ref_kw = {n: x for n, x in spec["kw"].items() if n != "backend"}
                         ref_g = _grads(lambda q_, k_, v_: reference_distr_attention(q_, k_, v_, causal=causal,
-                                                                                    **spec["kw"]), *sl)
+                                                                                    **ref_kw), *sl)
                     else:
                         ref_g = exact_g
                     errs = [_rel_err(a, b) for a, b in zip(got, ref_g)]

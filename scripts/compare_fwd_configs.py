@@ -14,8 +14,10 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
                    prologue (no regroup launch); K and V tiles through TMA tensor descriptors
     default maxnregN / prologue maxnregN   (--register-caps) a register cap that fits one more program per SM
                    (scripts/kernel_resources.py shows registers and spills without a GPU)
-    default+positions   (--kernel-options) the table's config with the grouping launch storing each column's
-                   sorted position for the prologue (grouping_triton.POSITIONS="kernel"; else a torch scatter)
+    default+torch-positions   (--kernel-options) the table's config with the prologue's column -> position map
+                   made by a torch scatter (grouping_triton.POSITIONS="torch"; default: the grouping launch stores it)
+    exact/expanded ws w8 (+tma)   (--warp-specialize) the first plain key loop warp-specialised on 8 warps
+                   (FwdConfig.warp_specialize), with TMA K/V tiles where the default has none
 
     python scripts/compare_fwd_configs.py                    # the window variant at N=4096
     python scripts/compare_fwd_configs.py --variants all --n 4096 16384
@@ -51,13 +53,14 @@ def configs(d, G, window, block_m):
     if G == 1:
         return [("exact", red)] + ([("exact+tma", replace(red, kv_tma=True))] if args.kernel_options else []) \
             + ([("exact bn128 w8", replace(red, block_n=128, num_warps=8))] if args.alternatives else []) \
-            + ([(f"exact maxnreg{cap}", replace(red, maxnreg=cap))] if args.register_caps and d <= 64 else [])
+            + ([(f"exact maxnreg{cap}", replace(red, maxnreg=cap))] if args.register_caps and d <= 64 else []) \
+            + (_ws_configs("exact", red) if args.warp_specialize else [])
     ex = fwd_config(d, G, block_m, exact_window=W, grouped_qk="expanded")
     out = ([] if args.no_reduced else [("reduced", red)]) + [("expanded", ex)]
     if args.kernel_options:  # Q_eff in the kernel's prologue instead of a regroup launch; K/V tiles through TMA
         out += [("expanded+prologue", replace(ex, qeff_prologue=True)), ("expanded+tma", replace(ex, kv_tma=True)),
                 ("expanded+prologue+tma", replace(ex, qeff_prologue=True, kv_tma=True)),
-                ("default+positions", ex)]  # the table's config, the grouping launch storing the positions
+                ("default+torch-positions", ex)]  # the table's config, the positions by a torch scatter
     if args.register_caps:  # scripts/kernel_resources.py: which caps fit one more program per SM, at what spills
         cap = 128 if ex.num_warps == 8 else 168
         if d <= 64 or window:
@@ -66,6 +69,8 @@ def configs(d, G, window, block_m):
             out.append((f"prologue maxnreg{cap}", replace(ex, qeff_prologue=True, maxnreg=cap)))
     if args.grouping_ways:  # the earlier grouping kernels (column order by tl.sort; pair Grams by re-reading Q)
         out += [("expanded sort+gram", ex), ("expanded sort+gather", ex)]
+    if args.warp_specialize and not window:
+        out += _ws_configs("expanded", ex)
     if args.fused and block_m == 128:
         out.append(("reduced+fused-grouping", replace(red, fused_grouping=True)))
     alts = [(64, 4, 32), (64, 8, 64), (128, 8, 32)] if window else [(64, 8 if d <= 64 else 4, None), (128, 8, None)]
@@ -74,6 +79,12 @@ def configs(d, G, window, block_m):
         if cfg != ex:
             out.append((f"expanded bn{bn} w{w}" + (f" band{band}" if band else ""), cfg))
     return out
+
+
+def _ws_configs(name, cfg):
+    """The warp-specialised loop on 8 warps (Triton's Hopper pass), with TMA tiles too where cfg has none."""
+    ws = replace(cfg, warp_specialize=True, num_warps=8)
+    return [(f"{name} ws w8", ws)] + ([] if cfg.kv_tma else [(f"{name} ws w8+tma", replace(ws, kv_tma=True))])
 
 
 ALL = {"G1": dict(group_size=1), "G2 mean": dict(group_size=2, fusion="mean"),
@@ -100,10 +111,13 @@ ap.add_argument("--no-reduced", action="store_true", help="leave out the reduced
 ap.add_argument("--register-caps", action="store_true",
                 help="add the default config with a register cap (FwdConfig.maxnreg: 128 on 8 warps, 168 on 4) that "
                      "fits one more program per SM, and with a window the Q_eff prologue under that cap")
+ap.add_argument("--warp-specialize", action="store_true",
+                help="add the default config with its first plain key loop warp-specialised on 8 warps")
 args = ap.parse_args()
 VARIANTS = [(n, ALL[n]) for n in (ALL if args.variants == ["all"] else args.variants)]
 
 rows = []
+positions = gt.POSITIONS  # the module's default (kernel-stored positions unless DISTR_GROUPING_POSITIONS says)
 for d, N, causal in itertools.product(args.d, args.n, [bool(c) for c in args.causal]):
     H, B = 2048 // d, max(1, 32768 // N)
     q, k, v = [torch.randn(B, H, N, d, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
@@ -117,8 +131,13 @@ for d, N, causal in itertools.product(args.d, args.n, [bool(c) for c in args.cau
         for cname, cfg in configs(d, kw["group_size"], full["exact_window"] > 0, full["block_m"]):
             gt.COLUMN_ORDER = "sort" if "sort+" in cname else "rank"
             gt.PAIR_WEIGHTS = "gather" if cname.endswith("+gather") else "gram"
-            gt.POSITIONS = "kernel" if cname.endswith("+positions") else "torch"
-            out = da._triton_forward(q, k, v, config=cfg, **full)
+            gt.POSITIONS = "torch" if cname.endswith("+torch-positions") else positions
+            try:
+                out = da._triton_forward(q, k, v, config=cfg, **full)
+            except RuntimeError as e:  # a compiler pass or ptxas that fails on this build: a row that says so
+                print(f"{d} {N} {int(causal)} {name} {cname}: compile failed ({str(e)[:160]})", flush=True)
+                rows.append((d, N, int(causal), name, cname, float("nan"), float("nan"), float("nan")))
+                continue
             r = reference_distr_attention(q[:1, :2].float(), k[:1, :2].float(), v[:1, :2].float(), **full)
             err = ((out[:1, :2].float() - r).norm() / r.norm()).item()
             t = bench(lambda: da._triton_forward(q, k, v, config=cfg, **full))

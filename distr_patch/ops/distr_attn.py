@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import configs
 from .configs import FwdConfig, fwd_config, interpreting
 from .grouping import fusion_weights
 from . import grouping_triton
@@ -153,7 +154,7 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
                 DG_PAD: tl.constexpr, BLOCK_N: tl.constexpr, EXACT: tl.constexpr, FUSION_MEAN: tl.constexpr,
                 MIXED: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_CORR: tl.constexpr,
                 MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, EXPANDED: tl.constexpr,
-                TMA_N: tl.constexpr):
+                TMA_N: tl.constexpr, WS: tl.constexpr = False):
     """Online softmax over key tiles [lo, hi): scores in log2 units, exact P·V.
 
     MIXED: the tiles meet the exact band and compute both products. BOUNDS: the tiles need
@@ -161,12 +162,12 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
     EXPANDED: ``qt`` is Q_eff [BLOCK_M, D_PAD] and the grouped scores are Q_eff Kᵀ on the key
     tile as loaded (one tile serves both products when MIXED); else ``qt`` is Q̃ [BLOCK_M, DG_PAD]
     and K̃ is gathered per tile. K and V tiles of TMA_N keys come through the descriptors KD / VD
-    (coordinates [kb, kh, key, 0]), others through pointers (``_load_kt``).
+    (coordinates [kb, kh, key, 0]), others through pointers (``_load_kt``). WS: the loop is warp-specialised.
     """
     offs_d = tl.arange(0, D_PAD)
     if EXACT or MIXED:
         q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
-    for start_n in range(lo, hi, BLOCK_N):
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if EXACT:
             s = _exact_qk(q_full, K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N,
@@ -298,7 +299,7 @@ def _distr_fwd_kernel(
     EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr, RANK_ORDER: tl.constexpr,
     GB_PROJ_PARTS: tl.constexpr, EXPANDED: tl.constexpr, TMA_N: tl.constexpr, QE_PROLOGUE: tl.constexpr,
     GROUP_BM: tl.constexpr,
-    SPLIT_W: tl.constexpr, STORE_QE: tl.constexpr,
+    SPLIT_W: tl.constexpr, STORE_QE: tl.constexpr, WS: tl.constexpr = False,
 ):
     """One program: one query tile of BLOCK_M rows of one (batch, query head); on the reduced path
     (not EXPANDED) the tile is one grouping block.
@@ -403,7 +404,7 @@ def _distr_fwd_kernel(
                                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                 stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N, EXACT,
                                 FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                EXPANDED, TMA_N)
+                                EXPANDED, TMA_N, WS)
     if HAS_WINDOW:
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_a, tl.minimum(seg_b, hi),
                                     Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
@@ -629,7 +630,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         DOT_T=_dot_dtype(q.dtype), STORE_LSE=return_lse, QT_SCRATCH=qt_scratch, EXPANDED=expanded,
         TMA_N=cfg.block_n if descs else 0, QE_PROLOGUE=prologue, GROUP_BM=block_m,
         SPLIT_W=prologue and wa is not grp and _dot_dtype(q.dtype) != tl.float32, STORE_QE=store_qe,
-        **_fused_grouping_meta(gl),
+        WS=cfg.warp_specialize and not interpreting(), **_fused_grouping_meta(gl),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )
     if not return_lse:
@@ -642,6 +643,9 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
 
 # --------------------------------------------------------------------------- public API
 _warned_autograd = False
+
+
+BACKENDS = ("auto", "triton", "reference", "sdpa")
 
 
 def distr_attention(
@@ -682,8 +686,12 @@ def distr_attention(
         num_hash_bits, seed: the LSH; projections come from a generator seeded by ``seed``.
         query_valid: bool [B, N]; False rows (padding) count as zeros in the grouping.
         groups: precomputed ``compute_groups`` output [B, Hq, ceil(N/block_m), d].
-        backend: "auto" (CUDA -> Triton, CPU -> reference), "triton" or "reference".
-            "triton" on CPU tensors needs TRITON_INTERPRET=1 (the Triton interpreter).
+        backend: "auto", "triton", "reference" or "sdpa". "sdpa" (no exact window): Q_eff by our grouping
+            and regroup launches, then torch's scaled_dot_product_attention on (Q_eff, k, v): the same function on
+            whichever exact kernel PyTorch picks, cuDNN on Hopper (``sdpa_engine.py``). "triton": the fused
+            kernel (on CPU tensors it needs TRITON_INTERPRET=1, the Triton interpreter). "auto": CPU -> reference;
+            CUDA -> "sdpa" for calls without an exact window or a tensor mask (and N == M when causal), the
+            fused kernel for the others (``configs.auto_runs_sdpa``; DISTR_AUTO_SDPA=0: always the kernel).
 
     Returns:
         [B, Hq, N, d] in q's dtype.
@@ -699,11 +707,16 @@ def distr_attention(
                            exact_window=exact_window, window_correction=window_correction,
                            num_hash_bits=num_hash_bits, query_valid=query_valid, attention_mask=attention_mask,
                            groups=groups, scale=scale)
-    if backend not in ("auto", "triton", "reference"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     kwargs = dict(group_size=group_size, block_m=block_m, fusion=fusion, exact_window=exact_window,
                   window_correction=window_correction, causal=causal, attention_mask=attention_mask, scale=scale,
                   num_hash_bits=num_hash_bits, seed=seed, query_valid=query_valid, groups=groups)
+    if backend == "sdpa" or (backend == "auto" and q.is_cuda and configs.auto_runs_sdpa(
+            group_size, exact_window, attention_mask, causal, q.shape[2], k.shape[2])):
+        from .sdpa_engine import sdpa_distr_attention
+
+        return sdpa_distr_attention(q, k, v, **kwargs)
     use_triton = backend == "triton" or (backend == "auto" and q.is_cuda)
     if use_triton:
         if not q.is_cuda and not interpreting():

@@ -496,7 +496,7 @@ def test_bwd_config_table_picks_dq_paths():
 def test_grads_long_sequence_gpu(case):
     """N = M past LONG_KEYS with a tail (the 128-row dQ tiles; the atomic path for the causal case), bf16."""
     check_case(case, zlib.crc32(repr(case).encode()), tol=2e-2, dtype=torch.bfloat16, device="cuda",
-               backend="auto", gaussian=True)
+               backend="triton", gaussian=True)
 
 
 @pytest.mark.skipif(not (CUDA or INTERPRET), reason="needs the Triton backward (GPU or TRITON_INTERPRET=1)")
@@ -537,6 +537,8 @@ def test_bench_backward_smoke_interpreter(capsys):
     assert {"distr G=2 mean (launches)", "distr G=2 rank1 W128 c.5 (kept Q_eff)"} <= names
     assert {"distr G=1 (atomic dQ)", "distr G=1 (dQ kernel)", "distr G=2 rank1 (atomic dQ)"} <= names
     assert "distr G=1 (launches)" not in names  # the Q_eff / dQ_eff mapping paths are for grouped variants only
+    assert {"distr G=2 mean sdpa", "distr G=2 rank1 sdpa"} <= names  # Q_eff, then torch's SDPA (its own backward)
+    assert not any(n.startswith("distr G=2 mean sdpa (") for n in names)  # the paths are our kernels' switches
     for r in rows:
         if r["variant"].startswith("distr"):
             assert max(r["err_dq"], r["err_dk"], r["err_dv"]) < 1e-4, r
@@ -565,7 +567,7 @@ GPU_CASES = [
 def test_grads_match_reference_gpu(case):
     """bf16 at real sizes, Gaussian inputs: each gradient within 2e-2 of fp32 autograd (the issue's bound)."""
     check_case(case, zlib.crc32(repr(case).encode()), tol=2e-2, dtype=torch.bfloat16, device="cuda",
-               backend="auto", gaussian=True)
+               backend="triton", gaussian=True)
 
 
 # Heavy-tailed inputs (x8 outliers) in bf16. G=1 stays near 5e-3, but grouped variants measured
@@ -582,7 +584,7 @@ HEAVY_BF16_TOL = {1: 1e-2, 2: 7e-2, 4: 7e-2}
 @pytest.mark.parametrize("case", GPU_CASES[::2], ids=lambda c: "-".join(map(str, c)))
 def test_grads_heavy_tailed_bf16_gpu(case):
     check_case(case, zlib.crc32(repr(case).encode()), tol=HEAVY_BF16_TOL[case[6]], dtype=torch.bfloat16,
-               device="cuda", backend="auto")
+               device="cuda", backend="triton")
 
 
 @pytest.mark.gpu
@@ -607,7 +609,7 @@ def test_dq_epilogue_and_kept_qeff_gpu(case):
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
 def test_grads_fp32_gpu():
     check_case((1, 4, 2, 1000, 1000, 64, 2, "rank1", 64, 32, 0.5, True, None), 41, tol=1e-4,
-               device="cuda", backend="auto")
+               device="cuda", backend="triton")
 
 
 @pytest.mark.gpu
@@ -619,7 +621,7 @@ def test_backward_memory_is_linear_gpu(kw):
     [B, H, N, N] tensor (2.1 GB)."""
     B, H, N, d = 1, 4, 16384, 64
     q, k, v = (t.requires_grad_() for t in make_qkv(16, B, H, H, N, N, d, dtype=torch.bfloat16, device="cuda"))
-    out = distr_attention(q, k, v, causal=True, **kw)
+    out = distr_attention(q, k, v, causal=True, backend="triton", **kw)
     do = torch.randn_like(out)
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()

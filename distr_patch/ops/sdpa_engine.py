@@ -1,0 +1,121 @@
+"""DistrAttention on an exact-attention engine: Q_eff by our launches, then torch's SDPA.
+
+Without an exact window, DistrAttention is exact attention on a transformed query: the grouped scores
+``Q̃ K̃ᵀ`` equal ``Q_eff Kᵀ`` with ``Q_eff[:, j] = b_j Q̃[:, group(j)]`` (``regroup.py``). So
+``backend="sdpa"`` forms Q_eff (the grouping and the regroup launch: Triton on CUDA and under the
+interpreter, torch ops otherwise) and hands (Q_eff, K, V) to ``torch.nn.functional.scaled_dot_product_attention``,
+which runs the fastest exact kernel PyTorch has for the call (cuDNN, FlashAttention-2 or memory-efficient).
+The function is the same as the fused kernel's, to rounding (Q_eff is rounded to q's dtype in both).
+It cannot do the exact window: a band of exact scores next to grouped ones is not one attention call.
+
+Mask conventions are ours, not SDPA's: causal is bottom-right aligned (SDPA's ``is_causal`` is taken only
+when N == M), and rows with no key to attend give zeros (SDPA would give NaN or a uniform average).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from .configs import interpreting
+from .grouping import compute_groups, fused_queries, fusion_weights
+from .reference import causal_allowed, normalize_mask
+from .regroup import inverse_groups, regroup
+from .validate import check_triton_inputs
+
+# SDPA's enable_gqa (torch >= 2.5) reads each KV head for its query heads; older torch gets repeated K/V.
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+
+class _RegroupQuery(torch.autograd.Function):
+    """Q_eff = regroup(q) with the block's fusion weights (a, b); dQ = the adjoint regroup (b, a) of dQ_eff.
+    The grouping and the weights are constants. wa is None for mean fusion (a = 1/G, b = 1)."""
+
+    @staticmethod
+    def forward(ctx, q, grp, inv, wa, wb, group_size: int, block_m: int):
+        ctx.save_for_backward(grp, inv, wa, wb)
+        ctx.group_size, ctx.block_m = group_size, block_m
+        mean = wa is None
+        return regroup(q, grp, wa, wb, group_size=group_size, block_m=block_m, out_dtype=q.dtype,
+                       mean_weights=(1.0 / group_size, 1.0) if mean else None, inv=inv)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dqe):
+        grp, inv, wa, wb = ctx.saved_tensors
+        mean = wa is None
+        G = ctx.group_size
+        dq = regroup(dqe, grp, wb, wa, group_size=G, block_m=ctx.block_m, out_dtype=dqe.dtype,
+                     mean_weights=(1.0, 1.0 / G) if mean else None, inv=inv)
+        return dq, None, None, None, None, None, None
+
+
+def query_effective(q: torch.Tensor, *, group_size: int, block_m: int, fusion: str, num_hash_bits: int, seed: int,
+                    query_valid: torch.Tensor | None, groups: torch.Tensor | None) -> torch.Tensor:
+    """Q_eff [B, Hq, N, d] in q's dtype, differentiable in q: ``Q_eff Kᵀ`` is DistrAttention's grouped product.
+    G = 1 returns q itself."""
+    G = group_size
+    if G == 1:
+        return q
+    if q.is_cuda or interpreting():  # the grouping launch (it also stores the column -> position map), a regroup
+        from .grouping_triton import triton_grouping
+
+        qd = q.detach()
+        if groups is None:
+            grp, wa, wb, inv = triton_grouping(qd, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits,
+                                               seed=seed, query_valid=query_valid, fusion=fusion, positions=True)
+        else:
+            grp = groups.to(torch.int32).contiguous()
+            inv = inverse_groups(grp)
+            wa = wb = None
+            if fusion != "mean":
+                wa, wb = fusion_weights(qd, groups, group_size=G, block_m=block_m, fusion=fusion,
+                                        query_valid=query_valid)
+        return _RegroupQuery.apply(q, grp, inv, wa, wb, G, block_m)
+    grp = groups if groups is not None else compute_groups(q.detach(), group_size=G, block_m=block_m,
+                                                           num_hash_bits=num_hash_bits, seed=seed,
+                                                           query_valid=query_valid)
+    a, b = fusion_weights(q.detach(), grp, group_size=G, block_m=block_m, fusion=fusion, query_valid=query_valid)
+    return fused_queries(q, grp.long(), a, b, group_size=G, block_m=block_m).to(q.dtype)
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                   attention_mask: torch.Tensor | None, scale: float | None) -> torch.Tensor:
+    """Exact attention by torch's SDPA with our conventions: bottom-right causal, zeros for rows with no
+    allowed key. q [B, Hq, N, d], k/v [B, Hkv, M, d] -> [B, Hq, N, d]."""
+    B, Hq, N, d = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    gqa = {}
+    if Hq != Hkv:
+        if _SDPA_GQA:
+            gqa = dict(enable_gqa=True)
+        else:
+            k, v = (t.repeat_interleave(Hq // Hkv, dim=1) for t in (k, v))
+    if attention_mask is None and (not causal or N == M):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal), scale=scale, **gqa)
+    allowed, additive = normalize_mask(attention_mask)
+    if causal:
+        c = causal_allowed(N, M, q.device)
+        allowed = c if allowed is None else allowed & c
+    row_ok = allowed.any(-1, keepdim=True)  # rows with a key to attend; the others attend all, then give zeros
+    allowed = allowed | ~row_ok
+    if additive is None:
+        mask = allowed
+    else:
+        neg = torch.full((), float("-inf"), dtype=q.dtype, device=q.device)
+        mask = torch.where(allowed, additive.to(q.dtype), neg)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, **gqa)
+    return torch.where(row_ok, out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+
+def sdpa_distr_attention(q, k, v, *, group_size, block_m, fusion, exact_window, window_correction, causal,
+                         attention_mask, scale, num_hash_bits, seed, query_valid, groups) -> torch.Tensor:
+    """DistrAttention without an exact window, as SDPA on Q_eff (inputs already validated by ``distr_attention``)."""
+    if exact_window:
+        raise ValueError(f"backend='sdpa' has no exact window (a band of exact scores next to grouped ones is not "
+                         f"one SDPA call): exact_window must be 0, got {exact_window}; use backend='triton'")
+    if q.is_cuda and group_size > 1:  # the grouping and regroup launches take the fused kernel's head dims, dtypes
+        check_triton_inputs(q)
+    qe = query_effective(q, group_size=group_size, block_m=block_m, fusion=fusion, num_hash_bits=num_hash_bits,
+                         seed=seed, query_valid=query_valid, groups=groups)
+    return sdpa_attention(qe, k, v, causal=causal, attention_mask=attention_mask, scale=scale)

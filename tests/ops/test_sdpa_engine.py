@@ -1,0 +1,160 @@
+"""backend="sdpa": Q_eff by our launches (or torch ops), then torch's SDPA, against the PyTorch reference.
+
+On the CPU both ways of forming Q_eff run: the Triton grouping and regroup launches under the interpreter, and the
+torch ops (TRITON_INTERPRET unset for the call). Inputs are fresh heavy-tailed random tensors, seeded per case;
+masks include fully masked rows (which must give zeros, not SDPA's NaN or uniform rows).
+"""
+import zlib
+
+import pytest
+import torch
+
+from distr_patch.ops import distr_attention, reference_distr_attention
+from test_distr_attn import CUDA, INTERPRET, make_mask, make_qkv, rel_err
+
+# (B, Hq, Hkv, N, M, d, G, fusion, block_m, causal, mask)
+CASES = [
+    (1, 2, 2, 64, 64, 32, 1, "mean", 64, True, None),
+    (2, 2, 1, 77, 77, 64, 2, "mean", 32, False, None),             # tail block, MQA
+    (1, 4, 2, 130, 130, 32, 2, "rank1", 64, True, None),           # GQA
+    (2, 2, 2, 150, 150, 64, 2, "mean", 128, True, "pad"),          # padding mask and causal
+    (1, 2, 1, 60, 140, 32, 2, "rank1", 32, True, None),            # N < M: bottom-right causal
+    (1, 2, 2, 140, 60, 32, 2, "mean", 64, True, None),             # N > M: leading rows fully masked
+    (2, 4, 1, 96, 96, 64, 4, "mean", 32, False, "float"),          # additive mask
+    (1, 2, 2, 120, 120, 64, 4, "rank1", 64, True, "float"),
+    (1, 2, 2, 90, 90, 80, 2, "rank1", 32, False, "pad"),           # d=80
+]
+
+
+def _case_inputs(case, dtype=torch.float32, device="cpu"):
+    B, Hq, Hkv, N, M, d, G, fusion, block_m, causal, mask_kind = case
+    seed = zlib.crc32(repr(case).encode())
+    q, k, v = make_qkv(seed, B, Hq, Hkv, N, M, d, dtype=dtype, device=device)
+    mask = make_mask(mask_kind, B, Hq, N, M, torch.Generator().manual_seed(seed + 1), device)
+    if mask is not None:  # one query row with no key at all: zeros, like the reference
+        mask = mask.clone()
+        mask[:, :, 3] = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+    kw = dict(group_size=G, block_m=block_m, fusion=fusion, causal=causal, attention_mask=mask)
+    return q, k, v, kw
+
+
+@pytest.fixture(params=["launches", "torch"])
+def qeff_way(request, monkeypatch):
+    """How Q_eff is formed on the CPU: the Triton launches (interpreter) or torch ops."""
+    if request.param == "launches":
+        if not INTERPRET:
+            pytest.skip("CPU tensors through Triton need TRITON_INTERPRET=1")
+    else:
+        monkeypatch.setenv("TRITON_INTERPRET", "0")  # read per call by configs.interpreting()
+    return request.param
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_sdpa_backend_matches_reference(case, qeff_way):
+    q, k, v, kw = _case_inputs(case)
+    out = distr_attention(q, k, v, backend="sdpa", **kw)
+    ref = reference_distr_attention(q, k, v, **kw)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) <= 1e-5, rel_err(out, ref)
+    if kw["attention_mask"] is not None:
+        assert out[:, :, 3].abs().max() == 0  # the row with no allowed key
+    if kw["causal"] and q.shape[2] > k.shape[2]:  # rows before the first key: zeros
+        assert out[:, :, : q.shape[2] - k.shape[2]].abs().max() == 0
+
+
+@pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[5], CASES[7]], ids=lambda c: "-".join(map(str, c)))
+def test_sdpa_backend_gradients_match_reference(case, qeff_way):
+    """Gradients in q, k, v against autograd through the reference (fp64, so any mismatch is not rounding)."""
+    q, k, v, kw = _case_inputs(case, dtype=torch.float64)
+    if qeff_way == "launches":  # the regroup launch's dots: fp32 is the widest the kernels take
+        q, k, v = (t.float() for t in (q, k, v))
+    grads = []
+    for fn in (lambda *x: distr_attention(*x, backend="sdpa", **kw), lambda *x: reference_distr_attention(*x, **kw)):
+        x = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = fn(*x)
+        gen = torch.Generator().manual_seed(7)
+        torch.autograd.backward(out, torch.randn(out.shape, generator=gen, dtype=out.dtype))
+        grads.append([t.grad for t in x])
+    tol = 1e-5 if q.dtype == torch.float32 else 1e-9
+    for name, a, b in zip("qkv", *grads):
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a, b) <= tol, (name, rel_err(a, b))
+
+
+def test_sdpa_backend_takes_precomputed_groups(qeff_way):
+    from distr_patch.ops import compute_groups
+
+    q, k, v, kw = _case_inputs(CASES[2])
+    groups = compute_groups(q, group_size=2, block_m=kw["block_m"], seed=3)
+    out = distr_attention(q, k, v, backend="sdpa", groups=groups, **kw)
+    ref = reference_distr_attention(q, k, v, groups=groups, **kw)
+    assert rel_err(out, ref) <= 1e-5
+
+
+def test_sdpa_backend_has_no_exact_window():
+    q, k, v, kw = _case_inputs(CASES[1])
+    with pytest.raises(ValueError, match="exact_window must be 0"):
+        distr_attention(q, k, v, backend="sdpa", exact_window=16, **kw)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        distr_attention(q, k, v, backend="cudnn", **kw)
+
+
+def test_auto_rule(monkeypatch):
+    """backend="auto" on CUDA: SDPA on Q_eff exactly where that is the whole call (no window, no mask tensor, aligned
+    causal masks), the fused kernel elsewhere; DISTR_AUTO_SDPA=0 keeps the kernel everywhere."""
+    from distr_patch.ops import configs
+
+    rule = configs.auto_runs_sdpa
+    assert rule(2, 0, None, True, 512, 512) and rule(4, 0, None, False, 100, 300) and rule(1, 128, None, True, 64, 64)
+    assert not rule(2, 128, None, True, 512, 512)  # the exact window
+    assert not rule(2, 0, torch.ones(1, 1, 4, 4, dtype=torch.bool), False, 4, 4)  # a tensor mask
+    assert not rule(2, 0, None, True, 100, 300)  # bottom-right causal with N != M (a KV-cache prefill)
+    monkeypatch.setattr(configs, "DEFAULT_AUTO_SDPA", False)
+    assert not rule(2, 0, None, True, 512, 512)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+def test_auto_dispatch_gpu(monkeypatch):
+    """auto sends plain calls to the SDPA engine and window / masked calls to the fused kernel, with the same
+    function as forcing either."""
+    from distr_patch.ops import sdpa_engine
+
+    seen = []
+    real = sdpa_engine.sdpa_distr_attention
+    monkeypatch.setattr(sdpa_engine, "sdpa_distr_attention", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    q, k, v, _ = _case_inputs((1, 8, 2, 1000, 1000, 64, 2, "mean", 128, True, None), torch.bfloat16, "cuda")
+    plain = dict(group_size=2, fusion="rank1", causal=True)
+    out = distr_attention(q, k, v, **plain)
+    assert len(seen) == 1
+    assert rel_err(out, distr_attention(q, k, v, backend="triton", **plain)) <= 1e-2
+    distr_attention(q, k, v, exact_window=64, window_correction=0.5, **plain)
+    distr_attention(q, k, v, attention_mask=torch.ones(1000, 1000, dtype=torch.bool, device="cuda"), **plain)
+    assert len(seen) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("case", [
+    (2, 8, 2, 4096, 4096, 64, 2, "mean", 128, True, None),
+    (2, 8, 2, 4096, 4096, 128, 2, "rank1", 128, False, None),
+    (1, 8, 8, 3000, 4100, 128, 2, "rank1", 32, True, "pad"),
+    (1, 9, 3, 1000, 1000, 64, 4, "mean", 64, False, "float"),
+], ids=lambda c: "-".join(map(str, c)))
+def test_sdpa_backend_gpu(case):
+    """bf16 at real sizes: within 1e-2 of the fp32 reference and of the fused kernel; gradients within 2e-2."""
+    q, k, v, kw = _case_inputs(case, dtype=torch.bfloat16, device="cuda")
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = distr_attention(*x, backend="sdpa", **kw)
+    ref = reference_distr_attention(q, k, v, **kw)  # fp32 inside, on the same bf16 inputs
+    fused = distr_attention(q, k, v, backend="triton", **kw)
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) <= 1e-2, rel_err(out, ref)
+    assert rel_err(out, fused) <= 1e-2, rel_err(out, fused)
+    do = torch.randn_like(out)
+    out.backward(do)
+    xr = [t.clone().requires_grad_() for t in (q, k, v)]
+    reference_distr_attention(*xr, **kw).backward(do)
+    for name, a, b in zip("qkv", x, xr):
+        assert rel_err(a.grad, b.grad) <= 2e-2, (name, rel_err(a.grad, b.grad))
