@@ -4,7 +4,8 @@
 # tests: every `gpu`-marked test (kernels against the PyTorch reference at real sizes, patched models);
 # fwd:   the operator at N=4096, d=64/128, causal and not (bench_attention.py --quick);
 # bwd:   forward+backward at the same shapes (bench_attention.py --backward --quick).
-# bwd16k: forward+backward at N=16384 for G=1, G=2 mean/rank1 and rank1 W128 c0.5 (issue 7's other length).
+# bwd16k: forward+backward at N=16384 for G=1, G=2 mean/rank1 (fused kernels and backend="sdpa") and rank1 W128 c0.5
+#         (issue 7's other length).
 # tiles: the expanded path's default tiles against alternatives (compare_fwd_configs.py --alternatives).
 # options: Q_eff in the kernel's prologue, TMA K/V tiles and kernel-stored positions against the defaults
 #          (--kernel-options).
@@ -14,6 +15,7 @@
 # kernel-tests: the forward kernel's GPU tests alone; bwd-tests: the backward's.
 # graphs: whole-model prefill (SmolLM2 4x4096 with the calibrated config, Llama-3.2-1B 1x4096, random weights), eager
 #         and as CUDA-graph replays (bench model --cuda-graph), after the graph test (captured calls causal, no mask).
+# models: the same prefill benches, eager only.
 # bwdpaths: forward+backward at N=4096 with each grouped variant also on the backward's earlier paths
 #           (bench_attention.py --backward --backward-paths: regroup launches / the forward's Q_eff kept).
 # Logs and JSON go to $OUT (the device tool's folder) or /tmp/device-check; each table prints last.
@@ -42,7 +44,8 @@ for step in "${steps[@]}"; do
     bwd) python scripts/bench_attention.py --backward --quick --rep-ms 10 --json "$out/bwd.json" 2>&1 \
            | tee "$out/bwd.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     bwd16k) python scripts/bench_attention.py --backward --n 16384 --rep-ms 10 --json "$out/bwd16k.json" \
-           --variants "distr G=1" "distr G=2 mean" "distr G=2 rank1" "distr G=2 rank1 W128 c.5" 2>&1 \
+           --variants "distr G=1" "distr G=2 mean" "distr G=2 rank1" "distr G=2 rank1 W128 c.5" "distr G=2 mean sdpa" \
+           "distr G=2 rank1 sdpa" 2>&1 \
            | tee "$out/bwd16k.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     tiles) python scripts/compare_fwd_configs.py --variants "G2 mean" "G2 rank1" "G2 r1 W128 c.5" --d 64 128 \
            --alternatives 2>&1 | tee "$out/tiles.log" | sed -n '/^| d |/,$p' || rc=1 ;;
@@ -59,9 +62,15 @@ for step in "${steps[@]}"; do
     grouping) python scripts/bench_grouping.py 2>&1 | tee "$out/grouping.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     kernel-tests) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py 2>&1 \
            | tee "$out/kernel-tests.log" | tail -20 || rc=1 ;;
-    graphs) python -m pytest -q -p no:cacheprovider -m gpu tests/patching/test_triton_models.py -k cuda_graph 2>&1 \
-           | tee "$out/graph-tests.log" | tail -3 || rc=1
-           for g in "" --cuda-graph; do
+    graphs|models)
+           if [ "$step" = graphs ]; then
+             python -m pytest -q -p no:cacheprovider -m gpu tests/patching/test_triton_models.py -k cuda_graph 2>&1 \
+               | tee "$out/graph-tests.log" | tail -3 || rc=1
+             modes=("" --cuda-graph)
+           else
+             modes=("")
+           fi
+           for g in "${modes[@]}"; do
              python -m distr_patch bench model --model preset:smollm2-135m --dtype bfloat16 --device cuda --group-sizes 2 \
                --settings paper,recommended --distr-configs configs/smollm2-135m-g2-calibrated-10pct.json --seq-lens 4096 \
                --batch-sizes 4 --gen-tokens 1 --gen-prompt-len 16 --repeats 10 --no-plots --output-dir "$out" $g 2>&1 \
@@ -70,7 +79,7 @@ for step in "${steps[@]}"; do
                --settings paper,recommended --seq-lens 4096 --batch-sizes 1 --gen-tokens 1 --gen-prompt-len 16 \
                --repeats 10 --no-plots --output-dir "$out" $g 2>&1 | grep "| prefill |" || rc=1
            done ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, grouping, graphs)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, grouping, graphs, models)" >&2; exit 2 ;;
   esac
 done
 exit $rc
