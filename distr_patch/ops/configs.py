@@ -83,12 +83,6 @@ DEFAULT_FWD_WS = _env_flag("DISTR_FWD_WS", None)  # FwdConfig.warp_specialize; N
 # causal) run as torch's SDPA on Q_eff (``sdpa_engine.py``), else the fused Triton kernel. H200, N >= 4096: forward
 # 2-18% and forward+backward 15-28% faster than the fused kernel (docs/benchmarks.md, "backend='sdpa'").
 DEFAULT_AUTO_SDPA = _env_flag("DISTR_AUTO_SDPA", True)
-
-
-def auto_runs_sdpa(group_size: int, exact_window: int, attention_mask, causal: bool, N: int, M: int) -> bool:
-    """Whether ``backend="auto"`` on a CUDA tensor runs the call as SDPA on Q_eff (see DEFAULT_AUTO_SDPA)."""
-    return bool(DEFAULT_AUTO_SDPA) and (group_size == 1 or exact_window == 0) and attention_mask is None \
-        and (not causal or N == M)
 # The backward: the dQ kernel's epilogue maps dQ_eff back (BwdConfig.dq_epilogue; None: the table), and the
 # forward keeps its Q_eff and column -> position map for the backward (else the backward forms them again).
 DEFAULT_DQ_EPILOGUE = _env_flag("DISTR_DQ_EPILOGUE", None)
@@ -96,6 +90,12 @@ DEFAULT_KEEP_QEFF = _env_flag("DISTR_KEEP_QEFF", True)
 DEFAULT_DQ_ATOMIC = _env_flag("DISTR_DQ_ATOMIC", None)  # BwdConfig.dq_atomic; None: the table
 DEFAULT_BWD_KV_TMA = _env_flag("DISTR_BWD_KV_TMA", None)  # BwdConfig.kv_tma; None: the table
 DEFAULT_BWD_Q_TMA = _env_flag("DISTR_BWD_Q_TMA", None)  # BwdConfig.q_tma; None: the table
+
+
+def auto_runs_sdpa(group_size: int, exact_window: int, attention_mask, causal: bool, N: int, M: int) -> bool:
+    """Whether ``backend="auto"`` on a CUDA tensor runs the call as SDPA on Q_eff (see DEFAULT_AUTO_SDPA)."""
+    return bool(DEFAULT_AUTO_SDPA) and (group_size == 1 or exact_window == 0) and attention_mask is None \
+        and (not causal or N == M)
 
 
 def interpreting() -> bool:

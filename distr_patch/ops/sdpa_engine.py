@@ -111,7 +111,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
 def sdpa_distr_attention(q, k, v, *, group_size, block_m, fusion, exact_window, window_correction, causal,
                          attention_mask, scale, num_hash_bits, seed, query_valid, groups) -> torch.Tensor:
     """DistrAttention without an exact window, as SDPA on Q_eff (inputs already validated by ``distr_attention``)."""
-    if exact_window:
+    if exact_window and group_size > 1:  # at G = 1 every score is exact: the window changes nothing
         raise ValueError(f"backend='sdpa' has no exact window (a band of exact scores next to grouped ones is not "
                          f"one SDPA call): exact_window must be 0, got {exact_window}; use backend='triton'")
     if q.is_cuda and group_size > 1:  # the grouping and regroup launches take the fused kernel's head dims, dtypes

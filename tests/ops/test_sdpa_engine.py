@@ -96,6 +96,9 @@ def test_sdpa_backend_has_no_exact_window():
     q, k, v, kw = _case_inputs(CASES[1])
     with pytest.raises(ValueError, match="exact_window must be 0"):
         distr_attention(q, k, v, backend="sdpa", exact_window=16, **kw)
+    exact = dict(kw, group_size=1)  # G = 1: every score is exact, so a window is no error
+    torch.testing.assert_close(distr_attention(q, k, v, backend="sdpa", exact_window=16, **exact),
+                               reference_distr_attention(q, k, v, **exact), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="backend must be one of"):
         distr_attention(q, k, v, backend="cudnn", **kw)
 
