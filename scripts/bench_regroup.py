@@ -2,7 +2,7 @@
 side by side on the GPU, with its memory throughput against a plain copy of the same bytes.
 
     python scripts/bench_regroup.py                     # d=64 and 128, rank1 and mean, N=4096
-    python scripts/bench_regroup.py --tiles 4,64 8,32 4,32 8,64
+    python scripts/bench_regroup.py --tiles 4,64 8,32 4,32 8,64 4,64,64 8,64,128   # warps,columns[,rows]
 
 Checks every tile's output against the default tile's (the same function), then prints one markdown table.
 """
@@ -20,7 +20,8 @@ def main():
     ap.add_argument("--d", nargs="+", type=int, default=[64, 128])
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--tokens", type=int, default=32768, help="B*N")
-    ap.add_argument("--tiles", nargs="+", default=["4,64", "8,32", "4,32", "8,64"], help="num_warps,columns")
+    ap.add_argument("--tiles", nargs="+", default=["4,64", "8,32", "4,64,64", "4,64,128", "8,64,128"],
+                    help="num_warps,columns[,rows per program]")
     args = ap.parse_args()
     tiles = [tuple(int(x) for x in t.split(",")) for t in args.tiles]
     rows = []

@@ -166,8 +166,9 @@ def regroup(x: torch.Tensor, groups: torch.Tensor, w1: torch.Tensor | None, w2: 
     ``inverse_groups``, computed here if not given); w1/w2 fp32 like groups, or None with
     ``mean_weights = (w1, w2)`` scalars. Returns a contiguous tensor.
 
-    ``tiles``: (num_warps, output columns per dot) instead of ``REGROUP_TILES`` (for side-by-side timing,
-    ``scripts/bench_regroup.py``).
+    ``tiles``: (num_warps, output columns per dot[, rows per program]) instead of ``REGROUP_TILES`` (for
+    side-by-side timing, ``scripts/bench_regroup.py``). Rows per program default to min(32, block_m); a program's
+    rows stay inside one grouping block, so they must divide block_m.
 
     The product runs as a dot with the block's [d, d] fusion matrix: fp32 operands at tf32
     precision when the output is 16-bit (the weights' 2^-11 rounding is below the output's
@@ -184,11 +185,11 @@ def regroup(x: torch.Tensor, groups: torch.Tensor, w1: torch.Tensor | None, w2: 
     w1c, w2c = mean_weights if mean_weights is not None else (1.0, 1.0)
     add_t = add if add is not None else y
     d_pad = triton.next_power_of_2(d)
-    rows = min(32, block_m)
-    warps, cb = tiles or REGROUP_TILES
-    if warps not in (1, 2, 4, 8, 16) or cb < 16 or cb & (cb - 1):
-        raise ValueError(f"tiles must be (num_warps in 1/2/4/8/16, output columns: a power of two >= 16), "
-                         f"got {tiles}")
+    warps, cb, *rows = tiles or REGROUP_TILES
+    rows = rows[0] if rows else min(32, block_m)
+    if warps not in (1, 2, 4, 8, 16) or cb < 16 or cb & (cb - 1) or rows < 16 or block_m % rows:
+        raise ValueError(f"tiles must be (num_warps in 1/2/4/8/16, output columns: a power of two >= 16[, rows per "
+                         f"program: >= 16, dividing block_m={block_m}]), got {tiles}")
     _regroup_kernel[(triton.cdiv(N, rows), B * H)](
         x, y, add_t, inv, w1, w2, float(w1c), float(w2c),
         *x.stride(), *y.stride(), *add_t.stride(), H, N, nb, block_m,

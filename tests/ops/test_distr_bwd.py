@@ -208,14 +208,15 @@ def test_regroup_is_fused_queries_and_its_adjoint_interpreter():
         g32 = groups.to(torch.int32).contiguous()
         qe = regroup(q, g32, a, b, group_size=G, block_m=32, out_dtype=torch.float32)
         assert torch.allclose(qe, fused_queries(q, groups, a, b, group_size=G, block_m=32), atol=1e-5)
-        for tiles in ((8, 32), (4, 16)):  # other launch tiles: the same function
+        for tiles in ((8, 32), (4, 16), (4, 32, 16)):  # other launch tiles (and rows per program): the same function
             assert torch.allclose(regroup(q, g32, a, b, group_size=G, block_m=32, out_dtype=torch.float32,
                                           tiles=tiles), qe, atol=1e-6)
-    with pytest.raises(ValueError, match="tiles must be"):
-        regroup(q, g32, a, b, group_size=G, block_m=32, out_dtype=torch.float32, tiles=(4, 24))
-        y = torch.randn_like(q)
+        y = torch.randn_like(q)  # the swapped weights give the adjoint: <Q_eff, y> = <q, adj(y)>
         adj = regroup(y, g32, b, a, group_size=G, block_m=32, out_dtype=torch.float32)
         assert abs((qe * y).sum() - (q * adj).sum()) <= 1e-3 * (qe * y).abs().sum()
+    for tiles in ((4, 24), (4, 32, 64)):  # columns not a power of two; rows spanning two 32-row grouping blocks
+        with pytest.raises(ValueError, match="tiles must be"):
+            regroup(q, g32, a, b, group_size=G, block_m=32, out_dtype=torch.float32, tiles=tiles)
 
 
 # (B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, dQ tile rows)
