@@ -79,10 +79,14 @@ def _env_flag(name: str, default: bool | None) -> bool | None:
 DEFAULT_QEFF_PROLOGUE = _env_flag("DISTR_QEFF_PROLOGUE", None)
 DEFAULT_KV_TMA = _env_flag("DISTR_KV_TMA", None)
 DEFAULT_FWD_WS = _env_flag("DISTR_FWD_WS", None)  # FwdConfig.warp_specialize; None: the table
-# backend="auto" on CUDA: calls that are plain attention on Q_eff (no exact window, no tensor mask, N == M or not
-# causal) run as torch's SDPA on Q_eff (``sdpa_engine.py``), else the fused Triton kernel. H200, N >= 4096: forward
-# 2-18% and forward+backward 15-28% faster than the fused kernel (docs/benchmarks.md, "backend='sdpa'").
-DEFAULT_AUTO_SDPA = _env_flag("DISTR_AUTO_SDPA", True)
+# DISTR_AUTO_SDPA=1: backend="auto" on CUDA runs calls that are plain attention on Q_eff (no exact window, no tensor
+# mask, N == M or not causal) as torch's SDPA on Q_eff (``sdpa_engine.py``), the others on the fused Triton kernel.
+# Off by default (H200, docs/benchmarks.md, "backend='sdpa'"): the operator alone was faster at N >= 4096 (forward
+# 2-18%, forward+backward 15-28%), but whole-model eager prefill got slower (SmolLM2 4x4096 0.92x -> 0.83x exact,
+# Llama-3.2-1B 0.90x -> 0.74x; cause not isolated), and a bf16 model's padded batch (a mask: the fused kernel) then
+# no longer matched each sequence run alone (no mask: SDPA): the engines round differently, and the next layer's
+# LSH grouping amplifies that.
+DEFAULT_AUTO_SDPA = _env_flag("DISTR_AUTO_SDPA", False)
 # The backward: the dQ kernel's epilogue maps dQ_eff back (BwdConfig.dq_epilogue; None: the table), and the
 # forward keeps its Q_eff and column -> position map for the backward (else the backward forms them again).
 DEFAULT_DQ_EPILOGUE = _env_flag("DISTR_DQ_EPILOGUE", None)

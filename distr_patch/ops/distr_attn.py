@@ -689,9 +689,9 @@ def distr_attention(
         backend: "auto", "triton", "reference" or "sdpa". "sdpa" (no exact window): Q_eff by our grouping
             and regroup launches, then torch's scaled_dot_product_attention on (Q_eff, k, v): the same function on
             whichever exact kernel PyTorch picks, cuDNN on Hopper (``sdpa_engine.py``). "triton": the fused
-            kernel (on CPU tensors it needs TRITON_INTERPRET=1, the Triton interpreter). "auto": CPU -> reference;
-            CUDA -> "sdpa" for calls without an exact window or a tensor mask (and N == M when causal), the
-            fused kernel for the others (``configs.auto_runs_sdpa``; DISTR_AUTO_SDPA=0: always the kernel).
+            kernel (on CPU tensors it needs TRITON_INTERPRET=1, the Triton interpreter). "auto": CPU -> reference,
+            CUDA -> the fused kernel (with DISTR_AUTO_SDPA=1: "sdpa" for calls without an exact window or a tensor
+            mask, and N == M when causal; ``configs.auto_runs_sdpa``).
 
     Returns:
         [B, Hq, N, d] in q's dtype.

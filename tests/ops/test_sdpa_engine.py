@@ -104,11 +104,13 @@ def test_sdpa_backend_has_no_exact_window():
 
 
 def test_auto_rule(monkeypatch):
-    """backend="auto" on CUDA: SDPA on Q_eff exactly where that is the whole call (no window, no mask tensor, aligned
-    causal masks), the fused kernel elsewhere; DISTR_AUTO_SDPA=0 keeps the kernel everywhere."""
+    """With DISTR_AUTO_SDPA=1, backend="auto" on CUDA takes SDPA on Q_eff exactly where that is the whole call (no
+    window, no mask tensor, aligned causal masks), the fused kernel elsewhere; by default the kernel everywhere."""
     from distr_patch.ops import configs
 
     rule = configs.auto_runs_sdpa
+    assert configs.DEFAULT_AUTO_SDPA is False and not rule(2, 0, None, True, 512, 512)  # the default
+    monkeypatch.setattr(configs, "DEFAULT_AUTO_SDPA", True)
     assert rule(2, 0, None, True, 512, 512) and rule(4, 0, None, False, 100, 300) and rule(1, 128, None, True, 64, 64)
     assert not rule(2, 128, None, True, 512, 512)  # the exact window
     assert not rule(2, 0, torch.ones(1, 1, 4, 4, dtype=torch.bool), False, 4, 4)  # a tensor mask
@@ -120,10 +122,11 @@ def test_auto_rule(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
 def test_auto_dispatch_gpu(monkeypatch):
-    """auto sends plain calls to the SDPA engine and window / masked calls to the fused kernel, with the same
-    function as forcing either."""
-    from distr_patch.ops import sdpa_engine
+    """With DISTR_AUTO_SDPA=1, auto sends plain calls to the SDPA engine and window / masked calls to the fused
+    kernel, with the same function as forcing either."""
+    from distr_patch.ops import configs, sdpa_engine
 
+    monkeypatch.setattr(configs, "DEFAULT_AUTO_SDPA", True)
     seen = []
     real = sdpa_engine.sdpa_distr_attention
     monkeypatch.setattr(sdpa_engine, "sdpa_distr_attention", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
