@@ -16,6 +16,8 @@
 # graphs: whole-model prefill (SmolLM2 4x4096 with the calibrated config, Llama-3.2-1B 1x4096, random weights), eager
 #         and as CUDA-graph replays (bench model --cuda-graph), after the graph test (captured calls causal, no mask).
 # models: the same prefill benches, eager only.
+# probe-sdpa: which SDPA backend runs (and how fast) at the Llama-3.2-1B and SmolLM2 layer shapes with a contiguous
+#             Q_eff and transposed K/V views (scripts/probe_sdpa_layout.py): why backend="sdpa" lost in models.
 # bwdpaths: forward+backward at N=4096 with each grouped variant also on the backward's earlier paths
 #           (bench_attention.py --backward --backward-paths: regroup launches / the forward's Q_eff kept).
 # Logs and JSON go to $OUT (the device tool's folder) or /tmp/device-check; each table prints last.
@@ -79,7 +81,9 @@ for step in "${steps[@]}"; do
                --settings paper,recommended --seq-lens 4096 --batch-sizes 1 --gen-tokens 1 --gen-prompt-len 16 \
                --repeats 10 --no-plots --output-dir "$out" $g 2>&1 | grep "| prefill |" || rc=1
            done ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, grouping, graphs, models)" >&2; exit 2 ;;
+    probe-sdpa) { python scripts/probe_sdpa_layout.py; python scripts/probe_sdpa_layout.py --batch 4 --heads 9 --kv-heads 3; } \
+           2>&1 | tee "$out/probe-sdpa.log" | grep "^|" || rc=1 ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, grouping, graphs, models, probe-sdpa)" >&2; exit 2 ;;
   esac
 done
 exit $rc
