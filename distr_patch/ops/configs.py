@@ -82,7 +82,7 @@ DEFAULT_FWD_WS = _env_flag("DISTR_FWD_WS", None)  # FwdConfig.warp_specialize; N
 # DISTR_AUTO_SDPA=1: backend="auto" on CUDA runs calls that are plain attention on Q_eff (no exact window, no tensor
 # mask, N == M or not causal) as torch's SDPA on Q_eff (``sdpa_engine.py``), the others on the fused Triton kernel.
 # Off by default (H200, docs/benchmarks.md, "backend='sdpa'"): the operator alone was faster at N >= 4096 (forward
-# 2-18%, forward+backward 15-28%), but whole-model eager prefill got slower (SmolLM2 4x4096 0.92x -> 0.83x exact,
+# 1-23%, forward+backward 13-28%), but whole-model eager prefill got slower (SmolLM2 4x4096 0.92x -> 0.83x exact,
 # Llama-3.2-1B 0.90x -> 0.74x; cause not isolated), and a bf16 model's padded batch (a mask: the fused kernel) then
 # no longer matched each sequence run alone (no mask: SDPA): the engines round differently, and the next layer's
 # LSH grouping amplifies that.
