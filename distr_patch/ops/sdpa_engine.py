@@ -114,7 +114,7 @@ def sdpa_distr_attention(q, k, v, *, group_size, block_m, fusion, exact_window, 
     if exact_window and group_size > 1:  # at G = 1 every score is exact: the window changes nothing
         raise ValueError(f"backend='sdpa' has no exact window (a band of exact scores next to grouped ones is not "
                          f"one SDPA call): exact_window must be 0, got {exact_window}; use backend='triton'")
-    if q.is_cuda and group_size > 1:  # the grouping and regroup launches take the fused kernel's head dims, dtypes
+    if group_size > 1 and (q.is_cuda or interpreting()):  # the launches take the fused kernel's head dims, dtypes
         check_triton_inputs(q)
     qe = query_effective(q, group_size=group_size, block_m=block_m, fusion=fusion, num_hash_bits=num_hash_bits,
                          seed=seed, query_valid=query_valid, groups=groups)

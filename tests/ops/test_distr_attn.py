@@ -254,7 +254,7 @@ def test_kernel_matches_reference_gpu(case, dtype, grouped_qk):
               attention_mask=mask)
     poison = torch.full_like(q, float("nan"))  # the caching allocator hands this block to the output
     del poison
-    out = distr_attention(q, k, v, backend="triton", **kw)  # the fused kernel (auto would take SDPA for some)
+    out = distr_attention(q, k, v, backend="triton", **kw)  # the fused kernel (auto may take SDPA: DISTR_AUTO_SDPA)
     ref = reference_distr_attention(q, k, v, **kw)
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) <= 1e-2, rel_err(out, ref)

@@ -99,6 +99,10 @@ def test_sdpa_backend_has_no_exact_window():
     exact = dict(kw, group_size=1)  # G = 1: every score is exact, so a window is no error
     torch.testing.assert_close(distr_attention(q, k, v, backend="sdpa", exact_window=16, **exact),
                                reference_distr_attention(q, k, v, **exact), atol=1e-5, rtol=1e-5)
+    if INTERPRET:  # Q_eff by the Triton launches: their head dims, named like the fused kernel's
+        q48, k48, v48 = (t[..., :48] for t in (q, k, v))
+        with pytest.raises(ValueError, match="head dim d=48"):
+            distr_attention(q48, k48, v48, backend="sdpa", **kw)
     with pytest.raises(ValueError, match="backend must be one of"):
         distr_attention(q, k, v, backend="cudnn", **kw)
 
