@@ -55,6 +55,9 @@ def _variants(args):
     for G, fusion in ((2, "mean"), (2, "rank1"), (4, "mean")):  # Q_eff by our launches, then torch's SDPA
         v[f"distr G={G} {fusion} sdpa"] = dict(kind="distr", kw=dict(group_size=G, fusion=fusion, block_m=128,
                                                                      backend="sdpa"))
+    for fusion in ("rank1", "mean"):  # the window as pieces: grouped SDPA calls beside the band, our band kernel
+        v[f"distr G=2 {fusion} W128 c.5 bm128 sdpa"] = dict(kind="distr", kw=dict(
+            group_size=2, fusion=fusion, exact_window=128, window_correction=0.5, block_m=128, backend="sdpa"))
     return v
 
 

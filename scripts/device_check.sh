@@ -82,7 +82,7 @@ for step in "${steps[@]}"; do
                --repeats 10 --no-plots --output-dir "$out" $g 2>&1 | grep "| prefill |" || rc=1
            done ;;
     probe-sdpa) { python scripts/probe_sdpa_layout.py; python scripts/probe_sdpa_layout.py --batch 4 --heads 9 --kv-heads 3; } \
-           2>&1 | tee "$out/probe-sdpa.log" | grep "^|" || rc=1 ;;
+           2>&1 | tee "$out/probe-sdpa.log" | grep "^|\|^B=" || rc=1 ;;
     *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, grouping, graphs, models, probe-sdpa)" >&2; exit 2 ;;
   esac
 done

@@ -686,11 +686,12 @@ def distr_attention(
         num_hash_bits, seed: the LSH; projections come from a generator seeded by ``seed``.
         query_valid: bool [B, N]; False rows (padding) count as zeros in the grouping.
         groups: precomputed ``compute_groups`` output [B, Hq, ceil(N/block_m), d].
-        backend: "auto", "triton", "reference" or "sdpa". "sdpa" (no exact window): Q_eff by our grouping
-            and regroup launches, then torch's scaled_dot_product_attention on (Q_eff, k, v): the same function on
-            whichever exact kernel PyTorch picks, cuDNN on Hopper (``sdpa_engine.py``). "triton": the fused
-            kernel (on CPU tensors it needs TRITON_INTERPRET=1, the Triton interpreter). "auto": CPU -> reference,
-            CUDA -> the fused kernel (with DISTR_AUTO_SDPA=1: "sdpa" for calls without an exact window or a tensor
+        backend: "auto", "triton", "reference" or "sdpa". "sdpa": Q_eff by our grouping and regroup launches,
+            then torch's scaled_dot_product_attention on (Q_eff, k, v): the same function on whichever exact kernel
+            PyTorch picks, cuDNN on Hopper (``sdpa_engine.py``). With an exact window (N == M, no tensor mask,
+            forward only): grouped SDPA calls beside the band and our band kernel (``window_merge.py``).
+            "triton": the fused kernel (on CPU tensors it needs TRITON_INTERPRET=1, the Triton interpreter).
+            "auto": CPU -> reference, CUDA -> the fused kernel (with DISTR_AUTO_SDPA=1: "sdpa" for calls without an exact window or a tensor
             mask, and N == M when causal; ``configs.auto_runs_sdpa``).
 
     Returns:

@@ -6,7 +6,9 @@ Without an exact window, DistrAttention is exact attention on a transformed quer
 interpreter, torch ops otherwise) and hands (Q_eff, K, V) to ``torch.nn.functional.scaled_dot_product_attention``,
 which runs the fastest exact kernel PyTorch has for the call (cuDNN, FlashAttention-2 or memory-efficient).
 The function is the same as the fused kernel's, to rounding (Q_eff is rounded to q's dtype in both).
-It cannot do the exact window: a band of exact scores next to grouped ones is not one attention call.
+With an exact window (N == M, no tensor mask, forward only) the call is split in pieces (``window_merge.py``): SDPA
+calls on Q_eff for the keys outside the band, which also return each row's log-sum-exp (PyTorch's cuDNN op on CUDA,
+its CPU flash op otherwise), and our kernel for the exact band, which merges the pieces.
 
 Mask conventions are ours, not SDPA's: causal is bottom-right aligned (SDPA's ``is_causal`` is taken only
 when N == M), and rows with no key to attend give zeros (SDPA would give NaN or a uniform average).
@@ -108,14 +110,81 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     return torch.where(row_ok, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
+# How CUDA calls get a row log-sum-exp from an exact kernel, per (dtype, head dim, GQA): the first that runs.
+_LSE_WAYS = ("cudnn", "cudnn repeated kv", "flash repeated kv")
+_lse_way: dict = {}
+
+
+def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float):
+    """Causal exact attention of square calls and each row's log-sum-exp: q [B, Hq, L, d], k/v [B, Hkv, L, d] ->
+    (out [B, Hq, L, d] in q's dtype, lse [B, Hq, L] fp32, natural log). PyTorch's own kernels (private ops: SDPA's
+    public call returns no log-sum-exp); forward only."""
+    rep = q.shape[1] // k.shape[1]
+    if not q.is_cuda:
+        if rep > 1:
+            k, v = (t.repeat_interleave(rep, dim=1) for t in (k, v))
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True, scale=scale)
+        return out, lse
+    key = (q.dtype, q.shape[-1], rep > 1)
+    ways = (_lse_way[key],) if key in _lse_way else _LSE_WAYS
+    err = None
+    for way in ways:
+        kk, vv = (k, v) if way == "cudnn" or rep == 1 else (t.repeat_interleave(rep, dim=1) for t in (k, v))
+        try:
+            if way.startswith("cudnn"):
+                res = torch.ops.aten._scaled_dot_product_cudnn_attention(q, kk, vv, None, True, 0.0, True, False,
+                                                                         scale=scale)
+            else:
+                res = torch.ops.aten._scaled_dot_product_flash_attention(q, kk, vv, 0.0, True, False, scale=scale)
+        except RuntimeError as e:  # this build, GPU or shape has no such kernel: the next way
+            err = e
+            continue
+        _lse_way[key] = way
+        return res[0], res[1].reshape(q.shape[:3])
+    raise RuntimeError(f"backend='sdpa' with an exact window found no exact kernel that returns a log-sum-exp for "
+                       f"q {tuple(q.shape)} {q.dtype}: {err}")
+
+
+def windowed_sdpa(q: torch.Tensor, qe: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, window: int,
+                  window_correction: float, scale: float) -> torch.Tensor:
+    """DistrAttention with an exact window W from pieces: q, qe (Q_eff) [B, Hq, N, d], k/v [B, Hkv, N, d] ->
+    [B, Hq, N, d]. Grouped keys left of the band (and, not causal, right of it: the reversed sequences) by SDPA on
+    Q_eff with log-sum-exps, the exact band and the merge by ``window_merge``."""
+    from .window_merge import band_merge, band_merge_torch
+
+    N = q.shape[2]
+    left = right = None
+    if N > window:
+        left = _attention_lse(qe[:, :, window:], k[:, :, : N - window], v[:, :, : N - window], scale=scale)
+        if not causal:
+            right = _attention_lse(qe[:, :, : N - window].flip(2), k[:, :, window:].flip(2), v[:, :, window:].flip(2),
+                                   scale=scale)
+    merge = band_merge if (q.is_cuda or interpreting()) else band_merge_torch
+    return merge(q, qe, k, v, left, right, causal=causal, window=window, scale=scale,
+                 window_correction=window_correction)
+
+
 def sdpa_distr_attention(q, k, v, *, group_size, block_m, fusion, exact_window, window_correction, causal,
                          attention_mask, scale, num_hash_bits, seed, query_valid, groups) -> torch.Tensor:
-    """DistrAttention without an exact window, as SDPA on Q_eff (inputs already validated by ``distr_attention``)."""
-    if exact_window and group_size > 1:  # at G = 1 every score is exact: the window changes nothing
-        raise ValueError(f"backend='sdpa' has no exact window (a band of exact scores next to grouped ones is not "
-                         f"one SDPA call): exact_window must be 0, got {exact_window}; use backend='triton'")
+    """DistrAttention as SDPA on Q_eff, with an exact window as SDPA pieces and our band kernel (inputs already
+    validated by ``distr_attention``)."""
+    windowed = bool(exact_window) and group_size > 1  # at G = 1 every score is exact: the window changes nothing
+    if windowed:
+        why = []
+        if attention_mask is not None:
+            why.append("attention_mask must be None")
+        if q.shape[2] != k.shape[2]:
+            why.append(f"N == M (got N={q.shape[2]}, M={k.shape[2]})")
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            why.append("no gradient (it is forward only: run under torch.no_grad() or train with backend='triton')")
+        if why:
+            raise ValueError(f"backend='sdpa' with exact_window={exact_window} needs " + "; ".join(why)
+                             + "; use backend='triton' for this call")
     if group_size > 1 and (q.is_cuda or interpreting()):  # the launches take the fused kernel's head dims, dtypes
         check_triton_inputs(q)
     qe = query_effective(q, group_size=group_size, block_m=block_m, fusion=fusion, num_hash_bits=num_hash_bits,
                          seed=seed, query_valid=query_valid, groups=groups)
+    if windowed:
+        return windowed_sdpa(q, qe, k, v, causal=causal, window=exact_window, window_correction=window_correction,
+                             scale=q.shape[-1] ** -0.5 if scale is None else scale)
     return sdpa_attention(qe, k, v, causal=causal, attention_mask=attention_mask, scale=scale)

@@ -92,11 +92,50 @@ def test_sdpa_backend_takes_precomputed_groups(qeff_way):
     assert rel_err(out, ref) <= 1e-5
 
 
-def test_sdpa_backend_has_no_exact_window():
+# (B, Hq, Hkv, N, d, G, fusion, block_m, causal, W, c)
+WINDOW_CASES = [
+    (1, 2, 2, 200, 32, 2, "rank1", 64, True, 64, 0.5),
+    (2, 4, 2, 150, 64, 2, "mean", 32, False, 32, 1.0),     # GQA, a tail tile, both sides of the band
+    (1, 2, 1, 100, 32, 4, "rank1", 32, False, 128, 0.5),   # W >= N: the band is every key
+    (1, 2, 2, 300, 64, 2, "rank1", 128, True, 128, 0.0),   # no correction
+    (1, 2, 2, 129, 80, 2, "mean", 64, False, 1, 0.5),      # W = 1: the band is the diagonal; d=80
+]
+
+
+def _window_inputs(case, dtype=torch.float32, device="cpu"):
+    B, Hq, Hkv, N, d, G, fusion, block_m, causal, W, c = case
+    q, k, v = make_qkv(zlib.crc32(repr(case).encode()), B, Hq, Hkv, N, N, d, dtype=dtype, device=device)
+    return q, k, v, dict(group_size=G, fusion=fusion, block_m=block_m, causal=causal, exact_window=W,
+                         window_correction=c)
+
+
+@pytest.mark.parametrize("case", WINDOW_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_sdpa_backend_window_matches_reference(case, qeff_way):
+    """The exact window as pieces (grouped SDPA calls left and right of the band with their log-sum-exps, the exact
+    band and the merge: the Triton kernel under the interpreter, torch ops otherwise) is the reference's function."""
+    q, k, v, kw = _window_inputs(case)
+    with torch.no_grad():
+        out = distr_attention(q, k, v, backend="sdpa", **kw)
+    ref = reference_distr_attention(q, k, v, **kw)
+    assert out.shape == q.shape and out.dtype == q.dtype and torch.isfinite(out).all()
+    assert rel_err(out, ref) <= 1e-5, rel_err(out, ref)
+    no_window = reference_distr_attention(q, k, v, **dict(kw, exact_window=0))
+    assert rel_err(ref, no_window) > 1e-3  # the window changed the function, so the match above tests it
+
+
+def test_sdpa_backend_window_limits():
+    """What the windowed pieces cannot do is named, with the way out; G = 1 ignores the window."""
     q, k, v, kw = _case_inputs(CASES[1])
-    with pytest.raises(ValueError, match="exact_window must be 0"):
-        distr_attention(q, k, v, backend="sdpa", exact_window=16, **kw)
-    exact = dict(kw, group_size=1)  # G = 1: every score is exact, so a window is no error
+    with pytest.raises(ValueError, match="exact_window=16 needs no gradient"):
+        distr_attention(q.requires_grad_(), k, v, backend="sdpa", exact_window=16, **kw)
+    q = q.detach()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="attention_mask must be None"):
+            distr_attention(q, k, v, backend="sdpa", exact_window=16, **dict(kw, attention_mask=torch.ones(
+                q.shape[2], k.shape[2], dtype=torch.bool)))
+        with pytest.raises(ValueError, match=r"N == M \(got N=77, M=60\).*backend='triton'"):
+            distr_attention(q, k[:, :, :60], v[:, :, :60], backend="sdpa", exact_window=16, **kw)
+    exact = dict(kw, group_size=1)  # G = 1: every score is exact, so a window is no error, with grad too
     torch.testing.assert_close(distr_attention(q, k, v, backend="sdpa", exact_window=16, **exact),
                                reference_distr_attention(q, k, v, **exact), atol=1e-5, rtol=1e-5)
     if INTERPRET:  # Q_eff by the Triton launches: their head dims, named like the fused kernel's
@@ -168,3 +207,24 @@ def test_sdpa_backend_gpu(case):
     reference_distr_attention(*xr, **kw).backward(do)
     for name, a, b in zip("qkv", x, xr):
         assert rel_err(a.grad, b.grad) <= 2e-2, (name, rel_err(a.grad, b.grad))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("case", [
+    (2, 8, 2, 4096, 64, 2, "rank1", 128, True, 128, 0.5),
+    (1, 8, 8, 4096, 128, 2, "mean", 128, False, 128, 0.5),
+    (1, 9, 3, 1000, 64, 2, "rank1", 32, False, 128, 1.0),
+    (1, 4, 4, 100, 128, 2, "rank1", 128, True, 128, 0.5),   # N <= W: the band alone
+], ids=lambda c: "-".join(map(str, c)))
+def test_sdpa_backend_window_gpu(case):
+    """The windowed pieces in bf16 at real sizes (PyTorch's exact kernels with log-sum-exps, our band kernel): within
+    1e-2 of the fp32 reference and of the fused kernel."""
+    q, k, v, kw = _window_inputs(case, dtype=torch.bfloat16, device="cuda")
+    with torch.no_grad():
+        out = distr_attention(q, k, v, backend="sdpa", **kw)
+        fused = distr_attention(q, k, v, backend="triton", **kw)
+    ref = reference_distr_attention(q, k, v, **kw)
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) <= 1e-2, rel_err(out, ref)
+    assert rel_err(out, fused) <= 1e-2, rel_err(out, fused)
