@@ -1,3 +1,10 @@
+"""Which of PyTorch's exact kernels return a row log-sum-exp for the windowed SDPA engine's calls (a quick probe).
+
+    python scripts/probe_sdpa_lse.py
+
+For the cuDNN, flash and memory-efficient private ops: whether each takes GQA shapes and sliced (non-contiguous)
+views, the log-sum-exp's shape, its error against fp32 (natural log), the output's error and the time (ms).
+"""
 import torch, math, time
 import torch.nn.functional as F
 dev, dt = "cuda", torch.bfloat16
