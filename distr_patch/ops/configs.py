@@ -209,6 +209,29 @@ def _expanded_config(head_dim: int, window: bool, interpret: bool) -> FwdConfig:
 
 
 @dataclass(frozen=True)
+class BandConfig:
+    """Tiles of the windowed SDPA engine's band-and-merge kernel (``window_merge.py``)."""
+    block_m: int  # query rows per program
+    block_n: int  # keys per tile of the band loop
+    num_warps: int
+    num_stages: int
+
+
+# env DISTR_BAND_TILES="block_m,block_n,num_warps,num_stages" overrides the table (for side-by-side timing)
+_BAND_TILES_ENV = os.environ.get("DISTR_BAND_TILES")
+
+
+def band_config(head_dim: int, *, interpret: bool | None = None) -> BandConfig:
+    """The band kernel's tiles: 128 x 64 with 8 warps at d <= 64 (a program's band then spans 4-6 key tiles), 64 x 64
+    with 4 warps above (two fp32 accumulators of d columns live at once); 32 x 32 under the interpreter."""
+    if _BAND_TILES_ENV:
+        return BandConfig(*(int(x) for x in _BAND_TILES_ENV.split(",")))
+    if interpreting() if interpret is None else interpret:
+        return BandConfig(32, 32, 4, 1)
+    return BandConfig(128, 64, 8, 2) if head_dim <= 64 else BandConfig(64, 64, 4, 2)
+
+
+@dataclass(frozen=True)
 class BwdConfig:
     """Launch configuration of the backward (``distr_bwd.py``).
 

@@ -689,10 +689,10 @@ def distr_attention(
         backend: "auto", "triton", "reference" or "sdpa". "sdpa": Q_eff by our grouping and regroup launches,
             then torch's scaled_dot_product_attention on (Q_eff, k, v): the same function on whichever exact kernel
             PyTorch picks, cuDNN on Hopper (``sdpa_engine.py``). With an exact window (N == M, no tensor mask,
-            forward only): grouped SDPA calls beside the band and our band kernel (``window_merge.py``).
+            forward only): grouped SDPA calls beside the band and our band-and-merge kernel (``window_merge.py``).
             "triton": the fused kernel (on CPU tensors it needs TRITON_INTERPRET=1, the Triton interpreter).
-            "auto": CPU -> reference, CUDA -> the fused kernel (with DISTR_AUTO_SDPA=1: "sdpa" for calls without an exact window or a tensor
-            mask, and N == M when causal; ``configs.auto_runs_sdpa``).
+            "auto": CPU -> reference, CUDA -> the fused kernel (with DISTR_AUTO_SDPA=1: "sdpa" for calls without
+            an exact window or a tensor mask, and N == M when causal; ``configs.auto_runs_sdpa``).
 
     Returns:
         [B, Hq, N, d] in q's dtype.

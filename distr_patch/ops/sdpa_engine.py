@@ -7,8 +7,8 @@ interpreter, torch ops otherwise) and hands (Q_eff, K, V) to ``torch.nn.function
 which runs the fastest exact kernel PyTorch has for the call (cuDNN, FlashAttention-2 or memory-efficient).
 The function is the same as the fused kernel's, to rounding (Q_eff is rounded to q's dtype in both).
 With an exact window (N == M, no tensor mask, forward only) the call is split in pieces (``window_merge.py``): SDPA
-calls on Q_eff for the keys outside the band, which also return each row's log-sum-exp (PyTorch's cuDNN op on CUDA,
-its CPU flash op otherwise), and our kernel for the exact band, which merges the pieces.
+calls on Q_eff for the keys beside the band, which also return each row's log-sum-exp (PyTorch's cuDNN op on CUDA,
+its CPU flash op otherwise), and our kernel for the exact band, which corrects and merges.
 
 Mask conventions are ours, not SDPA's: causal is bottom-right aligned (SDPA's ``is_causal`` is taken only
 when N == M), and rows with no key to attend give zeros (SDPA would give NaN or a uniform average).
@@ -115,16 +115,15 @@ _LSE_WAYS = ("cudnn", "cudnn repeated kv", "flash repeated kv")
 _lse_way: dict = {}
 
 
-def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float):
-    """Causal exact attention of square calls and each row's log-sum-exp: q [B, Hq, L, d], k/v [B, Hkv, L, d] ->
-    (out [B, Hq, L, d] in q's dtype, lse [B, Hq, L] fp32, natural log). PyTorch's own kernels (private ops: SDPA's
-    public call returns no log-sum-exp); forward only."""
+def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float):
+    """Exact attention and each row's log-sum-exp: q [B, Hq, N, d], k/v [B, Hkv, M, d] (causal: top-left, as SDPA's
+    is_causal) -> (out [B, Hq, N, d] in q's dtype, lse [B, Hq, N] fp32, natural log). PyTorch's own kernels, by
+    their private ops (SDPA's public call returns no log-sum-exp); forward only."""
     rep = q.shape[1] // k.shape[1]
     if not q.is_cuda:
         if rep > 1:
             k, v = (t.repeat_interleave(rep, dim=1) for t in (k, v))
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True, scale=scale)
-        return out, lse
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
     key = (q.dtype, q.shape[-1], rep > 1)
     ways = (_lse_way[key],) if key in _lse_way else _LSE_WAYS
     err = None
@@ -132,10 +131,10 @@ def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: 
         kk, vv = (k, v) if way == "cudnn" or rep == 1 else (t.repeat_interleave(rep, dim=1) for t in (k, v))
         try:
             if way.startswith("cudnn"):
-                res = torch.ops.aten._scaled_dot_product_cudnn_attention(q, kk, vv, None, True, 0.0, True, False,
+                res = torch.ops.aten._scaled_dot_product_cudnn_attention(q, kk, vv, None, True, 0.0, causal, False,
                                                                          scale=scale)
             else:
-                res = torch.ops.aten._scaled_dot_product_flash_attention(q, kk, vv, 0.0, True, False, scale=scale)
+                res = torch.ops.aten._scaled_dot_product_flash_attention(q, kk, vv, 0.0, causal, False, scale=scale)
         except RuntimeError as e:  # this build, GPU or shape has no such kernel: the next way
             err = e
             continue
@@ -149,16 +148,17 @@ def windowed_sdpa(q: torch.Tensor, qe: torch.Tensor, k: torch.Tensor, v: torch.T
                   window_correction: float, scale: float) -> torch.Tensor:
     """DistrAttention with an exact window W from pieces: q, qe (Q_eff) [B, Hq, N, d], k/v [B, Hkv, N, d] ->
     [B, Hq, N, d]. Grouped keys left of the band (and, not causal, right of it: the reversed sequences) by SDPA on
-    Q_eff with log-sum-exps, the exact band and the merge by ``window_merge``."""
+    Q_eff with log-sum-exps, then ``window_merge``'s kernel: the exact band, the correction and the merge."""
     from .window_merge import band_merge, band_merge_torch
 
     N = q.shape[2]
     left = right = None
     if N > window:
-        left = _attention_lse(qe[:, :, window:], k[:, :, : N - window], v[:, :, : N - window], scale=scale)
+        left = _attention_lse(qe[:, :, window:], k[:, :, : N - window], v[:, :, : N - window], causal=True,
+                              scale=scale)
         if not causal:
             right = _attention_lse(qe[:, :, : N - window].flip(2), k[:, :, window:].flip(2), v[:, :, window:].flip(2),
-                                   scale=scale)
+                                   causal=True, scale=scale)
     merge = band_merge if (q.is_cuda or interpreting()) else band_merge_torch
     return merge(q, qe, k, v, left, right, causal=causal, window=window, scale=scale,
                  window_correction=window_correction)

@@ -1,14 +1,17 @@
 """The exact window on top of exact-attention engines: the band's exact part and the merge of partial attentions.
 
-``backend="sdpa"`` runs DistrAttention with an exact window W (N == M, no tensor mask) as three pieces:
-- the keys left of the band, j <= i - W, grouped: exact attention of Q_eff on them is top-left causal attention
-  of Q_eff[W:] on K[:N-W], one fast SDPA call that also returns each row's log-sum-exp;
-- (not causal) the keys right of it, j >= i + W: the same call on the reversed sequences;
-- the band |i - j| < W, exact: this module's kernel. For each query tile it computes the band's exact and grouped
-  scores (σ², the row's mean squared grouped-vs-exact error over its band keys, gives the correction
-  δ = c·σ²/2 that lowers every grouped score of the row), the band's exact softmax partial, and merges it with
-  the grouped partials, each weighted by exp(its log-sum-exp - δ).
+``backend="sdpa"`` runs DistrAttention with an exact window W (N == M, no tensor mask, forward only) in pieces:
+- the keys left of the band, j <= i - W, grouped: top-left causal attention of Q_eff[W:] on K[:N-W], one SDPA call
+  that also returns each row's log-sum-exp (partial row r is query r + W);
+- not causal, the keys right of it, j >= i + W: the same call on the reversed sequences (partial row r is query
+  N - 1 - W - r);
+- this module's kernel: for each query tile the band's exact and grouped scores. σ², the row's mean squared
+  grouped-vs-exact error over its band keys, gives δ = c·σ²/2, which lowers every grouped score of the row, so each
+  grouped partial is weighted by exp(its log-sum-exp - δ); the band's exact softmax partial joins them.
 The result is the fused kernel's function: one softmax over exact band scores and corrected grouped scores.
+The pieces are sums over disjoint key sets, so nothing is subtracted. (Taking the band's grouped part back out of
+one full grouped call would save a call, but where grouped scores overshoot in the band, the remainder is a
+small difference of large sums: on heavy-tailed inputs that lost 4 digits in fp32, all of them in bf16.)
 """
 from __future__ import annotations
 
@@ -16,9 +19,19 @@ import torch
 import triton
 import triton.language as tl
 
-# One program: BLOCK_M query rows of one (batch, head); it visits the key tiles that meet the rows' band.
-BLOCK_M = 64
-BLOCK_N = 64
+from .configs import BandConfig, band_config
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _grouped_partial(LP, OP, pid_bh, b, h, rows, ok, delta, NP, stride_pb, stride_ph, stride_pn, stride_pd,
+                     offs_d, qmask):
+    """A grouped partial's rows: its log-sum-exp (log2 units) lowered by δ, and its output (fp32)."""
+    lse = tl.load(LP + pid_bh.to(tl.int64) * NP + rows, mask=ok, other=float("-inf")) - delta
+    out = tl.load(OP + b.to(tl.int64) * stride_pb + h.to(tl.int64) * stride_ph + rows[:, None] * stride_pn
+                  + offs_d[None, :] * stride_pd, mask=ok[:, None] & qmask, other=0.0).to(tl.float32)
+    return lse, out
 
 
 @triton.jit
@@ -30,11 +43,12 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
                        stride_lb, stride_lh, stride_ln, stride_ld,
                        stride_rb, stride_rh, stride_rn, stride_rd,
                        stride_ob, stride_oh, stride_on, stride_od,
-                       Hq, N, NP, KV_REP, WINDOW, scale, half_corr,
+                       Hq, N, NP, KV_REP, WINDOW, qk_scale2, half_corr2,
                        HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        CAUSAL: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
-    """O[i] = merge(exact band partial, left partial OL/LL at row i - W, right partial OR/LR at row N-1-W-i).
-    LL, LR: contiguous fp32 [B, Hq, NP] natural-log log-sum-exps of the partials (NP = N - W rows)."""
+    """One program: BLOCK_M query rows of one (batch, head). Scores in log2 units (qk_scale2 = scale·log2 e).
+    OL / OR [B, Hq, NP, d] and LL / LR fp32 contiguous [B, Hq, NP] (log2 units): the grouped partials left and
+    right of the band and their log-sum-exps."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -52,6 +66,7 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
     K += b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
     V += b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
 
+    # the band of rows [m0, m0 + BLOCK_M): keys |i - j| < W (and j <= i when causal)
     lo = (tl.maximum(m0 - WINDOW + 1, 0) // BLOCK_N) * BLOCK_N
     if CAUSAL:
         hi = tl.minimum(m0 + BLOCK_M, N)
@@ -62,12 +77,13 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
     acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     sq = tl.zeros([BLOCK_M], dtype=tl.float32)
     cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start_n in range(lo, hi, BLOCK_N):
+    for start_n in tl.range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kvmask = (offs_n < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
         k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kvmask, other=0.0)
-        se = tl.dot(q, tl.trans(k)) * scale
-        sg = tl.dot(qe, tl.trans(k)) * scale
+        vt = tl.load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kvmask, other=0.0)
+        se = tl.dot(q, tl.trans(k)) * qk_scale2
+        sg = tl.dot(qe, tl.trans(k)) * qk_scale2
         dist = offs_m[:, None] - offs_n[None, :]
         band = (dist < WINDOW) & (dist > -WINDOW) & (offs_n < N)[None, :] & row_ok[:, None]
         if CAUSAL:
@@ -78,76 +94,68 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
         s = tl.where(band, se, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_ref)
-        p = tl.exp(s - m_ref[:, None])
-        vt = tl.load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kvmask, other=0.0)
+        alpha = tl.math.exp2(m_i - m_ref)
+        p = tl.math.exp2(s - m_ref[:, None])
         acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
 
-    delta = half_corr * sq / tl.maximum(cnt, 1.0)
-    has_b = l_i > 0
-    lse_b = tl.where(has_b, m_i + tl.log(tl.where(has_b, l_i, 1.0)), float("-inf"))
-    out_b = acc / tl.where(has_b, l_i, 1.0)[:, None]
+    # δ in log2 units: half_corr2 = (c / 2)·log2 e; σ² from scores in log2 units, divided by (log2 e)²
+    delta = half_corr2 * sq / tl.maximum(cnt, 1.0) * (1.0 / (1.4426950408889634 * 1.4426950408889634))
+    lse_b = tl.where(l_i > 0, m_i + tl.math.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+    out_b = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     lse_l = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     lse_r = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    rl = offs_m - WINDOW
-    ok_l = row_ok & (rl >= 0)
-    rr = N - 1 - WINDOW - offs_m
-    ok_r = row_ok & (rr >= 0)
-    if HAS_LEFT:
-        lse_l = tl.load(LL + pid_bh.to(tl.int64) * NP + rl, mask=ok_l, other=float("-inf")) - delta
-    if HAS_RIGHT:
-        lse_r = tl.load(LR + pid_bh.to(tl.int64) * NP + rr, mask=ok_r, other=float("-inf")) - delta
+    out_l = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    out_r = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    if HAS_LEFT:  # left partial row r is query r + W
+        rows = offs_m - WINDOW
+        lse_l, out_l = _grouped_partial(LL, OL, pid_bh, b, h, rows, row_ok & (rows >= 0), delta, NP,
+                                        stride_lb, stride_lh, stride_ln, stride_ld, offs_d, qmask)
+    if HAS_RIGHT:  # right partial row r is query N - 1 - W - r
+        rows = N - 1 - WINDOW - offs_m
+        lse_r, out_r = _grouped_partial(LR, OR, pid_bh, b, h, rows, row_ok & (rows >= 0), delta, NP,
+                                        stride_rb, stride_rh, stride_rn, stride_rd, offs_d, qmask)
     mx = tl.maximum(lse_b, tl.maximum(lse_l, lse_r))
     mx = tl.where(mx == float("-inf"), 0.0, mx)
-    w_b = tl.exp(lse_b - mx)
-    w_l = tl.exp(lse_l - mx)
-    w_r = tl.exp(lse_r - mx)
-    num = out_b * w_b[:, None]
-    if HAS_LEFT:
-        ol = tl.load(OL + b.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + rl[:, None] * stride_ln
-                     + offs_d[None, :] * stride_ld, mask=ok_l[:, None] & qmask, other=0.0).to(tl.float32)
-        num += ol * w_l[:, None]
-    if HAS_RIGHT:
-        orr = tl.load(OR + b.to(tl.int64) * stride_rb + h.to(tl.int64) * stride_rh + rr[:, None] * stride_rn
-                      + offs_d[None, :] * stride_rd, mask=ok_r[:, None] & qmask, other=0.0).to(tl.float32)
-        num += orr * w_r[:, None]
+    w_b = tl.math.exp2(lse_b - mx)
+    w_l = tl.math.exp2(lse_l - mx)
+    w_r = tl.math.exp2(lse_r - mx)
     den = w_b + w_l + w_r
-    out = num / tl.where(den > 0, den, 1.0)[:, None]
+    out = (out_b * w_b[:, None] + out_l * w_l[:, None] + out_r * w_r[:, None]) / tl.where(den > 0, den, 1.0)[:, None]
     tl.store(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_on
              + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty), mask=qmask)
 
 
 def band_merge(q: torch.Tensor, qe: torch.Tensor, k: torch.Tensor, v: torch.Tensor, left, right, *, causal: bool,
-               window: int, scale: float, window_correction: float) -> torch.Tensor:
+               window: int, scale: float, window_correction: float, config: BandConfig | None = None) -> torch.Tensor:
     """The windowed output [B, Hq, N, d] in q's dtype (Triton; CUDA or the interpreter).
 
     q: the exact queries, qe: Q_eff, both [B, Hq, N, d]; k, v: [B, Hkv, N, d]. left / right: None or
-    (out [B, Hq, N - W, d], lse [B, Hq, N - W] natural log) of the grouped partials: left row r is query r + W,
-    right row r is query N - 1 - W - r. The grouped partials are lowered by c·σ²/2 here.
+    (out [B, Hq, N - W, d], lse [B, Hq, N - W] natural log), the grouped partials (uncorrected) left and right of
+    the band, rows as in the module docstring. config: the tiles (default ``configs.band_config``).
     """
     B, Hq, N, d = q.shape
     NP = max(N - window, 0)
-    d_pad = triton.next_power_of_2(max(d, 16))
+    cfg = config or band_config(d)
     o = torch.empty_like(q)
-    dummy_o, dummy_l = q, q.new_empty(1, dtype=torch.float32)
 
     def part(p):
         if p is None:
-            return dummy_o, dummy_l, (0, 0, 0, 0)
+            return q, q.new_empty(1, dtype=torch.float32), (0, 0, 0, 0)
         out, lse = p
-        return out, lse.reshape(B, Hq, NP).float().contiguous(), out.stride()
+        return out, (lse.reshape(B, Hq, NP).float() * LOG2E).contiguous(), out.stride()
 
     ol, ll, sl = part(left)
     orr, lr, sr = part(right)
-    grid = (triton.cdiv(N, BLOCK_M), B * Hq)
+    grid = (triton.cdiv(N, cfg.block_m), B * Hq)
     _band_merge_kernel[grid](
         q, qe, k, v, ol, ll, orr, lr, o,
         *q.stride(), *qe.stride(), *k.stride(), *v.stride(), *sl, *sr, *o.stride(),
-        Hq, N, NP, Hq // k.shape[1], window, scale, 0.5 * window_correction,
-        HEAD_DIM=d, D_PAD=d_pad, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, CAUSAL=bool(causal),
-        HAS_LEFT=left is not None, HAS_RIGHT=right is not None, num_warps=4)
+        Hq, N, NP, Hq // k.shape[1], window, scale * LOG2E, 0.5 * window_correction * LOG2E,
+        HEAD_DIM=d, D_PAD=triton.next_power_of_2(max(d, 16)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        CAUSAL=bool(causal), HAS_LEFT=left is not None, HAS_RIGHT=right is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return o
 
 
@@ -164,23 +172,18 @@ def band_merge_torch(q, qe, k, v, left, right, *, causal: bool, window: int, sca
     band = dist.abs() < window
     if causal:
         band = band & (dist >= 0)
-    cnt = band.sum(-1).clamp(min=1)
-    delta = 0.5 * window_correction * torch.where(band, (sg - se) ** 2, 0.0).sum(-1) / cnt  # [B, Hq, N]
-    lse_b = torch.logsumexp(se.masked_fill(~band, float("-inf")), -1)
-    out_b = torch.softmax(se.masked_fill(~band, float("-inf")), -1) @ vf
-    lses, outs = [lse_b], [out_b]
+    delta = 0.5 * window_correction * torch.where(band, (sg - se) ** 2, 0.0).sum(-1) / band.sum(-1).clamp(min=1)
+    lses = [torch.logsumexp(se.masked_fill(~band, float("-inf")), -1)]  # [B, Hq, N] each
+    outs = [torch.nan_to_num(torch.softmax(se.masked_fill(~band, float("-inf")), -1)) @ vf]
     NP = max(N - window, 0)
     for p, rows in ((left, i - window), (right, N - 1 - window - i)):
         if p is None:
             continue
-        ok = rows >= 0
-        idx = rows.clamp(min=0, max=max(NP - 1, 0))
         out_p, lse_p = p
-        lse_p = lse_p.reshape(B, Hq, NP).float()[..., idx]
-        lses.append(torch.where(ok, lse_p - delta, float("-inf")))
+        idx = rows.clamp(min=0, max=max(NP - 1, 0))
+        lses.append(torch.where(rows >= 0, lse_p.reshape(B, Hq, NP).float()[..., idx] - delta, float("-inf")))
         outs.append(out_p.float()[..., idx, :])
-    lse = torch.stack(lses)  # [P, B, Hq, N]
-    mx = lse.amax(0).clamp(min=torch.finfo(torch.float32).min)
-    w = torch.exp(lse - mx)
-    out = sum(wp[..., None] * torch.nan_to_num(op) for wp, op in zip(w, outs)) / w.sum(0).clamp(min=1e-30)[..., None]
+    lse = torch.stack(lses)  # [pieces, B, Hq, N]
+    w = torch.exp(lse - lse.amax(0).clamp(min=torch.finfo(torch.float32).min))
+    out = sum(wp[..., None] * op for wp, op in zip(w, outs)) / w.sum(0).clamp(min=1e-30)[..., None]
     return out.to(q.dtype)
