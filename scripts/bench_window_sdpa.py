@@ -30,8 +30,8 @@ def main():
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--tokens", type=int, default=32768, help="B*N")
     ap.add_argument("--window", type=int, default=128)
-    ap.add_argument("--tiles", nargs="*", default=["128,64,8,2", "64,64,4,2", "128,32,8,2", "64,32,4,2",
-                                                   "128,64,8,3", "64,64,4,1"],
+    ap.add_argument("--tiles", nargs="*", default=["64,64,4,2", "64,32,4,2", "64,32,4,3", "64,16,4,2", "32,32,2,2",
+                                                   "32,64,4,2", "64,32,2,2", "128,32,4,2"],
                     help="block_m,block_n,num_warps,num_stages")
     args = ap.parse_args()
     W, N = args.window, args.n
@@ -58,6 +58,12 @@ def main():
                  "reversed copies": 0.0 if causal else ms(lambda: (qe[:, :, : N - W].flip(2), k[:, :, W:].flip(2),
                                                                    v[:, :, W:].flip(2))),
                  "SDPA calls": ms(pieces)}
+            if not causal:  # the same copies by index_select with a reversed index
+                rev = torch.arange(N - W - 1, -1, -1, device="cuda")
+                r["reversed by index"] = ms(lambda: (qe[:, :, : N - W].index_select(2, rev),
+                                                     k[:, :, W:].index_select(2, rev), v[:, :, W:].index_select(2, rev)))
+            else:
+                r["reversed by index"] = 0.0
             default = band_config(d)
             for cfg in tiles:
                 try:

@@ -222,13 +222,13 @@ _BAND_TILES_ENV = os.environ.get("DISTR_BAND_TILES")
 
 
 def band_config(head_dim: int, *, interpret: bool | None = None) -> BandConfig:
-    """The band kernel's tiles: 128 x 64 with 8 warps at d <= 64 (a program's band then spans 4-6 key tiles), 64 x 64
-    with 4 warps above (two fp32 accumulators of d columns live at once); 32 x 32 under the interpreter."""
+    """The band kernel's tiles: 64 query rows x 32 keys, 4 warps, 2 stages (H200, ``scripts/bench_window_sdpa.py``:
+    the fastest of 6 tiles at d=64 and 128, causal and not); 32 x 32 under the interpreter."""
     if _BAND_TILES_ENV:
         return BandConfig(*(int(x) for x in _BAND_TILES_ENV.split(",")))
     if interpreting() if interpret is None else interpret:
         return BandConfig(32, 32, 4, 1)
-    return BandConfig(128, 64, 8, 2) if head_dim <= 64 else BandConfig(64, 64, 4, 2)
+    return BandConfig(64, 32, 4, 2)
 
 
 @dataclass(frozen=True)

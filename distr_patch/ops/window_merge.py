@@ -76,7 +76,11 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     sq = tl.zeros([BLOCK_M], dtype=tl.float32)
-    cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
+    # the row's band keys, counted: [max(i - W + 1, 0), min(i + W - 1, N - 1)] (causal: up to i)
+    if CAUSAL:
+        cnt = (offs_m - tl.maximum(offs_m - WINDOW + 1, 0) + 1).to(tl.float32)
+    else:
+        cnt = (tl.minimum(offs_m + WINDOW - 1, N - 1) - tl.maximum(offs_m - WINDOW + 1, 0) + 1).to(tl.float32)
     for start_n in tl.range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kvmask = (offs_n < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
@@ -85,12 +89,11 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
         se = tl.dot(q, tl.trans(k)) * qk_scale2
         sg = tl.dot(qe, tl.trans(k)) * qk_scale2
         dist = offs_m[:, None] - offs_n[None, :]
-        band = (dist < WINDOW) & (dist > -WINDOW) & (offs_n < N)[None, :] & row_ok[:, None]
+        band = (dist < WINDOW) & (dist > -WINDOW) & (offs_n < N)[None, :]
         if CAUSAL:
             band = band & (dist >= 0)
         diff = tl.where(band, sg - se, 0.0)
         sq += tl.sum(diff * diff, 1)
-        cnt += tl.sum(band.to(tl.float32), 1)
         s = tl.where(band, se, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
