@@ -39,6 +39,9 @@ from .ops.validate import check_block_m, check_group_size, check_hash_bits
 # nothing there, and an LSH grouping fitted to a handful of rows is a poor one.
 DEFAULT_EXACT_BELOW = 16
 
+# DistrConfig.engine values: the operator's own choice, or SDPA on Q_eff wherever it runs the call.
+ENGINES = ("auto", "sdpa")
+
 # Fields that ``layer_overrides`` may set for one layer.
 LAYER_FIELDS = ("group_size", "block_m", "fusion", "exact_window", "window_correction", "num_hash_bits", "seed",
                 "exact_below")
@@ -113,6 +116,7 @@ class LayerSettings:
     seed: int
     exact_below: int
     exact: bool = False  # True: the layer runs transformers' exact SDPA attention
+    engine: str = "auto"  # DistrConfig.engine (model-wide)
     # Query heads whose settings differ from the layer's: {head index: resolved settings} (empty: all alike).
     heads: dict[int, "LayerSettings"] = field(default_factory=dict, hash=False)
 
@@ -146,6 +150,10 @@ class DistrConfig:
         layer_overrides: {layer index: {field: value}} for the fields in ``LAYER_FIELDS``.
         head_overrides: {layer index: {query head index: {field: value}}}, the same fields, on top of the
             layer's settings; {"group_size": 1} keeps a head exact.
+        engine: "auto" (the operator's choice: the fused Triton kernel on CUDA, the PyTorch reference on CPU)
+            or "sdpa": each call that torch's SDPA on Q_eff can run goes there (no tensor mask, N == M when
+            causal; with an exact window also N == M and no gradient, i.e. inference), the others to "auto"
+            (``ops.configs.sdpa_runs``). Model-wide.
     """
     group_size: int = 2
     block_m: int = 128
@@ -160,8 +168,11 @@ class DistrConfig:
     exact_last: int = 0
     layer_overrides: dict[int, dict] = field(default_factory=dict)
     head_overrides: dict[int, dict[int, dict]] = field(default_factory=dict)
+    engine: str = "auto"
 
     def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if isinstance(self.exact_layers, (str, bytes)) or not hasattr(self.exact_layers, "__iter__"):
             raise TypeError(f"exact_layers must be a list of layer indices, got {self.exact_layers!r}")
         self.exact_layers = tuple(self.exact_layers)
@@ -248,7 +259,7 @@ class DistrConfig:
             if not self.is_layer_uniform():
                 raise ValueError("this DistrConfig has per-layer settings, so the layer index is needed")
             values = {f: getattr(self, f) for f in LAYER_FIELDS}
-            return LayerSettings(**values, exact=False)
+            return LayerSettings(**values, exact=False, engine=self.engine)
         if self.exact_last and num_layers is None:
             raise ValueError("exact_last needs the number of layers")
         i = self._resolve_index(layer_idx, num_layers, "layer index")
@@ -264,8 +275,9 @@ class DistrConfig:
             if self._resolve_index(key, num_layers, "head_overrides key") == i:
                 for h, over in overs.items():
                     per_head.setdefault(h, {}).update(over)
-        heads = {} if exact else {h: LayerSettings(**{**values, **over}) for h, over in sorted(per_head.items())}
-        return LayerSettings(**values, exact=exact, heads=heads)
+        heads = {} if exact else {h: LayerSettings(**{**values, **over}, engine=self.engine)
+                                  for h, over in sorted(per_head.items())}
+        return LayerSettings(**values, exact=exact, heads=heads, engine=self.engine)
 
     def for_head(self, layer_idx: int, head: int, num_layers: int | None = None) -> LayerSettings:
         """Settings of query head ``head`` of layer ``layer_idx`` (``for_layer(...).for_head(head)``)."""

@@ -16,6 +16,8 @@
 # graphs: whole-model prefill (SmolLM2 4x4096 with the calibrated config, Llama-3.2-1B 1x4096, random weights), eager
 #         and as CUDA-graph replays (bench model --cuda-graph), after the graph test (captured calls causal, no mask).
 # models: the same prefill benches, eager only.
+# engines: eager prefill benches of paper / recommended (/ calibrated, SmolLM2) on the fused kernel and with
+#          DistrConfig.engine="sdpa" (SDPA on Q_eff; the exact window as SDPA pieces and our band kernel).
 # probe-sdpa: which SDPA backend runs (and how fast) at the Llama-3.2-1B and SmolLM2 layer shapes with a contiguous
 #             Q_eff and transposed K/V views (scripts/probe_sdpa_layout.py): why backend="sdpa" lost in models.
 # bwdpaths: forward+backward at N=4096 with each grouped variant also on the backward's earlier paths
@@ -81,9 +83,26 @@ for step in "${steps[@]}"; do
                --settings paper,recommended --seq-lens 4096 --batch-sizes 1 --gen-tokens 1 --gen-prompt-len 16 \
                --repeats 10 --no-plots --output-dir "$out" $g 2>&1 | grep "| prefill |" || rc=1
            done ;;
+    engines)  # whole-model prefill, each DistrAttention setting on the fused kernel and with DistrConfig.engine="sdpa"
+           python - "$out" <<'PY' || rc=1
+import sys
+from distr_patch import DistrConfig
+out = sys.argv[1]
+DistrConfig.paper(engine="sdpa").save(f"{out}/paper-sdpa.json")
+DistrConfig(engine="sdpa").save(f"{out}/recommended-sdpa.json")
+DistrConfig.load("configs/smollm2-135m-g2-calibrated-10pct.json").replace(engine="sdpa").save(f"{out}/calibrated-sdpa.json")
+PY
+           python -m distr_patch bench model --model preset:smollm2-135m --dtype bfloat16 --device cuda --group-sizes 2 \
+             --settings paper,recommended --distr-configs "$out/paper-sdpa.json,$out/recommended-sdpa.json,$out/calibrated-sdpa.json,configs/smollm2-135m-g2-calibrated-10pct.json" \
+             --seq-lens 4096 --batch-sizes 4 --gen-tokens 1 --gen-prompt-len 16 --repeats 10 --no-plots \
+             --output-dir "$out" 2>&1 | tee "$out/engines-smollm2.log" | grep "| prefill |" || rc=1
+           python -m distr_patch bench model --model preset:llama-3.2-1b --dtype bfloat16 --device cuda --group-sizes 2 \
+             --settings paper,recommended --distr-configs "$out/paper-sdpa.json,$out/recommended-sdpa.json" \
+             --seq-lens 4096 --batch-sizes 1 --gen-tokens 1 --gen-prompt-len 16 --repeats 10 --no-plots \
+             --output-dir "$out" 2>&1 | tee "$out/engines-llama.log" | grep "| prefill |" || rc=1 ;;
     probe-sdpa) { python scripts/probe_sdpa_layout.py; python scripts/probe_sdpa_layout.py --batch 4 --heads 9 --kv-heads 3; } \
            2>&1 | tee "$out/probe-sdpa.log" | grep "^|\|^B=" || rc=1 ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, grouping, graphs, models, probe-sdpa)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, grouping, graphs, models, engines, probe-sdpa)" >&2; exit 2 ;;
   esac
 done
 exit $rc

@@ -26,6 +26,7 @@ from transformers.utils import logging
 from ..compat import check_transformers
 from ..config import DistrConfig, LayerSettings
 from ..ops import distr_attention
+from ..ops.configs import sdpa_runs
 from ..ops.reference import normalize_mask
 
 logger = logging.get_logger(__name__)
@@ -162,13 +163,21 @@ def distr_attention_forward(module, query, key, value, attention_mask, dropout=0
     if attention_mask is not None:
         query_valid = query_rows_valid(attention_mask, query.shape[0], q_len, key.shape[2])
     common = dict(causal=is_causal, scale=scaling, query_valid=query_valid)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+
+    def engine(kw) -> str:  # DistrConfig.engine "sdpa": the calls the SDPA engine runs whole, the rest "auto"
+        runs = settings.engine == "sdpa" and sdpa_runs(kw["group_size"], kw["exact_window"], attention_mask,
+                                                       is_causal, q_len, key.shape[2], needs_grad)
+        return "sdpa" if runs else "auto"
+
     if len(parts) == 1:
-        out = distr_attention(query, key, value, attention_mask=attention_mask, **common, **parts[0][1])
+        kw = parts[0][1]
+        out = distr_attention(query, key, value, attention_mask=attention_mask, backend=engine(kw), **common, **kw)
     else:
         outs = []
         for heads, kw in parts:
             q, k, v, mask = _heads_of(query, key, value, attention_mask, heads)
-            outs.append(distr_attention(q, k, v, attention_mask=mask, **common, **kw))
+            outs.append(distr_attention(q, k, v, attention_mask=mask, backend=engine(kw), **common, **kw))
         order = [h for heads, _ in parts for h in heads]
         inverse = torch.argsort(torch.tensor(order, device=query.device))
         out = torch.cat(outs, dim=1).index_select(1, inverse)

@@ -96,10 +96,19 @@ DEFAULT_BWD_KV_TMA = _env_flag("DISTR_BWD_KV_TMA", None)  # BwdConfig.kv_tma; No
 DEFAULT_BWD_Q_TMA = _env_flag("DISTR_BWD_Q_TMA", None)  # BwdConfig.q_tma; None: the table
 
 
+def sdpa_runs(group_size: int, exact_window: int, attention_mask, causal: bool, N: int, M: int,
+              needs_grad: bool) -> bool:
+    """Whether the SDPA engine runs the call whole and lean: no tensor mask (it would build an [N, M] one), N == M when
+    causal (SDPA's is_causal is top-left), and with an exact window (G > 1) N == M and no gradient."""
+    windowed = group_size > 1 and exact_window > 0
+    return attention_mask is None and (not causal or N == M) and (not windowed or (N == M and not needs_grad))
+
+
 def auto_runs_sdpa(group_size: int, exact_window: int, attention_mask, causal: bool, N: int, M: int) -> bool:
-    """Whether ``backend="auto"`` on a CUDA tensor runs the call as SDPA on Q_eff (see DEFAULT_AUTO_SDPA)."""
-    return bool(DEFAULT_AUTO_SDPA) and (group_size == 1 or exact_window == 0) and attention_mask is None \
-        and (not causal or N == M)
+    """Whether ``backend="auto"`` on a CUDA tensor runs the call as SDPA on Q_eff (see DEFAULT_AUTO_SDPA): calls
+    without an exact window that ``sdpa_runs``."""
+    return bool(DEFAULT_AUTO_SDPA) and (group_size == 1 or exact_window == 0) \
+        and sdpa_runs(group_size, exact_window, attention_mask, causal, N, M, needs_grad=False)
 
 
 def interpreting() -> bool:

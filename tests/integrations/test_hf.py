@@ -206,3 +206,28 @@ def test_all_heads_alike_is_one_call_equal_to_the_layer_setting(monkeypatch):
     monkeypatch.setattr(hf, "distr_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     out, _ = distr_attention_forward(_Attn(heads), q, k, v, None, scaling=0.25)
     assert calls == [1] and torch.equal(out, ref)
+
+
+def test_engine_sdpa_routes_the_calls_it_runs_whole(monkeypatch):
+    """DistrConfig(engine="sdpa"): unmasked inference calls go to the SDPA engine (the window included), with the
+    operator's function; a padding mask, or a windowed call that needs a gradient, goes to "auto"."""
+    seen, real = [], hf.distr_attention
+    monkeypatch.setattr(hf, "distr_attention", lambda *a, **kw: seen.append(kw["backend"]) or real(*a, **kw))
+    q, k, v = _qkv(N=40, M=40, d=32)  # a head dim of the Triton launches that form Q_eff under the interpreter
+    for window in (0, 8):
+        settings = DistrConfig(exact_window=window, exact_below=1, engine="sdpa").for_layer(None)
+        auto = DistrConfig(exact_window=window, exact_below=1).for_layer(None)
+        with torch.no_grad():
+            out, _ = distr_attention_forward(_Attn(settings), q, k, v, None, scaling=0.25)
+            ref, _ = distr_attention_forward(_Attn(auto), q, k, v, None, scaling=0.25)
+        assert seen[-2:] == ["sdpa", "auto"]
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        with torch.no_grad():
+            distr_attention_forward(_Attn(settings), q, k, v, _padding_mask([40, 30], 40, 40), scaling=0.25)
+        assert seen[-1] == "auto"
+        qg = q.clone().requires_grad_()
+        distr_attention_forward(_Attn(settings), qg, k, v, None, scaling=0.25)[0].sum().backward()
+        assert seen[-1] == ("auto" if window else "sdpa") and qg.grad is not None
+    with pytest.raises(ValueError, match="engine must be one of"):
+        DistrConfig(engine="cudnn")
+    assert DistrConfig.from_dict(DistrConfig(engine="sdpa").to_dict()).engine == "sdpa"
