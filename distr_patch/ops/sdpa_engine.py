@@ -110,8 +110,9 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     return torch.where(row_ok, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
-# How CUDA calls get a row log-sum-exp from an exact kernel, per (dtype, head dim, GQA): the first that runs.
-_LSE_WAYS = ("cudnn", "cudnn repeated kv", "flash repeated kv")
+# How CUDA calls get a row log-sum-exp from an exact kernel, per (dtype, head dim, GQA): the first that runs
+# (cuDNN takes GQA as is on the H200; fp32 has only the memory-efficient kernel).
+_LSE_WAYS = ("cudnn", "cudnn repeated kv", "flash repeated kv", "efficient repeated kv")
 _lse_way: dict = {}
 
 
@@ -133,13 +134,16 @@ def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
             if way.startswith("cudnn"):
                 res = torch.ops.aten._scaled_dot_product_cudnn_attention(q, kk, vv, None, True, 0.0, causal, False,
                                                                          scale=scale)
-            else:
+            elif way.startswith("flash"):
                 res = torch.ops.aten._scaled_dot_product_flash_attention(q, kk, vv, 0.0, causal, False, scale=scale)
+            else:  # its log-sum-exp is padded to a multiple of 32 rows
+                res = torch.ops.aten._scaled_dot_product_efficient_attention(q, kk, vv, None, True, 0.0, causal,
+                                                                             scale=scale)
         except RuntimeError as e:  # this build, GPU or shape has no such kernel: the next way
             err = e
             continue
         _lse_way[key] = way
-        return res[0], res[1].reshape(q.shape[:3])
+        return res[0], res[1][..., : q.shape[2]].reshape(q.shape[:3])
     raise RuntimeError(f"backend='sdpa' with an exact window found no exact kernel that returns a log-sum-exp for "
                        f"q {tuple(q.shape)} {q.dtype}: {err}")
 

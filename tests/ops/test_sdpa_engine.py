@@ -228,3 +228,13 @@ def test_sdpa_backend_window_gpu(case):
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) <= 1e-2, rel_err(out, ref)
     assert rel_err(out, fused) <= 1e-2, rel_err(out, fused)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+def test_sdpa_backend_window_fp32_gpu():
+    """fp32 on CUDA: the exact kernel with a log-sum-exp is the memory-efficient one (cuDNN and flash refuse fp32)."""
+    q, k, v, kw = _window_inputs((1, 8, 2, 1000, 64, 2, "rank1", 64, False, 128, 0.5), device="cuda")
+    with torch.no_grad():
+        out = distr_attention(q, k, v, backend="sdpa", **kw)
+    assert rel_err(out, reference_distr_attention(q, k, v, **kw)) <= 1e-4
