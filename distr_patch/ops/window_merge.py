@@ -45,7 +45,8 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
                        stride_ob, stride_oh, stride_on, stride_od,
                        Hq, N, NP, KV_REP, WINDOW, qk_scale2, half_corr2,
                        HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       CAUSAL: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+                       CAUSAL: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                       DOT_PREC: tl.constexpr):
     """One program: BLOCK_M query rows of one (batch, head). Scores in log2 units (qk_scale2 = scale·log2 e).
     OL / OR [B, Hq, NP, d] and LL / LR fp32 contiguous [B, Hq, NP] (log2 units): the grouped partials left and
     right of the band and their log-sum-exps."""
@@ -86,8 +87,8 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
         kvmask = (offs_n < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
         k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kvmask, other=0.0)
         vt = tl.load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kvmask, other=0.0)
-        se = tl.dot(q, tl.trans(k)) * qk_scale2
-        sg = tl.dot(qe, tl.trans(k)) * qk_scale2
+        se = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale2
+        sg = tl.dot(qe, tl.trans(k), input_precision=DOT_PREC) * qk_scale2
         dist = offs_m[:, None] - offs_n[None, :]
         band = (dist < WINDOW) & (dist > -WINDOW) & (offs_n < N)[None, :]
         if CAUSAL:
@@ -99,7 +100,7 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.math.exp2(m_i - m_ref)
         p = tl.math.exp2(s - m_ref[:, None])
-        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PREC)
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
 
@@ -158,6 +159,7 @@ def band_merge(q: torch.Tensor, qe: torch.Tensor, k: torch.Tensor, v: torch.Tens
         Hq, N, NP, Hq // k.shape[1], window, scale * LOG2E, 0.5 * window_correction * LOG2E,
         HEAD_DIM=d, D_PAD=triton.next_power_of_2(max(d, 16)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         CAUSAL=bool(causal), HAS_LEFT=left is not None, HAS_RIGHT=right is not None,
+        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return o
 
