@@ -110,10 +110,34 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     return torch.where(row_ok, out, torch.zeros((), dtype=out.dtype, device=out.device))
 
 
-# How CUDA calls get a row log-sum-exp from an exact kernel, per (dtype, head dim, GQA): the first that runs
-# (cuDNN takes GQA as is on the H200; fp32 has only the memory-efficient kernel).
-_LSE_WAYS = ("cudnn", "cudnn repeated kv", "flash repeated kv", "efficient repeated kv")
+# How calls get a row log-sum-exp from an exact kernel, per (device type, dtype, head dim, GQA): the first way that
+# runs. cuDNN takes GQA as is on the H200; of the CUDA kernels only the memory-efficient one takes fp32; "math" (torch
+# ops, [N, M] scores in memory) is the last resort, so a call never fails for want of a kernel.
+_LSE_WAYS = {"cuda": ("cudnn", "cudnn repeated kv", "flash repeated kv", "efficient repeated kv", "math"),
+             "cpu": ("cpu flash repeated kv", "math")}
 _lse_way: dict = {}
+
+
+def _lse_math(q, k, v, causal: bool, scale: float):
+    s = (q.float() @ k.float().transpose(-1, -2)) * scale
+    if causal:  # top-left, as SDPA's is_causal
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    return (torch.exp(s - lse[..., None]) @ v.float()).to(q.dtype), lse
+
+
+def _lse_call(way: str, q, k, v, causal: bool, scale: float):
+    aten = torch.ops.aten
+    if way == "cudnn" or way == "cudnn repeated kv":
+        return aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False, scale=scale)[:2]
+    if way == "flash repeated kv":
+        return aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)[:2]
+    if way == "efficient repeated kv":  # its log-sum-exp is padded to a multiple of 32 rows
+        out, lse = aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, causal, scale=scale)[:2]
+        return out, lse[..., : q.shape[2]]
+    if way == "cpu flash repeated kv":
+        return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+    return _lse_math(q, k, v, causal, scale)
 
 
 def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float):
@@ -121,30 +145,20 @@ def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     is_causal) -> (out [B, Hq, N, d] in q's dtype, lse [B, Hq, N] fp32, natural log). PyTorch's own kernels, by
     their private ops (SDPA's public call returns no log-sum-exp); forward only."""
     rep = q.shape[1] // k.shape[1]
-    if not q.is_cuda:
-        if rep > 1:
-            k, v = (t.repeat_interleave(rep, dim=1) for t in (k, v))
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
-    key = (q.dtype, q.shape[-1], rep > 1)
-    ways = (_lse_way[key],) if key in _lse_way else _LSE_WAYS
+    dev = "cuda" if q.is_cuda else "cpu"
+    key = (dev, q.dtype, q.shape[-1], rep > 1)
+    ways = (_lse_way[key],) if key in _lse_way else _LSE_WAYS[dev]
     err = None
     for way in ways:
         kk, vv = (k, v) if way == "cudnn" or rep == 1 else (t.repeat_interleave(rep, dim=1) for t in (k, v))
         try:
-            if way.startswith("cudnn"):
-                res = torch.ops.aten._scaled_dot_product_cudnn_attention(q, kk, vv, None, True, 0.0, causal, False,
-                                                                         scale=scale)
-            elif way.startswith("flash"):
-                res = torch.ops.aten._scaled_dot_product_flash_attention(q, kk, vv, 0.0, causal, False, scale=scale)
-            else:  # its log-sum-exp is padded to a multiple of 32 rows
-                res = torch.ops.aten._scaled_dot_product_efficient_attention(q, kk, vv, None, True, 0.0, causal,
-                                                                             scale=scale)
-        except RuntimeError as e:  # this build, GPU or shape has no such kernel: the next way
+            out, lse = _lse_call(way, q, kk, vv, causal, scale)
+        except RuntimeError as e:  # this build, device or shape has no such kernel: the next way
             err = e
             continue
         _lse_way[key] = way
-        return res[0], res[1][..., : q.shape[2]].reshape(q.shape[:3])
-    raise RuntimeError(f"backend='sdpa' with an exact window found no exact kernel that returns a log-sum-exp for "
+        return out, lse.reshape(q.shape[:3])
+    raise RuntimeError(f"backend='sdpa' with an exact window: no exact kernel returned a log-sum-exp for "
                        f"q {tuple(q.shape)} {q.dtype}: {err}")
 
 

@@ -238,3 +238,19 @@ def test_sdpa_backend_window_fp32_gpu():
     with torch.no_grad():
         out = distr_attention(q, k, v, backend="sdpa", **kw)
     assert rel_err(out, reference_distr_attention(q, k, v, **kw)) <= 1e-4
+
+
+@pytest.mark.parametrize("way", ["cpu flash repeated kv", "math"])
+def test_window_pieces_by_each_cpu_way(way, monkeypatch):
+    """Each way of getting the grouped pieces' log-sum-exps on the CPU (PyTorch's CPU flash kernel, and the torch-ops
+    last resort that CUDA falls back to as well) gives the reference's function."""
+    from distr_patch.ops import sdpa_engine
+
+    monkeypatch.setitem(sdpa_engine._LSE_WAYS, "cpu", (way,))
+    monkeypatch.setattr(sdpa_engine, "_lse_way", {})
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q, k, v, kw = _window_inputs(WINDOW_CASES[1])
+    with torch.no_grad():
+        out = distr_attention(q, k, v, backend="sdpa", **kw)
+    assert rel_err(out, reference_distr_attention(q, k, v, **kw)) <= 1e-5
+    assert sdpa_engine._lse_way == {("cpu", torch.float32, 64, True): way}
