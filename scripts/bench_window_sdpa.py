@@ -64,7 +64,7 @@ def main():
                                                      k[:, :, W:].index_select(2, rev), v[:, :, W:].index_select(2, rev)))
             else:
                 r["reversed by index"] = 0.0
-            default = band_config(d)
+            default = band_config(causal)
             for cfg in tiles:
                 try:
                     out = band_merge(q, qe, k, v, left, right, config=cfg, **bkw)

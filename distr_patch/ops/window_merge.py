@@ -141,7 +141,7 @@ def band_merge(q: torch.Tensor, qe: torch.Tensor, k: torch.Tensor, v: torch.Tens
     """
     B, Hq, N, d = q.shape
     NP = max(N - window, 0)
-    cfg = config or band_config(d)
+    cfg = config or band_config(causal)
     o = torch.empty_like(q)
 
     def part(p):
