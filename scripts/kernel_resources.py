@@ -12,6 +12,7 @@ Use it to see why a config is slow before spending device time. Caveats:
     python scripts/kernel_resources.py --variants "G2 r1 W128 c.5" --d 64
     python scripts/kernel_resources.py --backward            # each backward kernel at the backward table's tiles
     python scripts/kernel_resources.py --grouping            # the grouping launch (G=2 mean / rank1, both projections)
+    python scripts/kernel_resources.py --band                # the SDPA engine's band kernel (exact window) per tile
     python scripts/kernel_resources.py --mask float --default-only   # with a tensor attention mask (shared memory)
 
 Prints one markdown table last.
@@ -165,6 +166,28 @@ def grouping_rows(q) -> list:
     return rows
 
 
+BAND_TILES = ((64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 4, 2), (128, 64, 8, 2), (32, 32, 2, 2), (64, 16, 4, 2))
+
+
+def band_rows(d: int, causal: bool) -> list:
+    """(BandConfig, resources) of the windowed SDPA engine's band-and-merge kernel at each tile of BAND_TILES (both
+    grouped partials present, as without causal masking; one with causal masking)."""
+    from distr_patch.ops.configs import BandConfig
+    from distr_patch.ops.window_merge import band_merge
+
+    N, W = 512, 128
+    q, qe, k, v = (torch.randn(1, 2, N, d, dtype=torch.bfloat16) for _ in range(4))
+    part = (torch.randn(1, 2, N - W, d, dtype=torch.bfloat16), torch.randn(1, 2, N - W))
+    rows = []
+    for tiles in BAND_TILES:
+        cfg = BandConfig(*tiles)
+        _compiled.clear()
+        band_merge(q, qe, k, v, part, None if causal else part, causal=causal, window=W, scale=d ** -0.5,
+                   window_correction=0.5, config=cfg)
+        rows.append((cfg, resources([kern for name, kern in _compiled if name == "_band_merge_kernel"][-1])))
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"some of {list(VARIANTS)}")
@@ -175,9 +198,24 @@ def main(argv=None):
     ap.add_argument("--mask", choices=["none", "bool", "float"], default="none",
                     help="compile with a [1, H, N, N] tensor attention mask of this kind (its tiles take shared memory)")
     ap.add_argument("--default-only", action="store_true", help="the table's config only, no alternatives")
+    ap.add_argument("--band", action="store_true", help="the SDPA engine's band kernel (exact window) at each tile")
     args = ap.parse_args(argv)
     driver.set_active(_Sm90Driver())
     jit.JITFunction.run = _compile_only(jit.JITFunction.run)
+    if args.band:
+        from distr_patch.ops.configs import band_config
+
+        print(f"Triton {triton.__version__}, sm_90 (compiled only), bf16, W=128; * = the table's tile\n")
+        print("| d | causal | rows x keys | warps | stages | registers | programs/SM by registers | spill B | shared KB |\n"
+              "|---|---|---|---|---|---|---|---|---|")
+        for d in args.d:
+            for causal in args.causal:
+                for cfg, r in band_rows(d, bool(causal)):
+                    per_sm = 65536 // max(1, r["regs"] * 32 * cfg.num_warps)
+                    star = "*" if cfg == band_config(bool(causal), interpret=False) else ""
+                    print(f"| {d} | {causal} | {cfg.block_m}x{cfg.block_n}{star} | {cfg.num_warps} | {cfg.num_stages} "
+                          f"| {r['regs']} | {per_sm} | {r['spill']} | {r['shared'] / 1024:.0f} |", flush=True)
+        return
     if args.grouping:
         print(f"Triton {triton.__version__}, sm_90 (compiled only), N=512 bf16, block_m=128, storing positions\n")
         print("| d | launch | warps | registers | programs/SM by registers | spill B | shared KB |\n"
