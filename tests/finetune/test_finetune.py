@@ -50,6 +50,30 @@ def test_steps_lower_training_loss_with_distr_g2(tmp_path):
     assert model.config._attn_implementation == "distr"  # still patched after training
 
 
+def test_training_on_the_sdpa_engine(tmp_path, monkeypatch):
+    """DistrConfig(engine="sdpa"): training calls (no window, no mask) run SDPA on Q_eff with its backward, the same
+    function and gradients as the default engine, and the loss falls; the checkpoint keeps the engine."""
+    from distr_patch.integrations import hf
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # Q_eff by torch ops on the CPU (the launches take d >= 32)
+    tok, split = _lm_blocks()
+    blocks = split.train[:8]
+    grads = {}
+    for engine in ("auto", "sdpa"):
+        model = patch_model(tiny_llama(len(tok)), G2.replace(engine=engine))
+        model(input_ids=blocks[:2], labels=blocks[:2]).loss.backward()
+        grads[engine] = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    for a, b in zip(*grads.values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    seen, real = [], hf.distr_attention
+    monkeypatch.setattr(hf, "distr_attention", lambda *a, **kw: seen.append(kw["backend"]) or real(*a, **kw))
+    before = _mean_loss(model, blocks)
+    finetune(model, BlockDataset(blocks), _cfg(tmp_path), output_dir=tmp_path / "t", units_per_sample=32)
+    assert _mean_loss(model, blocks) < before - 0.1 and set(seen) == {"sdpa"}
+    model.save_pretrained(tmp_path / "ckpt")  # what save_checkpoint does through the Trainer
+    assert DistrConfig.from_dict(load_checkpoint(tmp_path / "ckpt").config.distr_config).engine == "sdpa"
+
+
 def test_bf16_gradient_checkpointing_and_accumulation(tmp_path):
     tok, split = _lm_blocks()
     model = patch_model(tiny_llama(len(tok)), G2)
