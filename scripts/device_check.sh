@@ -16,6 +16,8 @@
 # graphs: whole-model prefill (SmolLM2 4x4096 with the calibrated config, Llama-3.2-1B 1x4096, random weights), eager
 #         and as CUDA-graph replays (bench model --cuda-graph), after the graph test (captured calls causal, no mask).
 # models: the same prefill benches, eager only.
+# window: the exact window on backend="sdpa" taken apart (scripts/bench_window_sdpa.py: pieces, band kernel tiles),
+#         then the window variants on both engines at N=4096 and 16384 (bench_attention.py).
 # engines: eager prefill benches of paper / recommended (/ calibrated, SmolLM2) on the fused kernel and with
 #          DistrConfig.engine="sdpa" (SDPA on Q_eff; the exact window as SDPA pieces and our band kernel).
 # probe-sdpa: which SDPA backend runs (and how fast) at the Llama-3.2-1B and SmolLM2 layer shapes with a contiguous
@@ -100,9 +102,14 @@ PY
              --settings paper,recommended --distr-configs "$out/paper-sdpa.json,$out/recommended-sdpa.json" \
              --seq-lens 4096 --batch-sizes 1 --gen-tokens 1 --gen-prompt-len 16 --repeats 10 --no-plots \
              --output-dir "$out" 2>&1 | tee "$out/engines-llama.log" | grep "| prefill |" || rc=1 ;;
+    window) python scripts/bench_window_sdpa.py 2>&1 | tee "$out/window-parts.log" | sed -n '/^| d |/,$p' || rc=1
+           python scripts/bench_attention.py --n 4096 16384 --rep-ms 20 --json "$out/window.json" \
+             --variants "distr G=2 rank1 W128 c.5 bm128" "distr G=2 mean W128 c.5 bm128" \
+             "distr G=2 rank1 W128 c.5 bm128 sdpa" "distr G=2 mean W128 c.5 bm128 sdpa" "distr G=2 mean sdpa" \
+             "distr G=2 rank1 sdpa" 2>&1 | tee "$out/window.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     probe-sdpa) { python scripts/probe_sdpa_layout.py; python scripts/probe_sdpa_layout.py --batch 4 --heads 9 --kv-heads 3; } \
            2>&1 | tee "$out/probe-sdpa.log" | grep "^|\|^B=" || rc=1 ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, grouping, graphs, models, engines, probe-sdpa)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, grouping, graphs, models, engines, window, probe-sdpa)" >&2; exit 2 ;;
   esac
 done
 exit $rc
