@@ -93,6 +93,10 @@ def main(argv=None) -> list[dict]:
         "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)}
     for name, kw in VARIANTS.items():
         fns[f"distr {name}"] = (lambda kw=kw: distr_attention(q, k, v, causal=True, backend="triton", **kw))
+    if not a.stub_kernels:  # the SDPA engine (its torch SDPA calls would run for real on stubbed launches' output)
+        for name in ("G2 mean", "G2 rank1 W128 c.5"):
+            fns[f"distr {name} sdpa"] = (lambda kw=VARIANTS[name]: distr_attention(q, k, v, causal=True,
+                                                                                  backend="sdpa", **kw))
     rows = []
     for name, fn in fns.items():
         for _ in range(5):
