@@ -232,10 +232,14 @@ _BAND_TILES_ENV = os.environ.get("DISTR_BAND_TILES")
 
 def band_config(causal: bool, *, interpret: bool | None = None) -> BandConfig:
     """The band kernel's tiles (H200, ``scripts/bench_window_sdpa.py``, 8 tiles side by side at d=64 and 128): 64 query
-    rows x 32 keys with causal masking (a program's band is 4-5 such tiles), 64 x 64 without (5-12% faster there;
+    rows x 32 keys with causal masking (a program's band spans 6 such tiles), 64 x 64 without (5-12% faster there;
     20% slower causal at d=64); 4 warps, 2 stages. 32 x 32 under the interpreter."""
     if _BAND_TILES_ENV:
-        return BandConfig(*(int(x) for x in _BAND_TILES_ENV.split(",")))
+        parts = _BAND_TILES_ENV.split(",")
+        if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"DISTR_BAND_TILES must be 'block_m,block_n,num_warps,num_stages' (4 integers), "
+                             f"got {_BAND_TILES_ENV!r}")
+        return BandConfig(*(int(p) for p in parts))
     if interpreting() if interpret is None else interpret:
         return BandConfig(32, 32, 4, 1)
     return BandConfig(64, 32 if causal else 64, 4, 2)
