@@ -165,30 +165,37 @@ def band_merge(q: torch.Tensor, qe: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 
 def band_merge_torch(q, qe, k, v, left, right, *, causal: bool, window: int, scale: float,
-                     window_correction: float) -> torch.Tensor:
-    """``band_merge`` in torch ops, with dense [N, N] scores (the CPU path of small calls; fp32 math)."""
+                     window_correction: float, block: int = 128) -> torch.Tensor:
+    """``band_merge`` in torch ops (the CPU path; fp32 math), ``block`` query rows at a time, each against the keys of
+    its band only: O(block·(block + 2W)) scores per (batch, head), not O(N²)."""
     B, Hq, N, d = q.shape
     rep = Hq // k.shape[1]
     kf, vf = (t.repeat_interleave(rep, dim=1).float() for t in (k, v))
-    se = q.float() @ kf.transpose(-1, -2) * scale
-    sg = qe.float() @ kf.transpose(-1, -2) * scale
-    i = torch.arange(N, device=q.device)
-    dist = i[:, None] - i[None, :]
-    band = dist.abs() < window
-    if causal:
-        band = band & (dist >= 0)
-    delta = 0.5 * window_correction * torch.where(band, (sg - se) ** 2, 0.0).sum(-1) / band.sum(-1).clamp(min=1)
-    lses = [torch.logsumexp(se.masked_fill(~band, float("-inf")), -1)]  # [B, Hq, N] each
-    outs = [torch.nan_to_num(torch.softmax(se.masked_fill(~band, float("-inf")), -1)) @ vf]
     NP = max(N - window, 0)
-    for p, rows in ((left, i - window), (right, N - 1 - window - i)):
-        if p is None:
-            continue
-        out_p, lse_p = p
-        idx = rows.clamp(min=0, max=max(NP - 1, 0))
-        lses.append(torch.where(rows >= 0, lse_p.reshape(B, Hq, NP).float()[..., idx] - delta, float("-inf")))
-        outs.append(out_p.float()[..., idx, :])
-    lse = torch.stack(lses)  # [pieces, B, Hq, N]
-    w = torch.exp(lse - lse.amax(0).clamp(min=torch.finfo(torch.float32).min))
-    out = sum(wp[..., None] * op for wp, op in zip(w, outs)) / w.sum(0).clamp(min=1e-30)[..., None]
-    return out.to(q.dtype)
+    parts = [(p[0].float(), p[1].reshape(B, Hq, NP).float(), rows_of)
+             for p, rows_of in ((left, lambda i: i - window), (right, lambda i: N - 1 - window - i)) if p is not None]
+    out = torch.empty(B, Hq, N, d, dtype=q.dtype, device=q.device)
+    for m0 in range(0, N, block):
+        i = torch.arange(m0, min(m0 + block, N), device=q.device)
+        lo, hi = max(m0 - window + 1, 0), min(int(i[-1]) + (1 if causal else window), N)
+        j = torch.arange(lo, hi, device=q.device)
+        se = q[:, :, i].float() @ kf[:, :, lo:hi].transpose(-1, -2) * scale
+        sg = qe[:, :, i].float() @ kf[:, :, lo:hi].transpose(-1, -2) * scale
+        dist = i[:, None] - j[None, :]
+        band = dist.abs() < window
+        if causal:
+            band = band & (dist >= 0)
+        delta = 0.5 * window_correction * torch.where(band, (sg - se) ** 2, 0.0).sum(-1) / band.sum(-1).clamp(min=1)
+        se = se.masked_fill(~band, float("-inf"))
+        lses = [torch.logsumexp(se, -1)]  # [B, Hq, rows] each
+        outs = [torch.nan_to_num(torch.softmax(se, -1)) @ vf[:, :, lo:hi]]
+        for out_p, lse_p, rows_of in parts:
+            rows = rows_of(i)
+            idx = rows.clamp(min=0, max=max(NP - 1, 0))
+            lses.append(torch.where(rows >= 0, lse_p[..., idx] - delta, float("-inf")))
+            outs.append(out_p[..., idx, :])
+        lse = torch.stack(lses)  # [pieces, B, Hq, rows]
+        w = torch.exp(lse - lse.amax(0).clamp(min=torch.finfo(torch.float32).min))
+        num = sum(wp[..., None] * op for wp, op in zip(w, outs))
+        out[:, :, i] = (num / w.sum(0).clamp(min=1e-30)[..., None]).to(q.dtype)
+    return out

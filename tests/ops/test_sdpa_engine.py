@@ -254,3 +254,28 @@ def test_window_pieces_by_each_cpu_way(way, monkeypatch):
         out = distr_attention(q, k, v, backend="sdpa", **kw)
     assert rel_err(out, reference_distr_attention(q, k, v, **kw)) <= 1e-5
     assert sdpa_engine._lse_way == {("cpu", torch.float32, 64, True): way}
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_band_merge_torch_blocks_and_kernel_agree(causal):
+    """The torch band merge gives the same output whatever its query block (tails, blocks narrower than the band),
+    and the Triton band kernel (interpreter) gives it too, on the same pieces."""
+    from distr_patch.ops.sdpa_engine import _attention_lse, query_effective
+    from distr_patch.ops.window_merge import band_merge, band_merge_torch
+
+    q, k, v, kw = _window_inputs((1, 4, 2, 150, 32, 2, "rank1", 32, causal, 24, 0.5))
+    W, scale = 24, 32 ** -0.5
+    qe = query_effective(q, group_size=2, block_m=32, fusion="rank1", num_hash_bits=16, seed=0, query_valid=None,
+                         groups=None)
+    left = _attention_lse(qe[:, :, W:], k[:, :, :-W], v[:, :, :-W], causal=True, scale=scale)
+    right = None if causal else _attention_lse(qe[:, :, :-W].flip(2), k[:, :, W:].flip(2), v[:, :, W:].flip(2),
+                                               causal=True, scale=scale)
+    bkw = dict(causal=causal, window=W, scale=scale, window_correction=0.5)
+    outs = [band_merge_torch(q, qe, k, v, left, right, block=b, **bkw) for b in (128, 16, 7)]
+    if INTERPRET:
+        outs.append(band_merge(q, qe, k, v, left, right, **bkw))
+    for o in outs[1:]:
+        assert rel_err(o, outs[0]) <= 1e-6, rel_err(o, outs[0])
+    with torch.no_grad():
+        ref = reference_distr_attention(q, k, v, **kw)
+    assert rel_err(outs[0], ref) <= 1e-5
