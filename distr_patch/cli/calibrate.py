@@ -39,7 +39,7 @@ DEFAULTS = dict(task="lm", model=None, data=None, data_name=None, split="train",
                 calib_windows=1, heldout_windows=2, test_windows=0, max_checks=4, speeds=None, seq_len=None,
                 output_dir="results", run_name=None, plots=True, vit_output="embedding", calib_images=16,
                 heldout_images=32, test_images=0, batch_size=16, image_column="image", per_head=False,
-                all_grouped=True, speedup="auto")
+                all_grouped=True, speedup="auto", engine="auto")
 
 
 def register(sub) -> None:
@@ -90,6 +90,10 @@ def register(sub) -> None:
                    help="kernel time per candidate relative to exact attention, the work the choice saves: a JSON "
                         "file {candidate: ratio}, or 'measure' to time each candidate's operator at the model's "
                         "attention shape first (CUDA only; written to speeds.json); default: analytic count")
+    g.add_argument("--engine", default=o.S, choices=["auto", "sdpa"],
+                   help="what runs DistrAttention while calibrating: auto (default; the PyTorch reference on the "
+                        "CPU) or sdpa (SDPA on Q_eff: the same function, 2-3x faster on the CPU); the written configs "
+                        "keep engine auto")
     g.add_argument("--seq-len", type=int, default=o.S,
                    help="sequence length of the work estimate (lm: --window; vit: the model's tokens)")
     o.add_output(p)
@@ -134,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.provenance import provenance
     from ..eval.results import model_info
     from ..models import load_model
+    from ..config import DistrConfig
 
     s = settings_from(args)
     vit = s["task"] == "vit"
@@ -180,9 +185,11 @@ def run(args: argparse.Namespace) -> int:
         sens, choices = calibrate_full(model, data, budgets, candidates, probe=s["probe"], cost=cost,
                                        max_checks=s["max_checks"], seed=s["seed"], progress=True,
                                        per_head=bool(s["per_head"]), check_all_grouped=bool(s["all_grouped"]),
-                                       speedup=s["speedup"], **inputs)
+                                       speedup=s["speedup"], base=DistrConfig(engine=s["engine"]), **inputs)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    for c in [*choices, *(sens.all_grouped or [])]:  # the engine ran the calibration; the configs stay neutral
+        c.config = c.config.replace(engine="auto")
     name = s["run_name"] or "calibrate-{}-{}".format(re.sub(r"[^A-Za-z0-9.]+", "-", s["model"].rsplit("/", 1)[-1]),
                                                       datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     out = Path(s["output_dir"]) / name

@@ -316,6 +316,31 @@ def test_cli(tmp_path, tiny_lm_dir, capsys):
     assert "unknown candidate" in capsys.readouterr().err
 
 
+def test_cli_engine_sdpa_calibrates_the_same_and_writes_neutral_configs(tmp_path, tiny_lm_dir, monkeypatch):
+    """--engine sdpa: DistrAttention runs on the SDPA engine while calibrating (the same function as the reference,
+    so the same choices); the written configs keep engine auto."""
+    from distr_patch.cli.main import main
+    from distr_patch.integrations import hf
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the tiny model's head dim is below the Triton launches'
+    seen, real = [], hf.distr_attention
+    monkeypatch.setattr(hf, "distr_attention", lambda *a, **kw: seen.append(kw["backend"]) or real(*a, **kw))
+    long_text = tmp_path / "long.txt"
+    long_text.write_text(sample_text(2000))
+    runs = {}
+    for engine in ("auto", "sdpa"):
+        seen.clear()
+        assert main(["calibrate", "--model", str(tiny_lm_dir), "--data", str(long_text), "--budget", "5%",
+                     "--candidates", ",".join(CANDS), "--window", "64", "--heldout-windows", "1", "--engine", engine,
+                     "--no-all-grouped", "--no-plots", "--output-dir", str(tmp_path), "--run-name", engine]) == 0
+        assert set(seen) == {"auto" if engine == "auto" else "sdpa"}
+        runs[engine] = json.loads((tmp_path / engine / "calibration.json").read_text())
+        assert DistrConfig.load(tmp_path / engine / "distr_config-0.05.json").engine == "auto"
+    assert runs["sdpa"]["choices"][0]["distr_config"] == runs["auto"]["choices"][0]["distr_config"]
+    torch.testing.assert_close(torch.tensor(runs["sdpa"]["errors"]), torch.tensor(runs["auto"]["errors"]),
+                               rtol=1e-3, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- per head
 def test_per_head_calibration_within_budget_and_deterministic(model, ids):
     budget = 0.002
