@@ -30,6 +30,8 @@ from . import grouping_triton
 from .grouping_triton import group_block, grouping_launch, triton_grouping
 from .reference import normalize_mask, reference_distr_attention
 from .regroup import fused_query_tile, inverse_groups, regroup
+# Every Triton kernel's module is imported with the package: triton.jit reads TRITON_INTERPRET at import time.
+from .sdpa_engine import sdpa_distr_attention
 from .validate import check_attention_inputs, check_triton_inputs
 
 try:  # the copy engine's tile descriptors (Triton >= 3.4); the kernels fall back to pointer loads without them
@@ -715,8 +717,6 @@ def distr_attention(
                   num_hash_bits=num_hash_bits, seed=seed, query_valid=query_valid, groups=groups)
     if backend == "sdpa" or (backend == "auto" and q.is_cuda and configs.auto_runs_sdpa(
             group_size, exact_window, attention_mask, causal, q.shape[2], k.shape[2])):
-        from .sdpa_engine import sdpa_distr_attention
-
         return sdpa_distr_attention(q, k, v, **kwargs)
     use_triton = backend == "triton" or (backend == "auto" and q.is_cuda)
     if use_triton:

@@ -24,6 +24,7 @@ from .grouping import compute_groups, fused_queries, fusion_weights
 from .reference import causal_allowed, normalize_mask
 from .regroup import inverse_groups, regroup
 from .validate import check_triton_inputs
+from .window_merge import band_merge, band_merge_torch
 
 # SDPA's enable_gqa (torch >= 2.5) reads each KV head for its query heads; older torch gets repeated K/V.
 _SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
@@ -167,8 +168,6 @@ def windowed_sdpa(q: torch.Tensor, qe: torch.Tensor, k: torch.Tensor, v: torch.T
     """DistrAttention with an exact window W from pieces: q, qe (Q_eff) [B, Hq, N, d], k/v [B, Hkv, N, d] ->
     [B, Hq, N, d]. Grouped keys left of the band (and, not causal, right of it: the reversed sequences) by SDPA on
     Q_eff with log-sum-exps, then ``window_merge``'s kernel: the exact band, the correction and the merge."""
-    from .window_merge import band_merge, band_merge_torch
-
     N = q.shape[2]
     left = right = None
     if N > window:
