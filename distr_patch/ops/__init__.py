@@ -1,5 +1,6 @@
 """DistrAttention operator: public function, grouping, PyTorch reference, Triton kernel."""
 from .distr_attn import distr_attention
+from . import distr_autograd as _distr_autograd  # noqa: F401  the backward's kernels, at import like the others
 from .grouping import compute_groups, fusion_weights, hash_projections
 from .reference import exact_attention, reference_distr_attention
 

@@ -30,7 +30,8 @@ from . import grouping_triton
 from .grouping_triton import group_block, grouping_launch, triton_grouping
 from .reference import normalize_mask, reference_distr_attention
 from .regroup import fused_query_tile, inverse_groups, regroup
-# Every Triton kernel's module is imported with the package: triton.jit reads TRITON_INTERPRET at import time.
+# Every Triton kernel's module is imported with the package (the backward's by ``ops/__init__``, after this
+# module): triton.jit reads TRITON_INTERPRET when a kernel is defined, not when it runs.
 from .sdpa_engine import sdpa_distr_attention
 from .validate import check_attention_inputs, check_triton_inputs
 
