@@ -96,12 +96,25 @@ DEFAULT_BWD_KV_TMA = _env_flag("DISTR_BWD_KV_TMA", None)  # BwdConfig.kv_tma; No
 DEFAULT_BWD_Q_TMA = _env_flag("DISTR_BWD_Q_TMA", None)  # BwdConfig.q_tma; None: the table
 
 
+def windowed_sdpa_limits(attention_mask, N: int, M: int, needs_grad: bool) -> list[str]:
+    """What keeps the SDPA engine from a call with an exact window (G > 1), one phrase each; [] when it runs it."""
+    why = []
+    if attention_mask is not None:
+        why.append("attention_mask must be None")
+    if N != M:
+        why.append(f"N == M (got N={N}, M={M})")
+    if needs_grad:
+        why.append("no gradient (it is forward only: run under torch.no_grad() or train with backend='triton')")
+    return why
+
+
 def sdpa_runs(group_size: int, exact_window: int, attention_mask, causal: bool, N: int, M: int,
               needs_grad: bool) -> bool:
     """Whether the SDPA engine runs the call whole and lean: no tensor mask (it would build an [N, M] one), N == M when
-    causal (SDPA's is_causal is top-left), and with an exact window (G > 1) N == M and no gradient."""
-    windowed = group_size > 1 and exact_window > 0
-    return attention_mask is None and (not causal or N == M) and (not windowed or (N == M and not needs_grad))
+    causal (SDPA's is_causal is top-left), and with an exact window (G > 1) ``windowed_sdpa_limits``."""
+    if group_size > 1 and exact_window > 0:
+        return not windowed_sdpa_limits(attention_mask, N, M, needs_grad)
+    return attention_mask is None and (not causal or N == M)
 
 
 def auto_runs_sdpa(group_size: int, exact_window: int, attention_mask, causal: bool, N: int, M: int) -> bool:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .configs import interpreting
+from .configs import interpreting, windowed_sdpa_limits
 from .grouping import compute_groups, fused_queries, fusion_weights
 from .reference import causal_allowed, normalize_mask
 from .regroup import inverse_groups, regroup
@@ -187,13 +187,8 @@ def sdpa_distr_attention(q, k, v, *, group_size, block_m, fusion, exact_window, 
     validated by ``distr_attention``)."""
     windowed = bool(exact_window) and group_size > 1  # at G = 1 every score is exact: the window changes nothing
     if windowed:
-        why = []
-        if attention_mask is not None:
-            why.append("attention_mask must be None")
-        if q.shape[2] != k.shape[2]:
-            why.append(f"N == M (got N={q.shape[2]}, M={k.shape[2]})")
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-            why.append("no gradient (it is forward only: run under torch.no_grad() or train with backend='triton')")
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        why = windowed_sdpa_limits(attention_mask, q.shape[2], k.shape[2], needs_grad)
         if why:
             raise ValueError(f"backend='sdpa' with exact_window={exact_window} needs " + "; ".join(why)
                              + "; use backend='triton' for this call")
