@@ -55,6 +55,9 @@ def _variants(args):
     for G, fusion in ((2, "mean"), (2, "rank1"), (4, "mean")):  # Q_eff by our launches, then torch's SDPA
         v[f"distr G={G} {fusion} sdpa"] = dict(kind="distr", kw=dict(group_size=G, fusion=fusion, block_m=128,
                                                                      backend="sdpa"))
+    for fusion in ("mean", "rank1"):  # Q_eff by the grouping launch and then the regroup launch (not the fused one)
+        v[f"distr G=2 {fusion} sdpa 2launch"] = dict(kind="distr", kw=dict(group_size=2, fusion=fusion, block_m=128,
+                                                                          backend="sdpa", qeff_launch="separate"))
     for fusion in ("rank1", "mean"):  # the window as pieces: grouped SDPA calls beside the band, our band kernel
         v[f"distr G=2 {fusion} W128 c.5 bm128 sdpa"] = dict(kind="distr", kw=dict(
             group_size=2, fusion=fusion, exact_window=128, window_correction=0.5, block_m=128, backend="sdpa"))
@@ -89,7 +92,22 @@ def _make_fn(spec, q, k, v, causal):
         return lambda: sage(q, k, v, tensor_layout="HND", is_causal=causal)
     kw = dict(spec["kw"])
     kw.setdefault("backend", "triton")  # the fused kernel, unless the variant names its engine ("auto" could pick SDPA)
-    return lambda: distr_attention(q, k, v, causal=causal, **kw)
+    return _with_qeff_launch(kw.pop("qeff_launch", None), lambda: distr_attention(q, k, v, causal=causal, **kw))
+
+
+def _with_qeff_launch(launch, fn):
+    """fn run with ``sdpa_engine.QEFF_LAUNCH = launch`` (how backend="sdpa" forms Q_eff); fn itself for None."""
+    if launch is None:
+        return fn
+    from distr_patch.ops import sdpa_engine
+
+    def wrapped():
+        old, sdpa_engine.QEFF_LAUNCH = sdpa_engine.QEFF_LAUNCH, launch
+        try:
+            return fn()
+        finally:
+            sdpa_engine.QEFF_LAUNCH = old
+    return wrapped
 
 
 def _grouping_fn(kw, q, k):
@@ -109,8 +127,9 @@ def _grouping_fn(kw, q, k):
     if kw.get("backend") == "sdpa":  # the grouping launch (storing positions) and the Q_eff regroup launch
         from distr_patch.ops.sdpa_engine import query_effective
 
-        return lambda: query_effective(q, group_size=G, block_m=bm, fusion=kw.get("fusion", "mean"), num_hash_bits=16,
-                                       seed=0, query_valid=None, groups=None)
+        return _with_qeff_launch(kw.get("qeff_launch"), lambda: query_effective(
+            q, group_size=G, block_m=bm, fusion=kw.get("fusion", "mean"), num_hash_bits=16, seed=0, query_valid=None,
+            groups=None))
     cfg = fwd_config(q.shape[-1], G, bm, exact_window=kw.get("exact_window", 0))
     fusion = kw.get("fusion", "mean")
 

@@ -3,6 +3,8 @@ side by side on the GPU, with its memory throughput against a plain copy of the 
 
     python scripts/bench_regroup.py                     # d=64 and 128, rank1 and mean, N=4096
     python scripts/bench_regroup.py --tiles 4,64 8,32 4,32 8,64 4,64,64 8,64,128   # warps,columns[,rows]
+    python scripts/bench_regroup.py --qeff      # Q_eff for backend="sdpa": the grouping launch + the regroup launch
+                                                # against the fused launch under several tiles (also at Llama's shape)
 
 Checks every tile's output against the default tile's (the same function), then prints one markdown table.
 """
@@ -12,7 +14,43 @@ import torch
 import triton
 
 from distr_patch.ops.grouping import compute_groups
+from distr_patch.ops.grouping_triton import qeff_tiles, triton_grouping, triton_query_effective
 from distr_patch.ops.regroup import REGROUP_TILES, regroup
+
+
+def bench_qeff(args):
+    """Q_eff formed by two launches (grouping, regroup) against the fused launch, per tile; ms and GB/s of one read
+    of q and one write of Q_eff."""
+    tiles = [tuple(int(x) for x in t.split(",")) for t in args.qeff_tiles]
+    shapes = [(max(1, args.tokens // args.n), 2048 // d, args.n, d) for d in args.d] + [(1, 32, 4096, 64)]
+    rows = []
+    for B, H, N, d in shapes:
+        # the model's layout: a transposed [B, N, H, d] view
+        q = torch.randn(B, N, H, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        nbytes = 2 * q.numel() * 2
+        for fusion in ("mean", "rank1"):
+            kw = dict(group_size=2, block_m=128, num_hash_bits=16, seed=0, query_valid=None, fusion=fusion)
+
+            def two():
+                grp, wa, wb, inv = triton_grouping(q, positions=True, **kw)
+                return regroup(q, grp, wa, wb, group_size=2, block_m=128, out_dtype=q.dtype, inv=inv,
+                               mean_weights=(0.5, 1.0) if wa is None else None)
+
+            ref = two()
+            grouping_ms = triton.testing.do_bench(lambda: triton_grouping(q, positions=True, **kw))
+            variants = [("grouping + regroup", two)] + [
+                (f"fused {t}", lambda t=t: triton_query_effective(q, tiles=t, **kw)[0]) for t in tiles]
+            for name, fn in variants:
+                same = torch.allclose(fn().float(), ref.float(), rtol=1e-2, atol=1e-2)
+                ms = triton.testing.do_bench(fn)
+                rows.append((f"{B}x{H}x{N}", d, fusion, name, ms, nbytes / ms * 1e-6, grouping_ms, same))
+                print(rows[-1], flush=True)
+    print(f"\nfused default tiles: d=64 {qeff_tiles(64)}, d=128 {qeff_tiles(128)} (warps, columns, rows)")
+    print("\n| B x H x N | d | fusion | Q_eff by | ms | GB/s (q read + Q_eff write) | grouping launch alone ms "
+          "| same as two launches |")
+    print("|---|---|---|---|---|---|---|---|")
+    for shape, d, fusion, name, ms, gbs, gms, same in rows:
+        print(f"| {shape} | {d} | {fusion} | {name} | {ms:.3f} | {gbs:.0f} | {gms:.3f} | {same} |")
 
 
 def main():
@@ -22,7 +60,13 @@ def main():
     ap.add_argument("--tokens", type=int, default=32768, help="B*N")
     ap.add_argument("--tiles", nargs="+", default=["4,64", "8,32", "4,64,64", "4,64,128", "8,64,128"],
                     help="num_warps,columns[,rows per program]")
+    ap.add_argument("--qeff", action="store_true", help="time Q_eff's fused launch against the two launches")
+    ap.add_argument("--qeff-tiles", nargs="+", default=["4,64,32", "2,64,32", "4,32,32", "8,32,32", "4,64,64",
+                                                        "8,64,128", "4,64,16"],
+                    help="num_warps,columns,rows per step of the fused launch")
     args = ap.parse_args()
+    if args.qeff:
+        return bench_qeff(args)
     tiles = [tuple(int(x) for x in t.split(",")) for t in args.tiles]
     rows = []
     for d in args.d:

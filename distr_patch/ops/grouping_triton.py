@@ -43,6 +43,7 @@ import triton.language as tl
 
 from .configs import interpreting
 from .grouping import POWER_ITERATION_STEPS, fusion_weights_torch, hash_projections
+from .regroup import regroup_tile_store
 
 
 @triton.jit
@@ -63,6 +64,40 @@ def _grouping_kernel(Q, QV, R, GRP, W, INV,
     group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, INV + out, pid_blk, stride_qn,
                 stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO,
                 EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, STORE_INV, PROJ_PARTS)
+
+
+@triton.jit
+def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
+                          stride_qb, stride_qh, stride_qn, stride_qd, stride_qvb,
+                          stride_yb, stride_yh, stride_yn, stride_yd,
+                          Hq, N, NB,
+                          HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BM: tl.constexpr, NBITS: tl.constexpr,
+                          NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
+                          DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
+                          EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
+                          RANK_ORDER: tl.constexpr, PROJ_PARTS: tl.constexpr, GROUP_SIZE: tl.constexpr,
+                          ROWS: tl.constexpr, CB: tl.constexpr, DOT_PREC: tl.constexpr):
+    """The grouping of one query block (``group_block``: order, positions, rank1 weights), then its Q_eff rows
+    (``regroup.regroup_tile_store``, ROWS rows at a time): one launch instead of the grouping launch and the regroup
+    launch, and the block's Q is read from memory once (the second read, after the barrier, hits the cache)."""
+    pid_blk = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    Y += b.to(tl.int64) * stride_yb + h.to(tl.int64) * stride_yh
+    out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
+    group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, INV + out, pid_blk, stride_qn,
+                stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO,
+                EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, True, PROJ_PARTS)
+    tl.debug_barrier()  # the positions and weights this program stored are read back below
+    cols = tl.arange(0, D_PAD)
+    for r0 in tl.static_range(0, BM, ROWS):
+        offs_m = pid_blk * BM + r0 + tl.arange(0, ROWS)
+        x = tl.load(Q + offs_m[:, None] * stride_qn + cols[None, :] * stride_qd,
+                    mask=(offs_m < N)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0).to(tl.float32)
+        regroup_tile_store(x, Y, Y, offs_m, N, stride_yn, stride_yd, 0, 0, INV, W, W, w1c, pid_bh,
+                           pid_blk * BM + r0, NB, HEAD_DIM, D_PAD, GROUP_SIZE, BM, ROWS, CB, RANK1, False, DOT_PREC)
 
 
 @triton.jit
@@ -387,3 +422,43 @@ def finish_grouping(q, gl: GroupingLaunch, *, group_size: int, block_m: int, fus
         return (gl.groups, *fusion_weights_torch(q, gl.groups, group_size=group_size, block_m=block_m, fusion=fusion,
                                                  query_valid=query_valid))
     return gl.groups, gl.w, gl.w
+
+
+# (num_warps, output columns per dot, rows per regroup step) of the fused grouping + Q_eff launch, per head dim
+# (``triton_query_effective``). Timed side by side with ``scripts/bench_regroup.py --qeff`` (docs/benchmarks.md).
+QEFF_TILES = {64: (4, 64, 32), 128: (4, 64, 32), 256: (8, 64, 32)}
+
+
+def qeff_tiles(head_dim: int) -> tuple[int, int, int]:
+    """The fused launch's (num_warps, columns per dot, rows per step) for ``head_dim`` (the next tabled size up)."""
+    return next(t for dmax, t in sorted(QEFF_TILES.items()) if head_dim <= dmax)
+
+
+def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
+                           query_valid: torch.Tensor | None, fusion: str, tiles: tuple[int, int, int] | None = None):
+    """Q_eff and the grouping it came from, in one launch: q [B, H, N, d] (16-bit or fp32, any strides) ->
+    (q_eff [B, H, N, d] contiguous in q's dtype, groups int32 [B, H, nb, d], a, b (fp32 [B, H, nb, d] rank1 weights,
+    the same tensor; None for mean), positions int32 [B, H, nb, d] (column -> sorted position)).
+
+    The same function as ``triton_grouping(..., positions=True)`` followed by ``regroup.regroup(q, groups, a, b)``
+    (tests): each program groups one block of ``block_m`` rows, then writes the block's Q_eff rows from the tile
+    it just read. ``tiles``: (num_warps, output columns per dot, rows per step) instead of ``qeff_tiles(d)``.
+    """
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 for a fused Q_eff launch (G=1's Q_eff is q), got {group_size}")
+    B, H, N, d = q.shape
+    gl = grouping_launch(q, group_size=group_size, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
+                         query_valid=query_valid, fusion=fusion, positions=True)
+    warps, cb, rows = tiles or qeff_tiles(d)
+    d_pad = gl.meta["D_PAD"]
+    if warps not in (1, 2, 4, 8, 16) or cb < 16 or cb & (cb - 1) or rows < 16 or rows & (rows - 1) or block_m % rows:
+        raise ValueError(f"tiles must be (num_warps in 1/2/4/8/16, output columns: a power of two >= 16, rows per "
+                         f"step: a power of two >= 16 dividing block_m={block_m}), got {tiles}")
+    qe = torch.empty((B, H, N, d), device=q.device, dtype=q.dtype)
+    nb = gl.groups.shape[2]
+    _grouping_qeff_kernel[(nb, B * H)](
+        q, gl.qv, gl.r, gl.groups, gl.w, gl.inv, qe, 1.0 if gl.rank1 else 1.0 / group_size,
+        *q.stride(), gl.qv_stride, *qe.stride(), H, N, nb, **gl.meta, GROUP_SIZE=group_size, ROWS=rows,
+        CB=min(d_pad, cb), DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=warps)
+    wa = gl.w if gl.rank1 else None
+    return qe, gl.groups, wa, wa, gl.inv

@@ -15,6 +15,8 @@ when N == M), and rows with no key to attend give zeros (SDPA would give NaN or 
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -26,6 +28,11 @@ from .regroup import inverse_groups, regroup
 from .validate import check_triton_inputs
 from .window_merge import band_merge, band_merge_torch
 
+# How Q_eff is formed on CUDA (and under the interpreter) when no groups are given: "fused" (default) by one launch
+# that groups each block and writes its Q_eff rows (``grouping_triton.triton_query_effective``), "separate" by the
+# grouping launch and then the regroup launch. The same Q_eff (tests); side by side: ``scripts/bench_regroup.py``.
+QEFF_LAUNCH = os.environ.get("DISTR_QEFF_LAUNCH", "fused")
+
 # SDPA's enable_gqa (torch >= 2.5) reads each KV head for its query heads; older torch gets repeated K/V.
 _SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
@@ -35,9 +42,11 @@ class _RegroupQuery(torch.autograd.Function):
     The grouping and the weights are constants. wa is None for mean fusion (a = 1/G, b = 1)."""
 
     @staticmethod
-    def forward(ctx, q, grp, inv, wa, wb, group_size: int, block_m: int):
+    def forward(ctx, q, grp, inv, wa, wb, group_size: int, block_m: int, qe=None):
         ctx.save_for_backward(grp, inv, wa, wb)
         ctx.group_size, ctx.block_m = group_size, block_m
+        if qe is not None:  # formed already (the fused grouping + Q_eff launch)
+            return qe
         mean = wa is None
         return regroup(q, grp, wa, wb, group_size=group_size, block_m=block_m, out_dtype=q.dtype,
                        mean_weights=(1.0 / group_size, 1.0) if mean else None, inv=inv)
@@ -50,7 +59,7 @@ class _RegroupQuery(torch.autograd.Function):
         G = ctx.group_size
         dq = regroup(dqe, grp, wb, wa, group_size=G, block_m=ctx.block_m, out_dtype=dqe.dtype,
                      mean_weights=(1.0, 1.0 / G) if mean else None, inv=inv)
-        return dq, None, None, None, None, None, None
+        return dq, None, None, None, None, None, None, None
 
 
 def query_effective(q: torch.Tensor, *, group_size: int, block_m: int, fusion: str, num_hash_bits: int, seed: int,
@@ -60,10 +69,20 @@ def query_effective(q: torch.Tensor, *, group_size: int, block_m: int, fusion: s
     G = group_size
     if G == 1:
         return q
+    if QEFF_LAUNCH not in ("fused", "separate"):
+        raise ValueError(f"sdpa_engine.QEFF_LAUNCH (environment variable DISTR_QEFF_LAUNCH) must be 'fused' or "
+                         f"'separate', got {QEFF_LAUNCH!r}")
     if q.is_cuda or interpreting():  # the grouping launch (it also stores the column -> position map), a regroup
-        from .grouping_triton import triton_grouping
+        from .grouping_triton import triton_grouping, triton_query_effective
 
         qd = q.detach()
+        if groups is None and QEFF_LAUNCH == "fused":
+            qe, grp, wa, wb, inv = triton_query_effective(qd, group_size=G, block_m=block_m,
+                                                          num_hash_bits=num_hash_bits, seed=seed,
+                                                          query_valid=query_valid, fusion=fusion)
+            if not (torch.is_grad_enabled() and q.requires_grad):
+                return qe
+            return _RegroupQuery.apply(q, grp, inv, wa, wb, G, block_m, qe)
         if groups is None:
             grp, wa, wb, inv = triton_grouping(qd, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits,
                                                seed=seed, query_valid=query_valid, fusion=fusion, positions=True)

@@ -387,3 +387,70 @@ def test_grouping_launch_warps_are_checked():
     with pytest.raises(ValueError, match="num_warps must be None or one of"):
         triton_grouping(q, group_size=2, block_m=32, num_hash_bits=16, seed=0, query_valid=None, fusion="mean",
                         num_warps=3)
+
+
+# --------------------------------------------------------------------------- the fused grouping + Q_eff launch
+def _qeff_two_launches(q, **kw):
+    from distr_patch.ops.grouping_triton import triton_grouping
+    from distr_patch.ops.regroup import regroup
+
+    groups, wa, wb, inv = triton_grouping(q, positions=True, **kw)
+    G = kw["group_size"]
+    qe = regroup(q, groups, wa, wb, group_size=G, block_m=kw["block_m"], out_dtype=q.dtype, inv=inv,
+                 mean_weights=(1.0 / G, 1.0) if wa is None else None)
+    return qe, groups, wa, inv
+
+
+def _check_fused_qeff(q, tiles=None, **kw):
+    from distr_patch.ops.grouping import fused_queries
+    from distr_patch.ops.grouping_triton import triton_query_effective
+
+    qe, groups, wa, wb, inv = triton_query_effective(q, tiles=tiles, **kw)
+    qe2, groups2, wa2, inv2 = _qeff_two_launches(q, **kw)
+    assert qe.shape == q.shape and qe.dtype == q.dtype and qe.is_contiguous()
+    assert torch.equal(groups, groups2) and torch.equal(inv, inv2)
+    assert (wa is None) == (wa2 is None) and (wa is None or (wb is wa and torch.equal(wa, wa2)))
+    tol = 1e-6 if q.dtype == torch.float32 else 1e-2
+    assert torch.allclose(qe.float(), qe2.float(), rtol=tol, atol=tol)
+    # and the definition: Q_eff from the same groups and weights by torch ops
+    G, bm = kw["group_size"], kw["block_m"]
+    a, b = fusion_weights(q.float(), groups.long(), group_size=G, block_m=bm, fusion=kw["fusion"],
+                          query_valid=kw["query_valid"])
+    ref = fused_queries(q.float(), groups.long(), a, b, group_size=G, block_m=bm)
+    tol_ref = 1e-5 if q.dtype == torch.float32 else 1e-2  # the kernel's weights: fp32 rounding off torch's
+    assert torch.allclose(qe.float(), ref, rtol=tol_ref, atol=tol_ref * ref.abs().max())
+
+
+@interpreter_only
+@pytest.mark.parametrize("fusion,G,d,N,bm,tiles", [
+    ("mean", 2, 64, 150, 64, None), ("rank1", 2, 32, 100, 32, None), ("rank1", 4, 80, 70, 32, None),
+    ("mean", 4, 96, 140, 128, (4, 32, 64)), ("rank1", 2, 64, 130, 128, (2, 16, 16))])
+def test_fused_qeff_launch_matches_two_launches(fusion, G, d, N, bm, tiles):
+    """One launch (grouping, then the block's Q_eff rows) = the grouping launch + the regroup launch: same groups,
+    positions and weights, same Q_eff; tails, invalid rows and a non-contiguous q included."""
+    q = rand_q(11, (2, N, 3, d)).transpose(1, 2)  # the [B, N, H, d] layout transformers produce
+    valid = torch.ones(2, N, dtype=torch.bool)
+    valid[1, N - 13:] = False
+    _check_fused_qeff(q, tiles=tiles, group_size=G, block_m=bm, num_hash_bits=16, seed=3, query_valid=valid,
+                      fusion=fusion)
+
+
+def test_fused_qeff_launch_rejects_bad_tiles():
+    from distr_patch.ops.grouping_triton import triton_query_effective
+
+    q = rand_q(1, (1, 1, 64, 32))
+    with pytest.raises(ValueError, match="tiles"):
+        triton_query_effective(q, group_size=2, block_m=64, num_hash_bits=16, seed=0, query_valid=None,
+                               fusion="mean", tiles=(3, 32, 32))
+    with pytest.raises(ValueError, match="group_size"):
+        triton_query_effective(q, group_size=1, block_m=64, num_hash_bits=16, seed=0, query_valid=None,
+                               fusion="mean")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("fusion,G", [("mean", 2), ("rank1", 2), ("mean", 4), ("rank1", 4)])
+@pytest.mark.parametrize("d", [64, 128, 80])
+def test_fused_qeff_launch_matches_two_launches_gpu(d, G, fusion):
+    q = rand_q(12, (2, 4000, 8, d), dtype=torch.bfloat16, device="cuda").transpose(1, 2)
+    _check_fused_qeff(q, group_size=G, block_m=128, num_hash_bits=16, seed=0, query_valid=None, fusion=fusion)
