@@ -61,8 +61,8 @@ def main():
     ap.add_argument("--tiles", nargs="+", default=["4,64", "8,32", "4,64,64", "4,64,128", "8,64,128"],
                     help="num_warps,columns[,rows per program]")
     ap.add_argument("--qeff", action="store_true", help="time Q_eff's fused launch against the two launches")
-    ap.add_argument("--qeff-tiles", nargs="+", default=["4,64,32", "2,64,32", "4,32,32", "8,32,32", "4,64,64",
-                                                        "8,64,128", "4,64,16"],
+    ap.add_argument("--qeff-tiles", nargs="+", default=["4,64,64", "4,64,32", "2,64,64", "8,64,64", "4,128,64",
+                                                        "8,64,128", "4,64,128", "8,128,128", "4,64,16"],
                     help="num_warps,columns,rows per step of the fused launch")
     args = ap.parse_args()
     if args.qeff:

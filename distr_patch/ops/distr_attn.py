@@ -32,7 +32,7 @@ from .reference import normalize_mask, reference_distr_attention
 from .regroup import fused_query_tile, inverse_groups, regroup
 # Every Triton kernel's module is imported with the package (the backward's by ``ops/__init__``, after this
 # module): triton.jit reads TRITON_INTERPRET when a kernel is defined, not when it runs.
-from .sdpa_engine import sdpa_distr_attention
+from . import sdpa_engine
 from .validate import check_attention_inputs, check_triton_inputs
 
 try:  # the copy engine's tile descriptors (Triton >= 3.4); the kernels fall back to pointer loads without them
@@ -718,7 +718,7 @@ def distr_attention(
                   num_hash_bits=num_hash_bits, seed=seed, query_valid=query_valid, groups=groups)
     if backend == "sdpa" or (backend == "auto" and q.is_cuda and configs.auto_runs_sdpa(
             group_size, exact_window, attention_mask, causal, q.shape[2], k.shape[2])):
-        return sdpa_distr_attention(q, k, v, **kwargs)
+        return sdpa_engine.sdpa_distr_attention(q, k, v, **kwargs)
     use_triton = backend == "triton" or (backend == "auto" and q.is_cuda)
     if use_triton:
         if not q.is_cuda and not interpreting():

@@ -79,7 +79,8 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
                           ROWS: tl.constexpr, CB: tl.constexpr, DOT_PREC: tl.constexpr):
     """The grouping of one query block (``group_block``: order, positions, rank1 weights), then its Q_eff rows
     (``regroup.regroup_tile_store``, ROWS rows at a time): one launch instead of the grouping launch and the regroup
-    launch, and the block's Q is read from memory once (the second read, after the barrier, hits the cache)."""
+    launch, and the block's Q is read from memory once: with ROWS = BM (no query_valid) Q_eff comes from the tile
+    in registers, otherwise from a second read after the barrier (cache hits)."""
     pid_blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -87,17 +88,23 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
     Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     Y += b.to(tl.int64) * stride_yb + h.to(tl.int64) * stride_yh
     out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
-    group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, INV + out, pid_blk, stride_qn,
-                stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO,
-                EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, True, PROJ_PARTS)
+    xq = group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, INV + out, pid_blk, stride_qn,
+                     stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO,
+                     EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, True, PROJ_PARTS)
     tl.debug_barrier()  # the positions and weights this program stored are read back below
-    cols = tl.arange(0, D_PAD)
-    for r0 in tl.static_range(0, BM, ROWS):
-        offs_m = pid_blk * BM + r0 + tl.arange(0, ROWS)
-        x = tl.load(Q + offs_m[:, None] * stride_qn + cols[None, :] * stride_qd,
-                    mask=(offs_m < N)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0).to(tl.float32)
-        regroup_tile_store(x, Y, Y, offs_m, N, stride_yn, stride_yd, 0, 0, INV, W, W, w1c, pid_bh,
-                           pid_blk * BM + r0, NB, HEAD_DIM, D_PAD, GROUP_SIZE, BM, ROWS, CB, RANK1, False, DOT_PREC)
+    if ROWS == BM and not HAS_QV:  # the whole block at once, from the registers (invalid rows were zeroed there)
+        offs_m = pid_blk * BM + tl.arange(0, BM)
+        regroup_tile_store(xq.to(tl.float32), Y, Y, offs_m, N, stride_yn, stride_yd, 0, 0, INV, W, W, w1c, pid_bh,
+                           pid_blk * BM, NB, HEAD_DIM, D_PAD, GROUP_SIZE, BM, BM, CB, RANK1, False, DOT_PREC)
+    else:  # ROWS at a time, re-read (cache hits): invalid rows get their Q_eff too, as in ``regroup``
+        cols = tl.arange(0, D_PAD)
+        for r0 in tl.static_range(0, BM, ROWS):
+            offs_m = pid_blk * BM + r0 + tl.arange(0, ROWS)
+            x = tl.load(Q + offs_m[:, None] * stride_qn + cols[None, :] * stride_qd,
+                        mask=(offs_m < N)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0).to(tl.float32)
+            regroup_tile_store(x, Y, Y, offs_m, N, stride_yn, stride_yd, 0, 0, INV, W, W, w1c, pid_bh,
+                               pid_blk * BM + r0, NB, HEAD_DIM, D_PAD, GROUP_SIZE, BM, ROWS, CB, RANK1, False,
+                               DOT_PREC)
 
 
 @triton.jit
@@ -110,7 +117,8 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
     """The grouping of one query block: Q points at its (batch, head) [N, d] rows, QV_B at its batch's
     query_valid row (if HAS_QV); writes the sorted column order to GRP_B[0:d], with RANK1 the weights
     u to W_B[0:d], and with STORE_INV each column's sorted position to INV_B[0:d] (``regroup.inverse_groups``
-    of the order, which the attention kernel's Q_eff prologue reads). Shared by ``_grouping_kernel`` and the
+    of the order, which the attention kernel's Q_eff prologue reads). Returns the block's tile [BM, D_PAD] in Q's
+    dtype (zeros for tail and invalid rows). Shared by ``_grouping_kernel``, ``_grouping_qeff_kernel`` and the
     attention kernel's fused-grouping prologue.
 
     R: the directions, fp32 [BM, NBITS_PAD] (PROJ_PARTS = 0: an fp32 FMA dot), or PROJ_PARTS 16-bit parts in
@@ -176,6 +184,7 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
                     xs = tl.dot(xq, onehot.to(xq.dtype))
                 w = _power_weights(xs, BM, G, DG, CH, STEPS, U_ZERO)
                 tl.store(W_B + pj, w, mask=pj < HEAD_DIM)
+    return xq
 
 
 @triton.jit
@@ -426,7 +435,7 @@ def finish_grouping(q, gl: GroupingLaunch, *, group_size: int, block_m: int, fus
 
 # (num_warps, output columns per dot, rows per regroup step) of the fused grouping + Q_eff launch, per head dim
 # (``triton_query_effective``). Timed side by side with ``scripts/bench_regroup.py --qeff`` (docs/benchmarks.md).
-QEFF_TILES = {64: (4, 64, 32), 128: (4, 64, 32), 256: (8, 64, 32)}
+QEFF_TILES = {64: (4, 64, 64), 128: (4, 64, 64), 256: (8, 64, 32)}
 
 
 def qeff_tiles(head_dim: int) -> tuple[int, int, int]:
@@ -450,10 +459,12 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
     gl = grouping_launch(q, group_size=group_size, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
                          query_valid=query_valid, fusion=fusion, positions=True)
     warps, cb, rows = tiles or qeff_tiles(d)
+    if tiles is None:
+        rows = min(rows, block_m)  # a step's rows stay inside one grouping block
     d_pad = gl.meta["D_PAD"]
     if warps not in (1, 2, 4, 8, 16) or cb < 16 or cb & (cb - 1) or rows < 16 or rows & (rows - 1) or block_m % rows:
         raise ValueError(f"tiles must be (num_warps in 1/2/4/8/16, output columns: a power of two >= 16, rows per "
-                         f"step: a power of two >= 16 dividing block_m={block_m}), got {tiles}")
+                         f"step: a power of two >= 16 dividing block_m={block_m}), got {(warps, cb, rows)}")
     qe = torch.empty((B, H, N, d), device=q.device, dtype=q.dtype)
     nb = gl.groups.shape[2]
     _grouping_qeff_kernel[(nb, B * H)](

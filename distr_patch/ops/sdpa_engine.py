@@ -168,6 +168,8 @@ def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     dev = "cuda" if q.is_cuda else "cpu"
     key = (dev, q.dtype, q.shape[-1], rep > 1)
     ways = (_lse_way[key],) if key in _lse_way else _LSE_WAYS[dev]
+    if dev == "cuda" and q.dtype == torch.float32:  # cuDNN and flash are 16-bit kernels: called directly on fp32
+        ways = tuple(w for w in ways if not w.startswith(("cudnn", "flash")))  # they need not refuse it
     err = None
     for way in ways:
         kk, vv = (k, v) if way == "cudnn" or rep == 1 else (t.repeat_interleave(rep, dim=1) for t in (k, v))

@@ -409,9 +409,16 @@ def _check_fused_qeff(q, tiles=None, **kw):
     qe2, groups2, wa2, inv2 = _qeff_two_launches(q, **kw)
     assert qe.shape == q.shape and qe.dtype == q.dtype and qe.is_contiguous()
     assert torch.equal(groups, groups2) and torch.equal(inv, inv2)
-    assert (wa is None) == (wa2 is None) and (wa is None or (wb is wa and torch.equal(wa, wa2)))
+    assert (wa is None) == (wa2 is None) and (wa is None or wb is wa)
     tol = 1e-6 if q.dtype == torch.float32 else 1e-2
-    assert torch.allclose(qe.float(), qe2.float(), rtol=tol, atol=tol)
+    if wa is not None and not torch.equal(wa, wa2):
+        # G >= 4 rank1: the power steps' sums under other warps; the same unit vectors to fp32 rounding, except
+        # groups whose top eigenvalues nearly coincide (another, equally valid, eigenvector)
+        G = kw["group_size"]
+        cos = (wa.view(*wa.shape[:-1], -1, G) * wa2.view(*wa2.shape[:-1], -1, G)).sum(-1).abs()
+        assert G >= 4 and (cos > 1 - 1e-4).float().mean() > 0.999
+    else:
+        assert torch.allclose(qe.float(), qe2.float(), rtol=tol, atol=tol)
     # and the definition: Q_eff from the same groups and weights by torch ops
     G, bm = kw["group_size"], kw["block_m"]
     a, b = fusion_weights(q.float(), groups.long(), group_size=G, block_m=bm, fusion=kw["fusion"],
@@ -424,13 +431,17 @@ def _check_fused_qeff(q, tiles=None, **kw):
 @interpreter_only
 @pytest.mark.parametrize("fusion,G,d,N,bm,tiles", [
     ("mean", 2, 64, 150, 64, None), ("rank1", 2, 32, 100, 32, None), ("rank1", 4, 80, 70, 32, None),
-    ("mean", 4, 96, 140, 128, (4, 32, 64)), ("rank1", 2, 64, 130, 128, (2, 16, 16))])
-def test_fused_qeff_launch_matches_two_launches(fusion, G, d, N, bm, tiles):
+    ("mean", 4, 96, 140, 128, (4, 32, 64)), ("rank1", 2, 64, 130, 128, (2, 16, 16)),
+    ("rank1", 2, 64, 130, 128, (4, 64, 128)), ("mean", 2, 32, 70, 64, (4, 32, 64))])  # whole block from registers
+@pytest.mark.parametrize("with_valid", [True, False])
+def test_fused_qeff_launch_matches_two_launches(fusion, G, d, N, bm, tiles, with_valid):
     """One launch (grouping, then the block's Q_eff rows) = the grouping launch + the regroup launch: same groups,
     positions and weights, same Q_eff; tails, invalid rows and a non-contiguous q included."""
     q = rand_q(11, (2, N, 3, d)).transpose(1, 2)  # the [B, N, H, d] layout transformers produce
-    valid = torch.ones(2, N, dtype=torch.bool)
-    valid[1, N - 13:] = False
+    valid = None
+    if with_valid:
+        valid = torch.ones(2, N, dtype=torch.bool)
+        valid[1, N - 13:] = False
     _check_fused_qeff(q, tiles=tiles, group_size=G, block_m=bm, num_hash_bits=16, seed=3, query_valid=valid,
                       fusion=fusion)
 
