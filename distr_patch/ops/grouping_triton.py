@@ -433,14 +433,17 @@ def finish_grouping(q, gl: GroupingLaunch, *, group_size: int, block_m: int, fus
     return gl.groups, gl.w, gl.w
 
 
-# (num_warps, output columns per dot, rows per regroup step) of the fused grouping + Q_eff launch, per head dim
-# (``triton_query_effective``). Timed side by side with ``scripts/bench_regroup.py --qeff`` (docs/benchmarks.md).
-QEFF_TILES = {64: (4, 64, 64), 128: (4, 64, 64), 256: (8, 64, 32)}
+# (num_warps, output columns per dot, rows per regroup step) of the fused grouping + Q_eff launch, per (largest head
+# dim, rank1) (``triton_query_effective``). The fastest of 9 tiles on the H200 at B·N = 32768, N = 4096, bf16
+# (``scripts/bench_regroup.py --qeff``, docs/benchmarks.md): d=64 mean 0.138 ms (2 warps) and rank1 0.179 ms; d=128
+# 0.184 / 0.225 ms, against 0.206-0.435 ms for the grouping launch + the regroup launch. d=256 is untimed.
+QEFF_TILES = {(64, False): (2, 64, 64), (64, True): (4, 64, 64), (128, False): (4, 128, 64),
+              (128, True): (4, 128, 64), (256, False): (8, 64, 32), (256, True): (8, 64, 32)}
 
 
-def qeff_tiles(head_dim: int) -> tuple[int, int, int]:
+def qeff_tiles(head_dim: int, rank1: bool = False) -> tuple[int, int, int]:
     """The fused launch's (num_warps, columns per dot, rows per step) for ``head_dim`` (the next tabled size up)."""
-    return next(t for dmax, t in sorted(QEFF_TILES.items()) if head_dim <= dmax)
+    return next(t for (dmax, r1), t in sorted(QEFF_TILES.items()) if head_dim <= dmax and r1 == rank1)
 
 
 def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
@@ -458,9 +461,11 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
     B, H, N, d = q.shape
     gl = grouping_launch(q, group_size=group_size, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
                          query_valid=query_valid, fusion=fusion, positions=True)
-    warps, cb, rows = tiles or qeff_tiles(d)
+    warps, cb, rows = tiles or qeff_tiles(d, gl.rank1)
     if tiles is None:
         rows = min(rows, block_m)  # a step's rows stay inside one grouping block
+        # no fewer warps than the grouping launch's rule (the fp32 projection and G >= 4 rank1 spill with fewer)
+        warps = max(warps, grouping_warps(d, gl.rank1, group_size, gl.meta["PROJ_PARTS"] > 0))
     d_pad = gl.meta["D_PAD"]
     if warps not in (1, 2, 4, 8, 16) or cb < 16 or cb & (cb - 1) or rows < 16 or rows & (rows - 1) or block_m % rows:
         raise ValueError(f"tiles must be (num_warps in 1/2/4/8/16, output columns: a power of two >= 16, rows per "
