@@ -2,8 +2,8 @@
 
 Without an exact window, DistrAttention is exact attention on a transformed query: the grouped scores
 ``Q̃ K̃ᵀ`` equal ``Q_eff Kᵀ`` with ``Q_eff[:, j] = b_j Q̃[:, group(j)]`` (``regroup.py``). So
-``backend="sdpa"`` forms Q_eff (the grouping and the regroup launch: Triton on CUDA and under the
-interpreter, torch ops otherwise) and hands (Q_eff, K, V) to ``torch.nn.functional.scaled_dot_product_attention``,
+``backend="sdpa"`` forms Q_eff (one Triton launch that groups each block and writes its Q_eff rows, on CUDA and
+under the interpreter; torch ops otherwise) and hands (Q_eff, K, V) to ``torch.nn.functional.scaled_dot_product_attention``,
 which runs the fastest exact kernel PyTorch has for the call (cuDNN, FlashAttention-2 or memory-efficient).
 The function is the same as the fused kernel's, to rounding (Q_eff is rounded to q's dtype in both).
 With an exact window (N == M, no tensor mask, forward only) the call is split in pieces (``window_merge.py``): SDPA
@@ -39,7 +39,8 @@ _SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]
 
 class _RegroupQuery(torch.autograd.Function):
     """Q_eff = regroup(q) with the block's fusion weights (a, b); dQ = the adjoint regroup (b, a) of dQ_eff.
-    The grouping and the weights are constants. wa is None for mean fusion (a = 1/G, b = 1)."""
+    The grouping and the weights are constants. wa is None for mean fusion (a = 1/G, b = 1). qe: Q_eff formed
+    already (the fused grouping + Q_eff launch), returned as is."""
 
     @staticmethod
     def forward(ctx, q, grp, inv, wa, wb, group_size: int, block_m: int, qe=None):
@@ -72,7 +73,7 @@ def query_effective(q: torch.Tensor, *, group_size: int, block_m: int, fusion: s
     if QEFF_LAUNCH not in ("fused", "separate"):
         raise ValueError(f"sdpa_engine.QEFF_LAUNCH (environment variable DISTR_QEFF_LAUNCH) must be 'fused' or "
                          f"'separate', got {QEFF_LAUNCH!r}")
-    if q.is_cuda or interpreting():  # the grouping launch (it also stores the column -> position map), a regroup
+    if q.is_cuda or interpreting():  # one launch (grouping + Q_eff), or a grouping launch and a regroup launch
         from .grouping_triton import triton_grouping, triton_query_effective
 
         qd = q.detach()
