@@ -45,8 +45,8 @@ def bench_qeff(args):
                 ms = triton.testing.do_bench(fn)
                 rows.append((f"{B}x{H}x{N}", d, fusion, name, ms, nbytes / ms * 1e-6, grouping_ms, same))
                 print(rows[-1], flush=True)
-    print(f"\nfused default tiles (warps, columns, rows), mean / rank1: d=64 {qeff_tiles(64)} / {qeff_tiles(64, True)}, "
-          f"d=128 {qeff_tiles(128)} / {qeff_tiles(128, True)}")
+    print(f"\nfused default tiles (warps, columns, rows), mean / rank1: d=64 {qeff_tiles(64)} / "
+          f"{qeff_tiles(64, True)}, d=128 {qeff_tiles(128)} / {qeff_tiles(128, True)}")
     print("\n| B x H x N | d | fusion | Q_eff by | ms | GB/s (q read + Q_eff write) | grouping launch alone ms "
           "| same as two launches |")
     print("|---|---|---|---|---|---|---|---|")

@@ -4,7 +4,8 @@ Without an exact window, DistrAttention is exact attention on a transformed quer
 ``Q̃ K̃ᵀ`` equal ``Q_eff Kᵀ`` with ``Q_eff[:, j] = b_j Q̃[:, group(j)]`` (``regroup.py``). So
 ``backend="sdpa"`` forms Q_eff (one Triton launch that groups each block and writes its Q_eff rows, on CUDA and
 under the interpreter; torch ops otherwise) and hands (Q_eff, K, V) to
-``torch.nn.functional.scaled_dot_product_attention``, which runs the fastest exact kernel PyTorch has for the call (cuDNN, FlashAttention-2 or memory-efficient).
+``torch.nn.functional.scaled_dot_product_attention``, which runs the fastest exact kernel PyTorch has for the call
+(cuDNN, FlashAttention-2 or memory-efficient).
 The function is the same as the fused kernel's, to rounding (Q_eff is rounded to q's dtype in both).
 With an exact window (N == M, no tensor mask, forward only) the call is split in pieces (``window_merge.py``): SDPA
 calls on Q_eff for the keys beside the band, which also return each row's log-sum-exp (PyTorch's cuDNN op on CUDA,
