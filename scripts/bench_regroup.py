@@ -39,7 +39,8 @@ def bench_qeff(args):
             ref = two()
             grouping_ms = triton.testing.do_bench(lambda: triton_grouping(q, positions=True, **kw))
             variants = [("grouping + regroup", two)] + [
-                (f"fused {t}", lambda t=t: triton_query_effective(q, tiles=t, **kw)[0]) for t in tiles]
+                (f"fused {way} {t}", lambda t=t, way=way: triton_query_effective(q, tiles=t, regroup_way=way, **kw)[0])
+                for way in args.qeff_ways for t in tiles]
             for name, fn in variants:
                 same = torch.allclose(fn().float(), ref.float(), rtol=1e-2, atol=1e-2)
                 ms = triton.testing.do_bench(fn)
@@ -65,6 +66,8 @@ def main():
     ap.add_argument("--qeff-tiles", nargs="+", default=["4,64,64", "4,64,32", "2,64,64", "8,64,64", "4,128,64",
                                                         "8,64,128", "4,64,128", "8,128,128", "4,64,16"],
                     help="num_warps,columns,rows per step of the fused launch")
+    ap.add_argument("--qeff-ways", nargs="+", default=["dot", "gather"], choices=["dot", "gather"],
+                    help="how the fused launch forms Q_eff's columns (grouping_triton.QEFF_REGROUP)")
     args = ap.parse_args()
     if args.qeff:
         return bench_qeff(args)

@@ -13,6 +13,7 @@ Use it to see why a config is slow before spending device time. Caveats:
     python scripts/kernel_resources.py --backward            # each backward kernel at the backward table's tiles
     python scripts/kernel_resources.py --grouping            # the grouping launch (G=2 mean / rank1, both projections)
     python scripts/kernel_resources.py --band                # the SDPA engine's band kernel (exact window) per tile
+    python scripts/kernel_resources.py --qeff                # the SDPA engine's fused grouping + Q_eff launch per tile
     python scripts/kernel_resources.py --mask float --default-only   # with a tensor attention mask (shared memory)
 
 Prints one markdown table last.
@@ -166,6 +167,28 @@ def grouping_rows(q) -> list:
     return rows
 
 
+QEFF_TILES = ((2, 64, 64), (4, 64, 64), (4, 128, 64), (4, 64, 32), (4, 64, 128), (8, 64, 128), (8, 64, 64))
+
+
+def qeff_rows(q) -> list:
+    """("fusion, regroup way", tiles, resources) of the fused grouping + Q_eff launch (G=2, block_m=128) at each of
+    QEFF_TILES, with each way of forming Q_eff's columns (``grouping_triton.QEFF_REGROUP``)."""
+    from distr_patch.ops.grouping_triton import triton_query_effective
+
+    rows = []
+    for fusion in ("mean", "rank1"):
+        for way in ("dot", "gather"):
+            for tiles in QEFF_TILES:
+                if tiles[1] > q.shape[-1] and tiles[1] != 64:
+                    continue
+                _compiled.clear()
+                triton_query_effective(q, group_size=2, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
+                                       fusion=fusion, tiles=tiles, regroup_way=way)
+                r = resources([k for n, k in _compiled if n == "_grouping_qeff_kernel"][-1])
+                rows.append((f"{fusion}, {way}", tiles, r))
+    return rows
+
+
 BAND_TILES = ((64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 4, 2), (128, 64, 8, 2), (32, 32, 2, 2), (64, 16, 4, 2))
 
 
@@ -199,9 +222,23 @@ def main(argv=None):
                     help="compile with a [1, H, N, N] tensor attention mask of this kind (its tiles take shared memory)")
     ap.add_argument("--default-only", action="store_true", help="the table's config only, no alternatives")
     ap.add_argument("--band", action="store_true", help="the SDPA engine's band kernel (exact window) at each tile")
+    ap.add_argument("--qeff", action="store_true", help="the SDPA engine's fused grouping + Q_eff launch per tile")
     args = ap.parse_args(argv)
     driver.set_active(_Sm90Driver())
     jit.JITFunction.run = _compile_only(jit.JITFunction.run)
+    if args.qeff:
+        from distr_patch.ops.grouping_triton import qeff_tiles
+
+        print(f"Triton {triton.__version__}, sm_90 (compiled only), N=512 bf16, G=2, block_m=128; * = the default\n")
+        print("| d | fusion, regroup | warps, columns, rows | registers | programs/SM by registers | spill B | shared KB |\n"
+              "|---|---|---|---|---|---|---|")
+        for d in args.d:
+            for fusion, tiles, r in qeff_rows(torch.randn(1, 2, 512, d, dtype=torch.bfloat16)):
+                per_sm = 65536 // max(1, r["regs"] * 32 * tiles[0])
+                star = "*" if tiles == qeff_tiles(d, fusion.startswith("rank1")) and fusion.endswith("dot") else ""
+                print(f"| {d} | {fusion} | {tiles}{star} | {r['regs']} | {per_sm} | {r['spill']} | "
+                      f"{r['shared'] / 1024:.0f} |", flush=True)
+        return
     if args.band:
         from distr_patch.ops.configs import band_config
 

@@ -76,11 +76,14 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
                           DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
                           EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
                           RANK_ORDER: tl.constexpr, PROJ_PARTS: tl.constexpr, GROUP_SIZE: tl.constexpr,
-                          ROWS: tl.constexpr, CB: tl.constexpr, DOT_PREC: tl.constexpr):
+                          ROWS: tl.constexpr, CB: tl.constexpr, DOT_PREC: tl.constexpr, GATHER: tl.constexpr):
     """The grouping of one query block (``group_block``: order, positions, rank1 weights), then its Q_eff rows
     (``regroup.regroup_tile_store``, ROWS rows at a time): one launch instead of the grouping launch and the regroup
     launch, and the block's Q is read from memory once: with ROWS = BM (no query_valid) Q_eff comes from the tile
-    in registers, otherwise from a second read after the barrier (cache hits)."""
+    in registers, otherwise from a second read after the barrier (cache hits).
+
+    GATHER: each Q_eff column as the weighted sum of its group's G columns, read by column index (cache hits), in
+    fp32 multiply-adds, instead of the dot with the [d, d] fusion matrix (which holds a [d, CB] tile in registers)."""
     pid_blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -92,7 +95,29 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
                      stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO,
                      EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, True, PROJ_PARTS)
     tl.debug_barrier()  # the positions and weights this program stored are read back below
-    if ROWS == BM and not HAS_QV:  # the whole block at once, from the registers (invalid rows were zeroed there)
+    if GATHER:
+        cols = tl.arange(0, D_PAD)
+        cvalid = cols < HEAD_DIM
+        pos = tl.load(INV + out + cols, mask=cvalid, other=0)  # each column's sorted position
+        first = (pos // GROUP_SIZE) * GROUP_SIZE  # its group's first sorted position
+        if RANK1:
+            wb = tl.load(W + out + pos, mask=cvalid, other=0.0)  # b = u at the column's own position
+        for r0 in tl.static_range(0, BM, ROWS):
+            offs_m = pid_blk * BM + r0 + tl.arange(0, ROWS)
+            lmask = (offs_m < N)[:, None] & cvalid[None, :]
+            y = tl.zeros([ROWS, D_PAD], dtype=tl.float32)
+            for j in tl.static_range(GROUP_SIZE):  # member j of each column's group, and its weight a
+                mj = tl.load(GRP + out + first + j, mask=cvalid, other=0)
+                xj = tl.load(Q + offs_m[:, None] * stride_qn + mj[None, :] * stride_qd, mask=lmask,
+                             other=0.0).to(tl.float32)
+                if RANK1:
+                    y += tl.load(W + out + first + j, mask=cvalid, other=0.0)[None, :] * xj
+                else:
+                    y += xj
+            y = y * (wb[None, :] if RANK1 else w1c)
+            tl.store(Y + offs_m[:, None] * stride_yn + cols[None, :] * stride_yd, y.to(Y.dtype.element_ty),
+                     mask=lmask)
+    elif ROWS == BM and not HAS_QV:  # the whole block at once, from the registers (invalid rows were zeroed there)
         offs_m = pid_blk * BM + tl.arange(0, BM)
         regroup_tile_store(xq.to(tl.float32), Y, Y, offs_m, N, stride_yn, stride_yd, 0, 0, INV, W, W, w1c, pid_bh,
                            pid_blk * BM, NB, HEAD_DIM, D_PAD, GROUP_SIZE, BM, BM, CB, RANK1, False, DOT_PREC)
@@ -446,16 +471,28 @@ def qeff_tiles(head_dim: int, rank1: bool = False) -> tuple[int, int, int]:
     return next(t for (dmax, r1), t in sorted(QEFF_TILES.items()) if head_dim <= dmax and r1 == rank1)
 
 
+# How the fused launch forms each Q_eff column from its group: "dot" (default) with the block's [d, d] fusion matrix
+# (``regroup.regroup_tile_store``: tf32 products for 16-bit q), "gather" as the weighted sum of the group's columns
+# read by index (fp32 multiply-adds). The same Q_eff to rounding (tests).
+QEFF_REGROUP = os.environ.get("DISTR_QEFF_REGROUP", "dot")
+
+
 def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
-                           query_valid: torch.Tensor | None, fusion: str, tiles: tuple[int, int, int] | None = None):
+                           query_valid: torch.Tensor | None, fusion: str, tiles: tuple[int, int, int] | None = None,
+                           regroup_way: str | None = None):
     """Q_eff and the grouping it came from, in one launch: q [B, H, N, d] (16-bit or fp32, any strides) ->
     (q_eff [B, H, N, d] contiguous in q's dtype, groups int32 [B, H, nb, d], a, b (fp32 [B, H, nb, d] rank1 weights,
     the same tensor; None for mean), positions int32 [B, H, nb, d] (column -> sorted position)).
 
     The same function as ``triton_grouping(..., positions=True)`` followed by ``regroup.regroup(q, groups, a, b)``
     (tests): each program groups one block of ``block_m`` rows, then writes the block's Q_eff rows from the tile
-    it just read. ``tiles``: (num_warps, output columns per dot, rows per step) instead of ``qeff_tiles(d)``.
+    it just read. ``tiles``: (num_warps, output columns per dot, rows per step) instead of ``qeff_tiles(d)``;
+    ``regroup_way``: "dot" or "gather" instead of ``QEFF_REGROUP``.
     """
+    way = regroup_way or QEFF_REGROUP
+    if way not in ("dot", "gather"):
+        raise ValueError(f"regroup_way (or environment variable DISTR_QEFF_REGROUP) must be 'dot' or 'gather', "
+                         f"got {way!r}")
     if group_size < 2:
         raise ValueError(f"group_size must be >= 2 for a fused Q_eff launch (G=1's Q_eff is q), got {group_size}")
     B, H, N, d = q.shape
@@ -475,6 +512,7 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
     _grouping_qeff_kernel[(nb, B * H)](
         q, gl.qv, gl.r, gl.groups, gl.w, gl.inv, qe, 1.0 if gl.rank1 else 1.0 / group_size,
         *q.stride(), gl.qv_stride, *qe.stride(), H, N, nb, **gl.meta, GROUP_SIZE=group_size, ROWS=rows,
-        CB=min(d_pad, cb), DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=warps)
+        CB=min(d_pad, cb), DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", GATHER=way == "gather",
+        num_warps=warps)
     wa = gl.w if gl.rank1 else None
     return qe, gl.groups, wa, wa, gl.inv

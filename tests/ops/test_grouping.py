@@ -401,11 +401,11 @@ def _qeff_two_launches(q, **kw):
     return qe, groups, wa, inv
 
 
-def _check_fused_qeff(q, tiles=None, **kw):
+def _check_fused_qeff(q, tiles=None, way="dot", **kw):
     from distr_patch.ops.grouping import fused_queries
     from distr_patch.ops.grouping_triton import triton_query_effective
 
-    qe, groups, wa, wb, inv = triton_query_effective(q, tiles=tiles, **kw)
+    qe, groups, wa, wb, inv = triton_query_effective(q, tiles=tiles, regroup_way=way, **kw)
     qe2, groups2, wa2, inv2 = _qeff_two_launches(q, **kw)
     assert qe.shape == q.shape and qe.dtype == q.dtype and qe.is_contiguous()
     assert torch.equal(groups, groups2) and torch.equal(inv, inv2)
@@ -434,7 +434,8 @@ def _check_fused_qeff(q, tiles=None, **kw):
     ("mean", 4, 96, 140, 128, (4, 32, 64)), ("rank1", 2, 64, 130, 128, (2, 16, 16)),
     ("rank1", 2, 64, 130, 128, (4, 64, 128)), ("mean", 2, 32, 70, 64, (4, 32, 64))])  # whole block from registers
 @pytest.mark.parametrize("with_valid", [True, False])
-def test_fused_qeff_launch_matches_two_launches(fusion, G, d, N, bm, tiles, with_valid):
+@pytest.mark.parametrize("way", ["dot", "gather"])
+def test_fused_qeff_launch_matches_two_launches(fusion, G, d, N, bm, tiles, with_valid, way):
     """One launch (grouping, then the block's Q_eff rows) = the grouping launch + the regroup launch: same groups,
     positions and weights, same Q_eff; tails, invalid rows and a non-contiguous q included."""
     q = rand_q(11, (2, N, 3, d)).transpose(1, 2)  # the [B, N, H, d] layout transformers produce
@@ -442,7 +443,7 @@ def test_fused_qeff_launch_matches_two_launches(fusion, G, d, N, bm, tiles, with
     if with_valid:
         valid = torch.ones(2, N, dtype=torch.bool)
         valid[1, N - 13:] = False
-    _check_fused_qeff(q, tiles=tiles, group_size=G, block_m=bm, num_hash_bits=16, seed=3, query_valid=valid,
+    _check_fused_qeff(q, tiles=tiles, way=way, group_size=G, block_m=bm, num_hash_bits=16, seed=3, query_valid=valid,
                       fusion=fusion)
 
 
@@ -453,6 +454,9 @@ def test_fused_qeff_launch_rejects_bad_tiles():
     with pytest.raises(ValueError, match="tiles"):
         triton_query_effective(q, group_size=2, block_m=64, num_hash_bits=16, seed=0, query_valid=None,
                                fusion="mean", tiles=(3, 32, 32))
+    with pytest.raises(ValueError, match="regroup_way"):
+        triton_query_effective(q, group_size=2, block_m=64, num_hash_bits=16, seed=0, query_valid=None,
+                               fusion="mean", regroup_way="scatter")
     with pytest.raises(ValueError, match="group_size"):
         triton_query_effective(q, group_size=1, block_m=64, num_hash_bits=16, seed=0, query_valid=None,
                                fusion="mean")
@@ -462,6 +466,8 @@ def test_fused_qeff_launch_rejects_bad_tiles():
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
 @pytest.mark.parametrize("fusion,G", [("mean", 2), ("rank1", 2), ("mean", 4), ("rank1", 4)])
 @pytest.mark.parametrize("d", [64, 128, 80])
-def test_fused_qeff_launch_matches_two_launches_gpu(d, G, fusion):
+@pytest.mark.parametrize("way", ["dot", "gather"])
+def test_fused_qeff_launch_matches_two_launches_gpu(d, G, fusion, way):
     q = rand_q(12, (2, 4000, 8, d), dtype=torch.bfloat16, device="cuda").transpose(1, 2)
-    _check_fused_qeff(q, group_size=G, block_m=128, num_hash_bits=16, seed=0, query_valid=None, fusion=fusion)
+    _check_fused_qeff(q, way=way, group_size=G, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
+                      fusion=fusion)
