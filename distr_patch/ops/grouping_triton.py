@@ -473,7 +473,8 @@ def qeff_tiles(head_dim: int, rank1: bool = False) -> tuple[int, int, int]:
 
 # How the fused launch forms each Q_eff column from its group: "dot" (default) with the block's [d, d] fusion matrix
 # (``regroup.regroup_tile_store``: tf32 products for 16-bit q), "gather" as the weighted sum of the group's columns
-# read by index (fp32 multiply-adds). The same Q_eff to rounding (tests).
+# read by index (fp32 multiply-adds). The same Q_eff to rounding (tests). "gather" needs fewer registers but ran 4-5x
+# slower on the H200 (scalar loads by column index; docs/benchmarks.md, "Q_eff in one launch").
 QEFF_REGROUP = os.environ.get("DISTR_QEFF_REGROUP", "dot")
 
 
