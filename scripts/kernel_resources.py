@@ -170,15 +170,16 @@ def grouping_rows(q) -> list:
 QEFF_TILES = ((2, 64, 64), (4, 64, 64), (4, 128, 64), (4, 64, 32), (4, 64, 128), (8, 64, 128), (8, 64, 64))
 
 
-def qeff_rows(q) -> list:
+def qeff_rows(q, default_only: bool = False) -> list:
     """("fusion, regroup way", tiles, resources) of the fused grouping + Q_eff launch (G=2, block_m=128) at each of
-    QEFF_TILES, with each way of forming Q_eff's columns (``grouping_triton.QEFF_REGROUP``)."""
-    from distr_patch.ops.grouping_triton import triton_query_effective
+    QEFF_TILES, with each way of forming Q_eff's columns (``grouping_triton.QEFF_REGROUP``); ``default_only``: the
+    launch's default tile and way only."""
+    from distr_patch.ops.grouping_triton import QEFF_REGROUP, qeff_tiles, triton_query_effective
 
     rows = []
     for fusion in ("mean", "rank1"):
-        for way in ("dot", "gather"):
-            for tiles in QEFF_TILES:
+        for way in (QEFF_REGROUP,) if default_only else ("dot", "gather"):
+            for tiles in (qeff_tiles(q.shape[-1], fusion == "rank1"),) if default_only else QEFF_TILES:
                 if tiles[1] > q.shape[-1] and tiles[1] != 64:
                     continue
                 _compiled.clear()
@@ -211,6 +212,12 @@ def band_rows(d: int, causal: bool) -> list:
     return rows
 
 
+def _resource_cells(r: dict, warps: int) -> str:
+    """A kernel's table cells: registers | programs per SM by registers (65536 per SM) | spill B | shared KB."""
+    per_sm = 65536 // max(1, r["regs"] * 32 * warps)
+    return f"{r['regs']} | {per_sm} | {r['spill']} | {r['shared'] / 1024:.0f}"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"some of {list(VARIANTS)}")
@@ -233,11 +240,9 @@ def main(argv=None):
         print("| d | fusion, regroup | warps, columns, rows | registers | programs/SM by registers | spill B | shared KB |\n"
               "|---|---|---|---|---|---|---|")
         for d in args.d:
-            for fusion, tiles, r in qeff_rows(torch.randn(1, 2, 512, d, dtype=torch.bfloat16)):
-                per_sm = 65536 // max(1, r["regs"] * 32 * tiles[0])
+            for fusion, tiles, r in qeff_rows(torch.randn(1, 2, 512, d, dtype=torch.bfloat16), args.default_only):
                 star = "*" if tiles == qeff_tiles(d, fusion.startswith("rank1")) and fusion.endswith("dot") else ""
-                print(f"| {d} | {fusion} | {tiles}{star} | {r['regs']} | {per_sm} | {r['spill']} | "
-                      f"{r['shared'] / 1024:.0f} |", flush=True)
+                print(f"| {d} | {fusion} | {tiles}{star} | {_resource_cells(r, tiles[0])} |", flush=True)
         return
     if args.band:
         from distr_patch.ops.configs import band_config
@@ -248,10 +253,9 @@ def main(argv=None):
         for d in args.d:
             for causal in args.causal:
                 for cfg, r in band_rows(d, bool(causal)):
-                    per_sm = 65536 // max(1, r["regs"] * 32 * cfg.num_warps)
                     star = "*" if cfg == band_config(bool(causal), interpret=False) else ""
                     print(f"| {d} | {causal} | {cfg.block_m}x{cfg.block_n}{star} | {cfg.num_warps} | {cfg.num_stages} "
-                          f"| {r['regs']} | {per_sm} | {r['spill']} | {r['shared'] / 1024:.0f} |", flush=True)
+                          f"| {_resource_cells(r, cfg.num_warps)} |", flush=True)
         return
     if args.grouping:
         print(f"Triton {triton.__version__}, sm_90 (compiled only), N=512 bf16, block_m=128, storing positions\n")
@@ -259,9 +263,7 @@ def main(argv=None):
               "|---|---|---|---|---|---|---|")
         for d in args.d:
             for name, w, r in grouping_rows(torch.randn(1, 2, 512, d, dtype=torch.bfloat16)):
-                per_sm = 65536 // max(1, r["regs"] * 32 * w)
-                print(f"| {d} | {name} | {w} | {r['regs']} | {per_sm} | {r['spill']} | {r['shared'] / 1024:.0f} |",
-                      flush=True)
+                print(f"| {d} | {name} | {w} | {_resource_cells(r, w)} |", flush=True)
         return
     rows = []
     for d in args.d:

@@ -43,6 +43,21 @@ def test_kernel_resources_reports_the_grouping_launch():
     assert shared["G2 mean, split projection"] < shared["G2 mean, fp32 projection"]
 
 
+def test_kernel_resources_reports_the_fused_qeff_launch():
+    """--qeff --default-only: the SDPA engine's fused grouping + Q_eff launch at its default tiles compiles for sm_90
+    without spilling, at d=64 and 128, for both fusions."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_resources.py"), "--qeff", "--default-only",
+                          "--d", "64", "128"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [r for r in (line.split("|")[1:-1] for line in run.stdout.splitlines()) if r and r[0].strip() in ("64", "128")]
+    assert {(r[0].strip(), r[1].strip()) for r in rows} == {(d, f"{f}, dot") for d in ("64", "128")
+                                                           for f in ("mean", "rank1")}
+    assert all(r[2].strip().endswith("*") for r in rows)  # the defaults
+    assert all(0 < int(r[3]) <= 255 and int(r[5]) == 0 for r in rows), rows
+
+
 def test_forward_with_a_float_mask_fits_shared_memory():
     """A tensor attention mask's tiles are pipelined too: at 64 < d <= 128 the table's 128-key tiles asked for
     262-360 KB of shared memory with a mask (the H200 launch failed with OutOfResources); ``fwd_config(masked=True)``
