@@ -237,8 +237,8 @@ def main(argv=None):
         from distr_patch.ops.grouping_triton import qeff_tiles
 
         print(f"Triton {triton.__version__}, sm_90 (compiled only), N=512 bf16, G=2, block_m=128; * = the default\n")
-        print("| d | fusion, regroup | warps, columns, rows | registers | programs/SM by registers | spill B | shared KB |\n"
-              "|---|---|---|---|---|---|---|")
+        print("| d | fusion, regroup | warps, columns, rows | registers | programs/SM by registers | spill B "
+              "| shared KB |\n|---|---|---|---|---|---|---|")
         for d in args.d:
             for fusion, tiles, r in qeff_rows(torch.randn(1, 2, 512, d, dtype=torch.bfloat16), args.default_only):
                 star = "*" if tiles == qeff_tiles(d, fusion.startswith("rank1")) and fusion.endswith("dot") else ""

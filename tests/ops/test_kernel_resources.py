@@ -51,7 +51,8 @@ def test_kernel_resources_reports_the_fused_qeff_launch():
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_resources.py"), "--qeff", "--default-only",
                           "--d", "64", "128"], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    rows = [r for r in (line.split("|")[1:-1] for line in run.stdout.splitlines()) if r and r[0].strip() in ("64", "128")]
+    rows = [r for r in (line.split("|")[1:-1] for line in run.stdout.splitlines())
+            if r and r[0].strip() in ("64", "128")]
     assert {(r[0].strip(), r[1].strip()) for r in rows} == {(d, f"{f}, dot") for d in ("64", "128")
                                                            for f in ("mean", "rank1")}
     assert all(r[2].strip().endswith("*") for r in rows)  # the defaults
