@@ -496,6 +496,8 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
                          f"got {way!r}")
     if group_size < 2:
         raise ValueError(f"group_size must be >= 2 for a fused Q_eff launch (G=1's Q_eff is q), got {group_size}")
+    if tiles is not None and (not isinstance(tiles, (tuple, list)) or len(tiles) != 3):
+        raise ValueError(f"tiles must be None or (num_warps, output columns, rows per step), got {tiles!r}")
     B, H, N, d = q.shape
     gl = grouping_launch(q, group_size=group_size, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
                          query_valid=query_valid, fusion=fusion, positions=True)

@@ -454,6 +454,9 @@ def test_fused_qeff_launch_rejects_bad_tiles():
     with pytest.raises(ValueError, match="tiles"):
         triton_query_effective(q, group_size=2, block_m=64, num_hash_bits=16, seed=0, query_valid=None,
                                fusion="mean", tiles=(3, 32, 32))
+    with pytest.raises(ValueError, match="tiles"):
+        triton_query_effective(q, group_size=2, block_m=64, num_hash_bits=16, seed=0, query_valid=None,
+                               fusion="mean", tiles=(4, 32))
     with pytest.raises(ValueError, match="regroup_way"):
         triton_query_effective(q, group_size=2, block_m=64, num_hash_bits=16, seed=0, query_valid=None,
                                fusion="mean", regroup_way="scatter")
