@@ -1,6 +1,7 @@
 """Where a patched model's prefill spends its time: torch.profiler over one prefill, exact and DistrAttention.
 
     python scripts/profile_prefill.py [--model preset:smollm2-135m] [--batch 4] [--seq 4096] [--fusion mean]
+                                      [--engines auto sdpa]   # one patched variant per DistrConfig.engine
     python scripts/profile_prefill.py --device cpu --seq 64 --batch 1     # smoke run (the PyTorch reference path)
 
 Prints, for each variant, the wall time of one prefill and the top operators by CUDA time and by CPU time
@@ -22,6 +23,8 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--fusion", default="mean")
     p.add_argument("--window", type=int, default=0, help="exact_window (window_correction 0.5 when > 0)")
+    p.add_argument("--engines", nargs="+", default=["auto"], choices=["auto", "sdpa"],
+                   help="DistrConfig.engine of each patched variant (auto: the fused kernel on CUDA)")
     p.add_argument("--rows", type=int, default=12)
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--repeats", type=int, default=10)
@@ -39,10 +42,16 @@ def main(argv=None):
         with torch.no_grad():
             model(input_ids=ids, use_cache=False)
 
-    for name in ("exact", f"G2 {a.fusion} W{a.window}"):
-        if name != "exact":
-            patch_model(model, dict(group_size=2, fusion=a.fusion, exact_window=a.window,
-                                     window_correction=0.5 if a.window else 0.0))
+    variants = {"exact": None}
+    for engine in a.engines:
+        variants[f"G2 {a.fusion} W{a.window} {engine}"] = dict(
+            group_size=2, fusion=a.fusion, exact_window=a.window, window_correction=0.5 if a.window else 0.0,
+            engine=engine)
+    for name, settings in variants.items():
+        if getattr(model, "_distr_patch_state", None) is not None:
+            unpatch_model(model)
+        if settings is not None:
+            patch_model(model, settings)
         for _ in range(3):
             prefill()
         sync()
