@@ -14,7 +14,7 @@ import torch
 import triton
 
 from distr_patch.ops.grouping import compute_groups
-from distr_patch.ops.grouping_triton import qeff_tiles, triton_grouping, triton_query_effective
+from distr_patch.ops.grouping_triton import QEFF_WAYS, qeff_tiles, triton_grouping, triton_query_effective
 from distr_patch.ops.regroup import REGROUP_TILES, regroup
 
 
@@ -66,7 +66,7 @@ def main():
     ap.add_argument("--qeff-tiles", nargs="+", default=["4,64,64", "4,64,32", "2,64,64", "8,64,64", "4,128,64",
                                                         "8,64,128", "4,64,128", "8,128,128", "4,64,16"],
                     help="num_warps,columns,rows per step of the fused launch")
-    ap.add_argument("--qeff-ways", nargs="+", default=["dot", "gather"], choices=["dot", "gather"],
+    ap.add_argument("--qeff-ways", nargs="+", default=["dot", "dot16"], choices=QEFF_WAYS,
                     help="how the fused launch forms Q_eff's columns (grouping_triton.QEFF_REGROUP)")
     args = ap.parse_args()
     if args.qeff:

@@ -174,11 +174,11 @@ def qeff_rows(q, default_only: bool = False) -> list:
     """("fusion, regroup way", tiles, resources) of the fused grouping + Q_eff launch (G=2, block_m=128) at each of
     QEFF_TILES, with each way of forming Q_eff's columns (``grouping_triton.QEFF_REGROUP``); ``default_only``: the
     launch's default tile and way only."""
-    from distr_patch.ops.grouping_triton import QEFF_REGROUP, qeff_tiles, triton_query_effective
+    from distr_patch.ops.grouping_triton import QEFF_REGROUP, QEFF_WAYS, qeff_tiles, triton_query_effective
 
     rows = []
     for fusion in ("mean", "rank1"):
-        for way in (QEFF_REGROUP,) if default_only else ("dot", "gather"):
+        for way in (QEFF_REGROUP,) if default_only else QEFF_WAYS:
             for tiles in (qeff_tiles(q.shape[-1], fusion == "rank1"),) if default_only else QEFF_TILES:
                 if tiles[1] > q.shape[-1] and tiles[1] != 64:
                     continue

@@ -76,14 +76,17 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
                           DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
                           EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
                           RANK_ORDER: tl.constexpr, PROJ_PARTS: tl.constexpr, GROUP_SIZE: tl.constexpr,
-                          ROWS: tl.constexpr, CB: tl.constexpr, DOT_PREC: tl.constexpr, GATHER: tl.constexpr):
+                          ROWS: tl.constexpr, CB: tl.constexpr, DOT_PREC: tl.constexpr, GATHER: tl.constexpr,
+                          DOT16: tl.constexpr):
     """The grouping of one query block (``group_block``: order, positions, rank1 weights), then its Q_eff rows
     (``regroup.regroup_tile_store``, ROWS rows at a time): one launch instead of the grouping launch and the regroup
     launch, and the block's Q is read from memory once: with ROWS = BM (no query_valid) Q_eff comes from the tile
     in registers, otherwise from a second read after the barrier (cache hits).
 
     GATHER: each Q_eff column as the weighted sum of its group's G columns, read by column index (cache hits), in
-    fp32 multiply-adds, instead of the dot with the [d, d] fusion matrix (which holds a [d, CB] tile in registers)."""
+    fp32 multiply-adds, instead of the dot with the [d, d] fusion matrix (which holds a [d, CB] tile in registers).
+    DOT16: that dot takes the tile in Q's 16-bit dtype and the fusion matrix in two 16-bit parts (one for mean)
+    instead of both in fp32 at tf32 precision (``regroup_tile_store``)."""
     pid_blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -119,15 +122,15 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
                      mask=lmask)
     elif ROWS == BM and not HAS_QV:  # the whole block at once, from the registers (invalid rows were zeroed there)
         offs_m = pid_blk * BM + tl.arange(0, BM)
-        regroup_tile_store(xq.to(tl.float32), Y, Y, offs_m, N, stride_yn, stride_yd, 0, 0, INV, W, W, w1c, pid_bh,
+        regroup_tile_store(xq if DOT16 else xq.to(tl.float32), Y, Y, offs_m, N, stride_yn, stride_yd, 0, 0, INV, W, W, w1c, pid_bh,
                            pid_blk * BM, NB, HEAD_DIM, D_PAD, GROUP_SIZE, BM, BM, CB, RANK1, False, DOT_PREC)
     else:  # ROWS at a time, re-read (cache hits): invalid rows get their Q_eff too, as in ``regroup``
         cols = tl.arange(0, D_PAD)
         for r0 in tl.static_range(0, BM, ROWS):
             offs_m = pid_blk * BM + r0 + tl.arange(0, ROWS)
             x = tl.load(Q + offs_m[:, None] * stride_qn + cols[None, :] * stride_qd,
-                        mask=(offs_m < N)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0).to(tl.float32)
-            regroup_tile_store(x, Y, Y, offs_m, N, stride_yn, stride_yd, 0, 0, INV, W, W, w1c, pid_bh,
+                        mask=(offs_m < N)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
+            regroup_tile_store(x if DOT16 else x.to(tl.float32), Y, Y, offs_m, N, stride_yn, stride_yd, 0, 0, INV, W, W, w1c, pid_bh,
                                pid_blk * BM + r0, NB, HEAD_DIM, D_PAD, GROUP_SIZE, BM, ROWS, CB, RANK1, False,
                                DOT_PREC)
 
@@ -370,8 +373,13 @@ def projection_parts(dtype: torch.dtype) -> int:
     if PROJECTION not in ("split", "fp32"):
         raise ValueError(f"grouping_triton.PROJECTION (environment variable DISTR_GROUPING_PROJECTION) must be "
                          f"'split' or 'fp32', got {PROJECTION!r}")
-    exact_16bit_dots = dtype == torch.float16 or (dtype == torch.bfloat16 and not interpreting())
-    return PROJ_PARTS if PROJECTION == "split" and exact_16bit_dots else 0
+    return PROJ_PARTS if PROJECTION == "split" and _exact_16bit_dots(dtype) else 0
+
+
+def _exact_16bit_dots(dtype: torch.dtype) -> bool:
+    """Whether tl.dot of ``dtype`` tiles gives exact products in fp32: fp16 and bf16 on a GPU, fp16 only in the
+    interpreter (its bf16 dots are wrong)."""
+    return dtype == torch.float16 or (dtype == torch.bfloat16 and not interpreting())
 
 
 @dataclass
@@ -472,10 +480,13 @@ def qeff_tiles(head_dim: int, rank1: bool = False) -> tuple[int, int, int]:
 
 
 # How the fused launch forms each Q_eff column from its group: "dot" (default) with the block's [d, d] fusion matrix
-# (``regroup.regroup_tile_store``: tf32 products for 16-bit q), "gather" as the weighted sum of the group's columns
-# read by index (fp32 multiply-adds). The same Q_eff to rounding (tests). "gather" needs fewer registers but ran 4-5x
-# slower on the H200 (scalar loads by column index; docs/benchmarks.md, "Q_eff in one launch").
+# (``regroup.regroup_tile_store``: tf32 products for 16-bit q), "dot16" the same dot with 16-bit operands (q's tile
+# as read, the fusion matrix in two 16-bit parts for rank1; fp32 q, and bf16 q in the interpreter, keep "dot"),
+# "gather" as the weighted sum of the group's columns read by index (fp32 multiply-adds). The same Q_eff to rounding
+# (tests; "dot16" is "dot" bit for bit with mean fusion). "gather" needs fewer registers but ran 4-5x slower on the
+# H200 (scalar loads by column index; docs/benchmarks.md, "Q_eff in one launch").
 QEFF_REGROUP = os.environ.get("DISTR_QEFF_REGROUP", "dot")
+QEFF_WAYS = ("dot", "dot16", "gather")
 
 
 def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
@@ -488,11 +499,11 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
     The same function as ``triton_grouping(..., positions=True)`` followed by ``regroup.regroup(q, groups, a, b)``
     (tests): each program groups one block of ``block_m`` rows, then writes the block's Q_eff rows from the tile
     it just read. ``tiles``: (num_warps, output columns per dot, rows per step) instead of ``qeff_tiles(d)``;
-    ``regroup_way``: "dot" or "gather" instead of ``QEFF_REGROUP``.
+    ``regroup_way``: "dot", "dot16" or "gather" instead of ``QEFF_REGROUP``.
     """
     way = regroup_way or QEFF_REGROUP
-    if way not in ("dot", "gather"):
-        raise ValueError(f"regroup_way (or environment variable DISTR_QEFF_REGROUP) must be 'dot' or 'gather', "
+    if way not in QEFF_WAYS:
+        raise ValueError(f"regroup_way (or environment variable DISTR_QEFF_REGROUP) must be one of {QEFF_WAYS}, "
                          f"got {way!r}")
     if group_size < 2:
         raise ValueError(f"group_size must be >= 2 for a fused Q_eff launch (G=1's Q_eff is q), got {group_size}")
@@ -516,6 +527,6 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
         q, gl.qv, gl.r, gl.groups, gl.w, gl.inv, qe, 1.0 if gl.rank1 else 1.0 / group_size,
         *q.stride(), gl.qv_stride, *qe.stride(), H, N, nb, **gl.meta, GROUP_SIZE=group_size, ROWS=rows,
         CB=min(d_pad, cb), DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", GATHER=way == "gather",
-        num_warps=warps)
+        DOT16=way == "dot16" and _exact_16bit_dots(q.dtype), num_warps=warps)
     wa = gl.w if gl.rank1 else None
     return qe, gl.groups, wa, wa, gl.inv

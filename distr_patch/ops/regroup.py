@@ -120,7 +120,11 @@ def regroup_tile_store(x, Y, ADD, offs_m, N, stride_yn, stride_yd, stride_an, st
     W[c, c'] = w1(c)·w2(c') on shared groups (INV: column -> sorted position; W1 / W2 per position, or the
     scalars w1c, 1). One [BLOCK_M, D_PAD] x [D_PAD, CB] dot per chunk of CB output columns, at ``regroup``'s
     precision (fp32 operands: tf32 for 16-bit outputs, "ieee" for fp32). The backward's dQ kernel maps dQ_eff
-    back with it in its epilogue (w1 = b, w2 = a: the adjoint) instead of a launch of its own."""
+    back with it in its epilogue (w1 = b, w2 = a: the adjoint) instead of a launch of its own.
+
+    x may instead be 16-bit (bf16/fp16): then W goes in as x's dtype, as two parts (hi + lo, ~16 bits, like
+    ``fused_query_tile``'s SPLIT_W) when WEIGHTED, and in one when not (mean weights 1/G are exact); each product is
+    exact in the fp32 accumulator, so mean fusion gives tf32's result bit for bit."""
     offs_c = tl.arange(0, D_PAD)
     SUB: tl.constexpr = GROUP_BM if GROUP_BM < BLOCK_M else BLOCK_M  # rows per grouping block in the tile
     rows = tl.arange(0, BLOCK_M)
@@ -131,7 +135,13 @@ def regroup_tile_store(x, Y, ADD, offs_m, N, stride_yn, stride_yd, stride_an, st
         for s in tl.static_range(BLOCK_M // SUB):
             blk = tl.minimum((m0 + s * SUB) // GROUP_BM, NB - 1)  # a tail tile's rows past N are not stored
             wm = _fusion_slice(INV, W1, W2, w1c, pid_bh, blk, NB, offs_c, offs_o, HEAD_DIM, G, WEIGHTED)
-            ys = tl.dot(x, wm, input_precision=DOT_PREC)
+            if x.dtype == tl.float32:
+                ys = tl.dot(x, wm, input_precision=DOT_PREC)
+            else:
+                hi = wm.to(x.dtype)
+                ys = tl.dot(x, hi)
+                if WEIGHTED:
+                    ys = tl.dot(x, (wm - hi.to(tl.float32)).to(x.dtype), ys)
             if BLOCK_M // SUB > 1:
                 y = tl.where((rows // SUB == s)[:, None], ys, y)
             else:

@@ -434,7 +434,7 @@ def _check_fused_qeff(q, tiles=None, way="dot", **kw):
     ("mean", 4, 96, 140, 128, (4, 32, 64)), ("rank1", 2, 64, 130, 128, (2, 16, 16)),
     ("rank1", 2, 64, 130, 128, (4, 64, 128)), ("mean", 2, 32, 70, 64, (4, 32, 64))])  # whole block from registers
 @pytest.mark.parametrize("with_valid", [True, False])
-@pytest.mark.parametrize("way", ["dot", "gather"])
+@pytest.mark.parametrize("way", ["dot", "dot16", "gather"])
 def test_fused_qeff_launch_matches_two_launches(fusion, G, d, N, bm, tiles, with_valid, way):
     """One launch (grouping, then the block's Q_eff rows) = the grouping launch + the regroup launch: same groups,
     positions and weights, same Q_eff; tails, invalid rows and a non-contiguous q included."""
@@ -445,6 +445,20 @@ def test_fused_qeff_launch_matches_two_launches(fusion, G, d, N, bm, tiles, with
         valid[1, N - 13:] = False
     _check_fused_qeff(q, tiles=tiles, way=way, group_size=G, block_m=bm, num_hash_bits=16, seed=3, query_valid=valid,
                       fusion=fusion)
+
+
+@interpreter_only
+@pytest.mark.parametrize("dtype", [torch.float16])  # bf16: the GPU test (the interpreter's bf16 dots are wrong)
+@pytest.mark.parametrize("fusion,G,tiles", [("mean", 2, None), ("rank1", 2, None), ("rank1", 4, (4, 32, 32)),
+                                            ("rank1", 2, (4, 64, 128))])  # the last: whole block from registers
+def test_fused_qeff_launch_16bit_dot(dtype, fusion, G, tiles):
+    """regroup_way="dot16" with 16-bit q (the fp32 tests above take the fp32 dot): the tile in q's dtype, the fusion
+    matrix as hi + lo 16-bit parts (rank1) gives the two launches' Q_eff and the definition's to 16-bit rounding."""
+    q = rand_q(21, (2, 150, 2, 64), dtype=dtype).transpose(1, 2)
+    valid = torch.ones(2, 150, dtype=torch.bool)
+    valid[0, 140:] = False
+    _check_fused_qeff(q, tiles=tiles, way="dot16", group_size=G, block_m=64 if tiles is None else 128,
+                      num_hash_bits=16, seed=5, query_valid=valid, fusion=fusion)
 
 
 def test_fused_qeff_launch_rejects_bad_tiles():
@@ -469,7 +483,7 @@ def test_fused_qeff_launch_rejects_bad_tiles():
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
 @pytest.mark.parametrize("fusion,G", [("mean", 2), ("rank1", 2), ("mean", 4), ("rank1", 4)])
 @pytest.mark.parametrize("d", [64, 128, 80])
-@pytest.mark.parametrize("way", ["dot", "gather"])
+@pytest.mark.parametrize("way", ["dot", "dot16", "gather"])
 def test_fused_qeff_launch_matches_two_launches_gpu(d, G, fusion, way):
     q = rand_q(12, (2, 4000, 8, d), dtype=torch.bfloat16, device="cuda").transpose(1, 2)
     _check_fused_qeff(q, way=way, group_size=G, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
