@@ -39,8 +39,10 @@ def bench_qeff(args):
             ref = two()
             grouping_ms = triton.testing.do_bench(lambda: triton_grouping(q, positions=True, **kw))
             variants = [("grouping + regroup", two)] + [
-                (f"fused {way} {t}", lambda t=t, way=way: triton_query_effective(q, tiles=t, regroup_way=way, **kw)[0])
-                for way in args.qeff_ways for t in tiles]
+                (f"fused {way}{'' if src == 'memory' else ' regs'} {t}",
+                 lambda t=t, way=way, src=src: triton_query_effective(q, tiles=t, regroup_way=way, fusion_from=src,
+                                                                      **kw)[0])
+                for src in args.qeff_from for way in args.qeff_ways for t in tiles]
             for name, fn in variants:
                 same = torch.allclose(fn().float(), ref.float(), rtol=1e-2, atol=1e-2)
                 ms = triton.testing.do_bench(fn)
@@ -68,6 +70,8 @@ def main():
                     help="num_warps,columns,rows per step of the fused launch")
     ap.add_argument("--qeff-ways", nargs="+", default=["dot", "dot16"], choices=QEFF_WAYS,
                     help="how the fused launch forms Q_eff's columns (grouping_triton.QEFF_REGROUP)")
+    ap.add_argument("--qeff-from", nargs="+", default=["memory"], choices=["memory", "registers"],
+                    help="where the fused launch's dot takes the fusion matrix from (grouping_triton.QEFF_FUSION_FROM)")
     args = ap.parse_args()
     if args.qeff:
         return bench_qeff(args)

@@ -77,7 +77,7 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
                           EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
                           RANK_ORDER: tl.constexpr, PROJ_PARTS: tl.constexpr, GROUP_SIZE: tl.constexpr,
                           ROWS: tl.constexpr, CB: tl.constexpr, DOT_PREC: tl.constexpr, GATHER: tl.constexpr,
-                          DOT16: tl.constexpr):
+                          DOT16: tl.constexpr, FUSION_REGS: tl.constexpr):
     """The grouping of one query block (``group_block``: order, positions, rank1 weights), then its Q_eff rows
     (``regroup.regroup_tile_store``, ROWS rows at a time): one launch instead of the grouping launch and the regroup
     launch, and the block's Q is read from memory once: with ROWS = BM (no query_valid) Q_eff comes from the tile
@@ -86,7 +86,9 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
     GATHER: each Q_eff column as the weighted sum of its group's G columns, read by column index (cache hits), in
     fp32 multiply-adds, instead of the dot with the [d, d] fusion matrix (which holds a [d, CB] tile in registers).
     DOT16: that dot takes the tile in Q's 16-bit dtype and the fusion matrix in two 16-bit parts (one for mean)
-    instead of both in fp32 at tf32 precision (``regroup_tile_store``)."""
+    instead of both in fp32 at tf32 precision (``regroup_tile_store``).
+    FUSION_REGS (mean, or G=2 rank1 with its pair weights in registers; CB = D_PAD): the fusion matrix is built from
+    the positions and weights ``group_block`` returns in registers, so nothing is read back and no barrier waits."""
     pid_blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -94,11 +96,35 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
     Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     Y += b.to(tl.int64) * stride_yb + h.to(tl.int64) * stride_yh
     out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
-    xq = group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, INV + out, pid_blk, stride_qn,
-                     stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO,
-                     EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, True, PROJ_PARTS)
-    tl.debug_barrier()  # the positions and weights this program stored are read back below
-    if GATHER:
+    xq, pos, wcol = group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, INV + out, pid_blk,
+                                stride_qn, stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG,
+                                CH, STEPS, U_ZERO, EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, True, PROJ_PARTS)
+    if not FUSION_REGS:
+        tl.debug_barrier()  # the positions and weights this program stored are read back below
+    if FUSION_REGS:
+        cols = tl.arange(0, D_PAD)
+        real = cols < HEAD_DIM
+        gid = tl.where(real, pos // GROUP_SIZE, -1)
+        w1 = tl.where(real, wcol if RANK1 else w1c, 0.0)  # W[c, c'] = w1(c)·w2(c') on shared groups
+        w2 = tl.where(real, wcol if RANK1 else 1.0, 0.0)
+        wm = tl.where(gid[:, None] == gid[None, :], w1[:, None] * w2[None, :], 0.0)  # [D_PAD, D_PAD] fp32
+        for r0 in tl.static_range(0, BM, ROWS):
+            offs_m = pid_blk * BM + r0 + tl.arange(0, ROWS)
+            if ROWS == BM and not HAS_QV:  # the tile in registers (invalid rows were zeroed there)
+                x = xq
+            else:  # re-read (cache hits): invalid rows get their Q_eff too, as in ``regroup``
+                x = tl.load(Q + offs_m[:, None] * stride_qn + cols[None, :] * stride_qd,
+                            mask=(offs_m < N)[:, None] & real[None, :], other=0.0)
+            if DOT16:
+                hi = wm.to(x.dtype)
+                y = tl.dot(x, hi)
+                if RANK1:
+                    y = tl.dot(x, (wm - hi.to(tl.float32)).to(x.dtype), y)
+            else:
+                y = tl.dot(x.to(tl.float32), wm, input_precision=DOT_PREC)
+            tl.store(Y + offs_m[:, None] * stride_yn + cols[None, :] * stride_yd, y.to(Y.dtype.element_ty),
+                     mask=(offs_m < N)[:, None] & real[None, :])
+    elif GATHER:
         cols = tl.arange(0, D_PAD)
         cvalid = cols < HEAD_DIM
         pos = tl.load(INV + out + cols, mask=cvalid, other=0)  # each column's sorted position
@@ -146,7 +172,8 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
     query_valid row (if HAS_QV); writes the sorted column order to GRP_B[0:d], with RANK1 the weights
     u to W_B[0:d], and with STORE_INV each column's sorted position to INV_B[0:d] (``regroup.inverse_groups``
     of the order, which the attention kernel's Q_eff prologue reads). Returns the block's tile [BM, D_PAD] in Q's
-    dtype (zeros for tail and invalid rows). Shared by ``_grouping_kernel``, ``_grouping_qeff_kernel`` and the
+    dtype (zeros for tail and invalid rows), each column's sorted position [D_PAD] (padded columns last) and, with
+    G=2 rank1 pair weights in registers (PAIR_GRAM = 2), each column's weight u [D_PAD] (zeros otherwise). Shared by ``_grouping_kernel``, ``_grouping_qeff_kernel`` and the
     attention kernel's fused-grouping prologue.
 
     R: the directions, fp32 [BM, NBITS_PAD] (PROJ_PARTS = 0: an fp32 FMA dot), or PROJ_PARTS 16-bit parts in
@@ -186,14 +213,19 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
         pos = tl.sum(tl.where(perm[None, :] == cols[:, None], cols[None, :], 0), axis=1)  # column -> position
     if STORE_INV:
         tl.store(INV_B + cols, pos.to(tl.int32), mask=cols < HEAD_DIM)
+    wcol = tl.zeros([D_PAD], dtype=tl.float32)  # each column's rank1 weight, where computed in registers
     if RANK1:
-        tl.debug_barrier()  # the permutation is re-read from memory in plain layouts
-        if G == 2 and PAIR_GRAM:
+        if not (G == 2 and PAIR_GRAM == 2):
+            tl.debug_barrier()  # the permutation is re-read from memory in plain layouts
+        if G == 2 and PAIR_GRAM > 0:
             if GRAM_F32:  # fp32 q, or the interpreter (whose 16-bit dots are not exact)
                 gram = tl.dot(tl.trans(x), x, input_precision="ieee")
             else:  # 16-bit products are exact in the fp32 accumulator
                 gram = tl.dot(tl.trans(xq), xq)
-            _pair_weights_gram(gram, pos, GRP_B, W_B, HEAD_DIM, D_PAD)
+            if PAIR_GRAM == 2:
+                wcol = _pair_weights_regs(gram, pos, W_B, HEAD_DIM, D_PAD)
+            else:
+                _pair_weights_gram(gram, pos, GRP_B, W_B, HEAD_DIM, D_PAD)
         elif G == 2:
             _pair_weights(Q, QV_B, GRP_B, W_B, pid_blk, stride_qn, stride_qd, N, HEAD_DIM, D_PAD, BM, HAS_QV, 32)
         else:
@@ -212,7 +244,7 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
                     xs = tl.dot(xq, onehot.to(xq.dtype))
                 w = _power_weights(xs, BM, G, DG, CH, STEPS, U_ZERO)
                 tl.store(W_B + pj, w, mask=pj < HEAD_DIM)
-    return xq
+    return xq, pos, wcol
 
 
 @triton.jit
@@ -263,6 +295,25 @@ def _pair_weights_gram(gram, pos, GRP_B, W_B, HEAD_DIM: tl.constexpr, D_PAD: tl.
     first = (pos % 2) == 0  # c is the pair's first member (sorted position 2g)
     ua, ub = _top_eigvec_2(tl.where(first, diag, dpart), off, tl.where(first, dpart, diag))
     tl.store(W_B + pos, tl.where(first, ua, ub), mask=real)
+
+
+@triton.jit
+def _pair_weights_regs(gram, pos, W_B, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr):
+    """G=2 as ``_pair_weights_gram``, all in registers: the partner of column c is the column at sorted position
+    pos(c) ^ 1, so a [D_PAD, D_PAD] mask on the positions picks its pair entry and its diagonal entry (no reads of
+    the order or a scratch back from memory, no barriers). Writes u at each column's sorted position in W_B and
+    returns each column's u [D_PAD] (padded columns: pairs of their own, weights unused)."""
+    cols = tl.arange(0, D_PAD)
+    real = cols < HEAD_DIM
+    diag = tl.sum(tl.where(cols[None, :] == cols[:, None], gram, 0.0), axis=1)
+    mate = pos[None, :] == (pos ^ 1)[:, None]  # [c, c']: c' is c's partner
+    off = tl.sum(tl.where(mate, gram, 0.0), axis=1)  # gram[c, partner(c)]
+    dpart = tl.sum(tl.where(mate, diag[None, :], 0.0), axis=1)  # gram[partner(c), partner(c)]
+    first = (pos % 2) == 0  # c is the pair's first member (sorted position 2g)
+    ua, ub = _top_eigvec_2(tl.where(first, diag, dpart), off, tl.where(first, dpart, diag))
+    wcol = tl.where(first, ua, ub)
+    tl.store(W_B + pos, wcol, mask=real)
+    return wcol
 
 
 @triton.jit
@@ -318,6 +369,7 @@ def _power_weights(xs, BM: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, CH: 
 # already in registers); "gather" re-reads Q by each pair's columns. Both compute the same weights
 # (tests); "gram" made the whole G2 rank1 call ~10% faster on the H200 at N=4096 (docs/benchmarks.md).
 PAIR_WEIGHTS = os.environ.get("DISTR_PAIR_WEIGHTS", "gram")
+PAIR_WAYS = ("gather", "gram", "regs")  # group_block's PAIR_GRAM is the index
 # The columns' sorted order: "rank" counts, for each column, the smaller (code, index) keys (d² compares,
 # one reduction); "sort" runs tl.sort on the keys (a bitonic network of shuffles). The same permutation.
 COLUMN_ORDER = os.environ.get("DISTR_COLUMN_ORDER", "rank")
@@ -398,9 +450,9 @@ class GroupingLaunch:
 
 def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
                     query_valid: torch.Tensor | None, fusion: str, positions: bool = False) -> GroupingLaunch:
-    if PAIR_WEIGHTS not in ("gram", "gather"):
-        raise ValueError(f"grouping_triton.PAIR_WEIGHTS (environment variable DISTR_PAIR_WEIGHTS) must be 'gram' "
-                         f"or 'gather', got {PAIR_WEIGHTS!r}")
+    if PAIR_WEIGHTS not in PAIR_WAYS:
+        raise ValueError(f"grouping_triton.PAIR_WEIGHTS (environment variable DISTR_PAIR_WEIGHTS) must be one of "
+                         f"{PAIR_WAYS}, got {PAIR_WEIGHTS!r}")
     if POSITIONS not in ("torch", "kernel"):
         raise ValueError(f"grouping_triton.POSITIONS (environment variable DISTR_GROUPING_POSITIONS) must be 'torch' "
                          f"or 'kernel', got {POSITIONS!r}")
@@ -420,7 +472,7 @@ def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     meta = dict(HEAD_DIM=d, D_PAD=d_pad, BM=block_m, NBITS=num_hash_bits, NBITS_PAD=nbits_pad,
                 HAS_QV=query_valid is not None, RANK1=rank1, G=g, DG=min(d_pad, 64) // g, CH=min(d_pad, 64),
                 STEPS=POWER_ITERATION_STEPS, U_ZERO=1.0 / math.sqrt(group_size) if rank1 else 1.0,
-                EXACT_DOT=q.dtype == torch.float32, PAIR_GRAM=PAIR_WEIGHTS == "gram",
+                EXACT_DOT=q.dtype == torch.float32, PAIR_GRAM=PAIR_WAYS.index(PAIR_WEIGHTS),
                 GRAM_F32=q.dtype == torch.float32 or interpreting(), RANK_ORDER=COLUMN_ORDER == "rank",
                 PROJ_PARTS=projection_parts(q.dtype))
     r = (split_projections(block_m, num_hash_bits, nbits_pad, seed, q.device, q.dtype) if meta["PROJ_PARTS"]
@@ -487,11 +539,16 @@ def qeff_tiles(head_dim: int, rank1: bool = False) -> tuple[int, int, int]:
 # H200 (scalar loads by column index; docs/benchmarks.md, "Q_eff in one launch").
 QEFF_REGROUP = os.environ.get("DISTR_QEFF_REGROUP", "dot")
 QEFF_WAYS = ("dot", "dot16", "gather")
+# Where the dot ways take the fusion matrix from: "memory" (default) reads the positions and weights the program
+# stored back after a barrier (``regroup.regroup_tile_store``); "registers" builds it from the ones ``group_block``
+# holds (mean, and G=2 rank1 with the pair weights picked in registers, ``_pair_weights_regs``), with no barrier and
+# no read back. Other cases (G >= 4 rank1, the gather way, fewer output columns per dot than d) keep "memory".
+QEFF_FUSION_FROM = os.environ.get("DISTR_QEFF_FUSION_FROM", "memory")
 
 
 def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
                            query_valid: torch.Tensor | None, fusion: str, tiles: tuple[int, int, int] | None = None,
-                           regroup_way: str | None = None):
+                           regroup_way: str | None = None, fusion_from: str | None = None):
     """Q_eff and the grouping it came from, in one launch: q [B, H, N, d] (16-bit or fp32, any strides) ->
     (q_eff [B, H, N, d] contiguous in q's dtype, groups int32 [B, H, nb, d], a, b (fp32 [B, H, nb, d] rank1 weights,
     the same tensor; None for mean), positions int32 [B, H, nb, d] (column -> sorted position)).
@@ -499,12 +556,17 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
     The same function as ``triton_grouping(..., positions=True)`` followed by ``regroup.regroup(q, groups, a, b)``
     (tests): each program groups one block of ``block_m`` rows, then writes the block's Q_eff rows from the tile
     it just read. ``tiles``: (num_warps, output columns per dot, rows per step) instead of ``qeff_tiles(d)``;
-    ``regroup_way``: "dot", "dot16" or "gather" instead of ``QEFF_REGROUP``.
+    ``regroup_way``: "dot", "dot16" or "gather" instead of ``QEFF_REGROUP``; ``fusion_from``: "memory" or "registers"
+    instead of ``QEFF_FUSION_FROM``.
     """
     way = regroup_way or QEFF_REGROUP
     if way not in QEFF_WAYS:
         raise ValueError(f"regroup_way (or environment variable DISTR_QEFF_REGROUP) must be one of {QEFF_WAYS}, "
                          f"got {way!r}")
+    source = fusion_from or QEFF_FUSION_FROM
+    if source not in ("memory", "registers"):
+        raise ValueError(f"fusion_from (or environment variable DISTR_QEFF_FUSION_FROM) must be 'memory' or "
+                         f"'registers', got {source!r}")
     if group_size < 2:
         raise ValueError(f"group_size must be >= 2 for a fused Q_eff launch (G=1's Q_eff is q), got {group_size}")
     if tiles is not None and (not isinstance(tiles, (tuple, list)) or len(tiles) != 3):
@@ -521,12 +583,17 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
     if warps not in (1, 2, 4, 8, 16) or cb < 16 or cb & (cb - 1) or rows < 16 or rows & (rows - 1) or block_m % rows:
         raise ValueError(f"tiles must be (num_warps in 1/2/4/8/16, output columns: a power of two >= 16, rows per "
                          f"step: a power of two >= 16 dividing block_m={block_m}), got {(warps, cb, rows)}")
+    meta = gl.meta
+    in_regs = (source == "registers" and way != "gather" and cb >= d_pad
+               and (not gl.rank1 or (group_size == 2 and meta["PAIR_GRAM"] > 0)))
+    if in_regs and gl.rank1:
+        meta = {**meta, "PAIR_GRAM": PAIR_WAYS.index("regs")}  # the same weights, kept in registers
     qe = torch.empty((B, H, N, d), device=q.device, dtype=q.dtype)
     nb = gl.groups.shape[2]
     _grouping_qeff_kernel[(nb, B * H)](
         q, gl.qv, gl.r, gl.groups, gl.w, gl.inv, qe, 1.0 if gl.rank1 else 1.0 / group_size,
-        *q.stride(), gl.qv_stride, *qe.stride(), H, N, nb, **gl.meta, GROUP_SIZE=group_size, ROWS=rows,
+        *q.stride(), gl.qv_stride, *qe.stride(), H, N, nb, **meta, GROUP_SIZE=group_size, ROWS=rows,
         CB=min(d_pad, cb), DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", GATHER=way == "gather",
-        DOT16=way == "dot16" and _exact_16bit_dots(q.dtype), num_warps=warps)
+        DOT16=way == "dot16" and _exact_16bit_dots(q.dtype), FUSION_REGS=in_regs, num_warps=warps)
     wa = gl.w if gl.rank1 else None
     return qe, gl.groups, wa, wa, gl.inv

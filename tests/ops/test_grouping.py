@@ -102,7 +102,7 @@ def test_mean_weights_and_fused_queries_equal_grouped_product():
 
 
 # (grouping_triton.PAIR_WEIGHTS, grouping_triton.COLUMN_ORDER): the defaults first, then the other ways
-GROUPING_WAYS = [("gram", "rank"), ("gather", "sort"), ("gram", "sort"), ("gather", "rank")]
+GROUPING_WAYS = [("gram", "rank"), ("gather", "sort"), ("gram", "sort"), ("gather", "rank"), ("regs", "rank")]
 
 
 @interpreter_only
@@ -198,8 +198,8 @@ def assert_same_up_to_ties(got, ref, q, bm, valid=None, rel_tol=1e-5, nbits=16):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
-@pytest.mark.parametrize("G,ways", [(2, GROUPING_WAYS[0]), (2, GROUPING_WAYS[1]), (4, GROUPING_WAYS[0]),
-                                    (8, GROUPING_WAYS[1])])
+@pytest.mark.parametrize("G,ways", [(2, GROUPING_WAYS[0]), (2, GROUPING_WAYS[1]), (2, GROUPING_WAYS[4]),
+                                    (4, GROUPING_WAYS[0]), (8, GROUPING_WAYS[1])])
 @pytest.mark.parametrize("d", [64, 128, 80])
 def test_triton_grouping_matches_torch_gpu(d, G, ways, monkeypatch):
     from distr_patch.ops.grouping_triton import triton_grouping
@@ -401,11 +401,11 @@ def _qeff_two_launches(q, **kw):
     return qe, groups, wa, inv
 
 
-def _check_fused_qeff(q, tiles=None, way="dot", **kw):
+def _check_fused_qeff(q, tiles=None, way="dot", fusion_from="memory", **kw):
     from distr_patch.ops.grouping import fused_queries
     from distr_patch.ops.grouping_triton import triton_query_effective
 
-    qe, groups, wa, wb, inv = triton_query_effective(q, tiles=tiles, regroup_way=way, **kw)
+    qe, groups, wa, wb, inv = triton_query_effective(q, tiles=tiles, regroup_way=way, fusion_from=fusion_from, **kw)
     qe2, groups2, wa2, inv2 = _qeff_two_launches(q, **kw)
     assert qe.shape == q.shape and qe.dtype == q.dtype and qe.is_contiguous()
     assert torch.equal(groups, groups2) and torch.equal(inv, inv2)
@@ -434,31 +434,34 @@ def _check_fused_qeff(q, tiles=None, way="dot", **kw):
     ("mean", 4, 96, 140, 128, (4, 32, 64)), ("rank1", 2, 64, 130, 128, (2, 16, 16)),
     ("rank1", 2, 64, 130, 128, (4, 64, 128)), ("mean", 2, 32, 70, 64, (4, 32, 64))])  # whole block from registers
 @pytest.mark.parametrize("with_valid", [True, False])
-@pytest.mark.parametrize("way", ["dot", "dot16", "gather"])
-def test_fused_qeff_launch_matches_two_launches(fusion, G, d, N, bm, tiles, with_valid, way):
+@pytest.mark.parametrize("way,fusion_from", [("dot", "memory"), ("dot16", "memory"), ("gather", "memory"),
+                                             ("dot", "registers")])
+def test_fused_qeff_launch_matches_two_launches(fusion, G, d, N, bm, tiles, with_valid, way, fusion_from):
     """One launch (grouping, then the block's Q_eff rows) = the grouping launch + the regroup launch: same groups,
-    positions and weights, same Q_eff; tails, invalid rows and a non-contiguous q included."""
+    positions and weights, same Q_eff; tails, invalid rows and a non-contiguous q included; the fusion matrix read
+    back from memory or built in registers (where the case allows: otherwise the memory path runs)."""
     q = rand_q(11, (2, N, 3, d)).transpose(1, 2)  # the [B, N, H, d] layout transformers produce
     valid = None
     if with_valid:
         valid = torch.ones(2, N, dtype=torch.bool)
         valid[1, N - 13:] = False
-    _check_fused_qeff(q, tiles=tiles, way=way, group_size=G, block_m=bm, num_hash_bits=16, seed=3, query_valid=valid,
-                      fusion=fusion)
+    _check_fused_qeff(q, tiles=tiles, way=way, fusion_from=fusion_from, group_size=G, block_m=bm, num_hash_bits=16,
+                      seed=3, query_valid=valid, fusion=fusion)
 
 
 @interpreter_only
 @pytest.mark.parametrize("dtype", [torch.float16])  # bf16: the GPU test (the interpreter's bf16 dots are wrong)
 @pytest.mark.parametrize("fusion,G,tiles", [("mean", 2, None), ("rank1", 2, None), ("rank1", 4, (4, 32, 32)),
                                             ("rank1", 2, (4, 64, 128))])  # the last: whole block from registers
-def test_fused_qeff_launch_16bit_dot(dtype, fusion, G, tiles):
+@pytest.mark.parametrize("fusion_from", ["memory", "registers"])
+def test_fused_qeff_launch_16bit_dot(dtype, fusion, G, tiles, fusion_from):
     """regroup_way="dot16" with 16-bit q (the fp32 tests above take the fp32 dot): the tile in q's dtype, the fusion
     matrix as hi + lo 16-bit parts (rank1) gives the two launches' Q_eff and the definition's to 16-bit rounding."""
     q = rand_q(21, (2, 150, 2, 64), dtype=dtype).transpose(1, 2)
     valid = torch.ones(2, 150, dtype=torch.bool)
     valid[0, 140:] = False
-    _check_fused_qeff(q, tiles=tiles, way="dot16", group_size=G, block_m=64 if tiles is None else 128,
-                      num_hash_bits=16, seed=5, query_valid=valid, fusion=fusion)
+    _check_fused_qeff(q, tiles=tiles, way="dot16", fusion_from=fusion_from, group_size=G,
+                      block_m=64 if tiles is None else 128, num_hash_bits=16, seed=5, query_valid=valid, fusion=fusion)
 
 
 def test_fused_qeff_launch_rejects_bad_tiles():
@@ -474,6 +477,9 @@ def test_fused_qeff_launch_rejects_bad_tiles():
     with pytest.raises(ValueError, match="regroup_way"):
         triton_query_effective(q, group_size=2, block_m=64, num_hash_bits=16, seed=0, query_valid=None,
                                fusion="mean", regroup_way="scatter")
+    with pytest.raises(ValueError, match="fusion_from"):
+        triton_query_effective(q, group_size=2, block_m=64, num_hash_bits=16, seed=0, query_valid=None,
+                               fusion="mean", fusion_from="shared")
     with pytest.raises(ValueError, match="group_size"):
         triton_query_effective(q, group_size=1, block_m=64, num_hash_bits=16, seed=0, query_valid=None,
                                fusion="mean")
@@ -483,8 +489,9 @@ def test_fused_qeff_launch_rejects_bad_tiles():
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
 @pytest.mark.parametrize("fusion,G", [("mean", 2), ("rank1", 2), ("mean", 4), ("rank1", 4)])
 @pytest.mark.parametrize("d", [64, 128, 80])
-@pytest.mark.parametrize("way", ["dot", "dot16", "gather"])
-def test_fused_qeff_launch_matches_two_launches_gpu(d, G, fusion, way):
+@pytest.mark.parametrize("way,fusion_from", [("dot", "memory"), ("dot16", "memory"), ("gather", "memory"),
+                                             ("dot", "registers"), ("dot16", "registers")])
+def test_fused_qeff_launch_matches_two_launches_gpu(d, G, fusion, way, fusion_from):
     q = rand_q(12, (2, 4000, 8, d), dtype=torch.bfloat16, device="cuda").transpose(1, 2)
-    _check_fused_qeff(q, way=way, group_size=G, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
-                      fusion=fusion)
+    _check_fused_qeff(q, way=way, fusion_from=fusion_from, group_size=G, block_m=128, num_hash_bits=16, seed=0,
+                      query_valid=None, fusion=fusion)
