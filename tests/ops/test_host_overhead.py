@@ -27,12 +27,13 @@ def test_host_overhead_cpu_needs_stubs():
 
 
 def test_profile_prefill_smoke_on_cpu():
-    """scripts/profile_prefill.py on the CPU (the reference path, a short sequence): both variants timed and
-    profiled, the model unpatched after."""
+    """scripts/profile_prefill.py on the CPU (the reference path, a short sequence): exact and one patched variant
+    per engine timed and profiled, the model unpatched between them and after."""
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "profile_prefill.py"), "--device", "cpu", "--seq", "16",
-                          "--batch", "1", "--repeats", "1", "--rows", "2"], capture_output=True, text=True, timeout=600)
+                          "--batch", "1", "--repeats", "1", "--rows", "2", "--engines", "auto", "sdpa"],
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| exact") or
             line.startswith("| G2")]
-    assert [r[0].strip() for r in rows] == ["exact", "G2 mean W0"]
+    assert [r[0].strip() for r in rows] == ["exact", "G2 mean W0 auto", "G2 mean W0 sdpa"]
     assert all(float(r[1]) > 0 for r in rows)
