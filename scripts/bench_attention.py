@@ -56,8 +56,14 @@ def _variants(args):
         v[f"distr G={G} {fusion} sdpa"] = dict(kind="distr", kw=dict(group_size=G, fusion=fusion, block_m=128,
                                                                      backend="sdpa"))
     for fusion in ("mean", "rank1"):  # Q_eff by the grouping launch and then the regroup launch (not the fused one)
-        v[f"distr G=2 {fusion} sdpa 2launch"] = dict(kind="distr", kw=dict(group_size=2, fusion=fusion, block_m=128,
-                                                                          backend="sdpa", qeff_launch="separate"))
+        v[f"distr G=2 {fusion} sdpa 2launch"] = dict(kind="distr", kw=dict(
+            group_size=2, fusion=fusion, block_m=128, backend="sdpa",
+            switches={"sdpa_engine.QEFF_LAUNCH": "separate"}))
+        # the fused Q_eff launch's other ways of forming Q_eff (grouping_triton.QEFF_REGROUP / QEFF_FUSION_FROM)
+        for way, src in (("dot", "memory"), ("dot16", "memory"), ("dot16", "registers")):
+            v[f"distr G=2 {fusion} sdpa {way} {src}"] = dict(kind="distr", kw=dict(
+                group_size=2, fusion=fusion, block_m=128, backend="sdpa",
+                switches={"grouping_triton.QEFF_REGROUP": way, "grouping_triton.QEFF_FUSION_FROM": src}))
     for fusion in ("rank1", "mean"):  # the window as pieces: grouped SDPA calls beside the band, our band kernel
         v[f"distr G=2 {fusion} W128 c.5 bm128 sdpa"] = dict(kind="distr", kw=dict(
             group_size=2, fusion=fusion, exact_window=128, window_correction=0.5, block_m=128, backend="sdpa"))
@@ -92,21 +98,28 @@ def _make_fn(spec, q, k, v, causal):
         return lambda: sage(q, k, v, tensor_layout="HND", is_causal=causal)
     kw = dict(spec["kw"])
     kw.setdefault("backend", "triton")  # the fused kernel, unless the variant names its engine ("auto" could pick SDPA)
-    return _with_qeff_launch(kw.pop("qeff_launch", None), lambda: distr_attention(q, k, v, causal=causal, **kw))
+    return _with_switches(kw.pop("switches", None), lambda: distr_attention(q, k, v, causal=causal, **kw))
 
 
-def _with_qeff_launch(launch, fn):
-    """fn run with ``sdpa_engine.QEFF_LAUNCH = launch`` (how backend="sdpa" forms Q_eff); fn itself for None."""
-    if launch is None:
+def _with_switches(switches, fn):
+    """fn run with module-level switches of ``distr_patch.ops`` set, e.g. {"sdpa_engine.QEFF_LAUNCH": "separate"}
+    (how backend="sdpa" forms Q_eff), and restored after; fn itself for None."""
+    if not switches:
         return fn
-    from distr_patch.ops import sdpa_engine
+    import importlib
+
+    targets = [(importlib.import_module(f"distr_patch.ops.{name.split('.')[0]}"), name.split(".")[1], value)
+               for name, value in switches.items()]
 
     def wrapped():
-        old, sdpa_engine.QEFF_LAUNCH = sdpa_engine.QEFF_LAUNCH, launch
+        old = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in targets]
+        for mod, attr, value in targets:
+            setattr(mod, attr, value)
         try:
             return fn()
         finally:
-            sdpa_engine.QEFF_LAUNCH = old
+            for mod, attr, value in old:
+                setattr(mod, attr, value)
     return wrapped
 
 
@@ -127,7 +140,7 @@ def _grouping_fn(kw, q, k):
     if kw.get("backend") == "sdpa":  # the grouping launch (storing positions) and the Q_eff regroup launch
         from distr_patch.ops.sdpa_engine import query_effective
 
-        return _with_qeff_launch(kw.get("qeff_launch"), lambda: query_effective(
+        return _with_switches(kw.get("switches"), lambda: query_effective(
             q, group_size=G, block_m=bm, fusion=kw.get("fusion", "mean"), num_hash_bits=16, seed=0, query_valid=None,
             groups=None))
     cfg = fwd_config(q.shape[-1], G, bm, exact_window=kw.get("exact_window", 0))

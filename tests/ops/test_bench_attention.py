@@ -1,0 +1,48 @@
+"""scripts/bench_attention.py's variants that flip module switches (how backend="sdpa" forms Q_eff) run with their
+switch, under the interpreter, and leave it restored."""
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+interpreter_only = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                      reason="CPU tensors through Triton need TRITON_INTERPRET=1")
+
+
+@interpreter_only
+def test_bench_switch_variants_run_with_their_switches(monkeypatch):
+    from distr_patch.ops import grouping_triton, sdpa_engine
+    from distr_patch.ops.reference import reference_distr_attention
+
+    spec = importlib.util.spec_from_file_location("bench_attention_switches", ROOT / "scripts" / "bench_attention.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    seen = []
+    real_fused, real_grouping = grouping_triton.triton_query_effective, grouping_triton.triton_grouping
+
+    def fused(*args, **kwargs):  # which way and source each fused Q_eff launch ran with
+        seen.append((grouping_triton.QEFF_REGROUP, grouping_triton.QEFF_FUSION_FROM))
+        return real_fused(*args, **kwargs)
+
+    def grouping(*args, **kwargs):
+        seen.append(sdpa_engine.QEFF_LAUNCH)
+        return real_grouping(*args, **kwargs)
+
+    monkeypatch.setattr(grouping_triton, "triton_query_effective", fused)
+    monkeypatch.setattr(grouping_triton, "triton_grouping", grouping)
+    variants = bench._variants(None)
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 140, 32, generator=g) for _ in range(3))
+    ref = reference_distr_attention(q, k, v, group_size=2, block_m=128, fusion="rank1")
+    for name, expect in (("distr G=2 rank1 sdpa dot16 registers", ("dot16", "registers")),
+                         ("distr G=2 rank1 sdpa dot memory", ("dot", "memory")),
+                         ("distr G=2 rank1 sdpa 2launch", "separate")):
+        seen.clear()
+        out = bench._make_fn(variants[name], q, k, v, False)()
+        assert seen == [expect], name
+        assert torch.allclose(out, ref, atol=1e-4), name  # fp32 q: the dot16 way takes the fp32 dot
+    assert (grouping_triton.QEFF_REGROUP, grouping_triton.QEFF_FUSION_FROM) == ("dot", "memory")  # restored
+    assert sdpa_engine.QEFF_LAUNCH == "fused"
