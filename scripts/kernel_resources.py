@@ -245,8 +245,8 @@ def main(argv=None):
               "| shared KB |\n|---|---|---|---|---|---|---|")
         for d in args.d:
             for fusion, tiles, r in qeff_rows(torch.randn(1, 2, 512, d, dtype=torch.bfloat16), args.default_only):
-                star = ("*" if tiles == qeff_tiles(d, fusion.startswith("rank1")) and fusion.endswith(", " + default_way)
-                        else "")
+                default = tiles == qeff_tiles(d, fusion.startswith("rank1")) and fusion.endswith(", " + default_way)
+                star = "*" if default else ""
                 print(f"| {d} | {fusion} | {tiles}{star} | {_resource_cells(r, tiles[0])} |", flush=True)
         return
     if args.band:

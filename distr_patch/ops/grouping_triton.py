@@ -43,7 +43,7 @@ import triton.language as tl
 
 from .configs import interpreting
 from .grouping import POWER_ITERATION_STEPS, fusion_weights_torch, hash_projections
-from .regroup import regroup_tile_store
+from .regroup import fusion_dot, regroup_tile_store
 
 
 @triton.jit
@@ -99,8 +99,8 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
     xq, pos, wcol = group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, INV + out, pid_blk,
                                 stride_qn, stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG,
                                 CH, STEPS, U_ZERO, EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, True, PROJ_PARTS)
-    if not FUSION_REGS:
-        tl.debug_barrier()  # the positions and weights this program stored are read back below
+    if not FUSION_REGS:  # the other ways read the positions and weights this program stored back
+        tl.debug_barrier()
     if FUSION_REGS:
         cols = tl.arange(0, D_PAD)
         real = cols < HEAD_DIM
@@ -115,13 +115,7 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
             else:  # re-read (cache hits): invalid rows get their Q_eff too, as in ``regroup``
                 x = tl.load(Q + offs_m[:, None] * stride_qn + cols[None, :] * stride_qd,
                             mask=(offs_m < N)[:, None] & real[None, :], other=0.0)
-            if DOT16:
-                hi = wm.to(x.dtype)
-                y = tl.dot(x, hi)
-                if RANK1:
-                    y = tl.dot(x, (wm - hi.to(tl.float32)).to(x.dtype), y)
-            else:
-                y = tl.dot(x.to(tl.float32), wm, input_precision=DOT_PREC)
+            y = fusion_dot(x if DOT16 else x.to(tl.float32), wm, RANK1, DOT_PREC)
             tl.store(Y + offs_m[:, None] * stride_yn + cols[None, :] * stride_yd, y.to(Y.dtype.element_ty),
                      mask=(offs_m < N)[:, None] & real[None, :])
     elif GATHER:
@@ -148,17 +142,18 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
                      mask=lmask)
     elif ROWS == BM and not HAS_QV:  # the whole block at once, from the registers (invalid rows were zeroed there)
         offs_m = pid_blk * BM + tl.arange(0, BM)
-        regroup_tile_store(xq if DOT16 else xq.to(tl.float32), Y, Y, offs_m, N, stride_yn, stride_yd, 0, 0, INV, W, W, w1c, pid_bh,
-                           pid_blk * BM, NB, HEAD_DIM, D_PAD, GROUP_SIZE, BM, BM, CB, RANK1, False, DOT_PREC)
+        regroup_tile_store(xq if DOT16 else xq.to(tl.float32), Y, Y, offs_m, N, stride_yn, stride_yd, 0, 0, INV, W, W,
+                           w1c, pid_bh, pid_blk * BM, NB, HEAD_DIM, D_PAD, GROUP_SIZE, BM, BM, CB, RANK1, False,
+                           DOT_PREC)
     else:  # ROWS at a time, re-read (cache hits): invalid rows get their Q_eff too, as in ``regroup``
         cols = tl.arange(0, D_PAD)
         for r0 in tl.static_range(0, BM, ROWS):
             offs_m = pid_blk * BM + r0 + tl.arange(0, ROWS)
             x = tl.load(Q + offs_m[:, None] * stride_qn + cols[None, :] * stride_qd,
                         mask=(offs_m < N)[:, None] & (cols < HEAD_DIM)[None, :], other=0.0)
-            regroup_tile_store(x if DOT16 else x.to(tl.float32), Y, Y, offs_m, N, stride_yn, stride_yd, 0, 0, INV, W, W, w1c, pid_bh,
-                               pid_blk * BM + r0, NB, HEAD_DIM, D_PAD, GROUP_SIZE, BM, ROWS, CB, RANK1, False,
-                               DOT_PREC)
+            regroup_tile_store(x if DOT16 else x.to(tl.float32), Y, Y, offs_m, N, stride_yn, stride_yd, 0, 0, INV, W,
+                               W, w1c, pid_bh, pid_blk * BM + r0, NB, HEAD_DIM, D_PAD, GROUP_SIZE, BM, ROWS, CB, RANK1,
+                               False, DOT_PREC)
 
 
 @triton.jit
@@ -173,8 +168,8 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
     u to W_B[0:d], and with STORE_INV each column's sorted position to INV_B[0:d] (``regroup.inverse_groups``
     of the order, which the attention kernel's Q_eff prologue reads). Returns the block's tile [BM, D_PAD] in Q's
     dtype (zeros for tail and invalid rows), each column's sorted position [D_PAD] (padded columns last) and, with
-    G=2 rank1 pair weights in registers (PAIR_GRAM = 2), each column's weight u [D_PAD] (zeros otherwise). Shared by ``_grouping_kernel``, ``_grouping_qeff_kernel`` and the
-    attention kernel's fused-grouping prologue.
+    G=2 rank1 pair weights in registers (PAIR_GRAM = 2), each column's weight u [D_PAD] (zeros otherwise). Shared
+    by ``_grouping_kernel``, ``_grouping_qeff_kernel`` and the attention kernel's fused-grouping prologue.
 
     R: the directions, fp32 [BM, NBITS_PAD] (PROJ_PARTS = 0: an fp32 FMA dot), or PROJ_PARTS 16-bit parts in
     Q's dtype, [PROJ_PARTS, BM, NBITS_PAD], that sum to them (``split_projections``): tensor-core dots of the

@@ -109,6 +109,21 @@ def fused_query_tile(x, INV, WA, WB, mean_a, pid_bh, m0, NB, HEAD_DIM: tl.conste
 
 
 @triton.jit
+def fusion_dot(x, wm, WEIGHTED: tl.constexpr, DOT_PREC: tl.constexpr):
+    """x [rows, D_PAD] times a fusion matrix slice wm [D_PAD, cols] (fp32) -> fp32 [rows, cols]. fp32 x: one dot at
+    DOT_PREC. 16-bit x: wm in x's dtype, as two parts (hi + lo, ~16 bits) when WEIGHTED and in one when not (mean
+    weights 1/G are exact), each product exact in the fp32 accumulator."""
+    if x.dtype == tl.float32:
+        y = tl.dot(x, wm, input_precision=DOT_PREC)
+    else:
+        hi = wm.to(x.dtype)
+        y = tl.dot(x, hi)
+        if WEIGHTED:
+            y = tl.dot(x, (wm - hi.to(tl.float32)).to(x.dtype), y)
+    return y
+
+
+@triton.jit
 def regroup_tile_store(x, Y, ADD, offs_m, N, stride_yn, stride_yd, stride_an, stride_ad, INV, W1, W2, w1c,
                        pid_bh, m0, NB, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr,
                        GROUP_BM: tl.constexpr, BLOCK_M: tl.constexpr, CB: tl.constexpr, WEIGHTED: tl.constexpr,
@@ -122,9 +137,8 @@ def regroup_tile_store(x, Y, ADD, offs_m, N, stride_yn, stride_yd, stride_an, st
     precision (fp32 operands: tf32 for 16-bit outputs, "ieee" for fp32). The backward's dQ kernel maps dQ_eff
     back with it in its epilogue (w1 = b, w2 = a: the adjoint) instead of a launch of its own.
 
-    x may instead be 16-bit (bf16/fp16): then W goes in as x's dtype, as two parts (hi + lo, ~16 bits, like
-    ``fused_query_tile``'s SPLIT_W) when WEIGHTED, and in one when not (mean weights 1/G are exact); each product is
-    exact in the fp32 accumulator, so mean fusion gives tf32's result bit for bit."""
+    x may instead be 16-bit (bf16/fp16): then W goes in as x's dtype (``fusion_dot``), and mean fusion gives tf32's
+    result bit for bit."""
     offs_c = tl.arange(0, D_PAD)
     SUB: tl.constexpr = GROUP_BM if GROUP_BM < BLOCK_M else BLOCK_M  # rows per grouping block in the tile
     rows = tl.arange(0, BLOCK_M)
@@ -135,13 +149,7 @@ def regroup_tile_store(x, Y, ADD, offs_m, N, stride_yn, stride_yd, stride_an, st
         for s in tl.static_range(BLOCK_M // SUB):
             blk = tl.minimum((m0 + s * SUB) // GROUP_BM, NB - 1)  # a tail tile's rows past N are not stored
             wm = _fusion_slice(INV, W1, W2, w1c, pid_bh, blk, NB, offs_c, offs_o, HEAD_DIM, G, WEIGHTED)
-            if x.dtype == tl.float32:
-                ys = tl.dot(x, wm, input_precision=DOT_PREC)
-            else:
-                hi = wm.to(x.dtype)
-                ys = tl.dot(x, hi)
-                if WEIGHTED:
-                    ys = tl.dot(x, (wm - hi.to(tl.float32)).to(x.dtype), ys)
+            ys = fusion_dot(x, wm, WEIGHTED, DOT_PREC)
             if BLOCK_M // SUB > 1:
                 y = tl.where((rows // SUB == s)[:, None], ys, y)
             else:
