@@ -6,9 +6,11 @@ afterwards (``regroup.inverse_groups``), and the grouping launch storing the pos
 (``positions=True``), plus the grouping launch alone. Each is timed as called from Python (``do_bench``:
 host launch overhead included when it exceeds the GPU time) and replayed from a CUDA graph (GPU time only),
 so a share of a whole call can be read either way. Checks that both maps agree. ``--projections`` times the
-launch storing positions with each way of computing the hash projection (``grouping_triton.PROJECTION``).
+launch storing positions with each way of computing the hash projection (``grouping_triton.PROJECTION``);
+``--pair-weights`` with each way of forming the G=2 rank1 pair weights (``grouping_triton.PAIR_WEIGHTS``).
 
     python scripts/bench_grouping.py [--d 64 128] [--n 4096] [--warps 2 4 8 16] [--projections split fp32]
+                                     [--pair-weights gram regs]
 
 Prints one markdown table last.
 """
@@ -48,6 +50,9 @@ def main(argv=None):
                    help="also the grouping launch storing positions at each of these num_warps")
     p.add_argument("--projections", nargs="*", default=[],
                    help="also the launch storing positions with each of these hash projections (split, fp32)")
+    p.add_argument("--pair-weights", nargs="*", default=[],
+                   help="rank1: also the launch storing positions with each of these ways of forming the G=2 pair "
+                        "weights (grouping_triton.PAIR_WAYS: gather, gram, regs)")
     args = p.parse_args(argv)
     rows = []
     for d in args.d:
@@ -80,6 +85,17 @@ def main(argv=None):
                 same = with_projection()[0].ne(grp).any(-1).float().mean().item()
                 print(f"  projection {proj}: {same:.2%} of blocks grouped otherwise than the default (near-ties)")
                 ways[f"storing positions, {proj} projection"] = with_projection
+            for pw in args.pair_weights if fusion == "rank1" else []:
+                def with_pairs(pw=pw):
+                    saved, grouping_triton.PAIR_WEIGHTS = grouping_triton.PAIR_WEIGHTS, pw
+                    try:
+                        return triton_grouping(q, positions=True, **kw)
+                    finally:
+                        grouping_triton.PAIR_WEIGHTS = saved
+                got = with_pairs()
+                same = torch.equal(got[0], grp) and torch.allclose(got[1], _a, rtol=1e-5, atol=1e-6)
+                print(f"  pair weights {pw}: {'the same' if same else 'NOT the same'} groups and weights as the default")
+                ways[f"storing positions, pair weights {pw}"] = with_pairs
             for name, fn in ways.items():
                 py = triton.testing.do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median")
                 try:
