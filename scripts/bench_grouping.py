@@ -75,23 +75,23 @@ def main(argv=None):
                                                                                          num_warps=w, **kw))
                 else:
                     print(f"  {w} warps: different groups or weights, not timed")
-            for proj in args.projections:
-                def with_projection(proj=proj):
-                    saved, grouping_triton.PROJECTION = grouping_triton.PROJECTION, proj
+            def switched(attr, value):  # the launch storing positions with grouping_triton.<attr> = value
+                def fn():
+                    saved = getattr(grouping_triton, attr)
+                    setattr(grouping_triton, attr, value)
                     try:
                         return triton_grouping(q, positions=True, **kw)
                     finally:
-                        grouping_triton.PROJECTION = saved
+                        setattr(grouping_triton, attr, saved)
+                return fn
+
+            for proj in args.projections:
+                with_projection = switched("PROJECTION", proj)
                 same = with_projection()[0].ne(grp).any(-1).float().mean().item()
                 print(f"  projection {proj}: {same:.2%} of blocks grouped otherwise than the default (near-ties)")
                 ways[f"storing positions, {proj} projection"] = with_projection
             for pw in args.pair_weights if fusion == "rank1" else []:
-                def with_pairs(pw=pw):
-                    saved, grouping_triton.PAIR_WEIGHTS = grouping_triton.PAIR_WEIGHTS, pw
-                    try:
-                        return triton_grouping(q, positions=True, **kw)
-                    finally:
-                        grouping_triton.PAIR_WEIGHTS = saved
+                with_pairs = switched("PAIR_WEIGHTS", pw)
                 got = with_pairs()
                 same = torch.equal(got[0], grp) and torch.allclose(got[1], _a, rtol=1e-5, atol=1e-6)
                 print(f"  pair weights {pw}: {'the same' if same else 'NOT the same'} groups and weights as the default")
