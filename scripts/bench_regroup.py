@@ -14,7 +14,8 @@ import torch
 import triton
 
 from distr_patch.ops.grouping import compute_groups
-from distr_patch.ops.grouping_triton import QEFF_WAYS, qeff_tiles, triton_grouping, triton_query_effective
+from distr_patch.ops.grouping_triton import (QEFF_SOURCES, QEFF_WAYS, qeff_tiles, qeff_way, triton_grouping,
+                                             triton_query_effective)
 from distr_patch.ops.regroup import REGROUP_TILES, regroup
 
 
@@ -48,8 +49,9 @@ def bench_qeff(args):
                 ms = triton.testing.do_bench(fn)
                 rows.append((f"{B}x{H}x{N}", d, fusion, name, ms, nbytes / ms * 1e-6, grouping_ms, same))
                 print(rows[-1], flush=True)
-    print(f"\nfused default tiles (warps, columns, rows), mean / rank1: d=64 {qeff_tiles(64)} / "
-          f"{qeff_tiles(64, True)}, d=128 {qeff_tiles(128)} / {qeff_tiles(128, True)}")
+    print(f"\nfused default tiles (warps, columns, rows) and (way, source), mean / rank1: "
+          f"d=64 {qeff_tiles(64)} {qeff_way(64)} / {qeff_tiles(64, True)} {qeff_way(64, True)}, "
+          f"d=128 {qeff_tiles(128)} {qeff_way(128)} / {qeff_tiles(128, True)} {qeff_way(128, True)}")
     print("\n| B x H x N | d | fusion | Q_eff by | ms | GB/s (q read + Q_eff write) | grouping launch alone ms "
           "| same as two launches |")
     print("|---|---|---|---|---|---|---|---|")
@@ -70,7 +72,7 @@ def main():
                     help="num_warps,columns,rows per step of the fused launch")
     ap.add_argument("--qeff-ways", nargs="+", default=["dot", "dot16"], choices=QEFF_WAYS,
                     help="how the fused launch forms Q_eff's columns (grouping_triton.QEFF_REGROUP)")
-    ap.add_argument("--qeff-from", nargs="+", default=["memory"], choices=["memory", "registers"],
+    ap.add_argument("--qeff-from", nargs="+", default=["memory"], choices=QEFF_SOURCES,
                     help="where the fused launch's dot takes the fusion matrix from (grouping_triton.QEFF_FUSION_FROM)")
     args = ap.parse_args()
     if args.qeff:

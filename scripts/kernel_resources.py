@@ -172,15 +172,15 @@ QEFF_TILES = ((2, 64, 64), (4, 64, 64), (4, 128, 64), (4, 64, 32), (4, 64, 128),
 
 def qeff_rows(q, default_only: bool = False) -> list:
     """("fusion, regroup way", tiles, resources) of the fused grouping + Q_eff launch (G=2, block_m=128) at each of
-    QEFF_TILES, with each way of forming Q_eff's columns (``grouping_triton.QEFF_REGROUP``); ``default_only``: the
-    launch's default tile and way only."""
-    from distr_patch.ops.grouping_triton import (QEFF_FUSION_FROM, QEFF_REGROUP, QEFF_WAYS, qeff_tiles,
-                                                 triton_query_effective)
+    QEFF_TILES, with each way of forming Q_eff's columns and fusion source (``grouping_triton.QEFF_WAYS``,
+    ``QEFF_SOURCES``); ``default_only``: the launch's default tile, way and source only."""
+    from distr_patch.ops.grouping_triton import QEFF_SOURCES, QEFF_WAYS, qeff_tiles, qeff_way, triton_query_effective
 
     rows = []
     for fusion in ("mean", "rank1"):
-        for way in (QEFF_REGROUP,) if default_only else QEFF_WAYS:
-            for src in (QEFF_FUSION_FROM,) if default_only or way == "gather" else ("memory", "registers"):
+        default_way, default_src = qeff_way(q.shape[-1], fusion == "rank1")
+        for way in (default_way,) if default_only else QEFF_WAYS:
+            for src in (default_src,) if default_only else QEFF_SOURCES[:1] if way == "gather" else QEFF_SOURCES:
                 for tiles in (qeff_tiles(q.shape[-1], fusion == "rank1"),) if default_only else QEFF_TILES:
                     if tiles[1] > q.shape[-1] and tiles[1] != 64:
                         continue
@@ -236,16 +236,17 @@ def main(argv=None):
     driver.set_active(_Sm90Driver())
     jit.JITFunction.run = _compile_only(jit.JITFunction.run)
     if args.qeff:
-        from distr_patch.ops.grouping_triton import QEFF_FUSION_FROM, QEFF_REGROUP, qeff_tiles
+        from distr_patch.ops.grouping_triton import qeff_tiles, qeff_way
 
-        default_way = f"{QEFF_REGROUP}{'' if QEFF_FUSION_FROM == 'memory' else ' regs'}"
 
         print(f"Triton {triton.__version__}, sm_90 (compiled only), N=512 bf16, G=2, block_m=128; * = the default\n")
         print("| d | fusion, regroup | warps, columns, rows | registers | programs/SM by registers | spill B "
               "| shared KB |\n|---|---|---|---|---|---|---|")
         for d in args.d:
             for fusion, tiles, r in qeff_rows(torch.randn(1, 2, 512, d, dtype=torch.bfloat16), args.default_only):
-                default = tiles == qeff_tiles(d, fusion.startswith("rank1")) and fusion.endswith(", " + default_way)
+                way, src = qeff_way(d, fusion.startswith("rank1"))
+                default = (tiles == qeff_tiles(d, fusion.startswith("rank1"))
+                           and fusion.endswith(f", {way}{'' if src == 'memory' else ' regs'}"))
                 star = "*" if default else ""
                 print(f"| {d} | {fusion} | {tiles}{star} | {_resource_cells(r, tiles[0])} |", flush=True)
         return

@@ -306,7 +306,7 @@ def _pair_weights_regs(gram, pos, W_B, HEAD_DIM: tl.constexpr, D_PAD: tl.constex
     dpart = tl.sum(tl.where(mate, diag[None, :], 0.0), axis=1)  # gram[partner(c), partner(c)]
     first = (pos % 2) == 0  # c is the pair's first member (sorted position 2g)
     ua, ub = _top_eigvec_2(tl.where(first, diag, dpart), off, tl.where(first, dpart, diag))
-    wcol = tl.where(first, ua, ub)
+    wcol = tl.where(first, ua, ub).to(tl.float32)  # _top_eigvec_2 normalises in fp64 (its 1e-38 is not an fp32)
     tl.store(W_B + pos, wcol, mask=real)
     return wcol
 
@@ -514,31 +514,48 @@ def finish_grouping(q, gl: GroupingLaunch, *, group_size: int, block_m: int, fus
 
 
 # (num_warps, output columns per dot, rows per regroup step) of the fused grouping + Q_eff launch, per (largest head
-# dim, rank1) (``triton_query_effective``). The fastest of 9 tiles on the H200 at B·N = 32768, N = 4096, bf16
-# (``scripts/bench_regroup.py --qeff``, docs/benchmarks.md): d=64 mean 0.138 ms (2 warps) and rank1 0.179 ms; d=128
-# 0.184 / 0.225 ms, against 0.206-0.435 ms for the grouping launch + the regroup launch. d=256 is untimed.
-QEFF_TILES = {(64, False): (2, 64, 64), (64, True): (4, 64, 64), (128, False): (4, 128, 64),
-              (128, True): (4, 128, 64), (256, False): (8, 64, 32), (256, True): (8, 64, 32)}
+# dim, rank1) (``triton_query_effective``), and how it forms Q_eff there (``QEFF_WAYS``, ``QEFF_SOURCES``). Timed on the
+# H200 at B·N = 32768, N = 4096, bf16 (``scripts/bench_regroup.py --qeff``, ``scripts/bench_attention.py``'s
+# "sdpa <way> <source>" variants; docs/benchmarks.md, "16-bit fusion dots and the fusion matrix from registers"):
+# the 16-bit dot with the fusion matrix from registers took d=64 mean 0.108 ms against 0.140 (the earlier default,
+# "dot" from memory at 2 warps) and made whole SDPA-engine calls 1-13% faster at N=4096, except d=128 rank1, where it
+# was 1-3% slower (its tile spills there: ``scripts/kernel_resources.py --qeff``), so that keeps "dot" from memory.
+# d=256 is untimed.
+QEFF_TILES = {(64, False): (4, 64, 64, "dot16", "registers"), (64, True): (4, 64, 64, "dot16", "registers"),
+              (128, False): (4, 128, 64, "dot16", "registers"), (128, True): (4, 128, 64, "dot", "memory"),
+              (256, False): (8, 64, 32, "dot", "memory"), (256, True): (8, 64, 32, "dot", "memory")}
+
+
+def _qeff_entry(head_dim: int, rank1: bool) -> tuple:
+    return next(t for (dmax, r1), t in sorted(QEFF_TILES.items()) if head_dim <= dmax and r1 == rank1)
 
 
 def qeff_tiles(head_dim: int, rank1: bool = False) -> tuple[int, int, int]:
     """The fused launch's (num_warps, columns per dot, rows per step) for ``head_dim`` (the next tabled size up)."""
-    return next(t for (dmax, r1), t in sorted(QEFF_TILES.items()) if head_dim <= dmax and r1 == rank1)
+    return _qeff_entry(head_dim, rank1)[:3]
 
 
-# How the fused launch forms each Q_eff column from its group: "dot" (default) with the block's [d, d] fusion matrix
+def qeff_way(head_dim: int, rank1: bool = False) -> tuple[str, str]:
+    """The fused launch's (way, fusion source) for ``head_dim``: the environment's ``QEFF_REGROUP`` /
+    ``QEFF_FUSION_FROM`` where set, else the table's."""
+    way, source = _qeff_entry(head_dim, rank1)[3:]
+    return QEFF_REGROUP or way, QEFF_FUSION_FROM or source
+
+
+# How the fused launch forms each Q_eff column from its group: "dot" with the block's [d, d] fusion matrix
 # (``regroup.regroup_tile_store``: tf32 products for 16-bit q), "dot16" the same dot with 16-bit operands (q's tile
 # as read, the fusion matrix in two 16-bit parts for rank1; fp32 q, and bf16 q in the interpreter, keep "dot"),
 # "gather" as the weighted sum of the group's columns read by index (fp32 multiply-adds). The same Q_eff to rounding
 # (tests; "dot16" is "dot" bit for bit with mean fusion). "gather" needs fewer registers but ran 4-5x slower on the
-# H200 (scalar loads by column index; docs/benchmarks.md, "Q_eff in one launch").
-QEFF_REGROUP = os.environ.get("DISTR_QEFF_REGROUP", "dot")
+# H200 (scalar loads by column index; docs/benchmarks.md, "Q_eff in one launch"). Unset: the table's way.
+QEFF_REGROUP = os.environ.get("DISTR_QEFF_REGROUP") or None
 QEFF_WAYS = ("dot", "dot16", "gather")
-# Where the dot ways take the fusion matrix from: "memory" (default) reads the positions and weights the program
-# stored back after a barrier (``regroup.regroup_tile_store``); "registers" builds it from the ones ``group_block``
-# holds (mean, and G=2 rank1 with the pair weights picked in registers, ``_pair_weights_regs``), with no barrier and
-# no read back. Other cases (G >= 4 rank1, the gather way, fewer output columns per dot than d) keep "memory".
-QEFF_FUSION_FROM = os.environ.get("DISTR_QEFF_FUSION_FROM", "memory")
+# Where the dot ways take the fusion matrix from: "memory" reads the positions and weights the program stored back
+# after a barrier (``regroup.regroup_tile_store``); "registers" builds it from the ones ``group_block`` holds (mean,
+# and G=2 rank1 with the pair weights picked in registers, ``_pair_weights_regs``), with no barrier and no read back.
+# Other cases (G >= 4 rank1, the gather way, fewer output columns per dot than d) keep "memory". Unset: the table's.
+QEFF_FUSION_FROM = os.environ.get("DISTR_QEFF_FUSION_FROM") or None
+QEFF_SOURCES = ("memory", "registers")
 
 
 def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
@@ -551,17 +568,17 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
     The same function as ``triton_grouping(..., positions=True)`` followed by ``regroup.regroup(q, groups, a, b)``
     (tests): each program groups one block of ``block_m`` rows, then writes the block's Q_eff rows from the tile
     it just read. ``tiles``: (num_warps, output columns per dot, rows per step) instead of ``qeff_tiles(d)``;
-    ``regroup_way``: "dot", "dot16" or "gather" instead of ``QEFF_REGROUP``; ``fusion_from``: "memory" or "registers"
-    instead of ``QEFF_FUSION_FROM``.
+    ``regroup_way``: "dot", "dot16" or "gather", and ``fusion_from``: "memory" or "registers", instead of
+    ``qeff_way(d)``.
     """
-    way = regroup_way or QEFF_REGROUP
+    way, source = qeff_way(q.shape[-1], fusion == "rank1" and group_size > 1)
+    way, source = regroup_way or way, fusion_from or source
     if way not in QEFF_WAYS:
         raise ValueError(f"regroup_way (or environment variable DISTR_QEFF_REGROUP) must be one of {QEFF_WAYS}, "
                          f"got {way!r}")
-    source = fusion_from or QEFF_FUSION_FROM
-    if source not in ("memory", "registers"):
-        raise ValueError(f"fusion_from (or environment variable DISTR_QEFF_FUSION_FROM) must be 'memory' or "
-                         f"'registers', got {source!r}")
+    if source not in QEFF_SOURCES:
+        raise ValueError(f"fusion_from (or environment variable DISTR_QEFF_FUSION_FROM) must be one of "
+                         f"{QEFF_SOURCES}, got {source!r}")
     if group_size < 2:
         raise ValueError(f"group_size must be >= 2 for a fused Q_eff launch (G=1's Q_eff is q), got {group_size}")
     if tiles is not None and (not isinstance(tiles, (tuple, list)) or len(tiles) != 3):

@@ -33,6 +33,7 @@ def test_bench_switch_variants_run_with_their_switches(monkeypatch):
 
     monkeypatch.setattr(grouping_triton, "triton_query_effective", fused)
     monkeypatch.setattr(grouping_triton, "triton_grouping", grouping)
+    before = (grouping_triton.QEFF_REGROUP, grouping_triton.QEFF_FUSION_FROM)
     variants = bench._variants(None)
     g = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(1, 2, 140, 32, generator=g) for _ in range(3))
@@ -44,5 +45,5 @@ def test_bench_switch_variants_run_with_their_switches(monkeypatch):
         out = bench._make_fn(variants[name], q, k, v, False)()
         assert seen == [expect], name
         assert torch.allclose(out, ref, atol=1e-4), name  # fp32 q: the dot16 way takes the fp32 dot
-    assert (grouping_triton.QEFF_REGROUP, grouping_triton.QEFF_FUSION_FROM) == ("dot", "memory")  # restored
+    assert (grouping_triton.QEFF_REGROUP, grouping_triton.QEFF_FUSION_FROM) == before  # restored
     assert sdpa_engine.QEFF_LAUNCH == "fused"
