@@ -19,7 +19,9 @@ nearly coincide may settle on another, equally valid, eigenvector).
 How the Gram is formed (docs/benchmarks.md, "rank1 weights in the grouping kernel").
 G=2 (``PAIR_WEIGHTS``): by default each pair's three entries are picked from the block's full XᵀX, one
 tensor-core dot of the tile in registers (16-bit products are exact in its fp32 accumulator); "gather"
-re-reads Q by the pair's columns (L1/L2 hits): 5x slower as a launch on the H200 (0.42 against 0.08-0.10 ms).
+re-reads Q by the pair's columns (L1/L2 hits): 5x slower as a launch on the H200 (0.42 against 0.08-0.10 ms);
+"regs" picks the partner's entries by masks on the sorted positions instead of reading the order and a scratch back
+(what the fused Q_eff launch's register path uses; the same weights).
 G>=4: the columns are put in sorted order by a dot of the block's registers with the one-hot
 permutation matrix, CH = min(D_PAD, 64) sorted positions at a time ([D_PAD, CH] per chunk; at
 d=256 the whole one-hot would not fit in shared memory). One 1.0 per column and fp32
@@ -361,8 +363,9 @@ def _power_weights(xs, BM: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, CH: 
 
 
 # G=2 rank1 pair Grams: "gram" (default) picks them from the block's full XᵀX (one dot of the tile
-# already in registers); "gather" re-reads Q by each pair's columns. Both compute the same weights
-# (tests); "gram" made the whole G2 rank1 call ~10% faster on the H200 at N=4096 (docs/benchmarks.md).
+# already in registers); "gather" re-reads Q by each pair's columns; "regs" is "gram" with the partner's entries
+# picked in registers (``_pair_weights_regs``). All compute the same weights (tests); "gram" made the whole G2 rank1
+# call ~10% faster than "gather" on the H200 at N=4096 (docs/benchmarks.md); "regs" as a grouping launch is untimed.
 PAIR_WEIGHTS = os.environ.get("DISTR_PAIR_WEIGHTS", "gram")
 PAIR_WAYS = ("gather", "gram", "regs")  # group_block's PAIR_GRAM is the index
 # The columns' sorted order: "rank" counts, for each column, the smaller (code, index) keys (d² compares,
