@@ -365,7 +365,9 @@ def _power_weights(xs, BM: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, CH: 
 # G=2 rank1 pair Grams: "gram" (default) picks them from the block's full XᵀX (one dot of the tile
 # already in registers); "gather" re-reads Q by each pair's columns; "regs" is "gram" with the partner's entries
 # picked in registers (``_pair_weights_regs``). All compute the same weights (tests); "gram" made the whole G2 rank1
-# call ~10% faster than "gather" on the H200 at N=4096 (docs/benchmarks.md); "regs" as a grouping launch is untimed.
+# call ~10% faster than "gather" on the H200 at N=4096 (docs/benchmarks.md); "regs" made the grouping launch slower
+# (0.084 / 0.111 ms against 0.080 / 0.099 at d=64 / 128: the extra [d, d] selection costs more than the read back),
+# so only the fused Q_eff launch's register path uses it, where it also saves the fusion matrix's read back.
 PAIR_WEIGHTS = os.environ.get("DISTR_PAIR_WEIGHTS", "gram")
 PAIR_WAYS = ("gather", "gram", "regs")  # group_block's PAIR_GRAM is the index
 # The columns' sorted order: "rank" counts, for each column, the smaller (code, index) keys (d² compares,
