@@ -72,7 +72,7 @@ def main():
                     help="num_warps,columns,rows per step of the fused launch")
     ap.add_argument("--qeff-ways", nargs="+", default=["dot", "dot16"], choices=QEFF_WAYS,
                     help="how the fused launch forms Q_eff's columns (grouping_triton.QEFF_REGROUP)")
-    ap.add_argument("--qeff-from", nargs="+", default=["memory"], choices=QEFF_SOURCES,
+    ap.add_argument("--qeff-from", nargs="+", default=list(QEFF_SOURCES), choices=QEFF_SOURCES,
                     help="where the fused launch's dot takes the fusion matrix from (grouping_triton.QEFF_FUSION_FROM)")
     args = ap.parse_args()
     if args.qeff:

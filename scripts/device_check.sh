@@ -12,8 +12,9 @@
 # caps: register caps that fit one more program per SM (--register-caps; scripts/kernel_resources.py's table).
 # regroup: the regroup launch (backward: Q_eff and dQ) under other tiles (scripts/bench_regroup.py).
 # grouping: the grouping's launches alone, from Python and from a CUDA graph (scripts/bench_grouping.py).
-# qeff: backend="sdpa"'s Q_eff by the fused grouping + Q_eff launch against the two launches, per tile
-#       (bench_regroup.py --qeff), then the SDPA-engine variants at N=4096 with each (bench_attention.py --quick).
+# qeff: backend="sdpa"'s Q_eff by the fused grouping + Q_eff launch against the two launches, per tile, way and
+#       fusion source (bench_regroup.py --qeff), then the SDPA-engine variants at N=4096 with each
+#       (bench_attention.py --quick).
 # kernel-tests: the forward kernel's GPU tests alone; bwd-tests: the backward's.
 # graphs: whole-model prefill (SmolLM2 4x4096 with the calibrated config, Llama-3.2-1B 1x4096, random weights), eager
 #         and as CUDA-graph replays (bench model --cuda-graph), after the graph test (captured calls causal, no mask).
@@ -62,10 +63,11 @@ for step in "${steps[@]}"; do
     caps) python scripts/compare_fwd_configs.py --variants "G1" "G2 mean" "G2 r1 W128 c.5" --d 64 128 --register-caps \
            --no-reduced 2>&1 | tee "$out/caps.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     regroup) python scripts/bench_regroup.py 2>&1 | tee "$out/regroup.log" | sed -n '/^| d |/,$p' || rc=1 ;;
-    qeff) python scripts/bench_regroup.py --qeff 2>&1 | tee "$out/qeff.log" | sed -n '/^fused default/,$p' || rc=1
+    qeff) python scripts/bench_regroup.py --qeff --qeff-tiles 2,64,64 4,64,64 4,128,64 2>&1 | tee "$out/qeff.log" \
+           | sed -n '/^fused default/,$p' || rc=1
            python scripts/bench_attention.py --quick --rep-ms 20 --json "$out/qeff-fwd.json" --variants \
-             "distr G=2 mean sdpa" "distr G=2 mean sdpa 2launch" "distr G=2 rank1 sdpa" "distr G=2 rank1 sdpa 2launch" \
-             "distr G=2 rank1 W128 c.5 bm128 sdpa" 2>&1 | tee "$out/qeff-fwd.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+             "distr G=2 mean sdpa" "distr G=2 mean sdpa 2launch" "distr G=2 mean sdpa dot memory" "distr G=2 rank1 sdpa" \
+             "distr G=2 rank1 sdpa 2launch" "distr G=2 rank1 sdpa dot memory" "distr G=2 rank1 W128 c.5 bm128 sdpa" 2>&1 | tee "$out/qeff-fwd.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     bwd-tests) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_bwd.py 2>&1 \
            | tee "$out/bwd-tests.log" | tail -20 || rc=1 ;;
     bwdpaths) python scripts/bench_attention.py --backward --backward-paths --quick --rep-ms 10 \

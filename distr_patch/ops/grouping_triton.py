@@ -601,10 +601,9 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
         raise ValueError(f"tiles must be (num_warps in 1/2/4/8/16, output columns: a power of two >= 16, rows per "
                          f"step: a power of two >= 16 dividing block_m={block_m}), got {(warps, cb, rows)}")
     meta = gl.meta
-    in_regs = (source == "registers" and way != "gather" and cb >= d_pad
-               and (not gl.rank1 or (group_size == 2 and meta["PAIR_GRAM"] > 0)))
-    if in_regs and gl.rank1:
-        meta = {**meta, "PAIR_GRAM": PAIR_WAYS.index("regs")}  # the same weights, kept in registers
+    in_regs = source == "registers" and way != "gather" and cb >= d_pad and (not gl.rank1 or group_size == 2)
+    if in_regs and gl.rank1:  # whatever PAIR_WEIGHTS says: every way gives the same weights, these stay in registers
+        meta = {**meta, "PAIR_GRAM": PAIR_WAYS.index("regs")}
     qe = torch.empty((B, H, N, d), device=q.device, dtype=q.dtype)
     nb = gl.groups.shape[2]
     _grouping_qeff_kernel[(nb, B * H)](
