@@ -67,6 +67,9 @@ def _variants(args):
     for fusion in ("rank1", "mean"):  # the window as pieces: grouped SDPA calls beside the band, our band kernel
         v[f"distr G=2 {fusion} W128 c.5 bm128 sdpa"] = dict(kind="distr", kw=dict(
             group_size=2, fusion=fusion, exact_window=128, window_correction=0.5, block_m=128, backend="sdpa"))
+        v[f"distr G=2 {fusion} W128 c.5 bm128 sdpa torch flip"] = dict(kind="distr", kw=dict(  # the earlier copies
+            group_size=2, fusion=fusion, exact_window=128, window_correction=0.5, block_m=128, backend="sdpa",
+            switches={"sdpa_engine.REVERSE_ROWS": "torch"}))
     return v
 
 

@@ -45,8 +45,11 @@ def bench_qeff(args):
                                                                       **kw)[0])
                 for src in args.qeff_from for way in args.qeff_ways for t in tiles]
             for name, fn in variants:
-                same = torch.allclose(fn().float(), ref.float(), rtol=1e-2, atol=1e-2)
-                ms = triton.testing.do_bench(fn)
+                try:
+                    same = torch.allclose(fn().float(), ref.float(), rtol=1e-2, atol=1e-2)
+                    ms = triton.testing.do_bench(fn)
+                except Exception as e:  # a variant that does not compile (or run) is a row, not the end of the run
+                    same, ms = f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}", float("nan")
                 rows.append((f"{B}x{H}x{N}", d, fusion, name, ms, nbytes / ms * 1e-6, grouping_ms, same))
                 print(rows[-1], flush=True)
     print(f"\nfused default tiles (warps, columns, rows) and (way, source), mean / rank1: "

@@ -110,11 +110,13 @@ PY
              --settings paper,recommended --distr-configs "$out/paper-sdpa.json,$out/recommended-sdpa.json" \
              --seq-lens 4096 --batch-sizes 1 --gen-tokens 1 --gen-prompt-len 16 --repeats 10 --no-plots \
              --output-dir "$out" 2>&1 | tee "$out/engines-llama.log" | grep "| prefill |" || rc=1 ;;
-    window) python scripts/bench_window_sdpa.py 2>&1 | tee "$out/window-parts.log" | sed -n '/^| d |/,$p' || rc=1
+    window) for n in 4096 16384; do python scripts/bench_window_sdpa.py --n $n 2>&1 | tee -a "$out/window-parts.log" \
+             | sed -n '/^| d |/,$p' || rc=1; done
            python scripts/bench_attention.py --n 4096 16384 --rep-ms 20 --json "$out/window.json" \
              --variants "distr G=2 rank1 W128 c.5 bm128" "distr G=2 mean W128 c.5 bm128" \
              "distr G=2 rank1 W128 c.5 bm128 sdpa" "distr G=2 mean W128 c.5 bm128 sdpa" "distr G=2 mean sdpa" \
-             "distr G=2 rank1 sdpa" 2>&1 | tee "$out/window.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+             "distr G=2 rank1 sdpa" "distr G=2 rank1 W128 c.5 bm128 sdpa torch flip" \
+             "distr G=2 mean W128 c.5 bm128 sdpa torch flip" 2>&1 | tee "$out/window.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     probe-sdpa) { python scripts/probe_sdpa_layout.py; python scripts/probe_sdpa_layout.py --batch 4 --heads 9 --kv-heads 3; } \
            2>&1 | tee "$out/probe-sdpa.log" | grep "^|\|^B=" || rc=1 ;;
     *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa)" >&2; exit 2 ;;

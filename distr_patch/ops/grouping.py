@@ -137,7 +137,7 @@ def _top_eigvec_2(gram: torch.Tensor) -> torch.Tensor:
     v = torch.where(n1 >= n2, v1, v2)
     n = torch.maximum(n1, n2)
     fallback = torch.full_like(v, 1.0 / math.sqrt(2.0))
-    return torch.where(n > 0, v / torch.sqrt(n.clamp_min(1e-38)), fallback)
+    return torch.where(n > 0, v / torch.sqrt(n.clamp_min(1.1754943508222875e-38)), fallback)  # floor: 2**-126
 
 
 def _top_eigvec_power(gram: torch.Tensor) -> torch.Tensor:

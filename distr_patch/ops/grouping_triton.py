@@ -308,7 +308,7 @@ def _pair_weights_regs(gram, pos, W_B, HEAD_DIM: tl.constexpr, D_PAD: tl.constex
     dpart = tl.sum(tl.where(mate, diag[None, :], 0.0), axis=1)  # gram[partner(c), partner(c)]
     first = (pos % 2) == 0  # c is the pair's first member (sorted position 2g)
     ua, ub = _top_eigvec_2(tl.where(first, diag, dpart), off, tl.where(first, dpart, diag))
-    wcol = tl.where(first, ua, ub).to(tl.float32)  # _top_eigvec_2 normalises in fp64 (its 1e-38 is not an fp32)
+    wcol = tl.where(first, ua, ub).to(tl.float32)  # fp32 already (a guard: an fp64 weight fails the dot on the GPU)
     tl.store(W_B + pos, wcol, mask=real)
     return wcol
 
@@ -326,7 +326,7 @@ def _top_eigvec_2(a, bb, c):
     va = tl.where(use1, v1a, v2a)
     vb = tl.where(use1, v1b, v2b)
     n = tl.where(use1, n1, n2)
-    inv = 1.0 / tl.sqrt(tl.maximum(n, 1e-38))
+    inv = 1.0 / tl.sqrt(tl.maximum(n, 1.1754943508222875e-38))  # 2**-126: an fp32 constant (1e-38 made it fp64)
     ua = tl.where(n > 0, va * inv, 0.7071067811865476)
     ub = tl.where(n > 0, vb * inv, 0.7071067811865476)
     flip = (ua + ub) < 0

@@ -26,6 +26,7 @@ from .configs import interpreting, windowed_sdpa_limits
 from .grouping import compute_groups, fused_queries, fusion_weights
 from .reference import causal_allowed, normalize_mask
 from .regroup import inverse_groups, regroup
+from .reverse_rows import reverse_rows
 from .validate import check_triton_inputs
 from .window_merge import band_merge, band_merge_torch
 
@@ -33,6 +34,11 @@ from .window_merge import band_merge, band_merge_torch
 # that groups each block and writes its Q_eff rows (``grouping_triton.triton_query_effective``), "separate" by the
 # grouping launch and then the regroup launch. The same Q_eff (tests); side by side: ``scripts/bench_regroup.py``.
 QEFF_LAUNCH = os.environ.get("DISTR_QEFF_LAUNCH", "fused")
+
+# How the non-causal window's right piece reverses Q_eff, K and V on CUDA (and under the interpreter): "triton"
+# (default, ``reverse_rows``: one read and one write per row) or "torch" (``torch.flip``, slower on the GPU). The
+# same tensors (tests); side by side: ``scripts/bench_window_sdpa.py``, ``bench_attention.py``'s "torch flip" rows.
+REVERSE_ROWS = "triton"
 
 # SDPA's enable_gqa (torch >= 2.5) reads each KV head for its query heads; older torch gets repeated K/V.
 _SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
@@ -186,6 +192,10 @@ def _attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
                        f"q {tuple(q.shape)} {q.dtype}: {err}")
 
 
+def _flip_rows(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(2)
+
+
 def windowed_sdpa(q: torch.Tensor, qe: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, window: int,
                   window_correction: float, scale: float) -> torch.Tensor:
     """DistrAttention with an exact window W from pieces: q, qe (Q_eff) [B, Hq, N, d], k/v [B, Hkv, N, d] ->
@@ -197,7 +207,8 @@ def windowed_sdpa(q: torch.Tensor, qe: torch.Tensor, k: torch.Tensor, v: torch.T
         left = _attention_lse(qe[:, :, window:], k[:, :, : N - window], v[:, :, : N - window], causal=True,
                               scale=scale)
         if not causal:
-            right = _attention_lse(qe[:, :, : N - window].flip(2), k[:, :, window:].flip(2), v[:, :, window:].flip(2),
+            rev = reverse_rows if REVERSE_ROWS == "triton" and (q.is_cuda or interpreting()) else _flip_rows
+            right = _attention_lse(rev(qe[:, :, : N - window]), rev(k[:, :, window:]), rev(v[:, :, window:]),
                                    causal=True, scale=scale)
     merge = band_merge if (q.is_cuda or interpreting()) else band_merge_torch
     return merge(q, qe, k, v, left, right, causal=causal, window=window, scale=scale,

@@ -47,3 +47,30 @@ def test_bench_switch_variants_run_with_their_switches(monkeypatch):
         assert torch.allclose(out, ref, atol=1e-4), name  # fp32 q: the dot16 way takes the fp32 dot
     assert (grouping_triton.QEFF_REGROUP, grouping_triton.QEFF_FUSION_FROM) == before  # restored
     assert sdpa_engine.QEFF_LAUNCH == "fused"
+
+
+@interpreter_only
+def test_bench_torch_flip_variant_reverses_by_torch(monkeypatch):
+    """The "torch flip" window variants reverse the right piece's inputs by torch.flip, the others by reverse_rows;
+    the same output either way, and the switch restored."""
+    from distr_patch.ops import sdpa_engine
+
+    spec = importlib.util.spec_from_file_location("bench_attention_flip", ROOT / "scripts" / "bench_attention.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    seen = []
+    real_kernel, real_flip = sdpa_engine.reverse_rows, sdpa_engine._flip_rows
+    monkeypatch.setattr(sdpa_engine, "reverse_rows", lambda x: seen.append("triton") or real_kernel(x))
+    monkeypatch.setattr(sdpa_engine, "_flip_rows", lambda x: seen.append("torch") or real_flip(x))
+    variants = bench._variants(None)
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 150, 32, generator=g) for _ in range(3))
+    outs = []
+    for name, expect in (("distr G=2 rank1 W128 c.5 bm128 sdpa", "triton"),
+                         ("distr G=2 rank1 W128 c.5 bm128 sdpa torch flip", "torch")):
+        seen.clear()
+        with torch.no_grad():
+            outs.append(bench._make_fn(variants[name], q, k, v, False)())
+        assert seen == [expect] * 3, name  # Q_eff, K and V of the right piece
+    assert torch.equal(outs[0], outs[1])
+    assert sdpa_engine.REVERSE_ROWS == "triton"
