@@ -25,13 +25,33 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _grouped_partial(LP, OP, pid_bh, b, h, rows, ok, delta, NP, stride_pb, stride_ph, stride_pn, stride_pd,
-                     offs_d, qmask):
-    """A grouped partial's rows: its log-sum-exp (log2 units) lowered by δ, and its output (fp32)."""
-    lse = tl.load(LP + pid_bh.to(tl.int64) * NP + rows, mask=ok, other=float("-inf")) - delta
+def _grouped_partial(LP, OP, pid_bh, b, h, rows, ok, NP, stride_pb, stride_ph, stride_pn, stride_pd, offs_d, qmask):
+    """A grouped partial's rows: its log-sum-exp (log2 units; -inf where not ok) and its output (its dtype)."""
+    lse = tl.load(LP + pid_bh.to(tl.int64) * NP + rows, mask=ok, other=float("-inf"))
     out = tl.load(OP + b.to(tl.int64) * stride_pb + h.to(tl.int64) * stride_ph + rows[:, None] * stride_pn
-                  + offs_d[None, :] * stride_pd, mask=ok[:, None] & qmask, other=0.0).to(tl.float32)
+                  + offs_d[None, :] * stride_pd, mask=ok[:, None] & qmask, other=0.0)
     return lse, out
+
+
+@triton.jit
+def _grouped_partials(LL, OL, LR, OR, pid_bh, b, h, offs_m, row_ok, N, NP, WINDOW,
+                      stride_lb, stride_lh, stride_ln, stride_ld, stride_rb, stride_rh, stride_rn, stride_rd,
+                      offs_d, qmask, BLOCK_M: tl.constexpr, D_PAD: tl.constexpr, HAS_LEFT: tl.constexpr,
+                      HAS_RIGHT: tl.constexpr):
+    """Both grouped partials' rows for the tile's queries (a missing one: -inf and zeros)."""
+    lse_l = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    lse_r = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    out_l = tl.zeros([BLOCK_M, D_PAD], dtype=OL.dtype.element_ty)
+    out_r = tl.zeros([BLOCK_M, D_PAD], dtype=OR.dtype.element_ty)
+    if HAS_LEFT:  # left partial row r is query r + W
+        rows = offs_m - WINDOW
+        lse_l, out_l = _grouped_partial(LL, OL, pid_bh, b, h, rows, row_ok & (rows >= 0), NP,
+                                        stride_lb, stride_lh, stride_ln, stride_ld, offs_d, qmask)
+    if HAS_RIGHT:  # right partial row r is query N - 1 - W - r
+        rows = N - 1 - WINDOW - offs_m
+        lse_r, out_r = _grouped_partial(LR, OR, pid_bh, b, h, rows, row_ok & (rows >= 0), NP,
+                                        stride_rb, stride_rh, stride_rn, stride_rd, offs_d, qmask)
+    return lse_l, out_l, lse_r, out_r
 
 
 @triton.jit
@@ -46,10 +66,11 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
                        Hq, N, NP, KV_REP, WINDOW, qk_scale2, half_corr2,
                        HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        CAUSAL: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                       DOT_PREC: tl.constexpr):
+                       DOT_PREC: tl.constexpr, EARLY_PARTIALS: tl.constexpr):
     """One program: BLOCK_M query rows of one (batch, head). Scores in log2 units (qk_scale2 = scale·log2 e).
     OL / OR [B, Hq, NP, d] and LL / LR fp32 contiguous [B, Hq, NP] (log2 units): the grouped partials left and
-    right of the band and their log-sum-exps."""
+    right of the band and their log-sum-exps. EARLY_PARTIALS: their loads are issued before the band loop (their
+    latency hidden behind it, held in their dtype), else after it."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -82,6 +103,10 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
         cnt = (offs_m - tl.maximum(offs_m - WINDOW + 1, 0) + 1).to(tl.float32)
     else:
         cnt = (tl.minimum(offs_m + WINDOW - 1, N - 1) - tl.maximum(offs_m - WINDOW + 1, 0) + 1).to(tl.float32)
+    if EARLY_PARTIALS:
+        lse_l, out_l, lse_r, out_r = _grouped_partials(
+            LL, OL, LR, OR, pid_bh, b, h, offs_m, row_ok, N, NP, WINDOW, stride_lb, stride_lh, stride_ln, stride_ld,
+            stride_rb, stride_rh, stride_rn, stride_rd, offs_d, qmask, BLOCK_M, D_PAD, HAS_LEFT, HAS_RIGHT)
     for start_n in tl.range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kvmask = (offs_n < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
@@ -108,25 +133,20 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
     delta = half_corr2 * sq / tl.maximum(cnt, 1.0) * (1.0 / (1.4426950408889634 * 1.4426950408889634))
     lse_b = tl.where(l_i > 0, m_i + tl.math.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
     out_b = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    lse_l = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    lse_r = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    out_l = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
-    out_r = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
-    if HAS_LEFT:  # left partial row r is query r + W
-        rows = offs_m - WINDOW
-        lse_l, out_l = _grouped_partial(LL, OL, pid_bh, b, h, rows, row_ok & (rows >= 0), delta, NP,
-                                        stride_lb, stride_lh, stride_ln, stride_ld, offs_d, qmask)
-    if HAS_RIGHT:  # right partial row r is query N - 1 - W - r
-        rows = N - 1 - WINDOW - offs_m
-        lse_r, out_r = _grouped_partial(LR, OR, pid_bh, b, h, rows, row_ok & (rows >= 0), delta, NP,
-                                        stride_rb, stride_rh, stride_rn, stride_rd, offs_d, qmask)
+    if not EARLY_PARTIALS:
+        lse_l, out_l, lse_r, out_r = _grouped_partials(
+            LL, OL, LR, OR, pid_bh, b, h, offs_m, row_ok, N, NP, WINDOW, stride_lb, stride_lh, stride_ln, stride_ld,
+            stride_rb, stride_rh, stride_rn, stride_rd, offs_d, qmask, BLOCK_M, D_PAD, HAS_LEFT, HAS_RIGHT)
+    lse_l = lse_l - delta  # each grouped score of the row is lowered by δ
+    lse_r = lse_r - delta
     mx = tl.maximum(lse_b, tl.maximum(lse_l, lse_r))
     mx = tl.where(mx == float("-inf"), 0.0, mx)
     w_b = tl.math.exp2(lse_b - mx)
     w_l = tl.math.exp2(lse_l - mx)
     w_r = tl.math.exp2(lse_r - mx)
     den = w_b + w_l + w_r
-    out = (out_b * w_b[:, None] + out_l * w_l[:, None] + out_r * w_r[:, None]) / tl.where(den > 0, den, 1.0)[:, None]
+    out = (out_b * w_b[:, None] + out_l.to(tl.float32) * w_l[:, None] + out_r.to(tl.float32) * w_r[:, None]) \
+        / tl.where(den > 0, den, 1.0)[:, None]
     tl.store(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs_m[:, None] * stride_on
              + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty), mask=qmask)
 
@@ -159,7 +179,7 @@ def band_merge(q: torch.Tensor, qe: torch.Tensor, k: torch.Tensor, v: torch.Tens
         Hq, N, NP, Hq // k.shape[1], window, scale * LOG2E, 0.5 * window_correction * LOG2E,
         HEAD_DIM=d, D_PAD=triton.next_power_of_2(max(d, 16)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         CAUSAL=bool(causal), HAS_LEFT=left is not None, HAS_RIGHT=right is not None,
-        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", EARLY_PARTIALS=bool(cfg.early_partials),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return o
 

@@ -4,6 +4,7 @@ On the CPU both ways of forming Q_eff run: the Triton grouping and regroup launc
 torch ops (TRITON_INTERPRET unset for the call). Inputs are fresh heavy-tailed random tensors, seeded per case;
 masks include fully masked rows (which must give zeros, not SDPA's NaN or uniform rows).
 """
+import dataclasses
 import zlib
 
 import pytest
@@ -259,8 +260,10 @@ def test_window_pieces_by_each_cpu_way(way, monkeypatch):
 @pytest.mark.parametrize("causal", [True, False])
 def test_band_merge_torch_blocks_and_kernel_agree(causal):
     """The torch band merge gives the same output whatever its query block (tails, blocks narrower than the band),
-    and the Triton band kernel (interpreter) gives it too, on the same pieces."""
+    and the Triton band kernel (interpreter) gives it too, on the same pieces, with either place of the partials'
+    loads."""
     from distr_patch.ops.sdpa_engine import _attention_lse, query_effective
+    from distr_patch.ops.configs import BandConfig
     from distr_patch.ops.window_merge import band_merge, band_merge_torch
 
     q, k, v, kw = _window_inputs((1, 4, 2, 150, 32, 2, "rank1", 32, causal, 24, 0.5))
@@ -272,10 +275,36 @@ def test_band_merge_torch_blocks_and_kernel_agree(causal):
                                                causal=True, scale=scale)
     bkw = dict(causal=causal, window=W, scale=scale, window_correction=0.5)
     outs = [band_merge_torch(q, qe, k, v, left, right, block=b, **bkw) for b in (128, 16, 7)]
-    if INTERPRET:
+    if INTERPRET:  # the default tile, and the partials' loads issued before the band loop on another tile
         outs.append(band_merge(q, qe, k, v, left, right, **bkw))
+        outs.append(band_merge(q, qe, k, v, left, right, config=BandConfig(16, 32, 4, 1, early_partials=True), **bkw))
     for o in outs[1:]:
         assert rel_err(o, outs[0]) <= 1e-6, rel_err(o, outs[0])
     with torch.no_grad():
         ref = reference_distr_attention(q, k, v, **kw)
     assert rel_err(outs[0], ref) <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("causal", [True, False])
+def test_band_early_partials_same_gpu(causal):
+    """The band kernel gives the same output with the partials' loads before or after its band loop (bf16, the
+    default tiles), on real pieces."""
+    from distr_patch.ops.configs import band_config
+    from distr_patch.ops.sdpa_engine import _attention_lse, query_effective
+    from distr_patch.ops.window_merge import band_merge
+
+    q, k, v, _ = _window_inputs((2, 8, 2, 2000, 64, 2, "rank1", 128, causal, 128, 0.5), dtype=torch.bfloat16,
+                                device="cuda")
+    W, scale = 128, 64 ** -0.5
+    qe = query_effective(q, group_size=2, block_m=128, fusion="rank1", num_hash_bits=16, seed=0, query_valid=None,
+                         groups=None)
+    left = _attention_lse(qe[:, :, W:], k[:, :, :-W], v[:, :, :-W], causal=True, scale=scale)
+    right = None if causal else _attention_lse(qe[:, :, :-W].flip(2), k[:, :, W:].flip(2), v[:, :, W:].flip(2),
+                                               causal=True, scale=scale)
+    bkw = dict(causal=causal, window=W, scale=scale, window_correction=0.5)
+    cfg = band_config(causal)
+    late = band_merge(q, qe, k, v, left, right, config=cfg, **bkw)
+    early = band_merge(q, qe, k, v, left, right, config=dataclasses.replace(cfg, early_partials=True), **bkw)
+    assert torch.equal(late, early)
