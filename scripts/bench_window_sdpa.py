@@ -1,7 +1,7 @@
 """backend="sdpa" with an exact window, taken apart on the GPU: each piece's time, and the band kernel's tiles.
 
     python scripts/bench_window_sdpa.py                      # d=64 and 128, N=4096, causal and not
-    python scripts/bench_window_sdpa.py --tiles 128,64,8,2 64,64,4,2 64,32,4,3,1  # block_m,block_n,warps,stages[,early]
+    python scripts/bench_window_sdpa.py --tiles 128,64,8,2 64,64,4,2 64,32,4,3,1,1  # block_m,block_n,warps,stages[,early[,split]]
 
 Shapes as ``bench_attention.py`` (H = 2048 // d, B = tokens // N, bf16, G=2 rank1, W=128, c=0.5). Pieces: Q_eff,
 the reversed copies (not causal; ``reverse_rows``, and torch.flip beside it), the grouped SDPA calls with
@@ -31,9 +31,10 @@ def main():
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--tokens", type=int, default=32768, help="B*N")
     ap.add_argument("--window", type=int, default=128)
-    ap.add_argument("--tiles", nargs="*", default=["64,64,4,2", "64,32,4,2", "64,64,4,2,1", "64,32,4,2,1"],
-                    help="block_m,block_n,num_warps,num_stages[,early_partials (1: the partials' loads before the "
-                         "band loop)]")
+    ap.add_argument("--tiles", nargs="*", default=[f"64,{n},4,2{x}" for x in ("", ",1", ",0,1", ",1,1")
+                                                   for n in (64, 32)],
+                    help="block_m,block_n,num_warps,num_stages[,early_partials[,split_masks]] (early_partials 1: the "
+                         "partials' loads before the band loop; split_masks 1: the inner key tiles unmasked)")
     args = ap.parse_args()
     W, N = args.window, args.n
     tiles = [BandConfig(*(int(x) for x in t.split(","))) for t in args.tiles]
@@ -70,7 +71,7 @@ def main():
                 except Exception as e:  # a tile that does not compile (shared memory) is reported, not fatal
                     cell = type(e).__name__
                 r[f"band {cfg.block_m},{cfg.block_n},{cfg.num_warps},{cfg.num_stages}"
-                  + (" early" if cfg.early_partials else "")] = cell + (
+                  + (" early" if cfg.early_partials else "") + (" split" if cfg.split_masks else "")] = cell + (
                     " (default)" if cfg == default else "")
             full = dict(causal=causal, exact_window=W, window_correction=0.5, **kw)
             with torch.no_grad():

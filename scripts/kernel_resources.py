@@ -193,7 +193,8 @@ def qeff_rows(q, default_only: bool = False) -> list:
 
 
 BAND_TILES = ((64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 4, 2), (128, 64, 8, 2), (32, 32, 2, 2), (64, 16, 4, 2),
-              (64, 32, 4, 2, True), (64, 64, 4, 2, True))  # the last two: the partials loaded before the band loop
+              (64, 32, 4, 2, True), (64, 64, 4, 2, True),  # the partials loaded before the band loop
+              (64, 32, 4, 2, False, True), (64, 64, 4, 2, False, True))  # the inner key tiles unmasked
 
 
 def band_rows(d: int, causal: bool) -> list:
@@ -261,7 +262,7 @@ def main(argv=None):
             for causal in args.causal:
                 for cfg, r in band_rows(d, bool(causal)):
                     star = "*" if cfg == band_config(bool(causal), interpret=False) else ""
-                    star += " early" if cfg.early_partials else ""
+                    star += (" early" if cfg.early_partials else "") + (" split" if cfg.split_masks else "")
                     print(f"| {d} | {causal} | {cfg.block_m}x{cfg.block_n}{star} | {cfg.num_warps} | {cfg.num_stages} "
                           f"| {_resource_cells(r, cfg.num_warps)} |", flush=True)
         return

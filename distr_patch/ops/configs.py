@@ -238,9 +238,10 @@ class BandConfig:
     num_warps: int
     num_stages: int
     early_partials: bool = False  # load the grouped partials before the band loop (else after it)
+    split_masks: bool = False  # the key tiles inside every row's band in a loop of their own, without the mask
 
 
-# env DISTR_BAND_TILES="block_m,block_n,num_warps,num_stages[,early_partials]" overrides the table (side by side)
+# env DISTR_BAND_TILES="block_m,block_n,num_warps,num_stages[,early_partials[,split_masks]]" overrides the table
 _BAND_TILES_ENV = os.environ.get("DISTR_BAND_TILES")
 
 
@@ -250,9 +251,9 @@ def band_config(causal: bool, *, interpret: bool | None = None) -> BandConfig:
     20% slower causal at d=64); 4 warps, 2 stages. 32 x 32 under the interpreter."""
     if _BAND_TILES_ENV:
         parts = _BAND_TILES_ENV.split(",")
-        if len(parts) not in (4, 5) or not all(p.strip().isdigit() for p in parts):
-            raise ValueError(f"DISTR_BAND_TILES must be 'block_m,block_n,num_warps,num_stages[,early_partials]' "
-                             f"(4 or 5 integers), got {_BAND_TILES_ENV!r}")
+        if len(parts) not in (4, 5, 6) or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"DISTR_BAND_TILES must be 'block_m,block_n,num_warps,num_stages[,early_partials"
+                             f"[,split_masks]]' (4 to 6 integers), got {_BAND_TILES_ENV!r}")
         return BandConfig(*(int(p) for p in parts))
     if interpreting() if interpret is None else interpret:
         return BandConfig(32, 32, 4, 1)

@@ -257,17 +257,19 @@ def test_window_pieces_by_each_cpu_way(way, monkeypatch):
     assert sdpa_engine._lse_way == {("cpu", torch.float32, 64, True): way}
 
 
+@pytest.mark.parametrize("W", [24, 48])
 @pytest.mark.parametrize("causal", [True, False])
-def test_band_merge_torch_blocks_and_kernel_agree(causal):
+def test_band_merge_torch_blocks_and_kernel_agree(causal, W):
     """The torch band merge gives the same output whatever its query block (tails, blocks narrower than the band),
     and the Triton band kernel (interpreter) gives it too, on the same pieces, with either place of the partials'
-    loads."""
+    loads and with the key tiles inside every row's band in an unmasked loop (16-key tiles: some without causal
+    masking at W=24, with it too at W=48)."""
     from distr_patch.ops.sdpa_engine import _attention_lse, query_effective
     from distr_patch.ops.configs import BandConfig
     from distr_patch.ops.window_merge import band_merge, band_merge_torch
 
-    q, k, v, kw = _window_inputs((1, 4, 2, 150, 32, 2, "rank1", 32, causal, 24, 0.5))
-    W, scale = 24, 32 ** -0.5
+    q, k, v, kw = _window_inputs((1, 4, 2, 150, 32, 2, "rank1", 32, causal, W, 0.5))
+    scale = 32 ** -0.5
     qe = query_effective(q, group_size=2, block_m=32, fusion="rank1", num_hash_bits=16, seed=0, query_valid=None,
                          groups=None)
     left = _attention_lse(qe[:, :, W:], k[:, :, :-W], v[:, :, :-W], causal=True, scale=scale)
@@ -275,9 +277,11 @@ def test_band_merge_torch_blocks_and_kernel_agree(causal):
                                                causal=True, scale=scale)
     bkw = dict(causal=causal, window=W, scale=scale, window_correction=0.5)
     outs = [band_merge_torch(q, qe, k, v, left, right, block=b, **bkw) for b in (128, 16, 7)]
-    if INTERPRET:  # the default tile, and the partials' loads issued before the band loop on another tile
+    if INTERPRET:  # the default tile; the partials' loads before the band loop; the inner key tiles unmasked
         outs.append(band_merge(q, qe, k, v, left, right, **bkw))
-        outs.append(band_merge(q, qe, k, v, left, right, config=BandConfig(16, 32, 4, 1, early_partials=True), **bkw))
+        for cfg in (BandConfig(16, 32, 4, 1, early_partials=True), BandConfig(16, 16, 4, 1, split_masks=True),
+                    BandConfig(32, 16, 4, 1, early_partials=True, split_masks=True)):
+            outs.append(band_merge(q, qe, k, v, left, right, config=cfg, **bkw))
     for o in outs[1:]:
         assert rel_err(o, outs[0]) <= 1e-6, rel_err(o, outs[0])
     with torch.no_grad():
@@ -288,9 +292,9 @@ def test_band_merge_torch_blocks_and_kernel_agree(causal):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
 @pytest.mark.parametrize("causal", [True, False])
-def test_band_early_partials_same_gpu(causal):
-    """The band kernel gives the same output with the partials' loads before or after its band loop (bf16, the
-    default tiles), on real pieces."""
+def test_band_kernel_options_same_gpu(causal):
+    """The band kernel gives the same output with the partials' loads before or after its band loop, and with its
+    inner key tiles unmasked (bf16, the default tiles), on real pieces: bit for bit."""
     from distr_patch.ops.configs import band_config
     from distr_patch.ops.sdpa_engine import _attention_lse, query_effective
     from distr_patch.ops.window_merge import band_merge
@@ -306,5 +310,6 @@ def test_band_early_partials_same_gpu(causal):
     bkw = dict(causal=causal, window=W, scale=scale, window_correction=0.5)
     cfg = band_config(causal)
     late = band_merge(q, qe, k, v, left, right, config=cfg, **bkw)
-    early = band_merge(q, qe, k, v, left, right, config=dataclasses.replace(cfg, early_partials=True), **bkw)
-    assert torch.equal(late, early)
+    for other in (dict(early_partials=True), dict(split_masks=True), dict(early_partials=True, split_masks=True)):
+        out = band_merge(q, qe, k, v, left, right, config=dataclasses.replace(cfg, **other), **bkw)
+        assert torch.equal(late, out), other
