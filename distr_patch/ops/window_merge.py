@@ -174,8 +174,10 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
         lse_l, out_l, lse_r, out_r = _grouped_partials(
             LL, OL, LR, OR, pid_bh, b, h, offs_m, row_ok, N, NP, WINDOW, stride_lb, stride_lh, stride_ln, stride_ld,
             stride_rb, stride_rh, stride_rn, stride_rd, offs_d, qmask, BLOCK_M, D_PAD, HAS_LEFT, HAS_RIGHT)
-    lse_l = lse_l - delta  # each grouped score of the row is lowered by δ
-    lse_r = lse_r - delta
+    if HAS_LEFT:  # each grouped score of the row is lowered by δ
+        lse_l = lse_l - delta
+    if HAS_RIGHT:
+        lse_r = lse_r - delta
     mx = tl.maximum(lse_b, tl.maximum(lse_l, lse_r))
     mx = tl.where(mx == float("-inf"), 0.0, mx)
     w_b = tl.math.exp2(lse_b - mx)
