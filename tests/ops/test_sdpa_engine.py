@@ -257,6 +257,20 @@ def test_window_pieces_by_each_cpu_way(way, monkeypatch):
     assert sdpa_engine._lse_way == {("cpu", torch.float32, 64, True): way}
 
 
+def _window_pieces(q, k, v, W: int, block_m: int, causal: bool):
+    """The windowed engine's pieces for q, k, v (G=2 rank1): Q_eff, the grouped partials left and right of the band
+    (right: None when causal) and band_merge's keywords (c=0.5)."""
+    from distr_patch.ops.sdpa_engine import _attention_lse, query_effective
+
+    scale = q.shape[-1] ** -0.5
+    qe = query_effective(q, group_size=2, block_m=block_m, fusion="rank1", num_hash_bits=16, seed=0,
+                         query_valid=None, groups=None)
+    left = _attention_lse(qe[:, :, W:], k[:, :, :-W], v[:, :, :-W], causal=True, scale=scale)
+    right = None if causal else _attention_lse(qe[:, :, :-W].flip(2), k[:, :, W:].flip(2), v[:, :, W:].flip(2),
+                                               causal=True, scale=scale)
+    return qe, left, right, dict(causal=causal, window=W, scale=scale, window_correction=0.5)
+
+
 @pytest.mark.parametrize("W", [24, 48])
 @pytest.mark.parametrize("causal", [True, False])
 def test_band_merge_torch_blocks_and_kernel_agree(causal, W):
@@ -264,18 +278,11 @@ def test_band_merge_torch_blocks_and_kernel_agree(causal, W):
     and the Triton band kernel (interpreter) gives it too, on the same pieces, with either place of the partials'
     loads and with the key tiles inside every row's band in an unmasked loop (16-key tiles: some without causal
     masking at W=24, with it too at W=48)."""
-    from distr_patch.ops.sdpa_engine import _attention_lse, query_effective
     from distr_patch.ops.configs import BandConfig
     from distr_patch.ops.window_merge import band_merge, band_merge_torch
 
     q, k, v, kw = _window_inputs((1, 4, 2, 150, 32, 2, "rank1", 32, causal, W, 0.5))
-    scale = 32 ** -0.5
-    qe = query_effective(q, group_size=2, block_m=32, fusion="rank1", num_hash_bits=16, seed=0, query_valid=None,
-                         groups=None)
-    left = _attention_lse(qe[:, :, W:], k[:, :, :-W], v[:, :, :-W], causal=True, scale=scale)
-    right = None if causal else _attention_lse(qe[:, :, :-W].flip(2), k[:, :, W:].flip(2), v[:, :, W:].flip(2),
-                                               causal=True, scale=scale)
-    bkw = dict(causal=causal, window=W, scale=scale, window_correction=0.5)
+    qe, left, right, bkw = _window_pieces(q, k, v, W, 32, causal)
     outs = [band_merge_torch(q, qe, k, v, left, right, block=b, **bkw) for b in (128, 16, 7)]
     if INTERPRET:  # the default tile; the partials' loads before the band loop; the inner key tiles unmasked
         outs.append(band_merge(q, qe, k, v, left, right, **bkw))
@@ -296,18 +303,11 @@ def test_band_kernel_options_same_gpu(causal):
     """The band kernel gives the same output with the partials' loads before or after its band loop, and with its
     inner key tiles unmasked (bf16, the default tiles), on real pieces: bit for bit."""
     from distr_patch.ops.configs import band_config
-    from distr_patch.ops.sdpa_engine import _attention_lse, query_effective
     from distr_patch.ops.window_merge import band_merge
 
     q, k, v, _ = _window_inputs((2, 8, 2, 2000, 64, 2, "rank1", 128, causal, 128, 0.5), dtype=torch.bfloat16,
                                 device="cuda")
-    W, scale = 128, 64 ** -0.5
-    qe = query_effective(q, group_size=2, block_m=128, fusion="rank1", num_hash_bits=16, seed=0, query_valid=None,
-                         groups=None)
-    left = _attention_lse(qe[:, :, W:], k[:, :, :-W], v[:, :, :-W], causal=True, scale=scale)
-    right = None if causal else _attention_lse(qe[:, :, :-W].flip(2), k[:, :, W:].flip(2), v[:, :, W:].flip(2),
-                                               causal=True, scale=scale)
-    bkw = dict(causal=causal, window=W, scale=scale, window_correction=0.5)
+    qe, left, right, bkw = _window_pieces(q, k, v, 128, 128, causal)
     cfg = band_config(causal)
     late = band_merge(q, qe, k, v, left, right, config=cfg, **bkw)
     for other in (dict(early_partials=True), dict(split_masks=True), dict(early_partials=True, split_masks=True)):
