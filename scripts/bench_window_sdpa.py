@@ -1,12 +1,14 @@
 """backend="sdpa" with an exact window, taken apart on the GPU: each piece's time, and the band kernel's tiles.
 
     python scripts/bench_window_sdpa.py                      # d=64 and 128, N=4096, causal and not
-    python scripts/bench_window_sdpa.py --tiles 128,64,8,2 64,64,4,2 64,32,4,3,1,1  # block_m,block_n,warps,stages[,early[,split]]
+    python scripts/bench_window_sdpa.py --tiles 128,64,8,2 64,64,4,2 64,32,4,3,1,1
+    # each tile: block_m,block_n,num_warps,num_stages[,early_partials[,split_masks]]
 
 Shapes as ``bench_attention.py`` (H = 2048 // d, B = tokens // N, bf16, G=2 rank1, W=128, c=0.5). Pieces: Q_eff,
 the reversed copies (not causal; ``reverse_rows``, and torch.flip beside it), the grouped SDPA calls with
-log-sum-exps, the band kernel at each tile (checked against the default tile's output); then the whole call beside the fused kernel,
-backend="sdpa" without the window, SDPA-flash and cuDNN. Times in ms (triton.testing.do_bench, median).
+log-sum-exps, the band kernel at each tile (checked against the default tile's output); then the whole call beside
+the fused kernel, backend="sdpa" without the window, SDPA-flash and cuDNN. Times in ms (triton.testing.do_bench,
+median).
 """
 import argparse
 
@@ -15,7 +17,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from distr_patch.ops import distr_attention
-from distr_patch.ops.configs import BandConfig, band_config
+from distr_patch.ops.configs import band_config, parse_band_tiles
 from distr_patch.ops.reverse_rows import reverse_rows
 from distr_patch.ops.sdpa_engine import _attention_lse, query_effective
 from distr_patch.ops.window_merge import band_merge
@@ -37,7 +39,7 @@ def main():
                          "partials' loads before the band loop; split_masks 1: the inner key tiles unmasked)")
     args = ap.parse_args()
     W, N = args.window, args.n
-    tiles = [BandConfig(*(int(x) for x in t.split(","))) for t in args.tiles]
+    tiles = [parse_band_tiles(t, "--tiles") for t in args.tiles]
     torch.manual_seed(0)
     rows = []
     for d in args.d:

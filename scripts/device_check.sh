@@ -66,8 +66,9 @@ for step in "${steps[@]}"; do
     qeff) python scripts/bench_regroup.py --qeff --qeff-tiles 2,64,64 4,64,64 4,128,64 2>&1 | tee "$out/qeff.log" \
            | sed -n '/^fused default/,$p' || rc=1
            python scripts/bench_attention.py --quick --rep-ms 20 --json "$out/qeff-fwd.json" --variants \
-             "distr G=2 mean sdpa" "distr G=2 mean sdpa 2launch" "distr G=2 mean sdpa dot memory" "distr G=2 rank1 sdpa" \
-             "distr G=2 rank1 sdpa 2launch" "distr G=2 rank1 sdpa dot memory" "distr G=2 rank1 W128 c.5 bm128 sdpa" 2>&1 | tee "$out/qeff-fwd.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+             "distr G=2 mean sdpa" "distr G=2 mean sdpa 2launch" "distr G=2 mean sdpa dot memory" \
+             "distr G=2 rank1 sdpa" "distr G=2 rank1 sdpa 2launch" "distr G=2 rank1 sdpa dot memory" \
+             "distr G=2 rank1 W128 c.5 bm128 sdpa" 2>&1 | tee "$out/qeff-fwd.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     bwd-tests) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_bwd.py 2>&1 \
            | tee "$out/bwd-tests.log" | tail -20 || rc=1 ;;
     bwdpaths) python scripts/bench_attention.py --backward --backward-paths --quick --rep-ms 10 \
@@ -116,7 +117,8 @@ PY
              --variants "distr G=2 rank1 W128 c.5 bm128" "distr G=2 mean W128 c.5 bm128" \
              "distr G=2 rank1 W128 c.5 bm128 sdpa" "distr G=2 mean W128 c.5 bm128 sdpa" "distr G=2 mean sdpa" \
              "distr G=2 rank1 sdpa" "distr G=2 rank1 W128 c.5 bm128 sdpa torch flip" \
-             "distr G=2 mean W128 c.5 bm128 sdpa torch flip" 2>&1 | tee "$out/window.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+             "distr G=2 mean W128 c.5 bm128 sdpa torch flip" 2>&1 | tee "$out/window.log" \
+             | sed -n '/^| d |/,$p' || rc=1 ;;
     probe-sdpa) { python scripts/probe_sdpa_layout.py; python scripts/probe_sdpa_layout.py --batch 4 --heads 9 --kv-heads 3; } \
            2>&1 | tee "$out/probe-sdpa.log" | grep "^|\|^B=" || rc=1 ;;
     *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa)" >&2; exit 2 ;;

@@ -240,7 +240,6 @@ def main(argv=None):
     if args.qeff:
         from distr_patch.ops.grouping_triton import qeff_tiles, qeff_way
 
-
         print(f"Triton {triton.__version__}, sm_90 (compiled only), N=512 bf16, G=2, block_m=128; * = the default\n")
         print("| d | fusion, regroup | warps, columns, rows | registers | programs/SM by registers | spill B "
               "| shared KB |\n|---|---|---|---|---|---|---|")

@@ -245,16 +245,23 @@ class BandConfig:
 _BAND_TILES_ENV = os.environ.get("DISTR_BAND_TILES")
 
 
+def parse_band_tiles(text: str, name: str = "tiles") -> BandConfig:
+    """'block_m,block_n,num_warps,num_stages[,early_partials[,split_masks]]' (the flags 0 or 1) -> BandConfig."""
+    parts = [p.strip() for p in text.split(",")]
+    flags_ok = all(p in ("0", "1") for p in parts[4:])
+    if len(parts) not in (4, 5, 6) or not all(p.isdigit() for p in parts) or not flags_ok:
+        raise ValueError(f"{name} must be 'block_m,block_n,num_warps,num_stages[,early_partials[,split_masks]]' "
+                         f"(4 to 6 integers; the flags 0 or 1), got {text!r}")
+    nums = [int(p) for p in parts]
+    return BandConfig(*nums[:4], *(bool(f) for f in nums[4:]))
+
+
 def band_config(causal: bool, *, interpret: bool | None = None) -> BandConfig:
     """The band kernel's tiles (H200, ``scripts/bench_window_sdpa.py``, 8 tiles side by side at d=64 and 128): 64 query
     rows x 32 keys with causal masking (a program's band spans 6 such tiles), 64 x 64 without (5-12% faster there;
     20% slower causal at d=64); 4 warps, 2 stages. 32 x 32 under the interpreter."""
     if _BAND_TILES_ENV:
-        parts = _BAND_TILES_ENV.split(",")
-        if len(parts) not in (4, 5, 6) or not all(p.strip().isdigit() for p in parts):
-            raise ValueError(f"DISTR_BAND_TILES must be 'block_m,block_n,num_warps,num_stages[,early_partials"
-                             f"[,split_masks]]' (4 to 6 integers), got {_BAND_TILES_ENV!r}")
-        return BandConfig(*(int(p) for p in parts))
+        return parse_band_tiles(_BAND_TILES_ENV, "DISTR_BAND_TILES")
     if interpreting() if interpret is None else interpret:
         return BandConfig(32, 32, 4, 1)
     return BandConfig(64, 32 if causal else 64, 4, 2)

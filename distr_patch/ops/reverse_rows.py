@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .configs import interpreting
+
 # Elements per program: ROW_TILE_ELEMS // d_pad rows (at least 8) of d_pad columns each; 4 warps.
 ROW_TILE_ELEMS = 8192
 NUM_WARPS = 4
@@ -37,6 +39,9 @@ def reverse_rows(x: torch.Tensor) -> torch.Tensor:
     ``x.flip(2)`` by one Triton launch (CUDA tensors, or CPU tensors under the interpreter)."""
     if x.dim() != 4:
         raise ValueError(f"reverse_rows: x must be [B, H, L, d], got shape {tuple(x.shape)}")
+    if not (x.is_cuda or interpreting()):
+        raise ValueError(f"reverse_rows: x must be a CUDA tensor (or a CPU tensor with TRITON_INTERPRET=1), got one "
+                         f"on {x.device}; use x.flip(2) there")
     B, H, L, d = x.shape
     y = torch.empty((B, H, L, d), dtype=x.dtype, device=x.device)
     if y.numel() == 0:

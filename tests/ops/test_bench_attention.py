@@ -12,14 +12,20 @@ interpreter_only = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                       reason="CPU tensors through Triton need TRITON_INTERPRET=1")
 
 
+@pytest.fixture
+def bench():
+    """scripts/bench_attention.py as a module."""
+    spec = importlib.util.spec_from_file_location("bench_attention", ROOT / "scripts" / "bench_attention.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @interpreter_only
-def test_bench_switch_variants_run_with_their_switches(monkeypatch):
+def test_bench_switch_variants_run_with_their_switches(bench, monkeypatch):
     from distr_patch.ops import grouping_triton, sdpa_engine
     from distr_patch.ops.reference import reference_distr_attention
 
-    spec = importlib.util.spec_from_file_location("bench_attention_switches", ROOT / "scripts" / "bench_attention.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     seen = []
     real_fused, real_grouping = grouping_triton.triton_query_effective, grouping_triton.triton_grouping
 
@@ -50,14 +56,11 @@ def test_bench_switch_variants_run_with_their_switches(monkeypatch):
 
 
 @interpreter_only
-def test_bench_torch_flip_variant_reverses_by_torch(monkeypatch):
+def test_bench_torch_flip_variant_reverses_by_torch(bench, monkeypatch):
     """The "torch flip" window variants reverse the right piece's inputs by torch.flip, the others by reverse_rows;
     the same output either way, and the switch restored."""
     from distr_patch.ops import sdpa_engine
 
-    spec = importlib.util.spec_from_file_location("bench_attention_flip", ROOT / "scripts" / "bench_attention.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     seen = []
     real_kernel, real_flip = sdpa_engine.reverse_rows, sdpa_engine._flip_rows
     monkeypatch.setattr(sdpa_engine, "reverse_rows", lambda x: seen.append("triton") or real_kernel(x))

@@ -42,9 +42,12 @@ def test_reverse_rows_is_flip(case):
     _check(_input(case, "cpu"))
 
 
-def test_reverse_rows_names_bad_shape():
+def test_reverse_rows_names_bad_input(monkeypatch):
     with pytest.raises(ValueError, match=r"x must be \[B, H, L, d\]"):
         reverse_rows(torch.zeros(3, 4, 5))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # read per call by configs.interpreting()
+    with pytest.raises(ValueError, match="x must be a CUDA tensor"):
+        reverse_rows(torch.zeros(1, 2, 3, 4))
 
 
 @pytest.mark.gpu

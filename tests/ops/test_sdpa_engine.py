@@ -313,3 +313,15 @@ def test_band_kernel_options_same_gpu(causal):
     for other in (dict(early_partials=True), dict(split_masks=True), dict(early_partials=True, split_masks=True)):
         out = band_merge(q, qe, k, v, left, right, config=dataclasses.replace(cfg, **other), **bkw)
         assert torch.equal(late, out), other
+
+
+def test_band_tiles_parsed_or_named():
+    """DISTR_BAND_TILES / bench --tiles: four sizes and two optional 0/1 flags; anything else is named."""
+    from distr_patch.ops.configs import BandConfig, parse_band_tiles
+
+    assert parse_band_tiles("64,32,4,2") == BandConfig(64, 32, 4, 2)
+    assert parse_band_tiles("64, 64, 4, 2, 1") == BandConfig(64, 64, 4, 2, early_partials=True)
+    assert parse_band_tiles("64,32,4,2,0,1") == BandConfig(64, 32, 4, 2, split_masks=True)
+    for bad in ("64,32,4", "64,32,4,2,2", "64,32,4,2,1,1,1", "64,x,4,2"):
+        with pytest.raises(ValueError, match="DISTR_BAND_TILES must be"):
+            parse_band_tiles(bad, "DISTR_BAND_TILES")
