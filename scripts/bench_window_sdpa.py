@@ -1,8 +1,8 @@
 """backend="sdpa" with an exact window, taken apart on the GPU: each piece's time, and the band kernel's tiles.
 
     python scripts/bench_window_sdpa.py                      # d=64 and 128, N=4096, causal and not
-    python scripts/bench_window_sdpa.py --tiles 128,64,8,2 64,64,4,2 64,32,4,3,1,1
-    # each tile: block_m,block_n,num_warps,num_stages[,early_partials[,split_masks]]
+    python scripts/bench_window_sdpa.py --tiles 128,64,8,2 64,64,4,2 64,32,4,3
+    # each tile: block_m,block_n,num_warps,num_stages
 
 Shapes as ``bench_attention.py`` (H = 2048 // d, B = tokens // N, bf16, G=2 rank1, W=128, c=0.5). Pieces: Q_eff,
 the reversed copies (not causal; ``reverse_rows``, and torch.flip beside it), the grouped SDPA calls with
@@ -33,10 +33,8 @@ def main():
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--tokens", type=int, default=32768, help="B*N")
     ap.add_argument("--window", type=int, default=128)
-    ap.add_argument("--tiles", nargs="*", default=[f"64,{n},4,2{x}" for x in ("", ",1", ",0,1", ",1,1")
-                                                   for n in (64, 32)],
-                    help="block_m,block_n,num_warps,num_stages[,early_partials[,split_masks]] (early_partials 1: the "
-                         "partials' loads before the band loop; split_masks 1: the inner key tiles unmasked)")
+    ap.add_argument("--tiles", nargs="*", default=["128,64,8,2", "64,64,4,2", "64,32,4,2", "64,64,4,3", "32,32,4,2"],
+                    help="block_m,block_n,num_warps,num_stages")
     args = ap.parse_args()
     W, N = args.window, args.n
     tiles = [parse_band_tiles(t, "--tiles") for t in args.tiles]
@@ -72,8 +70,7 @@ def main():
                     cell += "" if err < 1e-2 else f" (differs: {err:.1e})"
                 except Exception as e:  # a tile that does not compile (shared memory) is reported, not fatal
                     cell = type(e).__name__
-                r[f"band {cfg.block_m},{cfg.block_n},{cfg.num_warps},{cfg.num_stages}"
-                  + (" early" if cfg.early_partials else "") + (" split" if cfg.split_masks else "")] = cell + (
+                r[f"band {cfg.block_m},{cfg.block_n},{cfg.num_warps},{cfg.num_stages}"] = cell + (
                     " (default)" if cfg == default else "")
             full = dict(causal=causal, exact_window=W, window_correction=0.5, **kw)
             with torch.no_grad():

@@ -261,7 +261,6 @@ def main(argv=None):
             for causal in args.causal:
                 for cfg, r in band_rows(d, bool(causal)):
                     star = "*" if cfg == band_config(bool(causal), interpret=False) else ""
-                    star += (" early" if cfg.early_partials else "") + (" split" if cfg.split_masks else "")
                     print(f"| {d} | {causal} | {cfg.block_m}x{cfg.block_n}{star} | {cfg.num_warps} | {cfg.num_stages} "
                           f"| {_resource_cells(r, cfg.num_warps)} |", flush=True)
         return

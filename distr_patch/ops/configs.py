@@ -237,23 +237,19 @@ class BandConfig:
     block_n: int  # keys per tile of the band loop
     num_warps: int
     num_stages: int
-    early_partials: bool = False  # load the grouped partials before the band loop (else after it)
-    split_masks: bool = False  # the key tiles inside every row's band in a loop of their own, without the mask
 
 
-# env DISTR_BAND_TILES="block_m,block_n,num_warps,num_stages[,early_partials[,split_masks]]" overrides the table
+# env DISTR_BAND_TILES="block_m,block_n,num_warps,num_stages" overrides the table
 _BAND_TILES_ENV = os.environ.get("DISTR_BAND_TILES")
 
 
 def parse_band_tiles(text: str, name: str = "tiles") -> BandConfig:
-    """'block_m,block_n,num_warps,num_stages[,early_partials[,split_masks]]' (the flags 0 or 1) -> BandConfig."""
+    """'block_m,block_n,num_warps,num_stages' (4 positive integers) -> BandConfig."""
     parts = [p.strip() for p in text.split(",")]
-    flags_ok = all(p in ("0", "1") for p in parts[4:])
-    if len(parts) not in (4, 5, 6) or not all(p.isdigit() for p in parts) or not flags_ok:
-        raise ValueError(f"{name} must be 'block_m,block_n,num_warps,num_stages[,early_partials[,split_masks]]' "
-                         f"(4 to 6 integers; the flags 0 or 1), got {text!r}")
-    nums = [int(p) for p in parts]
-    return BandConfig(*nums[:4], *(bool(f) for f in nums[4:]))
+    if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"{name} must be 'block_m,block_n,num_warps,num_stages' (4 positive integers), "
+                         f"got {text!r}")
+    return BandConfig(*(int(p) for p in parts))
 
 
 def band_config(causal: bool, *, interpret: bool | None = None) -> BandConfig:

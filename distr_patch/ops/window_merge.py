@@ -57,26 +57,21 @@ def _grouped_partials(LL, OL, LR, OR, pid_bh, b, h, offs_m, row_ok, N, NP, WINDO
 @triton.jit
 def _band_tile(q, qe, K, V, start_n, offs_m, offs_d, m_i, l_i, acc, sq, N, WINDOW, qk_scale2,
                stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-               CAUSAL: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+               CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr):
     """One key tile of the band: the exact scores into the online softmax (m_i, l_i, acc), the squared
-    grouped-minus-exact scores into sq. MASKED: keys outside a row's band (or past N) are left out; a tile with
-    MASKED=False must lie inside every row's band."""
+    grouped-minus-exact scores into sq; keys outside a row's band (or past N) are left out."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     kvmask = (offs_n < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
     k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kvmask, other=0.0)
     vt = tl.load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kvmask, other=0.0)
     se = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale2
     sg = tl.dot(qe, tl.trans(k), input_precision=DOT_PREC) * qk_scale2
-    if MASKED:
-        dist = offs_m[:, None] - offs_n[None, :]
-        band = (dist < WINDOW) & (dist > -WINDOW) & (offs_n < N)[None, :]
-        if CAUSAL:
-            band = band & (dist >= 0)
-        diff = tl.where(band, sg - se, 0.0)
-        s = tl.where(band, se, float("-inf"))
-    else:
-        diff = sg - se
-        s = se
+    dist = offs_m[:, None] - offs_n[None, :]
+    band = (dist < WINDOW) & (dist > -WINDOW) & (offs_n < N)[None, :]
+    if CAUSAL:
+        band = band & (dist >= 0)
+    diff = tl.where(band, sg - se, 0.0)
+    s = tl.where(band, se, float("-inf"))
     sq += tl.sum(diff * diff, 1)
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -99,12 +94,10 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
                        Hq, N, NP, KV_REP, WINDOW, qk_scale2, half_corr2,
                        HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        CAUSAL: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                       DOT_PREC: tl.constexpr, EARLY_PARTIALS: tl.constexpr, SPLIT_MASKS: tl.constexpr):
+                       DOT_PREC: tl.constexpr):
     """One program: BLOCK_M query rows of one (batch, head). Scores in log2 units (qk_scale2 = scale·log2 e).
     OL / OR [B, Hq, NP, d] and LL / LR fp32 contiguous [B, Hq, NP] (log2 units): the grouped partials left and
-    right of the band and their log-sum-exps. EARLY_PARTIALS: their loads are issued before the band loop (their
-    latency hidden behind it, held in their dtype), else after it. SPLIT_MASKS: the key tiles inside every row's
-    band run without the band mask, in a loop of their own."""
+    right of the band and their log-sum-exps, loaded after the band loop."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -137,43 +130,18 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
         cnt = (offs_m - tl.maximum(offs_m - WINDOW + 1, 0) + 1).to(tl.float32)
     else:
         cnt = (tl.minimum(offs_m + WINDOW - 1, N - 1) - tl.maximum(offs_m - WINDOW + 1, 0) + 1).to(tl.float32)
-    if EARLY_PARTIALS:
-        lse_l, out_l, lse_r, out_r = _grouped_partials(
-            LL, OL, LR, OR, pid_bh, b, h, offs_m, row_ok, N, NP, WINDOW, stride_lb, stride_lh, stride_ln, stride_ld,
-            stride_rb, stride_rh, stride_rn, stride_rd, offs_d, qmask, BLOCK_M, D_PAD, HAS_LEFT, HAS_RIGHT)
-    if SPLIT_MASKS:  # key tiles inside every row's band (no mask) between the masked edge tiles
-        in_lo = tl.minimum(lo + tl.cdiv(tl.maximum(m0 + BLOCK_M - WINDOW - lo, 0), BLOCK_N) * BLOCK_N, hi)
-        if CAUSAL:
-            last = m0 - BLOCK_N + 1  # the last inner tile's start: its keys all <= every row
-        else:
-            last = tl.minimum(m0 + WINDOW - BLOCK_N, N - BLOCK_N)
-        in_hi = in_lo + tl.maximum(last - in_lo + BLOCK_N, 0) // BLOCK_N * BLOCK_N
-        for start_n in tl.range(lo, in_lo, BLOCK_N):
-            m_i, l_i, acc, sq = _band_tile(q, qe, K, V, start_n, offs_m, offs_d, m_i, l_i, acc, sq, N, WINDOW,
-                                           qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, BLOCK_N,
-                                           CAUSAL, True, DOT_PREC)
-        for start_n in tl.range(in_lo, in_hi, BLOCK_N):
-            m_i, l_i, acc, sq = _band_tile(q, qe, K, V, start_n, offs_m, offs_d, m_i, l_i, acc, sq, N, WINDOW,
-                                           qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, BLOCK_N,
-                                           CAUSAL, False, DOT_PREC)
-        for start_n in tl.range(in_hi, hi, BLOCK_N):
-            m_i, l_i, acc, sq = _band_tile(q, qe, K, V, start_n, offs_m, offs_d, m_i, l_i, acc, sq, N, WINDOW,
-                                           qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, BLOCK_N,
-                                           CAUSAL, True, DOT_PREC)
-    else:
-        for start_n in tl.range(lo, hi, BLOCK_N):
-            m_i, l_i, acc, sq = _band_tile(q, qe, K, V, start_n, offs_m, offs_d, m_i, l_i, acc, sq, N, WINDOW,
-                                           qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, BLOCK_N,
-                                           CAUSAL, True, DOT_PREC)
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        m_i, l_i, acc, sq = _band_tile(q, qe, K, V, start_n, offs_m, offs_d, m_i, l_i, acc, sq, N, WINDOW,
+                                       qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, BLOCK_N,
+                                       CAUSAL, DOT_PREC)
 
     # δ in log2 units: half_corr2 = (c / 2)·log2 e; σ² from scores in log2 units, divided by (log2 e)²
     delta = half_corr2 * sq / tl.maximum(cnt, 1.0) * (1.0 / (1.4426950408889634 * 1.4426950408889634))
     lse_b = tl.where(l_i > 0, m_i + tl.math.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
     out_b = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    if not EARLY_PARTIALS:
-        lse_l, out_l, lse_r, out_r = _grouped_partials(
-            LL, OL, LR, OR, pid_bh, b, h, offs_m, row_ok, N, NP, WINDOW, stride_lb, stride_lh, stride_ln, stride_ld,
-            stride_rb, stride_rh, stride_rn, stride_rd, offs_d, qmask, BLOCK_M, D_PAD, HAS_LEFT, HAS_RIGHT)
+    lse_l, out_l, lse_r, out_r = _grouped_partials(
+        LL, OL, LR, OR, pid_bh, b, h, offs_m, row_ok, N, NP, WINDOW, stride_lb, stride_lh, stride_ln, stride_ld,
+        stride_rb, stride_rh, stride_rn, stride_rd, offs_d, qmask, BLOCK_M, D_PAD, HAS_LEFT, HAS_RIGHT)
     if HAS_LEFT:  # each grouped score of the row is lowered by δ
         lse_l = lse_l - delta
     if HAS_RIGHT:
@@ -218,8 +186,7 @@ def band_merge(q: torch.Tensor, qe: torch.Tensor, k: torch.Tensor, v: torch.Tens
         Hq, N, NP, Hq // k.shape[1], window, scale * LOG2E, 0.5 * window_correction * LOG2E,
         HEAD_DIM=d, D_PAD=triton.next_power_of_2(max(d, 16)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         CAUSAL=bool(causal), HAS_LEFT=left is not None, HAS_RIGHT=right is not None,
-        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", EARLY_PARTIALS=bool(cfg.early_partials),
-        SPLIT_MASKS=bool(cfg.split_masks),
+        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return o
 
