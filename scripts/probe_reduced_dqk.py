@@ -118,7 +118,8 @@ def main(argv=None):
                 row["flash ms"] = round(flash, 3)
                 with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                     row["cudnn"] = round(flash / ms(lambda: sdpa(q, k, v, is_causal=causal)), 2)
-                for dqk in (d, d // 2, d // 4):
+                for part in (1, 2, 4):
+                    dqk, label = d // part, "d" if part == 1 else f"d/{part}"
                     qn, kn = q[..., :dqk].contiguous(), k[..., :dqk].contiguous()
                     ref = sdpa(qn[:1, :2].float(), kn[:1, :2].float(), v[:1, :2].float(), is_causal=causal,
                                scale=d ** -0.5)
@@ -135,15 +136,15 @@ def main(argv=None):
                             continue
                         if best is None or t < best[0]:
                             best = (t, cfg)
-                    row[f"triton d_qk={dqk}"] = f"{flash / best[0]:.2f} {best[1]}" if best else "–"
+                    row[f"triton d_qk={label}"] = f"{flash / best[0]:.2f} {best[1]}" if best else "–"
                     try:
                         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                             out = sdpa(qn, kn, v, is_causal=causal, scale=d ** -0.5)
                             err = _rel_err(out[:1, :2], ref)
                             t = ms(lambda: sdpa(qn, kn, v, is_causal=causal, scale=d ** -0.5))
-                        row[f"cudnn d_qk={dqk}"] = f"{flash / t:.2f}" + ("" if err <= 2e-2 else f" (err {err:.1e})")
+                        row[f"cudnn d_qk={label}"] = f"{flash / t:.2f}" + ("" if err <= 2e-2 else f" (err {err:.1e})")
                     except Exception as e:  # cuDNN may refuse d_qk != d_v
-                        row[f"cudnn d_qk={dqk}"] = type(e).__name__
+                        row[f"cudnn d_qk={label}"] = type(e).__name__
                 print(row, flush=True)
                 rows.append(row)
     if args.json:

@@ -10,7 +10,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="CPU tensors through Triton need TRITON_INTERPRET=1")
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="CPU tensors through Triton need TRITON_INTERPRET=1")
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("dqk", [16, 32])
 def test_probe_kernel_matches_torch(causal, dqk):
