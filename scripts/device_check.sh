@@ -25,6 +25,8 @@
 #          DistrConfig.engine="sdpa" (SDPA on Q_eff; the exact window as SDPA pieces and our band kernel).
 # probe-sdpa: which SDPA backend runs (and how fast) at the Llama-3.2-1B and SmolLM2 layer shapes with a contiguous
 #             Q_eff and transposed K/V views (scripts/probe_sdpa_layout.py): why backend="sdpa" lost in models.
+# probe-dqk: the ceiling of a reduced grouped product (scripts/probe_reduced_dqk.py: scores at d_qk = d/2, d/4 with no
+#            grouping, and K̃ formed per key tile by a dot), beside flash and cuDNN.
 # bwdpaths: forward+backward at N=4096 with each grouped variant also on the backward's earlier paths
 #           (bench_attention.py --backward --backward-paths: regroup launches / the forward's Q_eff kept).
 # Logs and JSON go to $OUT (the device tool's folder) or /tmp/device-check; each table prints last.
@@ -119,9 +121,11 @@ PY
              "distr G=2 rank1 sdpa" "distr G=2 rank1 W128 c.5 bm128 sdpa torch flip" \
              "distr G=2 mean W128 c.5 bm128 sdpa torch flip" 2>&1 | tee "$out/window.log" \
              | sed -n '/^| d |/,$p' || rc=1 ;;
+    probe-dqk) python scripts/probe_reduced_dqk.py --json "$out/probe-dqk.json" 2>&1 | tee "$out/probe-dqk.log" \
+           | sed -n '/^| d |/,$p' || rc=1 ;;
     probe-sdpa) { python scripts/probe_sdpa_layout.py; python scripts/probe_sdpa_layout.py --batch 4 --heads 9 --kv-heads 3; } \
            2>&1 | tee "$out/probe-sdpa.log" | grep "^|\|^B=" || rc=1 ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa, probe-dqk)" >&2; exit 2 ;;
   esac
 done
 exit $rc
