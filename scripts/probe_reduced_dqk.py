@@ -11,8 +11,8 @@ on the GPU, beside SDPA-flash and cuDNN at full d (the issue's baselines):
 - "cudnn d_qk=k": SDPA's cuDNN backend on q, k with d_qk columns and v with d (where it accepts the shapes);
 - "triton K̃ dot G": the same kernel with d_qk = d/G scores on a K̃ that each program forms per key tile by a
   tensor-core dot of the K tile with its 128-row block's [d, d/G] fusion matrix (mean fusion, a random grouping:
-  the kernel's cost, not the hash's). One way to pay for K̃ that the product's kernel does not have; if it beats
-  "triton d_qk=d" by a margin, it is worth building there.
+  the kernel's cost, not the hash's); "dot ahead": each tile's K̃ formed one iteration earlier. One way to pay for
+  K̃ that the product's kernel does not have; if it beats "triton d_qk=d" by a margin, it is worth building there.
 Every timed output is checked against fp32 SDPA on the same narrowed inputs. Shapes as ``bench_attention.py``
 (B·N = 32768 tokens, H = 2048 // d, bf16, random normal). Times: ms, median of ``triton.testing.do_bench``; ratios to
 SDPA-flash at full d. Needs a CUDA device.
@@ -34,9 +34,10 @@ def _probe_fwd(Q, K, V, O, A, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, 
                D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                CAUSAL: tl.constexpr, KT_DOT: tl.constexpr, GROUP_M: tl.constexpr):
     """One program: BLOCK_M query rows of one (batch, head); q [N, D_QK], v, o [N, D_V] (last stride 1).
-    k: [N, D_QK]; with KT_DOT [N, D_V], and each key tile's K̃ = k_tile · A_blk [BLOCK_N, D_QK] is formed on tensor
-    cores from the query block's fusion matrix A_blk [D_V, D_QK] (A: [B·H·NBLK, D_V, D_QK], one per GROUP_M
-    query rows)."""
+    k: [N, D_QK]; with KT_DOT > 0 [N, D_V], and each key tile's K̃ = k_tile · A_blk [BLOCK_N, D_QK] is formed on
+    tensor cores from the query block's fusion matrix A_blk [D_V, D_QK] (A: [B·H·NBLK, D_V, D_QK], one per GROUP_M
+    query rows): KT_DOT 1 in the tile's own iteration, 2 one iteration ahead (the next tile's K̃ at the end of the
+    body, carried in fp32: compiled for sm_90, this keeps ptxas from serialising the wgmma pipeline at d=64)."""
     pid_m = tl.program_id(0)
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
@@ -47,7 +48,7 @@ def _probe_fwd(Q, K, V, O, A, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, 
                 mask=(offs_m < N)[:, None], other=0.0)
     K += b.to(tl.int64) * skb + h * skh
     V += b.to(tl.int64) * svb + h * svh
-    if KT_DOT:
+    if KT_DOT > 0:
         blk = (pid_m * BLOCK_M) // GROUP_M
         a = tl.load(A + ((b * H + h) * NBLK + blk).to(tl.int64) * (D_V * D_QK) + offs_v[:, None] * D_QK
                     + offs_k[None, :])
@@ -55,12 +56,18 @@ def _probe_fwd(Q, K, V, O, A, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, 
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D_V], dtype=tl.float32)
     hi = tl.minimum((pid_m + 1) * BLOCK_M, N) if CAUSAL else N
+    if KT_DOT == 2:  # the first tile's K̃
+        offs_n = tl.arange(0, BLOCK_N)
+        kt_next = tl.dot(tl.load(K + offs_n[:, None] * skn + offs_v[None, :], mask=(offs_n < N)[:, None], other=0.0),
+                         a)
     for start_n in tl.range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         v = tl.load(V + offs_n[:, None] * svn + offs_v[None, :], mask=(offs_n < N)[:, None], other=0.0)
-        if KT_DOT:
+        if KT_DOT == 1:
             k = tl.load(K + offs_n[:, None] * skn + offs_v[None, :], mask=(offs_n < N)[:, None], other=0.0)
             k = tl.dot(k, a).to(v.dtype)  # K̃ [BLOCK_N, D_QK]
+        elif KT_DOT == 2:
+            k = kt_next.to(v.dtype)
         else:
             k = tl.load(K + offs_n[:, None] * skn + offs_k[None, :], mask=(offs_n < N)[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k)) * qk_scale2
@@ -74,6 +81,10 @@ def _probe_fwd(Q, K, V, O, A, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, 
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
+        if KT_DOT == 2:  # the next tile's K̃ (zeros past N)
+            nxt = offs_n + BLOCK_N
+            kt_next = tl.dot(tl.load(K + nxt[:, None] * skn + offs_v[None, :], mask=(nxt < N)[:, None], other=0.0),
+                             a)
     o = acc / l_i[:, None]
     tl.store(O + b.to(tl.int64) * sob + h * soh + offs_m[:, None] * son + offs_v[None, :], o.to(O.dtype.element_ty),
              mask=(offs_m < N)[:, None])
@@ -83,11 +94,13 @@ def _probe_fwd(Q, K, V, O, A, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, 
 CONFIGS = ((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3))
 
 
-def probe_attention(q, k, v, causal: bool, config, fusion=None, group_m: int = 128) -> torch.Tensor:
+def probe_attention(q, k, v, causal: bool, config, fusion=None, group_m: int = 128, ahead: bool = False
+                    ) -> torch.Tensor:
     """softmax(q kᵀ / sqrt(d_v)) v; q, k [B, H, N, d_qk], v [B, H, N, d_v], contiguous. The scale is d_v's, as
     DistrAttention's (the grouped scores keep the full head's scale). With ``fusion`` [B, H, ceil(N / group_m),
     d_v, d_qk] (the query blocks' fusion matrices, ``block_fusion``), k is [B, H, N, d_v] and the scores are
-    q (k · fusion[block])ᵀ: K̃ formed per key tile by a dot. CUDA, or CPU tensors under the interpreter."""
+    q (k · fusion[block])ᵀ: K̃ formed per key tile by a dot (``ahead``: one key tile ahead). CUDA, or CPU tensors
+    under the interpreter."""
     B, H, N, dqk = q.shape
     dv = v.shape[-1]
     bm, bn, warps, stages = config
@@ -99,8 +112,8 @@ def probe_attention(q, k, v, causal: bool, config, fusion=None, group_m: int = 1
     _probe_fwd[grid](q, k, v, o, a, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                      v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), H, N,
                      triton.cdiv(N, group_m), dv ** -0.5 * math.log2(math.e), D_QK=dqk, D_V=dv, BLOCK_M=bm,
-                     BLOCK_N=bn, CAUSAL=causal, KT_DOT=fusion is not None, GROUP_M=group_m, num_warps=warps,
-                     num_stages=stages)
+                     BLOCK_N=bn, CAUSAL=causal, KT_DOT=0 if fusion is None else 1 + bool(ahead), GROUP_M=group_m,
+                     num_warps=warps, num_stages=stages)
     return o
 
 
@@ -204,8 +217,10 @@ def main(argv=None):
                 for G in args.ktilde_groups:  # K̃ formed per key tile by a dot with the block's fusion matrix
                     qt, a = block_fusion(q, G)
                     ref = grouped_reference(qt[:1, :2], k[:1, :2], v[:1, :2], a[:1, :2], causal)
-                    row[f"triton K̃ dot G={G}"] = fastest(
-                        lambda c, qt=qt, a=a: probe_attention(qt, k, v, causal, c, fusion=a), ref, flash, f"K̃ G={G}")
+                    for ahead in (False, True):
+                        name = f"triton K̃ dot{' ahead' if ahead else ''} G={G}"
+                        row[name] = fastest(lambda c, qt=qt, a=a, ahead=ahead: probe_attention(
+                            qt, k, v, causal, c, fusion=a, ahead=ahead), ref, flash, name)
                 print(row, flush=True)
                 rows.append(row)
     if args.json:

@@ -32,17 +32,17 @@ def test_probe_kernel_matches_torch(causal, dqk):
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                     reason="CPU tensors through Triton need TRITON_INTERPRET=1")
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("G", [2, 4])
-def test_probe_ktilde_dot_matches_torch(causal, G):
-    """The K̃-by-dot rows: each key tile's K̃ = K · A_block inside the kernel, two 32-row programs per 64-row
-    grouping block, a tail; against the torch form of the same grouped scores and against the dense scores of
-    each block's own Q̃ and K̃ (so a wrong block index or a wrong fusion matrix fails)."""
+@pytest.mark.parametrize("G,ahead", [(2, False), (4, False), (2, True), (4, True)])
+def test_probe_ktilde_dot_matches_torch(causal, G, ahead):
+    """The K̃-by-dot rows: each key tile's K̃ = K · A_block inside the kernel (in its own iteration, or one ahead),
+    two 32-row programs per 64-row grouping block, a tail; against the torch form of the same grouped scores, whose
+    blocks differ (so a wrong block index fails), and that form against Q_eff Kᵀ."""
     probe = _probe()
     g = torch.Generator().manual_seed(5 + G + causal)
     B, H, N, d = 1, 2, 150, 32
     q, k, v = (torch.randn(B, H, N, d, generator=g) for _ in range(3))
     qt, a = probe.block_fusion(q, G, group_m=64, seed=3)
-    out = probe.probe_attention(qt, k, v, causal, (32, 16, 4, 1), fusion=a, group_m=64)
+    out = probe.probe_attention(qt, k, v, causal, (32, 16, 4, 1), fusion=a, group_m=64, ahead=ahead)
     ref = probe.grouped_reference(qt, k, v, a, causal, group_m=64)
     assert ((out - ref).norm() / ref.norm()).item() < 1e-5
     # the grouping is per block: the last block's rows with the first block's fusion matrix give other outputs
