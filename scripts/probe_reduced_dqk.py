@@ -122,6 +122,8 @@ def block_fusion(q: torch.Tensor, group_size: int, group_m: int = 128, seed: int
     returns (q̃ [B, H, N, d/G] = each group's mean, A [B, H, ceil(N / group_m), d, d/G] with A[c, g] = 1 for the
     columns c of group g, so K̃ = K · A is each group's sum)."""
     B, H, N, d = q.shape
+    if group_size < 1 or d % group_size:
+        raise ValueError(f"group_size must divide the head dim {d}, got {group_size}")
     nb = triton.cdiv(N, group_m)
     gen = torch.Generator().manual_seed(seed)
     pos = torch.stack([torch.randperm(d, generator=gen) for _ in range(B * H * nb)]).view(B, H, nb, d)
@@ -161,6 +163,10 @@ def main(argv=None):
                     help="G of the K̃-by-dot rows (mean fusion, random grouping per 128-row block); none: skip them")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args(argv)
+    bad = [(d, G) for d in args.d for G in args.ktilde_groups if G < 2 or d % G or d // G < 16]
+    if bad:
+        ap.error(f"--ktilde-groups: each G must be >= 2, divide every --d and leave d/G >= 16 (Triton's dots), "
+                 f"got (d, G) = {bad}")
     if not torch.cuda.is_available():
         sys.exit("probe_reduced_dqk.py needs a CUDA device")
     from torch.nn.attention import SDPBackend, sdpa_kernel

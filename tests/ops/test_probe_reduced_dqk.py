@@ -60,3 +60,11 @@ def _probe():
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
     return probe
+
+
+def test_probe_bad_group_sizes_are_named():
+    probe = _probe()
+    with pytest.raises(ValueError, match="group_size must divide"):
+        probe.block_fusion(torch.randn(1, 1, 8, 32), 3)
+    with pytest.raises(SystemExit):  # argparse's error, before any CUDA check
+        probe.main(["--d", "64", "--ktilde-groups", "3"])
