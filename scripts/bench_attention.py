@@ -60,7 +60,7 @@ def _variants(args):
             group_size=2, fusion=fusion, block_m=128, backend="sdpa",
             switches={"sdpa_engine.QEFF_LAUNCH": "separate"}))
         # the fused Q_eff launch's other ways of forming Q_eff (grouping_triton.QEFF_REGROUP / QEFF_FUSION_FROM)
-        for way, src in (("dot", "memory"), ("dot16", "memory"), ("dot16", "registers")):
+        for way, src in (("dot", "memory"), ("dot16", "memory"), ("dot16", "registers"), ("pair", "registers")):
             v[f"distr G=2 {fusion} sdpa {way} {src}"] = dict(kind="distr", kw=dict(
                 group_size=2, fusion=fusion, block_m=128, backend="sdpa",
                 switches={"grouping_triton.QEFF_REGROUP": way, "grouping_triton.QEFF_FUSION_FROM": src}))

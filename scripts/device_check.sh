@@ -27,6 +27,8 @@
 #             Q_eff and transposed K/V views (scripts/probe_sdpa_layout.py): why backend="sdpa" lost in models.
 # probe-dqk: the ceiling of a reduced grouped product (scripts/probe_reduced_dqk.py: scores at d_qk = d/2, d/4 with no
 #            grouping, and K̃ formed per key tile by a dot), beside flash and cuDNN.
+# ncu-grouping / ncu-attention: Nsight Compute on the grouping and Q_eff launches / the fused forward beside cuDNN
+#           and flash (scripts/profile_launches.py); full reports in $out/ncu-*.txt, key lines printed.
 # bwdpaths: forward+backward at N=4096 with each grouped variant also on the backward's earlier paths
 #           (bench_attention.py --backward --backward-paths: regroup launches / the forward's Q_eff kept).
 # Logs and JSON go to $OUT (the device tool's folder) or /tmp/device-check; each table prints last.
@@ -123,9 +125,19 @@ PY
              | sed -n '/^| d |/,$p' || rc=1 ;;
     probe-dqk) python scripts/probe_reduced_dqk.py --json "$out/probe-dqk.json" 2>&1 | tee "$out/probe-dqk.log" \
            | sed -n '/^| d |/,$p' || rc=1 ;;
+    ncu-grouping|ncu-attention)
+           what="${step#ncu-}"; ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+           if [ -z "$ncu" ]; then echo "ncu not found" >&2; rc=1; continue; fi
+           if [ "$what" = grouping ]; then kern="_grouping"; args=(--what grouping)
+           else kern="_distr_fwd|sdpa|flash"; args=(--what attention --d 64 128 --causal 0 1); fi
+           "$ncu" --clock-control none -k "regex:$kern" --section SpeedOfLight --section Occupancy \
+             --section LaunchStats --section WarpStateStats --section ComputeWorkloadAnalysis \
+             python scripts/profile_launches.py "${args[@]}" > "$out/ncu-$what.txt" 2>&1 || rc=1
+           grep -E "^  [_a-zA-Z].*CC 9|Duration|Registers Per|Achieved Occupancy|Memory Throughput|DRAM Through|L1/TEX Cache|Compute \(SM\) Th|Warp Cycles Per Issued" \
+             "$out/ncu-$what.txt" | sed 's/  */ /g' ;;
     probe-sdpa) { python scripts/probe_sdpa_layout.py; python scripts/probe_sdpa_layout.py --batch 4 --heads 9 --kv-heads 3; } \
            2>&1 | tee "$out/probe-sdpa.log" | grep "^|\|^B=" || rc=1 ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa, probe-dqk)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa, probe-dqk, ncu-grouping, ncu-attention)" >&2; exit 2 ;;
   esac
 done
 exit $rc

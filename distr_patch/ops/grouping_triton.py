@@ -79,7 +79,7 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
                           EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
                           RANK_ORDER: tl.constexpr, PROJ_PARTS: tl.constexpr, GROUP_SIZE: tl.constexpr,
                           ROWS: tl.constexpr, CB: tl.constexpr, DOT_PREC: tl.constexpr, GATHER: tl.constexpr,
-                          DOT16: tl.constexpr, FUSION_REGS: tl.constexpr):
+                          DOT16: tl.constexpr, FUSION_REGS: tl.constexpr, PAIR: tl.constexpr):
     """The grouping of one query block (``group_block``: order, positions, rank1 weights), then its Q_eff rows
     (``regroup.regroup_tile_store``, ROWS rows at a time): one launch instead of the grouping launch and the regroup
     launch, and the block's Q is read from memory once: with ROWS = BM (no query_valid) Q_eff comes from the tile
@@ -90,7 +90,9 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
     DOT16: that dot takes the tile in Q's 16-bit dtype and the fusion matrix in two 16-bit parts (one for mean)
     instead of both in fp32 at tf32 precision (``regroup_tile_store``).
     FUSION_REGS (mean, or G=2 rank1 with its pair weights in registers; CB = D_PAD): the fusion matrix is built from
-    the positions and weights ``group_block`` returns in registers, so nothing is read back and no barrier waits."""
+    the positions and weights ``group_block`` returns in registers, so nothing is read back and no barrier waits.
+    PAIR (G = 2, with FUSION_REGS): no fusion matrix; each column's partner column comes from one dot with the
+    one-hot partner matrix (exact: one 1.0 per column), and Q_eff[:, c] = w1(c)w2(c)·x_c + w1(p)w2(c)·x_p in fp32."""
     pid_blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -109,7 +111,12 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
         gid = tl.where(real, pos // GROUP_SIZE, -1)
         w1 = tl.where(real, wcol if RANK1 else w1c, 0.0)  # W[c, c'] = w1(c)·w2(c') on shared groups
         w2 = tl.where(real, wcol if RANK1 else 1.0, 0.0)
-        wm = tl.where(gid[:, None] == gid[None, :], w1[:, None] * w2[None, :], 0.0)  # [D_PAD, D_PAD] fp32
+        if PAIR:  # partner[c', c]: c' is c's partner (the other column of its pair); its weights by the same mask
+            partner = (pos[:, None] == (pos ^ 1)[None, :]) & real[:, None] & real[None, :]
+            wself = w1 * w2
+            wpart = tl.sum(tl.where(partner, w1[:, None], 0.0), axis=0) * w2
+        else:
+            wm = tl.where(gid[:, None] == gid[None, :], w1[:, None] * w2[None, :], 0.0)  # [D_PAD, D_PAD] fp32
         for r0 in tl.static_range(0, BM, ROWS):
             offs_m = pid_blk * BM + r0 + tl.arange(0, ROWS)
             if ROWS == BM and not HAS_QV:  # the tile in registers (invalid rows were zeroed there)
@@ -117,7 +124,14 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
             else:  # re-read (cache hits): invalid rows get their Q_eff too, as in ``regroup``
                 x = tl.load(Q + offs_m[:, None] * stride_qn + cols[None, :] * stride_qd,
                             mask=(offs_m < N)[:, None] & real[None, :], other=0.0)
-            y = fusion_dot(x if DOT16 else x.to(tl.float32), wm, RANK1, DOT_PREC)
+            if PAIR:
+                if DOT16:
+                    xp = tl.dot(x, partner.to(x.dtype))
+                else:
+                    xp = tl.dot(x.to(tl.float32), partner.to(tl.float32), input_precision="ieee")
+                y = wself[None, :] * x.to(tl.float32) + wpart[None, :] * xp
+            else:
+                y = fusion_dot(x if DOT16 else x.to(tl.float32), wm, RANK1, DOT_PREC)
             tl.store(Y + offs_m[:, None] * stride_yn + cols[None, :] * stride_yd, y.to(Y.dtype.element_ty),
                      mask=(offs_m < N)[:, None] & real[None, :])
     elif GATHER:
@@ -524,10 +538,12 @@ def finish_grouping(q, gl: GroupingLaunch, *, group_size: int, block_m: int, fus
 # "sdpa <way> <source>" variants; docs/benchmarks.md, "16-bit fusion dots and the fusion matrix from registers"):
 # the 16-bit dot with the fusion matrix from registers took d=64 mean 0.108 ms against 0.140 (the earlier default,
 # "dot" from memory at 2 warps) and made whole SDPA-engine calls 1-13% faster at N=4096, except d=128 rank1, where it
-# was 1-3% slower (its tile spills there: ``scripts/kernel_resources.py --qeff``), so that keeps "dot" from memory.
-# d=256 is untimed.
+# was 1-3% slower (its tile spills there: ``scripts/kernel_resources.py --qeff``). There "pair" (the partner columns
+# by one exact one-hot dot, no fusion matrix; no spill) made whole calls 0-2% faster than "dot" from memory at
+# N=4096 and 16384 (fourteenth session, "The rank1 Q_eff by partner columns"); at d=64 it was not faster. d=256 is
+# untimed.
 QEFF_TILES = {(64, False): (4, 64, 64, "dot16", "registers"), (64, True): (4, 64, 64, "dot16", "registers"),
-              (128, False): (4, 128, 64, "dot16", "registers"), (128, True): (4, 128, 64, "dot", "memory"),
+              (128, False): (4, 128, 64, "dot16", "registers"), (128, True): (4, 128, 64, "pair", "registers"),
               (256, False): (8, 64, 32, "dot", "memory"), (256, True): (8, 64, 32, "dot", "memory")}
 
 
@@ -552,9 +568,11 @@ def qeff_way(head_dim: int, rank1: bool = False) -> tuple[str, str]:
 # as read, the fusion matrix in two 16-bit parts for rank1; fp32 q, and bf16 q in the interpreter, keep "dot"),
 # "gather" as the weighted sum of the group's columns read by index (fp32 multiply-adds). The same Q_eff to rounding
 # (tests; "dot16" is "dot" bit for bit with mean fusion). "gather" needs fewer registers but ran 4-5x slower on the
-# H200 (scalar loads by column index; docs/benchmarks.md, "Q_eff in one launch"). Unset: the table's way.
+# H200 (scalar loads by column index; docs/benchmarks.md, "Q_eff in one launch"). "pair" (G = 2 with the fusion
+# matrix from registers; "dot16" otherwise): each column's partner by one exact one-hot dot in q's dtype, then the
+# pair's weighted sum in fp32 (no fusion matrix, one dot instead of rank1's two). Unset: the table's way.
 QEFF_REGROUP = os.environ.get("DISTR_QEFF_REGROUP") or None
-QEFF_WAYS = ("dot", "dot16", "gather")
+QEFF_WAYS = ("dot", "dot16", "gather", "pair")
 # Where the dot ways take the fusion matrix from: "memory" reads the positions and weights the program stored back
 # after a barrier (``regroup.regroup_tile_store``); "registers" builds it from the ones ``group_block`` holds (mean,
 # and G=2 rank1 with the pair weights picked in registers, ``_pair_weights_regs``), with no barrier and no read back.
@@ -610,6 +628,7 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
         q, gl.qv, gl.r, gl.groups, gl.w, gl.inv, qe, 1.0 if gl.rank1 else 1.0 / group_size,
         *q.stride(), gl.qv_stride, *qe.stride(), H, N, nb, **meta, GROUP_SIZE=group_size, ROWS=rows,
         CB=min(d_pad, cb), DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", GATHER=way == "gather",
-        DOT16=way == "dot16" and _exact_16bit_dots(q.dtype), FUSION_REGS=in_regs, num_warps=warps)
+        DOT16=way in ("dot16", "pair") and _exact_16bit_dots(q.dtype), FUSION_REGS=in_regs,
+        PAIR=way == "pair" and in_regs and group_size == 2, num_warps=warps)
     wa = gl.w if gl.rank1 else None
     return qe, gl.groups, wa, wa, gl.inv

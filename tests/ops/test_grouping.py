@@ -435,7 +435,7 @@ def _check_fused_qeff(q, tiles=None, way="dot", fusion_from="memory", **kw):
     ("rank1", 2, 64, 130, 128, (4, 64, 128)), ("mean", 2, 32, 70, 64, (4, 32, 64))])  # whole block from registers
 @pytest.mark.parametrize("with_valid", [True, False])
 @pytest.mark.parametrize("way,fusion_from", [("dot", "memory"), ("dot16", "memory"), ("gather", "memory"),
-                                             ("dot", "registers")])
+                                             ("dot", "registers"), ("pair", "registers")])
 def test_fused_qeff_launch_matches_two_launches(fusion, G, d, N, bm, tiles, with_valid, way, fusion_from):
     """One launch (grouping, then the block's Q_eff rows) = the grouping launch + the regroup launch: same groups,
     positions and weights, same Q_eff; tails, invalid rows and a non-contiguous q included; the fusion matrix read
@@ -453,14 +453,15 @@ def test_fused_qeff_launch_matches_two_launches(fusion, G, d, N, bm, tiles, with
 @pytest.mark.parametrize("dtype", [torch.float16])  # bf16: the GPU test (the interpreter's bf16 dots are wrong)
 @pytest.mark.parametrize("fusion,G,tiles", [("mean", 2, None), ("rank1", 2, None), ("rank1", 4, (4, 32, 32)),
                                             ("rank1", 2, (4, 64, 128))])  # the last: whole block from registers
-@pytest.mark.parametrize("fusion_from", ["memory", "registers"])
-def test_fused_qeff_launch_16bit_dot(dtype, fusion, G, tiles, fusion_from):
+@pytest.mark.parametrize("way,fusion_from", [("dot16", "memory"), ("dot16", "registers"), ("pair", "registers")])
+def test_fused_qeff_launch_16bit_dot(dtype, fusion, G, tiles, way, fusion_from):
     """regroup_way="dot16" with 16-bit q (the fp32 tests above take the fp32 dot): the tile in q's dtype, the fusion
-    matrix as hi + lo 16-bit parts (rank1) gives the two launches' Q_eff and the definition's to 16-bit rounding."""
+    matrix as hi + lo 16-bit parts (rank1) gives the two launches' Q_eff and the definition's to 16-bit rounding.
+    "pair": the partner columns by a 16-bit one-hot dot, then fp32 sums (G = 4: "dot16")."""
     q = rand_q(21, (2, 150, 2, 64), dtype=dtype).transpose(1, 2)
     valid = torch.ones(2, 150, dtype=torch.bool)
     valid[0, 140:] = False
-    _check_fused_qeff(q, tiles=tiles, way="dot16", fusion_from=fusion_from, group_size=G,
+    _check_fused_qeff(q, tiles=tiles, way=way, fusion_from=fusion_from, group_size=G,
                       block_m=64 if tiles is None else 128, num_hash_bits=16, seed=5, query_valid=valid, fusion=fusion)
 
 
@@ -490,7 +491,7 @@ def test_fused_qeff_launch_rejects_bad_tiles():
 @pytest.mark.parametrize("fusion,G", [("mean", 2), ("rank1", 2), ("mean", 4), ("rank1", 4)])
 @pytest.mark.parametrize("d", [64, 128, 80])
 @pytest.mark.parametrize("way,fusion_from", [("dot", "memory"), ("dot16", "memory"), ("gather", "memory"),
-                                             ("dot", "registers"), ("dot16", "registers")])
+                                             ("dot", "registers"), ("dot16", "registers"), ("pair", "registers")])
 def test_fused_qeff_launch_matches_two_launches_gpu(d, G, fusion, way, fusion_from):
     q = rand_q(12, (2, 4000, 8, d), dtype=torch.bfloat16, device="cuda").transpose(1, 2)
     _check_fused_qeff(q, way=way, fusion_from=fusion_from, group_size=G, block_m=128, num_hash_bits=16, seed=0,
