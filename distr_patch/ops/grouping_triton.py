@@ -539,9 +539,9 @@ def finish_grouping(q, gl: GroupingLaunch, *, group_size: int, block_m: int, fus
 # the 16-bit dot with the fusion matrix from registers took d=64 mean 0.108 ms against 0.140 (the earlier default,
 # "dot" from memory at 2 warps) and made whole SDPA-engine calls 1-13% faster at N=4096, except d=128 rank1, where it
 # was 1-3% slower (its tile spills there: ``scripts/kernel_resources.py --qeff``). There "pair" (the partner columns
-# by one exact one-hot dot, no fusion matrix; no spill) made whole calls 0-2% faster than "dot" from memory at
-# N=4096 and 16384 (fourteenth session, "The rank1 Q_eff by partner columns"); at d=64 it was not faster. d=256 is
-# untimed.
+# by one exact one-hot dot, no fusion matrix; no spill) made the launch about 10% faster than "dot" from memory in
+# two runs at N=4096 and 16384, whole calls within cuDNN's run-to-run noise (fourteenth session, "The rank1 Q_eff by
+# partner columns"); at d=64 it was not faster. d=256 is untimed.
 QEFF_TILES = {(64, False): (4, 64, 64, "dot16", "registers"), (64, True): (4, 64, 64, "dot16", "registers"),
               (128, False): (4, 128, 64, "dot16", "registers"), (128, True): (4, 128, 64, "pair", "registers"),
               (256, False): (8, 64, 32, "dot", "memory"), (256, True): (8, 64, 32, "dot", "memory")}
