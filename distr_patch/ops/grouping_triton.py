@@ -618,6 +618,11 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
     if warps not in (1, 2, 4, 8, 16) or cb < 16 or cb & (cb - 1) or rows < 16 or rows & (rows - 1) or block_m % rows:
         raise ValueError(f"tiles must be (num_warps in 1/2/4/8/16, output columns: a power of two >= 16, rows per "
                          f"step: a power of two >= 16 dividing block_m={block_m}), got {(warps, cb, rows)}")
+    if warps >= 8 and rows == block_m and d_pad <= 64:  # refused everywhere, so a call behaves alike on CPU and GPU
+        # compute-sanitizer on the H200 (Triton 3.6): an out-of-range shared-memory access in the projection dot
+        # at d=64, (8, 128, 128), bf16, 8x32x4096; right under the interpreter (docs/benchmarks.md, fourteenth session)
+        raise ValueError(f"tiles={(warps, cb, rows)}: {warps} warps with rows per step = block_m={block_m} at head dim "
+                         f"{d} made an illegal shared-memory access on the GPU; use fewer warps or fewer rows per step")
     meta = gl.meta
     in_regs = source == "registers" and way != "gather" and cb >= d_pad and (not gl.rank1 or group_size == 2)
     if in_regs and gl.rank1:  # whatever PAIR_WEIGHTS says: every way gives the same weights, these stay in registers

@@ -486,6 +486,21 @@ def test_fused_qeff_launch_rejects_bad_tiles():
                                fusion="mean")
 
 
+def test_fused_qeff_launch_refuses_the_faulting_tile():
+    """(8 warps, rows per step = block_m) at d <= 64 made an illegal shared-memory access on the H200: refused by
+    name before the launch, on any device; the same warps with fewer rows, or at d=128, are not refused."""
+    from distr_patch.ops.grouping_triton import triton_query_effective
+
+    kw = dict(group_size=2, block_m=128, num_hash_bits=16, seed=0, query_valid=None, fusion="mean")
+    with pytest.raises(ValueError, match="illegal shared-memory access"):
+        triton_query_effective(rand_q(2, (1, 2, 256, 64)), tiles=(8, 128, 128), **kw)
+    with pytest.raises(ValueError, match="illegal shared-memory access"):
+        triton_query_effective(rand_q(2, (1, 2, 256, 32)), tiles=(16, 64, 128), **kw)
+    if INTERPRET:  # these run
+        triton_query_effective(rand_q(2, (1, 1, 130, 64)), tiles=(8, 128, 64), **kw)
+        triton_query_effective(rand_q(2, (1, 1, 130, 128)), tiles=(8, 128, 128), **kw)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
 @pytest.mark.parametrize("fusion,G", [("mean", 2), ("rank1", 2), ("mean", 4), ("rank1", 4)])
