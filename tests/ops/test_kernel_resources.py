@@ -79,3 +79,16 @@ def test_forward_with_a_float_mask_fits_shared_memory():
     for r in rows:
         assert 0 < int(r[10]) * 1024 <= 232448, r  # shared KB
         assert int(r[8]) == 0, r  # no spill either
+
+
+def test_kernel_resources_reports_the_band_kernel():
+    """--band: the SDPA engine's band-and-merge kernel at every tile of BAND_TILES compiles for sm_90 (a tile list
+    that names a removed BandConfig field fails here), the table's default marked."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_resources.py"), "--band", "--d", "64",
+                          "--causal", "1"], capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [r for r in (line.split("|")[1:-1] for line in run.stdout.splitlines()) if r and r[0].strip() == "64"]
+    assert len(rows) >= 6 and sum(r[2].strip().endswith("*") for r in rows) >= 1, rows
+    assert all(0 < int(r[5]) <= 255 for r in rows), rows
