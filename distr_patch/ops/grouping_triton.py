@@ -591,8 +591,10 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
     The same function as ``triton_grouping(..., positions=True)`` followed by ``regroup.regroup(q, groups, a, b)``
     (tests): each program groups one block of ``block_m`` rows, then writes the block's Q_eff rows from the tile
     it just read. ``tiles``: (num_warps, output columns per dot, rows per step) instead of ``qeff_tiles(d)``;
-    ``regroup_way``: "dot", "dot16" or "gather", and ``fusion_from``: "memory" or "registers", instead of
-    ``qeff_way(d)``.
+    ``regroup_way``: "dot", "dot16", "gather" or "pair" (``QEFF_WAYS``; "pair" acts only for G = 2 with the fusion
+    matrix from registers and runs "dot16" elsewhere), and ``fusion_from``: "memory" or "registers", instead of
+    ``qeff_way(d)``. Refused by name: tiles with 8 or more warps and rows per step = block_m at head dims <= 64 (an
+    illegal shared-memory access on the H200).
     """
     way, source = qeff_way(q.shape[-1], fusion == "rank1" and group_size > 1)
     way, source = regroup_way or way, fusion_from or source
