@@ -16,9 +16,6 @@
 #       fusion source (bench_regroup.py --qeff), then the SDPA-engine variants at N=4096 with each
 #       (bench_attention.py --quick).
 # kernel-tests: the forward kernel's GPU tests alone; bwd-tests: the backward's.
-# pairs: the G=2 rank1 pair weights each way (grouping_triton.PAIR_WEIGHTS gram / sorted / partner in the grouping
-#        launch; QEFF_PAIR_WEIGHTS regs / partner in the SDPA engine's Q_eff launch): the grouping GPU tests, the
-#        launches alone, then the rank1 variants at N=4096 with each pair of defaults, twice alternating.
 # graphs: whole-model prefill (SmolLM2 4x4096 with the calibrated config, Llama-3.2-1B 1x4096, random weights), eager
 #         and as CUDA-graph replays (bench model --cuda-graph), after the graph test (captured calls causal, no mask).
 # models: the same prefill benches, eager only.
@@ -76,21 +73,6 @@ for step in "${steps[@]}"; do
              "distr G=2 mean sdpa" "distr G=2 mean sdpa 2launch" "distr G=2 mean sdpa dot memory" \
              "distr G=2 rank1 sdpa" "distr G=2 rank1 sdpa 2launch" "distr G=2 rank1 sdpa dot memory" \
              "distr G=2 rank1 W128 c.5 bm128 sdpa" 2>&1 | tee "$out/qeff-fwd.log" | sed -n '/^| d |/,$p' || rc=1 ;;
-    pairs) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_grouping.py 2>&1 \
-           | tee "$out/pairs-tests.log" | tail -5 || rc=1
-           python scripts/bench_grouping.py --fusions rank1 --pair-weights gram sorted partner --rep-ms 30 2>&1 \
-             | tee "$out/pairs-grouping.log" | sed -n '/^| d |/,$p' || rc=1
-           for pw in regs partner; do
-             DISTR_QEFF_PAIR_WEIGHTS=$pw python scripts/bench_regroup.py --qeff --qeff-tiles 4,128,64 4,64,64 \
-               --qeff-ways pair dot16 --qeff-from registers 2>&1 | tee "$out/pairs-qeff-$pw.log" \
-               | sed -n '/^fused default/,$p' || rc=1
-           done
-           for pw in gram,regs sorted,partner gram,regs sorted,partner; do
-             echo "== DISTR_PAIR_WEIGHTS=${pw%,*} DISTR_QEFF_PAIR_WEIGHTS=${pw#*,}"
-             DISTR_PAIR_WEIGHTS=${pw%,*} DISTR_QEFF_PAIR_WEIGHTS=${pw#*,} python scripts/bench_attention.py --quick \
-               --rep-ms 20 --json "$out/pairs-fwd-${pw/,/-}.json" --variants "distr G=2 rank1" "distr G=2 rank1 sdpa" \
-               "distr G=2 rank1 W128 c.5 bm128" 2>&1 | tee -a "$out/pairs-fwd.log" | sed -n '/^| d |/,$p' || rc=1
-           done ;;
     bwd-tests) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_bwd.py 2>&1 \
            | tee "$out/bwd-tests.log" | tail -20 || rc=1 ;;
     bwdpaths) python scripts/bench_attention.py --backward --backward-paths --quick --rep-ms 10 \

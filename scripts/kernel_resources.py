@@ -154,8 +154,7 @@ def grouping_rows(q) -> list:
     saved = gt.PROJECTION, gt.PAIR_WEIGHTS
     try:
         for fusion, proj, pair in (("mean", "split", "gram"), ("mean", "fp32", "gram"), ("rank1", "split", "gram"),
-                                   ("rank1", "fp32", "gram"), ("rank1", "split", "gather"),
-                                   ("rank1", "split", "sorted"), ("rank1", "split", "partner")):
+                                   ("rank1", "fp32", "gram"), ("rank1", "split", "gather")):
             gt.PROJECTION, gt.PAIR_WEIGHTS = proj, pair
             _compiled.clear()
             gt.triton_grouping(q, group_size=2, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
@@ -175,7 +174,6 @@ def qeff_rows(q, default_only: bool = False) -> list:
     """("fusion, regroup way", tiles, resources) of the fused grouping + Q_eff launch (G=2, block_m=128) at each of
     QEFF_TILES, with each way of forming Q_eff's columns and fusion source (``grouping_triton.QEFF_WAYS``,
     ``QEFF_SOURCES``); ``default_only``: the launch's default tile, way and source only."""
-    from distr_patch.ops import grouping_triton as gt
     from distr_patch.ops.grouping_triton import QEFF_SOURCES, QEFF_WAYS, qeff_tiles, qeff_way, triton_query_effective
 
     rows = []
@@ -183,26 +181,19 @@ def qeff_rows(q, default_only: bool = False) -> list:
         default_way, default_src = qeff_way(q.shape[-1], fusion == "rank1")
         for way in (default_way,) if default_only else QEFF_WAYS:
             for src in (default_src,) if default_only else QEFF_SOURCES[:1] if way == "gather" else QEFF_SOURCES:
-                pws = ("regs", "partner") if fusion == "rank1" and src == "registers" and not default_only else (
-                    gt.QEFF_PAIR_WEIGHTS,)
                 for tiles in (qeff_tiles(q.shape[-1], fusion == "rank1"),) if default_only else QEFF_TILES:
                     if tiles[1] > q.shape[-1] and tiles[1] != 64:
                         continue
-                    for pw in pws:
-                        _compiled.clear()
-                        saved, gt.QEFF_PAIR_WEIGHTS = gt.QEFF_PAIR_WEIGHTS, pw
-                        try:
-                            triton_query_effective(q, group_size=2, block_m=128, num_hash_bits=16, seed=0,
-                                                   query_valid=None, fusion=fusion, tiles=tiles, regroup_way=way,
-                                                   fusion_from=src)
-                        except ValueError as e:  # a tile the launch refuses (it faulted on the GPU): no row
-                            print(f"  {fusion}, {way} {tiles}: refused ({str(e)[:60]}...)")
-                            continue
-                        finally:
-                            gt.QEFF_PAIR_WEIGHTS = saved
-                        r = resources([k for n, k in _compiled if n == "_grouping_qeff_kernel"][-1])
-                        name = f"{fusion}, {way}{'' if src == 'memory' else ' regs'}"
-                        rows.append((name + (" partner-weights" if pw == "partner" else ""), tiles, r))
+                    _compiled.clear()
+                    try:
+                        triton_query_effective(q, group_size=2, block_m=128, num_hash_bits=16, seed=0,
+                                               query_valid=None, fusion=fusion, tiles=tiles, regroup_way=way,
+                                               fusion_from=src)
+                    except ValueError as e:  # a tile the launch refuses (it faulted on the GPU): no row
+                        print(f"  {fusion}, {way} {tiles}: refused ({str(e)[:60]}...)")
+                        continue
+                    r = resources([k for n, k in _compiled if n == "_grouping_qeff_kernel"][-1])
+                    rows.append((f"{fusion}, {way}{'' if src == 'memory' else ' regs'}", tiles, r))
     return rows
 
 

@@ -226,13 +226,9 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
         tl.store(INV_B + cols, pos.to(tl.int32), mask=cols < HEAD_DIM)
     wcol = tl.zeros([D_PAD], dtype=tl.float32)  # each column's rank1 weight, where computed in registers
     if RANK1:
-        if not (G == 2 and PAIR_GRAM >= 2):
+        if not (G == 2 and PAIR_GRAM == 2):
             tl.debug_barrier()  # the permutation is re-read from memory in plain layouts
-        if G == 2 and PAIR_GRAM == 3:
-            _pair_weights_sorted(x if GRAM_F32 else xq, pos, W_B, HEAD_DIM, D_PAD, BM, GRAM_F32)
-        elif G == 2 and PAIR_GRAM == 4:
-            wcol = _pair_weights_partner(x if GRAM_F32 else xq, pos, W_B, HEAD_DIM, D_PAD, GRAM_F32)
-        elif G == 2 and PAIR_GRAM > 0:
+        if G == 2 and PAIR_GRAM > 0:
             if GRAM_F32:  # fp32 q, or the interpreter (whose 16-bit dots are not exact)
                 gram = tl.dot(tl.trans(x), x, input_precision="ieee")
             else:  # 16-bit products are exact in the fp32 accumulator
@@ -332,48 +328,6 @@ def _pair_weights_regs(gram, pos, W_B, HEAD_DIM: tl.constexpr, D_PAD: tl.constex
 
 
 @triton.jit
-def _pair_weights_sorted(xt, pos, W_B, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BM: tl.constexpr,
-                         F32: tl.constexpr):
-    """G=2 from the tile xt [BM, D_PAD] (Q's 16-bit dtype, or fp32 with F32) put in sorted order by one dot with
-    the one-hot permutation built from the positions pos [D_PAD] (exact: one 1.0 per column, fp32 accumulator):
-    sorted positions 2g and 2g+1 are pair g, split apart, and the pair's a, b, c are three column sums over the rows.
-    Writes u in sorted-position order at W_B, a contiguous store (no scatter, no [D_PAD, D_PAD] selection)."""
-    cols = tl.arange(0, D_PAD)
-    onehot = pos[:, None] == cols[None, :]  # [column, sorted position]
-    if F32:
-        xs = tl.dot(xt, onehot.to(tl.float32), input_precision="ieee")
-    else:
-        xs = tl.dot(xt, onehot.to(xt.dtype))
-    x0, x1 = tl.split(tl.reshape(xs, [BM, D_PAD // 2, 2]))  # [BM, D_PAD/2]: each pair's first and second member
-    ua, ub = _top_eigvec_2(tl.sum(x0 * x0, axis=0), tl.sum(x0 * x1, axis=0), tl.sum(x1 * x1, axis=0))
-    tl.store(W_B + cols, tl.interleave(ua, ub), mask=cols < HEAD_DIM)  # padded columns sort last
-
-
-@triton.jit
-def _pair_weights_partner(xt, pos, W_B, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, F32: tl.constexpr):
-    """G=2 with each column's partner column from one dot with the one-hot partner matrix (exact, as the Q_eff
-    launch's "pair" way): a = Σ x_c², b = Σ x_c·x_p, c = Σ x_p² per column, no Gram matrix. Writes u at each
-    column's sorted position in W_B and returns each column's u [D_PAD]."""
-    cols = tl.arange(0, D_PAD)
-    real = cols < HEAD_DIM
-    mate = (pos[:, None] == (pos ^ 1)[None, :]) & real[:, None] & real[None, :]  # [c', c]: c' is c's partner
-    if F32:
-        xp = tl.dot(xt, mate.to(tl.float32), input_precision="ieee")
-        xs = xt
-    else:
-        xp = tl.dot(xt, mate.to(xt.dtype))
-        xs = xt.to(tl.float32)
-    own = tl.sum(xs * xs, axis=0)
-    cross = tl.sum(xs * xp, axis=0)
-    other = tl.sum(xp * xp, axis=0)
-    first = (pos % 2) == 0  # c is the pair's first member (sorted position 2g)
-    ua, ub = _top_eigvec_2(tl.where(first, own, other), cross, tl.where(first, other, own))
-    wcol = tl.where(first, ua, ub).to(tl.float32)
-    tl.store(W_B + pos, wcol, mask=real)
-    return wcol
-
-
-@triton.jit
 def _top_eigvec_2(a, bb, c):
     """Closed-form top eigenvector (ua, ub) of [[a, bb], [bb, c]] (grouping._top_eigvec_2): the larger
     of the two candidate vectors, normalised, 1/sqrt(2) each for a zero matrix, sign so ua + ub >= 0."""
@@ -429,7 +383,7 @@ def _power_weights(xs, BM: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, CH: 
 # (0.084 / 0.111 ms against 0.080 / 0.099 at d=64 / 128: the extra [d, d] selection costs more than the read back),
 # so only the fused Q_eff launch's register path uses it, where it also saves the fusion matrix's read back.
 PAIR_WEIGHTS = os.environ.get("DISTR_PAIR_WEIGHTS", "gram")
-PAIR_WAYS = ("gather", "gram", "regs", "sorted", "partner")  # group_block's PAIR_GRAM is the index
+PAIR_WAYS = ("gather", "gram", "regs")  # group_block's PAIR_GRAM is the index
 # The columns' sorted order: "rank" counts, for each column, the smaller (code, index) keys (d² compares,
 # one reduction); "sort" runs tl.sort on the keys (a bitonic network of shuffles). The same permutation.
 COLUMN_ORDER = os.environ.get("DISTR_COLUMN_ORDER", "rank")
@@ -624,10 +578,6 @@ QEFF_WAYS = ("dot", "dot16", "gather", "pair")
 # and G=2 rank1 with the pair weights picked in registers, ``_pair_weights_regs``), with no barrier and no read back.
 # Other cases (G >= 4 rank1, the gather way, fewer output columns per dot than d) keep "memory". Unset: the table's.
 QEFF_FUSION_FROM = os.environ.get("DISTR_QEFF_FUSION_FROM") or None
-# The G=2 rank1 pair weights where the fused launch keeps them in registers: "regs" picks them from the block's XᵀX
-# (``_pair_weights_regs``), "partner" from each column's partner column by one exact one-hot dot
-# (``_pair_weights_partner``). The same weights (tests).
-QEFF_PAIR_WEIGHTS = os.environ.get("DISTR_QEFF_PAIR_WEIGHTS", "regs")
 QEFF_SOURCES = ("memory", "registers")
 
 
@@ -678,10 +628,7 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
     meta = gl.meta
     in_regs = source == "registers" and way != "gather" and cb >= d_pad and (not gl.rank1 or group_size == 2)
     if in_regs and gl.rank1:  # whatever PAIR_WEIGHTS says: every way gives the same weights, these stay in registers
-        if QEFF_PAIR_WEIGHTS not in ("regs", "partner"):
-            raise ValueError(f"grouping_triton.QEFF_PAIR_WEIGHTS (environment variable DISTR_QEFF_PAIR_WEIGHTS) must "
-                             f"be 'regs' or 'partner', got {QEFF_PAIR_WEIGHTS!r}")
-        meta = {**meta, "PAIR_GRAM": PAIR_WAYS.index(QEFF_PAIR_WEIGHTS)}
+        meta = {**meta, "PAIR_GRAM": PAIR_WAYS.index("regs")}
     qe = torch.empty((B, H, N, d), device=q.device, dtype=q.dtype)
     nb = gl.groups.shape[2]
     _grouping_qeff_kernel[(nb, B * H)](

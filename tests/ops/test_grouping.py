@@ -102,8 +102,7 @@ def test_mean_weights_and_fused_queries_equal_grouped_product():
 
 
 # (grouping_triton.PAIR_WEIGHTS, grouping_triton.COLUMN_ORDER): the defaults first, then the other ways
-GROUPING_WAYS = [("gram", "rank"), ("gather", "sort"), ("gram", "sort"), ("gather", "rank"), ("regs", "rank"),
-                 ("sorted", "rank"), ("partner", "sort")]
+GROUPING_WAYS = [("gram", "rank"), ("gather", "sort"), ("gram", "sort"), ("gather", "rank"), ("regs", "rank")]
 
 
 @interpreter_only
@@ -200,7 +199,6 @@ def assert_same_up_to_ties(got, ref, q, bm, valid=None, rel_tol=1e-5, nbits=16):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
 @pytest.mark.parametrize("G,ways", [(2, GROUPING_WAYS[0]), (2, GROUPING_WAYS[1]), (2, GROUPING_WAYS[4]),
-                                    (2, GROUPING_WAYS[5]), (2, GROUPING_WAYS[6]),
                                     (4, GROUPING_WAYS[0]), (8, GROUPING_WAYS[1])])
 @pytest.mark.parametrize("d", [64, 128, 80])
 def test_triton_grouping_matches_torch_gpu(d, G, ways, monkeypatch):
@@ -413,17 +411,13 @@ def _check_fused_qeff(q, tiles=None, way="dot", fusion_from="memory", **kw):
     assert torch.equal(groups, groups2) and torch.equal(inv, inv2)
     assert (wa is None) == (wa2 is None) and (wa is None or wb is wa)
     tol = 1e-6 if q.dtype == torch.float32 else 1e-2
-    if wa is not None and not torch.equal(wa, wa2) and not (kw["group_size"] == 2 and torch.allclose(wa, wa2,
-                                                                                                      atol=1e-5)):
+    if wa is not None and not torch.equal(wa, wa2):
         # G >= 4 rank1: the power steps' sums under other warps; the same unit vectors to fp32 rounding, except
-        # groups whose top eigenvalues nearly coincide (another, equally valid, eigenvector). G=2: the Gram's sums in
-        # another order (QEFF_PAIR_WEIGHTS="partner") agree to fp32 rounding (the branch above)
+        # groups whose top eigenvalues nearly coincide (another, equally valid, eigenvector)
         G = kw["group_size"]
         cos = (wa.view(*wa.shape[:-1], -1, G) * wa2.view(*wa2.shape[:-1], -1, G)).sum(-1).abs()
         assert G >= 4 and (cos > 1 - 1e-4).float().mean() > 0.999
     else:
-        if wa is not None and not torch.equal(wa, wa2):
-            tol = max(tol, 1e-5)  # weights off by fp32 rounding
         assert torch.allclose(qe.float(), qe2.float(), rtol=tol, atol=tol)
     # and the definition: Q_eff from the same groups and weights by torch ops
     G, bm = kw["group_size"], kw["block_m"]
@@ -469,29 +463,6 @@ def test_fused_qeff_launch_16bit_dot(dtype, fusion, G, tiles, way, fusion_from):
     valid[0, 140:] = False
     _check_fused_qeff(q, tiles=tiles, way=way, fusion_from=fusion_from, group_size=G,
                       block_m=64 if tiles is None else 128, num_hash_bits=16, seed=5, query_valid=valid, fusion=fusion)
-
-
-@pytest.mark.gpu  # and under the interpreter on the CPU
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16] if INTERPRET else [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("way,tiles", [("pair", None), ("dot16", None), ("pair", (4, 64, 128))])
-def test_fused_qeff_launch_partner_pair_weights(dtype, way, tiles, monkeypatch):
-    """QEFF_PAIR_WEIGHTS="partner" (G=2 rank1 weights from the partner columns by a one-hot dot, no Gram matrix)
-    gives the two launches' groups, weights and Q_eff; tails and invalid rows included. An unknown value is named."""
-    if not INTERPRET and not CUDA:
-        pytest.skip("needs TRITON_INTERPRET=1 or a CUDA device")
-    from distr_patch.ops.grouping_triton import triton_query_effective
-
-    device = "cpu" if INTERPRET else "cuda"
-    monkeypatch.setattr("distr_patch.ops.grouping_triton.QEFF_PAIR_WEIGHTS", "partner")
-    q = rand_q(23, (2, 150 if INTERPRET else 4000, 3, 64), dtype=dtype, device=device).transpose(1, 2)
-    valid = torch.ones(2, q.shape[2], dtype=torch.bool, device=device)
-    valid[1, -13:] = False
-    _check_fused_qeff(q, tiles=tiles, way=way, fusion_from="registers", group_size=2, block_m=128, num_hash_bits=16,
-                      seed=4, query_valid=valid, fusion="rank1")
-    monkeypatch.setattr("distr_patch.ops.grouping_triton.QEFF_PAIR_WEIGHTS", "gram")
-    with pytest.raises(ValueError, match="DISTR_QEFF_PAIR_WEIGHTS"):
-        triton_query_effective(q, group_size=2, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
-                               fusion="rank1", regroup_way=way, fusion_from="registers")
 
 
 def test_fused_qeff_launch_rejects_bad_tiles():
