@@ -25,6 +25,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=8, help="B (H = 2048 // d, N = 4096)")
     args = ap.parse_args(argv)
+    if args.batch < 1:
+        ap.error(f"--batch must be >= 1, got {args.batch}")
     if not torch.cuda.is_available():
         sys.exit("check_fused_grouping.py needs a CUDA device")
     from distr_patch.ops.configs import fwd_config

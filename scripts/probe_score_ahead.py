@@ -103,6 +103,9 @@ def main(argv=None):
     ap.add_argument("--rep-ms", type=int, default=20)
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args(argv)
+    bad = [d for d in args.d if d < 16 or d & (d - 1)]
+    if bad:
+        ap.error(f"--d: each head dim must be a power of two >= 16 (the probe kernel loads whole rows), got {bad}")
     if not torch.cuda.is_available():
         sys.exit("probe_score_ahead.py needs a CUDA device")
     from torch.nn.attention import SDPBackend, sdpa_kernel
