@@ -397,7 +397,7 @@ POSITIONS = os.environ.get("DISTR_GROUPING_POSITIONS", "kernel")
 # converts the tile to fp32 for one FMA dot (what fp32 Q always takes, and bf16 Q in the interpreter, whose
 # bf16 dots are not exact). Both give the same codes up to projections within rounding of zero (tests).
 PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "split")
-PROJ_PARTS = 3
+PROJ_PARTS = int(os.environ.get("DISTR_GROUPING_PROJ_PARTS", "3"))  # experiment: fewer parts (timing only)
 
 
 def grouping_warps(head_dim: int, rank1: bool = False, group_size: int = 2, split: bool = True) -> int:
