@@ -9,7 +9,7 @@ so a share of a whole call can be read either way. Checks that both maps agree. 
 launch storing positions with each way of computing the hash projection (``grouping_triton.PROJECTION``);
 ``--pair-weights`` with each way of forming the G=2 rank1 pair weights (``grouping_triton.PAIR_WEIGHTS``).
 
-    python scripts/bench_grouping.py [--d 64 128] [--n 4096] [--warps 2 4 8 16] [--projections split fp32]
+    python scripts/bench_grouping.py [--d 64 128] [--n 4096] [--warps 2 4 8 16] [--projections 16bit fp32]
                                      [--pair-weights gram regs]
 
 Prints one markdown table last.
@@ -49,13 +49,10 @@ def main(argv=None):
     p.add_argument("--warps", type=int, nargs="*", default=[],
                    help="also the grouping launch storing positions at each of these num_warps")
     p.add_argument("--projections", nargs="*", default=[],
-                   help="also the launch storing positions with each of these hash projections (split, fp32)")
+                   help="also the launch storing positions with each of these hash projections (16bit, fp32)")
     p.add_argument("--pair-weights", nargs="*", default=[],
                    help="rank1: also the launch storing positions with each of these ways of forming the G=2 pair "
                         "weights (grouping_triton.PAIR_WAYS: gather, gram, regs)")
-    p.add_argument("--proj-parts", type=int, nargs="*", default=[],
-                   help="also the launch storing positions, and the Q_eff launch, with this many 16-bit parts of the "
-                        "directions (grouping_triton.PROJ_PARTS; timing: the codes may differ at near-ties)")
     args = p.parse_args(argv)
     rows = []
     for d in args.d:
@@ -99,17 +96,6 @@ def main(argv=None):
                 same = torch.equal(got[0], grp) and torch.allclose(got[1], _a, rtol=1e-5, atol=1e-6)
                 print(f"  pair weights {pw}: {'the same' if same else 'NOT the same'} groups and weights as the default")
                 ways[f"storing positions, pair weights {pw}"] = with_pairs
-            for n in args.proj_parts:
-                ways[f"storing positions, {n} projection parts"] = switched("PROJ_PARTS", n)
-
-                def qeff(n=n):
-                    saved = grouping_triton.PROJ_PARTS
-                    grouping_triton.PROJ_PARTS = n
-                    try:
-                        return grouping_triton.triton_query_effective(q, **kw)
-                    finally:
-                        grouping_triton.PROJ_PARTS = saved
-                ways[f"Q_eff launch, {n} projection parts"] = qeff
             for name, fn in ways.items():
                 py = triton.testing.do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median")
                 try:

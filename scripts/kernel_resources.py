@@ -153,8 +153,8 @@ def grouping_rows(q) -> list:
     rows = []
     saved = gt.PROJECTION, gt.PAIR_WEIGHTS
     try:
-        for fusion, proj, pair in (("mean", "split", "gram"), ("mean", "fp32", "gram"), ("rank1", "split", "gram"),
-                                   ("rank1", "fp32", "gram"), ("rank1", "split", "gather")):
+        for fusion, proj, pair in (("mean", "16bit", "gram"), ("mean", "fp32", "gram"), ("rank1", "16bit", "gram"),
+                                   ("rank1", "fp32", "gram"), ("rank1", "16bit", "gather")):
             gt.PROJECTION, gt.PAIR_WEIGHTS = proj, pair
             _compiled.clear()
             gt.triton_grouping(q, group_size=2, block_m=128, num_hash_bits=16, seed=0, query_valid=None,

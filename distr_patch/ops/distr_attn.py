@@ -300,7 +300,7 @@ def _distr_fwd_kernel(
     FUSED_GROUPING: tl.constexpr, NBITS: tl.constexpr, NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr,
     RANK1: tl.constexpr, GB_DG: tl.constexpr, GB_CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
     EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr, RANK_ORDER: tl.constexpr,
-    GB_PROJ_PARTS: tl.constexpr, EXPANDED: tl.constexpr, TMA_N: tl.constexpr, QE_PROLOGUE: tl.constexpr,
+    GB_PROJ_16BIT: tl.constexpr, EXPANDED: tl.constexpr, TMA_N: tl.constexpr, QE_PROLOGUE: tl.constexpr,
     GROUP_BM: tl.constexpr,
     SPLIT_W: tl.constexpr, STORE_QE: tl.constexpr, WS: tl.constexpr = False,
 ):
@@ -349,7 +349,7 @@ def _distr_fwd_kernel(
     if FUSED_GROUPING:  # this block's grouping, here instead of in a launch of its own
         group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP_B, WB_B, GRP_B, pid_m, stride_qn, stride_qd, N,
                     HEAD_DIM, D_PAD, BLOCK_M, NBITS, NBITS_PAD, HAS_QV, RANK1, G, GB_DG, GB_CH, STEPS, U_ZERO,
-                    EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, False, GB_PROJ_PARTS)
+                    EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, False, GB_PROJ_16BIT)
         tl.debug_barrier()  # the order and the weights are read back below by other threads
 
     # ---- the tile's fused queries, formed once: Q̃[:, g] = Σ_i a Q[:, col(g·G+i)]
@@ -519,12 +519,12 @@ def _fused_grouping_meta(gl) -> dict:
     if gl is None:
         return dict(FUSED_GROUPING=False, NBITS=16, NBITS_PAD=16, HAS_QV=False, RANK1=False, GB_DG=16, GB_CH=32,
                     STEPS=1, U_ZERO=1.0, EXACT_DOT=False, PAIR_GRAM=False, GRAM_F32=False, RANK_ORDER=False,
-                    GB_PROJ_PARTS=0)
+                    GB_PROJ_16BIT=False)
     m = gl.meta
     return dict(FUSED_GROUPING=True, NBITS=m["NBITS"], NBITS_PAD=m["NBITS_PAD"], HAS_QV=m["HAS_QV"],
                 RANK1=m["RANK1"], GB_DG=m["DG"], GB_CH=m["CH"], STEPS=m["STEPS"], U_ZERO=m["U_ZERO"],
                 EXACT_DOT=m["EXACT_DOT"], PAIR_GRAM=m["PAIR_GRAM"], GRAM_F32=m["GRAM_F32"],
-                RANK_ORDER=m["RANK_ORDER"], GB_PROJ_PARTS=m["PROJ_PARTS"])
+                RANK_ORDER=m["RANK_ORDER"], GB_PROJ_16BIT=m["PROJ_16BIT"])
 
 
 def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, window_correction, causal,

@@ -22,10 +22,15 @@ FUSIONS = ("mean", "rank1")
 POWER_ITERATION_STEPS = 8
 
 
+# Smallest magnitude of a direction entry: below it bf16 values are not all exact in fp16.
+_MIN_PROJECTION = 2.0 ** -14
+
+
 @lru_cache(maxsize=64)
 def _projections_cpu(block_m: int, num_hash_bits: int, seed: int) -> torch.Tensor:
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    return torch.randn(block_m, num_hash_bits, generator=gen, dtype=torch.float32)
+    r = torch.randn(block_m, num_hash_bits, generator=gen, dtype=torch.float32).bfloat16().float()
+    return torch.where(r < 0, -1.0, 1.0) * r.abs().clamp(min=_MIN_PROJECTION)
 
 
 def hash_projections(block_m: int, num_hash_bits: int, seed: int, device=None) -> torch.Tensor:
@@ -33,6 +38,9 @@ def hash_projections(block_m: int, num_hash_bits: int, seed: int, device=None) -
 
     Drawn from a CPU ``torch.Generator`` seeded with ``seed`` (never the global RNG),
     so they are the same on every device, in every call, for every block and head.
+    Standard normal draws rounded to bf16, magnitudes below 2^-14 raised to 2^-14: every entry is
+    exactly a bf16 and an fp16 value, so a 16-bit Q projects in one tensor-core dot with exact
+    products (the Triton grouping kernel).
     """
     return _projections_cpu(int(block_m), int(num_hash_bits), int(seed)).to(device)
 

@@ -1,8 +1,9 @@
 """Triton kernel for the grouping: LSH hash, column order and rank1 fusion weights in one pass.
 
 One program per (batch·head, query block): it reads the block's Q [BM, d] into
-registers, projects its d columns on the seeded directions (fp32 sums: 16-bit Q by three 16-bit tensor-core
-dots against the directions cut into parts, ``PROJECTION``; fp32 Q by an fp32 dot), orders the columns by
+registers, projects its d columns on the seeded directions (fp32 sums: 16-bit Q by one 16-bit tensor-core
+dot, exact products since the directions are 16-bit values, ``PROJECTION``; fp32 Q by an fp32 dot), orders the
+columns by
 (code, index) and writes the permutation (``COLUMN_ORDER``: by counting each column's smaller keys,
 the default, or by ``tl.sort``). For rank1 fusion it then computes each group's
 G×G Gram matrix XᵀX (fp32; see below) and writes the group's top eigenvector: closed form
@@ -56,7 +57,7 @@ def _grouping_kernel(Q, QV, R, GRP, W, INV,
                      NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
                      DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
                      EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
-                     RANK_ORDER: tl.constexpr, STORE_INV: tl.constexpr, PROJ_PARTS: tl.constexpr):
+                     RANK_ORDER: tl.constexpr, STORE_INV: tl.constexpr, PROJ_16BIT: tl.constexpr):
     pid_blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -65,7 +66,7 @@ def _grouping_kernel(Q, QV, R, GRP, W, INV,
     out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
     group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, INV + out, pid_blk, stride_qn,
                 stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO,
-                EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, STORE_INV, PROJ_PARTS)
+                EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, STORE_INV, PROJ_16BIT)
 
 
 @triton.jit
@@ -77,7 +78,7 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
                           NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
                           DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
                           EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
-                          RANK_ORDER: tl.constexpr, PROJ_PARTS: tl.constexpr, GROUP_SIZE: tl.constexpr,
+                          RANK_ORDER: tl.constexpr, PROJ_16BIT: tl.constexpr, GROUP_SIZE: tl.constexpr,
                           ROWS: tl.constexpr, CB: tl.constexpr, DOT_PREC: tl.constexpr, GATHER: tl.constexpr,
                           DOT16: tl.constexpr, FUSION_REGS: tl.constexpr, PAIR: tl.constexpr):
     """The grouping of one query block (``group_block``: order, positions, rank1 weights), then its Q_eff rows
@@ -102,7 +103,7 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
     out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
     xq, pos, wcol = group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, INV + out, pid_blk,
                                 stride_qn, stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG,
-                                CH, STEPS, U_ZERO, EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, True, PROJ_PARTS)
+                                CH, STEPS, U_ZERO, EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, True, PROJ_16BIT)
     if not FUSION_REGS:  # the other ways read the positions and weights this program stored back
         tl.debug_barrier()
     if FUSION_REGS:
@@ -178,7 +179,7 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
                 NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
                 DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
                 EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
-                RANK_ORDER: tl.constexpr, STORE_INV: tl.constexpr, PROJ_PARTS: tl.constexpr):
+                RANK_ORDER: tl.constexpr, STORE_INV: tl.constexpr, PROJ_16BIT: tl.constexpr):
     """The grouping of one query block: Q points at its (batch, head) [N, d] rows, QV_B at its batch's
     query_valid row (if HAS_QV); writes the sorted column order to GRP_B[0:d], with RANK1 the weights
     u to W_B[0:d], and with STORE_INV each column's sorted position to INV_B[0:d] (``regroup.inverse_groups``
@@ -187,9 +188,9 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
     G=2 rank1 pair weights in registers (PAIR_GRAM = 2), each column's weight u [D_PAD] (zeros otherwise). Shared
     by ``_grouping_kernel``, ``_grouping_qeff_kernel`` and the attention kernel's fused-grouping prologue.
 
-    R: the directions, fp32 [BM, NBITS_PAD] (PROJ_PARTS = 0: an fp32 FMA dot), or PROJ_PARTS 16-bit parts in
-    Q's dtype, [PROJ_PARTS, BM, NBITS_PAD], that sum to them (``split_projections``): tensor-core dots of the
-    16-bit tile, whose products are exact in the fp32 accumulator."""
+    R: the zero-padded directions [BM, NBITS_PAD], fp32 (an fp32 FMA dot), or with PROJ_16BIT in Q's dtype
+    (``projections_16bit``; exact, as ``hash_projections`` draws 16-bit values): one tensor-core dot of the 16-bit
+    tile, whose products are exact in the fp32 accumulator."""
     rows = pid_blk * BM + tl.arange(0, BM)
     cols = tl.arange(0, D_PAD)
     rvalid = rows < N
@@ -201,13 +202,11 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
     x = xq.to(tl.float32)
     kb = tl.arange(0, NBITS_PAD)
     r_offs = tl.arange(0, BM)[:, None] * NBITS_PAD + kb[None, :]  # zero-padded bits
-    if PROJ_PARTS == 0:
-        r = tl.load(R + r_offs)  # a load of its own: inside the dot, Triton spilled 4.7 KB here (sm_90)
-        proj = tl.dot(tl.trans(x), r, input_precision="ieee")  # [D_PAD, NBITS_PAD]
-    else:  # the smallest part first; each product is exact, the sums are fp32
-        proj = tl.zeros([D_PAD, NBITS_PAD], dtype=tl.float32)
-        for i in tl.static_range(PROJ_PARTS):
-            proj = tl.dot(tl.trans(xq), tl.load(R + (PROJ_PARTS - 1 - i) * BM * NBITS_PAD + r_offs), proj)
+    r = tl.load(R + r_offs)  # a load of its own: inside the fp32 dot, Triton spilled 4.7 KB here (sm_90)
+    if PROJ_16BIT:  # each product is exact, the sums are fp32
+        proj = tl.dot(tl.trans(xq), r)  # [D_PAD, NBITS_PAD]
+    else:
+        proj = tl.dot(tl.trans(x), r, input_precision="ieee")
     if NBITS <= 22:  # (code, index) keys below 2^31 (D_PAD <= 256): int32 compares
         bit = tl.where(kb < NBITS, tl.full([NBITS_PAD], 1, tl.int32) << kb, 0)
     else:
@@ -392,22 +391,23 @@ COLUMN_ORDER = os.environ.get("DISTR_COLUMN_ORDER", "rank")
 # store the positions it already holds. The same map (tests); "kernel" (default) made the G2 calls up to 6%
 # faster on the H200 at N=4096 (docs/benchmarks.md, "Register caps and kernel-stored positions").
 POSITIONS = os.environ.get("DISTR_GROUPING_POSITIONS", "kernel")
-# The hash projection Qᵀ R of a 16-bit Q: "split" (default) runs three tensor-core dots of the 16-bit tile with
-# R cut into three 16-bit parts that sum to it (``split_projections``: exact products, fp32 sums); "fp32"
-# converts the tile to fp32 for one FMA dot (what fp32 Q always takes, and bf16 Q in the interpreter, whose
-# bf16 dots are not exact). Both give the same codes up to projections within rounding of zero (tests).
-PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "split")
-PROJ_PARTS = int(os.environ.get("DISTR_GROUPING_PROJ_PARTS", "3"))  # experiment: fewer parts (timing only)
+# The hash projection Qᵀ R of a 16-bit Q: "16bit" (default) runs one tensor-core dot of the 16-bit tile with R
+# in Q's dtype (``projections_16bit``; exact products, since ``hash_projections`` draws 16-bit values; fp32 sums);
+# "fp32" converts the tile to fp32 for one FMA dot (what fp32 Q always takes, and bf16 Q in the interpreter, whose
+# bf16 dots are not exact). Both give the same codes up to projections within rounding of zero (tests). Before the
+# directions were 16-bit values, "16bit" took three dots against R cut into three 16-bit parts: one dot made the
+# launch 15-26% faster on the H200 (docs/benchmarks.md, "One projection dot").
+PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "16bit")
 
 
-def grouping_warps(head_dim: int, rank1: bool = False, group_size: int = 2, split: bool = True) -> int:
+def grouping_warps(head_dim: int, rank1: bool = False, group_size: int = 2, proj_16bit: bool = True) -> int:
     """Warps of one grouping program (one block of block_m query rows). Timed on the H200 at N=4096 with
-    ``scripts/bench_grouping.py --warps`` (docs/benchmarks.md, "The grouping launch"), for the split projection
-    (``split``): without weights 2 warps (d=64: 0.060 ms against 0.072 with 4; d=128: 0.066 against 0.074 with 8);
+    ``scripts/bench_grouping.py --warps`` (docs/benchmarks.md, "The grouping launch"), for the 16-bit projection
+    (``proj_16bit``; then three dots): without weights 2 warps (d=64: 0.060 ms against 0.072 with 4; d=128: 0.066 against 0.074 with 8);
     G=2 rank1 4 warps (0.080 / 0.099 ms, the fastest at both). The fp32 projection (fp32 Q), G>=4 rank1 and
     d > 128 keep the earlier rule (4 warps at d <= 64, else 8): at 2 warps the fp32 projection spills 15-25 KB
     (``scripts/kernel_resources.py --grouping``)."""
-    if head_dim > 128 or (rank1 and group_size > 2) or not split:
+    if head_dim > 128 or (rank1 and group_size > 2) or not proj_16bit:
         return 4 if head_dim <= 64 else 8
     return 4 if rank1 else 2
 
@@ -422,24 +422,22 @@ def _padded_projections(block_m: int, num_hash_bits: int, nbits_pad: int, seed: 
 
 
 @lru_cache(maxsize=64)
-def split_projections(block_m: int, num_hash_bits: int, nbits_pad: int, seed: int, device: torch.device,
+def projections_16bit(block_m: int, num_hash_bits: int, nbits_pad: int, seed: int, device: torch.device,
                       dtype: torch.dtype) -> torch.Tensor:
-    """The padded directions as PROJ_PARTS parts in ``dtype`` (bf16 or fp16), [PROJ_PARTS, block_m, nbits_pad],
-    largest first, whose fp32 sum is the fp32 directions (to fp32 rounding for fp16's subnormal last part)."""
+    """The padded directions in ``dtype`` (bf16 or fp16), [block_m, nbits_pad]: the fp32 directions exactly."""
     r = _padded_projections(block_m, num_hash_bits, nbits_pad, seed, device)
-    parts, rest = [], r
-    for _ in range(PROJ_PARTS):
-        parts.append(rest.to(dtype))
-        rest = rest - parts[-1].float()
-    return torch.stack(parts)
+    r16 = r.to(dtype)
+    if not torch.equal(r16.float(), r):  # hash_projections draws values exact in both 16-bit types
+        raise AssertionError(f"hash directions not exact in {dtype}")
+    return r16
 
 
-def projection_parts(dtype: torch.dtype) -> int:
-    """How many 16-bit parts the hash projection of a ``dtype`` Q takes in the kernel (0: the fp32 dot)."""
-    if PROJECTION not in ("split", "fp32"):
+def projection_16bit(dtype: torch.dtype) -> bool:
+    """Whether the hash projection of a ``dtype`` Q is one 16-bit tensor-core dot in the kernel (else fp32)."""
+    if PROJECTION not in ("16bit", "fp32"):
         raise ValueError(f"grouping_triton.PROJECTION (environment variable DISTR_GROUPING_PROJECTION) must be "
-                         f"'split' or 'fp32', got {PROJECTION!r}")
-    return PROJ_PARTS if PROJECTION == "split" and _exact_16bit_dots(dtype) else 0
+                         f"'16bit' or 'fp32', got {PROJECTION!r}")
+    return PROJECTION == "16bit" and _exact_16bit_dots(dtype)
 
 
 def _exact_16bit_dots(dtype: torch.dtype) -> bool:
@@ -457,7 +455,7 @@ class GroupingLaunch:
     w: torch.Tensor  # fp32 [B, H, nb, d] rank1 weights (a = b = u); ``groups`` itself when unused
     qv: torch.Tensor  # uint8 view of query_valid [B, N]; ``groups`` when None
     qv_stride: int
-    r: torch.Tensor  # zero-padded directions: fp32 [block_m, NBITS_PAD], or [PROJ_PARTS, ...] 16-bit parts
+    r: torch.Tensor  # zero-padded directions [block_m, NBITS_PAD]: fp32, or in Q's dtype with PROJ_16BIT
     rank1: bool
     meta: dict  # group_block's constexprs
 
@@ -488,8 +486,8 @@ def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
                 STEPS=POWER_ITERATION_STEPS, U_ZERO=1.0 / math.sqrt(group_size) if rank1 else 1.0,
                 EXACT_DOT=q.dtype == torch.float32, PAIR_GRAM=PAIR_WAYS.index(PAIR_WEIGHTS),
                 GRAM_F32=q.dtype == torch.float32 or interpreting(), RANK_ORDER=COLUMN_ORDER == "rank",
-                PROJ_PARTS=projection_parts(q.dtype))
-    r = (split_projections(block_m, num_hash_bits, nbits_pad, seed, q.device, q.dtype) if meta["PROJ_PARTS"]
+                PROJ_16BIT=projection_16bit(q.dtype))
+    r = (projections_16bit(block_m, num_hash_bits, nbits_pad, seed, q.device, q.dtype) if meta["PROJ_16BIT"]
          else _padded_projections(block_m, num_hash_bits, nbits_pad, seed, q.device))
     return GroupingLaunch(groups, inv, w, qv, qv.stride(0) if query_valid is not None else 0, r, rank1, meta)
 
@@ -517,7 +515,7 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     _grouping_kernel[(nb, B * H)](q, gl.qv, gl.r, gl.groups, gl.w, gl.inv, *q.stride(), gl.qv_stride, H, N, nb,
                                   **gl.meta, STORE_INV=positions,
                                   num_warps=num_warps or grouping_warps(d, gl.rank1, group_size,
-                                                                        gl.meta["PROJ_PARTS"] > 0))
+                                                                        gl.meta["PROJ_16BIT"]))
     out = finish_grouping(q, gl, group_size=group_size, block_m=block_m, fusion=fusion, query_valid=query_valid)
     return (*out, gl.inv) if positions else out
 
@@ -615,7 +613,7 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
     if tiles is None:
         rows = min(rows, block_m)  # a step's rows stay inside one grouping block
         # no fewer warps than the grouping launch's rule (the fp32 projection and G >= 4 rank1 spill with fewer)
-        warps = max(warps, grouping_warps(d, gl.rank1, group_size, gl.meta["PROJ_PARTS"] > 0))
+        warps = max(warps, grouping_warps(d, gl.rank1, group_size, gl.meta["PROJ_16BIT"]))
     d_pad = gl.meta["D_PAD"]
     if warps not in (1, 2, 4, 8, 16) or cb < 16 or cb & (cb - 1) or rows < 16 or rows & (rows - 1) or block_m % rows:
         raise ValueError(f"tiles must be (num_warps in 1/2/4/8/16, output columns: a power of two >= 16, rows per "

@@ -31,6 +31,24 @@ def test_groups_are_permutations_and_follow_hash_order():
     assert (g[..., 1:][ties] > g[..., :-1][ties]).all()
 
 
+@pytest.mark.parametrize("block_m,nbits,seed", [(32, 12, 3), (64, 16, 0), (128, 16, 7), (128, 40, 123)])
+def test_hash_directions_are_16bit_values(block_m, nbits, seed):
+    """The directions are exact in bf16 and fp16 (what lets the kernel project a 16-bit Q in one exact dot), yet
+    the seeded Gaussian draws to bf16 rounding, with no two directions alike; other seeds give other ones."""
+    r = hash_projections(block_m, nbits, seed)
+    assert r.shape == (block_m, nbits) and r.dtype == torch.float32
+    assert torch.equal(r.bfloat16().float(), r) and torch.equal(r.half().float(), r)
+    assert r.abs().min() >= 2.0 ** -14
+    draws = torch.randn(block_m, nbits, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(torch.sign(r), torch.where(draws < 0, -1.0, 1.0))
+    assert ((r - draws).abs() <= 2.0 ** -8 * draws.abs() + 2.0 ** -14).all()
+    unit = r / r.norm(dim=0)
+    cos = (unit.T @ unit - torch.eye(nbits)).abs()
+    assert cos.max() < 0.9
+    assert not torch.equal(r, hash_projections(block_m, nbits, seed + 1))
+    assert torch.equal(r, hash_projections(block_m, nbits, seed))
+
+
 def test_groups_deterministic_from_seed_not_global_rng():
     q = rand_q(1, (1, 2, 64, 32))
     torch.manual_seed(123)
@@ -139,16 +157,15 @@ def test_triton_grouping_matches_torch(fusion, G, d, N, bm, ways, monkeypatch):
 @interpreter_only
 @pytest.mark.parametrize("fusion,G,d,N,bm", [("mean", 2, 64, 150, 64), ("rank1", 2, 96, 140, 128),
                                              ("rank1", 4, 32, 70, 32)])
-def test_split_projection_matches_torch(fusion, G, d, N, bm, monkeypatch):
-    """16-bit Q hashes through three 16-bit tensor-core dots (``split_projections``; fp16 here, whose dots the
-    interpreter computes exactly): the reference's groups and weights, and the fp32 dot's."""
+def test_16bit_projection_matches_torch(fusion, G, d, N, bm, monkeypatch):
+    """16-bit Q hashes through one 16-bit tensor-core dot against the directions in Q's dtype (``projections_16bit``;
+    fp16 here, whose dots the interpreter computes exactly): the reference's groups and weights, and the fp32 dot's."""
     from distr_patch.ops import grouping_triton as gt
 
-    assert gt.projection_parts(torch.float16) == 3 and gt.projection_parts(torch.float32) == 0
-    parts = gt.split_projections(bm, 16, 16, 0, torch.device("cpu"), torch.float16)
-    assert parts.dtype == torch.float16 and parts.shape == (3, bm, 16)
-    full = gt._padded_projections(bm, 16, 16, 0, torch.device("cpu"))
-    assert (parts.float().sum(0) - full).abs().max() <= 1e-7 * full.abs().max()
+    assert gt.projection_16bit(torch.float16) and not gt.projection_16bit(torch.float32)
+    r16 = gt.projections_16bit(bm, 16, 16, 0, torch.device("cpu"), torch.float16)
+    assert r16.dtype == torch.float16 and r16.shape == (bm, 16)
+    assert torch.equal(r16.float(), gt._padded_projections(bm, 16, 16, 0, torch.device("cpu")))
     q = rand_q(11, (2, 2, N, d), dtype=torch.float16)
     valid = torch.ones(2, N, dtype=torch.bool)
     valid[0, N - 9:] = False
@@ -165,7 +182,7 @@ def test_split_projection_matches_torch(fusion, G, d, N, bm, monkeypatch):
     monkeypatch.setattr(gt, "PROJECTION", "fp32")
     g32 = gt.triton_grouping(q, **kw)[0]
     assert_same_up_to_ties(groups.long(), g32.long(), q, bm, valid)
-    monkeypatch.setattr(gt, "PROJECTION", "bf16")
+    monkeypatch.setattr(gt, "PROJECTION", "split")  # the three-part projection's name, gone with it
     with pytest.raises(ValueError, match="DISTR_GROUPING_PROJECTION"):
         gt.triton_grouping(q, **kw)
 
