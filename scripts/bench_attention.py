@@ -175,6 +175,19 @@ def _bench(fn, reps_ms):
     return triton.testing.do_bench(fn, warmup=max(10, reps_ms // 4), rep=reps_ms, return_mode="median")
 
 
+def _bench_graph(fn, reps_ms):
+    """fn's GPU time alone (ms): its kernels replayed from a CUDA graph, so no host launch overhead enters, as it does
+    not in a call whose kernels queue behind each other; nan where fn cannot be captured."""
+    from distr_patch.eval.timing import cuda_graphed
+
+    try:
+        replay = cuda_graphed(fn, "cuda")
+    except RuntimeError as e:
+        print(f"  no CUDA graph: {e}"[:200])
+        return float("nan")
+    return _bench(replay, reps_ms)
+
+
 def run_sweep(args):
     from distr_patch.eval.speed import op_settings
 
@@ -215,10 +228,11 @@ def run_sweep(args):
                     ms = _bench(fn, args.rep_ms)
                     gfn = _grouping_fn(spec.get("kw", {}), q, k) if spec["kind"] == "distr" else None
                     gms = _bench(gfn, args.rep_ms) if gfn is not None else 0.0
+                    ggms = _bench_graph(gfn, args.rep_ms) if gfn is not None else 0.0
                     if spec["kind"] in ("flash", "cudnn"):
                         base[spec["kind"]] = ms
                     row = dict(d=d, N=N, B=B, H=H, causal=causal, variant=name, ms=ms, tflops=flops / ms * 1e-9,
-                               rel_err=err, grouping_ms=gms)
+                               rel_err=err, grouping_ms=gms, grouping_gpu_ms=ggms)
                     if spec["kind"] == "distr":  # what `distr-patch report --speed-from` matches eval variants by
                         row["settings"] = op_settings(spec["kw"])
                     rows.append(row)
@@ -470,18 +484,22 @@ def print_table_backward(rows):
 
 def print_table(rows):
     print()
-    # grouping %: the grouping's own launches (``_grouping_fn``) as a share of the call; over G=1 %: the whole
-    # extra time of the call against our exact kernel (G=1) on the same inputs, prologue work included
-    print(f"| d | N | causal | variant | ms | TFLOP/s | vs flash | vs cuDNN | rel. err | grouping % | over G=1 % |")
+    # grouping %: the grouping's own launches (``_grouping_fn``) as a share of the call, timed from Python (host
+    # launch overhead included where it exceeds the GPU time: noisy for launches of ~0.05 ms) / replayed from a CUDA
+    # graph (GPU time only); over G=1 %: the whole extra time of the call against our exact kernel (G=1) on the same
+    # inputs, prologue work included
+    print(f"| d | N | causal | variant | ms | TFLOP/s | vs flash | vs cuDNN | rel. err | grouping % Python / GPU | "
+          f"over G=1 % |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     g1 = {(r["d"], r["N"], r["causal"]): r["ms"] for r in rows if r["variant"] == "distr G=1"}
     for r in rows:
         gshare = 100.0 * r["grouping_ms"] / r["ms"] if r.get("grouping_ms") else 0.0
+        gpu_share = 100.0 * r["grouping_gpu_ms"] / r["ms"] if r.get("grouping_gpu_ms") else 0.0
         t1 = g1.get((r["d"], r["N"], r["causal"]))
         over = f"{100.0 * (r['ms'] - t1) / r['ms']:.1f}" if t1 and r["variant"].startswith("distr") else "–"
         print(f"| {r['d']} | {r['N']} | {int(r['causal'])} | {r['variant']} | {r['ms']:.3f} | {r['tflops']:.0f} | "
               f"{r.get('vs_flash', float('nan')):.2f} | {r.get('vs_cudnn', float('nan')):.2f} | {r['rel_err']:.1e} | "
-              f"{gshare:.1f} | {over} |")
+              f"{gshare:.1f} / {gpu_share:.1f} | {over} |")
 
 
 def main(argv=None):

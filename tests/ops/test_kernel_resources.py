@@ -26,7 +26,7 @@ def test_kernel_resources_reports_registers_for_sm90():
 
 
 def test_kernel_resources_reports_the_grouping_launch():
-    """--grouping: the grouping launch's registers, spills and shared memory; the split projection (16-bit dots)
+    """--grouping: the grouping launch's registers, spills and shared memory; the 16-bit projection (one 16-bit dot)
     stages less in shared memory than the fp32 one, and neither spills at the warps the launch uses."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
@@ -35,12 +35,12 @@ def test_kernel_resources_reports_the_grouping_launch():
     assert run.returncode == 0, run.stderr[-2000:]
     rows = {r[1].strip(): r for r in (line.split("|")[1:-1] for line in run.stdout.splitlines())
             if r and r[0].strip() == "64"}
-    want = {"G2 mean, split projection", "G2 mean, fp32 projection", "G2 rank1, split projection, gram pairs"}
+    want = {"G2 mean, 16bit projection", "G2 mean, fp32 projection", "G2 rank1, 16bit projection, gram pairs"}
     assert want <= set(rows)
     spill = {name: int(r[5]) for name, r in rows.items()}
     shared = {name: int(r[6]) for name, r in rows.items()}
     assert all(s == 0 for s in spill.values()), spill
-    assert shared["G2 mean, split projection"] < shared["G2 mean, fp32 projection"]
+    assert shared["G2 mean, 16bit projection"] < shared["G2 mean, fp32 projection"]
 
 
 def test_kernel_resources_reports_the_fused_qeff_launch():
