@@ -396,7 +396,7 @@ POSITIONS = os.environ.get("DISTR_GROUPING_POSITIONS", "kernel")
 # "fp32" converts the tile to fp32 for one FMA dot (what fp32 Q always takes, and bf16 Q in the interpreter, whose
 # bf16 dots are not exact). Both give the same codes up to projections within rounding of zero (tests). Before the
 # directions were 16-bit values, "16bit" took three dots against R cut into three 16-bit parts: one dot made the
-# launch 15-26% faster on the H200 (docs/benchmarks.md, "One projection dot").
+# launch 14-26% faster on the H200 (docs/benchmarks.md, "One projection dot").
 PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "16bit")
 
 
