@@ -33,6 +33,12 @@ from .regroup import fused_query_tile, inverse_groups, regroup
 # Every Triton kernel's module is imported with the package (the backward's by ``ops/__init__``, after this
 # module): triton.jit reads TRITON_INTERPRET when a kernel is defined, not when it runs.
 from . import sdpa_engine
+
+import os
+
+# Experiment: without the prologue, form Q_eff by the SDPA engine's one grouping + Q_eff launch (not the grouping
+# launch and then the regroup launch).
+QEFF_ONE_LAUNCH = os.environ.get("DISTR_FWD_QEFF_LAUNCH", "0") == "1"
 from .validate import check_attention_inputs, check_triton_inputs
 
 try:  # the copy engine's tile descriptors (Triton >= 3.4); the kernels fall back to pointer loads without them
@@ -569,7 +575,15 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
                              query_valid=query_valid, fusion=fusion)
         grp, wa, wb = gl.groups, gl.w, gl.w  # mean: w is groups, a dummy the kernel never reads
         nb = grp.shape[2]
-    elif not exact:
+    qe_formed = None
+    if not fused and not exact and groups is None and expanded and not cfg.qeff_prologue and QEFF_ONE_LAUNCH:
+        qe_formed, grp, wa, wb, inv = grouping_triton.triton_query_effective(
+            q, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed, query_valid=query_valid,
+            fusion=fusion)
+        if wa is None:
+            wa = wb = grp
+        nb = grp.shape[2]
+    elif not exact and not fused:
         if groups is None:
             kernel_inv = expanded and cfg.qeff_prologue and grouping_triton.POSITIONS == "kernel"
             grp, wa, wb, *kinv = triton_grouping(q, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits,
@@ -592,6 +606,8 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         inv = inverse_groups(grp) if inv is None else inv
         if store_qe:  # ... and stores it for the backward
             qe = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    elif expanded and qe_formed is not None:
+        qe = qe_formed
     elif expanded:  # Q_eff[:, j] = b_j Q̃[:, group(j)], per row from its own grouping block. A separate launch:
         # writing Q_eff from the grouping kernel measured slower (docs/benchmarks.md, "grouped scores as Q_eff Kᵀ")
         mean = wa is grp
