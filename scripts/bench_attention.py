@@ -128,7 +128,8 @@ def _with_switches(switches, fn):
 
 def _grouping_fn(kw, q, k):
     """The grouping's own launches for one call: hash+sort and fusion weights, then the K copy
-    (grouped_qk="reduced", transposed layout), the Q_eff regroup (grouped_qk="expanded") or, when the kernel
+    (grouped_qk="reduced", transposed layout), the Q_eff regroup (grouped_qk="expanded"; with
+    ``distr_attn.QEFF_LAUNCH`` "one" the one launch that groups and writes Q_eff) or, when the kernel
     forms Q_eff in its prologue (``qeff_prologue``), the column -> position map it reads. The prologue's
     own dot runs inside the attention kernel: the "vs G=1" column of the tables counts it."""
     from distr_patch.ops import grouping_triton
@@ -151,6 +152,11 @@ def _grouping_fn(kw, q, k):
 
     prologue = cfg.grouped_qk == "expanded" and cfg.qeff_prologue
     kernel_positions = prologue and grouping_triton.POSITIONS == "kernel"
+    from distr_patch.ops import distr_attn
+
+    if cfg.grouped_qk == "expanded" and not prologue and distr_attn.QEFF_LAUNCH == "one":  # grouping + Q_eff rows
+        return lambda: grouping_triton.triton_query_effective(q, group_size=G, block_m=bm, num_hash_bits=16, seed=0,
+                                                              query_valid=None, fusion=fusion)
 
     def fn():
         grp, wa, wb, *_ = triton_grouping(q, group_size=G, block_m=bm, num_hash_bits=16, seed=0, query_valid=None,

@@ -149,7 +149,7 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
         raise ValueError(f"{src} must be 'transposed' or 'natural', got {layout!r}")
     window = exact_window > 0 and group_size > 1
     if group_size > 1 and mode == "expanded":
-        cfg = _expanded_config(head_dim, window, interpret)
+        cfg = _expanded_config(head_dim, window, interpret, group_size)
     else:
         cfg = _reduced_config(head_dim, group_size, grouping_block_m, window, interpret, layout)
     if group_size == 1:  # exact: K/V through TMA at d<=64 (H200, N=4096: 3-5% faster; 7-10% slower at d=128);
@@ -201,7 +201,7 @@ def _reduced_config(head_dim: int, group_size: int, grouping_block_m: int, windo
     return FwdConfig(block_m, 32, num_warps=8, num_stages=2, k_layout=layout)
 
 
-def _expanded_config(head_dim: int, window: bool, interpret: bool) -> FwdConfig:
+def _expanded_config(head_dim: int, window: bool, interpret: bool, group_size: int = 2) -> FwdConfig:
     """grouped_qk="expanded": the exact (G=1) kernel's tiles, whatever the grouping block_m; with a
     window the tiles that meet the band step by 32 keys (two score tiles live) on 8 warps. Q_eff in the
     prologue and TMA tiles where they measured faster (below).
@@ -216,8 +216,13 @@ def _expanded_config(head_dim: int, window: bool, interpret: bool) -> FwdConfig:
     # (scripts/kernel_resources.py: 167 registers uncapped, no spill at 128): capped, 3% faster than the regroup
     # launch non-causal and 24% causal (H200, N=4096: 3.610 / 2.408 ms against 3.731 / 3.181; docs/benchmarks.md,
     # "Register caps and kernel-stored positions"). d=32 (not timed) keeps the regroup launch there.
+    # At 64 < d <= 128, G=2, no window, Q_eff by one launch before the kernel (``distr_attn.QEFF_LAUNCH``: grouping
+    # and Q_eff rows together) beat the prologue: rank1 4-7%, mean 0-4% faster (H200, N=4096, two runs; the prologue
+    # kept at d=64, where it was 4-5% faster, and with a window; docs/benchmarks.md, "Q_eff by one launch at d=128").
     capped_window = window and 32 < head_dim <= 64
-    opts = dict(grouped_qk="expanded", qeff_prologue=head_dim <= 128 and (not window or head_dim > 64 or capped_window),
+    launch_d128 = 64 < head_dim <= 128 and group_size == 2 and not window
+    opts = dict(grouped_qk="expanded",
+                qeff_prologue=head_dim <= 128 and (not window or head_dim > 64 or capped_window) and not launch_d128,
                 kv_tma=head_dim <= 64 and not window, maxnreg=128 if capped_window and not interpret else None)
     if interpret:
         return FwdConfig(64, 32, 4, 1, "natural", band_block_n=16 if window else None, **opts)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import warnings
 
 import torch
@@ -34,11 +35,12 @@ from .regroup import fused_query_tile, inverse_groups, regroup
 # module): triton.jit reads TRITON_INTERPRET when a kernel is defined, not when it runs.
 from . import sdpa_engine
 
-import os
-
-# Experiment: without the prologue, form Q_eff by the SDPA engine's one grouping + Q_eff launch (not the grouping
-# launch and then the regroup launch).
-QEFF_ONE_LAUNCH = os.environ.get("DISTR_FWD_QEFF_LAUNCH", "0") == "1"
+# How the expanded path forms Q_eff where the kernel does not form it in its prologue (``FwdConfig.qeff_prologue``)
+# and no groups are given: "one" (default) by the SDPA engine's launch that groups each block and writes its Q_eff
+# rows (``grouping_triton.triton_query_effective``), "two" by the grouping launch and then the regroup launch. The
+# same Q_eff (tests). With the one launch, Q_eff from memory beat the prologue at 64 < d <= 128, G=2, no window
+# (H200, N=4096: rank1 4-7%, mean 0-4% faster; docs/benchmarks.md, "Q_eff by one launch at d=128").
+QEFF_LAUNCH = os.environ.get("DISTR_FWD_QEFF_LAUNCH", "one")
 from .validate import check_attention_inputs, check_triton_inputs
 
 try:  # the copy engine's tile descriptors (Triton >= 3.4); the kernels fall back to pointer loads without them
@@ -575,8 +577,11 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
                              query_valid=query_valid, fusion=fusion)
         grp, wa, wb = gl.groups, gl.w, gl.w  # mean: w is groups, a dummy the kernel never reads
         nb = grp.shape[2]
+    if QEFF_LAUNCH not in ("one", "two"):
+        raise ValueError(f"distr_attn.QEFF_LAUNCH (environment variable DISTR_FWD_QEFF_LAUNCH) must be 'one' or "
+                         f"'two', got {QEFF_LAUNCH!r}")
     qe_formed = None
-    if not fused and not exact and groups is None and expanded and not cfg.qeff_prologue and QEFF_ONE_LAUNCH:
+    if not fused and not exact and groups is None and expanded and not cfg.qeff_prologue and QEFF_LAUNCH == "one":
         qe_formed, grp, wa, wb, inv = grouping_triton.triton_query_effective(
             q, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed, query_valid=query_valid,
             fusion=fusion)

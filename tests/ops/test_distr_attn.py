@@ -73,13 +73,15 @@ def make_mask(kind, B, Hq, N, M, gen, device):
     return torch.where(allowed, vals, torch.tensor(torch.finfo(torch.float32).min)).to(device)
 
 
-@pytest.fixture(params=["reduced", "expanded", "expanded+prologue+tma+positions", "table"])
+@pytest.fixture(params=["reduced", "expanded", "expanded+two", "expanded+prologue+tma+positions", "table"])
 def grouped_qk(request, monkeypatch):
     """Each way the kernel computes the grouped scores, as the default: ``FwdConfig.grouped_qk`` reduced or
-    expanded; Q_eff formed by a launch before the kernel or in its prologue (reading a column -> position map
-    scattered by torch or stored by the grouping launch); K/V tiles through pointers or TMA descriptors.
-    "table": the config table's own choices (prologue and TMA by head dim and window)."""
+    expanded; Q_eff formed before the kernel (by the one grouping + Q_eff launch, or by "two": the grouping launch
+    and the regroup launch) or in its prologue (reading a column -> position map scattered by torch or stored by
+    the grouping launch); K/V tiles through pointers or TMA descriptors. "table": the config table's own choices
+    (prologue and TMA by head dim, G and window)."""
     mode, *opts = request.param.split("+")
+    monkeypatch.setattr("distr_patch.ops.distr_attn.QEFF_LAUNCH", "two" if "two" in opts else "one")
     if mode != "table":  # the table keeps the module's default map (kernel-stored positions)
         monkeypatch.setattr("distr_patch.ops.grouping_triton.POSITIONS", "kernel" if "positions" in opts else "torch")
     forced = mode == "expanded"
@@ -312,7 +314,10 @@ def test_fwd_config_table():
     # reduced path never forms Q_eff
     pick = {(d, W): fwd_config(d, 2, 128, exact_window=W, interpret=False, grouped_qk="expanded")
             for d in (32, 64, 128) for W in (0, 128)}
-    assert [pick[k].qeff_prologue for k in sorted(pick)] == [True, False, True, True, True, True]
+    assert [pick[k].qeff_prologue for k in sorted(pick)] == [True, False, True, True, False, True]
+    # ... except at 64 < d <= 128, G=2, no window: Q_eff by one launch before the kernel
+    assert fwd_config(80, 2, 128, interpret=False, grouped_qk="expanded").qeff_prologue is False
+    assert fwd_config(128, 4, 128, interpret=False, grouped_qk="expanded").qeff_prologue
     assert [pick[k].kv_tma for k in sorted(pick)] == [True, False, True, False, False, False]
     assert [pick[k].maxnreg for k in sorted(pick)] == [None, None, None, 128, None, None]
     assert fwd_config(64, 2, 128, exact_window=128, interpret=True, grouped_qk="expanded").maxnreg is None
@@ -354,6 +359,16 @@ def test_misspelled_environment_choices_are_named_errors(monkeypatch):
         _env_flag("DISTR_KV_TMA", False)
     monkeypatch.setenv("DISTR_KV_TMA", "1")
     assert _env_flag("DISTR_KV_TMA", False)
+
+
+@interpreter_only
+def test_misspelled_qeff_launch_is_a_named_error(monkeypatch):
+    """DISTR_FWD_QEFF_LAUNCH with an unknown value fails naming the variable."""
+    q, k, v = make_qkv(5, 1, 2, 2, 40, 40, 32)
+    monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_QEFF_PROLOGUE", False)
+    monkeypatch.setattr("distr_patch.ops.distr_attn.QEFF_LAUNCH", "1")
+    with pytest.raises(ValueError, match=r"DISTR_FWD_QEFF_LAUNCH\) must be 'one' or 'two', got '1'"):
+        distr_attention(q, k, v, group_size=2, block_m=32, backend="triton")
 
 
 @interpreter_only
