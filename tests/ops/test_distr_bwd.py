@@ -67,6 +67,8 @@ CPU_CASES = [
     (2, 2, 2, 40, 70, 32, 4, "rank1", 32, 16, 0.5, True, None),
     (1, 4, 2, 70, 70, 32, 2, "mean", 64, 16, 0.5, False, "float"),
     (1, 1, 1, 40, 40, 80, 2, "rank1", 32, 16, 0.5, True, None),     # d=80: padded head dim
+    (1, 4, 2, 70, 70, 80, 2, "rank1", 32, 0, 0.0, True, "pad"),     # 64 < d <= 128, G=2, no window: Q_eff by one
+    (1, 2, 2, 70, 40, 96, 2, "mean", 64, 0, 0.0, False, None),      # launch before the kernel (not the prologue)
 ]
 
 
