@@ -34,13 +34,6 @@ from .regroup import fused_query_tile, inverse_groups, regroup
 # Every Triton kernel's module is imported with the package (the backward's by ``ops/__init__``, after this
 # module): triton.jit reads TRITON_INTERPRET when a kernel is defined, not when it runs.
 from . import sdpa_engine
-
-# How the expanded path forms Q_eff where the kernel does not form it in its prologue (``FwdConfig.qeff_prologue``)
-# and no groups are given: "one" (default) by the SDPA engine's launch that groups each block and writes its Q_eff
-# rows (``grouping_triton.triton_query_effective``), "two" by the grouping launch and then the regroup launch. The
-# same Q_eff (tests). With the one launch, Q_eff from memory beat the prologue at 64 < d <= 128, G=2, no window
-# (H200, N=4096: rank1 4-7%, mean 0-4% faster; docs/benchmarks.md, "Q_eff by one launch at d=128").
-QEFF_LAUNCH = os.environ.get("DISTR_FWD_QEFF_LAUNCH", "one")
 from .validate import check_attention_inputs, check_triton_inputs
 
 try:  # the copy engine's tile descriptors (Triton >= 3.4); the kernels fall back to pointer loads without them
@@ -50,6 +43,13 @@ except ImportError:  # pragma: no cover
 
 LOG2E = 1.4426950408889634
 MASK_NONE, MASK_BOOL, MASK_ADDITIVE = 0, 1, 2
+
+# How the expanded path forms Q_eff where the kernel does not form it in its prologue (``FwdConfig.qeff_prologue``)
+# and no groups are given: "one" (default) by the SDPA engine's launch that groups each block and writes its Q_eff
+# rows (``grouping_triton.triton_query_effective``), "two" by the grouping launch and then the regroup launch. The
+# same Q_eff (tests). With the one launch, Q_eff from memory beat the prologue at 64 < d <= 128, G=2, no window
+# (H200, N=4096: rank1 4-7%, mean 0-4% faster; docs/benchmarks.md, "Q_eff by one launch at d=128").
+QEFF_LAUNCH = os.environ.get("DISTR_FWD_QEFF_LAUNCH", "one")
 
 
 # --------------------------------------------------------------------------- kernels

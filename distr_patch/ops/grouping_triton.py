@@ -2,9 +2,8 @@
 
 One program per (batch·head, query block): it reads the block's Q [BM, d] into
 registers, projects its d columns on the seeded directions (fp32 sums: 16-bit Q by one 16-bit tensor-core
-dot, exact products since the directions are 16-bit values, ``PROJECTION``; fp32 Q by an fp32 dot), orders the
-columns by
-(code, index) and writes the permutation (``COLUMN_ORDER``: by counting each column's smaller keys,
+dot, exact products since the directions are 16-bit values, ``PROJECTION``; fp32 Q by an fp32 dot), orders
+the columns by (code, index) and writes the permutation (``COLUMN_ORDER``: by counting each column's smaller keys,
 the default, or by ``tl.sort``). For rank1 fusion it then computes each group's
 G×G Gram matrix XᵀX (fp32; see below) and writes the group's top eigenvector: closed form
 for G=2, ``POWER_ITERATION_STEPS`` normalised power steps from the largest-diagonal column
@@ -403,8 +402,10 @@ PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "16bit")
 def grouping_warps(head_dim: int, rank1: bool = False, group_size: int = 2, proj_16bit: bool = True) -> int:
     """Warps of one grouping program (one block of block_m query rows). Timed on the H200 at N=4096 with
     ``scripts/bench_grouping.py --warps`` (docs/benchmarks.md, "The grouping launch"), for the 16-bit projection
-    (``proj_16bit``; then three dots): without weights 2 warps (d=64: 0.060 ms against 0.072 with 4; d=128: 0.066 against 0.074 with 8);
-    G=2 rank1 4 warps (0.080 / 0.099 ms, the fastest at both). The fp32 projection (fp32 Q), G>=4 rank1 and
+    (``proj_16bit``; then three dots): without weights 2 warps (d=64: 0.060 ms against 0.072 with 4; d=128: 0.066
+    against 0.074 with 8); G=2 rank1 4 warps (0.080 / 0.099 ms, the fastest at both). Re-timed with one dot
+    ("One projection dot"): d=64 mean 0.049 / 0.053 / 0.050 ms at 2 / 4 / 8 warps, rank1 0.075 / 0.058 / 0.085;
+    d=128 mean 0.053 / 0.057 / 0.051, rank1 2.75 (spills) / 0.079 / 0.080: the rule stands. The fp32 projection (fp32 Q), G>=4 rank1 and
     d > 128 keep the earlier rule (4 warps at d <= 64, else 8): at 2 warps the fp32 projection spills 15-25 KB
     (``scripts/kernel_resources.py --grouping``)."""
     if head_dim > 128 or (rank1 and group_size > 2) or not proj_16bit:
