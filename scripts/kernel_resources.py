@@ -109,7 +109,7 @@ def configs(d: int, G: int, window: bool, masked: bool = False, default_only: bo
         cap = 128 if base.num_warps == 8 else 168
         return out + [("tma" if not base.kv_tma else "no tma", replace(base, kv_tma=not base.kv_tma)),
                       (f"maxnreg{cap}", replace(base, maxnreg=cap))] + ws
-    out += [("prologue" if not base.qeff_prologue else "regroup launch",
+    out += [("prologue" if not base.qeff_prologue else "Q_eff from memory",
              replace(base, qeff_prologue=not base.qeff_prologue, maxnreg=None)),
             ("tma" if not base.kv_tma else "no tma", replace(base, kv_tma=not base.kv_tma))]
     if not window:
