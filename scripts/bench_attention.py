@@ -133,6 +133,7 @@ def _grouping_fn(kw, q, k):
     forms Q_eff in its prologue (``qeff_prologue``), the column -> position map it reads. The prologue's
     own dot runs inside the attention kernel: the "vs G=1" column of the tables counts it."""
     from distr_patch.ops import grouping_triton
+    from distr_patch.ops import distr_attn
     from distr_patch.ops.configs import fwd_config
     from distr_patch.ops.distr_attn import transpose_keys
     from distr_patch.ops.grouping_triton import triton_grouping
@@ -152,8 +153,6 @@ def _grouping_fn(kw, q, k):
 
     prologue = cfg.grouped_qk == "expanded" and cfg.qeff_prologue
     kernel_positions = prologue and grouping_triton.POSITIONS == "kernel"
-    from distr_patch.ops import distr_attn
-
     if cfg.grouped_qk == "expanded" and not prologue and distr_attn.QEFF_LAUNCH == "one":  # grouping + Q_eff rows
         return lambda: grouping_triton.triton_query_effective(q, group_size=G, block_m=bm, num_hash_bits=16, seed=0,
                                                               query_valid=None, fusion=fusion)

@@ -201,7 +201,7 @@ def _reduced_config(head_dim: int, group_size: int, grouping_block_m: int, windo
     return FwdConfig(block_m, 32, num_warps=8, num_stages=2, k_layout=layout)
 
 
-def _expanded_config(head_dim: int, window: bool, interpret: bool, group_size: int = 2) -> FwdConfig:
+def _expanded_config(head_dim: int, window: bool, interpret: bool, group_size: int) -> FwdConfig:
     """grouped_qk="expanded": the exact (G=1) kernel's tiles, whatever the grouping block_m; with a
     window the tiles that meet the band step by 32 keys (two score tiles live) on 8 warps. Q_eff in the
     prologue and TMA tiles where they measured faster (below).
