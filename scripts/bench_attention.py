@@ -64,6 +64,14 @@ def _variants(args):
             v[f"distr G=2 {fusion} sdpa {way} {src}"] = dict(kind="distr", kw=dict(
                 group_size=2, fusion=fusion, block_m=128, backend="sdpa",
                 switches={"grouping_triton.QEFF_REGROUP": way, "grouping_triton.QEFF_FUSION_FROM": src}))
+    # each program of the fused kernel groups its own block in its prologue (no grouping launch; configs'
+    # DEFAULT_FUSED_GROUPING, env DISTR_FWD_FUSED_GROUPING)
+    for name, kw in (("G=2 mean", dict(group_size=2, fusion="mean")), ("G=2 rank1", dict(group_size=2, fusion="rank1")),
+                     ("G=4 mean", dict(group_size=4, fusion="mean")),
+                     ("G=2 rank1 W128 c.5 bm128", dict(group_size=2, fusion="rank1", exact_window=128,
+                                                       window_correction=0.5))):
+        v[f"distr {name} fusedgrp"] = dict(kind="distr", kw=dict(
+            kw, block_m=128, switches={"configs.DEFAULT_FUSED_GROUPING": True}))
     for fusion in ("rank1", "mean"):  # the window as pieces: grouped SDPA calls beside the band, our band kernel
         v[f"distr G=2 {fusion} W128 c.5 bm128 sdpa"] = dict(kind="distr", kw=dict(
             group_size=2, fusion=fusion, exact_window=128, window_correction=0.5, block_m=128, backend="sdpa"))
@@ -148,7 +156,10 @@ def _grouping_fn(kw, q, k):
         return _with_switches(kw.get("switches"), lambda: query_effective(
             q, group_size=G, block_m=bm, fusion=kw.get("fusion", "mean"), num_hash_bits=16, seed=0, query_valid=None,
             groups=None))
-    cfg = fwd_config(q.shape[-1], G, bm, exact_window=kw.get("exact_window", 0))
+    cfg = _with_switches(kw.get("switches"), lambda: fwd_config(q.shape[-1], G, bm,
+                                                                exact_window=kw.get("exact_window", 0)))()
+    if cfg.fused_grouping:  # no launch of its own: the "vs G=1" column counts the prologue
+        return None
     fusion = kw.get("fusion", "mean")
 
     prologue = cfg.grouped_qk == "expanded" and cfg.qeff_prologue

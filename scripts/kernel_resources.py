@@ -39,7 +39,7 @@ from triton.runtime import driver, jit  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import distr_patch.ops.distr_attn as da  # noqa: E402
 from distr_patch.ops import compute_groups  # noqa: E402
-from distr_patch.ops.configs import fwd_config  # noqa: E402
+from distr_patch.ops.configs import fwd_config, with_fused_grouping  # noqa: E402
 
 VARIANTS = {"G1": dict(group_size=1), "G2 mean": dict(group_size=2, fusion="mean"),
             "G2 rank1": dict(group_size=2, fusion="rank1"),
@@ -120,6 +120,9 @@ def configs(d: int, G: int, window: bool, masked: bool = False, default_only: bo
                else ("uncapped", replace(base, maxnreg=None)))
     if window and not base.qeff_prologue:
         out.append((f"prologue maxnreg{cap}", replace(base, qeff_prologue=True, maxnreg=cap)))
+    fused = with_fused_grouping(base, d, 128)  # each program groups its own block (no grouping launch)
+    if fused.fused_grouping:
+        out.append(("fused grouping", fused))
     return out + ws
 
 
@@ -297,7 +300,9 @@ def main(argv=None):
                                           args.default_only):
                     _compiled.clear()
                     try:
-                        da._triton_forward(q, k, v, config=cfg, **full)
+                        # a fused grouping needs groups=None (the launches only compile here, none runs)
+                        da._triton_forward(q, k, v, config=cfg, **dict(full, groups=None) if cfg.fused_grouping
+                                           else full)
                     except RuntimeError as e:  # a pass or ptxas that fails on this build: a row that says so
                         print(f"{d} {causal} {name} {cname}: compile failed ({str(e)[:120]})", flush=True)
                         continue

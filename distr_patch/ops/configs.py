@@ -79,6 +79,9 @@ def _env_flag(name: str, default: bool | None) -> bool | None:
 DEFAULT_QEFF_PROLOGUE = _env_flag("DISTR_QEFF_PROLOGUE", None)
 DEFAULT_KV_TMA = _env_flag("DISTR_KV_TMA", None)
 DEFAULT_FWD_WS = _env_flag("DISTR_FWD_WS", None)  # FwdConfig.warp_specialize; None: the table
+# FwdConfig.fused_grouping (None: the table, off). On the expanded path it also turns the Q_eff prologue on, and it
+# acts only where a program's query tile is one grouping block (block_m = 128 on the GPU); G = 1 has no grouping.
+DEFAULT_FUSED_GROUPING = _env_flag("DISTR_FWD_FUSED_GROUPING", None)
 # DISTR_AUTO_SDPA=1: backend="auto" on CUDA runs calls that are plain attention on Q_eff (no exact window, no tensor
 # mask, N == M or not causal) as torch's SDPA on Q_eff (``sdpa_engine.py``), the others on the fused Triton kernel.
 # Off by default (H200, docs/benchmarks.md, "backend='sdpa'"): the operator alone was faster at N >= 4096 (forward
@@ -163,12 +166,27 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
         cfg = replace(cfg, kv_tma=DEFAULT_KV_TMA)
     if DEFAULT_FWD_WS is not None:
         cfg = replace(cfg, warp_specialize=DEFAULT_FWD_WS)
+    if DEFAULT_FUSED_GROUPING is not None and group_size > 1:
+        cfg = with_fused_grouping(cfg, head_dim, grouping_block_m, DEFAULT_FUSED_GROUPING)
     if masked and not interpret and cfg.block_n > 64:
         cfg = replace(cfg, block_n=64, band_block_n=None if cfg.band_block_n is None else min(cfg.band_block_n, 64))
     if fp32 and not interpret and cfg.block_n > 32:
         bn = cfg.block_n // 2 if head_dim <= 64 else 32
         cfg = replace(cfg, block_n=bn, band_block_n=None if cfg.band_block_n is None else min(cfg.band_block_n, bn))
     return cfg
+
+
+def with_fused_grouping(cfg: FwdConfig, head_dim: int, grouping_block_m: int, on: bool = True) -> FwdConfig:
+    """``cfg`` with each program computing its own block's grouping (``on``) or not. The expanded path then forms
+    Q_eff in its prologue too; where its tile is not one grouping block (block_m != ``grouping_block_m``) or the
+    prologue's [d, d] fusion matrix is too large (d > 128), ``cfg`` stays as it is."""
+    if not on:
+        return replace(cfg, fused_grouping=False)
+    if cfg.grouped_qk == "expanded":
+        if cfg.block_m != grouping_block_m or head_dim > 128:
+            return cfg
+        return replace(cfg, fused_grouping=True, qeff_prologue=True)
+    return replace(cfg, fused_grouping=True)
 
 
 def _reduced_config(head_dim: int, group_size: int, grouping_block_m: int, window: bool, interpret: bool,

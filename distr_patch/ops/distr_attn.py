@@ -355,10 +355,11 @@ def _distr_fwd_kernel(
     WB_B = WB + blk_off
 
     if FUSED_GROUPING:  # this block's grouping, here instead of in a launch of its own
-        group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP_B, WB_B, GRP_B, pid_m, stride_qn, stride_qd, N,
-                    HEAD_DIM, D_PAD, BLOCK_M, NBITS, NBITS_PAD, HAS_QV, RANK1, G, GB_DG, GB_CH, STEPS, U_ZERO,
-                    EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, False, GB_PROJ_16BIT)
-        tl.debug_barrier()  # the order and the weights are read back below by other threads
+        # (EXPANDED: also each column's sorted position, which the Q_eff prologue below reads back)
+        group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP_B, WB_B, INV + blk_off if EXPANDED else GRP_B,
+                    pid_m, stride_qn, stride_qd, N, HEAD_DIM, D_PAD, BLOCK_M, NBITS, NBITS_PAD, HAS_QV, RANK1, G,
+                    GB_DG, GB_CH, STEPS, U_ZERO, EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, EXPANDED, GB_PROJ_16BIT)
+        tl.debug_barrier()  # the order, positions and weights are read back below by other threads
 
     # ---- the tile's fused queries, formed once: Q̃[:, g] = Σ_i a Q[:, col(g·G+i)]
     qt = tl.zeros([BLOCK_M, DG_PAD], dtype=DOT_T)
@@ -559,8 +560,10 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         raise ValueError(f"config.k_layout must be 'transposed' or 'natural', got {cfg.k_layout!r}")
     if not exact and not expanded and cfg.block_m != block_m:
         raise ValueError(f"kernel tile {cfg.block_m} must equal the grouping block_m={block_m}")
-    if expanded and cfg.fused_grouping:
-        raise ValueError("config.fused_grouping needs grouped_qk='reduced' (Q_eff is formed before the launch)")
+    if expanded and cfg.fused_grouping and not (cfg.qeff_prologue and cfg.block_m == block_m):
+        raise ValueError(f"config.fused_grouping with grouped_qk='expanded' needs qeff_prologue=True and "
+                         f"config.block_m equal to the grouping block_m={block_m} (one grouping block per "
+                         f"program), got qeff_prologue={cfg.qeff_prologue}, block_m={cfg.block_m}")
     band_n = cfg.band_block_n or cfg.block_n
     if cfg.block_n % band_n or band_n < 16:  # the band segment is BLOCK_N-aligned; sub-tiles must fit it
         raise ValueError(f"config.band_block_n={band_n} must divide block_n={cfg.block_n} and be >= 16")
@@ -574,8 +577,9 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     gl = None
     if fused:  # the attention kernel computes the grouping in its prologue
         gl = grouping_launch(q, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
-                             query_valid=query_valid, fusion=fusion)
+                             query_valid=query_valid, fusion=fusion, positions=expanded)
         grp, wa, wb = gl.groups, gl.w, gl.w  # mean: w is groups, a dummy the kernel never reads
+        inv = gl.inv if expanded else None
         nb = grp.shape[2]
     if QEFF_LAUNCH not in ("one", "two"):
         raise ValueError(f"distr_attn.QEFF_LAUNCH (environment variable DISTR_FWD_QEFF_LAUNCH) must be 'one' or "

@@ -133,13 +133,15 @@ def test_window_band_subtiles_interpreter(block_n, band_n, causal):
 
 
 @interpreter_only
+@pytest.mark.parametrize("grouped_qk", ["reduced", "expanded"])
 @pytest.mark.parametrize("case", [(2, "mean", 32, 0, 0.0, True, 64), (2, "rank1", 64, 16, 0.5, True, 32),
                                   (4, "rank1", 32, 0, 0.0, False, 80), (8, "rank1", 64, 0, 0.0, True, 32)],
                          ids=["G2-mean", "G2-rank1-window", "G4-rank1-d80", "G8-rank1"])
-def test_fused_grouping_prologue_interpreter(case):
-    """FwdConfig.fused_grouping: each program groups its own block; the same groups, weights and output
-    as the separate grouping launch and the reference (tails, query_valid, GQA)."""
-    from distr_patch.ops.configs import fwd_config
+def test_fused_grouping_prologue_interpreter(case, grouped_qk):
+    """FwdConfig.fused_grouping: each program groups its own block; the same groups, weights, output and (expanded:
+    Q_eff formed in the prologue from the positions the program stored) Q_eff and positions as the separate
+    grouping launch, and the reference's output (tails, query_valid, GQA)."""
+    from distr_patch.ops.configs import fwd_config, with_fused_grouping
     from distr_patch.ops.distr_attn import _triton_forward
 
     G, fusion, block_m, W, c, causal, d = case
@@ -149,15 +151,42 @@ def test_fused_grouping_prologue_interpreter(case):
     kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=W, window_correction=c, causal=causal,
               attention_mask=valid[:, None, None, :], scale=None, num_hash_bits=16, seed=3, query_valid=valid,
               groups=None)
-    base = fwd_config(d, G, block_m, exact_window=W, grouped_qk="reduced")
-    fused = replace(base, fused_grouping=True)
-    out_f, lse_f, grp_f, wa_f, _ = _triton_forward(q, k, v, config=fused, return_lse=True, **kw)
-    out_s, lse_s, grp_s, wa_s, _ = _triton_forward(q, k, v, config=base, return_lse=True, **kw)
+    base = fwd_config(d, G, block_m, exact_window=W, grouped_qk=grouped_qk)
+    if grouped_qk == "expanded":  # one grouping block per program, as the fused grouping needs
+        base = replace(base, block_m=block_m, qeff_prologue=True)
+    fused = with_fused_grouping(base, d, block_m)
+    assert fused.fused_grouping and not base.fused_grouping
+    out_f, lse_f, grp_f, wa_f, _, *qe_f = _triton_forward(q, k, v, config=fused, return_lse=True, keep_qeff=True,
+                                                          **kw)
+    out_s, lse_s, grp_s, wa_s, _, *qe_s = _triton_forward(q, k, v, config=base, return_lse=True, keep_qeff=True,
+                                                          **kw)
     assert torch.equal(grp_f, grp_s)
     assert (wa_f is None) == (fusion == "mean") and (wa_f is None or torch.allclose(wa_f, wa_s, atol=1e-6))
     torch.testing.assert_close(out_f, out_s, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lse_f, lse_s, rtol=1e-5, atol=1e-6)
+    if grouped_qk == "expanded":  # the Q_eff the prologue stored, and the positions the grouping stored
+        assert torch.equal(qe_f[1], qe_s[1])
+        torch.testing.assert_close(qe_f[0], qe_s[0], rtol=1e-5, atol=1e-6)
     ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
     assert rel_err(out_f, ref) < 1e-5
+
+
+@interpreter_only
+def test_fused_grouping_expanded_needs_one_block_per_program():
+    """The expanded path's fused grouping is refused by name where a tile holds several grouping blocks or has no
+    Q_eff prologue; ``with_fused_grouping`` leaves such configs as they are."""
+    from distr_patch.ops.configs import fwd_config, with_fused_grouping
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    q, k, v = make_qkv(4, 1, 2, 2, 70, 70, 32)
+    kw = dict(group_size=2, block_m=32, fusion="mean", exact_window=0, window_correction=0.0, causal=False,
+              attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
+    base = fwd_config(32, 2, 32, grouped_qk="expanded")
+    assert base.block_m == 64 and with_fused_grouping(base, 32, 32) == base
+    with pytest.raises(ValueError, match="fused_grouping with grouped_qk='expanded' needs qeff_prologue=True"):
+        _triton_forward(q, k, v, config=replace(base, fused_grouping=True), **kw)
+    with pytest.raises(ValueError, match="grouping block_m=32"):
+        _triton_forward(q, k, v, config=replace(base, block_m=32, qeff_prologue=False, fused_grouping=True), **kw)
 
 
 @interpreter_only
@@ -222,20 +251,22 @@ GPU_CASES = [
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("grouped_qk", ["reduced", "expanded"])
 @pytest.mark.parametrize("d,G,fusion,W", [(64, 2, "mean", 0), (128, 2, "rank1", 0), (64, 2, "rank1", 128),
-                                          (128, 4, "rank1", 0)])
-def test_fused_grouping_prologue_gpu(d, G, fusion, W):
+                                          (128, 4, "rank1", 0), (128, 2, "mean", 0)])
+def test_fused_grouping_prologue_gpu(d, G, fusion, W, grouped_qk):
     """fused_grouping at real sizes, bf16: the same groups as the grouping launch, output within 1e-2 of the
     reference."""
-    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.configs import fwd_config, with_fused_grouping
     from distr_patch.ops.distr_attn import _triton_forward
 
     q, k, v = make_qkv(d + G + W, 2, 8, 2, 4000, 4000, d, dtype=torch.bfloat16, device="cuda")
     kw = dict(group_size=G, block_m=128, fusion=fusion, exact_window=W, window_correction=0.5 if W else 0.0,
               causal=True, attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
-    base = fwd_config(d, G, 128, exact_window=W, grouped_qk="reduced")
-    out_f, _, grp_f, wa_f, _ = _triton_forward(q, k, v, config=replace(base, fused_grouping=True), return_lse=True,
-                                               **kw)
+    base = fwd_config(d, G, 128, exact_window=W, grouped_qk=grouped_qk)
+    fused = with_fused_grouping(base, d, 128)
+    assert fused.fused_grouping
+    out_f, _, grp_f, wa_f, _ = _triton_forward(q, k, v, config=fused, return_lse=True, **kw)
     _, _, grp_s, wa_s, _ = _triton_forward(q, k, v, config=base, return_lse=True, **kw)
     assert torch.equal(grp_f, grp_s)
     assert wa_f is None or torch.allclose(wa_f, wa_s, atol=1e-6)
