@@ -16,6 +16,8 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
                    (scripts/kernel_resources.py shows registers and spills without a GPU)
     default+torch-positions   (--kernel-options) the table's config with the prologue's column -> position map
                    made by a torch scatter (grouping_triton.POSITIONS="torch"; default: the grouping launch stores it)
+    exact/expanded bm256 w8 bn64 (s2)   (--tall-tiles) 256-row query tiles on 8 warps (each K/V tile serves twice
+                   the rows; at d=64 the same registers per thread as the 128-row, 4-warp default), 3 or 2 stages
     exact/expanded ws w8 (+tma)   (--warp-specialize) the first plain key loop warp-specialised on 8 warps
                    (FwdConfig.warp_specialize), with TMA K/V tiles where the default has none
 
@@ -54,7 +56,8 @@ def configs(d, G, window, block_m):
         return [("exact", red)] + ([("exact+tma", replace(red, kv_tma=True))] if args.kernel_options else []) \
             + ([("exact bn128 w8", replace(red, block_n=128, num_warps=8))] if args.alternatives else []) \
             + ([(f"exact maxnreg{cap}", replace(red, maxnreg=cap))] if args.register_caps and d <= 64 else []) \
-            + (_ws_configs("exact", red) if args.warp_specialize else [])
+            + (_ws_configs("exact", red) if args.warp_specialize else []) \
+            + (_tall_configs("exact", red) if args.tall_tiles else [])
     ex = fwd_config(d, G, block_m, exact_window=W, grouped_qk="expanded")
     out = ([] if args.no_reduced else [("reduced", red)]) + [("expanded", ex)]
     if args.kernel_options:  # Q_eff in the kernel's prologue instead of a regroup launch; K/V tiles through TMA
@@ -71,6 +74,8 @@ def configs(d, G, window, block_m):
         out += [("expanded sort+gram", ex), ("expanded sort+gather", ex)]
     if args.warp_specialize and not window:
         out += _ws_configs("expanded", ex)
+    if args.tall_tiles and not window:
+        out += _tall_configs("expanded", ex)
     if args.fused and block_m == 128:
         out.append(("reduced+fused-grouping", replace(red, fused_grouping=True)))
     alts = [(64, 4, 32), (64, 8, 64), (128, 8, 32)] if window else [(64, 8 if d <= 64 else 4, None), (128, 8, None)]
@@ -79,6 +84,12 @@ def configs(d, G, window, block_m):
         if cfg != ex:
             out.append((f"expanded bn{bn} w{w}" + (f" band{band}" if band else ""), cfg))
     return out
+
+
+def _tall_configs(name, cfg):
+    """256-row query tiles on 8 warps with 64-key tiles, 3 and 2 stages (the default's prologue / TMA choices)."""
+    tall = replace(cfg, block_m=256, num_warps=8, block_n=64)
+    return [(f"{name} bm256 w8 bn64", tall), (f"{name} bm256 w8 bn64 s2", replace(tall, num_stages=2))]
 
 
 def _ws_configs(name, cfg):
@@ -111,6 +122,8 @@ ap.add_argument("--no-reduced", action="store_true", help="leave out the reduced
 ap.add_argument("--register-caps", action="store_true",
                 help="add the default config with a register cap (FwdConfig.maxnreg: 128 on 8 warps, 168 on 4) that "
                      "fits one more program per SM, and with a window the Q_eff prologue under that cap")
+ap.add_argument("--tall-tiles", action="store_true",
+                help="add 256-row query tiles on 8 warps (64-key tiles, 3 and 2 stages)")
 ap.add_argument("--warp-specialize", action="store_true",
                 help="add the default config with its first plain key loop warp-specialised on 8 warps")
 args = ap.parse_args()
