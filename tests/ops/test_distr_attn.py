@@ -189,6 +189,25 @@ def test_fused_grouping_expanded_needs_one_block_per_program():
         _triton_forward(q, k, v, config=replace(base, block_m=32, qeff_prologue=False, fused_grouping=True), **kw)
 
 
+def test_fused_grouping_switch_reaches_fwd_config(monkeypatch):
+    """DISTR_FWD_FUSED_GROUPING (configs.DEFAULT_FUSED_GROUPING) turns the fused grouping, and on the expanded path
+    the Q_eff prologue, on where a tile is one grouping block; G = 1 and other block_m stay as the table says."""
+    from distr_patch.ops import configs
+
+    monkeypatch.setattr(configs, "DEFAULT_FUSED_GROUPING", True)
+    on = configs.fwd_config(64, 2, 128, interpret=False, grouped_qk="expanded")
+    assert on.fused_grouping and on.qeff_prologue and on.block_m == 128
+    assert configs.fwd_config(128, 2, 128, interpret=False, grouped_qk="reduced").fused_grouping
+    assert not configs.fwd_config(64, 2, 32, interpret=False, grouped_qk="expanded").fused_grouping
+    assert not configs.fwd_config(256, 2, 128, interpret=False, grouped_qk="expanded").fused_grouping
+    assert not configs.fwd_config(64, 1, 128, interpret=False).fused_grouping
+    monkeypatch.setattr(configs, "DEFAULT_FUSED_GROUPING", False)
+    assert not configs.fwd_config(64, 2, 128, interpret=False, grouped_qk="reduced").fused_grouping
+    monkeypatch.setenv("DISTR_FWD_FUSED_GROUPING", "yes")
+    with pytest.raises(ValueError, match="DISTR_FWD_FUSED_GROUPING must be 0 or 1"):
+        configs._env_flag("DISTR_FWD_FUSED_GROUPING", None)
+
+
 @interpreter_only
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_kernel_half_precision_interpreter(dtype):
