@@ -72,6 +72,9 @@ def _variants(args):
                                                        window_correction=0.5))):
         v[f"distr {name} fusedgrp"] = dict(kind="distr", kw=dict(
             kw, block_m=128, switches={"configs.DEFAULT_FUSED_GROUPING": True}))
+    for grams in ("rows", "dot"):  # G>=4 rank1: the groups' Grams by row reductions or one dot (POWER_GRAMS)
+        v[f"distr G=4 rank1 grams {grams}"] = dict(kind="distr", kw=dict(
+            group_size=4, fusion="rank1", block_m=128, switches={"grouping_triton.POWER_GRAMS": grams}))
     for fusion in ("rank1", "mean"):  # the window as pieces: grouped SDPA calls beside the band, our band kernel
         v[f"distr G=2 {fusion} W128 c.5 bm128 sdpa"] = dict(kind="distr", kw=dict(
             group_size=2, fusion=fusion, exact_window=128, window_correction=0.5, block_m=128, backend="sdpa"))
@@ -165,8 +168,8 @@ def _grouping_fn(kw, q, k):
     prologue = cfg.grouped_qk == "expanded" and cfg.qeff_prologue
     kernel_positions = prologue and grouping_triton.POSITIONS == "kernel"
     if cfg.grouped_qk == "expanded" and not prologue and distr_attn.QEFF_LAUNCH == "one":  # grouping + Q_eff rows
-        return lambda: grouping_triton.triton_query_effective(q, group_size=G, block_m=bm, num_hash_bits=16, seed=0,
-                                                              query_valid=None, fusion=fusion)
+        return _with_switches(kw.get("switches"), lambda: grouping_triton.triton_query_effective(
+            q, group_size=G, block_m=bm, num_hash_bits=16, seed=0, query_valid=None, fusion=fusion))
 
     def fn():
         grp, wa, wb, *_ = triton_grouping(q, group_size=G, block_m=bm, num_hash_bits=16, seed=0, query_valid=None,
@@ -179,7 +182,7 @@ def _grouping_fn(kw, q, k):
                     mean_weights=(1.0 / G, 1.0) if wa is None else None)
         elif cfg.k_layout == "transposed":
             transpose_keys(k)
-    return fn
+    return _with_switches(kw.get("switches"), fn)
 
 
 def _rel_err(out, exact):

@@ -7,10 +7,14 @@ afterwards (``regroup.inverse_groups``), and the grouping launch storing the pos
 host launch overhead included when it exceeds the GPU time) and replayed from a CUDA graph (GPU time only),
 so a share of a whole call can be read either way. Checks that both maps agree. ``--projections`` times the
 launch storing positions with each way of computing the hash projection (``grouping_triton.PROJECTION``);
-``--pair-weights`` with each way of forming the G=2 rank1 pair weights (``grouping_triton.PAIR_WEIGHTS``).
+``--pair-weights`` with each way of forming the G=2 rank1 pair weights (``grouping_triton.PAIR_WEIGHTS``);
+``--power-grams`` with each way of forming the G>=4 rank1 groups' Grams (``grouping_triton.POWER_GRAMS``);
+``--power-chunks`` with each chunk of sorted positions there (``grouping_triton.POWER_CHUNK``; with ``--warps``, at
+each of those warps too); ``--group-sizes`` the group sizes G (default 2).
 
     python scripts/bench_grouping.py [--d 64 128] [--n 4096] [--warps 2 4 8 16] [--projections 16bit fp32]
-                                     [--pair-weights gram regs]
+                                     [--pair-weights gram regs] [--group-sizes 2 4 8] [--power-grams rows dot]
+                                     [--power-chunks 32 64 128]
 
 Prints one markdown table last.
 """
@@ -53,13 +57,20 @@ def main(argv=None):
     p.add_argument("--pair-weights", nargs="*", default=[],
                    help="rank1: also the launch storing positions with each of these ways of forming the G=2 pair "
                         "weights (grouping_triton.PAIR_WAYS: gather, gram, regs)")
+    p.add_argument("--power-grams", nargs="*", default=[],
+                   help="rank1, G >= 4: also the launch storing positions with each of these ways of forming the "
+                        "groups' Grams (grouping_triton.POWER_GRAMS: rows, dot)")
+    p.add_argument("--power-chunks", type=int, nargs="*", default=[],
+                   help="rank1, G >= 4: also the launch storing positions with each of these chunks of sorted "
+                        "positions (grouping_triton.POWER_CHUNK), at the default warps and at each of --warps")
+    p.add_argument("--group-sizes", type=int, nargs="+", default=[2])
     args = p.parse_args(argv)
     rows = []
     for d in args.d:
         B, H = max(1, 32768 // args.n), 2048 // d
         q = torch.randn(B, H, args.n, d, device="cuda", dtype=torch.bfloat16)
-        for fusion in args.fusions:
-            kw = dict(group_size=2, block_m=128, num_hash_bits=16, seed=0, query_valid=None, fusion=fusion)
+        for fusion, G in [(f, g) for f in args.fusions for g in args.group_sizes]:
+            kw = dict(group_size=G, block_m=128, num_hash_bits=16, seed=0, query_valid=None, fusion=fusion)
             grp, _a, _b, inv = triton_grouping(q, positions=True, **kw)
             assert torch.equal(inv, inverse_groups(grp)), "kernel-stored positions differ from the scatter"
             ways = {
@@ -75,12 +86,12 @@ def main(argv=None):
                                                                                          num_warps=w, **kw))
                 else:
                     print(f"  {w} warps: different groups or weights, not timed")
-            def switched(attr, value):  # the launch storing positions with grouping_triton.<attr> = value
+            def switched(attr, value, warps=None):  # the launch storing positions with grouping_triton.<attr> = value
                 def fn():
                     saved = getattr(grouping_triton, attr)
                     setattr(grouping_triton, attr, value)
                     try:
-                        return triton_grouping(q, positions=True, **kw)
+                        return triton_grouping(q, positions=True, num_warps=warps, **kw)
                     finally:
                         setattr(grouping_triton, attr, saved)
                 return fn
@@ -90,12 +101,29 @@ def main(argv=None):
                 same = with_projection()[0].ne(grp).any(-1).float().mean().item()
                 print(f"  projection {proj}: {same:.2%} of blocks grouped otherwise than the default (near-ties)")
                 ways[f"storing positions, {proj} projection"] = with_projection
-            for pw in args.pair_weights if fusion == "rank1" else []:
+            for pw in args.pair_weights if fusion == "rank1" and G == 2 else []:
                 with_pairs = switched("PAIR_WEIGHTS", pw)
                 got = with_pairs()
                 same = torch.equal(got[0], grp) and torch.allclose(got[1], _a, rtol=1e-5, atol=1e-6)
                 print(f"  pair weights {pw}: {'the same' if same else 'NOT the same'} groups and weights as the default")
                 ways[f"storing positions, pair weights {pw}"] = with_pairs
+            for pg in args.power_grams if fusion == "rank1" and G > 2 else []:
+                with_grams = switched("POWER_GRAMS", pg)
+                got = with_grams()
+                same_groups = torch.equal(got[0], grp)
+                cos = (got[1].view(-1, G) * _a.view(-1, G)).sum(-1).abs()
+                print(f"  power grams {pg}: groups {'the same' if same_groups else 'NOT the same'}; weights: "
+                      f"{(cos > 1 - 1e-4).float().mean().item():.4%} of groups within 1e-4 of the default's (cosine)")
+                ways[f"storing positions, grams {pg}"] = with_grams
+            for ch in args.power_chunks if fusion == "rank1" and G > 2 else []:
+                for w in [None, *args.warps]:
+                    with_chunk = switched("POWER_CHUNK", ch, w)
+                    got = with_chunk()
+                    cos = (got[1].view(-1, G) * _a.view(-1, G)).sum(-1).abs()
+                    if torch.equal(got[0], grp) and (cos > 1 - 1e-4).float().mean().item() > 0.999:
+                        ways[f"chunk {ch}" + (f", {w} warps" if w else "")] = with_chunk
+                    else:
+                        print(f"  chunk {ch}, warps {w}: other groups or weights than the default, not timed")
             for name, fn in ways.items():
                 py = triton.testing.do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median")
                 try:
@@ -103,8 +131,8 @@ def main(argv=None):
                 except RuntimeError as e:  # a host sync inside the launch cannot be captured
                     print(f"  no CUDA graph for {name}: {e}"[:160])
                     gr = float("nan")
-                rows.append((d, fusion, name, py, gr))
-                print(f"d={d} {fusion:<5} {name:<28} python {py:.4f} ms  graph {gr:.4f} ms", flush=True)
+                rows.append((d, f"G{G} {fusion}", name, py, gr))
+                print(f"d={d} G{G} {fusion:<5} {name:<28} python {py:.4f} ms  graph {gr:.4f} ms", flush=True)
         del q
     print("\n| d | fusion | launches | ms from Python | ms in a CUDA graph |\n|---|---|---|---|---|")
     for d, fusion, name, py, gr in rows:

@@ -310,7 +310,7 @@ def _distr_fwd_kernel(
     EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr, RANK_ORDER: tl.constexpr,
     GB_PROJ_16BIT: tl.constexpr, EXPANDED: tl.constexpr, TMA_N: tl.constexpr, QE_PROLOGUE: tl.constexpr,
     GROUP_BM: tl.constexpr,
-    SPLIT_W: tl.constexpr, STORE_QE: tl.constexpr, WS: tl.constexpr = False,
+    SPLIT_W: tl.constexpr, STORE_QE: tl.constexpr, GB_GRAM_DOT: tl.constexpr, WS: tl.constexpr = False,
 ):
     """One program: one query tile of BLOCK_M rows of one (batch, query head); on the reduced path
     (not EXPANDED) the tile is one grouping block.
@@ -358,7 +358,8 @@ def _distr_fwd_kernel(
         # (EXPANDED: also each column's sorted position, which the Q_eff prologue below reads back)
         group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP_B, WB_B, INV + blk_off if EXPANDED else GRP_B,
                     pid_m, stride_qn, stride_qd, N, HEAD_DIM, D_PAD, BLOCK_M, NBITS, NBITS_PAD, HAS_QV, RANK1, G,
-                    GB_DG, GB_CH, STEPS, U_ZERO, EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, EXPANDED, GB_PROJ_16BIT)
+                    GB_DG, GB_CH, STEPS, U_ZERO, EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, EXPANDED, GB_PROJ_16BIT,
+                    GB_GRAM_DOT)
         tl.debug_barrier()  # the order, positions and weights are read back below by other threads
 
     # ---- the tile's fused queries, formed once: Q̃[:, g] = Σ_i a Q[:, col(g·G+i)]
@@ -528,12 +529,12 @@ def _fused_grouping_meta(gl) -> dict:
     if gl is None:
         return dict(FUSED_GROUPING=False, NBITS=16, NBITS_PAD=16, HAS_QV=False, RANK1=False, GB_DG=16, GB_CH=32,
                     STEPS=1, U_ZERO=1.0, EXACT_DOT=False, PAIR_GRAM=False, GRAM_F32=False, RANK_ORDER=False,
-                    GB_PROJ_16BIT=False)
+                    GB_PROJ_16BIT=False, GB_GRAM_DOT=False)
     m = gl.meta
     return dict(FUSED_GROUPING=True, NBITS=m["NBITS"], NBITS_PAD=m["NBITS_PAD"], HAS_QV=m["HAS_QV"],
                 RANK1=m["RANK1"], GB_DG=m["DG"], GB_CH=m["CH"], STEPS=m["STEPS"], U_ZERO=m["U_ZERO"],
                 EXACT_DOT=m["EXACT_DOT"], PAIR_GRAM=m["PAIR_GRAM"], GRAM_F32=m["GRAM_F32"],
-                RANK_ORDER=m["RANK_ORDER"], GB_PROJ_16BIT=m["PROJ_16BIT"])
+                RANK_ORDER=m["RANK_ORDER"], GB_PROJ_16BIT=m["PROJ_16BIT"], GB_GRAM_DOT=m["GRAM_DOT"])
 
 
 def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, window_correction, causal,

@@ -23,11 +23,13 @@ re-reads Q by the pair's columns (L1/L2 hits): 5x slower as a launch on the H200
 "regs" picks the partner's entries by masks on the sorted positions instead of reading the order and a scratch back
 (what the fused Q_eff launch's register path uses; the same weights).
 G>=4: the columns are put in sorted order by a dot of the block's registers with the one-hot
-permutation matrix, CH = min(D_PAD, 64) sorted positions at a time ([D_PAD, CH] per chunk; at
-d=256 the whole one-hot would not fit in shared memory). One 1.0 per column and fp32
-accumulation make it exact (16-bit Q in its own dtype; fp32 Q takes an fp32 dot). Each permuted
-[BM, CH] chunk is reshaped to [BM, CH/G, G] and one multiply + row sum per member gives every
-group's G×G Gram. (Tried during development and dropped as slower, timings not
+permutation matrix, CH sorted positions at a time (``power_chunk``: 128 at D_PAD = 128, else 64; [D_PAD, CH] per
+chunk). One 1.0 per column and fp32
+accumulation make it exact (16-bit Q in its own dtype; fp32 Q takes an fp32 dot). The groups' G×G Grams
+(``POWER_GRAMS``): by default the chunk's whole Gram [CH, CH] by one more tensor-core dot, each group's block picked
+from it by a mask; "rows" reshapes the chunk to [BM, CH/G, G] and forms each member's Gram column by multiply-adds
+summed over the rows (2.3-3.2x slower as a launch at d=64, 1.7-2.5x at d=128 on the H200, docs/benchmarks.md,
+"G>=4 rank1: the groups' Grams by one dot"). (Tried during development and dropped as slower, timings not
 kept: the one-hot route for G=2, and a ``tl.gather`` along the column axis, slower at d=128.)
 
 rank1 weights satisfy a = b, so the kernel writes one tensor and returns it as both.
@@ -56,7 +58,8 @@ def _grouping_kernel(Q, QV, R, GRP, W, INV,
                      NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
                      DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
                      EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
-                     RANK_ORDER: tl.constexpr, STORE_INV: tl.constexpr, PROJ_16BIT: tl.constexpr):
+                     RANK_ORDER: tl.constexpr, STORE_INV: tl.constexpr, PROJ_16BIT: tl.constexpr,
+                     GRAM_DOT: tl.constexpr):
     pid_blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
@@ -65,7 +68,7 @@ def _grouping_kernel(Q, QV, R, GRP, W, INV,
     out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
     group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, INV + out, pid_blk, stride_qn,
                 stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG, CH, STEPS, U_ZERO,
-                EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, STORE_INV, PROJ_16BIT)
+                EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, STORE_INV, PROJ_16BIT, GRAM_DOT)
 
 
 @triton.jit
@@ -79,7 +82,8 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
                           EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
                           RANK_ORDER: tl.constexpr, PROJ_16BIT: tl.constexpr, GROUP_SIZE: tl.constexpr,
                           ROWS: tl.constexpr, CB: tl.constexpr, DOT_PREC: tl.constexpr, GATHER: tl.constexpr,
-                          DOT16: tl.constexpr, FUSION_REGS: tl.constexpr, PAIR: tl.constexpr):
+                          DOT16: tl.constexpr, FUSION_REGS: tl.constexpr, PAIR: tl.constexpr,
+                          GRAM_DOT: tl.constexpr):
     """The grouping of one query block (``group_block``: order, positions, rank1 weights), then its Q_eff rows
     (``regroup.regroup_tile_store``, ROWS rows at a time): one launch instead of the grouping launch and the regroup
     launch, and the block's Q is read from memory once: with ROWS = BM (no query_valid) Q_eff comes from the tile
@@ -102,7 +106,8 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
     out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
     xq, pos, wcol = group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, INV + out, pid_blk,
                                 stride_qn, stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG,
-                                CH, STEPS, U_ZERO, EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, True, PROJ_16BIT)
+                                CH, STEPS, U_ZERO, EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, True, PROJ_16BIT,
+                                GRAM_DOT)
     if not FUSION_REGS:  # the other ways read the positions and weights this program stored back
         tl.debug_barrier()
     if FUSION_REGS:
@@ -178,7 +183,8 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
                 NBITS_PAD: tl.constexpr, HAS_QV: tl.constexpr, RANK1: tl.constexpr, G: tl.constexpr,
                 DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr, U_ZERO: tl.constexpr,
                 EXACT_DOT: tl.constexpr, PAIR_GRAM: tl.constexpr, GRAM_F32: tl.constexpr,
-                RANK_ORDER: tl.constexpr, STORE_INV: tl.constexpr, PROJ_16BIT: tl.constexpr):
+                RANK_ORDER: tl.constexpr, STORE_INV: tl.constexpr, PROJ_16BIT: tl.constexpr,
+                GRAM_DOT: tl.constexpr):
     """The grouping of one query block: Q points at its (batch, head) [N, d] rows, QV_B at its batch's
     query_valid row (if HAS_QV); writes the sorted column order to GRP_B[0:d], with RANK1 the weights
     u to W_B[0:d], and with STORE_INV each column's sorted position to INV_B[0:d] (``regroup.inverse_groups``
@@ -251,7 +257,11 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
                     xs = tl.dot(x, onehot.to(tl.float32), input_precision="ieee" if EXACT_DOT else "tf32")
                 else:
                     xs = tl.dot(xq, onehot.to(xq.dtype))
-                w = _power_weights(xs, BM, G, DG, CH, STEPS, U_ZERO)
+                if GRAM_DOT:  # the chunk's groups' Grams from one dot (xs holds Q's values exactly)
+                    gram = _group_grams_dot(xs if GRAM_F32 else xs.to(xq.dtype), G, DG, CH, GRAM_F32)
+                else:
+                    gram = _group_grams_rows(xs, BM, G, DG)
+                w = _power_weights(gram, G, DG, CH, STEPS, U_ZERO)
                 tl.store(W_B + pj, w, mask=pj < HEAD_DIM)
     return xq, pos, wcol
 
@@ -346,18 +356,12 @@ def _top_eigvec_2(a, bb, c):
 
 
 @triton.jit
-def _power_weights(xs, BM: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, CH: tl.constexpr,
-                   STEPS: tl.constexpr, U_ZERO: tl.constexpr):
-    """G>=4: xs [BM, CH], columns in sorted order (DG = CH/G whole groups) -> u per position [CH]:
-    each group's G×G Gram, then grouping._top_eigvec_power."""
-    xs3 = tl.reshape(xs, [BM, DG, G])  # [row, group, member]
+def _power_weights(gram, G: tl.constexpr, DG: tl.constexpr, CH: tl.constexpr, STEPS: tl.constexpr,
+                   U_ZERO: tl.constexpr):
+    """G>=4: the Grams [DG, G, G] of DG = CH/G whole groups (sorted positions) -> u per position [CH]
+    (grouping._top_eigvec_power)."""
     gi = tl.arange(0, G)
-    sel_j = gi[None, None, :]  # member axis of [DG, G, G] / [BM, DG, G]
-    gram = tl.zeros([DG, G, G], dtype=tl.float32)
-    for j in tl.static_range(G):
-        xj = tl.sum(tl.where(sel_j == j, xs3, 0.0), axis=2)  # member j of each group [BM, DG]
-        colj = tl.sum(xs3 * xj[:, :, None], axis=0)  # [DG, G]: gram[:, i, j]
-        gram = tl.where(sel_j == j, colj[:, :, None], gram)
+    sel_j = gi[None, None, :]  # member axis of [DG, G, G]
     # grouping._top_eigvec_power: start from the column with the largest diagonal
     # entry (first one on ties, as torch.argmax), STEPS normalised power steps
     diag = tl.sum(tl.where(gi[None, :, None] == sel_j, gram, 0.0), axis=2)  # [DG, G]
@@ -372,6 +376,36 @@ def _power_weights(xs, BM: tl.constexpr, G: tl.constexpr, DG: tl.constexpr, CH: 
     u = tl.where(tl.sum(u, axis=1)[:, None] < 0, -u, u)  # grouping._fix_sign
     w = tl.reshape(u, [CH])  # sorted position g*G + i
     return w
+
+
+@triton.jit
+def _group_grams_rows(xs, BM: tl.constexpr, G: tl.constexpr, DG: tl.constexpr):
+    """The groups' Grams [DG, G, G] (fp32) of xs [BM, CH] (sorted columns): per member j, its column picked from
+    each group and multiplied into the group's columns, summed over the BM rows (CUDA-core reductions)."""
+    xs3 = tl.reshape(xs, [BM, DG, G])  # [row, group, member]
+    sel_j = tl.arange(0, G)[None, None, :]  # member axis of [DG, G, G] / [BM, DG, G]
+    gram = tl.zeros([DG, G, G], dtype=tl.float32)
+    for j in tl.static_range(G):
+        xj = tl.sum(tl.where(sel_j == j, xs3, 0.0), axis=2)  # member j of each group [BM, DG]
+        colj = tl.sum(xs3 * xj[:, :, None], axis=0)  # [DG, G]: gram[:, i, j]
+        gram = tl.where(sel_j == j, colj[:, :, None], gram)
+    return gram
+
+
+@triton.jit
+def _group_grams_dot(xs, G: tl.constexpr, DG: tl.constexpr, CH: tl.constexpr, GRAM_F32: tl.constexpr):
+    """The groups' Grams [DG, G, G] (fp32) of xs [BM, CH] (sorted columns) from the chunk's whole Gram xsᵀxs
+    [CH, CH], one tensor-core dot: xs is Q's 16-bit values (a one-hot permutation of them, exact), so the
+    products are exact in the dot's fp32 accumulator; with GRAM_F32 (fp32 Q, the interpreter) xs is fp32 and the
+    dot an fp32 one. Each position's row of its own group's block is then picked by a mask over [CH, DG, G]."""
+    if GRAM_F32:
+        full = tl.dot(tl.trans(xs), xs, input_precision="ieee")  # [CH, CH]
+    else:
+        full = tl.dot(tl.trans(xs), xs)
+    rows3 = tl.reshape(full, [CH, DG, G])  # [position, group, member]
+    own = (tl.arange(0, CH) // G)[:, None, None] == tl.arange(0, DG)[None, :, None]  # the position's own group
+    mine = tl.sum(tl.where(own, rows3, 0.0), axis=1)  # [CH, G]: gram[p // G][p % G, j]
+    return tl.reshape(mine, [DG, G, G])
 
 
 # G=2 rank1 pair Grams: "gram" (default) picks them from the block's full XᵀX (one dot of the tile
@@ -397,6 +431,23 @@ POSITIONS = os.environ.get("DISTR_GROUPING_POSITIONS", "kernel")
 # directions were 16-bit values, "16bit" took three dots against R cut into three 16-bit parts: one dot made the
 # launch 14-26% faster on the H200 (docs/benchmarks.md, "One projection dot").
 PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "16bit")
+# G>=4 rank1: how each group's G×G Gram is formed from the block's columns in sorted order (CH at a time). "dot"
+# (default): the chunk's whole Gram by one tensor-core dot, each group's block picked from it by a mask
+# (``_group_grams_dot``); "rows": per member, multiply-adds over the block's rows and a reduction across the warps
+# (``_group_grams_rows``). The same groups and, to fp32 rounding, weights (tests). "dot" made the G=4 / G=8 launch
+# 2.3 / 3.2x faster at d=64 and 1.7 / 2.5x at d=128, and whole G=4 rank1 calls 2-15% faster (H200, N=4096;
+# docs/benchmarks.md, "G>=4 rank1: the groups' Grams by one dot").
+POWER_GRAMS = os.environ.get("DISTR_POWER_GRAMS", "dot")
+# G>=4 rank1: sorted positions per chunk, CH = min(D_PAD, POWER_CHUNK) (a power of two from 16 to 256); None: 128 at
+# D_PAD = 128 (the G=4 / G=8 launch 25 / 30% faster than 64 at d=128 on the H200; 32 was slower at both head dims), else
+# 64 (d=256 untimed: its [d, CH] one-hot would take 64 KB of shared memory at 128). docs/benchmarks.md, "G>=4 rank1".
+_POWER_CHUNK_ENV = os.environ.get("DISTR_POWER_CHUNK") or None
+POWER_CHUNK = int(_POWER_CHUNK_ENV) if _POWER_CHUNK_ENV and _POWER_CHUNK_ENV.isdigit() else _POWER_CHUNK_ENV
+
+
+def power_chunk(d_pad: int) -> int:
+    """CH, the sorted positions per chunk of the G>=4 rank1 weights at padded head dim ``d_pad``."""
+    return min(d_pad, POWER_CHUNK or (128 if d_pad == 128 else 64))
 
 
 def grouping_warps(head_dim: int, rank1: bool = False, group_size: int = 2, proj_16bit: bool = True) -> int:
@@ -469,6 +520,12 @@ def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     if POSITIONS not in ("torch", "kernel"):
         raise ValueError(f"grouping_triton.POSITIONS (environment variable DISTR_GROUPING_POSITIONS) must be 'torch' "
                          f"or 'kernel', got {POSITIONS!r}")
+    if POWER_GRAMS not in ("rows", "dot"):
+        raise ValueError(f"grouping_triton.POWER_GRAMS (environment variable DISTR_POWER_GRAMS) must be 'rows' or "
+                         f"'dot', got {POWER_GRAMS!r}")
+    if POWER_CHUNK not in (None, 16, 32, 64, 128, 256):
+        raise ValueError(f"grouping_triton.POWER_CHUNK (environment variable DISTR_POWER_CHUNK) must be a power of two "
+                         f"from 16 to 256, got {POWER_CHUNK!r}")
     if COLUMN_ORDER not in ("rank", "sort"):
         raise ValueError(f"grouping_triton.COLUMN_ORDER (environment variable DISTR_COLUMN_ORDER) must be 'rank' "
                          f"or 'sort', got {COLUMN_ORDER!r}")
@@ -483,11 +540,11 @@ def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     qv = query_valid.view(torch.uint8) if query_valid is not None else groups
     g = group_size if rank1 else 2  # (G, DG = D_PAD/G) only matter for rank1
     meta = dict(HEAD_DIM=d, D_PAD=d_pad, BM=block_m, NBITS=num_hash_bits, NBITS_PAD=nbits_pad,
-                HAS_QV=query_valid is not None, RANK1=rank1, G=g, DG=min(d_pad, 64) // g, CH=min(d_pad, 64),
+                HAS_QV=query_valid is not None, RANK1=rank1, G=g, DG=power_chunk(d_pad) // g, CH=power_chunk(d_pad),
                 STEPS=POWER_ITERATION_STEPS, U_ZERO=1.0 / math.sqrt(group_size) if rank1 else 1.0,
                 EXACT_DOT=q.dtype == torch.float32, PAIR_GRAM=PAIR_WAYS.index(PAIR_WEIGHTS),
                 GRAM_F32=q.dtype == torch.float32 or interpreting(), RANK_ORDER=COLUMN_ORDER == "rank",
-                PROJ_16BIT=projection_16bit(q.dtype))
+                PROJ_16BIT=projection_16bit(q.dtype), GRAM_DOT=POWER_GRAMS == "dot")
     r = (projections_16bit(block_m, num_hash_bits, nbits_pad, seed, q.device, q.dtype) if meta["PROJ_16BIT"]
          else _padded_projections(block_m, num_hash_bits, nbits_pad, seed, q.device))
     return GroupingLaunch(groups, inv, w, qv, qv.stride(0) if query_valid is not None else 0, r, rank1, meta)

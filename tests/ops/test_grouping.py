@@ -215,14 +215,17 @@ def assert_same_up_to_ties(got, ref, q, bm, valid=None, rel_tol=1e-5, nbits=16):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
-@pytest.mark.parametrize("G,ways", [(2, GROUPING_WAYS[0]), (2, GROUPING_WAYS[1]), (2, GROUPING_WAYS[4]),
-                                    (4, GROUPING_WAYS[0]), (8, GROUPING_WAYS[1])])
+@pytest.mark.parametrize("G,ways,grams", [(2, GROUPING_WAYS[0], "rows"), (2, GROUPING_WAYS[1], "rows"),
+                                          (2, GROUPING_WAYS[4], "rows"), (4, GROUPING_WAYS[0], "rows"),
+                                          (4, GROUPING_WAYS[0], "dot"), (8, GROUPING_WAYS[1], "rows"),
+                                          (8, GROUPING_WAYS[0], "dot")])
 @pytest.mark.parametrize("d", [64, 128, 80])
-def test_triton_grouping_matches_torch_gpu(d, G, ways, monkeypatch):
+def test_triton_grouping_matches_torch_gpu(d, G, ways, grams, monkeypatch):
     from distr_patch.ops.grouping_triton import triton_grouping
 
     monkeypatch.setattr("distr_patch.ops.grouping_triton.PAIR_WEIGHTS", ways[0])
     monkeypatch.setattr("distr_patch.ops.grouping_triton.COLUMN_ORDER", ways[1])
+    monkeypatch.setattr("distr_patch.ops.grouping_triton.POWER_GRAMS", grams)
 
     q = rand_q(9, (4, 8, 4000, d), dtype=torch.bfloat16, device="cuda")
     groups, wa, _, inv = triton_grouping(q, group_size=G, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
@@ -272,10 +275,12 @@ def rank1_valid_mask(B, N, bm, seed):
 @pytest.mark.parametrize("with_valid", [False, True], ids=["all-valid", "query_valid"])
 @pytest.mark.parametrize("d", [32, 64, 80, 128])
 @pytest.mark.parametrize("bm", [32, 64, 128])
-@pytest.mark.parametrize("G", [2, 4, 8])
-def test_triton_rank1_weights_match_torch(G, bm, d, with_valid):
+@pytest.mark.parametrize("G,grams", [(2, "rows"), (4, "rows"), (4, "dot"), (8, "rows"), (8, "dot")])
+def test_triton_rank1_weights_match_torch(G, grams, bm, d, with_valid, monkeypatch):
+    """G >= 4 with both ways of forming the groups' Grams (``grouping_triton.POWER_GRAMS``)."""
     from distr_patch.ops import grouping_triton
 
+    monkeypatch.setattr(grouping_triton, "POWER_GRAMS", grams)
     B, H, N = 2, 2, bm + bm // 2 + 3  # two blocks, the second a partial tail
     seed = 1000 * G + 10 * bm + d + with_valid
     q = separated_q(seed, B, H, N, d)
@@ -312,12 +317,18 @@ def eigen_residual(gram, u):
 
 
 @interpreter_only
-@pytest.mark.parametrize("G,bm,d,N", [(2, 64, 64, 100), (4, 32, 80, 70), (4, 128, 32, 140), (8, 64, 128, 90),
-                                      (8, 32, 32, 45), (4, 32, 256, 50)])
-def test_triton_rank1_weights_random_inputs_eigen_residual(G, bm, d, N):
+@pytest.mark.parametrize("G,bm,d,N,grams", [
+    (2, 64, 64, 100, "rows"),  # POWER_GRAMS acts at G >= 4 only
+    *[(*shape, grams) for shape in [(4, 32, 80, 70), (4, 128, 32, 140), (8, 64, 128, 90), (8, 32, 32, 45),
+                                    (4, 32, 256, 50)] for grams in ("rows", "dot")]])
+def test_triton_rank1_weights_random_inputs_eigen_residual(G, bm, d, N, grams, monkeypatch):
     """Random (heavy-tailed, scaled) inputs, where top eigenvalues may be close and 8 power steps
-    need not converge: the kernel's u is as good an eigenvector as the reference's."""
+    need not converge: the kernel's u is as good an eigenvector as the reference's (G >= 4: both ways of forming
+    the Grams)."""
+    from distr_patch.ops import grouping_triton
     from distr_patch.ops.grouping_triton import triton_grouping
+
+    monkeypatch.setattr(grouping_triton, "POWER_GRAMS", grams)
 
     gen = torch.Generator().manual_seed(77 * G + d + N)
     x = torch.randn(2, 2, N, d, generator=gen)
@@ -394,6 +405,39 @@ def test_bad_grouping_arguments_raise_named_errors():
         compute_groups(q, query_valid=torch.ones(1, 9, dtype=torch.bool))
     with pytest.raises(ValueError, match="group_size=8 must divide"):
         compute_groups(rand_q(0, (1, 1, 8, 36)), group_size=8)
+
+
+@interpreter_only
+@pytest.mark.parametrize("grams", ["rows", "dot"])
+@pytest.mark.parametrize("chunk,G,d", [(16, 8, 64), (32, 4, 80), (64, 4, 128), (64, 8, 80), (128, 4, 64)])
+def test_triton_rank1_power_chunks(chunk, G, d, grams, monkeypatch):
+    """G >= 4 rank1 with other chunks of sorted positions (``grouping_triton.POWER_CHUNK``; several chunks per block,
+    or one holding real and padded columns): the reference's weights."""
+    from distr_patch.ops import grouping_triton
+
+    monkeypatch.setattr(grouping_triton, "POWER_CHUNK", chunk)
+    monkeypatch.setattr(grouping_triton, "POWER_GRAMS", grams)
+    q = separated_q(31 * chunk + d, 1, 2, 80, d)
+    valid = rank1_valid_mask(1, 80, 32, chunk)
+    groups, wa, _ = grouping_triton.triton_grouping(q, group_size=G, block_m=32, num_hash_bits=16, seed=0,
+                                                    query_valid=valid, fusion="rank1")
+    ra, _ = fusion_weights(q, groups.long(), group_size=G, block_m=32, fusion="rank1", query_valid=valid)
+    u, ur = wa.view(*wa.shape[:3], -1, G), ra.view(*ra.shape[:3], -1, G)
+    assert ((u - ur).norm(dim=-1) <= 1e-4).all(), (u - ur).norm(dim=-1).max()
+
+
+def test_grouping_switches_are_checked(monkeypatch):
+    """Module switches of the grouping launch with values it does not know are named errors."""
+    from distr_patch.ops import grouping_triton
+
+    q = torch.randn(1, 1, 40, 32, generator=torch.Generator().manual_seed(3))
+    kw = dict(group_size=4, block_m=32, num_hash_bits=16, seed=0, query_valid=None, fusion="rank1")
+    for attr, bad, env in (("POWER_GRAMS", "gather", "DISTR_POWER_GRAMS"), ("POWER_CHUNK", 48, "DISTR_POWER_CHUNK"),
+                           ("POWER_CHUNK", "big", "DISTR_POWER_CHUNK")):
+        with monkeypatch.context() as m:
+            m.setattr(grouping_triton, attr, bad)
+            with pytest.raises(ValueError, match=f"{attr}.*{env}"):
+                grouping_triton.triton_grouping(q, **kw)
 
 
 def test_grouping_launch_warps_are_checked():
