@@ -28,9 +28,9 @@ chunk). One 1.0 per column and fp32
 accumulation make it exact (16-bit Q in its own dtype; fp32 Q takes an fp32 dot). The groups' G×G Grams
 (``POWER_GRAMS``): by default the chunk's whole Gram [CH, CH] by one more tensor-core dot, each group's block picked
 from it by a mask; "rows" reshapes the chunk to [BM, CH/G, G] and forms each member's Gram column by multiply-adds
-summed over the rows (2.3-3.2x slower as a launch at d=64, 1.7-2.5x at d=128 on the H200, docs/benchmarks.md,
-"G>=4 rank1: the groups' Grams by one dot"). (Tried during development and dropped as slower, timings not
-kept: the one-hot route for G=2, and a ``tl.gather`` along the column axis, slower at d=128.)
+summed over the rows (as a launch 2.3-3.2x slower at d=64 and 2.2-3.5x at d=128 than the default with its chunks,
+on the H200; docs/benchmarks.md, "G≥4 rank1: the groups' Grams by one dot"). (Tried during development and dropped
+as slower, timings not kept: the one-hot route for G=2, and a ``tl.gather`` along the column axis, slower at d=128.)
 
 rank1 weights satisfy a = b, so the kernel writes one tensor and returns it as both.
 """
@@ -435,12 +435,13 @@ PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "16bit")
 # (default): the chunk's whole Gram by one tensor-core dot, each group's block picked from it by a mask
 # (``_group_grams_dot``); "rows": per member, multiply-adds over the block's rows and a reduction across the warps
 # (``_group_grams_rows``). The same groups and, to fp32 rounding, weights (tests). "dot" made the G=4 / G=8 launch
-# 2.3 / 3.2x faster at d=64 and 1.7 / 2.5x at d=128, and whole G=4 rank1 calls 2-15% faster (H200, N=4096;
-# docs/benchmarks.md, "G>=4 rank1: the groups' Grams by one dot").
+# 2.3 / 3.2x faster at d=64 and (with 128-position chunks) 2.2 / 3.5x at d=128, and whole G=4 rank1 calls 4-15% faster
+# (H200, N=4096; docs/benchmarks.md, "G≥4 rank1: the groups' Grams by one dot").
 POWER_GRAMS = os.environ.get("DISTR_POWER_GRAMS", "dot")
-# G>=4 rank1: sorted positions per chunk, CH = min(D_PAD, POWER_CHUNK) (a power of two from 16 to 256); None: 128 at
-# D_PAD = 128 (the G=4 / G=8 launch 25 / 30% faster than 64 at d=128 on the H200; 32 was slower at both head dims), else
-# 64 (d=256 untimed: its [d, CH] one-hot would take 64 KB of shared memory at 128). docs/benchmarks.md, "G>=4 rank1".
+# G>=4 rank1: sorted positions per chunk, CH = min(D_PAD, POWER_CHUNK) (a power of two from 16 to 256); None: 128
+# at D_PAD = 128 (the G=4 / G=8 launch 25 / 30% faster than 64 at d=128 on the H200; 32 slower than the chosen chunk
+# at both head dims), else 64 (d=256 untimed: its [d, CH] one-hot would take 64 KB of shared memory at 128).
+# docs/benchmarks.md, "G≥4 rank1: the groups' Grams by one dot".
 _POWER_CHUNK_ENV = os.environ.get("DISTR_POWER_CHUNK") or None
 POWER_CHUNK = int(_POWER_CHUNK_ENV) if _POWER_CHUNK_ENV and _POWER_CHUNK_ENV.isdigit() else _POWER_CHUNK_ENV
 
@@ -458,7 +459,8 @@ def grouping_warps(head_dim: int, rank1: bool = False, group_size: int = 2, proj
     ("One projection dot"): d=64 mean 0.049 / 0.053 / 0.050 ms at 2 / 4 / 8 warps, rank1 0.075 / 0.058 / 0.085;
     d=128 mean 0.053 / 0.057 / 0.051, rank1 2.75 (spills) / 0.079 / 0.080: the rule stands. The fp32 projection (fp32 Q), G>=4 rank1 and
     d > 128 keep the earlier rule (4 warps at d <= 64, else 8): at 2 warps the fp32 projection spills 15-25 KB
-    (``scripts/kernel_resources.py --grouping``)."""
+    (``scripts/kernel_resources.py --grouping``). G>=4 rank1 re-timed with its Grams by one dot (eighteenth session):
+    d=64 4 warps fastest (G=4 0.097 ms; 2 warps 0.124), d=128 4 and 8 warps within 1% (0.141 / 0.142), so it stands."""
     if head_dim > 128 or (rank1 and group_size > 2) or not proj_16bit:
         return 4 if head_dim <= 64 else 8
     return 4 if rank1 else 2
