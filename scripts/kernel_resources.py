@@ -150,23 +150,29 @@ def backward_rows(q, k, v, full) -> list:
 
 def grouping_rows(q) -> list:
     """(name, warps, resources) of the grouping launch storing positions (what the Q_eff prologue needs), for G=2
-    mean and rank1, with each hash projection (``grouping_triton.PROJECTION``) and each G=2 pair-Gram way."""
+    mean and rank1, with each hash projection (``grouping_triton.PROJECTION``) and each G=2 pair-Gram way; then G=4
+    rank1 with each way of forming the groups' Grams (``grouping_triton.POWER_GRAMS``) at the default chunk."""
     from distr_patch.ops import grouping_triton as gt
 
     rows = []
-    saved = gt.PROJECTION, gt.PAIR_WEIGHTS
+    saved = gt.PROJECTION, gt.PAIR_WEIGHTS, gt.POWER_GRAMS
     try:
-        for fusion, proj, pair in (("mean", "16bit", "gram"), ("mean", "fp32", "gram"), ("rank1", "16bit", "gram"),
-                                   ("rank1", "fp32", "gram"), ("rank1", "16bit", "gather")):
-            gt.PROJECTION, gt.PAIR_WEIGHTS = proj, pair
+        for G, fusion, proj, pair, grams in (
+                (2, "mean", "16bit", "gram", "dot"), (2, "mean", "fp32", "gram", "dot"),
+                (2, "rank1", "16bit", "gram", "dot"), (2, "rank1", "fp32", "gram", "dot"),
+                (2, "rank1", "16bit", "gather", "dot"), (4, "rank1", "16bit", "gram", "dot"),
+                (4, "rank1", "16bit", "gram", "rows")):
+            gt.PROJECTION, gt.PAIR_WEIGHTS, gt.POWER_GRAMS = proj, pair, grams
             _compiled.clear()
-            gt.triton_grouping(q, group_size=2, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
+            gt.triton_grouping(q, group_size=G, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
                                fusion=fusion, positions=True)
             kern = [k for name, k in _compiled if name == "_grouping_kernel"][-1]
-            name = f"G2 {fusion}, {proj} projection" + (f", {pair} pairs" if fusion == "rank1" else "")
+            name = f"G{G} {fusion}, {proj} projection" + (
+                f", {pair} pairs" if fusion == "rank1" and G == 2 else
+                f", grams by {grams}, chunk {gt.power_chunk(q.shape[-1])}" if fusion == "rank1" else "")
             rows.append((name, kern.metadata.num_warps, resources(kern)))
     finally:
-        gt.PROJECTION, gt.PAIR_WEIGHTS = saved
+        gt.PROJECTION, gt.PAIR_WEIGHTS, gt.POWER_GRAMS = saved
     return rows
 
 
