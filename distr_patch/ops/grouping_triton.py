@@ -23,12 +23,11 @@ re-reads Q by the pair's columns (L1/L2 hits): 5x slower as a launch on the H200
 "regs" picks the partner's entries by masks on the sorted positions instead of reading the order and a scratch back
 (what the fused Q_eff launch's register path uses; the same weights).
 G>=4: the columns are put in sorted order by a dot of the block's registers with the one-hot
-permutation matrix, CH sorted positions at a time (``power_chunk``: 128 at D_PAD = 128, else 64; [D_PAD, CH] per
-chunk). One 1.0 per column and fp32
-accumulation make it exact (16-bit Q in its own dtype; fp32 Q takes an fp32 dot). The groups' G×G Grams
-(``POWER_GRAMS``): by default the chunk's whole Gram [CH, CH] by one more tensor-core dot, each group's block picked
-from it by a mask; "rows" reshapes the chunk to [BM, CH/G, G] and forms each member's Gram column by multiply-adds
-summed over the rows (as a launch 2.3-3.2x slower at d=64 and 2.2-3.5x at d=128 than the default with its chunks,
+permutation matrix, CH sorted positions at a time (``power_chunk``: 128 at D_PAD = 128, else 64; [D_PAD, CH]
+per chunk). One 1.0 per column and fp32 accumulation make it exact (16-bit Q in its own dtype; fp32 Q takes an fp32
+dot). The groups' G×G Grams (``POWER_GRAMS``): by default the chunk's whole Gram [CH, CH] by one more tensor-core
+dot, each group's block picked from it by a mask; "rows" reshapes the chunk to [BM, CH/G, G] and forms each
+member's Gram column by multiply-adds summed over the rows (as a launch 2.3-3.2x slower at d=64 and 2.2-3.5x at d=128 than the default with its chunks,
 on the H200; docs/benchmarks.md, "G≥4 rank1: the groups' Grams by one dot"). (Tried during development and dropped
 as slower, timings not kept: the one-hot route for G=2, and a ``tl.gather`` along the column axis, slower at d=128.)
 
@@ -438,7 +437,7 @@ PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "16bit")
 # 2.3 / 3.2x faster at d=64 and (with 128-position chunks) 2.2 / 3.5x at d=128, and whole G=4 rank1 calls 4-15% faster
 # (H200, N=4096; docs/benchmarks.md, "G≥4 rank1: the groups' Grams by one dot").
 POWER_GRAMS = os.environ.get("DISTR_POWER_GRAMS", "dot")
-# G>=4 rank1: sorted positions per chunk, CH = min(D_PAD, POWER_CHUNK) (a power of two from 16 to 256); None: 128
+# G>=4 rank1: sorted positions per chunk, CH = min(D_PAD, POWER_CHUNK) (16, 32, 64 or 128); None: 128
 # at D_PAD = 128 (the G=4 / G=8 launch 25 / 30% faster than 64 at d=128 on the H200; 32 slower than the chosen chunk
 # at both head dims), else 64 (d=256 untimed: its [d, CH] one-hot would take 64 KB of shared memory at 128).
 # docs/benchmarks.md, "G≥4 rank1: the groups' Grams by one dot".
@@ -525,9 +524,9 @@ def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     if POWER_GRAMS not in ("rows", "dot"):
         raise ValueError(f"grouping_triton.POWER_GRAMS (environment variable DISTR_POWER_GRAMS) must be 'rows' or "
                          f"'dot', got {POWER_GRAMS!r}")
-    if POWER_CHUNK not in (None, 16, 32, 64, 128, 256):
-        raise ValueError(f"grouping_triton.POWER_CHUNK (environment variable DISTR_POWER_CHUNK) must be a power of two "
-                         f"from 16 to 256, got {POWER_CHUNK!r}")
+    if POWER_CHUNK not in (None, 16, 32, 64, 128):  # 256 (only d=256 would use it) was never run on a GPU
+        raise ValueError(f"grouping_triton.POWER_CHUNK (environment variable DISTR_POWER_CHUNK) must be 16, 32, 64 or "
+                         f"128, got {POWER_CHUNK!r}")
     if COLUMN_ORDER not in ("rank", "sort"):
         raise ValueError(f"grouping_triton.COLUMN_ORDER (environment variable DISTR_COLUMN_ORDER) must be 'rank' "
                          f"or 'sort', got {COLUMN_ORDER!r}")

@@ -433,7 +433,7 @@ def test_grouping_switches_are_checked(monkeypatch):
     q = torch.randn(1, 1, 40, 32, generator=torch.Generator().manual_seed(3))
     kw = dict(group_size=4, block_m=32, num_hash_bits=16, seed=0, query_valid=None, fusion="rank1")
     for attr, bad, env in (("POWER_GRAMS", "gather", "DISTR_POWER_GRAMS"), ("POWER_CHUNK", 48, "DISTR_POWER_CHUNK"),
-                           ("POWER_CHUNK", "big", "DISTR_POWER_CHUNK")):
+                           ("POWER_CHUNK", 256, "DISTR_POWER_CHUNK"), ("POWER_CHUNK", "big", "DISTR_POWER_CHUNK")):
         with monkeypatch.context() as m:
             m.setattr(grouping_triton, attr, bad)
             with pytest.raises(ValueError, match=f"{attr}.*{env}"):
