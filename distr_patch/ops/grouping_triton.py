@@ -28,8 +28,9 @@ per chunk). One 1.0 per column and fp32 accumulation make it exact (16-bit Q in 
 dot). The groups' G×G Grams (``POWER_GRAMS``): by default the chunk's whole Gram [CH, CH] by one more tensor-core
 dot, each group's block picked from it by a mask; "rows" reshapes the chunk to [BM, CH/G, G] and forms each
 member's Gram column by multiply-adds summed over the rows (as a launch 2.3-3.2x slower at d=64 and 2.2-3.5x at
-d=128 than the default with its chunks, on the H200; docs/benchmarks.md, "G≥4 rank1: the groups' Grams by one dot"). (Tried during development and dropped
-as slower, timings not kept: the one-hot route for G=2, and a ``tl.gather`` along the column axis, slower at d=128.)
+d=128 than the default with its chunks, on the H200; docs/benchmarks.md, "G≥4 rank1: the groups' Grams by one
+dot"). (Tried during development and dropped as slower, timings not kept: the one-hot route for G=2, and a
+``tl.gather`` along the column axis, slower at d=128.)
 
 rank1 weights satisfy a = b, so the kernel writes one tensor and returns it as both.
 """
