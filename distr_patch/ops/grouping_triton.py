@@ -436,8 +436,16 @@ PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "16bit")
 # (``_group_grams_dot``); "rows": per member, multiply-adds over the block's rows and a reduction across the warps
 # (``_group_grams_rows``). The same groups and, to fp32 rounding, weights (tests). "dot" made the G=4 / G=8 launch
 # 2.3 / 3.2x faster at d=64 and (with 128-position chunks) 2.2 / 3.5x at d=128, and whole G=4 rank1 calls 4-15% faster
-# (H200, N=4096; docs/benchmarks.md, "G≥4 rank1: the groups' Grams by one dot").
-POWER_GRAMS = os.environ.get("DISTR_POWER_GRAMS", "dot")
+# (H200, N=4096; docs/benchmarks.md, "G≥4 rank1: the groups' Grams by one dot"). fp32 Q takes "rows" (and 64-position
+# chunks) by default: its fp32 dots run as FMA loops and spill more, and "dot" measured 1.4-1.5x slower there (d=64:
+# 12.8 against 9.4 ms, d=128: 36.0 against 24.2 ms for 8x(2048/d)x4096; d=256 untimed). None: by q's dtype.
+POWER_GRAMS = os.environ.get("DISTR_POWER_GRAMS") or None
+
+
+def power_grams(dtype: torch.dtype) -> str:
+    """How the G>=4 rank1 launch forms the groups' Grams for a ``dtype`` Q: ``POWER_GRAMS`` where set, else "dot" for
+    16-bit Q and "rows" for fp32 Q."""
+    return POWER_GRAMS or ("rows" if dtype == torch.float32 else "dot")
 # G>=4 rank1: sorted positions per chunk, CH = min(D_PAD, POWER_CHUNK) (16, 32, 64 or 128); None: 128
 # at D_PAD = 128 (the G=4 / G=8 launch 25 / 30% faster than 64 at d=128 on the H200; 32 slower than the chosen chunk
 # at both head dims), else 64 (d=256 untimed: its [d, CH] one-hot would take 64 KB of shared memory at 128).
@@ -446,9 +454,10 @@ _POWER_CHUNK_ENV = os.environ.get("DISTR_POWER_CHUNK") or None
 POWER_CHUNK = int(_POWER_CHUNK_ENV) if _POWER_CHUNK_ENV and _POWER_CHUNK_ENV.isdigit() else _POWER_CHUNK_ENV
 
 
-def power_chunk(d_pad: int) -> int:
-    """CH, the sorted positions per chunk of the G>=4 rank1 weights at padded head dim ``d_pad``."""
-    return min(d_pad, POWER_CHUNK or (128 if d_pad == 128 else 64))
+def power_chunk(d_pad: int, dtype: torch.dtype = torch.bfloat16) -> int:
+    """CH, the sorted positions per chunk of the G>=4 rank1 weights at padded head dim ``d_pad`` for a ``dtype`` Q
+    (fp32: 64, as timed with its "rows" way)."""
+    return min(d_pad, POWER_CHUNK or (128 if d_pad == 128 and dtype != torch.float32 else 64))
 
 
 def grouping_warps(head_dim: int, rank1: bool = False, group_size: int = 2, proj_16bit: bool = True) -> int:
@@ -522,7 +531,7 @@ def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     if POSITIONS not in ("torch", "kernel"):
         raise ValueError(f"grouping_triton.POSITIONS (environment variable DISTR_GROUPING_POSITIONS) must be 'torch' "
                          f"or 'kernel', got {POSITIONS!r}")
-    if POWER_GRAMS not in ("rows", "dot"):
+    if POWER_GRAMS not in (None, "rows", "dot"):
         raise ValueError(f"grouping_triton.POWER_GRAMS (environment variable DISTR_POWER_GRAMS) must be 'rows' or "
                          f"'dot', got {POWER_GRAMS!r}")
     if POWER_CHUNK not in (None, 16, 32, 64, 128):  # 256 (only d=256 would use it) was never run on a GPU
@@ -542,11 +551,12 @@ def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     qv = query_valid.view(torch.uint8) if query_valid is not None else groups
     g = group_size if rank1 else 2  # (G, DG = D_PAD/G) only matter for rank1
     meta = dict(HEAD_DIM=d, D_PAD=d_pad, BM=block_m, NBITS=num_hash_bits, NBITS_PAD=nbits_pad,
-                HAS_QV=query_valid is not None, RANK1=rank1, G=g, DG=power_chunk(d_pad) // g, CH=power_chunk(d_pad),
+                HAS_QV=query_valid is not None, RANK1=rank1, G=g, DG=power_chunk(d_pad, q.dtype) // g,
+                CH=power_chunk(d_pad, q.dtype),
                 STEPS=POWER_ITERATION_STEPS, U_ZERO=1.0 / math.sqrt(group_size) if rank1 else 1.0,
                 EXACT_DOT=q.dtype == torch.float32, PAIR_GRAM=PAIR_WAYS.index(PAIR_WEIGHTS),
                 GRAM_F32=q.dtype == torch.float32 or interpreting(), RANK_ORDER=COLUMN_ORDER == "rank",
-                PROJ_16BIT=projection_16bit(q.dtype), GRAM_DOT=POWER_GRAMS == "dot")
+                PROJ_16BIT=projection_16bit(q.dtype), GRAM_DOT=power_grams(q.dtype) == "dot")
     r = (projections_16bit(block_m, num_hash_bits, nbits_pad, seed, q.device, q.dtype) if meta["PROJ_16BIT"]
          else _padded_projections(block_m, num_hash_bits, nbits_pad, seed, q.device))
     return GroupingLaunch(groups, inv, w, qv, qv.stride(0) if query_valid is not None else 0, r, rank1, meta)

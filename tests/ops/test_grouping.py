@@ -242,6 +242,26 @@ def test_triton_grouping_matches_torch_gpu(d, G, ways, grams, monkeypatch):
     assert (cos > 1 - 1e-4).float().mean() > 0.999
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("grams", ["dot", "rows"])
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_triton_rank1_g4_fp32_gpu(d, grams, monkeypatch):
+    """fp32 Q at G=4 rank1 (fp32 one-hot and Gram dots, the chunks of ``power_chunk``): the reference's groups and
+    weights."""
+    from distr_patch.ops.grouping_triton import triton_grouping
+
+    monkeypatch.setattr("distr_patch.ops.grouping_triton.POWER_GRAMS", grams)
+    q = rand_q(11, (2, 4, 1000, d), device="cuda")
+    groups, wa, _ = triton_grouping(q, group_size=4, block_m=128, num_hash_bits=16, seed=0, query_valid=None,
+                                    fusion="rank1")
+    ref = compute_groups_torch(q, group_size=4, block_m=128)
+    assert_same_up_to_ties(groups.long(), ref, q, 128)
+    ra, _ = fusion_weights(q, groups.long(), group_size=4, block_m=128, fusion="rank1")
+    cos = (wa.view(*wa.shape[:-1], -1, 4) * ra.view(*ra.shape[:-1], -1, 4)).sum(-1).abs()
+    assert (cos > 1 - 1e-4).float().mean() > 0.999
+
+
 # --------------------------------------------------------------------------- rank1 weights in the kernel
 def separated_q(seed, B, H, N, d):
     """Non-contiguous q [B, H, N, d] (a transposed [B, N, H, d]) whose every column group has a
@@ -424,6 +444,28 @@ def test_triton_rank1_power_chunks(chunk, G, d, grams, monkeypatch):
     ra, _ = fusion_weights(q, groups.long(), group_size=G, block_m=32, fusion="rank1", query_valid=valid)
     u, ur = wa.view(*wa.shape[:3], -1, G), ra.view(*ra.shape[:3], -1, G)
     assert ((u - ur).norm(dim=-1) <= 1e-4).all(), (u - ur).norm(dim=-1).max()
+
+
+def test_power_grams_and_chunks_follow_the_dtype(monkeypatch):
+    """The G>=4 rank1 defaults: 16-bit Q takes the Grams by one dot and 128-position chunks at d=128; fp32 Q (whose
+    fp32 dots measured slower) the row way and 64-position chunks; a switch that is set wins for both."""
+    from distr_patch.ops import grouping_triton as gt
+
+    monkeypatch.setattr(gt, "POWER_GRAMS", None)
+    monkeypatch.setattr(gt, "POWER_CHUNK", None)
+
+    def meta(dtype, d=128):
+        q = torch.zeros(1, 1, 40, d, dtype=dtype)
+        m = gt.grouping_launch(q, group_size=4, block_m=32, num_hash_bits=16, seed=0, query_valid=None,
+                               fusion="rank1").meta
+        return m["GRAM_DOT"], m["CH"]
+
+    assert meta(torch.bfloat16) == (True, 128) and meta(torch.float16) == (True, 128)
+    assert meta(torch.bfloat16, d=64) == (True, 64)
+    assert meta(torch.float32) == (False, 64)
+    monkeypatch.setattr(gt, "POWER_GRAMS", "dot")
+    monkeypatch.setattr(gt, "POWER_CHUNK", 32)
+    assert meta(torch.float32) == (True, 32) and meta(torch.bfloat16) == (True, 32)
 
 
 def test_grouping_switches_are_checked(monkeypatch):
