@@ -72,6 +72,13 @@ def _variants(args):
                                                        window_correction=0.5))):
         v[f"distr {name} fusedgrp"] = dict(kind="distr", kw=dict(
             kw, block_m=128, switches={"configs.DEFAULT_FUSED_GROUPING": True}))
+    # the plain key tiles' softmax in each form, whatever the table picks (FwdConfig.scale_after_max; env
+    # DISTR_FWD_SCALE_AFTER_MAX): scores scaled before the row max, or the max on the raw dot and one FMA per score
+    for name, kw in (("G=1", dict(group_size=1)), ("G=2 mean", dict(group_size=2, fusion="mean", block_m=128)),
+                     ("G=2 rank1", dict(group_size=2, fusion="rank1", block_m=128))):
+        for form, on in (("scaled first", False), ("scale after max", True)):
+            v[f"distr {name} {form}"] = dict(kind="distr", kw=dict(
+                kw, switches={"configs.DEFAULT_FWD_SCALE_AFTER_MAX": on}))
     for grams in ("rows", "dot"):  # G>=4 rank1: the groups' Grams by row reductions or one dot (POWER_GRAMS)
         v[f"distr G=4 rank1 grams {grams}"] = dict(kind="distr", kw=dict(
             group_size=4, fusion="rank1", block_m=128, switches={"grouping_triton.POWER_GRAMS": grams}))

@@ -20,6 +20,12 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
                    the rows; at d=64 the same registers per thread as the 128-row, 4-warp default), 3 or 2 stages
     exact/expanded ws w8 (+tma)   (--warp-specialize) the first plain key loop warp-specialised on 8 warps
                    (FwdConfig.warp_specialize), with TMA K/V tiles where the default has none
+    exact/expanded scaled first | scale after max   (--softmax-forms) the default config with the softmax's other
+                   form (FwdConfig.scale_after_max: scores scaled before the row max, a multiply and a subtract per
+                   score; or the max on the raw dot and one FMA per score)
+
+With --rounds R every config of a shape is timed R times, in turn (A B A B ...), and the row shows the median
+of its rounds and their spread (max/min − 1): configs a few percent apart need it.
 
     python scripts/compare_fwd_configs.py                    # the window variant at N=4096
     python scripts/compare_fwd_configs.py --variants all --n 4096 16384
@@ -30,6 +36,7 @@ version of this script, which compared the no-window configs.)
 """
 import argparse
 import itertools
+import statistics
 from dataclasses import replace
 
 import torch
@@ -47,18 +54,19 @@ def bench(fn, ms=20):
     return triton.testing.do_bench(fn, warmup=10, rep=ms)
 
 
-def configs(d, G, window, block_m):
+def configs(d, G, window, block_m, causal):
     """(name, FwdConfig) to compare for one variant."""
     W = 128 if window else 0
-    red = fwd_config(d, G, block_m, exact_window=W, grouped_qk="reduced")
+    red = fwd_config(d, G, block_m, exact_window=W, grouped_qk="reduced", causal=causal)
     cap = 128 if red.num_warps == 8 else 168  # registers at which one more program fits on an SM
     if G == 1:
         return [("exact", red)] + ([("exact+tma", replace(red, kv_tma=True))] if args.kernel_options else []) \
+            + ([_other_softmax_form("exact", red)] if args.softmax_forms else []) \
             + ([("exact bn128 w8", replace(red, block_n=128, num_warps=8))] if args.alternatives else []) \
             + ([(f"exact maxnreg{cap}", replace(red, maxnreg=cap))] if args.register_caps and d <= 64 else []) \
             + (_ws_configs("exact", red) if args.warp_specialize else []) \
             + (_tall_configs("exact", red) if args.tall_tiles else [])
-    ex = fwd_config(d, G, block_m, exact_window=W, grouped_qk="expanded")
+    ex = fwd_config(d, G, block_m, exact_window=W, grouped_qk="expanded", causal=causal)
     out = ([] if args.no_reduced else [("reduced", red)]) + [("expanded", ex)]
     if args.kernel_options:  # Q_eff in the kernel's prologue instead of a regroup launch; K/V tiles through TMA
         out += [("expanded+prologue", replace(ex, qeff_prologue=True)), ("expanded+tma", replace(ex, kv_tma=True)),
@@ -74,6 +82,8 @@ def configs(d, G, window, block_m):
         out += [("expanded sort+gram", ex), ("expanded sort+gather", ex)]
     if args.warp_specialize and not window:
         out += _ws_configs("expanded", ex)
+    if args.softmax_forms:
+        out.append(_other_softmax_form("expanded", ex))
     if args.tall_tiles and not window:
         out += _tall_configs("expanded", ex)
     if args.fused and block_m == 128:
@@ -84,6 +94,12 @@ def configs(d, G, window, block_m):
         if cfg != ex:
             out.append((f"expanded bn{bn} w{w}" + (f" band{band}" if band else ""), cfg))
     return out
+
+
+def _other_softmax_form(name, cfg):
+    """cfg with the softmax's other form (FwdConfig.scale_after_max), named by that form."""
+    return (f"{name} {'scaled first' if cfg.scale_after_max else 'scale after max'}",
+            replace(cfg, scale_after_max=not cfg.scale_after_max))
 
 
 def _tall_configs(name, cfg):
@@ -126,6 +142,9 @@ ap.add_argument("--tall-tiles", action="store_true",
                 help="add 256-row query tiles on 8 warps (64-key tiles, 3 and 2 stages)")
 ap.add_argument("--warp-specialize", action="store_true",
                 help="add the default config with its first plain key loop warp-specialised on 8 warps")
+ap.add_argument("--softmax-forms", action="store_true",
+                help="add the default config with the softmax's other form (FwdConfig.scale_after_max)")
+ap.add_argument("--rounds", type=int, default=1, help="time each shape's configs this many times, in turn")
 args = ap.parse_args()
 VARIANTS = [(n, ALL[n]) for n in (ALL if args.variants == ["all"] else args.variants)]
 
@@ -141,24 +160,37 @@ for d, N, causal in itertools.product(args.d, args.n, [bool(c) for c in args.cau
                     exact_window=kw.get("exact_window", 0), window_correction=kw.get("window_correction", 0.0),
                     causal=causal, attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None,
                     groups=None)
-        for cname, cfg in configs(d, kw["group_size"], full["exact_window"] > 0, full["block_m"]):
-            gt.COLUMN_ORDER = "sort" if "sort+" in cname else "rank"
-            gt.PAIR_WEIGHTS = "gather" if cname.endswith("+gather") else "gram"
-            gt.POSITIONS = "torch" if cname.endswith("+torch-positions") else positions
+        timed = []  # (cname, err, grouping switches, fn) of the configs that compiled
+        for cname, cfg in configs(d, kw["group_size"], full["exact_window"] > 0, full["block_m"], causal):
+            switches = dict(COLUMN_ORDER="sort" if "sort+" in cname else "rank",
+                            PAIR_WEIGHTS="gather" if cname.endswith("+gather") else "gram",
+                            POSITIONS="torch" if cname.endswith("+torch-positions") else positions)
+            for attr, value in switches.items():
+                setattr(gt, attr, value)
             try:
                 out = da._triton_forward(q, k, v, config=cfg, **full)
             except RuntimeError as e:  # a compiler pass or ptxas that fails on this build: a row that says so
                 print(f"{d} {N} {int(causal)} {name} {cname}: compile failed ({str(e)[:160]})", flush=True)
-                rows.append((d, N, int(causal), name, cname, float("nan"), float("nan"), float("nan")))
+                rows.append((d, N, int(causal), name, cname, float("nan"), float("nan"), float("nan"), 0.0))
                 continue
             r = reference_distr_attention(q[:1, :2].float(), k[:1, :2].float(), v[:1, :2].float(), **full)
             err = ((out[:1, :2].float() - r).norm() / r.norm()).item()
-            t = bench(lambda: da._triton_forward(q, k, v, config=cfg, **full))
-            rows.append((d, N, int(causal), name, cname, t, t_flash / t, err))
+            timed.append((cname, err, switches, lambda cfg=cfg: da._triton_forward(q, k, v, config=cfg, **full)))
+        times = {cname: [] for cname, *_ in timed}
+        for _ in range(args.rounds):
+            for cname, _err, switches, fn in timed:
+                for attr, value in switches.items():
+                    setattr(gt, attr, value)
+                times[cname].append(bench(fn))
+        for cname, err, _sw, _fn in timed:
+            t = statistics.median(times[cname])
+            rows.append((d, N, int(causal), name, cname, t, t_flash / t, err,
+                         max(times[cname]) / min(times[cname]) - 1))
             print(rows[-1], flush=True)
+        gt.COLUMN_ORDER, gt.PAIR_WEIGHTS, gt.POSITIONS = "rank", "gram", positions
     del q, k, v
     torch.cuda.empty_cache()
-print("| d | N | causal | variant | config | ms | vs flash | rel err vs reference |")
-print("|---|---|---|---|---|---|---|---|")
+print("| d | N | causal | variant | config | ms | vs flash | rel err vs reference | spread of rounds |")
+print("|---|---|---|---|---|---|---|---|---|")
 for r in rows:
-    print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.3f} | {r[6]:.2f} | {r[7]:.1e} |")
+    print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.3f} | {r[6]:.2f} | {r[7]:.1e} | {100 * r[8]:.1f}% |")

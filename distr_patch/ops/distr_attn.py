@@ -165,7 +165,7 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
                 DG_PAD: tl.constexpr, BLOCK_N: tl.constexpr, EXACT: tl.constexpr, FUSION_MEAN: tl.constexpr,
                 MIXED: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_CORR: tl.constexpr,
                 MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, EXPANDED: tl.constexpr,
-                TMA_N: tl.constexpr, WS: tl.constexpr = False):
+                TMA_N: tl.constexpr, WS: tl.constexpr = False, SCALE_AFTER_MAX: tl.constexpr = True):
     """Online softmax over key tiles [lo, hi): scores in log2 units, exact P·V.
 
     MIXED: the tiles meet the exact band and compute both products. BOUNDS: the tiles need
@@ -174,46 +174,57 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
     tile as loaded (one tile serves both products when MIXED); else ``qt`` is Q̃ [BLOCK_M, DG_PAD]
     and K̃ is gathered per tile. K and V tiles of TMA_N keys come through the descriptors KD / VD
     (coordinates [kb, kh, key, 0]), others through pointers (``_load_kt``). WS: the loop is warp-specialised.
+    SCALE_AFTER_MAX: where the log2 scores are the raw dot times one scale less a per-row offset (no band, no
+    additive mask), the row max is taken on the raw dot and exp2's argument is one FMA per score.
     """
     offs_d = tl.arange(0, D_PAD)
     if EXACT or MIXED:
         q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
     for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
         offs_n = start_n + tl.arange(0, BLOCK_N)
+        # log2 scores: raw dot · qk_scale2 − the row's correction (+ the additive mask, or the band's exact scores)
+        AFFINE: tl.constexpr = SCALE_AFTER_MAX and (not MIXED) and MASK_KIND != 2
         if EXACT:
             s = _exact_qk(q_full, K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N,
-                          BOUNDS, DOT_PREC, TMA_N) * qk_scale2
+                          BOUNDS, DOT_PREC, TMA_N)
         elif EXPANDED:
             kt = _load_kt(K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS, DOT_T,
                           TMA_N)
-            s = tl.dot(qt, kt, input_precision=DOT_PREC) * qk_scale2
-            if HAS_CORR:
-                s = s - corr2[:, None]
+            s = tl.dot(qt, kt, input_precision=DOT_PREC)
             if MIXED:
-                se = tl.dot(q_full, kt, input_precision=DOT_PREC) * qk_scale2
-                dist = offs_m[:, None] + (M - N) - offs_n[None, :]
-                s = tl.where((dist < WINDOW) & (dist > -WINDOW), se, s)
+                se = tl.dot(q_full, kt, input_precision=DOT_PREC)
         else:
             ktt = _grouped_kt(KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD, BLOCK_N,
                               FUSION_MEAN, BOUNDS, DOT_T)
-            s = tl.dot(qt, ktt, input_precision=DOT_PREC) * qk_scale2
-            if HAS_CORR:
-                s = s - corr2[:, None]
+            s = tl.dot(qt, ktt, input_precision=DOT_PREC)
             if MIXED:
                 se = _exact_qk(q_full, K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N,
-                               BOUNDS, DOT_PREC, TMA_N) * qk_scale2
+                               BOUNDS, DOT_PREC, TMA_N)
+        if not AFFINE:  # scores in log2 units, element by element
+            s = s * qk_scale2
+            if HAS_CORR and not EXACT:
+                s = s - corr2[:, None]
+            if MIXED:
                 dist = offs_m[:, None] + (M - N) - offs_n[None, :]
-                s = tl.where((dist < WINDOW) & (dist > -WINDOW), se, s)
-        if MASK_KIND == 2:
-            mv = tl.load(MASKP + offs_m[:, None] * stride_mn + offs_n[None, :] * stride_mm,
-                         mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=float("-inf"))
-            s = s + mv * 1.4426950408889634
+                s = tl.where((dist < WINDOW) & (dist > -WINDOW), se * qk_scale2, s)
+            if MASK_KIND == 2:
+                mv = tl.load(MASKP + offs_m[:, None] * stride_mn + offs_n[None, :] * stride_mm,
+                             mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=float("-inf"))
+                s = s + mv * 1.4426950408889634
         if BOUNDS or MASK_KIND == 1:
             ok = _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm, CAUSAL, BOUNDS, MASK_KIND)
             s = tl.where(ok, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_use[:, None])
+        if AFFINE:
+            row_off = tl.zeros_like(m_i)
+            if HAS_CORR and not EXACT:
+                row_off = corr2
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale2 - row_off)
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s * qk_scale2 - (m_use + row_off)[:, None])
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_use[:, None])
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
@@ -311,6 +322,7 @@ def _distr_fwd_kernel(
     GB_PROJ_16BIT: tl.constexpr, EXPANDED: tl.constexpr, TMA_N: tl.constexpr, QE_PROLOGUE: tl.constexpr,
     GROUP_BM: tl.constexpr,
     SPLIT_W: tl.constexpr, STORE_QE: tl.constexpr, GB_GRAM_DOT: tl.constexpr, WS: tl.constexpr = False,
+    SCALE_AFTER_MAX: tl.constexpr = True,
 ):
     """One program: one query tile of BLOCK_M rows of one (batch, query head); on the reduced path
     (not EXPANDED) the tile is one grouping block.
@@ -417,26 +429,26 @@ def _distr_fwd_kernel(
                                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                 stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N, EXACT,
                                 FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                EXPANDED, TMA_N, WS)
+                                EXPANDED, TMA_N, WS, SCALE_AFTER_MAX)
     if HAS_WINDOW:
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_a, tl.minimum(seg_b, hi),
                                     Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                     stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BAND_N,
                                     EXACT, FUSION_MEAN, True, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                    EXPANDED, TMA_N)
+                                    EXPANDED, TMA_N, False, SCALE_AFTER_MAX)
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_b, tl.minimum(seg_c, hi),
                                     Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                     stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N,
                                     EXACT, FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                    EXPANDED, TMA_N)
+                                    EXPANDED, TMA_N, False, SCALE_AFTER_MAX)
     acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_c, hi,
                                 Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                 stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N, EXACT,
                                 FUSION_MEAN, False, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                EXPANDED, TMA_N)
+                                EXPANDED, TMA_N, False, SCALE_AFTER_MAX)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     omask = (offs_m < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty), mask=omask)
@@ -553,7 +565,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     G = group_size
     exact = G == 1
     cfg = config or fwd_config(d, G, block_m, exact_window=exact_window, fp32=q.dtype == torch.float32,
-                              masked=attention_mask is not None)
+                              masked=attention_mask is not None, causal=bool(causal))
     expanded = not exact and cfg.grouped_qk == "expanded"
     if cfg.grouped_qk not in ("reduced", "expanded"):
         raise ValueError(f"config.grouped_qk must be 'reduced' or 'expanded', got {cfg.grouped_qk!r}")
@@ -659,7 +671,8 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         DOT_T=_dot_dtype(q.dtype), STORE_LSE=return_lse, QT_SCRATCH=qt_scratch, EXPANDED=expanded,
         TMA_N=cfg.block_n if descs else 0, QE_PROLOGUE=prologue, GROUP_BM=block_m,
         SPLIT_W=prologue and wa is not grp and _dot_dtype(q.dtype) != tl.float32, STORE_QE=store_qe,
-        WS=cfg.warp_specialize and not interpreting(), **_fused_grouping_meta(gl),
+        WS=cfg.warp_specialize and not interpreting(), SCALE_AFTER_MAX=cfg.scale_after_max,
+        **_fused_grouping_meta(gl),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )
     if not return_lse:

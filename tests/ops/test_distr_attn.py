@@ -113,6 +113,36 @@ def test_kernel_matches_reference_interpreter(case, grouped_qk):
 
 
 @interpreter_only
+@pytest.mark.parametrize("case", [CPU_CASES[i] for i in (1, 6, 7, 10, 12)], ids=lambda c: "-".join(map(str, c)))
+def test_softmax_forms_interpreter(case):
+    """Both forms of the plain tiles' softmax (``FwdConfig.scale_after_max``: the row max on the raw dot and one
+    FMA per score, or the scores scaled first) give the reference's output, and the same log-sum-exp (+inf on
+    fully masked rows): G=1 with padding, N > M causal (fully masked rows), an additive float mask, the window's
+    correction with padding and GQA."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask_kind = case
+    seed = zlib.crc32(repr(case).encode())
+    q, k, v = make_qkv(seed, B, Hq, Hkv, N, M, d)
+    mask = make_mask(mask_kind, B, Hq, N, M, torch.Generator().manual_seed(seed + 1), "cpu")
+    kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=W, window_correction=c, causal=causal,
+              attention_mask=mask, scale=None, num_hash_bits=16, seed=0)
+    ref = reference_distr_attention(q, k, v, **kw)
+    lses = []
+    for form in (True, False):
+        cfg = replace(fwd_config(d, G, block_m, exact_window=W), scale_after_max=form)
+        out, lse, *_ = _triton_forward(q, k, v, config=cfg, query_valid=None, groups=None, return_lse=True, **kw)
+        assert rel_err(out, ref) < 1e-5, (form, rel_err(out, ref))
+        assert torch.equal(out.abs().sum(-1) == 0, ref.abs().sum(-1) == 0)
+        lses.append(lse)
+    masked_rows = ref.abs().sum(-1) == 0
+    for lse in lses:
+        assert torch.equal(torch.isinf(lse), masked_rows) and torch.isfinite(lse[~masked_rows]).all()
+    assert (lses[0][~masked_rows] - lses[1][~masked_rows]).abs().max() < 1e-4
+
+
+@interpreter_only
 @pytest.mark.parametrize("block_n,band_n,causal", [(128, 32, True), (128, 64, False), (64, 16, True)])
 def test_window_band_subtiles_interpreter(block_n, band_n, causal):
     """The GPU table's shape: 128-row tiles, wide plain key tiles, narrower tiles where the band is
@@ -187,6 +217,16 @@ def test_fused_grouping_expanded_needs_one_block_per_program():
         _triton_forward(q, k, v, config=replace(base, fused_grouping=True), **kw)
     with pytest.raises(ValueError, match="grouping block_m=32"):
         _triton_forward(q, k, v, config=replace(base, block_m=32, qeff_prologue=False, fused_grouping=True), **kw)
+
+
+def test_softmax_form_switch_reaches_fwd_config(monkeypatch):
+    """DISTR_FWD_SCALE_AFTER_MAX (configs.DEFAULT_FWD_SCALE_AFTER_MAX) overrides the table both ways."""
+    from distr_patch.ops import configs
+
+    for value in (True, False):
+        monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_FWD_SCALE_AFTER_MAX", value)
+        assert {configs.fwd_config(d, G, 128, interpret=False, causal=c).scale_after_max
+                for d in (64, 128) for G in (1, 2) for c in (False, True)} == {value}
 
 
 def test_fused_grouping_switch_reaches_fwd_config(monkeypatch):
@@ -374,6 +414,12 @@ def test_fwd_config_table():
     assert fwd_config(64, 1, 128, interpret=False).kv_tma and not fwd_config(128, 1, 128, interpret=False).kv_tma
     assert not fwd_config(64, 2, 128, interpret=False, grouped_qk="reduced").qeff_prologue
     assert not fwd_config(256, 2, 128, interpret=False, grouped_qk="expanded").qeff_prologue
+    # the softmax's form: one FMA per score at G=1, d <= 64 and for causal calls at 64 < d <= 128, else scaled first
+    form = {(d, G, c, W): fwd_config(d, G, 128, exact_window=W, interpret=False, causal=c).scale_after_max
+            for d in (64, 128, 256) for G in (1, 2) for c in (False, True) for W in (0, 128)}
+    assert sorted(k for k, on in form.items() if on) == [
+        (64, 1, False, 0), (64, 1, False, 128), (64, 1, True, 0), (64, 1, True, 128),  # G=1 has no window
+        (128, 1, True, 0), (128, 1, True, 128), (128, 2, True, 0)]
     with pytest.raises(ValueError, match="grouped_qk must be 'reduced' or 'expanded'"):
         fwd_config(64, 2, 128, grouped_qk="fast")
     with pytest.raises(ValueError, match="k_layout must be 'transposed' or 'natural'"):
