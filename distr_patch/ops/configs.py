@@ -134,15 +134,15 @@ def auto_runs_sdpa(group_size: int, exact_window: int, attention_mask, causal: b
 
 
 def scale_after_max_rule(head_dim: int, group_size: int, causal: bool, window: bool) -> bool:
-    """FwdConfig.scale_after_max by shape: where it measured faster side by side (H200, N=4096 in three runs and
-    N=16384 in two; docs/benchmarks.md, "The softmax's scale after the row max"): G=1 at d <= 64 (2-4%) and causal
-    calls at 64 < d <= 128 (about 2%). It was 6-7% slower at d=128 without causal masking and 1-3% slower for G=2
-    at d=64 causal (fewer instructions, yet slower: the compiled schedule differs); the window's calls and other
-    head dims were not timed and keep the scores scaled first."""
+    """FwdConfig.scale_after_max by shape, where it measured faster side by side (H200, bf16, N=4096 and 16384, four
+    runs; docs/benchmarks.md, "The softmax's scale after the row max"): at d <= 64 (G=1 2-4%; G=2 without causal
+    masking 1-2% in three of four runs) except G > 1 with causal masking (1-3% slower there), and at 64 < d <= 128
+    with causal masking (about 2%; 6-7% slower without it at N=4096). Fewer instructions, yet slower at some shapes:
+    the compiled schedule differs. The window's calls and other head dims were not timed: scores scaled first."""
     if window:
         return False
     if head_dim <= 64:
-        return group_size == 1
+        return group_size == 1 or not causal
     return head_dim <= 128 and causal
 
 
