@@ -146,6 +146,8 @@ ap.add_argument("--softmax-forms", action="store_true",
                 help="add the default config with the softmax's other form (FwdConfig.scale_after_max)")
 ap.add_argument("--rounds", type=int, default=1, help="time each shape's configs this many times, in turn")
 args = ap.parse_args()
+if args.rounds < 1:
+    ap.error(f"--rounds must be at least 1, got {args.rounds}")
 VARIANTS = [(n, ALL[n]) for n in (ALL if args.variants == ["all"] else args.variants)]
 
 rows = []

@@ -165,7 +165,7 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
                 DG_PAD: tl.constexpr, BLOCK_N: tl.constexpr, EXACT: tl.constexpr, FUSION_MEAN: tl.constexpr,
                 MIXED: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_CORR: tl.constexpr,
                 MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, EXPANDED: tl.constexpr,
-                TMA_N: tl.constexpr, WS: tl.constexpr = False, SCALE_AFTER_MAX: tl.constexpr = True):
+                TMA_N: tl.constexpr, WS: tl.constexpr = False, SCALE_AFTER_MAX: tl.constexpr = False):
     """Online softmax over key tiles [lo, hi): scores in log2 units, exact P·V.
 
     MIXED: the tiles meet the exact band and compute both products. BOUNDS: the tiles need
@@ -322,7 +322,7 @@ def _distr_fwd_kernel(
     GB_PROJ_16BIT: tl.constexpr, EXPANDED: tl.constexpr, TMA_N: tl.constexpr, QE_PROLOGUE: tl.constexpr,
     GROUP_BM: tl.constexpr,
     SPLIT_W: tl.constexpr, STORE_QE: tl.constexpr, GB_GRAM_DOT: tl.constexpr, WS: tl.constexpr = False,
-    SCALE_AFTER_MAX: tl.constexpr = True,
+    SCALE_AFTER_MAX: tl.constexpr = False,
 ):
     """One program: one query tile of BLOCK_M rows of one (batch, query head); on the reduced path
     (not EXPANDED) the tile is one grouping block.
