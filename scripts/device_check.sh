@@ -21,6 +21,10 @@
 # models: the same prefill benches, eager only.
 # window: the exact window on backend="sdpa" taken apart (scripts/bench_window_sdpa.py: pieces, band kernel tiles),
 #         then the window variants on both engines at N=4096 and 16384 (bench_attention.py).
+# host: host time per call at SmolLM2's layer shape, launches through ops/launch.py's memo and Triton's path
+#       (scripts/host_overhead.py).
+# launch: eager prefill (SmolLM2 4x4096 with the calibrated config twice, Llama-3.2-1B 1x4096 once) with
+#         DISTR_FAST_LAUNCH=1 and 0 in turn.
 # engines: eager prefill benches of paper / recommended (/ calibrated, SmolLM2) on the fused kernel and with
 #          DistrConfig.engine="sdpa" (SDPA on Q_eff; the exact window as SDPA pieces and our band kernel).
 # probe-sdpa: which SDPA backend runs (and how fast) at the Llama-3.2-1B and SmolLM2 layer shapes with a contiguous
@@ -97,6 +101,24 @@ for step in "${steps[@]}"; do
              python -m distr_patch bench model --model preset:llama-3.2-1b --dtype bfloat16 --device cuda --group-sizes 2 \
                --settings paper,recommended --seq-lens 4096 --batch-sizes 1 --gen-tokens 1 --gen-prompt-len 16 \
                --repeats 10 --no-plots --output-dir "$out" $g 2>&1 | grep "| prefill |" || rc=1
+           done ;;
+    host) python scripts/host_overhead.py --calls 300 2>&1 | tee "$out/host-overhead.log" | sed -n '/^| variant/,$p' \
+           || rc=1 ;;
+    launch)  # whole-model eager prefill with kernel launches through ops/launch.py's memo (1) and Triton's path (0)
+           for fl in 1 0 1 0; do
+             echo "DISTR_FAST_LAUNCH=$fl"
+             DISTR_FAST_LAUNCH=$fl python -m distr_patch bench model --model preset:smollm2-135m --dtype bfloat16 \
+               --device cuda --group-sizes 2 --settings paper,recommended \
+               --distr-configs configs/smollm2-135m-g2-calibrated-10pct.json --seq-lens 4096 --batch-sizes 4 \
+               --gen-tokens 1 --gen-prompt-len 16 --repeats 10 --no-plots --output-dir "$out" 2>&1 \
+               | tee -a "$out/launch-smollm2.log" | grep "| prefill |" || rc=1
+           done
+           for fl in 1 0; do
+             echo "DISTR_FAST_LAUNCH=$fl"
+             DISTR_FAST_LAUNCH=$fl python -m distr_patch bench model --model preset:llama-3.2-1b --dtype bfloat16 \
+               --device cuda --group-sizes 2 --settings paper,recommended --seq-lens 4096 --batch-sizes 1 \
+               --gen-tokens 1 --gen-prompt-len 16 --repeats 10 --no-plots --output-dir "$out" 2>&1 \
+               | tee -a "$out/launch-llama.log" | grep "| prefill |" || rc=1
            done ;;
     engines)  # whole-model prefill, each DistrAttention setting on the fused kernel and with DistrConfig.engine="sdpa"
            python - "$out" <<'PY' || rc=1

@@ -9,7 +9,9 @@ wall time until the GPU is done too; wall ≈ host means host-bound.
     python scripts/host_overhead.py --stub-kernels --device cpu   # the Python wrapper alone (no GPU needed)
 
 ``--stub-kernels`` replaces every Triton kernel launch with a no-op, so what is left is this package's own Python
-(validation, configs, allocations, TMA descriptors). Prints one markdown table last.
+(validation, configs, allocations, TMA descriptors). On the GPU each DistrAttention variant runs twice: its
+launches through ``ops/launch.py``'s memo ("fast launch") and through Triton's own path ("plain launch").
+Prints one markdown table last.
 """
 from __future__ import annotations
 
@@ -71,6 +73,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--n", type=int, default=4096)
     p.add_argument("--d", type=int, default=64)
     p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--launch", choices=["both", "fast", "plain"], default=None,
+                   help="kernel launches through ops/launch.py's memo (fast), Triton's own path (plain), or each "
+                        "side by side (default; plain alone with --stub-kernels, where nothing launches)")
     p.add_argument("--profile", type=int, default=0, metavar="K",
                    help="also run each variant's calls under cProfile and print its K costliest functions (own time)")
     a = p.parse_args(argv)
@@ -82,6 +87,7 @@ def main(argv=None) -> list[dict]:
     import torch.nn.functional as F
 
     from distr_patch.ops import distr_attention
+    from distr_patch.ops import launch as launch_mod
 
     if a.stub_kernels:
         _stub_kernels()
@@ -91,12 +97,24 @@ def main(argv=None) -> list[dict]:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     fns = {} if a.stub_kernels else {
         "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)}
-    for name, kw in VARIANTS.items():
-        fns[f"distr {name}"] = (lambda kw=kw: distr_attention(q, k, v, causal=True, backend="triton", **kw))
-    if not a.stub_kernels:  # the SDPA engine (its torch SDPA calls would run for real on stubbed launches' output)
-        for name in ("G2 mean", "G2 rank1 W128 c.5"):
-            fns[f"distr {name} sdpa"] = (lambda kw=VARIANTS[name]: distr_attention(q, k, v, causal=True,
-                                                                                  backend="sdpa", **kw))
+    launch = a.launch or ("plain" if a.stub_kernels else "both")
+    modes = {"fast": True, "plain": False} if launch == "both" else {launch: launch == "fast"}
+
+    def with_launch(fn, fast):  # ops/launch.py's memo on (fast) or Triton's own launch path (plain)
+        def run():
+            launch_mod.FAST_LAUNCH = fast
+            return fn()
+        return run
+
+    for mode, fast in modes.items():
+        tag = f" ({mode} launch)" if len(modes) > 1 else ""
+        for name, kw in VARIANTS.items():
+            fns[f"distr {name}{tag}"] = with_launch(
+                lambda kw=kw: distr_attention(q, k, v, causal=True, backend="triton", **kw), fast)
+        if not a.stub_kernels:  # the SDPA engine (its torch SDPA calls would run for real on stubbed launches' output)
+            for name in ("G2 mean", "G2 rank1 W128 c.5"):
+                fns[f"distr {name} sdpa{tag}"] = with_launch(
+                    lambda kw=VARIANTS[name]: distr_attention(q, k, v, causal=True, backend="sdpa", **kw), fast)
     rows = []
     for name, fn in fns.items():
         for _ in range(5):

@@ -11,6 +11,7 @@ interpreter uses small tiles so CPU tests stay fast.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, replace
 
@@ -159,8 +160,19 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     (128-key fp32 tiles asked for 246 KB on the H200). ``masked`` (a tensor attention mask: its [block_m,
     block_n] tile is pipelined too) caps the key tiles at 64: with 128 keys at 64 < d <= 128 the kernel asked
     for 229-360 KB of shared memory (the H200 has 227 KB; ``scripts/kernel_resources.py --mask float``), 115-197 KB
-    with 64. ``causal`` picks the softmax's form (``scale_after_max_rule``)."""
+    with 64. ``causal`` picks the softmax's form (``scale_after_max_rule``). Memoised on its arguments and the
+    DEFAULT_* switches it reads (a call's host time matters in small layers; docs/benchmarks.md, "Host time")."""
     interpret = interpreting() if interpret is None else interpret
+    return _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32,
+                       masked, causal, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,
+                       DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING)
+
+
+@functools.lru_cache(maxsize=1024)
+def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32, masked,
+                causal, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,  # noqa: N803
+                DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING) -> FwdConfig:
+    """``fwd_config``'s body; the switches come in as arguments (so the memo sees them) under their global names."""
     mode = grouped_qk or DEFAULT_GROUPED_QK
     if mode not in ("reduced", "expanded"):
         src = "grouped_qk" if grouped_qk else "the environment variable DISTR_GROUPED_QK"

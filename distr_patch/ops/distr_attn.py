@@ -30,6 +30,7 @@ from .grouping import fusion_weights
 from . import grouping_triton
 from .grouping_triton import group_block, grouping_launch, triton_grouping
 from .reference import normalize_mask, reference_distr_attention
+from .launch import cdiv, launch, next_power_of_2
 from .regroup import fused_query_tile, inverse_groups, regroup
 # Every Triton kernel's module is imported with the package (the backward's by ``ops/__init__``, after this
 # module): triton.jit reads TRITON_INTERPRET when a kernel is defined, not when it runs.
@@ -479,8 +480,8 @@ def transpose_keys(k: torch.Tensor) -> torch.Tensor:
     """[B, Hkv, M, d] (any strides) -> contiguous [B, Hkv, d, M] copy, one pass."""
     B, H, M, d = k.shape
     kt = torch.empty(B, H, d, M, device=k.device, dtype=k.dtype)
-    _transpose_keys_kernel[(triton.cdiv(M, 64), B * H)](k, kt, *k.stride(), H, M, HEAD_DIM=d,
-                                                        D_PAD=triton.next_power_of_2(d), BLOCK_N=64, num_warps=4)
+    launch(_transpose_keys_kernel, (cdiv(M, 64), B * H), k, kt, *k.stride(), H, M, HEAD_DIM=d,
+           D_PAD=next_power_of_2(d), BLOCK_N=64, num_warps=4)
     return kt
 
 
@@ -642,11 +643,11 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         kg = k
         kg_strides = k.stride()
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    d_pad = triton.next_power_of_2(d)
+    d_pad = next_power_of_2(d)
     dg = d // G
-    dg_pad = max(16, triton.next_power_of_2(dg))
+    dg_pad = max(16, next_power_of_2(dg))
     qt_scratch = not exact and not expanded and cfg.qt_scratch
-    qt_buf = (torch.empty((B * Hq, triton.cdiv(N, cfg.block_m) * cfg.block_m, dg_pad), device=q.device,
+    qt_buf = (torch.empty((B * Hq, cdiv(N, cfg.block_m) * cfg.block_m, dg_pad), device=q.device,
                           dtype=torch.float32 if _dot_dtype(q.dtype) == tl.float32 else q.dtype)
               if qt_scratch else out)  # Q̃ in the dot's operand type
     lse = torch.empty((B, Hq, N), device=q.device, dtype=torch.float32) if return_lse else out
@@ -654,10 +655,10 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     window = int(exact_window) if not exact else 0
     has_corr = window > 0 and window_correction > 0
     sm_scale = d ** -0.5 if scale is None else float(scale)
-    grid = (triton.cdiv(N, cfg.block_m), B * Hq)
+    grid = (cdiv(N, cfg.block_m), B * Hq)
     descs = kv_descriptors(k, v, cfg.block_n, d_pad) if cfg.kv_tma and (exact or expanded) else None
     kd, vd = descs or (k, v)
-    _distr_fwd_kernel[grid](
+    launch(_distr_fwd_kernel, grid,
         q, qe, k, kg, v, kd, vd, out, lse, grp, grp if inv is None else inv, wa, wb, mask_t, qt_buf,
         gl.r if fused else out, gl.qv if fused else out, sm_scale, sm_scale * LOG2E, 0.5 * float(window_correction),
         1.0 / G, gl.qv_stride if fused else 0,

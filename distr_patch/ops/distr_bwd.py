@@ -45,6 +45,7 @@ import triton.language as tl
 
 from .configs import BwdConfig, bwd_config
 from .distr_attn import LOG2E, _dot_dtype, _key_segments, _mask_operand, tile_descriptors
+from .launch import cdiv, launch, next_power_of_2
 from .regroup import inverse_groups, regroup, regroup_tile_store
 
 
@@ -576,7 +577,7 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
     sm_scale = d ** -0.5 if scale is None else float(scale)
     window = int(exact_window) if not exact else 0
     has_corr = window > 0 and window_correction > 0
-    d_pad = triton.next_power_of_2(d)
+    d_pad = next_power_of_2(d)
     dot_t = _dot_dtype(q.dtype)
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     rep = Hq // Hkv
@@ -596,7 +597,7 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
     kappa = torch.empty((B, Hq, N), **f32) if has_corr else delta
     common = dict(HEAD_DIM=d, D_PAD=d_pad, CAUSAL=bool(causal), HAS_CORR=has_corr, MASK_KIND=kind,
                   DOT_PREC=prec, DOT_T=dot_t)
-    _bwd_preprocess_kernel[(triton.cdiv(N, cfg.q_block_m), B * Hq)](
+    launch(_bwd_preprocess_kernel, (cdiv(N, cfg.q_block_m), B * Hq),
         out, do, qe, q, k, v, lse, delta, corr, kappa, mask_t,
         sm_scale, sm_scale * LOG2E, 0.5 * float(window_correction), float(window_correction),
         *out.stride(), *do.stride(), *qe.stride(), *q.stride(), *k.stride(), *v.stride(), *mstr,
@@ -611,7 +612,7 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
     dqa = torch.zeros(q.shape, **f32) if atomic else delta
     dqa_s = dqa.stride()[:3] if atomic else (0, 0, 0)
     if need_dkdv:
-        n_tiles = triton.cdiv(M, cfg.kv_block_n)
+        n_tiles = cdiv(M, cfg.kv_block_n)
         split = cfg.kv_split or _kv_split(rep, n_tiles * B * Hkv, dev)
         if split == 1:
             dk = torch.empty(k.shape, device=dev, dtype=k.dtype)
@@ -622,7 +623,7 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
             dv = torch.empty((split, *v.shape), **f32)
             dk_s, dv_s = dk.stride(), dv.stride()
         def dkdv(descs):
-            _bwd_dkdv_kernel[(n_tiles, B * Hkv * split)](
+            launch(_bwd_dkdv_kernel, (n_tiles, B * Hkv * split),
                 qe, q, k, v, do, dk, dv, lse, delta, corr, kappa, mask_t, dqa, *(descs or (qe, do)),
                 sm_scale, sm_scale * LOG2E,
                 *qe.stride(), *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk_s, *dv_s, *mstr, *dqa_s,
@@ -647,7 +648,7 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
         dqx = torch.empty(q.shape, **f32) if window > 0 else dqe
         inv_t, w1, w2 = (delta, delta, delta) if exact else (inv, inv if mean else wb, inv if mean else wa)
         def dq_kernel(descs):
-            _bwd_dq_kernel[(triton.cdiv(N, cfg.q_block_m), B * Hq)](
+            launch(_bwd_dq_kernel, (cdiv(N, cfg.q_block_m), B * Hq),
                 qe, q, k, v, do, dqe, dqx, lse, delta, corr, kappa, mask_t, inv_t, w1, w2, 1.0 / G, *(descs or (k, v)),
                 sm_scale, sm_scale * LOG2E,
                 *qe.stride(), *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dqe.stride(), *mstr,

@@ -47,6 +47,7 @@ import triton.language as tl
 
 from .configs import interpreting
 from .grouping import POWER_ITERATION_STEPS, fusion_weights_torch, hash_projections
+from .launch import launch, next_power_of_2
 from .regroup import fusion_dot, regroup_tile_store
 
 
@@ -542,8 +543,8 @@ def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
                          f"or 'sort', got {COLUMN_ORDER!r}")
     B, H, N, d = q.shape
     nb = max(1, math.ceil(N / block_m))
-    d_pad = triton.next_power_of_2(d)
-    nbits_pad = max(16, triton.next_power_of_2(num_hash_bits))
+    d_pad = next_power_of_2(d)
+    nbits_pad = max(16, next_power_of_2(num_hash_bits))
     groups = torch.empty(B, H, nb, d, device=q.device, dtype=torch.int32)
     inv = torch.empty(B, H, nb, d, device=q.device, dtype=torch.int32) if positions else groups
     rank1 = fusion == "rank1" and group_size > 1
@@ -582,10 +583,9 @@ def triton_grouping(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
     gl = grouping_launch(q, group_size=group_size, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
                          query_valid=query_valid, fusion=fusion, positions=positions)
     nb = gl.groups.shape[2]
-    _grouping_kernel[(nb, B * H)](q, gl.qv, gl.r, gl.groups, gl.w, gl.inv, *q.stride(), gl.qv_stride, H, N, nb,
-                                  **gl.meta, STORE_INV=positions,
-                                  num_warps=num_warps or grouping_warps(d, gl.rank1, group_size,
-                                                                        gl.meta["PROJ_16BIT"]))
+    launch(_grouping_kernel, (nb, B * H), q, gl.qv, gl.r, gl.groups, gl.w, gl.inv, *q.stride(), gl.qv_stride,
+           H, N, nb, **gl.meta, STORE_INV=positions,
+           num_warps=num_warps or grouping_warps(d, gl.rank1, group_size, gl.meta["PROJ_16BIT"]))
     out = finish_grouping(q, gl, group_size=group_size, block_m=block_m, fusion=fusion, query_valid=query_valid)
     return (*out, gl.inv) if positions else out
 
@@ -699,7 +699,7 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
         meta = {**meta, "PAIR_GRAM": PAIR_WAYS.index("regs")}
     qe = torch.empty((B, H, N, d), device=q.device, dtype=q.dtype)
     nb = gl.groups.shape[2]
-    _grouping_qeff_kernel[(nb, B * H)](
+    launch(_grouping_qeff_kernel, (nb, B * H),
         q, gl.qv, gl.r, gl.groups, gl.w, gl.inv, qe, 1.0 if gl.rank1 else 1.0 / group_size,
         *q.stride(), gl.qv_stride, *qe.stride(), H, N, nb, **meta, GROUP_SIZE=group_size, ROWS=rows,
         CB=min(d_pad, cb), DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", GATHER=way == "gather",

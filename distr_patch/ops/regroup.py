@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import cdiv, launch, next_power_of_2
+
 
 @triton.jit
 def _regroup_kernel(X, Y, ADD, INV, W1, W2, w1c, w2c,
@@ -202,13 +204,13 @@ def regroup(x: torch.Tensor, groups: torch.Tensor, w1: torch.Tensor | None, w2: 
         w1 = w2 = inv
     w1c, w2c = mean_weights if mean_weights is not None else (1.0, 1.0)
     add_t = add if add is not None else y
-    d_pad = triton.next_power_of_2(d)
+    d_pad = next_power_of_2(d)
     warps, cb, *rows = tiles or REGROUP_TILES
     rows = rows[0] if rows else min(32, block_m)
     if warps not in (1, 2, 4, 8, 16) or cb < 16 or cb & (cb - 1) or rows < 16 or block_m % rows:
         raise ValueError(f"tiles must be (num_warps in 1/2/4/8/16, output columns: a power of two >= 16[, rows per "
                          f"program: >= 16, dividing block_m={block_m}]), got {tiles}")
-    _regroup_kernel[(triton.cdiv(N, rows), B * H)](
+    launch(_regroup_kernel, (cdiv(N, rows), B * H),
         x, y, add_t, inv, w1, w2, float(w1c), float(w2c),
         *x.stride(), *y.stride(), *add_t.stride(), H, N, nb, block_m,
         HEAD_DIM=d, D_PAD=d_pad, G=G, CB=min(d_pad, cb), ROWS=rows, WEIGHTED=weighted,

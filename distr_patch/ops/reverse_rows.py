@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from .configs import interpreting
+from .launch import cdiv, launch, next_power_of_2
 
 # Elements per program: ROW_TILE_ELEMS // d_pad rows (at least 8) of d_pad columns each; 4 warps.
 ROW_TILE_ELEMS = 8192
@@ -46,8 +47,8 @@ def reverse_rows(x: torch.Tensor) -> torch.Tensor:
     y = torch.empty((B, H, L, d), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
-    d_pad = triton.next_power_of_2(d)
+    d_pad = next_power_of_2(d)
     block = max(8, ROW_TILE_ELEMS // d_pad)
-    grid = (B * H, triton.cdiv(L, block))
-    _reverse_rows_kernel[grid](x, y, H, L, *x.stride(), D=d, D_PAD=d_pad, BLOCK=block, num_warps=NUM_WARPS)
+    grid = (B * H, cdiv(L, block))
+    launch(_reverse_rows_kernel, grid, x, y, H, L, *x.stride(), D=d, D_PAD=d_pad, BLOCK=block, num_warps=NUM_WARPS)
     return y

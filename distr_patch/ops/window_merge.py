@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from .configs import BandConfig, band_config
+from .launch import cdiv, launch, next_power_of_2
 
 LOG2E = 1.4426950408889634
 
@@ -179,12 +180,12 @@ def band_merge(q: torch.Tensor, qe: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
     ol, ll, sl = part(left)
     orr, lr, sr = part(right)
-    grid = (triton.cdiv(N, cfg.block_m), B * Hq)
-    _band_merge_kernel[grid](
+    grid = (cdiv(N, cfg.block_m), B * Hq)
+    launch(_band_merge_kernel, grid,
         q, qe, k, v, ol, ll, orr, lr, o,
         *q.stride(), *qe.stride(), *k.stride(), *v.stride(), *sl, *sr, *o.stride(),
         Hq, N, NP, Hq // k.shape[1], window, scale * LOG2E, 0.5 * window_correction * LOG2E,
-        HEAD_DIM=d, D_PAD=triton.next_power_of_2(max(d, 16)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        HEAD_DIM=d, D_PAD=next_power_of_2(max(d, 16)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         CAUSAL=bool(causal), HAS_LEFT=left is not None, HAS_RIGHT=right is not None,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)

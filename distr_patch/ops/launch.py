@@ -1,0 +1,148 @@
+"""Kernel launches with less host work: the compiled kernel found by the call's argument values.
+
+``kernel[grid](*args, **meta)`` makes Triton bind and specialise every argument on each call (a generated binder,
+one native call per argument, a cache key), about 50-80 µs of host time for our 80-argument kernels. A layer of a
+small model (SmolLM2: 9 heads of d=64) gives the GPU about 0.25 ms of attention, so these launches left whole-model
+prefill bound by the host (docs/benchmarks.md, "Whole-model latency").
+
+``launch(fn, grid, *args, **meta)`` is ``fn[grid](*args, **meta)`` with a memo: the key is every value that
+Triton's specialisation can depend on (each int argument's value, each tensor's dtype and 16-byte alignment, each
+other argument's type, the constexprs and launch options, the device). Equal keys mean equal specialisations, so
+a hit calls the compiled kernel Triton returned for the first such call, with the argument list Triton's binder
+built for it (the constexprs appended). Nothing about Triton's rules is copied, only the superset of their inputs.
+
+Plain ``fn[grid]`` runs instead under the Triton interpreter, with ``DISTR_FAST_LAUNCH=0``, and for kernels whose
+binder does not put the positional arguments first (then the memo could not rebuild the argument list).
+"""
+from __future__ import annotations
+
+import inspect
+import os
+
+import torch
+
+from .configs import interpreting
+
+try:
+    from triton import knobs
+    from triton.runtime import driver
+except ImportError:  # a Triton before knobs (3.4): the plain path only
+    knobs = driver = None
+
+FAST_LAUNCH = os.environ.get("DISTR_FAST_LAUNCH", "1") not in ("", "0") and knobs is not None
+# DISTR_FAST_LAUNCH_RAW=0: memo hits go through kernel.run (Triton's launcher wrapper) instead of its C launcher
+RAW_LAUNCH = os.environ.get("DISTR_FAST_LAUNCH_RAW", "1") not in ("", "0")
+MAX_ENTRIES = 256  # per kernel; past it the memo starts over (a model sees a few shapes, a sweep many)
+
+_memos: dict = {}  # kernel -> {key: (compiled kernel, constexpr tail) or None (not memoisable)}
+
+
+def _spec_of(a):
+    """What Triton's specialisation of one non-int argument can depend on."""
+    if isinstance(a, torch.Tensor):
+        return (a.dtype, a.data_ptr() % 16 == 0)
+    base = getattr(a, "base", None)  # a host TensorDescriptor: its tensor, shape, strides, block, padding
+    if isinstance(base, torch.Tensor):
+        return (type(a), base.dtype, base.data_ptr() % 16 == 0, tuple(a.shape), tuple(a.strides),
+                tuple(a.block_shape), getattr(a, "padding", None))
+    if type(a) is bool or a is None or isinstance(a, str):
+        return (type(a), a)
+    return type(a)  # floats: typed, never specialised on their value
+
+
+def _device_and_stream():
+    device = driver.active.get_current_device()
+    return device, driver.active.get_current_stream(device)
+
+
+def _raw_launch(kernel):
+    """(C launcher, descriptor positions, their metadata, the encoder) to launch without the per-call Python
+    wrapper that Triton 3.6's CUDA launcher puts around kernels with host tensor descriptors (a loop over all
+    ~80 arguments that expands each descriptor), or None where the launcher is not that shape (then the memo
+    calls ``kernel.run``, which does the same work the usual way)."""
+    try:
+        from triton.backends.nvidia import driver as nv
+
+        run = kernel.run
+        if run.global_scratch_size or run.profile_scratch_size or nv._BASE_ARGS_FORMAT_LEN != 13:
+            return None
+        wrapper = run.launch
+        if wrapper.__name__ != "inner" or wrapper.__code__.co_filename != nv.__file__:
+            return (wrapper, (), (), None) if wrapper.__name__ == "launch" else None
+        cells = dict(zip(wrapper.__code__.co_freevars, (c.cell_contents for c in wrapper.__closure__)))
+        positions = tuple(sorted(cells["tensordesc_indices"]))
+        metas = tuple(cells["tensordesc_meta"])
+        if len(inspect.signature(nv.make_tensordesc_arg).parameters) != 2 or len(metas) != len(positions):
+            return None
+        return cells["launcher"], positions, metas, nv.make_tensordesc_arg
+    except Exception:  # noqa: BLE001  another Triton or backend: kernel.run
+        return None
+
+
+def _memo_entry(fn, kernel, args, meta, device):
+    """(kernel, constexpr tail, raw launch or None) for a launch that Triton just ran, or None if its binder does
+    not list ``args`` first and constexprs after them (then every such call takes the plain path)."""
+    try:
+        binder = fn.device_caches[device][-1]
+        bound, _, _ = binder(*args, **meta)
+    except Exception:  # noqa: BLE001  an internal that moved: no memo, the plain path stays correct
+        return None
+    values = list(bound.values())
+    n = len(args)
+    if len(values) < n or any(values[i] is not args[i] for i in range(n)) \
+            or not all(p.is_constexpr for p in fn.params[n:]) or len(fn.params) != len(values):
+        return None
+    if hasattr(kernel, "result"):  # asynchronous compile mode hands back a future
+        kernel = kernel.result()
+    return kernel, tuple(values[n:]), _raw_launch(kernel) if RAW_LAUNCH else None
+
+
+def launch(fn, grid, *args, **meta):
+    """``fn[grid](*args, **meta)``: runtime arguments positional, constexprs and launch options (num_warps, ...)
+    as keywords. grid: a tuple of 1-3 ints."""
+    if not FAST_LAUNCH or interpreting() or getattr(fn, "pre_run_hooks", True) \
+            or knobs.runtime.add_stages_inspection_hook is not None:  # hooks Triton's run would call: plain path
+        return fn[grid](*args, **meta)
+    device, stream = _device_and_stream()
+    key = (device, knobs.runtime.debug, knobs.compilation.instrumentation_mode, tuple(meta.items()),
+           tuple([a if type(a) is int else _spec_of(a) for a in args]))
+    memo = _memos.setdefault(fn, {})
+    try:
+        entry = memo.get(key, False)
+    except TypeError:  # an unhashable constexpr value: no memo
+        return fn[grid](*args, **meta)
+    if entry is False:
+        kernel = fn[grid](*args, **meta)
+        if len(memo) >= MAX_ENTRIES:
+            memo.clear()
+        memo[key] = _memo_entry(fn, kernel, args, meta, device)
+        return kernel
+    if entry is None:
+        return fn[grid](*args, **meta)
+    kernel, tail, raw = entry
+    g1 = grid[1] if len(grid) > 1 else 1
+    g2 = grid[2] if len(grid) > 2 else 1
+    launch_metadata = kernel.launch_metadata(grid, stream, *args, *tail)
+    if raw is None:
+        kernel.run(grid[0], g1, g2, stream, kernel.function, kernel.packed_metadata, launch_metadata,
+                   knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *args, *tail)
+        return kernel
+    c_launch, positions, metas, encode = raw
+    full = [*args, *tail]
+    for pos, m in zip(positions[::-1], metas[::-1]):  # from the end, so the earlier positions stay put
+        full[pos:pos + 1] = encode(full[pos], m)
+    run = kernel.run
+    c_launch(grid[0], g1, g2, stream, kernel.function, run.launch_cooperative_grid, run.launch_pdl, None, None,
+             kernel.packed_metadata, launch_metadata, knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook,
+             *full)
+    return kernel
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for host code (``triton.cdiv`` is a constexpr function: ~4 µs a call outside kernels)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1), for host code (as ``cdiv``)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()

@@ -1,0 +1,218 @@
+"""``ops/launch.py``: the launch memo's key and argument list, on a stand-in for a JIT function (no GPU needed:
+the memo's hits call the compiled kernel Triton returned, which this fake records). The GPU side, that a memo hit
+launches the same kernel with the same arguments as Triton's own path, is ``test_fast_launch_matches_plain_gpu``."""
+import pytest
+import torch
+import triton
+
+import distr_patch.ops.launch as L
+
+
+class _Param:
+    def __init__(self, is_constexpr):
+        self.is_constexpr = is_constexpr
+
+
+class _Compiled:
+    """What Triton's run returns: records launches through ``run``."""
+    function = "fn-handle"
+    packed_metadata = "packed"
+
+    def __init__(self):
+        self.launches = []
+
+    def launch_metadata(self, grid, stream, *args):
+        return ("meta", grid)
+
+    @property
+    def run(self):
+        return lambda *a: self.launches.append(a)
+
+
+class _FakeJit:
+    """A JIT function of ``n`` runtime parameters followed by constexprs ``names`` (``args_first=False``: the
+    binder puts a constexpr first, which the memo must refuse)."""
+
+    def __init__(self, n, names, args_first=True):
+        self.n, self.names = n, names
+        self.params = [_Param(False)] * n + [_Param(True)] * len(names)
+        if not args_first:
+            self.params = [_Param(True)] + self.params[:-1]
+        self.args_first = args_first
+        self.pre_run_hooks = []
+        self.device_caches = {0: (None, None, None, None, self._binder)}
+        self.plain = []  # (grid, args, meta) of every call that took Triton's path
+        self.compiled = _Compiled()
+
+    def _binder(self, *args, **meta):
+        bound = {f"a{i}": a for i, a in enumerate(args)}
+        bound.update({k: meta[k] for k in self.names})
+        if not self.args_first:
+            bound = {"c": meta[self.names[0]], **bound}
+        return bound, [], {}
+
+    def __getitem__(self, grid):
+        def run(*args, **meta):
+            self.plain.append((grid, args, meta))
+            return self.compiled
+        return run
+
+
+@pytest.fixture
+def memo(monkeypatch):
+    monkeypatch.setattr(L, "FAST_LAUNCH", True)
+    monkeypatch.setattr(L, "interpreting", lambda: False)
+    monkeypatch.setattr(L, "_device_and_stream", lambda: (0, "stream"))
+    monkeypatch.setattr(L, "_memos", {})
+    if L.knobs is None:
+        pytest.skip("this Triton has no knobs module: launch() always takes the plain path")
+
+
+def _args(gen_seed=0):
+    g = torch.Generator().manual_seed(gen_seed)
+    x = torch.randn(64, generator=g)
+    return [x, torch.empty(8, dtype=torch.int32), 16, 17, 0.5, 1]
+
+
+def test_memo_hit_launches_the_compiled_kernel_with_the_bound_arguments(memo):
+    fn = _FakeJit(6, ["BLOCK", "FLAG"])
+    args = _args()
+    L.launch(fn, (3, 2), *args, BLOCK=64, FLAG=True, num_warps=4)
+    assert len(fn.plain) == 1 and not fn.compiled.launches  # the first call is Triton's
+    args2 = _args(1)  # new tensors (aligned), another float value: the same specialisation
+    args2[4] = 2.5
+    L.launch(fn, (3, 2), *args2, BLOCK=64, FLAG=True, num_warps=4)
+    assert len(fn.plain) == 1
+    (call,) = fn.compiled.launches
+    assert call[:9] == (3, 2, 1, "stream", "fn-handle", "packed", ("meta", (3, 2)), L.knobs.runtime.launch_enter_hook,
+                        L.knobs.runtime.launch_exit_hook)
+    assert call[9:15] == tuple(args2) and call[9] is args2[0]
+    assert call[15:] == (64, True)  # the constexprs, in the binder's order
+
+
+@pytest.mark.parametrize("change", ["misaligned", "dtype", "int value", "int to float", "int to bool",
+                                    "constexpr", "num_warps", "device"])
+def test_memo_misses_on_whatever_triton_may_specialise_on(memo, monkeypatch, change):
+    fn = _FakeJit(6, ["BLOCK", "FLAG"])
+    meta = dict(BLOCK=64, FLAG=True, num_warps=4)
+    L.launch(fn, (1,), *_args(), **meta)
+    args = _args()
+    if change == "misaligned":
+        args[0] = torch.randn(65)[1:]  # 4-byte offset: no longer 16-byte aligned
+    elif change == "dtype":
+        args[0] = args[0].double()
+    elif change == "int value":
+        args[2] = 32  # still divisible by 16, but the memo keys on the value itself
+    elif change == "int to float":
+        args[5] = 1.0  # == 1 in Python, another type for Triton
+    elif change == "int to bool":
+        args[5] = True
+    elif change == "constexpr":
+        meta["BLOCK"] = 128
+    elif change == "num_warps":
+        meta["num_warps"] = 8
+    else:
+        monkeypatch.setattr(L, "_device_and_stream", lambda: (1, "stream"))
+    L.launch(fn, (1,), *args, **meta)
+    assert len(fn.plain) == 2 and not fn.compiled.launches
+
+
+def test_memo_refuses_binders_that_do_not_list_the_arguments_first(memo):
+    fn = _FakeJit(6, ["BLOCK"], args_first=False)
+    for _ in range(3):
+        L.launch(fn, (1,), *_args(), BLOCK=64)
+    assert len(fn.plain) == 3 and not fn.compiled.launches
+
+
+def test_plain_path_under_hooks_the_interpreter_or_the_switch(memo, monkeypatch):
+    fn = _FakeJit(6, ["BLOCK"])
+    fn.pre_run_hooks.append(lambda *a, **k: None)
+    for _ in range(2):
+        L.launch(fn, (1,), *_args(), BLOCK=64)
+    assert len(fn.plain) == 2 and not fn.compiled.launches
+    fn.pre_run_hooks.clear()
+    monkeypatch.setattr(L, "interpreting", lambda: True)
+    for _ in range(2):
+        L.launch(fn, (1,), *_args(), BLOCK=64)
+    monkeypatch.setattr(L, "interpreting", lambda: False)
+    monkeypatch.setattr(L, "FAST_LAUNCH", False)
+    for _ in range(2):
+        L.launch(fn, (1,), *_args(), BLOCK=64)
+    assert len(fn.plain) == 6 and not fn.compiled.launches
+
+
+def test_memo_starts_over_past_its_size(memo, monkeypatch):
+    monkeypatch.setattr(L, "MAX_ENTRIES", 2)
+    fn = _FakeJit(6, ["BLOCK"])
+    for block in (16, 32, 64):  # the third key clears the first two
+        L.launch(fn, (1,), *_args(), BLOCK=block)
+    L.launch(fn, (1,), *_args(), BLOCK=16)
+    assert len(fn.plain) == 4
+    L.launch(fn, (1,), *_args(), BLOCK=64)
+    assert len(fn.plain) == 4 and len(fn.compiled.launches) == 1
+
+
+def test_host_helpers_match_triton():
+    for a in range(0, 300):
+        for b in (1, 16, 32, 64, 128):
+            assert L.cdiv(a, b) == triton.cdiv(a, b)
+    for n in range(1, 600):
+        assert L.next_power_of_2(n) == triton.next_power_of_2(n)
+
+
+CUDA = torch.cuda.is_available()
+GPU_CASES = [  # d, distr_attention kwargs, backend: TMA descriptors (d=64), the grouping launch, Q_eff by one launch
+    (64, dict(group_size=1), "triton"),  # (d=128), the window's band, the SDPA engine's pieces
+    (64, dict(group_size=2, fusion="mean"), "triton"),
+    (128, dict(group_size=2, fusion="rank1"), "triton"),
+    (64, dict(group_size=2, fusion="rank1", exact_window=128, window_correction=0.5), "triton"),
+    (128, dict(group_size=4, fusion="rank1"), "triton"),
+    (64, dict(group_size=2, fusion="rank1", exact_window=128, window_correction=0.5), "sdpa"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"d{c[0]}-{'-'.join(f'{k}{v}' for k, v in c[1].items())}"
+                         f"-{c[2]}")
+def test_fast_launch_matches_plain_gpu(monkeypatch, case, causal):
+    """Memo hits launch what Triton's own path launches: outputs and gradients bit for bit (deterministic
+    algorithms, so dQ takes no atomics), on new tensors of the same shapes, with the memo's entries used."""
+    from distr_patch.ops import distr_attention
+    from distr_patch.ops.distr_attn import _distr_fwd_kernel
+
+    d, kw, backend = case
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    monkeypatch.setattr(L, "_memos", {})
+    grad = backend == "triton"
+
+    def run(seed):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        q = torch.randn(2, 6, 1000, d, device="cuda", dtype=torch.bfloat16, generator=g)
+        k, v = (torch.randn(2, 2, 1000, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+        if backend == "sdpa":
+            q, k, v = (t[:, :2].contiguous() for t in (q, k, v))  # the windowed SDPA engine: no GQA needed here
+        for t in (q, k, v):
+            t.requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            out = distr_attention(q, k, v, causal=causal, backend=backend, **kw)
+        if not grad:
+            return [out]
+        out.backward(torch.randn(out.shape, device="cuda", dtype=out.dtype, generator=g))
+        return [out, q.grad, k.grad, v.grad]
+
+    try:
+        monkeypatch.setattr(L, "FAST_LAUNCH", False)
+        plain = [run(s) for s in (1, 2)]
+        monkeypatch.setattr(L, "FAST_LAUNCH", True)
+        fast = [run(s) for s in (3, 1, 2)][1:]  # seed 3 fills the memo; 1 and 2 are hits on new tensors
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for p, f in zip(plain, fast):
+        for a, b in zip(p, f):
+            assert torch.equal(a, b)
+    if backend == "triton":
+        entries = list(L._memos[_distr_fwd_kernel].values())
+        assert entries and all(e is not None for e in entries), "the forward's launches were not memoised"
