@@ -54,10 +54,10 @@ def bench(fn, ms=20):
     return triton.testing.do_bench(fn, warmup=10, rep=ms)
 
 
-def configs(d, G, window, block_m, causal):
+def configs(d, G, window, block_m):
     """(name, FwdConfig) to compare for one variant."""
     W = 128 if window else 0
-    red = fwd_config(d, G, block_m, exact_window=W, grouped_qk="reduced", causal=causal)
+    red = fwd_config(d, G, block_m, exact_window=W, grouped_qk="reduced")
     cap = 128 if red.num_warps == 8 else 168  # registers at which one more program fits on an SM
     if G == 1:
         return [("exact", red)] + ([("exact+tma", replace(red, kv_tma=True))] if args.kernel_options else []) \
@@ -66,7 +66,7 @@ def configs(d, G, window, block_m, causal):
             + ([(f"exact maxnreg{cap}", replace(red, maxnreg=cap))] if args.register_caps and d <= 64 else []) \
             + (_ws_configs("exact", red) if args.warp_specialize else []) \
             + (_tall_configs("exact", red) if args.tall_tiles else [])
-    ex = fwd_config(d, G, block_m, exact_window=W, grouped_qk="expanded", causal=causal)
+    ex = fwd_config(d, G, block_m, exact_window=W, grouped_qk="expanded")
     out = ([] if args.no_reduced else [("reduced", red)]) + [("expanded", ex)]
     if args.kernel_options:  # Q_eff in the kernel's prologue instead of a regroup launch; K/V tiles through TMA
         out += [("expanded+prologue", replace(ex, qeff_prologue=True)), ("expanded+tma", replace(ex, kv_tma=True)),
@@ -163,7 +163,7 @@ for d, N, causal in itertools.product(args.d, args.n, [bool(c) for c in args.cau
                     causal=causal, attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None,
                     groups=None)
         timed = []  # (cname, err, grouping switches, fn) of the configs that compiled
-        for cname, cfg in configs(d, kw["group_size"], full["exact_window"] > 0, full["block_m"], causal):
+        for cname, cfg in configs(d, kw["group_size"], full["exact_window"] > 0, full["block_m"]):
             switches = dict(COLUMN_ORDER="sort" if "sort+" in cname else "rank",
                             PAIR_WEIGHTS="gather" if cname.endswith("+gather") else "gram",
                             POSITIONS="torch" if cname.endswith("+torch-positions") else positions)

@@ -134,17 +134,13 @@ def auto_runs_sdpa(group_size: int, exact_window: int, attention_mask, causal: b
         and sdpa_runs(group_size, exact_window, attention_mask, causal, N, M, needs_grad=False)
 
 
-def scale_after_max_rule(head_dim: int, group_size: int, causal: bool, window: bool) -> bool:
-    """FwdConfig.scale_after_max by shape, where it measured faster side by side (H200, bf16, N=4096 and 16384, four
-    runs; docs/benchmarks.md, "The softmax's scale after the row max"): at d <= 64 (G=1 2-4%; G=2 without causal
-    masking 1-2% in three of four runs) except G > 1 with causal masking (1-3% slower there), and at 64 < d <= 128
-    with causal masking (about 2%; 6-7% slower without it at N=4096). Fewer instructions, yet slower at some shapes:
-    the compiled schedule differs. The window's calls and other head dims were not timed: scores scaled first."""
-    if window:
-        return False
-    if head_dim <= 64:
-        return group_size == 1 or not causal
-    return head_dim <= 128 and causal
+def scale_after_max_rule(head_dim: int, group_size: int, window: bool) -> bool:
+    """FwdConfig.scale_after_max by shape: on for exact calls (G = 1) at d <= 64, where it measured 2-5% faster side
+    by side (H200, bf16, N=4096 and 16384, five runs; docs/benchmarks.md, "The softmax's scale after the row max").
+    Elsewhere its effect was -7% to +3% and depended on causal masking, but the form may not: a padded batch reaches
+    the kernel as a tensor mask without ``causal``, the same sequence alone as ``causal`` without a mask, and the
+    two must round alike, or a bf16 model's next LSH grouping tells them apart (``test_patched_model_on_cuda``)."""
+    return head_dim <= 64 and group_size == 1 and not window
 
 
 def interpreting() -> bool:
@@ -153,24 +149,24 @@ def interpreting() -> bool:
 
 def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_window: int = 0,
                interpret: bool | None = None, k_layout: str | None = None, grouped_qk: str | None = None,
-               fp32: bool = False, masked: bool = False, causal: bool = False) -> FwdConfig:
+               fp32: bool = False, masked: bool = False) -> FwdConfig:
     """Tile sizes for one call. G=1 takes the exact rows of ``_reduced_config``'s table;
     ``grouped_qk="expanded"`` the same tiles (``_expanded_config``); ``"reduced"`` its own rows. fp32
     inputs (a correctness path: fp32 dots) take half-width key tiles so that they fit in shared memory
     (128-key fp32 tiles asked for 246 KB on the H200). ``masked`` (a tensor attention mask: its [block_m,
     block_n] tile is pipelined too) caps the key tiles at 64: with 128 keys at 64 < d <= 128 the kernel asked
     for 229-360 KB of shared memory (the H200 has 227 KB; ``scripts/kernel_resources.py --mask float``), 115-197 KB
-    with 64. ``causal`` picks the softmax's form (``scale_after_max_rule``). Memoised on its arguments and the
+    with 64. The softmax's form: ``scale_after_max_rule``. Memoised on its arguments and the
     DEFAULT_* switches it reads (a call's host time matters in small layers; docs/benchmarks.md, "Host time")."""
     interpret = interpreting() if interpret is None else interpret
     return _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32,
-                       masked, causal, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,
+                       masked, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,
                        DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING)
 
 
 @functools.lru_cache(maxsize=1024)
 def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32, masked,
-                causal, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,  # noqa: N803
+                DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,  # noqa: N803
                 DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING) -> FwdConfig:
     """``fwd_config``'s body; the switches come in as arguments (so the memo sees them) under their global names."""
     mode = grouped_qk or DEFAULT_GROUPED_QK
@@ -191,7 +187,7 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
         cfg = replace(cfg, kv_tma=head_dim <= 64)
         if not interpret and 64 < head_dim <= 128:
             cfg = replace(cfg, block_n=128, num_warps=8)
-    cfg = replace(cfg, scale_after_max=scale_after_max_rule(head_dim, group_size, causal, window))
+    cfg = replace(cfg, scale_after_max=scale_after_max_rule(head_dim, group_size, window))
     if DEFAULT_QEFF_PROLOGUE is not None:
         cfg = replace(cfg, qeff_prologue=cfg.grouped_qk == "expanded" and DEFAULT_QEFF_PROLOGUE)
     if DEFAULT_KV_TMA is not None:

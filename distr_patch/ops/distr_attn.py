@@ -566,7 +566,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     G = group_size
     exact = G == 1
     cfg = config or fwd_config(d, G, block_m, exact_window=exact_window, fp32=q.dtype == torch.float32,
-                              masked=attention_mask is not None, causal=bool(causal))
+                              masked=attention_mask is not None)
     expanded = not exact and cfg.grouped_qk == "expanded"
     if cfg.grouped_qk not in ("reduced", "expanded"):
         raise ValueError(f"config.grouped_qk must be 'reduced' or 'expanded', got {cfg.grouped_qk!r}")

@@ -225,8 +225,8 @@ def test_softmax_form_switch_reaches_fwd_config(monkeypatch):
 
     for value in (True, False):
         monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_FWD_SCALE_AFTER_MAX", value)
-        assert {configs.fwd_config(d, G, 128, interpret=False, causal=c).scale_after_max
-                for d in (64, 128) for G in (1, 2) for c in (False, True)} == {value}
+        assert {configs.fwd_config(d, G, 128, interpret=False, masked=m).scale_after_max
+                for d in (64, 128) for G in (1, 2) for m in (False, True)} == {value}
 
 
 def test_fused_grouping_switch_reaches_fwd_config(monkeypatch):
@@ -414,13 +414,12 @@ def test_fwd_config_table():
     assert fwd_config(64, 1, 128, interpret=False).kv_tma and not fwd_config(128, 1, 128, interpret=False).kv_tma
     assert not fwd_config(64, 2, 128, interpret=False, grouped_qk="reduced").qeff_prologue
     assert not fwd_config(256, 2, 128, interpret=False, grouped_qk="expanded").qeff_prologue
-    # the softmax's form: one FMA per score at d <= 64 but G > 1 causal, and for causal calls at 64 < d <= 128;
-    # never with the window (G=1 has none)
-    form = {(d, G, c, W): fwd_config(d, G, 128, exact_window=W, interpret=False, causal=c).scale_after_max
-            for d in (64, 128, 256) for G in (1, 2) for c in (False, True) for W in (0, 128)}
+    # the softmax's form: one FMA per score for exact calls at d <= 64 (G=1 has no window), with a tensor mask or
+    # without (a padded batch and its sequences alone must round alike)
+    form = {(d, G, m, W): fwd_config(d, G, 128, exact_window=W, interpret=False, masked=m).scale_after_max
+            for d in (32, 64, 128, 256) for G in (1, 2) for m in (False, True) for W in (0, 128)}
     assert sorted(k for k, on in form.items() if on) == [
-        (64, 1, False, 0), (64, 1, False, 128), (64, 1, True, 0), (64, 1, True, 128), (64, 2, False, 0),
-        (128, 1, True, 0), (128, 1, True, 128), (128, 2, True, 0)]
+        (d, 1, m, W) for d in (32, 64) for m in (False, True) for W in (0, 128)]
     with pytest.raises(ValueError, match="grouped_qk must be 'reduced' or 'expanded'"):
         fwd_config(64, 2, 128, grouped_qk="fast")
     with pytest.raises(ValueError, match="k_layout must be 'transposed' or 'natural'"):
