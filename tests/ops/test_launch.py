@@ -216,3 +216,14 @@ def test_fast_launch_matches_plain_gpu(monkeypatch, case, causal):
     if backend == "triton":
         entries = list(L._memos[_distr_fwd_kernel].values())
         assert entries and all(e is not None for e in entries), "the forward's launches were not memoised"
+
+
+@pytest.mark.skipif(CUDA, reason="checks the message given without a CUDA device")
+def test_probe_launch_model_needs_cuda():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "probe_launch_model.py"
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "needs a CUDA device" in run.stderr
