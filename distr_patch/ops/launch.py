@@ -34,6 +34,7 @@ FAST_LAUNCH = os.environ.get("DISTR_FAST_LAUNCH", "1") not in ("", "0") and knob
 RAW_LAUNCH = os.environ.get("DISTR_FAST_LAUNCH_RAW", "1") not in ("", "0")
 MAX_ENTRIES = 256  # per kernel; past it the memo starts over (a model sees a few shapes, a sweep many)
 
+_MISSING = object()
 _memos: dict = {}  # kernel -> {key: (compiled kernel, constexpr tail) or None (not memoisable)}
 
 
@@ -99,8 +100,8 @@ def _memo_entry(fn, kernel, args, meta, device):
 
 def launch(fn, grid, *args, **meta):
     """``fn[grid](*args, **meta)``: runtime arguments positional, constexprs and launch options (num_warps, ...)
-    as keywords. grid: a tuple of 1-3 ints."""
-    if not FAST_LAUNCH or interpreting() or getattr(fn, "pre_run_hooks", True) \
+    as keywords. grid: a tuple of 1-3 ints (a callable grid takes the plain path)."""
+    if not FAST_LAUNCH or interpreting() or callable(grid) or getattr(fn, "pre_run_hooks", True) \
             or knobs.runtime.add_stages_inspection_hook is not None:  # hooks Triton's run would call: plain path
         return fn[grid](*args, **meta)
     device, stream = _device_and_stream()
@@ -117,8 +118,9 @@ def launch(fn, grid, *args, **meta):
             memo.clear()
         memo[key] = _memo_entry(fn, kernel, args, meta, device)
         return kernel
-    if entry is None:
-        return fn[grid](*args, **meta)
+    if entry is None or any(globals_dict.get(name, _MISSING) != value  # a global the kernel read was rebound:
+                            for (name, _), (value, globals_dict) in getattr(fn, "used_global_vals", {}).items()):
+        return fn[grid](*args, **meta)  # Triton's path, which raises its error for that
     kernel, tail, raw = entry
     g1 = grid[1] if len(grid) > 1 else 1
     g2 = grid[2] if len(grid) > 2 else 1

@@ -135,10 +135,25 @@ def test_plain_path_under_hooks_the_interpreter_or_the_switch(memo, monkeypatch)
     for _ in range(2):
         L.launch(fn, (1,), *_args(), BLOCK=64)
     monkeypatch.setattr(L, "interpreting", lambda: False)
+    for _ in range(2):  # a grid computed from the meta-parameters
+        L.launch(fn, lambda meta: (1,), *_args(), BLOCK=64)
     monkeypatch.setattr(L, "FAST_LAUNCH", False)
     for _ in range(2):
         L.launch(fn, (1,), *_args(), BLOCK=64)
-    assert len(fn.plain) == 6 and not fn.compiled.launches
+    assert len(fn.plain) == 8 and not fn.compiled.launches
+
+
+def test_rebound_global_takes_triton_path(memo):
+    """Triton refuses to run a kernel after a global it read was rebound; a memo hit must not hide that."""
+    fn = _FakeJit(6, ["BLOCK"])
+    scope = {"SCALE": 1.0}
+    fn.used_global_vals = {("SCALE", 0): (1.0, scope)}
+    for _ in range(2):
+        L.launch(fn, (1,), *_args(), BLOCK=64)
+    assert len(fn.plain) == 1 and len(fn.compiled.launches) == 1
+    scope["SCALE"] = 2.0
+    L.launch(fn, (1,), *_args(), BLOCK=64)
+    assert len(fn.plain) == 2 and len(fn.compiled.launches) == 1
 
 
 def test_memo_starts_over_past_its_size(memo, monkeypatch):
