@@ -23,6 +23,8 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
     exact/expanded scaled first | scale after max   (--softmax-forms) the default config with the softmax's other
                    form (FwdConfig.scale_after_max: scores scaled before the row max, a multiply and a subtract per
                    score; or the max on the raw dot and one FMA per score)
+    expanded sigma2-diff   (--sigma2-diff) window variants: the default config with the window's σ² pass taking
+                   grouped − exact scores by one dot, (Q_eff − Q) Kᵀ, instead of two (FwdConfig.sigma2_diff)
 
 With --rounds R every config of a shape is timed R times, in turn (A B A B ...), and the row shows the median
 of its rounds and their spread (max/min − 1): configs a few percent apart need it.
@@ -84,6 +86,9 @@ def configs(d, G, window, block_m):
         out += _ws_configs("expanded", ex)
     if args.softmax_forms:
         out.append(_other_softmax_form("expanded", ex))
+    if args.sigma2_diff and window:
+        out.append(("expanded sigma2-diff" if not ex.sigma2_diff else "expanded sigma2 two dots",
+                    replace(ex, sigma2_diff=not ex.sigma2_diff)))
     if args.tall_tiles and not window:
         out += _tall_configs("expanded", ex)
     if args.fused and block_m == 128:
@@ -144,6 +149,9 @@ ap.add_argument("--warp-specialize", action="store_true",
                 help="add the default config with its first plain key loop warp-specialised on 8 warps")
 ap.add_argument("--softmax-forms", action="store_true",
                 help="add the default config with the softmax's other form (FwdConfig.scale_after_max)")
+ap.add_argument("--sigma2-diff", action="store_true",
+                help="window variants: add the default config with the window's σ² by one dot "
+                     "(FwdConfig.sigma2_diff)")
 ap.add_argument("--rounds", type=int, default=1, help="time each shape's configs this many times, in turn")
 args = ap.parse_args()
 if args.rounds < 1:

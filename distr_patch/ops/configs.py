@@ -43,6 +43,9 @@ class FwdConfig:
     # argument is one FMA per score (s·scale − m) instead of a multiply and a subtract (10-13% fewer instructions
     # per key tile in sm_90 SASS); False: the scores scaled first. ``fwd_config`` picks it (scale_after_max_rule)
     scale_after_max: bool = False
+    # the exact window's σ² pass (expanded path): grouped − exact scores by one dot, (Q_eff − Q) Kᵀ, per band tile
+    # instead of two (Q_eff − Q rounded once to the dot type). Not yet timed on the GPU: off
+    sigma2_diff: bool = False
 
 
 # Grouped key loads gather K's columns in the query block's order. With K's natural
@@ -89,6 +92,7 @@ DEFAULT_FWD_SCALE_AFTER_MAX = _env_flag("DISTR_FWD_SCALE_AFTER_MAX", None)
 # FwdConfig.fused_grouping (None: the table, off). On the expanded path it also turns the Q_eff prologue on, and it
 # acts only where a program's query tile is one grouping block (block_m = 128 on the GPU); G = 1 has no grouping.
 DEFAULT_FUSED_GROUPING = _env_flag("DISTR_FWD_FUSED_GROUPING", None)
+DEFAULT_FWD_SIGMA2_DIFF = _env_flag("DISTR_FWD_SIGMA2_DIFF", None)  # FwdConfig.sigma2_diff; None: the table (off)
 # DISTR_AUTO_SDPA=1: backend="auto" on CUDA runs calls that are plain attention on Q_eff (no exact window, no tensor
 # mask, N == M or not causal) as torch's SDPA on Q_eff (``sdpa_engine.py``), the others on the fused Triton kernel.
 # Off by default (H200, docs/benchmarks.md, "backend='sdpa'"): the operator alone was faster at N >= 4096 (forward
@@ -161,13 +165,14 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     interpret = interpreting() if interpret is None else interpret
     return _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32,
                        masked, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,
-                       DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING)
+                       DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING, DEFAULT_FWD_SIGMA2_DIFF)
 
 
 @functools.lru_cache(maxsize=1024)
 def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32, masked,
                 DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,  # noqa: N803
-                DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING) -> FwdConfig:
+                DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING,
+                DEFAULT_FWD_SIGMA2_DIFF) -> FwdConfig:
     """``fwd_config``'s body; the switches come in as arguments (so the memo sees them) under their global names."""
     mode = grouped_qk or DEFAULT_GROUPED_QK
     if mode not in ("reduced", "expanded"):
@@ -196,6 +201,8 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
         cfg = replace(cfg, warp_specialize=DEFAULT_FWD_WS)
     if DEFAULT_FWD_SCALE_AFTER_MAX is not None:
         cfg = replace(cfg, scale_after_max=DEFAULT_FWD_SCALE_AFTER_MAX)
+    if DEFAULT_FWD_SIGMA2_DIFF is not None:
+        cfg = replace(cfg, sigma2_diff=DEFAULT_FWD_SIGMA2_DIFF)
     if DEFAULT_FUSED_GROUPING is not None and group_size > 1:
         cfg = with_fused_grouping(cfg, head_dim, grouping_block_m, DEFAULT_FUSED_GROUPING)
     if masked and not interpret and cfg.block_n > 64:

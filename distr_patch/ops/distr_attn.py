@@ -241,9 +241,12 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, KD, kb, kh, MASKP, offs_m, N
                  HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, DG: tl.constexpr,
                  DG_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FUSION_MEAN: tl.constexpr,
                  CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
-                 EXPANDED: tl.constexpr, TMA_N: tl.constexpr):
-    """σ² per row: mean of (grouped − exact)² (after scale) over attendable band entries."""
+                 EXPANDED: tl.constexpr, TMA_N: tl.constexpr, SIGMA2_DIFF: tl.constexpr):
+    """σ² per row: mean of (grouped − exact)² (after scale) over attendable band entries. With SIGMA2_DIFF (expanded
+    path) the difference is one dot, (Q_eff − Q) Kᵀ, instead of two (Q_eff − Q rounded once to the dot type)."""
     q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
+    if EXPANDED and SIGMA2_DIFF:
+        dq = (qt.to(tl.float32) - q_full.to(tl.float32)).to(DOT_T)
     sq = tl.zeros([BLOCK_M], dtype=tl.float32)
     cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
@@ -251,13 +254,15 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, KD, kb, kh, MASKP, offs_m, N
         if EXPANDED:  # Q_eff and Q against the same key tile
             kt = _load_kt(K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_T,
                           TMA_N)
-            sg = tl.dot(qt, kt, input_precision=DOT_PREC)
-            se = tl.dot(q_full, kt, input_precision=DOT_PREC)
+            if SIGMA2_DIFF:
+                raw_diff = tl.dot(dq, kt, input_precision=DOT_PREC)
+            else:
+                raw_diff = tl.dot(qt, kt, input_precision=DOT_PREC) - tl.dot(q_full, kt, input_precision=DOT_PREC)
         else:
             sg = tl.dot(qt, _grouped_kt(KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD,
                                         BLOCK_N, FUSION_MEAN, True, DOT_T), input_precision=DOT_PREC)
-            se = _exact_qk(q_full, K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True,
-                           DOT_PREC, TMA_N)
+            raw_diff = sg - _exact_qk(q_full, K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD,
+                                      BLOCK_N, True, DOT_PREC, TMA_N)
         dist = offs_m[:, None] + (M - N) - offs_n[None, :]
         sel = (dist < WINDOW) & (dist > -WINDOW)
         sel = sel & _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm, CAUSAL, True, MASK_KIND)
@@ -265,7 +270,7 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, KD, kb, kh, MASKP, offs_m, N
             mv = tl.load(MASKP + offs_m[:, None] * stride_mn + offs_n[None, :] * stride_mm,
                          mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=float("-inf"))
             sel = sel & (mv > float("-inf"))
-        diff = (sg - se) * scale
+        diff = raw_diff * scale
         sq += tl.sum(tl.where(sel, diff * diff, 0.0), 1)
         cnt += tl.sum(sel.to(tl.float32), 1)
     return tl.where(cnt > 0, sq / tl.maximum(cnt, 1.0), 0.0)
@@ -323,7 +328,7 @@ def _distr_fwd_kernel(
     GB_PROJ_16BIT: tl.constexpr, EXPANDED: tl.constexpr, TMA_N: tl.constexpr, QE_PROLOGUE: tl.constexpr,
     GROUP_BM: tl.constexpr,
     SPLIT_W: tl.constexpr, STORE_QE: tl.constexpr, GB_GRAM_DOT: tl.constexpr, WS: tl.constexpr = False,
-    SCALE_AFTER_MAX: tl.constexpr = False,
+    SCALE_AFTER_MAX: tl.constexpr = False, SIGMA2_DIFF: tl.constexpr = False,
 ):
     """One program: one query tile of BLOCK_M rows of one (batch, query head); on the reduced path
     (not EXPANDED) the tile is one grouping block.
@@ -419,7 +424,7 @@ def _distr_fwd_kernel(
         sigma2 = _band_sigma2(qt, band_lo, band_hi, Q, KG, GRP_B, WB_B, K, KD, b, hk, MASKP, offs_m, N, M, WINDOW,
                               scale, stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn,
                               stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_M, BAND_N, FUSION_MEAN, CAUSAL,
-                              MASK_KIND, DOT_PREC, DOT_T, EXPANDED, TMA_N)
+                              MASK_KIND, DOT_PREC, DOT_T, EXPANDED, TMA_N, SIGMA2_DIFF)
         corr2 = half_corr * sigma2 * 1.4426950408889634
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -673,6 +678,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         TMA_N=cfg.block_n if descs else 0, QE_PROLOGUE=prologue, GROUP_BM=block_m,
         SPLIT_W=prologue and wa is not grp and _dot_dtype(q.dtype) != tl.float32, STORE_QE=store_qe,
         WS=cfg.warp_specialize and not interpreting(), SCALE_AFTER_MAX=cfg.scale_after_max,
+        SIGMA2_DIFF=cfg.sigma2_diff and expanded,
         **_fused_grouping_meta(gl),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )

@@ -143,6 +143,32 @@ def test_softmax_forms_interpreter(case):
 
 
 @interpreter_only
+@pytest.mark.parametrize("case", [  # B, Hq, Hkv, N, M, d, G, fusion, block_m, W, causal, mask
+    (2, 4, 2, 150, 150, 32, 2, "rank1", 128, 40, True, "pad"),
+    (1, 3, 1, 97, 130, 64, 2, "mean", 32, 24, False, None),
+    (1, 2, 2, 120, 120, 32, 4, "rank1", 64, 50, False, "float"),
+], ids=str)
+def test_sigma2_by_difference_interpreter(case):
+    """``FwdConfig.sigma2_diff``: the window's σ² from one dot, (Q_eff − Q) Kᵀ, gives the reference's output (fp32
+    dots here, so Q_eff − Q is exact); the correction moves the output, so a wrong σ² would show."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    B, Hq, Hkv, N, M, d, G, fusion, block_m, W, causal, mask_kind = case
+    seed = zlib.crc32(repr(case).encode())
+    q, k, v = make_qkv(seed, B, Hq, Hkv, N, M, d)
+    mask = make_mask(mask_kind, B, Hq, N, M, torch.Generator().manual_seed(seed + 1), "cpu")
+    kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=W, causal=causal, attention_mask=mask,
+              scale=None, num_hash_bits=16, seed=0)
+    cfg = replace(fwd_config(d, G, block_m, exact_window=W), sigma2_diff=True)
+    assert cfg.grouped_qk == "expanded"
+    out = _triton_forward(q, k, v, config=cfg, query_valid=None, groups=None, window_correction=1.0, **kw)
+    ref = reference_distr_attention(q, k, v, window_correction=1.0, **kw)
+    assert rel_err(out, ref) < 1e-5, rel_err(out, ref)
+    assert rel_err(reference_distr_attention(q, k, v, window_correction=0.0, **kw), ref) > 1e-3
+
+
+@interpreter_only
 @pytest.mark.parametrize("block_n,band_n,causal", [(128, 32, True), (128, 64, False), (64, 16, True)])
 def test_window_band_subtiles_interpreter(block_n, band_n, causal):
     """The GPU table's shape: 128-row tiles, wide plain key tiles, narrower tiles where the band is
