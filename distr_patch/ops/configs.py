@@ -161,7 +161,8 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     block_n] tile is pipelined too) caps the key tiles at 64: with 128 keys at 64 < d <= 128 the kernel asked
     for 229-360 KB of shared memory (the H200 has 227 KB; ``scripts/kernel_resources.py --mask float``), 115-197 KB
     with 64. The softmax's form: ``scale_after_max_rule``. Memoised on its arguments and the
-    DEFAULT_* switches it reads (a call's host time matters in small layers; docs/benchmarks.md, "Host time")."""
+    DEFAULT_* switches it reads (host time per call matters in small layers; docs/benchmarks.md, "Kernel launches
+    without Triton's binder")."""
     interpret = interpreting() if interpret is None else interpret
     return _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32,
                        masked, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,
