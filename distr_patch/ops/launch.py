@@ -21,8 +21,6 @@ import os
 
 import torch
 
-from .configs import interpreting
-
 try:
     from triton import knobs
     from triton.runtime import driver
@@ -101,12 +99,15 @@ def _memo_entry(fn, kernel, args, meta, device):
 def launch(fn, grid, *args, **meta):
     """``fn[grid](*args, **meta)``: runtime arguments positional, constexprs and launch options (num_warps, ...)
     as keywords. grid: a tuple of 1-3 ints (a callable grid takes the plain path)."""
-    if not FAST_LAUNCH or interpreting() or callable(grid) or getattr(fn, "pre_run_hooks", True) \
-            or knobs.runtime.add_stages_inspection_hook is not None:  # hooks Triton's run would call: plain path
+    # the interpreter's kernels have no device caches; hooks Triton's run would call, or a grid computed from the
+    # meta-parameters: the plain path
+    if not FAST_LAUNCH or not hasattr(fn, "device_caches") or callable(grid) or getattr(fn, "pre_run_hooks", True) \
+            or knobs.runtime.add_stages_inspection_hook is not None:
         return fn[grid](*args, **meta)
     device, stream = _device_and_stream()
     key = (device, knobs.runtime.debug, knobs.compilation.instrumentation_mode, tuple(meta.items()),
-           tuple([a if type(a) is int else _spec_of(a) for a in args]))
+           tuple([a if type(a) is int else (a.dtype, a.data_ptr() % 16 == 0) if type(a) is torch.Tensor
+                  else _spec_of(a) for a in args]))
     memo = _memos.setdefault(fn, {})
     try:
         entry = memo.get(key, False)

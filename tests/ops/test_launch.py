@@ -61,7 +61,6 @@ class _FakeJit:
 @pytest.fixture
 def memo(monkeypatch):
     monkeypatch.setattr(L, "FAST_LAUNCH", True)
-    monkeypatch.setattr(L, "interpreting", lambda: False)
     monkeypatch.setattr(L, "_device_and_stream", lambda: (0, "stream"))
     monkeypatch.setattr(L, "_memos", {})
     if L.knobs is None:
@@ -131,10 +130,11 @@ def test_plain_path_under_hooks_the_interpreter_or_the_switch(memo, monkeypatch)
         L.launch(fn, (1,), *_args(), BLOCK=64)
     assert len(fn.plain) == 2 and not fn.compiled.launches
     fn.pre_run_hooks.clear()
-    monkeypatch.setattr(L, "interpreting", lambda: True)
+    caches = fn.device_caches
+    del fn.device_caches  # as the interpreter's kernels
     for _ in range(2):
         L.launch(fn, (1,), *_args(), BLOCK=64)
-    monkeypatch.setattr(L, "interpreting", lambda: False)
+    fn.device_caches = caches
     for _ in range(2):  # a grid computed from the meta-parameters
         L.launch(fn, lambda meta: (1,), *_args(), BLOCK=64)
     monkeypatch.setattr(L, "FAST_LAUNCH", False)
