@@ -1,9 +1,9 @@
 """Kernel launches with less host work: the compiled kernel found by the call's argument values.
 
 ``kernel[grid](*args, **meta)`` makes Triton bind and specialise every argument on each call (a generated binder,
-one native call per argument, a cache key), about 50-80 µs of host time for our 80-argument kernels. A layer of a
-small model (SmolLM2: 9 heads of d=64) gives the GPU about 0.25 ms of attention, so these launches left whole-model
-prefill bound by the host (docs/benchmarks.md, "Whole-model latency").
+one native call per argument, a cache key), tens of µs of host time per launch for our 80-argument kernels. Where a
+call gives the GPU little work (B=1, N=1024) the host sets its speed: there the memo made calls 1.3-2.3x faster on
+an H200 (docs/benchmarks.md, "Kernel launches without Triton's binder"; larger calls are bound by the GPU anyway).
 
 ``launch(fn, grid, *args, **meta)`` is ``fn[grid](*args, **meta)`` with a memo: the key is every value that
 Triton's specialisation can depend on (each int argument's value, each tensor's dtype and 16-byte alignment, each
@@ -33,7 +33,7 @@ RAW_LAUNCH = os.environ.get("DISTR_FAST_LAUNCH_RAW", "1") not in ("", "0")
 MAX_ENTRIES = 256  # per kernel; past it the memo starts over (a model sees a few shapes, a sweep many)
 
 _MISSING = object()
-_memos: dict = {}  # kernel -> {key: (compiled kernel, constexpr tail) or None (not memoisable)}
+_memos: dict = {}  # kernel -> {key: (compiled kernel, constexpr tail, raw launch or None) or None (not memoisable)}
 
 
 def _spec_of(a):
