@@ -99,10 +99,10 @@ def _memo_entry(fn, kernel, args, meta, device):
 def launch(fn, grid, *args, **meta):
     """``fn[grid](*args, **meta)``: runtime arguments positional, constexprs and launch options (num_warps, ...)
     as keywords. grid: a tuple of 1-3 ints (a callable grid takes the plain path)."""
-    # the interpreter's kernels have no device caches; hooks Triton's run would call, or a grid computed from the
-    # meta-parameters: the plain path
+    # the interpreter's kernels have no device caches; hooks Triton's run would call, a grid computed from the
+    # meta-parameters, or torch.compile tracing (it captures ``fn[grid](...)`` calls as they are): the plain path
     if not FAST_LAUNCH or not hasattr(fn, "device_caches") or callable(grid) or getattr(fn, "pre_run_hooks", True) \
-            or knobs.runtime.add_stages_inspection_hook is not None:
+            or knobs.runtime.add_stages_inspection_hook is not None or torch.compiler.is_compiling():
         return fn[grid](*args, **meta)
     device, stream = _device_and_stream()
     key = (device, knobs.runtime.debug, knobs.compilation.instrumentation_mode, tuple(meta.items()),

@@ -123,7 +123,7 @@ def test_memo_refuses_binders_that_do_not_list_the_arguments_first(memo):
     assert len(fn.plain) == 3 and not fn.compiled.launches
 
 
-def test_plain_path_under_hooks_the_interpreter_or_the_switch(memo, monkeypatch):
+def test_plain_path_under_hooks_the_interpreter_compile_or_the_switch(memo, monkeypatch):
     fn = _FakeJit(6, ["BLOCK"])
     fn.pre_run_hooks.append(lambda *a, **k: None)
     for _ in range(2):
@@ -135,12 +135,16 @@ def test_plain_path_under_hooks_the_interpreter_or_the_switch(memo, monkeypatch)
     for _ in range(2):
         L.launch(fn, (1,), *_args(), BLOCK=64)
     fn.device_caches = caches
+    with monkeypatch.context() as mp:
+        mp.setattr(torch.compiler, "is_compiling", lambda: True)  # as while torch.compile traces
+        for _ in range(2):
+            L.launch(fn, (1,), *_args(), BLOCK=64)
     for _ in range(2):  # a grid computed from the meta-parameters
         L.launch(fn, lambda meta: (1,), *_args(), BLOCK=64)
     monkeypatch.setattr(L, "FAST_LAUNCH", False)
     for _ in range(2):
         L.launch(fn, (1,), *_args(), BLOCK=64)
-    assert len(fn.plain) == 8 and not fn.compiled.launches
+    assert len(fn.plain) == 10 and not fn.compiled.launches
 
 
 def test_rebound_global_takes_triton_path(memo):
