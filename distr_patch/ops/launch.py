@@ -17,9 +17,10 @@ binder does not put the positional arguments first (then the memo could not rebu
 from __future__ import annotations
 
 import inspect
-import os
 
 import torch
+
+from .configs import _env_flag
 
 try:
     from triton import knobs
@@ -27,9 +28,9 @@ try:
 except ImportError:  # a Triton before knobs (3.4): the plain path only
     knobs = driver = None
 
-FAST_LAUNCH = os.environ.get("DISTR_FAST_LAUNCH", "1") not in ("", "0") and knobs is not None
+FAST_LAUNCH = _env_flag("DISTR_FAST_LAUNCH", True)
 # DISTR_FAST_LAUNCH_RAW=0: memo hits go through kernel.run (Triton's launcher wrapper) instead of its C launcher
-RAW_LAUNCH = os.environ.get("DISTR_FAST_LAUNCH_RAW", "1") not in ("", "0")
+RAW_LAUNCH = _env_flag("DISTR_FAST_LAUNCH_RAW", True)
 MAX_ENTRIES = 256  # per kernel; past it the memo starts over (a model sees a few shapes, a sweep many)
 
 _MISSING = object()
@@ -101,7 +102,7 @@ def launch(fn, grid, *args, **meta):
     as keywords. grid: a tuple of 1-3 ints (a callable grid takes the plain path)."""
     # the interpreter's kernels have no device caches; hooks Triton's run would call, a grid computed from the
     # meta-parameters, or torch.compile tracing (it captures ``fn[grid](...)`` calls as they are): the plain path
-    if not FAST_LAUNCH or not hasattr(fn, "device_caches") or callable(grid) or getattr(fn, "pre_run_hooks", True) \
+    if not FAST_LAUNCH or knobs is None or not hasattr(fn, "device_caches") or callable(grid) or getattr(fn, "pre_run_hooks", True) \
             or knobs.runtime.add_stages_inspection_hook is not None or torch.compiler.is_compiling():
         return fn[grid](*args, **meta)
     device, stream = _device_and_stream()

@@ -1,6 +1,11 @@
 """``ops/launch.py``: the launch memo's key and argument list, on a stand-in for a JIT function (no GPU needed:
 the memo's hits call the compiled kernel Triton returned, which this fake records). The GPU side, that a memo hit
 launches the same kernel with the same arguments as Triton's own path, is ``test_fast_launch_matches_plain_gpu``."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import triton
@@ -58,13 +63,24 @@ class _FakeJit:
         return run
 
 
+class _Knobs:
+    """Stand-in for triton.knobs (the fields launch() reads), so these tests do not depend on the Triton release."""
+    class runtime:
+        debug = False
+        add_stages_inspection_hook = None
+        launch_enter_hook = "enter-hook"
+        launch_exit_hook = "exit-hook"
+
+    class compilation:
+        instrumentation_mode = ""
+
+
 @pytest.fixture
 def memo(monkeypatch):
     monkeypatch.setattr(L, "FAST_LAUNCH", True)
+    monkeypatch.setattr(L, "knobs", _Knobs)
     monkeypatch.setattr(L, "_device_and_stream", lambda: (0, "stream"))
     monkeypatch.setattr(L, "_memos", {})
-    if L.knobs is None:
-        pytest.skip("this Triton has no knobs module: launch() always takes the plain path")
 
 
 def _args(gen_seed=0):
@@ -83,8 +99,7 @@ def test_memo_hit_launches_the_compiled_kernel_with_the_bound_arguments(memo):
     L.launch(fn, (3, 2), *args2, BLOCK=64, FLAG=True, num_warps=4)
     assert len(fn.plain) == 1
     (call,) = fn.compiled.launches
-    assert call[:9] == (3, 2, 1, "stream", "fn-handle", "packed", ("meta", (3, 2)), L.knobs.runtime.launch_enter_hook,
-                        L.knobs.runtime.launch_exit_hook)
+    assert call[:9] == (3, 2, 1, "stream", "fn-handle", "packed", ("meta", (3, 2)), "enter-hook", "exit-hook")
     assert call[9:15] == tuple(args2) and call[9] is args2[0]
     assert call[15:] == (64, True)  # the constexprs, in the binder's order
 
@@ -139,12 +154,28 @@ def test_plain_path_under_hooks_the_interpreter_compile_or_the_switch(memo, monk
         mp.setattr(torch.compiler, "is_compiling", lambda: True)  # as while torch.compile traces
         for _ in range(2):
             L.launch(fn, (1,), *_args(), BLOCK=64)
+    with monkeypatch.context() as mp:
+        mp.setattr(L, "knobs", None)  # a Triton before knobs (3.4)
+        for _ in range(2):
+            L.launch(fn, (1,), *_args(), BLOCK=64)
+    with monkeypatch.context() as mp:
+        mp.setattr(_Knobs.runtime, "add_stages_inspection_hook", lambda: ("key", "hash"))
+        for _ in range(2):
+            L.launch(fn, (1,), *_args(), BLOCK=64)
     for _ in range(2):  # a grid computed from the meta-parameters
         L.launch(fn, lambda meta: (1,), *_args(), BLOCK=64)
     monkeypatch.setattr(L, "FAST_LAUNCH", False)
     for _ in range(2):
         L.launch(fn, (1,), *_args(), BLOCK=64)
-    assert len(fn.plain) == 10 and not fn.compiled.launches
+    assert len(fn.plain) == 14 and not fn.compiled.launches
+
+
+@pytest.mark.parametrize("name", ["DISTR_FAST_LAUNCH", "DISTR_FAST_LAUNCH_RAW"])
+def test_misspelled_switch_is_a_named_error(name):
+    env = {**os.environ, name: "yes"}
+    run = subprocess.run([sys.executable, "-c", "import distr_patch.ops"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode != 0 and f"the environment variable {name} must be 0 or 1, got 'yes'" in run.stderr
 
 
 def test_rebound_global_takes_triton_path(memo):
@@ -239,10 +270,6 @@ def test_fast_launch_matches_plain_gpu(monkeypatch, case, causal):
 
 @pytest.mark.skipif(CUDA, reason="checks the message given without a CUDA device")
 def test_probe_launch_model_needs_cuda():
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = Path(__file__).resolve().parents[2] / "scripts" / "probe_launch_model.py"
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "needs a CUDA device" in run.stderr
