@@ -25,6 +25,9 @@
 #       (scripts/host_overhead.py).
 # launch: eager prefill (SmolLM2 4x4096 with the calibrated config twice, Llama-3.2-1B 1x4096 once) with
 #         DISTR_FAST_LAUNCH=1 and 0 in turn.
+# fused-model: eager prefill with the grouping inside the attention kernel (DISTR_FWD_FUSED_GROUPING) against the
+#              grouping launch and exact, alternated in one process (scripts/probe_model_switches.py), at host-bound
+#              and GPU-bound shapes; then host time per call with each (host_overhead.py --fused-grouping both).
 # engines: eager prefill benches of paper / recommended (/ calibrated, SmolLM2) on the fused kernel and with
 #          DistrConfig.engine="sdpa" (SDPA on Q_eff; the exact window as SDPA pieces and our band kernel).
 # probe-sdpa: which SDPA backend runs (and how fast) at the Llama-3.2-1B and SmolLM2 layer shapes with a contiguous
@@ -102,6 +105,16 @@ for step in "${steps[@]}"; do
                --settings paper,recommended --seq-lens 4096 --batch-sizes 1 --gen-tokens 1 --gen-prompt-len 16 \
                --repeats 10 --no-plots --output-dir "$out" $g 2>&1 | grep "| prefill |" || rc=1
            done ;;
+    fused-model) for shape in "1 1024" "1 4096" "4 4096"; do
+             set -- $shape
+             python scripts/probe_model_switches.py --modes exact fast fused --batch "$1" --seq-len "$2" \
+               --config configs/smollm2-135m-g2-calibrated-10pct.json 2>&1 | tee -a "$out/fused-model.log" \
+               | sed -n '/^preset/,$p' || rc=1
+           done
+           python scripts/probe_model_switches.py --model preset:llama-3.2-1b --modes exact fast fused --batch 1 \
+             --seq-len 4096 --rounds 3 2>&1 | tee -a "$out/fused-model.log" | sed -n '/^preset/,$p' || rc=1
+           python scripts/host_overhead.py --batch 1 --n 1024 --launch fast --fused-grouping both --rounds 5 2>&1 \
+             | tee "$out/host-fused.log" | sed -n '/^| variant/,$p' || rc=1 ;;
     host) python scripts/host_overhead.py --calls 300 2>&1 | tee "$out/host-overhead.log" | sed -n '/^| variant/,$p' \
            || rc=1 ;;
     launch)  # whole-model eager prefill with kernel launches through ops/launch.py's memo (1) and Triton's path (0)

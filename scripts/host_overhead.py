@@ -8,6 +8,10 @@ wall time until the GPU is done too; wall ≈ host means host-bound.
     python scripts/host_overhead.py                      # GPU: SmolLM2's layer shape (B=4, 9 / 3 heads, N=4096)
     python scripts/host_overhead.py --stub-kernels --device cpu   # the Python wrapper alone (no GPU needed)
 
+``--fused-grouping both`` adds each grouped variant with the grouping computed inside the attention kernel
+(``configs.DEFAULT_FUSED_GROUPING``: one launch fewer). ``--rounds R`` times all variants R times in turn and
+reports each one's median, so variants compared side by side meet the same host noise.
+
 ``--stub-kernels`` replaces every Triton kernel launch with a no-op, so what is left is this package's own Python
 (validation, configs, allocations, TMA descriptors). On the GPU each DistrAttention variant runs twice: its
 launches through ``ops/launch.py``'s memo ("fast launch") and through Triton's own path ("plain launch").
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -78,6 +83,10 @@ def main(argv=None) -> list[dict]:
                         "side by side (default; plain alone with --stub-kernels, where nothing launches)")
     p.add_argument("--profile", type=int, default=0, metavar="K",
                    help="also run each variant's calls under cProfile and print its K costliest functions (own time)")
+    p.add_argument("--fused-grouping", choices=["off", "on", "both"], default="off",
+                   help="grouped variants with the grouping inside the attention kernel (on), by its own launch (off, "
+                        "the default config), or each side by side")
+    p.add_argument("--rounds", type=int, default=1, help="time all variants this many times in turn; medians")
     a = p.parse_args(argv)
     if a.device == "cpu":
         if not a.stub_kernels:
@@ -86,7 +95,7 @@ def main(argv=None) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
-    from distr_patch.ops import distr_attention
+    from distr_patch.ops import configs, distr_attention
     from distr_patch.ops import launch as launch_mod
 
     if a.stub_kernels:
@@ -100,38 +109,56 @@ def main(argv=None) -> list[dict]:
     launch = a.launch or ("plain" if a.stub_kernels else "both")
     modes = {"fast": True, "plain": False} if launch == "both" else {launch: launch == "fast"}
 
-    def with_launch(fn, fast):  # ops/launch.py's memo on (fast) or Triton's own launch path (plain)
+    fused_modes = {"off": [False], "on": [True], "both": [False, True]}[a.fused_grouping]
+
+    def with_switches(fn, fast, fused):  # ops/launch.py's memo on (fast) or Triton's path (plain); grouping fused
         def run():
             launch_mod.FAST_LAUNCH = fast
+            configs.DEFAULT_FUSED_GROUPING = fused or None  # None: the config table's choice (a launch of its own)
             return fn()
         return run
 
     for mode, fast in modes.items():
         tag = f" ({mode} launch)" if len(modes) > 1 else ""
-        for name, kw in VARIANTS.items():
-            fns[f"distr {name}{tag}"] = with_launch(
-                lambda kw=kw: distr_attention(q, k, v, causal=True, backend="triton", **kw), fast)
-        if not a.stub_kernels:  # the SDPA engine (its torch SDPA calls would run for real on stubbed launches' output)
-            for name in ("G2 mean", "G2 rank1 W128 c.5"):
-                fns[f"distr {name} sdpa{tag}"] = with_launch(
-                    lambda kw=VARIANTS[name]: distr_attention(q, k, v, causal=True, backend="sdpa", **kw), fast)
-    rows = []
-    for name, fn in fns.items():
+        for fused in fused_modes:
+            ftag = " fused grouping" if fused else ""
+            for name, kw in VARIANTS.items():
+                if fused and kw["group_size"] == 1:
+                    continue
+                fns[f"distr {name}{ftag}{tag}"] = with_switches(
+                    lambda kw=kw: distr_attention(q, k, v, causal=True, backend="triton", **kw), fast, fused)
+            if not a.stub_kernels and not fused:  # the SDPA engine (its torch SDPA calls would run for real on
+                for name in ("G2 mean", "G2 rank1 W128 c.5"):  # stubbed launches' output); it fuses its own grouping
+                    fns[f"distr {name} sdpa{tag}"] = with_switches(
+                        lambda kw=VARIANTS[name]: distr_attention(q, k, v, causal=True, backend="sdpa", **kw), fast,
+                        False)
+    for fn in fns.values():  # compile and warm every variant before any is timed
         for _ in range(5):
             fn()
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(a.calls):
+    sync()
+    times = {name: [] for name in fns}
+    for r in range(a.rounds):
+        for name, fn in fns.items():
             fn()
-        t1 = time.perf_counter()
-        sync()
-        t2 = time.perf_counter()
-        rows.append(dict(variant=name, host_ms=(t1 - t0) / a.calls * 1e3, wall_ms=(t2 - t0) / a.calls * 1e3))
-        print(rows[-1], flush=True)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(a.calls):
+                fn()
+            t1 = time.perf_counter()
+            sync()
+            t2 = time.perf_counter()
+            times[name].append(((t1 - t0) / a.calls * 1e3, (t2 - t0) / a.calls * 1e3))
+    rows = []
+    for name, ts in times.items():
+        host, wall = (statistics.median(t[i] for t in ts) for i in (0, 1))
+        rows.append(dict(variant=name, host_ms=host, wall_ms=wall, rounds=ts))
+        print({k: v for k, v in rows[-1].items() if k != "rounds"}, flush=True)
         if a.profile:
-            _profile(fn, a.calls, a.profile, sync)
+            _profile(fns[name], a.calls, a.profile, sync)
+    configs.DEFAULT_FUSED_GROUPING = None
+    med = f", median of {a.rounds} rounds" if a.rounds > 1 else ""
     print(f"\n{a.device}, B={a.batch}, heads {a.heads}/{a.kv_heads}, N={a.n}, d={a.d}, causal"
-          f"{', kernels stubbed' if a.stub_kernels else ''}; ms per call, {a.calls} calls back to back\n")
+          f"{', kernels stubbed' if a.stub_kernels else ''}; ms per call, {a.calls} calls back to back{med}\n")
     print("| variant | host ms/call | wall ms/call | host / wall |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['host_ms']:.3f} | {r['wall_ms']:.3f} | {r['host_ms'] / r['wall_ms']:.2f} |")

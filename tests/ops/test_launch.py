@@ -269,7 +269,7 @@ def test_fast_launch_matches_plain_gpu(monkeypatch, case, causal):
 
 
 @pytest.mark.skipif(CUDA, reason="checks the message given without a CUDA device")
-def test_probe_launch_model_needs_cuda():
-    script = Path(__file__).resolve().parents[2] / "scripts" / "probe_launch_model.py"
+def test_probe_model_switches_needs_cuda():
+    script = Path(__file__).resolve().parents[2] / "scripts" / "probe_model_switches.py"
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "needs a CUDA device" in run.stderr
