@@ -23,6 +23,9 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
     exact/expanded scaled first | scale after max   (--softmax-forms) the default config with the softmax's other
                    form (FwdConfig.scale_after_max: scores scaled before the row max, a multiply and a subtract per
                    score; or the max on the raw dot and one FMA per score)
+    exact/expanded reversed | heavy_first   (--tile-orders) the default config with its programs started in
+                   another order (FwdConfig.tile_order): per head the last query tile first, or all heads' last
+                   tiles first (with causal masking the heaviest programs first, the lightest in the last wave)
     expanded sigma2-diff   (--sigma2-diff) window variants: the default config with the window's σ² pass taking
                    grouped − exact scores by one dot, (Q_eff − Q) Kᵀ, instead of two (FwdConfig.sigma2_diff)
 
@@ -67,7 +70,8 @@ def configs(d, G, window, block_m):
             + ([("exact bn128 w8", replace(red, block_n=128, num_warps=8))] if args.alternatives else []) \
             + ([(f"exact maxnreg{cap}", replace(red, maxnreg=cap))] if args.register_caps and d <= 64 else []) \
             + (_ws_configs("exact", red) if args.warp_specialize else []) \
-            + (_tall_configs("exact", red) if args.tall_tiles else [])
+            + (_tall_configs("exact", red) if args.tall_tiles else []) \
+            + (_order_configs("exact", red) if args.tile_orders else [])
     ex = fwd_config(d, G, block_m, exact_window=W, grouped_qk="expanded")
     out = ([] if args.no_reduced else [("reduced", red)]) + [("expanded", ex)]
     if args.kernel_options:  # Q_eff in the kernel's prologue instead of a regroup launch; K/V tiles through TMA
@@ -91,6 +95,8 @@ def configs(d, G, window, block_m):
                     replace(ex, sigma2_diff=not ex.sigma2_diff)))
     if args.tall_tiles and not window:
         out += _tall_configs("expanded", ex)
+    if args.tile_orders:
+        out += _order_configs("expanded", ex)
     if args.fused and block_m == 128:
         out.append(("reduced+fused-grouping", replace(red, fused_grouping=True)))
     alts = [(64, 4, 32), (64, 8, 64), (128, 8, 32)] if window else [(64, 8 if d <= 64 else 4, None), (128, 8, None)]
@@ -105,6 +111,12 @@ def _other_softmax_form(name, cfg):
     """cfg with the softmax's other form (FwdConfig.scale_after_max), named by that form."""
     return (f"{name} {'scaled first' if cfg.scale_after_max else 'scale after max'}",
             replace(cfg, scale_after_max=not cfg.scale_after_max))
+
+
+def _order_configs(name, cfg):
+    """cfg with its programs started in the other orders (FwdConfig.tile_order; the same output)."""
+    return [(f"{name} {order}", replace(cfg, tile_order=order)) for order in ("reversed", "heavy_first")
+            if order != cfg.tile_order]
 
 
 def _tall_configs(name, cfg):
@@ -152,6 +164,10 @@ ap.add_argument("--softmax-forms", action="store_true",
 ap.add_argument("--sigma2-diff", action="store_true",
                 help="window variants: add the default config with the window's σ² by one dot "
                      "(FwdConfig.sigma2_diff)")
+ap.add_argument("--tile-orders", action="store_true",
+                help="add the default config with its programs started in the other orders (FwdConfig.tile_order: "
+                     "per head the last query tiles first, or heads on the grid's first axis and the last tiles "
+                     "of all heads first)")
 ap.add_argument("--rounds", type=int, default=1, help="time each shape's configs this many times, in turn")
 args = ap.parse_args()
 if args.rounds < 1:

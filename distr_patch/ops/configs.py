@@ -46,6 +46,14 @@ class FwdConfig:
     # the exact window's σ² pass (expanded path): grouped − exact scores by one dot, (Q_eff − Q) Kᵀ, per band tile
     # instead of two (Q_eff − Q rounded once to the dot type). Not yet timed on the GPU: off
     sigma2_diff: bool = False
+    # the order programs start in (the numbers give the same output): "natural" (query tile on the grid's first
+    # axis, first tile first), "reversed" (per head the last query tile first), "heavy_first" (heads on the first
+    # axis, the last query tiles of every head before earlier ones). With causal masking the last tiles have the
+    # most keys, so the last wave of programs holds the lightest ones. GPU effect: docs/benchmarks.md
+    tile_order: str = "natural"
+
+
+TILE_ORDERS = {"natural": 0, "reversed": 1, "heavy_first": 2}  # FwdConfig.tile_order -> the kernel's TILE_ORDER
 
 
 # Grouped key loads gather K's columns in the query block's order. With K's natural
@@ -93,6 +101,7 @@ DEFAULT_FWD_SCALE_AFTER_MAX = _env_flag("DISTR_FWD_SCALE_AFTER_MAX", None)
 # acts only where a program's query tile is one grouping block (block_m = 128 on the GPU); G = 1 has no grouping.
 DEFAULT_FUSED_GROUPING = _env_flag("DISTR_FWD_FUSED_GROUPING", None)
 DEFAULT_FWD_SIGMA2_DIFF = _env_flag("DISTR_FWD_SIGMA2_DIFF", None)  # FwdConfig.sigma2_diff; None: the table (off)
+DEFAULT_FWD_TILE_ORDER = os.environ.get("DISTR_FWD_TILE_ORDER") or None  # FwdConfig.tile_order; None: the table
 # DISTR_AUTO_SDPA=1: backend="auto" on CUDA runs calls that are plain attention on Q_eff (no exact window, no tensor
 # mask, N == M or not causal) as torch's SDPA on Q_eff (``sdpa_engine.py``), the others on the fused Triton kernel.
 # Off by default (H200, docs/benchmarks.md, "backend='sdpa'"): the operator alone was faster at N >= 4096 (forward
@@ -166,14 +175,15 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     interpret = interpreting() if interpret is None else interpret
     return _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32,
                        masked, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,
-                       DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING, DEFAULT_FWD_SIGMA2_DIFF)
+                       DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING, DEFAULT_FWD_SIGMA2_DIFF,
+                       DEFAULT_FWD_TILE_ORDER)
 
 
 @functools.lru_cache(maxsize=1024)
 def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32, masked,
                 DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,  # noqa: N803
                 DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING,
-                DEFAULT_FWD_SIGMA2_DIFF) -> FwdConfig:
+                DEFAULT_FWD_SIGMA2_DIFF, DEFAULT_FWD_TILE_ORDER) -> FwdConfig:
     """``fwd_config``'s body; the switches come in as arguments (so the memo sees them) under their global names."""
     mode = grouped_qk or DEFAULT_GROUPED_QK
     if mode not in ("reduced", "expanded"):
@@ -204,6 +214,11 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
         cfg = replace(cfg, scale_after_max=DEFAULT_FWD_SCALE_AFTER_MAX)
     if DEFAULT_FWD_SIGMA2_DIFF is not None:
         cfg = replace(cfg, sigma2_diff=DEFAULT_FWD_SIGMA2_DIFF)
+    if DEFAULT_FWD_TILE_ORDER is not None:
+        if DEFAULT_FWD_TILE_ORDER not in TILE_ORDERS:
+            raise ValueError(f"the environment variable DISTR_FWD_TILE_ORDER must be one of {list(TILE_ORDERS)}, "
+                             f"got {DEFAULT_FWD_TILE_ORDER!r}")
+        cfg = replace(cfg, tile_order=DEFAULT_FWD_TILE_ORDER)
     if DEFAULT_FUSED_GROUPING is not None and group_size > 1:
         cfg = with_fused_grouping(cfg, head_dim, grouping_block_m, DEFAULT_FUSED_GROUPING)
     if masked and not interpret and cfg.block_n > 64:

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .configs import FwdConfig, fwd_config, interpreting
+from .configs import TILE_ORDERS, FwdConfig, fwd_config, interpreting
 from .grouping import fusion_weights
 from . import grouping_triton
 from .grouping_triton import group_block, grouping_launch, triton_grouping
@@ -328,7 +328,7 @@ def _distr_fwd_kernel(
     GB_PROJ_16BIT: tl.constexpr, EXPANDED: tl.constexpr, TMA_N: tl.constexpr, QE_PROLOGUE: tl.constexpr,
     GROUP_BM: tl.constexpr,
     SPLIT_W: tl.constexpr, STORE_QE: tl.constexpr, GB_GRAM_DOT: tl.constexpr, WS: tl.constexpr = False,
-    SCALE_AFTER_MAX: tl.constexpr = False, SIGMA2_DIFF: tl.constexpr = False,
+    SCALE_AFTER_MAX: tl.constexpr = False, SIGMA2_DIFF: tl.constexpr = False, TILE_ORDER: tl.constexpr = 0,
 ):
     """One program: one query tile of BLOCK_M rows of one (batch, query head); on the reduced path
     (not EXPANDED) the tile is one grouping block.
@@ -352,8 +352,15 @@ def _distr_fwd_kernel(
     With STORE_LSE, LSE[b, h, i] (fp32, contiguous [B, Hq, N]) receives the row's log-sum-exp in
     log2 units of the scaled, corrected scores (+inf for a fully masked row), for the backward.
     """
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    if TILE_ORDER == 2:  # heads on the grid's first axis, the last query tiles (with causal, the heaviest) first
+        pid_bh = tl.program_id(0)
+        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    elif TILE_ORDER == 1:  # per head, the last query tiles first
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+        pid_bh = tl.program_id(1)
+    else:
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
     b = pid_bh // Hq
     h = pid_bh % Hq
     hk = h // KV_REP
@@ -409,7 +416,7 @@ def _distr_fwd_kernel(
             qacc = qacc * (1.0 / G)
         qt = qacc.to(DOT_T)
         if QT_SCRATCH:  # round trip through global memory: the dot then takes Q̃ from shared memory
-            qt_ptrs = QT + (pid_bh.to(tl.int64) * tl.num_programs(0) * BLOCK_M + offs_m[:, None]) * DG_PAD \
+            qt_ptrs = QT + (pid_bh.to(tl.int64) * tl.cdiv(N, BLOCK_M) * BLOCK_M + offs_m[:, None]) * DG_PAD \
                 + offs_g[None, :]
             tl.store(qt_ptrs, qt)
             tl.debug_barrier()
@@ -660,7 +667,14 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     window = int(exact_window) if not exact else 0
     has_corr = window > 0 and window_correction > 0
     sm_scale = d ** -0.5 if scale is None else float(scale)
-    grid = (cdiv(N, cfg.block_m), B * Hq)
+    order = TILE_ORDERS.get(cfg.tile_order)
+    if order is None:
+        raise ValueError(f"config.tile_order must be one of {list(TILE_ORDERS)}, got {cfg.tile_order!r}")
+    grid = (B * Hq, cdiv(N, cfg.block_m)) if order == 2 else (cdiv(N, cfg.block_m), B * Hq)
+    if grid[1] > 65535:  # CUDA's limit on the grid's second axis
+        what = "query tiles" if order == 2 else "batch x query heads"
+        raise ValueError(f"q: {grid[1]} {what} exceed the 65535 programs a CUDA grid's second axis holds "
+                         f"(q.shape={tuple(q.shape)}, config.tile_order={cfg.tile_order!r}); split the batch")
     descs = kv_descriptors(k, v, cfg.block_n, d_pad) if cfg.kv_tma and (exact or expanded) else None
     kd, vd = descs or (k, v)
     launch(_distr_fwd_kernel, grid,
@@ -678,7 +692,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         TMA_N=cfg.block_n if descs else 0, QE_PROLOGUE=prologue, GROUP_BM=block_m,
         SPLIT_W=prologue and wa is not grp and _dot_dtype(q.dtype) != tl.float32, STORE_QE=store_qe,
         WS=cfg.warp_specialize and not interpreting(), SCALE_AFTER_MAX=cfg.scale_after_max,
-        SIGMA2_DIFF=cfg.sigma2_diff and expanded,
+        SIGMA2_DIFF=cfg.sigma2_diff and expanded, TILE_ORDER=order,
         **_fused_grouping_meta(gl),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )

@@ -169,6 +169,44 @@ def test_sigma2_by_difference_interpreter(case):
 
 
 @interpreter_only
+@pytest.mark.parametrize("case", [  # B, Hq, Hkv, N, M, d, G, fusion, block_m, W, causal, mask, path
+    (2, 4, 2, 150, 170, 32, 1, "mean", 128, 0, True, "pad", "expanded"),
+    (1, 3, 1, 200, 200, 64, 2, "rank1", 32, 40, True, None, "expanded"),
+    (2, 2, 1, 130, 130, 32, 2, "mean", 64, 0, True, "float", "reduced"),  # Q̃ through the scratch buffer
+    (1, 2, 2, 140, 140, 32, 4, "rank1", 64, 24, False, "pad", "fused"),  # the grouping in the prologue
+], ids=str)
+def test_tile_orders_interpreter(case):
+    """``FwdConfig.tile_order``: programs start in another order and compute the same thing, bit for bit (each one
+    owns its query tile), and match the reference; an unknown order is a named error."""
+    from distr_patch.ops.configs import fwd_config, with_fused_grouping
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    B, Hq, Hkv, N, M, d, G, fusion, block_m, W, causal, mask_kind, path = case
+    seed = zlib.crc32(repr(case).encode())
+    q, k, v = make_qkv(seed, B, Hq, Hkv, N, M, d)
+    mask = make_mask(mask_kind, B, Hq, N, M, torch.Generator().manual_seed(seed + 1), "cpu")
+    valid = mask[:, 0, 0, :N].contiguous() if mask_kind == "pad" and N == M else None  # padded query rows
+    kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=W, window_correction=0.5 if W else 0.0,
+              causal=causal, attention_mask=mask, scale=None, num_hash_bits=16, seed=0)
+    base = fwd_config(d, G, block_m, exact_window=W, grouped_qk="reduced" if path == "reduced" else None)
+    if path == "reduced":
+        base = replace(base, qt_scratch=True)
+    if path == "fused":
+        base = with_fused_grouping(replace(base, block_m=block_m, qeff_prologue=True), d, block_m)
+        assert base.fused_grouping
+    outs = {order: _triton_forward(q, k, v, config=replace(base, tile_order=order), query_valid=valid, groups=None,
+                                   return_lse=True, **kw)
+            for order in ("natural", "reversed", "heavy_first")}
+    for order in ("reversed", "heavy_first"):
+        for a, b in zip(outs["natural"], outs[order]):
+            assert (a is None and b is None) or torch.equal(a, b), order
+    ref = reference_distr_attention(q, k, v, query_valid=valid, **kw)
+    assert rel_err(outs["heavy_first"][0], ref) < 1e-5
+    with pytest.raises(ValueError, match="config.tile_order must be one of"):
+        _triton_forward(q, k, v, config=replace(base, tile_order="backwards"), query_valid=valid, groups=None, **kw)
+
+
+@interpreter_only
 @pytest.mark.parametrize("block_n,band_n,causal", [(128, 32, True), (128, 64, False), (64, 16, True)])
 def test_window_band_subtiles_interpreter(block_n, band_n, causal):
     """The GPU table's shape: 128-row tiles, wide plain key tiles, narrower tiles where the band is
@@ -253,6 +291,21 @@ def test_softmax_form_switch_reaches_fwd_config(monkeypatch):
         monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_FWD_SCALE_AFTER_MAX", value)
         assert {configs.fwd_config(d, G, 128, interpret=False, masked=m).scale_after_max
                 for d in (64, 128) for G in (1, 2) for m in (False, True)} == {value}
+
+
+def test_tile_order_switch_reaches_fwd_config(monkeypatch):
+    """DISTR_FWD_TILE_ORDER (configs.DEFAULT_FWD_TILE_ORDER) sets every config's order; a misspelled one is an error
+    that names the variable."""
+    from distr_patch.ops import configs
+
+    assert configs.fwd_config(64, 2, 128, interpret=False).tile_order == "natural"
+    for value in ("reversed", "heavy_first", "natural"):
+        monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_FWD_TILE_ORDER", value)
+        assert {configs.fwd_config(d, G, 128, exact_window=W, interpret=False).tile_order
+                for d in (64, 128) for G in (1, 2) for W in (0, 128)} == {value}
+    monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_FWD_TILE_ORDER", "backwards")
+    with pytest.raises(ValueError, match="DISTR_FWD_TILE_ORDER must be one of"):
+        configs.fwd_config(64, 2, 128, interpret=False)
 
 
 def test_fused_grouping_switch_reaches_fwd_config(monkeypatch):
@@ -357,6 +410,27 @@ def test_fused_grouping_prologue_gpu(d, G, fusion, W, grouped_qk):
     assert wa_f is None or torch.allclose(wa_f, wa_s, atol=1e-6)
     ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
     assert rel_err(out_f, ref) <= 1e-2, rel_err(out_f, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("d,G,W", [(64, 1, 0), (128, 1, 0), (64, 2, 0), (128, 2, 0), (64, 2, 128), (128, 2, 128)])
+def test_tile_orders_gpu(d, G, W):
+    """FwdConfig.tile_order at real sizes, bf16, causal with a tail and GQA: every order gives the natural order's
+    output and lse bit for bit, within 1e-2 of the reference."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    q, k, v = make_qkv(d + G + W, 2, 8, 2, 3000, 3000, d, dtype=torch.bfloat16, device="cuda")
+    kw = dict(group_size=G, block_m=128, fusion="rank1", exact_window=W, window_correction=0.5 if W else 0.0,
+              causal=True, attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
+    base = fwd_config(d, G, 128, exact_window=W)
+    outs = [_triton_forward(q, k, v, config=replace(base, tile_order=o), return_lse=True, **kw)[:2]
+            for o in ("natural", "reversed", "heavy_first")]
+    for other in outs[1:]:
+        assert torch.equal(outs[0][0], other[0]) and torch.equal(outs[0][1], other[1])
+    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
+    assert rel_err(outs[2][0], ref) <= 1e-2, rel_err(outs[2][0], ref)
 
 
 @pytest.mark.gpu
