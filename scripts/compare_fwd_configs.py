@@ -115,7 +115,7 @@ def _other_softmax_form(name, cfg):
 
 def _order_configs(name, cfg):
     """cfg with its programs started in the other orders (FwdConfig.tile_order; the same output)."""
-    return [(f"{name} {order}", replace(cfg, tile_order=order)) for order in ("reversed", "heavy_first")
+    return [(f"{name} {order}", replace(cfg, tile_order=order)) for order in ("natural", "reversed", "heavy_first")
             if order != cfg.tile_order]
 
 

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .configs import TILE_ORDERS, FwdConfig, fwd_config, interpreting
+from .configs import FwdConfig, fwd_config, interpreting, tile_order_code
 from .grouping import fusion_weights
 from . import grouping_triton
 from .grouping_triton import group_block, grouping_launch, triton_grouping
@@ -667,9 +667,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     window = int(exact_window) if not exact else 0
     has_corr = window > 0 and window_correction > 0
     sm_scale = d ** -0.5 if scale is None else float(scale)
-    order = TILE_ORDERS.get(cfg.tile_order)
-    if order is None:
-        raise ValueError(f"config.tile_order must be one of {list(TILE_ORDERS)}, got {cfg.tile_order!r}")
+    order = tile_order_code(cfg.tile_order, bool(causal))
     grid = (B * Hq, cdiv(N, cfg.block_m)) if order == 2 else (cdiv(N, cfg.block_m), B * Hq)
     if grid[1] > 65535:  # CUDA's limit on the grid's second axis
         what = "query tiles" if order == 2 else "batch x query heads"

@@ -196,8 +196,8 @@ def test_tile_orders_interpreter(case):
         assert base.fused_grouping
     outs = {order: _triton_forward(q, k, v, config=replace(base, tile_order=order), query_valid=valid, groups=None,
                                    return_lse=True, **kw)
-            for order in ("natural", "reversed", "heavy_first")}
-    for order in ("reversed", "heavy_first"):
+            for order in ("natural", "reversed", "heavy_first", "auto")}
+    for order in ("reversed", "heavy_first", "auto"):
         for a, b in zip(outs["natural"], outs[order]):
             assert (a is None and b is None) or torch.equal(a, b), order
     ref = reference_distr_attention(q, k, v, query_valid=valid, **kw)
@@ -298,8 +298,10 @@ def test_tile_order_switch_reaches_fwd_config(monkeypatch):
     that names the variable."""
     from distr_patch.ops import configs
 
-    assert configs.fwd_config(64, 2, 128, interpret=False).tile_order == "natural"
-    for value in ("reversed", "heavy_first", "natural"):
+    assert configs.fwd_config(64, 2, 128, interpret=False).tile_order == "auto"
+    assert [configs.tile_order_code("auto", c) for c in (False, True)] == [configs.TILE_ORDERS["natural"],
+                                                                           configs.TILE_ORDERS["reversed"]]
+    for value in ("reversed", "heavy_first", "natural", "auto"):
         monkeypatch.setattr("distr_patch.ops.configs.DEFAULT_FWD_TILE_ORDER", value)
         assert {configs.fwd_config(d, G, 128, exact_window=W, interpret=False).tile_order
                 for d in (64, 128) for G in (1, 2) for W in (0, 128)} == {value}
@@ -426,7 +428,7 @@ def test_tile_orders_gpu(d, G, W):
               causal=True, attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
     base = fwd_config(d, G, 128, exact_window=W)
     outs = [_triton_forward(q, k, v, config=replace(base, tile_order=o), return_lse=True, **kw)[:2]
-            for o in ("natural", "reversed", "heavy_first")]
+            for o in ("natural", "reversed", "heavy_first", "auto")]
     for other in outs[1:]:
         assert torch.equal(outs[0][0], other[0]) and torch.equal(outs[0][1], other[1])
     ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
