@@ -704,6 +704,29 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
 
 # --------------------------------------------------------------------------- public API
 _warned_autograd = False
+# CUDA's limit on a grid's second axis, where every launch puts its (batch, head) pairs: calls with more batch x query
+# heads run in batch slices (``_in_batch_chunks``)
+MAX_GRID_Y = 65535
+
+
+def _in_batch_chunks(q, k, v, kwargs: dict, backend: str) -> torch.Tensor:
+    """``distr_attention`` over slices of at most MAX_GRID_Y // Hq sequences, concatenated along the batch: the same
+    result (each (batch, head) pair is computed on its own), in launches that fit the grid. The batch dim of
+    attention_mask (when it has one), query_valid and groups is sliced with q's."""
+    B, Hq = q.shape[:2]
+    if Hq > MAX_GRID_Y:
+        raise ValueError(f"q: {Hq} query heads exceed the {MAX_GRID_Y} (batch, head) pairs one kernel launch holds")
+    step = MAX_GRID_Y // Hq
+    mask = kwargs["attention_mask"]
+    sliced_mask = mask is not None and mask.dim() == 4 and mask.shape[0] == B
+    outs = []
+    for start in range(0, B, step):
+        rows = slice(start, start + step)
+        kw = dict(kwargs, attention_mask=mask[rows] if sliced_mask else mask)
+        for name in ("query_valid", "groups"):
+            kw[name] = None if kwargs[name] is None else kwargs[name][rows]
+        outs.append(distr_attention(q[rows], k[rows], v[rows], backend=backend, **kw))
+    return torch.cat(outs)
 
 
 BACKENDS = ("auto", "triton", "reference", "sdpa")
@@ -756,7 +779,8 @@ def distr_attention(
             an exact window or a tensor mask, and N == M when causal; ``configs.auto_runs_sdpa``).
 
     Returns:
-        [B, Hq, N, d] in q's dtype.
+        [B, Hq, N, d] in q's dtype. On the kernels' paths a call with more than 65535 batch x query head pairs
+        (a CUDA grid's limit) runs in batch slices, with the same result.
 
     Autograd: differentiable in q, k, v on both paths. The Triton path has a
     FlashAttention-2-style Triton backward (``distr_bwd.py``) with O(N·d) extra memory that
@@ -774,6 +798,8 @@ def distr_attention(
     kwargs = dict(group_size=group_size, block_m=block_m, fusion=fusion, exact_window=exact_window,
                   window_correction=window_correction, causal=causal, attention_mask=attention_mask, scale=scale,
                   num_hash_bits=num_hash_bits, seed=seed, query_valid=query_valid, groups=groups)
+    if q.shape[0] * q.shape[1] > MAX_GRID_Y and backend != "reference" and (backend != "auto" or q.is_cuda):
+        return _in_batch_chunks(q, k, v, kwargs, backend)
     if backend == "sdpa" or (backend == "auto" and q.is_cuda and configs.auto_runs_sdpa(
             group_size, exact_window, attention_mask, causal, q.shape[2], k.shape[2])):
         return sdpa_engine.sdpa_distr_attention(q, k, v, **kwargs)

@@ -293,6 +293,43 @@ def test_softmax_form_switch_reaches_fwd_config(monkeypatch):
                 for d in (64, 128) for G in (1, 2) for m in (False, True)} == {value}
 
 
+@interpreter_only
+@pytest.mark.parametrize("backend", ["triton", "sdpa"])
+def test_batches_past_the_grid_limit_run_in_slices(monkeypatch, backend):
+    """B·Hq above a CUDA grid's second axis (MAX_GRID_Y, lowered here to 5: slices of 2 sequences at Hq=2) runs in batch
+    slices: the same output and gradients as one call, with a per-sequence padding mask, query_valid and precomputed
+    groups sliced along."""
+    from distr_patch.ops import distr_attn
+
+    B, Hq, Hkv, N, d = 5, 2, 1, 70, 32
+    q, k, v = make_qkv(11, B, Hq, Hkv, N, N, d)
+    mask = make_mask("pad", B, Hq, N, N, torch.Generator().manual_seed(12), "cpu")
+    valid = mask[:, 0, 0, :].contiguous()
+    kw = dict(group_size=2, block_m=32, fusion="rank1", causal=backend == "triton", attention_mask=mask,
+              query_valid=valid, backend=backend)
+    if backend == "triton":
+        kw.update(exact_window=16, window_correction=0.5)
+    else:  # the SDPA engine with a padding mask and no window: grouped SDPA on Q_eff
+        kw.update(groups=compute_groups(q, group_size=2, block_m=32, num_hash_bits=16, seed=0, query_valid=valid))
+    calls = []
+    real = distr_attn._in_batch_chunks
+    monkeypatch.setattr(distr_attn, "_in_batch_chunks", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    grads = []
+    for limit in (10 ** 6, 5):
+        monkeypatch.setattr(distr_attn, "MAX_GRID_Y", limit)
+        qq, kk, vv = (t.clone().requires_grad_(backend == "triton") for t in (q, k, v))
+        out = distr_attention(qq, kk, vv, **kw)
+        if backend == "triton":
+            out.square().sum().backward()
+        grads.append((out.detach(), *(t.grad for t in (qq, kk, vv))))
+    assert calls == [B]  # the second call was sliced (into 2 + 2 + 1 sequences), the first was not
+    for whole, sliced in zip(*grads):
+        assert (whole is None and sliced is None) or torch.equal(whole, sliced)
+    monkeypatch.setattr(distr_attn, "MAX_GRID_Y", 1)
+    with pytest.raises(ValueError, match="2 query heads exceed the 1"):
+        distr_attention(q, k, v, **kw)
+
+
 def test_tile_order_switch_reaches_fwd_config(monkeypatch):
     """DISTR_FWD_TILE_ORDER (configs.DEFAULT_FWD_TILE_ORDER) sets every config's order; a misspelled one is an error
     that names the variable."""
