@@ -88,6 +88,8 @@ def main(argv=None) -> list[dict]:
                         "the default config), or each side by side")
     p.add_argument("--rounds", type=int, default=1, help="time all variants this many times in turn; medians")
     a = p.parse_args(argv)
+    if a.rounds < 1 or a.calls < 1:
+        p.error(f"--rounds and --calls must be at least 1, got {a.rounds} and {a.calls}")
     if a.device == "cpu":
         if not a.stub_kernels:
             p.error("--device cpu times only the wrapper: add --stub-kernels")

@@ -20,6 +20,21 @@ def test_host_overhead_stubbed_runs_on_cpu():
         assert 0 < host < 50, r  # ms per call with no kernel launched
 
 
+def test_host_overhead_fused_grouping_side_by_side():
+    """--fused-grouping both adds each grouped variant with the grouping in the attention kernel (not G1); --rounds
+    gives medians of alternated rounds."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "host_overhead.py"), "--stub-kernels", "--device",
+                          "cpu", "--n", "128", "--calls", "5", "--rounds", "2", "--fused-grouping", "both"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    names = {line.split("|")[1].strip() for line in run.stdout.splitlines() if line.startswith("| distr")}
+    assert names == {"distr G1", "distr G2 mean", "distr G2 rank1", "distr G2 rank1 W128 c.5",
+                     "distr G2 mean fused grouping", "distr G2 rank1 fused grouping",
+                     "distr G2 rank1 W128 c.5 fused grouping"}
+    assert "median of 2 rounds" in run.stdout
+
+
 def test_host_overhead_cpu_needs_stubs():
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "host_overhead.py"), "--device", "cpu"],
                          capture_output=True, text=True, timeout=120)
