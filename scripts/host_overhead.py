@@ -84,8 +84,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--profile", type=int, default=0, metavar="K",
                    help="also run each variant's calls under cProfile and print its K costliest functions (own time)")
     p.add_argument("--fused-grouping", choices=["off", "on", "both"], default="off",
-                   help="grouped variants with the grouping inside the attention kernel (on), by its own launch (off, "
-                        "the default config), or each side by side")
+                   help="grouped variants with the grouping inside the attention kernel (on), as the config says (off: the "
+                        "table, or DISTR_FWD_FUSED_GROUPING), or by its own launch and inside the kernel side by side "
+                        "(both)")
     p.add_argument("--rounds", type=int, default=1, help="time all variants this many times in turn; medians")
     a = p.parse_args(argv)
     if a.rounds < 1 or a.calls < 1:
@@ -112,11 +113,13 @@ def main(argv=None) -> list[dict]:
     modes = {"fast": True, "plain": False} if launch == "both" else {launch: launch == "fast"}
 
     fused_modes = {"off": [False], "on": [True], "both": [False, True]}[a.fused_grouping]
+    env_fused = configs.DEFAULT_FUSED_GROUPING  # DISTR_FWD_FUSED_GROUPING, which "off" leaves as it is
 
     def with_switches(fn, fast, fused):  # ops/launch.py's memo on (fast) or Triton's path (plain); grouping fused
         def run():
             launch_mod.FAST_LAUNCH = fast
-            configs.DEFAULT_FUSED_GROUPING = fused or None  # None: the config table's choice (a launch of its own)
+            # None: the config table's choice (a launch of its own)
+            configs.DEFAULT_FUSED_GROUPING = True if fused else None if a.fused_grouping == "both" else env_fused
             return fn()
         return run
 
@@ -157,7 +160,7 @@ def main(argv=None) -> list[dict]:
         print({k: v for k, v in rows[-1].items() if k != "rounds"}, flush=True)
         if a.profile:
             _profile(fns[name], a.calls, a.profile, sync)
-    configs.DEFAULT_FUSED_GROUPING = None
+    configs.DEFAULT_FUSED_GROUPING = env_fused
     med = f", median of {a.rounds} rounds" if a.rounds > 1 else ""
     print(f"\n{a.device}, B={a.batch}, heads {a.heads}/{a.kv_heads}, N={a.n}, d={a.d}, causal"
           f"{', kernels stubbed' if a.stub_kernels else ''}; ms per call, {a.calls} calls back to back{med}\n")

@@ -50,8 +50,9 @@ class FwdConfig:
     # grid's first axis, first tile first), "reversed" (per head the last query tile first), "heavy_first" (heads on
     # the first axis, the last query tiles of every head before earlier ones), "auto" (``fwd_config``'s choice:
     # reversed with causal masking, natural without). With causal masking the last tiles have the most keys, so
-    # reversed leaves the lightest programs to the last wave: 0.4-9% faster on the H200 (causal, N=4096 and 16384,
-    # d=64 and 128; heavy_first -8% to +6%); docs/benchmarks.md, "Query tiles in reverse order"
+    # reversed leaves the lightest programs to the last wave: 1.4% / 3.8% faster on the H200 (G2 rank1, causal,
+    # N=4096, d=64 / 128; 0.4-10% in a run whose timing favoured it; heavy_first slower than reversed throughout);
+    # docs/benchmarks.md, "Query tiles in reverse order"
     tile_order: str = "natural"
 
 

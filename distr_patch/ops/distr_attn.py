@@ -669,9 +669,9 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     sm_scale = d ** -0.5 if scale is None else float(scale)
     order = tile_order_code(cfg.tile_order, bool(causal))
     grid = (B * Hq, cdiv(N, cfg.block_m)) if order == 2 else (cdiv(N, cfg.block_m), B * Hq)
-    if grid[1] > 65535:  # CUDA's limit on the grid's second axis
+    if grid[1] > MAX_GRID_Y:  # (distr_attention slices such batches; this is for direct calls)
         what = "query tiles" if order == 2 else "batch x query heads"
-        raise ValueError(f"q: {grid[1]} {what} exceed the 65535 programs a CUDA grid's second axis holds "
+        raise ValueError(f"q: {grid[1]} {what} exceed the {MAX_GRID_Y} programs a CUDA grid's second axis holds "
                          f"(q.shape={tuple(q.shape)}, config.tile_order={cfg.tile_order!r}); split the batch")
     descs = kv_descriptors(k, v, cfg.block_n, d_pad) if cfg.kv_tma and (exact or expanded) else None
     kd, vd = descs or (k, v)
