@@ -28,6 +28,8 @@
 # fused-model: eager prefill with the grouping inside the attention kernel (DISTR_FWD_FUSED_GROUPING) against the
 #              grouping launch and exact, alternated in one process (scripts/probe_model_switches.py), at host-bound
 #              and GPU-bound shapes; then host time per call with each (host_overhead.py --fused-grouping both).
+# dq-order: forward+backward, causal, N=4096, with the dQ kernel's programs in natural and reversed order
+#           (DISTR_BWD_DQ_TILE_ORDER, alternated over two runs each; d=64 without a window takes atomic dQ, no dQ kernel).
 # engines: eager prefill benches of paper / recommended (/ calibrated, SmolLM2) on the fused kernel and with
 #          DistrConfig.engine="sdpa" (SDPA on Q_eff; the exact window as SDPA pieces and our band kernel).
 # probe-sdpa: which SDPA backend runs (and how fast) at the Llama-3.2-1B and SmolLM2 layer shapes with a contiguous
@@ -115,6 +117,12 @@ for step in "${steps[@]}"; do
              --seq-len 4096 --rounds 3 2>&1 | tee -a "$out/fused-model.log" | sed -n '/^preset/,$p' || rc=1
            python scripts/host_overhead.py --batch 1 --n 1024 --launch fast --fused-grouping both --rounds 5 2>&1 \
              | tee "$out/host-fused.log" | sed -n '/^| variant/,$p' || rc=1 ;;
+    dq-order) for o in natural reversed natural reversed; do
+             echo "DISTR_BWD_DQ_TILE_ORDER=$o" | tee -a "$out/dq-order.log"
+             DISTR_BWD_DQ_TILE_ORDER=$o python scripts/bench_attention.py --backward --quick --causal 1 --rep-ms 10 \
+               --variants "distr G=1" "distr G=2 mean" "distr G=2 rank1" "distr G=2 rank1 W128 c.5 bm128" 2>&1 \
+               | tee -a "$out/dq-order.log" | sed -n '/^| d |/,$p' || rc=1
+           done ;;
     host) python scripts/host_overhead.py --calls 300 2>&1 | tee "$out/host-overhead.log" | sed -n '/^| variant/,$p' \
            || rc=1 ;;
     launch)  # whole-model eager prefill with kernel launches through ops/launch.py's memo (1) and Triton's path (0)

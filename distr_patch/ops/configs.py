@@ -59,6 +59,9 @@ class FwdConfig:
 TILE_ORDERS = {"natural": 0, "reversed": 1, "heavy_first": 2}  # FwdConfig.tile_order -> the kernel's TILE_ORDER
 
 
+DQ_TILE_ORDERS = ("natural", "reversed", "auto")  # BwdConfig.dq_tile_order
+
+
 def tile_order_code(order: str, causal: bool) -> int:
     """The kernel's TILE_ORDER for FwdConfig.tile_order ``order`` ("auto": reversed when ``causal``)."""
     if order == "auto":
@@ -129,6 +132,7 @@ DEFAULT_KEEP_QEFF = _env_flag("DISTR_KEEP_QEFF", True)
 DEFAULT_DQ_ATOMIC = _env_flag("DISTR_DQ_ATOMIC", None)  # BwdConfig.dq_atomic; None: the table
 DEFAULT_BWD_KV_TMA = _env_flag("DISTR_BWD_KV_TMA", None)  # BwdConfig.kv_tma; None: the table
 DEFAULT_BWD_Q_TMA = _env_flag("DISTR_BWD_Q_TMA", None)  # BwdConfig.q_tma; None: the table
+DEFAULT_DQ_TILE_ORDER = os.environ.get("DISTR_BWD_DQ_TILE_ORDER") or None  # BwdConfig.dq_tile_order; None: the table
 
 
 def windowed_sdpa_limits(attention_mask, N: int, M: int, needs_grad: bool) -> list[str]:
@@ -390,6 +394,10 @@ class BwdConfig:
     kv_tma: bool = False
     # the dQ kernel's plain key tiles load K and V through tensor descriptors (as ``kv_tma``)
     q_tma: bool = False
+    # the order the dQ kernel's programs start in, as FwdConfig.tile_order but "natural", "reversed" or "auto" (the
+    # same gradients bit for bit; each program owns its query tile). Not yet timed on the GPU: natural. (The dK/dV
+    # kernel's first key tiles are its heaviest with causal masking, so its natural order is heaviest first already)
+    dq_tile_order: str = "natural"
 
     @property
     def band_m(self) -> int:
@@ -461,4 +469,9 @@ def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, cau
         cfg = replace(cfg, kv_tma=DEFAULT_BWD_KV_TMA)
     if DEFAULT_BWD_Q_TMA is not None:
         cfg = replace(cfg, q_tma=DEFAULT_BWD_Q_TMA)
+    if DEFAULT_DQ_TILE_ORDER is not None:
+        if DEFAULT_DQ_TILE_ORDER not in DQ_TILE_ORDERS:
+            raise ValueError(f"the environment variable DISTR_BWD_DQ_TILE_ORDER must be one of {DQ_TILE_ORDERS}, "
+                             f"got {DEFAULT_DQ_TILE_ORDER!r}")
+        cfg = replace(cfg, dq_tile_order=DEFAULT_DQ_TILE_ORDER)
     return cfg

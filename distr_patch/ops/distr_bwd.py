@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import BwdConfig, bwd_config
+from .configs import DQ_TILE_ORDERS, TILE_ORDERS, BwdConfig, bwd_config, tile_order_code
 from .distr_attn import LOG2E, _dot_dtype, _key_segments, _mask_operand, tile_descriptors
 from .launch import cdiv, launch, next_power_of_2
 from .regroup import inverse_groups, regroup, regroup_tile_store
@@ -435,9 +435,9 @@ def _bwd_dq_kernel(
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CORR: tl.constexpr, MASK_KIND: tl.constexpr,
     DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
     ADJOINT: tl.constexpr, G: tl.constexpr, GROUP_BM: tl.constexpr, ADJ_CB: tl.constexpr,
-    WEIGHTED: tl.constexpr, ADJ_PREC: tl.constexpr, TMA: tl.constexpr,
+    WEIGHTED: tl.constexpr, ADJ_PREC: tl.constexpr, TMA: tl.constexpr, REVERSED: tl.constexpr = False,
 ):
-    """One program: one query tile of one (batch, query head). DQE receives scale·dG K (the
+    """One program: one query tile of one (batch, query head); with REVERSED the last tiles start first. DQE receives scale·dG K (the
     gradient of Q_eff; dQ itself for G = 1), DQX (with a window) scale·dE K, both [B,Hq,N,d]
     (every row written: zeros where no band key is). Keys stream in BLOCK_N tiles, the band's
     (mixed) keys in BAND_N tiles (BAND_N | BLOCK_N).
@@ -446,7 +446,7 @@ def _bwd_dq_kernel(
     ``regroup.regroup_tile_store`` with the swapped weights (W1 = b, W2 = a per sorted position, or the
     scalar w1c for mean fusion; INV: column -> sorted position, NB grouping blocks of GROUP_BM rows). With TMA the
     plain key tiles load K and V through the descriptors KD / VD ([1, 1, BLOCK_N, D_PAD] blocks)."""
-    pid_m = tl.program_id(0)
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0) if REVERSED else tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
     h = pid_bh % Hq
@@ -647,6 +647,10 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
         dqe = torch.empty(q.shape, device=dev, dtype=q.dtype if exact or adjoint else torch.float32)
         dqx = torch.empty(q.shape, **f32) if window > 0 else dqe
         inv_t, w1, w2 = (delta, delta, delta) if exact else (inv, inv if mean else wb, inv if mean else wa)
+        if cfg.dq_tile_order not in DQ_TILE_ORDERS:
+            raise ValueError(f"config.dq_tile_order must be one of {DQ_TILE_ORDERS}, got {cfg.dq_tile_order!r}")
+        dq_reversed = tile_order_code(cfg.dq_tile_order, bool(causal)) == TILE_ORDERS["reversed"]
+
         def dq_kernel(descs):
             launch(_bwd_dq_kernel, (cdiv(N, cfg.q_block_m), B * Hq),
                 qe, q, k, v, do, dqe, dqx, lse, delta, corr, kappa, mask_t, inv_t, w1, w2, 1.0 / G, *(descs or (k, v)),
@@ -659,7 +663,7 @@ def _triton_backward(do, q, k, v, out, lse, groups, wa, wb, *, group_size, block
                 # programs per SM); 64 columns took 150-212 (one program per SM fewer)
                 ADJOINT=adjoint, G=G, GROUP_BM=block_m, ADJ_CB=min(d_pad, 16), WEIGHTED=not mean,
                 ADJ_PREC="ieee" if q.dtype == torch.float32 else "tf32", TMA=descs is not None,
-                num_warps=cfg.q_warps, num_stages=cfg.q_stages, **common,
+                REVERSED=dq_reversed, num_warps=cfg.q_warps, num_stages=cfg.q_stages, **common,
             )
         _launch_tma_or_pointers(dq_kernel, ("the dQ kernel", d, q.dtype, kind, adjoint, cfg, *common.values()),
                                 lambda: tile_descriptors((k, v), cfg.q_block_n, d_pad), cfg.q_tma)

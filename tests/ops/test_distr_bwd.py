@@ -380,6 +380,48 @@ def _descriptor_paths(case, device="cpu", dtype=torch.float32, atomic=False):
     return got, reference_grads(q, k, v, do, **kw)
 
 
+def test_dq_tile_order_switch_reaches_bwd_config(monkeypatch):
+    """DISTR_BWD_DQ_TILE_ORDER (configs.DEFAULT_DQ_TILE_ORDER) sets the dQ kernel's order; the table keeps natural; a
+    misspelled order is an error that names the variable."""
+    from distr_patch.ops import configs
+
+    assert configs.bwd_config(128, 2, 0, causal=True, interpret=False).dq_tile_order == "natural"
+    for value in ("reversed", "auto"):
+        monkeypatch.setattr(configs, "DEFAULT_DQ_TILE_ORDER", value)
+        assert {configs.bwd_config(d, 2, W, causal=True, interpret=False).dq_tile_order
+                for d in (64, 128) for W in (0, 128)} == {value}
+    monkeypatch.setattr(configs, "DEFAULT_DQ_TILE_ORDER", "heavy_first")
+    with pytest.raises(ValueError, match="DISTR_BWD_DQ_TILE_ORDER must be one of"):
+        configs.bwd_config(64, 2, 0, interpret=False)
+
+
+@interpreter_only
+@pytest.mark.parametrize("case", TMA_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_dq_tile_orders_interpreter(case):
+    """BwdConfig.dq_tile_order: the dQ kernel's programs started last tile first give the same gradients bit for bit
+    (the dQ kernel runs: no atomics), and an unknown order is a named error."""
+    from dataclasses import replace
+
+    from distr_patch.ops.configs import bwd_config
+    from distr_patch.ops.distr_bwd import _triton_backward
+
+    q, k, v, do, kw, (out, lse, grp, wa, wb, qe, inv) = _forward_problem(case, "cpu", torch.float32)
+    d, G, W, causal = case[5], case[6], case[9], case[11]
+    base = replace(bwd_config(d, G, W, causal=causal, fp32=True), dq_atomic=False)
+    got = {order: _triton_backward(do, q, k, v, out, lse, grp, wa, wb, qeff=qe, inv=inv,
+                                   config=replace(base, dq_tile_order=order), **kw)
+           for order in ("natural", "reversed", "auto")}
+    for order in ("reversed", "auto"):
+        for a, b in zip(got["natural"], got[order]):
+            assert torch.equal(a, b), order
+    ref = reference_grads(q, k, v, do, **kw)
+    for a, b in zip(got["reversed"], ref[1:]):
+        assert rel_err(a, b) <= 1e-4
+    with pytest.raises(ValueError, match="config.dq_tile_order must be one of"):
+        _triton_backward(do, q, k, v, out, lse, grp, wa, wb, qeff=qe, inv=inv,
+                         config=replace(base, dq_tile_order="heavy_first"), **kw)
+
+
 @interpreter_only
 @pytest.mark.parametrize("case", TMA_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_descriptor_loads_interpreter(case):
