@@ -28,6 +28,8 @@
 # fused-model: eager prefill with the grouping inside the attention kernel (DISTR_FWD_FUSED_GROUPING) against the
 #              grouping launch and exact, alternated in one process (scripts/probe_model_switches.py), at host-bound
 #              and GPU-bound shapes; then host time per call with each (host_overhead.py --fused-grouping both).
+# tile-orders: the forward's tile orders side by side, causal, N=4096 and 16384 (compare_fwd_configs.py --tile-orders,
+#              5 rounds, rotated start: the twenty-first session's first run favoured the config timed second).
 # dq-order: forward+backward, causal, N=4096, with the dQ kernel's programs in natural and reversed order
 #           (DISTR_BWD_DQ_TILE_ORDER, alternated over two runs each; d=64 without a window takes atomic dQ, no dQ kernel).
 # engines: eager prefill benches of paper / recommended (/ calibrated, SmolLM2) on the fused kernel and with
@@ -117,6 +119,9 @@ for step in "${steps[@]}"; do
              --seq-len 4096 --rounds 3 2>&1 | tee -a "$out/fused-model.log" | sed -n '/^preset/,$p' || rc=1
            python scripts/host_overhead.py --batch 1 --n 1024 --launch fast --fused-grouping both --rounds 5 2>&1 \
              | tee "$out/host-fused.log" | sed -n '/^| variant/,$p' || rc=1 ;;
+    tile-orders) python scripts/compare_fwd_configs.py --variants G1 "G2 mean" "G2 rank1" "G2 r1 W128 c.5" --d 64 128 \
+           --n 4096 16384 --causal 1 --no-reduced --tile-orders --rounds 5 2>&1 | tee "$out/tile-orders.log" \
+           | sed -n '/^| d |/,$p' || rc=1 ;;
     dq-order) for o in natural reversed natural reversed; do
              echo "DISTR_BWD_DQ_TILE_ORDER=$o" | tee -a "$out/dq-order.log"
              DISTR_BWD_DQ_TILE_ORDER=$o python scripts/bench_attention.py --backward --quick --causal 1 --rep-ms 10 \
