@@ -6,6 +6,9 @@ Modes (``--modes``, any of):
     plain   patched, launches through Triton's own path (``launch.FAST_LAUNCH = False``)
     fused   patched, the grouping inside the attention kernel (``configs.DEFAULT_FUSED_GROUPING = True``:
             one launch fewer per call; env ``DISTR_FWD_FUSED_GROUPING=1``)
+    exact-compiled, compiled   a copy of the model, unpatched / patched, under
+            ``torch.compile(mode="reduce-overhead")`` (CUDA-graph replays; attention is the custom operator of
+            ``ops/compile_op.py``)
 
     python scripts/probe_model_switches.py                        # SmolLM2-135M shape, random weights, 4 x 4096
     python scripts/probe_model_switches.py --modes exact fast fused --batch 1 --seq-len 1024
@@ -16,6 +19,7 @@ exact is among the modes). Needs a CUDA device.
 from __future__ import annotations
 
 import argparse
+import copy as copy_module
 import statistics
 import time
 
@@ -27,7 +31,7 @@ from distr_patch.ops import configs
 from distr_patch.ops import launch as launch_mod
 from distr_patch.patching.registry import patch_model, unpatch_model
 
-MODES = ("exact", "fast", "plain", "fused")
+MODES = ("exact", "fast", "plain", "fused", "exact-compiled", "compiled")
 
 
 def main(argv=None) -> dict:
@@ -50,26 +54,40 @@ def main(argv=None) -> dict:
     model = load_model(a.model, "lm", dtype="bfloat16").model.cuda()
     ids = torch.randint(0, 1000, (a.batch, a.seq_len), device="cuda")
     patched = [False]
+    compiled = {}
+    for mode in a.modes:  # compiled modes own a copy of the model
+        if mode.endswith("compiled"):
+            copy = copy_module.deepcopy(model)
+            if mode == "compiled":
+                patch_model(copy, cfg)
+            compiled[mode] = torch.compile(copy, mode="reduce-overhead")
 
     def set_mode(mode):
+        if mode in compiled:
+            launch_mod.FAST_LAUNCH, configs.DEFAULT_FUSED_GROUPING = True, None
+            return
         if (mode == "exact") == patched[0]:
             (unpatch_model if patched[0] else lambda m: patch_model(m, cfg))(model)
             patched[0] = not patched[0]
         launch_mod.FAST_LAUNCH = mode != "plain"
         configs.DEFAULT_FUSED_GROUPING = True if mode == "fused" else None
 
+    current = ["exact"]
+
     def prefill():
         with torch.no_grad():
-            model(ids)
+            compiled.get(current[0], model)(ids)
 
-    for mode in a.modes:  # compile and fill the memo
+    for mode in a.modes:  # compile (Triton, and torch.compile's CUDA graphs) and fill the memo
         set_mode(mode)
+        current[0] = mode
         for _ in range(3):
             prefill()
     times = {mode: [] for mode in a.modes}
     for _ in range(a.rounds):
         for mode in a.modes:
             set_mode(mode)
+            current[0] = mode
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             for _ in range(a.prefills):

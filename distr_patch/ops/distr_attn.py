@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import configs
+from . import compile_op, configs
 from .configs import FwdConfig, fwd_config, interpreting, tile_order_code
 from .grouping import fusion_weights
 from . import grouping_triton
@@ -789,12 +789,17 @@ def distr_attention(
     A mask that itself requires grad sends the call to the reference (O(N·M) memory, warns
     once). ``backend="reference"`` is plain autograd through the definition.
     """
+    as_op = compile_op.runs_as_custom_op(q, k, v, backend)
     check_attention_inputs(q, k, v, group_size=group_size, block_m=block_m, fusion=fusion,
                            exact_window=exact_window, window_correction=window_correction,
                            num_hash_bits=num_hash_bits, query_valid=query_valid, attention_mask=attention_mask,
-                           groups=groups, scale=scale)
+                           groups=groups, scale=scale, check_values=not as_op)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if as_op:  # torch.compile: one opaque call (ops/compile_op.py), which validates everything when it runs
+        return compile_op.distr_attention_op(q, k, v, attention_mask, query_valid, groups, group_size, block_m,
+                                             fusion, exact_window, float(window_correction), causal,
+                                             None if scale is None else float(scale), num_hash_bits, seed, backend)
     kwargs = dict(group_size=group_size, block_m=block_m, fusion=fusion, exact_window=exact_window,
                   window_correction=window_correction, causal=causal, attention_mask=attention_mask, scale=scale,
                   num_hash_bits=num_hash_bits, seed=seed, query_valid=query_valid, groups=groups)

@@ -25,6 +25,14 @@ def _llama(head_dim: int, layers: int = 2):
     return tf.AutoModelForCausalLM.from_config(config).eval()
 
 
+def _on_triton(*args, **kw):
+    """``distr_attention`` with backend="triton" whatever the adapter asks for (it passes ``backend`` itself, so a
+    ``functools.partial`` default would be overridden and the CPU call would run the reference)."""
+    kw["backend"] = "triton"
+    _on_triton.calls += 1
+    return distr_attention(*args, **kw)
+
+
 def _right_padded(seq: int, short: int):
     ids = torch.randint(1, 128, (2, seq), generator=torch.Generator().manual_seed(1))
     mask = torch.ones(2, seq, dtype=torch.long)
@@ -40,9 +48,11 @@ def test_triton_kernel_in_a_patched_model_matches_the_reference(monkeypatch):
     with torch.no_grad():
         patch_model(model, cfg)
         ref = model(ids, attention_mask=mask).logits  # CPU: the PyTorch reference
-        monkeypatch.setattr(hf, "distr_attention", functools.partial(distr_attention, backend="triton"))
+        monkeypatch.setattr(hf, "distr_attention", _on_triton)
+        _on_triton.calls = 0
         out = model(ids, attention_mask=mask).logits
         alone = model(ids[1:, :29]).logits
+    assert _on_triton.calls == 4  # two layers, two forwards: the kernel ran
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
     torch.testing.assert_close(out[1:, :29], alone, atol=2e-4, rtol=2e-4)
 
@@ -138,3 +148,59 @@ def test_engine_sdpa_model_on_cuda(cfg):
         assert torch.isfinite(padded[mask_c.bool()]).all()
         out = model.generate(ids_c[:1, :150], max_new_tokens=10, min_new_tokens=10, do_sample=False)
         assert out.shape == (1, 160)
+
+
+def _compiled_targets(model, ids, mask, **compile_kw):
+    """(logits of ``torch.compile(model)``, the call targets of its graphs), Dynamo reset first."""
+    targets = []
+
+    def backend(gm, example_inputs):
+        targets.extend(node.target for node in gm.graph.nodes if node.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=compile_kw.pop("backend", backend), **compile_kw)
+    return compiled(ids, attention_mask=mask).logits, targets
+
+
+@pytest.mark.skipif(not INTERPRET, reason="CPU tensors through Triton need TRITON_INTERPRET=1")
+def test_compiled_patched_model_calls_the_custom_op(monkeypatch):
+    """torch.compile over a patched model (Triton path, padded batch): attention is the ``distr_patch::distr_attention``
+    call in the graph (the two layers share one compiled frame), the kernel runs once per layer inside it, and the
+    logits are the eager ones."""
+    from distr_patch.ops import distr_attn
+
+    model = _llama(head_dim=32)
+    ids, mask = _right_padded(seq=40, short=29)
+    monkeypatch.setattr(hf, "distr_attention", _on_triton)
+    launches = []
+    real = distr_attn._triton_forward
+    monkeypatch.setattr(distr_attn, "_triton_forward", lambda *a, **kw: launches.append(1) or real(*a, **kw))
+    with torch.no_grad():
+        patch_model(model, DistrConfig(block_m=32, exact_window=8, exact_below=1))
+        eager = model(ids, attention_mask=mask).logits
+        launches.clear()
+        compiled, targets = _compiled_targets(model, ids, mask)
+    assert targets.count(torch.ops.distr_patch.distr_attention.default) >= 1, targets
+    assert len(launches) == 2  # the op ran the kernel for each layer
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("cfg", [DistrConfig.paper(exact_below=1), DistrConfig(exact_below=1)],
+                         ids=["paper", "recommended"])
+def test_compiled_patched_model_on_cuda(cfg):
+    """torch.compile(mode="reduce-overhead") over a bf16 patched model on CUDA (CUDA-graph replays with the custom
+    op inside): the eager logits, run after run on new inputs."""
+    model = _llama(head_dim=64).to("cuda", torch.bfloat16)
+    ids = torch.randint(1, 128, (2, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    with torch.no_grad():
+        patch_model(model, cfg)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, mode="reduce-overhead")
+        for seed in (3, 4, 5):
+            ids = torch.randint(1, 128, (2, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+            eager = model(ids, use_cache=False).logits
+            out = compiled(ids, use_cache=False).logits.clone()
+            torch.testing.assert_close(out, eager, atol=2e-2 * eager.abs().max().item(), rtol=0)
