@@ -3,7 +3,6 @@
 The adapter calls ``distr_attention`` with backend "auto" (CUDA -> Triton, CPU -> reference); here the
 CPU runs force backend="triton" so the kernel sees the masks and valid rows the adapter builds.
 """
-import functools
 import os
 
 import pytest
@@ -31,6 +30,9 @@ def _on_triton(*args, **kw):
     kw["backend"] = "triton"
     _on_triton.calls += 1
     return distr_attention(*args, **kw)
+
+
+_on_triton.calls = 0
 
 
 def _right_padded(seq: int, short: int):
