@@ -6,14 +6,20 @@ output shape Dynamo knows from the fake implementation below (``q``'s shape and 
 eager operator. So ``torch.compile(model, mode="reduce-overhead")`` can replay the whole forward from a CUDA graph,
 without the operator's host time per layer.
 
-``distr_attention`` routes here by itself while Dynamo traces a call that needs no gradient and runs on the kernels
-(``backend`` "triton" or "sdpa", or "auto" on CUDA); calls that need a gradient keep the traced path.
+``distr_attention`` routes here by itself while Dynamo traces a call on the kernels (``backend`` "triton" or "sdpa",
+or "auto" on CUDA). Calls that need a gradient and run the fused kernel go to a differentiable pair instead:
+``distr_attention_train`` (out and the row log-sum-exp) and ``distr_attention_grad`` (the Triton backward). The
+backward computes the grouping again from q (one grouping launch; the same groups, weights to fp32 rounding) and forms
+Q_eff itself, so the forward's outputs are two tensors of known shapes. Other calls with a gradient (the SDPA
+engine, a mask that requires grad) keep the traced path.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+
+from . import configs
 
 
 @torch.library.custom_op("distr_patch::distr_attention", mutates_args=())
@@ -37,11 +43,93 @@ def _(q, k, v, attention_mask, query_valid, groups, group_size, block_m, fusion,
     return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
 
-def runs_as_custom_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> bool:
-    """Whether a ``distr_attention`` call goes to the custom operator: Dynamo is tracing it, it needs no gradient,
-    and it runs on the kernels (not the PyTorch reference, which Dynamo traces as it is)."""
+@torch.library.custom_op("distr_patch::distr_attention_train", mutates_args=())
+def distr_attention_train_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             attention_mask: Optional[torch.Tensor], query_valid: Optional[torch.Tensor],
+                             groups: Optional[torch.Tensor], group_size: int, block_m: int, fusion: str,
+                             exact_window: int, window_correction: float, causal: bool, scale: Optional[float],
+                             num_hash_bits: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused forward: (out [B, Hq, N, d] in q's dtype, lse [B, Hq, N] fp32, log2 units, ``_triton_forward``)."""
+    from .distr_attn import _triton_forward
+
+    d = q.shape[-1]
+    if groups is not None and (int(groups.min()) < 0 or int(groups.max()) >= d):  # (a trace cannot read values)
+        raise ValueError(f"groups must hold column indices in [0, {d}) (rows are permutations of the head dim)")
+    out, lse, *_ = _triton_forward(q, k, v, group_size=group_size, block_m=block_m, fusion=fusion,
+                                   exact_window=exact_window, window_correction=window_correction, causal=causal,
+                                   attention_mask=attention_mask, scale=scale, num_hash_bits=num_hash_bits, seed=seed,
+                                   query_valid=query_valid, groups=groups, return_lse=True)
+    return out, lse
+
+
+@distr_attention_train_op.register_fake
+def _(q, k, v, attention_mask, query_valid, groups, group_size, block_m, fusion, exact_window, window_correction,
+      causal, scale, num_hash_bits, seed):
+    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
+            torch.empty(q.shape[:3], dtype=torch.float32, device=q.device))
+
+
+@torch.library.custom_op("distr_patch::distr_attention_grad", mutates_args=())
+def distr_attention_grad_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                            lse: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                            query_valid: Optional[torch.Tensor], groups: Optional[torch.Tensor], group_size: int,
+                            block_m: int, fusion: str, exact_window: int, window_correction: float, causal: bool,
+                            scale: Optional[float], num_hash_bits: int, seed: int
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) of ``distr_attention_train`` for the output gradient ``do``: the grouping and the fusion weights
+    computed again from q as the forward computed them, then ``distr_bwd._triton_backward``."""
+    from .distr_bwd import _triton_backward
+    from .grouping import fusion_weights
+    from .grouping_triton import triton_grouping
+
+    grp = wa = wb = None
+    if group_size > 1 and groups is None:
+        grp, wa, wb = triton_grouping(q, group_size=group_size, block_m=block_m, num_hash_bits=num_hash_bits,
+                                      seed=seed, query_valid=query_valid, fusion=fusion)
+    elif group_size > 1:
+        grp = groups.to(torch.int32).contiguous()
+        if fusion != "mean":
+            wa, wb = fusion_weights(q, groups, group_size=group_size, block_m=block_m, fusion=fusion,
+                                    query_valid=query_valid)
+    dq, dk, dv = _triton_backward(do, q, k, v, out, lse, grp, wa, wb, group_size=group_size, block_m=block_m,
+                                  fusion=fusion, exact_window=exact_window, window_correction=window_correction,
+                                  causal=causal, attention_mask=attention_mask, scale=scale)
+    return dq, dk, dv
+
+
+@distr_attention_grad_op.register_fake
+def _(do, q, k, v, out, lse, attention_mask, query_valid, groups, group_size, block_m, fusion, exact_window,
+      window_correction, causal, scale, num_hash_bits, seed):
+    return (torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype, device=k.device),
+            torch.empty(v.shape, dtype=v.dtype, device=v.device))
+
+
+def _train_setup(ctx, inputs, output):
+    q, k, v, attention_mask, query_valid, groups, *opts = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], attention_mask, query_valid, groups)
+    ctx.opts = opts
+
+
+def _train_backward(ctx, dout, _dlse):
+    q, k, v, out, lse, attention_mask, query_valid, groups = ctx.saved_tensors
+    dq, dk, dv = distr_attention_grad_op(dout, q, k, v, out, lse, attention_mask, query_valid, groups, *ctx.opts)
+    return (dq, dk, dv) + (None,) * (3 + len(ctx.opts))
+
+
+distr_attention_train_op.register_autograd(_train_backward, setup_context=_train_setup)
+
+
+def runs_as_custom_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str, attention_mask=None
+                      ) -> str | None:
+    """Which custom operator a ``distr_attention`` call goes to while Dynamo traces it: "forward" (no gradient, on
+    the kernels: not the PyTorch reference, which Dynamo traces as it is), "train" (a gradient, on the fused kernel,
+    a mask that needs none) or None (traced as it is)."""
     if not torch.compiler.is_compiling() or not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
-        return False  # (not tensors: validation names them)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        return False
-    return backend in ("triton", "sdpa") or (backend == "auto" and q.is_cuda)
+        return None  # (not tensors: validation names them)
+    kernels = backend in ("triton", "sdpa") or (backend == "auto" and q.is_cuda)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+        return "forward" if kernels else None
+    # backend="auto" may send a call to the SDPA engine with DISTR_AUTO_SDPA=1: such calls stay traced
+    fused = backend == "triton" or (backend == "auto" and q.is_cuda and not configs.DEFAULT_AUTO_SDPA)
+    mask_grad = isinstance(attention_mask, torch.Tensor) and attention_mask.requires_grad
+    return "train" if fused and not mask_grad else None

@@ -789,17 +789,28 @@ def distr_attention(
     A mask that itself requires grad sends the call to the reference (O(N·M) memory, warns
     once). ``backend="reference"`` is plain autograd through the definition.
     """
-    as_op = compile_op.runs_as_custom_op(q, k, v, backend)
+    as_op = compile_op.runs_as_custom_op(q, k, v, backend, attention_mask)
+    if as_op == "train" and q.shape[0] * q.shape[1] > MAX_GRID_Y:
+        as_op = None  # (the batch slices below: traced)
     check_attention_inputs(q, k, v, group_size=group_size, block_m=block_m, fusion=fusion,
                            exact_window=exact_window, window_correction=window_correction,
                            num_hash_bits=num_hash_bits, query_valid=query_valid, attention_mask=attention_mask,
-                           groups=groups, scale=scale, check_values=not as_op)
+                           groups=groups, scale=scale, check_values=as_op is None)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if as_op:  # torch.compile: one opaque call (ops/compile_op.py), which validates everything when it runs
-        return compile_op.distr_attention_op(q, k, v, attention_mask, query_valid, groups, group_size, block_m,
-                                             fusion, exact_window, float(window_correction), causal,
-                                             None if scale is None else float(scale), num_hash_bits, seed, backend)
+    if as_op is not None:  # torch.compile: one opaque call (ops/compile_op.py)
+        c, sc = float(window_correction), None if scale is None else float(scale)
+        if as_op == "forward":  # the eager operator runs inside, validating everything
+            return compile_op.distr_attention_op(q, k, v, attention_mask, query_valid, groups, group_size, block_m,
+                                                 fusion, exact_window, c, bool(causal), sc, num_hash_bits, seed,
+                                                 backend)
+        if not q.is_cuda and not interpreting():
+            raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (set before importing "
+                             "triton); use backend='reference' or CUDA tensors")
+        check_triton_inputs(q)
+        mask = None if attention_mask is None else attention_mask.detach()
+        return compile_op.distr_attention_train_op(q, k, v, mask, query_valid, groups, group_size, block_m, fusion,
+                                                   exact_window, c, bool(causal), sc, num_hash_bits, seed)[0]
     kwargs = dict(group_size=group_size, block_m=block_m, fusion=fusion, exact_window=exact_window,
                   window_correction=window_correction, causal=causal, attention_mask=attention_mask, scale=scale,
                   num_hash_bits=num_hash_bits, seed=seed, query_valid=query_valid, groups=groups)

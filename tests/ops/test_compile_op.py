@@ -1,5 +1,6 @@
-"""``torch.compile`` over DistrAttention: while Dynamo traces, kernel-path calls that need no gradient become one
-custom operator (``ops/compile_op.py``); the compiled function gives the eager output bit for bit."""
+"""``torch.compile`` over DistrAttention: while Dynamo traces, kernel-path calls become custom operators
+(``ops/compile_op.py``): one forward operator without a gradient, a differentiable forward / backward pair with one.
+Compiled functions give the eager outputs (bit for bit) and gradients."""
 import os
 import zlib
 
@@ -10,6 +11,7 @@ from distr_patch.ops import compile_op, compute_groups, distr_attention
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 OP = torch.ops.distr_patch.distr_attention.default
+TRAIN_OP = torch.ops.distr_patch.distr_attention_train.default
 
 
 def _recording_backend(targets: list):
@@ -49,18 +51,82 @@ def test_compiled_call_is_one_custom_op(backend, G, fusion, W, causal):
     assert torch.equal(out, fn(q, k, v))
 
 
-def test_calls_that_need_a_gradient_or_run_the_reference_stay_traced(monkeypatch):
-    """runs_as_custom_op: only while compiling, only without a gradient, only on the kernels' paths."""
+@pytest.mark.skipif(not INTERPRET, reason="CPU tensors through Triton need TRITON_INTERPRET=1")
+@pytest.mark.parametrize("G,fusion,W,causal,given", [(2, "rank1", 16, True, False), (1, "mean", 0, False, False),
+                                                     (4, "mean", 0, True, True), (2, "rank1", 0, False, True)])
+def test_compiled_training_call_is_the_differentiable_pair(G, fusion, W, causal, given):
+    """With a gradient the compiled call is ``distr_attention_train`` (its backward ``distr_attention_grad``): the
+    eager output bit for bit and the eager gradients to fp32 rounding (the backward forms Q_eff again)."""
+    q, k, v = _qkv((G, fusion, W, causal, given))
+    valid = torch.ones(2, 70, dtype=torch.bool)
+    valid[0, 60:] = False
+    mask = valid[:, None, None, :]
+    groups = compute_groups(q, group_size=G, block_m=32, num_hash_bits=16, seed=1, query_valid=valid) \
+        if given and G > 1 else None
+
+    def fn(q, k, v):
+        return distr_attention(q, k, v, group_size=G, block_m=32, fusion=fusion, exact_window=W,
+                               window_correction=0.5 if W else 0.0, causal=causal, attention_mask=mask, seed=1,
+                               query_valid=valid, groups=groups, backend="triton")
+
+    results = []
+    for compiled in (False, True):
+        targets = []
+        torch._dynamo.reset()
+        f = torch.compile(fn, backend=_recording_backend(targets), fullgraph=True) if compiled else fn
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = f(*leaves)
+        (out.float() * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        results.append((out.detach(), *(t.grad for t in leaves)))
+        assert targets.count(TRAIN_OP) == (1 if compiled else 0), targets
+    assert torch.equal(results[0][0], results[1][0])
+    for eager, comp in zip(results[0][1:], results[1][1:]):
+        assert ((comp - eager).norm() / eager.norm()).item() < 1e-5
+
+
+@pytest.mark.skipif(not INTERPRET, reason="CPU tensors through Triton need TRITON_INTERPRET=1")
+def test_custom_ops_pass_opcheck():
+    """torch.library.opcheck: schemas, fake implementations against the real ones, autograd registration, AOT
+    dispatch, for the forward operator, the differentiable pair and the backward alone."""
+    q, k, v = _qkv("opcheck", B=1, Hq=2, Hkv=1, N=40)
+    opts = (None, None, None, 2, 32, "rank1", 8, 0.5, True, None, 16, 0)
+    torch.library.opcheck(OP, (q, k, v, *opts, "triton"))
+    torch.library.opcheck(TRAIN_OP, tuple(t.clone().requires_grad_(True) for t in (q, k, v)) + opts)
+    out, lse = TRAIN_OP(q, k, v, *opts)
+    torch.library.opcheck(torch.ops.distr_patch.distr_attention_grad.default,
+                          (torch.randn_like(out), q, k, v, out, lse, *opts))
+
+
+@pytest.mark.skipif(not INTERPRET, reason="CPU tensors through Triton need TRITON_INTERPRET=1")
+def test_compiled_training_call_checks_group_values():
+    """Precomputed groups' values are checked when the compiled call runs (a trace cannot read them)."""
+    q, k, v = _qkv("bad groups", B=1, Hq=2, Hkv=1, N=40)
+    groups = compute_groups(q, group_size=2, block_m=32, num_hash_bits=16, seed=0)
+    groups[0, 0, 0, 0] = 99
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    torch._dynamo.reset()
+    f = torch.compile(lambda q, k, v: distr_attention(q, k, v, group_size=2, block_m=32, groups=groups,
+                                                      backend="triton"), backend="aot_eager", fullgraph=True)
+    with pytest.raises(ValueError, match=r"groups must hold column indices in \[0, 32\)"):
+        f(*leaves)
+
+
+def test_which_calls_go_to_which_op(monkeypatch):
+    """runs_as_custom_op: only while compiling; "forward" without a gradient on the kernels' paths, "train" with one
+    on the fused kernel (not the SDPA engine, not a mask that requires grad), else traced."""
     q, k, v = _qkv("grad")
-    assert not compile_op.runs_as_custom_op(q, k, v, "triton")  # not compiling
+    assert compile_op.runs_as_custom_op(q, k, v, "triton") is None  # not compiling
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert compile_op.runs_as_custom_op(q, k, v, "triton") and compile_op.runs_as_custom_op(q, k, v, "sdpa")
-    assert not compile_op.runs_as_custom_op(q, k, v, "reference")
-    assert not compile_op.runs_as_custom_op(q, k, v, "auto")  # CPU tensors: the reference
+    assert compile_op.runs_as_custom_op(q, k, v, "triton") == compile_op.runs_as_custom_op(q, k, v, "sdpa") \
+        == "forward"
+    assert compile_op.runs_as_custom_op(q, k, v, "reference") is None
+    assert compile_op.runs_as_custom_op(q, k, v, "auto") is None  # CPU tensors: the reference
     q.requires_grad_(True)
-    assert not compile_op.runs_as_custom_op(q, k, v, "triton")
+    assert compile_op.runs_as_custom_op(q, k, v, "triton") == "train"
+    assert compile_op.runs_as_custom_op(q, k, v, "sdpa") is None
+    assert compile_op.runs_as_custom_op(q, k, v, "triton", torch.zeros(1, requires_grad=True)) is None
     with torch.no_grad():
-        assert compile_op.runs_as_custom_op(q, k, v, "triton")
+        assert compile_op.runs_as_custom_op(q, k, v, "triton") == "forward"
 
 
 def test_fake_output_and_schema():
