@@ -13,9 +13,9 @@ backward computes the grouping again from q (one grouping launch; the same group
 Q_eff itself, so the forward's outputs are two tensors of known shapes. Other calls with a gradient (the SDPA
 engine, a mask that requires grad) keep the traced path.
 """
-from __future__ import annotations
-
-from typing import Optional
+# no ``from __future__ import annotations``: torch.library reads the annotations below as types (older torch
+# releases do not evaluate string annotations)
+from typing import Optional, Tuple
 
 import torch
 
@@ -48,7 +48,7 @@ def distr_attention_train_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                              attention_mask: Optional[torch.Tensor], query_valid: Optional[torch.Tensor],
                              groups: Optional[torch.Tensor], group_size: int, block_m: int, fusion: str,
                              exact_window: int, window_correction: float, causal: bool, scale: Optional[float],
-                             num_hash_bits: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+                             num_hash_bits: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """The fused forward: (out [B, Hq, N, d] in q's dtype, lse [B, Hq, N] fp32, log2 units, ``_triton_forward``)."""
     from .distr_attn import _triton_forward
 
@@ -75,7 +75,7 @@ def distr_attention_grad_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, 
                             query_valid: Optional[torch.Tensor], groups: Optional[torch.Tensor], group_size: int,
                             block_m: int, fusion: str, exact_window: int, window_correction: float, causal: bool,
                             scale: Optional[float], num_hash_bits: int, seed: int
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) of ``distr_attention_train`` for the output gradient ``do``: the grouping and the fusion weights
     computed again from q as the forward computed them, then ``distr_bwd._triton_backward``."""
     from .distr_bwd import _triton_backward
@@ -120,7 +120,7 @@ distr_attention_train_op.register_autograd(_train_backward, setup_context=_train
 
 
 def runs_as_custom_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str, attention_mask=None
-                      ) -> str | None:
+                      ) -> Optional[str]:
     """Which custom operator a ``distr_attention`` call goes to while Dynamo traces it: "forward" (no gradient, on
     the kernels: not the PyTorch reference, which Dynamo traces as it is), "train" (a gradient, on the fused kernel,
     a mask that needs none) or None (traced as it is)."""
