@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import configs
+from .validate import check_group_values
 
 
 @torch.library.custom_op("distr_patch::distr_attention", mutates_args=())
@@ -52,9 +53,8 @@ def distr_attention_train_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """The fused forward: (out [B, Hq, N, d] in q's dtype, lse [B, Hq, N] fp32, log2 units, ``_triton_forward``)."""
     from .distr_attn import _triton_forward
 
-    d = q.shape[-1]
-    if groups is not None and (int(groups.min()) < 0 or int(groups.max()) >= d):  # (a trace cannot read values)
-        raise ValueError(f"groups must hold column indices in [0, {d}) (rows are permutations of the head dim)")
+    if groups is not None:  # here, where the values can be read (a trace cannot)
+        check_group_values(groups, q.shape[-1])
     out, lse, *_ = _triton_forward(q, k, v, group_size=group_size, block_m=block_m, fusion=fusion,
                                    exact_window=exact_window, window_correction=window_correction, causal=causal,
                                    attention_mask=attention_mask, scale=scale, num_hash_bits=num_hash_bits, seed=seed,

@@ -804,9 +804,6 @@ def distr_attention(
             return compile_op.distr_attention_op(q, k, v, attention_mask, query_valid, groups, group_size, block_m,
                                                  fusion, exact_window, c, bool(causal), sc, num_hash_bits, seed,
                                                  backend)
-        if not q.is_cuda and not interpreting():
-            raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (set before importing "
-                             "triton); use backend='reference' or CUDA tensors")
         check_triton_inputs(q)
         mask = None if attention_mask is None else attention_mask.detach()
         return compile_op.distr_attention_train_op(q, k, v, mask, query_valid, groups, group_size, block_m, fusion,
@@ -821,9 +818,6 @@ def distr_attention(
         return sdpa_engine.sdpa_distr_attention(q, k, v, **kwargs)
     use_triton = backend == "triton" or (backend == "auto" and q.is_cuda)
     if use_triton:
-        if not q.is_cuda and not interpreting():
-            raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (set before importing "
-                             "triton); use backend='reference' or CUDA tensors")
         check_triton_inputs(q)
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         if needs_grad:

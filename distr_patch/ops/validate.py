@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .configs import interpreting
 from .grouping import ALLOWED_BLOCK_M, ALLOWED_GROUP_SIZES, FUSIONS
 
 TRITON_HEAD_DIMS = (32, 64, 80, 96, 128, 256)
@@ -125,11 +126,20 @@ def check_attention_inputs(q, k, v, *, group_size, block_m, fusion, exact_window
                              f"got {list(groups.shape)}")
         if groups.device != q.device:
             raise ValueError(f"groups is on {groups.device} but q is on {q.device}")
-        if check_values and (int(groups.min()) < 0 or int(groups.max()) >= d):
-            raise ValueError(f"groups must hold column indices in [0, {d}) (rows are permutations of the head dim)")
+        if check_values:
+            check_group_values(groups, d)
+
+
+def check_group_values(groups, d: int) -> None:
+    """``groups`` holds column indices in [0, d) (reads the tensor's values: not inside a torch.compile trace)."""
+    if int(groups.min()) < 0 or int(groups.max()) >= d:
+        raise ValueError(f"groups must hold column indices in [0, {d}) (rows are permutations of the head dim)")
 
 
 def check_triton_inputs(q) -> None:
+    if not q.is_cuda and not interpreting():
+        raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (set before importing "
+                         "triton); use backend='reference' or CUDA tensors")
     d = q.shape[-1]
     if d not in TRITON_HEAD_DIMS:
         raise ValueError(f"head dim d={d} is not supported by the Triton kernel; supported: {TRITON_HEAD_DIMS}")
