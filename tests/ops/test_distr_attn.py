@@ -643,3 +643,12 @@ def test_register_cap_is_a_launch_option():
     assert rel_err(_triton_forward(q, k, v, config=cfg, **kw), reference_distr_attention(q, k, v, **kw)) < 1e-5
     with pytest.raises(ValueError, match=r"config.maxnreg must be None or in \[24, 255\]"):
         _triton_forward(q, k, v, config=replace(cfg, maxnreg=512), **kw)
+
+
+def test_triton_backend_on_cpu_without_the_interpreter_is_a_named_error(monkeypatch):
+    """backend="triton" with CPU tensors and no TRITON_INTERPRET: a ValueError that says what to set, not a Triton
+    crash (the same check serves the torch.compile path, ``validate.check_triton_inputs``)."""
+    q, k, v = make_qkv(5, 1, 2, 2, 40, 40, 32)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="backend='triton' on CPU tensors needs TRITON_INTERPRET=1"):
+        distr_attention(q, k, v, group_size=2, block_m=32, backend="triton")
