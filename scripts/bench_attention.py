@@ -554,6 +554,12 @@ def main(argv=None):
         p.error("--paths selects among --backward-paths' rows: add --backward-paths (and --backward)")
     if args.backward_paths and not args.backward:
         p.error("--backward-paths needs --backward")
+    if args.variants:
+        known = BWD_VARIANTS if args.backward else _variants(args)
+        unknown = [name for name in args.variants if name not in known]
+        if unknown:
+            p.error(f"--variants: no variant named {', '.join(map(repr, unknown))}"
+                    f"{' with --backward' if args.backward else ''}; choose from {', '.join(known)}")
     args.causal = [bool(c) for c in args.causal]
     if args.quick:
         args.n = [4096]

@@ -136,7 +136,7 @@ for step in "${steps[@]}"; do
     dq-order) for o in natural reversed natural reversed; do
              echo "DISTR_BWD_DQ_TILE_ORDER=$o" | tee -a "$out/dq-order.log"
              DISTR_BWD_DQ_TILE_ORDER=$o python scripts/bench_attention.py --backward --quick --causal 1 --rep-ms 10 \
-               --variants "distr G=1" "distr G=2 mean" "distr G=2 rank1" "distr G=2 rank1 W128 c.5 bm128" 2>&1 \
+               --variants "distr G=1" "distr G=2 mean" "distr G=2 rank1" "distr G=2 rank1 W128 c.5" 2>&1 \
                | tee -a "$out/dq-order.log" | sed -n '/^| d |/,$p' || rc=1
            done ;;
     host) python scripts/host_overhead.py --calls 300 2>&1 | tee "$out/host-overhead.log" | sed -n '/^| variant/,$p' \

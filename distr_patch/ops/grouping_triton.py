@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -476,21 +477,56 @@ def grouping_warps(head_dim: int, rank1: bool = False, group_size: int = 2, proj
     return 4 if rank1 else 2
 
 
-@lru_cache(maxsize=64)
+def _made_outside_graph_pools(make, device: torch.device) -> torch.Tensor:
+    """``make()`` for a tensor that a cache keeps for the life of the process: on CUDA it runs in a short-lived
+    thread of its own, so that its memory never comes from a CUDA-graph memory pool. torch.compile(mode=
+    "reduce-overhead") runs the first calls with the calling thread's allocations going to such a pool (its warm-up),
+    and a cached tensor there is a live allocation the graphs do not own: cudagraph trees stop with "tensor(s) in the
+    cudagraph pool not tracked as outputs". During a capture the cache must already be warm (a capture cannot copy
+    from the host): the error says to call the operator once first."""
+    if device.type != "cuda":
+        return make()
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("DistrAttention makes its hash directions on the first call on a device; run the operator "
+                           "once (same block_m, num_hash_bits, seed, dtype) before capturing a CUDA graph")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    result: dict = {}
+
+    def work():
+        try:
+            with torch.cuda.device(index):
+                result["out"] = make()
+                torch.cuda.current_stream().synchronize()  # ready before any stream of the caller reads it
+        except BaseException as exc:  # noqa: BLE001  re-raised in the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=work, name="distr-patch-device-constants")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["out"]
+
+
+@lru_cache(maxsize=None)  # never evicted: a freed block could be reused while another stream still reads it
 def _padded_projections(block_m: int, num_hash_bits: int, nbits_pad: int, seed: int, device: torch.device):
-    """The hash directions zero-padded to [block_m, nbits_pad] fp32 on ``device``, made once per key: a call
-    then copies nothing from the host (at batch 1 the host side of a call is most of its time)."""
-    r = torch.zeros(block_m, nbits_pad, device=device, dtype=torch.float32)
-    r[:, :num_hash_bits] = hash_projections(block_m, num_hash_bits, seed, device=device)
-    return r
+    """The hash directions zero-padded to [block_m, nbits_pad] fp32 on ``device``, made once per key (outside any
+    CUDA-graph pool): a call then copies nothing from the host (at batch 1 the host side of a call is most of its
+    time)."""
+    def make():
+        r = torch.zeros(block_m, nbits_pad, device=device, dtype=torch.float32)
+        r[:, :num_hash_bits] = hash_projections(block_m, num_hash_bits, seed, device=device)
+        return r
+
+    return _made_outside_graph_pools(make, device)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=None)
 def projections_16bit(block_m: int, num_hash_bits: int, nbits_pad: int, seed: int, device: torch.device,
                       dtype: torch.dtype) -> torch.Tensor:
     """The padded directions in ``dtype`` (bf16 or fp16), [block_m, nbits_pad]: the fp32 directions exactly."""
     r = _padded_projections(block_m, num_hash_bits, nbits_pad, seed, device)
-    r16 = r.to(dtype)
+    r16 = _made_outside_graph_pools(lambda: r.to(dtype), device)
     if not torch.equal(r16.float(), r):  # hash_projections draws values exact in both 16-bit types
         raise AssertionError(f"hash directions not exact in {dtype}")
     return r16

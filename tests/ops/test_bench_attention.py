@@ -77,3 +77,14 @@ def test_bench_torch_flip_variant_reverses_by_torch(bench, monkeypatch):
         assert seen == [expect] * 3, name  # Q_eff, K and V of the right piece
     assert torch.equal(outs[0], outs[1])
     assert sdpa_engine.REVERSE_ROWS == "triton"
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_bench_unknown_variant_is_a_named_error(bench, capsys, backward):
+    """A misspelt --variants name stops the run and lists the names (it used to be dropped without a word, and the
+    run timed the baselines alone)."""
+    argv = ["--variants", "distr G=2 rank1 W128 c.5 bm128x"] + (["--backward"] if backward else [])
+    with pytest.raises(SystemExit):
+        bench.main(argv)
+    err = capsys.readouterr().err
+    assert "no variant named 'distr G=2 rank1 W128 c.5 bm128x'" in err and "distr G=2 mean" in err
