@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..eval.config import COMPILE_MODES, COMPILE_WARMUP
 from . import options as o
 
 HELP = "whole-model latency: prefill, generate() tokens/s (LM) or images/s (ViT), exact vs each G"
@@ -10,6 +11,8 @@ EPILOG = """examples (random weights at real sizes; no hub access needed):
   distr-patch bench model --model preset:llama-3.2-1b --dtype bfloat16 --group-sizes 2,4
   distr-patch bench model --model preset:vit-b16 --dtype float16 --batch-sizes 1,32,128
   distr-patch bench model --model preset:smollm2-135m --dtype bfloat16 --seq-lens 4096 --batch-sizes 4 --cuda-graph
+  distr-patch bench model --model preset:smollm2-135m --dtype bfloat16 --seq-lens 1024 --batch-sizes 1 \
+      --compile reduce-overhead
 presets: llama-3.2-1b, qwen2-1.5b, smollm2-135m, vit-b16 (= deit-base-patch16-224), deit-b (distilled)
 On a CPU it runs too, but DistrAttention then runs its PyTorch reference: the times are not the kernel's.
 """
@@ -32,6 +35,11 @@ def register(sub) -> None:
                    help="time prefill and image batches as replays of one captured CUDA graph per shape, exact and "
                         "DistrAttention alike: the GPU's time without the host's launch overhead (generate() is not "
                         "graphed)")
+    g.add_argument("--compile", default=o.S, choices=COMPILE_MODES, metavar="MODE",
+                   help="time prefill and image batches through torch.compile(model, mode=MODE), exact and "
+                        "DistrAttention alike (one static graph per shape; compiling and CUDA-graph recording happen "
+                        f"in at least {COMPILE_WARMUP} warm-up calls; generate() stays eager): "
+                        f"{', '.join(COMPILE_MODES)}")
     o.add_output(p)
     p.set_defaults(func=run)
 

@@ -3,18 +3,20 @@
 LMs: prefill time per (batch, sequence length) and ``generate()`` decode tokens/s with the KV cache;
 vision models: images/s per batch size. Random inputs (only the time matters), warm-up, then p20/p50/p80
 of the repeats (CUDA events on the GPU) and the peak GPU memory. With ``cuda_graph`` the prefill and image
-batches are timed as replays of a captured CUDA graph (the GPU's time, without the host's launch overhead).
+batches are timed as replays of a captured CUDA graph (the GPU's time, without the host's launch overhead); with
+``compile`` (a torch.compile mode) through ``torch.compile(model)``, compiled afresh for each variant.
 Imports neither ``datasets`` nor ``evaluate``, so it runs on machines without them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
 
 from ..models import load_model
 from ..models.presets import VISION_TYPES
-from .config import ConfigError, RunConfig
+from .config import COMPILE_WARMUP, ConfigError, RunConfig
 from .distributed import Shard
 from .provenance import provenance
 from .results import ResultFile, model_info
@@ -34,10 +36,32 @@ def _peak_mib(device) -> float | None:
 
 
 def _timed(fn, cfg: RunConfig, device) -> dict:
-    """p20/p50/p80 of fn (a call on fixed inputs), eagerly or, with ``cfg.cuda_graph``, as graph replays."""
+    """p20/p50/p80 of fn (a call on fixed inputs), eagerly or, with ``cfg.cuda_graph``, as graph replays; with
+    ``cfg.compile`` at least ``COMPILE_WARMUP`` untimed calls first (the compile and the graphs' recording)."""
     if cfg.cuda_graph:
         fn = cuda_graphed(fn, device, warmup=cfg.warmup)
-    return measure(fn, device, warmup=cfg.warmup, repeats=cfg.repeats)
+    warmup = max(cfg.warmup, COMPILE_WARMUP) if cfg.compile else cfg.warmup
+    return measure(fn, device, warmup=warmup, repeats=cfg.repeats)
+
+
+@contextlib.contextmanager
+def _compiled(model, cfg: RunConfig):
+    """``torch.compile(model, mode=cfg.compile)`` (or the model itself when ``cfg.compile`` is None) from an empty
+    Dynamo cache, since each variant patches the model anew; one static graph per (batch, length) point, with the
+    recompile limit raised to the number of points; the cache emptied again after."""
+    if cfg.compile is None:
+        yield model
+        return
+    import torch._dynamo
+
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    points = len(cfg.batch_sizes) * max(1, len(cfg.seq_lens))
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch({limit: max(8, points + 2)}):
+            yield torch.compile(model, mode=None if cfg.compile == "default" else cfg.compile, dynamic=False)
+    finally:
+        torch._dynamo.reset()
 
 
 def _point(measure_name, batch, seq_len, timing, work, unit, device) -> dict:
@@ -46,9 +70,11 @@ def _point(measure_name, batch, seq_len, timing, work, unit, device) -> dict:
 
 
 @torch.no_grad()
-def bench_lm(model, cfg: RunConfig, device, progress: bool) -> dict:
+def bench_lm(model, cfg: RunConfig, device, progress: bool, forward=None) -> dict:
+    """Prefill and generate() timings; ``forward`` (default: the model) runs the prefills, e.g. a compiled model."""
     from tqdm.auto import tqdm
 
+    forward = model if forward is None else forward
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(cfg.seed)
     prefill, generate = [], []
@@ -56,7 +82,7 @@ def bench_lm(model, cfg: RunConfig, device, progress: bool) -> dict:
     for b, n in tqdm(points, desc="prefill", disable=not progress, leave=False):
         ids = torch.randint(vocab, (b, n), generator=g).to(device)
         _peak_reset(device)
-        t = _timed(lambda: model(ids, use_cache=False), cfg, device)
+        t = _timed(lambda: forward(ids, use_cache=False), cfg, device)
         prefill.append(_point("prefill", b, n, t, b * n, "tokens/s", device))
     for b in tqdm(cfg.batch_sizes, desc="generate", disable=not progress, leave=False):
         ids = torch.randint(vocab, (b, cfg.gen_prompt_len), generator=g).to(device)
@@ -73,9 +99,11 @@ def bench_lm(model, cfg: RunConfig, device, progress: bool) -> dict:
 
 
 @torch.no_grad()
-def bench_vision(model, cfg: RunConfig, device, progress: bool) -> dict:
+def bench_vision(model, cfg: RunConfig, device, progress: bool, forward=None) -> dict:
+    """Images/s per batch size; ``forward`` (default: the model) runs the batches, e.g. a compiled model."""
     from tqdm.auto import tqdm
 
+    forward = model if forward is None else forward
     c = model.config
     size = c.image_size if isinstance(c.image_size, int) else c.image_size[0]
     n_tokens = (size // c.patch_size) ** 2 + (2 if c.model_type == "deit" else 1)
@@ -84,7 +112,7 @@ def bench_vision(model, cfg: RunConfig, device, progress: bool) -> dict:
     for b in tqdm(cfg.batch_sizes, desc="images", disable=not progress, leave=False):
         x = torch.randn(b, c.num_channels, size, size, generator=g).to(device, model.dtype)
         _peak_reset(device)
-        t = _timed(lambda: model(pixel_values=x), cfg, device)
+        t = _timed(lambda: forward(pixel_values=x), cfg, device)
         out.append(_point("images", b, n_tokens, t, b, "images/s", device))
     return {"images": out}
 
@@ -107,13 +135,19 @@ def run_bench(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
     if cfg.cuda_graph:
         notes.append("--cuda-graph: prefill / image batches timed as CUDA-graph replays (GPU time without the host's "
                      "launch overhead, exact and DistrAttention alike); generate() ran eagerly")
+    if cfg.compile:
+        notes.append(f"--compile {cfg.compile}: prefill / image batches through torch.compile(model, mode="
+                     f"{cfg.compile!r}), exact and DistrAttention alike, compiled afresh per variant, one static "
+                     f"graph per shape, at least {COMPILE_WARMUP} warm-up calls (the compile, CUDA-graph recording); "
+                     "generate() ran eagerly")
     result = ResultFile(directory / "result.json", kind="bench-model",
                         model=model_info(model, cfg.model, loaded.source, cfg.dtype),
                         config=dataclasses.asdict(cfg), provenance=provenance(device, seed=cfg.seed), notes=notes)
     result.add_dataset("inputs", "random", 0, unit="random token ids / pixels")
 
     def evaluate(variant: Variant) -> tuple[dict, dict]:
-        return {}, (bench_vision if is_vision else bench_lm)(model, cfg, device, progress)
+        with _compiled(model, cfg) as forward:
+            return {}, (bench_vision if is_vision else bench_lm)(model, cfg, device, progress, forward)
 
     finished = run_variants(model, variants, evaluate, result, shard=Shard(), progress=progress)
     finish(result, directory, plots=cfg.plots, interrupted=not finished)

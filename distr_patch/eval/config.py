@@ -20,6 +20,10 @@ class ConfigError(ValueError):
     """A setting is wrong; the message names its flag."""
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
+COMPILE_WARMUP = 3  # bench model --compile: warm-up calls at least (compile, cudagraph trees' warm-up and recording)
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -83,6 +87,7 @@ class RunConfig:
     warmup: int = 3
     repeats: int = 10
     cuda_graph: bool = False  # bench model: time prefill / image batches as replays of a captured CUDA graph
+    compile: str | None = None  # bench model: prefill / image batches through torch.compile(model, mode=...)
     # output
     output_dir: str = "results"
     run_name: str | None = None
@@ -147,6 +152,12 @@ class RunConfig:
                 raise ConfigError(f"{flag(name)}: expected a positive integer, got {v!r}")
         if not isinstance(self.cuda_graph, bool):
             raise ConfigError(f"{flag('cuda_graph')}: expected true or false, got {self.cuda_graph!r}")
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise ConfigError(f"{flag('compile')}: {self.compile!r} is not a torch.compile mode; expected one of "
+                              f"{', '.join(COMPILE_MODES)}")
+        if self.cuda_graph and self.compile is not None:
+            raise ConfigError(f"{flag('cuda_graph')} and {flag('compile')}: pick one (--compile reduce-overhead is "
+                              "torch.compile's own CUDA-graph replay)")
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise ConfigError(f"{flag('warmup')}: expected an integer >= 0, got {self.warmup!r}")
         for name in ("seq_lens", "batch_sizes"):

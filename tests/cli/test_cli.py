@@ -136,6 +136,37 @@ def test_bench_model_cuda_graph_needs_a_cuda_device(tiny_lm_dir, tmp_path):
         RunConfig.merge(flags=dict(cuda_graph="yes"))
 
 
+def test_bench_model_compile_times_the_compiled_model(tiny_lm_dir, tmp_path, monkeypatch):
+    """--compile MODE: each variant's prefills run through a fresh torch.compile(model, mode=...) (exact and
+    DistrAttention alike), at least three warm-up calls; the mode is in the result's config and notes."""
+    compiled = []
+    real = torch.compile
+
+    def spy(model, **kw):
+        compiled.append(kw)
+        return real(model, **kw)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    assert main(["bench", "model", "--model", str(tiny_lm_dir), "--seq-lens", "32", "--batch-sizes", "1",
+                 "--gen-tokens", "2", "--gen-prompt-len", "16", "--warmup", "0", "--repeats", "2",
+                 "--group-sizes", "2", "--distr", "block_m=32", "--compile", "default", "--no-plots",
+                 "--output-dir", str(tmp_path), "--run-name", "c"]) == 0
+    assert compiled == [dict(mode=None, dynamic=False)] * 2  # the exact variant and G=2
+    data = json.loads((tmp_path / "c" / "result.json").read_text())
+    assert data["config"]["compile"] == "default"
+    assert any(n.startswith("--compile default") for n in data["notes"])
+    assert all(v["latency"]["prefill"][0]["p50_ms"] > 0 for v in data["variants"])
+
+
+def test_bench_model_compile_errors_name_the_flag(tmp_path):
+    from distr_patch.eval.config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError, match="--compile: 'fast' is not a torch.compile mode; expected one of default"):
+        RunConfig.merge(flags=dict(compile="fast"))
+    with pytest.raises(ConfigError, match="--cuda-graph and --compile: pick one"):
+        RunConfig.merge(flags=dict(compile="reduce-overhead", cuda_graph=True))
+
+
 def test_a_capture_replays_the_eager_mask_decisions(monkeypatch):
     """While a CUDA stream captures, transformers builds the causal mask as a tensor (it cannot read the position
     ids or a padding mask then), so a graphed prefill would time masked attention. ``EagerMaskDecisions`` replays
