@@ -33,6 +33,13 @@ def _projections_cpu(block_m: int, num_hash_bits: int, seed: int) -> torch.Tenso
     return torch.where(r < 0, -1.0, 1.0) * r.abs().clamp(min=_MIN_PROJECTION)
 
 
+@torch.compiler.assume_constant_result
+def _projections_constant(block_m: int, num_hash_bits: int, seed: int) -> torch.Tensor:
+    """``_projections_cpu``, which torch.compile runs while tracing and keeps as a constant of the graph (traced,
+    its ``torch.Generator`` would break the graph: the reference path could not compile with fullgraph=True)."""
+    return _projections_cpu(block_m, num_hash_bits, seed)
+
+
 def hash_projections(block_m: int, num_hash_bits: int, seed: int, device=None) -> torch.Tensor:
     """Sign-random-projection directions, [block_m, num_hash_bits] fp32.
 
@@ -42,7 +49,10 @@ def hash_projections(block_m: int, num_hash_bits: int, seed: int, device=None) -
     exactly a bf16 and an fp16 value, so a 16-bit Q projects in one tensor-core dot with exact
     products (the Triton grouping kernel).
     """
-    return _projections_cpu(int(block_m), int(num_hash_bits), int(seed)).to(device)
+    args = (block_m, num_hash_bits, seed)
+    if not all(type(a) is int for a in args):  # e.g. symbolic ints while torch.compile traces: traced as they are
+        return _projections_cpu(*(int(a) for a in args)).to(device)
+    return _projections_constant(*args).to(device)
 
 
 def blocked_queries(q: torch.Tensor, block_m: int, query_valid: torch.Tensor | None = None) -> torch.Tensor:

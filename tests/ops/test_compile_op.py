@@ -138,3 +138,33 @@ def test_fake_output_and_schema():
         k = v = mode.from_tensor(torch.randn(2, 2, 60, 64, dtype=torch.bfloat16))
         out = OP(q, k, v, None, None, None, 2, 128, "rank1", 128, 0.5, True, None, 16, 0, "triton")
     assert out.shape == (2, 4, 50, 64) and out.dtype == torch.bfloat16 and out.is_contiguous()
+
+
+@pytest.mark.parametrize("G,fusion,W", [(2, "mean", 0), (2, "rank1", 8), (4, "rank1", 0)])
+def test_reference_path_compiles_as_one_graph(G, fusion, W):
+    """The PyTorch reference (CPU tensors, backend "auto") traces whole with fullgraph=True: its hash directions are
+    a constant made while tracing (a ``torch.Generator`` in the trace used to break the graph), and another seed
+    traces again with its own directions. Outputs bit for bit, gradients to rounding."""
+    from distr_patch.ops import grouping
+
+    q, k, v = _qkv(("reference", G, fusion, W))
+    q.requires_grad_(True)
+    grouping._projections_cpu.cache_clear()  # cold: the constant is made inside the trace
+    for seed in (0, 5):
+        torch._dynamo.reset()
+
+        def fn(q, k, v):
+            return distr_attention(q, k, v, group_size=G, block_m=32, fusion=fusion, exact_window=W,
+                                   window_correction=0.5 if W else 0.0, causal=True, seed=seed)
+
+        targets = []
+        out = torch.compile(fn, backend=_recording_backend(targets), fullgraph=True)(q, k, v)
+        eager = fn(q, k, v)
+        assert torch.equal(out, eager), seed
+        assert OP not in targets and TRAIN_OP not in targets  # traced as torch ops, no custom operator
+        g_out, = torch.autograd.grad(out.square().sum(), q)
+        g_eager, = torch.autograd.grad(eager.square().sum(), q)
+        torch.testing.assert_close(g_out, g_eager, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(fn(q, k, v), distr_attention(q, k, v, group_size=G, block_m=32, fusion=fusion,
+                                                        exact_window=W, window_correction=0.5 if W else 0.0,
+                                                        causal=True, seed=0))  # the seeds' directions differ
