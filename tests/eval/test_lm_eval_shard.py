@@ -6,6 +6,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness not installed (pip install -e '.[lm-eval]')")
 
@@ -58,11 +59,20 @@ def task_dir(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one(tiny_lm_dir, task_dir, tmp_path):
+def test_two_processes_equal_one(tiny_lm_dir, task_dir, tmp_path, monkeypatch):
+    """Equal to the bit: both runs score one request per batch on one thread, so every matmul has the same shape
+    and summation order. (With batches of 4 and the default thread count in the one-process run, a last-bit
+    difference in q can flip a hash sign in the paper's G=2, change a group and move a metric; the one failure
+    seen, not reproduced, fits that.)"""
     flags = ["eval", "lm", "--model", str(tiny_lm_dir), "--lm-eval-tasks", "mytask", "--lm-eval-include",
              str(task_dir), "--group-sizes", "2", "--settings", "paper", "--distr", "block_m=32", "--no-perplexity",
-             "--no-plots", "--batch-size", "4", "--device", "cpu", "--output-dir", str(tmp_path)]
-    assert main([*flags, "--run-name", "one"]) == 0
+             "--no-plots", "--batch-size", "1", "--device", "cpu", "--output-dir", str(tmp_path)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 in the two processes below
+    try:
+        assert main([*flags, "--run-name", "one"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
               "distr_patch"]
     out = subprocess.run([*launch, *flags, "--run-name", "two"], capture_output=True, text=True, timeout=240,
