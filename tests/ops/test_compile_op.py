@@ -84,6 +84,37 @@ def test_compiled_training_call_is_the_differentiable_pair(G, fusion, W, causal,
         assert ((comp - eager).norm() / eager.norm()).item() < 1e-5
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("G,fusion,W", [(2, "mean", 0), (2, "rank1", 128), (4, "rank1", 0)])
+def test_compiled_training_on_cuda(G, fusion, W):
+    """The differentiable pair under Inductor on CUDA (bf16, causal, GQA, a right-padded row block): the eager
+    output bit for bit, the eager gradients to bf16 rounding of the backward's own Q_eff (it groups q again)."""
+    g = torch.Generator("cuda").manual_seed(G * 10 + W)
+    q = torch.randn(2, 4, 300, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    k, v = (torch.randn(2, 2, 300, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    valid = torch.ones(2, 300, device="cuda", dtype=torch.bool)
+    valid[1, 250:] = False
+    mask = valid[:, None, None, :] & torch.ones(300, 300, device="cuda", dtype=torch.bool).tril()
+    weight = torch.linspace(-1, 1, 64, device="cuda")
+
+    def fn(q, k, v):
+        return distr_attention(q, k, v, group_size=G, fusion=fusion, exact_window=W,
+                               window_correction=0.5 if W else 0.0, attention_mask=mask, query_valid=valid)
+
+    results = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        f = torch.compile(fn, fullgraph=True) if compiled else fn
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = f(*leaves)
+        (out.float() * weight).sum().backward()
+        results.append((out.detach(), *(t.grad for t in leaves)))
+    assert torch.equal(results[0][0], results[1][0])
+    for eager, comp in zip(results[0][1:], results[1][1:]):
+        assert ((comp.float() - eager.float()).norm() / eager.float().norm()).item() < 1e-2
+
+
 @pytest.mark.skipif(not INTERPRET, reason="CPU tensors through Triton need TRITON_INTERPRET=1")
 def test_custom_ops_pass_opcheck():
     """torch.library.opcheck: schemas, fake implementations against the real ones, autograd registration, AOT
