@@ -28,9 +28,10 @@
 # fused-model: eager prefill with the grouping inside the attention kernel (DISTR_FWD_FUSED_GROUPING) against the
 #              grouping launch and exact, alternated in one process (scripts/probe_model_switches.py), at host-bound
 #              and GPU-bound shapes; then host time per call with each (host_overhead.py --fused-grouping both).
-# compile: torch.compile(mode="reduce-overhead") over a patched model (the custom op, ops/compile_op.py): its GPU test,
-#          then eager and compiled prefill side by side, exact and patched (SmolLM2 shape, calibrated config; 1x1024
-#          and 4x4096), alternated in one process (scripts/probe_model_switches.py).
+# compile: torch.compile(mode="reduce-overhead") over a patched model (the custom op, ops/compile_op.py): its GPU tests
+#          (operator, models, training, capture), then eager and compiled prefill side by side, exact and patched
+#          (SmolLM2 shape, calibrated config; 1x1024 and 4x4096), alternated in one process
+#          (scripts/probe_model_switches.py), then `bench model --compile reduce-overhead` at 1x1024.
 # tile-orders: the forward's tile orders side by side, causal, N=4096 and 16384 (compare_fwd_configs.py --tile-orders,
 #              5 rounds, rotated start: the twenty-first session's first run favoured the config timed second).
 # dq-order: forward+backward, causal, N=4096, with the dQ kernel's programs in natural and reversed order
@@ -122,14 +123,18 @@ for step in "${steps[@]}"; do
              --seq-len 4096 --rounds 3 2>&1 | tee -a "$out/fused-model.log" | sed -n '/^preset/,$p' || rc=1
            python scripts/host_overhead.py --batch 1 --n 1024 --launch fast --fused-grouping both --rounds 5 2>&1 \
              | tee "$out/host-fused.log" | sed -n '/^| variant/,$p' || rc=1 ;;
-    compile) python -m pytest -q -p no:cacheprovider -m gpu tests/patching/test_triton_models.py -k compiled 2>&1 \
-           | tee "$out/compile-tests.log" | tail -3 || rc=1
+    compile) python -m pytest -q -p no:cacheprovider -m gpu tests/patching/test_triton_models.py \
+             tests/ops/test_compile_op.py -k "compiled or capture" 2>&1 | tee "$out/compile-tests.log" | tail -3 || rc=1
            for shape in "1 1024" "4 4096"; do
              set -- $shape
              python scripts/probe_model_switches.py --modes exact fast exact-compiled compiled --batch "$1" \
                --seq-len "$2" --rounds 3 --config configs/smollm2-135m-g2-calibrated-10pct.json 2>&1 \
                | tee -a "$out/compile-model.log" | sed -n '/^preset/,$p' || rc=1
-           done ;;
+           done
+           python -m distr_patch bench model --model preset:smollm2-135m --dtype bfloat16 --device cuda --group-sizes 2 \
+             --settings paper,recommended --seq-lens 1024 --batch-sizes 1 --gen-tokens 1 --gen-prompt-len 16 \
+             --repeats 10 --no-plots --output-dir "$out" --compile reduce-overhead 2>&1 | tee "$out/compile-bench.log" \
+             | grep "| prefill |" || rc=1 ;;
     tile-orders) python scripts/compare_fwd_configs.py --variants G1 "G2 mean" "G2 rank1" "G2 r1 W128 c.5" --d 64 128 \
            --n 4096 16384 --causal 1 --no-reduced --tile-orders --rounds 5 2>&1 | tee "$out/tile-orders.log" \
            | sed -n '/^| d |/,$p' || rc=1 ;;
