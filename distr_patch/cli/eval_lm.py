@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..eval.config import COMPILE_MODES
 from . import options as o
 
 HELP = "perplexity and multiple-choice accuracy of a causal LM, exact vs DistrAttention at each G"
@@ -11,6 +12,7 @@ EPILOG = """examples:
   distr-patch eval lm --config configs/smollm2-135m.yaml --max-windows 2
   distr-patch eval lm --model meta-llama/Llama-3.2-1B --data wikitext --data-name wikitext-2-raw-v1 --split test
   distr-patch eval lm --model smollm2-135m --no-perplexity --lm-eval-tasks mytask --lm-eval-include my_tasks/
+  distr-patch eval lm --model smollm2-135m --group-sizes 2 --settings recommended --max-windows 2 --compile default
 """
 
 
@@ -28,6 +30,10 @@ def register(sub) -> None:
     g.add_argument("--max-windows", type=int, default=o.S, help="evaluate at most this many windows (4)")
     g.add_argument("--no-perplexity", dest="perplexity", action="store_false", default=o.S,
                    help="skip perplexity (run only the tasks)")
+    g.add_argument("--compile", default=o.S, choices=COMPILE_MODES, metavar="MODE",
+                   help="score the perplexity windows through torch.compile(model, mode=MODE), exact and DistrAttention "
+                        "alike: perplexity as a compiled model serves it (with G > 1 the grouping sees the compiled "
+                        "query's rounding; the tasks stay eager): " + ", ".join(COMPILE_MODES))
     g = p.add_argument_group("multiple-choice tasks (log-likelihood of each choice)")
     g.add_argument("--tasks", type=o.str_list, default=o.S, metavar="T,T",
                    help="lee-next-sentence (built in, offline), .jsonl files, or datasets names "

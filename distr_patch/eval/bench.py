@@ -9,7 +9,6 @@ Imports neither ``datasets`` nor ``evaluate``, so it runs on machines without th
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import torch
@@ -20,7 +19,7 @@ from .config import COMPILE_WARMUP, ConfigError, RunConfig
 from .distributed import Shard
 from .provenance import provenance
 from .results import ResultFile, model_info
-from .runner import CPU_NOTE, RunOutput, finish, pick_device, run_directory, run_variants
+from .runner import CPU_NOTE, RunOutput, compiled, finish, pick_device, run_directory, run_variants
 from .timing import cuda_graphed, measure
 from .variants import Variant, build_variants
 
@@ -42,26 +41,6 @@ def _timed(fn, cfg: RunConfig, device) -> dict:
         fn = cuda_graphed(fn, device, warmup=cfg.warmup)
     warmup = max(cfg.warmup, COMPILE_WARMUP) if cfg.compile else cfg.warmup
     return measure(fn, device, warmup=warmup, repeats=cfg.repeats)
-
-
-@contextlib.contextmanager
-def _compiled(model, cfg: RunConfig):
-    """``torch.compile(model, mode=cfg.compile)`` (or the model itself when ``cfg.compile`` is None) from an empty
-    Dynamo cache, since each variant patches the model anew; one static graph per (batch, length) point, with the
-    recompile limit raised to the number of points; the cache emptied again after."""
-    if cfg.compile is None:
-        yield model
-        return
-    import torch._dynamo
-
-    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-    points = len(cfg.batch_sizes) * max(1, len(cfg.seq_lens))
-    torch._dynamo.reset()
-    try:
-        with torch._dynamo.config.patch({limit: max(8, points + 2)}):
-            yield torch.compile(model, mode=None if cfg.compile == "default" else cfg.compile, dynamic=False)
-    finally:
-        torch._dynamo.reset()
 
 
 def _point(measure_name, batch, seq_len, timing, work, unit, device) -> dict:
@@ -146,7 +125,7 @@ def run_bench(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
     result.add_dataset("inputs", "random", 0, unit="random token ids / pixels")
 
     def evaluate(variant: Variant) -> tuple[dict, dict]:
-        with _compiled(model, cfg) as forward:
+        with compiled(model, cfg.compile, shapes=len(cfg.batch_sizes) * len(cfg.seq_lens)) as forward:
             return {}, (bench_vision if is_vision else bench_lm)(model, cfg, device, progress, forward)
 
     finished = run_variants(model, variants, evaluate, result, shard=Shard(), progress=progress)

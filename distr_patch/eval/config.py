@@ -87,7 +87,8 @@ class RunConfig:
     warmup: int = 3
     repeats: int = 10
     cuda_graph: bool = False  # bench model: time prefill / image batches as replays of a captured CUDA graph
-    compile: str | None = None  # bench model: prefill / image batches through torch.compile(model, mode=...)
+    compile: str | None = None  # bench model / eval lm: prefills / image batches / perplexity windows through
+    # torch.compile(model, mode=...)
     # output
     output_dir: str = "results"
     run_name: str | None = None

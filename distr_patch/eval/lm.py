@@ -14,7 +14,7 @@ from .multiple_choice import multiple_choice
 from .perplexity import perplexity
 from .provenance import provenance
 from .results import ResultFile, model_info
-from .runner import CPU_NOTE, RunOutput, finish, pick_device, run_directory, run_variants
+from .runner import CPU_NOTE, RunOutput, compiled, finish, pick_device, run_directory, run_variants
 from .variants import Variant, build_variants
 
 DEFAULT_DATA = "lee"
@@ -63,6 +63,10 @@ def run_lm(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
 
     directory = run_directory(cfg, "eval-lm")
     notes = [CPU_NOTE] if device.type == "cpu" else []
+    if cfg.compile and ids is not None:
+        notes.append(f"--compile {cfg.compile}: perplexity windows scored through torch.compile(model, mode="
+                     f"{cfg.compile!r}), compiled afresh per variant (the first window's latency includes the "
+                     "compile); multiple-choice and lm-eval tasks ran eagerly")
     result = ResultFile(directory / "result.json", kind="eval-lm",
                         model=model_info(model, cfg.model, loaded.source, cfg.dtype), config=cfg.to_dict(),
                         provenance=provenance(device, seed=cfg.seed, num_processes=shard.world), notes=notes,
@@ -71,8 +75,9 @@ def run_lm(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
     def evaluate(variant: Variant) -> tuple[dict, dict]:
         metrics, latency = {}, {}
         if ids is not None:
-            out = perplexity(model, ids, window=cfg.window, stride=cfg.stride, max_windows=cfg.max_windows,
-                             shard=shard, progress=progress, desc=f"{variant.name} perplexity")
+            with compiled(model, cfg.compile, shapes=2) as forward:  # full windows and a shorter last one
+                out = perplexity(forward, ids, window=cfg.window, stride=cfg.stride, max_windows=cfg.max_windows,
+                                 shard=shard, progress=progress, desc=f"{variant.name} perplexity")
             result.add_dataset("perplexity", cfg.data, out["num_tokens"], unit="tokens",
                                rows=rows, windows=out["num_windows"], window=cfg.window, stride=cfg.stride)
             metrics.update({k: (v, "perplexity") for k, v in out["metrics"].items()})

@@ -5,6 +5,7 @@ Ctrl-C stops the run between or inside a variant: the file keeps the finished va
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import re
 from dataclasses import dataclass
@@ -36,6 +37,26 @@ def pick_device(cfg: RunConfig) -> torch.device:
     if cfg.device:
         return torch.device(cfg.device)
     return process_state(cfg.device).device
+
+
+@contextlib.contextmanager
+def compiled(model, mode: str | None, *, shapes: int):
+    """``torch.compile(model, mode=mode)`` (the model itself when ``mode`` is None; "default" is torch's default
+    mode) from an empty Dynamo cache, since each variant patches the model anew; one static graph per input shape,
+    with the recompile limit raised to ``shapes`` (the distinct input shapes the run will feed it); the cache
+    emptied again after."""
+    if mode is None:
+        yield model
+        return
+    import torch._dynamo
+
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch({limit: max(8, shapes + 2)}):
+            yield torch.compile(model, mode=None if mode == "default" else mode, dynamic=False)
+    finally:
+        torch._dynamo.reset()
 
 
 def run_directory(cfg: RunConfig, kind: str) -> Path:

@@ -158,6 +158,26 @@ def test_bench_model_compile_times_the_compiled_model(tiny_lm_dir, tmp_path, mon
     assert all(v["latency"]["prefill"][0]["p50_ms"] > 0 for v in data["variants"])
 
 
+def test_eval_lm_compile_scores_perplexity_compiled(tiny_lm_dir, text_file, tmp_path, monkeypatch):
+    """eval lm --compile MODE: each variant's perplexity windows go through a fresh torch.compile(model); exact
+    attention compiled gives the eager perplexity to fp32 rounding."""
+    compiled = []
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(kw) or real(model, **kw))
+    flags = ["eval", "lm", "--model", str(tiny_lm_dir), "--data", str(text_file), "--window", "64", "--stride", "32",
+             "--max-windows", "3", "--group-sizes", "2", "--settings", "recommended", "--distr", "block_m=32",
+             "--no-plots", "--output-dir", str(tmp_path)]
+    assert main([*flags, "--run-name", "eager"]) == 0
+    assert compiled == []
+    assert main([*flags, "--run-name", "compiled", "--compile", "default"]) == 0
+    assert compiled == [dict(mode=None, dynamic=False)] * 2  # the exact variant and G=2
+    eager, comp = (json.loads((tmp_path / n / "result.json").read_text()) for n in ("eager", "compiled"))
+    assert any(n.startswith("--compile default: perplexity windows") for n in comp["notes"])
+    ppl = [{v["name"]: v["metrics"]["perplexity"]["value"] for v in r["variants"]} for r in (eager, comp)]
+    assert ppl[1]["exact"] == pytest.approx(ppl[0]["exact"], rel=1e-4)
+    assert ppl[1]["G2"] == pytest.approx(ppl[0]["G2"], rel=0.05)  # grouping may see other last bits
+
+
 def test_bench_model_compile_errors_name_the_flag(tmp_path):
     from distr_patch.eval.config import ConfigError, RunConfig
 
