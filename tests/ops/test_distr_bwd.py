@@ -590,6 +590,21 @@ def test_bench_backward_smoke_interpreter(capsys):
     assert "| fwd+bwd ms | TFLOP/s | vs flash | vs cuDNN | dq err | dk err | dv err |" in text
 
 
+@interpreter_only
+def test_bench_backward_times_each_variants_own_step(monkeypatch):
+    """The variants are all called once before any is timed: each timing still runs its own variant's step (its
+    closure bound at creation; a late-bound one would time the last variant every time)."""
+    spec = importlib.util.spec_from_file_location("bench_attention_bwd_bind", ROOT / "scripts" / "bench_attention.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "_time_cpu", lambda step, ms: float(step()[0].double().abs().sum()))  # dq's size
+    rows = bench.main(["--backward", "--device", "cpu", "--d", "32", "--n", "64", "--causal", "1", "--tokens", "64",
+                       "--model-dim", "32", "--rep-ms", "1", "--variants", "distr G=1", "distr G=2 mean",
+                       "distr G=2 rank1"])
+    timed = {r["variant"]: r["ms"] for r in rows if r["variant"].startswith("distr")}
+    assert len(timed) == 3 and len(set(timed.values())) == 3, timed
+
+
 # --------------------------------------------------------------------------- GPU, real sizes
 GPU_CASES = [
     # (B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask)
