@@ -33,6 +33,9 @@ def run_lm(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
         raise ConfigError("--model: required (an alias such as smollm2-135m, a local path, or a hub id)")
     if not (cfg.perplexity or cfg.tasks or cfg.lm_eval_tasks):
         raise ConfigError("nothing to evaluate: perplexity is off (--no-perplexity) and no --tasks/--lm-eval-tasks")
+    if cfg.compile and not cfg.perplexity:
+        raise ConfigError("--compile: it compiles the perplexity windows, and --no-perplexity turns them off (the "
+                          "tasks run eagerly); drop one of the two")
     if cfg.data is None:
         cfg = dataclasses.replace(cfg, data=DEFAULT_DATA)
     torch.manual_seed(cfg.seed)

@@ -50,9 +50,9 @@ class FwdConfig:
     # grid's first axis, first tile first), "reversed" (per head the last query tile first), "heavy_first" (heads on
     # the first axis, the last query tiles of every head before earlier ones), "auto" (``fwd_config``'s choice:
     # reversed with causal masking, natural without). With causal masking the last tiles have the most keys, so
-    # reversed leaves the lightest programs to the last wave: 1.4% / 3.8% faster on the H200 (G2 rank1, causal,
-    # N=4096, d=64 / 128; 0.4-10% in a run whose timing favoured it; heavy_first slower than reversed throughout);
-    # docs/benchmarks.md, "Query tiles in reverse order"
+    # reversed leaves the lightest programs to the last wave: faster than natural at 15 of 16 causal points on the
+    # H200 (0.4-5.8%; G1, G2 mean / rank1, the window; d=64 / 128, N=4096 / 16384; heavy_first slower than reversed
+    # at 15 of 16); docs/benchmarks.md, "the tile orders side by side" (twenty-second session)
     tile_order: str = "natural"
 
 
@@ -395,7 +395,8 @@ class BwdConfig:
     # the dQ kernel's plain key tiles load K and V through tensor descriptors (as ``kv_tma``)
     q_tma: bool = False
     # the order the dQ kernel's programs start in, as FwdConfig.tile_order but "natural", "reversed" or "auto" (the
-    # same gradients bit for bit; each program owns its query tile). Not yet timed on the GPU: natural. (The dK/dV
+    # same gradients bit for bit; each program owns its query tile). Timed (causal, N=4096): reversed 1-5% slower at
+    # d=128, within noise elsewhere, so natural. (The dK/dV
     # kernel's first key tiles are its heaviest with causal masking, so its natural order is heaviest first already)
     dq_tile_order: str = "natural"
 

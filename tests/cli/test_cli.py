@@ -178,13 +178,16 @@ def test_eval_lm_compile_scores_perplexity_compiled(tiny_lm_dir, text_file, tmp_
     assert ppl[1]["G2"] == pytest.approx(ppl[0]["G2"], rel=0.05)  # grouping may see other last bits
 
 
-def test_bench_model_compile_errors_name_the_flag(tmp_path):
+def test_compile_errors_name_the_flag(tmp_path, capsys):
     from distr_patch.eval.config import ConfigError, RunConfig
 
     with pytest.raises(ConfigError, match="--compile: 'fast' is not a torch.compile mode; expected one of default"):
         RunConfig.merge(flags=dict(compile="fast"))
     with pytest.raises(ConfigError, match="--cuda-graph and --compile: pick one"):
         RunConfig.merge(flags=dict(compile="reduce-overhead", cuda_graph=True))
+    err = _error(["eval", "lm", "--model", "x", "--no-perplexity", "--tasks", "t", "--compile", "default",
+                  "--output-dir", str(tmp_path)], capsys)
+    assert "--compile: it compiles the perplexity windows, and --no-perplexity turns them off" in err
 
 
 def test_a_capture_replays_the_eager_mask_decisions(monkeypatch):
