@@ -31,9 +31,9 @@ def register(sub) -> None:
     g.add_argument("--no-perplexity", dest="perplexity", action="store_false", default=o.S,
                    help="skip perplexity (run only the tasks)")
     g.add_argument("--compile", default=o.S, choices=COMPILE_MODES, metavar="MODE",
-                   help="score the perplexity windows through torch.compile(model, mode=MODE), exact and DistrAttention "
-                        "alike: perplexity as a compiled model serves it (with G > 1 the grouping sees the compiled "
-                        "query's rounding; the tasks stay eager): " + ", ".join(COMPILE_MODES))
+                   help="score the perplexity windows through torch.compile(model, mode=MODE), exact and "
+                        "DistrAttention alike: perplexity as a compiled model serves it (with G > 1 the grouping sees "
+                        "the compiled query's rounding; the tasks stay eager): " + ", ".join(COMPILE_MODES))
     g = p.add_argument_group("multiple-choice tasks (log-likelihood of each choice)")
     g.add_argument("--tasks", type=o.str_list, default=o.S, metavar="T,T",
                    help="lee-next-sentence (built in, offline), .jsonl files, or datasets names "

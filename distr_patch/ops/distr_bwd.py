@@ -437,8 +437,8 @@ def _bwd_dq_kernel(
     ADJOINT: tl.constexpr, G: tl.constexpr, GROUP_BM: tl.constexpr, ADJ_CB: tl.constexpr,
     WEIGHTED: tl.constexpr, ADJ_PREC: tl.constexpr, TMA: tl.constexpr, REVERSED: tl.constexpr = False,
 ):
-    """One program: one query tile of one (batch, query head); with REVERSED the last tiles start first. DQE receives scale·dG K (the
-    gradient of Q_eff; dQ itself for G = 1), DQX (with a window) scale·dE K, both [B,Hq,N,d]
+    """One program: one query tile of one (batch, query head); with REVERSED the last tiles start first. DQE
+    receives scale·dG K (the gradient of Q_eff; dQ itself for G = 1), DQX (with a window) scale·dE K, both [B,Hq,N,d]
     (every row written: zeros where no band key is). Keys stream in BLOCK_N tiles, the band's
     (mixed) keys in BAND_N tiles (BAND_N | BLOCK_N).
 

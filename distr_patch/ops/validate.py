@@ -59,7 +59,8 @@ def check_grouping_args(q, group_size, block_m, num_hash_bits, query_valid) -> N
 
 
 def check_attention_inputs(q, k, v, *, group_size, block_m, fusion, exact_window, window_correction,
-                           num_hash_bits, query_valid, attention_mask, groups, scale, check_values: bool = True) -> None:
+                           num_hash_bits, query_valid, attention_mask, groups, scale,
+                           check_values: bool = True) -> None:
     """Validate the arguments of ``distr_attention``; raise ValueError/TypeError naming them. ``check_values=False``
     skips the one check that reads tensor values (the range of ``groups``): for a trace, whose custom operator checks
     them when it runs."""
