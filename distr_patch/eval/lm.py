@@ -21,6 +21,23 @@ DEFAULT_DATA = "lee"
 CHARS_PER_TOKEN_BOUND = 12  # read at most this many characters per needed token (never too few for English)
 
 
+def timing_notes(device_type: str, compile_mode: str | None, *, perplexity: bool) -> list[str]:
+    """What the accuracy table's "time p50" means for this run, as report notes."""
+    notes = [CPU_NOTE] if device_type == "cpu" else []
+    if not perplexity:
+        return notes
+    if compile_mode:
+        notes.append(f"--compile {compile_mode}: perplexity windows scored through torch.compile(model, mode="
+                     f"{compile_mode!r}), compiled afresh per variant (the first window's latency includes the "
+                     "compile); multiple-choice and lm-eval tasks ran eagerly")
+    elif device_type != "cpu":
+        notes.append("time p50: one eager forward of a perplexity window at batch 1, loss included; for a small "
+                     "model on a GPU that is mostly host time (kernel launches), so its speedup column does not "
+                     "measure the attention: `distr-patch bench model` times prefill (with --compile "
+                     "reduce-overhead or --cuda-graph, GPU time)")
+    return notes
+
+
 def _read_text(cfg: RunConfig) -> tuple[str, int]:
     max_chars = None
     if cfg.max_windows is not None:
@@ -65,11 +82,7 @@ def run_lm(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
             raise ConfigError(f"--data {cfg.data}: the text has fewer than 2 tokens")
 
     directory = run_directory(cfg, "eval-lm")
-    notes = [CPU_NOTE] if device.type == "cpu" else []
-    if cfg.compile and ids is not None:
-        notes.append(f"--compile {cfg.compile}: perplexity windows scored through torch.compile(model, mode="
-                     f"{cfg.compile!r}), compiled afresh per variant (the first window's latency includes the "
-                     "compile); multiple-choice and lm-eval tasks ran eagerly")
+    notes = timing_notes(device.type, cfg.compile, perplexity=ids is not None)
     result = ResultFile(directory / "result.json", kind="eval-lm",
                         model=model_info(model, cfg.model, loaded.source, cfg.dtype), config=cfg.to_dict(),
                         provenance=provenance(device, seed=cfg.seed, num_processes=shard.world), notes=notes,

@@ -171,3 +171,20 @@ def test_file_variant_group_size_counts_the_base(tmp_path):
     DistrConfig(group_size=4, layer_overrides={1: dict(group_size=2)}).save(tmp_path / "mixed.json")
     v = file_variant(str(tmp_path / "mixed.json"))
     assert (v.name, v.group_size, v.setting) == ("cfg:mixed", 4, "file:mixed")
+
+
+def test_timing_notes_say_what_time_p50_measured():
+    """The report's notes follow the device and --compile: CPU runs name the reference path, compiled runs the
+    compile, and GPU eager runs warn that a window's time is not the attention's speed."""
+    from distr_patch.eval.lm import timing_notes
+    from distr_patch.eval.runner import CPU_NOTE
+
+    assert timing_notes("cpu", None, perplexity=True) == [CPU_NOTE]
+    cpu_compiled = timing_notes("cpu", "default", perplexity=True)
+    assert cpu_compiled[0] == CPU_NOTE and cpu_compiled[1].startswith("--compile default")
+    [gpu_eager] = timing_notes("cuda", None, perplexity=True)
+    assert gpu_eager.startswith("time p50") and "bench model" in gpu_eager
+    [gpu_compiled] = timing_notes("cuda", "reduce-overhead", perplexity=True)
+    assert gpu_compiled.startswith("--compile reduce-overhead")
+    assert timing_notes("cuda", None, perplexity=False) == []
+    assert timing_notes("cpu", "default", perplexity=False) == [CPU_NOTE]
