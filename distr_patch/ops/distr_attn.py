@@ -795,7 +795,7 @@ def distr_attention(
     check_attention_inputs(q, k, v, group_size=group_size, block_m=block_m, fusion=fusion,
                            exact_window=exact_window, window_correction=window_correction,
                            num_hash_bits=num_hash_bits, query_valid=query_valid, attention_mask=attention_mask,
-                           groups=groups, scale=scale, check_values=as_op is None)
+                           groups=groups, scale=scale, seed=seed, check_values=as_op is None)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if as_op is not None:  # torch.compile: one opaque call (ops/compile_op.py)

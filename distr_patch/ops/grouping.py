@@ -93,7 +93,7 @@ def compute_groups(
     """
     from .validate import check_grouping_args
 
-    check_grouping_args(q, group_size, block_m, num_hash_bits, query_valid)
+    check_grouping_args(q, group_size, block_m, num_hash_bits, query_valid, seed)
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
     if group_size > 1 and (backend == "triton" or (backend == "auto" and q.is_cuda)):

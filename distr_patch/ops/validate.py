@@ -34,6 +34,12 @@ def check_hash_bits(num_hash_bits) -> None:
         raise ValueError(f"num_hash_bits must be an int in [1, {MAX_HASH_BITS}], got {num_hash_bits!r}")
 
 
+def check_seed(seed) -> None:
+    """The hash directions' generator seed: an int >= 0 (as ``DistrConfig.seed``)."""
+    if not _is_int(seed) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+
+
 def check_query_valid(query_valid, B: int, N: int, device) -> None:
     if query_valid is None:
         return
@@ -46,7 +52,7 @@ def check_query_valid(query_valid, B: int, N: int, device) -> None:
         raise ValueError(f"query_valid is on {query_valid.device} but q is on {device}")
 
 
-def check_grouping_args(q, group_size, block_m, num_hash_bits, query_valid) -> None:
+def check_grouping_args(q, group_size, block_m, num_hash_bits, query_valid, seed=0) -> None:
     if not isinstance(q, torch.Tensor) or q.dim() != 4:
         raise ValueError(f"q must be a 4-D tensor [B, H, N, d], got "
                          f"{q.dim() if isinstance(q, torch.Tensor) else type(q).__name__}-D")
@@ -55,11 +61,12 @@ def check_grouping_args(q, group_size, block_m, num_hash_bits, query_valid) -> N
     check_group_size(group_size, q.shape[-1])
     check_block_m(block_m)
     check_hash_bits(num_hash_bits)
+    check_seed(seed)
     check_query_valid(query_valid, q.shape[0], q.shape[2], q.device)
 
 
 def check_attention_inputs(q, k, v, *, group_size, block_m, fusion, exact_window, window_correction,
-                           num_hash_bits, query_valid, attention_mask, groups, scale,
+                           num_hash_bits, query_valid, attention_mask, groups, scale, seed=0,
                            check_values: bool = True) -> None:
     """Validate the arguments of ``distr_attention``; raise ValueError/TypeError naming them. ``check_values=False``
     skips the one check that reads tensor values (the range of ``groups``): for a trace, whose custom operator checks
@@ -92,6 +99,7 @@ def check_attention_inputs(q, k, v, *, group_size, block_m, fusion, exact_window
     check_group_size(group_size, d)
     check_block_m(block_m)
     check_hash_bits(num_hash_bits)
+    check_seed(seed)
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     if not _is_int(exact_window) or exact_window < 0:

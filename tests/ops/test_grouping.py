@@ -419,6 +419,8 @@ def test_bad_grouping_arguments_raise_named_errors():
         compute_groups(q, block_m=48)
     with pytest.raises(ValueError, match="num_hash_bits"):
         compute_groups(q, num_hash_bits=0)
+    with pytest.raises(ValueError, match="seed must be an int"):
+        compute_groups(q, seed="0")
     with pytest.raises(ValueError, match="q must be a 4-D"):
         compute_groups(q[0])
     with pytest.raises(ValueError, match="query_valid"):
