@@ -156,6 +156,9 @@ def patch_model(model, config: DistrConfig | dict | None = None, layers: Iterabl
     Patching a patched model replaces its settings (unpatch still restores the original).
     """
     register()
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"patch_model: model must be a loaded transformers model (a torch.nn.Module with a .config), "
+                        f"got {type(model).__name__}")
     entry = get_replacement(getattr(model.config, "model_type", None))
     modules = entry.find_attention(model)
     if not modules:

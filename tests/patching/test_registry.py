@@ -32,6 +32,12 @@ def test_unsupported_model_type_lists_the_supported_ones():
     assert model.config._attn_implementation != "distr"
 
 
+def test_patching_something_that_is_no_model_is_a_named_error():
+    for thing in (torch.nn.Linear(4, 4), "meta-llama/Llama-3.2-1B", None):
+        with pytest.raises(TypeError, match="patch_model: model must be a loaded transformers model"):
+            patch_model(thing)
+
+
 def test_user_entry_patches_a_new_model_type():
     torch.manual_seed(0)
     config = tf.OlmoConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
