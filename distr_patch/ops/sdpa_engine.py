@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from ..compat import SDPA_HAS_ENABLE_GQA
 from .configs import interpreting, windowed_sdpa_limits
 from .grouping import compute_groups, fused_queries, fusion_weights
 from .reference import causal_allowed, normalize_mask
@@ -39,9 +40,6 @@ QEFF_LAUNCH = os.environ.get("DISTR_QEFF_LAUNCH", "fused")
 # (default, ``reverse_rows``: one read and one write per row) or "torch" (``torch.flip``, slower on the GPU). The
 # same tensors (tests); side by side: ``scripts/bench_window_sdpa.py``, ``bench_attention.py``'s "torch flip" rows.
 REVERSE_ROWS = "triton"
-
-# SDPA's enable_gqa (torch >= 2.5) reads each KV head for its query heads; older torch gets repeated K/V.
-_SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 
 
 class _RegroupQuery(torch.autograd.Function):
@@ -117,7 +115,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     Hkv, M = k.shape[1], k.shape[2]
     gqa = {}
     if Hq != Hkv:
-        if _SDPA_GQA:
+        if SDPA_HAS_ENABLE_GQA:  # else K/V repeated in memory (torch 2.4)
             gqa = dict(enable_gqa=True)
         else:
             k, v = (t.repeat_interleave(Hq // Hkv, dim=1) for t in (k, v))
