@@ -590,10 +590,13 @@ def main(argv=None):
           f"sage1: {'yes' if _sage() else 'not installed'}")
     rows = run_backward(args) if args.backward else run_tune(args) if args.tune else run_sweep(args)
     if args.json:
+        from distr_patch.eval.provenance import provenance  # versions, git commit
+
         kind = "bench-op-backward" if args.backward else "bench-op"  # backward rows time fwd+bwd
         with open(args.json, "w") as f:
-            json.dump(dict(kind=kind, gpu=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows), f,
-                      indent=1)
+            json.dump(dict(kind=kind, gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+                           provenance=provenance(torch.device("cuda"), seed=0), command=sys.argv[1:], rows=rows),
+                      f, indent=1)
     if args.backward:
         print_table_backward(rows)
     elif args.tune:
