@@ -17,6 +17,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def pytest_sessionstart(session):
+    """One clear message, not hundreds of interpreter tracebacks, where the interpreter cannot run the kernels."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        from distr_patch.ops.configs import installed_interpreter_problem
+
+        problem = installed_interpreter_problem()
+        if problem:
+            pytest.exit(problem, returncode=4)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory):
     """A tiny Llama and its word-level tokenizer saved to a folder (built from a config, offline)."""

@@ -173,7 +173,36 @@ def scale_after_max_rule(head_dim: int, group_size: int, window: bool) -> bool:
 
 
 def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether CPU tensors go through the Triton interpreter (TRITON_INTERPRET=1). When it is on but cannot run
+    these kernels with the installed Triton and NumPy, a RuntimeError says so (``interpreter_problem``)."""
+    on = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if on:
+        problem = installed_interpreter_problem()
+        if problem:
+            raise RuntimeError(problem)
+    return on
+
+
+def interpreter_problem(triton_version: str, numpy_version: str) -> str | None:
+    """Why the Triton interpreter of ``triton_version`` cannot run our kernels with NumPy ``numpy_version``, or
+    None. Measured on the CPU: Triton 3.2-3.6's interpreter turns the 1-element array of a scalar tensor into an
+    int (``tl.range(lo, hi)`` with computed bounds), which NumPy 2.4 made an error; with NumPy <= 2.3, or with
+    Triton >= 3.7, the kernels run."""
+    from packaging.version import Version
+
+    if Version(triton_version) < Version("3.7") and Version(numpy_version) >= Version("2.4"):
+        return (f"the Triton {triton_version} interpreter (TRITON_INTERPRET=1) cannot run the kernels with NumPy "
+                f"{numpy_version}: install triton>=3.7 or numpy<2.4 (or unset TRITON_INTERPRET: CPU tensors then "
+                "take the PyTorch reference)")
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def installed_interpreter_problem() -> str | None:
+    import numpy
+    import triton
+
+    return interpreter_problem(triton.__version__, numpy.__version__)
 
 
 def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_window: int = 0,
