@@ -15,6 +15,8 @@ import functools
 import os
 from dataclasses import dataclass, replace
 
+import torch
+
 
 @dataclass(frozen=True)
 class FwdConfig:
@@ -176,7 +178,7 @@ def interpreting() -> bool:
     """Whether CPU tensors go through the Triton interpreter (TRITON_INTERPRET=1). When it is on but cannot run
     these kernels with the installed Triton and NumPy, a RuntimeError says so (``interpreter_problem``)."""
     on = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if on:
+    if on and not torch.compiler.is_compiling():  # (checked when the eager call runs, not in a trace)
         problem = installed_interpreter_problem()
         if problem:
             raise RuntimeError(problem)
