@@ -595,7 +595,8 @@ def main(argv=None):
         kind = "bench-op-backward" if args.backward else "bench-op"  # backward rows time fwd+bwd
         with open(args.json, "w") as f:
             json.dump(dict(kind=kind, gpu=torch.cuda.get_device_name(), torch=torch.__version__,
-                           provenance=provenance(torch.device("cuda"), seed=0), command=sys.argv[1:], rows=rows),
+                           provenance=provenance(torch.device("cuda"), seed=0),
+                           command=sys.argv[1:] if argv is None else list(argv), rows=rows),
                       f, indent=1)
     if args.backward:
         print_table_backward(rows)
