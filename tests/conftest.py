@@ -19,12 +19,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def pytest_sessionstart(session):
     """One clear message, not hundreds of interpreter tracebacks, where the interpreter cannot run the kernels."""
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        from distr_patch.ops.configs import installed_interpreter_problem
+    from distr_patch.ops.configs import interpreting
 
-        problem = installed_interpreter_problem()
-        if problem:
-            pytest.exit(problem, returncode=4)
+    try:
+        interpreting()  # raises where TRITON_INTERPRET is on and cannot run the kernels
+    except RuntimeError as e:
+        pytest.exit(str(e), returncode=4)
 
 
 @pytest.fixture(scope="session")
