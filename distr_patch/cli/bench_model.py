@@ -41,7 +41,7 @@ def register(sub) -> None:
                         f"in at least {COMPILE_WARMUP} warm-up calls; generate() stays eager): "
                         f"{', '.join(COMPILE_MODES)}")
     o.add_output(p)
-    p.set_defaults(func=run)
+    o.finish(p, run)
 
 
 def run(args: argparse.Namespace) -> int:

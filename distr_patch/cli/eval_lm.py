@@ -49,7 +49,7 @@ def register(sub) -> None:
     g.add_argument("--lm-eval-limit", type=int, default=o.S, help="rows per lm-eval task")
     g.add_argument("--batch-size", type=int, default=o.S, help="lm-eval batch size (8)")
     o.add_output(p)
-    p.set_defaults(func=run)
+    o.finish(p, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ def register(sub) -> None:
     g.add_argument("--vit-metric", default=o.S, choices=["top-k", "fidelity"],
                    help="top-k: classifier accuracy; fidelity: cosine of pooled embeddings vs exact")
     o.add_output(p)
-    p.set_defaults(func=run)
+    o.finish(p, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -97,6 +97,29 @@ def add_output(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-plots", dest="plots", action="store_false", default=S, help="skip the PNG plots")
 
 
+def finish(p: argparse.ArgumentParser, run) -> None:
+    """Register the sub-command's ``run`` and the settings its flags set (``config_from`` warns about a
+    ``--config`` setting that none of them reads). Call after the last flag is added."""
+    p.set_defaults(func=run, settings_read=frozenset(a.dest for a in p._actions))
+
+
+def unread_settings(config_path: str | None, settings_read) -> list[str]:
+    """The settings of a ``--config`` file that this sub-command does not read (they are valid for another)."""
+    if not config_path or settings_read is None:
+        return []
+    from ..eval.config import read_yaml_settings
+
+    return [k for k in read_yaml_settings(config_path, RunConfig.field_names()) if k not in settings_read]
+
+
 def config_from(args: argparse.Namespace, defaults: dict | None = None) -> RunConfig:
+    """defaults < ``--config`` < flags; a ``--config`` setting this sub-command ignores is named on stderr."""
+    import sys
+
+    command = " ".join(x for x in (getattr(args, "command", None), getattr(args, "target", None)) if x)
+    unread = unread_settings(args.config, getattr(args, "settings_read", None))
+    if unread:
+        print(f"distr-patch: warning: --config {args.config}: `{command or 'this command'}` does not read "
+              f"{', '.join(map(repr, unread))}; ignored", file=sys.stderr)
     flags = {k: v for k, v in vars(args).items() if k in RunConfig.field_names()}
     return RunConfig.merge(args.config, flags, defaults)

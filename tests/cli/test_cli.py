@@ -236,3 +236,36 @@ def test_a_capture_replays_the_eager_mask_decisions(monkeypatch):
     with pytest.raises(KeyError), decisions.replaying():
         raise KeyError("x")
     assert [getattr(masking_utils, name) for name in MASK_DECISIONS] == originals
+
+
+def test_a_config_setting_the_command_does_not_read_is_named(tmp_path, capsys):
+    """eval vit has no --compile: a YAML ``compile:`` would change nothing, so it is named, not silently dropped."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: ./no/such/dir\ncompile: default\nseq_lens: [64]\nbatch_size: 2\n")
+    assert main(["eval", "vit", "--config", str(cfg), "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "warning: --config" in err and "`eval vit` does not read 'compile', 'seq_lens'; ignored" in err
+    assert "batch_size" not in err.split("ignored")[0]  # eval vit reads it
+    assert main(["bench", "model", "--config", str(cfg), "--output-dir", str(tmp_path)]) == 2
+    assert "`bench model` does not read 'batch_size'; ignored" in capsys.readouterr().err  # it reads the others
+
+
+@pytest.mark.parametrize("command,files", [
+    (["bench", "model"], ["bench-deit-b", "bench-llama-3.2-1b", "bench-qwen2-1.5b", "bench-vit-b16"]),
+    (["eval", "lm"], ["llama-3.2-1b", "smollm2-135m", "smollm2-135m-tasks"]),
+    (["eval", "vit"], ["dinov2-fidelity", "vit-b16-imagenet"]),
+])
+def test_shipped_configs_set_only_what_their_command_reads(command, files):
+    from pathlib import Path
+
+    from distr_patch.cli.main import build_parser
+    from distr_patch.cli.options import unread_settings
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for name in files:
+        path = str(root / f"{name}.yaml")
+        args = build_parser().parse_args([*command, "--config", path])
+        assert unread_settings(path, args.settings_read) == [], name
+    # the check sees a setting of another command
+    args = build_parser().parse_args(["eval", "vit", "--config", str(root / "smollm2-135m.yaml")])
+    assert "window" in unread_settings(str(root / "smollm2-135m.yaml"), args.settings_read)
