@@ -11,7 +11,8 @@ or "auto" on CUDA). Calls that need a gradient and run the fused kernel go to a 
 ``distr_attention_train`` (out and the row log-sum-exp) and ``distr_attention_grad`` (the Triton backward). The
 backward computes the grouping again from q (one grouping launch; the same groups, weights to fp32 rounding) and forms
 Q_eff itself, so the forward's outputs are two tensors of known shapes. Other calls with a gradient (the SDPA
-engine, a mask that requires grad) keep the traced path.
+engine, a mask that requires grad) keep the traced path; on the SDPA engine that path forms Q_eff by one more custom
+operator with its own backward (``query_effective`` and ``query_effective_grad``) and leaves SDPA to Dynamo.
 """
 # no ``from __future__ import annotations``: torch.library reads the annotations below as types (older torch
 # releases do not evaluate string annotations)
@@ -117,6 +118,63 @@ def _train_backward(ctx, dout, _dlse):
 
 
 distr_attention_train_op.register_autograd(_train_backward, setup_context=_train_setup)
+
+
+@torch.library.custom_op("distr_patch::query_effective", mutates_args=())
+def query_effective_op(q: torch.Tensor, query_valid: Optional[torch.Tensor], groups: Optional[torch.Tensor],
+                       group_size: int, block_m: int, fusion: str, num_hash_bits: int, seed: int) -> torch.Tensor:
+    """The SDPA engine's Q_eff [B, Hq, N, d] (contiguous, q's dtype; G > 1) by the kernels' launches
+    (``sdpa_engine.kernel_grouping``). Its backward, ``query_effective_grad``, groups q again."""
+    from .regroup import regroup
+    from .sdpa_engine import kernel_grouping
+
+    if groups is not None:
+        check_group_values(groups, q.shape[-1])
+    qe, grp, inv, wa, wb = kernel_grouping(q, group_size=group_size, block_m=block_m, fusion=fusion,
+                                           num_hash_bits=num_hash_bits, seed=seed, query_valid=query_valid,
+                                           groups=groups, form_qeff=True)
+    if qe is None:
+        qe = regroup(q, grp, wa, wb, group_size=group_size, block_m=block_m, out_dtype=q.dtype, inv=inv,
+                     mean_weights=(1.0 / group_size, 1.0) if wa is None else None)
+    return qe.contiguous()
+
+
+@query_effective_op.register_fake
+def _(q, query_valid, groups, group_size, block_m, fusion, num_hash_bits, seed):
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
+@torch.library.custom_op("distr_patch::query_effective_grad", mutates_args=())
+def query_effective_grad_op(dqe: torch.Tensor, q: torch.Tensor, query_valid: Optional[torch.Tensor],
+                            groups: Optional[torch.Tensor], group_size: int, block_m: int, fusion: str,
+                            num_hash_bits: int, seed: int) -> torch.Tensor:
+    """dq [B, Hq, N, d] of ``query_effective`` for dqe: the grouping and weights formed again from q (the same groups,
+    weights to fp32 rounding), then the adjoint regroup (``sdpa_engine._adjoint_regroup``)."""
+    from .sdpa_engine import _adjoint_regroup, kernel_grouping
+
+    _, grp, inv, wa, wb = kernel_grouping(q, group_size=group_size, block_m=block_m, fusion=fusion,
+                                          num_hash_bits=num_hash_bits, seed=seed, query_valid=query_valid,
+                                          groups=groups, form_qeff=False)
+    return _adjoint_regroup(dqe.contiguous(), grp, inv, wa, wb, group_size, block_m)
+
+
+@query_effective_grad_op.register_fake
+def _(dqe, q, query_valid, groups, group_size, block_m, fusion, num_hash_bits, seed):
+    return torch.empty(q.shape, dtype=dqe.dtype, device=q.device)
+
+
+def _qeff_setup(ctx, inputs, output):
+    q, query_valid, groups, *opts = inputs
+    ctx.save_for_backward(q, query_valid, groups)
+    ctx.opts = opts
+
+
+def _qeff_backward(ctx, dqe):
+    q, query_valid, groups = ctx.saved_tensors
+    return (query_effective_grad_op(dqe, q, query_valid, groups, *ctx.opts),) + (None,) * (2 + len(ctx.opts))
+
+
+query_effective_op.register_autograd(_qeff_backward, setup_context=_qeff_setup)
 
 
 def runs_as_custom_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str, attention_mask=None

@@ -792,10 +792,14 @@ def distr_attention(
     as_op = compile_op.runs_as_custom_op(q, k, v, backend, attention_mask)
     if as_op == "train" and q.shape[0] * q.shape[1] > MAX_GRID_Y:
         as_op = None  # (the batch slices below: traced)
+    # groups' values are read where a trace cannot: inside the custom operators (the SDPA engine's traced call forms
+    # Q_eff by one, ``sdpa_engine.query_effective``)
+    values_inside = as_op is not None or (backend == "sdpa" and group_size > 1 and torch.compiler.is_compiling()
+                                          and (q.is_cuda or interpreting()))
     check_attention_inputs(q, k, v, group_size=group_size, block_m=block_m, fusion=fusion,
                            exact_window=exact_window, window_correction=window_correction,
                            num_hash_bits=num_hash_bits, query_valid=query_valid, attention_mask=attention_mask,
-                           groups=groups, scale=scale, seed=seed, check_values=as_op is None)
+                           groups=groups, scale=scale, seed=seed, check_values=not values_inside)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if as_op is not None:  # torch.compile: one opaque call (ops/compile_op.py)

@@ -42,6 +42,13 @@ QEFF_LAUNCH = os.environ.get("DISTR_QEFF_LAUNCH", "fused")
 REVERSE_ROWS = "triton"
 
 
+def _adjoint_regroup(dqe, grp, inv, wa, wb, group_size: int, block_m: int):
+    """dQ from dQ_eff: the adjoint regroup, (b, a) for (a, b) (mean: (1, 1/G)), in dqe's dtype."""
+    mean = wa is None
+    return regroup(dqe, grp, wb, wa, group_size=group_size, block_m=block_m, out_dtype=dqe.dtype,
+                   mean_weights=(1.0, 1.0 / group_size) if mean else None, inv=inv)
+
+
 class _RegroupQuery(torch.autograd.Function):
     """Q_eff = regroup(q) with the block's fusion weights (a, b); dQ = the adjoint regroup (b, a) of dQ_eff.
     The grouping and the weights are constants. wa is None for mean fusion (a = 1/G, b = 1). qe: Q_eff formed
@@ -61,17 +68,39 @@ class _RegroupQuery(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dqe):
         grp, inv, wa, wb = ctx.saved_tensors
-        mean = wa is None
-        G = ctx.group_size
-        dq = regroup(dqe, grp, wb, wa, group_size=G, block_m=ctx.block_m, out_dtype=dqe.dtype,
-                     mean_weights=(1.0, 1.0 / G) if mean else None, inv=inv)
-        return dq, None, None, None, None, None, None, None
+        return (_adjoint_regroup(dqe, grp, inv, wa, wb, ctx.group_size, ctx.block_m),
+                None, None, None, None, None, None, None)
+
+
+def kernel_grouping(qd: torch.Tensor, *, group_size: int, block_m: int, fusion: str, num_hash_bits: int, seed: int,
+                    query_valid: torch.Tensor | None, groups: torch.Tensor | None, form_qeff: bool):
+    """The kernels' grouping of qd [B, Hq, N, d] (no gradient; G > 1; CUDA or the interpreter):
+    (qe or None, groups int32, positions int32, a, b), all [B, Hq, nb, d] but qe [B, Hq, N, d] in qd's dtype;
+    a = b fp32 for rank1, None for mean. With ``form_qeff`` and no groups given, Q_eff comes from the one grouping +
+    Q_eff launch (``QEFF_LAUNCH`` "fused"); otherwise qe is None and the grouping comes from the grouping launch."""
+    from .grouping_triton import triton_grouping, triton_query_effective
+
+    G = group_size
+    if groups is None and form_qeff and QEFF_LAUNCH == "fused":
+        qe, grp, wa, wb, inv = triton_query_effective(qd, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits,
+                                                      seed=seed, query_valid=query_valid, fusion=fusion)
+        return qe, grp, inv, wa, wb
+    if groups is None:
+        grp, wa, wb, inv = triton_grouping(qd, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits, seed=seed,
+                                           query_valid=query_valid, fusion=fusion, positions=True)
+        return None, grp, inv, wa, wb
+    grp = groups.to(torch.int32).contiguous()
+    wa = wb = None
+    if fusion != "mean":
+        wa, wb = fusion_weights(qd, groups, group_size=G, block_m=block_m, fusion=fusion, query_valid=query_valid)
+    return None, grp, inverse_groups(grp), wa, wb
 
 
 def query_effective(q: torch.Tensor, *, group_size: int, block_m: int, fusion: str, num_hash_bits: int, seed: int,
                     query_valid: torch.Tensor | None, groups: torch.Tensor | None) -> torch.Tensor:
     """Q_eff [B, Hq, N, d] in q's dtype, differentiable in q: ``Q_eff Kᵀ`` is DistrAttention's grouped product.
-    G = 1 returns q itself."""
+    G = 1 returns q itself. While torch.compile traces a call on the kernels, Q_eff is one custom operator with its
+    own backward (``compile_op.query_effective_op``), so the SDPA engine's call with a gradient is one graph."""
     G = group_size
     if G == 1:
         return q
@@ -79,27 +108,16 @@ def query_effective(q: torch.Tensor, *, group_size: int, block_m: int, fusion: s
         raise ValueError(f"sdpa_engine.QEFF_LAUNCH (environment variable DISTR_QEFF_LAUNCH) must be 'fused' or "
                          f"'separate', got {QEFF_LAUNCH!r}")
     if q.is_cuda or interpreting():  # one launch (grouping + Q_eff), or a grouping launch and a regroup launch
-        from .grouping_triton import triton_grouping, triton_query_effective
+        if torch.compiler.is_compiling():
+            from . import compile_op
 
-        qd = q.detach()
-        if groups is None and QEFF_LAUNCH == "fused":
-            qe, grp, wa, wb, inv = triton_query_effective(qd, group_size=G, block_m=block_m,
-                                                          num_hash_bits=num_hash_bits, seed=seed,
-                                                          query_valid=query_valid, fusion=fusion)
-            if not (torch.is_grad_enabled() and q.requires_grad):
-                return qe
-            return _RegroupQuery.apply(q, grp, inv, wa, wb, G, block_m, qe)
-        if groups is None:
-            grp, wa, wb, inv = triton_grouping(qd, group_size=G, block_m=block_m, num_hash_bits=num_hash_bits,
-                                               seed=seed, query_valid=query_valid, fusion=fusion, positions=True)
-        else:
-            grp = groups.to(torch.int32).contiguous()
-            inv = inverse_groups(grp)
-            wa = wb = None
-            if fusion != "mean":
-                wa, wb = fusion_weights(qd, groups, group_size=G, block_m=block_m, fusion=fusion,
-                                        query_valid=query_valid)
-        return _RegroupQuery.apply(q, grp, inv, wa, wb, G, block_m)
+            return compile_op.query_effective_op(q, query_valid, groups, G, block_m, fusion, num_hash_bits, seed)
+        qe, grp, inv, wa, wb = kernel_grouping(q.detach(), group_size=G, block_m=block_m, fusion=fusion,
+                                               num_hash_bits=num_hash_bits, seed=seed, query_valid=query_valid,
+                                               groups=groups, form_qeff=True)
+        if qe is not None and not (torch.is_grad_enabled() and q.requires_grad):
+            return qe
+        return _RegroupQuery.apply(q, grp, inv, wa, wb, G, block_m, qe)
     grp = groups if groups is not None else compute_groups(q.detach(), group_size=G, block_m=block_m,
                                                            num_hash_bits=num_hash_bits, seed=seed,
                                                            query_valid=query_valid)

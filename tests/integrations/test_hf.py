@@ -1,4 +1,6 @@
 """The "distr" attention adapter against transformers' own SDPA adapter, and its registration."""
+import inspect
+
 import pytest
 import torch
 from transformers import AttentionInterface
@@ -39,8 +41,11 @@ def _padding_mask(lengths, N, M, left=False, causal=True):
         else:
             pad[b, :n] = True
     fn = causal_mask_function if causal else bidirectional_mask_function
-    return sdpa_mask(batch_size=len(lengths), q_length=N, kv_length=M, q_offset=M - N, mask_function=fn,
-                     attention_mask=pad, allow_is_causal_skip=False)
+    # the query rows: (q_length, q_offset) in newer transformers, cache_position in 5.0 (pyproject's floor)
+    rows = dict(q_length=N, q_offset=M - N) if "q_length" in inspect.signature(sdpa_mask).parameters \
+        else dict(cache_position=torch.arange(M - N, M))
+    return sdpa_mask(batch_size=len(lengths), kv_length=M, mask_function=fn, attention_mask=pad,
+                     allow_is_causal_skip=False, **rows)
 
 
 def test_registered_in_both_interfaces_under_a_neutral_name():

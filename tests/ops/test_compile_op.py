@@ -116,6 +116,41 @@ def test_compiled_training_on_cuda(G, fusion, W):
 
 
 @pytest.mark.skipif(not INTERPRET, reason="CPU tensors through Triton need TRITON_INTERPRET=1")
+@pytest.mark.parametrize("G,fusion,given,causal", [(2, "mean", False, True), (2, "rank1", False, False),
+                                                   (4, "rank1", True, True)])
+def test_compiled_sdpa_engine_with_a_gradient_is_one_graph(G, fusion, given, causal):
+    """The SDPA engine with a gradient traces whole (fullgraph=True), on a cold hash-direction cache: Q_eff is the
+    ``query_effective`` operator (its backward ``query_effective_grad`` groups q again), SDPA is Dynamo's. The
+    eager output bit for bit, the eager gradients to rounding."""
+    from distr_patch.ops import grouping_triton
+
+    q, k, v = _qkv(("sdpa grad", G, fusion, given, causal))
+    valid = torch.ones(2, 70, dtype=torch.bool)
+    valid[1, 60:] = False
+    groups = compute_groups(q, group_size=G, block_m=32, num_hash_bits=16, seed=2, query_valid=valid) \
+        if given else None
+
+    def fn(q, k, v):
+        return distr_attention(q, k, v, group_size=G, block_m=32, fusion=fusion, causal=causal, seed=2,
+                               query_valid=valid, groups=groups, backend="sdpa")
+
+    grouping_triton._padded_projections.cache_clear()
+    targets = []
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend=_recording_backend(targets), fullgraph=True)
+    runs = []
+    for f in (compiled, fn):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = f(*leaves)
+        runs.append((out, *torch.autograd.grad((out * torch.linspace(-1, 1, 32)).sum(), leaves)))
+    assert torch.ops.distr_patch.query_effective.default in targets and OP not in targets, targets
+    assert torch.equal(runs[0][0], runs[1][0])
+    for got, want in zip(runs[0][1:], runs[1][1:]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert runs[0][1].abs().sum() > 0
+
+
+@pytest.mark.skipif(not INTERPRET, reason="CPU tensors through Triton need TRITON_INTERPRET=1")
 def test_custom_ops_pass_opcheck():
     """torch.library.opcheck: schemas, fake implementations against the real ones, autograd registration, AOT
     dispatch, for the forward operator, the differentiable pair and the backward alone."""
@@ -126,6 +161,9 @@ def test_custom_ops_pass_opcheck():
     out, lse = TRAIN_OP(q, k, v, *opts)
     torch.library.opcheck(torch.ops.distr_patch.distr_attention_grad.default,
                           (torch.randn_like(out), q, k, v, out, lse, *opts))
+    qe_opts = (None, None, 2, 32, "rank1", 16, 0)
+    torch.library.opcheck(torch.ops.distr_patch.query_effective.default, (q.clone().requires_grad_(True), *qe_opts))
+    torch.library.opcheck(torch.ops.distr_patch.query_effective_grad.default, (torch.randn_like(q), q, *qe_opts))
 
 
 @pytest.mark.skipif(not INTERPRET, reason="CPU tensors through Triton need TRITON_INTERPRET=1")
@@ -134,12 +172,13 @@ def test_compiled_training_call_checks_group_values():
     q, k, v = _qkv("bad groups", B=1, Hq=2, Hkv=1, N=40)
     groups = compute_groups(q, group_size=2, block_m=32, num_hash_bits=16, seed=0)
     groups[0, 0, 0, 0] = 99
-    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    torch._dynamo.reset()
-    f = torch.compile(lambda q, k, v: distr_attention(q, k, v, group_size=2, block_m=32, groups=groups,
-                                                      backend="triton"), backend="aot_eager", fullgraph=True)
-    with pytest.raises(ValueError, match=r"groups must hold column indices in \[0, 32\)"):
-        f(*leaves)
+    for backend in ("triton", "sdpa"):  # the fused kernel's pair; the SDPA engine's Q_eff operator
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        torch._dynamo.reset()
+        f = torch.compile(lambda q, k, v: distr_attention(q, k, v, group_size=2, block_m=32, groups=groups,
+                                                          backend=backend), backend="aot_eager", fullgraph=True)
+        with pytest.raises(ValueError, match=r"groups must hold column indices in \[0, 32\)"):
+            f(*leaves)
 
 
 def test_which_calls_go_to_which_op(monkeypatch):
