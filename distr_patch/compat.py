@@ -1,6 +1,7 @@
 """Version gates for torch and transformers, computed once. Each says why it exists and when it can go.
 
-Checked against torch 2.11 / transformers 5.17 (the GPU image) and torch 2.13 / transformers 5.24 (CI's newest).
+Checked against torch 2.11 / transformers 5.17 (the GPU image), torch 2.13 / transformers 5.24 (CI's newest) and
+pyproject.toml's floors (``scripts/check_floors.sh``).
 """
 from __future__ import annotations
 
@@ -8,12 +9,7 @@ import torch
 import transformers
 from packaging.version import Version
 
-TORCH_VERSION = Version(torch.__version__.split("+")[0])
 TRANSFORMERS_VERSION = Version(transformers.__version__)
-
-# SDPA's ``enable_gqa`` (torch 2.5) reads each KV head for its query heads; on torch 2.4 (the floor in pyproject.toml)
-# the SDPA engine repeats K/V in memory instead. Remove when the floor is 2.5.
-SDPA_HAS_ENABLE_GQA = TORCH_VERSION >= Version("2.5")
 
 # The attention registry (``AttentionInterface``/``AttentionMaskInterface``) with the
 # (module, q, k, v, mask, dropout, scaling, **kwargs) signature, sdpa_mask's boolean masks and

@@ -179,7 +179,7 @@ def interpreting() -> bool:
     these kernels with the installed Triton and NumPy, a RuntimeError says so (``interpreter_problem``)."""
     on = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     if on and not torch.compiler.is_compiling():  # (checked when the eager call runs, not in a trace)
-        problem = installed_interpreter_problem()
+        problem = installed_triton_problem() or installed_interpreter_problem()
         if problem:
             raise RuntimeError(problem)
     return on
@@ -197,6 +197,29 @@ def interpreter_problem(triton_version: str, numpy_version: str) -> str | None:
                 f"{numpy_version}: install triton>=3.7 or numpy<2.4 (or unset TRITON_INTERPRET: CPU tensors then "
                 "take the PyTorch reference)")
     return None
+
+
+# The oldest Triton the kernels run on (pyproject.toml's floor): 3.3 cannot compile the forward (``tl.range`` has no
+# ``warp_specialize`` before 3.4), and 3.2's interpreter formed the forward's Q_eff prologue wrong for a query tile
+# past the first grouping block (``scripts/check_floors.sh``; docs/compatibility.md).
+MIN_TRITON = "3.4"
+
+
+def triton_problem(triton_version: str) -> str | None:
+    """Why the kernels cannot run on Triton ``triton_version``, or None."""
+    from packaging.version import Version
+
+    if Version(triton_version) < Version(MIN_TRITON):
+        return (f"the Triton kernels need triton>={MIN_TRITON}, found {triton_version}: upgrade triton (and torch, "
+                "whose CUDA builds pin it), or use backend='reference'")
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def installed_triton_problem() -> str | None:
+    import triton
+
+    return triton_problem(triton.__version__)
 
 
 @functools.lru_cache(maxsize=None)

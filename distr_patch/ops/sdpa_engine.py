@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ..compat import SDPA_HAS_ENABLE_GQA
 from .configs import interpreting, windowed_sdpa_limits
 from .grouping import compute_groups, fused_queries, fusion_weights
 from .reference import causal_allowed, normalize_mask
@@ -131,12 +130,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     allowed key. q [B, Hq, N, d], k/v [B, Hkv, M, d] -> [B, Hq, N, d]."""
     B, Hq, N, d = q.shape
     Hkv, M = k.shape[1], k.shape[2]
-    gqa = {}
-    if Hq != Hkv:
-        if SDPA_HAS_ENABLE_GQA:  # else K/V repeated in memory (torch 2.4)
-            gqa = dict(enable_gqa=True)
-        else:
-            k, v = (t.repeat_interleave(Hq // Hkv, dim=1) for t in (k, v))
+    gqa = dict(enable_gqa=True) if Hq != Hkv else {}
     if attention_mask is None and (not causal or N == M):
         return F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal), scale=scale, **gqa)
     allowed, additive = normalize_mask(attention_mask)

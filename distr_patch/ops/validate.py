@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .configs import interpreting
+from .configs import installed_triton_problem, interpreting
 from .grouping import ALLOWED_BLOCK_M, ALLOWED_GROUP_SIZES, FUSIONS
 
 TRITON_HEAD_DIMS = (32, 64, 80, 96, 128, 256)
@@ -149,6 +149,9 @@ def check_triton_inputs(q) -> None:
     if not q.is_cuda and not interpreting():
         raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (set before importing "
                          "triton); use backend='reference' or CUDA tensors")
+    problem = None if torch.compiler.is_compiling() else installed_triton_problem()  # (a trace: the eager call's)
+    if problem:
+        raise RuntimeError(problem)
     d = q.shape[-1]
     if d not in TRITON_HEAD_DIMS:
         raise ValueError(f"head dim d={d} is not supported by the Triton kernel; supported: {TRITON_HEAD_DIMS}")

@@ -63,22 +63,6 @@ def test_sdpa_backend_matches_reference(case, qeff_way):
         assert out[:, :, : q.shape[2] - k.shape[2]].abs().max() == 0
 
 
-@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[6]], ids=lambda c: "-".join(map(str, c)))
-def test_sdpa_gqa_without_enable_gqa(case, monkeypatch):
-    """torch 2.4 (pyproject's floor) has no SDPA ``enable_gqa``: the engine repeats K/V in memory
-    (``compat.SDPA_HAS_ENABLE_GQA`` off). The same output as with it, on the GQA/MQA cases."""
-    from distr_patch.ops import sdpa_engine
-
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    q, k, v, kw = _case_inputs(case)
-    assert q.shape[1] != k.shape[1]
-    with_gqa = distr_attention(q, k, v, backend="sdpa", **kw)
-    monkeypatch.setattr(sdpa_engine, "SDPA_HAS_ENABLE_GQA", False)
-    repeated = distr_attention(q, k, v, backend="sdpa", **kw)
-    assert rel_err(repeated, with_gqa) <= 1e-6
-    assert rel_err(repeated, reference_distr_attention(q, k, v, **kw)) <= 1e-5
-
-
 @pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[5], CASES[7]], ids=lambda c: "-".join(map(str, c)))
 def test_sdpa_backend_gradients_match_reference(case, qeff_way):
     """Gradients in q, k, v against autograd through the reference (fp64, so any mismatch is not rounding)."""
