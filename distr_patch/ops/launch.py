@@ -11,8 +11,9 @@ other argument's type, the constexprs and launch options, the device). Equal key
 a hit calls the compiled kernel Triton returned for the first such call, with the argument list Triton's binder
 built for it (the constexprs appended). Nothing about Triton's rules is copied, only the superset of their inputs.
 
-Plain ``fn[grid]`` runs instead under the Triton interpreter, with ``DISTR_FAST_LAUNCH=0``, and for kernels whose
-binder does not put the positional arguments first (then the memo could not rebuild the argument list).
+Plain ``fn[grid]`` runs instead under the Triton interpreter, with ``DISTR_FAST_LAUNCH=0``, on a Triton release the
+memo has not run on a GPU with (``FAST_LAUNCH_TRITON``), and for kernels whose binder does not put the positional
+arguments first (then the memo could not rebuild the argument list).
 """
 from __future__ import annotations
 
@@ -22,13 +23,21 @@ import torch
 
 from .configs import _env_flag
 
+import triton
+
 try:
     from triton import knobs
     from triton.runtime import driver
 except ImportError:  # a Triton before knobs (3.4): the plain path only
     knobs = driver = None
 
-FAST_LAUNCH = _env_flag("DISTR_FAST_LAUNCH", True)
+# The memo reads Triton's internals (knobs, the binder caches, the launcher's arguments) as Triton 3.6 has them, the
+# release it has run on a GPU with (the device image). Other releases take the plain path until checked on a GPU:
+# Triton 3.4's knobs have no ``add_stages_inspection_hook``, so the memo's first check failed there
+# (docs/compatibility.md).
+FAST_LAUNCH_TRITON = ("3.6",)
+TRITON_MINOR = ".".join(triton.__version__.split(".")[:2])
+FAST_LAUNCH = _env_flag("DISTR_FAST_LAUNCH", True) and TRITON_MINOR in FAST_LAUNCH_TRITON
 # DISTR_FAST_LAUNCH_RAW=0: memo hits go through kernel.run (Triton's launcher wrapper) instead of its C launcher
 RAW_LAUNCH = _env_flag("DISTR_FAST_LAUNCH_RAW", True)
 MAX_ENTRIES = 256  # per kernel; past it the memo starts over (a model sees a few shapes, a sweep many)
@@ -103,7 +112,7 @@ def launch(fn, grid, *args, **meta):
     # the interpreter's kernels have no device caches; hooks Triton's run would call, a grid computed from the
     # meta-parameters, or torch.compile tracing (it captures ``fn[grid](...)`` calls as they are): the plain path
     if not FAST_LAUNCH or knobs is None or not hasattr(fn, "device_caches") or callable(grid) or getattr(fn, "pre_run_hooks", True) \
-            or knobs.runtime.add_stages_inspection_hook is not None or torch.compiler.is_compiling():
+            or getattr(knobs.runtime, "add_stages_inspection_hook", None) is not None or torch.compiler.is_compiling():
         return fn[grid](*args, **meta)
     device, stream = _device_and_stream()
     key = (device, knobs.runtime.debug, knobs.compilation.instrumentation_mode, tuple(meta.items()),

@@ -273,3 +273,29 @@ def test_probe_model_switches_needs_cuda():
     script = Path(__file__).resolve().parents[2] / "scripts" / "probe_model_switches.py"
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "needs a CUDA device" in run.stderr
+
+
+def test_memo_only_on_the_triton_release_it_ran_on_a_gpu_with():
+    """The memo reads Triton internals as 3.6 has them: other releases take the plain path (Triton 3.4's knobs lack
+    add_stages_inspection_hook, which the memo's first check read)."""
+    code = ("import triton; triton.__version__ = {v!r}; import distr_patch.ops.launch as L; "
+            "print(L.TRITON_MINOR, L.FAST_LAUNCH)")
+    for version, on in (("3.6.0", True), ("3.6.1", True), ("3.4.0", False), ("3.9.0", False)):
+        run = subprocess.run([sys.executable, "-c", code.format(v=version)], capture_output=True, text=True,
+                             timeout=300, env={k: v for k, v in os.environ.items() if k != "DISTR_FAST_LAUNCH"})
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.split() == [version[:3], str(on)], (version, run.stdout)
+
+
+def test_knobs_without_the_stages_hook_take_the_memo(memo, monkeypatch):
+    """A knobs.runtime without add_stages_inspection_hook (Triton 3.4) is read as no hook, not an AttributeError."""
+    class Runtime:
+        debug = False
+        launch_enter_hook = "enter-hook"
+        launch_exit_hook = "exit-hook"
+
+    monkeypatch.setattr(_Knobs, "runtime", Runtime)
+    fn = _FakeJit(6, ["BLOCK", "FLAG"])
+    for _ in range(2):
+        L.launch(fn, (3, 2), *_args(), BLOCK=64, FLAG=True, num_warps=4)
+    assert len(fn.plain) == 1 and len(fn.compiled.launches) == 1
