@@ -77,7 +77,10 @@ def _ptxas() -> str:
     """The ptxas Triton itself uses for sm_90 (its bundled one; the name says Blackwell, the binary is new)."""
     try:
         from triton.backends.nvidia.compiler import get_ptxas
-        return get_ptxas(90).path
+        try:
+            return get_ptxas(90).path
+        except TypeError:  # Triton 3.4: get_ptxas() takes no architecture
+            return get_ptxas().path
     except (ImportError, AttributeError):  # older Triton: one bundled ptxas
         return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas")
 
