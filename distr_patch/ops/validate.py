@@ -140,9 +140,13 @@ def check_attention_inputs(q, k, v, *, group_size, block_m, fusion, exact_window
 
 
 def check_group_values(groups, d: int) -> None:
-    """``groups`` holds column indices in [0, d) (reads the tensor's values: not inside a torch.compile trace)."""
-    if int(groups.min()) < 0 or int(groups.max()) >= d:
-        raise ValueError(f"groups must hold column indices in [0, {d}) (rows are permutations of the head dim)")
+    """``groups`` holds column indices in [0, d): a ValueError, or inside a torch.compile trace (which cannot read
+    values) an assertion in the graph that raises a RuntimeError with the same message when the call runs."""
+    message = f"groups must hold column indices in [0, {d}) (rows are permutations of the head dim)"
+    if torch.compiler.is_compiling():
+        torch._assert_async((groups.min() >= 0) & (groups.max() < d), message)
+    elif int(groups.min()) < 0 or int(groups.max()) >= d:
+        raise ValueError(message)
 
 
 def check_triton_inputs(q) -> None:

@@ -186,6 +186,23 @@ def test_compiled_training_call_checks_group_values():
             f(*leaves)
 
 
+def test_compiled_reference_checks_group_values_when_it_runs():
+    """The PyTorch reference traces whole with precomputed groups (fullgraph=True; it used to fail reading their
+    values): they are checked by an assertion in the graph, with the eager call's message; good groups give the
+    eager output."""
+    q, k, v = _qkv("reference groups", B=1, Hq=2, Hkv=1, N=40)
+    groups = compute_groups(q, group_size=2, block_m=32, num_hash_bits=16, seed=0)
+    torch._dynamo.reset()
+    f = torch.compile(lambda q, k, v, g: distr_attention(q, k, v, group_size=2, block_m=32, groups=g),
+                      fullgraph=True)
+    torch.testing.assert_close(f(q, k, v, groups), distr_attention(q, k, v, group_size=2, block_m=32, groups=groups),
+                               atol=1e-5, rtol=1e-5)  # Inductor's fp32 arithmetic
+    bad = groups.clone()
+    bad[0, 1, 1, 3] = 32
+    with pytest.raises(RuntimeError, match=r"groups must hold column indices in \[0, 32\)"):
+        f(q, k, v, bad)
+
+
 def test_which_calls_go_to_which_op(monkeypatch):
     """runs_as_custom_op: only while compiling; "forward" without a gradient on the kernels' paths, "train" with one
     on the fused kernel (not the SDPA engine, not a mask that requires grad), else traced."""
