@@ -1,7 +1,10 @@
 """pyproject.toml's version floors, scripts/check_floors.sh's pins and compat.py's gates say the same versions."""
 import re
-import tomllib
 from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (requires-python admits 3.10, where these checks skip)
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOORED = ("torch", "triton", "transformers", "accelerate", "datasets", "evaluate")
