@@ -199,7 +199,8 @@ def test_compiled_reference_checks_group_values_when_it_runs():
                                atol=1e-5, rtol=1e-5)  # Inductor's fp32 arithmetic
     bad = groups.clone()
     bad[0, 1, 1, 3] = 32
-    with pytest.raises(RuntimeError, match=r"groups must hold column indices in \[0, 32\)"):
+    # ours, or (torch 2.8's Inductor orders the gather first) its own bounds check: an error either way, not an answer
+    with pytest.raises(RuntimeError, match=r"groups must hold column indices in \[0, 32\)|index out of bounds"):
         f(q, k, v, bad)
 
 
