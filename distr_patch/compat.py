@@ -1,6 +1,6 @@
 """Version gates for torch and transformers, computed once. Each says why it exists and when it can go.
 
-Checked against torch 2.11 / transformers 5.17 (the GPU image), torch 2.13 / transformers 5.24 (CI's newest) and
+Checked against torch 2.11 / transformers 5.17 (the GPU image), torch 2.13 / transformers 5.25 (CI's newest on 2026-12-04) and
 pyproject.toml's floors (``scripts/check_floors.sh``).
 """
 from __future__ import annotations

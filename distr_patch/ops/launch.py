@@ -20,10 +20,9 @@ from __future__ import annotations
 import inspect
 
 import torch
+import triton
 
 from .configs import _env_flag
-
-import triton
 
 try:
     from triton import knobs
