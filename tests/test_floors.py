@@ -7,7 +7,7 @@ import pytest
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (requires-python admits 3.10, where these checks skip)
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOORED = ("torch", "triton", "transformers", "accelerate", "datasets", "evaluate")
+FLOORED = ("torch", "triton", "transformers", "accelerate", "datasets", "evaluate", "tqdm", "pyyaml")
 
 
 def _floors() -> dict[str, str]:
