@@ -82,7 +82,9 @@ def query_rows_valid(attention_mask: torch.Tensor, batch: int, q_len: int, kv_le
     rows = torch.arange(q_len, device=allowed.device)
     diag = (rows + (kv_len - q_len)).clamp(0, kv_len - 1)
     own = allowed[:, rows, diag]
-    return torch.where(own.any(dim=-1, keepdim=True), own, allowed.any(dim=-1))
+    # own | (no own row valid & attends to some key), with no torch.where on a reduction: Inductor hands `any`'s
+    # int8 result to tl.where as its condition, which Triton deprecates (docs/benchmarks.md, twenty-fifth session)
+    return own | (~own.any(dim=-1, keepdim=True) & allowed.any(dim=-1))
 
 
 def autocast_inputs(query, key, value):
