@@ -48,3 +48,23 @@ def enable_activation_checkpointing(model) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+# transformers < 5.17 finds a package's version only through ``importlib.metadata.packages_distributions()``, which
+# on Python 3.10 maps import names from ``top_level.txt`` alone. gguf's wheels ship none, so its version read "N/A"
+# and loading any .gguf raised InvalidVersion (measured: Python 3.10, transformers 5.0.0, gguf 0.19.0; 5.17 also
+# tries the import name itself). Remove when the floor is >= 5.17 or Python 3.10 is dropped.
+def make_gguf_findable() -> None:
+    """Map the import name ``gguf`` to its distribution in transformers' table where that table lacks it."""
+    import importlib.metadata
+
+    from transformers.utils import import_utils
+
+    table = getattr(import_utils, "PACKAGE_DISTRIBUTION_MAPPING", None)
+    if not isinstance(table, dict) or "gguf" in table:
+        return
+    try:
+        importlib.metadata.version("gguf")
+    except importlib.metadata.PackageNotFoundError:  # not installed: transformers says so itself
+        return
+    table["gguf"] = ["gguf"]

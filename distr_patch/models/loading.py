@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..compat import make_gguf_findable
 from .presets import VISION_TYPES, preset_config
 
 
@@ -133,6 +134,8 @@ def load_model(spec: str, kind: str, *, dtype: str = "float32", device_map: str 
 
 def _load_pretrained(model_cls, proc_cls, location, name, source, kind, torch_dtype, extra, gguf_file=None):
     gguf = {"gguf_file": gguf_file} if gguf_file else {}
+    if gguf_file:
+        make_gguf_findable()
     try:
         model = model_cls.from_pretrained(location, dtype=torch_dtype, **gguf, **extra)
         processor = proc_cls.from_pretrained(location, **gguf)

@@ -33,3 +33,21 @@ def test_presets_build_offline():
         preset_config("vit-b6")
     with pytest.raises(ModelLoadError, match="cannot be evaluated as 'lm'"):
         load_model("preset:vit-b16", "lm")
+
+
+def test_gguf_is_findable_where_transformers_table_lacks_it(monkeypatch):
+    """transformers < 5.17 on Python 3.10 read gguf's version as "N/A" (its wheel has no top_level.txt, so
+    packages_distributions() misses it) and loading any .gguf raised InvalidVersion. The compat shim maps gguf to
+    itself in that table and leaves an entry that is there alone."""
+    pytest.importorskip("gguf")
+    from transformers.utils import import_utils
+
+    from distr_patch import compat
+
+    table = {"torch": ["torch"]}
+    monkeypatch.setattr(import_utils, "PACKAGE_DISTRIBUTION_MAPPING", table, raising=False)
+    compat.make_gguf_findable()
+    assert table["gguf"] == ["gguf"]
+    table["gguf"] = ["another-dist"]
+    compat.make_gguf_findable()
+    assert table == {"torch": ["torch"], "gguf": ["another-dist"]}
