@@ -206,7 +206,8 @@ def test_compiled_patched_model_on_cuda(cfg):
     # compiles time them apart (and share the on-disk autotune cache with the other test processes), so under a
     # loaded GPU they could pick differently and round RMSNorm differently in the last bit. Its deterministic mode
     # picks without timing. (Seen: 1 full GPU run of 4 under 14 processes failed here, window-covers-all included.)
-    inductor = torch._inductor.config
+    from torch._inductor import config as inductor
+
     deterministic = inductor.patch(deterministic=True) if hasattr(inductor, "deterministic") else nullcontext()
     with torch.no_grad(), deterministic:
         patch_model(model, cfg)
