@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# A Triton release small enough to carry to the device machine (its carry limit is 64 MiB; a Triton wheel is ~200 MB),
+# to run the GPU tests on a Triton the image does not have (the image: torch 2.11 with Triton 3.6).
+#
+#   bash scripts/pack_triton_for_device.sh [VERSION]        # default 3.7.1, torch 2.13's CUDA pin
+#
+# Writes .whl/triton-VERSION-cp312-min.tar.xz (the image's Python is 3.12): the wheel without libtriton.so's debug
+# sections, the profiler (proton, CUPTI), the Blackwell ptxas, cuobjdump, nvdisasm and the test plugins; 47 MiB for
+# 3.7.1. On the device (carry [".whl"]):
+#
+#   python -c "import tarfile; tarfile.open('.whl/triton-3.7.1-cp312-min.tar.xz').extractall('/tmp/t37')"
+#   export PYTHONPATH=/tmp/t37:$PWD        # before site-packages: this Triton wins; torch stays the image's
+#
+# The launch memo runs only on the releases in ``launch.FAST_LAUNCH_TRITON``; to test it on another, add the release
+# there in the device's copy first. docs/benchmarks.md (twenty-fifth session) has the first such run.
+set -euo pipefail
+version=${1:-3.7.1}
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+python3 -m pip download -q --no-deps --python-version 3.12 --only-binary :all: -d "$work" "triton==$version"
+unzip -q "$work"/triton-*.whl -d "$work/tree"      # unzip keeps the file modes (ptxas must stay executable)
+cd "$work/tree"
+rm -rf triton/_C/libproton.so triton/backends/nvidia/lib/cupti triton/backends/nvidia/bin/ptxas-blackwell \
+  triton/backends/nvidia/bin/cuobjdump triton/backends/nvidia/bin/nvdisasm triton/instrumentation triton/FileCheck \
+  triton/plugins
+strip --strip-debug triton/_C/libtriton.so
+chmod +x triton/backends/nvidia/bin/ptxas
+mkdir -p "$root/.whl"
+out="$root/.whl/triton-$version-cp312-min.tar.xz"
+tar cf - triton | xz -6 -T0 > "$out"
+ls -la "$out"
