@@ -27,12 +27,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 
 from .ops.grouping import FUSIONS
-from .ops.validate import check_block_m, check_group_size, check_hash_bits
+from .ops.validate import check_block_m, check_group_size, check_hash_bits, check_seed, check_window_correction
 
 # Calls with fewer query rows than this run exact attention: a KV-cache decode step (1 row)
 # or a short speculative/assisted chunk reads all of K/V whatever G is, so grouping saves
@@ -70,11 +69,9 @@ def _check_layer_fields(values: dict, where: str) -> None:
     if "exact_window" in values and (not _is_int(values["exact_window"]) or values["exact_window"] < 0):
         raise ValueError(f"{where}: exact_window must be an int >= 0, got {values['exact_window']!r}")
     if "window_correction" in values:
-        c = values["window_correction"]
-        if not isinstance(c, (int, float)) or isinstance(c, bool) or not math.isfinite(c) or c < 0:
-            raise ValueError(f"{where}: window_correction must be a finite float >= 0, got {c!r}")
-    if "seed" in values and (not _is_int(values["seed"]) or values["seed"] < 0):
-        raise ValueError(f"{where}: seed must be an int >= 0, got {values['seed']!r}")
+        named(check_window_correction, "window_correction")
+    if "seed" in values:
+        named(check_seed, "seed")
     if "exact_below" in values and (not _is_int(values["exact_below"]) or values["exact_below"] < 1):
         raise ValueError(f"{where}: exact_below must be an int >= 1, got {values['exact_below']!r}")
 
@@ -226,12 +223,14 @@ class DistrConfig:
 
     # ------------------------------------------------------------------ per layer
     def _resolve_index(self, i: int, num_layers: int | None, what: str) -> int:
+        given = i
         if i < 0:
             if num_layers is None:
                 raise ValueError(f"{what} {i} counts from the end: the number of layers is needed")
             i += num_layers
         if num_layers is not None and not 0 <= i < num_layers:
-            raise ValueError(f"{what} {i} is out of range for a model with {num_layers} layers")
+            raise ValueError(f"{what} {given} is out of range for a model with {num_layers} layers "
+                             f"(valid: {-num_layers} .. {num_layers - 1})")
         return i
 
     def is_layer_uniform(self) -> bool:

@@ -38,8 +38,10 @@ def test_for_layer_without_index_needs_a_uniform_config():
         DistrConfig(exact_last=1).for_layer(0)
     with pytest.raises(ValueError, match="out of range"):
         DistrConfig(exact_layers=[9]).check_layers(4)
-    with pytest.raises(ValueError, match="out of range"):
-        DistrConfig(layer_overrides={-5: {"seed": 1}}).check_layers(4)
+    with pytest.raises(ValueError, match=r"layer_overrides key -5 is out of range .* \(valid: -4 \.\. 3\)"):
+        DistrConfig(layer_overrides={-5: {"seed": 1}}).check_layers(4)  # the index as written, not -5 + 4
+    with pytest.raises(ValueError, match="exact_layers entry -3 is out of range"):
+        DistrConfig(exact_layers=[-3]).check_layers(2)
 
 
 def test_round_trip_dict_and_json(tmp_path):
@@ -62,6 +64,10 @@ def test_round_trip_dict_and_json(tmp_path):
     (dict(window_correction=float("nan")), "window_correction"),
     (dict(num_hash_bits=0), "num_hash_bits"),
     (dict(seed=-1), "seed"),
+    (dict(seed=2**63), r"seed must be an int in \[0, 2\*\*63\)"),  # the operator's bound, checked up front
+    (dict(layer_overrides={0: {"seed": 2**64}}), r"layer_overrides\[0\]: seed"),
+    (dict(window_correction=float("inf")), "window_correction"),
+    (dict(window_correction=1e300), "window_correction"),  # inf in fp32
     (dict(exact_below=0), "exact_below"),
     (dict(exact_first=-1), "exact_first"),
     (dict(exact_last=1.0), "exact_last"),

@@ -17,6 +17,8 @@ True = attend, None for plain causal prefill), so padding and sliding windows re
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -53,9 +55,15 @@ def layer_settings(module: torch.nn.Module) -> LayerSettings:
     cached = getattr(module, "_distr_settings_auto", None)
     if cached is not None and cached[0] is raw:
         return cached[1]
-    from ..patching.registry import get_replacement  # local: the registry imports this module
+    from ..patching.registry import get_replacement, patched_through  # local: the registry imports this module
 
     get_replacement(getattr(config, "model_type", None))  # unsupported types raise, listing the supported ones
+    owner = None if torch.compiler.is_compiling() else patched_through(config)
+    if owner is not None and not any(m is module for m in owner.modules()):
+        warnings.warn(f"a {type(module).__name__} that patch_model did not patch runs DistrAttention: its model shares "
+                      f"its config object with a patched {type(owner).__name__}, and transformers keeps the attention "
+                      "implementation on the config. Build each model from its own config (copy.deepcopy(config)) "
+                      "to keep this one exact.", stacklevel=2)
     cfg = DistrConfig() if raw is None else DistrConfig.from_dict(raw)
     layer_idx = getattr(module, "layer_idx", None)
     if layer_idx is None and not cfg.is_layer_uniform():

@@ -763,10 +763,12 @@ def distr_attention(
         exact_window: W >= 0; scores with |i + M - N - j| < W use the full d.
         window_correction: c >= 0; grouped scores outside the band are lowered by
             c·σ²/2, σ² the row's mean squared grouped-vs-exact error on its attendable band entries.
-        causal: bottom-right aligned (query i sees keys j <= i + M - N).
-        attention_mask: bool (True = attend) or additive float, broadcastable to [B, Hq, N, M].
-            Fully masked rows give zeros.
-        scale: score scale, default d ** -0.5.
+        causal: bool; bottom-right aligned (query i sees keys j <= i + M - N).
+        attention_mask: bool (True = attend) or additive float, broadcastable to [B, Hq, N, M]; additive
+            entries that are -inf or <= half the dtype's most negative value mask their key. Fully masked rows
+            give zeros. Each row's additive values are taken less their largest (the same softmax; fp32 then
+            keeps the scores beside values such as -1e9, which it would otherwise round away).
+        scale: score scale, a positive finite float; default d ** -0.5.
         num_hash_bits, seed: the LSH; projections come from a generator seeded by ``seed``.
         query_valid: bool [B, N]; False rows (padding) count as zeros in the grouping.
         groups: precomputed ``compute_groups`` output [B, Hq, ceil(N/block_m), d].
@@ -786,6 +788,10 @@ def distr_attention(
     FlashAttention-2-style Triton backward (``distr_bwd.py``) with O(N·d) extra memory that
     recomputes the scores from the forward's row log-sum-exp; the grouping, the fusion
     weights, ``query_valid`` and the mask are constants, and it is not twice differentiable.
+    Both paths give the gradient with the grouping and rank1's direction u held at their
+    forward values: u's own derivative in q has 1/(λ1 − λ2) terms that blow up where a
+    group's top two Gram eigenvalues meet, so it is left out (mean fusion's weights are
+    constants anyway).
     A mask that itself requires grad sends the call to the reference (O(N·M) memory, warns
     once). ``backend="reference"`` is plain autograd through the definition.
     """
@@ -799,7 +805,7 @@ def distr_attention(
     check_attention_inputs(q, k, v, group_size=group_size, block_m=block_m, fusion=fusion,
                            exact_window=exact_window, window_correction=window_correction,
                            num_hash_bits=num_hash_bits, query_valid=query_valid, attention_mask=attention_mask,
-                           groups=groups, scale=scale, seed=seed, check_values=not values_inside)
+                           groups=groups, scale=scale, seed=seed, causal=causal, check_values=not values_inside)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if as_op is not None:  # torch.compile: one opaque call (ops/compile_op.py)

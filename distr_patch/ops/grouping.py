@@ -91,12 +91,16 @@ def compute_groups(
     Both compute the same function (fp32 projections; only a projection within rounding
     of zero can hash differently).
     """
-    from .validate import check_grouping_args
+    from .validate import TRITON_DTYPES, TRITON_HEAD_DIMS, check_grouping_args, check_triton_inputs
 
     check_grouping_args(q, group_size, block_m, num_hash_bits, query_valid, seed)
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
-    if group_size > 1 and (backend == "triton" or (backend == "auto" and q.is_cuda)):
+    if backend == "triton":
+        check_triton_inputs(q)
+    elif backend == "auto":  # the Triton grouping kernel where it applies, else torch (the same groups)
+        backend = "triton" if q.is_cuda and q.shape[-1] in TRITON_HEAD_DIMS and q.dtype in TRITON_DTYPES else "torch"
+    if group_size > 1 and backend == "triton":
         from .grouping_triton import triton_grouping
 
         groups, _, _ = triton_grouping(q, group_size=group_size, block_m=block_m, num_hash_bits=num_hash_bits,

@@ -21,7 +21,9 @@ def normalize_mask(attention_mask: torch.Tensor | None) -> tuple[torch.Tensor | 
 
     Bool masks: True = attend. Float masks are additive; entries that are -inf or at most
     half the dtype's most negative value (transformers' ``finfo.min`` convention) count
-    as masked, the rest are added to the scores.
+    as masked, the rest are added to the scores, less their row's largest (the softmax is the
+    same, and fp32 keeps the scores: -1e9 added to a score of 3 would round it away, and a
+    16-bit engine could not hold -1e9 at all).
     """
     if attention_mask is None:
         return None, None
@@ -31,7 +33,10 @@ def normalize_mask(attention_mask: torch.Tensor | None) -> tuple[torch.Tensor | 
     if m.dtype == torch.bool:
         return m, None
     allowed = m > 0.5 * torch.finfo(m.dtype).min
-    additive = torch.where(allowed, m.float(), torch.zeros((), dtype=torch.float32, device=m.device))
+    m = m.float()
+    top = torch.where(allowed, m, float("-inf")).amax(-1, keepdim=True).detach()
+    top = torch.where(torch.isfinite(top), top, torch.zeros((), dtype=torch.float32, device=m.device))
+    additive = torch.where(allowed, m - top, torch.zeros((), dtype=torch.float32, device=m.device))
     return allowed, additive
 
 

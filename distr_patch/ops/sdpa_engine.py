@@ -143,7 +143,10 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
         mask = allowed
     else:
         neg = torch.full((), float("-inf"), dtype=q.dtype, device=q.device)
-        mask = torch.where(allowed, additive.to(q.dtype), neg)
+        # each row's largest value is 0 (normalize_mask); values below q's dtype's range stay finite, not -inf
+        # (a key they bias is still allowed)
+        lo = max(torch.finfo(q.dtype).min, torch.finfo(additive.dtype).min)
+        mask = torch.where(allowed, additive.clamp(min=lo).to(q.dtype), neg)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, **gqa)
     return torch.where(row_ok, out, torch.zeros((), dtype=out.dtype, device=out.device))
 

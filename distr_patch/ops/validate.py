@@ -9,6 +9,7 @@ from .grouping import ALLOWED_BLOCK_M, ALLOWED_GROUP_SIZES, FUSIONS
 TRITON_HEAD_DIMS = (32, 64, 80, 96, 128, 256)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HASH_BITS = 40
+FP32_MAX = torch.finfo(torch.float32).max
 
 
 def _is_int(x) -> bool:
@@ -40,6 +41,31 @@ def check_seed(seed) -> None:
         raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
 
 
+def check_window_correction(window_correction) -> None:
+    """c >= 0, finite in fp32 (the kernels' c·σ²/2 with c = inf would give inf · 0 = NaN where σ² = 0)."""
+    c = window_correction
+    if not isinstance(c, (int, float)) or isinstance(c, bool) or not 0 <= c <= FP32_MAX:
+        raise ValueError(f"window_correction must be a finite float >= 0 (at most {FP32_MAX:.3g}, the kernels "
+                         f"compute in fp32), got {c!r}")
+
+
+def check_scale(scale) -> None:
+    """The softmax scale: None (d^-0.5) or a positive finite number (fp32). A scale <= 0 would take each row's
+    minimum score for its maximum, which the kernels' online softmax (the row max on the raw dot) does not allow."""
+    if scale is None:
+        return
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if not 0 < scale <= FP32_MAX:
+        raise ValueError(f"scale must be a positive finite float (at most {FP32_MAX:.3g}) or None, got {scale!r}")
+
+
+def check_causal(causal) -> None:
+    """``causal`` is a bool (or 0 / 1): a string such as "False" would read as True."""
+    if not isinstance(causal, (bool, int)) or causal not in (0, 1):
+        raise TypeError(f"causal must be a bool, got {causal!r}")
+
+
 def check_query_valid(query_valid, B: int, N: int, device) -> None:
     if query_valid is None:
         return
@@ -66,7 +92,7 @@ def check_grouping_args(q, group_size, block_m, num_hash_bits, query_valid, seed
 
 
 def check_attention_inputs(q, k, v, *, group_size, block_m, fusion, exact_window, window_correction,
-                           num_hash_bits, query_valid, attention_mask, groups, scale, seed=0,
+                           num_hash_bits, query_valid, attention_mask, groups, scale, seed=0, causal=False,
                            check_values: bool = True) -> None:
     """Validate the arguments of ``distr_attention``; raise ValueError/TypeError naming them. ``check_values=False``
     skips the one check that reads tensor values (the range of ``groups``): for a trace, whose custom operator checks
@@ -94,8 +120,8 @@ def check_attention_inputs(q, k, v, *, group_size, block_m, fusion, exact_window
     Hkv = k.shape[1]
     if Hkv == 0 or Hq % Hkv:
         raise ValueError(f"q's head count {Hq} must be a multiple of k/v's head count {Hkv} (GQA/MQA)")
-    if N == 0 or k.shape[2] == 0 or B == 0:
-        raise ValueError(f"empty input: q={list(q.shape)}, k={list(k.shape)}")
+    if 0 in (B, Hq, N, d, k.shape[2]):
+        raise ValueError(f"empty input: q={list(q.shape)}, k={list(k.shape)} (every dim must be >= 1)")
     check_group_size(group_size, d)
     check_block_m(block_m)
     check_hash_bits(num_hash_bits)
@@ -104,11 +130,9 @@ def check_attention_inputs(q, k, v, *, group_size, block_m, fusion, exact_window
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     if not _is_int(exact_window) or exact_window < 0:
         raise ValueError(f"exact_window must be an int >= 0, got {exact_window!r}")
-    if not isinstance(window_correction, (int, float)) or isinstance(window_correction, bool) \
-            or not window_correction >= 0 or window_correction != window_correction:
-        raise ValueError(f"window_correction must be a float >= 0, got {window_correction!r}")
-    if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    check_window_correction(window_correction)
+    check_scale(scale)
+    check_causal(causal)
     check_query_valid(query_valid, B, N, q.device)
     if attention_mask is not None:
         if not isinstance(attention_mask, torch.Tensor):
@@ -143,10 +167,22 @@ def check_group_values(groups, d: int) -> None:
     """``groups`` holds column indices in [0, d): a ValueError, or inside a torch.compile trace (which cannot read
     values) an assertion in the graph that raises a RuntimeError with the same message when the call runs."""
     message = f"groups must hold column indices in [0, {d}) (rows are permutations of the head dim)"
+    permutation = f"each row of groups must be a permutation of 0..{d - 1} (every column in exactly one group)"
+    in_range = (groups.min() >= 0) & (groups.max() < d)
     if torch.compiler.is_compiling():
-        torch._assert_async((groups.min() >= 0) & (groups.max() < d), message)
-    elif int(groups.min()) < 0 or int(groups.max()) >= d:
+        torch._assert_async(in_range, message)
+        torch._assert_async(_rows_are_permutations(groups, d), permutation)
+        return
+    if not bool(in_range):
         raise ValueError(message)
+    if not bool(_rows_are_permutations(groups, d)):
+        raise ValueError(permutation)
+
+
+def _rows_are_permutations(groups, d: int) -> torch.Tensor:
+    """A 0-d bool tensor: every last-dim row of ``groups`` (values in [0, d)) holds each of 0..d-1 once."""
+    arange = torch.arange(d, device=groups.device, dtype=groups.dtype)
+    return (groups.sort(-1).values == arange).all()
 
 
 def check_triton_inputs(q) -> None:

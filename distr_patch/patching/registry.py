@@ -14,6 +14,7 @@ releases (Dinov2's attention moved from ``Dinov2SelfAttention`` in 5.17 to ``Din
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -130,11 +131,25 @@ def _as_config(model, config) -> DistrConfig:
     return config.replace()  # re-validated copy: fields may have been edited after construction
 
 
+# id(config) -> the model patch_model switched through that config object. transformers keeps attn_implementation on
+# the config, so another model built from the same config object switches too; the adapter warns when one runs.
+_PATCHED_CONFIGS: "weakref.WeakValueDictionary[int, torch.nn.Module]" = weakref.WeakValueDictionary()
+
+
+def patched_through(config):
+    """The model that ``patch_model`` switched through this config object, or None."""
+    return _PATCHED_CONFIGS.get(id(config))
+
+
 def _set_attn_implementation(model, name) -> None:
-    model.set_attn_implementation(name)
+    try:
+        model.set_attn_implementation(name)
+    except (ValueError, OSError, TypeError) as e:
+        raise RuntimeError(f"{type(model).__name__} refused attn_implementation={name!r}: {e}") from e
     if model.config._attn_implementation != name:
-        raise RuntimeError(f"{type(model).__name__} did not switch to attn_implementation={name!r} (it does not "
-                           "dispatch attention through transformers' AttentionInterface)")
+        raise RuntimeError(f"transformers did not switch {type(model).__name__} to attn_implementation={name!r} "
+                           "(its log says why: a model that does not dispatch attention through AttentionInterface, "
+                           "or whose class source transformers cannot read, e.g. one defined in a notebook cell)")
 
 
 def is_patched(model) -> bool:
@@ -166,7 +181,10 @@ def patch_model(model, config: DistrConfig | dict | None = None, layers: Iterabl
     n = len(modules)
     cfg = _as_config(model, config)
     if layers is not None:
-        keep = {cfg._resolve_index(int(i), n, "layers entry") for i in layers}
+        bad = [i for i in layers if not isinstance(i, int) or isinstance(i, bool)]
+        if bad:
+            raise TypeError(f"patch_model: layers must hold int layer indices, got {bad[0]!r}")
+        keep = {cfg._resolve_index(i, n, "layers entry") for i in layers}
         cfg = cfg.replace(exact_layers=tuple(i for i in range(n) if i not in keep), exact_first=0, exact_last=0)
     cfg.check_layers(n, getattr(model.config, "num_attention_heads", None))
     settings = [cfg.for_layer(i, n) for i in range(n)]
@@ -181,13 +199,28 @@ def patch_model(model, config: DistrConfig | dict | None = None, layers: Iterabl
                     raise ValueError(f"{where}: {e}") from None
 
     state = getattr(model, "_distr_patch_state", None)
+    before = [module.__dict__.get("_distr_settings", _MISSING) for module in modules]
+    config_before = model.config.__dict__.get("distr_config", _MISSING)
     if state is None:
-        state = _PatchState(model.config._attn_implementation, model.config.__dict__.get("distr_config", _MISSING))
+        state = _PatchState(model.config._attn_implementation, config_before)
     for module, s in zip(modules, settings):
         module._distr_settings = s
     model.config.distr_config = cfg.to_dict()
-    _set_attn_implementation(model, ATTN_IMPLEMENTATION)
+    try:
+        _set_attn_implementation(model, ATTN_IMPLEMENTATION)
+    except BaseException:  # leave the model as it was
+        for module, old in zip(modules, before):
+            if old is _MISSING:
+                module.__dict__.pop("_distr_settings", None)
+            else:
+                module._distr_settings = old
+        if config_before is _MISSING:
+            model.config.__dict__.pop("distr_config", None)
+        else:
+            model.config.distr_config = config_before
+        raise
     model._distr_patch_state = state
+    _PATCHED_CONFIGS[id(model.config)] = model
     return model
 
 
@@ -205,6 +238,7 @@ def unpatch_model(model):
         model.config.distr_config = state.distr_config
     _set_attn_implementation(model, state.attn_implementation)
     del model._distr_patch_state
+    _PATCHED_CONFIGS.pop(id(model.config), None)
     return model
 
 

@@ -112,8 +112,23 @@ def test_dtype_preserved_and_gqa_matches_repeated_heads():
     (dict(query_valid=torch.ones(2, 70)), TypeError, "query_valid"),
     (dict(groups=torch.zeros(2, 4, 2, 32, dtype=torch.long)), ValueError, "groups"),
     (dict(groups=torch.full((2, 4, 1, 32), 32, dtype=torch.long), block_m=128), ValueError, "column indices"),
+    # in range but not a permutation (column 0 twice, column 1 nowhere)
+    (dict(groups=torch.arange(32).clamp(min=1).sub(1).expand(2, 4, 1, 32).contiguous(), block_m=128), ValueError,
+     "permutation of 0..31"),
+    (dict(window_correction=float("inf")), ValueError, "window_correction must be a finite float"),
+    (dict(window_correction=1e300), ValueError, "window_correction must be a finite float"),  # inf in fp32
+    (dict(scale=0.0), ValueError, "scale must be a positive finite float"),
+    (dict(scale=-0.125), ValueError, "scale must be a positive finite float"),
+    (dict(scale=float("nan")), ValueError, "scale must be a positive finite float"),
+    (dict(scale=float("inf")), ValueError, "scale must be a positive finite float"),
+    (dict(scale="0.1"), TypeError, "scale must be a float or None"),
+    (dict(causal="False"), TypeError, "causal must be a bool"),
+    (dict(causal=2), TypeError, "causal must be a bool"),
 ])
-def test_bad_arguments_raise_named_errors(kwargs, exc, match):
+@pytest.mark.parametrize("backend", ["reference", "triton", "sdpa"])
+def test_bad_arguments_raise_named_errors(kwargs, exc, match, backend):
+    """Every backend checks the same arguments before it runs (triton / sdpa: under the interpreter)."""
+    kwargs = {"backend": backend, **kwargs}
     q, k, v = qkv(7)
     with pytest.raises(exc, match=match):
         distr_attention(q, k, v, **kwargs)
@@ -135,6 +150,18 @@ def test_bad_tensors_raise_named_errors():
         distr_attention(q, k, v[:, :, :50])
     with pytest.raises(ValueError, match="group_size=8 must divide"):
         distr_attention(*qkv(9, d=36), group_size=8)
+    with pytest.raises(ValueError, match="empty input"):
+        distr_attention(q[:, :0], k, v)  # no query head
+    with pytest.raises(ValueError, match="empty input"):
+        distr_attention(q[..., :0], k[..., :0], v[..., :0], group_size=1)  # d = 0
+
+
+def test_compute_groups_triton_on_cpu_without_the_interpreter_is_a_named_error(monkeypatch):
+    from distr_patch.ops import compute_groups
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="backend='triton' on CPU tensors needs TRITON_INTERPRET=1"):
+        compute_groups(qkv(11)[0], group_size=2, block_m=32, backend="triton")
 
 
 def test_triton_backend_rejects_unsupported_head_dim():

@@ -9,7 +9,7 @@ import zlib
 import pytest
 import torch
 
-from distr_patch.ops import distr_attention, reference_distr_attention
+from distr_patch.ops import compute_groups, distr_attention, reference_distr_attention
 from test_distr_attn import CUDA, INTERPRET, make_mask, make_qkv, rel_err
 
 # (B, Hq, Hkv, N, M, d, G, fusion, block_m, causal, mask)
@@ -302,3 +302,31 @@ def test_band_tiles_parsed_or_named():
     for bad in ("64,32,4", "64,32,4,2,1", "64,x,4,2", "64,0,4,2", "64,-32,4,2"):
         with pytest.raises(ValueError, match="DISTR_BAND_TILES must be"):
             parse_band_tiles(bad, "DISTR_BAND_TILES")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sdpa_backend_additive_mask_beyond_the_query_dtype(dtype, qeff_way):
+    """An fp32 additive mask with values fp16 cannot hold (-1e9: an additive value, not a masked key, by the mask
+    convention; large biases that differ by a few units) gives the reference's softmax, not zeros; and the reference
+    keeps the scores that fp32 would round away beside -1e9 (it equals its fp64 self)."""
+    q, k, v = make_qkv(zlib.crc32(b"big additive"), 1, 2, 1, 40, 40, 32, dtype=dtype)
+    g = torch.Generator().manual_seed(3)
+    mask = torch.randn(40, 40, generator=g)
+    mask[0] = -1e9                                  # a row of one huge bias: uniform, as the reference
+    mask[1, 4:] = -1e9                              # huge biases beside ordinary ones
+    mask[2] = 1e6 + 3 * torch.randn(40, generator=g)  # huge values whose differences matter
+    mask[3] = float("-inf")                         # a fully masked row: zeros
+    for G in (1, 2):
+        out = distr_attention(q, k, v, group_size=G, block_m=32, attention_mask=mask, backend="sdpa")
+        ref = reference_distr_attention(q, k, v, group_size=G, block_m=32, attention_mask=mask)
+        assert torch.isfinite(out).all()
+        assert (out[:, :, 3] == 0).all()
+        assert rel_err(out, ref) <= 1e-2, (G, rel_err(out, ref))
+        assert (out - ref).abs().amax(-1)[..., :3].max() <= 2e-2
+        groups = None if G == 1 else compute_groups(q, group_size=G, block_m=32)
+        ref64 = reference_distr_attention(q.double(), k.double(), v.double(), group_size=G, block_m=32,
+                                          attention_mask=mask.double(), groups=groups)
+        assert rel_err(ref.float(), ref64.float()) <= 1e-2
+        if qeff_way == "launches":  # the fused kernel too (the interpreter)
+            triton = distr_attention(q, k, v, group_size=G, block_m=32, attention_mask=mask, backend="triton")
+            assert rel_err(triton, ref) <= 1e-2

@@ -75,6 +75,11 @@ def test_patch_time_errors_name_the_problem():
         patch_model(model, DistrConfig(exact_layers=[5]))
     with pytest.raises(ValueError, match="out of range"):
         patch_model(model, layers=[2])
+    with pytest.raises(ValueError, match="layers entry -3 is out of range"):
+        patch_model(model, layers=[-3])
+    for bad in (0.9, True, "1"):  # not truncated or read as 1
+        with pytest.raises(TypeError, match="layers must hold int layer indices"):
+            patch_model(model, layers=[bad])
     with pytest.raises(TypeError, match="config must be"):
         patch_model(model, "paper")
     with pytest.raises(ValueError, match="did you mean"):
@@ -106,3 +111,48 @@ def test_repatching_replaces_settings_and_unpatch_restores_the_original():
     assert torch.equal(logits(model, x), paper)
     unpatch_model(model)
     assert torch.equal(logits(model, x), ref) and model.config._attn_implementation == "sdpa"
+
+
+def test_a_failed_switch_leaves_the_model_untouched(monkeypatch):
+    """If transformers refuses the switch (e.g. a class whose source it cannot read), nothing stays patched."""
+    model = build("llama")
+    x = inputs("llama")
+    ref = logits(model, x)
+
+    def refuse(name):
+        raise ValueError("cannot set attention implementation dynamically")
+
+    monkeypatch.setattr(model, "set_attn_implementation", refuse)
+    with pytest.raises(RuntimeError, match="transformers did not switch|refused attn_implementation"):
+        patch_model(model, DistrConfig(group_size=4))
+    assert not any("_distr_settings" in m.__dict__ for m in model.modules())
+    assert "distr_config" not in model.config.__dict__
+    assert model.config._attn_implementation == "sdpa"
+    monkeypatch.undo()
+    assert torch.equal(logits(model, x), ref)
+    patch_model(model)  # and it patches once transformers accepts
+    unpatch_model(model)
+    assert torch.equal(logits(model, x), ref)
+
+
+def test_a_model_sharing_the_config_object_warns_when_it_runs_patched():
+    """transformers keeps attn_implementation on the config: a second model built from the same config object
+    switches with the patched one, which is said, not silent; unpatching restores both."""
+    config = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, vocab_size=64)
+    torch.manual_seed(0)
+    a, b = tf.LlamaForCausalLM(config).eval(), tf.LlamaForCausalLM(config).eval()
+    assert a.config is b.config
+    x = torch.randint(0, 64, (1, 40))
+    ref_b = b(x).logits
+    patch_model(a, DistrConfig(group_size=4, block_m=32, exact_window=0))
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        a(x)
+    assert not [w for w in seen if "shares its config object" in str(w.message)]  # the patched model: silent
+    with pytest.warns(UserWarning, match="shares its config object with a patched LlamaForCausalLM"):
+        b(x)
+    unpatch_model(a)
+    assert torch.equal(b(x).logits, ref_b)
