@@ -580,24 +580,25 @@ def main(argv=None):
         if not (args.backward and interpreting()):
             sys.exit("--device cpu is the --backward smoke test and needs TRITON_INTERPRET=1")
         rows = run_backward(args)
-        print_table_backward(rows)
-        return rows
-    if not torch.cuda.is_available():
-        sys.exit("bench_attention.py times the Triton kernel and needs a CUDA GPU "
-                 "(on the CPU, `distr-patch bench model` times the reference path)")
-    import triton
-    print(f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
-          f"sage1: {'yes' if _sage() else 'not installed'}")
-    rows = run_backward(args) if args.backward else run_tune(args) if args.tune else run_sweep(args)
+    else:
+        if not torch.cuda.is_available():
+            sys.exit("bench_attention.py times the Triton kernel and needs a CUDA GPU "
+                     "(on the CPU, `distr-patch bench model` times the reference path)")
+        import triton
+        print(f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
+              f"sage1: {'yes' if _sage() else 'not installed'}")
+        rows = run_backward(args) if args.backward else run_tune(args) if args.tune else run_sweep(args)
     if args.json:
         from distr_patch.eval.provenance import provenance  # versions, git commit
 
         kind = "bench-op-backward" if args.backward else "bench-op"  # backward rows time fwd+bwd
+        device = torch.device(args.device)
         with open(args.json, "w") as f:
-            json.dump(dict(kind=kind, gpu=torch.cuda.get_device_name(), torch=torch.__version__,
-                           provenance=provenance(torch.device("cuda"), seed=0),
+            json.dump(dict(kind=kind, gpu=torch.cuda.get_device_name() if device.type == "cuda" else None,
+                           device=str(device), torch=torch.__version__, provenance=provenance(device, seed=0),
                            command=sys.argv[1:] if argv is None else list(argv), rows=rows),
                       f, indent=1)
+        print(f"wrote {args.json}")
     if args.backward:
         print_table_backward(rows)
     elif args.tune:

@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..eval.report import _pyplot
+from ..eval.report import pyplot
 from ..eval.schema import SchemaError, _check
 from .api import AllGrouped, Choice, Sensitivity
 
@@ -239,7 +239,7 @@ def markdown(result: dict) -> str:
 
 
 def write_plots(result: dict, out_dir: Path) -> list[Path]:
-    plt = _pyplot()
+    plt = pyplot()
     import numpy as np
 
     out_dir = Path(out_dir)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 from pathlib import Path
 
 HELP = "operator latency sweep (runs scripts/bench_attention.py; its flags pass through)"
@@ -24,4 +25,9 @@ def run(args: argparse.Namespace) -> int:
     spec.loader.exec_module(module)
     if not hasattr(module, "main"):
         raise ImportError(f"{SCRIPT} has no main(argv)")
-    return module.main(list(args.passthrough_args)) or 0
+    argv0, sys.argv[0] = sys.argv[0], "distr-patch bench op"  # the script's usage line names this command
+    try:
+        result = module.main(list(args.passthrough_args))  # the script's rows, or an exit status
+    finally:
+        sys.argv[0] = argv0
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -10,11 +10,40 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def check_device(device: str | None) -> None:
+    """``--device``: None (the process's device) or a device this machine has (cpu, cuda, cuda:1, ...);
+    otherwise a ConfigError naming the flag."""
+    if not device:
+        return
+    import torch
+
+    from .config import ConfigError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"--device {device!r}: not a device name (cpu, cuda, cuda:1, ...): {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "torch sees no CUDA GPU"
+            raise ConfigError(f"--device {device}: {why}; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":  # mps, xpu, ...: whether torch can put a tensor there
+        try:
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as e:
+            raise ConfigError(f"--device {device}: {e}") from None
+
+
 def process_state(device: str | None = None):
     """accelerate's process state. Without CUDA (or with ``--device cpu``) processes started by
-    ``accelerate launch --multi_gpu`` / ``torchrun`` join one gloo group (accelerate's MULTI_CPU)."""
+    ``accelerate launch --multi_gpu`` / ``torchrun`` join one gloo group (accelerate's MULTI_CPU).
+    ``device`` is checked first (``check_device``)."""
     import torch
     from accelerate import PartialState
+
+    check_device(device)
 
     cpu = (device or "").startswith("cpu") or not torch.cuda.is_available()
     return PartialState(cpu=cpu)

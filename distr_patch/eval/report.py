@@ -91,7 +91,8 @@ def markdown(results: list[dict], tradeoff=None) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend; an ImportError that names the extra and --no-plots without it."""
     try:
         import matplotlib
     except ImportError:
@@ -107,7 +108,7 @@ def write_plots(results: list[dict], out_dir: Path, tradeoff=None) -> list[Path]
     from ``tradeoff`` (a :class:`~.tradeoff.TradeOff`) when given, else from each eval run's own timings."""
     from .tradeoff import draw as draw_tradeoff
 
-    plt = _pyplot()
+    plt = pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

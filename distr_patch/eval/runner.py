@@ -15,9 +15,9 @@ from typing import Callable
 import torch
 
 from .config import RunConfig
-from .distributed import Shard, process_state
+from .distributed import Shard, check_device, process_state
 from .results import ResultFile
-from .variants import Variant, applied
+from .variants import Variant, applied, check_variants
 
 CPU_NOTE = ("CPU run: DistrAttention times measure its PyTorch reference path (fp32, chunked), not the Triton "
             "kernel; run `distr-patch bench model` on a GPU for speed.")
@@ -35,6 +35,7 @@ class RunOutput:
 
 def pick_device(cfg: RunConfig) -> torch.device:
     if cfg.device:
+        check_device(cfg.device)
         return torch.device(cfg.device)
     return process_state(cfg.device).device
 
@@ -60,6 +61,12 @@ def compiled(model, mode: str | None, *, shapes: int):
 
 
 def run_directory(cfg: RunConfig, kind: str) -> Path:
+    """Where the run writes (``--output-dir``/``--run-name``); with plots on, matplotlib is checked here, before
+    the run, not after it."""
+    if cfg.plots:
+        from .report import pyplot
+
+        pyplot()  # ImportError naming the extra and --no-plots
     name = cfg.run_name
     if not name:
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", (cfg.model or "model").rsplit("/", 1)[-1]).strip("-")
@@ -69,8 +76,11 @@ def run_directory(cfg: RunConfig, kind: str) -> Path:
 
 def run_variants(model, variants: list[Variant], evaluate: EvaluateFn, result: ResultFile, *,
                  shard: Shard = Shard(), progress: bool = True) -> bool:
-    """Evaluate each variant on ``model``; returns False when interrupted by Ctrl-C."""
+    """Evaluate each variant on ``model``; returns False when interrupted by Ctrl-C. Every variant's settings are
+    checked against the model first (``check_variants``), so a bad one stops the run before any runs."""
     from tqdm.auto import tqdm
+
+    check_variants(model, variants)
 
     try:
         for variant in tqdm(variants, desc="variants", disable=not (progress and shard.is_main)):
@@ -92,8 +102,8 @@ def finish(result: ResultFile, directory: Path, *, plots: bool, interrupted: boo
         return ""
     table = markdown([result.data])
     (directory / "report.md").write_text(table)
-    written = write_plots([result.data], directory) if plots else []
     print("\n" + table)
+    written = write_plots([result.data], directory) if plots else []
     if interrupted:
         print("Interrupted: the results of the finished variants are kept.")
     print(f"results: {result.path}")

@@ -77,6 +77,9 @@ def file_variant(path, overrides: dict[str, Any] | None = None) -> Variant:
 
 def build_variants(group_sizes: list[int], settings: list[str], overrides: dict[str, Any] | None = None,
                    config_files: list[str] | tuple = ()) -> list[Variant]:
+    if group_sizes and "group_size" in (overrides or {}):
+        raise ConfigError(f"--distr group_size={overrides['group_size']}: the variants take G from --group-sizes "
+                          f"({','.join(map(str, group_sizes))}); drop it from --distr (per layer: layer_overrides)")
     variants = [Variant("exact")]
     for g in group_sizes:
         for setting in (settings[:1] if g == 1 else settings):
@@ -90,6 +93,22 @@ def build_variants(group_sizes: list[int], settings: list[str], overrides: dict[
     if len(variants) == 1:
         raise ConfigError("--group-sizes/--distr-configs: no DistrAttention variant to compare with exact attention")
     return variants
+
+
+def check_variants(model, variants: list[Variant]) -> None:
+    """A ConfigError, before anything runs, for a variant whose settings ``model`` cannot take (a layer or head
+    index it lacks, a group size that does not divide its head dim)."""
+    DistrConfig, _ = _patcher()
+    from ..patching.registry import check_patchable
+
+    for v in variants:
+        if v.is_exact:
+            continue
+        try:
+            check_patchable(model, DistrConfig.from_dict(v.distr))
+        except (TypeError, ValueError, RuntimeError) as e:
+            source = f" (--distr-configs {v.setting[5:]})" if (v.setting or "").startswith("file:") else ""
+            raise ConfigError(f"variant {v.name}{source} does not fit this model: {e}") from None
 
 
 @contextlib.contextmanager

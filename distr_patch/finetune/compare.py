@@ -182,12 +182,12 @@ def markdown(result: dict) -> str:
 
 def write_plot(result: dict, out_dir: Path) -> Path | None:
     """The trade-off plot: attention work saved (x) vs the held-out metric (y), before → after fine-tuning."""
-    from ..eval.report import _pyplot
+    from ..eval.report import pyplot
 
     rows = [r for r in summary(result) if r["before"] is not None]
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, r in enumerate(rows):
         color = f"C{i}"

@@ -84,6 +84,10 @@ def run_finetune(cfg: FinetuneConfig, *, progress: bool = True) -> FinetuneOutpu
         raise ConfigError("--model: required (an alias such as smollm2-135m, a local path, or a hub id)")
     torch.manual_seed(cfg.seed)
     shard = Shard.current(cfg.device)
+    if cfg.plots:  # before the run, not after it
+        from ..eval.report import pyplot
+
+        pyplot()
     variants = variants_of(cfg)
     if cfg.task == "vit" and not cfg.data:
         raise ConfigError("--data: required for --task vit (an imagefolder directory or a datasets name)")

@@ -85,6 +85,10 @@ def _auto_classes(kind: str):
     }[kind]
 
 
+KIND_WHAT = {"lm": "a causal language model (eval lm)", "vit": "an image classifier (eval vit)",
+             "backbone": "an image backbone (eval vit --vit-output embedding)"}
+
+
 def _looks_like_path(spec: str) -> bool:
     """Hub ids are ``name`` or ``org/name``; anything else with a path shape is a (missing) local path."""
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
@@ -95,12 +99,17 @@ def load_model(spec: str, kind: str, *, dtype: str = "float32", device_map: str 
     """Load ``spec`` for ``kind`` ("lm", "vit" or "backbone"), in eval mode, on the CPU unless ``device_map``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if not isinstance(spec, str) or not spec:
+        raise ModelLoadError(f"--model: expected an alias, a local path, a hub id or preset:NAME, got {spec!r}")
     model_cls, proc_cls = _auto_classes(kind)
     torch_dtype = _torch_dtype(dtype)
     extra = {"device_map": device_map} if device_map else {}
 
     if spec.startswith("preset:"):
-        config = preset_config(spec.split(":", 1)[1], **(preset_overrides or {}))
+        try:
+            config = preset_config(spec.split(":", 1)[1], **(preset_overrides or {}))
+        except ValueError as e:  # an unknown preset: the message names --model and the presets
+            raise ModelLoadError(str(e)) from None
         is_vision = config.model_type in VISION_TYPES
         if is_vision != (kind != "lm"):
             raise ModelLoadError(f"--model {spec}: a {config.model_type} preset cannot be evaluated as {kind!r}")
@@ -139,6 +148,9 @@ def _load_pretrained(model_cls, proc_cls, location, name, source, kind, torch_dt
     try:
         model = model_cls.from_pretrained(location, dtype=torch_dtype, **gguf, **extra)
         processor = proc_cls.from_pretrained(location, **gguf)
+    except ValueError as e:  # a model transformers cannot load for this kind, a file that is not a GGUF, ...
+        reason = str(e).split(". Model type should be")[0].splitlines()[0]
+        raise ModelLoadError(f"--model {name}: transformers cannot load it as {KIND_WHAT[kind]}: {reason}") from e
     except OSError as e:
         if source != "hub":
             raise ModelLoadError(f"--model {name}: could not load from {location}: {e}") from e

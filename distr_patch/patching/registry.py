@@ -157,19 +157,9 @@ def is_patched(model) -> bool:
     return getattr(model, "_distr_patch_state", None) is not None
 
 
-def patch_model(model, config: DistrConfig | dict | None = None, layers: Iterable[int] | None = None):
-    """Put DistrAttention into ``model`` in place and return it.
-
-    Args:
-        model: a transformers ``PreTrainedModel`` whose ``config.model_type`` is registered.
-        config: DistrConfig (or its dict); None: the model's own ``config.distr_config`` (as loaded,
-            before any ``patch_model``) if set, else ``DistrConfig()``.
-        layers: if given, only these layer indices use DistrAttention; all others stay exact
-            (replaces the config's exact-layer selection).
-
-    Parameters, buffers and the state_dict are untouched; ``unpatch_model`` restores the model exactly.
-    Patching a patched model replaces its settings (unpatch still restores the original).
-    """
+def _resolve(model, config, layers):
+    """(attention modules, DistrConfig, per-layer settings) for patching ``model``; raises what patch_model raises
+    for a config the model cannot take (layer or head indices out of range, G not dividing the head dim)."""
     register()
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise TypeError(f"patch_model: model must be a loaded transformers model (a torch.nn.Module with a .config), "
@@ -197,7 +187,29 @@ def patch_model(model, config: DistrConfig | dict | None = None, layers: Iterabl
                     check_group_size(g, d)
                 except ValueError as e:
                     raise ValueError(f"{where}: {e}") from None
+    return modules, cfg, settings
 
+
+def check_patchable(model, config: DistrConfig | dict | None = None, layers: Iterable[int] | None = None) -> None:
+    """Raise what ``patch_model(model, config, layers)`` would raise for a config the model cannot take, without
+    patching (e.g. to check every variant of a run before the first one runs)."""
+    _resolve(model, config, layers)
+
+
+def patch_model(model, config: DistrConfig | dict | None = None, layers: Iterable[int] | None = None):
+    """Put DistrAttention into ``model`` in place and return it.
+
+    Args:
+        model: a transformers ``PreTrainedModel`` whose ``config.model_type`` is registered.
+        config: DistrConfig (or its dict); None: the model's own ``config.distr_config`` (as loaded,
+            before any ``patch_model``) if set, else ``DistrConfig()``.
+        layers: if given, only these layer indices use DistrAttention; all others stay exact
+            (replaces the config's exact-layer selection).
+
+    Parameters, buffers and the state_dict are untouched; ``unpatch_model`` restores the model exactly.
+    Patching a patched model replaces its settings (unpatch still restores the original).
+    """
+    modules, cfg, settings = _resolve(model, config, layers)
     state = getattr(model, "_distr_patch_state", None)
     before = [module.__dict__.get("_distr_settings", _MISSING) for module in modules]
     config_before = model.config.__dict__.get("distr_config", _MISSING)

@@ -88,3 +88,30 @@ def test_bench_unknown_variant_is_a_named_error(bench, capsys, backward):
         bench.main(argv)
     err = capsys.readouterr().err
     assert "no variant named 'distr G=2 rank1 W128 c.5 bm128x'" in err and "distr G=2 mean" in err
+
+
+@interpreter_only
+def test_bench_op_cli_on_cpu_exits_0_and_writes_its_json(tmp_path, capsys):
+    """`distr-patch bench op --device cpu --backward ... --json F`: status 0 (the script's rows are not an exit
+    status), the JSON written, the table printed last."""
+    import json
+
+    from distr_patch.cli.main import main
+
+    out = tmp_path / "op.json"
+    status = main(["bench", "op", "--device", "cpu", "--backward", "--d", "32", "--n", "64", "--causal", "1",
+                   "--tokens", "64", "--model-dim", "64", "--variants", "distr G=1", "--rep-ms", "1",
+                   "--json", str(out)])
+    assert status == 0
+    data = json.loads(out.read_text())
+    assert data["kind"] == "bench-op-backward" and data["device"] == "cpu" and data["gpu"] is None
+    assert [r["variant"] for r in data["rows"]][-1] == "distr G=1"
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("|")
+
+
+def test_bench_op_usage_names_the_command(capsys):
+    from distr_patch.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", "op", "--causal", "7"])
+    assert "usage: distr-patch bench op" in capsys.readouterr().err
