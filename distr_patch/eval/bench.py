@@ -34,13 +34,14 @@ def _peak_mib(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def _timed(fn, cfg: RunConfig, device) -> dict:
-    """p20/p50/p80 of fn (a call on fixed inputs), eagerly or, with ``cfg.cuda_graph``, as graph replays; with
-    ``cfg.compile`` at least ``COMPILE_WARMUP`` untimed calls first (the compile and the graphs' recording)."""
+def _timed(fn, cfg: RunConfig, device, model) -> dict:
+    """p20/p50/p80 of fn (a call of ``model`` on fixed inputs), eagerly or, with ``cfg.cuda_graph``, as graph
+    replays; with ``cfg.compile`` at least ``COMPILE_WARMUP`` untimed calls first (the compile and the graphs'
+    recording). Timed on every device the model is on (``timing.Timer``)."""
     if cfg.cuda_graph:
         fn = cuda_graphed(fn, device, warmup=cfg.warmup)
     warmup = max(cfg.warmup, COMPILE_WARMUP) if cfg.compile else cfg.warmup
-    return measure(fn, device, warmup=warmup, repeats=cfg.repeats)
+    return measure(fn, model, warmup=warmup, repeats=cfg.repeats)
 
 
 def _point(measure_name, batch, seq_len, timing, work, unit, device) -> dict:
@@ -61,7 +62,7 @@ def bench_lm(model, cfg: RunConfig, device, progress: bool, forward=None) -> dic
     for b, n in tqdm(points, desc="prefill", disable=not progress, leave=False):
         ids = torch.randint(vocab, (b, n), generator=g).to(device)
         _peak_reset(device)
-        t = _timed(lambda: forward(ids, use_cache=False), cfg, device)
+        t = _timed(lambda: forward(ids, use_cache=False), cfg, device, model)
         prefill.append(_point("prefill", b, n, t, b * n, "tokens/s", device))
     for b in tqdm(cfg.batch_sizes, desc="generate", disable=not progress, leave=False):
         ids = torch.randint(vocab, (b, cfg.gen_prompt_len), generator=g).to(device)
@@ -69,7 +70,7 @@ def bench_lm(model, cfg: RunConfig, device, progress: bool, forward=None) -> dic
                   pad_token_id=0, attention_mask=torch.ones_like(ids))
         _peak_reset(device)
         # a decode loop is Python-bound and noisy: at least one warm-up and the median of >= 3 runs
-        t = measure(lambda: model.generate(ids, **kw), device, warmup=max(1, min(cfg.warmup, 2)),
+        t = measure(lambda: model.generate(ids, **kw), model, warmup=max(1, min(cfg.warmup, 2)),
                     repeats=max(3, cfg.repeats // 3))
         point = _point("generate", b, cfg.gen_prompt_len, t, b * cfg.gen_tokens, "new tokens/s", device)
         point["new_tokens"] = cfg.gen_tokens
@@ -91,7 +92,7 @@ def bench_vision(model, cfg: RunConfig, device, progress: bool, forward=None) ->
     for b in tqdm(cfg.batch_sizes, desc="images", disable=not progress, leave=False):
         x = torch.randn(b, c.num_channels, size, size, generator=g).to(device, model.dtype)
         _peak_reset(device)
-        t = _timed(lambda: forward(pixel_values=x), cfg, device)
+        t = _timed(lambda: forward(pixel_values=x), cfg, device, model)
         out.append(_point("images", b, n_tokens, t, b, "images/s", device))
     return {"images": out}
 

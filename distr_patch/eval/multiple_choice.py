@@ -58,7 +58,7 @@ def multiple_choice(model, tokenizer, rows: list[ChoiceRow], *, max_length: int,
 
     if not rows:
         raise ValueError("no multiple-choice rows to evaluate")
-    timer = Timer(model.device)
+    timer = Timer(model)
     mine = []
     for i in tqdm(shard.indices(len(rows)), desc=desc, disable=not (progress and shard.is_main), leave=False):
         mine.append((i, timer(lambda: choice_loglikelihoods(model, tokenizer, rows[i], max_length))))

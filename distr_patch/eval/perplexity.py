@@ -53,7 +53,7 @@ def perplexity(model, input_ids: torch.Tensor, *, window: int, stride: int, max_
     from tqdm.auto import tqdm
 
     windows = strided_windows(input_ids.numel(), window, stride, max_windows)
-    timer = Timer(model.device)
+    timer = Timer(model)
     mine = []
     for i in tqdm(shard.indices(len(windows)), desc=desc, disable=not (progress and shard.is_main), leave=False):
         mine.append((i, timer(lambda: window_nll(model, input_ids, windows[i]))))

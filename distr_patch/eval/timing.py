@@ -9,20 +9,39 @@ from typing import Callable
 import torch
 
 
-class Timer:
-    """Times blocks on ``device``; ``samples`` holds milliseconds."""
+def cuda_devices(where) -> list[torch.device]:
+    """The CUDA devices a call on ``where`` runs on: a device (or its name), or a module's parameters' devices
+    (a ``device_map`` model spans several). Indices are explicit (``cuda`` -> the current device)."""
+    if isinstance(where, torch.nn.Module):
+        found = {p.device for p in where.parameters()} | {b.device for b in where.buffers()}
+    else:
+        found = {torch.device(where)}
+    cuda = {torch.device("cuda", d.index if d.index is not None else torch.cuda.current_device())
+            for d in found if d.type == "cuda"}
+    return sorted(cuda, key=lambda d: d.index)
 
-    def __init__(self, device: torch.device):
-        self.cuda = torch.device(device).type == "cuda"
+
+class Timer:
+    """Times blocks that run on ``where`` (a device, or a module: all the CUDA devices its parameters are on);
+    ``samples`` holds milliseconds. On CUDA: events on the first device's current stream, the end recorded after
+    the host has waited for the other devices, so a call spread over several GPUs is timed whole."""
+
+    def __init__(self, where):
+        self.devices = cuda_devices(where)
+        self.cuda = bool(self.devices)
         self.samples: list[float] = []
 
     def __call__(self, fn: Callable[[], object]):
         if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = fn()
-            end.record()
-            torch.cuda.synchronize()
+            first, *others = self.devices
+            with torch.cuda.device(first):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                out = fn()
+                for d in others:
+                    torch.cuda.synchronize(d)
+                end.record()
+                end.synchronize()
             self.samples.append(start.elapsed_time(end))
         else:
             t0 = time.perf_counter()
@@ -131,13 +150,14 @@ def cuda_graphed(fn: Callable[[], object], device, *, warmup: int = 2) -> Callab
     return graph.replay
 
 
-def measure(fn: Callable[[], object], device, *, warmup: int, repeats: int) -> dict[str, float]:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed: p20/p50/p80 ms."""
+def measure(fn: Callable[[], object], where, *, warmup: int, repeats: int) -> dict[str, float]:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed: p20/p50/p80 ms. ``where``: the device or
+    the model the call runs on (``Timer``)."""
     for _ in range(warmup):
         fn()
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-    timer = Timer(device)
+    timer = Timer(where)
+    for d in timer.devices:
+        torch.cuda.synchronize(d)
     for _ in range(repeats):
         timer(fn)
     return quantiles(timer.samples)

@@ -38,7 +38,8 @@ def label_mapping(dataset, label_column: str, model) -> tuple[list[int] | None, 
 
 
 def pooled(outputs) -> torch.Tensor:
-    """The image embedding: ``pooler_output`` when the model has one, else the first (CLS) token."""
+    """The image embedding: ``pooler_output`` when the model has one, else the first (CLS) token. (A pooler whose
+    weights the checkpoint lacks is removed at load: ``models.loading._drop_untrained_pooler``.)"""
     p = getattr(outputs, "pooler_output", None)
     return p if p is not None else outputs.last_hidden_state[:, 0]
 
@@ -83,7 +84,7 @@ def run_vit(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
 
     @torch.no_grad()
     def evaluate(variant: Variant) -> tuple[dict, dict]:
-        timer, mine = Timer(model.device), []
+        timer, mine = Timer(model), []
         for b in tqdm(shard.indices(len(batches)), desc=variant.name, disable=not (progress and shard.is_main),
                       leave=False):
             images = [im.convert("RGB") for im in ds.select(batches[b])[cfg.image_column]]

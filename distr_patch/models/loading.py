@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ MODEL_ALIASES: dict[str, GGUFAlias] = {
 }
 
 KINDS = ("lm", "vit", "backbone")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -141,12 +143,29 @@ def load_model(spec: str, kind: str, *, dtype: str = "float32", device_map: str 
     return _load_pretrained(model_cls, proc_cls, spec, spec, "hub", kind, torch_dtype, extra)
 
 
+def _drop_untrained_pooler(model, missing_keys) -> None:
+    """A classifier checkpoint (ViT, DeiT) loaded as a backbone has no pooler weights: transformers initialises
+    its pooler (dense + tanh) at random, and an embedding taken from it would measure random weights. Such a
+    pooler is removed, so the embedding is the CLS token (``eval.vision.pooled``)."""
+    if getattr(model, "pooler", None) is None:
+        return
+    untrained = sorted(k for k in missing_keys if k.split(".")[0] == "pooler" or ".pooler." in k)
+    if untrained:
+        logger.warning("%s: the checkpoint has no pooler weights (%s): the embedding is the CLS token, not a "
+                       "randomly initialised pooler", type(model).__name__, ", ".join(untrained))
+        model.pooler = None
+
+
 def _load_pretrained(model_cls, proc_cls, location, name, source, kind, torch_dtype, extra, gguf_file=None):
     gguf = {"gguf_file": gguf_file} if gguf_file else {}
     if gguf_file:
         make_gguf_findable()
     try:
-        model = model_cls.from_pretrained(location, dtype=torch_dtype, **gguf, **extra)
+        info = {"output_loading_info": True} if kind == "backbone" else {}
+        model = model_cls.from_pretrained(location, dtype=torch_dtype, **gguf, **extra, **info)
+        if kind == "backbone":
+            model, info = model
+            _drop_untrained_pooler(model, info.get("missing_keys", ()))
         processor = proc_cls.from_pretrained(location, **gguf)
     except ValueError as e:  # a model transformers cannot load for this kind, a file that is not a GGUF, ...
         reason = str(e).split(". Model type should be")[0].splitlines()[0]

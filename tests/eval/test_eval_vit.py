@@ -48,3 +48,34 @@ def test_fidelity_is_one_for_g1_and_below_for_g2(setup, tmp_path):
     cos = {v["name"]: v["metrics"]["cosine"]["value"] for v in data["variants"]}
     assert cos["exact"] == pytest.approx(1.0) and cos["G1"] == pytest.approx(1.0, abs=1e-5)
     assert cos["G2"] < 1 - 1e-6
+
+
+def test_fidelity_of_a_classifier_checkpoint_is_not_measured_through_a_random_pooler(setup, tmp_path):
+    """A classifier checkpoint has no pooler weights: loaded as a backbone, its pooler would be random (and the
+    cosine would change with --seed). It is dropped; the embedding is the CLS token, the same for every seed."""
+    model_dir, images = setup
+    loaded = load_model(str(model_dir), "backbone")
+    assert loaded.model.pooler is None
+    ds = load_images(str(images))
+    pixels = loaded.processor(images=[im.convert("RGB") for im in ds["image"]], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = loaded.model(pixel_values=pixels)
+    from distr_patch.eval.vision import pooled
+
+    assert torch.equal(pooled(out), out.last_hidden_state[:, 0])
+    cos = [_run(setup, tmp_path / str(seed), vit_metric="fidelity", seed=seed)["variants"][2]["metrics"]["cosine"]
+           ["value"] for seed in (0, 1)]
+    assert cos[0] == cos[1]
+
+
+def test_a_backbone_checkpoint_keeps_its_trained_pooler(tmp_path):
+    from transformers import ViTImageProcessor, ViTModel
+
+    from tiny_models import tiny_vit
+
+    backbone = ViTModel(tiny_vit(5).config)  # with a pooler, saved with its weights
+    backbone.save_pretrained(tmp_path / "bb")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "bb")
+    loaded = load_model(str(tmp_path / "bb"), "backbone")
+    assert loaded.model.pooler is not None
+    assert torch.equal(loaded.model.pooler.dense.weight, backbone.pooler.dense.weight)
