@@ -22,6 +22,7 @@ import json
 import re
 from pathlib import Path
 
+from ..eval.config import DTYPES
 from . import options as o
 
 HELP = ("choose per-layer DistrAttention settings that save the most attention work within a perplexity (LM) or "
@@ -40,6 +41,8 @@ DEFAULTS = dict(task="lm", model=None, data=None, data_name=None, split="train",
                 output_dir="results", run_name=None, plots=True, vit_output="embedding", calib_images=16,
                 heldout_images=32, test_images=0, batch_size=16, image_column="image", per_head=False,
                 all_grouped=True, speedup="auto", engine="auto")
+CHOICES = dict(task=("lm", "vit"), dtype=DTYPES, vit_output=("embedding", "logits"), speedup=("auto", "on", "off"),
+               engine=("auto", "sdpa"))  # the flags' choices, checked for --config values too
 
 
 def register(sub) -> None:
@@ -47,16 +50,16 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     o.add_config(p)
     g = p.add_argument_group("model and data")
-    g.add_argument("--task", default=o.S, choices=["lm", "vit"],
+    g.add_argument("--task", default=o.S, choices=CHOICES["task"],
                    help="lm (default): causal LM, perplexity budget; vit: vit/deit/dinov2, fidelity budget")
     g.add_argument("--model", default=o.S, help="an alias (smollm2-135m), a local directory or .gguf file, or a hub id")
-    g.add_argument("--dtype", default=o.S, choices=["float32", "float16", "bfloat16"], help="weights dtype (float32)")
+    g.add_argument("--dtype", default=o.S, choices=CHOICES["dtype"], help="weights dtype (float32)")
     g.add_argument("--device", default=o.S, help="cpu (default) or cuda")
     g.add_argument("--seed", type=int, default=o.S, help="seed (0)")
     o.add_data_source(g, data_help="lm: text, 'lee' (default), a .txt/.jsonl file or a datasets name; "
                                    "vit: an image folder or a datasets name (required)",
                       text_column="column holding the text (text)", image_column="vit: column holding the images (image)")
-    g.add_argument("--vit-output", default=o.S, choices=["embedding", "logits"],
+    g.add_argument("--vit-output", default=o.S, choices=CHOICES["vit_output"],
                    help="vit: compare the pooled embedding (default, model loaded as a backbone) or the logits")
     g = p.add_argument_group("calibration")
     g.add_argument("--budget", type=o.str_list, default=o.S, metavar="B,B",
@@ -83,14 +86,14 @@ def register(sub) -> None:
     g.add_argument("--no-all-grouped", dest="all_grouped", action="store_false", default=o.S,
                    help="skip the reference rows 'every layer at G' (each layer's lowest-loss candidate of that G, "
                         "checked on the held-out and test windows: two evaluations per G)")
-    g.add_argument("--speedup", default=o.S, choices=["auto", "on", "off"],
+    g.add_argument("--speedup", default=o.S, choices=CHOICES["speedup"],
                    help="time one forward with exact attention and with each result: auto (default) on a GPU only; "
                         "on: also on the CPU, where DistrAttention runs its PyTorch reference (not the kernel)")
     g.add_argument("--speeds", default=o.S, metavar="FILE.json|measure",
                    help="kernel time per candidate relative to exact attention, the work the choice saves: a JSON "
                         "file {candidate: ratio}, or 'measure' to time each candidate's operator at the model's "
                         "attention shape first (CUDA only; written to speeds.json); default: analytic count")
-    g.add_argument("--engine", default=o.S, choices=["auto", "sdpa"],
+    g.add_argument("--engine", default=o.S, choices=CHOICES["engine"],
                    help="what runs DistrAttention while calibrating: auto (default; the PyTorch reference on the "
                         "CPU) or sdpa (SDPA on Q_eff: the same function, 2-3x faster on the CPU); the written configs "
                         "keep engine auto")
@@ -100,37 +103,97 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _kinds() -> dict:
+    """How each ``--config`` value is read: as its flag reads its text (``eval.config.setting_kinds``);
+    ``candidates`` as given (a grid name, names, or a grid mapping)."""
+    kinds = {}
+    for k, v in DEFAULTS.items():
+        kind = (None if k == "candidates" else o.str_list if isinstance(v, list) else int if k in ("stride", "seq_len")
+                else str if v is None else type(v))
+        kinds[k] = (kind, v is None)
+    return kinds
+
+
 def _read_yaml(path: str) -> dict:
     from ..eval.config import read_yaml_settings
 
-    return read_yaml_settings(path, list(DEFAULTS))
+    return read_yaml_settings(path, list(DEFAULTS), _kinds())
 
 
 def settings_from(args: argparse.Namespace) -> dict:
-    """defaults < YAML (--config) < flags; unknown YAML keys raise ConfigError."""
-    from ..eval.config import ConfigError
+    """defaults < YAML (--config) < flags; unknown YAML keys and bad values raise ConfigError naming the flag."""
+    from ..eval.config import ConfigError, check_output_dir, flag
 
     values = dict(DEFAULTS)
     if getattr(args, "config", None):
         values.update(_read_yaml(args.config))
     values.update({k: v for k, v in vars(args).items() if k in DEFAULTS})
-    if isinstance(values["budget"], (str, int, float)):
-        values["budget"] = [values["budget"]] if not isinstance(values["budget"], str) else \
-            [b for b in str(values["budget"]).split(",") if b.strip()]
     if not values["model"]:
         raise ConfigError("--model: required (an alias such as smollm2-135m, a local path, or a hub id)")
-    if values["task"] not in ("lm", "vit"):
-        raise ConfigError(f"--task: lm or vit, got {values['task']!r}")
+    for name, allowed in CHOICES.items():
+        if values[name] not in allowed:
+            raise ConfigError(f"{flag(name)}: {values[name]!r} is not one of {', '.join(allowed)}")
     if values["task"] == "vit" and not values["data"]:
         raise ConfigError("--data: required with --task vit (an image folder or a datasets name with an image column)")
     values["data"] = values["data"] or "lee"
+    for name in ("window", "calib_windows", "heldout_windows", "max_checks", "calib_images", "heldout_images",
+                 "batch_size", "stride", "seq_len"):
+        v = values[name]
+        if v is not None and v <= 0:
+            raise ConfigError(f"{flag(name)}: expected a positive integer, got {v!r}")
+    for name in ("test_windows", "test_images"):
+        if values[name] < 0:
+            raise ConfigError(f"{flag(name)}: expected an integer >= 0, got {values[name]!r}")
+    if values["task"] == "lm" and values["stride"] is not None and values["stride"] > values["window"]:
+        raise ConfigError(f"--stride: {values['stride']} is larger than --window {values['window']}; tokens between "
+                          "windows would never be scored")
+    if not isinstance(values["candidates"], (str, list, dict)):
+        raise ConfigError(f"--candidates: expected a grid name (default, fast), candidate names or a grid mapping, "
+                          f"got {values['candidates']!r}")
+    if values["speeds"] not in (None, "measure") and not Path(values["speeds"]).is_file():
+        raise ConfigError(f"--speeds {values['speeds']}: no such file (a JSON file {{candidate: time relative to "
+                          "exact}, or 'measure')")
+    check_output_dir(values["output_dir"])
+    if values["run_name"]:
+        check_output_dir(Path(values["output_dir"]) / values["run_name"], "--output-dir/--run-name")
     return values
+
+
+def _read_speeds(path: str) -> dict[str, float]:
+    """``--speeds FILE``: {candidate: time relative to exact attention}, checked before the model loads."""
+    from ..calibrate import CostModel
+    from ..eval.config import ConfigError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"--speeds {path}: not JSON (not a text file)") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--speeds {path}: not JSON: {e}") from None
+    try:
+        if not isinstance(data, dict):
+            raise ValueError("expected a mapping {candidate: time relative to exact attention}")
+        speeds = {str(k): float(v) for k, v in data.items()}
+        CostModel(1, speeds)  # names and ratios
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"--speeds {path}: {e}") from None
+    return speeds
+
+
+def _parsed(option: str, parse, value):
+    """``parse(value)``; its ValueError becomes a ConfigError naming ``option``."""
+    from ..eval.config import ConfigError
+
+    try:
+        return parse(value)
+    except ValueError as e:
+        raise ConfigError(f"{option}: {e}") from e
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..calibrate import CostModel, calibrate_full, parse_budget, parse_candidates
+    from ..calibrate import Candidate, CostModel, calibrate_full, parse_budget, parse_candidates
     from ..calibrate.kernel_speed import attention_shape, measure_speeds
     from ..calibrate.report import markdown, result_dict, write_json, write_plots
     from ..data import load_images, load_text
@@ -142,14 +205,24 @@ def run(args: argparse.Namespace) -> int:
 
     s = settings_from(args)
     vit = s["task"] == "vit"
+    budgets = [_parsed("--budget", lambda b: parse_budget(b, s["task"]), b) for b in s["budget"]]
+    candidates = _parsed("--candidates", parse_candidates, s["candidates"])
+    probe = _parsed("--probe", Candidate.parse, s["probe"]) if s["probe"] else None  # before the model loads
+    if not budgets:
+        raise ConfigError("--budget: give at least one budget, e.g. 1%")
     try:
-        budgets = [parse_budget(b, s["task"]) for b in s["budget"]]
-        candidates = parse_candidates(s["candidates"])
-    except ValueError as e:
-        raise ConfigError(f"--budget/--candidates: {e}") from e
-    device = torch.device(s["device"])
+        device = torch.device(s["device"])
+    except RuntimeError as e:
+        raise ConfigError(f"--device {s['device']!r}: not a device name (cpu, cuda, cuda:1, ...): {e}") from None
     causal = not vit
-    stride = None if vit else s["stride"] or s["window"] // 2
+    stride = None if vit else s["stride"] if s["stride"] is not None else max(1, s["window"] // 2)
+    seq_len = s["seq_len"] or (None if vit else s["window"])  # vit: None = the model's token count
+    if seq_len is None and s["speeds"]:
+        raise ConfigError("--speeds with --task vit needs --seq-len (the model's tokens, 1 + patches)")
+    if s["speeds"] == "measure" and device.type != "cuda":
+        raise ConfigError("--speeds measure: needs a CUDA device (--device cuda); on the CPU DistrAttention "
+                          "runs its PyTorch reference, whose times say nothing about the kernel")
+    speeds_file = _read_speeds(s["speeds"]) if s["speeds"] not in (None, "measure") else None
     if vit:
         data = load_images(s["data"], split=s["split"], name=s["data_name"], image_column=s["image_column"],
                            label_column=None)
@@ -168,21 +241,15 @@ def run(args: argparse.Namespace) -> int:
                       heldout_windows=s["heldout_windows"], test_windows=s["test_windows"])
     model = loaded.model
     model.to(device)
-    seq_len = s["seq_len"] or (None if vit else s["window"])  # vit: None = the model's token count
     cost, speeds = None, None
-    if seq_len is None and s["speeds"]:
-        raise ConfigError("--speeds with --task vit needs --seq-len (the model's tokens, 1 + patches)")
     if s["speeds"] == "measure":
-        if device.type != "cuda":
-            raise ConfigError("--speeds measure: needs a CUDA device (--device cuda); on the CPU DistrAttention "
-                              "runs its PyTorch reference, whose times say nothing about the kernel")
         speeds = measure_speeds(candidates, attention_shape(model), seq_len=seq_len, causal=causal,
                                 seed=s["seed"], progress=True)
         cost = CostModel(seq_len, speeds, causal)
     elif seq_len is not None:
-        cost = CostModel.load(s["speeds"], seq_len, causal) if s["speeds"] else CostModel(seq_len, causal=causal)
+        cost = CostModel(seq_len, speeds_file or {}, causal)
     try:
-        sens, choices = calibrate_full(model, data, budgets, candidates, probe=s["probe"], cost=cost,
+        sens, choices = calibrate_full(model, data, budgets, candidates, probe=probe, cost=cost,
                                        max_checks=s["max_checks"], seed=s["seed"], progress=True,
                                        per_head=bool(s["per_head"]), check_all_grouped=bool(s["all_grouped"]),
                                        speedup=s["speedup"], base=DistrConfig(engine=s["engine"]), **inputs)

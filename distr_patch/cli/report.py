@@ -43,10 +43,11 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..eval.report import markdown, write_plots
-    from ..eval.results import load_results
+    from ..eval.results import check_output_dir, label_runs, load_results
 
+    out = check_output_dir(args.output_dir)
     paths = [Path(p) / "result.json" if Path(p).is_dir() else Path(p) for p in args.results]
-    results = load_results(paths)
+    results = label_runs(paths, load_results(paths))
     tradeoff = None
     if args.speed_from:
         from ..eval.speed import load_speeds
@@ -57,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
         from ..eval.config import ConfigError
 
         raise ConfigError("--speed-at: needs --speed-from")
-    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(results, tradeoff)
     (out / "report.md").write_text(table)

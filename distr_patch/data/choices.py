@@ -80,13 +80,19 @@ def rows_from_records(records, columns, *, question: str | None = None, choices:
 
 def load_choices(data: str, *, split: str = "train", name: str | None = None, limit: int | None = None,
                  question: str | None = None, choices: str | None = None, label: str | None = None,
-                 seed: int = 0) -> list[ChoiceRow]:
-    """Multiple-choice rows from ``data`` (``lee-next-sentence``, a local JSONL, or a data set name)."""
+                 seed: int = 0, option: str = "--tasks") -> list[ChoiceRow]:
+    """Multiple-choice rows from ``data`` (``lee-next-sentence``, a local JSONL, or a data set name); errors name
+    ``option``. ``split`` picks a hub data set's split (``--split`` is shared with ``--data``); a local file's rows
+    are all of it."""
+    from pathlib import Path
+
     from .next_sentence import NEXT_SENTENCE_TASKS, next_sentence_rows
 
     if data in NEXT_SENTENCE_TASKS:
         return next_sentence_rows(data, limit=limit, seed=seed)
-    ds = open_dataset(data, split=split, name=name)
+    if Path(data).expanduser().is_file():
+        split = "train"
+    ds = open_dataset(data, split=split, name=name, option=option)
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     return rows_from_records(ds, ds.column_names, question=question, choices=choices, label=label)

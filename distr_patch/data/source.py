@@ -10,8 +10,54 @@ _LOCAL_BUILDERS = {".txt": "text", ".cor": "text", ".text": "text", ".json": "js
                    ".csv": "csv", ".parquet": "parquet"}
 
 
-def open_dataset(data: str, *, split: str = "train", name: str | None = None, folder_builder: str = "imagefolder"):
-    """A ``datasets.Dataset`` for ``data``.
+def looks_local(data: str) -> bool:
+    """``data`` reads as a path, not a hub name: it starts with ., / or ~, has two / or more, or ends with a
+    local file type (.txt, .jsonl, ...). Such a path that does not exist fails at once, without hub retries."""
+    return (data.startswith((".", "/", "~")) or data.count("/") > 1 or "\\" in data
+            or Path(data).suffix.lower() in _LOCAL_BUILDERS)
+
+
+def _first_line(e: BaseException, cause: bool = True) -> str:
+    """The first line of ``e``'s message, or of its cause's (datasets wraps a parse error in a generic one)."""
+    e = (e.__cause__ or e) if cause else e
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _only_train(option: str, data: str, what: str, split: str, name: str | None) -> None:
+    """A local file or a corpus is one split, 'train', with no configuration: asking for another is an error,
+    not silently the same rows."""
+    if split == "train" and name is None:
+        return
+    got = [f"--split {split!r}"] if split != "train" else []
+    if name is not None:
+        got.append(f"--data-name {name!r}" if option == "--data" else f"configuration {name!r}")
+    raise DataError(f"{option} {data}: {what} has one split ('train') and no configuration; got {' '.join(got)}")
+
+
+def _load_local(option: str, data: str, builder: str, split: str, **where):
+    """``datasets.load_dataset`` of a local source; what it cannot read is a DataError naming ``option``."""
+    import logging
+
+    import datasets
+
+    log = logging.getLogger("datasets")  # it logs a parse error before raising it: the DataError says it in one line
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        return datasets.load_dataset(builder, split=split, **where)
+    except (datasets.exceptions.DatasetsError, OSError, ValueError) as e:
+        if isinstance(e, FileNotFoundError) and "data_dir" in where:
+            raise DataError(f"{option} {data}: the folder holds no data files") from e
+        if isinstance(e, ValueError) and "split" in str(e).lower():
+            raise DataError(f"--split {split}: {option} {data}: {_first_line(e)}") from e
+        raise DataError(f"{option} {data}: cannot be read as {builder} data: {_first_line(e)}") from e
+    finally:
+        log.setLevel(level)
+
+
+def open_dataset(data: str, *, split: str = "train", name: str | None = None, folder_builder: str = "imagefolder",
+                 option: str = "--data"):
+    """A ``datasets.Dataset`` for ``data``; errors name ``option``, the argument that gave it.
 
     Local files pick their builder from the suffix (``text`` for .txt/.cor, ``json`` for .json/.jsonl,
     ``csv``, ``parquet``); a local directory uses ``folder_builder``; anything else is a hub name.
@@ -19,21 +65,29 @@ def open_dataset(data: str, *, split: str = "train", name: str | None = None, fo
     import datasets
 
     if data in CORPUS_ALIASES:
-        return datasets.load_dataset("text", data_files={"train": str(locate_corpus(data))}, split="train")
+        _only_train(option, data, "the packaged corpus", split, name)
+        path = locate_corpus(data, given=f"{option} {data}")
+        return _load_local(option, data, "text", "train", data_files={"train": str(path)})
     path = Path(data).expanduser()
     if path.is_file():
         builder = _LOCAL_BUILDERS.get(path.suffix.lower())
         if builder is None:
-            raise DataError(f"--data {data}: unknown file type {path.suffix!r}; use one of "
+            raise DataError(f"{option} {data}: unknown file type {path.suffix!r}; use one of "
                             f"{', '.join(sorted(_LOCAL_BUILDERS))}")
-        return datasets.load_dataset(builder, data_files={"train": str(path)}, split="train")
+        _only_train(option, data, "a local file", split, name)
+        if path.stat().st_size == 0:
+            raise DataError(f"{option} {data}: the file is empty")
+        return _load_local(option, data, builder, "train", data_files={"train": str(path)})
     if path.is_dir():
-        return datasets.load_dataset(folder_builder, data_dir=str(path), split=split)
-    if data.startswith((".", "/", "~")) or data.count("/") > 1:
-        raise DataError(f"--data {data}: no such file or directory")
+        if name is not None:
+            raise DataError(f"{option} {data}: a local folder has no configuration; got "
+                            + (f"--data-name {name!r}" if option == "--data" else f"configuration {name!r}"))
+        return _load_local(option, data, folder_builder, split, data_dir=str(path))
+    if looks_local(data):
+        raise DataError(f"{option} {data}: no such file or directory")
     try:
         return datasets.load_dataset(data, name, split=split)
-    except (FileNotFoundError, ConnectionError, ValueError) as e:
-        aliases = ", ".join(CORPUS_ALIASES)
-        raise DataError(f"--data {data}: not a local file or folder, a corpus alias ({aliases}), or a data set "
-                        f"the hub could serve here (offline?): {str(e).splitlines()[0]}") from e
+    except (datasets.exceptions.DatasetsError, FileNotFoundError, ConnectionError, ValueError) as e:
+        aliases = f", a corpus alias ({', '.join(CORPUS_ALIASES)})" if option == "--data" else ""
+        raise DataError(f"{option} {data}: not a local file or folder{aliases}, or a data set the hub could serve "
+                        f"here (offline?): {_first_line(e, cause=False)}") from e

@@ -57,4 +57,7 @@ def plain_text_rows(data: str) -> list[str] | None:
         path = Path(data).expanduser()
         if not (path.is_file() and path.suffix.lower() in PLAIN_TEXT_SUFFIXES):
             return None
-    return path.read_text(encoding="utf-8").splitlines()
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"--data {data}: not a UTF-8 text file") from None

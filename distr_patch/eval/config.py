@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,20 @@ def check_distr_configs(paths) -> list[str]:
             raise ConfigError(f"{flag('distr_configs')}: {p} is not a file (a DistrConfig JSON file, e.g. the "
                               "distr_config-0.01.json that `distr-patch calibrate` writes)")
     return paths
+
+
+def check_output_dir(path, what: str = "--output-dir") -> Path:
+    """``path`` can hold the outputs: no part of it is an existing file, the nearest existing part is a writable
+    directory (checked before any work, not when the first file is written)."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"{what} {path}: {p} is a file, not a directory")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise ConfigError(f"{what} {path}: {p} is not writable")
+            break
+    return path
 
 
 @dataclass
@@ -117,10 +134,21 @@ class RunConfig:
 
     @classmethod
     def _read_yaml(cls, path: str) -> dict[str, Any]:
-        return read_yaml_settings(path, cls.field_names())
+        return read_yaml_settings(path, cls.field_names(), setting_kinds(cls))
 
     def _configure(self) -> None:
         """Validate every field once; the error names the flag."""
+        if self.model is not None and not isinstance(self.model, str):
+            raise ConfigError(f"{flag('model')}: expected an alias, a path or a hub id, got {self.model!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"{flag('seed')}: expected an integer, got {self.seed!r}")
+        for name in ("perplexity", "plots"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{flag(name)}: expected true or false, got {getattr(self, name)!r}")
+        for name in ("settings", "tasks", "lm_eval_tasks"):
+            v = getattr(self, name)
+            if not isinstance(v, list) or any(not isinstance(x, str) for x in v):
+                raise ConfigError(f"{flag(name)}: expected a list of names (or one comma-separated string), got {v!r}")
         self.distr_configs = check_distr_configs(self.distr_configs)
         if not isinstance(self.group_sizes, list) or not (self.group_sizes or self.distr_configs):
             raise ConfigError(f"{flag('group_sizes')}: give at least one group size, e.g. 1,2,4 (or none with "
@@ -131,10 +159,11 @@ class RunConfig:
                                   f"{', '.join(map(str, VALID_GROUP_SIZES))}")
         if len(set(self.group_sizes)) != len(self.group_sizes):
             raise ConfigError(f"{flag('group_sizes')}: {self.group_sizes} repeats a value")
+        if not self.settings:
+            raise ConfigError(f"{flag('settings')}: the list of settings is empty; use {', '.join(SETTINGS)}")
         bad = [s for s in self.settings if s not in SETTINGS]
-        if bad or not self.settings:
-            raise ConfigError(f"{flag('settings')}: {bad[0] if bad else 'nothing'!r} is not a setting; "
-                              f"use {', '.join(SETTINGS)}")
+        if bad:
+            raise ConfigError(f"{flag('settings')}: {bad[0]!r} is not a setting; use {', '.join(SETTINGS)}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"{flag('dtype')}: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if not isinstance(self.distr, dict):
@@ -169,31 +198,99 @@ class RunConfig:
             raise ConfigError(f"{flag('lm_eval_include')}: {self.lm_eval_include} is not a directory")
         if self.vit_metric not in ("top-k", "fidelity"):
             raise ConfigError(f"{flag('vit_metric')}: {self.vit_metric!r} is not top-k or fidelity")
+        check_output_dir(self.output_dir)
+        if self.run_name:
+            check_output_dir(Path(self.output_dir) / self.run_name, f"{flag('output_dir')}/{flag('run_name')}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def read_yaml_settings(path: str, known: list[str]) -> dict[str, Any]:
+def setting_kinds(cls) -> dict[str, tuple[Any, bool]]:
+    """{field: (kind, optional)} of a settings dataclass: how a ``--config`` value is read, as the field's flag
+    reads its text (int, float, str; for a list its flag's parser, e.g. ``2,4``), bool (true or false), or None
+    (taken as given); optional: None is allowed."""
+    from ..cli.options import group_size_list, int_list, str_list
+
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        args = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+        h = args[0] if len(args) == 1 else None
+        if typing.get_origin(h) is list:
+            kind = group_size_list if name == "group_sizes" else int_list if typing.get_args(h) == (int,) else str_list
+        else:
+            kind = h if h in (bool, int, float, str) else None
+        out[name] = (kind, union and type(None) in typing.get_args(hint))
+    return out
+
+
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def yaml_value(where: str, value, kind, optional: bool = True):
+    """A ``--config`` value read as its flag reads its text (``kind``: see ``setting_kinds``); a list for a
+    list-valued flag is its comma-separated form. ``where`` ("--config FILE: key") starts the error."""
+    import argparse
+
+    if value is None:
+        if optional or kind is None:
+            return None
+        raise ConfigError(f"{where}: needs a value")
+    if kind is None:
+        return value
+    expected = _EXPECTED.get(kind, "a list or a comma-separated string")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    items = value if isinstance(value, list) and kind not in _EXPECTED else [value]
+    if any(isinstance(x, (bool, list, dict)) or x is None for x in items):
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    if not items:
+        return []
+    try:
+        return kind(",".join(str(x) for x in items))
+    except ValueError:
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}") from None
+    except argparse.ArgumentTypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def read_yaml_settings(path: str, known: list[str],
+                       kinds: dict[str, tuple[Any, bool]] | None = None) -> dict[str, Any]:
     """Read a ``--config`` YAML/JSON file of ``setting: value``; unknown settings raise ConfigError
-    with the nearest known name ("-" and "_" are the same)."""
+    with the nearest known name ("-" and "_" are the same). ``no-X: true`` is ``X: false`` (the ``--no-X``
+    flag). With ``kinds`` (``setting_kinds``) each value is read as its flag reads it."""
     import yaml
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--config {path}: no such file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not a text file (expected YAML or JSON)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"--config {path}: not valid YAML/JSON: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: the top level must be a mapping of setting: value")
-    out = {}
+    out, keys = {}, {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
-        if name not in known:
+        positive = name[3:] if name.startswith("no_") else None
+        if name not in known and positive in known and (kinds is None or kinds.get(positive, (None,))[0] is bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"--config {path}: {key}: expected true or false, got {value!r}")
+            name, value = positive, not value
+        elif name not in known:
             near = difflib.get_close_matches(name, list(known), n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ConfigError(f"--config {path}: unknown setting {key!r}{hint}")
+        if name in out:
+            raise ConfigError(f"--config {path}: {keys[name]!r} and {key!r} are the same setting; give one")
+        keys[name] = key
+        if kinds is not None:
+            value = yaml_value(f"--config {path}: {key}", value, *kinds.get(name, (None, True)))
         out[name] = value
     return out

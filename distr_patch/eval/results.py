@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .config import check_output_dir  # noqa: F401  (a run's --output-dir, checked before any work)
 from .schema import SCHEMA_VERSION, SchemaError, validate
 from .variants import Variant
 
@@ -108,19 +109,56 @@ class ResultFile:
         os.replace(tmp, self.path)
 
 
+# Outputs of distr_patch that are not run results, by their "kind": the command that writes them.
+OTHER_OUTPUTS = {"calibrate": "calibrate", "finetune": "finetune"}
+_OTHER_FILES = {"calibration.json": "calibrate", "finetune.json": "finetune"}
+REPORT_TAKES = "report takes the result.json of `eval lm`, `eval vit` and `bench model` runs"
+
+
 def load_results(paths) -> list[dict]:
     """Read and validate result files (the ``report`` input)."""
     out = []
     for p in paths:
+        p = Path(p)
         try:
-            data = json.loads(Path(p).read_text())
+            data = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            other = next((cmd for name, cmd in _OTHER_FILES.items() if (p.parent / name).is_file()), None)
+            if p.name == "result.json" and other:
+                raise SchemaError(f"RESULTS: {p.parent} is a `{other}` run directory; {REPORT_TAKES}") from None
             raise FileNotFoundError(f"RESULTS: no such file: {p}") from None
+        except UnicodeDecodeError:
+            raise SchemaError(f"RESULTS: {p} is not JSON (not a text file)") from None
         except json.JSONDecodeError as e:
             raise SchemaError(f"RESULTS: {p} is not JSON: {e}") from e
+        kind = data.get("kind") if isinstance(data, dict) else None
+        if kind in OTHER_OUTPUTS:
+            raise SchemaError(f"RESULTS: {p} is a `{OTHER_OUTPUTS[kind]}` output; {REPORT_TAKES}")
+        if isinstance(data, dict) and isinstance(data.get("rows"), list):
+            raise SchemaError(f"RESULTS: {p} is a `bench op --json` file (give it as --speed-from); {REPORT_TAKES}")
         try:
             validate(data)
         except SchemaError as e:
             raise SchemaError(f"RESULTS: {p} is not a distr_patch result: {e}") from e
         out.append(data)
+    return out
+
+
+def label_runs(paths, results: list[dict]) -> list[dict]:
+    """The results, where several of one table (eval or bench) share a model name each with its run named after
+    it ("tiny (run-a)": the run directory, else the path, else the position), so that table rows and plot labels
+    tell them apart."""
+    paths = [Path(p) for p in paths]
+    out = list(results)
+    keys = [(r["kind"] == "bench-model", r["model"]["name"]) for r in results]
+    for key in set(keys):
+        idx = [i for i, k in enumerate(keys) if k == key]
+        name = key[1]
+        if len(idx) < 2:
+            continue
+        for labels in ([paths[i].parent.name for i in idx], [str(paths[i]) for i in idx], [f"#{i + 1}" for i in idx]):
+            if len(set(labels)) == len(labels):
+                break
+        for i, label in zip(idx, labels):
+            out[i] = {**results[i], "model": {**results[i]["model"], "name": f"{name} ({label})"}}
     return out

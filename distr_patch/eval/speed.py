@@ -152,17 +152,26 @@ def load_speeds(path, at: dict[str, str] | None = None) -> SpeedSource:
     """Read a ``bench model`` result (file or run directory) or a ``bench op`` JSON."""
     path = Path(path) / "result.json" if Path(path).is_dir() else Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"--speed-from: no such file: {path}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--speed-from: {path} is not JSON (not a text file)") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"--speed-from: {path} is not JSON: {e}") from e
     if isinstance(data, dict) and isinstance(data.get("rows"), list):
-        return _from_op(path, data, dict(at or {}))
+        try:
+            return _from_op(path, data, dict(at or {}))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"--speed-from: {path}: a row of this `bench op --json` file is malformed "
+                              f"({type(e).__name__}: {e})") from e
     if isinstance(data, dict) and data.get("kind") == "bench-model":
-        from .schema import validate
+        from .schema import SchemaError, validate
 
-        validate(data)
+        try:
+            validate(data)
+        except SchemaError as e:
+            raise SchemaError(f"--speed-from: {path} is not a distr_patch result: {e}") from e
         return _from_model(path, data, dict(at or {}))
     kind = data.get("kind") if isinstance(data, dict) else None
     raise ConfigError(f"--speed-from: {path} is {f'a `{kind}` result' if kind else 'not a bench file'}; "

@@ -468,3 +468,46 @@ def test_measured_speeds_on_the_gpu():
     assert shape.device.type == "cuda" and shape.dtype == torch.bfloat16
     speeds = measure_speeds([Candidate.parse(c) for c in CANDS], shape, seq_len=2048)
     assert list(speeds) == CANDS and all(math.isfinite(r) and r > 0 for r in speeds.values())
+
+
+@pytest.mark.parametrize("extra,yaml,expect", [
+    (["--stride", "0"], None, "--stride: expected a positive integer, got 0"),
+    (["--window", "64", "--stride", "65"], None, "--stride: 65 is larger than --window 64"),
+    (["--window", "0"], None, "--window: expected a positive integer, got 0"),
+    (["--speeds", "missing.json"], None, "--speeds missing.json: no such file"),
+    (["--speeds", "{t}/x.png"], None, "--speeds {t}/x.png: not JSON (not a text file)"),
+    (["--speeds", "{t}/speeds.json"], None, "--speeds {t}/speeds.json: unknown candidate 'G2-quick'"),
+    (["--probe", "nonsense"], None, "--probe: unknown candidate 'nonsense'"),
+    (["--device", "gpu"], None, "--device 'gpu': not a device name"),
+    (["--output-dir", "{t}/x.png/out"], None, "--output-dir {t}/x.png/out: {t}/x.png is a file"),
+    ([], "window: abc", "--config {t}/c.yaml: window: expected an integer, got 'abc'"),
+    ([], "seed: abc", "--config {t}/c.yaml: seed: expected an integer, got 'abc'"),
+    ([], "speedup: maybe", "--speedup: 'maybe' is not one of auto, on, off"),
+    ([], "no-all-grouped: 1", "--config {t}/c.yaml: no-all-grouped: expected true or false, got 1"),
+])
+def test_cli_settings_are_checked_before_the_model_loads(tmp_path, capsys, extra, yaml, expect):
+    """Each names its flag or YAML key; none waits for the model (which would fail: the path does not exist)."""
+    from distr_patch.cli.main import main
+
+    (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    (tmp_path / "speeds.json").write_text('{"G2-quick": 0.5}')
+    (tmp_path / "text.txt").write_text(sample_text(200))
+    argv = ["calibrate", "--model", "./no/such/model", "--data", str(tmp_path / "text.txt"),
+            "--output-dir", str(tmp_path / "out"), *[a.format(t=tmp_path) for a in extra]]
+    if yaml is not None:
+        (tmp_path / "c.yaml").write_text(yaml + "\n")
+        argv += ["--config", str(tmp_path / "c.yaml")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and expect.format(t=tmp_path) in err.strip().splitlines()[-1]
+
+
+def test_cli_yaml_takes_no_flags_and_flag_forms(tmp_path):
+    from argparse import Namespace
+
+    from distr_patch.cli.calibrate import settings_from
+
+    (tmp_path / "c.yaml").write_text('model: m\nno-all-grouped: true\nno_plots: true\nwindow: "64"\nbudget: 1%,3%\n'
+                                     'stride: 16\n')
+    s = settings_from(Namespace(config=str(tmp_path / "c.yaml")))
+    assert (s["all_grouped"], s["plots"], s["window"], s["budget"], s["stride"]) == (False, False, 64, ["1%", "3%"], 16)

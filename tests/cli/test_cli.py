@@ -269,3 +269,45 @@ def test_shipped_configs_set_only_what_their_command_reads(command, files):
     # the check sees a setting of another command
     args = build_parser().parse_args(["eval", "vit", "--config", str(root / "smollm2-135m.yaml")])
     assert "window" in unread_settings(str(root / "smollm2-135m.yaml"), args.settings_read)
+
+
+_LM = ["eval", "lm", "--model", "./no/such/dir", "--output-dir", "{t}/out"]
+
+
+@pytest.mark.parametrize("argv,expect", [
+    ([*_LM, "--data", "{t}/empty.txt"], "--data {t}/empty.txt: the file is empty"),
+    ([*_LM, "--data", "{t}/bad.jsonl"], "--data {t}/bad.jsonl: cannot be read as json data: JSON parse error"),
+    ([*_LM, "--data", "{t}/emptydir"], "--data {t}/emptydir: the folder holds no data files"),
+    ([*_LM, "--data", "{text}", "--split", "test"], "--data {text}: a local file has one split ('train') and no "
+                                                   "configuration; got --split 'test'"),
+    ([*_LM, "--data", "{text}", "--no-perplexity", "--tasks", "nonexist.jsonl"],
+     "--tasks nonexist.jsonl: no such file or directory"),
+    ([*_LM, "--config", "{t}/x.png"], "--config {t}/x.png: not a text file"),
+    ([*_LM, "--output-dir", "{text}/x"], "--output-dir {text}/x: {text} is a file, not a directory"),
+    (["report", "{t}/x.png", "--output-dir", "{t}/rep"], "RESULTS: {t}/x.png is not JSON (not a text file)"),
+    (["report", "{t}/x.png", "--output-dir", "{text}/x"], "--output-dir {text}/x: {text} is a file"),
+])
+def test_input_mistakes_are_one_line_naming_the_argument(argv, expect, capsys, text_file, tmp_path):
+    """Empty, malformed or binary inputs, a file where a directory goes, a task file: the error names the flag,
+    before the model loads (--model is a path that does not exist) and before any output is written."""
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\nnot json\n')
+    (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    (tmp_path / "emptydir").mkdir()
+    fill = dict(t=tmp_path, text=text_file)
+    assert expect.format(**fill) in _error([a.format(**fill) for a in argv], capsys)
+
+
+def test_report_speed_from_a_binary_file(capsys, tmp_path):
+    from distr_patch.eval.results import ResultFile
+    from distr_patch.eval.variants import Variant
+
+    rf = ResultFile(tmp_path / "run" / "result.json", kind="eval-lm", model={"name": "m", "model_type": "llama"},
+                    config={}, provenance={"torch": "x", "transformers": "x", "triton": "x", "device": "cpu",
+                                           "gpu": None, "git_commit": None, "seed": 0})
+    rf.add_variant(Variant("exact", None, None, {}), {"perplexity": (10.0, "perplexity")}, {})
+    rf.save("complete")
+    (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    err = _error(["report", str(tmp_path / "run"), "--speed-from", str(tmp_path / "x.png"), "--output-dir",
+                  str(tmp_path / "rep")], capsys)
+    assert f"--speed-from: {tmp_path}/x.png is not JSON (not a text file)" in err

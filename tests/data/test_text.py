@@ -75,3 +75,69 @@ def test_without_datasets_plain_file_refuses_split_and_name(tmp_path, monkeypatc
         load_text(str(f), split="validation")
     with pytest.raises(DataError, match="--data-name 'wikitext'"):
         load_text(str(f), name="wikitext")
+
+
+needs_datasets = pytest.mark.skipif(importlib.util.find_spec("datasets") is None, reason="reads through `datasets`")
+
+
+@needs_datasets
+def test_with_datasets_a_local_file_refuses_split_and_name(tmp_path):
+    """The same as without `datasets`: a local file (or a corpus) has one split and no configuration."""
+    f = tmp_path / "t.txt"
+    f.write_text("one\ntwo\n")
+    with pytest.raises(DataError, match=r"--data .*t.txt: a local file has one split \('train'\) .*--split 'test'"):
+        load_text(str(f), split="test")
+    with pytest.raises(DataError, match="--data-name 'wikitext'"):
+        load_text(str(f), name="wikitext")
+    if importlib.util.find_spec("gensim") is not None:
+        with pytest.raises(DataError, match="--data lee: the packaged corpus has one split .*--split 'nonsense'"):
+            load_text("lee", split="nonsense")
+
+
+@needs_datasets
+@pytest.mark.parametrize("name,content,match", [
+    ("empty.txt", b"", r"--data .*empty.txt: the file is empty"),
+    ("rows.jsonl", b'{"text": "a"}\nnot json\n', r"--data .*rows.jsonl: cannot be read as json data: JSON parse error"),
+    ("bin.txt", b"\xff\xfe\x00\x89" * 64, r"--data .*bin.txt: cannot be read as text data: .*codec can't decode"),
+    ("folder", None, r"--data .*folder: the folder holds no data files"),
+])
+def test_empty_or_malformed_local_data(tmp_path, name, content, match):
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=match):
+        load_text(str(path))
+
+
+def test_without_datasets_a_binary_text_file(tmp_path, monkeypatch):
+    _hide_datasets(monkeypatch)
+    f = tmp_path / "bin.txt"
+    f.write_bytes(b"\xff\xfe\x00\x89" * 64)
+    with pytest.raises(DataError, match=r"--data .*bin.txt: not a UTF-8 text file"):
+        load_text(str(f))
+
+
+@needs_datasets
+def test_task_errors_name_tasks_and_a_missing_file_fails_at_once(tmp_path):
+    """A task file is named as --tasks; a path that does not exist is not looked up on the hub."""
+    import time
+
+    from distr_patch.data.choices import load_choices
+
+    t0 = time.perf_counter()
+    for missing in ("nonexist.jsonl", "sub/dir/rows", "./rows"):
+        with pytest.raises(DataError, match=f"--tasks {missing}: no such file or directory"):
+            load_choices(missing)
+    assert time.perf_counter() - t0 < 5
+    f = tmp_path / "mc.jsonl"
+    f.write_text('{"question": "q", "choices": ["a", "b"], "label": 1}\n')
+    with pytest.raises(DataError, match=r"--tasks .*mc.jsonl: a local file has one split .*configuration 'x'"):
+        load_choices(str(f), name="x")
+    # --split is shared with --data (a hub data set's split): a local task file's rows are all of it
+    assert [r.label for r in load_choices(str(f), split="test")] == [1]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    with pytest.raises(DataError, match=r"--tasks .*bad.jsonl: cannot be read as json data"):
+        load_choices(str(bad))

@@ -49,3 +49,79 @@ def test_shipped_configs_are_valid():
             FinetuneConfig.merge(str(path))
         else:
             RunConfig.merge(str(path))
+
+
+def test_yaml_values_are_read_as_their_flags_read_them(tmp_path):
+    """A YAML value is read as the flag reads its text: "128" is 128, a string for a list-valued flag is its
+    comma-separated form, a number for a text flag is that text."""
+    path = tmp_path / "run.yaml"
+    path.write_text('model: 123\nwindow: "128"\nstride: 64\ngroup_sizes: "2,4"\nsettings: paper\n'
+                    'tasks: lee-next-sentence\nmax_windows: null\n')
+    cfg = RunConfig.merge(str(path))
+    assert (cfg.model, cfg.window, cfg.group_sizes, cfg.settings, cfg.tasks, cfg.max_windows) == (
+        "123", 128, [2, 4], ["paper"], ["lee-next-sentence"], None)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("seed: abc", r"--config .*: seed: expected an integer, got 'abc'"),
+    ("window: [64]", r"--config .*: window: expected an integer, got \[64\]"),
+    ('perplexity: "no"', r"--config .*: perplexity: expected true or false, got 'no'"),
+    ('plots: "no"', r"--config .*: plots: expected true or false, got 'no'"),
+    ('group_sizes: "2,x"', r"--config .*: group_sizes: '2,x' is not a comma-separated list of integers"),
+    ("settings: {paper: 1}", r"--config .*: settings: expected a list or a comma-separated string"),
+    ("split:", r"--config .*: split: needs a value"),
+    ("no-plots: 1", r"--config .*: no-plots: expected true or false, got 1"),
+    ("plots: true\nno_plots: true", r"--config .*: 'plots' and 'no_plots' are the same setting"),
+    ("no-window: true", r"unknown setting 'no-window'"),
+])
+def test_yaml_values_of_the_wrong_type_name_the_key(tmp_path, text, match):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"model: m\n{text}\n")
+    with pytest.raises(ConfigError, match=match):
+        RunConfig.merge(str(path))
+
+
+def test_no_flags_are_yaml_keys(tmp_path):
+    """``--no-plots`` is ``no-plots: true`` (or no_plots), as for every flag; finetune's ``--no-save`` too."""
+    from distr_patch.finetune.config import FinetuneConfig
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model: m\nno-plots: true\nno_perplexity: true\n")
+    cfg = RunConfig.merge(str(path))
+    assert (cfg.plots, cfg.perplexity) == (False, False)
+    path.write_text("model: m\nno_save: true\nno-plots: false\nlearning_rate: 1e-4\n")
+    ft = FinetuneConfig.merge(str(path))
+    assert (ft.save, ft.plots, ft.learning_rate) == (False, True, 1e-4)  # YAML reads 1e-4 as a string
+
+
+def test_binary_config_file(tmp_path):
+    path = tmp_path / "x.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(ConfigError, match=r"--config .*x.png: not a text file"):
+        RunConfig.merge(str(path))
+
+
+@pytest.mark.parametrize("flags,match", [
+    ({"settings": []}, r"--settings: the list of settings is empty; use paper, recommended"),
+    ({"seed": "abc"}, r"--seed: expected an integer, got 'abc'"),
+    ({"model": 123}, r"--model: expected an alias, a path or a hub id, got 123"),
+    ({"tasks": "lee-next-sentence"}, r"--tasks: expected a list of names"),
+    ({"plots": "no"}, r"--plots: expected true or false"),
+])
+def test_library_values_of_the_wrong_type(flags, match):
+    with pytest.raises(ConfigError, match=match):
+        RunConfig.merge(flags=flags)
+
+
+def test_output_dir_that_is_a_file(tmp_path):
+    """Checked with the settings, before any work (not when the first variant's file is written)."""
+    from distr_patch.eval.results import check_output_dir
+
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    for out in (f, f / "sub"):
+        with pytest.raises(ConfigError, match=f"--output-dir {out}: {f} is a file, not a directory"):
+            RunConfig.merge(flags={"output_dir": str(out)})
+    with pytest.raises(ConfigError, match="--output-dir/--run-name .*f.txt is a file"):
+        RunConfig.merge(flags={"output_dir": str(tmp_path), "run_name": "f.txt"})
+    assert check_output_dir(tmp_path / "new" / "dir") == tmp_path / "new" / "dir"  # made later

@@ -66,3 +66,40 @@ def test_load_results_errors(tmp_path):
         load_results([bad])
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_results([tmp_path / "none.json"])
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("x.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)), r"x.png is not JSON \(not a text file\)"),
+    ("calibration.json", b'{"schema_version": 1, "kind": "calibrate"}',
+     r"calibration.json is a `calibrate` output; report takes the result.json of `eval lm`"),
+    ("finetune.json", b'{"schema_version": 1, "kind": "finetune"}', r"finetune.json is a `finetune` output"),
+    ("op.json", b'{"rows": []}', r"op.json is a `bench op --json` file \(give it as --speed-from\)"),
+])
+def test_load_results_names_what_a_file_is(tmp_path, name, content, match):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(SchemaError, match=match):
+        load_results([tmp_path / name])
+
+
+def test_load_results_of_a_calibrate_run_directory(tmp_path):
+    (tmp_path / "calibration.json").write_text("{}")
+    with pytest.raises(SchemaError, match="is a `calibrate` run directory; report takes the result.json"):
+        load_results([tmp_path / "result.json"])
+
+
+def test_runs_of_one_model_are_told_apart(tmp_path):
+    """Two runs of the same model: rows and plot labels carry the run directory's name."""
+    from distr_patch.eval.results import label_runs
+
+    paths = []
+    for run in ("run-a", "run-b"):
+        (tmp_path / run).mkdir()
+        paths.append(_eval_result(tmp_path / run, "tiny", [(10.0, 1.0), (11.0, 1.0), (12.0, 1.0)]).path)
+    other = _eval_result(tmp_path, "other", [(10.0, 1.0), (11.0, 1.0), (12.0, 1.0)]).path
+    results = label_runs([*paths, other], load_results([*paths, other]))
+    assert [r["model"]["name"] for r in results] == ["tiny (run-a)", "tiny (run-b)", "other"]
+    table = markdown(results)
+    assert "| tiny (run-a) | G2 |" in table and "| tiny (run-b) | G2 |" in table
+    assert load_results([paths[0]])[0]["model"]["name"] == "tiny"  # the files are left as they are
+    same = label_runs([paths[0], paths[0]], load_results([paths[0], paths[0]]))
+    assert [r["model"]["name"] for r in same] == ["tiny (#1)", "tiny (#2)"]
