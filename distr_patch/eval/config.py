@@ -173,6 +173,8 @@ class RunConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"{flag(name)}: expected a positive integer, got {v!r}")
+        if self.window == 1:
+            raise ConfigError(f"{flag('window')}: a window of 1 token scores nothing; give 2 or more")
         if self.stride > self.window:
             raise ConfigError(f"{flag('stride')}: {self.stride} is larger than {flag('window')} {self.window}; "
                               f"tokens between windows would never be scored")

@@ -19,11 +19,26 @@ HIGHER_IS_BETTER = {"perplexity": False, "nll_per_token": False, "accuracy": Tru
                     "top1": True, "top5": True, "cosine": True}
 
 
+# lm-eval's metrics where lower is better (its registry says so too, where lm-eval is installed)
+LM_EVAL_LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter", "brier_score")
+
+
 def higher_is_better(metric: str) -> bool:
     base = metric.rsplit("/", 1)[-1]
-    if base not in HIGHER_IS_BETTER:  # lm-eval metrics: accuracies, exact matches... higher is better
-        return not base.startswith(("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"))
-    return HIGHER_IS_BETTER[base]
+    if base in HIGHER_IS_BETTER:
+        return HIGHER_IS_BETTER[base]
+    name = base.split(",", 1)[0]  # lm-eval names carry a filter: "acc,none"
+    if name.startswith(LM_EVAL_LOWER_IS_BETTER):
+        return False
+    try:  # lm-eval metrics: accuracies, exact matches... higher is better, unless its registry says otherwise
+        from lm_eval.api.registry import is_higher_better
+    except ImportError:
+        return True
+    try:
+        said = is_higher_better(name)
+    except Exception:  # an unregistered name (lm-eval warns or raises, by release)
+        said = None
+    return True if said is None else bool(said)
 
 
 def model_info(model, name: str, source: str, dtype: str) -> dict[str, Any]:

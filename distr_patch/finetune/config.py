@@ -11,7 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..eval.config import DTYPES, SETTINGS, VALID_GROUP_SIZES, ConfigError, RunConfig, check_distr_configs, flag
+from ..eval.config import (DTYPES, SETTINGS, VALID_GROUP_SIZES, ConfigError, RunConfig, check_distr_configs,
+                           check_output_dir, flag)
 
 TASKS = ("lm", "vit")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -83,10 +84,11 @@ class FinetuneConfig:
             if not isinstance(g, int) or isinstance(g, bool) or g not in VALID_GROUP_SIZES:
                 raise ConfigError(f"{flag('group_sizes')}: {g!r} is not a valid G; use values from "
                                   f"{', '.join(map(str, VALID_GROUP_SIZES))}")
+        if not self.settings:
+            raise ConfigError(f"{flag('settings')}: the list of settings is empty; use {', '.join(SETTINGS)}")
         bad = [s for s in self.settings if s not in SETTINGS]
-        if bad or not self.settings:
-            raise ConfigError(f"{flag('settings')}: {bad[0] if bad else 'nothing'!r} is not a setting; "
-                              f"use {', '.join(SETTINGS)}")
+        if bad:
+            raise ConfigError(f"{flag('settings')}: {bad[0]!r} is not a setting; use {', '.join(SETTINGS)}")
         if not isinstance(self.distr, dict):
             raise ConfigError(f"{flag('distr')}: expected a mapping of DistrConfig fields")
         if self.layers is not None and (not isinstance(self.layers, list) or not self.layers or any(
@@ -100,6 +102,9 @@ class FinetuneConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
                 raise ConfigError(f"{flag(name)}: expected a positive integer, got {v!r}")
+        for name in ("seq_len", "eval_window"):  # a one-token window has no next token to score
+            if getattr(self, name) == 1:
+                raise ConfigError(f"{flag(name)}: a window of 1 token scores nothing; give 2 or more")
         if self.eval_stride is not None and self.eval_stride > (self.eval_window or self.seq_len):
             raise ConfigError(f"{flag('eval_stride')}: {self.eval_stride} is larger than the window "
                               f"{self.eval_window or self.seq_len}; tokens between windows would never be scored")
@@ -120,6 +125,9 @@ class FinetuneConfig:
         if not (isinstance(self.heldout_fraction, float) and 0.0 < self.heldout_fraction < 1.0):
             raise ConfigError(f"{flag('heldout_fraction')}: expected a fraction in (0, 1), "
                               f"got {self.heldout_fraction!r}")
+        check_output_dir(self.output_dir)
+        if self.run_name:
+            check_output_dir(f"{self.output_dir}/{self.run_name}", f"{flag('output_dir')}/{flag('run_name')}")
         if self.lr_scheduler not in SCHEDULERS:
             raise ConfigError(f"{flag('lr_scheduler')}: {self.lr_scheduler!r} is not one of {', '.join(SCHEDULERS)}")
 

@@ -125,3 +125,10 @@ def test_output_dir_that_is_a_file(tmp_path):
     with pytest.raises(ConfigError, match="--output-dir/--run-name .*f.txt is a file"):
         RunConfig.merge(flags={"output_dir": str(tmp_path), "run_name": "f.txt"})
     assert check_output_dir(tmp_path / "new" / "dir") == tmp_path / "new" / "dir"  # made later
+
+
+def test_a_one_token_window_is_refused():
+    from distr_patch.eval.config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError, match="--window: a window of 1 token scores nothing"):
+        RunConfig.merge(flags=dict(window=1, stride=1))

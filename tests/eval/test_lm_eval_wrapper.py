@@ -61,3 +61,15 @@ def test_unknown_task_fails_before_model_load(task_dir, tmp_path):
 def test_include_must_be_a_directory(tmp_path):
     with pytest.raises(ConfigError, match="--lm-eval-include"):
         RunConfig.merge(flags=dict(model="m", lm_eval_include=str(tmp_path / "missing")))
+
+
+@pytest.mark.parametrize("metric,higher", [
+    ("lm-eval/wmt16/ter", False), ("lm-eval/t/brier_score", False), ("lm-eval/t/word_perplexity", False),
+    ("lm-eval/t/bits_per_byte", False), ("lm-eval/arc_easy/acc", True), ("lm-eval/arc_easy/acc_norm", True),
+    ("lm-eval/t/exact_match,none", True), ("perplexity", False), ("accuracy", True),
+])
+def test_direction_of_lm_eval_metrics(metric, higher):
+    """A lower-is-better lm-eval metric (TER, Brier score) read as higher-is-better flipped its loss's sign."""
+    from distr_patch.eval.results import higher_is_better
+
+    assert higher_is_better(metric) is higher

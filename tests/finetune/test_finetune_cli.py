@@ -48,3 +48,25 @@ def test_argparse_choice(capsys):
     with pytest.raises(SystemExit) as e:
         main(["finetune", "--model", "x", "--lr-scheduler", "cosnie"])
     assert e.value.code == 2 and "invalid choice: 'cosnie'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,match", [
+    (dict(settings=[]), "--settings: the list of settings is empty"),
+    (dict(seq_len=1), "--seq-len: a window of 1 token scores nothing"),
+    (dict(eval_window=1), "--eval-window: a window of 1 token scores nothing"),
+])
+def test_finetune_config_refuses_before_any_work(flags, match):
+    from distr_patch.eval.config import ConfigError
+    from distr_patch.finetune import FinetuneConfig
+
+    with pytest.raises(ConfigError, match=match):
+        FinetuneConfig.merge(flags=dict(model="m", **flags))
+
+
+def test_finetune_output_dir_that_is_a_file(tmp_path):
+    from distr_patch.eval.config import ConfigError
+    from distr_patch.finetune import FinetuneConfig
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        FinetuneConfig.merge(flags=dict(model="m", output_dir=str(tmp_path / "f" / "out")))
