@@ -32,7 +32,7 @@ def load_text(data: str, *, column: str = "text", split: str = "train", name: st
             raise DataError(f"--data {data}: a plain text file has one split ('train') and no configuration; "
                             f"got --split {split!r}" + (f" --data-name {name!r}" if name is not None else ""))
     if rows is None:
-        ds = open_dataset(data, split=split, name=name)
+        ds = open_dataset(data, split=split, name=name, folder_builder="text")  # a folder: its text files
         if column not in ds.column_names:
             raise missing_column("--text-column", column, ds.column_names)
         rows = ds[column]

@@ -141,3 +141,12 @@ def test_task_errors_name_tasks_and_a_missing_file_fails_at_once(tmp_path):
     bad.write_text("not json\n")
     with pytest.raises(DataError, match=r"--tasks .*bad.jsonl: cannot be read as json data"):
         load_choices(str(bad))
+
+
+def test_a_folder_of_text_files(tmp_path):
+    """--data DIR for text reads the folder's text files (it was read as an image folder: a column error)."""
+    pytest.importorskip("datasets")
+    (tmp_path / "a.txt").write_text("first line of a\nsecond line of a\n")
+    (tmp_path / "b.txt").write_text("only line of b\n")
+    text, rows = load_text(str(tmp_path))
+    assert rows == 3 and "second line of a" in text and "only line of b" in text
