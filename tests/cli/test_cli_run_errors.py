@@ -4,16 +4,7 @@ status 2), before any variant runs."""
 import pytest
 import torch
 
-from distr_patch.cli.main import main
-
-
-def _error(argv, capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    err = err.strip().splitlines()[-1]
-    assert err.startswith("distr-patch: error: ")
-    return err
+from test_cli import _error  # one line naming the flag, exit status 2, no traceback
 
 
 def _eval_lm(tiny_lm_dir, text_file, tmp_path, *extra):
