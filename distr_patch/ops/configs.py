@@ -495,6 +495,9 @@ def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, cau
     d=256 is untuned (largest tiles that compile without spills). fp32 inputs (a correctness
     path: fp32 dots) take half-height tiles.
     """
+    if DEFAULT_DQ_TILE_ORDER is not None and DEFAULT_DQ_TILE_ORDER not in DQ_TILE_ORDERS:  # (the interpreter too)
+        raise ValueError(f"the environment variable DISTR_BWD_DQ_TILE_ORDER must be one of {DQ_TILE_ORDERS}, "
+                         f"got {DEFAULT_DQ_TILE_ORDER!r}")
     interpret = interpreting() if interpret is None else interpret
     window = exact_window > 0 and group_size > 1
     if interpret:
@@ -525,8 +528,5 @@ def bwd_config(head_dim: int, group_size: int = 2, exact_window: int = 0, *, cau
     if DEFAULT_BWD_Q_TMA is not None:
         cfg = replace(cfg, q_tma=DEFAULT_BWD_Q_TMA)
     if DEFAULT_DQ_TILE_ORDER is not None:
-        if DEFAULT_DQ_TILE_ORDER not in DQ_TILE_ORDERS:
-            raise ValueError(f"the environment variable DISTR_BWD_DQ_TILE_ORDER must be one of {DQ_TILE_ORDERS}, "
-                             f"got {DEFAULT_DQ_TILE_ORDER!r}")
         cfg = replace(cfg, dq_tile_order=DEFAULT_DQ_TILE_ORDER)
     return cfg

@@ -772,7 +772,8 @@ def distr_attention(
         num_hash_bits, seed: the LSH; projections come from a generator seeded by ``seed``.
         query_valid: bool [B, N]; False rows (padding) count as zeros in the grouping.
         groups: precomputed ``compute_groups`` output [B, Hq, ceil(N/block_m), d].
-        backend: "auto", "triton", "reference" or "sdpa". "sdpa": Q_eff by our grouping and regroup launches,
+        backend: "auto", "triton", "reference" or "sdpa". "sdpa": Q_eff by one launch that groups each block
+            and writes its Q_eff rows (``DISTR_QEFF_LAUNCH=separate``: the grouping and the regroup launches),
             then torch's scaled_dot_product_attention on (Q_eff, k, v): the same function on whichever exact kernel
             PyTorch picks, cuDNN on Hopper (``sdpa_engine.py``). With an exact window (N == M, no tensor mask,
             forward only): grouped SDPA calls beside the band and our band-and-merge kernel (``window_merge.py``).

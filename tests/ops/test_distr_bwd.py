@@ -391,8 +391,9 @@ def test_dq_tile_order_switch_reaches_bwd_config(monkeypatch):
         assert {configs.bwd_config(d, 2, W, causal=True, interpret=False).dq_tile_order
                 for d in (64, 128) for W in (0, 128)} == {value}
     monkeypatch.setattr(configs, "DEFAULT_DQ_TILE_ORDER", "heavy_first")
-    with pytest.raises(ValueError, match="DISTR_BWD_DQ_TILE_ORDER must be one of"):
-        configs.bwd_config(64, 2, 0, interpret=False)
+    for interpret in (False, True):  # the interpreter's tiles ignore the order, but not a misspelling of it
+        with pytest.raises(ValueError, match="DISTR_BWD_DQ_TILE_ORDER must be one of"):
+            configs.bwd_config(64, 2, 0, interpret=interpret)
 
 
 @interpreter_only
