@@ -207,7 +207,8 @@ def patch_model(model, config: DistrConfig | dict | None = None, layers: Iterabl
             (replaces the config's exact-layer selection).
 
     Parameters, buffers and the state_dict are untouched; ``unpatch_model`` restores the model exactly.
-    Patching a patched model replaces its settings (unpatch still restores the original).
+    Patching a patched model replaces its settings (unpatch still restores the original). A config the model
+    cannot take, or a switch transformers refuses, raises and leaves the model as it was.
     """
     modules, cfg, settings = _resolve(model, config, layers)
     state = getattr(model, "_distr_patch_state", None)
