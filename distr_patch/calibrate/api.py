@@ -345,7 +345,7 @@ def choose(model, sens: Sensitivity, budget, heldout, *, window: int | None = No
         known[k] = Check(k, path[k].loss, path[k].saving, p, rel)
         checks.append(known[k])
         if progress:
-            print(f"  budget {budget:.2%}: point {k}/{len(path) - 1} "
+            print(f"  budget {100 * budget:.3g}%: point {k}/{len(path) - 1} "
                   f"predicted {_fmt_predicted(path[k].loss, objective.task)} "
                   f"held-out {rel:+.2%} ({objective.metric}) saving {path[k].saving:.1%}")
         if rel <= budget:
@@ -501,6 +501,9 @@ def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = 
     (``Choice.speed``, ``AllGrouped.speed``): "auto" on a GPU only, "on" also on the CPU (where DistrAttention
     runs its PyTorch reference, so the times are not the kernel's), "off" never."""
     task = task_of(model, task)
+    if isinstance(budgets, (str, int, float)):  # one budget: "10" would otherwise be read as "1" and "0"
+        raise TypeError(f"budgets must be a list of budgets (e.g. ['1%', '3%']), got {budgets!r}; "
+                        "calibrate() takes one")
     budgets = [parse_budget(b, task) for b in budgets]
     if not budgets:
         raise BudgetError("give at least one budget")
@@ -514,6 +517,15 @@ def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = 
     for name, v in counts:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    for name, v in (("test_windows", test_windows), ("test_images", test_images)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+    if task == "lm":
+        if window < 2:
+            raise ValueError(f"window must be >= 2 (a one-token window scores nothing), got {window}")
+        if stride is not None and (not isinstance(stride, int) or isinstance(stride, bool)
+                                   or not 1 <= stride <= window):
+            raise ValueError(f"stride must be None (window // 2) or an int in [1, window={window}], got {stride!r}")
     torch.manual_seed(seed)
     if task == "lm":
         stride = stride or max(1, window // 2)

@@ -72,6 +72,10 @@ CALIBRATION_SCHEMA: dict[str, Any] = {
 }
 
 
+def budget_label(budget: float) -> str:
+    """A budget as a percentage with the digits it needs: 0.01 -> "1%", 0.005 -> "0.5%", 1e-05 -> "0.001%"."""
+    return f"{100 * budget:.3g}%"
+
 def validate(result: dict) -> None:
     """Raise SchemaError unless ``result`` follows CALIBRATION_SCHEMA."""
     _check(result, CALIBRATION_SCHEMA, "$")
@@ -202,7 +206,7 @@ def markdown(result: dict) -> str:
         by_g = c["layers_grouped_by_g"]
         h, t = c["heldout"], c["test"]
         lines.append("| " + " | ".join([
-            f"{c['budget']:.0%}" if c["budget"] * 100 == round(c["budget"] * 100) else f"{c['budget']:.2%}",
+            budget_label(c["budget"]),
             f"{c['layers_grouped']}/{n}", f"{by_g.get('2', 0)}/{n}", f"{by_g.get('4', 0)}/{n}",
             *([f"{c.get('heads_grouped', 0)}/{c.get('num_heads', '?')}"] if per_head else []),
             f"{c['attention_work_saving']:.1%}",
@@ -269,7 +273,7 @@ def write_plots(result: dict, out_dir: Path) -> list[Path]:
         if checks:
             ax.scatter([100 * k["saving"] for k in checks], [100 * k["relative"] for k in checks], marker="x", s=20)
         ax.scatter([100 * c["attention_work_saving"]], [100 * (c["heldout"]["relative"] or 0.0)], marker="o", s=40,
-                   label=f"chosen, budget {c['budget']:.0%} (held-out)")
+                   label=f"chosen, budget {budget_label(c['budget'])} (held-out)")
         if c.get("speed"):
             ax.annotate(f"{c['speed']['speedup']:.2f}x", (100 * c["attention_work_saving"],
                                                            100 * (c["heldout"]["relative"] or 0.0)),

@@ -55,7 +55,9 @@ def register(sub) -> None:
     g.add_argument("--model", default=o.S, help="an alias (smollm2-135m), a local directory or .gguf file, or a hub id")
     g.add_argument("--dtype", default=o.S, choices=CHOICES["dtype"], help="weights dtype (float32)")
     g.add_argument("--device", default=o.S, help="cpu (default) or cuda")
-    g.add_argument("--seed", type=int, default=o.S, help="seed (0)")
+    g.add_argument("--seed", type=int, default=o.S,
+                   help="seed (0): the hash directions' seed of every candidate and of the written configs, and the "
+                        "image sampling")
     o.add_data_source(g, data_help="lm: text, 'lee' (default), a .txt/.jsonl file or a datasets name; "
                                    "vit: an image folder or a datasets name (required)",
                       text_column="column holding the text (text)", image_column="vit: column holding the images (image)")
@@ -223,6 +225,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--speeds measure: needs a CUDA device (--device cuda); on the CPU DistrAttention "
                           "runs its PyTorch reference, whose times say nothing about the kernel")
     speeds_file = _read_speeds(s["speeds"]) if s["speeds"] not in (None, "measure") else None
+    if speeds_file is not None:  # measured and analytic costs do not mix: every candidate needs its time
+        missing = [c.name for c in candidates if c.name not in speeds_file]
+        if missing:
+            raise ConfigError(f"--speeds {s['speeds']}: no time for {len(missing)} of the {len(candidates)} "
+                              f"candidates ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); a file "
+                              "from another --candidates grid? Use --speeds measure, or give every candidate")
     if vit:
         data = load_images(s["data"], split=s["split"], name=s["data_name"], image_column=s["image_column"],
                            label_column=None)
@@ -252,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
         sens, choices = calibrate_full(model, data, budgets, candidates, probe=probe, cost=cost,
                                        max_checks=s["max_checks"], seed=s["seed"], progress=True,
                                        per_head=bool(s["per_head"]), check_all_grouped=bool(s["all_grouped"]),
-                                       speedup=s["speedup"], base=DistrConfig(engine=s["engine"]), **inputs)
+                                       speedup=s["speedup"], base=DistrConfig(engine=s["engine"], seed=s["seed"]),
+                                       **inputs)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     for c in [*choices, *(sens.all_grouped or [])]:  # the engine ran the calibration; the configs stay neutral

@@ -56,6 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"distr-patch: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """In a process that ``torchrun`` / ``accelerate launch`` started, tear the process group down before the
+    interpreter exits: left to the exit, its background threads can abort the process ("terminate called without
+    an active exception") after the run has finished. (One command per process: nothing runs after it.)"""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

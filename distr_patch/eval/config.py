@@ -128,9 +128,10 @@ class RunConfig:
             near = difflib.get_close_matches(unknown[0], cls.field_names(), n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ConfigError(f"unknown setting {unknown[0]!r}{hint}")
-        cfg = cls(**values)
-        cfg._configure()
-        return cfg
+        return cls(**values)  # __post_init__ validates
+
+    def __post_init__(self):
+        self._configure()  # built directly too (a library call), not only by merge
 
     @classmethod
     def _read_yaml(cls, path: str) -> dict[str, Any]:

@@ -66,6 +66,9 @@ class FinetuneConfig:
     save: bool = True  # save each fine-tuned model (save_pretrained) under the run directory
     plots: bool = True
 
+    def __post_init__(self):
+        self._configure()  # built directly too (``run_finetune(FinetuneConfig(...))``), not only by merge
+
     field_names = classmethod(RunConfig.field_names.__func__)
     merge = classmethod(RunConfig.merge.__func__)
     _read_yaml = classmethod(RunConfig._read_yaml.__func__)

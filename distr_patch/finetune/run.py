@@ -43,10 +43,13 @@ def variants_of(cfg: FinetuneConfig) -> list[Variant]:
 
 
 def _patch(model, variant: Variant, layers: list[int] | None):
-    """Patch ``model`` for the whole fine-tuning of ``variant`` (exact: leave it as loaded).
+    """Patch ``model`` for the whole fine-tuning of ``variant`` (exact: leave its attention as loaded, without the
+    ``config.distr_config`` a DistrAttention checkpoint given as ``--model`` carries, so that it saves and reloads
+    exact).
 
     ``layers`` (``--layers``): only these layer indices use DistrAttention (``patch_model(..., layers=)``)."""
     if variant.is_exact:
+        model.config.__dict__.pop("distr_config", None)
         return model
     from ..config import DistrConfig
     from ..patching import patch_model

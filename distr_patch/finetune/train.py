@@ -147,6 +147,8 @@ def load_checkpoint(path, kind: str = "lm", **kwargs):
     import distr_patch  # noqa: F401  registers "distr" with transformers
     from transformers import AutoModelForCausalLM, AutoModelForImageClassification
 
+    if kind not in ("lm", "vit"):
+        raise ValueError(f"load_checkpoint: kind must be 'lm' or 'vit', got {kind!r}")
     cls = AutoModelForCausalLM if kind == "lm" else AutoModelForImageClassification
     config = json.loads((Path(path) / "config.json").read_text())
     if config.get("distr_config") is not None:

@@ -92,6 +92,22 @@ def test_bad_budget_and_candidates_fail_before_model_work(model, ids, monkeypatc
         calibrate(model, ids, budget=0.01, candidates=["G2-fast"])
 
 
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(budgets="10"), TypeError, "budgets must be a list of budgets"),  # was read as budgets 1 and 0
+    (dict(budgets=0.01), TypeError, "budgets must be a list of budgets"),
+    (dict(stride=0), ValueError, "stride must be None"),                    # was silently window // 2
+    (dict(stride=-8), ValueError, "stride must be None"),                   # was a ZeroDivisionError
+    (dict(stride=65), ValueError, r"stride must be None .* \[1, window=64\]"),
+    (dict(test_windows=-1), ValueError, "test_windows must be an int >= 0"),
+    (dict(window=1), ValueError, "window must be >= 2"),
+])
+def test_calibrate_full_checks_its_arguments_first(model, ids, monkeypatch, kwargs, exc, match):
+    monkeypatch.setattr(api, "measure", lambda *a, **k: pytest.fail("measured despite a bad argument"))
+    kwargs = {"budgets": ["1%"], "window": 64, **kwargs}
+    with pytest.raises(exc, match=match):
+        api.calibrate_full(model, ids, candidates=["G2-mean-b32-w0-c0"], **kwargs)
+
+
 def test_relative_work():
     n = 1024
     assert relative_work(Candidate(2, "rank1", 128), n) == pytest.approx((0.5 + 1 + 1 / 128) / 2)
@@ -289,9 +305,10 @@ def test_cli(tmp_path, tiny_lm_dir, capsys):
     long_text.write_text(sample_text(2000))
     rc = main(["calibrate", "--model", str(tiny_lm_dir), "--data", str(long_text), "--budget", "0,5%",
                "--candidates", ",".join(CANDS), "--window", "64", "--heldout-windows", "2", "--test-windows", "1",
-               "--output-dir", str(tmp_path), "--run-name", "run"])
+               "--seed", "7", "--output-dir", str(tmp_path), "--run-name", "run"])
     assert rc == 0
     run = tmp_path / "run"
+    assert {DistrConfig.load(p).seed for p in run.glob("distr_config-*.json")} == {7}  # --seed is the hash seed
     result = json.loads((run / "calibration.json").read_text())
     assert [c["budget"] for c in result["choices"]] == [0.0, 0.05]
     assert len(result["errors"]) == 2 and len(result["errors"][0]) == len(CANDS)
@@ -477,6 +494,8 @@ def test_measured_speeds_on_the_gpu():
     (["--speeds", "missing.json"], None, "--speeds missing.json: no such file"),
     (["--speeds", "{t}/x.png"], None, "--speeds {t}/x.png: not JSON (not a text file)"),
     (["--speeds", "{t}/speeds.json"], None, "--speeds {t}/speeds.json: unknown candidate 'G2-quick'"),
+    (["--speeds", "{t}/partial.json", "--candidates", "G2-mean-b32-w0-c0,G4-mean-b32-w0-c0"], None,
+     "--speeds {t}/partial.json: no time for 1 of the 2 candidates (G4-mean-b32-w0-c0)"),  # not mixed with analytic
     (["--probe", "nonsense"], None, "--probe: unknown candidate 'nonsense'"),
     (["--device", "gpu"], None, "--device 'gpu': not a device name"),
     (["--output-dir", "{t}/x.png/out"], None, "--output-dir {t}/x.png/out: {t}/x.png is a file"),
@@ -491,6 +510,7 @@ def test_cli_settings_are_checked_before_the_model_loads(tmp_path, capsys, extra
 
     (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     (tmp_path / "speeds.json").write_text('{"G2-quick": 0.5}')
+    (tmp_path / "partial.json").write_text('{"G2-mean-b32-w0-c0": 0.9}')
     (tmp_path / "text.txt").write_text(sample_text(200))
     argv = ["calibrate", "--model", "./no/such/model", "--data", str(tmp_path / "text.txt"),
             "--output-dir", str(tmp_path / "out"), *[a.format(t=tmp_path) for a in extra]]
@@ -511,3 +531,11 @@ def test_cli_yaml_takes_no_flags_and_flag_forms(tmp_path):
                                      'stride: 16\n')
     s = settings_from(Namespace(config=str(tmp_path / "c.yaml")))
     assert (s["all_grouped"], s["plots"], s["window"], s["budget"], s["stride"]) == (False, False, 64, ["1%", "3%"], 16)
+
+
+def test_budget_labels_keep_small_budgets():
+    """The Pareto legend and the table printed 0.5% and 0.001% as "0%"."""
+    from distr_patch.calibrate.report import budget_label
+
+    assert [budget_label(b) for b in (0.01, 0.005, 0.0025, 1e-5, 0.1, 0.0)] == [
+        "1%", "0.5%", "0.25%", "0.001%", "10%", "0%"]

@@ -70,3 +70,40 @@ def test_finetune_output_dir_that_is_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ConfigError, match="is a file, not a directory"):
         FinetuneConfig.merge(flags=dict(model="m", output_dir=str(tmp_path / "f" / "out")))
+
+
+def test_the_exact_baseline_drops_an_inherited_distr_config():
+    """--model a DistrAttention checkpoint: its exact variant trained with SDPA but saved the checkpoint's
+    distr_config, so load_checkpoint reloaded it as DistrAttention."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from distr_patch import DistrConfig
+    from distr_patch.eval.variants import Variant
+    from distr_patch.finetune.run import _patch
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    model.config.distr_config = DistrConfig().to_dict()  # as loaded from a fine-tuned DistrAttention checkpoint
+    assert _patch(model, Variant("exact"), None) is model
+    assert "distr_config" not in model.config.to_dict()
+
+
+def test_load_checkpoint_names_the_kinds(tmp_path):
+    from distr_patch.finetune import load_checkpoint
+
+    with pytest.raises(ValueError, match="kind must be 'lm' or 'vit', got 'LM'"):
+        load_checkpoint(tmp_path, kind="LM")
+
+
+def test_a_config_built_directly_is_checked_too():
+    """run_finetune(FinetuneConfig(...)) as the package docstring shows: the same checks as merge (a misspelt
+    setting trained the recommended one under its name)."""
+    from distr_patch.eval.config import ConfigError, RunConfig
+    from distr_patch.finetune import FinetuneConfig
+
+    with pytest.raises(ConfigError, match="'papr' is not a setting"):
+        FinetuneConfig(model="m", settings=["papr"])
+    with pytest.raises(ConfigError, match="--learning-rate: expected a number > 0"):
+        FinetuneConfig(model="m", learning_rate=-1.0)
+    with pytest.raises(ConfigError, match="--window: expected a positive integer"):
+        RunConfig(window=0)
