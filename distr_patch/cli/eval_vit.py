@@ -22,7 +22,9 @@ def register(sub) -> None:
     g = p.add_argument_group("data")
     o.add_data_source(g, data_help="an imagefolder directory (class per sub-folder) or a datasets name",
                       image_column="column of the images (image)", label_column="column of the class labels (label)")
-    g.add_argument("--limit", type=int, default=o.S, help="evaluate at most this many images")
+    g.add_argument("--limit", type=int, default=o.S,
+                   help="evaluate a seeded random sample of this many images (not the first rows: an image folder lists "
+                        "them class by class)")
     g.add_argument("--batch-size", type=int, default=o.S, help="images per forward (8)")
     g.add_argument("--vit-metric", default=o.S, choices=["top-k", "fidelity"],
                    help="top-k: classifier accuracy; fidelity: cosine of pooled embeddings vs exact")

@@ -56,7 +56,9 @@ def register(sub) -> None:
     g.add_argument("--eval-window", type=int, default=o.S, help="lm: held-out perplexity window (--seq-len)")
     g.add_argument("--eval-stride", type=int, default=o.S, help="lm: its stride (window/2)")
     g.add_argument("--heldout-fraction", type=float, default=o.S, help="vit: held-out fraction of the images (0.2)")
-    g.add_argument("--limit", type=int, default=o.S, help="vit: use at most this many images")
+    g.add_argument("--limit", type=int, default=o.S,
+                   help="vit: use a seeded random sample of this many images (not the first rows: an image folder "
+                        "lists them class by class)")
     g = p.add_argument_group("training (HF TrainingArguments)")
     g.add_argument("--learning-rate", type=float, default=o.S, help="peak learning rate (1e-4)")
     g.add_argument("--max-steps", type=int, default=o.S, help="optimizer steps (100; 0: use --epochs)")
