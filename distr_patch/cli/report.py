@@ -43,7 +43,8 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..eval.report import markdown, write_plots
-    from ..eval.results import check_output_dir, label_runs, load_results
+    from ..eval.config import check_output_dir
+    from ..eval.results import label_runs, load_results
 
     out = check_output_dir(args.output_dir)
     paths = [Path(p) / "result.json" if Path(p).is_dir() else Path(p) for p in args.results]

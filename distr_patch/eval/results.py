@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import check_output_dir  # noqa: F401  (a run's --output-dir, checked before any work)
 from .schema import SCHEMA_VERSION, SchemaError, validate
 from .variants import Variant
 

@@ -115,7 +115,7 @@ def test_library_values_of_the_wrong_type(flags, match):
 
 def test_output_dir_that_is_a_file(tmp_path):
     """Checked with the settings, before any work (not when the first variant's file is written)."""
-    from distr_patch.eval.results import check_output_dir
+    from distr_patch.eval.config import check_output_dir
 
     f = tmp_path / "f.txt"
     f.write_text("x")
