@@ -155,9 +155,7 @@ def settings_from(args: argparse.Namespace) -> dict:
     if values["speeds"] not in (None, "measure") and not Path(values["speeds"]).is_file():
         raise ConfigError(f"--speeds {values['speeds']}: no such file (a JSON file {{candidate: time relative to "
                           "exact}, or 'measure')")
-    check_output_dir(values["output_dir"])
-    if values["run_name"]:
-        check_output_dir(Path(values["output_dir"]) / values["run_name"], "--output-dir/--run-name")
+    check_output_dir(values["output_dir"], values["run_name"])
     return values
 
 
@@ -197,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..calibrate import Candidate, CostModel, calibrate_full, parse_budget, parse_candidates
     from ..calibrate.kernel_speed import attention_shape, measure_speeds
+    from ..eval.distributed import check_device
     from ..calibrate.report import markdown, result_dict, write_json, write_plots
     from ..data import load_images, load_text
     from ..eval.config import ConfigError
@@ -212,10 +211,8 @@ def run(args: argparse.Namespace) -> int:
     probe = _parsed("--probe", Candidate.parse, s["probe"]) if s["probe"] else None  # before the model loads
     if not budgets:
         raise ConfigError("--budget: give at least one budget, e.g. 1%")
-    try:
-        device = torch.device(s["device"])
-    except RuntimeError as e:
-        raise ConfigError(f"--device {s['device']!r}: not a device name (cpu, cuda, cuda:1, ...): {e}") from None
+    check_device(s["device"])  # a name torch knows, and a device this machine has
+    device = torch.device(s["device"])
     causal = not vit
     stride = None if vit else s["stride"] if s["stride"] is not None else max(1, s["window"] // 2)
     seq_len = s["seq_len"] or (None if vit else s["window"])  # vit: None = the model's token count

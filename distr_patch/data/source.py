@@ -23,7 +23,7 @@ def _first_line(e: BaseException, cause: bool = True) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def _only_train(option: str, data: str, what: str, split: str, name: str | None) -> None:
+def check_single_split(option: str, data: str, what: str, split: str, name: str | None) -> None:
     """A local file or a corpus is one split, 'train', with no configuration: asking for another is an error,
     not silently the same rows."""
     if split == "train" and name is None:
@@ -65,7 +65,7 @@ def open_dataset(data: str, *, split: str = "train", name: str | None = None, fo
     import datasets
 
     if data in CORPUS_ALIASES:
-        _only_train(option, data, "the packaged corpus", split, name)
+        check_single_split(option, data, "the packaged corpus", split, name)
         path = locate_corpus(data, given=f"{option} {data}")
         return _load_local(option, data, "text", "train", data_files={"train": str(path)})
     path = Path(data).expanduser()
@@ -74,7 +74,7 @@ def open_dataset(data: str, *, split: str = "train", name: str | None = None, fo
         if builder is None:
             raise DataError(f"{option} {data}: unknown file type {path.suffix!r}; use one of "
                             f"{', '.join(sorted(_LOCAL_BUILDERS))}")
-        _only_train(option, data, "a local file", split, name)
+        check_single_split(option, data, "a local file", split, name)
         if path.stat().st_size == 0:
             raise DataError(f"{option} {data}: the file is empty")
         return _load_local(option, data, builder, "train", data_files={"train": str(path)})

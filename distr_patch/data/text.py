@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .corpora import CORPUS_ALIASES, locate_corpus
 from .errors import DataError, missing_column
-from .source import open_dataset
+from .source import check_single_split, open_dataset
 
 PLAIN_TEXT_SUFFIXES = (".txt", ".cor", ".text")
 
@@ -28,9 +28,7 @@ def load_text(data: str, *, column: str = "text", split: str = "train", name: st
                             f"{', '.join(CORPUS_ALIASES)} load") from None
         if column != "text":
             raise missing_column("--text-column", column, ["text"])
-        if split != "train" or name is not None:
-            raise DataError(f"--data {data}: a plain text file has one split ('train') and no configuration; "
-                            f"got --split {split!r}" + (f" --data-name {name!r}" if name is not None else ""))
+        check_single_split("--data", data, "a plain text file", split, name)
     if rows is None:
         ds = open_dataset(data, split=split, name=name, folder_builder="text")  # a folder: its text files
         if column not in ds.column_names:

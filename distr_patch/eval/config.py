@@ -45,18 +45,20 @@ def check_distr_configs(paths) -> list[str]:
     return paths
 
 
-def check_output_dir(path, what: str = "--output-dir") -> Path:
-    """``path`` can hold the outputs: no part of it is an existing file, the nearest existing part is a writable
-    directory (checked before any work, not when the first file is written)."""
-    path = Path(path)
-    for p in (path, *path.parents):
+def check_output_dir(path, run_name: str | None = None) -> Path:
+    """``path`` (``--output-dir``, with ``--run-name`` below it when given) can hold the outputs: no part of it is an
+    existing file, the nearest existing part is a writable directory (checked before any work, not when the first
+    file is written). Returns ``path``."""
+    target = Path(path) / run_name if run_name else Path(path)
+    what = "--output-dir/--run-name" if run_name else "--output-dir"
+    for p in (target, *target.parents):
         if p.exists():
             if not p.is_dir():
-                raise ConfigError(f"{what} {path}: {p} is a file, not a directory")
+                raise ConfigError(f"{what} {target}: {p} is a file, not a directory")
             if not os.access(p, os.W_OK | os.X_OK):
-                raise ConfigError(f"{what} {path}: {p} is not writable")
+                raise ConfigError(f"{what} {target}: {p} is not writable")
             break
-    return path
+    return Path(path)
 
 
 @dataclass
@@ -201,9 +203,7 @@ class RunConfig:
             raise ConfigError(f"{flag('lm_eval_include')}: {self.lm_eval_include} is not a directory")
         if self.vit_metric not in ("top-k", "fidelity"):
             raise ConfigError(f"{flag('vit_metric')}: {self.vit_metric!r} is not top-k or fidelity")
-        check_output_dir(self.output_dir)
-        if self.run_name:
-            check_output_dir(Path(self.output_dir) / self.run_name, f"{flag('output_dir')}/{flag('run_name')}")
+        check_output_dir(self.output_dir, self.run_name)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

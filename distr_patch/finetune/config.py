@@ -128,9 +128,7 @@ class FinetuneConfig:
         if not (isinstance(self.heldout_fraction, float) and 0.0 < self.heldout_fraction < 1.0):
             raise ConfigError(f"{flag('heldout_fraction')}: expected a fraction in (0, 1), "
                               f"got {self.heldout_fraction!r}")
-        check_output_dir(self.output_dir)
-        if self.run_name:
-            check_output_dir(f"{self.output_dir}/{self.run_name}", f"{flag('output_dir')}/{flag('run_name')}")
+        check_output_dir(self.output_dir, self.run_name)
         if self.lr_scheduler not in SCHEDULERS:
             raise ConfigError(f"{flag('lr_scheduler')}: {self.lr_scheduler!r} is not one of {', '.join(SCHEDULERS)}")
 
