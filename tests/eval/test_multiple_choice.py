@@ -63,3 +63,24 @@ def test_accuracy_equals_hand_computation(lm):
     assert out["metrics"]["accuracy"] == pytest.approx(sum(p == r.label for p, r in zip(pred, rows)) / len(rows))
     assert out["metrics"]["accuracy_norm"] == pytest.approx(
         sum(p == r.label for p, r in zip(pred_norm, rows)) / len(rows))
+
+
+@pytest.mark.parametrize("max_length", [512, 6])
+def test_loglikelihoods_equal_lm_eval(lm, max_length):
+    """lm-evaluation-harness's HFLM scores the same choices to the same values: its split of context and choice
+    (trailing whitespace moved to the choice, an empty context as BOS) and its left truncation to
+    max_length + 1 tokens, of which the last is not fed."""
+    hflm_module = pytest.importorskip("lm_eval.models.huggingface")
+    from lm_eval.api.instance import Instance
+
+    model, tok = lm
+    hflm = hflm_module.HFLM(pretrained=model, tokenizer=tok, max_length=max_length, add_bos_token=True,
+                            batch_size=1, device="cpu")
+    g = torch.Generator().manual_seed(1)
+    pick = lambda n: " ".join(WORDS[i] for i in torch.randint(len(WORDS), (n,), generator=g))  # noqa: E731
+    rows = [ChoiceRow(pick(9), (pick(2), pick(1), pick(3)), 0), ChoiceRow(pick(3) + " ", (pick(1), pick(2)), 1),
+            ChoiceRow("", (pick(2), pick(1)), 0)]
+    for row in rows:
+        requests = [Instance("loglikelihood", {}, (row.context, " " + c), i) for i, c in enumerate(row.choices)]
+        theirs = [ll for ll, _ in hflm.loglikelihood(requests, disable_tqdm=True)]
+        assert choice_loglikelihoods(model, tok, row, max_length) == pytest.approx(theirs, abs=1e-4), row
