@@ -12,7 +12,7 @@
 #   export PYTHONPATH=/tmp/t37:$PWD        # before site-packages: this Triton wins; torch stays the image's
 #
 # The launch memo runs only on the releases in ``launch.FAST_LAUNCH_TRITON``; to test it on another, add the release
-# there in the device's copy first. docs/benchmarks.md (twenty-fifth session) has the first such run.
+# there in the device's copy first. docs/benchmarks.md (twenty-fifth and twenty-seventh sessions) has such runs.
 set -euo pipefail
 version=${1:-3.7.1}
 root=$(cd "$(dirname "$0")/.." && pwd)

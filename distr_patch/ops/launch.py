@@ -12,7 +12,7 @@ a hit calls the compiled kernel Triton returned for the first such call, with th
 built for it (the constexprs appended). Nothing about Triton's rules is copied, only the superset of their inputs.
 
 Plain ``fn[grid]`` runs instead under the Triton interpreter, with ``DISTR_FAST_LAUNCH=0``, on a Triton release the
-memo has not run on a GPU with (``FAST_LAUNCH_TRITON``), and for kernels whose binder does not put the positional
+memo has not passed the GPU tests on (``FAST_LAUNCH_TRITON``), and for kernels whose binder does not put the positional
 arguments first (then the memo could not rebuild the argument list).
 """
 from __future__ import annotations
@@ -30,11 +30,12 @@ try:
 except ImportError:  # a Triton before knobs (3.4): the plain path only
     knobs = driver = None
 
-# The memo reads Triton's internals (knobs, the binder caches, the launcher's arguments) as Triton 3.6 has them, the
-# release it has run on a GPU with (the device image). Other releases take the plain path until checked on a GPU:
-# Triton 3.4's knobs have no ``add_stages_inspection_hook``, so the memo's first check failed there
-# (docs/compatibility.md).
-FAST_LAUNCH_TRITON = ("3.6",)
+# The memo reads Triton's internals (knobs, the binder caches, the launcher's arguments). It runs on the releases
+# whose GPU tests passed with it: 3.6 (the device image) and 3.7 (3.7.1, torch 2.13's CUDA pin: 366 of 368 cases, two
+# not finished in the time, docs/benchmarks.md; read from its wheel, 3.7 has no per-kernel launcher for the raw path,
+# so its hits call ``kernel.run``). Other releases take the plain path until checked on a GPU: Triton 3.4's knobs have
+# no ``add_stages_inspection_hook``, so the memo's first check failed there (docs/compatibility.md).
+FAST_LAUNCH_TRITON = ("3.6", "3.7")
 TRITON_MINOR = ".".join(triton.__version__.split(".")[:2])
 FAST_LAUNCH = _env_flag("DISTR_FAST_LAUNCH", True) and TRITON_MINOR in FAST_LAUNCH_TRITON
 # DISTR_FAST_LAUNCH_RAW=0: memo hits go through kernel.run (Triton's launcher wrapper) instead of its C launcher
