@@ -14,9 +14,14 @@ operator with G=1, exact attention.
 
 Masks: "distr" is registered in ``AttentionMaskInterface`` with transformers' ``sdpa_mask`` (boolean,
 True = attend, None for plain causal prefill), so padding and sliding windows reach the operator.
+The operator places the exact window bottom-right (query i at key i + M - N); a static cache's keys end in
+unwritten (masked) slots, so a masked causal call with a window first drops the key tail that no row attends
+(``attended_length``; eager only: under torch.compile or a CUDA graph capture the tail stays, and the band sits
+that many keys to the right).
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -44,8 +49,8 @@ class DistrSettingsError(ValueError):
 def layer_settings(module: torch.nn.Module) -> LayerSettings:
     """The settings ``module`` runs with: attached by ``patch_model``, else from ``module.config.distr_config``.
 
-    A model loaded with ``attn_implementation="distr"`` resolves them here on first use, from the
-    config dict (or the defaults), with the module's ``layer_idx`` for per-layer configs.
+    A model loaded with ``attn_implementation="distr"`` resolves them here from the config dict (or the
+    defaults), with the module's ``layer_idx`` for per-layer configs, again whenever the dict changes.
     """
     settings = getattr(module, "_distr_settings", None)
     if settings is not None:
@@ -53,7 +58,7 @@ def layer_settings(module: torch.nn.Module) -> LayerSettings:
     config = getattr(module, "config", None)
     raw = getattr(config, "distr_config", None)
     cached = getattr(module, "_distr_settings_auto", None)
-    if cached is not None and cached[0] is raw:
+    if cached is not None and cached[0] == raw:  # a snapshot: an edit of the dict in place counts too
         return cached[1]
     from ..patching.registry import get_replacement, patched_through  # local: the registry imports this module
 
@@ -72,7 +77,7 @@ def layer_settings(module: torch.nn.Module) -> LayerSettings:
             "cannot be resolved here; call distr_patch.patch_model(model) after loading to attach them")
     num_layers = getattr(config, "num_hidden_layers", None)
     settings = cfg.for_layer(layer_idx, num_layers) if layer_idx is not None else cfg.for_layer(None)
-    module._distr_settings_auto = (raw, settings)
+    module._distr_settings_auto = (copy.deepcopy(raw), settings)
     return settings
 
 
@@ -93,6 +98,26 @@ def query_rows_valid(attention_mask: torch.Tensor, batch: int, q_len: int, kv_le
     # own | (no own row valid & attends to some key), with no torch.where on a reduction: Inductor hands `any`'s
     # int8 result to tl.where as its condition, which Triton deprecates (docs/benchmarks.md, twenty-fifth session)
     return own | (~own.any(dim=-1, keepdim=True) & allowed.any(dim=-1))
+
+
+def attended_length(attention_mask: torch.Tensor, q_len: int, kv_len: int) -> int:
+    """The keys a causal call needs: ``kv_len`` less a tail that no row attends, where each row's last key is its
+    own position (a static cache's unwritten slots). The operator places the exact window bottom-right (row i at key
+    i + M - N), so that tail would move the band off the diagonal. Host sync; between q_len and kv_len."""
+    allowed, _ = normalize_mask(attention_mask)
+    allowed = allowed.any(dim=1).any(dim=0)  # [N or 1, M or 1]
+    if allowed.shape != (q_len, kv_len):  # broadcast rows or keys: no position to read
+        return kv_len
+    cols = torch.arange(kv_len, device=allowed.device)
+    last = torch.where(allowed, cols, -1).amax(dim=-1)  # [N], -1 where a row sees no key
+    rows = torch.arange(q_len, device=allowed.device)
+    offset = int(torch.where(last >= 0, last - rows, -1).amax())  # row 0's own key, read off the furthest row
+    return kv_len if offset < 0 else min(kv_len, max(q_len, offset + q_len))
+
+
+def _tracing(t: torch.Tensor) -> bool:
+    """True under torch.compile or a CUDA graph capture, where a host read of a tensor is no option."""
+    return torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def autocast_inputs(query, key, value):
@@ -164,10 +189,15 @@ def distr_attention_forward(module, query, key, value, attention_mask, dropout=0
     if dropout > 0.0:
         logger.warning_once(f"distr attention ignores attention dropout (p={dropout}) in training mode")
     # As sdpa_attention.py: the kwarg wins over the module; a mask (or a single query row) means no is_causal.
-    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    is_causal = bool(q_len > 1 and attention_mask is None and is_causal)
+    module_causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    is_causal = bool(q_len > 1 and attention_mask is None and module_causal)
     if is_causal and key.shape[2] > q_len:  # prefill into an empty static cache: the tail is unwritten
         key, value = key[:, :, :q_len], value[:, :, :q_len]
+    elif (module_causal and attention_mask is not None and key.shape[2] > q_len and attention_mask.shape[-1] > 1
+          and any(kw["exact_window"] > 0 for _, kw in parts) and not _tracing(query)):
+        m = attended_length(attention_mask, q_len, key.shape[2])  # a static cache's tail: keep the band in place
+        if m < key.shape[2]:
+            key, value, attention_mask = key[:, :, :m], value[:, :, :m], attention_mask[..., :m]
     query, key, value = autocast_inputs(query, key, value)
     query_valid = None
     if attention_mask is not None:

@@ -171,6 +171,9 @@ def _resolve(model, config, layers):
     n = len(modules)
     cfg = _as_config(model, config)
     if layers is not None:
+        if not isinstance(layers, Iterable) or isinstance(layers, (str, bytes)):
+            raise TypeError(f"patch_model: layers must be a list of layer indices, got {layers!r}")
+        layers = list(layers)  # a generator is read once
         bad = [i for i in layers if not isinstance(i, int) or isinstance(i, bool)]
         if bad:
             raise TypeError(f"patch_model: layers must hold int layer indices, got {bad[0]!r}")
@@ -209,6 +212,8 @@ def patch_model(model, config: DistrConfig | dict | None = None, layers: Iterabl
     Parameters, buffers and the state_dict are untouched; ``unpatch_model`` restores the model exactly.
     Patching a patched model replaces its settings (unpatch still restores the original). A config the model
     cannot take, or a switch transformers refuses, raises and leaves the model as it was.
+    ``save_pretrained`` keeps ``config.distr_config`` but not the switch (config.json holds no attention
+    implementation): reload with ``attn_implementation="distr"``, or ``patch_model(model)`` after loading.
     """
     modules, cfg, settings = _resolve(model, config, layers)
     state = getattr(model, "_distr_patch_state", None)

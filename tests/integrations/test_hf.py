@@ -124,6 +124,19 @@ def test_query_rows_valid():
     assert query_rows_valid(static, 1, 4, 10).tolist() == [[True, True, True, False]]
 
 
+def test_attended_length_drops_only_a_tail_no_row_reaches():
+    static = torch.zeros(2, 1, 4, 10, dtype=torch.bool)  # 3 cached + 4 new tokens in a 10-slot static cache
+    static[:, 0] = torch.arange(10) <= torch.arange(3, 7)[:, None]
+    static[1, 0, :, :2] = False  # left padding
+    assert hf.attended_length(static, 4, 10) == 7
+    right = _padding_mask([9, 7], 6, 9)  # a dynamic cache: rows end at the last key, padding rows see fewer
+    assert hf.attended_length(right, 6, 9) == 9
+    both_padded = _padding_mask([7, 6], 6, 9)  # every sequence ends in padding: the keys are still all in place
+    assert hf.attended_length(both_padded, 6, 9) == 9
+    assert hf.attended_length(torch.zeros(1, 1, 4, 10, dtype=torch.bool), 4, 10) == 10  # no row sees a key
+    assert hf.attended_length(torch.ones(1, 1, 1, 10, dtype=torch.bool), 4, 10) == 10  # rows broadcast
+
+
 def test_unsupported_features_raise_or_warn():
     q, k, v = _qkv(N=40, M=40)
     with pytest.raises(NotImplementedError, match="softcap"):

@@ -192,3 +192,42 @@ def test_autograd_through_the_patched_model(model_type):
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated")  # renamed `cache` in 5.2x; 5.0 has only this
+@pytest.mark.parametrize("model_type", ["llama", "mistral"])
+def test_static_cache_calls_match_the_dynamic_cache_with_an_exact_window(model_type):
+    """A static cache hands over keys with an unwritten tail (masked): the exact window is placed at each row's own
+    position, not bottom-right of the whole cache, so a left-padded prefill and a continued chunk give the logits
+    of the dynamic cache (where the keys end at the last query)."""
+    model = build(model_type)
+    patch_model(model, DistrConfig(block_m=32, exact_window=8))
+    ids = inputs(model_type, batch=2, seq=40)["input_ids"]
+    mask = torch.ones_like(ids)
+    mask[1, :9] = 0
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    more = inputs(model_type, batch=2, seq=20, seed=7)["input_ids"]
+    outs = []
+    with torch.no_grad():
+        for cache in (tf.DynamicCache(config=model.config), tf.StaticCache(config=model.config, max_cache_len=96)):
+            first = model(ids, attention_mask=mask, position_ids=pos, past_key_values=cache).logits
+            mask2 = torch.cat([mask, torch.ones_like(more)], 1)
+            second = model(more, attention_mask=mask2, position_ids=pos[:, -1:] + 1 + torch.arange(20),
+                           past_key_values=cache).logits
+            outs.append((first, second))
+    (dyn1, dyn2), (st1, st2) = outs
+    _close(st1, dyn1)
+    _close(st2, dyn2)
+
+
+def test_a_loaded_model_follows_edits_of_its_distr_config_dict():
+    """attn_implementation="distr" reads config.distr_config: an edit in place counts like an assignment."""
+    x = inputs("llama", seq=LONG)
+    ref = logits(build("llama"), x)
+    model = build("llama", attn_implementation="distr")
+    model.config.distr_config = DistrConfig.paper().to_dict()
+    grouped = logits(model, x)
+    model.config.distr_config.update(group_size=1, exact_below=1)
+    _close(logits(model, x), ref)
+    model.config.distr_config["group_size"] = 2
+    assert torch.equal(logits(model, x), grouped)

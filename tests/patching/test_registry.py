@@ -80,6 +80,9 @@ def test_patch_time_errors_name_the_problem():
     for bad in (0.9, True, "1"):  # not truncated or read as 1
         with pytest.raises(TypeError, match="layers must hold int layer indices"):
             patch_model(model, layers=[bad])
+    for bad in (1, 1.0):  # one index, not a list of them
+        with pytest.raises(TypeError, match="patch_model: layers must be a list of layer indices"):
+            patch_model(model, layers=bad)
     with pytest.raises(TypeError, match="config must be"):
         patch_model(model, "paper")
     with pytest.raises(ValueError, match="did you mean"):
@@ -87,6 +90,12 @@ def test_patch_time_errors_name_the_problem():
     assert model.config._attn_implementation == "sdpa"  # nothing was applied
     with pytest.raises(ValueError, match="not patched"):
         unpatch_model(model)
+
+
+def test_layers_may_be_any_iterable_read_once():
+    for layers in ((i for i in [1]), map(int, "1"), range(1, 2)):
+        model = patch_model(build("llama"), layers=layers)
+        assert [m._distr_settings.exact for m in attention_modules(model)] == [True, False]
 
 
 def test_group_size_must_divide_the_head_dim():
