@@ -241,6 +241,9 @@ class DistrConfig:
     def check_layers(self, num_layers: int, num_heads: int | None = None) -> None:
         """Raise ValueError if a layer index in this config does not exist in a ``num_layers``-layer model, or
         (given ``num_heads``, query heads per layer) a head index in ``head_overrides`` does not."""
+        for name in ("exact_first", "exact_last"):
+            if getattr(self, name) > num_layers:
+                raise ValueError(f"{name}={getattr(self, name)} is more than the model's {num_layers} layers")
         for i in self.exact_layers:
             self._resolve_index(i, num_layers, "exact_layers entry")
         for i in self.layer_overrides:

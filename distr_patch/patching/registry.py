@@ -14,6 +14,7 @@ releases (Dinov2's attention moved from ``Dinov2SelfAttention`` in 5.17 to ``Din
 from __future__ import annotations
 
 import contextlib
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -181,6 +182,9 @@ def _resolve(model, config, layers):
         cfg = cfg.replace(exact_layers=tuple(i for i in range(n) if i not in keep), exact_first=0, exact_last=0)
     cfg.check_layers(n, getattr(model.config, "num_attention_heads", None))
     settings = [cfg.for_layer(i, n) for i in range(n)]
+    if all(s.exact for s in settings):
+        warnings.warn(f"patch_model: this config keeps all {n} layers exact (exact_first, exact_last, exact_layers or "
+                      "layers): the model runs exact attention only", stacklevel=3)
     for i, (module, s) in enumerate(zip(modules, settings)):
         if not s.exact:
             d = _head_dim(module, model.config)

@@ -165,3 +165,16 @@ def test_a_model_sharing_the_config_object_warns_when_it_runs_patched():
         b(x)
     unpatch_model(a)
     assert torch.equal(b(x).logits, ref_b)
+
+
+def test_exact_first_or_last_past_the_layers_is_refused_and_all_exact_warns():
+    """exact_first/exact_last larger than the model's layer count is a mistake, not "all exact"; a config that
+    keeps every layer exact patches, with a warning that nothing is approximated."""
+    model = build("llama")
+    n = model.config.num_hidden_layers
+    for field in ("exact_first", "exact_last"):
+        with pytest.raises(ValueError, match=f"{field}={n + 1} is more than the model's {n} layers"):
+            patch_model(model, DistrConfig(**{field: n + 1}))
+    with pytest.warns(UserWarning, match=f"keeps all {n} layers exact"):
+        patch_model(model, DistrConfig(exact_first=1, exact_last=n - 1))
+    unpatch_model(model)
