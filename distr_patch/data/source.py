@@ -43,6 +43,8 @@ def _load_local(option: str, data: str, builder: str, split: str, **where):
     log = logging.getLogger("datasets")  # it logs a parse error before raising it: the DataError says it in one line
     level = log.level
     log.setLevel(logging.CRITICAL)
+    if builder == "text":  # a UTF-8 file saved with a byte order mark: the mark is not text
+        where = {**where, "encoding": "utf-8-sig"}
     try:
         return datasets.load_dataset(builder, split=split, **where)
     except (datasets.exceptions.DatasetsError, OSError, ValueError) as e:

