@@ -27,10 +27,14 @@ def register(sub) -> None:
     g = p.add_argument_group("measurements")
     g.add_argument("--seq-lens", type=o.int_list, default=o.S, metavar="N,N", help="prefill lengths (512,1024,2048,4096)")
     g.add_argument("--batch-sizes", type=o.int_list, default=o.S, metavar="B,B", help="batch sizes (1,4)")
-    g.add_argument("--gen-tokens", type=int, default=o.S, help="new tokens per generate() call (64)")
+    g.add_argument("--gen-tokens", type=int, default=o.S,
+                   help="new tokens per generate() call (64); new tokens/s = batch x these over the whole call's "
+                        "time, the prompt's prefill included")
     g.add_argument("--gen-prompt-len", type=int, default=o.S, help="prompt length for generate() (512)")
-    g.add_argument("--warmup", type=int, default=o.S, help="untimed calls first (3)")
-    g.add_argument("--repeats", type=int, default=o.S, help="timed calls; p20/p50/p80 are reported (10)")
+    g.add_argument("--warmup", type=int, default=o.S, help="untimed calls first (3; generate(): 1 or 2)")
+    g.add_argument("--repeats", type=int, default=o.S,
+                   help="timed calls; p20/p50/p80 are reported (10; generate(): a third of them, at least 3); each "
+                        "point records the calls it ran")
     g.add_argument("--cuda-graph", action="store_true", default=o.S,
                    help="time prefill and image batches as replays of one captured CUDA graph per shape, exact and "
                         "DistrAttention alike: the GPU's time without the host's launch overhead (generate() is not "

@@ -55,11 +55,13 @@ def bench_table(results: list[dict]) -> str:
     benches = [r for r in results if r["kind"] == "bench-model"]
     if not benches:
         return ""
-    head = ["model", "device", "measure", "batch", "seq len", "variant", "p50 [ms]", "throughput", "peak mem [MiB]",
-            "speedup"]
+    head = ["model", "device", "measure", "batch", "seq len", "variant", "p50 [ms]", "throughput",
+            "peak GPU mem [MiB]", "speedup"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in benches:
         device = r["provenance"].get("gpu") or r["provenance"]["device"]
+        if not r["variants"]:  # stopped before exact attention finished
+            continue
         exact = {(e["measure"], e["batch"], e.get("seq_len")): e["p50_ms"] for e in bench_points(r["variants"][0])}
         for v in r["variants"]:
             for e in bench_points(v):
@@ -86,6 +88,9 @@ def markdown(results: list[dict], tradeoff=None) -> str:
         if table:
             parts.append(f"### {title}\n\n{table}")
     notes = sorted({n for r in results for n in r.get("notes", [])})
+    notes += [f"{r['model']['name']} ({r['kind']}): status {r['status']}, {len(r['variants'])} variant(s) recorded"
+              + (" (still running, or stopped by an error)" if r["status"] == "running" else
+                 " (stopped early: the finished variants only)") for r in results if r["status"] != "complete"]
     if notes:
         parts.append("\n".join(f"- {n}" for n in notes))
     return "\n\n".join(parts) + "\n"

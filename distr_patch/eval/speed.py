@@ -54,21 +54,41 @@ class SpeedSource:
         return next((e for e in self.entries if not differences(e.settings, distr_config)), None)
 
 
+PER_LAYER = ("layer_overrides", "head_overrides")
+
+
 def differences(bench: dict | None, distr: dict | None) -> list[str]:
-    """Settings in which a bench variant and an eval variant differ (fields both state; ``IGNORED`` aside)."""
+    """Settings in which a bench variant and an eval variant differ (fields both state; ``IGNORED`` aside). A bench
+    variant without per-layer settings (a ``bench op`` row: one operator setting) differs from an eval variant whose
+    ``layer_overrides`` / ``head_overrides`` set any of its fields to another value."""
     if bench is None or distr is None:
         return [] if bench is distr else ["exact attention"]
-    return [k for k, v in bench.items() if k not in IGNORED and k in distr and distr[k] != v]
+    out = [k for k, v in bench.items() if k not in IGNORED and k in distr and distr[k] != v]
+    return out + [k for k in PER_LAYER if k not in bench and overridden(bench, k, distr.get(k))]
+
+
+def overridden(bench: dict, key: str, overrides) -> list[str]:
+    """The fields of ``bench`` that ``overrides`` (an eval variant's ``layer_overrides`` {layer: {field: value}}
+    or ``head_overrides`` {layer: {head: {field: value}}}, ``key`` says which) set to another value."""
+    if not isinstance(overrides, dict):
+        return []
+    per = list(overrides.values())
+    if key == "head_overrides":
+        per = [h for o in per if isinstance(o, dict) for h in o.values()]
+    return sorted({k for o in per if isinstance(o, dict) for k, v in o.items()
+                   if k in bench and k not in IGNORED and bench[k] != v})
 
 
 def op_settings(kwargs: dict) -> dict:
-    """The full operator settings of a ``distr_attention(**kwargs)`` call (its defaults filled in)."""
+    """The full operator settings of a ``distr_attention(**kwargs)`` call (its defaults filled in), with the
+    ``DistrConfig.engine`` that runs it: ``sdpa`` for ``backend="sdpa"``, else ``auto``."""
     import inspect
 
     from ..ops import distr_attention
 
     params = inspect.signature(distr_attention).parameters
-    return {k: kwargs.get(k, params[k].default) for k in OP_SETTINGS}
+    return {**{k: kwargs.get(k, params[k].default) for k in OP_SETTINGS},
+            "engine": "sdpa" if kwargs.get("backend") == "sdpa" else "auto"}
 
 
 def _selected(point: dict, at: dict[str, str]) -> bool:
@@ -101,6 +121,9 @@ def _geomean(ratios: list[float]) -> float | None:
 
 def _from_model(path, data: dict, at: dict[str, str]) -> SpeedSource:
     variants = data["variants"]
+    if not variants:
+        raise ConfigError(f"--speed-from {path}: the run recorded no variant (status {data['status']}); "
+                          "give a finished `bench model` run")
     all_points = [p for v in variants for p in bench_points(v)]
     _check_fields(all_points, at, path)
     if "measure" not in at:
@@ -135,16 +158,20 @@ def _from_op(path, data: dict, at: dict[str, str]) -> SpeedSource:
         if name == OP_BASELINE:
             settings = None
         elif own[0].get("settings") is not None:
-            settings = own[0]["settings"]
+            settings = dict(own[0]["settings"])
+            # rows written before settings named the engine: the script names its backend="sdpa" variants "... sdpa"
+            settings.setdefault("engine", "sdpa" if re.search(r"\bsdpa\b", name) else "auto")
         elif name.startswith("distr"):
-            settings = op_settings({k: cast(m.group(1)) for k, (pattern, cast) in _OP_NAME.items()
-                                    if (m := re.search(pattern, name))})
+            settings = op_settings({"backend": "sdpa" if re.search(r"\bsdpa\b", name) else None,
+                                    **{k: cast(m.group(1)) for k, (pattern, cast) in _OP_NAME.items()
+                                       if (m := re.search(pattern, name))}})
         else:  # a peer (cuDNN, SageAttention): not a DistrAttention setting
             continue
         ratios = [base[shape(r)] / r["ms"] for r in own if shape(r) in base and r["ms"] > 0]
         entries.append(SpeedEntry(name, settings, _geomean(ratios), len(ratios)))
     where = ", ".join(f"{k}={v}" for k, v in at.items()) or "every shape"
-    return SpeedSource(str(path), "bench op", "operator", data.get("gpu") or "?", OP_BASELINE,
+    kind = "bench op --backward (forward+backward)" if data.get("kind") == "bench-op-backward" else "bench op"
+    return SpeedSource(str(path), kind, "operator", data.get("gpu") or "?", OP_BASELINE,
                        f"{len(base)} shapes ({where})", entries)
 
 

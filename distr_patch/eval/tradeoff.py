@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .report import LOSS_LINTHRESH, loss
-from .speed import SpeedSource, differences
+from .speed import SpeedSource, differences, overridden
 
 
 @dataclass
@@ -41,7 +41,15 @@ def _why(source: SpeedSource, distr: dict) -> str:
     diff = differences(best.settings, distr)
     if not diff:
         return f"{best.name} matches but has no speedup at the selected points"
-    return f"closest {best.name}: " + ", ".join(f"{k} {distr[k]} vs {best.settings[k]}" for k in diff)
+    return f"closest {best.name}: " + ", ".join(_differs(k, distr, best.settings) for k in diff)
+
+
+def _differs(key: str, distr: dict, bench: dict) -> str:
+    if key in bench:
+        return f"{key} {distr[key]} vs {bench[key]}"
+    where = "layers" if key == "layer_overrides" else "heads"  # PER_LAYER: the bench variant has one setting
+    return (f"{key} set {', '.join(overridden(bench, key, distr[key]))} per {where[:-1]} (the bench variant runs "
+            f"one setting in all {where}; time the config with `bench model --distr-configs`)")
 
 
 def combine(results: list[tuple[str, dict]], speed: SpeedSource) -> TradeOff:

@@ -103,3 +103,38 @@ def test_runs_of_one_model_are_told_apart(tmp_path):
     assert load_results([paths[0]])[0]["model"]["name"] == "tiny"  # the files are left as they are
     same = label_runs([paths[0], paths[0]], load_results([paths[0], paths[0]]))
     assert [r["model"]["name"] for r in same] == ["tiny (#1)", "tiny (#2)"]
+
+
+def _bench_result(tmp_path, variants=("exact", "G2"), status="complete"):
+    rf = ResultFile(tmp_path / "bench.json", kind="bench-model", model={"name": "b", "model_type": "llama"},
+                    config={}, provenance={"torch": "x", "transformers": "x", "triton": "x", "device": "cpu",
+                                           "gpu": None, "git_commit": None, "seed": 0})
+    for name, ms in zip(variants, (10.0, 5.0)):
+        point = {"measure": "prefill", "batch": 1, "seq_len": 32, "p20_ms": ms, "p50_ms": ms, "p80_ms": ms,
+                 "throughput": 32 / ms * 1e3, "throughput_unit": "tokens/s", "peak_mem_mib": None}
+        rf.add_variant(Variant(name, None if name == "exact" else 2, None if name == "exact" else "paper",
+                               {} if name == "exact" else {"group_size": 2}), {}, {"prefill": [point]})
+    rf.save(status)
+    return rf
+
+
+def test_report_of_a_run_stopped_in_its_first_variant(tmp_path):
+    """Ctrl-C while exact attention runs leaves a file with no variant: the run's own report.md (and `report`) said
+    IndexError; the table is now empty and the note says what happened."""
+    rf = _bench_result(tmp_path, variants=(), status="interrupted")
+    table = markdown(load_results([rf.path]))
+    assert "- b (bench-model): status interrupted, 0 variant(s) recorded (stopped early" in table
+    assert write_plots(load_results([rf.path]), tmp_path / "plots") == []
+
+
+def test_report_says_which_runs_are_unfinished(tmp_path):
+    """A run still writing (or one that died) read `running` and looked complete in the table."""
+    (tmp_path / "a").mkdir()
+    done = _bench_result(tmp_path / "a")
+    running = _eval_result(tmp_path, "m", [(10.0, 1.0), (11.0, 1.0), (12.0, 1.0)])
+    running.save("running")
+    table = markdown(load_results([done.path, running.path]))
+    assert "| b | cpu | prefill | 1 | 32 | G2 | 5 | 6400 tokens/s |  | 2.00x |" in table
+    assert "peak GPU mem [MiB]" in table  # blank on the CPU: not measured there
+    assert "- m (eval-lm): status running, 3 variant(s) recorded (still running, or stopped by an error)" in table
+    assert "b (bench-model): status" not in table

@@ -131,3 +131,65 @@ def test_speed_from_errors(tmp_path):
 
         run(Namespace(results=[str(eval_path)], speed_from=None, speed_at={"N": "1"}, output_dir=str(tmp_path),
                       plots=False))
+
+
+def _op_file(tmp_path, rows, kind="bench-op"):
+    path = tmp_path / f"{kind}.json"
+    path.write_text(json.dumps({"kind": kind, "gpu": "NVIDIA H100", "rows": rows}))
+    return path
+
+
+def test_op_rows_of_the_sdpa_engine_pair_with_engine_sdpa_only(tmp_path):
+    """`distr G=2 mean sdpa` (backend="sdpa") has the same operator settings as the fused kernel's row: an eval run
+    with --distr engine=sdpa took the fused kernel's speedup, and one on the default engine took the SDPA engine's
+    where the sweep had only that row."""
+    rows = []
+    for variant, ms, kw in (("sdpa-flash", 4.0, None), ("distr G=2 mean", 2.0, dict(group_size=2, fusion="mean")),
+                            ("distr G=2 mean sdpa", 1.0, dict(group_size=2, fusion="mean", backend="sdpa"))):
+        row = dict(d=64, N=4096, B=8, H=32, causal=True, variant=variant, ms=ms)
+        if kw is not None:
+            row["settings"] = op_settings(kw)
+        rows.append(row)
+    legacy = [{k: v for k, v in r.items() if k != "settings"} for r in rows]
+    older = [dict(r, settings={k: v for k, v in r["settings"].items() if k != "engine"}) if "settings" in r else r
+             for r in rows]
+    for r in (rows, legacy, older):
+        speeds = load_speeds(_op_file(tmp_path, r))
+        assert speeds.find(distr_config_dict("paper", 2, {})).speedup == pytest.approx(2.0)
+        assert speeds.find(distr_config_dict("paper", 2, {"engine": "sdpa"})).speedup == pytest.approx(4.0)
+    only_sdpa = load_speeds(_op_file(tmp_path, [rows[0], rows[2]]))
+    assert only_sdpa.find(distr_config_dict("paper", 2, {})) is None
+
+
+def test_per_layer_settings_do_not_pair_with_one_op_row(tmp_path):
+    """A calibrated config (G2 rank1 W128 base, most layers block_m 32 / window 64) took the base setting's operator
+    speedup; it now pairs only with a bench variant of the same per-layer settings (bench model)."""
+    speeds = load_speeds(_op_file(tmp_path, _op_rows()))
+    base = distr_config_dict("recommended", 2, {"layer_overrides": {0: {"block_m": 32, "exact_window": 64}}})
+    assert speeds.find(base) is None
+    same = distr_config_dict("recommended", 2, {"layer_overrides": {0: {"block_m": 32}}, "block_m": 32})
+    assert speeds.find(same).name == "distr G=2 rank1 W128 c.5 bm32"  # overrides equal to the row: still a match
+    heads = distr_config_dict("recommended", 2, {"block_m": 32, "head_overrides": {1: {0: {"group_size": 1}}}})
+    assert speeds.find(heads) is None
+    eval_path = _eval_file(tmp_path)
+    data = json.loads(eval_path.read_text())
+    data["variants"][3]["distr_config"] = base
+    t = combine([(eval_path, data)], speeds)
+    assert [p.variant for p in t.points] == ["G2", "G4"]
+    assert ("m G2-rec: closest distr G=2 rank1 W128 c.5 bm32: block_m 128 vs 32, layer_overrides set "
+            "exact_window per layer (the bench variant runs one setting in all layers; time the config with "
+            "`bench model --distr-configs`)") in t.unmatched
+
+
+def test_speed_from_backward_rows_says_forward_backward(tmp_path):
+    speeds = load_speeds(_op_file(tmp_path, _op_rows(with_settings=False), kind="bench-op-backward"))
+    assert "(bench op --backward (forward+backward), operator on NVIDIA H100" in speeds.describe()
+
+
+def test_speed_from_a_bench_run_without_variants(tmp_path):
+    rf = ResultFile(tmp_path / "b" / "result.json", kind="bench-model", model={"name": "x", "model_type": "llama"},
+                    config={}, provenance=PROV)
+    rf.save("interrupted")
+    with pytest.raises(ConfigError, match="--speed-from .*result.json: the run recorded no variant "
+                                          r"\(status interrupted\)"):
+        load_speeds(rf.path)
