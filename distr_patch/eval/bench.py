@@ -21,7 +21,7 @@ import torch
 
 from ..models import load_model
 from ..models.presets import VISION_TYPES
-from .config import COMPILE_WARMUP, ConfigError, RunConfig, flag
+from .config import COMPILE_WARMUP, ConfigError, RunConfig
 from .distributed import Shard
 from .provenance import provenance
 from .results import ResultFile, model_info
@@ -112,10 +112,6 @@ def bench_vision(model, cfg: RunConfig, device, progress: bool, forward=None) ->
 def run_bench(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
     if not cfg.model:
         raise ConfigError("--model: required (e.g. preset:llama-3.2-1b, a local path, or a hub id)")
-    for name in ("seq_lens", "batch_sizes"):  # a repeated point would be timed twice and keyed once
-        values = getattr(cfg, name)
-        if len(set(values)) != len(values):
-            raise ConfigError(f"{flag(name)}: {','.join(map(str, values))} repeats a value")
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg)
     if cfg.cuda_graph and device.type != "cuda":

@@ -199,6 +199,10 @@ class RunConfig:
             v = getattr(self, name)
             if not v or any(not isinstance(x, int) or x <= 0 for x in v):
                 raise ConfigError(f"{flag(name)}: expected a list of positive integers, got {v!r}")
+        for name in ("settings", "seq_lens", "batch_sizes", "tasks", "lm_eval_tasks", "distr_configs"):
+            v = getattr(self, name) or []  # a repeat would run twice under one name (and be keyed once)
+            if isinstance(v, list) and len(set(map(str, v))) != len(v):
+                raise ConfigError(f"{flag(name)}: {','.join(map(str, v))} repeats a value")
         if self.lm_eval_include is not None and not Path(self.lm_eval_include).is_dir():
             raise ConfigError(f"{flag('lm_eval_include')}: {self.lm_eval_include} is not a directory")
         if self.vit_metric not in ("top-k", "fidelity"):

@@ -74,12 +74,14 @@ def test_peak_memory_sums_the_gpus_of_the_model(monkeypatch):
 @pytest.mark.parametrize("flags,match", [
     (dict(seq_lens=[16, 32, 16], batch_sizes=[1]), "--seq-lens: 16,32,16 repeats a value"),
     (dict(seq_lens=[16], batch_sizes=[1, 1]), "--batch-sizes: 1,1 repeats a value"),
+    (dict(seq_lens=[16], batch_sizes=[1], settings=["paper", "paper"]), "--settings: paper,paper repeats a value"),
 ])
 def test_repeated_points_are_an_error(tiny_lm_dir, tmp_path, flags, match):
-    """A repeated length or batch was timed twice but keyed once: exact attention's own rows read 1.15x."""
-    cfg = RunConfig(model=str(tiny_lm_dir), gen_tokens=1, gen_prompt_len=4, warmup=0, repeats=1, group_sizes=[2],
-                    distr={"block_m": 32}, plots=False, output_dir=str(tmp_path), **flags)
+    """A repeated length or batch was timed twice but keyed once: exact attention's own rows read 1.15x; a repeated
+    setting ran twice as two variants of one name."""
     with pytest.raises(ConfigError, match=match):
+        cfg = RunConfig(model=str(tiny_lm_dir), gen_tokens=1, gen_prompt_len=4, warmup=0, repeats=1,
+                        group_sizes=[2], distr={"block_m": 32}, plots=False, output_dir=str(tmp_path), **flags)
         bench.run_bench(cfg, progress=False)
 
 
