@@ -159,6 +159,12 @@ def _drop_untrained_pooler(model, missing_keys) -> None:
         model.pooler = None
 
 
+# (image processor files, tokenizer files) one of which a save_pretrained directory holds
+PROCESSOR_FILES = (("preprocessor_config.json", "processor_config.json"),
+                   ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt",
+                    "spiece.model"))
+
+
 def check_gguf_file(path: Path, name: str) -> None:
     """Raise a ModelLoadError naming ``--model`` if the .gguf is cut short (an interrupted download) or corrupt:
     the ``gguf`` package's reader walks its metadata and tensor table (2-3 s for SmolLM2, so only after
@@ -223,16 +229,24 @@ def _load_pretrained(model_cls, proc_cls, location, name, source, kind, torch_dt
             _drop_untrained_pooler(model, missing)
             missing = {k for k in missing if not (k.split(".")[0] == "pooler" or ".pooler." in k)}
         _refuse_missing_weights(model, missing, name, kind)
+        hint = f" (a save_pretrained directory needs the {what}'s files too)" if source == "local" else ""
+        if source == "local" and not any((Path(location) / f).is_file() for f in PROCESSOR_FILES[kind == "lm"]):
+            # transformers 5.0 builds a near-empty tokenizer from the config alone, and says nothing
+            raise ModelLoadError(f"--model {name}: the model loaded but its {what} did not{hint}: the directory "
+                                 f"has none of {', '.join(PROCESSOR_FILES[kind == 'lm'])}")
         try:
             processor = proc_cls.from_pretrained(location, **gguf, **no_code)
         except (ValueError, OSError) as e:
             if source == "hub":
                 raise
-            hint = f" (a save_pretrained directory needs the {what}'s files too)" if source == "local" else ""
             raise ModelLoadError(f"--model {name}: the model loaded but its {what} did not{hint}: "
                                  f"{_first_line(e)}") from e
-    except (ValueError, struct.error) as e:  # a model transformers cannot load for this kind, a file that is not a
-        if isinstance(e, ModelLoadError):    # GGUF, a GGUF cut short, ...
+    except (struct.error, IndexError):  # transformers' GGUF reading on a file cut short (IndexError: its 5.0)
+        if gguf_file:
+            check_gguf_file(Path(location) / gguf_file, name)  # raises where the file is the reason
+        raise
+    except ValueError as e:  # a model transformers cannot load for this kind, a file that is not a GGUF, ...
+        if isinstance(e, ModelLoadError):
             raise
         if gguf_file:
             check_gguf_file(Path(location) / gguf_file, name)  # raises where the file is the reason
