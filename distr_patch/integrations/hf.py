@@ -16,8 +16,8 @@ Masks: "distr" is registered in ``AttentionMaskInterface`` with transformers' ``
 True = attend, None for plain causal prefill), so padding and sliding windows reach the operator.
 The operator places the exact window bottom-right (query i at key i + M - N); a static cache's keys end in
 unwritten (masked) slots, so a masked causal call with a window first drops the key tail that no row attends
-(``attended_length``; eager only: under torch.compile or a CUDA graph capture the tail stays, and the band sits
-that many keys to the right).
+(``attended_length``, a host read); under torch.compile or a CUDA graph capture, where no host read is possible, it
+rotates the key axis instead so that the tail comes first (``rotate_to_attended_end``: a copy of K, V and the mask).
 """
 from __future__ import annotations
 
@@ -100,19 +100,39 @@ def query_rows_valid(attention_mask: torch.Tensor, batch: int, q_len: int, kv_le
     return own | (~own.any(dim=-1, keepdim=True) & allowed.any(dim=-1))
 
 
-def attended_length(attention_mask: torch.Tensor, q_len: int, kv_len: int) -> int:
-    """The keys a causal call needs: ``kv_len`` less a tail that no row attends, where each row's last key is its
-    own position (a static cache's unwritten slots). The operator places the exact window bottom-right (row i at key
-    i + M - N), so that tail would move the band off the diagonal. Host sync; between q_len and kv_len."""
+def _attended_end(attention_mask: torch.Tensor, q_len: int, kv_len: int) -> torch.Tensor | None:
+    """Scalar long tensor on the mask's device: the keys a causal call needs, ``kv_len`` less a tail that no row
+    attends, where each row's last key is its own position (a static cache's unwritten slots); between q_len and
+    kv_len. None when the mask broadcasts its rows or keys (no position to read). Device ops only (traceable)."""
     allowed, _ = normalize_mask(attention_mask)
     allowed = allowed.any(dim=1).any(dim=0)  # [N or 1, M or 1]
-    if allowed.shape != (q_len, kv_len):  # broadcast rows or keys: no position to read
-        return kv_len
+    if allowed.shape != (q_len, kv_len):
+        return None
     cols = torch.arange(kv_len, device=allowed.device)
     last = torch.where(allowed, cols, -1).amax(dim=-1)  # [N], -1 where a row sees no key
     rows = torch.arange(q_len, device=allowed.device)
-    offset = int(torch.where(last >= 0, last - rows, -1).amax())  # row 0's own key, read off the furthest row
-    return kv_len if offset < 0 else min(kv_len, max(q_len, offset + q_len))
+    offset = torch.where(last >= 0, last - rows, -1).amax()  # row 0's own key, read off the furthest row
+    return torch.where(offset < 0, kv_len, (offset + q_len).clamp(q_len, kv_len))
+
+
+def attended_length(attention_mask: torch.Tensor, q_len: int, kv_len: int) -> int:
+    """The keys a causal call needs (``_attended_end``) as an int: the operator places the exact window bottom-right
+    (row i at key i + M - N), so an unattended tail would move the band off the diagonal. Host sync."""
+    end = _attended_end(attention_mask, q_len, kv_len)
+    return kv_len if end is None else int(end)
+
+
+def rotate_to_attended_end(key, value, attention_mask, q_len: int):
+    """key/value [B, Hkv, M, d] and the mask [..., M] with the key axis rotated so that the attended keys end at M
+    (``_attended_end``): the unattended tail comes first, where every row masks it. The same function as cutting the
+    tail off, with the band in place, for torch.compile and CUDA graph capture (no host read, static shapes)."""
+    kv_len = key.shape[2]
+    end = _attended_end(attention_mask, q_len, kv_len)
+    if end is None:
+        return key, value, attention_mask
+    idx = (torch.arange(kv_len, device=key.device) + end.to(key.device)) % kv_len  # new slot p: old key (p + end) % M
+    mask_idx = idx.to(attention_mask.device)
+    return key.index_select(2, idx), value.index_select(2, idx), attention_mask.index_select(-1, mask_idx)
 
 
 def _tracing(t: torch.Tensor) -> bool:
@@ -194,10 +214,13 @@ def distr_attention_forward(module, query, key, value, attention_mask, dropout=0
     if is_causal and key.shape[2] > q_len:  # prefill into an empty static cache: the tail is unwritten
         key, value = key[:, :, :q_len], value[:, :, :q_len]
     elif (module_causal and attention_mask is not None and key.shape[2] > q_len and attention_mask.shape[-1] > 1
-          and any(kw["exact_window"] > 0 for _, kw in parts) and not _tracing(query)):
-        m = attended_length(attention_mask, q_len, key.shape[2])  # a static cache's tail: keep the band in place
-        if m < key.shape[2]:
-            key, value, attention_mask = key[:, :, :m], value[:, :, :m], attention_mask[..., :m]
+          and any(kw["exact_window"] > 0 for _, kw in parts)):  # a static cache's tail: keep the band in place
+        if _tracing(query):
+            key, value, attention_mask = rotate_to_attended_end(key, value, attention_mask, q_len)
+        else:
+            m = attended_length(attention_mask, q_len, key.shape[2])
+            if m < key.shape[2]:
+                key, value, attention_mask = key[:, :, :m], value[:, :, :m], attention_mask[..., :m]
     query, key, value = autocast_inputs(query, key, value)
     query_valid = None
     if attention_mask is not None:

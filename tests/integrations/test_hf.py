@@ -9,7 +9,7 @@ from transformers.masking_utils import (ALL_MASK_ATTENTION_FUNCTIONS, bidirectio
                                         causal_mask_function, sdpa_mask)
 
 import distr_patch  # noqa: F401  (registers "distr")
-from distr_patch import DistrConfig
+from distr_patch import DistrConfig, distr_attention
 from distr_patch.integrations import hf
 from distr_patch.integrations.hf import ATTN_IMPLEMENTATION, distr_attention_forward, query_rows_valid
 
@@ -135,6 +135,25 @@ def test_attended_length_drops_only_a_tail_no_row_reaches():
     assert hf.attended_length(both_padded, 6, 9) == 9
     assert hf.attended_length(torch.zeros(1, 1, 4, 10, dtype=torch.bool), 4, 10) == 10  # no row sees a key
     assert hf.attended_length(torch.ones(1, 1, 1, 10, dtype=torch.bool), 4, 10) == 10  # rows broadcast
+
+
+def test_rotation_puts_the_attended_keys_last_and_keeps_the_function():
+    """The traced way: the unattended tail moves in front (masked for every row); with the window, the operator on
+    the rotated keys gives what it gives on the keys cut at the attended length."""
+    static = torch.zeros(2, 1, 4, 10, dtype=torch.bool)  # 3 cached + 4 new tokens in a 10-slot static cache
+    static[:, 0] = torch.arange(10) <= torch.arange(3, 7)[:, None]
+    static[1, 0, :, :2] = False  # left padding
+    q, k, v = _qkv(B=2, N=4, M=10)
+    k2, v2, m2 = hf.rotate_to_attended_end(k, v, static, 4)
+    assert torch.equal(k2[:, :, 3:], k[:, :, :7]) and torch.equal(v2[:, :, :3], v[:, :, 7:])
+    assert torch.equal(m2[..., 3:], static[..., :7]) and not m2[..., :3].any()
+    kw = dict(group_size=2, block_m=32, exact_window=2, window_correction=0.5, seed=0, scale=0.25)
+    cut = distr_attention(q, k[:, :, :7], v[:, :, :7], attention_mask=static[..., :7], **kw)
+    torch.testing.assert_close(distr_attention(q, k2, v2, attention_mask=m2, **kw), cut, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(distr_attention(q, k, v, attention_mask=static, **kw), cut, atol=1e-3)  # unrotated
+    for same in (torch.zeros(1, 1, 4, 10, dtype=torch.bool), torch.ones(1, 1, 1, 10, dtype=torch.bool)):
+        k3, _, m3 = hf.rotate_to_attended_end(k, v, same, 4)  # no row sees a key / rows broadcast: unchanged
+        assert torch.equal(k3, k) and torch.equal(m3, same)
 
 
 def test_unsupported_features_raise_or_warn():
