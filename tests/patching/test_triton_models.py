@@ -221,3 +221,27 @@ def test_compiled_patched_model_on_cuda(cfg):
             if exact_scores:
                 eager = model(ids, use_cache=False).logits
                 torch.testing.assert_close(out, eager, atol=2e-2 * eager.abs().max().item(), rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated")
+def test_compiled_static_cache_prefill_with_a_window_on_cuda():
+    """A left-padded bf16 prefill into a static cache, traced by torch.compile (aot_eager: the eager kernels, so the
+    query rounds as in eager and the groups are the same), with an exact window: the adapter cannot read the mask
+    and rotates the key axis on the GPU. Its logits equal an eager dynamic cache's to bf16 rounding; without the
+    rotation the band would sit on unwritten slots (the CPU twin in test_models.py fails that way)."""
+    model = _llama(head_dim=64, init=0.02).to("cuda", torch.bfloat16)
+    patch_model(model, DistrConfig(block_m=64, exact_window=32, exact_below=1))
+    ids = torch.randint(1, 128, (2, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[1, :37] = 0
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    with torch.no_grad():
+        dynamic = model(ids, attention_mask=mask, position_ids=pos, past_key_values=tf.DynamicCache(config=model.config))
+        torch._dynamo.reset()
+        traced = torch.compile(model, backend="aot_eager", dynamic=False)
+        static = tf.StaticCache(config=model.config, max_cache_len=512)
+        out = traced(ids, attention_mask=mask, position_ids=pos, past_key_values=static).logits
+    ref = dynamic.logits
+    torch.testing.assert_close(out[mask.bool()], ref[mask.bool()], atol=2e-2 * ref.abs().max().item(), rtol=0)
