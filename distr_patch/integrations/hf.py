@@ -84,16 +84,18 @@ def layer_settings(module: torch.nn.Module) -> LayerSettings:
 def query_rows_valid(attention_mask: torch.Tensor, batch: int, q_len: int, kv_len: int) -> torch.Tensor:
     """Bool [B, N]: True for real query rows, False for padding, from a mask broadcastable to [B, H, N, M].
 
-    Row i sits at key position i + M - N (bottom-right, as the operator's causal); it is padding if
-    that key is masked for it: padding masks drop a padding token's key column for every row, while
-    causal, sliding-window and bidirectional patterns always keep a token's own key. A batch element
-    where no row passes (a mask not aligned that way, e.g. a static cache's empty tail) falls back
-    to "the row attends to some key".
+    Row i sits at key position i + E - N, where E is the keys' attended end (``_attended_end``: M less a static
+    cache's unwritten tail, which no row attends; M where the mask broadcasts its rows or keys); it is padding if
+    that key is masked for it: padding masks drop a padding token's key column for every row, while causal,
+    sliding-window and bidirectional patterns always keep a token's own key. A batch element where no row passes
+    (a mask not aligned that way) falls back to "the row attends to some key". Device ops only (traceable).
     """
     allowed, _ = normalize_mask(attention_mask)
     allowed = allowed.any(dim=1).expand(batch, q_len, kv_len)  # [B, N, M]
     rows = torch.arange(q_len, device=allowed.device)
-    diag = (rows + (kv_len - q_len)).clamp(0, kv_len - 1)
+    end = _attended_end(attention_mask, q_len, kv_len)
+    end = kv_len if end is None else end.to(allowed.device)
+    diag = (rows + (end - q_len)).clamp(0, kv_len - 1)
     own = allowed[:, rows, diag]
     # own | (no own row valid & attends to some key), with no torch.where on a reduction: Inductor hands `any`'s
     # int8 result to tl.where as its condition, which Triton deprecates (docs/benchmarks.md, twenty-fifth session)
@@ -109,7 +111,7 @@ def _attended_end(attention_mask: torch.Tensor, q_len: int, kv_len: int) -> torc
     if allowed.shape != (q_len, kv_len):
         return None
     cols = torch.arange(kv_len, device=allowed.device)
-    last = torch.where(allowed, cols, -1).amax(dim=-1)  # [N], -1 where a row sees no key
+    last = (allowed * (cols + 1)).amax(dim=-1) - 1  # [N], -1 where a row sees no key (no tl.where on `any`, below)
     rows = torch.arange(q_len, device=allowed.device)
     offset = torch.where(last >= 0, last - rows, -1).amax()  # row 0's own key, read off the furthest row
     return torch.where(offset < 0, kv_len, (offset + q_len).clamp(q_len, kv_len))

@@ -226,6 +226,25 @@ def test_static_cache_calls_match_the_dynamic_cache_with_an_exact_window(model_t
     _close(st2, dyn2)
 
 
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated")
+def test_right_padded_static_cache_prefill_groups_as_the_dynamic_cache():
+    """Without a window the static cache's unwritten tail stays, and the padding rows of a right-padded batch must
+    still be found (their own key sits at the attended end, not at the end of the cache): the grouping then equals
+    the dynamic cache's, logits and all, and the short sequence's real rows equal that sequence alone."""
+    model = build("llama")
+    patch_model(model, DistrConfig.paper(block_m=32, exact_below=1))
+    ids = inputs("llama", batch=2, seq=40)["input_ids"]
+    mask = torch.ones_like(ids)
+    mask[1, 29:] = 0
+    with torch.no_grad():
+        dyn = model(ids, attention_mask=mask, past_key_values=tf.DynamicCache(config=model.config)).logits
+        static = model(ids, attention_mask=mask,
+                       past_key_values=tf.StaticCache(config=model.config, max_cache_len=96)).logits
+        alone = model(ids[1:, :29]).logits
+    _close(static, dyn)
+    _close(static[1:, :29], alone)
+
+
 def test_a_loaded_model_follows_edits_of_its_distr_config_dict():
     """attn_implementation="distr" reads config.distr_config: an edit in place counts like an assignment."""
     x = inputs("llama", seq=LONG)
