@@ -105,13 +105,16 @@ def query_rows_valid(attention_mask: torch.Tensor, batch: int, q_len: int, kv_le
 def _attended_end(attention_mask: torch.Tensor, q_len: int, kv_len: int) -> torch.Tensor | None:
     """Scalar long tensor on the mask's device: the keys a causal call needs, ``kv_len`` less a tail that no row
     attends, where each row's last key is its own position (a static cache's unwritten slots); between q_len and
-    kv_len. None when the mask broadcasts its rows or keys (no position to read). Device ops only (traceable)."""
+    kv_len. None when that is kv_len without a read: no more keys than queries, or a mask that broadcasts its rows or
+    keys (no position to read). Device ops only (traceable); an [N, M] int32 temporary."""
+    if kv_len <= q_len:
+        return None
     allowed, _ = normalize_mask(attention_mask)
     allowed = allowed.any(dim=1).any(dim=0)  # [N or 1, M or 1]
     if allowed.shape != (q_len, kv_len):
         return None
-    cols = torch.arange(kv_len, device=allowed.device)
-    last = (allowed * (cols + 1)).amax(dim=-1) - 1  # [N], -1 where a row sees no key (no tl.where on `any`, below)
+    cols = torch.arange(1, kv_len + 1, device=allowed.device, dtype=torch.int32)
+    last = (allowed * cols).amax(dim=-1) - 1  # [N], -1 where a row sees no key (no tl.where on `any`, below)
     rows = torch.arange(q_len, device=allowed.device)
     offset = torch.where(last >= 0, last - rows, -1).amax()  # row 0's own key, read off the furthest row
     return torch.where(offset < 0, kv_len, (offset + q_len).clamp(q_len, kv_len))
