@@ -57,6 +57,10 @@ def layer_settings(module: torch.nn.Module) -> LayerSettings:
         return settings
     config = getattr(module, "config", None)
     raw = getattr(config, "distr_config", None)
+    if isinstance(raw, DistrConfig):  # assigned without .to_dict(): store the dict, which save_pretrained can write
+        raw = raw.to_dict()
+        if not torch.compiler.is_compiling():
+            config.distr_config = raw
     cached = getattr(module, "_distr_settings_auto", None)
     if cached is not None and cached[0] == raw:  # a snapshot: an edit of the dict in place counts too
         return cached[1]

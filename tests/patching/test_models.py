@@ -245,7 +245,7 @@ def test_right_padded_static_cache_prefill_groups_as_the_dynamic_cache():
     _close(static[1:, :29], alone)
 
 
-def test_a_loaded_model_follows_edits_of_its_distr_config_dict():
+def test_a_loaded_model_follows_edits_of_its_distr_config_dict(tmp_path):
     """attn_implementation="distr" reads config.distr_config: an edit in place counts like an assignment."""
     x = inputs("llama", seq=LONG)
     ref = logits(build("llama"), x)
@@ -256,3 +256,7 @@ def test_a_loaded_model_follows_edits_of_its_distr_config_dict():
     _close(logits(model, x), ref)
     model.config.distr_config["group_size"] = 2
     assert torch.equal(logits(model, x), grouped)
+    model.config.distr_config = DistrConfig.paper()  # an object, not its dict: runs, and is stored as the dict
+    assert torch.equal(logits(model, x), grouped)
+    assert model.config.distr_config == DistrConfig.paper().to_dict()
+    model.save_pretrained(tmp_path)
