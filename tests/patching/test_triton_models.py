@@ -4,7 +4,6 @@ The adapter calls ``distr_attention`` with backend "auto" (CUDA -> Triton, CPU -
 CPU runs force backend="triton" so the kernel sees the masks and valid rows the adapter builds.
 """
 import os
-from contextlib import nullcontext
 
 import pytest
 import torch
@@ -195,32 +194,41 @@ def test_capture_before_the_first_call_is_a_named_error():
 @pytest.mark.filterwarnings("error:tl.where with a non-boolean:UserWarning")  # the adapter's mask ops (hf.py)
 def test_compiled_patched_model_on_cuda(cfg):
     """torch.compile(mode="reduce-overhead") over a bf16 patched model on CUDA (CUDA-graph replays with the custom
-    op inside), run after run on new inputs: the logits of the same model compiled without CUDA graphs, bit for bit;
-    and where no score depends on the grouping (G=1, or a window that covers every key), eager's logits to bf16
-    rounding. Grouped scores are not compared with eager: Inductor's fused RMSNorm / RoPE kernels round the query
-    differently from eager in the last bit, which flips hash bits and so changes groups (the operator itself is
-    checked bit for bit in ``test_compiled_operator_on_cuda``)."""
+    op inside), run after run on new inputs: a replay gives, bit for bit, what the same compiled code gave for the
+    same input in its warm-up run, before any graph was recorded, and new inputs give new logits. Where no score
+    depends on the grouping (G=1, or a window that covers every key), the logits equal eager's and the plain compile's
+    to bf16 rounding.
+
+    Not compared bit for bit with the plain compile: with CUDA graphs Inductor builds other kernels (on the
+    twenty-eighth session's device the G=1 logits differed from the plain compile's by one bf16 step at 4-12% of the
+    positions, in every run, with the adapter of the commit before as well). Grouped scores are not compared with
+    eager: Inductor's fused RMSNorm / RoPE kernels round the query differently from eager in the last bit, which
+    flips hash bits and so changes groups (the operator itself is checked bit for bit in
+    ``test_compiled_operator_on_cuda``)."""
+    from torch._dynamo.utils import counters
+
     model = _llama(head_dim=64, init=0.02).to("cuda", torch.bfloat16)  # 0.2: bf16 last bits grow to O(1) logits
     exact_scores = cfg.group_size == 1 or cfg.exact_window >= 300
-    # Inductor picks each reduction kernel's config by timing it, and the configs sum in different orders. The two
-    # compiles time them apart (and share the on-disk autotune cache with the other test processes), so under a
-    # loaded GPU they could pick differently and round RMSNorm differently in the last bit. Its deterministic mode
-    # picks without timing. (Seen: 1 full GPU run of 4 under 14 processes failed here, window-covers-all included.)
-    from torch._inductor import config as inductor
-
-    deterministic = inductor.patch(deterministic=True) if hasattr(inductor, "deterministic") else nullcontext()
-    with torch.no_grad(), deterministic:
+    batches = {seed: torch.randint(1, 128, (2, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+               for seed in (3, 4, 5)}
+    with torch.no_grad():
         patch_model(model, cfg)
         torch._dynamo.reset()
+        counters.clear()
         graphs = torch.compile(model, mode="reduce-overhead")
-        plain = torch.compile(model)
-        for seed in (3, 4, 5):
-            ids = torch.randint(1, 128, (2, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
-            out = graphs(ids, use_cache=False).logits.clone()
-            assert torch.equal(out, plain(ids, use_cache=False).logits), seed
-            if exact_scores:
+        first = graphs(batches[3], use_cache=False).logits.clone()  # the warm-up run: compiled code, no graph yet
+        outs = {seed: graphs(ids, use_cache=False).logits.clone() for seed, ids in batches.items()}  # record, replay
+        again = graphs(batches[3], use_cache=False).logits.clone()
+        assert counters["inductor"]["cudagraph_skips"] == 0  # the calls did run as CUDA graphs
+        assert torch.equal(outs[3], first) and torch.equal(again, first)
+        assert not torch.equal(outs[4], outs[5])
+        if exact_scores:
+            plain = torch.compile(model)
+            for seed, ids in batches.items():
                 eager = model(ids, use_cache=False).logits
-                torch.testing.assert_close(out, eager, atol=2e-2 * eager.abs().max().item(), rtol=0)
+                tol = 2e-2 * eager.abs().max().item()
+                torch.testing.assert_close(outs[seed], eager, atol=tol, rtol=0)
+                torch.testing.assert_close(outs[seed], plain(ids, use_cache=False).logits, atol=tol, rtol=0)
 
 
 @pytest.mark.gpu
