@@ -16,13 +16,15 @@ Masks: "distr" is registered in ``AttentionMaskInterface`` with transformers' ``
 True = attend, None for plain causal prefill), so padding and sliding windows reach the operator.
 The operator places the exact window bottom-right (query i at key i + M - N); a static cache's keys end in
 unwritten (masked) slots, so a masked causal call with a window first drops the key tail that no row attends
-(``attended_length``, a host read); under torch.compile or a CUDA graph capture, where no host read is possible, it
-rotates the key axis instead so that the tail comes first (``rotate_to_attended_end``: a copy of K, V and the mask).
+(``attended_length``, one host read per forward); under torch.compile or a CUDA graph capture, where no host read
+is possible, it rotates the key axis instead so that the tail comes first (``rotate_to_attended_end``: a copy of K,
+V and the mask).
 """
 from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 
 import torch
 from transformers import AttentionInterface
@@ -124,11 +126,22 @@ def _attended_end(attention_mask: torch.Tensor, q_len: int, kv_len: int) -> torc
     return torch.where(offset < 0, kv_len, (offset + q_len).clamp(q_len, kv_len))
 
 
+_last_attended: tuple | None = None  # (weakref to a mask, its _version, q_len, kv_len, attended length)
+
+
 def attended_length(attention_mask: torch.Tensor, q_len: int, kv_len: int) -> int:
     """The keys a causal call needs (``_attended_end``) as an int: the operator places the exact window bottom-right
-    (row i at key i + M - N), so an unattended tail would move the band off the diagonal. Host sync."""
+    (row i at key i + M - N), so an unattended tail would move the band off the diagonal. Host sync, once per mask:
+    a model's layers share one mask tensor per forward, so the last answer is kept for that tensor (unless it is
+    written in place, which its version counts)."""
+    global _last_attended
+    last = _last_attended
+    if last is not None and last[0]() is attention_mask and last[1:4] == (attention_mask._version, q_len, kv_len):
+        return last[4]
     end = _attended_end(attention_mask, q_len, kv_len)
-    return kv_len if end is None else int(end)
+    length = kv_len if end is None else int(end)
+    _last_attended = (weakref.ref(attention_mask), attention_mask._version, q_len, kv_len, length)
+    return length
 
 
 def rotate_to_attended_end(key, value, attention_mask, q_len: int):

@@ -137,6 +137,20 @@ def test_attended_length_drops_only_a_tail_no_row_reaches():
     assert hf.attended_length(torch.ones(1, 1, 1, 10, dtype=torch.bool), 4, 10) == 10  # rows broadcast
 
 
+def test_attended_length_reads_a_mask_once_until_it_is_written(monkeypatch):
+    """The layers of one forward share a mask: one host read for all of them, a new one after an in-place write."""
+    reads = []
+    real = hf._attended_end
+    monkeypatch.setattr(hf, "_attended_end", lambda *a: reads.append(1) or real(*a))
+    static = torch.zeros(1, 1, 4, 10, dtype=torch.bool)
+    static[0, 0] = torch.arange(10) <= torch.arange(3, 7)[:, None]
+    assert [hf.attended_length(static, 4, 10) for _ in range(3)] == [7, 7, 7] and len(reads) == 1
+    assert hf.attended_length(static.clone(), 4, 10) == 7 and len(reads) == 2  # another tensor
+    static[0, 0] = torch.arange(10) <= torch.arange(4, 8)[:, None]  # written in place (one token more): a new read
+    assert hf.attended_length(static, 4, 10) == 8 and len(reads) == 3
+    assert hf.attended_length(static[..., :9], 4, 9) == 8 and len(reads) == 4
+
+
 def test_rotation_puts_the_attended_keys_last_and_keeps_the_function():
     """The traced way: the unattended tail moves in front (masked for every row); with the window, the operator on
     the rotated keys gives what it gives on the keys cut at the attended length."""
