@@ -5,7 +5,6 @@ pyproject.toml's floors (``scripts/check_floors.sh``).
 """
 from __future__ import annotations
 
-import torch
 import transformers
 from packaging.version import Version
 

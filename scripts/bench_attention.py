@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import asdict
 
@@ -526,8 +525,8 @@ def print_table(rows):
     # launch overhead included where it exceeds the GPU time: noisy for launches of ~0.05 ms) / replayed from a CUDA
     # graph (GPU time only); over G=1 %: the whole extra time of the call against our exact kernel (G=1) on the same
     # inputs, prologue work included
-    print(f"| d | N | causal | variant | ms | TFLOP/s | vs flash | vs cuDNN | rel. err | grouping % Python / GPU | "
-          f"over G=1 % |")
+    print("| d | N | causal | variant | ms | TFLOP/s | vs flash | vs cuDNN | rel. err | grouping % Python / GPU | "
+          "over G=1 % |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     g1 = {(r["d"], r["N"], r["causal"]): r["ms"] for r in rows if r["variant"] == "distr G=1"}
     for r in rows:

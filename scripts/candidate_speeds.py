@@ -30,7 +30,7 @@ a = ap.parse_args()
 shape = AttentionShape(a.heads, a.kv_heads, a.head_dim, torch.bfloat16, torch.device("cuda"))
 cands = parse_candidates(a.candidates)
 cols = {n: measure_speeds(cands, shape, seq_len=n, batch=a.batch, progress=True) for n in a.seq_lens}
-print(f"| candidate | " + " | ".join(f"N={n} (time / exact)" for n in a.seq_lens) + " |")
+print("| candidate | " + " | ".join(f"N={n} (time / exact)" for n in a.seq_lens) + " |")
 print("|---|" + "---|" * len(a.seq_lens))
 for c in cands:
     print(f"| {c.name} | " + " | ".join(f"{cols[n][c.name]:.2f}" for n in a.seq_lens) + " |")

@@ -16,7 +16,6 @@ Prints one markdown table last: per shape the default and best of each kernel, i
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import multiprocessing as mp
 from dataclasses import asdict, replace

@@ -6,8 +6,6 @@ checking the Triton kernel, not for speed.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .grouping import compute_groups, fused_queries, fusion_weights

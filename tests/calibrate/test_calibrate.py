@@ -235,8 +235,6 @@ def test_all_grouped_reference_is_checked(model, ids):
 
 def test_speedup_timed_on_request(model, ids, monkeypatch):
     """speedup='on' times exact and every result (here on the CPU: the reference path); 'auto' skips the CPU."""
-    from distr_patch.calibrate import speed
-
     times = iter([10.0, 8.0, 5.0, 4.0, 2.5])  # exact, budget 0, budget 0.5, all at G=2, all at G=4
     calls = []
 

@@ -195,8 +195,6 @@ def test_a_capture_replays_the_eager_mask_decisions(monkeypatch):
     ids or a padding mask then), so a graphed prefill would time masked attention. ``EagerMaskDecisions`` replays
     the eager call's answers during the capture: the patched model's attention gets no mask and is causal, as
     eagerly. Simulated on the CPU by making transformers' capture probe say True."""
-    import functools
-
     from transformers import masking_utils
     from transformers.utils import import_utils
 
