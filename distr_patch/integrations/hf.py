@@ -133,14 +133,17 @@ def attended_length(attention_mask: torch.Tensor, q_len: int, kv_len: int) -> in
     """The keys a causal call needs (``_attended_end``) as an int: the operator places the exact window bottom-right
     (row i at key i + M - N), so an unattended tail would move the band off the diagonal. Host sync, once per mask:
     a model's layers share one mask tensor per forward, so the last answer is kept for that tensor (unless it is
-    written in place, which its version counts)."""
+    written in place, which its version counts; a tensor made under ``torch.inference_mode`` has no version
+    counter, so it is read at every call)."""
     global _last_attended
+    key = None if attention_mask.is_inference() else (attention_mask._version, q_len, kv_len)
     last = _last_attended
-    if last is not None and last[0]() is attention_mask and last[1:4] == (attention_mask._version, q_len, kv_len):
+    if key is not None and last is not None and last[0]() is attention_mask and last[1:4] == key:
         return last[4]
     end = _attended_end(attention_mask, q_len, kv_len)
     length = kv_len if end is None else int(end)
-    _last_attended = (weakref.ref(attention_mask), attention_mask._version, q_len, kv_len, length)
+    if key is not None:
+        _last_attended = (weakref.ref(attention_mask), *key, length)
     return length
 
 

@@ -149,6 +149,11 @@ def test_attended_length_reads_a_mask_once_until_it_is_written(monkeypatch):
     static[0, 0] = torch.arange(10) <= torch.arange(4, 8)[:, None]  # written in place (one token more): a new read
     assert hf.attended_length(static, 4, 10) == 8 and len(reads) == 3
     assert hf.attended_length(static[..., :9], 4, 9) == 8 and len(reads) == 4
+    with torch.inference_mode():  # no version counter: read at every call, never a stale answer
+        frozen = torch.arange(10) <= torch.arange(3, 7)[:, None]
+        assert [hf.attended_length(frozen, 4, 10) for _ in range(2)] == [7, 7] and len(reads) == 6
+        frozen[:] = torch.arange(10) <= torch.arange(4, 8)[:, None]
+        assert hf.attended_length(frozen, 4, 10) == 8
 
 
 def test_rotation_puts_the_attended_keys_last_and_keeps_the_function():

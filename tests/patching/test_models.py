@@ -280,3 +280,20 @@ def test_chunked_prefill_with_block_aligned_chunks_matches_one_prefill(model_typ
         exact = logits(build(model_type), {"input_ids": ids})
     assert (whole - exact).abs().max() > 1e-3 * exact.abs().max()  # G=2 outside the window really groups
     _close(torch.cat(chunks, 1), whole)
+
+
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated")
+def test_static_cache_with_a_window_under_inference_mode():
+    """Masks made under torch.inference_mode have no version counter: the static cache's attended length is read
+    for them without the per-mask memo, and the logits equal the dynamic cache's."""
+    model = build("llama")
+    patch_model(model, DistrConfig(block_m=32, exact_window=8))
+    ids = inputs("llama", batch=2, seq=40)["input_ids"]
+    mask = torch.ones_like(ids)
+    mask[1, :9] = 0
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    with torch.inference_mode():
+        dyn, static = (model(ids, attention_mask=mask, position_ids=pos, past_key_values=cache).logits
+                       for cache in (tf.DynamicCache(config=model.config),
+                                     tf.StaticCache(config=model.config, max_cache_len=96)))
+    _close(static, dyn)
