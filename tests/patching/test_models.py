@@ -195,14 +195,18 @@ def test_autograd_through_the_patched_model(model_type):
 
 
 @pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated")  # renamed `cache` in 5.2x; 5.0 has only this
-@pytest.mark.parametrize("model_type", ["llama", "mistral"])
+@pytest.mark.parametrize("model_type, overrides", [("llama", None), ("mistral", None),
+                                                    ("mistral", {"sliding_window": 64})],
+                         ids=["llama", "mistral", "mistral-sliding64"])
 @pytest.mark.parametrize("traced", [False, True], ids=["eager", "compiled"])
-def test_static_cache_calls_match_the_dynamic_cache_with_an_exact_window(model_type, traced, spy):
+def test_static_cache_calls_match_the_dynamic_cache_with_an_exact_window(model_type, overrides, traced, spy):
     """A static cache hands over keys with an unwritten tail (masked): the exact window is placed at each row's own
     position, not bottom-right of the whole cache, so a left-padded prefill and a continued chunk give the logits
     of the dynamic cache (where the keys end at the last query). Under torch.compile (dynamo, eager backend: no host
-    read of the mask) the adapter rotates the key axis instead of cutting the tail."""
-    model = build(model_type)
+    read of the mask) the adapter rotates the key axis instead of cutting the tail. Mistral's tiny window (24) is
+    full after the prefill, so its cache has no unwritten tail; with a 64-token window the sliding layers' static
+    cache (64 slots, 40 then 60 written) keeps one, and a rotation left undone changes its logits."""
+    model = build(model_type, config_overrides=overrides)
     patch_model(model, DistrConfig(block_m=32, exact_window=8))
     if traced:
         torch._dynamo.reset()

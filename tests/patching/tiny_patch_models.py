@@ -32,10 +32,13 @@ _VISION_CLASSES = {"vit": tf.ViTForImageClassification, "deit": tf.DeiTForImageC
                    "dinov2": tf.Dinov2ForImageClassification}
 
 
-def build(model_type: str, seed: int = 0, **kwargs):
-    """A tiny eval-mode model of ``model_type`` (kwargs go to from_config, e.g. attn_implementation)."""
+def build(model_type: str, seed: int = 0, config_overrides: dict | None = None, **kwargs):
+    """A tiny eval-mode model of ``model_type`` (config_overrides: config fields to change, e.g. sliding_window;
+    kwargs go to from_config, e.g. attn_implementation)."""
     torch.manual_seed(seed)
     config = CONFIGS[model_type]()
+    for field, value in (config_overrides or {}).items():
+        setattr(config, field, value)
     if model_type in VISION_TYPES:
         model = _VISION_CLASSES[model_type]._from_config(config, **kwargs)
     else:
