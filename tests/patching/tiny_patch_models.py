@@ -37,8 +37,8 @@ def build(model_type: str, seed: int = 0, config_overrides: dict | None = None, 
     kwargs go to from_config, e.g. attn_implementation)."""
     torch.manual_seed(seed)
     config = CONFIGS[model_type]()
-    for field, value in (config_overrides or {}).items():
-        setattr(config, field, value)
+    if config_overrides:  # through the constructor, so that fields derived from these follow them
+        config = type(config).from_dict({**config.to_dict(), **config_overrides})
     if model_type in VISION_TYPES:
         model = _VISION_CLASSES[model_type]._from_config(config, **kwargs)
     else:
