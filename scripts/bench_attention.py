@@ -23,12 +23,18 @@ through the Triton interpreter, as a smoke test only: its timings mean nothing.
 forward's Q_eff but still maps dQ back by a launch (the plain rows: kept Q_eff and the dQ kernel's epilogue);
 "(atomic dQ)" / "(dQ kernel)" (every variant) force dQ's way: atomics in the dK/dV kernel or its own kernel.
 
+Every variant of a shape is timed in ``--rounds`` passes (default 3), each pass over all of them, pass r starting
+r/rounds of the way down the list; a variant's time is its median pass and "spread %" is (slowest − fastest pass) /
+median. One pass in a fixed order read identical configs up to 12% apart (H200, d=128 causal, the thirty-first
+session): the ones timed first, right after the baselines, were slow.
+
 SageAttention 1 (``pip install sageattention==1.0.6``) is timed when importable.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from dataclasses import asdict
 
@@ -200,6 +206,25 @@ def _bench(fn, reps_ms):
     return triton.testing.do_bench(fn, warmup=max(10, reps_ms // 4), rep=reps_ms, return_mode="median")
 
 
+def timed_rounds(names, rounds, time_one):
+    """{name: [ms per pass]} over ``rounds`` passes of ``time_one(name)`` (ms) over all ``names``; pass r starts at
+    name r·len/rounds and wraps, so each name is timed at other places in the order and an order effect shows as
+    spread (``median_spread``) instead of bias."""
+    names = list(names)
+    times = {n: [] for n in names}
+    for r in range(rounds):
+        start = r * len(names) // rounds
+        for n in names[start:] + names[:start]:
+            times[n].append(time_one(n))
+    return times
+
+
+def median_spread(passes):
+    """(median ms, spread %: (slowest − fastest pass) / median) of one variant's passes."""
+    mid = statistics.median(passes)
+    return mid, 100.0 * (max(passes) - min(passes)) / mid if mid > 0 else 0.0
+
+
 def _bench_graph(fn, reps_ms):
     """fn's GPU time alone (ms): its kernels replayed from a CUDA graph, so no host launch overhead enters, as it does
     not in a call whose kernels queue behind each other; nan where fn cannot be captured."""
@@ -256,19 +281,22 @@ def run_sweep(args):
                     del out
                 if ready:
                     _bench(ready[0][2], 100)  # the GPU busy again before the first timing
+                fns = {name: fn for name, _, fn, _ in ready}
+                passes = timed_rounds(fns, args.rounds, lambda name: _bench(fns[name], args.rep_ms))
                 for name, spec, fn, err in ready:
-                    ms = _bench(fn, args.rep_ms)
+                    ms, spread = median_spread(passes[name])
                     gfn = _grouping_fn(spec.get("kw", {}), q, k) if spec["kind"] == "distr" else None
                     gms = _bench(gfn, args.rep_ms) if gfn is not None else 0.0
                     ggms = _bench_graph(gfn, args.rep_ms) if gfn is not None else 0.0
                     if spec["kind"] in ("flash", "cudnn"):
                         base[spec["kind"]] = ms
                     row = dict(d=d, N=N, B=B, H=H, causal=causal, variant=name, ms=ms, tflops=flops / ms * 1e-9,
-                               rel_err=err, grouping_ms=gms, grouping_gpu_ms=ggms)
+                               rel_err=err, grouping_ms=gms, grouping_gpu_ms=ggms, ms_passes=passes[name],
+                               spread_pct=spread)
                     if spec["kind"] == "distr":  # what `distr-patch report --speed-from` matches eval variants by
                         row["settings"] = op_settings(spec["kw"])
                     rows.append(row)
-                    print(f"  d={d:<3} N={N:<5} causal={int(causal)} {name:<30} {ms:8.3f} ms "
+                    print(f"  d={d:<3} N={N:<5} causal={int(causal)} {name:<30} {ms:8.3f} ms (spread {spread:4.1f}%) "
                           f"{row['tflops']:6.1f} TF/s err={err:.2e} grouping={gms:.3f} ms", flush=True)
                 for row in rows:
                     if row["d"] == d and row["N"] == N and row["causal"] == causal:
@@ -488,16 +516,21 @@ def run_backward(args):
                     ready.append((name, spec, step, errs, err_exact))
                 if ready and on_gpu:  # as run_sweep: every variant compiled first, the GPU busy again, then timed
                     _bench(ready[0][2], 100)
+                steps = {name: step for name, _, step, _, _ in ready}
+                timer = _bench if on_gpu else _time_cpu
+                passes = timed_rounds(steps, args.rounds, lambda name: timer(steps[name], args.rep_ms))
                 for name, spec, step, errs, err_exact in ready:
-                    ms = _bench(step, args.rep_ms) if on_gpu else _time_cpu(step, args.rep_ms)
+                    ms, spread = median_spread(passes[name])
                     if spec["kind"] in ("flash", "cudnn"):
                         base[spec["kind"]] = ms
                     row = dict(d=d, N=N, B=B, H=H, causal=causal, variant=name, ms=ms, tflops=flops / ms * 1e-9,
-                               err_dq=errs[0], err_dk=errs[1], err_dv=errs[2], err_vs_exact=err_exact)
+                               err_dq=errs[0], err_dk=errs[1], err_dv=errs[2], err_vs_exact=err_exact,
+                               ms_passes=passes[name], spread_pct=spread)
                     rows.append(row)
                     print(f"  d={d:<3} N={N:<5} causal={int(causal)} {name:<26} fwd+bwd {ms:8.3f} ms "
-                          f"{row['tflops']:6.1f} TF/s err dq/dk/dv={errs[0]:.1e}/{errs[1]:.1e}/{errs[2]:.1e} "
-                          f"vs exact={err_exact:.1e}", flush=True)
+                          f"(spread {spread:4.1f}%) {row['tflops']:6.1f} TF/s "
+                          f"err dq/dk/dv={errs[0]:.1e}/{errs[1]:.1e}/{errs[2]:.1e} vs exact={err_exact:.1e}",
+                          flush=True)
                 for row in rows:
                     if row["d"] == d and row["N"] == N and row["causal"] == causal:
                         row["vs_flash"] = base.get("flash", float("nan")) / row["ms"]
@@ -511,12 +544,13 @@ def run_backward(args):
 def print_table_backward(rows):
     print()
     print("| d | N | causal | variant | fwd+bwd ms | TFLOP/s | vs flash | vs cuDNN | dq err | dk err | dv err | "
-          "err vs exact |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "err vs exact | spread % |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['d']} | {r['N']} | {int(r['causal'])} | {r['variant']} | {r['ms']:.3f} | {r['tflops']:.0f} | "
               f"{r.get('vs_flash', float('nan')):.2f} | {r.get('vs_cudnn', float('nan')):.2f} | "
-              f"{r['err_dq']:.1e} | {r['err_dk']:.1e} | {r['err_dv']:.1e} | {r['err_vs_exact']:.1e} |")
+              f"{r['err_dq']:.1e} | {r['err_dk']:.1e} | {r['err_dv']:.1e} | {r['err_vs_exact']:.1e} | "
+              f"{r.get('spread_pct', 0.0):.1f} |")
 
 
 def print_table(rows):
@@ -526,8 +560,8 @@ def print_table(rows):
     # graph (GPU time only); over G=1 %: the whole extra time of the call against our exact kernel (G=1) on the same
     # inputs, prologue work included
     print("| d | N | causal | variant | ms | TFLOP/s | vs flash | vs cuDNN | rel. err | grouping % Python / GPU | "
-          "over G=1 % |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "over G=1 % | spread % |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     g1 = {(r["d"], r["N"], r["causal"]): r["ms"] for r in rows if r["variant"] == "distr G=1"}
     for r in rows:
         gshare = 100.0 * r["grouping_ms"] / r["ms"] if r.get("grouping_ms") else 0.0
@@ -536,7 +570,7 @@ def print_table(rows):
         over = f"{100.0 * (r['ms'] - t1) / r['ms']:.1f}" if t1 and r["variant"].startswith("distr") else "–"
         print(f"| {r['d']} | {r['N']} | {int(r['causal'])} | {r['variant']} | {r['ms']:.3f} | {r['tflops']:.0f} | "
               f"{r.get('vs_flash', float('nan')):.2f} | {r.get('vs_cudnn', float('nan')):.2f} | {r['rel_err']:.1e} | "
-              f"{gshare:.1f} / {gpu_share:.1f} | {over} |")
+              f"{gshare:.1f} / {gpu_share:.1f} | {over} | {r.get('spread_pct', 0.0):.1f} |")
 
 
 def main(argv=None):
@@ -547,6 +581,9 @@ def main(argv=None):
     p.add_argument("--tokens", type=int, default=32768, help="B*N (B = tokens // N) to fill the GPU")
     p.add_argument("--model-dim", type=int, default=2048, help="H = model_dim // d")
     p.add_argument("--rep-ms", type=int, default=100, help="timing budget per variant (ms)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timing passes over a shape's variants, each starting further down the list; a variant's "
+                        "time is its median pass (one pass in a fixed order read identical configs 12%% apart)")
     p.add_argument("--variants", nargs="*", help="subset of variant names (SDPA baselines always run)")
     p.add_argument("--quick", action="store_true", help="N=4096 only")
     p.add_argument("--tune", action="store_true", help="sweep the kernel's tile configurations instead")
@@ -561,6 +598,8 @@ def main(argv=None):
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                    help="cpu: --backward smoke test through the Triton interpreter (TRITON_INTERPRET=1)")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.paths and not args.backward_paths:
         p.error("--paths selects among --backward-paths' rows: add --backward-paths (and --backward)")
     if args.backward_paths and not args.backward:

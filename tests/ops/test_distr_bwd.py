@@ -576,7 +576,7 @@ def test_bench_backward_smoke_interpreter(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     rows = bench.main(["--backward", "--device", "cpu", "--d", "32", "--n", "64", "--causal", "1",
-                       "--tokens", "64", "--model-dim", "32", "--rep-ms", "1", "--backward-paths"])
+                       "--tokens", "64", "--model-dim", "32", "--rep-ms", "1", "--backward-paths", "--rounds", "1"])
     text = capsys.readouterr().out
     names = {r["variant"] for r in rows}
     assert {"distr G=1", "distr G=2 mean", "distr G=2 rank1", "distr G=2 rank1 W128 c.5"} <= names
@@ -588,7 +588,8 @@ def test_bench_backward_smoke_interpreter(capsys):
     for r in rows:
         if r["variant"].startswith("distr"):
             assert max(r["err_dq"], r["err_dk"], r["err_dv"]) < 1e-4, r
-    assert "| fwd+bwd ms | TFLOP/s | vs flash | vs cuDNN | dq err | dk err | dv err |" in text
+    assert "| fwd+bwd ms | TFLOP/s | vs flash | vs cuDNN | dq err | dk err | dv err | err vs exact | spread % |" in text
+    assert all(len(r["ms_passes"]) == 1 for r in rows)
 
 
 @interpreter_only
@@ -604,6 +605,8 @@ def test_bench_backward_times_each_variants_own_step(monkeypatch):
                        "distr G=2 rank1"])
     timed = {r["variant"]: r["ms"] for r in rows if r["variant"].startswith("distr")}
     assert len(timed) == 3 and len(set(timed.values())) == 3, timed
+    for r in rows:  # three passes by default, each timing this variant's own step
+        assert len(r["ms_passes"]) == 3 and set(r["ms_passes"]) == {r["ms"]} and r["spread_pct"] == 0.0, r
 
 
 # --------------------------------------------------------------------------- GPU, real sizes
