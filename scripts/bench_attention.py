@@ -219,6 +219,29 @@ def timed_rounds(names, rounds, time_one):
     return times
 
 
+def settled(time_one, run_one, settle_ms):
+    """``time_one`` with the variant itself first run back to back for ``settle_ms`` ms (``run_one(name)`` one call;
+    0: no settling), so it is timed in the steady state its own load leaves (clocks, power), not in the previous
+    variant's."""
+    if settle_ms <= 0:
+        return time_one
+    import time
+
+    def timed(name):
+        t0 = time.perf_counter()
+        while (time.perf_counter() - t0) * 1e3 < settle_ms:
+            for _ in range(4):  # queued back to back: the GPU never idles between them
+                run_one(name)
+            _synchronize()
+        return time_one(name)
+    return timed
+
+
+def _synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def median_spread(passes):
     """(median ms, spread %: (slowest − fastest pass) / median) of one variant's passes."""
     mid = statistics.median(passes)
@@ -282,7 +305,8 @@ def run_sweep(args):
                 if ready:
                     _bench(ready[0][2], 100)  # the GPU busy again before the first timing
                 fns = {name: fn for name, _, fn, _ in ready}
-                passes = timed_rounds(fns, args.rounds, lambda name: _bench(fns[name], args.rep_ms))
+                passes = timed_rounds(fns, args.rounds, settled(lambda name: _bench(fns[name], args.rep_ms),
+                                                                lambda name: fns[name](), args.settle_ms))
                 for name, spec, fn, err in ready:
                     ms, spread = median_spread(passes[name])
                     gfn = _grouping_fn(spec.get("kw", {}), q, k) if spec["kind"] == "distr" else None
@@ -518,7 +542,8 @@ def run_backward(args):
                     _bench(ready[0][2], 100)
                 steps = {name: step for name, _, step, _, _ in ready}
                 timer = _bench if on_gpu else _time_cpu
-                passes = timed_rounds(steps, args.rounds, lambda name: timer(steps[name], args.rep_ms))
+                passes = timed_rounds(steps, args.rounds, settled(lambda name: timer(steps[name], args.rep_ms),
+                                                                  lambda name: steps[name](), args.settle_ms))
                 for name, spec, step, errs, err_exact in ready:
                     ms, spread = median_spread(passes[name])
                     if spec["kind"] in ("flash", "cudnn"):
@@ -584,6 +609,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3,
                    help="timing passes over a shape's variants, each starting further down the list; a variant's "
                         "time is its median pass (one pass in a fixed order read identical configs 12%% apart)")
+    p.add_argument("--settle-ms", type=float, default=0.0,
+                   help="before each timing, run the variant itself back to back this long (ms), so it is timed "
+                        "in its own steady state rather than the clocks the previous variant left")
     p.add_argument("--variants", nargs="*", help="subset of variant names (SDPA baselines always run)")
     p.add_argument("--quick", action="store_true", help="N=4096 only")
     p.add_argument("--tune", action="store_true", help="sweep the kernel's tile configurations instead")
@@ -600,6 +628,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
+    if args.settle_ms < 0:
+        p.error(f"--settle-ms must be >= 0, got {args.settle_ms}")
     if args.paths and not args.backward_paths:
         p.error("--paths selects among --backward-paths' rows: add --backward-paths (and --backward)")
     if args.backward_paths and not args.backward:

@@ -149,3 +149,31 @@ def test_bench_rounds_below_one_is_a_named_error(bench, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--rounds", "0"])
     assert exc.value.code == 2 and "--rounds must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_settled_runs_the_variant_itself_before_each_timing(bench):
+    """--settle-ms: a timer that reads slow right after another variant ran (the clocks it left) reads true once
+    the variant itself ran first; 0 is the plain timer."""
+    events = []
+
+    def run_one(name):
+        events.append(("run", name))
+
+    def time_one(name):
+        last = next((e for e in reversed(events) if e[0] == "run"), None)
+        events.append(("time", name))
+        return 1.0 if last == ("run", name) else 1.5  # slow unless its own calls came just before
+
+    assert bench.settled(time_one, run_one, 0) is time_one
+    passes = bench.timed_rounds(["a", "b"], 2, bench.settled(time_one, run_one, 1.0))
+    assert passes == {"a": [1.0, 1.0], "b": [1.0, 1.0]}
+    first = events.index(("time", "a"))
+    assert first >= 4 and first % 4 == 0 and events[:first] == [("run", "a")] * first  # calls four at a time
+    events.clear()
+    assert bench.timed_rounds(["a", "b"], 1, time_one) == {"a": [1.5], "b": [1.5]}
+
+
+def test_bench_negative_settle_is_a_named_error(bench, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--settle-ms", "-1"])
+    assert exc.value.code == 2 and "--settle-ms must be >= 0, got -1.0" in capsys.readouterr().err
