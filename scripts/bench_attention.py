@@ -25,8 +25,11 @@ forward's Q_eff but still maps dQ back by a launch (the plain rows: kept Q_eff a
 
 Every variant of a shape is timed in ``--rounds`` passes (default 3), each pass over all of them, pass r starting
 r/rounds of the way down the list; a variant's time is its median pass and "spread %" is (slowest − fastest pass) /
-median. One pass in a fixed order read identical configs up to 12% apart (H200, d=128 causal, the thirty-first
-session): the ones timed first, right after the baselines, were slow.
+median. Before each timing the variant itself runs back to back for ``--settle-ms`` (default 200 on the GPU), so it
+is timed at the clocks its own load sets: what ran just before moves a timing (after 300 ms of cuDNN the H100's SM
+clock read 1695 MHz and our exact kernel timed 9% slower than after itself; after an idle second, 1980 MHz and 4%
+faster; ``scripts/probe_predecessor.py``). Without settling, the same config read 8-12% apart depending on whether
+cuDNN had run just before it (docs/benchmarks.md, the thirty-first and thirty-second sessions).
 
 SageAttention 1 (``pip install sageattention==1.0.6``) is timed when importable.
 """

@@ -2,7 +2,8 @@
 # One call on the GPU machine, in the order a kernel change needs: correctness first, then timing.
 #   bash scripts/device_check.sh [tests|fwd|bwd ...]     (default: all three)
 # tests: every `gpu`-marked test (kernels against the PyTorch reference at real sizes, patched models);
-# fwd:   the operator at N=4096, d=64/128, causal and not (bench_attention.py --quick);
+# fwd:   the operator at N=4096, d=64/128, causal and not (bench_attention.py --quick; each variant settled 200 ms
+#        at its own clocks before its timing, 3 rotated passes);
 # bwd:   forward+backward at the same shapes (bench_attention.py --backward --quick).
 # bwd16k: forward+backward at N=16384 for G=1, G=2 mean/rank1 (fused kernels and backend="sdpa") and rank1 W128 c0.5
 #         (issue 7's other length).
