@@ -60,6 +60,8 @@ def main(argv=None):
     p.add_argument("--load-ms", type=float, default=300.0, help="how long the 'before' load runs (ms)")
     p.add_argument("--rep-ms", type=int, default=10, help="do_bench's timing budget (the device check's)")
     args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA GPU: it times kernels against the clocks other kernels leave (none is visible here)")
     d, N, causal = args.d, args.n, bool(args.causal)
     H, B = 2048 // d, 32768 // N
     torch.manual_seed(0)
