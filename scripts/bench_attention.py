@@ -671,7 +671,8 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(dict(kind=kind, gpu=torch.cuda.get_device_name() if device.type == "cuda" else None,
                            device=str(device), torch=torch.__version__, provenance=provenance(device, seed=0),
-                           command=sys.argv[1:] if argv is None else list(argv), rows=rows),
+                           command=sys.argv[1:] if argv is None else list(argv),
+                           timing=dict(rounds=args.rounds, settle_ms=args.settle_ms, rep_ms=args.rep_ms), rows=rows),
                       f, indent=1)
         print(f"wrote {args.json}")
     if args.backward:

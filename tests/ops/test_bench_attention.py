@@ -105,6 +105,7 @@ def test_bench_op_cli_on_cpu_exits_0_and_writes_its_json(tmp_path, capsys):
     assert status == 0
     data = json.loads(out.read_text())
     assert data["kind"] == "bench-op-backward" and data["device"] == "cpu" and data["gpu"] is None
+    assert data["timing"] == {"rounds": 3, "settle_ms": 0.0, "rep_ms": 1}  # no settling on the CPU by default
     assert [r["variant"] for r in data["rows"]][-1] == "distr G=1"
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("|")
 
