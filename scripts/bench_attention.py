@@ -228,21 +228,24 @@ def settled(time_one, run_one, settle_ms):
     variant's."""
     if settle_ms <= 0:
         return time_one
-    import time
 
     def timed(name):
-        t0 = time.perf_counter()
-        while (time.perf_counter() - t0) * 1e3 < settle_ms:
-            for _ in range(4):  # queued back to back: the GPU never idles between them
-                run_one(name)
-            _synchronize()
+        run_for(lambda: run_one(name), settle_ms)
         return time_one(name)
     return timed
 
 
-def _synchronize():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def run_for(fn, ms):
+    """fn called back to back for about ``ms`` milliseconds (four calls queued between syncs, so the GPU never idles
+    between them); nothing for ms <= 0."""
+    import time
+
+    t0 = time.perf_counter()
+    while (time.perf_counter() - t0) * 1e3 < ms:
+        for _ in range(4):
+            fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
 
 
 def median_spread(passes):

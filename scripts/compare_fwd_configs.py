@@ -31,7 +31,9 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
 
 With --rounds R every config of a shape is timed R times, in turn (A B A B ..., each round starting one config
 later, after an untimed call of each), and the row shows the median of its rounds and their spread (max/min − 1):
-configs a few percent apart need it.
+configs a few percent apart need it. Before each timing (flash's too) the config runs back to back for
+--settle-ms (default 200), so each is timed at the clocks its own load sets, not the previous one's (after cuDNN's
+load an H100 ran our kernel 9% slower: scripts/probe_predecessor.py, docs/benchmarks.md, thirty-second session).
 
     python scripts/compare_fwd_configs.py                    # the window variant at N=4096
     python scripts/compare_fwd_configs.py --variants all --n 4096 16384
@@ -54,6 +56,8 @@ import distr_patch.ops.distr_attn as da
 import distr_patch.ops.grouping_triton as gt
 from distr_patch.ops import reference_distr_attention
 from distr_patch.ops.configs import fwd_config
+
+from bench_attention import run_for  # (this script's folder is on sys.path when it runs)
 
 
 def bench(fn, ms=20):
@@ -170,9 +174,13 @@ ap.add_argument("--tile-orders", action="store_true",
                      "per head the last query tiles first, or heads on the grid's first axis and the last tiles "
                      "of all heads first)")
 ap.add_argument("--rounds", type=int, default=1, help="time each shape's configs this many times, in turn")
+ap.add_argument("--settle-ms", type=float, default=200.0,
+                help="run each config back to back this long (ms) before its timing, so it is timed at its own clocks")
 args = ap.parse_args()
 if args.rounds < 1:
     ap.error(f"--rounds must be at least 1, got {args.rounds}")
+if args.settle_ms < 0:
+    ap.error(f"--settle-ms must be >= 0, got {args.settle_ms}")
 VARIANTS = [(n, ALL[n]) for n in (ALL if args.variants == ["all"] else args.variants)]
 
 rows = []
@@ -181,7 +189,9 @@ for d, N, causal in itertools.product(args.d, args.n, [bool(c) for c in args.cau
     H, B = 2048 // d, max(1, 32768 // N)
     q, k, v = [torch.randn(B, H, N, d, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-        t_flash = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+        flash = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
+        run_for(flash, args.settle_ms)
+        t_flash = bench(flash)
     for name, kw in VARIANTS:
         full = dict(group_size=kw["group_size"], block_m=kw.get("block_m", 128), fusion=kw.get("fusion", "mean"),
                     exact_window=kw.get("exact_window", 0), window_correction=kw.get("window_correction", 0.0),
@@ -215,6 +225,7 @@ for d, N, causal in itertools.product(args.d, args.n, [bool(c) for c in args.cau
             for cname, _err, switches, fn in timed[r % len(timed):] + timed[:r % len(timed)]:
                 for attr, value in switches.items():
                     setattr(gt, attr, value)
+                run_for(fn, args.settle_ms)
                 times[cname].append(bench(fn))
         for cname, err, _sw, _fn in timed:
             t = statistics.median(times[cname])

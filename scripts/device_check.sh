@@ -8,6 +8,7 @@
 # bwd16k: forward+backward at N=16384 for G=1, G=2 mean/rank1 (fused kernels and backend="sdpa") and rank1 W128 c0.5
 #         (issue 7's other length).
 # tiles: the expanded path's default tiles against alternatives (compare_fwd_configs.py --alternatives).
+#        (compare_fwd_configs.py and bench_attention.py run each config 200 ms before timing it: --settle-ms)
 # options: Q_eff in the kernel's prologue, TMA K/V tiles and kernel-stored positions against the defaults
 #          (--kernel-options).
 # caps: register caps that fit one more program per SM (--register-caps; scripts/kernel_resources.py's table).

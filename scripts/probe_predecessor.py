@@ -35,21 +35,11 @@ def _sm_clock():
         return None
 
 
-def _run_for(fn, ms):
-    """fn called back to back for about ``ms`` milliseconds of GPU time."""
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    while (time.perf_counter() - t0) * 1e3 < ms:
-        for _ in range(4):
-            fn()
-        torch.cuda.synchronize()
-
-
 def main(argv=None):
     import triton
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from bench_attention import _with_switches
+    from bench_attention import _with_switches, run_for
     from distr_patch.ops import distr_attention
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -94,7 +84,8 @@ def main(argv=None):
                     torch.cuda.synchronize()
                     time.sleep(1.0)
                 else:
-                    _run_for(fn if load == "self" else load, args.load_ms)
+                    torch.cuda.synchronize()
+                    run_for(fn if load == "self" else load, args.load_ms)
                 ms[t, b].append(triton.testing.do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median"))
                 c = _sm_clock()
                 if c is not None:
