@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,8 +26,10 @@ def _run(prefix, tiny_lm_dir, text_file, out_dir, name):
 
 
 def test_two_processes_equal_one(tiny_lm_dir, text_file, tmp_path):
-    accelerate = shutil.which("accelerate")
-    assert accelerate, "the accelerate CLI (a dependency) is not on PATH"
+    # the CLI installed beside the interpreter running the tests (a venv used without activating it), else PATH's
+    beside = Path(sys.executable).with_name("accelerate")
+    accelerate = str(beside) if beside.is_file() else shutil.which("accelerate")
+    assert accelerate, f"the accelerate CLI (a dependency) is neither beside {sys.executable} nor on PATH"
     (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps(
         {"question": "the cat", "choices": ["sat on the hill", "red fish", "dog ran"], "answer": i % 3})
         for i in range(5)))
