@@ -5,6 +5,9 @@
 # fwd:   the operator at N=4096, d=64/128, causal and not (bench_attention.py --quick; each variant settled 200 ms
 #        at its own clocks before its timing, 3 rotated passes);
 # bwd:   forward+backward at the same shapes (bench_attention.py --backward --quick).
+# sweep: issue 3's table settled: N=1024/4096/16384, d=64/128, causal and not, its variants only (G=1, G=2/4 both
+#        fusions, rank1 W128 c.5 at block_m 128/32, mean W128, the SDPA engine's), flash, cuDNN, and SageAttention 1
+#        where importable or its wheel is in .whl/ (`pip download --no-deps -d .whl sageattention==1.0.6`).
 # bwd16k: forward+backward at N=16384 for G=1, G=2 mean/rank1 (fused kernels and backend="sdpa") and rank1 W128 c0.5
 #         (issue 7's other length).
 # tiles: the expanded path's default tiles against alternatives (compare_fwd_configs.py --alternatives).
@@ -63,6 +66,10 @@ if ls .whl/pytest_xdist-*.whl >/dev/null 2>&1 && ! python -c "import xdist" 2>/d
   python -m pip install -q --no-index --no-deps --target /tmp/xdist-site .whl/pytest_xdist-*.whl .whl/execnet-*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/xdist-site"
 fi
+if ls .whl/sageattention-*.whl >/dev/null 2>&1 && ! python -c "import sageattention" 2>/dev/null; then
+  python -m pip install -q --no-index --no-deps --target /tmp/sage-site .whl/sageattention-*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/sage-site"
+fi
 workers=()
 python -c "import xdist" 2>/dev/null && workers=(-n "${GPU_TEST_WORKERS:-8}")
 rc=0
@@ -73,6 +80,11 @@ for step in "${steps[@]}"; do
            | sed -n '/^| d |/,$p' || rc=1 ;;
     bwd) python scripts/bench_attention.py --backward --quick --rep-ms 10 --json "$out/bwd.json" 2>&1 \
            | tee "$out/bwd.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+    sweep) python scripts/bench_attention.py --rep-ms 10 --json "$out/sweep.json" --variants "distr G=1" \
+           "distr G=2 mean" "distr G=2 rank1" "distr G=4 mean" "distr G=4 rank1" "distr G=2 rank1 W128 c.5 bm128" \
+           "distr G=2 rank1 W128 c.5 bm32" "distr G=2 mean W128 c.5 bm128" "distr G=2 mean sdpa" "distr G=2 rank1 sdpa" \
+           "distr G=4 mean sdpa" "distr G=2 rank1 W128 c.5 bm128 sdpa" "distr G=2 mean W128 c.5 bm128 sdpa" sage1 2>&1 \
+           | tee "$out/sweep.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     bwd16k) python scripts/bench_attention.py --backward --n 16384 --rep-ms 10 --json "$out/bwd16k.json" \
            --variants "distr G=1" "distr G=2 mean" "distr G=2 rank1" "distr G=2 rank1 W128 c.5" "distr G=2 mean sdpa" \
            "distr G=2 rank1 sdpa" 2>&1 \
