@@ -5,7 +5,9 @@ TRITON_INTERPRET must be set before triton is imported (triton.jit reads it at
 decoration time), so it is set here, before any test module imports distr_patch.
 On a CUDA machine the kernels compile for the GPU and the `gpu` tests run.
 """
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +27,19 @@ def pytest_sessionstart(session):
         interpreting()  # raises where TRITON_INTERPRET is on and cannot run the kernels
     except RuntimeError as e:
         pytest.exit(str(e), returncode=4)
+
+
+@pytest.fixture
+def load_script():
+    """``load_script("bench_attention")``: scripts/bench_attention.py as a fresh module (the scripts are no package)."""
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -1,24 +1,18 @@
 """scripts/bench_attention.py's variants that flip module switches (how backend="sdpa" forms Q_eff) run with their
 switch, under the interpreter, and leave it restored."""
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
 interpreter_only = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                       reason="CPU tensors through Triton need TRITON_INTERPRET=1")
 
 
 @pytest.fixture
-def bench():
+def bench(load_script):
     """scripts/bench_attention.py as a module."""
-    spec = importlib.util.spec_from_file_location("bench_attention", ROOT / "scripts" / "bench_attention.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_attention")
 
 
 @interpreter_only

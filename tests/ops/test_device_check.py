@@ -1,19 +1,11 @@
 """scripts/device_check.sh names only variants that scripts/bench_attention.py knows (a typo there costs a GPU call:
 the bench refuses unknown names only once it runs on the device)."""
-import importlib.util
 import re
 import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_attention", ROOT / "scripts" / "bench_attention.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _bench_commands():
@@ -26,8 +18,8 @@ def _bench_commands():
             yield shlex.split(m.group(1).replace("2>&1", ""))
 
 
-def test_device_check_bench_variants_are_known():
-    bench = _bench()
+def test_device_check_bench_variants_are_known(load_script):
+    bench = load_script("bench_attention")
     commands = list(_bench_commands())
     assert len(commands) >= 4  # fwd, bwd, sweep, bwd16k at least
     named = 0

@@ -5,9 +5,7 @@ tolerance); with a CUDA device the same comparison runs at real sizes in bf16, p
 memory check (no [N, M] tensor). Inputs are fresh heavy-tailed tensors, seeded per test (and Gaussian ones
 for the bf16 bound of the issue: see HEAVY_BF16_TOL for why).
 """
-import importlib.util
 import zlib
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +13,6 @@ import torch
 from distr_patch.ops import compute_groups, distr_attention, reference_distr_attention
 
 from test_distr_attn import CUDA, INTERPRET, interpreter_only, make_mask, make_qkv, rel_err
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def grads_of(fn, q, k, v, do, mask=None):
@@ -571,10 +567,8 @@ def test_reference_gradcheck_window_correction():
 
 
 @interpreter_only
-def test_bench_backward_smoke_interpreter(capsys):
-    spec = importlib.util.spec_from_file_location("bench_attention_bwd_smoke", ROOT / "scripts" / "bench_attention.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_bench_backward_smoke_interpreter(load_script, capsys):
+    bench = load_script("bench_attention")
     rows = bench.main(["--backward", "--device", "cpu", "--d", "32", "--n", "64", "--causal", "1",
                        "--tokens", "64", "--model-dim", "32", "--rep-ms", "1", "--backward-paths", "--rounds", "1"])
     text = capsys.readouterr().out
@@ -593,12 +587,10 @@ def test_bench_backward_smoke_interpreter(capsys):
 
 
 @interpreter_only
-def test_bench_backward_times_each_variants_own_step(monkeypatch):
+def test_bench_backward_times_each_variants_own_step(load_script, monkeypatch):
     """The variants are all called once before any is timed: each timing still runs its own variant's step (its
     closure bound at creation; a late-bound one would time the last variant every time)."""
-    spec = importlib.util.spec_from_file_location("bench_attention_bwd_bind", ROOT / "scripts" / "bench_attention.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_attention")
     monkeypatch.setattr(bench, "_time_cpu", lambda step, ms: float(step()[0].double().abs().sum()))  # dq's size
     rows = bench.main(["--backward", "--device", "cpu", "--d", "32", "--n", "64", "--causal", "1", "--tokens", "64",
                        "--model-dim", "32", "--rep-ms", "1", "--variants", "distr G=1", "distr G=2 mean",
@@ -698,12 +690,10 @@ def test_backward_memory_is_linear_gpu(kw):
     assert all(torch.isfinite(g).all() for g in (dq, dk, dv))
 
 
-def test_bench_paths_options_need_backward():
+def test_bench_paths_options_need_backward(load_script):
     """--paths without --backward-paths (or --backward-paths without --backward) is an error naming the option,
     not a silently ignored flag."""
-    spec = importlib.util.spec_from_file_location("bench_attention_opts", ROOT / "scripts" / "bench_attention.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_attention")
     for argv, name in ((["--backward", "--paths", "atomic dQ"], "--paths"), (["--backward-paths"], "--backward-paths")):
         with pytest.raises(SystemExit) as exc:
             bench.main(["--device", "cpu", *argv])

@@ -1,22 +1,18 @@
 """scripts/probe_reduced_dqk.py's Triton kernel (the bound of a reduced grouped product) computes attention with
 d_qk score columns and a d_v-wide P·V, and with K̃ formed per key tile by a dot, under the interpreter: tails,
 causal, against torch on the same inputs."""
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                     reason="CPU tensors through Triton need TRITON_INTERPRET=1")
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("dqk", [16, 32])
-def test_probe_kernel_matches_torch(causal, dqk):
-    probe = _probe()
+def test_probe_kernel_matches_torch(load_script, causal, dqk):
+    probe = load_script("probe_reduced_dqk")
     g = torch.Generator().manual_seed(11 + dqk + causal)
     B, H, N, dv = 2, 3, 77, 32  # 77: a tail in both the 32-row query tiles and the 16-key tiles
     q, k = (torch.randn(B, H, N, dqk, generator=g) for _ in range(2))
@@ -33,11 +29,11 @@ def test_probe_kernel_matches_torch(causal, dqk):
                     reason="CPU tensors through Triton need TRITON_INTERPRET=1")
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("G,ahead", [(2, False), (4, False), (2, True), (4, True)])
-def test_probe_ktilde_dot_matches_torch(causal, G, ahead):
+def test_probe_ktilde_dot_matches_torch(load_script, causal, G, ahead):
     """The K̃-by-dot rows: each key tile's K̃ = K · A_block inside the kernel (in its own iteration, or one ahead),
     two 32-row programs per 64-row grouping block, a tail; against the torch form of the same grouped scores, whose
     blocks differ (so a wrong block index fails), and that form against Q_eff Kᵀ."""
-    probe = _probe()
+    probe = load_script("probe_reduced_dqk")
     g = torch.Generator().manual_seed(5 + G + causal)
     B, H, N, d = 1, 2, 150, 32
     q, k, v = (torch.randn(B, H, N, d, generator=g) for _ in range(3))
@@ -55,15 +51,8 @@ def test_probe_ktilde_dot_matches_torch(causal, G, ahead):
     assert torch.allclose(s_grouped, s_expanded, atol=1e-4)
 
 
-def _probe():
-    spec = importlib.util.spec_from_file_location("probe_reduced_dqk", ROOT / "scripts" / "probe_reduced_dqk.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
-    return probe
-
-
-def test_probe_bad_group_sizes_are_named():
-    probe = _probe()
+def test_probe_bad_group_sizes_are_named(load_script):
+    probe = load_script("probe_reduced_dqk")
     with pytest.raises(ValueError, match="group_size must divide"):
         probe.block_fusion(torch.randn(1, 1, 8, 32), 3)
     with pytest.raises(SystemExit):  # argparse's error, before any CUDA check

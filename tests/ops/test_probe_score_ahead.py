@@ -1,28 +1,17 @@
 """scripts/probe_score_ahead.py's Triton kernel computes exact attention both ways (each tile's scores in order, and
 the next tile's scores issued ahead of this tile's softmax), under the interpreter: tails, causal, against torch."""
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _probe():
-    spec = importlib.util.spec_from_file_location("probe_score_ahead", ROOT / "scripts" / "probe_score_ahead.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                     reason="CPU tensors through Triton need TRITON_INTERPRET=1")
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("ahead", [False, True])
-def test_probe_kernel_matches_torch(causal, ahead):
-    probe = _probe()
+def test_probe_kernel_matches_torch(load_script, causal, ahead):
+    probe = load_script("probe_score_ahead")
     g = torch.Generator().manual_seed(5 + 2 * causal + ahead)
     B, H, N, d = 2, 3, 77, 32  # 77: a tail in both the 32-row query tiles and the 16-key tiles
     q, k, v = (torch.randn(B, H, N, d, generator=g) for _ in range(3))
