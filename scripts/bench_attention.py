@@ -614,7 +614,8 @@ def main(argv=None):
     p.add_argument("--rep-ms", type=int, default=100, help="timing budget per variant (ms)")
     p.add_argument("--rounds", type=int, default=3,
                    help="timing passes over a shape's variants, each starting further down the list; a variant's "
-                        "time is its median pass (one pass in a fixed order read identical configs 12%% apart)")
+                        "time is its median pass and the passes' spread shows the noise (the variant timed just "
+                        "before is --settle-ms's concern)")
     p.add_argument("--settle-ms", type=float, default=None,
                    help="before each timing, run the variant itself back to back this long (ms), so it is timed "
                         "in its own steady state rather than at the clocks the previous variant left (default 200 "
@@ -675,7 +676,8 @@ def main(argv=None):
             json.dump(dict(kind=kind, gpu=torch.cuda.get_device_name() if device.type == "cuda" else None,
                            device=str(device), torch=torch.__version__, provenance=provenance(device, seed=0),
                            command=sys.argv[1:] if argv is None else list(argv),
-                           timing=dict(rounds=args.rounds, settle_ms=args.settle_ms, rep_ms=args.rep_ms), rows=rows),
+                           timing=None if args.tune else  # (--tune times each tile config once, unsettled)
+                           dict(rounds=args.rounds, settle_ms=args.settle_ms, rep_ms=args.rep_ms), rows=rows),
                       f, indent=1)
         print(f"wrote {args.json}")
     if args.backward:
