@@ -8,6 +8,8 @@
 # sweep: issue 3's table settled: N=1024/4096/16384, d=64/128, causal and not, its variants only (G=1, G=2/4 both
 #        fusions, rank1 W128 c.5 at block_m 128/32, mean W128, the SDPA engine's), flash, cuDNN, and SageAttention 1
 #        where importable or its wheel is in .whl/ (`pip download --no-deps -d .whl sageattention==1.0.6`).
+# overlap: the SDPA engine with the batch in chunks, each chunk's Q_eff formed on a side stream while cuDNN runs on
+#          the chunk before (scripts/probe_overlap.py), d=64 causal both fusions, d=64 non-causal and d=128 causal.
 # bwd16k: forward+backward at N=16384 for G=1, G=2 mean/rank1 (fused kernels and backend="sdpa") and rank1 W128 c0.5
 #         (issue 7's other length).
 # tiles: the expanded path's default tiles against alternatives (compare_fwd_configs.py --alternatives).
@@ -85,6 +87,11 @@ for step in "${steps[@]}"; do
            "distr G=2 rank1 W128 c.5 bm32" "distr G=2 mean W128 c.5 bm128" "distr G=2 mean sdpa" "distr G=2 rank1 sdpa" \
            "distr G=4 mean sdpa" "distr G=2 rank1 W128 c.5 bm128 sdpa" "distr G=2 mean W128 c.5 bm128 sdpa" sage1 2>&1 \
            | tee "$out/sweep.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+    overlap) for a in "--d 64 --causal 1 --fusion mean" "--d 64 --causal 1 --fusion rank1" "--d 64 --causal 0 --fusion mean" \
+               "--d 128 --causal 1 --fusion mean"; do
+               # shellcheck disable=SC2086
+               python scripts/probe_overlap.py $a 2>&1 | tee -a "$out/overlap.log" | sed -n '/^d=/,$p' || rc=1
+             done ;;
     bwd16k) python scripts/bench_attention.py --backward --n 16384 --rep-ms 10 --json "$out/bwd16k.json" \
            --variants "distr G=1" "distr G=2 mean" "distr G=2 rank1" "distr G=2 rank1 W128 c.5" "distr G=2 mean sdpa" \
            "distr G=2 rank1 sdpa" 2>&1 \
