@@ -9,6 +9,7 @@ own cost (hash, sort, fusion weights, K transpose) is timed apart and shown as a
     python scripts/bench_attention.py --quick              # d=64/128, N=4096 only
     python scripts/bench_attention.py --tune               # sweep the kernel's tile table
     python scripts/bench_attention.py --json out.json      # also write all numbers
+    python scripts/bench_attention.py --plot out.png       # also draw them (speed vs SDPA-flash over N)
     python scripts/bench_attention.py --backward           # forward+backward (training step) instead
     python scripts/bench_attention.py --backward --backward-paths   # + each G>1 variant on the earlier paths
 
@@ -625,6 +626,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="N=4096 only")
     p.add_argument("--tune", action="store_true", help="sweep the kernel's tile configurations instead")
     p.add_argument("--json", help="write all rows to this JSON file")
+    p.add_argument("--plot", metavar="PNG", help="also draw the rows as a figure (speed vs SDPA-flash over N per "
+                   "head dim and causal flag; distr_patch/eval/op_plot.py, needs matplotlib); "
+                   "scripts/plot_bench_op.py draws a --json file later")
     p.add_argument("--backward", action="store_true",
                    help="time forward+backward and report each gradient's error (G=1, G=2 mean/rank1/W128 c.5)")
     p.add_argument("--backward-paths", action="store_true",
@@ -645,6 +649,8 @@ def main(argv=None):
         p.error("--paths selects among --backward-paths' rows: add --backward-paths (and --backward)")
     if args.backward_paths and not args.backward:
         p.error("--backward-paths needs --backward")
+    if args.plot and args.tune:
+        p.error("--plot draws the sweep's speed vs SDPA-flash; --tune's rows time tile configs and have no baseline")
     if args.variants:
         known = BWD_VARIANTS if args.backward else _variants(args)
         unknown = [name for name in args.variants if name not in known]
@@ -667,19 +673,24 @@ def main(argv=None):
         print(f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
               f"sage1: {'yes' if _sage() else 'not installed'}")
         rows = run_backward(args) if args.backward else run_tune(args) if args.tune else run_sweep(args)
-    if args.json:
+    if args.json or args.plot:
         from distr_patch.eval.provenance import provenance  # versions, git commit
 
-        kind = "bench-op-backward" if args.backward else "bench-op"  # backward rows time fwd+bwd
         device = torch.device(args.device)
-        with open(args.json, "w") as f:
-            json.dump(dict(kind=kind, gpu=torch.cuda.get_device_name() if device.type == "cuda" else None,
-                           device=str(device), torch=torch.__version__, provenance=provenance(device, seed=0),
-                           command=sys.argv[1:] if argv is None else list(argv),
-                           timing=None if args.tune else  # (--tune times each tile config once, unsettled)
-                           dict(rounds=args.rounds, settle_ms=args.settle_ms, rep_ms=args.rep_ms), rows=rows),
-                      f, indent=1)
-        print(f"wrote {args.json}")
+        header = dict(kind="bench-op-backward" if args.backward else "bench-op",  # backward rows time fwd+bwd
+                      gpu=torch.cuda.get_device_name() if device.type == "cuda" else None,
+                      device=str(device), torch=torch.__version__, provenance=provenance(device, seed=0),
+                      command=sys.argv[1:] if argv is None else list(argv),
+                      timing=None if args.tune else  # (--tune times each tile config once, unsettled)
+                      dict(rounds=args.rounds, settle_ms=args.settle_ms, rep_ms=args.rep_ms))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(header, rows=rows), f, indent=1)
+            print(f"wrote {args.json}")
+        if args.plot:
+            from distr_patch.eval.op_plot import plot_op
+
+            print(f"wrote {plot_op(header, rows, args.plot)}")
     if args.backward:
         print_table_backward(rows)
     elif args.tune:

@@ -587,14 +587,16 @@ def test_bench_backward_smoke_interpreter(load_script, capsys):
 
 
 @interpreter_only
-def test_bench_backward_times_each_variants_own_step(load_script, monkeypatch):
+def test_bench_backward_times_each_variants_own_step(load_script, monkeypatch, tmp_path):
     """The variants are all called once before any is timed: each timing still runs its own variant's step (its
-    closure bound at creation; a late-bound one would time the last variant every time)."""
+    closure bound at creation; a late-bound one would time the last variant every time). --plot draws the rows."""
+    pytest.importorskip("matplotlib")
     bench = load_script("bench_attention")
     monkeypatch.setattr(bench, "_time_cpu", lambda step, ms: float(step()[0].double().abs().sum()))  # dq's size
     rows = bench.main(["--backward", "--device", "cpu", "--d", "32", "--n", "64", "--causal", "1", "--tokens", "64",
                        "--model-dim", "32", "--rep-ms", "1", "--variants", "distr G=1", "distr G=2 mean",
-                       "distr G=2 rank1"])
+                       "distr G=2 rank1", "--plot", str(tmp_path / "bwd.png")])
+    assert (tmp_path / "bwd.png").stat().st_size > 10_000
     timed = {r["variant"]: r["ms"] for r in rows if r["variant"].startswith("distr")}
     assert len(timed) == 3 and len(set(timed.values())) == 3, timed
     for r in rows:  # three passes by default, each timing this variant's own step
