@@ -690,7 +690,10 @@ def main(argv=None):
         if args.plot:
             from distr_patch.eval.op_plot import plot_op
 
-            print(f"wrote {plot_op(header, rows, args.plot)}")
+            try:
+                print(f"wrote {plot_op(header, rows, args.plot)}")
+            except ImportError as e:  # no matplotlib here: the figure is lost, not the run (the table prints last)
+                print(f"bench_attention.py: warning: --plot: {e}", file=sys.stderr)
     if args.backward:
         print_table_backward(rows)
     elif args.tune:
