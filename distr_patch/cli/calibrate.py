@@ -58,7 +58,8 @@ def register(sub) -> None:
     g.add_argument("--seed", type=int, default=o.S,
                    help="seed (0): the hash directions' seed of every candidate and of the written configs, and the "
                         "image sampling")
-    o.add_data_source(g, data_help="lm: text, 'lee' (default), a .txt/.jsonl file or a datasets name; "
+    o.add_data_source(g, data_help="lm: text, 'lee' (default), a .txt/.jsonl file (or .txt.gz, .bz2, .xz) or a "
+                                   "datasets name; "
                                    "vit: an image folder or a datasets name (required)",
                       text_column="column holding the text (text)", image_column="vit: column holding the images (image)")
     g.add_argument("--vit-output", default=o.S, choices=CHOICES["vit_output"],

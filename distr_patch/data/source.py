@@ -8,13 +8,26 @@ from .errors import DataError
 
 _LOCAL_BUILDERS = {".txt": "text", ".cor": "text", ".text": "text", ".json": "json", ".jsonl": "json",
                    ".csv": "csv", ".parquet": "parquet"}
+# Compressed local files: the suffix before the compression's names the format ("wiki.txt.gz" is text). datasets
+# decompresses them itself; the plain reading without it (text.py) opens them with the standard library.
+COMPRESSIONS = (".gz", ".bz2", ".xz")
+
+
+def file_format(path) -> tuple[str, str | None]:
+    """(the format's suffix, the compression's suffix or None) of a file name, lower case: "a.TXT.gz" ->
+    (".txt", ".gz"), "a.jsonl" -> (".jsonl", None), "a" -> ("", None)."""
+    suffixes = [x.lower() for x in Path(path).suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        return (suffixes[-2] if len(suffixes) > 1 else ""), suffixes[-1]
+    return (suffixes[-1] if suffixes else ""), None
 
 
 def looks_local(data: str) -> bool:
     """``data`` reads as a path, not a hub name: it starts with ., / or ~, has two / or more, or ends with a
-    local file type (.txt, .jsonl, ...). Such a path that does not exist fails at once, without hub retries."""
+    local file type (.txt, .jsonl, .txt.gz, ...). Such a path that does not exist fails at once, without hub
+    retries."""
     return (data.startswith((".", "/", "~")) or data.count("/") > 1 or "\\" in data
-            or Path(data).suffix.lower() in _LOCAL_BUILDERS)
+            or file_format(data)[0] in _LOCAL_BUILDERS)
 
 
 def _first_line(e: BaseException, cause: bool = True) -> str:
@@ -62,7 +75,8 @@ def open_dataset(data: str, *, split: str = "train", name: str | None = None, fo
     """A ``datasets.Dataset`` for ``data``; errors name ``option``, the argument that gave it.
 
     Local files pick their builder from the suffix (``text`` for .txt/.cor, ``json`` for .json/.jsonl,
-    ``csv``, ``parquet``); a local directory uses ``folder_builder``; anything else is a hub name.
+    ``csv``, ``parquet``), before a compression's (.gz, .bz2, .xz: "wiki.txt.gz" is text); a local directory uses
+    ``folder_builder``; anything else is a hub name.
     """
     import datasets
 
@@ -72,10 +86,13 @@ def open_dataset(data: str, *, split: str = "train", name: str | None = None, fo
         return _load_local(option, data, "text", "train", data_files={"train": str(path)})
     path = Path(data).expanduser()
     if path.is_file():
-        builder = _LOCAL_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise DataError(f"{option} {data}: unknown file type {path.suffix!r}; use one of "
-                            f"{', '.join(sorted(_LOCAL_BUILDERS))}")
+        fmt, compression = file_format(path)
+        builder = _LOCAL_BUILDERS.get(fmt)
+        if builder is None or (compression and builder == "parquet"):
+            kind = f"{fmt}{compression}" if compression else (fmt or "(no suffix)")
+            raise DataError(f"{option} {data}: unknown file type {kind!r}; use one of "
+                            f"{', '.join(sorted(_LOCAL_BUILDERS))} (all but .parquet may be compressed: "
+                            f"{', '.join(COMPRESSIONS)})")
         check_single_split(option, data, "a local file", split, name)
         if path.stat().st_size == 0:
             raise DataError(f"{option} {data}: the file is empty")

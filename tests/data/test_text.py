@@ -198,3 +198,43 @@ def test_missing_values_are_blank_rows_in_every_format(tmp_path):
     pd.DataFrame({"text": ["one", None, "three"]}).to_parquet(tmp_path / "a.parquet")
     for name in ("a.jsonl", "a.csv", "a.parquet"):
         assert load_text(str(tmp_path / name)) == ("one\n\nthree", 3), name
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_compressed_text_files_read_as_their_text(tmp_path, monkeypatch, suffix):
+    """wiki.txt.gz is text: the same rows as the uncompressed file, with and without `datasets` (a byte order mark
+    dropped either way: datasets kept it in compressed files)."""
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix]
+    content = "page one\x0cpage two\r\nsecond\n\nlast line"
+    f = tmp_path / f"wiki.TXT{suffix}"
+    with opener(f, "wb") as out:
+        out.write(("\ufeff" + content).encode("utf-8"))
+    expected = ("page one\x0cpage two\nsecond\n\nlast line", 4)
+    if importlib.util.find_spec("datasets"):
+        assert load_text(str(f)) == expected
+    _hide_datasets(monkeypatch)
+    assert load_text(str(f)) == expected
+
+
+def test_compressed_files_that_are_not_text_or_not_compressed(tmp_path, monkeypatch):
+    from distr_patch.data.source import file_format, looks_local, open_dataset
+
+    assert file_format("a.TXT.gz") == (".txt", ".gz") and file_format("a.jsonl") == (".jsonl", None)
+    assert file_format("a") == ("", None) and file_format("a.gz") == ("", ".gz")
+    assert looks_local("wiki.txt.gz") and not looks_local("wikitext")  # a missing local file is not a hub name
+    fake = tmp_path / "fake.txt.gz"
+    fake.write_text("not gzip at all\n")
+    if importlib.util.find_spec("datasets"):
+        with pytest.raises(DataError, match=r"--data .*fake.txt.gz: cannot be read as text data"):
+            load_text(str(fake))
+        pq = tmp_path / "rows.parquet.gz"
+        pq.write_bytes(b"x")
+        with pytest.raises(DataError, match=r"unknown file type '.parquet.gz'.*may be compressed: .gz, .bz2, .xz"):
+            open_dataset(str(pq))
+    _hide_datasets(monkeypatch)
+    with pytest.raises(DataError, match=r"--data .*fake.txt.gz: cannot be read as a .gz compressed text file"):
+        load_text(str(fake))
