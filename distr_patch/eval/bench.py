@@ -166,7 +166,9 @@ def _is_vision(spec: str) -> bool:
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(spec).model_type in VISION_TYPES
+        from ..models.hub import hub_kwargs
+
+        return AutoConfig.from_pretrained(spec, **hub_kwargs()).model_type in VISION_TYPES
     except Exception:  # offline, not a model: loading it says why
         return False
 

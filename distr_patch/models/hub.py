@@ -1,0 +1,43 @@
+"""Whether the HuggingFace hub can be reached from here, asked once per process.
+
+Offline, transformers retries the hub for about half a minute per lookup before it falls back to its cache or
+fails (27 s measured on a machine without a network, for one config). Where the hub cannot be reached, hub ids
+load with ``local_files_only=True`` instead: from the cache at once, or a named error at once.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from urllib.parse import urlparse
+
+PROBE_TIMEOUT_S = 3.0  # one TCP connect to the hub's host
+_TRUE = {"1", "on", "yes", "true"}
+_OFFLINE_SWITCHES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
+
+
+@functools.lru_cache(maxsize=None)
+def hub_offline() -> bool:
+    """True where the hub cannot be reached: ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` set, or the host of
+    ``HF_ENDPOINT`` (default huggingface.co) not accepting a TCP connection within ``PROBE_TIMEOUT_S``. Behind a
+    proxy (``HTTPS_PROXY`` etc.) a direct connect proves nothing, so the hub counts as reachable. Cached for the
+    process (``hub_offline.cache_clear()`` asks again)."""
+    if any(os.environ.get(v, "").strip().lower() in _TRUE for v in _OFFLINE_SWITCHES):
+        return True
+    if any(os.environ.get(v) for v in _PROXIES):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    if not url.hostname:
+        return False  # a malformed endpoint: huggingface_hub's own request says what is wrong with it
+    try:
+        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)),
+                                 timeout=PROBE_TIMEOUT_S).close()
+    except OSError:  # no name resolution, refused, unreachable, timed out
+        return True
+    return False
+
+
+def hub_kwargs() -> dict:
+    """``from_pretrained`` keywords for a hub id: ``{"local_files_only": True}`` where ``hub_offline()``, else {}."""
+    return {"local_files_only": True} if hub_offline() else {}
