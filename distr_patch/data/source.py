@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..hub import cache_only, hub_offline
 from .corpora import CORPUS_ALIASES, locate_corpus
 from .errors import DataError
 
@@ -105,8 +106,11 @@ def open_dataset(data: str, *, split: str = "train", name: str | None = None, fo
     if looks_local(data):
         raise DataError(f"{option} {data}: no such file or directory")
     try:
-        return datasets.load_dataset(data, name, split=split)
+        with cache_only():  # the hub unreachable: datasets' cache at once, not after its retries
+            return datasets.load_dataset(data, name, split=split)
     except (datasets.exceptions.DatasetsError, FileNotFoundError, ConnectionError, ValueError) as e:
         aliases = f", a corpus alias ({', '.join(CORPUS_ALIASES)})" if option == "--data" else ""
-        raise DataError(f"{option} {data}: not a local file or folder{aliases}, or a data set the hub could serve "
-                        f"here (offline?): {_first_line(e, cause=False)}") from e
+        where = ("a data set in the local cache (the hub is not reachable from here: HF_HUB_OFFLINE, or no "
+                 "connection to its host)" if hub_offline() else "a data set the hub could serve here (offline?)")
+        raise DataError(f"{option} {data}: not a local file or folder{aliases}, or {where}: "
+                        f"{_first_line(e, cause=False)}") from e

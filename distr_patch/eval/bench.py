@@ -166,7 +166,7 @@ def _is_vision(spec: str) -> bool:
     try:
         from transformers import AutoConfig
 
-        from ..models.hub import hub_kwargs
+        from ..hub import hub_kwargs
 
         return AutoConfig.from_pretrained(spec, **hub_kwargs()).model_type in VISION_TYPES
     except Exception:  # offline, not a model: loading it says why

@@ -5,7 +5,7 @@
 - ``preset:<name>``: a real-size architecture with random weights (``presets.py``), for latency;
 - a local directory (``save_pretrained`` layout) or a local ``.gguf`` file;
 - a HuggingFace hub id, which works where the hub is reachable or its files are in the local cache (where the
-  hub cannot be reached, ``hub.py``, the cache is read at once, without transformers' retries).
+  hub cannot be reached, ``distr_patch/hub.py``, the cache is read at once, without transformers' retries).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..compat import make_gguf_findable
-from .hub import hub_kwargs
+from ..hub import hub_kwargs
 from .presets import VISION_TYPES, preset_config
 
 

@@ -1,11 +1,11 @@
-"""distr_patch/models/hub.py: where the hub cannot be reached, hub ids load from the cache at once (transformers
+"""distr_patch/hub.py: where the hub cannot be reached, hub ids load from the cache at once (transformers
 would retry for about half a minute per lookup first)."""
 import socket
 import time
 
 import pytest
 
-from distr_patch.models import hub
+from distr_patch import hub
 from distr_patch.models.loading import ModelLoadError, load_model
 
 
@@ -93,3 +93,35 @@ def test_hub_ids_ask_the_cache_only_where_the_hub_is_unreachable(fresh):
     with pytest.raises(ModelLoadError, match="the hub could not serve it"):
         load_model("someorg/model", "lm")
     assert seen == [True, None]
+
+
+def test_cache_only_sets_the_offline_switches_only_while_the_hub_is_unreachable(fresh):
+    import huggingface_hub.constants as constants
+
+    before = constants.HF_HUB_OFFLINE
+    fresh.setattr(constants, "HF_HUB_OFFLINE", False)
+    fresh.setattr(socket, "create_connection", lambda *a, **k: _Conn())
+    with hub.cache_only():
+        assert constants.HF_HUB_OFFLINE is False  # reachable: nothing changes
+    hub.hub_offline.cache_clear()
+    fresh.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("unreachable")))
+    with pytest.raises(RuntimeError, match="inside"):
+        with hub.cache_only():
+            assert constants.HF_HUB_OFFLINE is True
+            raise RuntimeError("inside")
+    assert constants.HF_HUB_OFFLINE is False  # restored, after an error too
+    fresh.setattr(constants, "HF_HUB_OFFLINE", before)
+
+
+def test_a_data_set_name_with_the_hub_unreachable_fails_at_once(fresh):
+    datasets = pytest.importorskip("datasets")
+    from distr_patch.data.errors import DataError
+    from distr_patch.data.text import load_text
+
+    fresh.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    fresh.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("unreachable")))
+    t0 = time.perf_counter()
+    with pytest.raises(DataError, match=r"--data someorg/no-such-data: .*or a data set in the local cache \(the hub "
+                                        r"is not reachable from here"):
+        load_text("someorg/no-such-data")
+    assert time.perf_counter() - t0 < 10 and datasets.config.HF_HUB_OFFLINE is False
