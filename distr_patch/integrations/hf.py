@@ -19,6 +19,8 @@ unwritten (masked) slots, so a masked causal call with a window first drops the 
 (``attended_length``, one host read per forward); under torch.compile or a CUDA graph capture, where no host read
 is possible, it rotates the key axis instead so that the tail comes first (``rotate_to_attended_end``: a copy of K,
 V and the mask).
+Answers that depend on the mask alone (the valid query rows, the attended length) are computed once per mask
+tensor in eager mode (``per_mask``): a model's layers share one mask per forward.
 """
 from __future__ import annotations
 
@@ -126,25 +128,33 @@ def _attended_end(attention_mask: torch.Tensor, q_len: int, kv_len: int) -> torc
     return torch.where(offset < 0, kv_len, (offset + q_len).clamp(q_len, kv_len))
 
 
-_last_attended: tuple | None = None  # (weakref to a mask, its _version, q_len, kv_len, attended length)
+_per_mask: dict[str, tuple] = {}  # what -> (weakref to a mask, (its _version, *arguments), the answer)
+
+
+def per_mask(what: str, attention_mask: torch.Tensor, arguments: tuple, compute):
+    """``compute()``, once per mask tensor: a model's layers share one mask per forward, so the last answer for
+    ``what`` is kept for that tensor and those ``arguments``. Computed again for another tensor, after an in-place
+    write (the version counter counts it), and at every call for a tensor made under ``torch.inference_mode`` (it
+    has no version counter, so a write could not be seen). Eager only: under tracing call ``compute`` itself."""
+    if attention_mask.is_inference():
+        return compute()
+    key = (attention_mask._version, *arguments)
+    last = _per_mask.get(what)
+    if last is not None and last[0]() is attention_mask and last[1] == key:
+        return last[2]
+    answer = compute()
+    _per_mask[what] = (weakref.ref(attention_mask), key, answer)
+    return answer
 
 
 def attended_length(attention_mask: torch.Tensor, q_len: int, kv_len: int) -> int:
     """The keys a causal call needs (``_attended_end``) as an int: the operator places the exact window bottom-right
-    (row i at key i + M - N), so an unattended tail would move the band off the diagonal. Host sync, once per mask:
-    a model's layers share one mask tensor per forward, so the last answer is kept for that tensor (unless it is
-    written in place, which its version counts; a tensor made under ``torch.inference_mode`` has no version
-    counter, so it is read at every call)."""
-    global _last_attended
-    key = None if attention_mask.is_inference() else (attention_mask._version, q_len, kv_len)
-    last = _last_attended
-    if key is not None and last is not None and last[0]() is attention_mask and last[1:4] == key:
-        return last[4]
-    end = _attended_end(attention_mask, q_len, kv_len)
-    length = kv_len if end is None else int(end)
-    if key is not None:
-        _last_attended = (weakref.ref(attention_mask), *key, length)
-    return length
+    (row i at key i + M - N), so an unattended tail would move the band off the diagonal. Host sync, once per mask
+    (``per_mask``)."""
+    def read() -> int:
+        end = _attended_end(attention_mask, q_len, kv_len)
+        return kv_len if end is None else int(end)
+    return per_mask("attended length", attention_mask, (q_len, kv_len), read)
 
 
 def rotate_to_attended_end(key, value, attention_mask, q_len: int):
@@ -248,8 +258,11 @@ def distr_attention_forward(module, query, key, value, attention_mask, dropout=0
                 key, value, attention_mask = key[:, :, :m], value[:, :, :m], attention_mask[..., :m]
     query, key, value = autocast_inputs(query, key, value)
     query_valid = None
-    if attention_mask is not None:
-        query_valid = query_rows_valid(attention_mask, query.shape[0], q_len, key.shape[2])
+    if attention_mask is not None:  # eager: once per forward (every layer gets the same mask), traced: every call
+        shape = (query.shape[0], q_len, key.shape[2])
+        rows_valid = lambda: query_rows_valid(attention_mask, *shape)  # noqa: E731
+        query_valid = rows_valid() if _tracing(query) else per_mask("query rows valid", attention_mask,
+                                                                    (*shape, query.device), rows_valid)
     common = dict(causal=is_causal, scale=scaling, query_valid=query_valid)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
 

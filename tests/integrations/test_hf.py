@@ -156,6 +156,35 @@ def test_attended_length_reads_a_mask_once_until_it_is_written(monkeypatch):
         assert hf.attended_length(frozen, 4, 10) == 8
 
 
+def test_query_rows_are_read_once_per_mask_in_a_forward(monkeypatch):
+    """Every layer of a forward gets the same mask: its valid query rows are computed once (each time an [N, M]
+    pass) and reused, the same answer as computing them per layer; a new mask, an in-place write or an
+    inference-mode mask computes them again."""
+    calls = []
+    real = hf.query_rows_valid
+    monkeypatch.setattr(hf, "query_rows_valid", lambda *a: calls.append(a[1:]) or real(*a))
+    q, k, v = _qkv(N=40, M=40)
+    mask = _padding_mask([40, 29], 40, 40)
+    outs = [distr_attention_forward(_Attn(G2), q, k, v, mask, scaling=0.25)[0] for _ in range(3)]  # three layers
+    assert len(calls) == 1 and all(torch.equal(o, outs[0]) for o in outs[1:])
+    monkeypatch.setattr(hf, "per_mask", lambda what, m, args, compute: compute())  # no memo: the same output
+    assert torch.equal(distr_attention_forward(_Attn(G2), q, k, v, mask, scaling=0.25)[0], outs[0])
+    monkeypatch.undo()
+    monkeypatch.setattr(hf, "query_rows_valid", lambda *a: calls.append(a[1:]) or real(*a))
+    calls.clear()
+    distr_attention_forward(_Attn(G2), q, k, v, mask.clone(), scaling=0.25)  # another tensor
+    mask[1] = _padding_mask([40, 33], 40, 40)[1]  # written in place: rows 29-32 are real now
+    written = distr_attention_forward(_Attn(G2), q, k, v, mask, scaling=0.25)[0]
+    assert len(calls) == 2
+    fresh = distr_attention_forward(_Attn(G2), q, k, v, mask.clone(), scaling=0.25)[0]
+    assert torch.equal(written, fresh) and not torch.equal(written, outs[0])
+    with torch.inference_mode():
+        frozen = _padding_mask([40, 29], 40, 40)
+        for _ in range(2):
+            distr_attention_forward(_Attn(G2), q, k, v, frozen, scaling=0.25)
+    assert len(calls) == 5  # no version counter: computed at every call
+
+
 def test_rotation_puts_the_attended_keys_last_and_keeps_the_function():
     """The traced way: the unattended tail moves in front (masked for every row); with the window, the operator on
     the rotated keys gives what it gives on the keys cut at the attended length."""
