@@ -56,7 +56,7 @@
 # Logs and JSON go to $OUT (the device tool's folder) or /tmp/device-check; each table prints last.
 # The GPU tests took 470 s in one process (mostly kernel compilation). With pytest-xdist importable, or its
 # wheels in .whl/ (carry ".whl"; `pip download --no-deps -d .whl pytest-xdist execnet`), they run in
-# $GPU_TEST_WORKERS processes (default 8) that compile in parallel.
+# $GPU_TEST_WORKERS processes (default 8) that compile in parallel (14 ran out of memory on an 80 GB H100).
 set -o pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)"
 out="${OUT:-/tmp/device-check}"

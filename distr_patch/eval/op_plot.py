@@ -82,7 +82,8 @@ def plot_op(header: dict, rows: list[dict], out_path, *, variants=None, target: 
     plt = pyplot()
     cols = 2 if len(panels) > 1 else 1
     nrows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(6.2 * cols, 3.9 * nrows + 0.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(6.2 * cols, 9.5), 3.9 * nrows + 0.8), squeeze=False,
+                             sharey=True)  # one panel: wide enough for the title
     # one colour per setting, the same on both engines (the line style tells the engine)
     settings = list(dict.fromkeys(_setting(n) for n in chosen))
     colors = plt.get_cmap("tab10" if len(settings) <= 10 else "tab20")
@@ -118,8 +119,8 @@ def plot_op(header: dict, rows: list[dict], out_path, *, variants=None, target: 
     timing = header.get("timing") or {}
     what = "forward+backward" if header.get("kind") == "bench-op-backward" else "forward"
     fig.suptitle(f"DistrAttention {what} vs SDPA-flash, {header.get('gpu') or header.get('device') or '?'}, bf16"
-                 + (f"; settled {timing['settle_ms']:g} ms, median of {timing['rounds']} passes"
-                    if timing.get("rounds") else "")
+                 + (f"; settled {timing['settle_ms']:g} ms, " + (f"median of {timing['rounds']} passes"
+                    if timing["rounds"] > 1 else "one pass") if timing.get("rounds") else "")
                  + "\nsolid: fused kernel; dashed: SDPA engine; dotted: peers; err: median relative error vs exact "
                  "attention on the bench's random inputs", fontsize=9)
     legend_rows = (len(labels) + 2) // 3
