@@ -651,6 +651,17 @@ def main(argv=None):
         p.error("--backward-paths needs --backward")
     if args.plot and args.tune:
         p.error("--plot draws the sweep's speed vs SDPA-flash; --tune's rows time tile configs and have no baseline")
+    if args.plot:  # before the run: a path matplotlib cannot write would cost the figure only after the GPU time
+        from distr_patch.eval.config import ConfigError
+        from distr_patch.eval.op_plot import check_figure_path
+
+        try:
+            check_figure_path(args.plot)
+        except ConfigError as e:
+            p.error(f"--plot: {e}")
+        except ImportError as e:
+            print(f"bench_attention.py: warning: --plot: {e}; the run goes on without the figure", file=sys.stderr)
+            args.plot = None
     if args.variants:
         known = BWD_VARIANTS if args.backward else _variants(args)
         unknown = [name for name in args.variants if name not in known]

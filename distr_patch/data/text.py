@@ -73,6 +73,6 @@ def plain_text_rows(data: str) -> list[str] | None:
             return [line.rstrip("\n") for line in f]
     except UnicodeDecodeError:
         raise DataError(f"--data {data}: not a UTF-8 text file") from None
-    except (OSError, EOFError, lzma.LZMAError) as e:  # a damaged or mislabelled compressed file
-        raise DataError(f"--data {data}: cannot be read as a {compression} compressed text file "
-                        f"({type(e).__name__}: {e})") from None
+    except (OSError, EOFError, lzma.LZMAError) as e:  # unreadable, or a damaged or mislabelled compressed file
+        what = f"as a {compression} compressed text file" if compression else "(not readable)"
+        raise DataError(f"--data {data}: cannot be read {what} ({type(e).__name__}: {e})") from None

@@ -20,6 +20,7 @@ DEFAULT_VARIANTS = ("sdpa-cudnn", "sage1", "distr G=1", "distr G=2 mean", "distr
                     "distr G=2 rank1 W128 c.5 bm128", "distr G=2 rank1 W128 c.5", "distr G=2 mean sdpa",
                     "distr G=2 rank1 sdpa", "distr G=2 rank1 W128 c.5 bm128 sdpa")
 TARGET = 1.37  # issue 3: G=2 at N >= 4096, d = 64 and 128, causal and not
+ROW_FIELDS = ("d", "N", "causal", "variant", "ms")  # what a bench row needs to be drawn
 
 
 def load_rows(path) -> tuple[dict, list[dict]]:
@@ -36,8 +37,30 @@ def load_rows(path) -> tuple[dict, list[dict]]:
         raise ConfigError(f"bench JSON: {path} is not a `scripts/bench_attention.py --json` file "
                           f"(kind {data.get('kind') if isinstance(data, dict) else None!r}; a --tune file has no "
                           "SDPA-flash rows either)")
+    for i, row in enumerate(data["rows"]):
+        missing = [k for k in ROW_FIELDS if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise ConfigError(f"bench JSON: {path}: row {i} lacks {', '.join(missing)} (a bench row has "
+                              f"{', '.join(ROW_FIELDS)})")
     header = {k: v for k, v in data.items() if k != "rows"}
     return header, data["rows"]
+
+
+def check_figure_path(out_path) -> Path:
+    """``out_path`` as a Path, if matplotlib can write its format (by the suffix; none: PNG); a ConfigError naming
+    the path and the formats otherwise. An ImportError without matplotlib."""
+    from .report import pyplot
+
+    pyplot()  # matplotlib importable (a named ImportError otherwise)
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out_path = Path(out_path)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = out_path.suffix.lower().lstrip(".")
+    if suffix and suffix not in formats:
+        raise ConfigError(f"figure path {out_path}: matplotlib cannot write .{suffix}; use one of "
+                          f"{', '.join('.' + f for f in sorted(formats))}")
+    return out_path
 
 
 def speed_series(rows: list[dict], d: int, causal: bool, name: str) -> list[tuple[int, float]]:
@@ -63,6 +86,7 @@ def plot_op(header: dict, rows: list[dict], out_path, *, variants=None, target: 
     variant but the baseline). ``target``: a dashed line at that ratio (None: none)."""
     from .report import pyplot
 
+    out_path = check_figure_path(out_path)
     names = list(dict.fromkeys(r["variant"] for r in rows))
     if BASELINE not in names:
         raise ConfigError(f"bench JSON: no {BASELINE!r} rows to measure against (variants: {', '.join(names)})")
@@ -125,7 +149,6 @@ def plot_op(header: dict, rows: list[dict], out_path, *, variants=None, target: 
                  "attention on the bench's random inputs", fontsize=9)
     legend_rows = (len(labels) + 2) // 3
     fig.tight_layout(rect=(0, (0.2 + 0.16 * legend_rows) / fig.get_figheight(), 1, 1))  # room for the legend
-    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=110)
     plt.close(fig)

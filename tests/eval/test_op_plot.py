@@ -56,6 +56,19 @@ def test_plot_op_names_unknown_variants_and_a_missing_baseline(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_bad_figure_paths_and_rows_are_named_errors(tmp_path, load_script, capsys):
+    with pytest.raises(ConfigError, match=r"figure path .*op.xyz: matplotlib cannot write .xyz; use one of .*\.png"):
+        plot_op(HEADER, _rows(), tmp_path / "op.xyz")
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**HEADER, "rows": [{"d": 64, "N": 1024, "variant": "sdpa-flash"}]}))
+    with pytest.raises(ConfigError, match=r"row 0 lacks causal, ms"):
+        load_rows(broken)
+    bench = load_script("bench_attention")  # refused before any timing, not after the run
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--plot", str(tmp_path / "op.xyz")])
+    assert exc.value.code == 2 and "--plot: figure path" in capsys.readouterr().err
+
+
 def test_load_rows_refuses_other_files(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
