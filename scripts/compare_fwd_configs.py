@@ -26,6 +26,8 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
     exact/expanded reversed | heavy_first   (--tile-orders) the default config with its programs started in
                    another order (FwdConfig.tile_order): per head the last query tile first, or all heads' last
                    tiles first (with causal masking the heaviest programs first, the lightest in the last wave)
+    exact/expanded expfma2 | expfma4   (--exp-fma) the default config with 1/2 or 1/4 of each unmasked score tile's
+                   exp2 by a polynomial on the FMA pipe instead of the MUFU unit (FwdConfig.exp_fma)
     expanded sigma2-diff   (--sigma2-diff) window variants: the default config with the window's σ² pass taking
                    grouped − exact scores by one dot, (Q_eff − Q) Kᵀ, instead of two (FwdConfig.sigma2_diff)
 
@@ -76,7 +78,8 @@ def configs(d, G, window, block_m):
             + ([(f"exact maxnreg{cap}", replace(red, maxnreg=cap))] if args.register_caps and d <= 64 else []) \
             + (_ws_configs("exact", red) if args.warp_specialize else []) \
             + (_tall_configs("exact", red) if args.tall_tiles else []) \
-            + (_order_configs("exact", red) if args.tile_orders else [])
+            + (_order_configs("exact", red) if args.tile_orders else []) \
+            + (_exp_fma_configs("exact", red) if args.exp_fma else [])
     ex = fwd_config(d, G, block_m, exact_window=W, grouped_qk="expanded")
     out = ([] if args.no_reduced else [("reduced", red)]) + [("expanded", ex)]
     if args.kernel_options:  # Q_eff in the kernel's prologue instead of a regroup launch; K/V tiles through TMA
@@ -102,6 +105,8 @@ def configs(d, G, window, block_m):
         out += _tall_configs("expanded", ex)
     if args.tile_orders:
         out += _order_configs("expanded", ex)
+    if args.exp_fma:
+        out += _exp_fma_configs("expanded", ex)
     if args.fused and block_m == 128:
         out.append(("reduced+fused-grouping", replace(red, fused_grouping=True)))
     alts = [(64, 4, 32), (64, 8, 64), (128, 8, 32)] if window else [(64, 8 if d <= 64 else 4, None), (128, 8, None)]
@@ -122,6 +127,11 @@ def _order_configs(name, cfg):
     """cfg with its programs started in the other orders (FwdConfig.tile_order; the same output)."""
     return [(f"{name} {order}", replace(cfg, tile_order=order)) for order in ("natural", "reversed", "heavy_first")
             if order != cfg.tile_order]
+
+
+def _exp_fma_configs(name, cfg):
+    """cfg with 1/2 and 1/4 of each unmasked score tile's exp2 on the FMA pipe (FwdConfig.exp_fma)."""
+    return [(f"{name} expfma{e}", replace(cfg, exp_fma=e)) for e in (2, 4) if e != cfg.exp_fma]
 
 
 def _tall_configs(name, cfg):
@@ -173,6 +183,9 @@ ap.add_argument("--tile-orders", action="store_true",
                 help="add the default config with its programs started in the other orders (FwdConfig.tile_order: "
                      "per head the last query tiles first, or heads on the grid's first axis and the last tiles "
                      "of all heads first)")
+ap.add_argument("--exp-fma", action="store_true",
+                help="add the default config with 1/2 and 1/4 of the unmasked tiles' exp2 by a polynomial on the FMA "
+                     "pipe (FwdConfig.exp_fma)")
 ap.add_argument("--rounds", type=int, default=1, help="time each shape's configs this many times, in turn")
 ap.add_argument("--settle-ms", type=float, default=200.0,
                 help="run each config back to back this long (ms) before its timing, so it is timed at its own clocks")

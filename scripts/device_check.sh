@@ -39,6 +39,9 @@
 #          (operator, models, training, capture), then eager and compiled prefill side by side, exact and patched
 #          (SmolLM2 shape, calibrated config; 1x1024 and 4x4096), alternated in one process
 #          (scripts/probe_model_switches.py), then `bench model --compile reduce-overhead` at 1x1024.
+# exp-fma: a share of the score tiles' exp2 by a polynomial on the FMA pipe (FwdConfig.exp_fma 2 / 4): its GPU tests,
+#          then against the default at N=4096 and 16384, d=64/128, causal and not, 3 rotated rounds
+#          (compare_fwd_configs.py --exp-fma).
 # tile-orders: the forward's tile orders side by side, causal, N=4096 and 16384 (compare_fwd_configs.py --tile-orders,
 #              5 rounds, rotated start: the twenty-first session's first run favoured the config timed second).
 # dq-order: forward+backward, causal, N=4096, with the dQ kernel's programs in natural and reversed order
@@ -156,6 +159,10 @@ for step in "${steps[@]}"; do
              --settings paper,recommended --seq-lens 1024 --batch-sizes 1 --gen-tokens 1 --gen-prompt-len 16 \
              --repeats 10 --no-plots --output-dir "$out" --compile reduce-overhead 2>&1 | tee "$out/compile-bench.log" \
              | grep "| prefill |" || rc=1 ;;
+    exp-fma) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py -k exp_fma 2>&1 \
+           | tee "$out/exp-fma-tests.log" | tail -5 || rc=1
+           python scripts/compare_fwd_configs.py --variants G1 "G2 mean" "G2 rank1" --d 64 128 --n 4096 16384 \
+             --exp-fma --no-reduced --rounds 3 2>&1 | tee "$out/exp-fma.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     tile-orders) python scripts/compare_fwd_configs.py --variants G1 "G2 mean" "G2 rank1" "G2 r1 W128 c.5" --d 64 128 \
            --n 4096 16384 --causal 1 --no-reduced --tile-orders --rounds 5 2>&1 | tee "$out/tile-orders.log" \
            | sed -n '/^| d |/,$p' || rc=1 ;;
@@ -222,7 +229,7 @@ PY
              "$out/ncu-$what.txt" | sed 's/  */ /g' ;;
     probe-sdpa) { python scripts/probe_sdpa_layout.py; python scripts/probe_sdpa_layout.py --batch 4 --heads 9 --kv-heads 3; } \
            2>&1 | tee "$out/probe-sdpa.log" | grep "^|\|^B=" || rc=1 ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa, probe-dqk, ncu-grouping, ncu-attention)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa, probe-dqk, ncu-grouping, ncu-attention, exp-fma)" >&2; exit 2 ;;
   esac
 done
 exit $rc

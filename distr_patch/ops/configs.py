@@ -56,9 +56,16 @@ class FwdConfig:
     # H200 (0.4-5.8%; G1, G2 mean / rank1, the window; d=64 / 128, N=4096 / 16384; heavy_first slower than reversed
     # at 15 of 16); docs/benchmarks.md, "the tile orders side by side" (twenty-second session)
     tile_order: str = "natural"
+    # 1/exp_fma of each score tile's exp2 on the FMA pipe by a polynomial instead of the MUFU unit (0: none; 2 or 4;
+    # relative error <= 7.5e-5, so ``fwd_config`` keeps it off for fp32 calls): at d <= 64 the MUFU's exp2 rate bounds
+    # the key loop (``distr_attn._exp2_tile``). Not yet timed on the GPU: off
+    exp_fma: int = 0
 
 
 TILE_ORDERS = {"natural": 0, "reversed": 1, "heavy_first": 2}  # FwdConfig.tile_order -> the kernel's TILE_ORDER
+
+
+EXP_FMA_SHARES = ("0", "2", "4")  # FwdConfig.exp_fma's values (as DISTR_FWD_EXP_FMA spells them)
 
 
 DQ_TILE_ORDERS = ("natural", "reversed", "auto")  # BwdConfig.dq_tile_order
@@ -119,6 +126,7 @@ DEFAULT_FWD_SCALE_AFTER_MAX = _env_flag("DISTR_FWD_SCALE_AFTER_MAX", None)
 DEFAULT_FUSED_GROUPING = _env_flag("DISTR_FWD_FUSED_GROUPING", None)
 DEFAULT_FWD_SIGMA2_DIFF = _env_flag("DISTR_FWD_SIGMA2_DIFF", None)  # FwdConfig.sigma2_diff; None: the table (off)
 DEFAULT_FWD_TILE_ORDER = os.environ.get("DISTR_FWD_TILE_ORDER") or None  # FwdConfig.tile_order; None: the table
+DEFAULT_FWD_EXP_FMA = os.environ.get("DISTR_FWD_EXP_FMA") or None  # FwdConfig.exp_fma ("0", "2", "4"); None: the table
 # DISTR_AUTO_SDPA=1: backend="auto" on CUDA runs calls that are plain attention on Q_eff (no exact window, no tensor
 # mask, N == M or not causal) as torch's SDPA on Q_eff (``sdpa_engine.py``), the others on the fused Triton kernel.
 # Off by default (H200, docs/benchmarks.md, "backend='sdpa'"): the operator alone was faster at N >= 4096 (forward
@@ -246,14 +254,14 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     return _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32,
                        masked, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,
                        DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING, DEFAULT_FWD_SIGMA2_DIFF,
-                       DEFAULT_FWD_TILE_ORDER)
+                       DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA)
 
 
 @functools.lru_cache(maxsize=1024)
 def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32, masked,
                 DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,  # noqa: N803
                 DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING,
-                DEFAULT_FWD_SIGMA2_DIFF, DEFAULT_FWD_TILE_ORDER) -> FwdConfig:
+                DEFAULT_FWD_SIGMA2_DIFF, DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA) -> FwdConfig:
     """``fwd_config``'s body; the switches come in as arguments (so the memo sees them) under their global names."""
     mode = grouped_qk or DEFAULT_GROUPED_QK
     if mode not in ("reduced", "expanded"):
@@ -289,10 +297,17 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
             raise ValueError(f"the environment variable DISTR_FWD_TILE_ORDER must be one of "
                              f"{list(TILE_ORDERS) + ['auto']}, got {DEFAULT_FWD_TILE_ORDER!r}")
         cfg = replace(cfg, tile_order=DEFAULT_FWD_TILE_ORDER)
+    if DEFAULT_FWD_EXP_FMA is not None:
+        if DEFAULT_FWD_EXP_FMA not in EXP_FMA_SHARES:
+            raise ValueError(f"the environment variable DISTR_FWD_EXP_FMA must be one of {list(EXP_FMA_SHARES)}, "
+                             f"got {DEFAULT_FWD_EXP_FMA!r}")
+        cfg = replace(cfg, exp_fma=int(DEFAULT_FWD_EXP_FMA))
     if DEFAULT_FUSED_GROUPING is not None and group_size > 1:
         cfg = with_fused_grouping(cfg, head_dim, grouping_block_m, DEFAULT_FUSED_GROUPING)
     if masked and not interpret and cfg.block_n > 64:
         cfg = replace(cfg, block_n=64, band_block_n=None if cfg.band_block_n is None else min(cfg.band_block_n, 64))
+    if fp32:
+        cfg = replace(cfg, exp_fma=0)
     if fp32 and not interpret and cfg.block_n > 32:
         bn = cfg.block_n // 2 if head_dim <= 64 else 32
         cfg = replace(cfg, block_n=bn, band_block_n=None if cfg.band_block_n is None else min(cfg.band_block_n, bn))

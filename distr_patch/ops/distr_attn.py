@@ -158,6 +158,39 @@ def _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm,
 
 
 @triton.jit
+def _exp2_fma(x):
+    """2**x for fp32 x <= 0 without the MUFU unit: x = n + f with n = round(x) (by adding 1.5·2^23), f in
+    [-1/2, 1/2]; 2**f by a degree-3 polynomial (relative error <= 7.5e-5, a near-minimax fit), n added to its
+    exponent bits. x is clamped at -126, so below it the result is a denormal under 2**-126, not 0, and -inf or
+    NaN must not reach it (``_attn_tiles`` uses it only on tiles without masks). For 16-bit calls: P is rounded to
+    16 bits for P·V anyway."""
+    xc = tl.maximum(x, -126.0)
+    t = xc + 12582912.0
+    f = xc - (t - 12582912.0)
+    p = 0.0551716648042202 * f + 0.2426111251115799
+    p = p * f + 0.6932609677314758
+    p = p * f + 0.9999280571937561
+    return (p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _exp2_tile(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXP_FMA: tl.constexpr):
+    """exp2 of a [BLOCK_M, BLOCK_N] score tile with 1/EXP_FMA of its columns (the last ones) on the FMA pipe
+    (``_exp2_fma``: finite x only), the rest on the MUFU unit: at d <= 64 the MUFU's 16 exp2 per clock and SM bound
+    the key loop (8192 per 128x64 tile: as many clocks as both of its dots), so moving some to the FMA and ALU
+    pipes can pay. EXP_FMA: 0 (all MUFU), 2 or 4."""
+    if EXP_FMA == 0:
+        return tl.math.exp2(x)
+    a, b = tl.reshape(x, [BLOCK_M, 2, BLOCK_N // 2]).permute(0, 2, 1).split()
+    if EXP_FMA == 2:
+        pb = _exp2_fma(b)
+    else:
+        b0, b1 = tl.reshape(b, [BLOCK_M, 2, BLOCK_N // 4]).permute(0, 2, 1).split()
+        pb = tl.reshape(tl.join(tl.math.exp2(b0), _exp2_fma(b1)).permute(0, 2, 1), [BLOCK_M, BLOCK_N // 2])
+    return tl.reshape(tl.join(tl.math.exp2(a), pb).permute(0, 2, 1), [BLOCK_M, BLOCK_N])
+
+
+@triton.jit
 def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
                 Q, KG, GRP_B, WB_B, K, V, KD, VD, kb, kh, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn, stride_vd,
@@ -166,7 +199,8 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
                 DG_PAD: tl.constexpr, BLOCK_N: tl.constexpr, EXACT: tl.constexpr, FUSION_MEAN: tl.constexpr,
                 MIXED: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_CORR: tl.constexpr,
                 MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, EXPANDED: tl.constexpr,
-                TMA_N: tl.constexpr, WS: tl.constexpr = False, SCALE_AFTER_MAX: tl.constexpr = False):
+                TMA_N: tl.constexpr, WS: tl.constexpr = False, SCALE_AFTER_MAX: tl.constexpr = False,
+                EXP_FMA: tl.constexpr = 0):
     """Online softmax over key tiles [lo, hi): scores in log2 units, exact P·V.
 
     MIXED: the tiles meet the exact band and compute both products. BOUNDS: the tiles need
@@ -177,6 +211,7 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
     (coordinates [kb, kh, key, 0]), others through pointers (``_load_kt``). WS: the loop is warp-specialised.
     SCALE_AFTER_MAX: where the log2 scores are the raw dot times one scale less a per-row offset (no band, no
     additive mask), the row max is taken on the raw dot and exp2's argument is one FMA per score.
+    EXP_FMA: ``_exp2_tile``'s share of the scores' exp2 on the FMA pipe (0: none), on tiles without masks (no -inf).
     """
     offs_d = tl.arange(0, D_PAD)
     if EXACT or MIXED:
@@ -185,6 +220,7 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
         offs_n = start_n + tl.arange(0, BLOCK_N)
         # log2 scores: raw dot · qk_scale2 − the row's correction (+ the additive mask, or the band's exact scores)
         AFFINE: tl.constexpr = SCALE_AFTER_MAX and (not MIXED) and MASK_KIND != 2
+        EXP_SPLIT: tl.constexpr = EXP_FMA if not BOUNDS and MASK_KIND == 0 else 0
         if EXACT:
             s = _exact_qk(q_full, K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N,
                           BOUNDS, DOT_PREC, TMA_N)
@@ -221,11 +257,11 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
                 row_off = corr2
             m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale2 - row_off)
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s * qk_scale2 - (m_use + row_off)[:, None])
+            p = _exp2_tile(s * qk_scale2 - (m_use + row_off)[:, None], s.shape[0], BLOCK_N, EXP_SPLIT)
         else:
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s - m_use[:, None])
+            p = _exp2_tile(s - m_use[:, None], s.shape[0], BLOCK_N, EXP_SPLIT)
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
@@ -329,6 +365,7 @@ def _distr_fwd_kernel(
     GROUP_BM: tl.constexpr,
     SPLIT_W: tl.constexpr, STORE_QE: tl.constexpr, GB_GRAM_DOT: tl.constexpr, WS: tl.constexpr = False,
     SCALE_AFTER_MAX: tl.constexpr = False, SIGMA2_DIFF: tl.constexpr = False, TILE_ORDER: tl.constexpr = 0,
+    EXP_FMA: tl.constexpr = 0,
 ):
     """One program: one query tile of BLOCK_M rows of one (batch, query head); on the reduced path
     (not EXPANDED) the tile is one grouping block.
@@ -442,26 +479,26 @@ def _distr_fwd_kernel(
                                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                 stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N, EXACT,
                                 FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                EXPANDED, TMA_N, WS, SCALE_AFTER_MAX)
+                                EXPANDED, TMA_N, WS, SCALE_AFTER_MAX, EXP_FMA)
     if HAS_WINDOW:
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_a, tl.minimum(seg_b, hi),
                                     Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                     stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BAND_N,
                                     EXACT, FUSION_MEAN, True, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                    EXPANDED, TMA_N, False, SCALE_AFTER_MAX)
+                                    EXPANDED, TMA_N, False, SCALE_AFTER_MAX, EXP_FMA)
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_b, tl.minimum(seg_c, hi),
                                     Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                     stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N,
                                     EXACT, FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                    EXPANDED, TMA_N, False, SCALE_AFTER_MAX)
+                                    EXPANDED, TMA_N, False, SCALE_AFTER_MAX, EXP_FMA)
     acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_c, hi,
                                 Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                 stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N, EXACT,
                                 FUSION_MEAN, False, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                EXPANDED, TMA_N, False, SCALE_AFTER_MAX)
+                                EXPANDED, TMA_N, False, SCALE_AFTER_MAX, EXP_FMA)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     omask = (offs_m < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty), mask=omask)
@@ -595,6 +632,9 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         raise ValueError(f"config.band_block_n={band_n} must divide block_n={cfg.block_n} and be >= 16")
     if cfg.maxnreg is not None and not 24 <= cfg.maxnreg <= 255:  # what ptxas accepts for .maxnreg
         raise ValueError(f"config.maxnreg must be None or in [24, 255] registers per thread, got {cfg.maxnreg}")
+    if cfg.exp_fma not in (0, 2, 4) or (cfg.exp_fma and band_n < 4 * cfg.exp_fma):
+        raise ValueError(f"config.exp_fma must be 0, 2 or 4 (with key tiles of at least 4·exp_fma keys), got "
+                         f"{cfg.exp_fma} with block_n={cfg.block_n}, band_block_n={band_n}")
     inv = None  # column -> sorted position (the Q_eff prologue's map), from the grouping launch or torch below
     if exact:
         grp = wa = wb = torch.empty(1, device=q.device, dtype=torch.float32)
@@ -691,6 +731,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         SPLIT_W=prologue and wa is not grp and _dot_dtype(q.dtype) != tl.float32, STORE_QE=store_qe,
         WS=cfg.warp_specialize and not interpreting(), SCALE_AFTER_MAX=cfg.scale_after_max,
         SIGMA2_DIFF=cfg.sigma2_diff and expanded, TILE_ORDER=order,
+        EXP_FMA=cfg.exp_fma,
         **_fused_grouping_meta(gl),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )

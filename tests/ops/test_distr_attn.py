@@ -10,8 +10,11 @@ from dataclasses import replace
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from distr_patch.ops import compute_groups, distr_attention, reference_distr_attention
+from distr_patch.ops.distr_attn import _exp2_tile
 
 CUDA = torch.cuda.is_available()
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -140,6 +143,76 @@ def test_softmax_forms_interpreter(case):
     for lse in lses:
         assert torch.equal(torch.isinf(lse), masked_rows) and torch.isfinite(lse[~masked_rows]).all()
     assert (lses[0][~masked_rows] - lses[1][~masked_rows]).abs().max() < 1e-4
+
+
+@triton.jit
+def _exp2_tile_kernel(X, Y, E: tl.constexpr):
+    offs = tl.arange(0, 16)[:, None] * 64 + tl.arange(0, 64)[None, :]
+    tl.store(Y + offs, _exp2_tile(tl.load(X + offs), 16, 64, E))
+
+
+@interpreter_only
+def test_exp2_on_the_fma_pipe_interpreter():
+    """``_exp2_fma`` (the polynomial exp2 ``FwdConfig.exp_fma`` moves to the FMA pipe) against torch.exp2 over the
+    softmax's range, relative error <= 7.5e-5; below -126 a non-negative denormal; ``_exp2_tile`` puts it on the
+    last 1/2 or 1/4 of the columns, the MUFU's exp2 on the rest."""
+    gen = torch.Generator().manual_seed(3)
+    x = -torch.rand(16, 64, generator=gen) * 130  # [-130, 0]: the underflow side too
+    x[:, ::7] = -torch.rand(16, 10, generator=gen) * 2  # near 0, where P matters
+    x[0, :] = 0.0
+    exact = torch.exp2(x.double())
+    for share in (0, 2, 4):
+        y = torch.empty_like(x)
+        _exp2_tile_kernel[(1,)](x, y, share)
+        poly_cols = 64 - 64 // share if share else 64
+        on, off = y[:, poly_cols:].double(), y[:, :poly_cols].double()
+        big = x[:, poly_cols:] >= -126
+        rel = ((on - exact[:, poly_cols:]).abs() / exact[:, poly_cols:])[big]
+        assert share == 0 or (rel.max() <= 7.5e-5 and rel.max() > 1e-7), rel.max()  # the polynomial, not exp2
+        assert (on[~big] >= 0).all() and (on[~big] < 2.0 ** -125).all()
+        assert ((off - exact[:, :poly_cols]).abs() / exact[:, :poly_cols]).max() < 1e-6
+
+
+@interpreter_only
+@pytest.mark.parametrize("case", [CPU_CASES[i] for i in (1, 3, 6, 7, 10, 12, 15)], ids=lambda c: "-".join(map(str, c)))
+def test_exp_fma_interpreter(case):
+    """``FwdConfig.exp_fma`` 2 and 4 (a share of the unmasked tiles' exp2 by the polynomial): the reference's output
+    within the polynomial's error (fp32 here: 2e-4), fully masked rows still zeros (masked tiles keep the MUFU), and
+    the output moved (so the polynomial ran): padding, causal with N > M, an additive mask, the window, GQA."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask_kind = case
+    seed = zlib.crc32(repr(case).encode())
+    q, k, v = make_qkv(seed, B, Hq, Hkv, N, M, d)
+    mask = make_mask(mask_kind, B, Hq, N, M, torch.Generator().manual_seed(seed + 1), "cpu")
+    kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=W, window_correction=c, causal=causal,
+              attention_mask=mask, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
+    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n not in ("query_valid", "groups")})
+    base = replace(fwd_config(d, G, block_m, exact_window=W), block_n=16, band_block_n=16)
+    plain = _triton_forward(q, k, v, config=base, **kw)
+    for share in (2, 4):
+        out = _triton_forward(q, k, v, config=replace(base, exp_fma=share), **kw)
+        assert rel_err(out, ref) < 2e-4, (share, rel_err(out, ref))
+        assert torch.equal(out.abs().sum(-1) == 0, ref.abs().sum(-1) == 0)
+        if mask_kind is None:  # (with a tensor mask every tile is a masked one: the MUFU throughout)
+            assert not torch.equal(out, plain), share
+    with pytest.raises(ValueError, match="config.exp_fma must be 0, 2 or 4"):
+        _triton_forward(q, k, v, config=replace(base, exp_fma=3), **kw)
+
+
+def test_exp_fma_is_off_for_fp32_and_by_default(monkeypatch):
+    """fp32 calls never take the polynomial (its 7.5e-5 would show there); DISTR_FWD_EXP_FMA reaches the table and a
+    misspelled value is a named error."""
+    from distr_patch.ops import configs
+
+    assert configs.fwd_config(64, 2, 128, interpret=False).exp_fma == 0
+    monkeypatch.setattr(configs, "DEFAULT_FWD_EXP_FMA", "2")
+    assert configs.fwd_config(64, 2, 128, interpret=False).exp_fma == 2
+    assert configs.fwd_config(64, 2, 128, interpret=False, fp32=True).exp_fma == 0
+    monkeypatch.setattr(configs, "DEFAULT_FWD_EXP_FMA", "half")
+    with pytest.raises(ValueError, match="DISTR_FWD_EXP_FMA must be one of"):
+        configs.fwd_config(64, 2, 128, interpret=False)
 
 
 @interpreter_only
@@ -449,6 +522,29 @@ def test_fused_grouping_prologue_gpu(d, G, fusion, W, grouped_qk):
     assert wa_f is None or torch.allclose(wa_f, wa_s, atol=1e-6)
     ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
     assert rel_err(out_f, ref) <= 1e-2, rel_err(out_f, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("share", [2, 4])
+@pytest.mark.parametrize("d,G,fusion,W,causal", [(64, 1, "mean", 0, True), (64, 2, "mean", 0, False),
+                                                 (64, 2, "rank1", 0, True), (128, 2, "rank1", 0, True),
+                                                 (64, 2, "rank1", 128, True), (128, 4, "mean", 0, False)])
+def test_exp_fma_gpu(d, G, fusion, W, causal, share):
+    """FwdConfig.exp_fma at real sizes, bf16, a tail and GQA: within 1e-2 of the reference and within 2e-3 of the
+    MUFU's output (bf16 rounding of P dominates the polynomial's 7.5e-5)."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    q, k, v = make_qkv(d + G + W + share, 2, 8, 2, 3000, 3000, d, dtype=torch.bfloat16, device="cuda")
+    kw = dict(group_size=G, block_m=128, fusion=fusion, exact_window=W, window_correction=0.5 if W else 0.0,
+              causal=causal, attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
+    base = fwd_config(d, G, 128, exact_window=W)
+    plain = _triton_forward(q, k, v, config=base, **kw)
+    out = _triton_forward(q, k, v, config=replace(base, exp_fma=share), **kw)
+    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
+    assert rel_err(out, ref) <= 1e-2, rel_err(out, ref)
+    assert 0 < rel_err(out, plain) <= 2e-3, rel_err(out, plain)
 
 
 @pytest.mark.gpu
