@@ -30,7 +30,9 @@ median. Before each timing the variant itself runs back to back for ``--settle-m
 is timed at the clocks its own load sets: what ran just before moves a timing (after 300 ms of cuDNN the H100's SM
 clock read 1695 MHz and our exact kernel timed 9% slower than after itself; after an idle second, 1980 MHz and 4%
 faster; ``scripts/probe_predecessor.py``). Without settling, the same config read 8-12% apart depending on whether
-cuDNN had run just before it (docs/benchmarks.md, the thirty-first and thirty-second sessions).
+cuDNN had run just before it (docs/benchmarks.md, the thirty-first and thirty-second sessions). A variant's
+grouping launches ("grouping %") are timed right after the variant itself ran for ``--settle-ms`` too, so at the
+clocks of the call they are part of.
 
 SageAttention 1 (``pip install sageattention==1.0.6``) is timed when importable.
 """
@@ -317,6 +319,8 @@ def run_sweep(args):
                 for name, spec, fn, err in ready:
                     ms, spread = median_spread(passes[name])
                     gfn = _grouping_fn(spec.get("kw", {}), q, k) if spec["kind"] == "distr" else None
+                    if gfn is not None:  # its grouping timed at the clocks the call's own load sets, as in the call
+                        run_for(fn, args.settle_ms)
                     gms = _bench(gfn, args.rep_ms) if gfn is not None else 0.0
                     ggms = _bench_graph(gfn, args.rep_ms) if gfn is not None else 0.0
                     if spec["kind"] in ("flash", "cudnn"):
