@@ -56,9 +56,10 @@ class FwdConfig:
     # H200 (0.4-5.8%; G1, G2 mean / rank1, the window; d=64 / 128, N=4096 / 16384; heavy_first slower than reversed
     # at 15 of 16); docs/benchmarks.md, "the tile orders side by side" (twenty-second session)
     tile_order: str = "natural"
-    # 1/exp_fma of each score tile's exp2 on the FMA pipe by a polynomial instead of the MUFU unit (0: none; 2 or 4;
-    # relative error <= 7.5e-5, so ``fwd_config`` keeps it off for fp32 calls): at d <= 64 the MUFU's exp2 rate bounds
-    # the key loop (``distr_attn._exp2_tile``). Not yet timed on the GPU: off
+    # 1/exp_fma of each unmasked score tile's exp2 by a polynomial on the FMA pipe instead of the MUFU unit (0: none;
+    # 2 or 4; relative error <= 7.5e-5, so ``fwd_config`` keeps it off for fp32 calls; ``distr_attn._exp2_tile``).
+    # Measured slower on the H100 (2: 6-18%, 4: -1% to +10%; the loop is near issue-bound, not MUFU-bound;
+    # docs/benchmarks.md, thirty-fourth session): off
     exp_fma: int = 0
 
 
