@@ -26,6 +26,10 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
     exact/expanded reversed | heavy_first   (--tile-orders) the default config with its programs started in
                    another order (FwdConfig.tile_order): per head the last query tile first, or all heads' last
                    tiles first (with causal masking the heaviest programs first, the lightest in the last wave)
+    expanded+scratch / prologue+scratch   (--qeff-scratch) the default config with its Q_eff prologue's tile going
+                   through a global scratch (FwdConfig.qt_scratch), so the score dot reads it from shared memory
+                   (from registers ptxas serialised every wgmma: C7513); where the default forms Q_eff by a launch
+                   (d=128, G=2) the prologue with and without the scratch
     exact/expanded expfma2 | expfma4   (--exp-fma) the default config with 1/2 or 1/4 of each unmasked score tile's
                    exp2 by a polynomial on the FMA pipe instead of the MUFU unit (FwdConfig.exp_fma)
     expanded sigma2-diff   (--sigma2-diff) window variants: the default config with the window's σ² pass taking
@@ -107,6 +111,10 @@ def configs(d, G, window, block_m):
         out += _order_configs("expanded", ex)
     if args.exp_fma:
         out += _exp_fma_configs("expanded", ex)
+    if args.qeff_scratch:
+        out += ([("expanded+scratch", replace(ex, qt_scratch=True))] if ex.qeff_prologue else
+                [("expanded+prologue", replace(ex, qeff_prologue=True)),
+                 ("expanded+prologue+scratch", replace(ex, qeff_prologue=True, qt_scratch=True))])
     if args.fused and block_m == 128:
         out.append(("reduced+fused-grouping", replace(red, fused_grouping=True)))
     alts = [(64, 4, 32), (64, 8, 64), (128, 8, 32)] if window else [(64, 8 if d <= 64 else 4, None), (128, 8, None)]
@@ -186,6 +194,9 @@ ap.add_argument("--tile-orders", action="store_true",
 ap.add_argument("--exp-fma", action="store_true",
                 help="add the default config with 1/2 and 1/4 of the unmasked tiles' exp2 by a polynomial on the FMA "
                      "pipe (FwdConfig.exp_fma)")
+ap.add_argument("--qeff-scratch", action="store_true",
+                help="add the default config with the Q_eff prologue's tile through a global scratch "
+                     "(FwdConfig.qt_scratch), and where the default has no prologue, the prologue with and without it")
 ap.add_argument("--rounds", type=int, default=1, help="time each shape's configs this many times, in turn")
 ap.add_argument("--settle-ms", type=float, default=200.0,
                 help="run each config back to back this long (ms) before its timing, so it is timed at its own clocks")

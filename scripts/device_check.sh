@@ -42,6 +42,8 @@
 # exp-fma: a share of the score tiles' exp2 by a polynomial on the FMA pipe (FwdConfig.exp_fma 2 / 4): its GPU tests,
 #          then against the default at N=4096 and 16384, d=64/128, causal and not, 3 rotated rounds
 #          (compare_fwd_configs.py --exp-fma).
+# qeff-scratch: the Q_eff prologue's tile through a global scratch (FwdConfig.qt_scratch on the expanded path): its
+#               GPU tests, then against the defaults at N=4096 and 16384 (compare_fwd_configs.py --qeff-scratch).
 # tile-orders: the forward's tile orders side by side, causal, N=4096 and 16384 (compare_fwd_configs.py --tile-orders,
 #              5 rounds, rotated start: the twenty-first session's first run favoured the config timed second).
 # dq-order: forward+backward, causal, N=4096, with the dQ kernel's programs in natural and reversed order
@@ -163,6 +165,11 @@ for step in "${steps[@]}"; do
            | tee "$out/exp-fma-tests.log" | tail -5 || rc=1
            python scripts/compare_fwd_configs.py --variants G1 "G2 mean" "G2 rank1" --d 64 128 --n 4096 16384 \
              --exp-fma --no-reduced --rounds 3 2>&1 | tee "$out/exp-fma.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+    qeff-scratch) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py \
+             -k qeff_scratch 2>&1 | tee "$out/qeff-scratch-tests.log" | tail -5 || rc=1
+           python scripts/compare_fwd_configs.py --variants "G2 mean" "G2 rank1" "G4 mean" "G2 r1 W128 c.5" --d 64 128 \
+             --n 4096 16384 --qeff-scratch --no-reduced --rounds 3 2>&1 | tee "$out/qeff-scratch.log" \
+             | sed -n '/^| d |/,$p' || rc=1 ;;
     tile-orders) python scripts/compare_fwd_configs.py --variants G1 "G2 mean" "G2 rank1" "G2 r1 W128 c.5" --d 64 128 \
            --n 4096 16384 --causal 1 --no-reduced --tile-orders --rounds 5 2>&1 | tee "$out/tile-orders.log" \
            | sed -n '/^| d |/,$p' || rc=1 ;;
@@ -229,7 +236,7 @@ PY
              "$out/ncu-$what.txt" | sed 's/  */ /g' ;;
     probe-sdpa) { python scripts/probe_sdpa_layout.py; python scripts/probe_sdpa_layout.py --batch 4 --heads 9 --kv-heads 3; } \
            2>&1 | tee "$out/probe-sdpa.log" | grep "^|\|^B=" || rc=1 ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa, probe-dqk, ncu-grouping, ncu-attention, exp-fma)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa, probe-dqk, ncu-grouping, ncu-attention, exp-fma, qeff-scratch)" >&2; exit 2 ;;
   esac
 done
 exit $rc

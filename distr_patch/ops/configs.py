@@ -25,7 +25,9 @@ class FwdConfig:
     num_warps: int
     num_stages: int
     k_layout: str  # "transposed": grouped key loads read a [d, M] copy of K; "natural": read K as is
-    qt_scratch: bool = False  # Q̃ goes through a global scratch so the QK̃ dot reads it from shared memory
+    # Q̃ (reduced path) or the prologue's Q_eff (expanded path) goes through a global scratch (or the stored Q_eff)
+    # so the key loop's score dot reads it from shared memory
+    qt_scratch: bool = False
     band_block_n: int | None = None  # keys per tile where the exact band is (divides block_n); None: block_n
     fused_grouping: bool = False  # each program computes its block's grouping itself (no grouping launch)
     # "reduced": Q̃ K̃ᵀ, K̃ gathered per key tile; "expanded": Q_eff Kᵀ (see below). The field's default keeps

@@ -158,6 +158,17 @@ def _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm,
 
 
 @triton.jit
+def _through_scratch(QT, x, pid_bh, offs_m, offs_c, N, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
+    """x [BLOCK_M, WIDTH] stored to this program's rows of the scratch QT [B·Hq, cdiv(N, BLOCK_M)·BLOCK_M, WIDTH]
+    and loaded back after a barrier: a tile computed in registers that a dot then takes from shared memory, as it
+    takes a tile loaded from memory."""
+    ptrs = QT + (pid_bh.to(tl.int64) * tl.cdiv(N, BLOCK_M) * BLOCK_M + offs_m[:, None]) * WIDTH + offs_c[None, :]
+    tl.store(ptrs, x)
+    tl.debug_barrier()
+    return tl.load(ptrs)
+
+
+@triton.jit
 def _exp2_fma(x):
     """2**x for fp32 x <= 0 without the MUFU unit: x = n + f with n = round(x) (by adding 1.5·2^23), f in
     [-1/2, 1/2]; 2**f by a degree-3 polynomial (relative error <= 7.5e-5, a near-minimax fit), n added to its
@@ -434,6 +445,15 @@ def _distr_fwd_kernel(
             tl.store(QE + b.to(tl.int64) * stride_qeb + h.to(tl.int64) * stride_qeh + offs_m[:, None] * stride_qen
                      + offs_d[None, :] * stride_qed, qt.to(QE.dtype.element_ty),
                      mask=(offs_m < N)[:, None] & (offs_d < HEAD_DIM)[None, :])
+        if QT_SCRATCH:  # round trip through global memory (the stored Q_eff, else the scratch): the key loop's dot
+            # then takes Q_eff from shared memory; from registers, the layout change Triton places inside the loop
+            # made ptxas serialise every wgmma of the kernel (C7513)
+            if STORE_QE:
+                tl.debug_barrier()
+                qt = _load_q_tile(QE + b.to(tl.int64) * stride_qeb + h.to(tl.int64) * stride_qeh, offs_m, N,
+                                  stride_qen, stride_qed, HEAD_DIM, D_PAD, DOT_T)
+            else:
+                qt = _through_scratch(QT, qt, pid_bh, offs_m, offs_d, N, BLOCK_M, D_PAD)
     elif EXPANDED:  # Q_eff, formed before the launch
         qt = _load_q_tile(QE + b.to(tl.int64) * stride_qeb + h.to(tl.int64) * stride_qeh, offs_m, N,
                           stride_qen, stride_qed, HEAD_DIM, D_PAD, DOT_T)
@@ -453,11 +473,7 @@ def _distr_fwd_kernel(
             qacc = qacc * (1.0 / G)
         qt = qacc.to(DOT_T)
         if QT_SCRATCH:  # round trip through global memory: the dot then takes Q̃ from shared memory
-            qt_ptrs = QT + (pid_bh.to(tl.int64) * tl.cdiv(N, BLOCK_M) * BLOCK_M + offs_m[:, None]) * DG_PAD \
-                + offs_g[None, :]
-            tl.store(qt_ptrs, qt)
-            tl.debug_barrier()
-            qt = tl.load(qt_ptrs)
+            qt = _through_scratch(QT, qt, pid_bh, offs_m, offs_g, N, BLOCK_M, DG_PAD)
 
     # ---- key ranges: [0,a) plain | [a,b) band: exact+grouped, checked | [b,c) plain | [c,hi) checked
     hi, seg_a, seg_b, seg_c, _bl, _bh = _key_segments(m0, N, M, WINDOW, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
@@ -698,10 +714,10 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
     d_pad = next_power_of_2(d)
     dg = d // G
     dg_pad = max(16, next_power_of_2(dg))
-    qt_scratch = not exact and not expanded and cfg.qt_scratch
-    qt_buf = (torch.empty((B * Hq, cdiv(N, cfg.block_m) * cfg.block_m, dg_pad), device=q.device,
-                          dtype=torch.float32 if _dot_dtype(q.dtype) == tl.float32 else q.dtype)
-              if qt_scratch else out)  # Q̃ in the dot's operand type
+    qt_scratch = not exact and cfg.qt_scratch and (not expanded or prologue)
+    qt_buf = (torch.empty((B * Hq, cdiv(N, cfg.block_m) * cfg.block_m, d_pad if expanded else dg_pad),
+                          device=q.device, dtype=torch.float32 if _dot_dtype(q.dtype) == tl.float32 else q.dtype)
+              if qt_scratch and not store_qe else out)  # Q̃ / Q_eff in the dot's operand type
     lse = torch.empty((B, Hq, N), device=q.device, dtype=torch.float32) if return_lse else out
     kind, mask_t, mstr = _mask_operand(attention_mask, B, Hq, N, M, q.device)
     window = int(exact_window) if not exact else 0

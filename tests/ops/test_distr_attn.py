@@ -145,6 +145,36 @@ def test_softmax_forms_interpreter(case):
     assert (lses[0][~masked_rows] - lses[1][~masked_rows]).abs().max() < 1e-4
 
 
+@interpreter_only
+@pytest.mark.parametrize("case", [  # B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask
+    (2, 4, 2, 150, 170, 32, 2, "rank1", 32, 0, 0.0, True, "pad"),
+    (1, 3, 1, 130, 130, 64, 4, "mean", 64, 40, 0.5, True, None),
+    (2, 2, 2, 100, 100, 32, 2, "mean", 128, 0, 0.0, False, "float"),
+], ids=str)
+def test_qeff_scratch_interpreter(case):
+    """``FwdConfig.qt_scratch`` on the expanded path: the prologue's Q_eff goes through the scratch (or, when the
+    backward keeps it, through the stored Q_eff) before the key loop; the output, lse and kept Q_eff are the
+    plain prologue's, and the reference's output."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask_kind = case
+    seed = zlib.crc32(repr(case).encode())
+    q, k, v = make_qkv(seed, B, Hq, Hkv, N, M, d)
+    mask = make_mask(mask_kind, B, Hq, N, M, torch.Generator().manual_seed(seed + 1), "cpu")
+    kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=W, window_correction=c, causal=causal,
+              attention_mask=mask, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
+    base = replace(fwd_config(d, G, block_m, exact_window=W, grouped_qk="expanded"), qeff_prologue=True)
+    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n not in ("query_valid", "groups")})
+    for keep in (False, True):  # the scratch, or the Q_eff stored for the backward
+        plain = _triton_forward(q, k, v, config=base, return_lse=True, keep_qeff=keep, **kw)
+        scratch = _triton_forward(q, k, v, config=replace(base, qt_scratch=True), return_lse=True, keep_qeff=keep,
+                                  **kw)
+        assert rel_err(scratch[0], ref) < 1e-5, rel_err(scratch[0], ref)
+        for a, b in zip(plain, scratch):
+            assert (a is None and b is None) or torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
 @triton.jit
 def _exp2_tile_kernel(X, Y, E: tl.constexpr):
     offs = tl.arange(0, 16)[:, None] * 64 + tl.arange(0, 64)[None, :]
@@ -522,6 +552,31 @@ def test_fused_grouping_prologue_gpu(d, G, fusion, W, grouped_qk):
     assert wa_f is None or torch.allclose(wa_f, wa_s, atol=1e-6)
     ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
     assert rel_err(out_f, ref) <= 1e-2, rel_err(out_f, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("d,G,fusion,W,causal", [(64, 2, "mean", 0, False), (64, 2, "rank1", 0, True),
+                                                 (64, 4, "mean", 0, True), (64, 2, "rank1", 128, True),
+                                                 (128, 2, "rank1", 0, True), (128, 2, "mean", 128, False)])
+def test_qeff_scratch_gpu(d, G, fusion, W, causal):
+    """FwdConfig.qt_scratch on the expanded path's Q_eff prologue at real sizes, bf16, a tail and GQA: the output
+    and lse of the plain prologue (within 1e-3: the same Q_eff, the dot reading it from shared memory) and within
+    1e-2 of the reference, also when the backward keeps Q_eff (the round trip then goes through it)."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    q, k, v = make_qkv(d + G + W + 7, 2, 8, 2, 3000, 3000, d, dtype=torch.bfloat16, device="cuda")
+    kw = dict(group_size=G, block_m=128, fusion=fusion, exact_window=W, window_correction=0.5 if W else 0.0,
+              causal=causal, attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
+    base = replace(fwd_config(d, G, 128, exact_window=W), qeff_prologue=True)
+    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
+    for keep in (False, True):
+        plain = _triton_forward(q, k, v, config=base, return_lse=True, keep_qeff=keep, **kw)
+        scratch = _triton_forward(q, k, v, config=replace(base, qt_scratch=True), return_lse=True, keep_qeff=keep,
+                                  **kw)
+        assert rel_err(scratch[0], plain[0]) <= 1e-3 and rel_err(scratch[1], plain[1]) <= 1e-5
+        assert rel_err(scratch[0], ref) <= 1e-2, rel_err(scratch[0], ref)
 
 
 @pytest.mark.gpu
