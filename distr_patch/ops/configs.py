@@ -26,7 +26,8 @@ class FwdConfig:
     num_stages: int
     k_layout: str  # "transposed": grouped key loads read a [d, M] copy of K; "natural": read K as is
     # Q̃ (reduced path) or the prologue's Q_eff (expanded path) goes through a global scratch (or the stored Q_eff)
-    # so the key loop's score dot reads it from shared memory
+    # so the key loop's score dot reads it from shared memory. On the expanded path that removes ptxas's wgmma
+    # serialisation (C7513) but measured 1-6% slower at d=64 (H100; docs/benchmarks.md, thirty-fourth session): off
     qt_scratch: bool = False
     band_block_n: int | None = None  # keys per tile where the exact band is (divides block_n); None: block_n
     fused_grouping: bool = False  # each program computes its block's grouping itself (no grouping launch)
