@@ -123,6 +123,9 @@ def configs(d: int, G: int, window: bool, masked: bool = False, default_only: bo
                else ("uncapped", replace(base, maxnreg=None)))
     if window and not base.qeff_prologue:
         out.append((f"prologue maxnreg{cap}", replace(base, qeff_prologue=True, maxnreg=cap)))
+    if base.qeff_prologue and base.grouped_qk == "expanded":  # Q_eff through a scratch: the dot reads it from
+        # shared memory, not registers (no wgmma serialisation; measured slower at d=64, docs/benchmarks.md)
+        out.append(("Q_eff scratch", replace(base, qt_scratch=True)))
     fused = with_fused_grouping(base, d, 128)  # each program groups its own block (no grouping launch)
     if fused.fused_grouping:
         out.append(("fused grouping", fused))
