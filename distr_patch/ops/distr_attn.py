@@ -16,7 +16,6 @@ descriptors (``kv_descriptors``) where the config asks for them and the strides 
 from __future__ import annotations
 
 import functools
-import math
 import os
 import warnings
 
@@ -224,7 +223,6 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
     additive mask), the row max is taken on the raw dot and exp2's argument is one FMA per score.
     EXP_FMA: ``_exp2_tile``'s share of the scores' exp2 on the FMA pipe (0: none), on tiles without masks (no -inf).
     """
-    offs_d = tl.arange(0, D_PAD)
     if EXACT or MIXED:
         q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
     for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):

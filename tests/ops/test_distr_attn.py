@@ -145,6 +145,19 @@ def test_softmax_forms_interpreter(case):
     assert (lses[0][~masked_rows] - lses[1][~masked_rows]).abs().max() < 1e-4
 
 
+def _case_call(case):
+    """(q, k, v, ``_triton_forward``'s keyword arguments, the reference's output) of a case tuple (B, Hq, Hkv, N, M,
+    d, G, fusion, block_m, W, c, causal, mask kind), seeded by the case."""
+    B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask_kind = case
+    seed = zlib.crc32(repr(case).encode())
+    q, k, v = make_qkv(seed, B, Hq, Hkv, N, M, d)
+    mask = make_mask(mask_kind, B, Hq, N, M, torch.Generator().manual_seed(seed + 1), "cpu")
+    kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=W, window_correction=c, causal=causal,
+              attention_mask=mask, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
+    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n not in ("query_valid", "groups")})
+    return q, k, v, kw, ref
+
+
 @interpreter_only
 @pytest.mark.parametrize("case", [  # B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask
     (2, 4, 2, 150, 170, 32, 2, "rank1", 32, 0, 0.0, True, "pad"),
@@ -158,14 +171,9 @@ def test_qeff_scratch_interpreter(case):
     from distr_patch.ops.configs import fwd_config
     from distr_patch.ops.distr_attn import _triton_forward
 
-    B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask_kind = case
-    seed = zlib.crc32(repr(case).encode())
-    q, k, v = make_qkv(seed, B, Hq, Hkv, N, M, d)
-    mask = make_mask(mask_kind, B, Hq, N, M, torch.Generator().manual_seed(seed + 1), "cpu")
-    kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=W, window_correction=c, causal=causal,
-              attention_mask=mask, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
+    q, k, v, kw, ref = _case_call(case)
+    d, G, block_m, W = case[5], case[6], case[8], case[9]
     base = replace(fwd_config(d, G, block_m, exact_window=W, grouped_qk="expanded"), qeff_prologue=True)
-    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n not in ("query_valid", "groups")})
     for keep in (False, True):  # the scratch, or the Q_eff stored for the backward
         plain = _triton_forward(q, k, v, config=base, return_lse=True, keep_qeff=keep, **kw)
         scratch = _triton_forward(q, k, v, config=replace(base, qt_scratch=True), return_lse=True, keep_qeff=keep,
@@ -212,13 +220,8 @@ def test_exp_fma_interpreter(case):
     from distr_patch.ops.configs import fwd_config
     from distr_patch.ops.distr_attn import _triton_forward
 
-    B, Hq, Hkv, N, M, d, G, fusion, block_m, W, c, causal, mask_kind = case
-    seed = zlib.crc32(repr(case).encode())
-    q, k, v = make_qkv(seed, B, Hq, Hkv, N, M, d)
-    mask = make_mask(mask_kind, B, Hq, N, M, torch.Generator().manual_seed(seed + 1), "cpu")
-    kw = dict(group_size=G, block_m=block_m, fusion=fusion, exact_window=W, window_correction=c, causal=causal,
-              attention_mask=mask, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
-    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n not in ("query_valid", "groups")})
+    q, k, v, kw, ref = _case_call(case)
+    d, G, block_m, W, mask_kind = case[5], case[6], case[8], case[9], case[12]
     base = replace(fwd_config(d, G, block_m, exact_window=W), block_n=16, band_block_n=16)
     plain = _triton_forward(q, k, v, config=base, **kw)
     for share in (2, 4):
