@@ -186,9 +186,10 @@ def _exp2_fma(x):
 @triton.jit
 def _exp2_tile(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXP_FMA: tl.constexpr):
     """exp2 of a [BLOCK_M, BLOCK_N] score tile with 1/EXP_FMA of its columns (the last ones) on the FMA pipe
-    (``_exp2_fma``: finite x only), the rest on the MUFU unit: at d <= 64 the MUFU's 16 exp2 per clock and SM bound
-    the key loop (8192 per 128x64 tile: as many clocks as both of its dots), so moving some to the FMA and ALU
-    pipes can pay. EXP_FMA: 0 (all MUFU), 2 or 4."""
+    (``_exp2_fma``: finite x only), the rest on the MUFU unit. EXP_FMA: 0 (all MUFU), 2 or 4. The idea: the MUFU's
+    16 exp2 per clock and SM take as many clocks for a 128x64 tile as both of its dots at d=64; measured on the H100
+    it made the loop slower (each moved exp2 is ~8 instructions instead of one, and the loop is near issue-bound;
+    docs/benchmarks.md, thirty-fourth session), so ``FwdConfig.exp_fma`` is off."""
     if EXP_FMA == 0:
         return tl.math.exp2(x)
     a, b = tl.reshape(x, [BLOCK_M, 2, BLOCK_N // 2]).permute(0, 2, 1).split()
@@ -646,9 +647,8 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         raise ValueError(f"config.band_block_n={band_n} must divide block_n={cfg.block_n} and be >= 16")
     if cfg.maxnreg is not None and not 24 <= cfg.maxnreg <= 255:  # what ptxas accepts for .maxnreg
         raise ValueError(f"config.maxnreg must be None or in [24, 255] registers per thread, got {cfg.maxnreg}")
-    if cfg.exp_fma not in (0, 2, 4) or (cfg.exp_fma and band_n < 4 * cfg.exp_fma):
-        raise ValueError(f"config.exp_fma must be 0, 2 or 4 (with key tiles of at least 4·exp_fma keys), got "
-                         f"{cfg.exp_fma} with block_n={cfg.block_n}, band_block_n={band_n}")
+    if cfg.exp_fma not in (0, 2, 4):  # (key tiles of >= 16 keys split into halves and quarters)
+        raise ValueError(f"config.exp_fma must be 0, 2 or 4, got {cfg.exp_fma!r}")
     inv = None  # column -> sorted position (the Q_eff prologue's map), from the grouping launch or torch below
     if exact:
         grp = wa = wb = torch.empty(1, device=q.device, dtype=torch.float32)
