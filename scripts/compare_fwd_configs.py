@@ -32,6 +32,9 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
                    (d=128, G=2) the prologue with and without the scratch
     exact/expanded expfma2 | expfma4   (--exp-fma) the default config with 1/2 or 1/4 of each unmasked score tile's
                    exp2 by a polynomial on the FMA pipe instead of the MUFU unit (FwdConfig.exp_fma)
+    exact/expanded slackS   (--rescale-slack S ...) the default config with FlashAttention-4's conditional rescaling:
+                   the rows' reference max moves only when a tile's max passes it by more than S log2 units
+                   (FwdConfig.rescale_slack), so most key tiles skip the accumulator's multiply
     expanded sigma2-diff   (--sigma2-diff) window variants: the default config with the window's σ² pass taking
                    grouped − exact scores by one dot, (Q_eff − Q) Kᵀ, instead of two (FwdConfig.sigma2_diff)
 
@@ -83,7 +86,7 @@ def configs(d, G, window, block_m):
             + (_ws_configs("exact", red) if args.warp_specialize else []) \
             + (_tall_configs("exact", red) if args.tall_tiles else []) \
             + (_order_configs("exact", red) if args.tile_orders else []) \
-            + (_exp_fma_configs("exact", red) if args.exp_fma else [])
+            + (_exp_fma_configs("exact", red) if args.exp_fma else []) + _slack_configs("exact", red)
     ex = fwd_config(d, G, block_m, exact_window=W, grouped_qk="expanded")
     out = ([] if args.no_reduced else [("reduced", red)]) + [("expanded", ex)]
     if args.kernel_options:  # Q_eff in the kernel's prologue instead of a regroup launch; K/V tiles through TMA
@@ -111,6 +114,7 @@ def configs(d, G, window, block_m):
         out += _order_configs("expanded", ex)
     if args.exp_fma:
         out += _exp_fma_configs("expanded", ex)
+    out += _slack_configs("expanded", ex)
     if args.qeff_scratch:
         out += ([("expanded+scratch", replace(ex, qt_scratch=True))] if ex.qeff_prologue else
                 [("expanded+prologue", replace(ex, qeff_prologue=True)),
@@ -140,6 +144,12 @@ def _order_configs(name, cfg):
 def _exp_fma_configs(name, cfg):
     """cfg with 1/2 and 1/4 of each unmasked score tile's exp2 on the FMA pipe (FwdConfig.exp_fma)."""
     return [(f"{name} expfma{e}", replace(cfg, exp_fma=e)) for e in (2, 4) if e != cfg.exp_fma]
+
+
+def _slack_configs(name, cfg):
+    """cfg with each --rescale-slack (FwdConfig.rescale_slack: the conditional rescaling's slack, log2 units)."""
+    return [(f"{name} slack{sl:g}", replace(cfg, rescale_slack=sl)) for sl in args.rescale_slack
+            if sl != cfg.rescale_slack]
 
 
 def _tall_configs(name, cfg):
@@ -194,6 +204,9 @@ ap.add_argument("--tile-orders", action="store_true",
 ap.add_argument("--exp-fma", action="store_true",
                 help="add the default config with 1/2 and 1/4 of the unmasked tiles' exp2 by a polynomial on the FMA "
                      "pipe (FwdConfig.exp_fma)")
+ap.add_argument("--rescale-slack", nargs="+", type=float, default=[], metavar="S",
+                help="add the default config with the conditional rescaling at each slack S (log2 units; "
+                     "FwdConfig.rescale_slack)")
 ap.add_argument("--qeff-scratch", action="store_true",
                 help="add the default config with the Q_eff prologue's tile through a global scratch "
                      "(FwdConfig.qt_scratch), and where the default has no prologue, the prologue with and without it")

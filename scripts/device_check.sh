@@ -44,6 +44,8 @@
 #          (compare_fwd_configs.py --exp-fma).
 # qeff-scratch: the Q_eff prologue's tile through a global scratch (FwdConfig.qt_scratch on the expanded path): its
 #               GPU tests, then against the defaults at N=4096 and 16384 (compare_fwd_configs.py --qeff-scratch).
+# rescale-slack: FlashAttention-4's conditional rescaling (FwdConfig.rescale_slack 8 / 4): its GPU tests, then against
+#                the default at N=4096 and 16384, d=64/128, causal and not, 3 rotated rounds.
 # tile-orders: the forward's tile orders side by side, causal, N=4096 and 16384 (compare_fwd_configs.py --tile-orders,
 #              5 rounds, rotated start: the twenty-first session's first run favoured the config timed second).
 # dq-order: forward+backward, causal, N=4096, with the dQ kernel's programs in natural and reversed order
@@ -169,6 +171,11 @@ for step in "${steps[@]}"; do
              -k qeff_scratch 2>&1 | tee "$out/qeff-scratch-tests.log" | tail -5 || rc=1
            python scripts/compare_fwd_configs.py --variants "G2 mean" "G2 rank1" "G4 mean" "G2 r1 W128 c.5" --d 64 128 \
              --n 4096 16384 --qeff-scratch --no-reduced --rounds 3 2>&1 | tee "$out/qeff-scratch.log" \
+             | sed -n '/^| d |/,$p' || rc=1 ;;
+    rescale-slack) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py \
+             -k rescale_slack 2>&1 | tee "$out/rescale-slack-tests.log" | tail -5 || rc=1
+           python scripts/compare_fwd_configs.py --variants G1 "G2 mean" "G2 rank1" --d 64 128 --n 4096 16384 \
+             --rescale-slack 8 4 --no-reduced --rounds 3 2>&1 | tee "$out/rescale-slack.log" \
              | sed -n '/^| d |/,$p' || rc=1 ;;
     tile-orders) python scripts/compare_fwd_configs.py --variants G1 "G2 mean" "G2 rank1" "G2 r1 W128 c.5" --d 64 128 \
            --n 4096 16384 --causal 1 --no-reduced --tile-orders --rounds 5 2>&1 | tee "$out/tile-orders.log" \

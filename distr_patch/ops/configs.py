@@ -64,6 +64,11 @@ class FwdConfig:
     # Measured slower on the H100 (2: 6-18%, 4: -1% to +10%; the loop is near issue-bound, not MUFU-bound;
     # docs/benchmarks.md, thirty-fourth session): off
     exp_fma: int = 0
+    # FlashAttention-4's conditional rescaling (log2 units; 0.0: off, every key tile rescales acc and l). With a slack
+    # s > 0 the rows' reference max moves only on key tiles where some row's max passes it by more than s, so the
+    # others skip the multiply of the [block_m, d] accumulator; exp2's arguments stay <= s (P <= 2**s, which bf16 /
+    # fp16 hold for s <= 15). The same function, rounded alike up to P's scale. Not yet timed on the GPU: off
+    rescale_slack: float = 0.0
 
 
 TILE_ORDERS = {"natural": 0, "reversed": 1, "heavy_first": 2}  # FwdConfig.tile_order -> the kernel's TILE_ORDER
@@ -73,6 +78,22 @@ EXP_FMA_SHARES = ("0", "2", "4")  # FwdConfig.exp_fma's values (as DISTR_FWD_EXP
 
 
 DQ_TILE_ORDERS = ("natural", "reversed", "auto")  # BwdConfig.dq_tile_order
+
+
+MAX_RESCALE_SLACK = 15.0  # P <= 2**slack must stay finite in fp16 (max 65504)
+
+
+def parse_rescale_slack(value, name: str = "config.rescale_slack") -> float:
+    """FwdConfig.rescale_slack from ``value`` (a number or its text): a float in [0, MAX_RESCALE_SLACK], else a
+    ValueError naming ``name``."""
+    try:
+        slack = float(value)
+    except (TypeError, ValueError):
+        slack = float("nan")
+    if isinstance(value, bool) or not 0.0 <= slack <= MAX_RESCALE_SLACK:
+        raise ValueError(f"{name} must be a number of log2 units in [0, {MAX_RESCALE_SLACK:g}] (0: off), "
+                         f"got {value!r}")
+    return slack
 
 
 def tile_order_code(order: str, causal: bool) -> int:
@@ -131,6 +152,8 @@ DEFAULT_FUSED_GROUPING = _env_flag("DISTR_FWD_FUSED_GROUPING", None)
 DEFAULT_FWD_SIGMA2_DIFF = _env_flag("DISTR_FWD_SIGMA2_DIFF", None)  # FwdConfig.sigma2_diff; None: the table (off)
 DEFAULT_FWD_TILE_ORDER = os.environ.get("DISTR_FWD_TILE_ORDER") or None  # FwdConfig.tile_order; None: the table
 DEFAULT_FWD_EXP_FMA = os.environ.get("DISTR_FWD_EXP_FMA") or None  # FwdConfig.exp_fma ("0", "2", "4"); None: the table
+# FwdConfig.rescale_slack (a number of log2 units, 0 to 15); None: the table
+DEFAULT_FWD_RESCALE_SLACK = os.environ.get("DISTR_FWD_RESCALE_SLACK") or None
 # DISTR_AUTO_SDPA=1: backend="auto" on CUDA runs calls that are plain attention on Q_eff (no exact window, no tensor
 # mask, N == M or not causal) as torch's SDPA on Q_eff (``sdpa_engine.py``), the others on the fused Triton kernel.
 # Off by default (H200, docs/benchmarks.md, "backend='sdpa'"): the operator alone was faster at N >= 4096 (forward
@@ -258,14 +281,15 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     return _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32,
                        masked, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,
                        DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING, DEFAULT_FWD_SIGMA2_DIFF,
-                       DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA)
+                       DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA, DEFAULT_FWD_RESCALE_SLACK)
 
 
 @functools.lru_cache(maxsize=1024)
 def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32, masked,
                 DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,  # noqa: N803
                 DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING,
-                DEFAULT_FWD_SIGMA2_DIFF, DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA) -> FwdConfig:
+                DEFAULT_FWD_SIGMA2_DIFF, DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA,
+                DEFAULT_FWD_RESCALE_SLACK) -> FwdConfig:
     """``fwd_config``'s body; the switches come in as arguments (so the memo sees them) under their global names."""
     mode = grouped_qk or DEFAULT_GROUPED_QK
     if mode not in ("reduced", "expanded"):
@@ -306,6 +330,9 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
             raise ValueError(f"the environment variable DISTR_FWD_EXP_FMA must be one of {list(EXP_FMA_SHARES)}, "
                              f"got {DEFAULT_FWD_EXP_FMA!r}")
         cfg = replace(cfg, exp_fma=int(DEFAULT_FWD_EXP_FMA))
+    if DEFAULT_FWD_RESCALE_SLACK is not None:
+        cfg = replace(cfg, rescale_slack=parse_rescale_slack(DEFAULT_FWD_RESCALE_SLACK,
+                                                             "the environment variable DISTR_FWD_RESCALE_SLACK"))
     if DEFAULT_FUSED_GROUPING is not None and group_size > 1:
         cfg = with_fused_grouping(cfg, head_dim, grouping_block_m, DEFAULT_FUSED_GROUPING)
     if masked and not interpret and cfg.block_n > 64:

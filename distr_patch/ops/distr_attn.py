@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from . import compile_op, configs
-from .configs import FwdConfig, fwd_config, interpreting, tile_order_code
+from .configs import FwdConfig, fwd_config, interpreting, parse_rescale_slack, tile_order_code
 from .grouping import fusion_weights
 from . import grouping_triton
 from .grouping_triton import group_block, grouping_launch, triton_grouping
@@ -211,7 +211,7 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
                 MIXED: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_CORR: tl.constexpr,
                 MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, EXPANDED: tl.constexpr,
                 TMA_N: tl.constexpr, WS: tl.constexpr = False, SCALE_AFTER_MAX: tl.constexpr = False,
-                EXP_FMA: tl.constexpr = 0):
+                EXP_FMA: tl.constexpr = 0, RESCALE_SLACK: tl.constexpr = 0.0):
     """Online softmax over key tiles [lo, hi): scores in log2 units, exact P·V.
 
     MIXED: the tiles meet the exact band and compute both products. BOUNDS: the tiles need
@@ -223,6 +223,10 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
     SCALE_AFTER_MAX: where the log2 scores are the raw dot times one scale less a per-row offset (no band, no
     additive mask), the row max is taken on the raw dot and exp2's argument is one FMA per score.
     EXP_FMA: ``_exp2_tile``'s share of the scores' exp2 on the FMA pipe (0: none), on tiles without masks (no -inf).
+    RESCALE_SLACK > 0 (log2 units): FlashAttention-4's conditional rescaling. The reference max m_i (and with it
+    acc and l_i) moves only on tiles where some row's max passes it by more than the slack, so exp2's arguments stay
+    <= the slack (p <= 2**slack) and most tiles skip the multiply of acc. The output is the same function; LSE is
+    m_i + log2(l_i) either way.
     """
     if EXACT or MIXED:
         q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
@@ -261,20 +265,36 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
         if BOUNDS or MASK_KIND == 1:
             ok = _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm, CAUSAL, BOUNDS, MASK_KIND)
             s = tl.where(ok, s, float("-inf"))
+        row_off = tl.zeros_like(m_i)
         if AFFINE:
-            row_off = tl.zeros_like(m_i)
             if HAS_CORR and not EXACT:
                 row_off = corr2
-            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale2 - row_off)
+            m_tile = tl.max(s, 1) * qk_scale2 - row_off
+        else:
+            m_tile = tl.max(s, 1)
+        if RESCALE_SLACK > 0:  # the rows' reference max moves only when some row's tile max passes it by the slack
+            if tl.max((m_tile > m_i + RESCALE_SLACK).to(tl.int32), 0) > 0:
+                m_up = tl.maximum(m_i, m_tile)
+                alpha = tl.math.exp2(tl.where(m_i == float("-inf"), 0.0, m_i)
+                                     - tl.where(m_up == float("-inf"), 0.0, m_up))
+                l_i = l_i * alpha
+                acc = acc * alpha[:, None]
+                m_i = m_up
+            m_new = m_i
+            m_use = tl.where(m_i == float("-inf"), 0.0, m_i)
+        else:
+            m_new = tl.maximum(m_i, m_tile)
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        if AFFINE:
             p = _exp2_tile(s * qk_scale2 - (m_use + row_off)[:, None], s.shape[0], BLOCK_N, EXP_SPLIT)
         else:
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = _exp2_tile(s - m_use[:, None], s.shape[0], BLOCK_N, EXP_SPLIT)
-        alpha = tl.math.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
+        if RESCALE_SLACK > 0:
+            l_i = l_i + tl.sum(p, 1)
+        else:
+            alpha = tl.math.exp2(m_i - m_use)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
         v = _load_v(V, VD, kb, kh, start_n, M, stride_vn, stride_vd, HEAD_DIM, D_PAD, BLOCK_N, BOUNDS, DOT_T, TMA_N)
         acc = tl.dot(p.to(DOT_T), v, acc, input_precision=DOT_PREC)
         m_i = m_new
@@ -375,7 +395,7 @@ def _distr_fwd_kernel(
     GROUP_BM: tl.constexpr,
     SPLIT_W: tl.constexpr, STORE_QE: tl.constexpr, GB_GRAM_DOT: tl.constexpr, WS: tl.constexpr = False,
     SCALE_AFTER_MAX: tl.constexpr = False, SIGMA2_DIFF: tl.constexpr = False, TILE_ORDER: tl.constexpr = 0,
-    EXP_FMA: tl.constexpr = 0,
+    EXP_FMA: tl.constexpr = 0, RESCALE_SLACK: tl.constexpr = 0.0,
 ):
     """One program: one query tile of BLOCK_M rows of one (batch, query head); on the reduced path
     (not EXPANDED) the tile is one grouping block.
@@ -494,26 +514,26 @@ def _distr_fwd_kernel(
                                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                 stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N, EXACT,
                                 FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                EXPANDED, TMA_N, WS, SCALE_AFTER_MAX, EXP_FMA)
+                                EXPANDED, TMA_N, WS, SCALE_AFTER_MAX, EXP_FMA, RESCALE_SLACK)
     if HAS_WINDOW:
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_a, tl.minimum(seg_b, hi),
                                     Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                     stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BAND_N,
                                     EXACT, FUSION_MEAN, True, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                    EXPANDED, TMA_N, False, SCALE_AFTER_MAX, EXP_FMA)
+                                    EXPANDED, TMA_N, False, SCALE_AFTER_MAX, EXP_FMA, RESCALE_SLACK)
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_b, tl.minimum(seg_c, hi),
                                     Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                     stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N,
                                     EXACT, FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                    EXPANDED, TMA_N, False, SCALE_AFTER_MAX, EXP_FMA)
+                                    EXPANDED, TMA_N, False, SCALE_AFTER_MAX, EXP_FMA, RESCALE_SLACK)
     acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_c, hi,
                                 Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                 stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N, EXACT,
                                 FUSION_MEAN, False, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
-                                EXPANDED, TMA_N, False, SCALE_AFTER_MAX, EXP_FMA)
+                                EXPANDED, TMA_N, False, SCALE_AFTER_MAX, EXP_FMA, RESCALE_SLACK)
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     omask = (offs_m < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, out.to(O.dtype.element_ty), mask=omask)
@@ -649,6 +669,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         raise ValueError(f"config.maxnreg must be None or in [24, 255] registers per thread, got {cfg.maxnreg}")
     if cfg.exp_fma not in (0, 2, 4):  # (key tiles of >= 16 keys split into halves and quarters)
         raise ValueError(f"config.exp_fma must be 0, 2 or 4, got {cfg.exp_fma!r}")
+    slack = parse_rescale_slack(cfg.rescale_slack)
     inv = None  # column -> sorted position (the Q_eff prologue's map), from the grouping launch or torch below
     if exact:
         grp = wa = wb = torch.empty(1, device=q.device, dtype=torch.float32)
@@ -745,7 +766,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         SPLIT_W=prologue and wa is not grp and _dot_dtype(q.dtype) != tl.float32, STORE_QE=store_qe,
         WS=cfg.warp_specialize and not interpreting(), SCALE_AFTER_MAX=cfg.scale_after_max,
         SIGMA2_DIFF=cfg.sigma2_diff and expanded, TILE_ORDER=order,
-        EXP_FMA=cfg.exp_fma,
+        EXP_FMA=cfg.exp_fma, RESCALE_SLACK=slack,
         **_fused_grouping_meta(gl),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )

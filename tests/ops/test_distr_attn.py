@@ -234,6 +234,54 @@ def test_exp_fma_interpreter(case):
         _triton_forward(q, k, v, config=replace(base, exp_fma=3), **kw)
 
 
+@interpreter_only
+@pytest.mark.parametrize("case", [CPU_CASES[i] for i in (1, 3, 6, 7, 10, 12, 15)], ids=lambda c: "-".join(map(str, c)))
+def test_rescale_slack_interpreter(case):
+    """``FwdConfig.rescale_slack`` (the reference max moves only when a tile's max passes it by the slack): the
+    reference's output and the plain kernel's lse, with keys planted late that pass the first tiles' max by far
+    more than the slack (so the rescale runs mid-loop as well as on the first tile); fully masked rows stay zeros;
+    padding, causal with N > M, an additive mask, the window, GQA."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    q, k, v, kw, _ = _case_call(case)
+    d, G, block_m, W = case[5], case[6], case[8], case[9]
+    k[:, :, -20:-17] *= 6.0  # late keys with much larger scores (both signs: some rows' max jumps)
+    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n not in ("query_valid", "groups")})
+    base = replace(fwd_config(d, G, block_m, exact_window=W), block_n=16, band_block_n=16)
+    plain, plain_lse = _triton_forward(q, k, v, config=base, return_lse=True, **kw)[:2]
+    for slack in (0.5, 8.0):
+        out, lse = _triton_forward(q, k, v, config=replace(base, rescale_slack=slack), return_lse=True, **kw)[:2]
+        assert rel_err(out, ref) < 1e-5, (slack, rel_err(out, ref))
+        fin = torch.isfinite(plain_lse)
+        assert torch.equal(fin, torch.isfinite(lse)) and torch.allclose(lse[fin], plain_lse[fin], atol=1e-4)
+        assert torch.equal(out.abs().sum(-1) == 0, ref.abs().sum(-1) == 0)
+        if slack == 8.0:  # rows whose max rose by less than 8 keep the old one: P on another scale rounds differently
+            assert not torch.equal(out, plain)
+
+
+def test_rescale_slack_is_checked_and_off_by_default(monkeypatch):
+    """The slack is a number of log2 units in [0, 15]: other values are named errors (the config field, the
+    environment variable); DISTR_FWD_RESCALE_SLACK reaches the table; the table keeps it off."""
+    from distr_patch.ops import configs
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    assert configs.fwd_config(64, 2, 128, interpret=False).rescale_slack == 0.0
+    monkeypatch.setattr(configs, "DEFAULT_FWD_RESCALE_SLACK", "8")
+    assert configs.fwd_config(64, 2, 128, interpret=False).rescale_slack == 8.0
+    monkeypatch.setattr(configs, "DEFAULT_FWD_RESCALE_SLACK", "eight")
+    with pytest.raises(ValueError, match="DISTR_FWD_RESCALE_SLACK must be a number of log2 units in"):
+        configs.fwd_config(64, 2, 128, interpret=False)
+    monkeypatch.setattr(configs, "DEFAULT_FWD_RESCALE_SLACK", None)
+    q, k, v = make_qkv(5, 1, 2, 2, 40, 40, 32)
+    kw = dict(group_size=2, block_m=32, fusion="mean", exact_window=0, window_correction=0.0, causal=False,
+              attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
+    base = configs.fwd_config(32, 2, 32, interpret=True)
+    for bad in (-1.0, 16.0, float("nan"), "x", True):
+        with pytest.raises(ValueError, match="config.rescale_slack must be a number of log2 units in"):
+            _triton_forward(q, k, v, config=replace(base, rescale_slack=bad), **kw)
+
+
 def test_exp_fma_is_off_for_fp32_and_by_default(monkeypatch):
     """fp32 calls never take the polynomial (its 7.5e-5 would show there); DISTR_FWD_EXP_FMA reaches the table and a
     misspelled value is a named error."""
@@ -603,6 +651,32 @@ def test_exp_fma_gpu(d, G, fusion, W, causal, share):
     ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
     assert rel_err(out, ref) <= 1e-2, rel_err(out, ref)
     assert 0 < rel_err(out, plain) <= 2e-3, rel_err(out, plain)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("slack", [0.5, 8.0])
+@pytest.mark.parametrize("d,G,fusion,W,causal", [(64, 1, "mean", 0, True), (64, 2, "mean", 0, False),
+                                                 (64, 2, "rank1", 0, True), (128, 2, "rank1", 0, True),
+                                                 (64, 2, "rank1", 128, True), (128, 4, "mean", 0, False)])
+def test_rescale_slack_gpu(d, G, fusion, W, causal, slack):
+    """FwdConfig.rescale_slack at real sizes, bf16, a tail, GQA and late keys that move the rows' max mid-loop:
+    within 1e-2 of the reference, within 2e-3 of the plain kernel's output (P rounded on another scale) and its lse
+    within 1e-3."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    q, k, v = make_qkv(d + G + W + int(slack), 2, 8, 2, 3000, 3000, d, dtype=torch.bfloat16, device="cuda")
+    k[:, :, 2500:2503] *= 6.0
+    kw = dict(group_size=G, block_m=128, fusion=fusion, exact_window=W, window_correction=0.5 if W else 0.0,
+              causal=causal, attention_mask=None, scale=None, num_hash_bits=16, seed=0, query_valid=None, groups=None)
+    base = fwd_config(d, G, 128, exact_window=W)
+    plain, plain_lse = _triton_forward(q, k, v, config=base, return_lse=True, **kw)[:2]
+    out, lse = _triton_forward(q, k, v, config=replace(base, rescale_slack=slack), return_lse=True, **kw)[:2]
+    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
+    assert rel_err(out, ref) <= 1e-2, rel_err(out, ref)
+    assert 0 < rel_err(out, plain) <= 2e-3, rel_err(out, plain)
+    assert torch.allclose(lse, plain_lse, atol=1e-3, rtol=1e-5)
 
 
 @pytest.mark.gpu
