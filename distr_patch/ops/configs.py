@@ -68,7 +68,7 @@ class FwdConfig:
     # s > 0 the rows' reference max moves only on key tiles where some row's max passes it by more than s, so the
     # others skip the multiply of the [block_m, d] accumulator; exp2's arguments stay <= s (P <= 2**s, which bf16 /
     # fp16 hold for s <= 15). The same function, rounded alike up to P's scale. Measured slower on the H100 (s=8 and 4:
-    # 5-15%; Triton decides the branch for the whole program, a shared-memory reduction and a barrier per key tile;
+    # 5-14%; Triton decides the branch for the whole program, a shared-memory reduction and a barrier per key tile;
     # docs/benchmarks.md, thirty-fifth session): off
     rescale_slack: float = 0.0
 
