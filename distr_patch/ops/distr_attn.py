@@ -169,7 +169,8 @@ def _through_scratch(QT, x, pid_bh, offs_m, offs_c, N, BLOCK_M: tl.constexpr, WI
 
 @triton.jit
 def _exp2_fma(x):
-    """2**x for fp32 x <= 0 without the MUFU unit: x = n + f with n = round(x) (by adding 1.5·2^23), f in
+    """2**x for fp32 x < 128 (the softmax's x <= 0, or <= ``FwdConfig.rescale_slack`` with it) without the MUFU
+    unit: x = n + f with n = round(x) (by adding 1.5·2^23), f in
     [-1/2, 1/2]; 2**f by a degree-3 polynomial (relative error <= 7.5e-5, a near-minimax fit), n added to its
     exponent bits. x is clamped at -126, so below it the result is a denormal under 2**-126, not 0, and -inf or
     NaN must not reach it (``_attn_tiles`` uses it only on tiles without masks). For 16-bit calls: P is rounded to
