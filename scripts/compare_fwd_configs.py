@@ -37,6 +37,9 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
                    (FwdConfig.rescale_slack), so most key tiles skip the accumulator's multiply
     expanded sigma2-diff   (--sigma2-diff) window variants: the default config with the window's σ² pass taking
                    grouped − exact scores by one dot, (Q_eff − Q) Kᵀ, instead of two (FwdConfig.sigma2_diff)
+    window's tiles / expanded band64   (--window-parts) where the window's time goes: a variant without a window
+                   run on the window's config (its plain tiles' cost), and window variants with 64-key band tiles;
+                   with the variant "G2 r1 W128 c0" (the band without the σ² pass) the three parts separate
 
 With --rounds R every config of a shape is timed R times, in turn (A B A B ..., each round starting one config
 later, after an untimed call of each), and the row shows the median of its rounds and their spread (max/min − 1):
@@ -105,6 +108,10 @@ def configs(d, G, window, block_m):
         out += _ws_configs("expanded", ex)
     if args.softmax_forms:
         out.append(_other_softmax_form("expanded", ex))
+    if args.window_parts and not window:  # the plain tiles at the window's config: what the config alone costs
+        out.append(("window's tiles", fwd_config(d, G, block_m, exact_window=128, grouped_qk="expanded")))
+    if args.window_parts and window and ex.band_block_n != 64:
+        out.append(("expanded band64", replace(ex, band_block_n=64)))
     if args.sigma2_diff and window:
         out.append(("expanded sigma2-diff" if not ex.sigma2_diff else "expanded sigma2 two dots",
                     replace(ex, sigma2_diff=not ex.sigma2_diff)))
@@ -167,6 +174,7 @@ def _ws_configs(name, cfg):
 ALL = {"G1": dict(group_size=1), "G2 mean": dict(group_size=2, fusion="mean"),
        "G2 rank1": dict(group_size=2, fusion="rank1"),
        "G2 r1 W128 c.5": dict(group_size=2, fusion="rank1", exact_window=128, window_correction=0.5),
+       "G2 r1 W128 c0": dict(group_size=2, fusion="rank1", exact_window=128, window_correction=0.0),
        "G2 mean W128 c.5": dict(group_size=2, fusion="mean", exact_window=128, window_correction=0.5),
        "G2 r1 W128 c.5 bm32": dict(group_size=2, fusion="rank1", exact_window=128, window_correction=0.5,
                                    block_m=32),
@@ -197,6 +205,9 @@ ap.add_argument("--softmax-forms", action="store_true",
 ap.add_argument("--sigma2-diff", action="store_true",
                 help="window variants: add the default config with the window's σ² by one dot "
                      "(FwdConfig.sigma2_diff)")
+ap.add_argument("--window-parts", action="store_true",
+                help="add the window's config without a window, and 64-key band tiles (with the variant "
+                     "'G2 r1 W128 c0': the window's cost in parts)")
 ap.add_argument("--tile-orders", action="store_true",
                 help="add the default config with its programs started in the other orders (FwdConfig.tile_order: "
                      "per head the last query tiles first, or heads on the grid's first axis and the last tiles "

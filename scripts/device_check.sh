@@ -46,6 +46,9 @@
 #               GPU tests, then against the defaults at N=4096 and 16384 (compare_fwd_configs.py --qeff-scratch).
 # rescale-slack: FlashAttention-4's conditional rescaling (FwdConfig.rescale_slack 8 / 4): its GPU tests, then against
 #                the default at N=4096 and 16384, d=64/128, causal and not, 3 rotated rounds.
+# window-parts: where the fused kernel's exact window spends its time at N=4096 (compare_fwd_configs.py
+#               --window-parts): G2 rank1 on its own config and on the window's, W128 without and with the σ² pass
+#               (c0 / c.5), 64-key band tiles, σ² by one dot; 3 rotated rounds.
 # tile-orders: the forward's tile orders side by side, causal, N=4096 and 16384 (compare_fwd_configs.py --tile-orders,
 #              5 rounds, rotated start: the twenty-first session's first run favoured the config timed second).
 # dq-order: forward+backward, causal, N=4096, with the dQ kernel's programs in natural and reversed order
@@ -177,6 +180,9 @@ for step in "${steps[@]}"; do
            python scripts/compare_fwd_configs.py --variants G1 "G2 mean" "G2 rank1" --d 64 128 --n 4096 16384 \
              --rescale-slack 8 4 --no-reduced --rounds 3 2>&1 | tee "$out/rescale-slack.log" \
              | sed -n '/^| d |/,$p' || rc=1 ;;
+    window-parts) python scripts/compare_fwd_configs.py --variants "G2 rank1" "G2 r1 W128 c0" "G2 r1 W128 c.5" \
+             --d 64 128 --n 4096 --no-reduced --window-parts --sigma2-diff --rounds 3 2>&1 \
+             | tee "$out/window-parts.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     tile-orders) python scripts/compare_fwd_configs.py --variants G1 "G2 mean" "G2 rank1" "G2 r1 W128 c.5" --d 64 128 \
            --n 4096 16384 --causal 1 --no-reduced --tile-orders --rounds 5 2>&1 | tee "$out/tile-orders.log" \
            | sed -n '/^| d |/,$p' || rc=1 ;;
@@ -243,7 +249,7 @@ PY
              "$out/ncu-$what.txt" | sed 's/  */ /g' ;;
     probe-sdpa) { python scripts/probe_sdpa_layout.py; python scripts/probe_sdpa_layout.py --batch 4 --heads 9 --kv-heads 3; } \
            2>&1 | tee "$out/probe-sdpa.log" | grep "^|\|^B=" || rc=1 ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa, probe-dqk, ncu-grouping, ncu-attention, exp-fma, qeff-scratch)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa, probe-dqk, ncu-grouping, ncu-attention, exp-fma, qeff-scratch, rescale-slack, window-parts)" >&2; exit 2 ;;
   esac
 done
 exit $rc
