@@ -37,6 +37,9 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
                    (FwdConfig.rescale_slack), so most key tiles skip the accumulator's multiply
     expanded sigma2-diff   (--sigma2-diff) window variants: the default config with the window's σ² pass taking
                    grouped − exact scores by one dot, (Q_eff − Q) Kᵀ, instead of two (FwdConfig.sigma2_diff)
+    expanded band-exact (+sigma2-diff)   (--band-exact) window variants: the default config with the band's key tiles
+                   that lie inside the band for every row taking the exact product alone (FwdConfig.band_exact_tiles),
+                   and that with the σ² pass by one dot
     window's tiles / expanded band64   (--window-parts) where the window's time goes: a variant without a window
                    run on the window's config (its plain tiles' cost), and window variants with 64-key band tiles;
                    with the variant "G2 r1 W128 c0" (the band without the σ² pass) the three parts separate
@@ -108,6 +111,10 @@ def configs(d, G, window, block_m):
         out += _ws_configs("expanded", ex)
     if args.softmax_forms:
         out.append(_other_softmax_form("expanded", ex))
+    if args.band_exact and window:
+        be = replace(ex, band_exact_tiles=not ex.band_exact_tiles)
+        out += [("expanded band-exact" if be.band_exact_tiles else "expanded band both products", be),
+                ("expanded band-exact+sigma2-diff", replace(ex, band_exact_tiles=True, sigma2_diff=True))]
     if args.window_parts and not window:  # the plain tiles at the window's config: what the config alone costs
         out.append(("window's tiles", fwd_config(d, G, block_m, exact_window=128, grouped_qk="expanded")))
     if args.window_parts and window and ex.band_block_n != 64:
@@ -205,6 +212,9 @@ ap.add_argument("--softmax-forms", action="store_true",
 ap.add_argument("--sigma2-diff", action="store_true",
                 help="window variants: add the default config with the window's σ² by one dot "
                      "(FwdConfig.sigma2_diff)")
+ap.add_argument("--band-exact", action="store_true",
+                help="window variants: add the band's tiles inside the band by the exact product alone "
+                     "(FwdConfig.band_exact_tiles), also with the σ² pass by one dot")
 ap.add_argument("--window-parts", action="store_true",
                 help="add the window's config without a window, and 64-key band tiles (with the variant "
                      "'G2 r1 W128 c0': the window's cost in parts)")

@@ -49,8 +49,14 @@ class FwdConfig:
     # per key tile in sm_90 SASS); False: the scores scaled first. ``fwd_config`` picks it (scale_after_max_rule)
     scale_after_max: bool = False
     # the exact window's σ² pass (expanded path): grouped − exact scores by one dot, (Q_eff − Q) Kᵀ, per band tile
-    # instead of two (Q_eff − Q rounded once to the dot type). Not yet timed on the GPU: off
+    # instead of two (Q_eff − Q rounded once to the dot type); with one score tile live the pass steps by block_n
+    # keys, not band_block_n. Timed with band_block_n steps: -2% to +6% (H200, twenty-first session): off
     sigma2_diff: bool = False
+    # the exact window's band segment: its key tiles that lie inside the band for every row of the query tile (with
+    # W=128 and 128-row tiles the diagonal 128 keys, a third of the band's tiles without causal masking and half with
+    # it) take the exact product alone, BLOCK_N keys at a time; the band's other tiles compute both products. False:
+    # every band tile computes both. The same function (bit for bit where band_block_n equals block_n)
+    band_exact_tiles: bool = False
     # the order programs start in (every order gives the same output, bit for bit): "natural" (query tile on the
     # grid's first axis, first tile first), "reversed" (per head the last query tile first), "heavy_first" (heads on
     # the first axis, the last query tiles of every head before earlier ones), "auto" (``fwd_config``'s choice:
@@ -152,6 +158,7 @@ DEFAULT_FWD_SCALE_AFTER_MAX = _env_flag("DISTR_FWD_SCALE_AFTER_MAX", None)
 # acts only where a program's query tile is one grouping block (block_m = 128 on the GPU); G = 1 has no grouping.
 DEFAULT_FUSED_GROUPING = _env_flag("DISTR_FWD_FUSED_GROUPING", None)
 DEFAULT_FWD_SIGMA2_DIFF = _env_flag("DISTR_FWD_SIGMA2_DIFF", None)  # FwdConfig.sigma2_diff; None: the table (off)
+DEFAULT_FWD_BAND_EXACT = _env_flag("DISTR_FWD_BAND_EXACT_TILES", None)  # FwdConfig.band_exact_tiles; None: the table
 DEFAULT_FWD_TILE_ORDER = os.environ.get("DISTR_FWD_TILE_ORDER") or None  # FwdConfig.tile_order; None: the table
 DEFAULT_FWD_EXP_FMA = os.environ.get("DISTR_FWD_EXP_FMA") or None  # FwdConfig.exp_fma ("0", "2", "4"); None: the table
 # FwdConfig.rescale_slack (a number of log2 units, 0 to 15); None: the table
@@ -283,7 +290,7 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     return _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32,
                        masked, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,
                        DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING, DEFAULT_FWD_SIGMA2_DIFF,
-                       DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA, DEFAULT_FWD_RESCALE_SLACK)
+                       DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA, DEFAULT_FWD_RESCALE_SLACK, DEFAULT_FWD_BAND_EXACT)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -291,7 +298,7 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
                 DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,  # noqa: N803
                 DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING,
                 DEFAULT_FWD_SIGMA2_DIFF, DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA,
-                DEFAULT_FWD_RESCALE_SLACK) -> FwdConfig:
+                DEFAULT_FWD_RESCALE_SLACK, DEFAULT_FWD_BAND_EXACT) -> FwdConfig:
     """``fwd_config``'s body; the switches come in as arguments (so the memo sees them) under their global names."""
     mode = grouped_qk or DEFAULT_GROUPED_QK
     if mode not in ("reduced", "expanded"):
@@ -322,6 +329,8 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
         cfg = replace(cfg, scale_after_max=DEFAULT_FWD_SCALE_AFTER_MAX)
     if DEFAULT_FWD_SIGMA2_DIFF is not None:
         cfg = replace(cfg, sigma2_diff=DEFAULT_FWD_SIGMA2_DIFF)
+    if DEFAULT_FWD_BAND_EXACT is not None:
+        cfg = replace(cfg, band_exact_tiles=DEFAULT_FWD_BAND_EXACT)
     if DEFAULT_FWD_TILE_ORDER is not None:
         if DEFAULT_FWD_TILE_ORDER not in (*TILE_ORDERS, "auto"):
             raise ValueError(f"the environment variable DISTR_FWD_TILE_ORDER must be one of "

@@ -374,6 +374,21 @@ def _key_segments(m0, N, M, WINDOW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
 
 
 @triton.jit
+def _inside_band(m0, N, M, WINDOW, seg_a, seg_b, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The key tiles of the band segment [seg_a, seg_b) (BLOCK_N-aligned) that lie inside the exact band for every
+    row of the query tile at m0: [x_lo, x_hi), BLOCK_N-aligned, empty (x_lo == x_hi) where none does.
+
+    Tile [j, j + BLOCK_N) is inside for rows m0 .. m0 + BLOCK_M - 1 when every |i + M - N - key| < WINDOW, i.e.
+    j >= m0 + BLOCK_M + off - WINDOW and j + BLOCK_N <= m0 + off + WINDOW (off = M - N)."""
+    off = M - N
+    x_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M + off - WINDOW, 0), BLOCK_N) * BLOCK_N
+    x_hi = (tl.maximum(m0 + off + WINDOW, 0) // BLOCK_N) * BLOCK_N
+    x_lo = tl.minimum(tl.maximum(x_lo, seg_a), seg_b)
+    x_hi = tl.maximum(tl.minimum(x_hi, seg_b), x_lo)
+    return x_lo, x_hi
+
+
+@triton.jit
 def _distr_fwd_kernel(
     Q, QE, K, KG, V, KD, VD, O, LSE, GRP, INV, WA, WB, MASK, QT, R, QV,
     scale, qk_scale2, half_corr, mean_a, stride_qvb,
@@ -397,13 +412,16 @@ def _distr_fwd_kernel(
     GROUP_BM: tl.constexpr,
     SPLIT_W: tl.constexpr, STORE_QE: tl.constexpr, GB_GRAM_DOT: tl.constexpr, WS: tl.constexpr = False,
     SCALE_AFTER_MAX: tl.constexpr = False, SIGMA2_DIFF: tl.constexpr = False, TILE_ORDER: tl.constexpr = 0,
-    EXP_FMA: tl.constexpr = 0, RESCALE_SLACK: tl.constexpr = 0.0,
+    EXP_FMA: tl.constexpr = 0, RESCALE_SLACK: tl.constexpr = 0.0, BAND_EXACT: tl.constexpr = False,
 ):
     """One program: one query tile of BLOCK_M rows of one (batch, query head); on the reduced path
     (not EXPANDED) the tile is one grouping block.
 
     Plain key tiles are BLOCK_N wide; the tiles that meet the exact band (both products, two score
     tiles live) step by BAND_N, a divisor of BLOCK_N, inside the same BLOCK_N-aligned band segment.
+    With BAND_EXACT the band segment's BLOCK_N tiles that lie inside the band for every row of the tile
+    (``_inside_band``) take the exact product alone. The σ² pass over the band steps by BAND_N, or by
+    BLOCK_N with SIGMA2_DIFF (one dot).
 
     With FUSED_GROUPING the program first computes its block's grouping (and rank1 weights) itself
     (``grouping_triton.group_block``: the same function as the grouping kernel, written to GRP / WB, then
@@ -501,10 +519,12 @@ def _distr_fwd_kernel(
 
     corr2 = tl.zeros([BLOCK_M], dtype=tl.float32)
     if HAS_CORR:  # σ² first, from the band tiles, so every grouped score can be corrected
-        _h, _a, _b, _c, band_lo, band_hi = _key_segments(m0, N, M, WINDOW, BLOCK_M, BAND_N, CAUSAL, HAS_WINDOW)
+        # (by one dot, one score tile is live: the pass steps by the plain tiles' width; by two, the band's)
+        SIG_N: tl.constexpr = BLOCK_N if SIGMA2_DIFF and EXPANDED else BAND_N
+        _h, _a, _b, _c, band_lo, band_hi = _key_segments(m0, N, M, WINDOW, BLOCK_M, SIG_N, CAUSAL, HAS_WINDOW)
         sigma2 = _band_sigma2(qt, band_lo, band_hi, Q, KG, GRP_B, WB_B, K, KD, b, hk, MASKP, offs_m, N, M, WINDOW,
                               scale, stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn,
-                              stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_M, BAND_N, FUSION_MEAN, CAUSAL,
+                              stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_M, SIG_N, FUSION_MEAN, CAUSAL,
                               MASK_KIND, DOT_PREC, DOT_T, EXPANDED, TMA_N, SIGMA2_DIFF)
         corr2 = half_corr * sigma2 * 1.4426950408889634
 
@@ -518,12 +538,33 @@ def _distr_fwd_kernel(
                                 FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
                                 EXPANDED, TMA_N, WS, SCALE_AFTER_MAX, EXP_FMA, RESCALE_SLACK)
     if HAS_WINDOW:
-        acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_a, tl.minimum(seg_b, hi),
+        # the band segment [a, b): with BAND_EXACT its key tiles [x_lo, x_hi) that lie inside the band for every
+        # row of the tile take the exact product alone (one dot, one score tile), the rest both products
+        x_lo = seg_b
+        x_hi = seg_b
+        if BAND_EXACT:
+            x_lo, x_hi = _inside_band(m0, N, M, WINDOW, seg_a, seg_b, BLOCK_M, BLOCK_N)
+        acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_a, tl.minimum(x_lo, hi),
                                     Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                     stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BAND_N,
                                     EXACT, FUSION_MEAN, True, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
                                     EXPANDED, TMA_N, False, SCALE_AFTER_MAX, EXP_FMA, RESCALE_SLACK)
+        if BAND_EXACT:
+            acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, x_lo, tl.minimum(x_hi, hi),
+                                        Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW,
+                                        qk_scale2, stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn,
+                                        stride_kd, stride_vn, stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG,
+                                        DG_PAD, BLOCK_N, True, FUSION_MEAN, False, True, CAUSAL, HAS_CORR,
+                                        MASK_KIND, DOT_PREC, DOT_T, EXPANDED, TMA_N, False, SCALE_AFTER_MAX, EXP_FMA,
+                                        RESCALE_SLACK)
+            acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, x_hi, tl.minimum(seg_b, hi),
+                                        Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW,
+                                        qk_scale2, stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn,
+                                        stride_kd, stride_vn, stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG,
+                                        DG_PAD, BAND_N, EXACT, FUSION_MEAN, True, True, CAUSAL, HAS_CORR, MASK_KIND,
+                                        DOT_PREC, DOT_T, EXPANDED, TMA_N, False, SCALE_AFTER_MAX, EXP_FMA,
+                                        RESCALE_SLACK)
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_b, tl.minimum(seg_c, hi),
                                     Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
@@ -768,7 +809,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         SPLIT_W=prologue and wa is not grp and _dot_dtype(q.dtype) != tl.float32, STORE_QE=store_qe,
         WS=cfg.warp_specialize and not interpreting(), SCALE_AFTER_MAX=cfg.scale_after_max,
         SIGMA2_DIFF=cfg.sigma2_diff and expanded, TILE_ORDER=order,
-        EXP_FMA=cfg.exp_fma, RESCALE_SLACK=slack,
+        EXP_FMA=cfg.exp_fma, RESCALE_SLACK=slack, BAND_EXACT=cfg.band_exact_tiles,
         **_fused_grouping_meta(gl),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )

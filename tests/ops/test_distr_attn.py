@@ -631,6 +631,50 @@ def test_qeff_scratch_gpu(d, G, fusion, W, causal):
 
 
 # (d, G, fusion, W, causal) of the GPU tests of kernel options off by default (exp_fma, rescale_slack)
+@interpreter_only
+@pytest.mark.parametrize("case", [CPU_CASES[i] for i in (9, 10, 11, 12)] + [
+    (1, 2, 2, 190, 150, 32, 2, "rank1", 64, 96, 0.5, True, None),  # N > M, causal: leading rows fully masked
+    (1, 2, 1, 160, 160, 32, 2, "mean", 64, 96, 0.5, False, "pad", "reduced"),  # Q̃ K̃ᵀ path, GQA
+    (1, 2, 2, 130, 130, 32, 2, "rank1", 64, 40, 0.5, False, None),  # W < tile: no tile inside the band
+], ids=lambda c: "-".join(map(str, c)))
+def test_band_exact_tiles_interpreter(case):
+    """``FwdConfig.band_exact_tiles``: the band's key tiles inside the band for every row take the exact product
+    alone. The reference's output and the plain kernel's lse; with band sub-tiles as wide as the key tiles the plain
+    kernel's output bit for bit; with narrower ones (16 keys against 32) the output differs in rounding from the
+    plain kernel's wherever some tile is inside the band, which shows that the exact-only tiles ran."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    path = case[13] if len(case) > 13 else None
+    q, k, v, kw, ref = _case_call(case[:13])
+    d, G, block_m, W = case[5], case[6], case[8], case[9]
+    base = replace(fwd_config(d, G, block_m, exact_window=W, grouped_qk=path), band_block_n=16)
+    assert base.block_n == 32 and W > 0
+    plain, plain_lse = _triton_forward(q, k, v, config=base, return_lse=True, **kw)[:2]
+    out, lse = _triton_forward(q, k, v, config=replace(base, band_exact_tiles=True), return_lse=True, **kw)[:2]
+    assert rel_err(out, ref) < 1e-5, rel_err(out, ref)
+    fin = torch.isfinite(plain_lse)
+    assert torch.equal(fin, torch.isfinite(lse)) and torch.allclose(lse[fin], plain_lse[fin], atol=1e-4)
+    assert torch.equal(out.abs().sum(-1) == 0, ref.abs().sum(-1) == 0)
+    # a 32-key tile inside the band for all 64 rows of a query tile needs 2W - 64 >= 32 plus alignment
+    assert torch.equal(out, plain) == (W < 80), W
+    wide = replace(base, band_block_n=32)
+    assert torch.equal(_triton_forward(q, k, v, config=replace(wide, band_exact_tiles=True), **kw),
+                       _triton_forward(q, k, v, config=wide, **kw))
+
+
+def test_band_exact_tiles_switch(monkeypatch):
+    """DISTR_FWD_BAND_EXACT_TILES reaches the table (0/1; other values a named error); the table's choice."""
+    from distr_patch.ops import configs
+
+    assert configs.fwd_config(64, 2, 128, exact_window=128, interpret=False).band_exact_tiles is False
+    monkeypatch.setattr(configs, "DEFAULT_FWD_BAND_EXACT", True)
+    assert configs.fwd_config(64, 2, 128, exact_window=128, interpret=False).band_exact_tiles is True
+    monkeypatch.setenv("DISTR_FWD_BAND_EXACT_TILES", "yes")
+    with pytest.raises(ValueError, match="DISTR_FWD_BAND_EXACT_TILES must be 0 or 1"):
+        configs._env_flag("DISTR_FWD_BAND_EXACT_TILES", None)
+
+
 OPTION_GPU_CASES = [(64, 1, "mean", 0, True), (64, 2, "mean", 0, False), (64, 2, "rank1", 0, True),
                     (128, 2, "rank1", 0, True), (64, 2, "rank1", 128, True), (128, 4, "mean", 0, False)]
 
@@ -680,6 +724,26 @@ def test_rescale_slack_gpu(d, G, fusion, W, causal, slack):
     ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
     assert rel_err(out, ref) <= 1e-2, rel_err(out, ref)
     assert rel_err(out, plain) <= 2e-3 and (slack < 8 or rel_err(out, plain) > 0), rel_err(out, plain)
+    assert torch.allclose(lse, plain_lse, atol=1e-3, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("d,G,fusion,W,causal", [(64, 2, "rank1", 128, True), (64, 2, "rank1", 128, False),
+                                                 (128, 2, "mean", 128, False), (128, 2, "rank1", 128, True),
+                                                 (64, 4, "rank1", 200, False)])
+def test_band_exact_tiles_gpu(d, G, fusion, W, causal):
+    """FwdConfig.band_exact_tiles at real sizes, bf16, a tail and GQA: within 1e-2 of the reference, within 2e-3 of
+    the plain kernel's output (the exact-only tiles are wider than the band's sub-tiles: other rounding) and its lse
+    within 1e-3."""
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    q, k, v, kw, base = _gpu_option_case(d + G + W, d, G, fusion, W, causal)
+    plain, plain_lse = _triton_forward(q, k, v, config=base, return_lse=True, **kw)[:2]
+    out, lse = _triton_forward(q, k, v, config=replace(base, band_exact_tiles=True), return_lse=True, **kw)[:2]
+    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
+    assert rel_err(out, ref) <= 1e-2, rel_err(out, ref)
+    assert rel_err(out, plain) <= 2e-3, rel_err(out, plain)
     assert torch.allclose(lse, plain_lse, atol=1e-3, rtol=1e-5)
 
 
