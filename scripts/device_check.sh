@@ -50,8 +50,9 @@
 #               --window-parts): G2 rank1 on its own config and on the window's, W128 without and with the σ² pass
 #               (c0 / c.5), 64-key band tiles, σ² by one dot; 3 rotated rounds.
 # band-exact: the window's band tiles that lie inside the band by the exact product alone
-#             (FwdConfig.band_exact_tiles), with and without the σ² pass by one dot: its GPU tests (and the other
-#             window tests), then against the default at N=4096 and 16384, d=64/128, causal and not, 3 rotated rounds.
+#             (FwdConfig.band_exact_tiles), with and without the σ² pass by one dot: its GPU tests, the kernel's
+#             reference tests with both on (the table's config), then against the default at N=4096 and 16384,
+#             d=64/128, causal and not, rank1 and mean W128 c.5, 3 rotated rounds.
 # tile-orders: the forward's tile orders side by side, causal, N=4096 and 16384 (compare_fwd_configs.py --tile-orders,
 #              5 rounds, rotated start: the twenty-first session's first run favoured the config timed second).
 # dq-order: forward+backward, causal, N=4096, with the dQ kernel's programs in natural and reversed order
@@ -187,9 +188,12 @@ for step in "${steps[@]}"; do
              --d 64 128 --n 4096 --no-reduced --window-parts --sigma2-diff --rounds 3 2>&1 \
              | tee "$out/window-parts.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     band-exact) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py \
-             -k "band_exact or sigma2 or window" 2>&1 | tee "$out/band-exact-tests.log" | tail -5 || rc=1
-           python scripts/compare_fwd_configs.py --variants "G2 r1 W128 c.5" "G2 mean W128 c.5" "G2 r1 W128 c0" \
-             --d 64 128 --n 4096 16384 --no-reduced --band-exact --sigma2-diff --rounds 3 2>&1 \
+             -k band_exact 2>&1 | tee "$out/band-exact-tests.log" | tail -3 || rc=1
+           DISTR_FWD_BAND_EXACT_TILES=1 DISTR_FWD_SIGMA2_DIFF=1 python -m pytest -q -p no:cacheprovider \
+             "${workers[@]}" -m gpu tests/ops/test_distr_attn.py -k "matches_reference and table" 2>&1 \
+             | tee -a "$out/band-exact-tests.log" | tail -3 || rc=1
+           python scripts/compare_fwd_configs.py --variants "G2 r1 W128 c.5" "G2 mean W128 c.5" \
+             --d 64 128 --n 4096 16384 --no-reduced --band-exact --rounds 3 2>&1 \
              | tee "$out/band-exact.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     tile-orders) python scripts/compare_fwd_configs.py --variants G1 "G2 mean" "G2 rank1" "G2 r1 W128 c.5" --d 64 128 \
            --n 4096 16384 --causal 1 --no-reduced --tile-orders --rounds 5 2>&1 | tee "$out/tile-orders.log" \
