@@ -311,12 +311,14 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, KD, kb, kh, MASKP, offs_m, N
                  CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
                  EXPANDED: tl.constexpr, TMA_N: tl.constexpr, SIGMA2_DIFF: tl.constexpr):
     """σ² per row: mean of (grouped − exact)² (after scale) over attendable band entries. With SIGMA2_DIFF (expanded
-    path) the difference is one dot, (Q_eff − Q) Kᵀ, instead of two (Q_eff − Q rounded once to the dot type)."""
+    path) the difference is one dot, (Q_eff − Q) Kᵀ, instead of two (Q_eff − Q rounded once to the dot type).
+    The squares add up element by element in a [BLOCK_M, BLOCK_N] tile summed over the keys once, after the loop (no
+    row reductions inside it); without a tensor mask each row's count of attendable band keys is closed-form."""
     q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
     if EXPANDED and SIGMA2_DIFF:
         dq = (qt.to(tl.float32) - q_full.to(tl.float32)).to(DOT_T)
-    sq = tl.zeros([BLOCK_M], dtype=tl.float32)
-    cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
+    sq = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    cnt = tl.zeros([BLOCK_M, BLOCK_N if MASK_KIND != 0 else 1], dtype=tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if EXPANDED:  # Q_eff and Q against the same key tile
@@ -339,9 +341,19 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, KD, kb, kh, MASKP, offs_m, N
                          mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=float("-inf"))
             sel = sel & (mv > float("-inf"))
         diff = raw_diff * scale
-        sq += tl.sum(tl.where(sel, diff * diff, 0.0), 1)
-        cnt += tl.sum(sel.to(tl.float32), 1)
-    return tl.where(cnt > 0, sq / tl.maximum(cnt, 1.0), 0.0)
+        sq += tl.where(sel, diff * diff, 0.0)
+        if MASK_KIND != 0:
+            cnt += tl.where(sel, 1.0, 0.0)
+    sq_row = tl.sum(sq, 1)
+    if MASK_KIND != 0:
+        cnt_row = tl.sum(cnt, 1)
+    else:  # keys j with |i + off - j| < WINDOW in [0, M) (and j <= i + off with causal masking)
+        diag = offs_m + (M - N)
+        last = tl.minimum(diag + WINDOW - 1, M - 1)
+        if CAUSAL:
+            last = tl.minimum(last, diag)
+        cnt_row = tl.maximum(last - tl.maximum(diag - WINDOW + 1, 0) + 1, 0).to(tl.float32)
+    return tl.where(cnt_row > 0, sq_row / tl.maximum(cnt_row, 1.0), 0.0)
 
 
 @triton.jit
@@ -420,8 +432,7 @@ def _distr_fwd_kernel(
     Plain key tiles are BLOCK_N wide; the tiles that meet the exact band (both products, two score
     tiles live) step by BAND_N, a divisor of BLOCK_N, inside the same BLOCK_N-aligned band segment.
     With BAND_EXACT the band segment's BLOCK_N tiles that lie inside the band for every row of the tile
-    (``_inside_band``) take the exact product alone. The σ² pass over the band steps by BAND_N, or by
-    BLOCK_N with SIGMA2_DIFF (one dot).
+    (``_inside_band``) take the exact product alone. The σ² pass over the band steps by BAND_N.
 
     With FUSED_GROUPING the program first computes its block's grouping (and rank1 weights) itself
     (``grouping_triton.group_block``: the same function as the grouping kernel, written to GRP / WB, then
@@ -519,12 +530,10 @@ def _distr_fwd_kernel(
 
     corr2 = tl.zeros([BLOCK_M], dtype=tl.float32)
     if HAS_CORR:  # σ² first, from the band tiles, so every grouped score can be corrected
-        # (by one dot, one score tile is live: the pass steps by the plain tiles' width; by two, the band's)
-        SIG_N: tl.constexpr = BLOCK_N if SIGMA2_DIFF and EXPANDED else BAND_N
-        _h, _a, _b, _c, band_lo, band_hi = _key_segments(m0, N, M, WINDOW, BLOCK_M, SIG_N, CAUSAL, HAS_WINDOW)
+        _h, _a, _b, _c, band_lo, band_hi = _key_segments(m0, N, M, WINDOW, BLOCK_M, BAND_N, CAUSAL, HAS_WINDOW)
         sigma2 = _band_sigma2(qt, band_lo, band_hi, Q, KG, GRP_B, WB_B, K, KD, b, hk, MASKP, offs_m, N, M, WINDOW,
                               scale, stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn,
-                              stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_M, SIG_N, FUSION_MEAN, CAUSAL,
+                              stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_M, BAND_N, FUSION_MEAN, CAUSAL,
                               MASK_KIND, DOT_PREC, DOT_T, EXPANDED, TMA_N, SIGMA2_DIFF)
         corr2 = half_corr * sigma2 * 1.4426950408889634
 
