@@ -40,6 +40,8 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
     expanded band-exact (+sigma2-diff)   (--band-exact) window variants: the default config with the band's key tiles
                    that lie inside the band for every row taking the exact product alone (FwdConfig.band_exact_tiles),
                    and that with the σ² pass by one dot
+    expanded sigma2-deferred   (--sigma2-deferred) window variants with a correction: the default config with the σ²
+                   pass summing over the keys once after its loop (FwdConfig.sigma2_deferred_sums)
     window's tiles / expanded band64   (--window-parts) where the window's time goes: a variant without a window
                    run on the window's config (its plain tiles' cost), and window variants with 64-key band tiles;
                    with the variant "G2 r1 W128 c0" (the band without the σ² pass) the three parts separate
@@ -115,6 +117,9 @@ def configs(d, G, window, block_m):
         be = replace(ex, band_exact_tiles=not ex.band_exact_tiles)
         out += [("expanded band-exact" if be.band_exact_tiles else "expanded band both products", be),
                 ("expanded band-exact+sigma2-diff", replace(ex, band_exact_tiles=True, sigma2_diff=True))]
+    if args.sigma2_deferred and window:
+        out.append(("expanded sigma2-deferred" if not ex.sigma2_deferred_sums else "expanded sigma2 per tile",
+                    replace(ex, sigma2_deferred_sums=not ex.sigma2_deferred_sums)))
     if args.window_parts and not window:  # the plain tiles at the window's config: what the config alone costs
         out.append(("window's tiles", fwd_config(d, G, block_m, exact_window=128, grouped_qk="expanded")))
     if args.window_parts and window and ex.band_block_n != 64:
@@ -215,6 +220,9 @@ ap.add_argument("--sigma2-diff", action="store_true",
 ap.add_argument("--band-exact", action="store_true",
                 help="window variants: add the band's tiles inside the band by the exact product alone "
                      "(FwdConfig.band_exact_tiles), also with the σ² pass by one dot")
+ap.add_argument("--sigma2-deferred", action="store_true",
+                help="window variants: add the σ² pass summing over the keys once after its loop "
+                     "(FwdConfig.sigma2_deferred_sums)")
 ap.add_argument("--window-parts", action="store_true",
                 help="add the window's config without a window, and 64-key band tiles (with the variant "
                      "'G2 r1 W128 c0': the window's cost in parts)")

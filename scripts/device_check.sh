@@ -49,9 +49,10 @@
 # window-parts: where the fused kernel's exact window spends its time at N=4096 (compare_fwd_configs.py
 #               --window-parts): G2 rank1 on its own config and on the window's, W128 without and with the σ² pass
 #               (c0 / c.5), 64-key band tiles, σ² by one dot; 3 rotated rounds.
-# window-fwd: the forward kernel's GPU tests that cover the window (the reference at real sizes, the table's config;
-#             the band option), then G2 rank1 with W128 and no correction (c0: no σ² pass) and with c.5 at N=4096:
-#             the c.5 − c0 gap is the σ² pass's cost.
+# window-fwd: the window options' own GPU tests (FwdConfig.sigma2_deferred_sums, band_exact_tiles), the kernel's
+#             reference tests at real sizes with sigma2_deferred_sums on (the table's config), then W128 with no correction (c0:
+#             no σ² pass) and with c.5 (rank1, mean; the σ² pass per tile and deferred) at N=4096 and 16384: the
+#             c.5 − c0 gap is the σ² pass's cost.
 # band-exact: the window's band tiles that lie inside the band by the exact product alone
 #             (FwdConfig.band_exact_tiles), with and without the σ² pass by one dot: its GPU tests, the kernel's
 #             reference tests with both on (the table's config), then against the default at N=4096 and 16384,
@@ -191,10 +192,12 @@ for step in "${steps[@]}"; do
              --d 64 128 --n 4096 --no-reduced --window-parts --sigma2-diff --rounds 3 2>&1 \
              | tee "$out/window-parts.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     window-fwd) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py \
-             -k "(matches_reference and table) or band_exact" 2>&1 \
-             | tee "$out/window-fwd-tests.log" | tail -3 || rc=1
-           python scripts/compare_fwd_configs.py --variants "G2 r1 W128 c0" "G2 r1 W128 c.5" \
-             --d 64 128 --n 4096 --no-reduced --rounds 3 2>&1 | tee "$out/window-fwd.log" \
+             -k "sigma2_deferred or band_exact" 2>&1 | tee "$out/window-fwd-tests.log" | tail -3 || rc=1
+           DISTR_FWD_SIGMA2_DEFERRED=1 python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu \
+             tests/ops/test_distr_attn.py -k "matches_reference and table" 2>&1 \
+             | tee -a "$out/window-fwd-tests.log" | tail -3 || rc=1
+           python scripts/compare_fwd_configs.py --variants "G2 r1 W128 c0" "G2 r1 W128 c.5" "G2 mean W128 c.5" \
+             --d 64 128 --n 4096 16384 --no-reduced --sigma2-deferred --rounds 3 2>&1 | tee "$out/window-fwd.log" \
              | sed -n '/^| d |/,$p' || rc=1 ;;
     band-exact) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py \
              -k band_exact 2>&1 | tee "$out/band-exact-tests.log" | tail -3 || rc=1

@@ -30,6 +30,9 @@ from dataclasses import replace
 from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)  # compile the real kernels, not the interpreter's
+# launches through Triton's own path, which the stand-in driver turns into compiles (the launch memo of ops/launch.py,
+# on Triton 3.6 / 3.7, would ask the driver for a launcher)
+os.environ["DISTR_FAST_LAUNCH"] = "0"
 
 import torch  # noqa: E402
 import triton  # noqa: E402

@@ -57,6 +57,11 @@ class FwdConfig:
     # it) take the exact product alone, BLOCK_N keys at a time; the band's other tiles compute both products. False:
     # every band tile computes both. The same function (bit for bit where band_block_n equals block_n)
     band_exact_tiles: bool = False
+    # the exact window's σ² pass: each row's squared errors added up in a [block_m, band_block_n] tile and summed over
+    # the keys once after the pass (no row reductions per key tile), the count of attendable band keys closed-form
+    # without a tensor mask. The pass measured 0.38-0.57 ms of a 2.0-3.5 ms call at N=4096 (H100, thirty-sixth session:
+    # the c=0.5 − c=0 gap); this way compiles with fewer spills at d=64 but is not yet checked on the GPU: off
+    sigma2_deferred_sums: bool = False
     # the order programs start in (every order gives the same output, bit for bit): "natural" (query tile on the
     # grid's first axis, first tile first), "reversed" (per head the last query tile first), "heavy_first" (heads on
     # the first axis, the last query tiles of every head before earlier ones), "auto" (``fwd_config``'s choice:
@@ -158,6 +163,8 @@ DEFAULT_FWD_SCALE_AFTER_MAX = _env_flag("DISTR_FWD_SCALE_AFTER_MAX", None)
 # acts only where a program's query tile is one grouping block (block_m = 128 on the GPU); G = 1 has no grouping.
 DEFAULT_FUSED_GROUPING = _env_flag("DISTR_FWD_FUSED_GROUPING", None)
 DEFAULT_FWD_SIGMA2_DIFF = _env_flag("DISTR_FWD_SIGMA2_DIFF", None)  # FwdConfig.sigma2_diff; None: the table (off)
+# FwdConfig.sigma2_deferred_sums; None: the table (off)
+DEFAULT_FWD_SIGMA2_DEFER = _env_flag("DISTR_FWD_SIGMA2_DEFERRED", None)
 DEFAULT_FWD_BAND_EXACT = _env_flag("DISTR_FWD_BAND_EXACT_TILES", None)  # FwdConfig.band_exact_tiles; None: the table
 DEFAULT_FWD_TILE_ORDER = os.environ.get("DISTR_FWD_TILE_ORDER") or None  # FwdConfig.tile_order; None: the table
 DEFAULT_FWD_EXP_FMA = os.environ.get("DISTR_FWD_EXP_FMA") or None  # FwdConfig.exp_fma ("0", "2", "4"); None: the table
@@ -290,7 +297,8 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     return _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32,
                        masked, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,
                        DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING, DEFAULT_FWD_SIGMA2_DIFF,
-                       DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA, DEFAULT_FWD_RESCALE_SLACK, DEFAULT_FWD_BAND_EXACT)
+                       DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA, DEFAULT_FWD_RESCALE_SLACK, DEFAULT_FWD_BAND_EXACT,
+                       DEFAULT_FWD_SIGMA2_DEFER)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -298,7 +306,7 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
                 DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,  # noqa: N803
                 DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING,
                 DEFAULT_FWD_SIGMA2_DIFF, DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA,
-                DEFAULT_FWD_RESCALE_SLACK, DEFAULT_FWD_BAND_EXACT) -> FwdConfig:
+                DEFAULT_FWD_RESCALE_SLACK, DEFAULT_FWD_BAND_EXACT, DEFAULT_FWD_SIGMA2_DEFER) -> FwdConfig:
     """``fwd_config``'s body; the switches come in as arguments (so the memo sees them) under their global names."""
     mode = grouped_qk or DEFAULT_GROUPED_QK
     if mode not in ("reduced", "expanded"):
@@ -331,6 +339,8 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
         cfg = replace(cfg, sigma2_diff=DEFAULT_FWD_SIGMA2_DIFF)
     if DEFAULT_FWD_BAND_EXACT is not None:
         cfg = replace(cfg, band_exact_tiles=DEFAULT_FWD_BAND_EXACT)
+    if DEFAULT_FWD_SIGMA2_DEFER is not None:
+        cfg = replace(cfg, sigma2_deferred_sums=DEFAULT_FWD_SIGMA2_DEFER)
     if DEFAULT_FWD_TILE_ORDER is not None:
         if DEFAULT_FWD_TILE_ORDER not in (*TILE_ORDERS, "auto"):
             raise ValueError(f"the environment variable DISTR_FWD_TILE_ORDER must be one of "

@@ -309,16 +309,22 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, KD, kb, kh, MASKP, offs_m, N
                  HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, DG: tl.constexpr,
                  DG_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FUSION_MEAN: tl.constexpr,
                  CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
-                 EXPANDED: tl.constexpr, TMA_N: tl.constexpr, SIGMA2_DIFF: tl.constexpr):
+                 EXPANDED: tl.constexpr, TMA_N: tl.constexpr, SIGMA2_DIFF: tl.constexpr,
+                 DEFER_SUMS: tl.constexpr = False):
     """σ² per row: mean of (grouped − exact)² (after scale) over attendable band entries. With SIGMA2_DIFF (expanded
     path) the difference is one dot, (Q_eff − Q) Kᵀ, instead of two (Q_eff − Q rounded once to the dot type).
-    The squares add up element by element in a [BLOCK_M, BLOCK_N] tile summed over the keys once, after the loop (no
-    row reductions inside it); without a tensor mask each row's count of attendable band keys is closed-form."""
+    With DEFER_SUMS the squares add up element by element in a [BLOCK_M, BLOCK_N] tile summed over the keys once,
+    after the loop, and without a tensor mask each row's count of attendable band keys is closed-form (no row
+    reductions inside the loop; with a tensor mask the counts are still summed per key tile); else both are summed
+    per key tile."""
     q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
     if EXPANDED and SIGMA2_DIFF:
         dq = (qt.to(tl.float32) - q_full.to(tl.float32)).to(DOT_T)
-    sq = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    cnt = tl.zeros([BLOCK_M, BLOCK_N if MASK_KIND != 0 else 1], dtype=tl.float32)
+    if DEFER_SUMS:
+        sq = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    else:
+        sq = tl.zeros([BLOCK_M], dtype=tl.float32)
+    cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if EXPANDED:  # Q_eff and Q against the same key tile
@@ -341,18 +347,24 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, KD, kb, kh, MASKP, offs_m, N
                          mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=float("-inf"))
             sel = sel & (mv > float("-inf"))
         diff = raw_diff * scale
-        sq += tl.where(sel, diff * diff, 0.0)
-        if MASK_KIND != 0:
-            cnt += tl.where(sel, 1.0, 0.0)
-    sq_row = tl.sum(sq, 1)
-    if MASK_KIND != 0:
-        cnt_row = tl.sum(cnt, 1)
-    else:  # keys j with |i + off - j| < WINDOW in [0, M) (and j <= i + off with causal masking)
-        diag = offs_m + (M - N)
-        last = tl.minimum(diag + WINDOW - 1, M - 1)
-        if CAUSAL:
-            last = tl.minimum(last, diag)
-        cnt_row = tl.maximum(last - tl.maximum(diag - WINDOW + 1, 0) + 1, 0).to(tl.float32)
+        if DEFER_SUMS:
+            sq += tl.where(sel, diff * diff, 0.0)
+        else:
+            sq += tl.sum(tl.where(sel, diff * diff, 0.0), 1)
+        if not DEFER_SUMS or MASK_KIND != 0:
+            cnt += tl.sum(sel.to(tl.float32), 1)
+    if DEFER_SUMS:
+        sq_row = tl.sum(sq, 1)
+        cnt_row = cnt
+        if MASK_KIND == 0:  # keys j with |i + off - j| < WINDOW in [0, M) (and j <= i + off with causal masking)
+            diag = offs_m + (M - N)
+            last = tl.minimum(diag + WINDOW - 1, M - 1)
+            if CAUSAL:
+                last = tl.minimum(last, diag)
+            cnt_row = tl.maximum(last - tl.maximum(diag - WINDOW + 1, 0) + 1, 0).to(tl.float32)
+    else:
+        sq_row = sq
+        cnt_row = cnt
     return tl.where(cnt_row > 0, sq_row / tl.maximum(cnt_row, 1.0), 0.0)
 
 
@@ -425,6 +437,7 @@ def _distr_fwd_kernel(
     SPLIT_W: tl.constexpr, STORE_QE: tl.constexpr, GB_GRAM_DOT: tl.constexpr, WS: tl.constexpr = False,
     SCALE_AFTER_MAX: tl.constexpr = False, SIGMA2_DIFF: tl.constexpr = False, TILE_ORDER: tl.constexpr = 0,
     EXP_FMA: tl.constexpr = 0, RESCALE_SLACK: tl.constexpr = 0.0, BAND_EXACT: tl.constexpr = False,
+    SIGMA2_DEFER: tl.constexpr = False,
 ):
     """One program: one query tile of BLOCK_M rows of one (batch, query head); on the reduced path
     (not EXPANDED) the tile is one grouping block.
@@ -432,7 +445,8 @@ def _distr_fwd_kernel(
     Plain key tiles are BLOCK_N wide; the tiles that meet the exact band (both products, two score
     tiles live) step by BAND_N, a divisor of BLOCK_N, inside the same BLOCK_N-aligned band segment.
     With BAND_EXACT the band segment's BLOCK_N tiles that lie inside the band for every row of the tile
-    (``_inside_band``) take the exact product alone. The σ² pass over the band steps by BAND_N.
+    (``_inside_band``) take the exact product alone. The σ² pass over the band steps by BAND_N; with
+    SIGMA2_DEFER it sums over the keys once, after its loop (``_band_sigma2``).
 
     With FUSED_GROUPING the program first computes its block's grouping (and rank1 weights) itself
     (``grouping_triton.group_block``: the same function as the grouping kernel, written to GRP / WB, then
@@ -534,7 +548,7 @@ def _distr_fwd_kernel(
         sigma2 = _band_sigma2(qt, band_lo, band_hi, Q, KG, GRP_B, WB_B, K, KD, b, hk, MASKP, offs_m, N, M, WINDOW,
                               scale, stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn,
                               stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_M, BAND_N, FUSION_MEAN, CAUSAL,
-                              MASK_KIND, DOT_PREC, DOT_T, EXPANDED, TMA_N, SIGMA2_DIFF)
+                              MASK_KIND, DOT_PREC, DOT_T, EXPANDED, TMA_N, SIGMA2_DIFF, SIGMA2_DEFER)
         corr2 = half_corr * sigma2 * 1.4426950408889634
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -819,6 +833,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         WS=cfg.warp_specialize and not interpreting(), SCALE_AFTER_MAX=cfg.scale_after_max,
         SIGMA2_DIFF=cfg.sigma2_diff and expanded, TILE_ORDER=order,
         EXP_FMA=cfg.exp_fma, RESCALE_SLACK=slack, BAND_EXACT=cfg.band_exact_tiles,
+        SIGMA2_DEFER=cfg.sigma2_deferred_sums,
         **_fused_grouping_meta(gl),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )

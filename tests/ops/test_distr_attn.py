@@ -663,6 +663,46 @@ def test_band_exact_tiles_interpreter(case):
                        _triton_forward(q, k, v, config=wide, **kw))
 
 
+@interpreter_only
+@pytest.mark.parametrize("case", [CPU_CASES[i] for i in (10, 11, 12, 13, 15)] + [
+    (1, 2, 2, 190, 150, 32, 2, "rank1", 64, 96, 0.5, True, None),  # N > M, causal: leading rows fully masked
+    (1, 2, 1, 160, 160, 32, 2, "mean", 64, 96, 0.5, False, "pad", "reduced"),  # Q̃ K̃ᵀ path, GQA
+    (1, 2, 2, 120, 120, 32, 2, "rank1", 32, 24, 1.0, False, None, "diff"),  # with σ² by one dot
+], ids=lambda c: "-".join(map(str, c)))
+def test_sigma2_deferred_sums_interpreter(case):
+    """``FwdConfig.sigma2_deferred_sums`` (the σ² pass sums over the keys once, the counts closed-form without a
+    tensor mask): the reference's output and the plain kernel's lse, with and without tensor masks, causal with
+    N != M (rows with no band keys), both grouped paths; the correction moves the output, so a wrong σ² would show."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    way = case[13] if len(case) > 13 else None
+    q, k, v, kw, ref = _case_call(case[:13])
+    d, G, block_m, W, c = case[5], case[6], case[8], case[9], case[10]
+    assert W > 0 and c > 0
+    base = fwd_config(d, G, block_m, exact_window=W, grouped_qk="reduced" if way == "reduced" else None)
+    base = replace(base, sigma2_diff=way == "diff")
+    plain, plain_lse = _triton_forward(q, k, v, config=base, return_lse=True, **kw)[:2]
+    out, lse = _triton_forward(q, k, v, config=replace(base, sigma2_deferred_sums=True), return_lse=True, **kw)[:2]
+    assert rel_err(out, ref) < 1e-5, rel_err(out, ref)
+    assert rel_err(out, plain) < 1e-6, rel_err(out, plain)
+    fin = torch.isfinite(plain_lse)
+    assert torch.equal(fin, torch.isfinite(lse)) and torch.allclose(lse[fin], plain_lse[fin], atol=1e-5)
+    assert torch.equal(out.abs().sum(-1) == 0, ref.abs().sum(-1) == 0)
+    uncorrected = reference_distr_attention(q, k, v, **{**{n: kw[n] for n in kw if n not in ("query_valid", "groups")},
+                                                         "window_correction": 0.0})
+    assert rel_err(uncorrected, ref) > 1e-4
+
+
+def test_sigma2_deferred_sums_switch(monkeypatch):
+    """DISTR_FWD_SIGMA2_DEFERRED reaches the table; the table keeps the per-tile sums (not yet checked on the GPU)."""
+    from distr_patch.ops import configs
+
+    assert configs.fwd_config(64, 2, 128, exact_window=128, interpret=False).sigma2_deferred_sums is False
+    monkeypatch.setattr(configs, "DEFAULT_FWD_SIGMA2_DEFER", True)
+    assert configs.fwd_config(64, 2, 128, exact_window=128, interpret=False).sigma2_deferred_sums is True
+
+
 def test_band_exact_tiles_switch(monkeypatch):
     """DISTR_FWD_BAND_EXACT_TILES reaches the table (0/1; other values a named error); the table's choice."""
     from distr_patch.ops import configs
@@ -744,6 +784,26 @@ def test_band_exact_tiles_gpu(d, G, fusion, W, causal):
     ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
     assert rel_err(out, ref) <= 1e-2, rel_err(out, ref)
     assert rel_err(out, plain) <= 2e-3, rel_err(out, plain)
+    assert torch.allclose(lse, plain_lse, atol=1e-3, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("mask_kind", [None, "pad"])
+@pytest.mark.parametrize("d,G,fusion,W,causal", [(64, 2, "rank1", 128, True), (64, 2, "mean", 128, False),
+                                                 (128, 2, "rank1", 128, False), (128, 2, "rank1", 128, True)])
+def test_sigma2_deferred_sums_gpu(d, G, fusion, W, causal, mask_kind):
+    """FwdConfig.sigma2_deferred_sums at real sizes, bf16, a tail and GQA, with and without a padding mask: within
+    1e-2 of the reference, within 1e-3 of the plain kernel's output (σ² summed in another order) and its lse."""
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    q, k, v, kw, base = _gpu_option_case(d + G + W + 7, d, G, fusion, W, causal)
+    kw["attention_mask"] = make_mask(mask_kind, 2, 8, 3000, 3000, torch.Generator().manual_seed(d), "cuda")
+    plain, plain_lse = _triton_forward(q, k, v, config=base, return_lse=True, **kw)[:2]
+    out, lse = _triton_forward(q, k, v, config=replace(base, sigma2_deferred_sums=True), return_lse=True, **kw)[:2]
+    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
+    assert rel_err(out, ref) <= 1e-2, rel_err(out, ref)
+    assert rel_err(out, plain) <= 1e-3, rel_err(out, plain)
     assert torch.allclose(lse, plain_lse, atol=1e-3, rtol=1e-5)
 
 
