@@ -50,7 +50,7 @@ class FwdConfig:
     scale_after_max: bool = False
     # the exact window's σ² pass (expanded path): grouped − exact scores by one dot, (Q_eff − Q) Kᵀ, per band tile
     # instead of two (Q_eff − Q rounded once to the dot type). Timed: -2% to +6% (H200, twenty-first session); with
-    # the pass stepping by block_n keys instead of band_block_n, 2-25% slower (H100, thirty-sixth session): off
+    # the pass stepping by block_n keys instead of band_block_n, 2-24% slower (H100, thirty-sixth session): off
     sigma2_diff: bool = False
     # the exact window's band segment: its key tiles that lie inside the band for every row of the query tile (with
     # W=128 and 128-row tiles the diagonal 128 keys, a third of the band's tiles without causal masking and half with
