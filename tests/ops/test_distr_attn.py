@@ -730,6 +730,19 @@ def _gpu_option_case(seed, d, G, fusion, W, causal):
     return q, k, v, kw, fwd_config(d, G, 128, exact_window=W)
 
 
+def _same_call_with_option_gpu(q, k, v, kw, base, option: dict, max_vs_plain: float):
+    """The call with ``base`` changed by ``option`` (FwdConfig fields) against the reference (1e-2) and against
+    ``base``'s own output (``max_vs_plain``: the option's other rounding) and lse (1e-3)."""
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    plain, plain_lse = _triton_forward(q, k, v, config=base, return_lse=True, **kw)[:2]
+    out, lse = _triton_forward(q, k, v, config=replace(base, **option), return_lse=True, **kw)[:2]
+    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
+    assert rel_err(out, ref) <= 1e-2, rel_err(out, ref)
+    assert rel_err(out, plain) <= max_vs_plain, rel_err(out, plain)
+    assert torch.allclose(lse, plain_lse, atol=1e-3, rtol=1e-5)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
 @pytest.mark.parametrize("share", [2, 4])
@@ -776,15 +789,8 @@ def test_band_exact_tiles_gpu(d, G, fusion, W, causal):
     """FwdConfig.band_exact_tiles at real sizes, bf16, a tail and GQA: within 1e-2 of the reference, within 2e-3 of
     the plain kernel's output (the exact-only tiles are wider than the band's sub-tiles: other rounding) and its lse
     within 1e-3."""
-    from distr_patch.ops.distr_attn import _triton_forward
-
     q, k, v, kw, base = _gpu_option_case(d + G + W, d, G, fusion, W, causal)
-    plain, plain_lse = _triton_forward(q, k, v, config=base, return_lse=True, **kw)[:2]
-    out, lse = _triton_forward(q, k, v, config=replace(base, band_exact_tiles=True), return_lse=True, **kw)[:2]
-    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
-    assert rel_err(out, ref) <= 1e-2, rel_err(out, ref)
-    assert rel_err(out, plain) <= 2e-3, rel_err(out, plain)
-    assert torch.allclose(lse, plain_lse, atol=1e-3, rtol=1e-5)
+    _same_call_with_option_gpu(q, k, v, kw, base, dict(band_exact_tiles=True), 2e-3)
 
 
 @pytest.mark.gpu
@@ -795,16 +801,9 @@ def test_band_exact_tiles_gpu(d, G, fusion, W, causal):
 def test_sigma2_deferred_sums_gpu(d, G, fusion, W, causal, mask_kind):
     """FwdConfig.sigma2_deferred_sums at real sizes, bf16, a tail and GQA, with and without a padding mask: within
     1e-2 of the reference, within 1e-3 of the plain kernel's output (σ² summed in another order) and its lse."""
-    from distr_patch.ops.distr_attn import _triton_forward
-
     q, k, v, kw, base = _gpu_option_case(d + G + W + 7, d, G, fusion, W, causal)
     kw["attention_mask"] = make_mask(mask_kind, 2, 8, 3000, 3000, torch.Generator().manual_seed(d), "cuda")
-    plain, plain_lse = _triton_forward(q, k, v, config=base, return_lse=True, **kw)[:2]
-    out, lse = _triton_forward(q, k, v, config=replace(base, sigma2_deferred_sums=True), return_lse=True, **kw)[:2]
-    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n != "groups"})
-    assert rel_err(out, ref) <= 1e-2, rel_err(out, ref)
-    assert rel_err(out, plain) <= 1e-3, rel_err(out, plain)
-    assert torch.allclose(lse, plain_lse, atol=1e-3, rtol=1e-5)
+    _same_call_with_option_gpu(q, k, v, kw, base, dict(sigma2_deferred_sums=True), 1e-3)
 
 
 @pytest.mark.gpu
