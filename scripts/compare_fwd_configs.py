@@ -42,6 +42,10 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
                    and that with the σ² pass by one dot
     expanded sigma2-deferred   (--sigma2-deferred) window variants with a correction: the default config with the σ²
                    pass summing over the keys once after its loop (FwdConfig.sigma2_deferred_sums)
+    expanded band-first (+sigma2-deferred)   (--band-first) window variants with a correction: no σ² pass; the band's
+                   tiles first, σ² from their own two products, their grouped entries apart until σ² is known
+                   (FwdConfig.band_first), also with σ² summed once after the band (sigma2_deferred_sums) or by one
+                   dot (sigma2_diff)
     window's tiles / expanded band64   (--window-parts) where the window's time goes: a variant without a window
                    run on the window's config (its plain tiles' cost), and window variants with 64-key band tiles;
                    with the variant "G2 r1 W128 c0" (the band without the σ² pass) the three parts separate
@@ -120,6 +124,10 @@ def configs(d, G, window, block_m):
     if args.sigma2_deferred and window:
         out.append(("expanded sigma2-deferred" if not ex.sigma2_deferred_sums else "expanded sigma2 per tile",
                     replace(ex, sigma2_deferred_sums=not ex.sigma2_deferred_sums)))
+    if args.band_first and window:
+        out += [("expanded band-first", replace(ex, band_first=True, sigma2_deferred_sums=False)),
+                ("expanded band-first+sigma2-deferred", replace(ex, band_first=True, sigma2_deferred_sums=True)),
+                ("expanded band-first+sigma2-diff", replace(ex, band_first=True, sigma2_diff=True))]
     if args.window_parts and not window:  # the plain tiles at the window's config: what the config alone costs
         out.append(("window's tiles", fwd_config(d, G, block_m, exact_window=128, grouped_qk="expanded")))
     if args.window_parts and window and ex.band_block_n != 64:
@@ -223,6 +231,9 @@ ap.add_argument("--band-exact", action="store_true",
 ap.add_argument("--sigma2-deferred", action="store_true",
                 help="window variants: add the σ² pass summing over the keys once after its loop "
                      "(FwdConfig.sigma2_deferred_sums)")
+ap.add_argument("--band-first", action="store_true",
+                help="window variants: add no σ² pass, the band's tiles first with σ² from their own products "
+                     "(FwdConfig.band_first), with per-tile and deferred σ² sums")
 ap.add_argument("--window-parts", action="store_true",
                 help="add the window's config without a window, and 64-key band tiles (with the variant "
                      "'G2 r1 W128 c0': the window's cost in parts)")

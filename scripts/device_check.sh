@@ -53,6 +53,10 @@
 #             reference tests at real sizes with sigma2_deferred_sums on (the table's config), then W128 with no
 #             correction (c0: no σ² pass) and with c.5 (rank1, mean; the σ² pass per tile and deferred) at N=4096 and
 #             16384: the c.5 − c0 gap is the σ² pass's cost.
+# band-first: the window without a σ² pass (FwdConfig.band_first: the band's tiles first, σ² from their own
+#             products; also with sigma2_deferred_sums): its GPU tests and the deferred sums', the kernel's reference
+#             tests at real sizes with band_first on, then W128 c.5 (rank1, mean) against the default and the
+#             deferred σ² pass at N=4096 and 16384, d=64/128, causal and not, 3 rotated rounds.
 # band-exact: the window's band tiles that lie inside the band by the exact product alone
 #             (FwdConfig.band_exact_tiles), with and without the σ² pass by one dot: its GPU tests, the kernel's
 #             reference tests with both on (the table's config), then against the default at N=4096 and 16384,
@@ -199,6 +203,14 @@ for step in "${steps[@]}"; do
            python scripts/compare_fwd_configs.py --variants "G2 r1 W128 c0" "G2 r1 W128 c.5" "G2 mean W128 c.5" \
              --d 64 128 --n 4096 16384 --no-reduced --sigma2-deferred --rounds 3 2>&1 | tee "$out/window-fwd.log" \
              | sed -n '/^| d |/,$p' || rc=1 ;;
+    band-first) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py \
+             -k "band_first or sigma2_deferred" 2>&1 | tee "$out/band-first-tests.log" | tail -3 || rc=1
+           DISTR_FWD_BAND_FIRST=1 python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu \
+             tests/ops/test_distr_attn.py -k "matches_reference and table" 2>&1 \
+             | tee -a "$out/band-first-tests.log" | tail -3 || rc=1
+           python scripts/compare_fwd_configs.py --variants "G2 r1 W128 c.5" "G2 mean W128 c.5" \
+             --d 64 128 --n 4096 16384 --no-reduced --sigma2-deferred --band-first --rounds 3 2>&1 \
+             | tee "$out/band-first.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     band-exact) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py \
              -k band_exact 2>&1 | tee "$out/band-exact-tests.log" | tail -3 || rc=1
            DISTR_FWD_BAND_EXACT_TILES=1 DISTR_FWD_SIGMA2_DIFF=1 python -m pytest -q -p no:cacheprovider \
@@ -273,7 +285,7 @@ PY
              "$out/ncu-$what.txt" | sed 's/  */ /g' ;;
     probe-sdpa) { python scripts/probe_sdpa_layout.py; python scripts/probe_sdpa_layout.py --batch 4 --heads 9 --kv-heads 3; } \
            2>&1 | tee "$out/probe-sdpa.log" | grep "^|\|^B=" || rc=1 ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa, probe-dqk, ncu-grouping, ncu-attention, exp-fma, qeff-scratch, rescale-slack, window-parts, band-exact, window-fwd)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa, probe-dqk, ncu-grouping, ncu-attention, exp-fma, qeff-scratch, rescale-slack, window-parts, band-exact, window-fwd, band-first)" >&2; exit 2 ;;
   esac
 done
 exit $rc

@@ -62,6 +62,12 @@ class FwdConfig:
     # without a tensor mask. The pass measured 0.38-0.57 ms of a 2.0-3.5 ms call at N=4096 (H100, thirty-sixth session:
     # the c=0.5 − c=0 gap); this way compiles with fewer spills at d=64 but is not yet checked on the GPU: off
     sigma2_deferred_sums: bool = False
+    # the exact window with a correction: no σ² pass. The band segment's tiles run before the others, their band
+    # entries only (exact), and take σ² from the two products they compute anyway; then the band tiles that hold
+    # entries outside the band (not those inside it for every row) run again for those, grouped and corrected.
+    # The same function; per band tile two score dots fewer, on the partial ones a score and a P·V dot more.
+    # (A second accumulator for the grouped entries, merged once σ² was known, spilled: 476-968 B at d=64.) Off
+    band_first: bool = False
     # the order programs start in (every order gives the same output, bit for bit): "natural" (query tile on the
     # grid's first axis, first tile first), "reversed" (per head the last query tile first), "heavy_first" (heads on
     # the first axis, the last query tiles of every head before earlier ones), "auto" (``fwd_config``'s choice:
@@ -165,6 +171,7 @@ DEFAULT_FUSED_GROUPING = _env_flag("DISTR_FWD_FUSED_GROUPING", None)
 DEFAULT_FWD_SIGMA2_DIFF = _env_flag("DISTR_FWD_SIGMA2_DIFF", None)  # FwdConfig.sigma2_diff; None: the table (off)
 # FwdConfig.sigma2_deferred_sums; None: the table (off)
 DEFAULT_FWD_SIGMA2_DEFER = _env_flag("DISTR_FWD_SIGMA2_DEFERRED", None)
+DEFAULT_FWD_BAND_FIRST = _env_flag("DISTR_FWD_BAND_FIRST", None)  # FwdConfig.band_first; None: the table (off)
 DEFAULT_FWD_BAND_EXACT = _env_flag("DISTR_FWD_BAND_EXACT_TILES", None)  # FwdConfig.band_exact_tiles; None: the table
 DEFAULT_FWD_TILE_ORDER = os.environ.get("DISTR_FWD_TILE_ORDER") or None  # FwdConfig.tile_order; None: the table
 DEFAULT_FWD_EXP_FMA = os.environ.get("DISTR_FWD_EXP_FMA") or None  # FwdConfig.exp_fma ("0", "2", "4"); None: the table
@@ -298,7 +305,7 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
                        masked, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,
                        DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING, DEFAULT_FWD_SIGMA2_DIFF,
                        DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA, DEFAULT_FWD_RESCALE_SLACK, DEFAULT_FWD_BAND_EXACT,
-                       DEFAULT_FWD_SIGMA2_DEFER)
+                       DEFAULT_FWD_SIGMA2_DEFER, DEFAULT_FWD_BAND_FIRST)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -306,7 +313,8 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
                 DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,  # noqa: N803
                 DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING,
                 DEFAULT_FWD_SIGMA2_DIFF, DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA,
-                DEFAULT_FWD_RESCALE_SLACK, DEFAULT_FWD_BAND_EXACT, DEFAULT_FWD_SIGMA2_DEFER) -> FwdConfig:
+                DEFAULT_FWD_RESCALE_SLACK, DEFAULT_FWD_BAND_EXACT, DEFAULT_FWD_SIGMA2_DEFER,
+                DEFAULT_FWD_BAND_FIRST) -> FwdConfig:
     """``fwd_config``'s body; the switches come in as arguments (so the memo sees them) under their global names."""
     mode = grouped_qk or DEFAULT_GROUPED_QK
     if mode not in ("reduced", "expanded"):
@@ -341,6 +349,8 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
         cfg = replace(cfg, band_exact_tiles=DEFAULT_FWD_BAND_EXACT)
     if DEFAULT_FWD_SIGMA2_DEFER is not None:
         cfg = replace(cfg, sigma2_deferred_sums=DEFAULT_FWD_SIGMA2_DEFER)
+    if DEFAULT_FWD_BAND_FIRST is not None:
+        cfg = replace(cfg, band_first=DEFAULT_FWD_BAND_FIRST)
     if DEFAULT_FWD_TILE_ORDER is not None:
         if DEFAULT_FWD_TILE_ORDER not in (*TILE_ORDERS, "auto"):
             raise ValueError(f"the environment variable DISTR_FWD_TILE_ORDER must be one of "

@@ -212,10 +212,11 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
                 MIXED: tl.constexpr, BOUNDS: tl.constexpr, CAUSAL: tl.constexpr, HAS_CORR: tl.constexpr,
                 MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, EXPANDED: tl.constexpr,
                 TMA_N: tl.constexpr, WS: tl.constexpr = False, SCALE_AFTER_MAX: tl.constexpr = False,
-                EXP_FMA: tl.constexpr = 0, RESCALE_SLACK: tl.constexpr = 0.0):
+                EXP_FMA: tl.constexpr = 0, RESCALE_SLACK: tl.constexpr = 0.0, OUTSIDE_BAND: tl.constexpr = False):
     """Online softmax over key tiles [lo, hi): scores in log2 units, exact P·V.
 
-    MIXED: the tiles meet the exact band and compute both products. BOUNDS: the tiles need
+    MIXED: the tiles meet the exact band and compute both products. OUTSIDE_BAND: the tiles meet the band, whose
+    entries ran already (``_band_first_tiles``): the grouped scores outside it only. BOUNDS: the tiles need
     the key-range and causal checks. The tensor mask (MASK_KIND) applies everywhere.
     EXPANDED: ``qt`` is Q_eff [BLOCK_M, D_PAD] and the grouped scores are Q_eff Kᵀ on the key
     tile as loaded (one tile serves both products when MIXED); else ``qt`` is Q̃ [BLOCK_M, DG_PAD]
@@ -235,7 +236,7 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
     for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WS):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         # log2 scores: raw dot · qk_scale2 − the row's correction (+ the additive mask, or the band's exact scores)
-        AFFINE: tl.constexpr = SCALE_AFTER_MAX and (not MIXED) and MASK_KIND != 2
+        AFFINE: tl.constexpr = SCALE_AFTER_MAX and (not MIXED) and (not OUTSIDE_BAND) and MASK_KIND != 2
         EXP_SPLIT: tl.constexpr = EXP_FMA if not BOUNDS and MASK_KIND == 0 else 0
         if EXACT:
             s = _exact_qk(q_full, K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N,
@@ -260,6 +261,9 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
             if MIXED:
                 dist = offs_m[:, None] + (M - N) - offs_n[None, :]
                 s = tl.where((dist < WINDOW) & (dist > -WINDOW), se * qk_scale2, s)
+            if OUTSIDE_BAND:
+                dist = offs_m[:, None] + (M - N) - offs_n[None, :]
+                s = tl.where((dist < WINDOW) & (dist > -WINDOW), float("-inf"), s)
             if MASK_KIND == 2:
                 mv = tl.load(MASKP + offs_m[:, None] * stride_mn + offs_n[None, :] * stride_mm,
                              mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=float("-inf"))
@@ -356,16 +360,97 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, KD, kb, kh, MASKP, offs_m, N
     if DEFER_SUMS:
         sq_row = tl.sum(sq, 1)
         cnt_row = cnt
-        if MASK_KIND == 0:  # keys j with |i + off - j| < WINDOW in [0, M) (and j <= i + off with causal masking)
-            diag = offs_m + (M - N)
-            last = tl.minimum(diag + WINDOW - 1, M - 1)
-            if CAUSAL:
-                last = tl.minimum(last, diag)
-            cnt_row = tl.maximum(last - tl.maximum(diag - WINDOW + 1, 0) + 1, 0).to(tl.float32)
+        if MASK_KIND == 0:
+            cnt_row = _band_count(offs_m, N, M, WINDOW, CAUSAL)
     else:
         sq_row = sq
         cnt_row = cnt
     return tl.where(cnt_row > 0, sq_row / tl.maximum(cnt_row, 1.0), 0.0)
+
+
+@triton.jit
+def _band_count(offs_m, N, M, WINDOW, CAUSAL: tl.constexpr):
+    """Each row's count of band keys it may attend without a tensor mask: keys j with |i + M - N - j| < WINDOW in
+    [0, M) (and j <= i + M - N with causal masking). fp32 [BLOCK_M]."""
+    diag = offs_m + (M - N)
+    last = tl.minimum(diag + WINDOW - 1, M - 1)
+    if CAUSAL:
+        last = tl.minimum(last, diag)
+    return tl.maximum(last - tl.maximum(diag - WINDOW + 1, 0) + 1, 0).to(tl.float32)
+
+
+@triton.jit
+def _band_first_tiles(acc, m_i, l_i, qt, lo, hi, Q, KG, GRP_B, WB_B, K, V, KD, VD, kb, kh, MASKP, offs_m, N, M,
+                      WINDOW, scale, qk_scale2, stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd,
+                      stride_vn, stride_vd, stride_mn, stride_mm,
+                      HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, DG: tl.constexpr,
+                      DG_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FUSION_MEAN: tl.constexpr,
+                      CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr,
+                      EXPANDED: tl.constexpr, TMA_N: tl.constexpr, DEFER_SUMS: tl.constexpr,
+                      SIGMA2_DIFF: tl.constexpr):
+    """The band segment's key tiles [lo, hi) with their band entries only, exact, and σ² from the same two products
+    (no σ² pass before the keys): online softmax over |i + M - N - j| < WINDOW, the other entries left for a
+    second visit of the tiles that have some (``_attn_tiles`` with OUTSIDE_BAND, once σ² is known).
+    SIGMA2_DIFF: as in ``_band_sigma2``. Returns (acc, m_i, l_i, σ² per row)."""
+    q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
+    if EXPANDED and SIGMA2_DIFF:
+        dq = (qt.to(tl.float32) - q_full.to(tl.float32)).to(DOT_T)
+    if DEFER_SUMS:
+        sq = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    else:
+        sq = tl.zeros([BLOCK_M], dtype=tl.float32)
+    cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        if EXPANDED:  # Q_eff and Q against the same key tile
+            kt = _load_kt(K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_T,
+                          TMA_N)
+            se = tl.dot(q_full, kt, input_precision=DOT_PREC)
+            if SIGMA2_DIFF:
+                raw_diff = tl.dot(dq, kt, input_precision=DOT_PREC)
+            else:
+                raw_diff = tl.dot(qt, kt, input_precision=DOT_PREC) - se
+        else:
+            sg = tl.dot(qt, _grouped_kt(KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD,
+                                        BLOCK_N, FUSION_MEAN, True, DOT_T), input_precision=DOT_PREC)
+            se = _exact_qk(q_full, K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True,
+                           DOT_PREC, TMA_N)
+            raw_diff = sg - se
+        dist = offs_m[:, None] + (M - N) - offs_n[None, :]
+        sel = (dist < WINDOW) & (dist > -WINDOW)
+        sel = sel & _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm, CAUSAL, True, MASK_KIND)
+        s = se * qk_scale2
+        if MASK_KIND == 2:
+            mv = tl.load(MASKP + offs_m[:, None] * stride_mn + offs_n[None, :] * stride_mm,
+                         mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=float("-inf"))
+            s = s + mv * 1.4426950408889634
+            sel = sel & (mv > float("-inf"))
+        s = tl.where(sel, s, float("-inf"))  # sel: the band entries the row may attend, which σ² averages over
+        diff = raw_diff * scale
+        if DEFER_SUMS:
+            sq += tl.where(sel, diff * diff, 0.0)
+        else:
+            sq += tl.sum(tl.where(sel, diff * diff, 0.0), 1)
+        if not DEFER_SUMS or MASK_KIND != 0:
+            cnt += tl.sum(sel.to(tl.float32), 1)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        v = _load_v(V, VD, kb, kh, start_n, M, stride_vn, stride_vd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_T, TMA_N)
+        acc = tl.dot(p.to(DOT_T), v, acc, input_precision=DOT_PREC)
+        m_i = m_new
+    if DEFER_SUMS:
+        sq_row = tl.sum(sq, 1)
+        cnt_row = cnt
+        if MASK_KIND == 0:
+            cnt_row = _band_count(offs_m, N, M, WINDOW, CAUSAL)
+    else:
+        sq_row = sq
+        cnt_row = cnt
+    return acc, m_i, l_i, tl.where(cnt_row > 0, sq_row / tl.maximum(cnt_row, 1.0), 0.0)
 
 
 @triton.jit
@@ -437,7 +522,7 @@ def _distr_fwd_kernel(
     SPLIT_W: tl.constexpr, STORE_QE: tl.constexpr, GB_GRAM_DOT: tl.constexpr, WS: tl.constexpr = False,
     SCALE_AFTER_MAX: tl.constexpr = False, SIGMA2_DIFF: tl.constexpr = False, TILE_ORDER: tl.constexpr = 0,
     EXP_FMA: tl.constexpr = 0, RESCALE_SLACK: tl.constexpr = 0.0, BAND_EXACT: tl.constexpr = False,
-    SIGMA2_DEFER: tl.constexpr = False,
+    SIGMA2_DEFER: tl.constexpr = False, BAND_FIRST: tl.constexpr = False,
 ):
     """One program: one query tile of BLOCK_M rows of one (batch, query head); on the reduced path
     (not EXPANDED) the tile is one grouping block.
@@ -446,7 +531,10 @@ def _distr_fwd_kernel(
     tiles live) step by BAND_N, a divisor of BLOCK_N, inside the same BLOCK_N-aligned band segment.
     With BAND_EXACT the band segment's BLOCK_N tiles that lie inside the band for every row of the tile
     (``_inside_band``) take the exact product alone. The σ² pass over the band steps by BAND_N; with
-    SIGMA2_DEFER it sums over the keys once, after its loop (``_band_sigma2``).
+    SIGMA2_DEFER it sums over the keys once, after its loop (``_band_sigma2``). With BAND_FIRST (and a correction)
+    there is no σ² pass: the band segment's tiles run first, their band entries only, and take σ² from their own
+    two products (``_band_first_tiles``); the band tiles with entries outside the band then run again for those
+    (OUTSIDE_BAND: grouped, corrected).
 
     With FUSED_GROUPING the program first computes its block's grouping (and rank1 weights) itself
     (``grouping_triton.group_block``: the same function as the grouping kernel, written to GRP / WB, then
@@ -542,8 +630,33 @@ def _distr_fwd_kernel(
     # ---- key ranges: [0,a) plain | [a,b) band: exact+grouped, checked | [b,c) plain | [c,hi) checked
     hi, seg_a, seg_b, seg_c, _bl, _bh = _key_segments(m0, N, M, WINDOW, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
 
+    BAND_DONE: tl.constexpr = HAS_CORR and BAND_FIRST  # the band segment ran first (σ² from its own products)
     corr2 = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if HAS_CORR:  # σ² first, from the band tiles, so every grouped score can be corrected
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    if BAND_DONE:
+        acc, m_i, l_i, sigma2 = _band_first_tiles(
+            acc, m_i, l_i, qt, seg_a, tl.minimum(seg_b, hi), Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m,
+            N, M, WINDOW, scale, qk_scale2, stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd,
+            stride_vn, stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_M, BAND_N, FUSION_MEAN,
+            CAUSAL, MASK_KIND, DOT_PREC, DOT_T, EXPANDED, TMA_N, SIGMA2_DEFER, SIGMA2_DIFF)
+        corr2 = half_corr * sigma2 * 1.4426950408889634
+        # the band's tiles again where some row has keys outside the band: those entries, grouped and corrected
+        x_lo, x_hi = _inside_band(m0, N, M, WINDOW, seg_a, seg_b, BLOCK_M, BAND_N)
+        acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_a, tl.minimum(x_lo, hi),
+                                    Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                                    stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
+                                    stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BAND_N,
+                                    EXACT, FUSION_MEAN, False, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
+                                    EXPANDED, TMA_N, False, SCALE_AFTER_MAX, EXP_FMA, RESCALE_SLACK, True)
+        acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, x_hi, tl.minimum(seg_b, hi),
+                                    Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
+                                    stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
+                                    stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BAND_N,
+                                    EXACT, FUSION_MEAN, False, True, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
+                                    EXPANDED, TMA_N, False, SCALE_AFTER_MAX, EXP_FMA, RESCALE_SLACK, True)
+    elif HAS_CORR:  # σ² first, from the band tiles, so every grouped score can be corrected
         _h, _a, _b, _c, band_lo, band_hi = _key_segments(m0, N, M, WINDOW, BLOCK_M, BAND_N, CAUSAL, HAS_WINDOW)
         sigma2 = _band_sigma2(qt, band_lo, band_hi, Q, KG, GRP_B, WB_B, K, KD, b, hk, MASKP, offs_m, N, M, WINDOW,
                               scale, stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn,
@@ -551,16 +664,13 @@ def _distr_fwd_kernel(
                               MASK_KIND, DOT_PREC, DOT_T, EXPANDED, TMA_N, SIGMA2_DIFF, SIGMA2_DEFER)
         corr2 = half_corr * sigma2 * 1.4426950408889634
 
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, 0, tl.minimum(seg_a, hi),
                                 Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                 stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
                                 stride_vd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD, BLOCK_N, EXACT,
                                 FUSION_MEAN, False, False, CAUSAL, HAS_CORR, MASK_KIND, DOT_PREC, DOT_T,
                                 EXPANDED, TMA_N, WS, SCALE_AFTER_MAX, EXP_FMA, RESCALE_SLACK)
-    if HAS_WINDOW:
+    if HAS_WINDOW and not BAND_DONE:
         # the band segment [a, b): with BAND_EXACT its key tiles [x_lo, x_hi) that lie inside the band for every
         # row of the tile take the exact product alone (one dot, one score tile), the rest both products
         x_lo = seg_b
@@ -588,6 +698,7 @@ def _distr_fwd_kernel(
                                         DG_PAD, BAND_N, EXACT, FUSION_MEAN, True, True, CAUSAL, HAS_CORR, MASK_KIND,
                                         DOT_PREC, DOT_T, EXPANDED, TMA_N, False, SCALE_AFTER_MAX, EXP_FMA,
                                         RESCALE_SLACK)
+    if HAS_WINDOW:
         acc, m_i, l_i = _attn_tiles(acc, m_i, l_i, corr2, qt, seg_b, tl.minimum(seg_c, hi),
                                     Q, KG, GRP_B, WB_B, K, V, KD, VD, b, hk, MASKP, offs_m, N, M, WINDOW, qk_scale2,
                                     stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_vn,
@@ -833,7 +944,7 @@ def _triton_forward(q, k, v, *, group_size, block_m, fusion, exact_window, windo
         WS=cfg.warp_specialize and not interpreting(), SCALE_AFTER_MAX=cfg.scale_after_max,
         SIGMA2_DIFF=cfg.sigma2_diff and expanded, TILE_ORDER=order,
         EXP_FMA=cfg.exp_fma, RESCALE_SLACK=slack, BAND_EXACT=cfg.band_exact_tiles,
-        SIGMA2_DEFER=cfg.sigma2_deferred_sums,
+        SIGMA2_DEFER=cfg.sigma2_deferred_sums, BAND_FIRST=cfg.band_first,
         **_fused_grouping_meta(gl),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
     )

@@ -694,6 +694,50 @@ def test_sigma2_deferred_sums_interpreter(case):
     assert rel_err(uncorrected, ref) > 1e-4
 
 
+@interpreter_only
+@pytest.mark.parametrize("defer", [False, True])
+@pytest.mark.parametrize("case", [CPU_CASES[i] for i in (10, 11, 12, 13, 15)] + [
+    (1, 2, 2, 190, 150, 32, 2, "rank1", 64, 96, 0.5, True, None),  # N > M, causal: leading rows fully masked
+    (1, 2, 1, 160, 160, 32, 2, "mean", 64, 96, 0.5, False, "pad", "reduced"),  # Q̃ K̃ᵀ path, GQA
+    (1, 2, 2, 120, 120, 32, 2, "rank1", 32, 24, 4.0, False, "float"),  # a strong correction, additive mask
+    (1, 2, 2, 120, 120, 32, 2, "mean", 64, 40, 1.0, True, None, "diff"),  # with σ² by one dot
+], ids=lambda c: "-".join(map(str, c)))
+def test_band_first_interpreter(case, defer):
+    """``FwdConfig.band_first`` (no σ² pass: the band's tiles first, σ² from their own two products, their grouped
+    entries in a second accumulator until σ² is known), with per-tile and deferred σ² sums: the reference's output
+    and the plain kernel's lse, with and without tensor masks, causal with N != M, both grouped paths. The
+    correction moves the output, so grouped entries merged without it (or with a wrong σ²) would show."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    way = case[13] if len(case) > 13 else None
+    q, k, v, kw, ref = _case_call(case[:13])
+    d, G, block_m, W, c = case[5], case[6], case[8], case[9], case[10]
+    assert W > 0 and c > 0
+    base = fwd_config(d, G, block_m, exact_window=W, grouped_qk="reduced" if way == "reduced" else None)
+    base = replace(base, sigma2_diff=way == "diff")
+    plain, plain_lse = _triton_forward(q, k, v, config=base, return_lse=True, **kw)[:2]
+    cfg = replace(base, band_first=True, sigma2_deferred_sums=defer)
+    out, lse = _triton_forward(q, k, v, config=cfg, return_lse=True, **kw)[:2]
+    assert rel_err(out, ref) < 1e-5, rel_err(out, ref)
+    assert rel_err(out, plain) < 1e-5, rel_err(out, plain)
+    fin = torch.isfinite(plain_lse)
+    assert torch.equal(fin, torch.isfinite(lse)) and torch.allclose(lse[fin], plain_lse[fin], atol=1e-5)
+    assert torch.equal(out.abs().sum(-1) == 0, ref.abs().sum(-1) == 0)
+    uncorrected = reference_distr_attention(q, k, v, **{**{n: kw[n] for n in kw if n not in ("query_valid", "groups")},
+                                                         "window_correction": 0.0})
+    assert rel_err(uncorrected, ref) > 1e-4
+
+
+def test_band_first_switch(monkeypatch):
+    """DISTR_FWD_BAND_FIRST reaches the table; the table keeps the σ² pass (band_first off)."""
+    from distr_patch.ops import configs
+
+    assert configs.fwd_config(64, 2, 128, exact_window=128, interpret=False).band_first is False
+    monkeypatch.setattr(configs, "DEFAULT_FWD_BAND_FIRST", True)
+    assert configs.fwd_config(64, 2, 128, exact_window=128, interpret=False).band_first is True
+
+
 def test_sigma2_deferred_sums_switch(monkeypatch):
     """DISTR_FWD_SIGMA2_DEFERRED reaches the table; the table keeps the per-tile sums (not yet checked on the GPU)."""
     from distr_patch.ops import configs
@@ -804,6 +848,21 @@ def test_sigma2_deferred_sums_gpu(d, G, fusion, W, causal, mask_kind):
     q, k, v, kw, base = _gpu_option_case(d + G + W + 7, d, G, fusion, W, causal)
     kw["attention_mask"] = make_mask(mask_kind, 2, 8, 3000, 3000, torch.Generator().manual_seed(d), "cuda")
     _same_call_with_option_gpu(q, k, v, kw, base, dict(sigma2_deferred_sums=True), 1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("defer", [False, True])
+@pytest.mark.parametrize("mask_kind", [None, "pad"])
+@pytest.mark.parametrize("d,G,fusion,W,causal", [(64, 2, "rank1", 128, True), (64, 2, "mean", 128, False),
+                                                 (128, 2, "rank1", 128, False), (128, 2, "rank1", 128, True)])
+def test_band_first_gpu(d, G, fusion, W, causal, mask_kind, defer):
+    """FwdConfig.band_first at real sizes, bf16, a tail and GQA, with and without a padding mask and deferred σ²
+    sums: within 1e-2 of the reference, within 2e-3 of the plain kernel's output (P rounded to bf16 before the
+    grouped part's factor) and its lse."""
+    q, k, v, kw, base = _gpu_option_case(d + G + W + 11, d, G, fusion, W, causal)
+    kw["attention_mask"] = make_mask(mask_kind, 2, 8, 3000, 3000, torch.Generator().manual_seed(d), "cuda")
+    _same_call_with_option_gpu(q, k, v, kw, base, dict(band_first=True, sigma2_deferred_sums=defer), 2e-3)
 
 
 @pytest.mark.gpu
