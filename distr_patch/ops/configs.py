@@ -59,9 +59,11 @@ class FwdConfig:
     band_exact_tiles: bool = False
     # the exact window's σ² pass: each row's squared errors added up in a [block_m, band_block_n] tile and summed over
     # the keys once after the pass (no row reductions per key tile), the count of attendable band keys closed-form
-    # without a tensor mask. The pass measured 0.38-0.57 ms of a 2.0-3.5 ms call at N=4096 (H100, thirty-sixth session:
-    # the c=0.5 − c=0 gap); this way compiles with fewer spills at d=64 but is not yet checked on the GPU: off
-    sigma2_deferred_sums: bool = False
+    # without a tensor mask; False: both summed per key tile. The pass measured 0.38-0.57 ms of a 2.0-3.5 ms call at
+    # N=4096 (H100, thirty-sixth session: the c=0.5 − c=0 gap). This way the whole call was 3-14% faster at N=4096,
+    # d=64/128, causal and not, rank1 and mean, and at 16384 except d=128 without causal masking (4-6% slower)
+    # (H100, thirty-seventh session): on
+    sigma2_deferred_sums: bool = True
     # the exact window with a correction: no σ² pass. The band segment's tiles run before the others, their band
     # entries only (exact), and take σ² from the two products they compute anyway; then the band tiles that hold
     # entries outside the band (not those inside it for every row) run again for those, grouped and corrected.
@@ -169,7 +171,7 @@ DEFAULT_FWD_SCALE_AFTER_MAX = _env_flag("DISTR_FWD_SCALE_AFTER_MAX", None)
 # acts only where a program's query tile is one grouping block (block_m = 128 on the GPU); G = 1 has no grouping.
 DEFAULT_FUSED_GROUPING = _env_flag("DISTR_FWD_FUSED_GROUPING", None)
 DEFAULT_FWD_SIGMA2_DIFF = _env_flag("DISTR_FWD_SIGMA2_DIFF", None)  # FwdConfig.sigma2_diff; None: the table (off)
-# FwdConfig.sigma2_deferred_sums; None: the table (off)
+# FwdConfig.sigma2_deferred_sums; None: the table (on)
 DEFAULT_FWD_SIGMA2_DEFER = _env_flag("DISTR_FWD_SIGMA2_DEFERRED", None)
 DEFAULT_FWD_BAND_FIRST = _env_flag("DISTR_FWD_BAND_FIRST", None)  # FwdConfig.band_first; None: the table (off)
 DEFAULT_FWD_BAND_EXACT = _env_flag("DISTR_FWD_BAND_EXACT_TILES", None)  # FwdConfig.band_exact_tiles; None: the table
