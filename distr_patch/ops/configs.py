@@ -62,13 +62,15 @@ class FwdConfig:
     # without a tensor mask; False: both summed per key tile. The pass measured 0.38-0.57 ms of a 2.0-3.5 ms call at
     # N=4096 (H100, thirty-sixth session: the c=0.5 − c=0 gap). This way the whole call was 3-14% faster at N=4096,
     # d=64/128, causal and not, rank1 and mean, and at 16384 except d=128 without causal masking (4-6% slower)
-    # (H100, thirty-seventh session): on
+    # (H100, thirty-seventh session, no tensor mask): on; ``fwd_config`` turns it off with a tensor mask
     sigma2_deferred_sums: bool = True
     # the exact window with a correction: no σ² pass. The band segment's tiles run before the others, their band
     # entries only (exact), and take σ² from the two products they compute anyway; then the band tiles that hold
     # entries outside the band (not those inside it for every row) run again for those, grouped and corrected.
     # The same function; per band tile two score dots fewer, on the partial ones a score and a P·V dot more.
-    # (A second accumulator for the grouped entries, merged once σ² was known, spilled: 476-968 B at d=64.) Off
+    # Timed: 3-15% slower at N=4096, about equal with sigma2_deferred_sums (H100, thirty-seventh session; ptxas
+    # serialises the kernel's wgmma there, C7515). (A second accumulator for the grouped entries, merged once σ² was
+    # known, spilled: 476-968 B at d=64.) Off
     band_first: bool = False
     # the order programs start in (every order gives the same output, bit for bit): "natural" (query tile on the
     # grid's first axis, first tile first), "reversed" (per head the last query tile first), "heavy_first" (heads on
@@ -349,6 +351,9 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
         cfg = replace(cfg, sigma2_diff=DEFAULT_FWD_SIGMA2_DIFF)
     if DEFAULT_FWD_BAND_EXACT is not None:
         cfg = replace(cfg, band_exact_tiles=DEFAULT_FWD_BAND_EXACT)
+    if masked:  # the counts are summed per tile anyway, and the deferred squares spilled more (d=64 padding mask:
+        # 188 / 224 B against 80 / 192 B, Triton 3.6 for sm_90; not timed on the GPU)
+        cfg = replace(cfg, sigma2_deferred_sums=False)
     if DEFAULT_FWD_SIGMA2_DEFER is not None:
         cfg = replace(cfg, sigma2_deferred_sums=DEFAULT_FWD_SIGMA2_DEFER)
     if DEFAULT_FWD_BAND_FIRST is not None:

@@ -357,26 +357,28 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, KD, kb, kh, MASKP, offs_m, N
             sq += tl.sum(tl.where(sel, diff * diff, 0.0), 1)
         if not DEFER_SUMS or MASK_KIND != 0:
             cnt += tl.sum(sel.to(tl.float32), 1)
+    return _sigma2_rows(sq, cnt, offs_m, N, M, WINDOW, CAUSAL, MASK_KIND, DEFER_SUMS)
+
+
+@triton.jit
+def _sigma2_rows(sq, cnt, offs_m, N, M, WINDOW, CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+                 DEFER_SUMS: tl.constexpr):
+    """σ² per row, fp32 [BLOCK_M], from a pass's sums of squared errors ``sq`` ([BLOCK_M, BLOCK_N] with DEFER_SUMS,
+    else [BLOCK_M]) and counts ``cnt`` [BLOCK_M]; deferred without a tensor mask the counts are closed-form (keys j
+    with |i + M - N - j| < WINDOW in [0, M), and j <= i + M - N with causal masking). 0 for a row with none."""
     if DEFER_SUMS:
         sq_row = tl.sum(sq, 1)
         cnt_row = cnt
         if MASK_KIND == 0:
-            cnt_row = _band_count(offs_m, N, M, WINDOW, CAUSAL)
+            diag = offs_m + (M - N)
+            last = tl.minimum(diag + WINDOW - 1, M - 1)
+            if CAUSAL:
+                last = tl.minimum(last, diag)
+            cnt_row = tl.maximum(last - tl.maximum(diag - WINDOW + 1, 0) + 1, 0).to(tl.float32)
     else:
         sq_row = sq
         cnt_row = cnt
     return tl.where(cnt_row > 0, sq_row / tl.maximum(cnt_row, 1.0), 0.0)
-
-
-@triton.jit
-def _band_count(offs_m, N, M, WINDOW, CAUSAL: tl.constexpr):
-    """Each row's count of band keys it may attend without a tensor mask: keys j with |i + M - N - j| < WINDOW in
-    [0, M) (and j <= i + M - N with causal masking). fp32 [BLOCK_M]."""
-    diag = offs_m + (M - N)
-    last = tl.minimum(diag + WINDOW - 1, M - 1)
-    if CAUSAL:
-        last = tl.minimum(last, diag)
-    return tl.maximum(last - tl.maximum(diag - WINDOW + 1, 0) + 1, 0).to(tl.float32)
 
 
 @triton.jit
@@ -442,15 +444,7 @@ def _band_first_tiles(acc, m_i, l_i, qt, lo, hi, Q, KG, GRP_B, WB_B, K, V, KD, V
         v = _load_v(V, VD, kb, kh, start_n, M, stride_vn, stride_vd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_T, TMA_N)
         acc = tl.dot(p.to(DOT_T), v, acc, input_precision=DOT_PREC)
         m_i = m_new
-    if DEFER_SUMS:
-        sq_row = tl.sum(sq, 1)
-        cnt_row = cnt
-        if MASK_KIND == 0:
-            cnt_row = _band_count(offs_m, N, M, WINDOW, CAUSAL)
-    else:
-        sq_row = sq
-        cnt_row = cnt
-    return acc, m_i, l_i, tl.where(cnt_row > 0, sq_row / tl.maximum(cnt_row, 1.0), 0.0)
+    return acc, m_i, l_i, _sigma2_rows(sq, cnt, offs_m, N, M, WINDOW, CAUSAL, MASK_KIND, DEFER_SUMS)
 
 
 @triton.jit

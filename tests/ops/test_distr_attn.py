@@ -739,10 +739,12 @@ def test_band_first_switch(monkeypatch):
 
 
 def test_sigma2_deferred_sums_switch(monkeypatch):
-    """DISTR_FWD_SIGMA2_DEFERRED reaches the table; the table sums σ² once after the pass (faster on the H100)."""
+    """DISTR_FWD_SIGMA2_DEFERRED reaches the table; the table sums σ² once after the pass (faster on the H100)
+    without a tensor mask, per tile with one (fewer spills)."""
     from distr_patch.ops import configs
 
     assert configs.fwd_config(64, 2, 128, exact_window=128, interpret=False).sigma2_deferred_sums is True
+    assert configs.fwd_config(64, 2, 128, exact_window=128, interpret=False, masked=True).sigma2_deferred_sums is False
     monkeypatch.setattr(configs, "DEFAULT_FWD_SIGMA2_DEFER", False)
     assert configs.fwd_config(64, 2, 128, exact_window=128, interpret=False).sigma2_deferred_sums is False
 
