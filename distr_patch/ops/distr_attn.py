@@ -308,6 +308,65 @@ def _attn_tiles(acc, m_i, l_i, corr2, qt, lo, hi,
 
 
 @triton.jit
+def _sigma2_start(qt, Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_T: tl.constexpr, EXPANDED: tl.constexpr,
+                  SIGMA2_DIFF: tl.constexpr, DEFER_SUMS: tl.constexpr):
+    """What a σ² sum over the band starts from: the exact query tile, Q_eff − Q (SIGMA2_DIFF on the expanded path;
+    else ``qt``, unused), zero squares ([BLOCK_M, BLOCK_N] with DEFER_SUMS, else [BLOCK_M]) and zero counts."""
+    q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
+    dq = qt
+    if EXPANDED and SIGMA2_DIFF:
+        dq = (qt.to(tl.float32) - q_full.to(tl.float32)).to(DOT_T)
+    if DEFER_SUMS:
+        sq = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    else:
+        sq = tl.zeros([BLOCK_M], dtype=tl.float32)
+    return q_full, dq, sq, tl.zeros([BLOCK_M], dtype=tl.float32)
+
+
+@triton.jit
+def _band_sigma2_tile(sq, cnt, qt, q_full, dq, start_n, KG, GRP_B, WB_B, K, KD, kb, kh, MASKP, offs_m, N, M, WINDOW,
+                      scale, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn, stride_mm,
+                      HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, DG: tl.constexpr,
+                      DG_PAD: tl.constexpr, BLOCK_N: tl.constexpr, FUSION_MEAN: tl.constexpr, CAUSAL: tl.constexpr,
+                      MASK_KIND: tl.constexpr, DOT_PREC: tl.constexpr, DOT_T: tl.constexpr, EXPANDED: tl.constexpr,
+                      TMA_N: tl.constexpr, SIGMA2_DIFF: tl.constexpr, DEFER_SUMS: tl.constexpr):
+    """One band key tile of a σ² sum: grouped and exact raw scores against the tile, their squared difference (after
+    scale) added to ``sq`` over ``sel`` (the band entries the row may attend, tensor mask included), ``sel`` counted
+    into ``cnt`` unless the counts are closed-form (DEFER_SUMS without a mask; ``_sigma2_rows``). SIGMA2_DIFF
+    (expanded path): the difference by one dot of ``dq`` = Q_eff − Q. Returns (exact raw scores, sel, sq, cnt)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    if EXPANDED:  # Q_eff and Q against the same key tile
+        kt = _load_kt(K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_T, TMA_N)
+        se = tl.dot(q_full, kt, input_precision=DOT_PREC)
+        if SIGMA2_DIFF:
+            raw_diff = tl.dot(dq, kt, input_precision=DOT_PREC)
+        else:
+            raw_diff = tl.dot(qt, kt, input_precision=DOT_PREC) - se
+    else:
+        sg = tl.dot(qt, _grouped_kt(KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD, BLOCK_N,
+                                    FUSION_MEAN, True, DOT_T), input_precision=DOT_PREC)
+        se = _exact_qk(q_full, K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True,
+                       DOT_PREC, TMA_N)
+        raw_diff = sg - se
+    dist = offs_m[:, None] + (M - N) - offs_n[None, :]
+    sel = (dist < WINDOW) & (dist > -WINDOW)
+    sel = sel & _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm, CAUSAL, True, MASK_KIND)
+    if MASK_KIND == 2:
+        mv = tl.load(MASKP + offs_m[:, None] * stride_mn + offs_n[None, :] * stride_mm,
+                     mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=float("-inf"))
+        sel = sel & (mv > float("-inf"))
+    diff = raw_diff * scale
+    if DEFER_SUMS:
+        sq += tl.where(sel, diff * diff, 0.0)
+    else:
+        sq += tl.sum(tl.where(sel, diff * diff, 0.0), 1)
+    if not DEFER_SUMS or MASK_KIND != 0:
+        cnt += tl.sum(sel.to(tl.float32), 1)
+    return se, sel, sq, cnt
+
+
+@triton.jit
 def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, KD, kb, kh, MASKP, offs_m, N, M, WINDOW, scale,
                  stride_qn, stride_qd, stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn, stride_mm,
                  HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, G: tl.constexpr, DG: tl.constexpr,
@@ -321,42 +380,13 @@ def _band_sigma2(qt, lo, hi, Q, KG, GRP_B, WB_B, K, KD, kb, kh, MASKP, offs_m, N
     after the loop, and without a tensor mask each row's count of attendable band keys is closed-form (no row
     reductions inside the loop; with a tensor mask the counts are still summed per key tile); else both are summed
     per key tile."""
-    q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
-    if EXPANDED and SIGMA2_DIFF:
-        dq = (qt.to(tl.float32) - q_full.to(tl.float32)).to(DOT_T)
-    if DEFER_SUMS:
-        sq = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    else:
-        sq = tl.zeros([BLOCK_M], dtype=tl.float32)
-    cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
+    q_full, dq, sq, cnt = _sigma2_start(qt, Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, BLOCK_M, BLOCK_N,
+                                        DOT_T, EXPANDED, SIGMA2_DIFF, DEFER_SUMS)
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        if EXPANDED:  # Q_eff and Q against the same key tile
-            kt = _load_kt(K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_T,
-                          TMA_N)
-            if SIGMA2_DIFF:
-                raw_diff = tl.dot(dq, kt, input_precision=DOT_PREC)
-            else:
-                raw_diff = tl.dot(qt, kt, input_precision=DOT_PREC) - tl.dot(q_full, kt, input_precision=DOT_PREC)
-        else:
-            sg = tl.dot(qt, _grouped_kt(KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD,
-                                        BLOCK_N, FUSION_MEAN, True, DOT_T), input_precision=DOT_PREC)
-            raw_diff = sg - _exact_qk(q_full, K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD,
-                                      BLOCK_N, True, DOT_PREC, TMA_N)
-        dist = offs_m[:, None] + (M - N) - offs_n[None, :]
-        sel = (dist < WINDOW) & (dist > -WINDOW)
-        sel = sel & _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm, CAUSAL, True, MASK_KIND)
-        if MASK_KIND == 2:
-            mv = tl.load(MASKP + offs_m[:, None] * stride_mn + offs_n[None, :] * stride_mm,
-                         mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=float("-inf"))
-            sel = sel & (mv > float("-inf"))
-        diff = raw_diff * scale
-        if DEFER_SUMS:
-            sq += tl.where(sel, diff * diff, 0.0)
-        else:
-            sq += tl.sum(tl.where(sel, diff * diff, 0.0), 1)
-        if not DEFER_SUMS or MASK_KIND != 0:
-            cnt += tl.sum(sel.to(tl.float32), 1)
+        _se, _sel, sq, cnt = _band_sigma2_tile(
+            sq, cnt, qt, q_full, dq, start_n, KG, GRP_B, WB_B, K, KD, kb, kh, MASKP, offs_m, N, M, WINDOW, scale,
+            stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD,
+            BLOCK_N, FUSION_MEAN, CAUSAL, MASK_KIND, DOT_PREC, DOT_T, EXPANDED, TMA_N, SIGMA2_DIFF, DEFER_SUMS)
     return _sigma2_rows(sq, cnt, offs_m, N, M, WINDOW, CAUSAL, MASK_KIND, DEFER_SUMS)
 
 
@@ -394,47 +424,19 @@ def _band_first_tiles(acc, m_i, l_i, qt, lo, hi, Q, KG, GRP_B, WB_B, K, V, KD, V
     (no σ² pass before the keys): online softmax over |i + M - N - j| < WINDOW, the other entries left for a
     second visit of the tiles that have some (``_attn_tiles`` with OUTSIDE_BAND, once σ² is known).
     SIGMA2_DIFF: as in ``_band_sigma2``. Returns (acc, m_i, l_i, σ² per row)."""
-    q_full = _load_q_tile(Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, DOT_T)
-    if EXPANDED and SIGMA2_DIFF:
-        dq = (qt.to(tl.float32) - q_full.to(tl.float32)).to(DOT_T)
-    if DEFER_SUMS:
-        sq = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    else:
-        sq = tl.zeros([BLOCK_M], dtype=tl.float32)
-    cnt = tl.zeros([BLOCK_M], dtype=tl.float32)
+    q_full, dq, sq, cnt = _sigma2_start(qt, Q, offs_m, N, stride_qn, stride_qd, HEAD_DIM, D_PAD, BLOCK_M, BLOCK_N,
+                                        DOT_T, EXPANDED, SIGMA2_DIFF, DEFER_SUMS)
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        if EXPANDED:  # Q_eff and Q against the same key tile
-            kt = _load_kt(K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True, DOT_T,
-                          TMA_N)
-            se = tl.dot(q_full, kt, input_precision=DOT_PREC)
-            if SIGMA2_DIFF:
-                raw_diff = tl.dot(dq, kt, input_precision=DOT_PREC)
-            else:
-                raw_diff = tl.dot(qt, kt, input_precision=DOT_PREC) - se
-        else:
-            sg = tl.dot(qt, _grouped_kt(KG, GRP_B, WB_B, start_n, M, stride_kgn, stride_kgd, G, DG, DG_PAD,
-                                        BLOCK_N, FUSION_MEAN, True, DOT_T), input_precision=DOT_PREC)
-            se = _exact_qk(q_full, K, KD, kb, kh, start_n, M, stride_kn, stride_kd, HEAD_DIM, D_PAD, BLOCK_N, True,
-                           DOT_PREC, TMA_N)
-            raw_diff = sg - se
-        dist = offs_m[:, None] + (M - N) - offs_n[None, :]
-        sel = (dist < WINDOW) & (dist > -WINDOW)
-        sel = sel & _allowed(offs_m, offs_n, N, M, MASKP, stride_mn, stride_mm, CAUSAL, True, MASK_KIND)
+        se, sel, sq, cnt = _band_sigma2_tile(
+            sq, cnt, qt, q_full, dq, start_n, KG, GRP_B, WB_B, K, KD, kb, kh, MASKP, offs_m, N, M, WINDOW, scale,
+            stride_kgn, stride_kgd, stride_kn, stride_kd, stride_mn, stride_mm, HEAD_DIM, D_PAD, G, DG, DG_PAD,
+            BLOCK_N, FUSION_MEAN, CAUSAL, MASK_KIND, DOT_PREC, DOT_T, EXPANDED, TMA_N, SIGMA2_DIFF, DEFER_SUMS)
         s = se * qk_scale2
-        if MASK_KIND == 2:
-            mv = tl.load(MASKP + offs_m[:, None] * stride_mn + offs_n[None, :] * stride_mm,
-                         mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=float("-inf"))
-            s = s + mv * 1.4426950408889634
-            sel = sel & (mv > float("-inf"))
+        if MASK_KIND == 2:  # (sel already leaves out the entries the mask sets to -inf)
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            s = s + tl.load(MASKP + offs_m[:, None] * stride_mn + offs_n[None, :] * stride_mm,
+                            mask=(offs_m < N)[:, None] & (offs_n < M)[None, :], other=0.0) * 1.4426950408889634
         s = tl.where(sel, s, float("-inf"))  # sel: the band entries the row may attend, which σ² averages over
-        diff = raw_diff * scale
-        if DEFER_SUMS:
-            sq += tl.where(sel, diff * diff, 0.0)
-        else:
-            sq += tl.sum(tl.where(sel, diff * diff, 0.0), 1)
-        if not DEFER_SUMS or MASK_KIND != 0:
-            cnt += tl.sum(sel.to(tl.float32), 1)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.math.exp2(s - m_use[:, None])
