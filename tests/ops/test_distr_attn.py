@@ -671,8 +671,17 @@ def test_band_exact_tiles_interpreter(case):
 ], ids=lambda c: "-".join(map(str, c)))
 def test_sigma2_deferred_sums_interpreter(case):
     """``FwdConfig.sigma2_deferred_sums`` (the σ² pass sums over the keys once, the counts closed-form without a
-    tensor mask): the reference's output and the plain kernel's lse, with and without tensor masks, causal with
+    tensor mask): the reference's output and the per-tile sums' lse, with and without tensor masks, causal with
     N != M (rows with no band keys), both grouped paths; the correction moves the output, so a wrong σ² would show."""
+    _window_option_vs_plain(case, dict(sigma2_deferred_sums=False), dict(sigma2_deferred_sums=True), 1e-6)
+
+
+def _window_option_vs_plain(case, plain: dict, option: dict, max_vs_plain: float):
+    """A window case with a correction (``case`` as CPU_CASES, optionally + "reduced" (the Q̃ K̃ᵀ path) or "diff"
+    (σ² by one dot)) under the table's config changed by ``plain`` and by ``plain`` and ``option`` (FwdConfig fields):
+    the option's output within 1e-5 of the reference and ``max_vs_plain`` of the plain one, its lse within 1e-5 of
+    the plain one's, the same fully masked rows; and the correction moves the reference's output (so a wrong σ²
+    would show)."""
     from distr_patch.ops.configs import fwd_config
     from distr_patch.ops.distr_attn import _triton_forward
 
@@ -681,11 +690,11 @@ def test_sigma2_deferred_sums_interpreter(case):
     d, G, block_m, W, c = case[5], case[6], case[8], case[9], case[10]
     assert W > 0 and c > 0
     base = fwd_config(d, G, block_m, exact_window=W, grouped_qk="reduced" if way == "reduced" else None)
-    base = replace(base, sigma2_diff=way == "diff", sigma2_deferred_sums=False)
-    plain, plain_lse = _triton_forward(q, k, v, config=base, return_lse=True, **kw)[:2]
-    out, lse = _triton_forward(q, k, v, config=replace(base, sigma2_deferred_sums=True), return_lse=True, **kw)[:2]
+    base = replace(base, sigma2_diff=way == "diff", **plain)
+    plain_out, plain_lse = _triton_forward(q, k, v, config=base, return_lse=True, **kw)[:2]
+    out, lse = _triton_forward(q, k, v, config=replace(base, **option), return_lse=True, **kw)[:2]
     assert rel_err(out, ref) < 1e-5, rel_err(out, ref)
-    assert rel_err(out, plain) < 1e-6, rel_err(out, plain)
+    assert rel_err(out, plain_out) < max_vs_plain, rel_err(out, plain_out)
     fin = torch.isfinite(plain_lse)
     assert torch.equal(fin, torch.isfinite(lse)) and torch.allclose(lse[fin], plain_lse[fin], atol=1e-5)
     assert torch.equal(out.abs().sum(-1) == 0, ref.abs().sum(-1) == 0)
@@ -703,30 +712,11 @@ def test_sigma2_deferred_sums_interpreter(case):
     (1, 2, 2, 120, 120, 32, 2, "mean", 64, 40, 1.0, True, None, "diff"),  # with σ² by one dot
 ], ids=lambda c: "-".join(map(str, c)))
 def test_band_first_interpreter(case, defer):
-    """``FwdConfig.band_first`` (no σ² pass: the band's tiles first, σ² from their own two products, their grouped
-    entries in a second accumulator until σ² is known), with per-tile and deferred σ² sums: the reference's output
-    and the plain kernel's lse, with and without tensor masks, causal with N != M, both grouped paths. The
-    correction moves the output, so grouped entries merged without it (or with a wrong σ²) would show."""
-    from distr_patch.ops.configs import fwd_config
-    from distr_patch.ops.distr_attn import _triton_forward
-
-    way = case[13] if len(case) > 13 else None
-    q, k, v, kw, ref = _case_call(case[:13])
-    d, G, block_m, W, c = case[5], case[6], case[8], case[9], case[10]
-    assert W > 0 and c > 0
-    base = fwd_config(d, G, block_m, exact_window=W, grouped_qk="reduced" if way == "reduced" else None)
-    base = replace(base, sigma2_diff=way == "diff")
-    plain, plain_lse = _triton_forward(q, k, v, config=base, return_lse=True, **kw)[:2]
-    cfg = replace(base, band_first=True, sigma2_deferred_sums=defer)
-    out, lse = _triton_forward(q, k, v, config=cfg, return_lse=True, **kw)[:2]
-    assert rel_err(out, ref) < 1e-5, rel_err(out, ref)
-    assert rel_err(out, plain) < 1e-5, rel_err(out, plain)
-    fin = torch.isfinite(plain_lse)
-    assert torch.equal(fin, torch.isfinite(lse)) and torch.allclose(lse[fin], plain_lse[fin], atol=1e-5)
-    assert torch.equal(out.abs().sum(-1) == 0, ref.abs().sum(-1) == 0)
-    uncorrected = reference_distr_attention(q, k, v, **{**{n: kw[n] for n in kw if n not in ("query_valid", "groups")},
-                                                         "window_correction": 0.0})
-    assert rel_err(uncorrected, ref) > 1e-4
+    """``FwdConfig.band_first`` (no σ² pass: the band's tiles first with their band entries only, σ² from their own
+    two products, then the entries outside the band grouped and corrected), with per-tile and deferred σ² sums,
+    against the reference and the table's config, with and without tensor masks, causal with N != M, both grouped
+    paths, σ² by one dot; grouped entries left uncorrected, or left out, would show."""
+    _window_option_vs_plain(case, {}, dict(band_first=True, sigma2_deferred_sums=defer), 1e-5)
 
 
 def test_band_first_switch(monkeypatch):
