@@ -43,9 +43,9 @@ For each shape (bf16, B·N = 32768, H = 2048/d) and variant it times ``_triton_f
     expanded sigma2-deferred   (--sigma2-deferred) window variants with a correction: the default config with the σ²
                    pass summing over the keys once after its loop (FwdConfig.sigma2_deferred_sums)
     expanded band-first (+sigma2-deferred)   (--band-first) window variants with a correction: no σ² pass; the band's
-                   tiles first, σ² from their own two products, their grouped entries apart until σ² is known
-                   (FwdConfig.band_first), also with σ² summed once after the band (sigma2_deferred_sums) or by one
-                   dot (sigma2_diff)
+                   tiles first with their band entries only, σ² from their own two products, then the entries
+                   outside the band (FwdConfig.band_first); with σ² summed per tile, once after the band
+                   (sigma2_deferred_sums), or by one dot (sigma2_diff)
     window's tiles / expanded band64   (--window-parts) where the window's time goes: a variant without a window
                    run on the window's config (its plain tiles' cost), and window variants with 64-key band tiles;
                    with the variant "G2 r1 W128 c0" (the band without the σ² pass) the three parts separate

@@ -50,13 +50,14 @@
 #               --window-parts): G2 rank1 on its own config and on the window's, W128 without and with the σ² pass
 #               (c0 / c.5), 64-key band tiles, σ² by one dot; 3 rotated rounds.
 # window-fwd: the window options' own GPU tests (FwdConfig.sigma2_deferred_sums, band_exact_tiles), the kernel's
-#             reference tests at real sizes with sigma2_deferred_sums on (the table's config), then W128 with no
+#             reference tests at real sizes with sigma2_deferred_sums on (the table's default now), then W128 with no
 #             correction (c0: no σ² pass) and with c.5 (rank1, mean; the σ² pass per tile and deferred) at N=4096 and
 #             16384: the c.5 − c0 gap is the σ² pass's cost.
 # band-first: the window without a σ² pass (FwdConfig.band_first: the band's tiles first, σ² from their own
 #             products; also with sigma2_deferred_sums): its GPU tests and the deferred sums', the kernel's reference
-#             tests at real sizes with band_first on, then W128 c.5 (rank1, mean) against the default and the
-#             deferred σ² pass at N=4096 and 16384, d=64/128, causal and not, 3 rotated rounds.
+#             tests at real sizes with band_first on, then W128 c.5 (rank1, mean) against the default and the σ² pass
+#             with the other sums (per tile / deferred: the default's since the thirty-seventh session) at N=4096 and
+#             16384, d=64/128, causal and not, 3 rotated rounds.
 # band-exact: the window's band tiles that lie inside the band by the exact product alone
 #             (FwdConfig.band_exact_tiles), with and without the σ² pass by one dot: its GPU tests, the kernel's
 #             reference tests with both on (the table's config), then against the default at N=4096 and 16384,
