@@ -70,7 +70,7 @@ class FwdConfig:
     # The same function; per band tile two score dots fewer, on the partial ones a score and a P·V dot more.
     # Timed: 3-15% slower at N=4096, about equal with sigma2_deferred_sums (H100, thirty-seventh session; ptxas
     # serialises the kernel's wgmma there, C7515). (A second accumulator for the grouped entries, merged once σ² was
-    # known, spilled: 476-968 B at d=64.) Off
+    # known, spilled: 476-968 B at d=64.) Off. With it band_exact_tiles has no effect (every band tile runs first).
     band_first: bool = False
     # the order programs start in (every order gives the same output, bit for bit): "natural" (query tile on the
     # grid's first axis, first tile first), "reversed" (per head the last query tile first), "heavy_first" (heads on
