@@ -58,6 +58,10 @@
 #             tests at real sizes with band_first on, then W128 c.5 (rank1, mean) against the default and the σ² pass
 #             with the other sums (per tile / deferred: the default's since the thirty-seventh session) at N=4096 and
 #             16384, d=64/128, causal and not, 3 rotated rounds.
+# pair-sums: the G=2 rank1 pair weights from column sums (grouping_triton "sums", no [d, d] Gram) in the Q_eff launch:
+#            the grouping's and the SDPA engine's GPU tests, the launch per tile with each weights way
+#            (bench_regroup.py --qeff), then whole rank1 calls (fused, SDPA engine) at N=4096 with
+#            DISTR_QEFF_PAIR_WEIGHTS=regs / sums alternated, twice.
 # band-exact: the window's band tiles that lie inside the band by the exact product alone
 #             (FwdConfig.band_exact_tiles), with and without the σ² pass by one dot: its GPU tests, the kernel's
 #             reference tests with both on (the table's config), then against the default at N=4096 and 16384,
@@ -212,6 +216,19 @@ for step in "${steps[@]}"; do
            python scripts/compare_fwd_configs.py --variants "G2 r1 W128 c.5" "G2 mean W128 c.5" \
              --d 64 128 --n 4096 16384 --no-reduced --sigma2-deferred --band-first --rounds 3 2>&1 \
              | tee "$out/band-first.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+    pair-sums) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_grouping.py \
+             tests/ops/test_sdpa_engine.py 2>&1 | tee "$out/pair-sums-tests.log" | tail -3 || rc=1
+           python scripts/bench_regroup.py --qeff --d 64 128 --qeff-ways pair dot16 --qeff-from registers \
+             --qeff-pair-weights regs sums --qeff-tiles 4,64,64 4,128,64 8,128,64 2>&1 \
+             | tee "$out/pair-sums-launch.log" | sed -n '/^| B x H/,$p' || rc=1
+           for round in 1 2; do
+             for pw in regs sums; do
+               echo "== DISTR_QEFF_PAIR_WEIGHTS=$pw, round $round"
+               DISTR_QEFF_PAIR_WEIGHTS=$pw python scripts/bench_attention.py --quick --rep-ms 10 \
+                 --variants "distr G=2 rank1" "distr G=2 rank1 sdpa" --json "$out/pair-sums-$pw-$round.json" 2>&1 \
+                 | tee -a "$out/pair-sums-calls.log" | sed -n '/^| d |/,$p' || rc=1
+             done
+           done ;;
     band-exact) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py \
              -k band_exact 2>&1 | tee "$out/band-exact-tests.log" | tail -3 || rc=1
            DISTR_FWD_BAND_EXACT_TILES=1 DISTR_FWD_SIGMA2_DIFF=1 python -m pytest -q -p no:cacheprovider \
