@@ -60,8 +60,8 @@
 #             16384, d=64/128, causal and not, 3 rotated rounds.
 # pair-sums: the G=2 rank1 pair weights from column sums (grouping_triton "sums", no [d, d] Gram) in the Q_eff launch:
 #            the grouping's and the SDPA engine's GPU tests, the launch per tile with each weights way
-#            (bench_regroup.py --qeff), then whole rank1 calls (fused, SDPA engine) at N=4096 with
-#            DISTR_QEFF_PAIR_WEIGHTS=regs / sums alternated, twice.
+#            (bench_regroup.py --qeff), the grouping launch with each (bench_grouping.py), then whole rank1 calls
+#            (fused, SDPA engine) at N=4096 with DISTR_QEFF_PAIR_WEIGHTS=regs / sums alternated, twice.
 # band-exact: the window's band tiles that lie inside the band by the exact product alone
 #             (FwdConfig.band_exact_tiles), with and without the σ² pass by one dot: its GPU tests, the kernel's
 #             reference tests with both on (the table's config), then against the default at N=4096 and 16384,
@@ -221,6 +221,8 @@ for step in "${steps[@]}"; do
            python scripts/bench_regroup.py --qeff --d 64 128 --qeff-ways pair dot16 --qeff-from registers \
              --qeff-pair-weights regs sums --qeff-tiles 4,64,64 4,128,64 8,128,64 2>&1 \
              | tee "$out/pair-sums-launch.log" | sed -n '/^| B x H/,$p' || rc=1
+           python scripts/bench_grouping.py --fusions rank1 --rep-ms 20 --pair-weights gram regs sums 2>&1 \
+             | tee "$out/pair-sums-grouping.log" | sed -n '/^| d |/,$p' || rc=1
            for round in 1 2; do
              for pw in regs sums; do
                echo "== DISTR_QEFF_PAIR_WEIGHTS=$pw, round $round"
