@@ -3,6 +3,7 @@
     python scripts/bench_window_sdpa.py                      # d=64 and 128, N=4096, causal and not
     python scripts/bench_window_sdpa.py --tiles 128,64,8,2 64,64,4,2 64,32,4,3
     # each tile: block_m,block_n,num_warps,num_stages
+    python scripts/bench_window_sdpa.py --tiles 64,32,4,2 64,64,4,2 --deferred   # each with the σ² sums deferred too
 
 Shapes as ``bench_attention.py`` (H = 2048 // d, B = tokens // N, bf16, G=2 rank1, W=128, c=0.5). Pieces: Q_eff,
 the reversed copies (not causal; ``reverse_rows``, and torch.flip beside it), the grouped SDPA calls with
@@ -11,6 +12,7 @@ the fused kernel, backend="sdpa" without the window, SDPA-flash and cuDNN. Times
 median).
 """
 import argparse
+from dataclasses import replace
 
 import torch
 import triton
@@ -35,9 +37,13 @@ def main():
     ap.add_argument("--window", type=int, default=128)
     ap.add_argument("--tiles", nargs="*", default=["128,64,8,2", "64,64,4,2", "64,32,4,2", "64,64,4,3", "32,32,4,2"],
                     help="block_m,block_n,num_warps,num_stages")
+    ap.add_argument("--deferred", action="store_true",
+                    help="each tile also with the σ² sums deferred to after the band loop (BandConfig.deferred_sums)")
     args = ap.parse_args()
     W, N = args.window, args.n
     tiles = [parse_band_tiles(t, "--tiles") for t in args.tiles]
+    if args.deferred:
+        tiles = [c for t in tiles for c in (replace(t, deferred_sums=False), replace(t, deferred_sums=True))]
     torch.manual_seed(0)
     rows = []
     for d in args.d:
@@ -70,7 +76,8 @@ def main():
                     cell += "" if err < 1e-2 else f" (differs: {err:.1e})"
                 except Exception as e:  # a tile that does not compile (shared memory) is reported, not fatal
                     cell = type(e).__name__
-                r[f"band {cfg.block_m},{cfg.block_n},{cfg.num_warps},{cfg.num_stages}"] = cell + (
+                name = f"band {cfg.block_m},{cfg.block_n},{cfg.num_warps},{cfg.num_stages}"
+                r[name + (" deferred" if cfg.deferred_sums else "")] = cell + (
                     " (default)" if cfg == default else "")
             full = dict(causal=causal, exact_window=W, window_correction=0.5, **kw)
             with torch.no_grad():

@@ -62,6 +62,10 @@
 #            the grouping's and the SDPA engine's GPU tests, the launch per tile with each weights way
 #            (bench_regroup.py --qeff), the grouping launch with each (bench_grouping.py), then whole rank1 calls
 #            (fused, SDPA engine) at N=4096 with DISTR_QEFF_PAIR_WEIGHTS=regs / sums alternated, twice.
+# band-deferred: the SDPA engine's band kernel with its σ² sums deferred to after the band loop
+#                (BandConfig.deferred_sums): the engine's GPU tests, the band kernel per tile with and without
+#                (bench_window_sdpa.py --deferred), then the engine's window calls at N=4096 with
+#                DISTR_BAND_SIGMA2_DEFERRED=0 / 1 alternated, twice.
 # band-exact: the window's band tiles that lie inside the band by the exact product alone
 #             (FwdConfig.band_exact_tiles), with and without the σ² pass by one dot: its GPU tests, the kernel's
 #             reference tests with both on (the table's config), then against the default at N=4096 and 16384,
@@ -229,6 +233,19 @@ for step in "${steps[@]}"; do
                DISTR_QEFF_PAIR_WEIGHTS=$pw python scripts/bench_attention.py --quick --rep-ms 10 \
                  --variants "distr G=2 rank1" "distr G=2 rank1 sdpa" --json "$out/pair-sums-$pw-$round.json" 2>&1 \
                  | tee -a "$out/pair-sums-calls.log" | sed -n '/^| d |/,$p' || rc=1
+             done
+           done ;;
+    band-deferred) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_sdpa_engine.py 2>&1 \
+             | tee "$out/band-deferred-tests.log" | tail -3 || rc=1
+           python scripts/bench_window_sdpa.py --tiles 64,32,4,2 64,64,4,2 --deferred 2>&1 \
+             | tee "$out/band-deferred-parts.log" | sed -n '/^| d |/,$p' || rc=1
+           for round in 1 2; do
+             for df in 0 1; do
+               echo "== DISTR_BAND_SIGMA2_DEFERRED=$df, round $round"
+               DISTR_BAND_SIGMA2_DEFERRED=$df python scripts/bench_attention.py --quick --rep-ms 10 \
+                 --variants "distr G=2 rank1 W128 c.5 bm128 sdpa" "distr G=2 mean W128 c.5 bm128 sdpa" \
+                 --json "$out/band-deferred-$df-$round.json" 2>&1 | tee -a "$out/band-deferred-calls.log" \
+                 | sed -n '/^| d |/,$p' || rc=1
              done
            done ;;
     band-exact) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py \

@@ -467,10 +467,15 @@ class BandConfig:
     block_n: int  # keys per tile of the band loop
     num_warps: int
     num_stages: int
+    # each row's squared grouped-minus-exact scores added up in a [block_m, block_n] tile and summed over the keys
+    # once after the band loop (as the fused kernel's FwdConfig.sigma2_deferred_sums); False: summed per key tile
+    deferred_sums: bool = False
 
 
 # env DISTR_BAND_TILES="block_m,block_n,num_warps,num_stages" overrides the table
 _BAND_TILES_ENV = os.environ.get("DISTR_BAND_TILES")
+# env DISTR_BAND_SIGMA2_DEFERRED=1/0 overrides BandConfig.deferred_sums (None: the table's)
+DEFAULT_BAND_DEFERRED = _env_flag("DISTR_BAND_SIGMA2_DEFERRED", None)
 
 
 def parse_band_tiles(text: str, name: str = "tiles") -> BandConfig:
@@ -487,10 +492,14 @@ def band_config(causal: bool, *, interpret: bool | None = None) -> BandConfig:
     rows x 32 keys with causal masking (a program's band spans 6 such tiles), 64 x 64 without (5-12% faster there;
     20% slower causal at d=64); 4 warps, 2 stages. 32 x 32 under the interpreter."""
     if _BAND_TILES_ENV:
-        return parse_band_tiles(_BAND_TILES_ENV, "DISTR_BAND_TILES")
-    if interpreting() if interpret is None else interpret:
-        return BandConfig(32, 32, 4, 1)
-    return BandConfig(64, 32 if causal else 64, 4, 2)
+        cfg = parse_band_tiles(_BAND_TILES_ENV, "DISTR_BAND_TILES")
+    elif interpreting() if interpret is None else interpret:
+        cfg = BandConfig(32, 32, 4, 1)
+    else:
+        cfg = BandConfig(64, 32 if causal else 64, 4, 2)
+    if DEFAULT_BAND_DEFERRED is not None:
+        cfg = replace(cfg, deferred_sums=DEFAULT_BAND_DEFERRED)
+    return cfg
 
 
 @dataclass(frozen=True)

@@ -58,9 +58,10 @@ def _grouped_partials(LL, OL, LR, OR, pid_bh, b, h, offs_m, row_ok, N, NP, WINDO
 @triton.jit
 def _band_tile(q, qe, K, V, start_n, offs_m, offs_d, m_i, l_i, acc, sq, N, WINDOW, qk_scale2,
                stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-               CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr):
+               CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr, DEFER: tl.constexpr):
     """One key tile of the band: the exact scores into the online softmax (m_i, l_i, acc), the squared
-    grouped-minus-exact scores into sq; keys outside a row's band (or past N) are left out."""
+    grouped-minus-exact scores into sq (per row [BLOCK_M], or with DEFER per entry [BLOCK_M, BLOCK_N], summed over
+    the keys after the loop); keys outside a row's band (or past N) are left out."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     kvmask = (offs_n < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
     k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kvmask, other=0.0)
@@ -73,7 +74,10 @@ def _band_tile(q, qe, K, V, start_n, offs_m, offs_d, m_i, l_i, acc, sq, N, WINDO
         band = band & (dist >= 0)
     diff = tl.where(band, sg - se, 0.0)
     s = tl.where(band, se, float("-inf"))
-    sq += tl.sum(diff * diff, 1)
+    if DEFER:
+        sq += diff * diff
+    else:
+        sq += tl.sum(diff * diff, 1)
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.math.exp2(m_i - m_ref)
@@ -95,7 +99,7 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
                        Hq, N, NP, KV_REP, WINDOW, qk_scale2, half_corr2,
                        HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        CAUSAL: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                       DOT_PREC: tl.constexpr):
+                       DOT_PREC: tl.constexpr, DEFER: tl.constexpr):
     """One program: BLOCK_M query rows of one (batch, head). Scores in log2 units (qk_scale2 = scale·log2 e).
     OL / OR [B, Hq, NP, d] and LL / LR fp32 contiguous [B, Hq, NP] (log2 units): the grouped partials left and
     right of the band and their log-sum-exps, loaded after the band loop."""
@@ -125,7 +129,10 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
-    sq = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if DEFER:  # BandConfig.deferred_sums
+        sq = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    else:
+        sq = tl.zeros([BLOCK_M], dtype=tl.float32)
     # the row's band keys, counted: [max(i - W + 1, 0), min(i + W - 1, N - 1)] (causal: up to i)
     if CAUSAL:
         cnt = (offs_m - tl.maximum(offs_m - WINDOW + 1, 0) + 1).to(tl.float32)
@@ -134,7 +141,9 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
     for start_n in tl.range(lo, hi, BLOCK_N):
         m_i, l_i, acc, sq = _band_tile(q, qe, K, V, start_n, offs_m, offs_d, m_i, l_i, acc, sq, N, WINDOW,
                                        qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, BLOCK_N,
-                                       CAUSAL, DOT_PREC)
+                                       CAUSAL, DOT_PREC, DEFER)
+    if DEFER:
+        sq = tl.sum(sq, 1)
 
     # δ in log2 units: half_corr2 = (c / 2)·log2 e; σ² from scores in log2 units, divided by (log2 e)²
     delta = half_corr2 * sq / tl.maximum(cnt, 1.0) * (1.0 / (1.4426950408889634 * 1.4426950408889634))
@@ -187,7 +196,7 @@ def band_merge(q: torch.Tensor, qe: torch.Tensor, k: torch.Tensor, v: torch.Tens
         Hq, N, NP, Hq // k.shape[1], window, scale * LOG2E, 0.5 * window_correction * LOG2E,
         HEAD_DIM=d, D_PAD=next_power_of_2(max(d, 16)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         CAUSAL=bool(causal), HAS_LEFT=left is not None, HAS_RIGHT=right is not None,
-        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", DEFER=bool(cfg.deferred_sums),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return o
 

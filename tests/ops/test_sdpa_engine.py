@@ -275,7 +275,7 @@ def _window_pieces(q, k, v, W: int, block_m: int, causal: bool):
 def test_band_merge_torch_blocks_and_kernel_agree(causal, W):
     """The torch band merge gives the same output whatever its query block (tails, blocks narrower than the band),
     and the Triton band kernel (interpreter) gives it too, on the same pieces, at the default tile and at tiles
-    narrower than the band (16 keys; query tiles of 16 and 32 rows)."""
+    narrower than the band (16 keys; query tiles of 16 and 32 rows), with the σ² sums per key tile and deferred."""
     from distr_patch.ops.configs import BandConfig
     from distr_patch.ops.window_merge import band_merge, band_merge_torch
 
@@ -284,13 +284,37 @@ def test_band_merge_torch_blocks_and_kernel_agree(causal, W):
     outs = [band_merge_torch(q, qe, k, v, left, right, block=b, **bkw) for b in (128, 16, 7)]
     if INTERPRET:  # the default tile and two others
         outs.append(band_merge(q, qe, k, v, left, right, **bkw))
-        for cfg in (BandConfig(16, 32, 4, 1), BandConfig(32, 16, 4, 1)):
+        for cfg in (BandConfig(16, 32, 4, 1), BandConfig(32, 16, 4, 1), BandConfig(32, 16, 4, 1, deferred_sums=True),
+                    BandConfig(16, 32, 4, 1, deferred_sums=True)):
             outs.append(band_merge(q, qe, k, v, left, right, config=cfg, **bkw))
     for o in outs[1:]:
         assert rel_err(o, outs[0]) <= 1e-6, rel_err(o, outs[0])
     with torch.no_grad():
         ref = reference_distr_attention(q, k, v, **kw)
     assert rel_err(outs[0], ref) <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [True, False])
+def test_band_deferred_sums_gpu(causal, d):
+    """BandConfig.deferred_sums (σ² summed once after the band loop) on the GPU at a real size, bf16: the per-tile
+    sums' output to rounding, and the reference's within 1e-2, at the table's tile."""
+    from dataclasses import replace
+
+    from distr_patch.ops.configs import band_config
+    from distr_patch.ops.window_merge import band_merge
+
+    q, k, v, kw = _window_inputs((2, 8, 2, 2000, d, 2, "rank1", 128, causal, 128, 0.5), dtype=torch.bfloat16,
+                                 device="cuda")
+    with torch.no_grad():
+        qe, left, right, bkw = _window_pieces(q, k, v, 128, 128, causal)
+        cfg = band_config(causal)
+        per_tile = band_merge(q, qe, k, v, left, right, config=replace(cfg, deferred_sums=False), **bkw)
+        deferred = band_merge(q, qe, k, v, left, right, config=replace(cfg, deferred_sums=True), **bkw)
+    assert rel_err(deferred, per_tile) <= 2e-3, rel_err(deferred, per_tile)
+    assert rel_err(deferred, reference_distr_attention(q, k, v, **kw)) <= 1e-2
 
 
 def test_band_tiles_parsed_or_named():
