@@ -197,8 +197,8 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
     of the order, which the attention kernel's Q_eff prologue reads). Returns the block's tile [BM, D_PAD] in Q's
     dtype (zeros for tail and invalid rows), each column's sorted position [D_PAD] (padded columns last) and, with
     G=2 rank1 pair weights in registers (PAIR_GRAM = 2 or 3), each column's weight u [D_PAD] and its partner's
-    (zeros otherwise). Shared
-    by ``_grouping_kernel``, ``_grouping_qeff_kernel`` and the attention kernel's fused-grouping prologue.
+    (zeros otherwise). Shared by ``_grouping_kernel``, ``_grouping_qeff_kernel`` and the attention kernel's
+    fused-grouping prologue.
 
     R: the zero-padded directions [BM, NBITS_PAD], fp32 (an fp32 FMA dot), or with PROJ_16BIT in Q's dtype
     (``projections_16bit``; exact, as ``hash_projections`` draws 16-bit values): one tensor-core dot of the 16-bit
@@ -738,8 +738,8 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
     ``regroup_way``: "dot", "dot16", "gather" or "pair" (``QEFF_WAYS``; "pair" acts only for G = 2 with the fusion
     matrix from registers and runs "dot16" elsewhere), and ``fusion_from``: "memory" or "registers", instead of
     ``qeff_way(d)``; ``pair_weights``: "regs" or "sums" (``QEFF_PAIR_WAYS``) instead of ``QEFF_PAIR_WEIGHTS``, how
-    G=2 rank1 weights are formed where they stay in registers. Refused by name: tiles with 8 or more warps and rows per step = block_m at head dims <= 64 (an
-    illegal shared-memory access on the H200).
+    G=2 rank1 weights are formed where they stay in registers. Refused by name: tiles with 8 or more warps and rows
+    per step = block_m at head dims <= 64 (an illegal shared-memory access on the H200).
     """
     way, source = qeff_way(q.shape[-1], fusion == "rank1" and group_size > 1)
     way, source = regroup_way or way, fusion_from or source
