@@ -40,7 +40,8 @@ def bench_qeff(args):
             ref = two()
             grouping_ms = triton.testing.do_bench(lambda: triton_grouping(q, positions=True, **kw))
             # the pair weights' ways only where they act: G=2 rank1 with the fusion from registers
-            pws = lambda src: args.qeff_pair_weights if fusion == "rank1" and src == "registers" else [None]  # noqa: E731
+            def pws(src):
+                return args.qeff_pair_weights if fusion == "rank1" and src == "registers" else [None]
             variants = [("grouping + regroup", two)] + [
                 (f"fused {way}{'' if src == 'memory' else ' regs'}{'' if pw is None else ' w:' + pw} {t}",
                  lambda t=t, way=way, src=src, pw=pw: triton_query_effective(
@@ -80,7 +81,8 @@ def main():
     ap.add_argument("--qeff-from", nargs="+", default=list(QEFF_SOURCES), choices=QEFF_SOURCES,
                     help="where the fused launch's dot takes the fusion matrix from (grouping_triton.QEFF_FUSION_FROM)")
     ap.add_argument("--qeff-pair-weights", nargs="+", default=["regs"], choices=QEFF_PAIR_WAYS,
-                    help="how the fused launch forms G=2 rank1 weights in registers (grouping_triton.QEFF_PAIR_WEIGHTS)")
+                    help="how the fused launch forms G=2 rank1 weights in registers "
+                         "(grouping_triton.QEFF_PAIR_WEIGHTS)")
     args = ap.parse_args()
     if args.qeff:
         return bench_qeff(args)
