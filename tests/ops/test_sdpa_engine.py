@@ -282,7 +282,7 @@ def test_band_merge_torch_blocks_and_kernel_agree(causal, W):
     q, k, v, kw = _window_inputs((1, 4, 2, 150, 32, 2, "rank1", 32, causal, W, 0.5))
     qe, left, right, bkw = _window_pieces(q, k, v, W, 32, causal)
     outs = [band_merge_torch(q, qe, k, v, left, right, block=b, **bkw) for b in (128, 16, 7)]
-    if INTERPRET:  # the default tile and two others
+    if INTERPRET:  # the default tile and four others
         outs.append(band_merge(q, qe, k, v, left, right, **bkw))
         for cfg in (BandConfig(16, 32, 4, 1), BandConfig(32, 16, 4, 1), BandConfig(32, 16, 4, 1, deferred_sums=True),
                     BandConfig(16, 32, 4, 1, deferred_sums=True)):
@@ -326,6 +326,21 @@ def test_band_tiles_parsed_or_named():
     for bad in ("64,32,4", "64,32,4,2,1", "64,x,4,2", "64,0,4,2", "64,-32,4,2"):
         with pytest.raises(ValueError, match="DISTR_BAND_TILES must be"):
             parse_band_tiles(bad, "DISTR_BAND_TILES")
+
+
+def test_band_config_deferred_sums_switch(monkeypatch):
+    """BandConfig.deferred_sums: off in the table; DISTR_BAND_SIGMA2_DEFERRED (configs.DEFAULT_BAND_DEFERRED) turns it
+    on or off over the table's tiles and over DISTR_BAND_TILES's."""
+    from distr_patch.ops import configs
+
+    for causal in (True, False):
+        assert not configs.band_config(causal, interpret=False).deferred_sums
+    monkeypatch.setattr(configs, "DEFAULT_BAND_DEFERRED", True)
+    assert configs.band_config(True, interpret=False) == configs.BandConfig(64, 32, 4, 2, deferred_sums=True)
+    monkeypatch.setattr(configs, "_BAND_TILES_ENV", "32,16,4,1")
+    assert configs.band_config(False) == configs.BandConfig(32, 16, 4, 1, deferred_sums=True)
+    monkeypatch.setattr(configs, "DEFAULT_BAND_DEFERRED", False)
+    assert not configs.band_config(False).deferred_sums
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
