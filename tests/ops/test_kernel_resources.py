@@ -69,9 +69,10 @@ def test_kernel_resources_reports_the_fused_qeff_launch():
     assert {(r[0].strip(), r[1].strip()) for r in rows} == {(d, label(d, f)) for d in ("64", "128")
                                                            for f in ("mean", "rank1")}
     assert all(r[2].strip().endswith("*") for r in rows)  # the defaults
-    # No spill where none was measured: Triton 3.4 (the floor), 3.6 (the GPU image), 3.9 (CI). Triton 3.7.1, which
-    # torch 2.13's CUDA builds pin, spills 16 B at d=128 rank1 (255 registers; docs/compatibility.md).
-    no_spill = ".".join(triton.__version__.split(".")[:2]) in ("3.4", "3.6", "3.9")
+    # No spill where none was measured: Triton 3.4 (the floor), 3.9 (CI). At d=128 rank1 (255 registers) Triton 3.7.1,
+    # which torch 2.13's CUDA builds pin, spills 16 B (docs/compatibility.md), and 3.6 (the GPU image) 8 B (compiled
+    # in the thirty-eighth session, with and without TRITON_DEFAULT_FP_FUSION).
+    no_spill = ".".join(triton.__version__.split(".")[:2]) in ("3.4", "3.9")
     assert all(0 < int(r[3]) <= 255 and (int(r[5]) == 0 or (not no_spill and int(r[5]) <= 64)) for r in rows), rows
 
 
