@@ -62,6 +62,8 @@
 #            the grouping's and the SDPA engine's GPU tests, the launch per tile with each weights way
 #            (bench_regroup.py --qeff), the grouping launch with each (bench_grouping.py), then whole rank1 calls
 #            (fused, SDPA engine) at N=4096 with DISTR_QEFF_PAIR_WEIGHTS=regs / sums alternated, twice.
+# pair-sums-quick: the same in less device time: only the tests of the sums and the deferred band sums, the whole
+#                  calls first, then the launch at the default tile.
 # band-deferred: the SDPA engine's band kernel with its σ² sums deferred to after the band loop
 #                (BandConfig.deferred_sums): the engine's GPU tests, the band kernel per tile with and without
 #                (bench_window_sdpa.py --deferred), then the engine's window calls at N=4096 with
@@ -235,6 +237,19 @@ for step in "${steps[@]}"; do
                  | tee -a "$out/pair-sums-calls.log" | sed -n '/^| d |/,$p' || rc=1
              done
            done ;;
+    pair-sums-quick) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_grouping.py \
+             tests/ops/test_sdpa_engine.py -k "sums or deferred" 2>&1 | tee "$out/pair-sums-tests.log" | tail -3 || rc=1
+           for round in 1 2; do
+             for pw in regs sums; do
+               echo "== DISTR_QEFF_PAIR_WEIGHTS=$pw, round $round"
+               DISTR_QEFF_PAIR_WEIGHTS=$pw python scripts/bench_attention.py --quick --rep-ms 10 \
+                 --variants "distr G=2 rank1" "distr G=2 rank1 sdpa" --json "$out/pair-sums-$pw-$round.json" 2>&1 \
+                 | tee -a "$out/pair-sums-calls.log" | sed -n '/^| d |/,$p' || rc=1
+             done
+           done
+           python scripts/bench_regroup.py --qeff --d 64 128 --qeff-ways pair dot16 --qeff-from registers \
+             --qeff-pair-weights regs sums --qeff-tiles 4,128,64 2>&1 \
+             | tee "$out/pair-sums-launch.log" | sed -n '/^| B x H/,$p' || rc=1 ;;
     band-deferred) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_sdpa_engine.py 2>&1 \
              | tee "$out/band-deferred-tests.log" | tail -3 || rc=1
            python scripts/bench_window_sdpa.py --tiles 64,32,4,2 64,64,4,2 --deferred 2>&1 \
