@@ -107,6 +107,17 @@ if ls .whl/sageattention-*.whl >/dev/null 2>&1 && ! python -c "import sageattent
 fi
 workers=()
 python -c "import xdist" 2>/dev/null && workers=(-n "${GPU_TEST_WORKERS:-8}")
+pair_sums_calls() {  # whole rank1 calls (fused, SDPA engine) at N=4096, the Q_eff pair weights "regs" / "sums" alternated
+  local round pw
+  for round in 1 2; do
+    for pw in regs sums; do
+      echo "== DISTR_QEFF_PAIR_WEIGHTS=$pw, round $round"
+      DISTR_QEFF_PAIR_WEIGHTS=$pw python scripts/bench_attention.py --quick --rep-ms 10 \
+        --variants "distr G=2 rank1" "distr G=2 rank1 sdpa" --json "$out/pair-sums-$pw-$round.json" 2>&1 \
+        | tee -a "$out/pair-sums-calls.log" | sed -n '/^| d |/,$p' || rc=1
+    done
+  done
+}
 rc=0
 for step in "${steps[@]}"; do
   case "$step" in
@@ -229,24 +240,10 @@ for step in "${steps[@]}"; do
              | tee "$out/pair-sums-launch.log" | sed -n '/^| B x H/,$p' || rc=1
            python scripts/bench_grouping.py --fusions rank1 --rep-ms 20 --pair-weights gram regs sums 2>&1 \
              | tee "$out/pair-sums-grouping.log" | sed -n '/^| d |/,$p' || rc=1
-           for round in 1 2; do
-             for pw in regs sums; do
-               echo "== DISTR_QEFF_PAIR_WEIGHTS=$pw, round $round"
-               DISTR_QEFF_PAIR_WEIGHTS=$pw python scripts/bench_attention.py --quick --rep-ms 10 \
-                 --variants "distr G=2 rank1" "distr G=2 rank1 sdpa" --json "$out/pair-sums-$pw-$round.json" 2>&1 \
-                 | tee -a "$out/pair-sums-calls.log" | sed -n '/^| d |/,$p' || rc=1
-             done
-           done ;;
+           pair_sums_calls ;;
     pair-sums-quick) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_grouping.py \
              tests/ops/test_sdpa_engine.py -k "sums or deferred" 2>&1 | tee "$out/pair-sums-tests.log" | tail -3 || rc=1
-           for round in 1 2; do
-             for pw in regs sums; do
-               echo "== DISTR_QEFF_PAIR_WEIGHTS=$pw, round $round"
-               DISTR_QEFF_PAIR_WEIGHTS=$pw python scripts/bench_attention.py --quick --rep-ms 10 \
-                 --variants "distr G=2 rank1" "distr G=2 rank1 sdpa" --json "$out/pair-sums-$pw-$round.json" 2>&1 \
-                 | tee -a "$out/pair-sums-calls.log" | sed -n '/^| d |/,$p' || rc=1
-             done
-           done
+           pair_sums_calls
            python scripts/bench_regroup.py --qeff --d 64 128 --qeff-ways pair dot16 --qeff-from registers \
              --qeff-pair-weights regs sums --qeff-tiles 4,128,64 2>&1 \
              | tee "$out/pair-sums-launch.log" | sed -n '/^| B x H/,$p' || rc=1 ;;
