@@ -235,6 +235,31 @@ def test_exp_fma_interpreter(case):
 
 
 @interpreter_only
+@pytest.mark.parametrize("case", [CPU_CASES[i] for i in (3, 6, 11)], ids=lambda c: "-".join(map(str, c)))
+def test_exp_fma_with_rescale_slack_interpreter(case):
+    """``exp_fma`` and ``rescale_slack`` together: with the slack, exp2's arguments reach up to +slack, so the
+    polynomial runs on positive inputs too (p up to 2**8). Keys planted late pass the first tiles' max by far more
+    than the slack. The reference's output within the polynomial's error, the plain kernel's lse, fully masked
+    rows zeros."""
+    from distr_patch.ops.configs import fwd_config
+    from distr_patch.ops.distr_attn import _triton_forward
+
+    q, k, v, kw, _ = _case_call(case)
+    d, G, block_m, W = case[5], case[6], case[8], case[9]
+    k[:, :, -20:-17] *= 6.0
+    ref = reference_distr_attention(q, k, v, **{n: kw[n] for n in kw if n not in ("query_valid", "groups")})
+    base = replace(fwd_config(d, G, block_m, exact_window=W), block_n=16, band_block_n=16)
+    _, plain_lse = _triton_forward(q, k, v, config=base, return_lse=True, **kw)[:2]
+    for share, slack in ((2, 8.0), (4, 0.5)):
+        cfg = replace(base, exp_fma=share, rescale_slack=slack)
+        out, lse = _triton_forward(q, k, v, config=cfg, return_lse=True, **kw)[:2]
+        assert rel_err(out, ref) < 2e-4, (share, slack, rel_err(out, ref))
+        fin = torch.isfinite(plain_lse)
+        assert torch.equal(fin, torch.isfinite(lse)) and torch.allclose(lse[fin], plain_lse[fin], atol=1e-3)
+        assert torch.equal(out.abs().sum(-1) == 0, ref.abs().sum(-1) == 0)
+
+
+@interpreter_only
 @pytest.mark.parametrize("case", [CPU_CASES[i] for i in (1, 3, 6, 7, 10, 12, 15)], ids=lambda c: "-".join(map(str, c)))
 def test_rescale_slack_interpreter(case):
     """``FwdConfig.rescale_slack`` (the reference max moves only when a tile's max passes it by the slack): the
