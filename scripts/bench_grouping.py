@@ -56,7 +56,7 @@ def main(argv=None):
                    help="also the launch storing positions with each of these hash projections (16bit, fp32)")
     p.add_argument("--pair-weights", nargs="*", default=[],
                    help="rank1: also the launch storing positions with each of these ways of forming the G=2 pair "
-                        "weights (grouping_triton.PAIR_WAYS: gather, gram, regs, sums)")
+                        "weights (grouping_triton.PAIR_WAYS: gather, gram, regs)")
     p.add_argument("--power-grams", nargs="*", default=[],
                    help="rank1, G >= 4: also the launch storing positions with each of these ways of forming the "
                         "groups' Grams (grouping_triton.POWER_GRAMS: rows, dot)")

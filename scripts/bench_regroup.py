@@ -14,8 +14,8 @@ import torch
 import triton
 
 from distr_patch.ops.grouping import compute_groups
-from distr_patch.ops.grouping_triton import (QEFF_PAIR_WAYS, QEFF_SOURCES, QEFF_WAYS, qeff_tiles, qeff_way,
-                                             triton_grouping, triton_query_effective)
+from distr_patch.ops.grouping_triton import (QEFF_SOURCES, QEFF_WAYS, qeff_tiles, qeff_way, triton_grouping,
+                                             triton_query_effective)
 from distr_patch.ops.regroup import REGROUP_TILES, regroup
 
 
@@ -39,14 +39,11 @@ def bench_qeff(args):
 
             ref = two()
             grouping_ms = triton.testing.do_bench(lambda: triton_grouping(q, positions=True, **kw))
-            # the pair weights' ways only where they act: G=2 rank1 with the fusion from registers
-            def pws(src):
-                return args.qeff_pair_weights if fusion == "rank1" and src == "registers" else [None]
             variants = [("grouping + regroup", two)] + [
-                (f"fused {way}{'' if src == 'memory' else ' regs'}{'' if pw is None else ' w:' + pw} {t}",
-                 lambda t=t, way=way, src=src, pw=pw: triton_query_effective(
-                     q, tiles=t, regroup_way=way, fusion_from=src, pair_weights=pw, **kw)[0])
-                for src in args.qeff_from for way in args.qeff_ways for pw in pws(src) for t in tiles]
+                (f"fused {way}{'' if src == 'memory' else ' regs'} {t}",
+                 lambda t=t, way=way, src=src: triton_query_effective(q, tiles=t, regroup_way=way, fusion_from=src,
+                                                                      **kw)[0])
+                for src in args.qeff_from for way in args.qeff_ways for t in tiles]
             for name, fn in variants:
                 try:
                     same = torch.allclose(fn().float(), ref.float(), rtol=1e-2, atol=1e-2)
@@ -80,9 +77,6 @@ def main():
                     help="how the fused launch forms Q_eff's columns (grouping_triton.QEFF_REGROUP)")
     ap.add_argument("--qeff-from", nargs="+", default=list(QEFF_SOURCES), choices=QEFF_SOURCES,
                     help="where the fused launch's dot takes the fusion matrix from (grouping_triton.QEFF_FUSION_FROM)")
-    ap.add_argument("--qeff-pair-weights", nargs="+", default=["regs"], choices=QEFF_PAIR_WAYS,
-                    help="how the fused launch forms G=2 rank1 weights in registers "
-                         "(grouping_triton.QEFF_PAIR_WEIGHTS)")
     args = ap.parse_args()
     if args.qeff:
         return bench_qeff(args)

@@ -58,12 +58,6 @@
 #             tests at real sizes with band_first on, then W128 c.5 (rank1, mean) against the default and the σ² pass
 #             with the other sums (per tile / deferred: the default's since the thirty-seventh session) at N=4096 and
 #             16384, d=64/128, causal and not, 3 rotated rounds.
-# pair-sums: the G=2 rank1 pair weights from column sums (grouping_triton "sums", no [d, d] Gram) in the Q_eff launch:
-#            the grouping's and the SDPA engine's GPU tests, the launch per tile with each weights way
-#            (bench_regroup.py --qeff), the grouping launch with each (bench_grouping.py), then whole rank1 calls
-#            (fused, SDPA engine) at N=4096 with DISTR_QEFF_PAIR_WEIGHTS=regs / sums alternated, twice.
-# pair-sums-quick: the same in less device time: only the tests of the sums and the deferred band sums, the whole
-#                  calls first, then the launch at the default tile.
 # band-deferred: the SDPA engine's band kernel with its σ² sums deferred to after the band loop
 #                (BandConfig.deferred_sums): the engine's GPU tests, the band kernel per tile with and without
 #                (bench_window_sdpa.py --deferred), then the engine's window calls at N=4096 with
@@ -107,17 +101,6 @@ if ls .whl/sageattention-*.whl >/dev/null 2>&1 && ! python -c "import sageattent
 fi
 workers=()
 python -c "import xdist" 2>/dev/null && workers=(-n "${GPU_TEST_WORKERS:-8}")
-pair_sums_calls() {  # whole rank1 calls (fused, SDPA engine) at N=4096, the Q_eff pair weights "regs" / "sums" alternated
-  local round pw
-  for round in 1 2; do
-    for pw in regs sums; do
-      echo "== DISTR_QEFF_PAIR_WEIGHTS=$pw, round $round"
-      DISTR_QEFF_PAIR_WEIGHTS=$pw python scripts/bench_attention.py --quick --rep-ms 10 \
-        --variants "distr G=2 rank1" "distr G=2 rank1 sdpa" --json "$out/pair-sums-$pw-$round.json" 2>&1 \
-        | tee -a "$out/pair-sums-calls.log" | sed -n '/^| d |/,$p' || rc=1
-    done
-  done
-}
 rc=0
 for step in "${steps[@]}"; do
   case "$step" in
@@ -233,20 +216,6 @@ for step in "${steps[@]}"; do
            python scripts/compare_fwd_configs.py --variants "G2 r1 W128 c.5" "G2 mean W128 c.5" \
              --d 64 128 --n 4096 16384 --no-reduced --sigma2-deferred --band-first --rounds 3 2>&1 \
              | tee "$out/band-first.log" | sed -n '/^| d |/,$p' || rc=1 ;;
-    pair-sums) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_grouping.py \
-             tests/ops/test_sdpa_engine.py 2>&1 | tee "$out/pair-sums-tests.log" | tail -3 || rc=1
-           python scripts/bench_regroup.py --qeff --d 64 128 --qeff-ways pair dot16 --qeff-from registers \
-             --qeff-pair-weights regs sums --qeff-tiles 4,64,64 4,128,64 8,128,64 2>&1 \
-             | tee "$out/pair-sums-launch.log" | sed -n '/^| B x H/,$p' || rc=1
-           python scripts/bench_grouping.py --fusions rank1 --rep-ms 20 --pair-weights gram regs sums 2>&1 \
-             | tee "$out/pair-sums-grouping.log" | sed -n '/^| d |/,$p' || rc=1
-           pair_sums_calls ;;
-    pair-sums-quick) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_grouping.py \
-             tests/ops/test_sdpa_engine.py -k "sums or deferred" 2>&1 | tee "$out/pair-sums-tests.log" | tail -3 || rc=1
-           pair_sums_calls
-           python scripts/bench_regroup.py --qeff --d 64 128 --qeff-ways pair dot16 --qeff-from registers \
-             --qeff-pair-weights regs sums --qeff-tiles 4,128,64 2>&1 \
-             | tee "$out/pair-sums-launch.log" | sed -n '/^| B x H/,$p' || rc=1 ;;
     band-deferred) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_sdpa_engine.py 2>&1 \
              | tee "$out/band-deferred-tests.log" | tail -3 || rc=1
            python scripts/bench_window_sdpa.py --tiles 64,32,4,2 64,64,4,2 --deferred 2>&1 \

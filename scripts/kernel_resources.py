@@ -191,33 +191,27 @@ QEFF_TILES = ((2, 64, 64), (4, 64, 64), (4, 128, 64), (4, 64, 32), (4, 64, 128),
 def qeff_rows(q, default_only: bool = False) -> list:
     """("fusion, regroup way", tiles, resources) of the fused grouping + Q_eff launch (G=2, block_m=128) at each of
     QEFF_TILES, with each way of forming Q_eff's columns and fusion source (``grouping_triton.QEFF_WAYS``,
-    ``QEFF_SOURCES``) and, for rank1 with the fusion from registers, each way of its pair weights
-    (``QEFF_PAIR_WAYS``); ``default_only``: the launch's default tile, way, source and weights only."""
-    from distr_patch.ops.grouping_triton import (QEFF_PAIR_WAYS, QEFF_PAIR_WEIGHTS, QEFF_SOURCES, QEFF_WAYS,
-                                                 qeff_tiles, qeff_way, triton_query_effective)
+    ``QEFF_SOURCES``); ``default_only``: the launch's default tile, way and source only."""
+    from distr_patch.ops.grouping_triton import QEFF_SOURCES, QEFF_WAYS, qeff_tiles, qeff_way, triton_query_effective
 
     rows = []
     for fusion in ("mean", "rank1"):
         default_way, default_src = qeff_way(q.shape[-1], fusion == "rank1")
         for way in (default_way,) if default_only else QEFF_WAYS:
             for src in (default_src,) if default_only else QEFF_SOURCES[:1] if way == "gather" else QEFF_SOURCES:
-                # the G=2 rank1 pair weights' ways where they act (weights in registers)
-                pws = (QEFF_PAIR_WEIGHTS,) if default_only else QEFF_PAIR_WAYS
-                for pw in pws if fusion == "rank1" and src == "registers" else (None,):
-                    for tiles in (qeff_tiles(q.shape[-1], fusion == "rank1"),) if default_only else QEFF_TILES:
-                        if tiles[1] > q.shape[-1] and tiles[1] != 64:
-                            continue
-                        _compiled.clear()
-                        try:
-                            triton_query_effective(q, group_size=2, block_m=128, num_hash_bits=16, seed=0,
-                                                   query_valid=None, fusion=fusion, tiles=tiles, regroup_way=way,
-                                                   fusion_from=src, pair_weights=pw)
-                        except ValueError as e:  # a tile the launch refuses (it faulted on the GPU): no row
-                            print(f"  {fusion}, {way} {tiles}: refused ({str(e)[:60]}...)")
-                            continue
-                        r = resources([k for n, k in _compiled if n == "_grouping_qeff_kernel"][-1])
-                        label = f"{fusion}, {way}{'' if src == 'memory' else ' regs'}{'' if pw is None else ' w:' + pw}"
-                        rows.append((label, tiles, r))
+                for tiles in (qeff_tiles(q.shape[-1], fusion == "rank1"),) if default_only else QEFF_TILES:
+                    if tiles[1] > q.shape[-1] and tiles[1] != 64:
+                        continue
+                    _compiled.clear()
+                    try:
+                        triton_query_effective(q, group_size=2, block_m=128, num_hash_bits=16, seed=0,
+                                               query_valid=None, fusion=fusion, tiles=tiles, regroup_way=way,
+                                               fusion_from=src)
+                    except ValueError as e:  # a tile the launch refuses (it faulted on the GPU): no row
+                        print(f"  {fusion}, {way} {tiles}: refused ({str(e)[:60]}...)")
+                        continue
+                    r = resources([k for n, k in _compiled if n == "_grouping_qeff_kernel"][-1])
+                    rows.append((f"{fusion}, {way}{'' if src == 'memory' else ' regs'}", tiles, r))
     return rows
 
 
@@ -265,7 +259,7 @@ def main(argv=None):
     driver.set_active(_Sm90Driver())
     jit.JITFunction.run = _compile_only(jit.JITFunction.run)
     if args.qeff:
-        from distr_patch.ops.grouping_triton import QEFF_PAIR_WEIGHTS, qeff_tiles, qeff_way
+        from distr_patch.ops.grouping_triton import qeff_tiles, qeff_way
 
         print(f"Triton {triton.__version__}, sm_90 (compiled only), N=512 bf16, G=2, block_m=128; * = the default\n")
         print("| d | fusion, regroup | warps, columns, rows | registers | programs/SM by registers | spill B "
@@ -273,9 +267,8 @@ def main(argv=None):
         for d in args.d:
             for fusion, tiles, r in qeff_rows(torch.randn(1, 2, 512, d, dtype=torch.bfloat16), args.default_only):
                 way, src = qeff_way(d, fusion.startswith("rank1"))
-                pw = f" w:{QEFF_PAIR_WEIGHTS}" if fusion.startswith("rank1") and src == "registers" else ""
                 default = (tiles == qeff_tiles(d, fusion.startswith("rank1"))
-                           and fusion.endswith(f", {way}{'' if src == 'memory' else ' regs'}{pw}"))
+                           and fusion.endswith(f", {way}{'' if src == 'memory' else ' regs'}"))
                 star = "*" if default else ""
                 print(f"| {d} | {fusion} | {tiles}{star} | {_resource_cells(r, tiles[0])} |", flush=True)
         return

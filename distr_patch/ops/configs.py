@@ -468,7 +468,9 @@ class BandConfig:
     num_warps: int
     num_stages: int
     # each row's squared grouped-minus-exact scores added up in a [block_m, block_n] tile and summed over the keys
-    # once after the band loop (as the fused kernel's FwdConfig.sigma2_deferred_sums); False: summed per key tile
+    # once after the band loop (as the fused kernel's FwdConfig.sigma2_deferred_sums); False: summed per key tile.
+    # Timed on the H100 (fortieth session): the band kernel alone 0-20% slower at its default tiles, whole windowed
+    # SDPA-engine calls at N=4096 2-8% slower (docs/benchmarks.md). Off.
     deferred_sums: bool = False
 
 

@@ -21,8 +21,7 @@ G=2 (``PAIR_WEIGHTS``): by default each pair's three entries are picked from the
 tensor-core dot of the tile in registers (16-bit products are exact in its fp32 accumulator); "gather"
 re-reads Q by the pair's columns (L1/L2 hits): 5x slower as a launch on the H200 (0.42 against 0.08-0.10 ms);
 "regs" picks the partner's entries by masks on the sorted positions instead of reading the order and a scratch back
-(what the fused Q_eff launch's register path uses; the same weights); "sums" forms no Gram: each column's partner
-comes from one dot with the one-hot partner matrix, and the pair's entries are column sums over the rows.
+(what the fused Q_eff launch's register path uses; the same weights).
 G>=4: the columns are put in sorted order by a dot of the block's registers with the one-hot
 permutation matrix, CH sorted positions at a time (``power_chunk``: 128 at D_PAD = 128, else 64; [D_PAD, CH]
 per chunk). One 1.0 per column and fp32 accumulation make it exact (16-bit Q in its own dtype; fp32 Q takes an fp32
@@ -107,10 +106,10 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
     Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     Y += b.to(tl.int64) * stride_yb + h.to(tl.int64) * stride_yh
     out = (pid_bh.to(tl.int64) * NB + pid_blk) * HEAD_DIM
-    xq, pos, wcol, wmate = group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, INV + out,
-                                       pid_blk, stride_qn, stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV,
-                                       RANK1, G, DG, CH, STEPS, U_ZERO, EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER,
-                                       True, PROJ_16BIT, GRAM_DOT)
+    xq, pos, wcol = group_block(Q, QV + b.to(tl.int64) * stride_qvb, R, GRP + out, W + out, INV + out, pid_blk,
+                                stride_qn, stride_qd, N, HEAD_DIM, D_PAD, BM, NBITS, NBITS_PAD, HAS_QV, RANK1, G, DG,
+                                CH, STEPS, U_ZERO, EXACT_DOT, PAIR_GRAM, GRAM_F32, RANK_ORDER, True, PROJ_16BIT,
+                                GRAM_DOT)
     if not FUSION_REGS:  # the other ways read the positions and weights this program stored back
         tl.debug_barrier()
     if FUSION_REGS:
@@ -119,13 +118,10 @@ def _grouping_qeff_kernel(Q, QV, R, GRP, W, INV, Y, w1c,
         gid = tl.where(real, pos // GROUP_SIZE, -1)
         w1 = tl.where(real, wcol if RANK1 else w1c, 0.0)  # W[c, c'] = w1(c)·w2(c') on shared groups
         w2 = tl.where(real, wcol if RANK1 else 1.0, 0.0)
-        if PAIR:  # partner[c', c]: c' is c's partner (the other column of its pair)
+        if PAIR:  # partner[c', c]: c' is c's partner (the other column of its pair); its weights by the same mask
             partner = (pos[:, None] == (pos ^ 1)[None, :]) & real[:, None] & real[None, :]
             wself = w1 * w2
-            if RANK1 and PAIR_GRAM == 3:  # "sums": the partner's u, from group_block
-                wpart = tl.where(real, wmate, 0.0) * w2
-            else:  # its weights by the same mask (with "regs" the partner's u kept live spilled 64 B at d=128)
-                wpart = tl.sum(tl.where(partner, w1[:, None], 0.0), axis=0) * w2
+            wpart = tl.sum(tl.where(partner, w1[:, None], 0.0), axis=0) * w2
         else:
             wm = tl.where(gid[:, None] == gid[None, :], w1[:, None] * w2[None, :], 0.0)  # [D_PAD, D_PAD] fp32
         for r0 in tl.static_range(0, BM, ROWS):
@@ -196,9 +192,8 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
     u to W_B[0:d], and with STORE_INV each column's sorted position to INV_B[0:d] (``regroup.inverse_groups``
     of the order, which the attention kernel's Q_eff prologue reads). Returns the block's tile [BM, D_PAD] in Q's
     dtype (zeros for tail and invalid rows), each column's sorted position [D_PAD] (padded columns last) and, with
-    G=2 rank1 pair weights in registers (PAIR_GRAM = 2 or 3), each column's weight u [D_PAD] and its partner's
-    (zeros otherwise). Shared by ``_grouping_kernel``, ``_grouping_qeff_kernel`` and the attention kernel's
-    fused-grouping prologue.
+    G=2 rank1 pair weights in registers (PAIR_GRAM = 2), each column's weight u [D_PAD] (zeros otherwise). Shared
+    by ``_grouping_kernel``, ``_grouping_qeff_kernel`` and the attention kernel's fused-grouping prologue.
 
     R: the zero-padded directions [BM, NBITS_PAD], fp32 (an fp32 FMA dot), or with PROJ_16BIT in Q's dtype
     (``projections_16bit``; exact, as ``hash_projections`` draws 16-bit values): one tensor-core dot of the 16-bit
@@ -236,19 +231,16 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
     if STORE_INV:
         tl.store(INV_B + cols, pos.to(tl.int32), mask=cols < HEAD_DIM)
     wcol = tl.zeros([D_PAD], dtype=tl.float32)  # each column's rank1 weight, where computed in registers
-    wmate = tl.zeros([D_PAD], dtype=tl.float32)  # and its partner's (G = 2)
     if RANK1:
-        if not (G == 2 and PAIR_GRAM >= 2):
+        if not (G == 2 and PAIR_GRAM == 2):
             tl.debug_barrier()  # the permutation is re-read from memory in plain layouts
-        if G == 2 and PAIR_GRAM == 3:
-            wcol, wmate = _pair_weights_sums(xq, pos, W_B, HEAD_DIM, D_PAD, GRAM_F32)
-        elif G == 2 and PAIR_GRAM > 0:
+        if G == 2 and PAIR_GRAM > 0:
             if GRAM_F32:  # fp32 q, or the interpreter (whose 16-bit dots are not exact)
                 gram = tl.dot(tl.trans(x), x, input_precision="ieee")
             else:  # 16-bit products are exact in the fp32 accumulator
                 gram = tl.dot(tl.trans(xq), xq)
             if PAIR_GRAM == 2:
-                wcol, wmate = _pair_weights_regs(gram, pos, W_B, HEAD_DIM, D_PAD)
+                wcol = _pair_weights_regs(gram, pos, W_B, HEAD_DIM, D_PAD)
             else:
                 _pair_weights_gram(gram, pos, GRP_B, W_B, HEAD_DIM, D_PAD)
         elif G == 2:
@@ -273,7 +265,7 @@ def group_block(Q, QV_B, R, GRP_B, W_B, INV_B, pid_blk, stride_qn, stride_qd, N,
                     gram = _group_grams_rows(xs, BM, G, DG)
                 w = _power_weights(gram, G, DG, CH, STEPS, U_ZERO)
                 tl.store(W_B + pj, w, mask=pj < HEAD_DIM)
-    return xq, pos, wcol, wmate
+    return xq, pos, wcol
 
 
 @triton.jit
@@ -331,7 +323,7 @@ def _pair_weights_regs(gram, pos, W_B, HEAD_DIM: tl.constexpr, D_PAD: tl.constex
     """G=2 as ``_pair_weights_gram``, all in registers: the partner of column c is the column at sorted position
     pos(c) ^ 1, so a [D_PAD, D_PAD] mask on the positions picks its pair entry and its diagonal entry (no reads of
     the order or a scratch back from memory, no barriers). Writes u at each column's sorted position in W_B and
-    returns each column's u and its partner's u, [D_PAD] each (padded columns: pairs of their own, weights unused)."""
+    returns each column's u [D_PAD] (padded columns: pairs of their own, weights unused)."""
     cols = tl.arange(0, D_PAD)
     real = cols < HEAD_DIM
     diag = tl.sum(tl.where(cols[None, :] == cols[:, None], gram, 0.0), axis=1)
@@ -342,32 +334,7 @@ def _pair_weights_regs(gram, pos, W_B, HEAD_DIM: tl.constexpr, D_PAD: tl.constex
     ua, ub = _top_eigvec_2(tl.where(first, diag, dpart), off, tl.where(first, dpart, diag))
     wcol = tl.where(first, ua, ub).to(tl.float32)  # fp32 already (a guard: an fp64 weight fails the dot on the GPU)
     tl.store(W_B + pos, wcol, mask=real)
-    return wcol, tl.where(first, ub, ua).to(tl.float32)
-
-
-@triton.jit
-def _pair_weights_sums(xq, pos, W_B, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, GRAM_F32: tl.constexpr):
-    """G=2 as ``_pair_weights_regs`` without the block's [D_PAD, D_PAD] Gram: each column's partner column comes from
-    one dot of the tile xq [BM, D_PAD] with the one-hot partner matrix (exact: one 1.0 per column; 16-bit xq in its
-    own dtype, fp32 / the interpreter in fp32), and the pair's three Gram entries are column sums over the rows of
-    x·x, x·x_p and x_p·x_p (fp32; exact products of 16-bit values). Writes u at each column's sorted position in W_B;
-    returns each column's u and its partner's u, [D_PAD] each."""
-    cols = tl.arange(0, D_PAD)
-    real = cols < HEAD_DIM
-    partner = (pos[:, None] == (pos ^ 1)[None, :]) & real[:, None] & real[None, :]  # [c', c]: c' is c's partner
-    if GRAM_F32:
-        xp = tl.dot(xq.to(tl.float32), partner.to(tl.float32), input_precision="ieee")
-    else:
-        xp = tl.dot(xq, partner.to(xq.dtype))  # [BM, D_PAD] fp32: column c holds x_partner(c)
-    x = xq.to(tl.float32)
-    diag = tl.sum(x * x, axis=0)
-    off = tl.sum(x * xp, axis=0)
-    dpart = tl.sum(xp * xp, axis=0)
-    first = (pos % 2) == 0  # c is the pair's first member (sorted position 2g)
-    ua, ub = _top_eigvec_2(tl.where(first, diag, dpart), off, tl.where(first, dpart, diag))
-    wcol = tl.where(first, ua, ub).to(tl.float32)
-    tl.store(W_B + pos, wcol, mask=real)
-    return wcol, tl.where(first, ub, ua).to(tl.float32)
+    return wcol
 
 
 @triton.jit
@@ -445,18 +412,12 @@ def _group_grams_dot(xs, G: tl.constexpr, DG: tl.constexpr, CH: tl.constexpr, GR
 
 # G=2 rank1 pair Grams: "gram" (default) picks them from the block's full XᵀX (one dot of the tile
 # already in registers); "gather" re-reads Q by each pair's columns; "regs" is "gram" with the partner's entries
-# picked in registers (``_pair_weights_regs``); "sums" takes each column's partner by one one-hot dot and the three
-# entries as column sums over the rows (``_pair_weights_sums``: no [d, d] Gram, no selections from it). All compute
-# the same weights to fp32 rounding (tests); "gram" made the whole G2 rank1 call ~10% faster than "gather" on the
-# H200 at N=4096 (docs/benchmarks.md); "regs" made the grouping launch slower (0.084 / 0.111 ms against 0.080 /
-# 0.099 at d=64 / 128: the extra [d, d] selection costs more than the read back), so only the fused Q_eff launch's
-# register path uses it (or "sums": ``QEFF_PAIR_WEIGHTS``), where it also saves the fusion matrix's read back.
+# picked in registers (``_pair_weights_regs``). All compute the same weights (tests); "gram" made the whole G2 rank1
+# call ~10% faster than "gather" on the H200 at N=4096 (docs/benchmarks.md); "regs" made the grouping launch slower
+# (0.084 / 0.111 ms against 0.080 / 0.099 at d=64 / 128: the extra [d, d] selection costs more than the read back),
+# so only the fused Q_eff launch's register path uses it, where it also saves the fusion matrix's read back.
 PAIR_WEIGHTS = os.environ.get("DISTR_PAIR_WEIGHTS", "gram")
-PAIR_WAYS = ("gather", "gram", "regs", "sums")  # group_block's PAIR_GRAM is the index
-# The fused Q_eff launch's G=2 rank1 pair weights where they stay in registers: "regs" (default) or "sums"
-# (``PAIR_WAYS``; the same weights to fp32 rounding).
-QEFF_PAIR_WEIGHTS = os.environ.get("DISTR_QEFF_PAIR_WEIGHTS", "regs")
-QEFF_PAIR_WAYS = ("regs", "sums")
+PAIR_WAYS = ("gather", "gram", "regs")  # group_block's PAIR_GRAM is the index
 # The columns' sorted order: "rank" counts, for each column, the smaller (code, index) keys (d² compares,
 # one reduction); "sort" runs tl.sort on the keys (a bitonic network of shuffles). The same permutation.
 COLUMN_ORDER = os.environ.get("DISTR_COLUMN_ORDER", "rank")
@@ -726,8 +687,7 @@ QEFF_SOURCES = ("memory", "registers")
 
 def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_bits: int, seed: int,
                            query_valid: torch.Tensor | None, fusion: str, tiles: tuple[int, int, int] | None = None,
-                           regroup_way: str | None = None, fusion_from: str | None = None,
-                           pair_weights: str | None = None):
+                           regroup_way: str | None = None, fusion_from: str | None = None):
     """Q_eff and the grouping it came from, in one launch: q [B, H, N, d] (16-bit or fp32, any strides) ->
     (q_eff [B, H, N, d] contiguous in q's dtype, groups int32 [B, H, nb, d], a, b (fp32 [B, H, nb, d] rank1 weights,
     the same tensor; None for mean), positions int32 [B, H, nb, d] (column -> sorted position)).
@@ -737,20 +697,14 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
     it just read. ``tiles``: (num_warps, output columns per dot, rows per step) instead of ``qeff_tiles(d)``;
     ``regroup_way``: "dot", "dot16", "gather" or "pair" (``QEFF_WAYS``; "pair" acts only for G = 2 with the fusion
     matrix from registers and runs "dot16" elsewhere), and ``fusion_from``: "memory" or "registers", instead of
-    ``qeff_way(d)``; ``pair_weights``: "regs" or "sums" (``QEFF_PAIR_WAYS``) instead of ``QEFF_PAIR_WEIGHTS``, how
-    G=2 rank1 weights are formed where they stay in registers. Refused by name: tiles with 8 or more warps and rows
-    per step = block_m at head dims <= 64 (an illegal shared-memory access on the H200).
+    ``qeff_way(d)``. Refused by name: tiles with 8 or more warps and rows per step = block_m at head dims <= 64 (an
+    illegal shared-memory access on the H200).
     """
     way, source = qeff_way(q.shape[-1], fusion == "rank1" and group_size > 1)
     way, source = regroup_way or way, fusion_from or source
     if way not in QEFF_WAYS:
         raise ValueError(f"regroup_way (or environment variable DISTR_QEFF_REGROUP) must be one of {QEFF_WAYS}, "
                          f"got {way!r}")
-    pair_way = pair_weights or QEFF_PAIR_WEIGHTS
-    if pair_way not in QEFF_PAIR_WAYS:
-        src = "pair_weights" if pair_weights else "grouping_triton.QEFF_PAIR_WEIGHTS (environment variable " \
-            "DISTR_QEFF_PAIR_WEIGHTS)"
-        raise ValueError(f"{src} must be one of {QEFF_PAIR_WAYS}, got {pair_way!r}")
     if source not in QEFF_SOURCES:
         raise ValueError(f"fusion_from (or environment variable DISTR_QEFF_FUSION_FROM) must be one of "
                          f"{QEFF_SOURCES}, got {source!r}")
@@ -778,7 +732,7 @@ def triton_query_effective(q: torch.Tensor, *, group_size: int, block_m: int, nu
     meta = gl.meta
     in_regs = source == "registers" and way != "gather" and cb >= d_pad and (not gl.rank1 or group_size == 2)
     if in_regs and gl.rank1:  # whatever PAIR_WEIGHTS says: every way gives the same weights, these stay in registers
-        meta = {**meta, "PAIR_GRAM": PAIR_WAYS.index(pair_way)}
+        meta = {**meta, "PAIR_GRAM": PAIR_WAYS.index("regs")}
     qe = torch.empty((B, H, N, d), device=q.device, dtype=q.dtype)
     nb = gl.groups.shape[2]
     launch(_grouping_qeff_kernel, (nb, B * H),

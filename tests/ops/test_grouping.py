@@ -120,8 +120,7 @@ def test_mean_weights_and_fused_queries_equal_grouped_product():
 
 
 # (grouping_triton.PAIR_WEIGHTS, grouping_triton.COLUMN_ORDER): the defaults first, then the other ways
-GROUPING_WAYS = [("gram", "rank"), ("gather", "sort"), ("gram", "sort"), ("gather", "rank"), ("regs", "rank"),
-                 ("sums", "rank")]
+GROUPING_WAYS = [("gram", "rank"), ("gather", "sort"), ("gram", "sort"), ("gather", "rank"), ("regs", "rank")]
 
 
 @interpreter_only
@@ -217,8 +216,7 @@ def assert_same_up_to_ties(got, ref, q, bm, valid=None, rel_tol=1e-5, nbits=16):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
 @pytest.mark.parametrize("G,ways,grams", [(2, GROUPING_WAYS[0], "rows"), (2, GROUPING_WAYS[1], "rows"),
-                                          (2, GROUPING_WAYS[4], "rows"), (2, GROUPING_WAYS[5], "rows"),
-                                          (4, GROUPING_WAYS[0], "rows"),
+                                          (2, GROUPING_WAYS[4], "rows"), (4, GROUPING_WAYS[0], "rows"),
                                           (4, GROUPING_WAYS[0], "dot"), (8, GROUPING_WAYS[1], "rows"),
                                           (8, GROUPING_WAYS[0], "dot")])
 @pytest.mark.parametrize("d", [64, 128, 80])
@@ -508,24 +506,22 @@ def _qeff_two_launches(q, **kw):
     return qe, groups, wa, inv
 
 
-def _check_fused_qeff(q, tiles=None, way="dot", fusion_from="memory", pair_weights=None, **kw):
+def _check_fused_qeff(q, tiles=None, way="dot", fusion_from="memory", **kw):
     from distr_patch.ops.grouping import fused_queries
     from distr_patch.ops.grouping_triton import triton_query_effective
 
-    qe, groups, wa, wb, inv = triton_query_effective(q, tiles=tiles, regroup_way=way, fusion_from=fusion_from,
-                                                     pair_weights=pair_weights, **kw)
+    qe, groups, wa, wb, inv = triton_query_effective(q, tiles=tiles, regroup_way=way, fusion_from=fusion_from, **kw)
     qe2, groups2, wa2, inv2 = _qeff_two_launches(q, **kw)
     assert qe.shape == q.shape and qe.dtype == q.dtype and qe.is_contiguous()
     assert torch.equal(groups, groups2) and torch.equal(inv, inv2)
     assert (wa is None) == (wa2 is None) and (wa is None or wb is wa)
     tol = 1e-6 if q.dtype == torch.float32 else 1e-2
     if wa is not None and not torch.equal(wa, wa2):
-        # G >= 4 rank1: the power steps' sums under other warps; G = 2 "sums": the Gram entries summed in another
-        # order. The same unit vectors to fp32 rounding, except groups whose top eigenvalues nearly coincide
-        # (another, equally valid, eigenvector)
+        # G >= 4 rank1: the power steps' sums under other warps; the same unit vectors to fp32 rounding, except
+        # groups whose top eigenvalues nearly coincide (another, equally valid, eigenvector)
         G = kw["group_size"]
         cos = (wa.view(*wa.shape[:-1], -1, G) * wa2.view(*wa2.shape[:-1], -1, G)).sum(-1).abs()
-        assert (G >= 4 or pair_weights == "sums") and (cos > 1 - 1e-4).float().mean() > 0.999
+        assert G >= 4 and (cos > 1 - 1e-4).float().mean() > 0.999
     else:
         assert torch.allclose(qe.float(), qe2.float(), rtol=tol, atol=tol)
     # and the definition: Q_eff from the same groups and weights by torch ops
@@ -543,38 +539,34 @@ def _check_fused_qeff(q, tiles=None, way="dot", fusion_from="memory", pair_weigh
     ("mean", 4, 96, 140, 128, (4, 32, 64)), ("rank1", 2, 64, 130, 128, (2, 16, 16)),
     ("rank1", 2, 64, 130, 128, (4, 64, 128)), ("mean", 2, 32, 70, 64, (4, 32, 64))])  # whole block from registers
 @pytest.mark.parametrize("with_valid", [True, False])
-@pytest.mark.parametrize("way,fusion_from,pair_weights", [
-    ("dot", "memory", None), ("dot16", "memory", None), ("gather", "memory", None), ("dot", "registers", "regs"),
-    ("pair", "registers", "regs"), ("dot", "registers", "sums"), ("pair", "registers", "sums")])
-def test_fused_qeff_launch_matches_two_launches(fusion, G, d, N, bm, tiles, with_valid, way, fusion_from,
-                                                pair_weights):
+@pytest.mark.parametrize("way,fusion_from", [("dot", "memory"), ("dot16", "memory"), ("gather", "memory"),
+                                             ("dot", "registers"), ("pair", "registers")])
+def test_fused_qeff_launch_matches_two_launches(fusion, G, d, N, bm, tiles, with_valid, way, fusion_from):
     """One launch (grouping, then the block's Q_eff rows) = the grouping launch + the regroup launch: same groups,
     positions and weights, same Q_eff; tails, invalid rows and a non-contiguous q included; the fusion matrix read
-    back from memory or built in registers (where the case allows: otherwise the memory path runs), its G=2 rank1
-    weights from the block's Gram ("regs") or from column sums ("sums")."""
+    back from memory or built in registers (where the case allows: otherwise the memory path runs)."""
     q = rand_q(11, (2, N, 3, d)).transpose(1, 2)  # the [B, N, H, d] layout transformers produce
     valid = None
     if with_valid:
         valid = torch.ones(2, N, dtype=torch.bool)
         valid[1, N - 13:] = False
-    _check_fused_qeff(q, tiles=tiles, way=way, fusion_from=fusion_from, pair_weights=pair_weights, group_size=G,
-                      block_m=bm, num_hash_bits=16, seed=3, query_valid=valid, fusion=fusion)
+    _check_fused_qeff(q, tiles=tiles, way=way, fusion_from=fusion_from, group_size=G, block_m=bm, num_hash_bits=16,
+                      seed=3, query_valid=valid, fusion=fusion)
 
 
 @interpreter_only
 @pytest.mark.parametrize("dtype", [torch.float16])  # bf16: the GPU test (the interpreter's bf16 dots are wrong)
 @pytest.mark.parametrize("fusion,G,tiles", [("mean", 2, None), ("rank1", 2, None), ("rank1", 4, (4, 32, 32)),
                                             ("rank1", 2, (4, 64, 128))])  # the last: whole block from registers
-@pytest.mark.parametrize("way,fusion_from,pair_weights", [("dot16", "memory", None), ("dot16", "registers", "regs"),
-                                                          ("pair", "registers", "regs"), ("pair", "registers", "sums")])
-def test_fused_qeff_launch_16bit_dot(dtype, fusion, G, tiles, way, fusion_from, pair_weights):
+@pytest.mark.parametrize("way,fusion_from", [("dot16", "memory"), ("dot16", "registers"), ("pair", "registers")])
+def test_fused_qeff_launch_16bit_dot(dtype, fusion, G, tiles, way, fusion_from):
     """regroup_way="dot16" with 16-bit q (the fp32 tests above take the fp32 dot): the tile in q's dtype, the fusion
     matrix as hi + lo 16-bit parts (rank1) gives the two launches' Q_eff and the definition's to 16-bit rounding.
     "pair": the partner columns by a 16-bit one-hot dot, then fp32 sums (G = 4: "dot16")."""
     q = rand_q(21, (2, 150, 2, 64), dtype=dtype).transpose(1, 2)
     valid = torch.ones(2, 150, dtype=torch.bool)
     valid[0, 140:] = False
-    _check_fused_qeff(q, tiles=tiles, way=way, fusion_from=fusion_from, pair_weights=pair_weights, group_size=G,
+    _check_fused_qeff(q, tiles=tiles, way=way, fusion_from=fusion_from, group_size=G,
                       block_m=64 if tiles is None else 128, num_hash_bits=16, seed=5, query_valid=valid, fusion=fusion)
 
 
@@ -594,9 +586,6 @@ def test_fused_qeff_launch_rejects_bad_tiles():
     with pytest.raises(ValueError, match="fusion_from"):
         triton_query_effective(q, group_size=2, block_m=64, num_hash_bits=16, seed=0, query_valid=None,
                                fusion="mean", fusion_from="shared")
-    with pytest.raises(ValueError, match="pair_weights"):
-        triton_query_effective(q, group_size=2, block_m=64, num_hash_bits=16, seed=0, query_valid=None,
-                               fusion="rank1", pair_weights="gram")
     with pytest.raises(ValueError, match="group_size"):
         triton_query_effective(q, group_size=1, block_m=64, num_hash_bits=16, seed=0, query_valid=None,
                                fusion="mean")
@@ -621,11 +610,9 @@ def test_fused_qeff_launch_refuses_the_faulting_tile():
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
 @pytest.mark.parametrize("fusion,G", [("mean", 2), ("rank1", 2), ("mean", 4), ("rank1", 4)])
 @pytest.mark.parametrize("d", [64, 128, 80])
-@pytest.mark.parametrize("way,fusion_from,pair_weights", [
-    ("dot", "memory", None), ("dot16", "memory", None), ("gather", "memory", None), ("dot", "registers", "regs"),
-    ("dot16", "registers", "regs"), ("pair", "registers", "regs"), ("dot16", "registers", "sums"),
-    ("pair", "registers", "sums")])
-def test_fused_qeff_launch_matches_two_launches_gpu(d, G, fusion, way, fusion_from, pair_weights):
+@pytest.mark.parametrize("way,fusion_from", [("dot", "memory"), ("dot16", "memory"), ("gather", "memory"),
+                                             ("dot", "registers"), ("dot16", "registers"), ("pair", "registers")])
+def test_fused_qeff_launch_matches_two_launches_gpu(d, G, fusion, way, fusion_from):
     q = rand_q(12, (2, 4000, 8, d), dtype=torch.bfloat16, device="cuda").transpose(1, 2)
-    _check_fused_qeff(q, way=way, fusion_from=fusion_from, pair_weights=pair_weights, group_size=G, block_m=128,
-                      num_hash_bits=16, seed=0, query_valid=None, fusion=fusion)
+    _check_fused_qeff(q, way=way, fusion_from=fusion_from, group_size=G, block_m=128, num_hash_bits=16, seed=0,
+                      query_valid=None, fusion=fusion)

@@ -60,12 +60,11 @@ def test_kernel_resources_reports_the_fused_qeff_launch():
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [r for r in (line.split("|")[1:-1] for line in run.stdout.splitlines())
             if r and r[0].strip() in ("64", "128")]
-    from distr_patch.ops.grouping_triton import QEFF_PAIR_WEIGHTS, qeff_way
+    from distr_patch.ops.grouping_triton import qeff_way
 
-    def label(d, fusion):  # the default way, fusion source (and rank1 pair weights in registers) of the table
+    def label(d, fusion):  # the default way and fusion source of the table
         way, src = qeff_way(int(d), fusion == "rank1")
-        pw = f" w:{QEFF_PAIR_WEIGHTS}" if fusion == "rank1" and src == "registers" else ""
-        return f"{fusion}, {way}{'' if src == 'memory' else ' regs'}{pw}"
+        return f"{fusion}, {way}{'' if src == 'memory' else ' regs'}"
     assert {(r[0].strip(), r[1].strip()) for r in rows} == {(d, label(d, f)) for d in ("64", "128")
                                                            for f in ("mean", "rank1")}
     assert all(r[2].strip().endswith("*") for r in rows)  # the defaults
