@@ -469,8 +469,8 @@ class BandConfig:
     num_stages: int
     # each row's squared grouped-minus-exact scores added up in a [block_m, block_n] tile and summed over the keys
     # once after the band loop (as the fused kernel's FwdConfig.sigma2_deferred_sums); False: summed per key tile.
-    # Timed on the H100 (fortieth session): the band kernel alone 0-20% slower at its default tiles, whole windowed
-    # SDPA-engine calls at N=4096 2-8% slower (docs/benchmarks.md). Off.
+    # Timed on the H100 (fortieth session): the band kernel alone 11-22% slower at its default tiles, whole windowed
+    # SDPA-engine calls at N=4096 up to 6% slower (15 of 16 pairs slower; docs/benchmarks.md). Off.
     deferred_sums: bool = False
 
 
