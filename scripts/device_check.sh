@@ -303,7 +303,7 @@ PY
              "$out/ncu-$what.txt" | sed 's/  */ /g' ;;
     probe-sdpa) { python scripts/probe_sdpa_layout.py; python scripts/probe_sdpa_layout.py --batch 4 --heads 9 --kv-heads 3; } \
            2>&1 | tee "$out/probe-sdpa.log" | grep "^|\|^B=" || rc=1 ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa, probe-dqk, ncu-grouping, ncu-attention, exp-fma, qeff-scratch, rescale-slack, window-parts, band-exact, window-fwd, band-first)" >&2; exit 2 ;;
+    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa, probe-dqk, ncu-grouping, ncu-attention, exp-fma, qeff-scratch, rescale-slack, window-parts, band-exact, window-fwd, band-first, band-deferred)" >&2; exit 2 ;;
   esac
 done
 exit $rc
