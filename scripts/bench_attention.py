@@ -127,7 +127,12 @@ def _make_fn(spec, q, k, v, causal):
         sage = _sage()
         if sage is None:
             return None
-        return lambda: sage(q, k, v, tensor_layout="HND", is_causal=causal)
+        # sageattn (1.0.6) smooths K in place (`k -= k.mean(seq)`): on the shared k every variant timed after it ran
+        # on centred keys. Softmax is blind to the shift, but bf16 rounds the centred keys differently, so our G=1
+        # read 2.8e-3 error against flash's 2.2e-3 in every sweep with sage1 installed (2.2e-3 without it). Sage
+        # gets a copy of its own; re-centring it on each call is sage's own work, timed as before.
+        k_sage = k.clone()
+        return lambda: sage(q, k_sage, v, tensor_layout="HND", is_causal=causal)
     kw = dict(spec["kw"])
     kw.setdefault("backend", "triton")  # the fused kernel, unless the variant names its engine ("auto" could pick SDPA)
     return _with_switches(kw.pop("switches", None), lambda: distr_attention(q, k, v, causal=causal, **kw))

@@ -172,3 +172,30 @@ def test_bench_negative_settle_is_a_named_error(bench, capsys):
     with pytest.raises(SystemExit) as exc:
         bench.main(["--settle-ms", "-1"])
     assert exc.value.code == 2 and "--settle-ms must be >= 0, got -1.0" in capsys.readouterr().err
+
+
+def test_bench_sage_variant_leaves_the_shared_keys_alone(bench, monkeypatch):
+    """SageAttention 1.0.6's sageattn subtracts K's mean over the sequence in place; the bench's sage1 variant must
+    hand it a copy, or every variant timed after it runs on centred keys (and reads a larger rounding error)."""
+    import sys
+    import types
+
+    calls = []
+
+    def sageattn(q, k, v, tensor_layout="HND", is_causal=False, smooth_k=True):  # the real one's in-place smoothing
+        calls.append(k)
+        if smooth_k:
+            k -= k.mean(dim=2 if tensor_layout == "HND" else 1, keepdim=True)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+
+    monkeypatch.setitem(sys.modules, "sageattention", types.SimpleNamespace(sageattn=sageattn))
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=g) + 1.0 for _ in range(3))  # keys with a non-zero mean
+    k_before = k.clone()
+    fn = bench._make_fn(bench._variants(None)["sage1"], q, k, v, True)
+    out = fn()
+    fn()
+    assert len(calls) == 2 and calls[0] is not k  # the stand-in ran, on a copy
+    assert torch.equal(k, k_before)
+    exact = torch.nn.functional.scaled_dot_product_attention(q, k_before, v, is_causal=True)
+    assert torch.allclose(out, exact, atol=1e-5)  # softmax is blind to the shift: the copy gives sage's true output
