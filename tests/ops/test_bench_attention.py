@@ -1,6 +1,8 @@
 """scripts/bench_attention.py's variants that flip module switches (how backend="sdpa" forms Q_eff) run with their
 switch, under the interpreter, and leave it restored."""
 import os
+import sys
+import types
 
 import pytest
 import torch
@@ -177,9 +179,6 @@ def test_bench_negative_settle_is_a_named_error(bench, capsys):
 def test_bench_sage_variant_leaves_the_shared_keys_alone(bench, monkeypatch):
     """SageAttention 1.0.6's sageattn subtracts K's mean over the sequence in place; the bench's sage1 variant must
     hand it a copy, or every variant timed after it runs on centred keys (and reads a larger rounding error)."""
-    import sys
-    import types
-
     calls = []
 
     def sageattn(q, k, v, tensor_layout="HND", is_causal=False, smooth_k=True):  # the real one's in-place smoothing
