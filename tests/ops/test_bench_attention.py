@@ -1,5 +1,6 @@
 """scripts/bench_attention.py's variants that flip module switches (how backend="sdpa" forms Q_eff) run with their
-switch, under the interpreter, and leave it restored."""
+switch, under the interpreter, and leave it restored; the SageAttention peer works on its own copy of the keys; bad
+arguments are named errors."""
 import os
 import sys
 import types
