@@ -1,6 +1,6 @@
 """scripts/bench_attention.py's variants that flip module switches (how backend="sdpa" forms Q_eff) run with their
 switch, under the interpreter, and leave it restored; the SageAttention peer works on its own copy of the keys; bad
-arguments are named errors."""
+arguments are named errors; the timing helpers rotate the order and settle each variant; `bench op` runs on the CPU."""
 import os
 import sys
 import types
