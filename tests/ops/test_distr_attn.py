@@ -1084,3 +1084,46 @@ def test_triton_backend_on_cpu_without_the_interpreter_is_a_named_error(monkeypa
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="backend='triton' on CPU tensors needs TRITON_INTERPRET=1"):
         distr_attention(q, k, v, group_size=2, block_m=32, backend="triton")
+
+
+# (backend, G, fusion, block_m, W, c, causal, mask_kind, backward): each path a call can take on the CPU
+UNTOUCHED_CASES = [
+    ("reference", 2, "rank1", 64, 16, 0.5, True, "float", True),
+    ("triton", 2, "rank1", 64, 0, 0.0, True, "float", True),
+    ("triton", 4, "mean", 32, 16, 0.5, False, "pad", True),
+    ("triton", 1, "mean", 64, 0, 0.0, False, "pad", False),
+    ("sdpa", 2, "rank1", 64, 0, 0.0, True, None, True),
+    ("sdpa", 2, "mean", 64, 16, 0.5, True, None, False),  # the window's pieces and band kernel
+]
+
+
+@interpreter_only
+@pytest.mark.parametrize("case", UNTOUCHED_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_inputs_are_left_untouched_interpreter(case):
+    """No path writes into its inputs: q, k, v (GQA, q a transposed view as transformers passes it), the mask,
+    query_valid and precomputed groups are bit-equal after the forward and the backward. (A peer that did this,
+    SageAttention 1.0.6 centring K in place, skewed the bench's errors of every variant timed after it.)"""
+    backend, G, fusion, block_m, W, c, causal, mask_kind, backward = case
+    B, Hq, Hkv, N, d = 2, 4, 2, 96, 32
+    gen = torch.Generator().manual_seed(zlib.crc32(repr(case).encode()))
+    q = heavy_tailed((B, N, Hq, d), gen, torch.float32, "cpu").transpose(1, 2)  # [B, Hq, N, d], not contiguous
+    k = heavy_tailed((B, Hkv, N, d), gen, torch.float32, "cpu")
+    v = heavy_tailed((B, Hkv, N, d), gen, torch.float32, "cpu")
+    mask = make_mask(mask_kind, B, Hq, N, N, gen, "cpu")
+    valid = mask[:, 0, -1, :].clone() if mask_kind == "pad" else None  # padded keys are padded queries too
+    groups = compute_groups(q, group_size=G, block_m=block_m, num_hash_bits=16, seed=3, query_valid=valid) \
+        if backend != "sdpa" else None
+    inputs = dict(q=q, k=k, v=v, attention_mask=mask, query_valid=valid, groups=groups)
+    before = {name: t.clone() for name, t in inputs.items() if t is not None}
+    if backward:
+        for t in (q, k, v):
+            t.requires_grad_(True)
+    out = distr_attention(q, k, v, group_size=G, fusion=fusion, block_m=block_m, exact_window=W,
+                          window_correction=c, causal=causal, attention_mask=mask, query_valid=valid, groups=groups,
+                          backend=backend)
+    if backward:
+        out.backward(torch.randn(out.shape, generator=gen))
+        assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+    assert torch.isfinite(out).all()
+    for name, t in before.items():
+        assert torch.equal(inputs[name].detach(), t), f"{backend} wrote into {name}"
