@@ -212,6 +212,15 @@ def _rel_err(out, exact):
     return ((out.float() - exact).norm() / exact.norm()).item()
 
 
+def check_inputs_untouched(before, now, after):
+    """Every variant reads the same q, k, v: raise if one wrote into them (``after``: the variant or step that ran
+    last), since every variant after it would be timed and scored on other inputs. before, now: name -> tensor."""
+    changed = [name for name in before if not torch.equal(before[name], now[name])]
+    if changed:
+        raise RuntimeError(f"{after} wrote into the shared inputs {', '.join(changed)}; the variants after it would "
+                           "run on other inputs (give it a copy in _make_fn, as sage1 has)")
+
+
 def _bench(fn, reps_ms):
     import triton
     return triton.testing.do_bench(fn, warmup=max(10, reps_ms // 4), rep=reps_ms, return_mode="median")
@@ -294,6 +303,7 @@ def run_sweep(args):
                 q = torch.randn(B, H, N, d, device=dev, dtype=dtype)
                 k = torch.randn(B, H, N, d, device=dev, dtype=dtype)
                 v = torch.randn(B, H, N, d, device=dev, dtype=dtype)
+                inputs = dict(q=q.clone(), k=k.clone(), v=v.clone())  # to check no variant writes into them
                 # exact reference on a slice (batch 0, first 4 heads) in fp32
                 hs = slice(0, min(H, 4))
                 exact = torch.nn.functional.scaled_dot_product_attention(
@@ -316,11 +326,13 @@ def run_sweep(args):
                         continue
                     ready.append((name, spec, fn, _rel_err(out[:1, hs], exact)))
                     del out
+                    check_inputs_untouched(inputs, dict(q=q, k=k, v=v), name)
                 if ready:
                     _bench(ready[0][2], 100)  # the GPU busy again before the first timing
                 fns = {name: fn for name, _, fn, _ in ready}
                 passes = timed_rounds(fns, args.rounds, settled(lambda name: _bench(fns[name], args.rep_ms),
                                                                 lambda name: fns[name](), args.settle_ms))
+                check_inputs_untouched(inputs, dict(q=q, k=k, v=v), "a variant's timed calls")
                 for name, spec, fn, err in ready:
                     ms, spread = median_spread(passes[name])
                     gfn = _grouping_fn(spec.get("kw", {}), q, k) if spec["kind"] == "distr" else None
@@ -342,7 +354,7 @@ def run_sweep(args):
                     if row["d"] == d and row["N"] == N and row["causal"] == causal:
                         row["vs_flash"] = base.get("flash", float("nan")) / row["ms"]
                         row["vs_cudnn"] = base.get("cudnn", float("nan")) / row["ms"]
-                del q, k, v, exact
+                del q, k, v, exact, inputs
                 torch.cuda.empty_cache()
     return rows
 

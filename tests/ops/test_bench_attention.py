@@ -199,3 +199,13 @@ def test_bench_sage_variant_leaves_the_shared_keys_alone(bench, monkeypatch):
     assert torch.equal(k, k_before)
     exact = torch.nn.functional.scaled_dot_product_attention(q, k_before, v, is_causal=True)
     assert torch.allclose(out, exact, atol=1e-5)  # softmax is blind to the shift: the copy gives sage's true output
+
+
+def test_bench_names_a_variant_that_writes_into_the_shared_inputs(bench):
+    """run_sweep's guard: unchanged inputs pass; a changed one raises, naming the variant and the tensor."""
+    q, k, v = (torch.randn(1, 2, 8, 16) for _ in range(3))
+    before = dict(q=q.clone(), k=k.clone(), v=v.clone())
+    bench.check_inputs_untouched(before, dict(q=q, k=k, v=v), "sage1")
+    k[0, 0, 3, 5] += 1.0
+    with pytest.raises(RuntimeError, match="sage1 wrote into the shared inputs k;"):
+        bench.check_inputs_untouched(before, dict(q=q, k=k, v=v), "sage1")
