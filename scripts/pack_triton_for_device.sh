@@ -5,8 +5,9 @@
 #   bash scripts/pack_triton_for_device.sh [VERSION]        # default 3.7.1, torch 2.13's CUDA pin
 #
 # Writes .whl/triton-VERSION-cp312-min.tar.xz (the image's Python is 3.12): the wheel without libtriton.so's debug
-# sections, the profiler (proton, CUPTI), the Blackwell ptxas, cuobjdump, nvdisasm and the test plugins; 47 MiB for
-# 3.7.1. On the device (carry [".whl"]):
+# sections and static symbols, the AMD backend, the profiler (proton, CUPTI), the Blackwell ptxas, cuobjdump, nvdisasm
+# and the test plugins; 47 MiB for 3.7.1, 46 MiB for 3.9.0 (92 MiB with the AMD backend, over the limit). On the
+# device (carry [".whl"]):
 #
 #   python -c "import tarfile; tarfile.open('.whl/triton-3.7.1-cp312-min.tar.xz').extractall('/tmp/t37')"
 #   export PYTHONPATH=/tmp/t37:$PWD        # before site-packages: this Triton wins; torch stays the image's
@@ -21,12 +22,12 @@ trap 'rm -rf "$work"' EXIT
 python3 -m pip download -q --no-deps --python-version 3.12 --only-binary :all: -d "$work" "triton==$version"
 unzip -q "$work"/triton-*.whl -d "$work/tree"      # unzip keeps the file modes (ptxas must stay executable)
 cd "$work/tree"
-rm -rf triton/_C/libproton.so triton/backends/nvidia/lib/cupti triton/backends/nvidia/bin/ptxas-blackwell \
-  triton/backends/nvidia/bin/cuobjdump triton/backends/nvidia/bin/nvdisasm triton/instrumentation triton/FileCheck \
-  triton/plugins
-strip --strip-debug triton/_C/libtriton.so
+rm -rf triton/_C/libproton.so triton/backends/nvidia/lib/cupti triton/backends/nvidia/lib/cupti-blackwell \
+  triton/backends/nvidia/bin/ptxas-blackwell triton/backends/nvidia/bin/cuobjdump triton/backends/nvidia/bin/nvdisasm \
+  triton/instrumentation triton/FileCheck triton/plugins triton/backends/amd
+strip --strip-unneeded triton/_C/libtriton.so      # keeps the dynamic symbols Python needs
 chmod +x triton/backends/nvidia/bin/ptxas
 mkdir -p "$root/.whl"
 out="$root/.whl/triton-$version-cp312-min.tar.xz"
-tar cf - triton | xz -6 -T0 > "$out"
+tar cf - triton | xz -9 -T0 > "$out"
 ls -la "$out"
