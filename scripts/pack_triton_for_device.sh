@@ -5,12 +5,14 @@
 #   bash scripts/pack_triton_for_device.sh [VERSION]        # default 3.7.1, torch 2.13's CUDA pin
 #
 # Writes .whl/triton-VERSION-cp312-min.tar.xz (the image's Python is 3.12): the wheel without libtriton.so's debug
-# sections and static symbols, the AMD backend, the profiler (proton, CUPTI), the Blackwell ptxas, cuobjdump, nvdisasm
-# and the test plugins; 47 MiB for 3.7.1, 46 MiB for 3.9.0 (92 MiB with the AMD backend, over the limit). On the
-# device (carry [".whl"]):
+# sections and static symbols, the AMD backend, the profiler (proton, CUPTI), the ptxas that sm_90 does not use,
+# cuobjdump, nvdisasm and the test plugins; 47 MiB for 3.7.1 (before the AMD backend and the symbols went), SIZE39 for
+# 3.9.0 (92 MiB with the AMD backend, over the limit). On the device (carry [".whl"]):
 #
 #   python -c "import tarfile; tarfile.open('.whl/triton-3.7.1-cp312-min.tar.xz').extractall('/tmp/t37')"
 #   export PYTHONPATH=/tmp/t37:$PWD        # before site-packages: this Triton wins; torch stays the image's
+#   export TRITON_BACKENDS_IN_TREE=1       # Triton >= 3.9: find the backends in this tree, not by the image's
+#                                          # entry points (which name the AMD backend, not packed)
 #
 # The launch memo runs only on the releases in ``launch.FAST_LAUNCH_TRITON``; to test it on another, add the release
 # there in the device's copy first. docs/benchmarks.md (twenty-fifth and twenty-seventh sessions) has such runs.
@@ -22,11 +24,15 @@ trap 'rm -rf "$work"' EXIT
 python3 -m pip download -q --no-deps --python-version 3.12 --only-binary :all: -d "$work" "triton==$version"
 unzip -q "$work"/triton-*.whl -d "$work/tree"      # unzip keeps the file modes (ptxas must stay executable)
 cd "$work/tree"
+# Keep the one ptxas that compiles for sm_90: Triton 3.9 takes ptxas-blackwell for arch >= 90 (the other only below).
+if grep -q "if arch < 90:" triton/backends/nvidia/compiler.py; then ptxas=ptxas-blackwell; else ptxas=ptxas; fi
 rm -rf triton/_C/libproton.so triton/backends/nvidia/lib/cupti triton/backends/nvidia/lib/cupti-blackwell \
-  triton/backends/nvidia/bin/ptxas-blackwell triton/backends/nvidia/bin/cuobjdump triton/backends/nvidia/bin/nvdisasm \
+  triton/backends/nvidia/bin/cuobjdump triton/backends/nvidia/bin/nvdisasm \
   triton/instrumentation triton/FileCheck triton/plugins triton/backends/amd
+find triton/backends/nvidia/bin -name "ptxas*" ! -name "$ptxas" -delete
 strip --strip-unneeded triton/_C/libtriton.so      # keeps the dynamic symbols Python needs
-chmod +x triton/backends/nvidia/bin/ptxas
+chmod +x "triton/backends/nvidia/bin/$ptxas"
+echo "kept triton/backends/nvidia/bin/$ptxas"
 mkdir -p "$root/.whl"
 out="$root/.whl/triton-$version-cp312-min.tar.xz"
 tar cf - triton | xz -9 -T0 > "$out"

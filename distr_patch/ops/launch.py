@@ -31,11 +31,12 @@ except ImportError:  # a Triton before knobs (3.4): the plain path only
     knobs = driver = None
 
 # The memo reads Triton's internals (knobs, the binder caches, the launcher's arguments). It runs on the releases
-# whose GPU tests passed with it: 3.6 (the device image) and 3.7 (3.7.1, torch 2.13's CUDA pin: 366 of 368 cases, two
+# whose GPU tests passed with it: 3.6 (the device image), 3.7 (3.7.1, torch 2.13's CUDA pin: 366 of 368 cases, two
 # not finished in the time, docs/benchmarks.md; read from its wheel, 3.7 has no per-kernel launcher for the raw path,
-# so its hits call ``kernel.run``). Other releases take the plain path until checked on a GPU: Triton 3.4's knobs have
-# no ``add_stages_inspection_hook``, so the memo's first check failed there (docs/compatibility.md).
-FAST_LAUNCH_TRITON = ("3.6", "3.7")
+# so its hits call ``kernel.run``) and 3.9 (3.9.0, the newest release: the whole GPU suite, 432 cases, on an H100 with
+# the image's torch 2.11). Other releases take the plain path until checked on a GPU: Triton 3.4's knobs have no
+# ``add_stages_inspection_hook``, so the memo's first check failed there (docs/compatibility.md); 3.8 was not run.
+FAST_LAUNCH_TRITON = ("3.6", "3.7", "3.9")
 TRITON_MINOR = ".".join(triton.__version__.split(".")[:2])
 FAST_LAUNCH = _env_flag("DISTR_FAST_LAUNCH", True) and TRITON_MINOR in FAST_LAUNCH_TRITON
 # DISTR_FAST_LAUNCH_RAW=0: memo hits go through kernel.run (Triton's launcher wrapper) instead of its C launcher

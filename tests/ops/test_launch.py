@@ -276,16 +276,17 @@ def test_probe_model_switches_needs_cuda():
 
 
 def test_memo_only_on_the_triton_releases_it_ran_on_a_gpu_with():
-    """The memo reads Triton internals as 3.6 and 3.7 have them: other releases take the plain path (Triton 3.4's
-    knobs lack add_stages_inspection_hook, which the memo's first check read)."""
+    """The memo reads Triton internals as 3.6, 3.7 and 3.9 have them (their GPU suites passed with it): other
+    releases take the plain path (Triton 3.4's knobs lack add_stages_inspection_hook, which the memo's first check
+    read; 3.8 never ran on a GPU here)."""
     code = ("import triton; triton.__version__ = {v!r}; import distr_patch.ops.launch as L; "
             "print(L.TRITON_MINOR, L.FAST_LAUNCH)")
-    for version, on in (("3.6.0", True), ("3.6.1", True), ("3.7.1", True), ("3.4.0", False),
-                        ("3.9.0", False)):
+    for version, on in (("3.6.0", True), ("3.6.1", True), ("3.7.1", True), ("3.9.0", True), ("3.4.0", False),
+                        ("3.8.0", False), ("3.10.0", False)):
         run = subprocess.run([sys.executable, "-c", code.format(v=version)], capture_output=True, text=True,
                              timeout=300, env={k: v for k, v in os.environ.items() if k != "DISTR_FAST_LAUNCH"})
         assert run.returncode == 0, run.stderr
-        assert run.stdout.split() == [version[:3], str(on)], (version, run.stdout)
+        assert run.stdout.split() == [".".join(version.split(".")[:2]), str(on)], (version, run.stdout)
 
 
 def test_knobs_without_the_stages_hook_take_the_memo(memo, monkeypatch):
