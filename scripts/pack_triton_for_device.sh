@@ -6,8 +6,8 @@
 #
 # Writes .whl/triton-VERSION-cp312-min.tar.xz (the image's Python is 3.12): the wheel without libtriton.so's debug
 # sections and static symbols, the AMD backend, the profiler (proton, CUPTI), the ptxas that sm_90 does not use,
-# cuobjdump, nvdisasm and the test plugins; 47 MiB for 3.7.1 (before the AMD backend and the symbols went), SIZE39 for
-# 3.9.0 (92 MiB with the AMD backend, over the limit). On the device (carry [".whl"]):
+# cuobjdump, nvdisasm and the test plugins: 49 MiB for 3.9.0 (92 MiB with the AMD backend, over the limit; 47 MiB
+# for 3.7.1 with the AMD backend still in). On the device (carry [".whl"]):
 #
 #   python -c "import tarfile; tarfile.open('.whl/triton-3.7.1-cp312-min.tar.xz').extractall('/tmp/t37')"
 #   export PYTHONPATH=/tmp/t37:$PWD        # before site-packages: this Triton wins; torch stays the image's
@@ -24,8 +24,22 @@ trap 'rm -rf "$work"' EXIT
 python3 -m pip download -q --no-deps --python-version 3.12 --only-binary :all: -d "$work" "triton==$version"
 unzip -q "$work"/triton-*.whl -d "$work/tree"      # unzip keeps the file modes (ptxas must stay executable)
 cd "$work/tree"
-# Keep the one ptxas that compiles for sm_90: Triton 3.9 takes ptxas-blackwell for arch >= 90 (the other only below).
-if grep -q "if arch < 90:" triton/backends/nvidia/compiler.py; then ptxas=ptxas-blackwell; else ptxas=ptxas; fi
+# Keep the one ptxas that compiles for sm_90 (3.7 takes ptxas below arch 100, 3.9 ptxas-blackwell from arch 90): ask
+# the release's own get_ptxas, run on stand-ins for its knobs.
+ptxas=$(python3 - <<'PY'
+import ast
+src = open("triton/backends/nvidia/compiler.py").read()
+fn = next(n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == "get_ptxas")
+class nvidia: ptxas, ptxas_blackwell = "ptxas", "ptxas-blackwell"
+class knobs: NvidiaTool, nvidia = object, nvidia
+ns = {"knobs": knobs}
+exec(compile(ast.Module([fn], []), "get_ptxas", "exec"), ns)
+try:
+    print(ns["get_ptxas"](90))
+except TypeError:  # a release whose get_ptxas takes no architecture: one ptxas
+    print(ns["get_ptxas"]())
+PY
+)
 rm -rf triton/_C/libproton.so triton/backends/nvidia/lib/cupti triton/backends/nvidia/lib/cupti-blackwell \
   triton/backends/nvidia/bin/cuobjdump triton/backends/nvidia/bin/nvdisasm \
   triton/instrumentation triton/FileCheck triton/plugins triton/backends/amd
