@@ -30,6 +30,7 @@
 #         then the window variants on both engines at N=4096 and 16384 (bench_attention.py).
 # triton39: the operator on Triton 3.9.0 (carried, packed by scripts/pack_triton_for_device.sh 3.9.0) and on the image's
 #           3.6, N=4096 and 16384, d=64/128; on 3.9 also with Q_eff by its launch at d=64 (DISTR_QEFF_PROLOGUE=0).
+#           Not run yet.
 # host: host time per call at SmolLM2's layer shape, launches through ops/launch.py's memo and Triton's path
 #       (scripts/host_overhead.py).
 # launch: eager prefill (SmolLM2 4x4096 with the calibrated config twice, Llama-3.2-1B 1x4096 once) with
@@ -252,17 +253,17 @@ for step in "${steps[@]}"; do
            # `bash scripts/pack_triton_for_device.sh 3.9.0` (carry ".whl"); on 3.9 the d=64 grouped kernels' Q_eff
            # prologue compiles with wgmma serialised (C7513), so Q_eff by its launch (DISTR_QEFF_PROLOGUE=0) is timed too
            python -c "import tarfile; tarfile.open('.whl/triton-3.9.0-cp312-min.tar.xz').extractall('/tmp/t39')" || rc=1
-           for tr in 3.9 3.6; do
-             for pro in "" 0; do
-               [ "$tr" = 3.6 ] && [ "$pro" = 0 ] && continue
-               echo "== Triton $tr${pro:+, DISTR_QEFF_PROLOGUE=$pro}" | tee -a "$out/triton39.log"
-               env ${pro:+DISTR_QEFF_PROLOGUE=$pro} \
-                 $([ "$tr" = 3.9 ] && echo "PYTHONPATH=/tmp/t39:$PYTHONPATH TRITON_BACKENDS_IN_TREE=1") \
-                 python scripts/bench_attention.py --n 4096 16384 --d 64 128 --rep-ms 10 \
-                 --json "$out/triton$tr${pro:+-prologue$pro}.json" --variants "distr G=1" "distr G=2 mean" \
-                 "distr G=2 rank1" "distr G=2 rank1 W128 c.5 bm128" 2>&1 | tee -a "$out/triton39.log" \
-                 | sed -n '/^| d |/,$p' | cut -d'|' -f2-11 || rc=1
-             done
+           # (Triton, DISTR_QEFF_PROLOGUE or "", head dims): the prologue switch changes only d=64's grouped configs
+           for run in "3.9||64 128" "3.9|0|64" "3.6||64 128"; do
+             IFS="|" read -r tr pro dims <<< "$run"
+             echo "== Triton $tr${pro:+, DISTR_QEFF_PROLOGUE=$pro}" | tee -a "$out/triton39.log"
+             # shellcheck disable=SC2046,SC2086
+             env ${pro:+DISTR_QEFF_PROLOGUE=$pro} \
+               $([ "$tr" = 3.9 ] && echo "PYTHONPATH=/tmp/t39:$PYTHONPATH TRITON_BACKENDS_IN_TREE=1") \
+               python scripts/bench_attention.py --n 4096 16384 --d $dims --rep-ms 10 \
+               --json "$out/triton$tr${pro:+-prologue$pro}.json" --variants "distr G=1" "distr G=2 mean" \
+               "distr G=2 rank1" "distr G=2 rank1 W128 c.5 bm128" 2>&1 | tee -a "$out/triton39.log" \
+               | sed -n '/^| d |/,$p' | cut -d'|' -f2-11 || rc=1
            done ;;
     host) python scripts/host_overhead.py --calls 300 2>&1 | tee "$out/host-overhead.log" | sed -n '/^| variant/,$p' \
            || rc=1 ;;
