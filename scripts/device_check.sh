@@ -252,10 +252,15 @@ for step in "${steps[@]}"; do
     triton39)  # the newest Triton against the image's: .whl/triton-3.9.0-cp312-min.tar.xz from
            # `bash scripts/pack_triton_for_device.sh 3.9.0` (carry ".whl"); on 3.9 the d=64 grouped kernels' Q_eff
            # prologue compiles with wgmma serialised (C7513), so Q_eff by its launch (DISTR_QEFF_PROLOGUE=0) is timed too
-           python -c "import tarfile; tarfile.open('.whl/triton-3.9.0-cp312-min.tar.xz').extractall('/tmp/t39')" || rc=1
+           python -c "import tarfile; tarfile.open('.whl/triton-3.9.0-cp312-min.tar.xz').extractall('/tmp/t39')" \
+             && PYTHONPATH="/tmp/t39:$PYTHONPATH" TRITON_BACKENDS_IN_TREE=1 python -c \
+               "import triton; assert triton.__version__.startswith('3.9'), triton.__version__" \
+             && t39=1 || { t39=0; rc=1; echo "triton39: no Triton 3.9 from .whl/triton-3.9.0-cp312-min.tar.xz;" \
+               "only the image's Triton is timed" >&2; }
            # (Triton, DISTR_QEFF_PROLOGUE or "", head dims): the prologue switch changes only d=64's grouped configs
            for run in "3.9||64 128" "3.9|0|64" "3.6||64 128"; do
              IFS="|" read -r tr pro dims <<< "$run"
+             [ "$tr" = 3.9 ] && [ "$t39" = 0 ] && continue
              echo "== Triton $tr${pro:+, DISTR_QEFF_PROLOGUE=$pro}" | tee -a "$out/triton39.log"
              # shellcheck disable=SC2046,SC2086
              env ${pro:+DISTR_QEFF_PROLOGUE=$pro} \
@@ -322,7 +327,8 @@ PY
              "$out/ncu-$what.txt" | sed 's/  */ /g' ;;
     probe-sdpa) { python scripts/probe_sdpa_layout.py; python scripts/probe_sdpa_layout.py --batch 4 --heads 9 --kv-heads 3; } \
            2>&1 | tee "$out/probe-sdpa.log" | grep "^|\|^B=" || rc=1 ;;
-    *) echo "unknown step '$step' (tests, kernel-tests, bwd-tests, fwd, bwd, bwdpaths, bwd16k, tiles, options, caps, regroup, qeff, grouping, graphs, models, engines, window, probe-sdpa, probe-dqk, ncu-grouping, ncu-attention, exp-fma, qeff-scratch, rescale-slack, window-parts, band-exact, window-fwd, band-first, band-deferred)" >&2; exit 2 ;;
+    *) known=$(grep -oE '^    [a-z0-9|-]+\)' "$0" | tr -d ' )' | tr '|\n' '  ')  # this case's own labels
+       echo "unknown step '$step' (one of: $known)" >&2; exit 2 ;;
   esac
 done
 exit $rc

@@ -11,8 +11,8 @@
 #
 #   python -c "import tarfile; tarfile.open('.whl/triton-3.7.1-cp312-min.tar.xz').extractall('/tmp/t37')"
 #   export PYTHONPATH=/tmp/t37:$PWD        # before site-packages: this Triton wins; torch stays the image's
-#   export TRITON_BACKENDS_IN_TREE=1       # Triton >= 3.9: find the backends in this tree, not by the image's
-#                                          # entry points (which name the AMD backend, not packed)
+#   export TRITON_BACKENDS_IN_TREE=1       # find the backends in this tree, not by the image's entry points,
+#                                          # which name the AMD backend (not packed; 3.7 and 3.9 read this)
 #
 # The launch memo runs only on the releases in ``launch.FAST_LAUNCH_TRITON``; to test it on another, add the release
 # there in the device's copy first. docs/benchmarks.md (twenty-fifth and twenty-seventh sessions) has such runs.
