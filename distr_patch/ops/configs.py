@@ -267,6 +267,23 @@ def interpreter_problem(triton_version: str, numpy_version: str) -> str | None:
 MIN_TRITON = "3.4"
 
 
+def _triton_release() -> tuple[int, int]:
+    """(major, minor) of the installed Triton; (0, 0) without one."""
+    try:
+        import triton
+    except ImportError:
+        return (0, 0)
+    major, minor = triton.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+# Q_eff in the prologue at d=64 (``_expanded_config``): Triton 3.9 compiles those kernels with their wgmma serialised
+# (ptxas C7513), 3.6 does not; on an H100 the regroup launch then beat the prologue at every shape timed (G=2 N=4096
+# mean 2.955 ms against 3.476, 16384 causal 5.629 against 6.832; with a window 3.457 against 3.622; 3.6's prologue
+# 2.776 ms; docs/benchmarks.md, "Triton 3.9: Q_eff by its launch at d=64").
+QEFF_PROLOGUE_AT_D64 = _triton_release() < (3, 9)
+
+
 def triton_problem(triton_version: str) -> str | None:
     """Why the kernels cannot run on Triton ``triton_version``, or None."""
     from packaging.version import Version
@@ -309,7 +326,7 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
                        masked, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,
                        DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING, DEFAULT_FWD_SIGMA2_DIFF,
                        DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA, DEFAULT_FWD_RESCALE_SLACK, DEFAULT_FWD_BAND_EXACT,
-                       DEFAULT_FWD_SIGMA2_DEFER, DEFAULT_FWD_BAND_FIRST)
+                       DEFAULT_FWD_SIGMA2_DEFER, DEFAULT_FWD_BAND_FIRST, QEFF_PROLOGUE_AT_D64)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -318,7 +335,7 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
                 DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING,
                 DEFAULT_FWD_SIGMA2_DIFF, DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA,
                 DEFAULT_FWD_RESCALE_SLACK, DEFAULT_FWD_BAND_EXACT, DEFAULT_FWD_SIGMA2_DEFER,
-                DEFAULT_FWD_BAND_FIRST) -> FwdConfig:
+                DEFAULT_FWD_BAND_FIRST, QEFF_PROLOGUE_AT_D64) -> FwdConfig:
     """``fwd_config``'s body; the switches come in as arguments (so the memo sees them) under their global names."""
     mode = grouped_qk or DEFAULT_GROUPED_QK
     if mode not in ("reduced", "expanded"):
@@ -330,7 +347,7 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
         raise ValueError(f"{src} must be 'transposed' or 'natural', got {layout!r}")
     window = exact_window > 0 and group_size > 1
     if group_size > 1 and mode == "expanded":
-        cfg = _expanded_config(head_dim, window, interpret, group_size)
+        cfg = _expanded_config(head_dim, window, interpret, group_size, QEFF_PROLOGUE_AT_D64)
     else:
         cfg = _reduced_config(head_dim, group_size, grouping_block_m, window, interpret, layout)
     if group_size == 1:  # exact: K/V through TMA at d<=64 (H200, N=4096: 3-5% faster; 7-10% slower at d=128);
@@ -426,12 +443,14 @@ def _reduced_config(head_dim: int, group_size: int, grouping_block_m: int, windo
     return FwdConfig(block_m, 32, num_warps=8, num_stages=2, k_layout=layout)
 
 
-def _expanded_config(head_dim: int, window: bool, interpret: bool, group_size: int) -> FwdConfig:
+def _expanded_config(head_dim: int, window: bool, interpret: bool, group_size: int,
+                     prologue_at_d64: bool = True) -> FwdConfig:
     """grouped_qk="expanded": the exact (G=1) kernel's tiles, whatever the grouping block_m; with a
     window the tiles that meet the band step by 32 keys (two score tiles live) on 8 warps. Q_eff in the
     prologue and TMA tiles where they measured faster (below).
     The interpreter takes 64-row tiles, so CPU tests cover tiles holding several grouping blocks
-    (block_m=32) and tiles inside one (block_m=128)."""
+    (block_m=32) and tiles inside one (block_m=128). ``prologue_at_d64``: ``QEFF_PROLOGUE_AT_D64`` (off on Triton
+    >= 3.9, whose d=64 prologue serialises the wgmma)."""
     # Q_eff in the prologue: 3-10% faster than the regroup launch, except with a window at d<=64 (29% slower
     # non-causal: two score tiles, Q, Q_eff and the fusion matrix live at once). TMA K/V tiles: 0-5% faster at
     # d<=64 with the prologue, 5-10% slower at d=128 and with a window (H200, N=4096; docs/benchmarks.md,
@@ -446,8 +465,10 @@ def _expanded_config(head_dim: int, window: bool, interpret: bool, group_size: i
     # kept at d=64, where it was 4-5% faster, and with a window; docs/benchmarks.md, "Q_eff by one launch at d=128").
     capped_window = window and 32 < head_dim <= 64
     launch_d128 = 64 < head_dim <= 128 and group_size == 2 and not window
+    launch_d64 = 32 < head_dim <= 64 and not prologue_at_d64 and not interpret
     opts = dict(grouped_qk="expanded",
-                qeff_prologue=head_dim <= 128 and (not window or head_dim > 64 or capped_window) and not launch_d128,
+                qeff_prologue=head_dim <= 128 and (not window or head_dim > 64 or capped_window) and not launch_d128
+                and not launch_d64,
                 kv_tma=head_dim <= 64 and not window, maxnreg=128 if capped_window and not interpret else None)
     if interpret:
         return FwdConfig(64, 32, 4, 1, "natural", band_block_n=16 if window else None, **opts)

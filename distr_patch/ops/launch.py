@@ -109,7 +109,12 @@ def _memo_entry(fn, kernel, args, meta, device):
 
 def launch(fn, grid, *args, **meta):
     """``fn[grid](*args, **meta)``: runtime arguments positional, constexprs and launch options (num_warps, ...)
-    as keywords. grid: a tuple of 1-3 ints (a callable grid takes the plain path)."""
+    as keywords. grid: a tuple of 1-3 ints (a callable grid takes the plain path). Every launch asks for FMA
+    contraction (``enable_fp_fusion=True``), the default the kernels were tuned and checked with, which Triton 3.10
+    turns off (3.9 warns about it); torch.compile's capture of a kernel call takes no such option, so there it is
+    left to Triton's default."""
+    if not torch.compiler.is_compiling():
+        meta.setdefault("enable_fp_fusion", True)
     # the interpreter's kernels have no device caches; hooks Triton's run would call, a grid computed from the
     # meta-parameters, or torch.compile tracing (it captures ``fn[grid](...)`` calls as they are): the plain path
     if not FAST_LAUNCH or knobs is None or not hasattr(fn, "device_caches") or callable(grid) or getattr(fn, "pre_run_hooks", True) \

@@ -953,9 +953,21 @@ def test_transpose_keys_interpreter():
     assert torch.equal(transpose_keys(k), k.transpose(-1, -2).contiguous())
 
 
-def test_fwd_config_table():
+@pytest.mark.parametrize("version,release", [("3.6.0", (3, 6)), ("3.9.0", (3, 9)), ("3.10.0rc1", (3, 10)),
+                                              ("3.11.0+git1234abc", (3, 11))])
+def test_prologue_at_d64_follows_the_triton_release(monkeypatch, version, release):
+    """The d=64 Q_eff prologue is the default only below Triton 3.9 (which serialises its wgmma)."""
+    from distr_patch.ops import configs
+
+    assert configs.QEFF_PROLOGUE_AT_D64 == (tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9))
+    monkeypatch.setattr(triton, "__version__", version)
+    assert configs._triton_release() == release
+
+
+def test_fwd_config_table(monkeypatch):
     """The GPU table: expanded tiles for any grouping block_m, fp32 halves the key tiles (shared memory),
     a window's band sub-tiles divide the key tile, and an unknown grouped_qk is refused."""
+    from distr_patch.ops import configs
     from distr_patch.ops.configs import fwd_config
 
     for d in (32, 64, 80, 128, 256):
@@ -973,9 +985,22 @@ def test_fwd_config_table():
     # the measured choices: Q_eff in the prologue (with a window at d=64 under a 128-register cap; d=32 with a
     # window keeps the regroup launch); TMA at d<=64 without a window (and for exact attention at d<=64); the
     # reduced path never forms Q_eff
+    monkeypatch.setattr(configs, "QEFF_PROLOGUE_AT_D64", True)  # Triton < 3.9
     pick = {(d, W): fwd_config(d, 2, 128, exact_window=W, interpret=False, grouped_qk="expanded")
             for d in (32, 64, 128) for W in (0, 128)}
     assert [pick[k].qeff_prologue for k in sorted(pick)] == [True, False, True, True, False, True]
+    # Triton >= 3.9 serialises the d=64 prologue's wgmma: Q_eff by the regroup launch there (G=2 and 4, window or
+    # not; the interpreter keeps the prologue, so CI still runs its source); d=32 and d=128 stay as they were
+    monkeypatch.setattr(configs, "QEFF_PROLOGUE_AT_D64", False)
+    expected = {2: [True, False, False, False, False, True], 4: [True, False, False, False, True, True]}
+    new = {G: {(d, W): fwd_config(d, G, 128, exact_window=W, interpret=False, grouped_qk="expanded")
+               for d in (32, 64, 128) for W in (0, 128)} for G in (2, 4)}
+    for G in (2, 4):
+        assert [new[G][k].qeff_prologue for k in sorted(pick)] == expected[G]
+        assert fwd_config(64, G, 128, interpret=True, grouped_qk="expanded").qeff_prologue
+    assert all(replace(new[2][k], qeff_prologue=False) == replace(pick[k], qeff_prologue=False)
+               for k in pick)  # nothing else changes
+    monkeypatch.setattr(configs, "QEFF_PROLOGUE_AT_D64", True)
     # ... except at 64 < d <= 128, G=2, no window: Q_eff by one launch before the kernel
     assert fwd_config(80, 2, 128, interpret=False, grouped_qk="expanded").qeff_prologue is False
     assert fwd_config(128, 4, 128, interpret=False, grouped_qk="expanded").qeff_prologue

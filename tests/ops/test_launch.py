@@ -170,6 +170,22 @@ def test_plain_path_under_hooks_the_interpreter_compile_or_the_switch(memo, monk
     assert len(fn.plain) == 14 and not fn.compiled.launches
 
 
+def test_every_launch_asks_for_fp_fusion_but_under_compile(memo, monkeypatch):
+    """Triton 3.10 turns FMA contraction off by default; the kernels keep the fusion they were checked with, except
+    under torch.compile, whose capture of a kernel call takes no such option."""
+    fn = _FakeJit(6, ["BLOCK"])
+    L.launch(fn, (1,), *_args(), BLOCK=64)
+    assert fn.plain[-1][2] == {"BLOCK": 64, "enable_fp_fusion": True}
+    L.launch(fn, (1,), *_args(), BLOCK=64, enable_fp_fusion=False)  # a caller's own choice stands
+    assert fn.plain[-1][2]["enable_fp_fusion"] is False
+    del fn.device_caches  # the interpreter's path
+    L.launch(fn, (1,), *_args(), BLOCK=64)
+    assert fn.plain[-1][2]["enable_fp_fusion"] is True
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    L.launch(fn, (1,), *_args(), BLOCK=64)
+    assert fn.plain[-1][2] == {"BLOCK": 64}
+
+
 @pytest.mark.parametrize("name", ["DISTR_FAST_LAUNCH", "DISTR_FAST_LAUNCH_RAW"])
 def test_misspelled_switch_is_a_named_error(name):
     env = {**os.environ, name: "yes"}
