@@ -7,6 +7,7 @@ On a CUDA machine the kernels compile for the GPU and the `gpu` tests run.
 """
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,31 @@ def pytest_sessionstart(session):
         interpreting()  # raises where TRITON_INTERPRET is on and cannot run the kernels
     except RuntimeError as e:
         pytest.exit(str(e), returncode=4)
+
+
+@pytest.fixture(autouse=True)
+def _release_cached_gpu_memory(request):
+    """After each GPU test, hand the blocks torch's caching allocator kept back to the driver: the GPU tests run in
+    several processes (pytest-xdist), and memory one of them cached is memory another cannot have."""
+    yield
+    if request.node.get_closest_marker("gpu") is not None and torch.cuda.is_available() \
+            and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+@pytest.fixture
+def gpu_memory_alone():
+    """For a GPU test that needs several GB at once: such tests take a file lock, so across the test processes
+    only one of them runs at a time (on an H100, 8 processes once ran out of its 79 GiB with two of them at once)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, the tests still run
+        yield
+        return
+    path = Path(tempfile.gettempdir()) / "distr-patch-gpu-memory-alone.lock"
+    with open(path, "a") as lock:  # closing the file releases the lock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture
