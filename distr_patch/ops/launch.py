@@ -113,12 +113,13 @@ def launch(fn, grid, *args, **meta):
     contraction (``enable_fp_fusion=True``), the default the kernels were tuned and checked with, which Triton 3.10
     turns off (3.9 warns about it); torch.compile's capture of a kernel call takes no such option, so there it is
     left to Triton's default."""
-    if not torch.compiler.is_compiling():
+    compiling = torch.compiler.is_compiling()
+    if not compiling:
         meta.setdefault("enable_fp_fusion", True)
     # the interpreter's kernels have no device caches; hooks Triton's run would call, a grid computed from the
     # meta-parameters, or torch.compile tracing (it captures ``fn[grid](...)`` calls as they are): the plain path
     if not FAST_LAUNCH or knobs is None or not hasattr(fn, "device_caches") or callable(grid) or getattr(fn, "pre_run_hooks", True) \
-            or getattr(knobs.runtime, "add_stages_inspection_hook", None) is not None or torch.compiler.is_compiling():
+            or getattr(knobs.runtime, "add_stages_inspection_hook", None) is not None or compiling:
         return fn[grid](*args, **meta)
     device, stream = _device_and_stream()
     key = (device, knobs.runtime.debug, knobs.compilation.instrumentation_mode, tuple(meta.items()),
