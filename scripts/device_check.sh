@@ -29,8 +29,12 @@
 # window: the exact window on backend="sdpa" taken apart (scripts/bench_window_sdpa.py: pieces, band kernel tiles),
 #         then the window variants on both engines at N=4096 and 16384 (bench_attention.py).
 # triton39: the operator on Triton 3.9.0 (carried, packed by scripts/pack_triton_for_device.sh 3.9.0) and on the image's
-#           3.6, N=4096 and 16384, d=64/128; on 3.9 also with Q_eff by its launch at d=64 (DISTR_QEFF_PROLOGUE=0).
-#           Not run yet.
+#           3.6, N=4096 and 16384, d=64/128; on 3.9 also with the Q_eff prologue at d=64 (DISTR_QEFF_PROLOGUE=1; the
+#           forty-third session ran it with =0, Q_eff by its launch, which is now 3.9's default there).
+# triton39-tests: every `gpu`-marked test on Triton 3.9.0 (carried as for triton39).
+# triton39-scratch: on Triton 3.9.0 at d=64, N=4096 and 16384, the default (Q_eff by its launch) against the Q_eff
+#           prologue with and without its tile through a global scratch (compare_fwd_configs.py --qeff-scratch,
+#           3 rounds): whether the scratch, which compiles without 3.9's C7513, beats the launch there.
 # host: host time per call at SmolLM2's layer shape, launches through ops/launch.py's memo and Triton's path
 #       (scripts/host_overhead.py).
 # launch: eager prefill (SmolLM2 4x4096 with the calibrated config twice, Llama-3.2-1B 1x4096 once) with
@@ -104,6 +108,15 @@ if ls .whl/sageattention-*.whl >/dev/null 2>&1 && ! python -c "import sageattent
 fi
 workers=()
 python -c "import xdist" 2>/dev/null && workers=(-n "${GPU_TEST_WORKERS:-8}")
+# Triton 3.9.0 from .whl/triton-3.9.0-cp312-min.tar.xz (`bash scripts/pack_triton_for_device.sh 3.9.0`, carry ".whl"),
+# unpacked to /tmp/t39 and checked to import as 3.9; prints the environment that puts it first, or fails
+triton39_env() {
+  [ -d /tmp/t39/triton ] || python -c \
+    "import tarfile; tarfile.open('.whl/triton-3.9.0-cp312-min.tar.xz').extractall('/tmp/t39')" || return 1
+  PYTHONPATH="/tmp/t39:$PYTHONPATH" TRITON_BACKENDS_IN_TREE=1 python -c \
+    "import triton; assert triton.__version__.startswith('3.9'), triton.__version__" || return 1
+  echo "PYTHONPATH=/tmp/t39:$PYTHONPATH TRITON_BACKENDS_IN_TREE=1"
+}
 rc=0
 for step in "${steps[@]}"; do
   case "$step" in
@@ -251,25 +264,37 @@ for step in "${steps[@]}"; do
            done ;;
     triton39)  # the newest Triton against the image's: .whl/triton-3.9.0-cp312-min.tar.xz from
            # `bash scripts/pack_triton_for_device.sh 3.9.0` (carry ".whl"); on 3.9 the d=64 grouped kernels' Q_eff
-           # prologue compiles with wgmma serialised (C7513), so Q_eff by its launch (DISTR_QEFF_PROLOGUE=0) is timed too
-           python -c "import tarfile; tarfile.open('.whl/triton-3.9.0-cp312-min.tar.xz').extractall('/tmp/t39')" \
-             && PYTHONPATH="/tmp/t39:$PYTHONPATH" TRITON_BACKENDS_IN_TREE=1 python -c \
-               "import triton; assert triton.__version__.startswith('3.9'), triton.__version__" \
-             && t39=1 || { t39=0; rc=1; echo "triton39: no Triton 3.9 from .whl/triton-3.9.0-cp312-min.tar.xz;" \
-               "only the image's Triton is timed" >&2; }
+           # prologue compiles with wgmma serialised (C7513), so 3.9's default there is Q_eff by its launch, and the
+           # prologue (DISTR_QEFF_PROLOGUE=1) is timed beside it
+           t39env=$(triton39_env) && t39=1 || { t39=0; rc=1; echo "triton39: no Triton 3.9 from" \
+             ".whl/triton-3.9.0-cp312-min.tar.xz; only the image's Triton is timed" >&2; }
            # (Triton, DISTR_QEFF_PROLOGUE or "", head dims): the prologue switch changes only d=64's grouped configs
-           for run in "3.9||64 128" "3.9|0|64" "3.6||64 128"; do
+           for run in "3.9||64 128" "3.9|1|64" "3.6||64 128"; do
              IFS="|" read -r tr pro dims <<< "$run"
              [ "$tr" = 3.9 ] && [ "$t39" = 0 ] && continue
              echo "== Triton $tr${pro:+, DISTR_QEFF_PROLOGUE=$pro}" | tee -a "$out/triton39.log"
              # shellcheck disable=SC2046,SC2086
              env ${pro:+DISTR_QEFF_PROLOGUE=$pro} \
-               $([ "$tr" = 3.9 ] && echo "PYTHONPATH=/tmp/t39:$PYTHONPATH TRITON_BACKENDS_IN_TREE=1") \
+               $([ "$tr" = 3.9 ] && echo "$t39env") \
                python scripts/bench_attention.py --n 4096 16384 --d $dims --rep-ms 10 \
                --json "$out/triton$tr${pro:+-prologue$pro}.json" --variants "distr G=1" "distr G=2 mean" \
                "distr G=2 rank1" "distr G=2 rank1 W128 c.5 bm128" 2>&1 | tee -a "$out/triton39.log" \
                | sed -n '/^| d |/,$p' | cut -d'|' -f2-11 || rc=1
            done ;;
+    triton39-tests)  # the GPU suite on Triton 3.9.0 (carried as for triton39)
+           if t39env=$(triton39_env); then
+             # shellcheck disable=SC2086
+             env $t39env python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests 2>&1 \
+               | tee "$out/gpu-tests-triton39.log" | tail -20 || rc=1
+           else echo "triton39-tests: no Triton 3.9 from .whl/triton-3.9.0-cp312-min.tar.xz" >&2; rc=1; fi ;;
+    triton39-scratch)  # d=64 on Triton 3.9.0: Q_eff by its launch (the default there) against the prologue, and the
+           # prologue with its tile through a global scratch (no C7513 on 3.9 in CPU compiles; on 3.6 1-6% slower)
+           if t39env=$(triton39_env); then
+             # shellcheck disable=SC2086
+             env $t39env python scripts/compare_fwd_configs.py --variants "G2 mean" "G2 rank1" "G2 r1 W128 c.5" \
+               --d 64 --n 4096 16384 --no-reduced --qeff-scratch --rounds 3 2>&1 | tee "$out/triton39-scratch.log" \
+               | sed -n '/^| d |/,$p' || rc=1
+           else echo "triton39-scratch: no Triton 3.9 from .whl/triton-3.9.0-cp312-min.tar.xz" >&2; rc=1; fi ;;
     host) python scripts/host_overhead.py --calls 300 2>&1 | tee "$out/host-overhead.log" | sed -n '/^| variant/,$p' \
            || rc=1 ;;
     launch)  # whole-model eager prefill with kernel launches through ops/launch.py's memo (1) and Triton's path (0)
