@@ -277,11 +277,48 @@ def _triton_release() -> tuple[int, int]:
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
-# Q_eff in the prologue at d=64 (``_expanded_config``): Triton 3.9 compiles those kernels with their wgmma serialised
-# (ptxas C7513), 3.6 does not; on an H100 the regroup launch then beat the prologue at every shape timed (G=2 N=4096
+@functools.lru_cache(maxsize=None)
+def sm90_ptxas_release() -> tuple[int, int] | None:
+    """(major, minor) of the ptxas Triton compiles Hopper (sm_90) kernels with: its ``get_ptxas``, which follows
+    TRITON_PTXAS_PATH / TRITON_PTXAS_BLACKWELL_PATH (Triton 3.9 takes its CUDA 13 ptxas, earlier releases a 12.x
+    one). None where Triton cannot say."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        try:
+            tool = get_ptxas(90)
+        except TypeError:  # Triton 3.4: no architecture argument
+            tool = get_ptxas()
+        major, minor = str(tool.version).split(".")[:2]
+        return int(major), int(minor)
+    except Exception:  # noqa: BLE001  no NVIDIA backend, no ptxas, another Triton: the caller falls back
+        return None
+
+
+# ptxas from 13.3 serialises the wgmma of the d=64 kernels that form Q_eff in their prologue (C7513) and makes the
+# prologue's window kernel spill; 12.8 (Triton 3.6), 12.9 and 13.1 do not (Triton 3.9's code compiled for sm_90 with
+# each; 3.7.1 and 3.8.0 with their own, 12.x: docs/benchmarks.md, "Triton 3.9: Q_eff by its launch at d=64"). With
+# Triton 3.9 and its ptxas 13.4 on an H100 the regroup launch beat the prologue at every shape timed (G=2 N=4096
 # mean 2.955 ms against 3.476, 16384 causal 5.629 against 6.832; with a window 3.457 against 3.622; 3.6's prologue
-# 2.776 ms; docs/benchmarks.md, "Triton 3.9: Q_eff by its launch at d=64").
-QEFF_PROLOGUE_AT_D64 = _triton_release() < (3, 9)
+# 2.776 ms). Not timed: 3.9 with an older ptxas, where the kernels compile as on 3.6.
+PTXAS_SERIALISING_PROLOGUE = (13, 3)
+# The forward's choice at d=64 (``_expanded_config``): True: Q_eff in the prologue; False: by the regroup launch;
+# None: by ``qeff_prologue_at_d64()``
+QEFF_PROLOGUE_AT_D64: bool | None = None
+
+
+def prologue_at_d64_rule(ptxas: tuple[int, int] | None, triton_release: tuple[int, int]) -> bool:
+    """Whether the d=64 forward forms Q_eff in its prologue: where the sm_90 ptxas does not serialise it; where
+    that ptxas is unknown, below Triton 3.9 (the first release to compile sm_90 with a CUDA 13 ptxas)."""
+    if ptxas is not None:
+        return ptxas < PTXAS_SERIALISING_PROLOGUE
+    return triton_release < (3, 9)
+
+
+@functools.lru_cache(maxsize=None)
+def qeff_prologue_at_d64() -> bool:
+    """``prologue_at_d64_rule`` for the installed Triton and its ptxas (asked once per process)."""
+    return prologue_at_d64_rule(sm90_ptxas_release(), _triton_release())
 
 
 def triton_problem(triton_version: str) -> str | None:
@@ -322,11 +359,14 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     DEFAULT_* switches it reads (host time per call matters in small layers; docs/benchmarks.md, "Kernel launches
     without Triton's binder")."""
     interpret = interpreting() if interpret is None else interpret
+    at_d64 = QEFF_PROLOGUE_AT_D64
+    if at_d64 is None:  # the interpreter keeps the prologue (no ptxas to ask)
+        at_d64 = interpret or qeff_prologue_at_d64()
     return _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32,
                        masked, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,
                        DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING, DEFAULT_FWD_SIGMA2_DIFF,
                        DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA, DEFAULT_FWD_RESCALE_SLACK, DEFAULT_FWD_BAND_EXACT,
-                       DEFAULT_FWD_SIGMA2_DEFER, DEFAULT_FWD_BAND_FIRST, QEFF_PROLOGUE_AT_D64)
+                       DEFAULT_FWD_SIGMA2_DEFER, DEFAULT_FWD_BAND_FIRST, at_d64)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -335,7 +375,7 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
                 DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING,
                 DEFAULT_FWD_SIGMA2_DIFF, DEFAULT_FWD_TILE_ORDER, DEFAULT_FWD_EXP_FMA,
                 DEFAULT_FWD_RESCALE_SLACK, DEFAULT_FWD_BAND_EXACT, DEFAULT_FWD_SIGMA2_DEFER,
-                DEFAULT_FWD_BAND_FIRST, QEFF_PROLOGUE_AT_D64) -> FwdConfig:
+                DEFAULT_FWD_BAND_FIRST, prologue_at_d64) -> FwdConfig:
     """``fwd_config``'s body; the switches come in as arguments (so the memo sees them) under their global names."""
     mode = grouped_qk or DEFAULT_GROUPED_QK
     if mode not in ("reduced", "expanded"):
@@ -347,7 +387,7 @@ def _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret,
         raise ValueError(f"{src} must be 'transposed' or 'natural', got {layout!r}")
     window = exact_window > 0 and group_size > 1
     if group_size > 1 and mode == "expanded":
-        cfg = _expanded_config(head_dim, window, interpret, group_size, QEFF_PROLOGUE_AT_D64)
+        cfg = _expanded_config(head_dim, window, interpret, group_size, prologue_at_d64)
     else:
         cfg = _reduced_config(head_dim, group_size, grouping_block_m, window, interpret, layout)
     if group_size == 1:  # exact: K/V through TMA at d<=64 (H200, N=4096: 3-5% faster; 7-10% slower at d=128);
@@ -449,8 +489,8 @@ def _expanded_config(head_dim: int, window: bool, interpret: bool, group_size: i
     window the tiles that meet the band step by 32 keys (two score tiles live) on 8 warps. Q_eff in the
     prologue and TMA tiles where they measured faster (below).
     The interpreter takes 64-row tiles, so CPU tests cover tiles holding several grouping blocks
-    (block_m=32) and tiles inside one (block_m=128). ``prologue_at_d64``: ``QEFF_PROLOGUE_AT_D64`` (off on Triton
-    >= 3.9, whose d=64 prologue serialises the wgmma)."""
+    (block_m=32) and tiles inside one (block_m=128). ``prologue_at_d64``: ``qeff_prologue_at_d64()`` (off where
+    the sm_90 ptxas serialises the d=64 prologue's wgmma: ptxas >= 13.3, which Triton 3.9 uses)."""
     # Q_eff in the prologue: 3-10% faster than the regroup launch, except with a window at d<=64 (29% slower
     # non-causal: two score tiles, Q, Q_eff and the fusion matrix live at once). TMA K/V tiles: 0-5% faster at
     # d<=64 with the prologue, 5-10% slower at d=128 and with a window (H200, N=4096; docs/benchmarks.md,

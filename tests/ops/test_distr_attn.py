@@ -955,13 +955,52 @@ def test_transpose_keys_interpreter():
 
 @pytest.mark.parametrize("version,release", [("3.6.0", (3, 6)), ("3.9.0", (3, 9)), ("3.10.0rc1", (3, 10)),
                                               ("3.11.0+git1234abc", (3, 11))])
-def test_prologue_at_d64_follows_the_triton_release(monkeypatch, version, release):
-    """The d=64 Q_eff prologue is the default only below Triton 3.9 (which serialises its wgmma)."""
+def test_triton_release_parses_the_version(monkeypatch, version, release):
     from distr_patch.ops import configs
 
-    assert configs.QEFF_PROLOGUE_AT_D64 == (tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9))
     monkeypatch.setattr(triton, "__version__", version)
     assert configs._triton_release() == release
+
+
+def test_prologue_at_d64_follows_the_sm90_ptxas():
+    """The d=64 Q_eff prologue is the default where the sm_90 ptxas does not serialise its wgmma: below 13.3 (CPU
+    compiles: 12.8, 12.9, 13.1 clean; 13.3, 13.4 C7513); where the ptxas is unknown, below Triton 3.9."""
+    from distr_patch.ops.configs import prologue_at_d64_rule as rule
+
+    assert [rule(p, (3, 9)) for p in ((12, 8), (12, 9), (13, 1), (13, 2), (13, 3), (13, 4), (14, 0))] == \
+        [True, True, True, True, False, False, False]
+    assert rule(None, (3, 6)) and rule(None, (3, 8)) and not rule(None, (3, 9)) and not rule(None, (3, 10))
+    assert rule((12, 9), (3, 10)) and not rule((13, 4), (3, 6))  # the ptxas decides where it is known
+
+
+def test_sm90_ptxas_release_is_the_one_triton_compiles_with(monkeypatch):
+    """Triton's own choice for sm_90, and TRITON_PTXAS_BLACKWELL_PATH / TRITON_PTXAS_PATH followed (3.9 takes its
+    CUDA 13 'ptxas-blackwell' for sm_90; earlier releases their 12.x 'ptxas')."""
+    import subprocess
+    from pathlib import Path
+
+    from distr_patch.ops import configs
+
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    if not (bin_dir / "ptxas").exists():
+        pytest.skip("this Triton ships no ptxas")
+
+    def release(path):
+        out = subprocess.run([str(path), "--version"], capture_output=True, text=True).stdout
+        major, minor = out.split("release ")[1].split(",")[0].split(".")
+        return int(major), int(minor)
+
+    configs.sm90_ptxas_release.cache_clear()
+    try:
+        got = configs.sm90_ptxas_release()
+        expected = "ptxas-blackwell" if configs._triton_release() >= (3, 9) else "ptxas"
+        assert got == release(bin_dir / expected)
+        for env in ("TRITON_PTXAS_BLACKWELL_PATH", "TRITON_PTXAS_PATH"):  # the legacy ptxas, as a user may set it
+            monkeypatch.setenv(env, str(bin_dir / "ptxas"))
+        configs.sm90_ptxas_release.cache_clear()
+        assert configs.sm90_ptxas_release() == release(bin_dir / "ptxas") < (13, 0)
+    finally:
+        configs.sm90_ptxas_release.cache_clear()
 
 
 def test_fwd_config_table(monkeypatch):
@@ -985,12 +1024,12 @@ def test_fwd_config_table(monkeypatch):
     # the measured choices: Q_eff in the prologue (with a window at d=64 under a 128-register cap; d=32 with a
     # window keeps the regroup launch); TMA at d<=64 without a window (and for exact attention at d<=64); the
     # reduced path never forms Q_eff
-    monkeypatch.setattr(configs, "QEFF_PROLOGUE_AT_D64", True)  # Triton < 3.9
+    monkeypatch.setattr(configs, "QEFF_PROLOGUE_AT_D64", True)  # a ptxas that does not serialise the prologue
     pick = {(d, W): fwd_config(d, 2, 128, exact_window=W, interpret=False, grouped_qk="expanded")
             for d in (32, 64, 128) for W in (0, 128)}
     assert [pick[k].qeff_prologue for k in sorted(pick)] == [True, False, True, True, False, True]
-    # Triton >= 3.9 serialises the d=64 prologue's wgmma: Q_eff by the regroup launch there (G=2 and 4, window or
-    # not; the interpreter keeps the prologue, so CI still runs its source); d=32 and d=128 stay as they were
+    # ptxas >= 13.3 (Triton 3.9's) serialises the d=64 prologue's wgmma: Q_eff by the regroup launch there (G=2 and
+    # 4, window or not; the interpreter keeps the prologue, so CI still runs its source); d=32 and d=128 as they were
     monkeypatch.setattr(configs, "QEFF_PROLOGUE_AT_D64", False)
     expected = {2: [True, False, False, False, False, True], 4: [True, False, False, False, True, True]}
     new = {G: {(d, W): fwd_config(d, G, 128, exact_window=W, interpret=False, grouped_qk="expanded")
@@ -1000,7 +1039,10 @@ def test_fwd_config_table(monkeypatch):
         assert fwd_config(64, G, 128, interpret=True, grouped_qk="expanded").qeff_prologue
     assert all(replace(new[2][k], qeff_prologue=False) == replace(pick[k], qeff_prologue=False)
                for k in pick)  # nothing else changes
-    monkeypatch.setattr(configs, "QEFF_PROLOGUE_AT_D64", True)
+    monkeypatch.setattr(configs, "QEFF_PROLOGUE_AT_D64", None)  # the installed ptxas decides
+    assert fwd_config(64, 2, 128, interpret=False, grouped_qk="expanded").qeff_prologue == \
+        configs.qeff_prologue_at_d64()
+    assert fwd_config(64, 2, 128, interpret=True, grouped_qk="expanded").qeff_prologue
     # ... except at 64 < d <= 128, G=2, no window: Q_eff by one launch before the kernel
     assert fwd_config(80, 2, 128, interpret=False, grouped_qk="expanded").qeff_prologue is False
     assert fwd_config(128, 4, 128, interpret=False, grouped_qk="expanded").qeff_prologue
