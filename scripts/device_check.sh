@@ -32,6 +32,9 @@
 #           3.6, N=4096 and 16384, d=64/128; on 3.9 also with the Q_eff prologue at d=64 (DISTR_QEFF_PROLOGUE=1; the
 #           forty-third session ran it with =0, Q_eff by its launch, which is now 3.9's default there).
 # triton39-tests: every `gpu`-marked test on Triton 3.9.0 (carried as for triton39).
+# triton39-ptxas: the operator on Triton 3.9.0 with its own ptxas for sm_90 (13.4) and with the image's Triton 3.6
+#           ptxas (12.8, through TRITON_PTXAS_BLACKWELL_PATH; the d=64 table then picks the prologue by itself), and
+#           on 3.6, N=4096 and 16384, d=64/128: whether 3.9's gap to 3.6 is its ptxas.
 # triton39-scratch: on Triton 3.9.0 at d=64, N=4096 and 16384, the default (Q_eff by its launch) against the Q_eff
 #           prologue with and without its tile through a global scratch (compare_fwd_configs.py --qeff-scratch,
 #           3 rounds): whether the scratch, which compiles without 3.9's C7513, beats the launch there.
@@ -287,6 +290,23 @@ for step in "${steps[@]}"; do
              env $t39env python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests 2>&1 \
                | tee "$out/gpu-tests-triton39.log" | tail -20 || rc=1
            else echo "triton39-tests: no Triton 3.9 from .whl/triton-3.9.0-cp312-min.tar.xz" >&2; rc=1; fi ;;
+    triton39-ptxas)  # Triton 3.9.0 with its ptxas and with the image's Triton's (12.8), then the image's Triton
+           legacy=$(python -c "import os, triton; print(os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'ptxas'))")
+           if t39env=$(triton39_env) && [ -x "$legacy" ]; then
+             for run in "3.9|" "3.9|TRITON_PTXAS_BLACKWELL_PATH=$legacy" "3.6|"; do
+               IFS="|" read -r tr px <<< "$run"
+               echo "== Triton $tr${px:+, $px}" | tee -a "$out/triton39-ptxas.log"
+               # shellcheck disable=SC2046,SC2086
+               env $px $([ "$tr" = 3.9 ] && echo "$t39env") python -c "from distr_patch.ops import configs; \
+print('sm_90 ptxas', configs.sm90_ptxas_release(), 'd=64 prologue', configs.qeff_prologue_at_d64())" \
+                 2>&1 | tee -a "$out/triton39-ptxas.log"
+               # shellcheck disable=SC2046,SC2086
+               env $px $([ "$tr" = 3.9 ] && echo "$t39env") python scripts/bench_attention.py --n 4096 16384 \
+                 --d 64 128 --rep-ms 10 --json "$out/triton$tr${px:+-legacy-ptxas}.json" --variants "distr G=1" \
+                 "distr G=2 mean" "distr G=2 rank1" "distr G=2 rank1 W128 c.5 bm128" 2>&1 \
+                 | tee -a "$out/triton39-ptxas.log" | sed -n '/^| d |/,$p' | cut -d'|' -f2-11 || rc=1
+             done
+           else echo "triton39-ptxas: no Triton 3.9 from .whl/triton-3.9.0-cp312-min.tar.xz, or no $legacy" >&2; rc=1; fi ;;
     triton39-scratch)  # d=64 on Triton 3.9.0: Q_eff by its launch (the default there) against the prologue, and the
            # prologue with its tile through a global scratch (no C7513 on 3.9 in CPU compiles; on 3.6 1-6% slower)
            if t39env=$(triton39_env); then
