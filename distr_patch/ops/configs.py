@@ -315,10 +315,19 @@ def prologue_at_d64_rule(ptxas: tuple[int, int] | None, triton_release: tuple[in
     return triton_release < (3, 9)
 
 
-@functools.lru_cache(maxsize=None)
+_prologue_at_d64_found: bool | None = None  # qeff_prologue_at_d64's answer, once an eager call asked
+
+
 def qeff_prologue_at_d64() -> bool:
-    """``prologue_at_d64_rule`` for the installed Triton and its ptxas (asked once per process)."""
-    return prologue_at_d64_rule(sm90_ptxas_release(), _triton_release())
+    """``prologue_at_d64_rule`` for the installed Triton and its ptxas (asked once per process, on an eager call:
+    inside a torch.compile trace, before any eager call, the Triton release's rule, as Dynamo would trace the ptxas
+    query's subprocess instead of skipping it)."""
+    global _prologue_at_d64_found
+    if _prologue_at_d64_found is None:
+        if torch.compiler.is_compiling():
+            return prologue_at_d64_rule(None, _triton_release())
+        _prologue_at_d64_found = prologue_at_d64_rule(sm90_ptxas_release(), _triton_release())
+    return _prologue_at_d64_found
 
 
 def triton_problem(triton_version: str) -> str | None:

@@ -991,7 +991,14 @@ def test_sm90_ptxas_release_is_the_one_triton_compiles_with(monkeypatch):
         return int(major), int(minor)
 
     configs.sm90_ptxas_release.cache_clear()
+    monkeypatch.setattr(configs, "_prologue_at_d64_found", None)
     try:
+        with monkeypatch.context() as mp:  # in a trace before any eager call: no ptxas query, the release's rule
+            mp.setattr(torch.compiler, "is_compiling", lambda: True)
+            assert configs.qeff_prologue_at_d64() == (configs._triton_release() < (3, 9))
+            assert configs._prologue_at_d64_found is None and configs.sm90_ptxas_release.cache_info().currsize == 0
+        assert configs.qeff_prologue_at_d64() == (configs.sm90_ptxas_release() < (13, 3))  # eager: the ptxas
+        assert configs._prologue_at_d64_found is not None
         got = configs.sm90_ptxas_release()
         expected = "ptxas-blackwell" if configs._triton_release() >= (3, 9) else "ptxas"
         assert got == release(bin_dir / expected)
