@@ -269,12 +269,13 @@ MIN_TRITON = "3.4"
 
 def _triton_release() -> tuple[int, int]:
     """(major, minor) of the installed Triton; (0, 0) without one."""
+    from packaging.version import Version
+
     try:
         import triton
     except ImportError:
         return (0, 0)
-    major, minor = triton.__version__.split(".")[:2]
-    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+    return Version(triton.__version__).release[:2]
 
 
 @functools.lru_cache(maxsize=None)
@@ -302,8 +303,8 @@ def sm90_ptxas_release() -> tuple[int, int] | None:
 # mean 2.955 ms against 3.476, 16384 causal 5.629 against 6.832; with a window 3.457 against 3.622; 3.6's prologue
 # 2.776 ms). Not timed: 3.9 with an older ptxas, where the kernels compile as on 3.6.
 PTXAS_SERIALISING_PROLOGUE = (13, 3)
-# The forward's choice at d=64 (``_expanded_config``): True: Q_eff in the prologue; False: by the regroup launch;
-# None: by ``qeff_prologue_at_d64()``
+# The forward's choice at d=64 on the GPU (``_expanded_config``): True: Q_eff in the prologue; False: by the regroup
+# launch; None: not asked yet (``qeff_prologue_at_d64()`` fills it in)
 QEFF_PROLOGUE_AT_D64: bool | None = None
 
 
@@ -315,19 +316,16 @@ def prologue_at_d64_rule(ptxas: tuple[int, int] | None, triton_release: tuple[in
     return triton_release < (3, 9)
 
 
-_prologue_at_d64_found: bool | None = None  # qeff_prologue_at_d64's answer, once an eager call asked
-
-
 def qeff_prologue_at_d64() -> bool:
-    """``prologue_at_d64_rule`` for the installed Triton and its ptxas (asked once per process, on an eager call:
-    inside a torch.compile trace, before any eager call, the Triton release's rule, as Dynamo would trace the ptxas
-    query's subprocess instead of skipping it)."""
-    global _prologue_at_d64_found
-    if _prologue_at_d64_found is None:
+    """``QEFF_PROLOGUE_AT_D64``, from ``prologue_at_d64_rule`` for the installed Triton and its ptxas on the first
+    eager call (inside a torch.compile trace before any, the Triton release's rule, not kept: Dynamo would trace
+    the ptxas query's subprocess instead of skipping it)."""
+    global QEFF_PROLOGUE_AT_D64
+    if QEFF_PROLOGUE_AT_D64 is None:
         if torch.compiler.is_compiling():
             return prologue_at_d64_rule(None, _triton_release())
-        _prologue_at_d64_found = prologue_at_d64_rule(sm90_ptxas_release(), _triton_release())
-    return _prologue_at_d64_found
+        QEFF_PROLOGUE_AT_D64 = prologue_at_d64_rule(sm90_ptxas_release(), _triton_release())
+    return QEFF_PROLOGUE_AT_D64
 
 
 def triton_problem(triton_version: str) -> str | None:
@@ -368,9 +366,7 @@ def fwd_config(head_dim: int, group_size: int, grouping_block_m: int, *, exact_w
     DEFAULT_* switches it reads (host time per call matters in small layers; docs/benchmarks.md, "Kernel launches
     without Triton's binder")."""
     interpret = interpreting() if interpret is None else interpret
-    at_d64 = QEFF_PROLOGUE_AT_D64
-    if at_d64 is None:  # the interpreter keeps the prologue (no ptxas to ask)
-        at_d64 = interpret or qeff_prologue_at_d64()
+    at_d64 = interpret or qeff_prologue_at_d64()  # the interpreter keeps the prologue (and has no ptxas to ask)
     return _fwd_config(head_dim, group_size, grouping_block_m, exact_window, interpret, k_layout, grouped_qk, fp32,
                        masked, DEFAULT_GROUPED_QK, DEFAULT_K_LAYOUT, DEFAULT_QEFF_PROLOGUE, DEFAULT_KV_TMA,
                        DEFAULT_FWD_WS, DEFAULT_FWD_SCALE_AFTER_MAX, DEFAULT_FUSED_GROUPING, DEFAULT_FWD_SIGMA2_DIFF,
@@ -514,7 +510,7 @@ def _expanded_config(head_dim: int, window: bool, interpret: bool, group_size: i
     # kept at d=64, where it was 4-5% faster, and with a window; docs/benchmarks.md, "Q_eff by one launch at d=128").
     capped_window = window and 32 < head_dim <= 64
     launch_d128 = 64 < head_dim <= 128 and group_size == 2 and not window
-    launch_d64 = 32 < head_dim <= 64 and not prologue_at_d64 and not interpret
+    launch_d64 = 32 < head_dim <= 64 and not prologue_at_d64
     opts = dict(grouped_qk="expanded",
                 qeff_prologue=head_dim <= 128 and (not window or head_dim > 64 or capped_window) and not launch_d128
                 and not launch_d64,

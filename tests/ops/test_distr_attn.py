@@ -991,14 +991,14 @@ def test_sm90_ptxas_release_is_the_one_triton_compiles_with(monkeypatch):
         return int(major), int(minor)
 
     configs.sm90_ptxas_release.cache_clear()
-    monkeypatch.setattr(configs, "_prologue_at_d64_found", None)
+    monkeypatch.setattr(configs, "QEFF_PROLOGUE_AT_D64", None)
     try:
         with monkeypatch.context() as mp:  # in a trace before any eager call: no ptxas query, the release's rule
             mp.setattr(torch.compiler, "is_compiling", lambda: True)
             assert configs.qeff_prologue_at_d64() == (configs._triton_release() < (3, 9))
-            assert configs._prologue_at_d64_found is None and configs.sm90_ptxas_release.cache_info().currsize == 0
+            assert configs.QEFF_PROLOGUE_AT_D64 is None and configs.sm90_ptxas_release.cache_info().currsize == 0
         assert configs.qeff_prologue_at_d64() == (configs.sm90_ptxas_release() < (13, 3))  # eager: the ptxas
-        assert configs._prologue_at_d64_found is not None
+        assert configs.QEFF_PROLOGUE_AT_D64 is not None
         got = configs.sm90_ptxas_release()
         expected = "ptxas-blackwell" if configs._triton_release() >= (3, 9) else "ptxas"
         assert got == release(bin_dir / expected)
@@ -1048,7 +1048,7 @@ def test_fwd_config_table(monkeypatch):
                for k in pick)  # nothing else changes
     monkeypatch.setattr(configs, "QEFF_PROLOGUE_AT_D64", None)  # the installed ptxas decides
     assert fwd_config(64, 2, 128, interpret=False, grouped_qk="expanded").qeff_prologue == \
-        configs.qeff_prologue_at_d64()
+        configs.qeff_prologue_at_d64() == (configs.sm90_ptxas_release() < (13, 3))
     assert fwd_config(64, 2, 128, interpret=True, grouped_qk="expanded").qeff_prologue
     # ... except at 64 < d <= 128, G=2, no window: Q_eff by one launch before the kernel
     assert fwd_config(80, 2, 128, interpret=False, grouped_qk="expanded").qeff_prologue is False
