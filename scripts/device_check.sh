@@ -35,6 +35,9 @@
 # triton39-ptxas: the operator on Triton 3.9.0 with its own ptxas for sm_90 (13.4) and with the image's Triton 3.6
 #           ptxas (12.8, through TRITON_PTXAS_BLACKWELL_PATH; the d=64 table then picks the prologue by itself), and
 #           on 3.6, N=4096 and 16384, d=64/128: whether 3.9's gap to 3.6 is its ptxas.
+# triton39-own-ptxas: at d=64, N=4096 and 16384, Triton 3.9.0 with the 12.9 ptxas it ships for sm_90
+#           (TRITON_PTXAS_BLACKWELL_PATH=.../triton/backends/nvidia/bin/ptxas: README's advice for Hopper), then 3.6;
+#           packed by `KEEP_ALL_PTXAS=1 bash scripts/pack_triton_for_device.sh 3.9.0`.
 # triton39-scratch: on Triton 3.9.0 at d=64, N=4096 and 16384, the default (Q_eff by its launch) against the Q_eff
 #           prologue with and without its tile through a global scratch (compare_fwd_configs.py --qeff-scratch,
 #           3 rounds): whether the scratch, which compiles without 3.9's C7513, beats the launch there.
@@ -307,6 +310,24 @@ print('sm_90 ptxas', configs.sm90_ptxas_release(), 'd=64 prologue', configs.qeff
                  | tee -a "$out/triton39-ptxas.log" | sed -n '/^| d |/,$p' | cut -d'|' -f2-11 || rc=1
              done
            else echo "triton39-ptxas: no Triton 3.9 from .whl/triton-3.9.0-cp312-min.tar.xz, or no $legacy" >&2; rc=1; fi ;;
+    triton39-own-ptxas)  # d=64: Triton 3.9.0 with the 12.9 ptxas it ships (bin/ptxas) for sm_90, then the image's 3.6
+           own=/tmp/t39/triton/backends/nvidia/bin/ptxas  # packed only with KEEP_ALL_PTXAS=1
+           if t39env=$(triton39_env) && [ -x "$own" ]; then
+             for run in "3.9|TRITON_PTXAS_BLACKWELL_PATH=$own" "3.6|"; do
+               IFS="|" read -r tr px <<< "$run"
+               echo "== Triton $tr${px:+, $px}" | tee -a "$out/triton39-own-ptxas.log"
+               # shellcheck disable=SC2046,SC2086
+               env $px $([ "$tr" = 3.9 ] && echo "$t39env") python -c "from distr_patch.ops import configs; \
+print('sm_90 ptxas', configs.sm90_ptxas_release(), 'd=64 prologue', configs.qeff_prologue_at_d64())" \
+                 2>&1 | tee -a "$out/triton39-own-ptxas.log"
+               # shellcheck disable=SC2046,SC2086
+               env $px $([ "$tr" = 3.9 ] && echo "$t39env") python scripts/bench_attention.py --n 4096 16384 --d 64 \
+                 --rep-ms 10 --json "$out/triton$tr${px:+-own-ptxas}.json" --variants "distr G=1" "distr G=2 mean" \
+                 "distr G=2 rank1" "distr G=2 rank1 W128 c.5 bm128" 2>&1 | tee -a "$out/triton39-own-ptxas.log" \
+                 | sed -n '/^| d |/,$p' | cut -d'|' -f2-11 || rc=1
+             done
+           else echo "triton39-own-ptxas: no Triton 3.9 with its $own from .whl/triton-3.9.0-cp312-min.tar.xz" \
+             "(KEEP_ALL_PTXAS=1 bash scripts/pack_triton_for_device.sh 3.9.0)" >&2; rc=1; fi ;;
     triton39-scratch)  # d=64 on Triton 3.9.0: Q_eff by its launch (the default there) against the prologue, and the
            # prologue with its tile through a global scratch (no C7513 on 3.9 in CPU compiles; on 3.6 1-6% slower)
            if t39env=$(triton39_env); then

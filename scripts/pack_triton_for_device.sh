@@ -3,6 +3,7 @@
 # to run the GPU tests on a Triton the image does not have (the image: torch 2.11 with Triton 3.6).
 #
 #   bash scripts/pack_triton_for_device.sh [VERSION]        # default 3.7.1, torch 2.13's CUDA pin
+#   KEEP_ALL_PTXAS=1 bash scripts/pack_triton_for_device.sh 3.9.0   # with 3.9's 12.9 ptxas as well (56 MiB)
 #
 # Writes .whl/triton-VERSION-cp312-min.tar.xz (the image's Python is 3.12): the wheel without libtriton.so's debug
 # sections and static symbols, the AMD backend, the profiler (proton, CUPTI), the ptxas that sm_90 does not use,
@@ -43,10 +44,11 @@ PY
 rm -rf triton/_C/libproton.so triton/backends/nvidia/lib/cupti triton/backends/nvidia/lib/cupti-blackwell \
   triton/backends/nvidia/bin/cuobjdump triton/backends/nvidia/bin/nvdisasm \
   triton/instrumentation triton/FileCheck triton/plugins triton/backends/amd
-find triton/backends/nvidia/bin -name "ptxas*" ! -name "$ptxas" -delete
+# KEEP_ALL_PTXAS=1 keeps the others too (3.9's 12.9 ptxas: +8 MiB, for device_check.sh triton39-own-ptxas)
+[ "${KEEP_ALL_PTXAS:-0}" = 1 ] || find triton/backends/nvidia/bin -name "ptxas*" ! -name "$ptxas" -delete
+chmod +x triton/backends/nvidia/bin/ptxas*
 strip --strip-unneeded triton/_C/libtriton.so      # keeps the dynamic symbols Python needs
-chmod +x "triton/backends/nvidia/bin/$ptxas"
-echo "kept triton/backends/nvidia/bin/$ptxas"
+echo "kept" triton/backends/nvidia/bin/ptxas*
 mkdir -p "$root/.whl"
 out="$root/.whl/triton-$version-cp312-min.tar.xz"
 tar cf - triton | xz -9 -T0 > "$out"

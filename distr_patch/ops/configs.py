@@ -301,7 +301,8 @@ def sm90_ptxas_release() -> tuple[int, int] | None:
 # each; 3.7.1 and 3.8.0 with their own, 12.x: docs/benchmarks.md, "Triton 3.9: Q_eff by its launch at d=64"). With
 # Triton 3.9 and its ptxas 13.4 on an H100 the regroup launch beat the prologue at every shape timed (G=2 N=4096
 # mean 2.955 ms against 3.476, 16384 causal 5.629 against 6.832; with a window 3.457 against 3.622; 3.6's prologue
-# 2.776 ms). Not timed: 3.9 with an older ptxas, where the kernels compile as on 3.6.
+# 2.776 ms). 3.9 given a 12.x ptxas (TRITON_PTXAS_BLACKWELL_PATH) takes the prologue by this rule, and its d=64 G=2
+# kernels then ran at 0.97-1.04x 3.6's time (forty-fourth session).
 PTXAS_SERIALISING_PROLOGUE = (13, 3)
 # The forward's choice at d=64 on the GPU (``_expanded_config``): True: Q_eff in the prologue; False: by the regroup
 # launch; None: not asked yet (``qeff_prologue_at_d64()`` fills it in)
