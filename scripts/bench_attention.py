@@ -702,8 +702,10 @@ def main(argv=None):
             sys.exit("bench_attention.py times the Triton kernel and needs a CUDA GPU "
                      "(on the CPU, `distr-patch bench model` times the reference path)")
         import triton
-        print(f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
-              f"sage1: {'yes' if _sage() else 'not installed'}")
+        from distr_patch.eval.provenance import ptxas_sm90
+
+        print(f"GPU: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} "
+              f"(sm_90 ptxas {ptxas_sm90(torch.device('cuda'))}) | sage1: {'yes' if _sage() else 'not installed'}")
         rows = run_backward(args) if args.backward else run_tune(args) if args.tune else run_sweep(args)
     if args.json or args.plot:
         from distr_patch.eval.provenance import provenance  # versions, git commit

@@ -30,6 +30,18 @@ def git_commit() -> str | None:
     return sha + ("+dirty" if dirty else "") if sha else None
 
 
+def ptxas_sm90(device: torch.device) -> str | None:
+    """"major.minor" of the ptxas Triton compiles Hopper kernels with, on a CUDA device (None elsewhere or where
+    Triton cannot say). It sets the speed: Triton 3.9's own 13.4 runs the d=64 grouped kernels 3-10% slower than a
+    12.x one (docs/benchmarks.md, forty-fourth session)."""
+    if torch.device(device).type != "cuda":
+        return None
+    from distr_patch.ops.configs import sm90_ptxas_release
+
+    release = sm90_ptxas_release()
+    return None if release is None else "%d.%d" % release
+
+
 def provenance(device: torch.device, *, seed: int, num_processes: int = 1) -> dict:
     device = torch.device(device)
     return {
@@ -41,6 +53,7 @@ def provenance(device: torch.device, *, seed: int, num_processes: int = 1) -> di
         "platform": platform.platform(),
         "device": device.type,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "ptxas_sm90": ptxas_sm90(device),
         "num_processes": num_processes,
         "cpu_threads": torch.get_num_threads(),
         "git_commit": git_commit(),

@@ -40,7 +40,7 @@ def test_json_follows_schema_with_provenance(finished):
     validate(data)
     assert data["status"] == "complete"
     assert data["datasets"]["perplexity"]["num_examples"] > 0
-    for key in ("torch", "transformers", "triton", "git_commit", "seed", "command", "data_packages"):
+    for key in ("torch", "transformers", "triton", "ptxas_sm90", "git_commit", "seed", "command", "data_packages"):
         assert key in data["provenance"]
     assert isinstance(data["provenance"]["command"], list) and "gensim" in data["provenance"]["data_packages"]
     assert data["model"]["model_type"] == "llama" and data["model"]["num_layers"] == 2
