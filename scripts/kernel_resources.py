@@ -15,6 +15,7 @@ Use it to see why a config is slow before spending device time. Caveats:
     python scripts/kernel_resources.py --band                # the SDPA engine's band kernel (exact window) per tile
     python scripts/kernel_resources.py --qeff                # the SDPA engine's fused grouping + Q_eff launch per tile
     python scripts/kernel_resources.py --mask float --default-only   # with a tensor attention mask (shared memory)
+    python scripts/kernel_resources.py --default-only --loop  # + the key-tile loop's SASS: instructions, UMOV, BAR
 
 Prints one markdown table last.
 """
@@ -100,6 +101,36 @@ def resources(kernel) -> dict:
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
     return dict(regs=int(regs[-1]) if regs else -1, spill=sum(map(int, spills[-1])) if spills else -1,
                 serialized="C7511" in text or "serialized" in text, shared=int(kernel.metadata.shared))
+
+
+def main_loop_mix(kernel) -> dict:
+    """The forward's key-tile loop in SASS: the first loop of over 100 instructions (a branch back to a label) in
+    the kernel compiled by the same ptxas as ``resources`` and read by the nvdisasm beside it. Its length and its
+    uniform moves (UMOV: Triton 3.9 rebuilds the wgmma descriptors with them), CTA barriers (BAR) and wgmma (HGMMA);
+    counts of instructions as written, each taken once per key tile (predicated ones included)."""
+    ptxas = Path(_ptxas())
+    nvdisasm = ptxas.parent / "nvdisasm"
+    if not nvdisasm.exists():
+        raise SystemExit(f"--loop: no nvdisasm beside {ptxas} (this Triton wheel ships none)")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "k.ptx").write_text(kernel.asm["ptx"])
+        subprocess.run([str(ptxas), "-arch=sm_90a", "k.ptx", "-o", "k.cubin"], cwd=tmp, check=True, capture_output=True)
+        sass = subprocess.run([str(nvdisasm), "-c", "k.cubin"], cwd=tmp, check=True, capture_output=True,
+                              text=True).stdout
+    ins, labels = [], {}
+    for line in sass.splitlines():
+        label = re.match(r"\s*\.(L_x_\d+):", line)
+        if label:
+            labels[label.group(1)] = len(ins)
+        op = re.search(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
+        if op:
+            ins.append((op.group(1), line))
+    for end, (opcode, line) in enumerate(ins):
+        back = re.search(r"BRA\s+`\(\.(L_x_\d+)\)", line) if opcode == "BRA" else None
+        if back and back.group(1) in labels and end - labels[back.group(1)] > 100:
+            body = [o for o, _ in ins[labels[back.group(1)]:end + 1]]
+            return dict(loop=len(body), umov=body.count("UMOV"), bar=body.count("BAR"), hgmma=body.count("HGMMA"))
+    raise SystemExit("--loop: no loop of over 100 instructions in the kernel's SASS")
 
 
 def configs(d: int, G: int, window: bool, masked: bool = False, default_only: bool = False):
@@ -255,6 +286,8 @@ def main(argv=None):
     ap.add_argument("--default-only", action="store_true", help="the table's config only, no alternatives")
     ap.add_argument("--band", action="store_true", help="the SDPA engine's band kernel (exact window) at each tile")
     ap.add_argument("--qeff", action="store_true", help="the SDPA engine's fused grouping + Q_eff launch per tile")
+    ap.add_argument("--loop", action="store_true", help="also the forward's key-tile loop in SASS: its instructions, "
+                    "UMOV, BAR and HGMMA (needs the nvdisasm a full Triton wheel ships beside ptxas)")
     args = ap.parse_args(argv)
     driver.set_active(_Sm90Driver())
     jit.JITFunction.run = _compile_only(jit.JITFunction.run)
@@ -322,18 +355,20 @@ def main(argv=None):
                         print(f"{d} {causal} {name} {cname}: compile failed ({str(e)[:120]})", flush=True)
                         continue
                     kern = [kernel for kname, kernel in _compiled if kname == "_distr_fwd_kernel"][-1]
-                    r = resources(kern)
+                    r = dict(resources(kern), **main_loop_mix(kern)) if args.loop else resources(kern)
                     rows.append((d, causal, name, cname, f"{cfg.block_m}x{cfg.block_n}", cfg.num_warps, r))
                     print(rows[-1], flush=True)
     print(f"\nTriton {triton.__version__}, sm_90 (compiled only), attention mask: {args.mask}; an SM has 227 KB of "
           "shared memory\n")
     print(f"| d | causal | variant | {'kernel' if args.backward else 'config'} | tile (rows x keys) | warps | "
-          "registers | programs/SM by registers | spill B | wgmma serialized | shared KB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "registers | programs/SM by registers | spill B | wgmma serialized | shared KB |"
+          + (" loop instructions | UMOV | BAR | HGMMA |" if args.loop else ""))
+    print("|---" * (15 if args.loop else 11) + "|")
     for d, causal, name, cname, bn, w, r in rows:
         per_sm = 65536 // max(1, r["regs"] * 32 * w)
+        loop = f" {r['loop']} | {r['umov']} | {r['bar']} | {r['hgmma']} |" if args.loop else ""
         print(f"| {d} | {causal} | {name} | {cname} | {bn} | {w} | {r['regs']} | {per_sm} | {r['spill']} | "
-              f"{'yes' if r['serialized'] else ''} | {r['shared'] / 1024:.0f} |")
+              f"{'yes' if r['serialized'] else ''} | {r['shared'] / 1024:.0f} |{loop}")
 
 
 if __name__ == "__main__":

@@ -104,3 +104,20 @@ def test_kernel_resources_reports_the_band_kernel():
     rows = [r for r in (line.split("|")[1:-1] for line in run.stdout.splitlines()) if r and r[0].strip() == "64"]
     assert len(rows) >= 6 and sum(r[2].strip().endswith("*") for r in rows) >= 1, rows
     assert all(0 < int(r[5]) <= 255 for r in rows), rows
+
+
+def test_kernel_resources_reads_the_key_tile_loop():
+    """--loop: the forward's key-tile loop in SASS. At d=64 G1 a 128x64 tile takes 16 wgmma per key tile (Q·Kᵀ and
+    P·V, each 2 row slices x 4 k-steps), and the loop holds the softmax between them."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_resources.py"), "--variants", "G1",
+                          "--d", "64", "--causal", "0", "--default-only", "--loop"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    header = next(line for line in run.stdout.splitlines() if line.startswith("| d |"))
+    assert header.endswith("| loop instructions | UMOV | BAR | HGMMA |")
+    (row,) = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| 64 |")]
+    loop, umov, bar, hgmma = (int(c) for c in row[-4:])
+    assert row[5].strip() == "4" and row[4].strip() == "128x64"  # the tile the wgmma count assumes
+    assert hgmma == 16 and 300 < loop < 1000 and bar >= 1 and umov >= 0
