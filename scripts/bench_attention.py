@@ -253,16 +253,11 @@ def settled(time_one, run_one, settle_ms):
 
 
 def run_for(fn, ms):
-    """fn called back to back for about ``ms`` milliseconds (four calls queued between syncs, so the GPU never idles
-    between them); nothing for ms <= 0."""
-    import time
+    """fn called back to back for about ``ms`` milliseconds, four calls between syncs (``distr_patch.eval.timing``'s
+    ``run_for``, which ``bench model`` settles with too); nothing for ms <= 0."""
+    from distr_patch.eval.timing import run_for as settle
 
-    t0 = time.perf_counter()
-    while (time.perf_counter() - t0) * 1e3 < ms:
-        for _ in range(4):
-            fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+    settle(fn, ms)
 
 
 def median_spread(passes):

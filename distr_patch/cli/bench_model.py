@@ -32,6 +32,9 @@ def register(sub) -> None:
                         "time, the prompt's prefill included")
     g.add_argument("--gen-prompt-len", type=int, default=o.S, help="prompt length for generate() (512)")
     g.add_argument("--warmup", type=int, default=o.S, help="untimed calls first (3; generate(): 1 or 2)")
+    g.add_argument("--settle-ms", type=float, default=o.S, metavar="MS",
+                   help="then each prefill or image batch runs back to back this long, untimed, so the GPU's clocks "
+                        "settle at its own load (200 on a GPU, 0 on the CPU; generate() is not settled)")
     g.add_argument("--repeats", type=int, default=o.S,
                    help="timed calls; p20/p50/p80 are reported (10; generate(): a third of them, at least 3); each "
                         "point records the calls it ran")

@@ -4,7 +4,8 @@ LMs: prefill time per (batch, sequence length) and ``generate()`` new tokens/s w
 tokens over the whole call's time, which includes the prompt's prefill); vision models: images/s per batch size.
 Random inputs (only the time matters), warm-up, then p20/p50/p80 of the repeats (CUDA events on the GPU) and the
 peak GPU memory (MiB allocated, summed over the model's GPUs; None on the CPU). Each point records the warm-up and
-timed calls it ran (``generate()``: a third of ``repeats``, at least 3, after 1-2 warm-up calls). With
+timed calls it ran (``generate()``: a third of ``repeats``, at least 3, after 1-2 warm-up calls), and prefill and image
+batches run back to back for ``settle_ms`` (200 ms on a GPU by default) after the warm-up. With
 ``cuda_graph`` the prefill and image batches are timed as replays of a captured CUDA graph (the GPU's time, without
 the host's launch overhead); with ``compile`` (a torch.compile mode) through ``torch.compile(model)``, compiled afresh
 for each variant.
@@ -43,14 +44,25 @@ def _peak_mib(where) -> float | None:
     return sum(torch.cuda.max_memory_allocated(d) for d in devices) / 2**20 if devices else None
 
 
+def settle_ms(cfg: RunConfig, device) -> float:
+    """How long each timed point's call runs back to back before its timing: ``cfg.settle_ms``, or by default 200 ms
+    on a CUDA device (what ran just before a timing sets the GPU's clocks: docs/benchmarks.md, thirty-second
+    session) and none on the CPU."""
+    if cfg.settle_ms is not None:
+        return float(cfg.settle_ms)
+    return 200.0 if torch.device(device).type == "cuda" else 0.0
+
+
 def _timed(fn, cfg: RunConfig, device, model) -> dict:
     """p20/p50/p80 of fn (a call of ``model`` on fixed inputs), eagerly or, with ``cfg.cuda_graph``, as graph
     replays; with ``cfg.compile`` at least ``COMPILE_WARMUP`` untimed calls first (the compile and the graphs'
-    recording). Timed on every device the model is on (``timing.Timer``)."""
+    recording); then ``settle_ms`` of untimed calls. Timed on every device the model is on (``timing.Timer``)."""
     if cfg.cuda_graph:
         fn = cuda_graphed(fn, device, warmup=cfg.warmup)
     warmup = max(cfg.warmup, COMPILE_WARMUP) if cfg.compile else cfg.warmup
-    return {**measure(fn, model, warmup=warmup, repeats=cfg.repeats), "warmup": warmup, "repeats": cfg.repeats}
+    settle = settle_ms(cfg, device)
+    return {**measure(fn, model, warmup=warmup, repeats=cfg.repeats, settle_ms=settle), "warmup": warmup,
+            "settle_ms": settle, "repeats": cfg.repeats}
 
 
 def _point(measure_name, batch, seq_len, timing, work, unit, where) -> dict:

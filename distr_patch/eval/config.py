@@ -104,6 +104,8 @@ class RunConfig:
     gen_tokens: int = 64
     gen_prompt_len: int = 512
     warmup: int = 3
+    settle_ms: float | None = None  # bench model: the variant run back to back this long before each prefill / image
+    # batch timing, after the warm-up (None: 200 on a CUDA device, 0 on the CPU)
     repeats: int = 10
     cuda_graph: bool = False  # bench model: time prefill / image batches as replays of a captured CUDA graph
     compile: str | None = None  # bench model / eval lm: prefills / image batches / perplexity windows through
@@ -195,6 +197,10 @@ class RunConfig:
                               "torch.compile's own CUDA-graph replay)")
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise ConfigError(f"{flag('warmup')}: expected an integer >= 0, got {self.warmup!r}")
+        settle = self.settle_ms
+        if settle is not None and (isinstance(settle, bool) or not isinstance(settle, (int, float))
+                                   or not 0 <= settle < float("inf")):
+            raise ConfigError(f"{flag('settle_ms')}: expected a number of milliseconds >= 0, got {self.settle_ms!r}")
         for name in ("seq_lens", "batch_sizes"):
             v = getattr(self, name)
             if not v or any(not isinstance(x, int) or x <= 0 for x in v):

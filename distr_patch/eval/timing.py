@@ -150,11 +150,29 @@ def cuda_graphed(fn: Callable[[], object], device, *, warmup: int = 2) -> Callab
     return graph.replay
 
 
-def measure(fn: Callable[[], object], where, *, warmup: int, repeats: int) -> dict[str, float]:
-    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed: p20/p50/p80 ms. ``where``: the device or
-    the model the call runs on (``Timer``)."""
+def run_for(fn: Callable[[], object], ms: float, where=None) -> int:
+    """``fn`` called back to back for about ``ms`` milliseconds of wall time (four calls queued between syncs of
+    ``where``'s CUDA devices, so a GPU never idles between them; every CUDA device when ``where`` is None): the GPU's
+    clocks settle at this work's level before a timing. Nothing for ms <= 0. Returns the number of calls."""
+    devices = cuda_devices(where) if where is not None else (
+        [torch.device("cuda", torch.cuda.current_device())] if torch.cuda.is_available() else [])
+    calls, t0 = 0, time.perf_counter()
+    while (time.perf_counter() - t0) * 1e3 < ms:
+        for _ in range(4):
+            fn()
+        calls += 4
+        for d in devices:
+            torch.cuda.synchronize(d)
+    return calls
+
+
+def measure(fn: Callable[[], object], where, *, warmup: int, repeats: int, settle_ms: float = 0.0
+            ) -> dict[str, float]:
+    """Run ``fn`` ``warmup`` times untimed, then back to back for ``settle_ms`` ms untimed (``run_for``), then
+    ``repeats`` times timed: p20/p50/p80 ms. ``where``: the device or the model the call runs on (``Timer``)."""
     for _ in range(warmup):
         fn()
+    run_for(fn, settle_ms, where)
     timer = Timer(where)
     for d in timer.devices:
         torch.cuda.synchronize(d)

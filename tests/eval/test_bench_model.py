@@ -49,6 +49,30 @@ def test_points_time_the_repeats_after_the_warmup(monkeypatch, tmp_path):
     assert prefill["peak_mem_mib"] is None and gen["peak_mem_mib"] is None  # the CPU: not measured, not 0
 
 
+def test_prefill_settles_before_its_timing(monkeypatch, tmp_path):
+    """--settle-ms: after the warm-up, the call runs back to back (in fours) until that much wall time has passed,
+    untimed; the point records it. The default settles only on a CUDA device."""
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+    # warm-up 1 call (1000 ms), settle 50 ms: 4 calls of 10 ms (40 ms < 50), 4 more (80 ms): 8 calls; then 3 timed
+    model = FakeLM(clock, prefill_ms=[1000] + [10] * 8 + [7, 5, 6], generate_ms=[100] * 4)
+    cfg = RunConfig(seq_lens=[8], batch_sizes=[1], warmup=1, settle_ms=50, repeats=3, gen_tokens=1, gen_prompt_len=4,
+                    output_dir=str(tmp_path))
+    (prefill,) = bench.bench_lm(model, cfg, torch.device("cpu"), progress=False)["prefill"]
+    assert model.calls["prefill"] == 1 + 8 + 3 and prefill["p50_ms"] == pytest.approx(6)
+    assert (prefill["warmup"], prefill["settle_ms"], prefill["repeats"]) == (1, 50, 3)
+    assert bench.settle_ms(RunConfig(), torch.device("cpu")) == 0
+    assert bench.settle_ms(RunConfig(), torch.device("cuda", 0)) == 200
+    assert bench.settle_ms(RunConfig(settle_ms=0), torch.device("cuda")) == 0
+    assert timing.run_for(lambda: None, 0) == 0
+
+
+@pytest.mark.parametrize("value", [-1, "200", True, float("nan"), float("inf")])
+def test_settle_ms_is_checked(tmp_path, value):
+    with pytest.raises(ConfigError, match="--settle-ms: expected a number of milliseconds >= 0"):
+        RunConfig(settle_ms=value, output_dir=str(tmp_path))
+
+
 def test_peak_memory_sums_the_gpus_of_the_model(monkeypatch):
     """A --device-map model on two GPUs: the peak is reset and read on both, not only on the input's device."""
     reset = []
@@ -102,13 +126,14 @@ def test_bench_model_of_a_local_vit_directory(tmp_path):
 
     vit = save_tiny_vit(tmp_path / "vit")
     assert main(["bench", "model", "--model", str(vit), "--batch-sizes", "1,2", "--warmup", "0", "--repeats", "1",
-                 "--group-sizes", "2", "--distr", "block_m=32", "--no-plots", "--output-dir", str(tmp_path),
-                 "--run-name", "v"]) == 0
+                 "--settle-ms", "1", "--group-sizes", "2", "--distr", "block_m=32", "--no-plots", "--output-dir",
+                 str(tmp_path), "--run-name", "v"]) == 0
     data = json.loads((tmp_path / "v" / "result.json").read_text())
     points = data["variants"][1]["latency"]["images"]
     assert [(p["batch"], p["seq_len"], p["throughput_unit"]) for p in points] == [(1, 65, "images/s"),
                                                                                    (2, 65, "images/s")]
     assert "prefill" not in data["variants"][1]["latency"]
+    assert [p["settle_ms"] for p in points] == [1.0, 1.0]  # --settle-ms reaches the image batches
 
 
 def test_ctrl_c_in_the_exact_variant_keeps_an_empty_run(tiny_lm_dir, tmp_path, monkeypatch):
