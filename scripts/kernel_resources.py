@@ -289,6 +289,9 @@ def main(argv=None):
     ap.add_argument("--loop", action="store_true", help="also the forward's key-tile loop in SASS: its instructions, "
                     "UMOV, BAR and HGMMA (needs the nvdisasm a full Triton wheel ships beside ptxas)")
     args = ap.parse_args(argv)
+    if args.loop and (args.backward or args.grouping or args.band or args.qeff):
+        ap.error("--loop reads the forward kernel's key-tile loop only; leave out --backward, --grouping, --band "
+                 "and --qeff")
     driver.set_active(_Sm90Driver())
     jit.JITFunction.run = _compile_only(jit.JITFunction.run)
     if args.qeff:

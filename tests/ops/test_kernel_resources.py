@@ -121,3 +121,9 @@ def test_kernel_resources_reads_the_key_tile_loop():
     loop, umov, bar, hgmma = (int(c) for c in row[-4:])
     assert row[5].strip() == "4" and row[4].strip() == "128x64"  # the tile the wgmma count assumes
     assert hgmma == 16 and 300 < loop < 1000 and bar >= 1 and umov >= 0
+
+
+def test_kernel_resources_loop_is_the_forwards_only():
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_resources.py"), "--loop", "--band"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "--loop reads the forward kernel's key-tile loop only" in run.stderr
