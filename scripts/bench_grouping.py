@@ -1,6 +1,6 @@
 """The grouping's own launches, timed alone on the GPU, three ways side by side.
 
-For each head dim and fusion (bf16, N = 4096, B·N = 32768, H = 2048/d) it times what the Q_eff prologue
+For each head dim and fusion (bf16 unless ``--dtype``, N = 4096, B·N = 32768, H = 2048/d) it times what the Q_eff prologue
 needs before the attention kernel: the grouping launch with the column -> position map scattered by torch
 afterwards (``regroup.inverse_groups``), and the grouping launch storing the positions itself
 (``positions=True``), plus the grouping launch alone. Each is timed as called from Python (``do_bench``:
@@ -64,11 +64,13 @@ def main(argv=None):
                    help="rank1, G >= 4: also the launch storing positions with each of these chunks of sorted "
                         "positions (grouping_triton.POWER_CHUNK), at the default warps and at each of --warps")
     p.add_argument("--group-sizes", type=int, nargs="+", default=[2])
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                   help="Q's dtype (fp32 Q takes the fp32 projection and, for G >= 4 rank1, the Grams by rows)")
     args = p.parse_args(argv)
     rows = []
     for d in args.d:
         B, H = max(1, 32768 // args.n), 2048 // d
-        q = torch.randn(B, H, args.n, d, device="cuda", dtype=torch.bfloat16)
+        q = torch.randn(B, H, args.n, d, device="cuda", dtype=getattr(torch, args.dtype))
         for fusion, G in [(f, g) for f in args.fusions for g in args.group_sizes]:
             kw = dict(group_size=G, block_m=128, num_hash_bits=16, seed=0, query_valid=None, fusion=fusion)
             grp, _a, _b, inv = triton_grouping(q, positions=True, **kw)
@@ -134,7 +136,8 @@ def main(argv=None):
                 rows.append((d, f"G{G} {fusion}", name, py, gr))
                 print(f"d={d} G{G} {fusion:<5} {name:<28} python {py:.4f} ms  graph {gr:.4f} ms", flush=True)
         del q
-    print("\n| d | fusion | launches | ms from Python | ms in a CUDA graph |\n|---|---|---|---|---|")
+    print(f"\nQ {args.dtype}, N={args.n}\n\n| d | fusion | launches | ms from Python | ms in a CUDA graph |\n"
+          "|---|---|---|---|---|")
     for d, fusion, name, py, gr in rows:
         print(f"| {d} | {fusion} | {name} | {py:.4f} | {gr:.4f} |")
     return rows
