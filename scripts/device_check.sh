@@ -125,6 +125,27 @@ triton39_env() {
     "import triton; assert triton.__version__.startswith('3.9'), triton.__version__" || return 1
   echo "PYTHONPATH=/tmp/t39:$PYTHONPATH TRITON_BACKENDS_IN_TREE=1"
 }
+# ptxas_runs NAME "DIMS" RUN...: each RUN is "TRITON|VAR=VALUE" (3.9 with $t39env, or the image's 3.6; VAR=VALUE
+# optional, e.g. another ptxas): what configs reads of the sm_90 ptxas, then the operator at N=4096 and 16384 at
+# those head dims (G1, G2 mean/rank1, the window), into $out/NAME.log and one JSON per run
+ptxas_runs() {
+  local name=$1 dims=$2 run tr px r=0
+  shift 2
+  for run in "$@"; do
+    IFS="|" read -r tr px <<< "$run"
+    echo "== Triton $tr${px:+, $px}" | tee -a "$out/$name.log"
+    # shellcheck disable=SC2046,SC2086
+    env $px $([ "$tr" = 3.9 ] && echo "$t39env") python -c "from distr_patch.ops import configs; \
+print('sm_90 ptxas', configs.sm90_ptxas_release(), 'd=64 prologue', configs.qeff_prologue_at_d64())" \
+      2>&1 | tee -a "$out/$name.log"
+    # shellcheck disable=SC2046,SC2086
+    env $px $([ "$tr" = 3.9 ] && echo "$t39env") python scripts/bench_attention.py --n 4096 16384 --d $dims \
+      --rep-ms 10 --json "$out/$name-triton$tr${px:+-other-ptxas}.json" --variants "distr G=1" "distr G=2 mean" \
+      "distr G=2 rank1" "distr G=2 rank1 W128 c.5 bm128" 2>&1 | tee -a "$out/$name.log" \
+      | sed -n '/^| d |/,$p' | cut -d'|' -f2-11 || r=1
+  done
+  return $r
+}
 rc=0
 for step in "${steps[@]}"; do
   case "$step" in
@@ -298,36 +319,12 @@ for step in "${steps[@]}"; do
     triton39-ptxas)  # Triton 3.9.0 with its ptxas and with the image's Triton's (12.8), then the image's Triton
            legacy=$(python -c "import os, triton; print(os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'ptxas'))")
            if t39env=$(triton39_env) && [ -x "$legacy" ]; then
-             for run in "3.9|" "3.9|TRITON_PTXAS_BLACKWELL_PATH=$legacy" "3.6|"; do
-               IFS="|" read -r tr px <<< "$run"
-               echo "== Triton $tr${px:+, $px}" | tee -a "$out/triton39-ptxas.log"
-               # shellcheck disable=SC2046,SC2086
-               env $px $([ "$tr" = 3.9 ] && echo "$t39env") python -c "from distr_patch.ops import configs; \
-print('sm_90 ptxas', configs.sm90_ptxas_release(), 'd=64 prologue', configs.qeff_prologue_at_d64())" \
-                 2>&1 | tee -a "$out/triton39-ptxas.log"
-               # shellcheck disable=SC2046,SC2086
-               env $px $([ "$tr" = 3.9 ] && echo "$t39env") python scripts/bench_attention.py --n 4096 16384 \
-                 --d 64 128 --rep-ms 10 --json "$out/triton$tr${px:+-legacy-ptxas}.json" --variants "distr G=1" \
-                 "distr G=2 mean" "distr G=2 rank1" "distr G=2 rank1 W128 c.5 bm128" 2>&1 \
-                 | tee -a "$out/triton39-ptxas.log" | sed -n '/^| d |/,$p' | cut -d'|' -f2-11 || rc=1
-             done
+             ptxas_runs triton39-ptxas "64 128" "3.9|" "3.9|TRITON_PTXAS_BLACKWELL_PATH=$legacy" "3.6|" || rc=1
            else echo "triton39-ptxas: no Triton 3.9 from .whl/triton-3.9.0-cp312-min.tar.xz, or no $legacy" >&2; rc=1; fi ;;
     triton39-own-ptxas)  # d=64: Triton 3.9.0 with the 12.9 ptxas it ships (bin/ptxas) for sm_90, then the image's 3.6
            own=/tmp/t39/triton/backends/nvidia/bin/ptxas  # packed only with KEEP_ALL_PTXAS=1
            if t39env=$(triton39_env) && [ -x "$own" ]; then
-             for run in "3.9|TRITON_PTXAS_BLACKWELL_PATH=$own" "3.6|"; do
-               IFS="|" read -r tr px <<< "$run"
-               echo "== Triton $tr${px:+, $px}" | tee -a "$out/triton39-own-ptxas.log"
-               # shellcheck disable=SC2046,SC2086
-               env $px $([ "$tr" = 3.9 ] && echo "$t39env") python -c "from distr_patch.ops import configs; \
-print('sm_90 ptxas', configs.sm90_ptxas_release(), 'd=64 prologue', configs.qeff_prologue_at_d64())" \
-                 2>&1 | tee -a "$out/triton39-own-ptxas.log"
-               # shellcheck disable=SC2046,SC2086
-               env $px $([ "$tr" = 3.9 ] && echo "$t39env") python scripts/bench_attention.py --n 4096 16384 --d 64 \
-                 --rep-ms 10 --json "$out/triton$tr${px:+-own-ptxas}.json" --variants "distr G=1" "distr G=2 mean" \
-                 "distr G=2 rank1" "distr G=2 rank1 W128 c.5 bm128" 2>&1 | tee -a "$out/triton39-own-ptxas.log" \
-                 | sed -n '/^| d |/,$p' | cut -d'|' -f2-11 || rc=1
-             done
+             ptxas_runs triton39-own-ptxas 64 "3.9|TRITON_PTXAS_BLACKWELL_PATH=$own" "3.6|" || rc=1
            else echo "triton39-own-ptxas: no Triton 3.9 with its $own from .whl/triton-3.9.0-cp312-min.tar.xz" \
              "(KEEP_ALL_PTXAS=1 bash scripts/pack_triton_for_device.sh 3.9.0)" >&2; rc=1; fi ;;
     triton39-scratch)  # d=64 on Triton 3.9.0: Q_eff by its launch (the default there) against the prologue, and the
