@@ -81,13 +81,19 @@ def main(argv=None):
                 "grouping storing positions": lambda: triton_grouping(q, positions=True, **kw),
             }
             for w in args.warps:
-                ref = triton_grouping(q, positions=True, **kw)
+                # fp32 sums in another order may flip a near-zero hash bit or a weight's last bits: the groups must
+                # agree in all but a few blocks and the weights by cosine, as for --power-grams
                 got = triton_grouping(q, positions=True, num_warps=w, **kw)
-                if all(torch.equal(a, b) for a, b in zip(got, ref) if a is not None):
+                same_blocks = (got[0] == grp).all(-1).float().mean().item()
+                cos = (got[1].view(-1, G) * _a.view(-1, G)).sum(-1).abs() if _a is not None else None
+                print(f"  {w} warps: groups the same in {same_blocks:.4%} of blocks"
+                      + ("" if cos is None else f"; weights: {(cos > 1 - 1e-4).float().mean().item():.4%} of groups "
+                                                f"within 1e-4 of the default's (cosine)"))
+                if same_blocks > 0.999 and (cos is None or (cos > 1 - 1e-4).float().mean().item() > 0.999):
                     ways[f"storing positions, {w} warps"] = (lambda w=w: triton_grouping(q, positions=True,
                                                                                          num_warps=w, **kw))
                 else:
-                    print(f"  {w} warps: different groups or weights, not timed")
+                    print(f"  {w} warps: other groups or weights than the default, not timed")
             def switched(attr, value, warps=None):  # the launch storing positions with grouping_triton.<attr> = value
                 def fn():
                     saved = getattr(grouping_triton, attr)

@@ -26,6 +26,8 @@
 # graphs: whole-model prefill (SmolLM2 4x4096 with the calibrated config, Llama-3.2-1B 1x4096, random weights), eager
 #         and as CUDA-graph replays (bench model --cuda-graph), after the graph test (captured calls causal, no mask).
 # models: the same prefill benches, eager only.
+# settle: bench model's settle (RunConfig.settle_ms, 200 ms by default on a GPU) against --settle-ms 0: SmolLM2 4x4096
+#         with the calibrated config and Llama-3.2-1B 1x4096 (random weights), eager, alternated twice.
 # window: the exact window on backend="sdpa" taken apart (scripts/bench_window_sdpa.py: pieces, band kernel tiles),
 #         then the window variants on both engines at N=4096 and 16384 (bench_attention.py).
 # triton39: the operator on Triton 3.9.0 (carried, packed by scripts/pack_triton_for_device.sh 3.9.0) and on the image's
@@ -38,8 +40,9 @@
 # triton39-own-ptxas: at d=64, N=4096 and 16384, Triton 3.9.0 with the 12.9 ptxas it ships for sm_90
 #           (TRITON_PTXAS_BLACKWELL_PATH=.../triton/backends/nvidia/bin/ptxas: README's advice for Hopper), then 3.6;
 #           packed by `KEEP_ALL_PTXAS=1 bash scripts/pack_triton_for_device.sh 3.9.0`.
-# grouping-fp32: the fp32-Q d=256 G=4 rank1 grouping launch (it spills: 42 KB under ptxas 12.x, 246 KB under 13.4,
-#           CPU compiles; fewer at 16 warps) at its default 8 warps against 16, Grams by rows and by dot (bench_grouping.py).
+# grouping-fp32: the fp32-Q G=4 / G=8 rank1 grouping launch at d=64, 128, 256 (d=256 G=4 spills: 42 KB under ptxas
+#           12.x, 246 KB under 13.4, CPU compiles; fewer at 16 warps) at its default warps against 16, Grams by rows
+#           and by dot (bench_grouping.py; the forty-fifth session's first run, d=256 G=4 only: dot 6x faster).
 # triton39-scratch: on Triton 3.9.0 at d=64, N=4096 and 16384, the default (Q_eff by its launch) against the Q_eff
 #           prologue with and without its tile through a global scratch (compare_fwd_configs.py --qeff-scratch,
 #           3 rounds): whether the scratch, which compiles without 3.9's C7513, beats the launch there.
@@ -206,6 +209,20 @@ for step in "${steps[@]}"; do
                --settings paper,recommended --seq-lens 4096 --batch-sizes 1 --gen-tokens 1 --gen-prompt-len 16 \
                --repeats 10 --no-plots --output-dir "$out" $g 2>&1 | grep "| prefill |" || rc=1
            done ;;
+    settle) for round in 1 2; do
+             for ms in 200 0; do
+               echo "== round $round, --settle-ms $ms" | tee -a "$out/settle.log"
+               python -m distr_patch bench model --model preset:smollm2-135m --dtype bfloat16 --device cuda \
+                 --group-sizes 2 --settings paper,recommended --distr-configs configs/smollm2-135m-g2-calibrated-10pct.json \
+                 --seq-lens 4096 --batch-sizes 4 --gen-tokens 1 --gen-prompt-len 16 --repeats 10 --no-plots \
+                 --settle-ms $ms --output-dir "$out/settle-smollm2-$ms-r$round" 2>&1 | tee -a "$out/settle.log" \
+                 | grep "| prefill |" || rc=1
+               python -m distr_patch bench model --model preset:llama-3.2-1b --dtype bfloat16 --device cuda \
+                 --group-sizes 2 --settings paper,recommended --seq-lens 4096 --batch-sizes 1 --gen-tokens 1 \
+                 --gen-prompt-len 16 --repeats 10 --no-plots --settle-ms $ms --output-dir "$out/settle-llama-$ms-r$round" \
+                 2>&1 | tee -a "$out/settle.log" | grep "| prefill |" || rc=1
+             done
+           done ;;
     fused-model) for shape in "1 1024" "1 4096" "4 4096"; do
              set -- $shape
              python scripts/probe_model_switches.py --modes exact fast fused --batch "$1" --seq-len "$2" \
@@ -335,7 +352,7 @@ for step in "${steps[@]}"; do
                --d 64 --n 4096 16384 --no-reduced --qeff-scratch --rounds 3 2>&1 | tee "$out/triton39-scratch.log" \
                | sed -n '/^| d |/,$p' || rc=1
            else echo "triton39-scratch: no Triton 3.9 from .whl/triton-3.9.0-cp312-min.tar.xz" >&2; rc=1; fi ;;
-    grouping-fp32) python scripts/bench_grouping.py --dtype float32 --d 256 --fusions rank1 --group-sizes 4 \
+    grouping-fp32) python scripts/bench_grouping.py --dtype float32 --d 64 128 256 --fusions rank1 --group-sizes 4 8 \
            --warps 16 --power-grams rows dot --rep-ms 20 2>&1 | tee "$out/grouping-fp32.log" \
            | sed -n '/^| d |/,$p' || rc=1 ;;
     host) python scripts/host_overhead.py --calls 300 2>&1 | tee "$out/host-overhead.log" | sed -n '/^| variant/,$p' \
