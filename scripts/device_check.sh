@@ -40,9 +40,9 @@
 # triton39-own-ptxas: at d=64, N=4096 and 16384, Triton 3.9.0 with the 12.9 ptxas it ships for sm_90
 #           (TRITON_PTXAS_BLACKWELL_PATH=.../triton/backends/nvidia/bin/ptxas: README's advice for Hopper), then 3.6;
 #           packed by `KEEP_ALL_PTXAS=1 bash scripts/pack_triton_for_device.sh 3.9.0`.
-# grouping-fp32: the fp32-Q G=4 / G=8 rank1 grouping launch at d=256, 128, 64, its Grams by rows (the default for
-#           fp32 Q) and by dot (bench_grouping.py; the forty-fifth session's first run, d=256 G=4 alone: dot 6x faster;
-#           `--warps 16` also times 16 warps, which spill less at d=256 in CPU compiles).
+# grouping-fp32: the fp32-Q G=4 / G=8 rank1 grouping launch at d=256, 128, 64, its Grams by rows (fp32's default at
+#           d <= 128) and by dot (the default at d=256 since the forty-fifth session's first run, d=256 G=4 alone: dot
+#           6x faster) (bench_grouping.py; `--warps 16` also times 16 warps, which spill less at d=256 in CPU compiles).
 # triton39-scratch: on Triton 3.9.0 at d=64, N=4096 and 16384, the default (Q_eff by its launch) against the Q_eff
 #           prologue with and without its tile through a global scratch (compare_fwd_configs.py --qeff-scratch,
 #           3 rounds): whether the scratch, which compiles without 3.9's C7513, beats the launch there.
@@ -353,7 +353,7 @@ for step in "${steps[@]}"; do
                | sed -n '/^| d |/,$p' || rc=1
            else echo "triton39-scratch: no Triton 3.9 from .whl/triton-3.9.0-cp312-min.tar.xz" >&2; rc=1; fi ;;
     grouping-fp32) python scripts/bench_grouping.py --dtype float32 --d 256 128 64 --fusions rank1 --group-sizes 4 8 \
-           --power-grams dot --rep-ms 20 2>&1 | tee "$out/grouping-fp32.log" \
+           --power-grams rows dot --rep-ms 20 2>&1 | tee "$out/grouping-fp32.log" \
            | sed -n '/^| d |/,$p' || rc=1 ;;
     host) python scripts/host_overhead.py --calls 300 2>&1 | tee "$out/host-overhead.log" | sed -n '/^| variant/,$p' \
            || rc=1 ;;

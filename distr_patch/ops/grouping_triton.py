@@ -439,15 +439,17 @@ PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "16bit")
 # (``_group_grams_rows``). The same groups and, to fp32 rounding, weights (tests). "dot" made the G=4 / G=8 launch
 # 2.3 / 3.2x faster at d=64 and (with 128-position chunks) 2.2 / 3.5x at d=128, and whole G=4 rank1 calls 4-15% faster
 # (H200, N=4096; docs/benchmarks.md, "G≥4 rank1: the groups' Grams by one dot"). fp32 Q takes "rows" (and 64-position
-# chunks) by default: its fp32 dots run as FMA loops and spill more, and "dot" measured 1.4-1.5x slower there (d=64:
-# 12.8 against 9.4 ms, d=128: 36.0 against 24.2 ms for 8x(2048/d)x4096; d=256 untimed). None: by q's dtype.
+# chunks) at d <= 128: its fp32 dots run as FMA loops and spill more, and "dot" measured 1.4-1.5x slower there (d=64:
+# 12.8 against 9.4 ms, d=128: 36.0 against 24.2 ms for 8x(2048/d)x4096, H200). At d=256 "rows" spills 42 KB (both
+# ways spill, ptxas 12.x) and "dot" measured 6x faster (G=4: 10.7 against 64.2 ms for 8x8x4096, H100, forty-fifth
+# session; G=8 untimed), so fp32 Q takes "dot" there. None: by q's dtype and head dim.
 POWER_GRAMS = os.environ.get("DISTR_POWER_GRAMS") or None
 
 
-def power_grams(dtype: torch.dtype) -> str:
-    """How the G>=4 rank1 launch forms the groups' Grams for a ``dtype`` Q: ``POWER_GRAMS`` where set, else "dot" for
-    16-bit Q and "rows" for fp32 Q."""
-    return POWER_GRAMS or ("rows" if dtype == torch.float32 else "dot")
+def power_grams(dtype: torch.dtype, d_pad: int = 128) -> str:
+    """How the G>=4 rank1 launch forms the groups' Grams for a ``dtype`` Q at padded head dim ``d_pad``:
+    ``POWER_GRAMS`` where set, else "dot" for 16-bit Q and for fp32 Q at d_pad > 128, "rows" for fp32 Q at d_pad <= 128."""
+    return POWER_GRAMS or ("rows" if dtype == torch.float32 and d_pad <= 128 else "dot")
 # G>=4 rank1: sorted positions per chunk, CH = min(D_PAD, POWER_CHUNK) (16, 32, 64 or 128); None: 128
 # at D_PAD = 128 (the G=4 / G=8 launch 25 / 30% faster than 64 at d=128 on the H200; 32 slower than the chosen chunk
 # at both head dims), else 64 (d=256 untimed: its [d, CH] one-hot would take 64 KB of shared memory at 128).
@@ -593,7 +595,7 @@ def grouping_launch(q: torch.Tensor, *, group_size: int, block_m: int, num_hash_
                 STEPS=POWER_ITERATION_STEPS, U_ZERO=1.0 / math.sqrt(group_size) if rank1 else 1.0,
                 EXACT_DOT=q.dtype == torch.float32, PAIR_GRAM=PAIR_WAYS.index(PAIR_WEIGHTS),
                 GRAM_F32=q.dtype == torch.float32 or interpreting(), RANK_ORDER=COLUMN_ORDER == "rank",
-                PROJ_16BIT=projection_16bit(q.dtype), GRAM_DOT=power_grams(q.dtype) == "dot")
+                PROJ_16BIT=projection_16bit(q.dtype), GRAM_DOT=power_grams(q.dtype, d_pad) == "dot")
     r = (projections_16bit(block_m, num_hash_bits, nbits_pad, seed, q.device, q.dtype) if meta["PROJ_16BIT"]
          else _padded_projections(block_m, num_hash_bits, nbits_pad, seed, q.device))
     return GroupingLaunch(groups, inv, w, qv, qv.stride(0) if query_valid is not None else 0, r, rank1, meta)
