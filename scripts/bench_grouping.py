@@ -86,7 +86,8 @@ def main(argv=None):
                 # agree in all but a few blocks and the weights by cosine, as for --power-grams
                 got = triton_grouping(q, positions=True, num_warps=w, **kw)
                 same_blocks = (got[0] == grp).all(-1).float().mean().item()
-                cos = (got[1].view(-1, G) * _a.view(-1, G)).sum(-1).abs() if _a is not None else None
+                cos = (None if _a is None else torch.nn.functional.cosine_similarity(
+                    got[1].view(-1, G), _a.view(-1, G), dim=-1).abs())  # (mean's weights are 1/G, not unit)
                 print(f"  {w} warps: groups the same in {same_blocks:.4%} of blocks"
                       + ("" if cos is None else f"; weights: {(cos > 1 - 1e-4).float().mean().item():.4%} of groups "
                                                 f"within 1e-4 of the default's (cosine)"))
