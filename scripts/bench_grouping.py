@@ -40,6 +40,24 @@ def _graph_ms(fn, ms):
     return triton.testing.do_bench(g.replay, warmup=10, rep=ms, return_mode="median")
 
 
+def agreement(got, groups, weights, G):
+    """How far a launch's (groups, weights, ...) agree with the default's ``groups`` [B, H, nb, d] and ``weights``
+    (same shape, fp32, or None for mean fusion on the torch path) at group size ``G``: (share of blocks grouped the
+    same, share of groups whose weights lie within 1e-4 of the default's by |cosine|, or None without weights).
+    fp32 sums in another order may flip a near-zero hash bit or a weight's last bits, so neither need be 1."""
+    same_blocks = (got[0] == groups).all(-1).float().mean().item()
+    if weights is None or got[1] is None:
+        return same_blocks, None
+    cos = torch.nn.functional.cosine_similarity(got[1].reshape(-1, G), weights.reshape(-1, G), dim=-1).abs()
+    return same_blocks, (cos > 1 - 1e-4).float().mean().item()
+
+
+def _agreement_text(same_blocks, same_weights):
+    return (f"groups the same in {same_blocks:.4%} of blocks"
+            + ("" if same_weights is None else f"; weights: {same_weights:.4%} of groups within 1e-4 of the "
+                                               f"default's (cosine)"))
+
+
 def main(argv=None):
     from distr_patch.ops import grouping_triton
     from distr_patch.ops.grouping_triton import triton_grouping
@@ -82,20 +100,14 @@ def main(argv=None):
                 "grouping storing positions": lambda: triton_grouping(q, positions=True, **kw),
             }
             for w in args.warps:
-                # fp32 sums in another order may flip a near-zero hash bit or a weight's last bits: the groups must
-                # agree in all but a few blocks and the weights by cosine, as for --power-grams
-                got = triton_grouping(q, positions=True, num_warps=w, **kw)
-                same_blocks = (got[0] == grp).all(-1).float().mean().item()
-                cos = (None if _a is None else torch.nn.functional.cosine_similarity(
-                    got[1].view(-1, G), _a.view(-1, G), dim=-1).abs())  # (mean's weights are 1/G, not unit)
-                print(f"  {w} warps: groups the same in {same_blocks:.4%} of blocks"
-                      + ("" if cos is None else f"; weights: {(cos > 1 - 1e-4).float().mean().item():.4%} of groups "
-                                                f"within 1e-4 of the default's (cosine)"))
-                if same_blocks > 0.999 and (cos is None or (cos > 1 - 1e-4).float().mean().item() > 0.999):
+                agree = agreement(triton_grouping(q, positions=True, num_warps=w, **kw), grp, _a, G)
+                print(f"  {w} warps: {_agreement_text(*agree)}")
+                if agree[0] > 0.999 and (agree[1] is None or agree[1] > 0.999):
                     ways[f"storing positions, {w} warps"] = (lambda w=w: triton_grouping(q, positions=True,
                                                                                          num_warps=w, **kw))
                 else:
                     print(f"  {w} warps: other groups or weights than the default, not timed")
+
             def switched(attr, value, warps=None):  # the launch storing positions with grouping_triton.<attr> = value
                 def fn():
                     saved = getattr(grouping_triton, attr)
@@ -119,18 +131,13 @@ def main(argv=None):
                 ways[f"storing positions, pair weights {pw}"] = with_pairs
             for pg in args.power_grams if fusion == "rank1" and G > 2 else []:
                 with_grams = switched("POWER_GRAMS", pg)
-                got = with_grams()
-                same_groups = torch.equal(got[0], grp)
-                cos = (got[1].view(-1, G) * _a.view(-1, G)).sum(-1).abs()
-                print(f"  power grams {pg}: groups {'the same' if same_groups else 'NOT the same'}; weights: "
-                      f"{(cos > 1 - 1e-4).float().mean().item():.4%} of groups within 1e-4 of the default's (cosine)")
+                print(f"  power grams {pg}: {_agreement_text(*agreement(with_grams(), grp, _a, G))}")
                 ways[f"storing positions, grams {pg}"] = with_grams
             for ch in args.power_chunks if fusion == "rank1" and G > 2 else []:
                 for w in [None, *args.warps]:
                     with_chunk = switched("POWER_CHUNK", ch, w)
-                    got = with_chunk()
-                    cos = (got[1].view(-1, G) * _a.view(-1, G)).sum(-1).abs()
-                    if torch.equal(got[0], grp) and (cos > 1 - 1e-4).float().mean().item() > 0.999:
+                    same_blocks, same_weights = agreement(with_chunk(), grp, _a, G)
+                    if same_blocks == 1.0 and same_weights > 0.999:
                         ways[f"chunk {ch}" + (f", {w} warps" if w else "")] = with_chunk
                     else:
                         print(f"  chunk {ch}, warps {w}: other groups or weights than the default, not timed")
