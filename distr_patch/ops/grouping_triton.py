@@ -440,9 +440,9 @@ PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "16bit")
 # 2.3 / 3.2x faster at d=64 and (with 128-position chunks) 2.2 / 3.5x at d=128, and whole G=4 rank1 calls 4-15% faster
 # (H200, N=4096; docs/benchmarks.md, "G≥4 rank1: the groups' Grams by one dot"). fp32 Q takes "rows" (and 64-position
 # chunks) at d <= 128: its fp32 dots run as FMA loops and spill more, and "dot" measured 1.4-1.5x slower there (d=64:
-# 12.8 against 9.4 ms, d=128: 36.0 against 24.2 ms for 8x(2048/d)x4096, H200). At d=256 "rows" spills 42 KB (both
-# ways spill, ptxas 12.x) and "dot" measured 6x faster (G=4: 10.7 against 64.2 ms for 8x8x4096, H100, forty-fifth
-# session; G=8 untimed), so fp32 Q takes "dot" there. None: by q's dtype and head dim.
+# 12.8 against 9.4 ms, d=128: 36.0 against 24.2 ms for 8x(2048/d)x4096, H200). At d=256 "rows" spills 356 KB and
+# "dot" 41 KB (Triton 3.6, sm_90), and "dot" measured 6x faster (G=4: 10.7 against 64.2 ms for 8x8x4096, H100,
+# forty-fifth session; G=8 untimed), so fp32 Q takes "dot" there. None: by q's dtype and head dim.
 POWER_GRAMS = os.environ.get("DISTR_POWER_GRAMS") or None
 
 
