@@ -446,9 +446,10 @@ PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "16bit")
 POWER_GRAMS = os.environ.get("DISTR_POWER_GRAMS") or None
 
 
-def power_grams(dtype: torch.dtype, d_pad: int = 128) -> str:
+def power_grams(dtype: torch.dtype, d_pad: int) -> str:
     """How the G>=4 rank1 launch forms the groups' Grams for a ``dtype`` Q at padded head dim ``d_pad``:
-    ``POWER_GRAMS`` where set, else "dot" for 16-bit Q and for fp32 Q at d_pad > 128, "rows" for fp32 Q at d_pad <= 128."""
+    ``POWER_GRAMS`` where set, else "dot" for 16-bit Q and for fp32 Q at d_pad > 128, "rows" for fp32 Q at
+    d_pad <= 128."""
     return POWER_GRAMS or ("rows" if dtype == torch.float32 and d_pad <= 128 else "dot")
 # G>=4 rank1: sorted positions per chunk, CH = min(D_PAD, POWER_CHUNK) (16, 32, 64 or 128); None: 128
 # at D_PAD = 128 (the G=4 / G=8 launch 25 / 30% faster than 64 at d=128 on the H200; 32 slower than the chosen chunk
