@@ -7,7 +7,8 @@
 #   PYTHON=python3.10 bash scripts/check_floors.sh /tmp/distr-floors-310  # the oldest Python requires-python admits
 #
 # The pins below are pyproject.toml's floors (tests/test_floors.py keeps them equal). NumPy < 2.4 because Triton
-# < 3.7's interpreter fails on NumPy 2.4 (``configs.interpreter_problem``). Results: docs/compatibility.md.
+# < 3.7's interpreter fails on NumPy 2.4 (``configs.interpreter_problem``). numpy, packaging and safetensors are not
+# pinned: their floors are transformers 5.0's own, and pytest 9 needs packaging >= 24. Results: docs/compatibility.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${1:-/tmp/distr-floors}

@@ -1,5 +1,8 @@
-"""pyproject.toml's version floors, scripts/check_floors.sh's pins and compat.py's gates say the same versions."""
+"""pyproject.toml's version floors, scripts/check_floors.sh's pins and compat.py's gates say the same versions; every
+package distr_patch imports is declared there."""
+import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,8 @@ tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (requires-python admi
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOORED = ("torch", "triton", "transformers", "accelerate", "datasets", "evaluate", "tqdm", "pyyaml")
+# distributions whose import name differs from their name on PyPI
+DISTRIBUTION_OF = {"yaml": "pyyaml", "PIL": "pillow", "lm_eval": "lm-eval"}
 
 
 def _floors() -> dict[str, str]:
@@ -48,3 +53,41 @@ def test_compat_gates_follow_the_floors():
     from distr_patch import compat
 
     assert compat.MIN_SUPPORTED_TRANSFORMERS_VERSION == Version(_floors()["transformers"])
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _declared() -> set[str]:
+    """Every distribution pyproject.toml names, required or in an extra (normalized names)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"]) + [r for extra in project["optional-dependencies"].values() for r in extra]
+    return {_normalized(re.match(r"[A-Za-z0-9_.-]+", r).group(0)) for r in reqs}
+
+
+def _third_party_imports() -> dict[str, str]:
+    """{top-level module: a file under distr_patch/ that imports it}, the standard library and distr_patch left out."""
+    found = {}
+    for path in sorted((ROOT / "distr_patch").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top != "distr_patch" and top not in sys.stdlib_module_names:
+                    found.setdefault(top, str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_third_party_import_is_declared():
+    imports = _third_party_imports()
+    assert {"torch", "triton", "transformers", "packaging", "numpy"} <= set(imports), sorted(imports)
+    declared = _declared()
+    missing = {module: where for module, where in imports.items()
+               if _normalized(DISTRIBUTION_OF.get(module, module)) not in declared}
+    assert not missing, f"imported but not in pyproject.toml's dependencies or extras: {missing}"
