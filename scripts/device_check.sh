@@ -41,8 +41,9 @@
 #           (TRITON_PTXAS_BLACKWELL_PATH=.../triton/backends/nvidia/bin/ptxas: README's advice for Hopper), then 3.6;
 #           packed by `KEEP_ALL_PTXAS=1 bash scripts/pack_triton_for_device.sh 3.9.0`.
 # grouping-fp32: the fp32-Q G=4 / G=8 rank1 grouping launch at d=256, 128, 64, its Grams by rows (fp32's default at
-#           d <= 128) and by dot (the default at d=256 since the forty-fifth session's first run, d=256 G=4 alone: dot
-#           6x faster) (bench_grouping.py; `--warps 16` also times 16 warps, which spill less at d=256 in CPU compiles).
+#           d <= 64) and by dot (the default above since the forty-sixth session's run: dot 6x faster at d=256 G=4,
+#           4x at d=128, 1.3-1.4x slower at d=64) (bench_grouping.py; `--warps 16` also times 16 warps, which spill
+#           about as much per thread at d=256 in CPU compiles).
 # triton39-scratch: on Triton 3.9.0 at d=64, N=4096 and 16384, the default (Q_eff by its launch) against the Q_eff
 #           prologue with and without its tile through a global scratch (compare_fwd_configs.py --qeff-scratch,
 #           3 rounds): whether the scratch, which compiles without 3.9's C7513, beats the launch there.

@@ -438,19 +438,20 @@ PROJECTION = os.environ.get("DISTR_GROUPING_PROJECTION", "16bit")
 # (``_group_grams_dot``); "rows": per member, multiply-adds over the block's rows and a reduction across the warps
 # (``_group_grams_rows``). The same groups and, to fp32 rounding, weights (tests). "dot" made the G=4 / G=8 launch
 # 2.3 / 3.2x faster at d=64 and (with 128-position chunks) 2.2 / 3.5x at d=128, and whole G=4 rank1 calls 4-15% faster
-# (H200, N=4096; docs/benchmarks.md, "G≥4 rank1: the groups' Grams by one dot"). fp32 Q takes "rows" (and 64-position
-# chunks) at d <= 128: its fp32 dots run as FMA loops and spill more, and "dot" measured 1.4-1.5x slower there (d=64:
-# 12.8 against 9.4 ms, d=128: 36.0 against 24.2 ms for 8x(2048/d)x4096, H200). At d=256 "rows" spills 356 KB and
-# "dot" 41 KB (Triton 3.6, sm_90), and "dot" measured 6x faster (G=4: 10.7 against 64.2 ms for 8x8x4096, H100,
-# forty-fifth session; G=8 untimed), so fp32 Q takes "dot" there. None: by q's dtype and head dim.
+# (H200, N=4096; docs/benchmarks.md, "G≥4 rank1: the groups' Grams by one dot"). fp32 Q (whose fp32 dots run as FMA
+# loops, in 64-position chunks) takes "rows" at d <= 64 only, timed on one H100 (forty-sixth session, 8x(2048/d)x4096,
+# Triton 3.6): d=64 "rows" 11.2 / 12.1 ms against "dot" 16.0 / 15.8 (G=4 / G=8); d=128 "dot" 5.1 / 5.3 against
+# 21.8 / 21.7; d=256 G=4 "dot" 10.7 against 68.0 (rows spills 356 KB there), G=8 "dot" 11.0 against 10.4 (rows 6%
+# faster, left to the dot for one rule). (The eighteenth session's d=128 "dot", 1.5x slower than "rows", ran at
+# 128-position chunks, which spill 130 KB.) None: by q's dtype and head dim.
 POWER_GRAMS = os.environ.get("DISTR_POWER_GRAMS") or None
 
 
 def power_grams(dtype: torch.dtype, d_pad: int) -> str:
     """How the G>=4 rank1 launch forms the groups' Grams for a ``dtype`` Q at padded head dim ``d_pad``:
-    ``POWER_GRAMS`` where set, else "dot" for 16-bit Q and for fp32 Q at d_pad > 128, "rows" for fp32 Q at
-    d_pad <= 128."""
-    return POWER_GRAMS or ("rows" if dtype == torch.float32 and d_pad <= 128 else "dot")
+    ``POWER_GRAMS`` where set, else "dot" for 16-bit Q and for fp32 Q at d_pad > 64, "rows" for fp32 Q at
+    d_pad <= 64."""
+    return POWER_GRAMS or ("rows" if dtype == torch.float32 and d_pad <= 64 else "dot")
 # G>=4 rank1: sorted positions per chunk, CH = min(D_PAD, POWER_CHUNK) (16, 32, 64 or 128); None: 128
 # at D_PAD = 128 (the G=4 / G=8 launch 25 / 30% faster than 64 at d=128 on the H200; 32 slower than the chosen chunk
 # at both head dims), else 64 (d=256 untimed: its [d, CH] one-hot would take 64 KB of shared memory at 128).
@@ -461,7 +462,7 @@ POWER_CHUNK = int(_POWER_CHUNK_ENV) if _POWER_CHUNK_ENV and _POWER_CHUNK_ENV.isd
 
 def power_chunk(d_pad: int, dtype: torch.dtype = torch.bfloat16) -> int:
     """CH, the sorted positions per chunk of the G>=4 rank1 weights at padded head dim ``d_pad`` for a ``dtype`` Q
-    (fp32: 64, as timed with its "rows" way)."""
+    (fp32: 64, as timed with both ways; 128 spilled 130 KB at d=128)."""
     return min(d_pad, POWER_CHUNK or (128 if d_pad == 128 and dtype != torch.float32 else 64))
 
 
