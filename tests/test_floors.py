@@ -70,7 +70,7 @@ def _third_party_imports() -> dict[str, str]:
     """{top-level module: a file under distr_patch/ that imports it}, the standard library and distr_patch left out."""
     found = {}
     for path in sorted((ROOT / "distr_patch").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
