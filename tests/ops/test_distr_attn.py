@@ -60,6 +60,7 @@ CPU_CASES = [
     (1, 2, 2, 90, 90, 80, 2, "rank1", 32, 16, 0.5, True, None),     # d=80: padded head dim
     (1, 2, 2, 90, 90, 32, 8, "rank1", 64, 0, 0.0, False, None),    # G=8: d/G=4 padded to 16
     (1, 2, 1, 150, 190, 64, 2, "rank1", 128, 40, 0.5, True, "pad"),  # band sub-tiles, N < M, GQA
+    (1, 2, 2, 130, 130, 128, 4, "rank1", 64, 0, 0.0, True, None),  # G>=4 rank1 at d=128: the Grams by dot in fp32
 ]
 
 
@@ -936,11 +937,13 @@ def test_kernel_matches_reference_gpu(case, dtype, grouped_qk):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
-@pytest.mark.parametrize("d,fusion,W", [(64, "rank1", 32), (64, "mean", 0), (128, "rank1", 0), (32, "rank1", 0)])
-def test_fp32_gpu(d, fusion, W, grouped_qk):
-    """fp32 is computed in fp32 on every path (Q_eff prologue and TMA tiles included: no tf32 products)."""
+@pytest.mark.parametrize("d,fusion,W,G", [(64, "rank1", 32, 2), (64, "mean", 0, 2), (128, "rank1", 0, 2),
+                                          (32, "rank1", 0, 2), (128, "rank1", 0, 4)])
+def test_fp32_gpu(d, fusion, W, G, grouped_qk):
+    """fp32 is computed in fp32 on every path (Q_eff prologue and TMA tiles included: no tf32 products); G=4 rank1 at
+    d=128 takes the grouping's Grams by dot (``grouping_triton.power_grams``)."""
     q, k, v = make_qkv(5 + d, 1, 4, 2, 1000, 1000, d, dtype=torch.float32, device="cuda")
-    kw = dict(group_size=2, block_m=64, fusion=fusion, exact_window=W, window_correction=0.5, causal=True)
+    kw = dict(group_size=G, block_m=64, fusion=fusion, exact_window=W, window_correction=0.5, causal=True)
     assert rel_err(distr_attention(q, k, v, backend="triton", **kw), reference_distr_attention(q, k, v, **kw)) < 1e-4
 
 
