@@ -83,8 +83,8 @@ def main(argv=None):
                         "positions (grouping_triton.POWER_CHUNK), at the default warps and at each of --warps")
     p.add_argument("--group-sizes", type=int, nargs="+", default=[2])
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
-                   help="Q's dtype (fp32 Q takes the fp32 projection and, for G >= 4 rank1 at d <= 128, the Grams by "
-                        "rows)")
+                   help="Q's dtype (fp32 Q takes the fp32 projection and, for G >= 4 rank1 at d <= 64, the Grams by "
+                        "rows: grouping_triton.power_grams)")
     args = p.parse_args(argv)
     rows = []
     for d in args.d:
