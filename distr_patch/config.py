@@ -78,7 +78,12 @@ def _check_layer_fields(values: dict, where: str) -> None:
 
 def _index(key, what: str, kind: str) -> int:
     """An int index from a dict key (JSON turns int keys into strings: '3' and '-1' are accepted)."""
-    idx = int(key) if isinstance(key, str) and key.strip().lstrip("-").isdigit() else key
+    idx = key
+    if isinstance(key, str):
+        try:
+            idx = int(key)
+        except ValueError:
+            raise TypeError(f"{what} must be int {kind} indices, got {key!r}") from None
     if not _is_int(idx):
         raise TypeError(f"{what} must be int {kind} indices, got {key!r}")
     return idx

@@ -84,6 +84,9 @@ def test_bad_values_raise_naming_the_field(kwargs, match):
     (dict(exact_layers=[0.5]), "exact_layers"),
     (dict(layer_overrides=[0]), "layer_overrides"),
     (dict(layer_overrides={"x": {}}), "layer_overrides keys"),
+    (dict(layer_overrides={"--1": {}}), "layer_overrides keys must be int layer indices, got '--1'"),
+    (dict(layer_overrides={"\u00b2": {}}), "layer_overrides keys"),  # isdigit() but no int
+    (dict(head_overrides={0: {"--1": {}}}), r"head_overrides\[0\] keys must be int query head indices"),
     (dict(layer_overrides={0: 2}), r"layer_overrides\[0\]"),
 ])
 def test_bad_types_raise_naming_the_field(kwargs, match):

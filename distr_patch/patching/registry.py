@@ -25,7 +25,19 @@ from ..config import DistrConfig
 from ..integrations.hf import ATTN_IMPLEMENTATION, register
 from ..ops.validate import check_group_size
 
-_MISSING = object()
+
+
+class _Missing:
+    """The marker for "no value before patching" (no ``distr_config`` on the config, no settings on a module). One
+    instance, which copy.deepcopy and pickle keep (a copied or unpickled patched model still unpatches exactly)."""
+    def __reduce__(self):
+        return "_MISSING"  # pickle and copy: this module's global, not a new object
+
+    def __repr__(self):
+        return "<missing>"
+
+
+_MISSING = _Missing()
 
 
 class UnsupportedModelError(ValueError):
@@ -166,7 +178,7 @@ def _resolve(model, config, layers):
         raise TypeError(f"patch_model: model must be a loaded transformers model (a torch.nn.Module with a .config), "
                         f"got {type(model).__name__}")
     entry = get_replacement(getattr(model.config, "model_type", None))
-    modules = entry.find_attention(model)
+    modules = list(entry.find_attention(model))  # (a user's finder may hand back any iterable)
     if not modules:
         raise RuntimeError(f"found no attention module in {type(model).__name__} ({entry.model_type})")
     n = len(modules)
@@ -268,14 +280,32 @@ def unpatch_model(model):
 def patched(model, config: DistrConfig | dict | None = None, layers: Iterable[int] | None = None):
     """``with patched(model, cfg): ...`` runs the block with DistrAttention, then restores the model.
 
-    On an already patched model the block runs with ``config`` and the previous settings come back.
+    On an already patched model the block runs with ``config``, and the settings the model ran with before it come
+    back as they were (each layer's, and ``config.distr_config`` as it stood, edited or not).
     """
-    previous = DistrConfig.from_dict(model.config.distr_config) if is_patched(model) else None
+    if not is_patched(model):
+        patch_model(model, config, layers)
+        try:
+            yield model
+        finally:
+            if is_patched(model):  # (the block may have unpatched it itself)
+                unpatch_model(model)
+        return
+    saved = [(m, m.__dict__.get("_distr_settings", _MISSING)) for m in model.modules()]
+    config_saved = model.config.__dict__.get("distr_config", _MISSING)
     patch_model(model, config, layers)
     try:
         yield model
     finally:
-        if previous is None:
-            unpatch_model(model)
+        if not is_patched(model):  # the block unpatched it: switch back first, then put the settings back
+            patch_model(model)
+        for module, settings in saved:
+            module.__dict__.pop("_distr_settings_auto", None)
+            if settings is _MISSING:
+                module.__dict__.pop("_distr_settings", None)
+            else:
+                module._distr_settings = settings
+        if config_saved is _MISSING:
+            model.config.__dict__.pop("distr_config", None)
         else:
-            patch_model(model, previous)
+            model.config.distr_config = config_saved

@@ -85,6 +85,25 @@ def test_context_manager_and_layers_argument(spy):
     assert not distr_patch.patching.is_patched(model)
 
 
+def test_a_patched_block_on_a_patched_model_restores_the_settings_that_ran():
+    """The outer settings come back as they ran, even after an edit of config.distr_config (which patch_model's
+    attached settings outrank, so it had no effect): the dict comes back edited, the layers as they were."""
+    model = build("llama")
+    x = inputs("llama", seq=LONG)
+    patch_model(model, DistrConfig.paper())
+    paper = logits(model, x)
+    model.config.distr_config = G1.to_dict()
+    assert torch.equal(logits(model, x), paper)
+    with patched(model, DistrConfig()):
+        pass
+    assert torch.equal(logits(model, x), paper)
+    assert model.config.distr_config == G1.to_dict()
+    with patched(model, G1):
+        unpatch_model(model)  # the block unpatches: the model comes back patched as it was
+    assert distr_patch.patching.is_patched(model) and torch.equal(logits(model, x), paper)
+    unpatch_model(model)
+
+
 def test_per_layer_settings_reach_each_layer():
     model = build("dinov2")
     cfg = DistrConfig(exact_layers=[-1], layer_overrides={0: {"group_size": 4, "block_m": 64}})

@@ -122,6 +122,43 @@ def test_repatching_replaces_settings_and_unpatch_restores_the_original():
     assert torch.equal(logits(model, x), ref) and model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_patched_model_repatches_and_unpatches_exactly(how):
+    """The copy of a model patched from no distr_config keeps the marker for "none before": unpatching it removes the
+    dict again (save_pretrained can write the config), and patch_model(copy) finds the defaults."""
+    import copy
+    import pickle
+
+    model = build("llama")
+    x = inputs("llama", seq=160)
+    ref = logits(model, x)
+    assert "distr_config" not in model.config.__dict__
+    patch_model(model, DistrConfig.paper())
+    out = logits(model, x)
+    clone = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    assert torch.equal(logits(clone, x), out)
+    patch_model(clone)  # config None: the settings from before any patch (none: the defaults)
+    assert clone.config.distr_config == DistrConfig().to_dict()
+    unpatch_model(clone)
+    assert "distr_config" not in clone.config.__dict__ and torch.equal(logits(clone, x), ref)
+    clone.config.to_json_string()  # no marker object left in the config
+
+
+def test_a_finder_may_return_any_iterable():
+    model = build("llama")
+    x = inputs("llama", seq=160)
+    ref = logits(model, x)
+    builtin = registry._REGISTRY["llama"]
+    register_attention_replacement("llama", lambda m: (mod for mod in attention_modules(m)), overwrite=True)
+    try:
+        patch_model(model, DistrConfig.exact(exact_below=1))
+        assert all(hasattr(m, "_distr_settings") for m in attention_modules(model))
+        torch.testing.assert_close(logits(model, x), ref, atol=5e-5, rtol=5e-5)
+    finally:
+        registry._REGISTRY["llama"] = builtin
+    unpatch_model(model)
+
+
 def test_a_failed_switch_leaves_the_model_untouched(monkeypatch):
     """If transformers refuses the switch (e.g. a class whose source it cannot read), nothing stays patched."""
     model = build("llama")
