@@ -60,6 +60,19 @@ def _patch(model, variant: Variant, layers: list[int] | None):
         raise ConfigError(f"--layers/--distr: {e}") from e
 
 
+def _check_fits(model, variants: list[Variant], layers: list[int] | None) -> None:
+    """The ConfigError ``_patch`` would raise for a variant, before any data is read or scored."""
+    from ..config import DistrConfig
+    from ..patching.registry import check_patchable
+
+    for variant in variants:
+        if not variant.is_exact:
+            try:
+                check_patchable(model, DistrConfig.from_dict(variant.distr), layers=layers)
+            except ValueError as e:
+                raise ConfigError(f"--layers/--distr: {e}") from e
+
+
 @contextlib.contextmanager
 def _patched_for(model, variant: Variant, layers: list[int] | None):
     """``_patch`` for the duration of a block (the before-scoring of the pretrained model)."""
@@ -98,6 +111,7 @@ def run_finetune(cfg: FinetuneConfig, *, progress: bool = True) -> FinetuneOutpu
     device = torch.device(cfg.device) if cfg.device else process_state().device  # this process's device
     model, processor = first.model.to(device), first.processor
     num_layers = getattr(model.config, "num_hidden_layers", 1)
+    _check_fits(model, variants, cfg.layers)
 
     if cfg.task == "lm":
         split = text_split(cfg.data, processor, seq_len=cfg.seq_len, heldout_tokens=cfg.heldout_tokens,

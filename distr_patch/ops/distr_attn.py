@@ -1059,6 +1059,9 @@ def distr_attention(
                            groups=groups, scale=scale, seed=seed, causal=causal, check_values=not values_inside)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    # |i + M - N - j| < max(N, M) holds for every score, so a wider window is the same function; the kernels add W
+    # to row and key indices in 32-bit arithmetic, which a window near 2**31 would overflow
+    exact_window = min(int(exact_window), max(q.shape[2], k.shape[2]))
     if as_op is not None:  # torch.compile: one opaque call (ops/compile_op.py)
         c, sc = float(window_correction), None if scale is None else float(scale)
         if as_op == "forward":  # the eager operator runs inside, validating everything

@@ -84,6 +84,8 @@ def check_grouping_args(q, group_size, block_m, num_hash_bits, query_valid, seed
                          f"{q.dim() if isinstance(q, torch.Tensor) else type(q).__name__}-D")
     if not q.is_floating_point():
         raise TypeError(f"q must be a floating-point tensor, got {q.dtype}")
+    if 0 in q.shape:
+        raise ValueError(f"empty input: q={list(q.shape)} (every dim must be >= 1)")
     check_group_size(group_size, q.shape[-1])
     check_block_m(block_m)
     check_hash_bits(num_hash_bits)

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import BandConfig, band_config
+from .configs import BandConfig, band_config, interpreting
 from .launch import cdiv, launch, next_power_of_2
 
 LOG2E = 1.4426950408889634
@@ -58,7 +58,7 @@ def _grouped_partials(LL, OL, LR, OR, pid_bh, b, h, offs_m, row_ok, N, NP, WINDO
 @triton.jit
 def _band_tile(q, qe, K, V, start_n, offs_m, offs_d, m_i, l_i, acc, sq, N, WINDOW, qk_scale2,
                stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-               CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr, DEFER: tl.constexpr):
+               CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr, DEFER: tl.constexpr, F32_DOTS: tl.constexpr):
     """One key tile of the band: the exact scores into the online softmax (m_i, l_i, acc), the squared
     grouped-minus-exact scores into sq (per row [BLOCK_M], or with DEFER per entry [BLOCK_M, BLOCK_N], summed over
     the keys after the loop); keys outside a row's band (or past N) are left out."""
@@ -66,6 +66,9 @@ def _band_tile(q, qe, K, V, start_n, offs_m, offs_d, m_i, l_i, acc, sq, N, WINDO
     kvmask = (offs_n < N)[:, None] & (offs_d < HEAD_DIM)[None, :]
     k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kvmask, other=0.0)
     vt = tl.load(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kvmask, other=0.0)
+    if F32_DOTS:  # (q and qe come converted)
+        k = k.to(tl.float32)
+        vt = vt.to(tl.float32)
     se = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale2
     sg = tl.dot(qe, tl.trans(k), input_precision=DOT_PREC) * qk_scale2
     dist = offs_m[:, None] - offs_n[None, :]
@@ -99,7 +102,7 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
                        Hq, N, NP, KV_REP, WINDOW, qk_scale2, half_corr2,
                        HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        CAUSAL: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                       DOT_PREC: tl.constexpr, DEFER: tl.constexpr):
+                       DOT_PREC: tl.constexpr, DEFER: tl.constexpr, F32_DOTS: tl.constexpr):
     """One program: BLOCK_M query rows of one (batch, head). Scores in log2 units (qk_scale2 = scale·log2 e).
     OL / OR [B, Hq, NP, d] and LL / LR fp32 contiguous [B, Hq, NP] (log2 units): the grouped partials left and
     right of the band and their log-sum-exps, loaded after the band loop."""
@@ -117,6 +120,9 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
                 + offs_d[None, :] * stride_qd, mask=qmask, other=0.0)
     qe = tl.load(QE + b.to(tl.int64) * stride_eb + h.to(tl.int64) * stride_eh + offs_m[:, None] * stride_en
                  + offs_d[None, :] * stride_ed, mask=qmask, other=0.0)
+    if F32_DOTS:  # the interpreter's bf16 dots are wrong: fp32 operands there (band_merge)
+        q = q.to(tl.float32)
+        qe = qe.to(tl.float32)
     K += b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
     V += b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
 
@@ -141,7 +147,7 @@ def _band_merge_kernel(Q, QE, K, V, OL, LL, OR, LR, O,
     for start_n in tl.range(lo, hi, BLOCK_N):
         m_i, l_i, acc, sq = _band_tile(q, qe, K, V, start_n, offs_m, offs_d, m_i, l_i, acc, sq, N, WINDOW,
                                        qk_scale2, stride_kn, stride_kd, stride_vn, stride_vd, HEAD_DIM, BLOCK_N,
-                                       CAUSAL, DOT_PREC, DEFER)
+                                       CAUSAL, DOT_PREC, DEFER, F32_DOTS)
     if DEFER:
         sq = tl.sum(sq, 1)
 
@@ -190,14 +196,15 @@ def band_merge(q: torch.Tensor, qe: torch.Tensor, k: torch.Tensor, v: torch.Tens
     ol, ll, sl = part(left)
     orr, lr, sr = part(right)
     grid = (cdiv(N, cfg.block_m), B * Hq)
+    f32_dots = q.dtype == torch.bfloat16 and interpreting()  # as distr_attn._dot_dtype: the interpreter's bf16 dots
     launch(_band_merge_kernel, grid,
         q, qe, k, v, ol, ll, orr, lr, o,
         *q.stride(), *qe.stride(), *k.stride(), *v.stride(), *sl, *sr, *o.stride(),
         Hq, N, NP, Hq // k.shape[1], window, scale * LOG2E, 0.5 * window_correction * LOG2E,
         HEAD_DIM=d, D_PAD=next_power_of_2(max(d, 16)), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         CAUSAL=bool(causal), HAS_LEFT=left is not None, HAS_RIGHT=right is not None,
-        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32", DEFER=bool(cfg.deferred_sums),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        DOT_PREC="ieee" if q.dtype == torch.float32 or f32_dots else "tf32", DEFER=bool(cfg.deferred_sums),
+        F32_DOTS=f32_dots, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return o
 
 

@@ -155,6 +155,24 @@ def test_run_lm_end_to_end(tiny_lm_dir, text_file, tmp_path):
     assert DistrConfig.from_dict(reloaded.config.distr_config) == DistrConfig.from_dict(g2["distr_config"])
 
 
+def test_a_variant_that_does_not_fit_the_model_stops_before_any_scoring(tiny_lm_dir, text_file, tmp_path,
+                                                                        monkeypatch):
+    """--layers 99 on a 2-layer model: a ConfigError naming the option right after loading, not after the exact
+    baseline's held-out perplexity (minutes on a real model)."""
+    from distr_patch.eval.config import ConfigError
+    from distr_patch.finetune import run as run_mod
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored before the variants were checked")
+
+    monkeypatch.setattr(run_mod, "score_lm", no_scoring)
+    cfg = FinetuneConfig.merge(flags=dict(
+        model=str(tiny_lm_dir), data=str(text_file), device="cpu", seq_len=32, heldout_tokens=96, max_steps=1,
+        settings=["paper"], layers=[99], output_dir=str(tmp_path), run_name="r", plots=False))
+    with pytest.raises(ConfigError, match="--layers/--distr: layers entry 99 is out of range"):
+        run_finetune(cfg, progress=False)
+
+
 def test_run_lm_calibrated_config_file(tiny_lm_dir, text_file, tmp_path):
     """--distr-configs: a per-layer config file fine-tunes as a variant; its checkpoint reloads with it."""
     per_layer = DistrConfig(exact_layers=(0,), layer_overrides={1: dict(group_size=2, fusion="mean", block_m=32,

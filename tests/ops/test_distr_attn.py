@@ -1204,3 +1204,19 @@ def test_inputs_are_left_untouched_interpreter(case):
     assert torch.isfinite(out).all()
     for name, t in before.items():
         assert torch.equal(inputs[name].detach(), t), f"{backend} wrote into {name}"
+
+
+@pytest.mark.parametrize("W", [70, 2**31 - 1, 2**31, 2**63 - 1, 10**20])
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_window_wider_than_the_sequence_is_exact_on_every_backend(W, causal):
+    """Every score lies in a band of W >= max(N, M), so the call is exact attention whatever W: the operator narrows
+    W to max(N, M) before the kernels, which add W to 32-bit indices (W near 2**31 overflowed them, and 10**20
+    overflowed the reference's band). The reference, the fused kernel (interpreter) and the SDPA engine's pieces."""
+    q, k, v = make_qkv(zlib.crc32(repr((W, causal)).encode()), 1, 2, 1, 40, 40, 32)
+    exact = distr_attention(q, k, v, group_size=1, causal=causal, backend="reference")
+    backends = ["reference", "sdpa"] + (["triton"] if INTERPRET else [])
+    for backend in backends:
+        with torch.no_grad():
+            out = distr_attention(q, k, v, group_size=2, block_m=32, exact_window=W, window_correction=0.5,
+                                  causal=causal, backend=backend)
+        assert rel_err(out, exact) <= 1e-5, (backend, rel_err(out, exact))

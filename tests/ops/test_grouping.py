@@ -428,6 +428,9 @@ def test_bad_grouping_arguments_raise_named_errors():
         compute_groups(q, query_valid=torch.ones(1, 9, dtype=torch.bool))
     with pytest.raises(ValueError, match="group_size=8 must divide"):
         compute_groups(rand_q(0, (1, 1, 8, 36)), group_size=8)
+    for shape in ((1, 1, 0, 32), (0, 1, 8, 32), (1, 0, 8, 32)):
+        with pytest.raises(ValueError, match=r"empty input: q=\["):
+            compute_groups(torch.zeros(shape))
 
 
 @interpreter_only
