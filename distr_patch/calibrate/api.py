@@ -507,6 +507,8 @@ def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = 
     budgets = [parse_budget(b, task) for b in budgets]
     if not budgets:
         raise BudgetError("give at least one budget")
+    if len(set(budgets)) != len(budgets):
+        raise BudgetError(f"budgets {budgets} repeat a value (one choice and one config per budget)")
     cands = parse_candidates(candidates)  # bad candidates fail before any model work
     timed = wants_speed(speedup, model)
     if not isinstance(per_head, bool):
@@ -523,6 +525,11 @@ def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = 
     if task == "lm":
         if window < 2:
             raise ValueError(f"window must be >= 2 (a one-token window scores nothing), got {window}")
+        exact_below = _uniform(base).exact_below
+        if window < exact_below:  # every call would run exact attention: rounding noise measured as each loss
+            raise ValueError(f"window={window} is below exact_below={exact_below}: calls on fewer query rows run "
+                             "exact attention, so no candidate would be measured; use a longer window (or a base "
+                             "config with a lower exact_below)")
         if stride is not None and (not isinstance(stride, int) or isinstance(stride, bool)
                                    or not 1 <= stride <= window):
             raise ValueError(f"stride must be None (window // 2) or an int in [1, window={window}], got {stride!r}")

@@ -19,6 +19,7 @@ at the model's attention shape on a GPU, the CLI's ``--speeds measure``).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,8 +61,8 @@ class CostModel:
             raise ValueError(f"seq_len must be a positive int, got {self.seq_len!r}")
         for name, t in self.speeds.items():
             Candidate.parse(name)
-            if not isinstance(t, (int, float)) or t <= 0:
-                raise CandidateError(f"speeds[{name!r}] must be a positive time ratio, got {t!r}")
+            if not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+                raise CandidateError(f"speeds[{name!r}] must be a positive, finite time ratio, got {t!r}")
 
     @classmethod
     def load(cls, path: str | Path, seq_len: int, causal: bool = True) -> "CostModel":

@@ -212,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
     probe = _parsed("--probe", Candidate.parse, s["probe"]) if s["probe"] else None  # before the model loads
     if not budgets:
         raise ConfigError("--budget: give at least one budget, e.g. 1%")
+    if len(set(budgets)) != len(budgets):  # (1% and 0.01 are one budget: one row, one config file)
+        raise ConfigError(f"--budget: {','.join(map(str, s['budget']))} repeats a budget")
     check_device(s["device"])  # a name torch knows, and a device this machine has
     device = torch.device(s["device"])
     causal = not vit

@@ -89,6 +89,10 @@ class FinetuneConfig:
                                   f"{', '.join(map(str, VALID_GROUP_SIZES))}")
         if not self.settings:
             raise ConfigError(f"{flag('settings')}: the list of settings is empty; use {', '.join(SETTINGS)}")
+        for name in ("group_sizes", "settings", "distr_configs"):  # a repeat trains twice into one checkpoint
+            v = getattr(self, name) or []
+            if isinstance(v, list) and len(set(map(str, v))) != len(v):
+                raise ConfigError(f"{flag(name)}: {','.join(map(str, v))} repeats a value")
         bad = [s for s in self.settings if s not in SETTINGS]
         if bad:
             raise ConfigError(f"{flag('settings')}: {bad[0]!r} is not a setting; use {', '.join(SETTINGS)}")

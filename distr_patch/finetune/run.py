@@ -42,6 +42,20 @@ def variants_of(cfg: FinetuneConfig) -> list[Variant]:
     return variants if cfg.exact_baseline else variants[1:]
 
 
+@contextlib.contextmanager
+def _option_errors():
+    """A patch-time ValueError as a ConfigError naming the option: --model for a model type with no registry entry,
+    --layers/--distr for settings the model cannot take."""
+    from ..patching.registry import UnsupportedModelError
+
+    try:
+        yield
+    except UnsupportedModelError as e:
+        raise ConfigError(f"--model: {e}") from e
+    except ValueError as e:
+        raise ConfigError(f"--layers/--distr: {e}") from e
+
+
 def _patch(model, variant: Variant, layers: list[int] | None):
     """Patch ``model`` for the whole fine-tuning of ``variant`` (exact: leave its attention as loaded, without the
     ``config.distr_config`` a DistrAttention checkpoint given as ``--model`` carries, so that it saves and reloads
@@ -54,10 +68,8 @@ def _patch(model, variant: Variant, layers: list[int] | None):
     from ..config import DistrConfig
     from ..patching import patch_model
 
-    try:
+    with _option_errors():
         return patch_model(model, DistrConfig.from_dict(variant.distr), layers=layers)
-    except ValueError as e:
-        raise ConfigError(f"--layers/--distr: {e}") from e
 
 
 def _check_fits(model, variants: list[Variant], layers: list[int] | None) -> None:
@@ -67,10 +79,8 @@ def _check_fits(model, variants: list[Variant], layers: list[int] | None) -> Non
 
     for variant in variants:
         if not variant.is_exact:
-            try:
+            with _option_errors():
                 check_patchable(model, DistrConfig.from_dict(variant.distr), layers=layers)
-            except ValueError as e:
-                raise ConfigError(f"--layers/--distr: {e}") from e
 
 
 @contextlib.contextmanager

@@ -100,6 +100,9 @@ def test_bad_budget_and_candidates_fail_before_model_work(model, ids, monkeypatc
     (dict(stride=65), ValueError, r"stride must be None .* \[1, window=64\]"),
     (dict(test_windows=-1), ValueError, "test_windows must be an int >= 0"),
     (dict(window=1), ValueError, "window must be >= 2"),
+    (dict(budgets=["1%", 0.01]), BudgetError, r"repeat a value"),
+    # every call on fewer than exact_below (16) rows runs exact: rounding noise would be measured as the loss
+    (dict(window=8), ValueError, "window=8 is below exact_below=16"),
 ])
 def test_calibrate_full_checks_its_arguments_first(model, ids, monkeypatch, kwargs, exc, match):
     monkeypatch.setattr(api, "measure", lambda *a, **k: pytest.fail("measured despite a bad argument"))
@@ -117,8 +120,9 @@ def test_relative_work():
     assert relative_work(Candidate(2, "rank1", 128, 1024, 0.5), n) > 1
     cm = CostModel(n, {"G2-rank1-b128-w0-c0": 0.6})
     assert cm.work(Candidate(2, "rank1", 128)) == 0.6 and cm.source == "measured"
-    with pytest.raises(CandidateError):
-        CostModel(n, {"G2-rank1-b128-w0-c0": -1.0})
+    for bad in (-1.0, float("nan"), float("inf")):  # NaN passed "t <= 0" and dropped every candidate
+        with pytest.raises(CandidateError, match="positive, finite time ratio"):
+            CostModel(n, {"G2-rank1-b128-w0-c0": bad})
 
 
 # ----------------------------------------------------------------------------- search
@@ -329,6 +333,8 @@ def test_cli(tmp_path, tiny_lm_dir, capsys):
     assert "--speeds measure: needs a CUDA device" in capsys.readouterr().err
     assert main(["calibrate", "--model", str(tiny_lm_dir), "--candidates", "G2-quick"]) == 2
     assert "unknown candidate" in capsys.readouterr().err
+    assert main(["calibrate", "--model", str(tiny_lm_dir), "--budget", "1%,0.01"]) == 2  # one budget twice
+    assert "--budget: 1%,0.01 repeats a budget" in capsys.readouterr().err
 
 
 def test_cli_engine_sdpa_calibrates_the_same_and_writes_neutral_configs(tmp_path, tiny_lm_dir, monkeypatch):

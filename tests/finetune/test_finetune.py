@@ -173,6 +173,20 @@ def test_a_variant_that_does_not_fit_the_model_stops_before_any_scoring(tiny_lm_
         run_finetune(cfg, progress=False)
 
 
+def test_an_unsupported_model_type_names_the_model_option(tmp_path, text_file):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from distr_patch.eval.config import ConfigError
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64)).save_pretrained(tmp_path / "gpt2")
+    word_tokenizer().save_pretrained(tmp_path / "gpt2")
+    cfg = FinetuneConfig.merge(flags=dict(model=str(tmp_path / "gpt2"), data=str(text_file), device="cpu",
+                                          seq_len=32, output_dir=str(tmp_path), run_name="r", plots=False))
+    with pytest.raises(ConfigError, match="--model: model_type 'gpt2' is not supported"):
+        run_finetune(cfg, progress=False)
+
+
 def test_run_lm_calibrated_config_file(tiny_lm_dir, text_file, tmp_path):
     """--distr-configs: a per-layer config file fine-tunes as a variant; its checkpoint reloads with it."""
     per_layer = DistrConfig(exact_layers=(0,), layer_overrides={1: dict(group_size=2, fusion="mean", block_m=32,

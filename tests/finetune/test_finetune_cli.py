@@ -28,6 +28,8 @@ def _error(argv, capsys) -> str:
     (["--distr-configs", "nope.json"], "--distr-configs: nope.json is not a file"),
     (["--group-sizes", "none"], "--group-sizes: give at least one group size, e.g. 2 (or none with --distr-configs)"),
     (["--eval-window", "64", "--eval-stride", "128"], "--eval-stride: 128 is larger than the window 64"),
+    (["--group-sizes", "2,2"], "--group-sizes: 2,2 repeats a value"),  # trained twice into one checkpoint
+    (["--settings", "paper,paper"], "--settings: paper,paper repeats a value"),
 ])
 def test_bad_option(argv, message, capsys):
     err = _error(["finetune", "--model", "x", *argv], capsys)
