@@ -62,6 +62,9 @@ def _step_timer():
     return StepTimer()
 
 
+_ABSENT = object()  # (a config without use_cache: vision models)
+
+
 def training_arguments(cfg: FinetuneConfig, output_dir: Path):
     """``TrainingArguments`` from the run's options (no hub, no reporting, no intermediate checkpoints)."""
     from transformers import TrainingArguments
@@ -106,6 +109,9 @@ def finetune(model, train_dataset, cfg: FinetuneConfig, *, output_dir: Path, uni
     """
     from transformers import Trainer, default_data_collator
 
+    # the Trainer sets config.use_cache to TrainingArguments.use_cache (False) in transformers 5: the checkpoint
+    # keeps the model's own value, so a reloaded model caches as it did before training
+    use_cache = model.config.__dict__.get("use_cache", _ABSENT)
     if cfg.gradient_checkpointing:  # on the model, not through TrainingArguments, whose flag was renamed (compat)
         model.config.use_cache = False
         enable_activation_checkpointing(model)
@@ -116,6 +122,10 @@ def finetune(model, train_dataset, cfg: FinetuneConfig, *, output_dir: Path, uni
     model.train()
     out = trainer.train()
     model.eval()
+    if use_cache is _ABSENT:
+        model.config.__dict__.pop("use_cache", None)
+    else:
+        model.config.use_cache = use_cache
     args = trainer.args
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
     steps = trainer.state.global_step

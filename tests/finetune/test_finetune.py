@@ -2,6 +2,7 @@
 reach every parameter exact attention trains, a saved checkpoint reloads with the same outputs and settings,
 and the whole run (before/after table, plot, checkpoints) for a causal LM and a ViT."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,6 +153,7 @@ def test_run_lm_end_to_end(tiny_lm_dir, text_file, tmp_path):
     assert (out.directory / "finetune_tradeoff.png").is_file()
     reloaded = load_checkpoint(g2["checkpoint"])
     assert reloaded.config._attn_implementation == "distr"
+    assert reloaded.config.use_cache is True  # as loaded (transformers 5's Trainer sets it False while training)
     assert DistrConfig.from_dict(reloaded.config.distr_config) == DistrConfig.from_dict(g2["distr_config"])
 
 
@@ -218,6 +220,7 @@ def test_run_vit_end_to_end(vit_setup, tmp_path):
     reloaded = load_checkpoint(g2["checkpoint"], kind="vit")
     assert reloaded.config._attn_implementation == "distr"
     assert reloaded.config.distr_config["fusion"] == "mean"
+    assert "use_cache" not in json.loads((Path(g2["checkpoint"]) / "config.json").read_text())  # none added
 
 
 def test_image_labels_are_the_models_classes_matched_by_name(tmp_path):
