@@ -26,7 +26,7 @@ def register(sub) -> None:
     o.add_data_source(g, data_help="text: 'lee' (packaged news corpus, default), a .txt/.jsonl file (or .txt.gz, "
                                    ".bz2, .xz), or a datasets name", text_column="column holding the text (text)")
     g.add_argument("--window", type=int, default=o.S, help="tokens per window (1024)")
-    g.add_argument("--stride", type=int, default=o.S, help="tokens between window starts (512)")
+    g.add_argument("--stride", type=int, default=o.S, help="tokens between window starts (window // 2: 512)")
     g.add_argument("--max-windows", type=int, default=o.S, help="evaluate at most this many windows (4)")
     g.add_argument("--no-perplexity", dest="perplexity", action="store_false", default=o.S,
                    help="skip perplexity (run only the tasks)")

@@ -84,7 +84,7 @@ class RunConfig:
     # perplexity: strided sliding window
     perplexity: bool = True
     window: int = 1024
-    stride: int = 512
+    stride: int | None = None  # None: window // 2 (512 at the default window), as calibrate and finetune
     max_windows: int | None = 4
     # multiple-choice tasks
     tasks: list[str] = field(default_factory=list)
@@ -173,6 +173,8 @@ class RunConfig:
             raise ConfigError(f"{flag('dtype')}: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if not isinstance(self.distr, dict):
             raise ConfigError(f"{flag('distr')}: expected a mapping of DistrConfig fields")
+        if self.stride is None and isinstance(self.window, int) and not isinstance(self.window, bool):
+            self.stride = max(1, self.window // 2)
         positive = ["window", "stride", "batch_size", "repeats", "gen_tokens", "gen_prompt_len"]
         for name in positive:
             v = getattr(self, name)

@@ -12,6 +12,14 @@ def test_defaults_yaml_flags_order(tmp_path):
     assert cfg.seed == RunConfig().seed  # untouched default
 
 
+def test_the_default_stride_is_half_the_window():
+    """As calibrate and finetune: --window 64 alone no longer fails on a fixed stride of 512."""
+    assert RunConfig().stride == 512 and RunConfig().window == 1024
+    assert RunConfig.merge(flags={"window": 64}).stride == 32
+    assert RunConfig.merge(flags={"window": 2}).stride == 1
+    assert RunConfig.merge(flags={"window": 64, "stride": 64}).stride == 64
+
+
 @pytest.mark.parametrize("flags,match", [
     ({"group_sizes": [1, 3]}, r"--group-sizes: 3 is not a valid G"),
     ({"group_sizes": []}, r"--group-sizes: give at least one"),
