@@ -17,6 +17,7 @@ from typing import Any
 VALID_GROUP_SIZES = (1, 2, 4, 8)
 SETTINGS = ("paper", "recommended")
 DTYPES = ("float32", "float16", "bfloat16")
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's device_map names
 
 
 class ConfigError(ValueError):
@@ -175,6 +176,14 @@ class RunConfig:
             raise ConfigError(f"{flag('distr')}: expected a mapping of DistrConfig fields")
         if self.stride is None and isinstance(self.window, int) and not isinstance(self.window, bool):
             self.stride = max(1, self.window // 2)
+        if self.device_map is not None and self.device_map not in DEVICE_MAP_STRATEGIES:
+            try:
+                import torch
+
+                torch.device(self.device_map)
+            except (RuntimeError, TypeError):
+                raise ConfigError(f"{flag('device_map')}: {self.device_map!r} is not one of "
+                                  f"{', '.join(DEVICE_MAP_STRATEGIES)} or a device (cpu, cuda:0, ...)") from None
         positive = ["window", "stride", "batch_size", "repeats", "gen_tokens", "gen_prompt_len"]
         for name in positive:
             v = getattr(self, name)

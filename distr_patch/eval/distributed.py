@@ -29,6 +29,8 @@ def check_device(device: str | None) -> None:
             raise ConfigError(f"--device {device}: {why}; use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "meta":  # (a tensor can go there, but holds no values to score or time)
+        raise ConfigError(f"--device {device}: meta tensors hold no data; use cpu or cuda")
     elif dev.type != "cpu":  # mps, xpu, ...: whether torch can put a tensor there
         try:
             torch.empty(0, device=dev)

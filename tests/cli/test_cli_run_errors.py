@@ -26,6 +26,13 @@ def test_unknown_device_name(capsys, tiny_lm_dir, text_file, tmp_path):
     assert "--device 'gpu0': not a device name" in err
 
 
+def test_meta_device_and_unknown_device_map(capsys, tiny_lm_dir, text_file, tmp_path):
+    err = _error(_eval_lm(tiny_lm_dir, text_file, tmp_path, "--device", "meta"), capsys)
+    assert "--device meta: meta tensors hold no data" in err
+    err = _error(_eval_lm(tiny_lm_dir, text_file, tmp_path, "--device-map", "foo"), capsys)
+    assert "--device-map: 'foo' is not one of auto, balanced, balanced_low_0, sequential or a device" in err
+
+
 @pytest.mark.parametrize("extra,expect", [
     (["--group-sizes", "2", "--distr", "exact_layers=[99]"], "variant G2 does not fit this model: exact_layers entry 99"),
     (["--group-sizes", "2", "--distr", "head_overrides={0: {9: {'group_size': 1}}}"], "query head 9 is out of range"),
