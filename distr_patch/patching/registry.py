@@ -215,6 +215,19 @@ def check_patchable(model, config: DistrConfig | dict | None = None, layers: Ite
     _resolve(model, config, layers)
 
 
+def _put_back(model, module_settings, distr_config) -> None:
+    """Each (module, its ``_distr_settings`` or _MISSING) and ``config.distr_config`` (or _MISSING) as they were."""
+    for module, settings in module_settings:
+        if settings is _MISSING:
+            module.__dict__.pop("_distr_settings", None)
+        else:
+            module._distr_settings = settings
+    if distr_config is _MISSING:
+        model.config.__dict__.pop("distr_config", None)
+    else:
+        model.config.distr_config = distr_config
+
+
 def patch_model(model, config: DistrConfig | dict | None = None, layers: Iterable[int] | None = None):
     """Put DistrAttention into ``model`` in place and return it.
 
@@ -243,15 +256,7 @@ def patch_model(model, config: DistrConfig | dict | None = None, layers: Iterabl
     try:
         _set_attn_implementation(model, ATTN_IMPLEMENTATION)
     except BaseException:  # leave the model as it was
-        for module, old in zip(modules, before):
-            if old is _MISSING:
-                module.__dict__.pop("_distr_settings", None)
-            else:
-                module._distr_settings = old
-        if config_before is _MISSING:
-            model.config.__dict__.pop("distr_config", None)
-        else:
-            model.config.distr_config = config_before
+        _put_back(model, zip(modules, before), config_before)
         raise
     model._distr_patch_state = state
     _PATCHED_CONFIGS[id(model.config)] = model
@@ -299,13 +304,6 @@ def patched(model, config: DistrConfig | dict | None = None, layers: Iterable[in
     finally:
         if not is_patched(model):  # the block unpatched it: switch back first, then put the settings back
             patch_model(model)
-        for module, settings in saved:
+        for module, _ in saved:
             module.__dict__.pop("_distr_settings_auto", None)
-            if settings is _MISSING:
-                module.__dict__.pop("_distr_settings", None)
-            else:
-                module._distr_settings = settings
-        if config_saved is _MISSING:
-            model.config.__dict__.pop("distr_config", None)
-        else:
-            model.config.distr_config = config_saved
+        _put_back(model, saved, config_saved)
