@@ -251,14 +251,25 @@ class DistrConfig:
                 raise ValueError(f"{name}={getattr(self, name)} is more than the model's {num_layers} layers")
         for i in self.exact_layers:
             self._resolve_index(i, num_layers, "exact_layers entry")
-        for i in self.layer_overrides:
-            self._resolve_index(i, num_layers, "layer_overrides key")
+        self._one_key_per_layer("layer_overrides", num_layers)
+        self._one_key_per_layer("head_overrides", num_layers)
         for i, per_head in self.head_overrides.items():
-            self._resolve_index(i, num_layers, "head_overrides key")
             for h in per_head:
                 if num_heads is not None and h >= num_heads:
                     raise ValueError(f"head_overrides[{i}]: query head {h} is out of range for a model with "
                                      f"{num_heads} attention heads")
+
+    def _one_key_per_layer(self, name: str, num_layers: int | None) -> dict[int, int]:
+        """{layer: key} of ``layer_overrides`` or ``head_overrides``; a ValueError when two keys (such as 1 and -1 in
+        a 2-layer model) name one layer: which one applied would depend on the dict's order, which saving sorts."""
+        layers: dict[int, int] = {}
+        for key in getattr(self, name):
+            i = self._resolve_index(key, num_layers, f"{name} key")
+            if i in layers:
+                raise ValueError(f"{name} keys {layers[i]} and {key} both name layer {i} of a {num_layers}-layer "
+                                 "model; give each layer one key")
+            layers[i] = key
+        return layers
 
     def for_layer(self, layer_idx: int | None, num_layers: int | None = None) -> LayerSettings:
         """Settings of layer ``layer_idx`` of a ``num_layers``-layer model (None: a layer-uniform config)."""
@@ -271,17 +282,14 @@ class DistrConfig:
             raise ValueError("exact_last needs the number of layers")
         i = self._resolve_index(layer_idx, num_layers, "layer index")
         values = {f: getattr(self, f) for f in LAYER_FIELDS}
-        for key, over in self.layer_overrides.items():
-            if self._resolve_index(key, num_layers, "layer_overrides key") == i:
-                values.update(over)
+        key = self._one_key_per_layer("layer_overrides", num_layers).get(i)
+        if key is not None:
+            values.update(self.layer_overrides[key])
         exact = (i < self.exact_first
                  or (num_layers is not None and i >= num_layers - self.exact_last)
                  or any(self._resolve_index(j, num_layers, "exact_layers entry") == i for j in self.exact_layers))
-        per_head: dict[int, dict] = {}
-        for key, overs in self.head_overrides.items():
-            if self._resolve_index(key, num_layers, "head_overrides key") == i:
-                for h, over in overs.items():
-                    per_head.setdefault(h, {}).update(over)
+        key = self._one_key_per_layer("head_overrides", num_layers).get(i)
+        per_head = {h: dict(over) for h, over in self.head_overrides[key].items()} if key is not None else {}
         heads = {} if exact else {h: LayerSettings(**{**values, **over}, engine=self.engine)
                                   for h, over in sorted(per_head.items())}
         return LayerSettings(**values, exact=exact, heads=heads, engine=self.engine)

@@ -156,3 +156,18 @@ def test_head_overrides_round_trip(tmp_path):
 def test_bad_head_overrides_raise_naming_the_entry(heads, error, match):
     with pytest.raises(error, match=match):
         DistrConfig(head_overrides=heads)
+
+
+def test_two_keys_for_one_layer_are_refused():
+    """1 and -1 name one layer of a 2-layer model: the last in dict order won, and saving sorts the keys, so a
+    saved and reloaded config ran other settings. Distinct layers in a 3-layer model are fine."""
+    both = DistrConfig(layer_overrides={1: {"group_size": 8}, -1: {"group_size": 4}})
+    for check in (lambda: both.check_layers(2), lambda: both.for_layer(1, 2), lambda: both.for_layer(0, 2)):
+        with pytest.raises(ValueError, match="layer_overrides keys 1 and -1 both name layer 1 of a 2-layer model"):
+            check()
+    both.check_layers(3)
+    assert both.for_layer(1, 3).group_size == 8 and both.for_layer(2, 3).group_size == 4
+    heads = DistrConfig(head_overrides={0: {1: {"group_size": 1}}, -2: {2: {"group_size": 1}}})
+    with pytest.raises(ValueError, match="head_overrides keys 0 and -2 both name layer 0"):
+        heads.check_layers(2)
+    assert set(heads.for_layer(0, 3).heads) == {1} and set(heads.for_layer(1, 3).heads) == {2}

@@ -15,7 +15,7 @@ operator with G=1, exact attention.
 Masks: "distr" is registered in ``AttentionMaskInterface`` with transformers' ``sdpa_mask`` (boolean,
 True = attend, None for plain causal prefill), so padding and sliding windows reach the operator.
 The operator places the exact window bottom-right (query i at key i + M - N); a static cache's keys end in
-unwritten (masked) slots, so a masked causal call with a window first drops the key tail that no row attends
+unwritten (masked) slots, so a masked call with a window first drops the key tail that no row attends
 (``attended_length``, one host read per forward); under torch.compile or a CUDA graph capture, where no host read
 is possible, it rotates the key axis instead so that the tail comes first (``rotate_to_attended_end``: a copy of K,
 V and the mask).
@@ -89,7 +89,8 @@ def layer_settings(module: torch.nn.Module) -> LayerSettings:
     return settings
 
 
-def query_rows_valid(attention_mask: torch.Tensor, batch: int, q_len: int, kv_len: int) -> torch.Tensor:
+def query_rows_valid(attention_mask: torch.Tensor, batch: int, q_len: int, kv_len: int,
+                     causal: bool = True) -> torch.Tensor:
     """Bool [B, N]: True for real query rows, False for padding, from a mask broadcastable to [B, H, N, M].
 
     Row i sits at key position i + E - N, where E is the keys' attended end (``_attended_end``: M less a static
@@ -101,7 +102,7 @@ def query_rows_valid(attention_mask: torch.Tensor, batch: int, q_len: int, kv_le
     allowed, _ = normalize_mask(attention_mask)
     allowed = allowed.any(dim=1).expand(batch, q_len, kv_len)  # [B, N, M]
     rows = torch.arange(q_len, device=allowed.device)
-    end = _attended_end(attention_mask, q_len, kv_len)
+    end = _attended_end(attention_mask, q_len, kv_len, causal)
     end = kv_len if end is None else end.to(allowed.device)
     diag = (rows + (end - q_len)).clamp(0, kv_len - 1)
     own = allowed[:, rows, diag]
@@ -110,11 +111,20 @@ def query_rows_valid(attention_mask: torch.Tensor, batch: int, q_len: int, kv_le
     return own | (~own.any(dim=-1, keepdim=True) & allowed.any(dim=-1))
 
 
-def _attended_end(attention_mask: torch.Tensor, q_len: int, kv_len: int) -> torch.Tensor | None:
-    """Scalar long tensor on the mask's device: the keys a causal call needs, ``kv_len`` less a tail that no row
-    attends, where each row's last key is its own position (a static cache's unwritten slots); between q_len and
-    kv_len. None when that is kv_len without a read: no more keys than queries, or a mask that broadcasts its rows or
-    keys (no position to read). Device ops only (traceable); an [N, M] int32 temporary."""
+def _attended_end(attention_mask: torch.Tensor, q_len: int, kv_len: int, causal: bool = True) -> torch.Tensor | None:
+    """Scalar long tensor on the mask's device: E, the keys a call needs, ``kv_len`` less a tail that no row attends
+    (a static cache's unwritten slots), between q_len and kv_len: the N query rows are keys E - N .. E - 1. None when
+    that is kv_len without a read: no more keys than queries, or a mask that broadcasts its rows or keys (no position
+    to read). Device ops only (traceable); [N, M] temporaries.
+
+    The mask alone cannot always tell unwritten slots from padding at the end of every sequence (both are key columns
+    no row attends), so the call's causality decides:
+    - causal: E - N is the furthest any row reaches past its own row index (each real row's last key is its own, so
+      a batch whose sequences all end in padding keeps its keys in place), unless that puts real rows where they do
+      not see their own keys: rows that attend past their own (a prefix-LM mask) then take E = max(N, 1 + the last
+      key any row attends);
+    - not causal (every row may see every written key): E = max(N, 1 + the last key any row attends).
+    """
     if kv_len <= q_len:
         return None
     allowed, _ = normalize_mask(attention_mask)
@@ -124,8 +134,20 @@ def _attended_end(attention_mask: torch.Tensor, q_len: int, kv_len: int) -> torc
     cols = torch.arange(1, kv_len + 1, device=allowed.device, dtype=torch.int32)
     last = (allowed * cols).amax(dim=-1) - 1  # [N], -1 where a row sees no key (no tl.where on `any`, below)
     rows = torch.arange(q_len, device=allowed.device)
-    offset = torch.where(last >= 0, last - rows, -1).amax()  # row 0's own key, read off the furthest row
-    return torch.where(offset < 0, kv_len, (offset + q_len).clamp(q_len, kv_len))
+    last_any = last.amax()  # the last key any row attends
+    lowest = (last_any + 1 - q_len).clamp(min=0)  # E - N is at least this: nothing is attended from E on
+    if causal:
+        furthest = torch.where(last >= 0, last - rows, -1).amax()  # row 0's own key, read off the furthest row
+        # a row that does not see its own key (i + offset) is padding, and a padding key is masked for every row
+        own = rows + furthest
+        inside = own < kv_len
+        own = own.clamp(max=kv_len - 1)
+        sees_own = allowed[rows, own] & inside
+        consistent = ~(~sees_own & inside & allowed.any(dim=0)[own]).any()
+        offset = torch.where(consistent, furthest, lowest)
+    else:
+        offset = lowest
+    return torch.where(last_any < 0, kv_len, (offset + q_len).clamp(q_len, kv_len))
 
 
 _per_mask: dict[str, tuple] = {}  # what -> (weakref to a mask, (its _version, *arguments), the answer)
@@ -147,22 +169,22 @@ def per_mask(what: str, attention_mask: torch.Tensor, arguments: tuple, compute)
     return answer
 
 
-def attended_length(attention_mask: torch.Tensor, q_len: int, kv_len: int) -> int:
-    """The keys a causal call needs (``_attended_end``) as an int: the operator places the exact window bottom-right
+def attended_length(attention_mask: torch.Tensor, q_len: int, kv_len: int, causal: bool = True) -> int:
+    """The keys a call needs (``_attended_end``) as an int: the operator places the exact window bottom-right
     (row i at key i + M - N), so an unattended tail would move the band off the diagonal. Host sync, once per mask
     (``per_mask``)."""
     def read() -> int:
-        end = _attended_end(attention_mask, q_len, kv_len)
+        end = _attended_end(attention_mask, q_len, kv_len, causal)
         return kv_len if end is None else int(end)
-    return per_mask("attended length", attention_mask, (q_len, kv_len), read)
+    return per_mask("attended length", attention_mask, (q_len, kv_len, causal), read)
 
 
-def rotate_to_attended_end(key, value, attention_mask, q_len: int):
+def rotate_to_attended_end(key, value, attention_mask, q_len: int, causal: bool = True):
     """key/value [B, Hkv, M, d] and the mask [..., M] with the key axis rotated so that the attended keys end at M
     (``_attended_end``): the unattended tail comes first, where every row masks it. The same function as cutting the
     tail off, with the band in place, for torch.compile and CUDA graph capture (no host read, static shapes)."""
     kv_len = key.shape[2]
-    end = _attended_end(attention_mask, q_len, kv_len)
+    end = _attended_end(attention_mask, q_len, kv_len, causal)
     if end is None:
         return key, value, attention_mask
     idx = (torch.arange(kv_len, device=key.device) + end.to(key.device)) % kv_len  # new slot p: old key (p + end) % M
@@ -248,21 +270,21 @@ def distr_attention_forward(module, query, key, value, attention_mask, dropout=0
     is_causal = bool(q_len > 1 and attention_mask is None and module_causal)
     if is_causal and key.shape[2] > q_len:  # prefill into an empty static cache: the tail is unwritten
         key, value = key[:, :, :q_len], value[:, :, :q_len]
-    elif (module_causal and attention_mask is not None and key.shape[2] > q_len and attention_mask.shape[-1] > 1
+    elif (attention_mask is not None and key.shape[2] > q_len and attention_mask.shape[-1] > 1
           and any(kw["exact_window"] > 0 for _, kw in parts)):  # a static cache's tail: keep the band in place
         if _tracing(query):
-            key, value, attention_mask = rotate_to_attended_end(key, value, attention_mask, q_len)
+            key, value, attention_mask = rotate_to_attended_end(key, value, attention_mask, q_len, module_causal)
         else:
-            m = attended_length(attention_mask, q_len, key.shape[2])
+            m = attended_length(attention_mask, q_len, key.shape[2], module_causal)
             if m < key.shape[2]:
                 key, value, attention_mask = key[:, :, :m], value[:, :, :m], attention_mask[..., :m]
     query, key, value = autocast_inputs(query, key, value)
     query_valid = None
     if attention_mask is not None:  # eager: once per forward (every layer gets the same mask), traced: every call
         shape = (query.shape[0], q_len, key.shape[2])
-        rows_valid = lambda: query_rows_valid(attention_mask, *shape)  # noqa: E731
+        rows_valid = lambda: query_rows_valid(attention_mask, *shape, module_causal)  # noqa: E731
         query_valid = rows_valid() if _tracing(query) else per_mask("query rows valid", attention_mask,
-                                                                    (*shape, query.device), rows_valid)
+                                                                    (*shape, module_causal, query.device), rows_valid)
     common = dict(causal=is_causal, scale=scaling, query_valid=query_valid)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
 

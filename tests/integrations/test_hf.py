@@ -137,6 +137,26 @@ def test_attended_length_drops_only_a_tail_no_row_reaches():
     assert hf.attended_length(torch.ones(1, 1, 1, 10, dtype=torch.bool), 4, 10) == 10  # rows broadcast
 
 
+def test_the_attended_end_of_masks_whose_rows_see_past_their_own_key():
+    """A static cache (96 slots) holding 40 keys: a prefix-LM mask (the first 8 rows see each other both ways) on a
+    causal call, and a bidirectional mask on a non-causal one. Reading the end off the row that reaches furthest
+    past its own index put it at 47 and 79, and marked rows 1-39 as padding."""
+    N, M = 40, 96
+    prefix = torch.zeros(2, 1, N, M, dtype=torch.bool)
+    prefix[..., :N] = torch.ones(N, N, dtype=torch.bool).tril()
+    prefix[..., :8, :8] = True
+    assert hf.attended_length(prefix, N, M) == N
+    assert query_rows_valid(prefix, 2, N, M).all()
+    bidir = torch.zeros(2, 1, N, M, dtype=torch.bool)
+    bidir[..., :N] = True
+    bidir[1, ..., 30:] = False  # the second sequence ends in 10 padding tokens (their keys are masked)
+    assert hf.attended_length(bidir, N, M, causal=False) == N
+    assert query_rows_valid(bidir, 2, N, M, causal=False).tolist() == [[True] * N, [True] * 30 + [False] * 10]
+    # a causal continuation whose sequences all end in padding keeps its keys in place (as before)
+    both_padded = _padding_mask([7, 6], 6, 9)
+    assert hf.attended_length(both_padded, 6, 9) == 9
+
+
 def test_attended_length_reads_a_mask_once_until_it_is_written(monkeypatch):
     """The layers of one forward share a mask: one host read for all of them, a new one after an in-place write."""
     reads = []

@@ -268,6 +268,34 @@ def test_right_padded_static_cache_prefill_groups_as_the_dynamic_cache():
     _close(static[1:, :29], alone)
 
 
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated")
+@pytest.mark.parametrize("kind", ["prefix-lm mask", "bidirectional"])
+def test_static_cache_matches_the_dynamic_cache_with_masks_beyond_causal(kind):
+    """A custom prefix-LM mask on a causal model, and a bidirectional call (is_causal=False), each prefilled into a
+    static cache with G=2 and an exact window: the same logits as a dynamic cache (the unwritten tail dropped, every
+    real row valid)."""
+    N, P, slots = 40, 8, 96
+    model = build("llama")
+    patch_model(model, DistrConfig(group_size=2, exact_window=4, window_correction=0.5, block_m=32, exact_below=1))
+    ids = inputs("llama", batch=2, seq=N)["input_ids"]
+
+    def mask(kv_len):
+        m = torch.zeros(N, kv_len, dtype=torch.bool)
+        m[:, :N] = True if kind == "bidirectional" else torch.ones(N, N, dtype=torch.bool).tril()
+        m[:P, :P] = True
+        return m[None, None].expand(2, 1, N, kv_len)
+
+    extra = {"is_causal": False} if kind == "bidirectional" else {}
+    with torch.no_grad():
+        dynamic = model(ids, attention_mask=mask(N), past_key_values=tf.DynamicCache(config=model.config),
+                        **extra).logits
+        static = model(ids, attention_mask=mask(slots),
+                       past_key_values=tf.StaticCache(config=model.config, max_cache_len=slots), **extra).logits
+        none = model(ids, attention_mask=mask(N), **extra).logits
+    _close(dynamic, none)
+    _close(static, dynamic)
+
+
 def test_a_loaded_model_follows_edits_of_its_distr_config_dict(tmp_path):
     """attn_implementation="distr" reads config.distr_config: an edit in place counts like an assignment."""
     x = inputs("llama", seq=LONG)
