@@ -70,7 +70,7 @@ def bench_table(results: list[dict]) -> str:
                     r["model"]["name"], device, e["measure"], str(e["batch"]), _fmt(e.get("seq_len")), v["name"],
                     _fmt(e["p50_ms"], 5), f"{e['throughput']:.4g} {e['throughput_unit']}",
                     _fmt(e.get("peak_mem_mib"), 5), f"{ref / e['p50_ms']:.2f}x" if ref else ""]) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else ""  # (no finished point: no table)
 
 
 def bench_points(variant: dict) -> list[dict]:
@@ -87,7 +87,9 @@ def markdown(results: list[dict], tradeoff=None) -> str:
                          ("Speed / accuracy trade-off", tradeoff_table(tradeoff) if tradeoff else "")):
         if table:
             parts.append(f"### {title}\n\n{table}")
-    notes = sorted({n for r in results for n in r.get("notes", [])})
+    several = len(results) > 1  # then each note names its run
+    notes = sorted({f"{r['model']['name']} ({r['kind']}): {n}" if several else n
+                    for r in results for n in r.get("notes", [])})
     notes += [f"{r['model']['name']} ({r['kind']}): status {r['status']}, {len(r['variants'])} variant(s) recorded"
               + (" (still running, or stopped by an error)" if r["status"] == "running" else
                  " (stopped early: the finished variants only)") for r in results if r["status"] != "complete"]

@@ -26,6 +26,13 @@ TIMING = {
     "required": ["p20_ms", "p50_ms", "p80_ms"],
     "properties": {"p20_ms": _NUM, "p50_ms": _NUM, "p80_ms": _NUM, "unit": {"type": "string"}},
 }
+BENCH_POINT = {  # one timed point of a bench-model run (``eval/bench.py``)
+    "type": "object",
+    "required": ["measure", "batch", "p20_ms", "p50_ms", "p80_ms", "throughput", "throughput_unit"],
+    "properties": {"measure": {"type": "string"}, "batch": {"type": "integer"}, "seq_len": {"type": ["integer", "null"]},
+                   "p20_ms": _NUM, "p50_ms": _NUM, "p80_ms": _NUM, "throughput": _NUM,
+                   "throughput_unit": {"type": "string"}, "peak_mem_mib": _NUM_OR_NULL},
+}
 VARIANT = {
     "type": "object",
     "required": ["name", "group_size", "setting", "distr_config", "metrics", "latency"],
@@ -36,7 +43,8 @@ VARIANT = {
         "distr_config": {"type": ["object", "null"]},
         "layers": {},
         "metrics": {"type": "object", "additionalProperties": METRIC},
-        "latency": {"type": "object", "additionalProperties": {"type": ["object", "array", "null"]}},
+        "latency": {"type": "object", "additionalProperties": {"type": ["object", "array", "null"],
+                                                               "items": BENCH_POINT}},
         "speedup": _NUM_OR_NULL,
     },
 }

@@ -108,6 +108,6 @@ def draw(ax, t: TradeOff) -> bool:
                   f"from {', '.join(_short(p) for p in t.accuracy_files)}", fontsize=8)
     ax.set_title("Speed / accuracy trade-off")
     if t.unmatched:
-        names = ", ".join(u.split(":", 1)[0] for u in t.unmatched)
+        names = ", ".join(u.split(": ", 1)[0] for u in t.unmatched)  # "model variant: why" (names hold ':')
         ax.text(0.01, 0.01, f"no speed for: {names}", transform=ax.transAxes, fontsize=6, va="bottom")
     return True

@@ -82,13 +82,13 @@ def run_vit(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
         raise ConfigError("--model: required (a local directory or a hub id of an image classifier or backbone)")
     if not cfg.data:
         raise ConfigError("--data: required (an imagefolder directory or a datasets name with image/label columns)")
-    label_column = cfg.label_column or "label"
+    by_fidelity = cfg.vit_metric == "fidelity"  # (compares embeddings: no labels needed)
+    label_column = cfg.label_column or (None if by_fidelity else "label")
     cfg = dataclasses.replace(cfg, label_column=label_column)
     torch.manual_seed(cfg.seed)
     shard = Shard.current(cfg.device)
     device = pick_device(cfg)
     variants = build_variants(cfg.group_sizes, cfg.settings, cfg.distr, cfg.distr_configs)
-    by_fidelity = cfg.vit_metric == "fidelity"
     loaded = load_model(cfg.model, "backbone" if by_fidelity else "vit", dtype=cfg.dtype, device_map=cfg.device_map)
     model, processor = loaded.model, loaded.processor
     if not cfg.device_map:

@@ -50,6 +50,20 @@ def test_fidelity_is_one_for_g1_and_below_for_g2(setup, tmp_path):
     assert cos["G2"] < 1 - 1e-6
 
 
+def test_fidelity_of_a_folder_of_photos_needs_no_labels(setup, tmp_path):
+    """--vit-metric fidelity on images in one folder (no class folders, no label column), as the README shows."""
+    import shutil
+
+    model_dir, images = setup
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, png in enumerate(sorted(images.rglob("*.png"))[:5]):
+        shutil.copy(png, photos / f"{i}.png")
+    data = _run((model_dir, photos), tmp_path / "out", vit_metric="fidelity")
+    assert data["datasets"]["images"]["num_examples"] == 5
+    assert data["variants"][1]["metrics"]["cosine"]["value"] == pytest.approx(1.0, abs=1e-5)
+
+
 def test_fidelity_of_a_classifier_checkpoint_is_not_measured_through_a_random_pooler(setup, tmp_path):
     """A classifier checkpoint has no pooler weights: loaded as a backbone, its pooler would be random (and the
     cosine would change with --seed). It is dropped; the embedding is the CLS token, the same for every seed."""

@@ -37,6 +37,10 @@ def test_diff_baseline_speedup(tmp_path):
     (lambda d: d["variants"][1]["metrics"]["perplexity"].update(value="high"), r"\$.variants\[1\].metrics.perplexity.value"),
     (lambda d: d.update(kind="eval-xyz"), r"\$.kind: 'eval-xyz' is not one of"),
     (lambda d: d.update(schema_version=99), r"\$.schema_version"),
+    # a bench point without its unit passed, then `report` died on a KeyError
+    (lambda d: d["variants"][0]["latency"].update(prefill=[{"measure": "prefill", "batch": 1, "p20_ms": 1.0,
+                                                            "p50_ms": 1.0, "p80_ms": 1.0, "throughput": 1.0}]),
+     r"\$.variants\[0\].latency.prefill\[0\]: missing 'throughput_unit'"),
 ])
 def test_schema_rejects(tmp_path, mutate, match):
     data = copy.deepcopy(_eval_result(tmp_path, "m", [(10.0, 1.0), (11.0, 1.0), (12.0, 1.0)]).data)
@@ -124,6 +128,7 @@ def test_report_of_a_run_stopped_in_its_first_variant(tmp_path):
     rf = _bench_result(tmp_path, variants=(), status="interrupted")
     table = markdown(load_results([rf.path]))
     assert "- b (bench-model): status interrupted, 0 variant(s) recorded (stopped early" in table
+    assert "### Latency" not in table  # no finished point: no header-only table
     assert write_plots(load_results([rf.path]), tmp_path / "plots") == []
 
 
@@ -138,3 +143,13 @@ def test_report_says_which_runs_are_unfinished(tmp_path):
     assert "peak GPU mem [MiB]" in table  # blank on the CPU: not measured there
     assert "- m (eval-lm): status running, 3 variant(s) recorded (still running, or stopped by an error)" in table
     assert "b (bench-model): status" not in table
+
+
+def test_notes_of_several_runs_say_which_run_they_belong_to(tmp_path):
+    a = _eval_result(tmp_path, "eager", [(10.0, 1.0), (11.0, 1.0), (12.0, 1.0)])
+    b = _eval_result(tmp_path, "compiled", [(10.0, 1.0), (11.0, 1.0), (12.0, 1.0)])
+    b.data["notes"] = ["--compile reduce-overhead: windows scored through torch.compile"]
+    b.save("complete")
+    assert "- --compile reduce-overhead" in markdown(load_results([b.path]))  # one run: as it is
+    both = markdown(load_results([a.path, b.path]))
+    assert "- compiled (eval-lm): --compile reduce-overhead" in both and "- --compile" not in both

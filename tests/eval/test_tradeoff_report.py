@@ -116,6 +116,11 @@ def test_speed_at_and_plot_labels(tmp_path):
     assert "from eval-run/result.json" in ax.get_ylabel() and "perplexity" in ax.get_ylabel()
     assert any("no speed for: m G2-rec" in x.get_text() for x in ax.texts)
     plt.close(fig)
+    t.unmatched.append("lm cfg:mycfg: no bench variant with its settings")  # names hold ':' too
+    fig, ax = plt.subplots()
+    assert draw(ax, t)
+    assert any("no speed for: m G2-rec, lm cfg:mycfg" in x.get_text() for x in ax.texts)
+    plt.close(fig)
 
 
 def test_speed_from_errors(tmp_path):
