@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import DistrConfig
+from ..config import ENGINES, DistrConfig
 from ..eval.perplexity import perplexity
 from ..ops.validate import check_group_size
 from ..patching import attention_modules, patched
@@ -246,9 +246,22 @@ def measure(model, calib: list[torch.Tensor], candidates=None, *, base: DistrCon
     t0 = time.perf_counter()
     cap: Capture = capture(model, calib, objective)
     timings["capture_s"] = time.perf_counter() - t0
+    probe = Candidate.parse(probe) if isinstance(probe, str) else probe
+    if probe is None:  # the default, else the first candidate that groups some scores at this length
+        probe = DEFAULT_PROBE if DEFAULT_PROBE in cands else next(
+            (c for c in cands if c.exact_window < cap.seq_len), cands[0])
     for d in set(cap.head_dim):
         for c in cands:
             check_group_size(c.group_size, d)
+        try:
+            check_group_size(probe.group_size, d)
+        except ValueError as e:
+            raise ValueError(f"probe {probe.name}: {e}") from None
+    if probe.exact_window >= cap.seq_len:
+        # its output loss would be rounding noise (even negative), and loss / error² no sensitivity at all
+        raise ValueError(f"probe {probe.name}: its exact_window covers every score at {cap.seq_len} tokens, so it "
+                         "cannot measure a layer's sensitivity; give a probe with a narrower window "
+                         f"(default {DEFAULT_PROBE.name})")
     seq_len = cost.seq_len if cost is not None else cap.seq_len
     cost = cost or CostModel(seq_len, causal=bool(getattr(modules[0], "is_causal", True)))
     work = [cost.work(c) for c in cands]
@@ -258,15 +271,13 @@ def measure(model, calib: list[torch.Tensor], candidates=None, *, base: DistrCon
     err, head = err if per_head else (err, None)
     timings["proxy_s"] = time.perf_counter() - t0
 
-    probe = Candidate.parse(probe) if isinstance(probe, str) else probe
-    probe = probe or (DEFAULT_PROBE if DEFAULT_PROBE in cands else cands[0])
     pj = cands.index(probe) if probe in cands else None
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     kls, alpha = [], []
     for layer in tqdm(range(cap.num_layers), desc="proxy: output-loss probes", disable=not progress, leave=False):
-        kl = layer_loss(model, cap, layer, probe, base, objective)
+        kl = max(layer_loss(model, cap, layer, probe, base, objective), 0.0)  # a KL; below 0 only by rounding
         e = float(err[layer, pj]) if pj is not None else float(attention_errors(
             _one_layer(cap, layer), [probe], base, modules[layer:layer + 1], progress=False)[0, 0])
         kls.append(kl)
@@ -471,6 +482,8 @@ def calibrate(model, data, budget=0.01, candidates=None, *, task: str | None = N
         probe: the candidate whose output loss sets each layer's sensitivity (default G2-rank1-b128-w0-c0).
         cost: relative attention work per candidate (default: the analytic count at the model's tokens).
         max_checks: end-to-end held-out checks at most.
+        seed: the result's LSH seed when ``base`` is None (``base.seed`` otherwise), and the seed of the
+            calibration's own randomness (the image shuffle).
         per_head: choose settings per (layer, query head) from each head's attention-output error; the result
             also has ``head_overrides`` (heads that differ from their layer, {"group_size": 1} for exact ones).
 
@@ -492,14 +505,17 @@ def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = 
                    heldout_images: int = 32, test_images: int = 0, batch_size: int = 16, image_column: str = "image",
                    split: str = "train", probe=None, cost: CostModel | None = None, max_checks: int = 4,
                    seed: int = 0, progress: bool = False, per_head: bool = False,
-                   check_all_grouped: bool = True, speedup: str = "auto") -> tuple[Sensitivity, list[Choice]]:
+                   check_all_grouped: bool = True, speedup: str = "auto",
+                   engine: str | None = None) -> tuple[Sensitivity, list[Choice]]:
     """``calibrate`` for several budgets sharing one measurement; returns (sensitivity, one Choice per budget).
 
     ``check_all_grouped``: also check, per G among the candidates, every layer grouped at that G on its
     lowest-predicted-loss candidate (``AllGrouped``, in ``sensitivity.all_grouped``; two evaluations per G).
     ``speedup``: time one forward on the first calibration window with exact attention and with each result
     (``Choice.speed``, ``AllGrouped.speed``): "auto" on a GPU only, "on" also on the CPU (where DistrAttention
-    runs its PyTorch reference, so the times are not the kernel's), "off" never."""
+    runs its PyTorch reference, so the times are not the kernel's), "off" never.
+    ``engine``: the engine the returned configs name (default: ``base``'s, which runs the calibration either
+    way); the speedup is timed with the configs as returned."""
     task = task_of(model, task)
     if isinstance(budgets, (str, int, float)):  # one budget: "10" would otherwise be read as "1" and "0"
         raise TypeError(f"budgets must be a list of budgets (e.g. ['1%', '3%']), got {budgets!r}; "
@@ -513,6 +529,15 @@ def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = 
     timed = wants_speed(speedup, model)
     if not isinstance(per_head, bool):
         raise TypeError(f"per_head must be True or False, got {per_head!r}")
+    if not isinstance(max_checks, int) or isinstance(max_checks, bool) or max_checks < 1:
+        raise ValueError(f"max_checks must be an int >= 1, got {max_checks!r}")  # before hours of measuring
+    if isinstance(probe, str):
+        probe = Candidate.parse(probe)
+    elif probe is not None and not isinstance(probe, Candidate):
+        raise TypeError(f"probe must be a candidate name (e.g. {DEFAULT_PROBE.name!r}) or a Candidate, got {probe!r}")
+    base = DistrConfig(seed=seed) if base is None else base  # the hash seed of the result, unless base sets one
+    if engine is not None and engine not in ENGINES:
+        raise ValueError(f"engine must be None (base's) or one of {ENGINES}, got {engine!r}")
     counts = (("window", window), ("calib_windows", calib_windows), ("heldout_windows", heldout_windows)) \
         if task == "lm" else (("calib_images", calib_images), ("heldout_images", heldout_images),
                               ("batch_size", batch_size))
@@ -567,6 +592,9 @@ def calibrate_full(model, data, budgets, candidates=None, *, task: str | None = 
             for a in sens.all_grouped:
                 print(f"  every unit at G={a.group_size}: predicted {_fmt_predicted(a.predicted, objective.task)} "
                       f"held-out {a.heldout_relative:+.2%} ({objective.metric}) saving {a.saving:.1%}")
+    if engine is not None:
+        for r in [*choices, *(sens.all_grouped or [])]:
+            r.config = r.config.replace(engine=engine)
     if timed:
         t0 = time.perf_counter()
         x = parts.calib[0]

@@ -88,14 +88,21 @@ def greedy_path(work: list[float], loss: list[list[float]], weights: list[float]
 def all_grouped_point(work: list[float], loss: list[list[float]], eligible: list[bool],
                       weights: list[float] | None = None) -> PathPoint | None:
     """Every unit grouped, each on its lowest-loss ``eligible`` candidate that saves work (work < 1; ties:
-    the lower index): the most accurate such config the proxy knows. None if no candidate is eligible."""
+    the lower index): the most accurate such config the proxy knows. None if no candidate is eligible, or if
+    some unit has no eligible candidate with a finite predicted loss (a NaN loss predicts nothing)."""
     cands = [j for j, (w, ok) in enumerate(zip(work, eligible)) if ok and w < 1.0]
     if not cands:
         return None
     n = len(loss)
     weights = [1.0] * n if weights is None else list(weights)
     total = sum(weights)
-    choice = tuple(min(cands, key=lambda j: (loss[u][j], j)) for u in range(n))
+    choice = []
+    for u in range(n):
+        finite = [j for j in cands if math.isfinite(loss[u][j])]
+        if not finite:
+            return None
+        choice.append(min(finite, key=lambda j: (loss[u][j], j)))
+    choice = tuple(choice)
     return PathPoint(choice, sum(loss[u][j] for u, j in enumerate(choice)),
                      sum(weights[u] * (1.0 - work[j]) for u, j in enumerate(choice)) / total)
 

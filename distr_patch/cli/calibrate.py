@@ -261,11 +261,9 @@ def run(args: argparse.Namespace) -> int:
                                        max_checks=s["max_checks"], seed=s["seed"], progress=True,
                                        per_head=bool(s["per_head"]), check_all_grouped=bool(s["all_grouped"]),
                                        speedup=s["speedup"], base=DistrConfig(engine=s["engine"], seed=s["seed"]),
-                                       **inputs)
+                                       engine="auto", **inputs)  # the engine ran the calibration; configs stay neutral
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    for c in [*choices, *(sens.all_grouped or [])]:  # the engine ran the calibration; the configs stay neutral
-        c.config = c.config.replace(engine="auto")
     name = s["run_name"] or "calibrate-{}-{}".format(re.sub(r"[^A-Za-z0-9.]+", "-", s["model"].rsplit("/", 1)[-1]),
                                                       datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     out = Path(s["output_dir"]) / name

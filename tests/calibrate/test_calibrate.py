@@ -103,6 +103,11 @@ def test_bad_budget_and_candidates_fail_before_model_work(model, ids, monkeypatc
     (dict(budgets=["1%", 0.01]), BudgetError, r"repeat a value"),
     # every call on fewer than exact_below (16) rows runs exact: rounding noise would be measured as the loss
     (dict(window=8), ValueError, "window=8 is below exact_below=16"),
+    (dict(max_checks=0), ValueError, "max_checks must be an int >= 1"),   # was found only after measuring
+    (dict(max_checks="4"), ValueError, "max_checks must be an int >= 1"),
+    (dict(probe="G2-fast"), CandidateError, "unknown candidate"),
+    (dict(probe=2), TypeError, "probe must be a candidate name"),
+    (dict(engine="triton"), ValueError, r"engine must be None \(base's\) or one of"),
 ])
 def test_calibrate_full_checks_its_arguments_first(model, ids, monkeypatch, kwargs, exc, match):
     monkeypatch.setattr(api, "measure", lambda *a, **k: pytest.fail("measured despite a bad argument"))
@@ -176,6 +181,33 @@ def test_all_grouped_point_takes_each_units_lowest_loss_saving_candidate():
     weighted = all_grouped_point(work, loss, g2, weights=[2.0, 1.0, 1.0])
     assert weighted.saving == pytest.approx((2 * 0.25 + 0.1 + 0.25) / 4)
     assert all_grouped_point(work, loss, [False, False, False, True]) is None
+    # a NaN loss predicts nothing: never chosen (it once won every min), and a unit with only NaN has no point
+    nan = [[math.nan, 0.05, 0.02, 0.0], [0.3, 0.1, 0.2, 0.0], [0.2, 0.3, 0.2, 0.0]]
+    assert all_grouped_point(work, nan, g2).choice == (2, 2, 0)
+    nan[0][2] = math.nan
+    assert all_grouped_point(work, nan, g2) is None
+
+
+def test_a_probe_that_groups_nothing_is_refused(model, ids):
+    """A probe whose exact window covers every score measures rounding noise (KL even below 0): its loss / error²
+    gave layers negative or huge sensitivities; now a named error, after one forward, before any probe."""
+    with pytest.raises(ValueError, match=r"probe G2-rank1-b32-w64-c0: its exact_window covers every score at 64"):
+        calibrate_full(model, ids, ["1%"], CANDS, window=64, heldout_windows=1, probe="G2-rank1-b32-w64-c0")
+    with pytest.raises(ValueError, match=r"probe G8-rank1-b32-w0-c0: group_size=8"):  # head dim 12 (tiny_lm below)
+        calibrate_full(tiny_lm(2, head_dim=12), ids, ["1%"], ["G2-mean-b32-w0-c0"], window=64, heldout_windows=1,
+                       probe="G8-rank1-b32-w0-c0")
+    # no probe given and no default among the candidates: the first candidate that groups something
+    sens, _ = calibrate_full(model, ids, ["1%"], ["G2-rank1-b32-w64-c0", "G2-mean-b32-w16-c0"], window=64,
+                             heldout_windows=1, check_all_grouped=False)
+    assert sens.probe.name == "G2-mean-b32-w16-c0" and all(a > 0 for a in sens.alpha)
+
+
+def test_seed_is_the_results_hash_seed_without_a_base(model, ids):
+    cfg = {s: calibrate(model, ids, budget=0.5, candidates=CANDS, window=WINDOW, heldout_windows=1, seed=s)
+           for s in (0, 5)}
+    assert cfg[0].seed == 0 and cfg[5].seed == 5  # seed=5 once changed nothing: the hash seed stayed 0
+    assert calibrate(model, ids, budget=0.5, candidates=CANDS, window=WINDOW, heldout_windows=1, seed=5,
+                     base=DistrConfig(seed=3)).seed == 3
 
 
 # ----------------------------------------------------------------------------- proxy
@@ -252,8 +284,16 @@ def test_speedup_timed_on_request(model, ids, monkeypatch):
     assert [c for _, c in calls[1:]] == [r.config for r in [*choices, *sens.all_grouped]]
     assert [r.speed.speedup for r in [*choices, *sens.all_grouped]] == [1.25, 2.0, 2.5, 4.0]
     assert all(r.speed.exact_ms == 10.0 and r.speed.device == "cpu" for r in choices)
+    # engine=: the configs as returned are the ones timed (the CLI's were timed on the calibration's engine)
+    times = iter([10.0, 8.0, 5.0])
+    calls.clear()
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the SDPA engine's launches need d >= 32 under the interpreter
+    _, sdpa = calibrate_full(model, ids, [0.5], CANDS, window=WINDOW, heldout_windows=2, speedup="on",
+                             base=DistrConfig(engine="sdpa"), engine="auto", check_all_grouped=False)
+    assert [c.engine for _, c in calls[1:]] == ["auto"] == [c.config.engine for c in sdpa]
+    calls.clear()
     auto, _ = calibrate_full(model, ids, [0.5], CANDS, window=WINDOW, heldout_windows=2, check_all_grouped=False)
-    assert len(calls) == 5  # 'auto' on the CPU: nothing timed
+    assert not calls  # 'auto' on the CPU: nothing timed
     with pytest.raises(ValueError, match="speedup must be one of"):
         calibrate_full(model, ids, [0.5], CANDS, window=WINDOW, speedup="yes")
 
