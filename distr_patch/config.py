@@ -315,7 +315,7 @@ class DistrConfig:
             return d
         if not isinstance(d, dict):
             raise TypeError(f"DistrConfig.from_dict needs a dict, got {type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
+        names = _FIELDS if cls is DistrConfig else [f.name for f in dataclasses.fields(cls)]
         _unknown(d, names, "DistrConfig")
         return cls(**d)
 
@@ -329,3 +329,6 @@ class DistrConfig:
         """Read a JSON file written by ``save``."""
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+_FIELDS = [f.name for f in dataclasses.fields(DistrConfig)]  # at import: torch.compile cannot trace fields()

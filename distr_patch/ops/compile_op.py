@@ -185,9 +185,10 @@ def runs_as_custom_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend
     if not torch.compiler.is_compiling() or not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
         return None  # (not tensors: validation names them)
     kernels = backend in ("triton", "sdpa") or (backend == "auto" and q.is_cuda)
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
-        return "forward" if kernels else None
-    # backend="auto" may send a call to the SDPA engine with DISTR_AUTO_SDPA=1: such calls stay traced
-    fused = backend == "triton" or (backend == "auto" and q.is_cuda and not configs.DEFAULT_AUTO_SDPA)
     mask_grad = isinstance(attention_mask, torch.Tensor) and attention_mask.requires_grad
+    if not (torch.is_grad_enabled() and (mask_grad or any(t.requires_grad for t in (q, k, v)))):
+        return "forward" if kernels else None
+    # backend="auto" may send a call to the SDPA engine with DISTR_AUTO_SDPA=1: such calls stay traced, as do
+    # calls whose mask needs a gradient (the reference's: the kernels' backward gives the mask none)
+    fused = backend == "triton" or (backend == "auto" and q.is_cuda and not configs.DEFAULT_AUTO_SDPA)
     return "train" if fused and not mask_grad else None

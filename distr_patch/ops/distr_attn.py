@@ -1083,7 +1083,8 @@ def distr_attention(
     use_triton = backend == "triton" or (backend == "auto" and q.is_cuda)
     if use_triton:
         check_triton_inputs(q)
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        needs_grad = torch.is_grad_enabled() and (any(t.requires_grad for t in (q, k, v)) or (
+            attention_mask is not None and attention_mask.requires_grad))
         if needs_grad:
             if attention_mask is not None and attention_mask.requires_grad:
                 global _warned_autograd  # the Triton backward gives the mask no gradient: reference

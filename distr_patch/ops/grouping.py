@@ -49,7 +49,9 @@ def hash_projections(block_m: int, num_hash_bits: int, seed: int, device=None) -
     exactly a bf16 and an fp16 value, so a 16-bit Q projects in one tensor-core dot with exact
     products (the Triton grouping kernel).
     """
-    args = (block_m, num_hash_bits, seed)
+    # as a dict key, which torch.compile guards by value, a symbolic int (a seed that changed between compiled
+    # calls, made dynamic) is a constant again: one graph per seed, none broken
+    args = tuple(next(iter({a: None})) for a in (block_m, num_hash_bits, seed))
     if not all(type(a) is int for a in args):  # e.g. symbolic ints while torch.compile traces: traced as they are
         return _projections_cpu(*(int(a) for a in args)).to(device)
     return _projections_constant(*args).to(device)

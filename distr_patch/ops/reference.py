@@ -112,8 +112,9 @@ def reference_distr_attention(
 
     rows_per_chunk = max(block_m, (_SCORE_BUDGET // max(1, B * Hq * M)) // block_m * block_m)
     outs = []
-    for r0 in range(0, N, rows_per_chunk):
-        rows = slice(r0, min(N, r0 + rows_per_chunk))
+    # one chunk where it fits: a range over a symbolic N would specialise torch.compile's graph on N's value
+    for r0 in ((0,) if N <= rows_per_chunk else range(0, N, rows_per_chunk)):
+        rows = slice(None) if N <= rows_per_chunk else slice(r0, min(N, r0 + rows_per_chunk))
         s = scale * torch.matmul(q_eff[:, :, rows], kf.transpose(-1, -2))
         allowed = None
         if causal:

@@ -220,6 +220,9 @@ def test_which_calls_go_to_which_op(monkeypatch):
     assert compile_op.runs_as_custom_op(q, k, v, "triton", torch.zeros(1, requires_grad=True)) is None
     with torch.no_grad():
         assert compile_op.runs_as_custom_op(q, k, v, "triton") == "forward"
+    q.requires_grad_(False)  # only the mask needs a gradient (a learned bias over a frozen model): traced too
+    assert compile_op.runs_as_custom_op(q, k, v, "triton", torch.zeros(1, requires_grad=True)) is None
+    assert compile_op.runs_as_custom_op(q, k, v, "triton", torch.zeros(1)) == "forward"
 
 
 def test_fake_output_and_schema():
@@ -261,3 +264,51 @@ def test_reference_path_compiles_as_one_graph(G, fusion, W):
     assert not torch.equal(fn(q, k, v), distr_attention(q, k, v, group_size=G, block_m=32, fusion=fusion,
                                                         exact_window=W, window_correction=0.5 if W else 0.0,
                                                         causal=True, seed=0))  # the seeds' directions differ
+
+
+@pytest.mark.skipif(not INTERPRET, reason="CPU tensors through Triton need TRITON_INTERPRET=1")
+@pytest.mark.parametrize("backend", ["triton", "sdpa"])
+def test_a_mask_that_alone_needs_a_gradient_gets_the_references(backend):
+    """q, k, v frozen, an additive mask that requires grad (a learned bias): eager and compiled calls give the
+    reference's mask gradient (the fused kernel's eager call once gave an output without a gradient, and its compiled
+    call went to the forward operator, which has no backward: an error)."""
+    q, k, v = _qkv(("mask-grad", backend))
+    bias = (0.1 * torch.randn(2, 1, 70, 70, generator=torch.Generator().manual_seed(1))).requires_grad_()
+
+    def fn(q, k, v, m):
+        return distr_attention(q, k, v, attention_mask=m, group_size=2, block_m=32, causal=True, backend=backend)
+
+    ref = distr_attention(q, k, v, attention_mask=bias, group_size=2, block_m=32, causal=True, backend="reference")
+    want, = torch.autograd.grad(ref.square().sum(), bias)
+    torch._dynamo.reset()
+    for f in (fn, torch.compile(fn, backend="aot_eager", fullgraph=True)):
+        out = f(q, k, v, bias)
+        got, = torch.autograd.grad(out.square().sum(), bias)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_reference_path_compiles_once_for_many_lengths_and_any_seed():
+    """The PyTorch reference under torch.compile(dynamic=True, fullgraph=True): its row-chunk loop pinned N, one graph
+    per length until the recompile limit (a hard error with fullgraph); a seed given as an argument that changes
+    (made dynamic by the second call) could not reach the hash directions' constant (fullgraph raised)."""
+    graphs = []
+
+    def count(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    f = torch.compile(lambda q, k, v: distr_attention(q, k, v, group_size=2, block_m=32, causal=True),
+                      backend=count, dynamic=True, fullgraph=True)
+    for n in range(40, 120, 8):
+        q, k, v = _qkv(("lengths", n), N=n)
+        assert torch.equal(f(q, k, v), distr_attention(q, k, v, group_size=2, block_m=32, causal=True)), n
+    assert len(graphs) <= 2, len(graphs)
+    torch._dynamo.reset()
+    g = torch.compile(lambda q, k, v, seed: distr_attention(q, k, v, group_size=2, block_m=32, seed=seed),
+                      backend="aot_eager", fullgraph=True)
+    q, k, v = _qkv("seeds")
+    outs = [g(q, k, v, seed) for seed in (0, 1, 2)]
+    for seed, out in zip((0, 1, 2), outs):
+        assert torch.equal(out, distr_attention(q, k, v, group_size=2, block_m=32, seed=seed)), seed
+    assert not torch.equal(outs[0], outs[1])

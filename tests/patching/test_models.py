@@ -139,6 +139,20 @@ def test_attn_implementation_distr_from_config_and_from_pretrained(model_type, t
     assert not torch.equal(unpatched, expected) and torch.equal(logits(reloaded, x), expected)
 
 
+def test_attn_implementation_distr_compiles_whole_on_the_first_call(tmp_path):
+    """from_pretrained(..., attn_implementation="distr") under torch.compile(fullgraph=True), cold: the settings are
+    read from config.distr_config inside the trace (DistrConfig.from_dict used dataclasses.fields, which Dynamo cannot
+    trace: the graph broke, and fullgraph raised, unless an eager call had cached the settings first)."""
+    cfg = DistrConfig(block_m=32, exact_window=8, exact_below=4)
+    x = inputs("llama", seq=40)
+    patch_model(build("llama"), cfg).save_pretrained(tmp_path)
+    model = tf.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="distr").eval()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(**x).logits
+        assert torch.equal(compiled, logits(model, x))
+
+
 def test_loaded_per_layer_config_without_layer_index_asks_for_patch_model():
     model = build("vit", attn_implementation="distr")
     model.config.distr_config = DistrConfig(exact_layers=[0]).to_dict()
