@@ -177,18 +177,19 @@ def _qeff_backward(ctx, dqe):
 query_effective_op.register_autograd(_qeff_backward, setup_context=_qeff_setup)
 
 
-def runs_as_custom_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str, attention_mask=None
-                      ) -> Optional[str]:
+def runs_as_custom_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str, attention_mask=None, *,
+                      group_size: int = 2, exact_window: int = 0, causal: bool = False) -> Optional[str]:
     """Which custom operator a ``distr_attention`` call goes to while Dynamo traces it: "forward" (no gradient, on
     the kernels: not the PyTorch reference, which Dynamo traces as it is), "train" (a gradient, on the fused kernel,
-    a mask that needs none) or None (traced as it is)."""
+    a mask that needs none) or None (traced as it is). The call's settings tell where backend="auto" runs it."""
     if not torch.compiler.is_compiling() or not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
         return None  # (not tensors: validation names them)
     kernels = backend in ("triton", "sdpa") or (backend == "auto" and q.is_cuda)
     mask_grad = isinstance(attention_mask, torch.Tensor) and attention_mask.requires_grad
     if not (torch.is_grad_enabled() and (mask_grad or any(t.requires_grad for t in (q, k, v)))):
         return "forward" if kernels else None
-    # backend="auto" may send a call to the SDPA engine with DISTR_AUTO_SDPA=1: such calls stay traced, as do
+    # calls that backend="auto" sends to the SDPA engine (DISTR_AUTO_SDPA=1) stay traced, as do
     # calls whose mask needs a gradient (the reference's: the kernels' backward gives the mask none)
-    fused = backend == "triton" or (backend == "auto" and q.is_cuda and not configs.DEFAULT_AUTO_SDPA)
+    fused = backend == "triton" or (backend == "auto" and q.is_cuda and not configs.auto_runs_sdpa(
+        group_size, exact_window, attention_mask, causal, q.shape[2], k.shape[2]))
     return "train" if fused and not mask_grad else None

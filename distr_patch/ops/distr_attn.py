@@ -1046,7 +1046,8 @@ def distr_attention(
     A mask that itself requires grad sends the call to the reference (O(N·M) memory, warns
     once). ``backend="reference"`` is plain autograd through the definition.
     """
-    as_op = compile_op.runs_as_custom_op(q, k, v, backend, attention_mask)
+    as_op = compile_op.runs_as_custom_op(q, k, v, backend, attention_mask, group_size=group_size,
+                                         exact_window=exact_window, causal=causal)
     if as_op == "train" and q.shape[0] * q.shape[1] > MAX_GRID_Y:
         as_op = None  # (the batch slices below: traced)
     # groups' values are read where a trace cannot: inside the custom operators (the SDPA engine's traced call forms

@@ -120,6 +120,41 @@ def test_compiled_training_on_cuda(backend, G, fusion, W):
         assert ((comp.float() - eager.float()).norm() / eager.float().norm()).item() < 1e-2
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("W,masked,expect", [(128, False, "train"), (0, True, "train"), (0, False, None)])
+def test_compiled_training_with_auto_sdpa_on_cuda(monkeypatch, W, masked, expect):
+    """DISTR_AUTO_SDPA=1, backend "auto", a gradient: calls that auto gives the fused kernel (an exact window, a mask)
+    go to the differentiable pair (they were traced through the Triton host code, which Dynamo cannot follow); plain
+    calls, which auto gives the SDPA engine, stay traced. fullgraph=True, gradients as eager's."""
+    from distr_patch.ops import configs
+
+    monkeypatch.setattr(configs, "DEFAULT_AUTO_SDPA", True)
+    g = torch.Generator("cuda").manual_seed(W + masked)
+    q, k, v = (torch.randn(1, 2, 256, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    mask = torch.ones(256, 256, device="cuda", dtype=torch.bool).tril() if masked else None
+
+    def fn(q, k, v):
+        return distr_attention(q, k, v, group_size=2, fusion="rank1", exact_window=W, window_correction=0.5 if W else 0.0,
+                               attention_mask=mask, causal=not masked)
+
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    with monkeypatch.context() as m:
+        m.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert compile_op.runs_as_custom_op(*leaves, "auto", mask, group_size=2, exact_window=W,
+                                            causal=not masked) == expect
+    results = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        f = torch.compile(fn, fullgraph=True) if compiled else fn
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        out = f(*leaves)
+        out.float().square().sum().backward()
+        results.append((out.detach(), *(t.grad for t in leaves)))
+    for eager, comp in zip(results[0], results[1]):
+        assert ((comp.float() - eager.float()).norm() / eager.float().norm()).item() < 1e-2
+
+
 @pytest.mark.skipif(not INTERPRET, reason="CPU tensors through Triton need TRITON_INTERPRET=1")
 @pytest.mark.parametrize("G,fusion,given,causal", [(2, "mean", False, True), (2, "rank1", False, False),
                                                    (4, "rank1", True, True)])
