@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..calibrate import Candidate, CostModel, calibrate_full, parse_budget, parse_candidates
     from ..calibrate.kernel_speed import attention_shape, measure_speeds
-    from ..eval.distributed import check_device
+    from ..eval.distributed import check_device, refuse_several_processes
     from ..calibrate.report import markdown, result_dict, write_json, write_plots
     from ..data import load_images, load_text
     from ..eval.config import ConfigError
@@ -214,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--budget: give at least one budget, e.g. 1%")
     if len(set(budgets)) != len(budgets):  # (1% and 0.01 are one budget: one row, one config file)
         raise ConfigError(f"--budget: {','.join(map(str, s['budget']))} repeats a budget")
+    refuse_several_processes("calibrate", "each process would run the whole calibration and write the same files")
     check_device(s["device"])  # a name torch knows, and a device this machine has
     device = torch.device(s["device"])
     causal = not vit

@@ -23,7 +23,7 @@ import torch
 from ..models import load_model
 from ..models.presets import VISION_TYPES
 from .config import COMPILE_WARMUP, ConfigError, RunConfig
-from .distributed import Shard
+from .distributed import Shard, refuse_several_processes
 from .provenance import provenance
 from .results import ResultFile, model_info
 from .runner import CPU_NOTE, RunOutput, compiled, finish, pick_device, run_directory, run_variants
@@ -124,6 +124,8 @@ def bench_vision(model, cfg: RunConfig, device, progress: bool, forward=None) ->
 def run_bench(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
     if not cfg.model:
         raise ConfigError("--model: required (e.g. preset:llama-3.2-1b, a local path, or a hub id)")
+    refuse_several_processes("bench model", "its timings would share the machine with the other processes' and "
+                             "each process would write the same results")
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg)
     if cfg.cuda_graph and device.type != "cuda":

@@ -76,7 +76,7 @@ def choice_loglikelihoods(model, tokenizer, row: ChoiceRow, max_length: int) -> 
 
 def multiple_choice(model, tokenizer, rows: list[ChoiceRow], *, max_length: int, shard: Shard = Shard(),
                     progress: bool = True, desc: str = "choices") -> dict:
-    """accuracy and accuracy_norm over ``rows``, plus the per-row latency of this process."""
+    """accuracy and accuracy_norm over ``rows``, plus the per-row latency (every process's rows)."""
     from tqdm.auto import tqdm
 
     if not rows:
@@ -86,6 +86,7 @@ def multiple_choice(model, tokenizer, rows: list[ChoiceRow], *, max_length: int,
     for i in tqdm(shard.indices(len(rows)), desc=desc, disable=not (progress and shard.is_main), leave=False):
         mine.append((i, timer(lambda: choice_loglikelihoods(model, tokenizer, rows[i], max_length))))
     lls = shard.gather(mine)
+    samples = shard.gather_all(timer.samples)
     refs = [r.label for r in rows]
     pred = [max(range(len(ll)), key=ll.__getitem__) for ll in lls]
     pred_norm = [max(range(len(ll)), key=lambda j: ll[j] / max(1, len(r.choices[j].encode())))
@@ -93,5 +94,5 @@ def multiple_choice(model, tokenizer, rows: list[ChoiceRow], *, max_length: int,
     return {
         "metrics": {"accuracy": accuracy(pred, refs), "accuracy_norm": accuracy(pred_norm, refs)},
         "num_examples": len(rows),
-        "latency": {**quantiles(timer.samples), "unit": "forward of one row's choices"} if timer.samples else None,
+        "latency": {**quantiles(samples), "unit": f"forward of one row's choices{shard.at_once}"},
     }

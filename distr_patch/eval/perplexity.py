@@ -49,7 +49,7 @@ def window_nll(model, input_ids: torch.Tensor, w: Window) -> tuple[float, int]:
 
 def perplexity(model, input_ids: torch.Tensor, *, window: int, stride: int, max_windows: int | None = None,
                shard: Shard = Shard(), progress: bool = True, desc: str = "perplexity") -> dict:
-    """Strided perplexity of ``input_ids`` [T] plus the per-window forward latency of this process."""
+    """Strided perplexity of ``input_ids`` [T] plus the per-window forward latency (every process's windows)."""
     from tqdm.auto import tqdm
 
     windows = strided_windows(input_ids.numel(), window, stride, max_windows)
@@ -58,6 +58,7 @@ def perplexity(model, input_ids: torch.Tensor, *, window: int, stride: int, max_
     for i in tqdm(shard.indices(len(windows)), desc=desc, disable=not (progress and shard.is_main), leave=False):
         mine.append((i, timer(lambda: window_nll(model, input_ids, windows[i]))))
     results = shard.gather(mine)
+    samples = shard.gather_all(timer.samples)  # every window's, whichever process ran it (some may have run none)
     nll = sum(r[0] for r in results)
     count = sum(r[1] for r in results)
     scored_len = sum(w.end - w.begin for w in windows)
@@ -65,6 +66,6 @@ def perplexity(model, input_ids: torch.Tensor, *, window: int, stride: int, max_
         "metrics": {"perplexity": math.exp(nll / count), "nll_per_token": nll / count},
         "num_tokens": count,
         "num_windows": len(windows),
-        "latency": {**quantiles(timer.samples), "unit": f"forward of one window (<= {window} tokens)",
-                    "tokens_per_s": 1e3 * scored_len / len(windows) / quantiles(timer.samples)["p50_ms"]},
+        "latency": {**quantiles(samples), "unit": f"forward of one window (<= {window} tokens){shard.at_once}",
+                    "tokens_per_s": 1e3 * scored_len / len(windows) / quantiles(samples)["p50_ms"]},
     }

@@ -118,7 +118,7 @@ class ResultFile:
             return
         validate(self.data)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
+        tmp = self.path.with_suffix(f".json.{os.getpid()}.tmp")  # its own: two writers never share one
         tmp.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
         os.replace(tmp, self.path)
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from .config import RunConfig
+from .config import DEVICE_MAP_STRATEGIES, RunConfig
 from .distributed import Shard, check_device, process_state
 from .results import ResultFile
 from .variants import Variant, applied, check_variants
@@ -34,6 +34,9 @@ class RunOutput:
 
 
 def pick_device(cfg: RunConfig) -> torch.device:
+    """The run's device (``--device``, else the process's); a ``--device-map`` that names a device is checked too."""
+    if cfg.device_map and cfg.device_map not in DEVICE_MAP_STRATEGIES:
+        check_device(cfg.device_map, "--device-map")
     if cfg.device:
         check_device(cfg.device)
         return torch.device(cfg.device)

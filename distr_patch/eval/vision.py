@@ -120,8 +120,9 @@ def run_vit(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
             mine.append((b, pooled(out).float().cpu() if by_fidelity else
                          out.logits.float().topk(min(TOP_K, out.logits.shape[-1]), -1).indices.cpu()))
         per_batch = shard.gather(mine)
-        latency = {"images": {**quantiles(timer.samples), "unit": f"forward of a batch of {cfg.batch_size} images"}
-                   } if timer.samples else {}
+        samples = shard.gather_all(timer.samples)
+        latency = {"images": {**quantiles(samples), "unit": f"forward of a batch of {cfg.batch_size} images"
+                                                            f"{shard.at_once}"}} if samples else {}
         if by_fidelity:
             emb = torch.cat(per_batch)
             if variant.is_exact:

@@ -99,6 +99,21 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
 
 
+def _dispatch(model, device_map: str):
+    """``model`` placed by ``device_map``: a device name (moved whole), or one of accelerate's strategies ("auto" and
+    "balanced": layers spread evenly over the GPUs, "balanced_low_0": GPU 0 kept light, "sequential": filled in
+    order), as ``from_pretrained(device_map=...)`` places a loaded model."""
+    if device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return model.to(device_map)
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    max_memory = None if device_map == "sequential" else get_balanced_memory(
+        model, no_split_module_classes=no_split, low_zero=device_map == "balanced_low_0")
+    return dispatch_model(model, infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split))
+
+
 def load_model(spec: str, kind: str, *, dtype: str = "float32", device_map: str | None = None,
                preset_overrides: dict | None = None) -> LoadedModel:
     """Load ``spec`` for ``kind`` ("lm", "vit" or "backbone"), in eval mode, on the CPU unless ``device_map``."""
@@ -120,6 +135,8 @@ def load_model(spec: str, kind: str, *, dtype: str = "float32", device_map: str 
             raise ModelLoadError(f"--model {spec}: a {config.model_type} preset cannot be evaluated as {kind!r}")
         torch.manual_seed(0)
         model = model_cls.from_config(config, dtype=torch_dtype)
+        if device_map:  # what from_pretrained does with it, for a model built in memory
+            model = _dispatch(model, device_map)
         return LoadedModel(model.eval(), None, spec, "preset", kind)
 
     if spec in MODEL_ALIASES:

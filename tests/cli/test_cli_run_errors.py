@@ -21,6 +21,25 @@ def test_cuda_device_without_cuda(command, capsys, tiny_lm_dir, text_file, tmp_p
     assert "--device cuda" in err and "use --device cpu" in err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA on a machine without it")
+@pytest.mark.parametrize("model", ["local", "preset:smollm2-135m"])
+def test_cuda_device_map_without_cuda(model, capsys, tiny_lm_dir, text_file, tmp_path):
+    """--device-map cuda:0 was an AssertionError traceback (a local model) or ignored (a preset: timed on the CPU)."""
+    model = str(tiny_lm_dir) if model == "local" else model
+    err = _error(["bench", "model", "--model", model, "--device-map", "cuda:0", "--output-dir", str(tmp_path)], capsys)
+    assert "--device-map cuda:0" in err and "use --device-map cpu" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU placement")
+def test_a_preset_takes_its_device_map():
+    from distr_patch.models.loading import load_model
+
+    for device_map in ("cpu", "auto", "sequential"):
+        model = load_model("preset:smollm2-135m", "lm", device_map=device_map).model
+        assert {p.device.type for p in model.parameters()} == {"cpu"}
+        assert device_map == "cpu" or model.hf_device_map == {"": "cpu"}  # placed by accelerate, as from_pretrained
+
+
 def test_unknown_device_name(capsys, tiny_lm_dir, text_file, tmp_path):
     err = _error(_eval_lm(tiny_lm_dir, text_file, tmp_path, "--device", "gpu0"), capsys)
     assert "--device 'gpu0': not a device name" in err
