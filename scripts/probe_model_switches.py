@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
     if not torch.cuda.is_available():
         p.error("needs a CUDA device (the switches compared are the GPU path's; the interpreter never uses them)")
     cfg = DistrConfig.load(a.config) if a.config else DistrConfig()
-    model = load_model(a.model, "lm", dtype="bfloat16").model.cuda()
+    model = load_model(a.model, "lm", dtype="bfloat16", processor=False).model.cuda()
     ids = torch.randint(0, 1000, (a.batch, a.seq_len), device="cuda")
     patched = [False]
     compiled = {}

@@ -30,7 +30,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=10)
     a = p.parse_args(argv)
     dev = torch.device(a.device)
-    model = load_model(a.model, "lm", dtype="bfloat16" if dev.type == "cuda" else "float32").model.to(dev)
+    model = load_model(a.model, "lm", dtype="bfloat16" if dev.type == "cuda" else "float32", processor=False).model.to(dev)
     ids = torch.randint(0, model.config.vocab_size, (a.batch, a.seq), device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     activities = [torch.profiler.ProfilerActivity.CPU]

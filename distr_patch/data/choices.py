@@ -32,11 +32,21 @@ def _first(columns, candidates):
     return next((c for c in candidates if c in columns), None)
 
 
-def _choice_texts(value) -> tuple[list[str], list[str] | None]:
-    """Choice texts and, for ARC-style dicts, their labels."""
+def _choice_texts(value, row_no: int, column: str) -> tuple[list[str], list[str] | None]:
+    """Choice texts and, for ARC-style dicts, their labels; a row whose choices are not a list (a string was
+    once read as its characters) or hold an empty text is a DataError."""
     if isinstance(value, dict):
-        return list(value["text"]), [str(x) for x in value.get("label", [])] or None
-    return [str(x) for x in value], None
+        texts, labels = list(value.get("text", ())), [str(x) for x in value.get("label", [])] or None
+    elif isinstance(value, (list, tuple)):
+        texts, labels = list(value), None
+    else:
+        raise DataError(f"--choices-column: row {row_no}: column {column!r} holds {type(value).__name__} "
+                        f"{str(value)[:60]!r}, expected a list of choice texts (or ARC's {{'text': [...], "
+                        "'label': [...]}})")
+    texts = [str(x) for x in texts]
+    if len(texts) < 2 or any(not t.strip() for t in texts):
+        raise DataError(f"--choices-column: row {row_no}: choices {texts!r}: expected two or more non-empty texts")
+    return texts, labels
 
 
 def _label_index(raw, n: int, labels: list[str] | None, row_no: int) -> int:
@@ -70,7 +80,7 @@ def rows_from_records(records, columns, *, question: str | None = None, choices:
         if piqa:
             texts, labels = [rec["sol1"], rec["sol2"]], None
         else:
-            texts, labels = _choice_texts(rec[c_col])
+            texts, labels = _choice_texts(rec[c_col], i, c_col)
         idx = _label_index(rec[l_col], len(texts), labels, i)
         if not 0 <= idx < len(texts):
             raise DataError(f"--label-column: row {i}: label {idx} is outside the {len(texts)} choices")
@@ -92,7 +102,7 @@ def load_choices(data: str, *, split: str = "train", name: str | None = None, li
         return next_sentence_rows(data, limit=limit, seed=seed)
     if Path(data).expanduser().is_file():
         split = "train"
-    ds = open_dataset(data, split=split, name=name, option=option)
+    ds = open_dataset(data, split=split, name=name, option=option, folder_builder="text")  # a folder: by its files
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     return rows_from_records(ds, ds.column_names, question=question, choices=choices, label=label)

@@ -20,6 +20,9 @@ def load_images(data: str, *, split: str = "train", name: str | None = None, ima
         raise missing_column("--image-column", image_column, ds.column_names)
     if label_column is not None and label_column not in ds.column_names:
         raise missing_column("--label-column", label_column, ds.column_names)
+    ds = _image_paths_as_images(ds, image_column, Path(data).expanduser())
+    if label_column is not None:
+        ds = _text_labels_as_classes(ds, label_column)
     if label_column is not None and Path(data).expanduser().is_dir():
         ds = _numbered_classes_in_order(ds, label_column)
     if limit is not None and limit < len(ds):
@@ -28,6 +31,42 @@ def load_images(data: str, *, split: str = "train", name: str | None = None, ima
         rows = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit].sort().values
         ds = ds.select(rows.tolist())
     return _decoded_as_rgb(ds, image_column)
+
+
+def _image_paths_as_images(ds, column: str, source: Path):
+    """A column of image file paths (a JSONL, CSV or parquet file listing images) as a datasets ``Image`` column;
+    a relative path is found beside the data file first, else from the working directory. Any other column that
+    is not images is a DataError naming ``--image-column``."""
+    import datasets
+
+    feature = ds.features[column]
+    if isinstance(feature, datasets.Image):
+        return ds
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        raise DataError(f"--image-column {column}: holds {feature}, not images or image file paths")
+    base = source.parent if source.is_file() else source
+
+    def located(paths):
+        return {column: [p if p is None or Path(p).is_absolute() or not (base / p).exists() else str(base / p)
+                         for p in paths]}
+
+    ds = ds.map(located, input_columns=column, batched=True, desc="image paths")
+    return ds.cast_column(column, datasets.Image())
+
+
+def _text_labels_as_classes(ds, column: str):
+    """Class names in a text label column as a ``ClassLabel`` (names sorted; matched to the model's labels by name);
+    integer labels are kept, anything else is a DataError naming ``--label-column``."""
+    import datasets
+
+    feature = ds.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        return ds
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        return ds.class_encode_column(column)
+    if isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")):
+        return ds
+    raise DataError(f"--label-column {column}: holds {feature}, expected class indices or class names")
 
 
 def _numbered_classes_in_order(ds, column: str):

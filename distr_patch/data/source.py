@@ -71,6 +71,44 @@ def _load_local(option: str, data: str, builder: str, split: str, **where):
         log.setLevel(level)
 
 
+_NOT_DATA = ("README.md", "config.json", "dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json")
+
+
+def _folder_builder(option: str, data: str, path: Path) -> str:
+    """The builder of a folder's data files (text, json, csv or parquet, by suffix; hidden files and datasets'
+    metadata files aside); a file of another type, or files of several, is a DataError."""
+    kinds: dict[str, list[Path]] = {}
+    for f in sorted(path.rglob("*")):
+        rel = f.relative_to(path)
+        if not f.is_file() or f.name in _NOT_DATA or any(part.startswith((".", "__")) for part in rel.parts):
+            continue
+        fmt, compression = file_format(f)
+        builder = _LOCAL_BUILDERS.get(fmt)
+        if builder is None or (compression and builder == "parquet"):
+            raise DataError(f"{option} {data}: {rel} is not a data file; a folder holds files of one of the types "
+                            f"{', '.join(sorted(_LOCAL_BUILDERS))} (all but .parquet may be compressed)")
+        kinds.setdefault(builder, []).append(rel)
+    if len(kinds) > 1:
+        raise DataError(f"{option} {data}: the folder mixes " + ", ".join(f"{b} ({kinds[b][0]})" for b in sorted(kinds))
+                        + " files; give a folder of one type (or one file)")
+    return next(iter(kinds), "text")
+
+
+def _saved_to_disk(option: str, data: str, path: Path, split: str):
+    """A folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (its ``split``), else None."""
+    if not ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+        return None
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"--split {split}: {option} {data}: a saved DatasetDict with splits {', '.join(ds)}")
+        return ds[split]
+    check_single_split(option, data, "a saved Dataset", split, None)
+    return ds
+
+
 def open_dataset(data: str, *, split: str = "train", name: str | None = None, folder_builder: str = "imagefolder",
                  option: str = "--data"):
     """A ``datasets.Dataset`` for ``data``; errors name ``option``, the argument that gave it.
@@ -102,6 +140,11 @@ def open_dataset(data: str, *, split: str = "train", name: str | None = None, fo
         if name is not None:
             raise DataError(f"{option} {data}: a local folder has no configuration; got "
                             + (f"--data-name {name!r}" if option == "--data" else f"configuration {name!r}"))
+        saved = _saved_to_disk(option, data, path, split)
+        if saved is not None:
+            return saved
+        if folder_builder == "text":  # the folder's files say how to read them (a JSONL's syntax is not text)
+            folder_builder = _folder_builder(option, data, path)
         return _load_local(option, data, folder_builder, split, data_dir=str(path))
     if looks_local(data):
         raise DataError(f"{option} {data}: no such file or directory")

@@ -132,7 +132,8 @@ def run_bench(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
         raise ConfigError(f"--cuda-graph: CUDA graphs need a CUDA device, but this run is on {device}")
     variants = build_variants(cfg.group_sizes, cfg.settings, cfg.distr, cfg.distr_configs)
     is_vision = _is_vision(cfg.model)
-    loaded = load_model(cfg.model, "vit" if is_vision else "lm", dtype=cfg.dtype, device_map=cfg.device_map)
+    loaded = load_model(cfg.model, "vit" if is_vision else "lm", dtype=cfg.dtype, device_map=cfg.device_map,
+                        processor=False)  # random inputs: presets too
     model = loaded.model if cfg.device_map else loaded.model.to(device)
     is_vision = model.config.model_type in VISION_TYPES
     directory = run_directory(cfg, "bench-model")

@@ -91,12 +91,12 @@ def _auto_classes(kind: str):
 
 
 KIND_WHAT = {"lm": "a causal language model (eval lm)", "vit": "an image classifier (eval vit)",
-             "backbone": "an image backbone (eval vit --vit-output embedding)"}
+             "backbone": "an image backbone (eval vit --vit-metric fidelity, calibrate --vit-output embedding)"}
 
 
 def _looks_like_path(spec: str) -> bool:
     """Hub ids are ``name`` or ``org/name``; anything else with a path shape is a (missing) local path."""
-    return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
+    return spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf") or spec.count("/") > 1
 
 
 def _dispatch(model, device_map: str):
@@ -115,8 +115,10 @@ def _dispatch(model, device_map: str):
 
 
 def load_model(spec: str, kind: str, *, dtype: str = "float32", device_map: str | None = None,
-               preset_overrides: dict | None = None) -> LoadedModel:
-    """Load ``spec`` for ``kind`` ("lm", "vit" or "backbone"), in eval mode, on the CPU unless ``device_map``."""
+               preset_overrides: dict | None = None, processor: bool = True) -> LoadedModel:
+    """Load ``spec`` for ``kind`` ("lm", "vit" or "backbone"), in eval mode, on the CPU unless ``device_map``.
+    ``processor``: the caller needs the tokenizer / image processor, which a preset (random weights, for timing
+    only) lacks: a preset is then a ModelLoadError, before it is built."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not isinstance(spec, str) or not spec:
@@ -133,6 +135,10 @@ def load_model(spec: str, kind: str, *, dtype: str = "float32", device_map: str 
         is_vision = config.model_type in VISION_TYPES
         if is_vision != (kind != "lm"):
             raise ModelLoadError(f"--model {spec}: a {config.model_type} preset cannot be evaluated as {kind!r}")
+        if processor:
+            raise ModelLoadError(f"--model {spec}: a preset is a model of random weights without a "
+                                 f"{'tokenizer' if kind == 'lm' else 'image processor'}, for `bench model` only; "
+                                 "scoring needs a trained model: an alias, a local folder or a hub id")
         torch.manual_seed(0)
         model = model_cls.from_config(config, dtype=torch_dtype)
         if device_map:  # what from_pretrained does with it, for a model built in memory
@@ -150,7 +156,7 @@ def load_model(spec: str, kind: str, *, dtype: str = "float32", device_map: str 
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_file():
-            if path.suffix != ".gguf":
+            if path.suffix.lower() != ".gguf":
                 raise ModelLoadError(f"--model {spec}: a file must be a .gguf; otherwise pass the model directory")
             return _load_pretrained(model_cls, proc_cls, str(path.parent), spec, "gguf", kind, torch_dtype, extra,
                                     gguf_file=path.name)
@@ -248,6 +254,9 @@ def _load_pretrained(model_cls, proc_cls, location, name, source, kind, torch_dt
         if kind == "backbone":
             _drop_untrained_pooler(model, missing)
             missing = {k for k in missing if not (k.split(".")[0] == "pooler" or ".pooler." in k)}
+        if kind != "lm" and getattr(model.config, "model_type", None) not in VISION_TYPES:
+            raise ModelLoadError(f"--model {name}: a {getattr(model.config, 'model_type', '?')} model, not an image "
+                                 f"model of a type distr_patch patches ({', '.join(sorted(VISION_TYPES))})")
         _refuse_missing_weights(model, missing, name, kind)
         hint = f" (a save_pretrained directory needs the {what}'s files too)" if source == "local" else ""
         if source == "local" and not any((Path(location) / f).is_file() for f in PROCESSOR_FILES[kind == "lm"]):
@@ -257,10 +266,11 @@ def _load_pretrained(model_cls, proc_cls, location, name, source, kind, torch_dt
         try:
             processor = proc_cls.from_pretrained(location, **gguf, **no_code, **hub)
         except (ValueError, OSError) as e:
-            if source == "hub":
-                raise
+            if source == "hub" and isinstance(e, OSError):
+                raise  # not in the cache, offline: said below
+            reason = " ".join(str(e).split())
             raise ModelLoadError(f"--model {name}: the model loaded but its {what} did not{hint}: "
-                                 f"{_first_line(e)}") from e
+                                 f"{reason[:300] + ('...' if len(reason) > 300 else '')}") from e
     except (struct.error, IndexError):  # transformers' GGUF reading on a file cut short (IndexError: its 5.0)
         if gguf_file:
             check_gguf_file(Path(location) / gguf_file, name)  # raises where the file is the reason

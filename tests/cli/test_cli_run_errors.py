@@ -35,7 +35,7 @@ def test_a_preset_takes_its_device_map():
     from distr_patch.models.loading import load_model
 
     for device_map in ("cpu", "auto", "sequential"):
-        model = load_model("preset:smollm2-135m", "lm", device_map=device_map).model
+        model = load_model("preset:smollm2-135m", "lm", device_map=device_map, processor=False).model
         assert {p.device.type for p in model.parameters()} == {"cpu"}
         assert device_map == "cpu" or model.hf_device_map == {"": "cpu"}  # placed by accelerate, as from_pretrained
 

@@ -93,3 +93,36 @@ def test_class_folders_named_by_number_are_labelled_by_number(tmp_path):
     assert all(ds[i]["label"] == np.asarray(ds[i]["image"])[0, 0, 0] for i in range(12))  # the pixel: its folder
     some = load_images(str(tmp_path), limit=5)
     assert all(some[i]["label"] == np.asarray(some[i]["image"])[0, 0, 0] for i in range(5))
+
+
+def test_a_file_listing_image_paths_and_class_names(tmp_path):
+    """A JSONL of image paths (relative to it) and a parquet of images with class names as text: the paths were
+    passed on as strings (an AttributeError in the forward) and text labels compared with ints (a TypeError)."""
+    pytest.importorskip("datasets")
+    import json
+
+    import datasets
+
+    from distr_patch.data.errors import DataError
+    from distr_patch.data.images import load_images
+
+    folder = write_image_folder(tmp_path / "imgs", classes=2, per_class=2)
+    files = sorted(p.relative_to(tmp_path) for p in folder.rglob("*.png"))
+    listing = tmp_path / "list.jsonl"
+    listing.write_text("".join(json.dumps({"image": str(f), "label": f.parent.name}) + "\n" for f in files))
+    ds = load_images(str(listing))
+    assert ds[0]["image"].mode == "RGB" and ds[0]["image"].size == (40, 40)
+    assert ds.features["label"].names == sorted({f.parent.name for f in files}) and set(ds["label"]) == {0, 1}
+    listing.write_text(json.dumps({"image": "missing.png", "label": 0}) + "\n")
+    with pytest.raises(DataError, match="image missing.png cannot be read"):
+        load_images(str(listing))[0]
+    listing.write_text(json.dumps({"image": 3, "label": 0}) + "\n")
+    with pytest.raises(DataError, match="--image-column image: holds .*int64.*, not images or image file paths"):
+        load_images(str(listing))
+    listing.write_text(json.dumps({"image": str(files[0]), "label": 0.5}) + "\n")
+    with pytest.raises(DataError, match="--label-column label: holds .*float.*, expected class indices or class names"):
+        load_images(str(listing))
+    parquet = tmp_path / "rows.parquet"
+    datasets.load_dataset("imagefolder", data_dir=str(folder), split="train").cast_column(
+        "label", datasets.Value("int64")).map(lambda r: {"label": ["b", "a"][r["label"]]}).to_parquet(str(parquet))
+    assert load_images(str(parquet)).features["label"].names == ["a", "b"]

