@@ -39,6 +39,8 @@ def register(sub) -> None:
                    help="lee-next-sentence (built in, offline), .jsonl files, or datasets names "
                         "(NAME:CONFIG, e.g. allenai/ai2_arc:ARC-Easy)")
     g.add_argument("--task-limit", type=int, default=o.S, help="rows per task (100)")
+    g.add_argument("--task-split", default=o.S, help="the tasks' data set split (default: --split; HellaSwag's test "
+                   "split has no labels: validation)")
     g.add_argument("--question-column", default=o.S, help="column of the question/context (auto-detected)")
     g.add_argument("--choices-column", default=o.S, help="column of the list of choices (auto-detected)")
     g.add_argument("--label-column", default=o.S, help="column of the right choice's index or letter (auto-detected)")

@@ -90,6 +90,7 @@ class RunConfig:
     # multiple-choice tasks
     tasks: list[str] = field(default_factory=list)
     task_limit: int | None = 100
+    task_split: str | None = None  # the tasks' split; None: ``split`` (the perplexity data's)
     question_column: str | None = None
     choices_column: str | None = None
     lm_eval_tasks: list[str] = field(default_factory=list)

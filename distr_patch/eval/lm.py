@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..data import load_choices, load_text
+from ..data.next_sentence import NEXT_SENTENCE_TASKS
 from ..models import load_model
 from .config import ConfigError, RunConfig
 from .distributed import Shard
@@ -60,10 +61,12 @@ def run_lm(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
     device = pick_device(cfg)
     variants = build_variants(cfg.group_sizes, cfg.settings, cfg.distr, cfg.distr_configs)
     text, rows = _read_text(cfg) if cfg.perplexity else (None, None)  # data errors before the slow model load
-    task_rows = {}
+    task_rows, task_splits = {}, {}
     for task in cfg.tasks:
         data, _, name = task.partition(":") if not Path(task).exists() else (task, "", "")
-        task_rows[task] = load_choices(data, split=cfg.split, name=name or None, limit=cfg.task_limit,
+        one_split = Path(data).expanduser().is_file() or data in NEXT_SENTENCE_TASKS
+        task_splits[task] = "train" if one_split else cfg.task_split or cfg.split
+        task_rows[task] = load_choices(data, split=task_splits[task], name=name or None, limit=cfg.task_limit,
                                        question=cfg.question_column, choices=cfg.choices_column,
                                        label=cfg.label_column, seed=cfg.seed)
     lm_eval_manager = None
@@ -101,7 +104,7 @@ def run_lm(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
         for task, task_data in task_rows.items():
             out = multiple_choice(model, tokenizer, task_data, max_length=cfg.window, shard=shard,
                                   progress=progress, desc=f"{variant.name} {task}")
-            result.add_dataset(task, task, out["num_examples"], unit="rows")
+            result.add_dataset(task, task, out["num_examples"], unit="rows", split=task_splits[task])
             metrics.update({f"{task}/{k}": (v, task) for k, v in out["metrics"].items()})
             latency[task] = out["latency"]
         if lm_eval_manager is not None:

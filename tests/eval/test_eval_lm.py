@@ -83,6 +83,27 @@ def test_multiple_choice_task_recorded(tiny_lm_dir, text_file, tmp_path):
     metric = data["variants"][1]["metrics"][f"{rows}/accuracy"]
     assert metric["baseline"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert data["datasets"][str(rows)]["num_examples"] == 4
+    assert data["datasets"][str(rows)]["split"] == "train"  # a file is one split
+
+
+def test_tasks_take_their_own_split(tiny_lm_dir, text_file, tmp_path):
+    """--task-split: the tasks' split apart from --split (the perplexity data's): HellaSwag's test split has no
+    labels, so the Llama config scores WikiText's test split and the tasks' validation split."""
+    folder = tmp_path / "mc"
+    folder.mkdir()
+    for split, n in (("train", 2), ("validation", 3)):
+        (folder / f"{split}.jsonl").write_text("\n".join(json.dumps(
+            {"question": "the cat", "choices": ["sat on the hill", "red fish"], "answer": i % 2}) for i in range(n)))
+    for task_split, n in ((None, 2), ("validation", 3)):
+        out = run_lm(_config(tiny_lm_dir, text_file, tmp_path, perplexity=False, tasks=[str(folder)], group_sizes=[1],
+                             plots=False, task_split=task_split), progress=False)
+        data = json.loads(out.result.path.read_text())
+        assert data["datasets"][str(folder)]["num_examples"] == n
+        assert data["datasets"][str(folder)]["split"] == (task_split or "train")
+    from pathlib import Path
+
+    yaml = Path(__file__).resolve().parents[2] / "configs" / "llama-3.2-1b.yaml"
+    assert RunConfig.merge(str(yaml)).task_split == "validation"
 
 
 def test_device_map_auto_loads_and_runs_patched(finished, tiny_lm_dir, text_file, tmp_path):
