@@ -131,7 +131,9 @@ def open_dataset(data: str, *, split: str = "train", name: str | None = None, fo
             kind = f"{fmt}{compression}" if compression else (fmt or "(no suffix)")
             raise DataError(f"{option} {data}: unknown file type {kind!r}; use one of "
                             f"{', '.join(sorted(_LOCAL_BUILDERS))} (all but .parquet may be compressed: "
-                            f"{', '.join(COMPRESSIONS)})")
+                            f"{', '.join(COMPRESSIONS)})" + ("; images come as a folder (a subfolder per class) or a "
+                                                             "file listing them" if folder_builder == "imagefolder"
+                                                             else ""))
         check_single_split(option, data, "a local file", split, name)
         if path.stat().st_size == 0:
             raise DataError(f"{option} {data}: the file is empty")

@@ -89,12 +89,12 @@ def run_vit(cfg: RunConfig, *, progress: bool = True) -> RunOutput:
     shard = Shard.current(cfg.device)
     device = pick_device(cfg)
     variants = build_variants(cfg.group_sizes, cfg.settings, cfg.distr, cfg.distr_configs)
+    ds = load_images(cfg.data, split=cfg.split, name=cfg.data_name, image_column=cfg.image_column,
+                     label_column=label_column, limit=cfg.limit)  # data errors before the slow model load
     loaded = load_model(cfg.model, "backbone" if by_fidelity else "vit", dtype=cfg.dtype, device_map=cfg.device_map)
     model, processor = loaded.model, loaded.processor
     if not cfg.device_map:
         model.to(device)
-    ds = load_images(cfg.data, split=cfg.split, name=cfg.data_name, image_column=cfg.image_column,
-                     label_column=label_column, limit=cfg.limit)
     mapping, mapping_note = (None, "") if by_fidelity else label_mapping(ds, label_column, model)
     labels = [] if by_fidelity else model_labels(ds[label_column], mapping, label_column,
                                                  getattr(model.config, "num_labels", None))
