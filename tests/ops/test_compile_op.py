@@ -84,6 +84,22 @@ def test_compiled_training_call_is_the_differentiable_pair(G, fusion, W, causal,
         assert ((comp - eager).norm() / eager.norm()).item() < 1e-5
 
 
+def _eager_and_compiled(fn, inputs, loss):
+    """(out, dq, dk, dv) of ``fn`` eager and under torch.compile(fullgraph=True); each compiled one within 1e-2
+    relative of the eager one."""
+    results = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        f = torch.compile(fn, fullgraph=True) if compiled else fn
+        leaves = [t.clone().requires_grad_(True) for t in inputs]
+        out = f(*leaves)
+        loss(out).backward()
+        results.append((out.detach(), *(t.grad for t in leaves)))
+    for eager, comp in zip(*results):
+        assert ((comp.float() - eager.float()).norm() / eager.float().norm()).item() < 1e-2
+    return results
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the device machine)")
 @pytest.mark.parametrize("backend,G,fusion,W", [("triton", 2, "mean", 0), ("triton", 2, "rank1", 128),
@@ -106,18 +122,9 @@ def test_compiled_training_on_cuda(backend, G, fusion, W):
                                window_correction=0.5 if W else 0.0, attention_mask=mask, query_valid=valid,
                                backend=backend)
 
-    results = []
-    for compiled in (False, True):
-        torch._dynamo.reset()
-        f = torch.compile(fn, fullgraph=True) if compiled else fn
-        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-        out = f(*leaves)
-        (out.float() * weight).sum().backward()
-        results.append((out.detach(), *(t.grad for t in leaves)))
+    eager, comp = _eager_and_compiled(fn, (q, k, v), lambda out: (out.float() * weight).sum())
     if backend == "triton":
-        assert torch.equal(results[0][0], results[1][0])
-    for eager, comp in zip(results[0], results[1]):
-        assert ((comp.float() - eager.float()).norm() / eager.float().norm()).item() < 1e-2
+        assert torch.equal(eager[0], comp[0])
 
 
 @pytest.mark.gpu
@@ -143,16 +150,7 @@ def test_compiled_training_with_auto_sdpa_on_cuda(monkeypatch, W, masked, expect
         m.setattr(torch.compiler, "is_compiling", lambda: True)
         assert compile_op.runs_as_custom_op(*leaves, "auto", mask, group_size=2, exact_window=W,
                                             causal=not masked) == expect
-    results = []
-    for compiled in (False, True):
-        torch._dynamo.reset()
-        f = torch.compile(fn, fullgraph=True) if compiled else fn
-        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-        out = f(*leaves)
-        out.float().square().sum().backward()
-        results.append((out.detach(), *(t.grad for t in leaves)))
-    for eager, comp in zip(results[0], results[1]):
-        assert ((comp.float() - eager.float()).norm() / eager.float().norm()).item() < 1e-2
+    _eager_and_compiled(fn, (q, k, v), lambda out: out.float().square().sum())
 
 
 @pytest.mark.skipif(not INTERPRET, reason="CPU tensors through Triton need TRITON_INTERPRET=1")
