@@ -58,9 +58,8 @@ def register(sub) -> None:
     g.add_argument("--seed", type=int, default=o.S,
                    help="seed (0): the hash directions' seed of every candidate and of the written configs, and the "
                         "image sampling")
-    o.add_data_source(g, data_help="lm: text, 'lee' (default), a .txt/.jsonl file (or .txt.gz, .bz2, .xz) or a "
-                                   "datasets name; "
-                                   "vit: an image folder or a datasets name (required)",
+    o.add_data_source(g, data_help="lm: text, 'lee' (default), " + o.TEXT_SOURCES + "; vit: " + o.IMAGE_SOURCES
+                                   + " (required)",
                       text_column="column holding the text (text)", image_column="vit: column holding the images (image)")
     g.add_argument("--vit-output", default=o.S, choices=CHOICES["vit_output"],
                    help="vit: compare the pooled embedding (default, model loaded as a backbone) or the logits")
@@ -72,7 +71,8 @@ def register(sub) -> None:
                    help="'default' (the full grid: G 2,4 x mean,rank1 x block_m 32,64,128 x window 0,64,128,256 x "
                         "correction 0,0.25,0.5,1), 'fast' (12), or names like G2-rank1-b128-w128-c0.5,...")
     g.add_argument("--probe", default=o.S, help="candidate whose logit KL sets each layer's sensitivity "
-                                              "(G2-rank1-b128-w0-c0)")
+                                              "(G2-rank1-b128-w0-c0 when among the candidates, else the first "
+                                              "candidate whose window is shorter than --window)")
     g.add_argument("--window", type=int, default=o.S, help="tokens per window, calibration and checks (1024)")
     g.add_argument("--stride", type=int, default=o.S, help="stride of the held-out/test windows (window/2)")
     g.add_argument("--calib-windows", type=int, default=o.S, help="calibration windows (1)")

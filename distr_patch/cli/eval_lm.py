@@ -23,8 +23,8 @@ def register(sub) -> None:
     o.add_model(p, required_help="an alias (smollm2-135m), a local directory or .gguf file, or a hub id")
     o.add_variants(p)
     g = p.add_argument_group("perplexity (strided sliding window)")
-    o.add_data_source(g, data_help="text: 'lee' (packaged news corpus, default), a .txt/.jsonl file (or .txt.gz, "
-                                   ".bz2, .xz), or a datasets name", text_column="column holding the text (text)")
+    o.add_data_source(g, data_help="text: 'lee' (packaged news corpus, default), " + o.TEXT_SOURCES,
+                      text_column="column holding the text (text)")
     g.add_argument("--window", type=int, default=o.S, help="tokens per window (1024)")
     g.add_argument("--stride", type=int, default=o.S, help="tokens between window starts (window // 2: 512)")
     g.add_argument("--max-windows", type=int, default=o.S, help="evaluate at most this many windows (4)")

@@ -20,7 +20,7 @@ def register(sub) -> None:
     o.add_model(p, required_help="a local directory or a hub id (classifier; a backbone with --vit-metric fidelity)")
     o.add_variants(p)
     g = p.add_argument_group("data")
-    o.add_data_source(g, data_help="an imagefolder directory (class per sub-folder) or a datasets name",
+    o.add_data_source(g, data_help=o.IMAGE_SOURCES,
                       image_column="column of the images (image)", label_column="column of the class labels (label)")
     g.add_argument("--limit", type=int, default=o.S,
                    help="evaluate a seeded random sample of this many images (not the first rows: an image folder lists "

@@ -46,9 +46,7 @@ def register(sub) -> None:
     g.add_argument("--no-exact-baseline", dest="exact_baseline", action="store_false", default=o.S,
                    help="do not fine-tune exact attention for comparison")
     g = p.add_argument_group("data (the first part trains, the part after it is held out)")
-    o.add_data_source(g, data_help="lm: 'lee' (default), a .txt/.jsonl file (or .txt.gz, .bz2, .xz) or a datasets "
-                                   "name; "
-                                   "vit: an imagefolder directory or a datasets name",
+    o.add_data_source(g, data_help="lm: 'lee' (default), " + o.TEXT_SOURCES + "; vit: " + o.IMAGE_SOURCES,
                       text_column="lm: column holding the text (text)", image_column="vit: column of the images (image)",
                       label_column="vit: column of the class index (label)")
     g.add_argument("--seq-len", type=int, default=o.S, help="lm: tokens per training block (256)")

@@ -78,6 +78,13 @@ def add_distr_configs(g) -> None:
                         "distr_config-0.01.json or distr_config-all-G2.json that `distr-patch calibrate` writes")
 
 
+# --data's sources, as data/source.py and data/images.py read them
+TEXT_SOURCES = ("a .txt/.jsonl/.csv/.parquet file (all but parquet also .gz, .bz2, .xz), a folder of such files (one "
+                "type), a save_to_disk folder, or a datasets name")
+IMAGE_SOURCES = ("an imagefolder directory (class per sub-folder), a .jsonl/.csv/.parquet file of images or image "
+                 "paths, or a datasets name")
+
+
 def add_data_source(g, *, data_help: str, text_column: str | None = None, image_column: str | None = None,
                     label_column: str | None = None) -> None:
     """--data, --data-name, --split and the column flags a sub-command reads (help None: flag omitted)."""

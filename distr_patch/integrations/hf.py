@@ -85,7 +85,8 @@ def layer_settings(module: torch.nn.Module) -> LayerSettings:
             "cannot be resolved here; call distr_patch.patch_model(model) after loading to attach them")
     num_layers = getattr(config, "num_hidden_layers", None)
     settings = cfg.for_layer(layer_idx, num_layers) if layer_idx is not None else cfg.for_layer(None)
-    module._distr_settings_auto = (copy.deepcopy(raw), settings)
+    if not torch.compiler.is_compiling():  # (Dynamo before torch 2.9 cannot trace deepcopy: resolved per trace there)
+        module._distr_settings_auto = (copy.deepcopy(raw), settings)
     return settings
 
 

@@ -80,7 +80,10 @@ def compute_groups(
     query_valid: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Group the d columns of each query block by LSH; returns LongTensor [B, H, nb, d].
+    """Group the d columns of each query block by LSH; returns LongTensor [B, H, nb, d], nb = ceil(N / block_m).
+
+    q [B, H, N, d] (any float dtype; hashed in fp32); ``query_valid`` [B, N] bool or None; ``group_size`` G in
+    {1, 2, 4, 8}, dividing d; ``block_m`` in {32, 64, 128}; ``num_hash_bits`` in [1, 40]; ``seed`` an int in [0, 2**63).
 
     For each block of ``block_m`` query rows (tail zero-padded, rows with
     ``query_valid == False`` zeroed) each column vector (length block_m) is hashed into a

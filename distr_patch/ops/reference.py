@@ -141,7 +141,12 @@ def reference_distr_attention(
     return out.to(q.dtype)
 
 
-def exact_attention(q, k, v, *, causal=False, attention_mask=None, scale=None) -> torch.Tensor:
-    """Exact attention with the same mask conventions (bottom-right causal, zero rows)."""
+def exact_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                    attention_mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+    """Exact softmax attention in PyTorch (fp32 inside), with ``distr_attention``'s conventions: the oracle of G=1.
+
+    q [B, Hq, N, d]; k, v [B, Hkv, M, d], Hq a multiple of Hkv (GQA); ``causal`` bottom-right aligned (query i sees
+    keys j <= i + M - N); ``attention_mask`` bool (True = attend) or additive float, broadcastable to [B, Hq, N, M];
+    ``scale`` default d^-0.5. Returns [B, Hq, N, d] in q's dtype; fully masked rows are zeros."""
     return reference_distr_attention(q, k, v, group_size=1, causal=causal, attention_mask=attention_mask,
                                      scale=scale)

@@ -85,6 +85,8 @@ def register_attention_replacement(model_type: str, find_attention: Callable | N
 
     ``find_attention(model) -> list[nn.Module]`` lists the attention modules in layer order (default:
     ``attention_modules``). The model's attention must call ``ALL_ATTENTION_FUNCTIONS.get_interface``.
+    ``family``: a free label kept on the entry ("decoder", "vision" for the built-in types; "custom" by default).
+    ``overwrite``: replace an existing entry of ``model_type`` (else registering it twice is a ValueError).
     """
     if not isinstance(model_type, str) or not model_type:
         raise ValueError(f"model_type must be a non-empty string (a config's model_type), got {model_type!r}")
@@ -99,6 +101,7 @@ def register_attention_replacement(model_type: str, find_attention: Callable | N
 
 
 def supported_model_types() -> list[str]:
+    """The registered ``model_type`` names (config.model_type values ``patch_model`` takes), sorted."""
     return sorted(_REGISTRY)
 
 
@@ -284,6 +287,9 @@ def unpatch_model(model):
 @contextlib.contextmanager
 def patched(model, config: DistrConfig | dict | None = None, layers: Iterable[int] | None = None):
     """``with patched(model, cfg): ...`` runs the block with DistrAttention, then restores the model.
+
+    ``config`` and ``layers`` are ``patch_model``'s: a DistrConfig (or its dict; None: ``DistrConfig()``), and the
+    layer indices to patch (None: every layer the config groups; the others run exact attention).
 
     On an already patched model the block runs with ``config``, and the settings the model ran with before it come
     back as they were (each layer's, and ``config.distr_config`` as it stood, edited or not).
