@@ -251,6 +251,14 @@ def _heads_of(query, key, value, attention_mask, heads: list[int]):
 def distr_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                             is_causal=None, **kwargs):
     """transformers attention function: query [B, Hq, N, d], key/value [B, Hkv, M, d] -> ([B, N, Hq, d], None)."""
+    for name in _UNSUPPORTED_KWARGS:  # first: the exact path below (SDPA) would drop them without a word
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"distr attention does not support `{name}`; keep this model on "
+                                      "attn_implementation='sdpa' or 'eager'")
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-1] > key.shape[2]:
+        # legacy mask code (StableLM on transformers 5.0) builds one key column more than the keys: the eager
+        # attention of those models cuts it to the keys, as here
+        attention_mask = attention_mask[..., :key.shape[2]]
     settings = layer_settings(module)
     q_len = query.shape[2]
     parts = None if settings.exact else head_partitions(settings, query.shape[1], q_len)
@@ -258,10 +266,6 @@ def distr_attention_forward(module, query, key, value, attention_mask, dropout=0
         sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
         return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
                     **kwargs)
-    for name in _UNSUPPORTED_KWARGS:
-        if kwargs.get(name) is not None:
-            raise NotImplementedError(f"distr attention does not support `{name}`; keep this model on "
-                                      "attn_implementation='sdpa' or 'eager'")
     if kwargs.get("output_attentions", False):
         logger.warning_once("distr attention does not return attention weights (output_attentions=True)")
     if dropout > 0.0:

@@ -70,9 +70,20 @@ class AttentionReplacement:
     family: str = "custom"
 
 
-# Decoders whose attention calls the interface like Llama's (RoPE, GQA, causal + padding + sliding-window
-# masks from masking_utils). Gemma 2/3 (softcapping) and gpt-oss (sinks) are not: the adapter refuses them.
-DECODER_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma")
+# Decoders whose attention calls the interface like Llama's (RoPE, GQA, causal + padding + sliding-window and chunked
+# masks from masking_utils), each checked on a tiny model on transformers 5.0 and the newest release (exact at G=1 with
+# right and left padding, generate(), unpatch; tests/patching). Not here: logit softcapping (Gemma 2, VaultGemma),
+# attention sinks (gpt-oss) and a value head dim other than the query's (DeepSeek-V2/V3's MLA), which patch_model
+# refuses by name; hybrid models with attention in some layers only (Qwen3-Next, LFM2), whose layer indices the
+# built-in finder does not number 0..n-1; multimodal wrappers (Mistral 3, Llama 4, Gemma 3 with vision), whose vision
+# encoder the finder would count as layers.
+DECODER_MODEL_TYPES = (
+    "llama", "llama4_text", "mistral", "ministral", "ministral3", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
+    "phi", "phi3", "phimoe", "gemma", "gemma3_text", "olmo", "olmo2", "olmo3", "olmoe", "flex_olmo", "granite",
+    "granitemoe", "granitemoeshared", "smollm3", "cohere", "cohere2", "glm", "glm4", "glm4_moe", "stablelm",
+    "starcoder2", "gpt_neox", "ernie4_5", "ernie4_5_moe", "seed_oss", "exaone4", "hunyuan_v1_dense", "hunyuan_v1_moe",
+    "apertus", "arcee", "helium", "bitnet", "dots1",
+)
 # Vision encoders: bidirectional, no mask, N = 1 + patches (+ distillation token for DeiT).
 VISION_MODEL_TYPES = ("vit", "deit", "dinov2")
 
@@ -128,8 +139,22 @@ class _PatchState:
     distr_config: object  # the config's previous distr_config, or _MISSING
 
 
+def _unsupported_attention(module) -> str | None:
+    """What in ``module``'s attention DistrAttention cannot compute (None: nothing). Checked at patch time, for every
+    layer: a layer kept exact runs SDPA, which would drop a softcap or sinks without a word."""
+    softcap = getattr(module, "attn_logit_softcapping", None)
+    if softcap is not None:
+        return f"logit softcapping (attn_logit_softcapping={softcap})"
+    if getattr(module, "sinks", None) is not None:
+        return "attention sinks"
+    qk, v = getattr(module, "qk_head_dim", None), getattr(module, "v_head_dim", None)
+    if isinstance(qk, int) and isinstance(v, int) and qk != v:
+        return f"a value head dim ({v}) other than the query/key head dim ({qk})"
+    return None
+
+
 def _head_dim(module, model_config) -> int:
-    for name in ("head_dim", "attention_head_size"):
+    for name in ("head_dim", "qk_head_dim", "attention_head_size"):
         if isinstance(getattr(module, name, None), int):
             return getattr(module, name)
     return getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
@@ -185,6 +210,11 @@ def _resolve(model, config, layers):
     if not modules:
         raise RuntimeError(f"found no attention module in {type(model).__name__} ({entry.model_type})")
     n = len(modules)
+    for i, module in enumerate(modules):
+        reason = _unsupported_attention(module)
+        if reason is not None:
+            raise ValueError(f"patch_model: {type(module).__name__} (layer {i}) uses {reason}, which DistrAttention "
+                             "does not compute; keep this model on attn_implementation='sdpa' or 'eager'")
     cfg = _as_config(model, config)
     if layers is not None:
         if not isinstance(layers, Iterable) or isinstance(layers, (str, bytes)):

@@ -228,6 +228,12 @@ def test_unsupported_features_raise_or_warn():
     q, k, v = _qkv(N=40, M=40)
     with pytest.raises(NotImplementedError, match="softcap"):
         distr_attention_forward(_Attn(G2), q, k, v, None, scaling=0.25, softcap=30.0)
+    # the calls that run SDPA (a layer kept exact, fewer rows than exact_below) refuse too: SDPA would drop them
+    exact_layer = DistrConfig(exact_layers=[0]).for_layer(0, 2)
+    for settings, rows in [(exact_layer, 40), (DistrConfig().for_layer(None), 4)]:
+        for name, value in [("softcap", 30.0), ("s_aux", torch.zeros(4))]:
+            with pytest.raises(NotImplementedError, match=name):
+                distr_attention_forward(_Attn(settings), q[:, :, :rows], k, v, None, scaling=0.25, **{name: value})
     out, _ = distr_attention_forward(_Attn(G2), q, k, v, None, dropout=0.1, scaling=0.25)  # warns once, no dropout
     ref, _ = distr_attention_forward(_Attn(G2), q, k, v, None, scaling=0.25)
     assert torch.equal(out, ref)
@@ -336,3 +342,14 @@ def test_engine_sdpa_routes_the_calls_it_runs_whole(monkeypatch):
     with pytest.raises(ValueError, match="engine must be one of"):
         DistrConfig(engine="cudnn")
     assert DistrConfig.from_dict(DistrConfig(engine="sdpa").to_dict()).engine == "sdpa"
+
+
+@pytest.mark.parametrize("settings", [G2, G1, DistrConfig(exact_layers=[0]).for_layer(0, 2)], ids=["G2", "G1", "exact"])
+def test_a_mask_one_key_column_longer_than_the_keys_is_cut_to_them(settings):
+    """StableLM's legacy mask code on transformers 5.0 builds N+1 key columns for N keys (its eager attention cuts
+    them); the adapter cuts them too, on the operator's path and on SDPA's."""
+    q, k, v = _qkv(N=40, M=40)
+    mask = _padding_mask([40, 29], 40, 40)
+    longer = torch.cat([mask, torch.zeros_like(mask[..., :1])], dim=-1)  # [B, 1, 40, 41]
+    assert torch.equal(distr_attention_forward(_Attn(settings), q, k, v, longer, scaling=0.25)[0],
+                       distr_attention_forward(_Attn(settings), q, k, v, mask, scaling=0.25)[0])

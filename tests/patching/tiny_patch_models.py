@@ -26,7 +26,49 @@ CONFIGS = {
     "deit": lambda: tf.DeiTConfig(**VISION),
     "dinov2": lambda: tf.Dinov2Config(**{k: v for k, v in VISION.items() if k != "intermediate_size"}, mlp_ratio=2),
 }
-DECODER_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma")
+# The other built-in decoder types: config fields on top of DECODER (+ head_dim 16 and token ids), through
+# AutoConfig.for_model. Windows and chunks of 144 slide over the G=2 tests' 160 tokens and reach past the default
+# 128-token exact window, so G=2 groups there too; test_model_families.py narrows them to 16 at 40 tokens.
+_MOE = dict(num_experts_per_tok=2)
+_DEEPSEEK_MOE = dict(n_routed_experts=4, n_shared_experts=1, moe_intermediate_size=32, first_k_dense_replace=1,
+                     n_group=1, topk_group=1, **_MOE)
+WINDOW = 144
+FAMILY_OVERRIDES = {
+    "llama4_text": dict(num_local_experts=2, num_experts_per_tok=1, intermediate_size_mlp=128,
+                        interleave_moe_layer_step=1, attention_chunk_size=WINDOW),
+    "ministral": dict(sliding_window=WINDOW),
+    "ministral3": {},
+    "mixtral": dict(num_local_experts=4, **_MOE),
+    "qwen2_moe": dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=64, **_MOE),
+    "qwen3_moe": dict(num_experts=4, moe_intermediate_size=32, **_MOE),
+    "phi": {},                                          # partial rotary
+    "phimoe": dict(num_local_experts=4, **_MOE),
+    "gemma3_text": dict(sliding_window=WINDOW),         # no softcapping (Gemma 3 dropped it)
+    "olmo": {}, "olmo2": {}, "olmo3": dict(sliding_window=WINDOW),
+    "olmoe": dict(num_experts=4, **_MOE), "flex_olmo": dict(num_experts=4, **_MOE),
+    "granite": {}, "granitemoe": dict(num_local_experts=4, **_MOE),
+    "granitemoeshared": dict(num_local_experts=4, shared_intermediate_size=64, **_MOE),
+    "smollm3": {},                                      # layers without RoPE
+    "cohere": {}, "cohere2": dict(sliding_window=WINDOW),
+    "glm": {}, "glm4": {}, "glm4_moe": dict(_DEEPSEEK_MOE),
+    "stablelm": {}, "starcoder2": dict(sliding_window=WINDOW),
+    "gpt_neox": dict(num_key_value_heads=None, head_dim=None, rotary_pct=0.5),  # no GQA
+    "ernie4_5": {},
+    "ernie4_5_moe": dict(moe_num_experts=4, moe_k=2, moe_intermediate_size=32, moe_layer_start_index=1),
+    "seed_oss": {}, "exaone4": dict(sliding_window=WINDOW),  # QK-norm
+    "hunyuan_v1_dense": {}, "hunyuan_v1_moe": dict(num_experts=4, moe_topk=2, moe_intermediate_size=32),
+    "apertus": {}, "arcee": {}, "helium": {}, "bitnet": {}, "dots1": dict(_DEEPSEEK_MOE),
+}
+
+
+def _family_config(model_type: str):
+    fields = {**DECODER, "head_dim": 16, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+              **FAMILY_OVERRIDES[model_type]}
+    return tf.AutoConfig.for_model(model_type, **{k: v for k, v in fields.items() if v is not None})
+
+
+CONFIGS.update({t: (lambda t=t: _family_config(t)) for t in FAMILY_OVERRIDES})
+DECODER_TYPES = tuple(t for t in CONFIGS if t not in ("vit", "deit", "dinov2"))
 VISION_TYPES = ("vit", "deit", "dinov2")
 _VISION_CLASSES = {"vit": tf.ViTForImageClassification, "deit": tf.DeiTForImageClassificationWithTeacher,
                    "dinov2": tf.Dinov2ForImageClassification}
