@@ -154,7 +154,7 @@ def _unsupported_attention(module) -> str | None:
 
 
 def _head_dim(module, model_config) -> int:
-    for name in ("head_dim", "qk_head_dim", "attention_head_size"):
+    for name in ("head_dim", "attention_head_size"):
         if isinstance(getattr(module, name, None), int):
             return getattr(module, name)
     return getattr(model_config, "head_dim", None) or model_config.hidden_size // model_config.num_attention_heads
