@@ -42,7 +42,7 @@ import torch
 from ..config import ENGINES, DistrConfig
 from ..eval.perplexity import perplexity
 from ..ops.validate import check_group_size
-from ..patching import attention_modules, patched
+from ..patching import patched, patched_modules
 from .candidates import Candidate, parse_candidates
 from .cost import CostModel
 from .objectives import Fidelity, Objective, Perplexity, task_of
@@ -241,7 +241,7 @@ def measure(model, calib: list[torch.Tensor], candidates=None, *, base: DistrCon
     base = _uniform(base)
     cands = parse_candidates(candidates)
     objective = objective or Perplexity(0, 0)
-    modules = attention_modules(model)
+    modules = patched_modules(model)
     timings = {}
     t0 = time.perf_counter()
     cap: Capture = capture(model, calib, objective)

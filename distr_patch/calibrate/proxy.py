@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..config import DistrConfig, LayerSettings
 from ..integrations.hf import distr_attention_forward
-from ..patching import attention_modules, get_replacement, is_patched, patched
+from ..patching import is_patched, patched, patched_modules
 from .candidates import Candidate
 from .objectives import Objective, Perplexity
 
@@ -105,12 +105,9 @@ def decoder_layers(model, modules: list[torch.nn.Module]) -> torch.nn.ModuleList
 
 
 def _check_model(model) -> list[torch.nn.Module]:
-    get_replacement(getattr(model.config, "model_type", None))  # unsupported types raise, listing the supported
+    modules = patched_modules(model)  # unsupported types raise, listing the supported ones
     if is_patched(model):
         raise ValueError("calibrate needs the model unpatched (exact attention); call distr_patch.unpatch_model first")
-    modules = attention_modules(model)
-    if not modules:
-        raise ValueError(f"found no attention module in {type(model).__name__}")
     return modules
 
 
@@ -258,7 +255,7 @@ def layer_kl(model, cap: Capture, layer: int, cand: Candidate, base: DistrConfig
 @torch.no_grad()
 def layer_loss(model, cap: Capture, layer: int, cand: Candidate, base: DistrConfig, objective: Objective) -> float:
     """The objective's loss vs exact, averaged over the calibration windows, with only ``layer`` on ``cand``."""
-    modules = attention_modules(model)
+    modules = patched_modules(model)
     stack = decoder_layers(model, modules)
     cfg = base.replace(**cand.settings(), exact_layers=(), exact_first=0, exact_last=0, layer_overrides={},
                        head_overrides={})

@@ -23,6 +23,7 @@ from ..eval.provenance import provenance
 from ..eval.results import LAYER_SELECTION, model_info
 from ..eval.variants import Variant, build_variants
 from ..models import load_model
+from ..patching import patched_modules
 from .compare import attention_work_saved, markdown, new_result, score_lm, score_vit, write_json, write_plot
 from .config import FinetuneConfig
 from .data import DEFAULT_TEXT, BlockDataset, image_split, text_split
@@ -120,7 +121,6 @@ def run_finetune(cfg: FinetuneConfig, *, progress: bool = True) -> FinetuneOutpu
     first = load_model(cfg.model, cfg.task, dtype=cfg.dtype)
     device = torch.device(cfg.device) if cfg.device else process_state().device  # this process's device
     model, processor = first.model.to(device), first.processor
-    num_layers = getattr(model.config, "num_hidden_layers", 1)
     _check_fits(model, variants, cfg.layers)
 
     if cfg.task == "lm":
@@ -187,8 +187,9 @@ def run_finetune(cfg: FinetuneConfig, *, progress: bool = True) -> FinetuneOutpu
             entry["attn_implementation"] = m.config._attn_implementation
             if entry["distr_config"]:
                 entry["layers"] = {k: entry["distr_config"][k] for k in LAYER_SELECTION if k in entry["distr_config"]}
+            layers_counted = len(patched_modules(m)) if entry["distr_config"] else 0  # a hybrid's attention layers
             entry["attention_work_saved"] = attention_work_saved(
-                entry["distr_config"], num_layers, seq, getattr(m.config, "num_attention_heads", None)) if seq else None
+                entry["distr_config"], layers_counted, seq, getattr(m.config, "num_attention_heads", None)) if seq else None
             trainer, stats = finetune(m, train_ds, cfg, output_dir=directory / "trainer" / variant.name,
                                       units_per_sample=units, unit=unit)
             entry["train"] = stats.to_dict()

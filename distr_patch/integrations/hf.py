@@ -68,9 +68,10 @@ def layer_settings(module: torch.nn.Module) -> LayerSettings:
     cached = getattr(module, "_distr_settings_auto", None)
     if cached is not None and cached[0] == raw:  # a snapshot: an edit of the dict in place counts too
         return cached[1]
-    from ..patching.registry import get_replacement, patched_through  # local: the registry imports this module
+    # local: the registry imports this module
+    from ..patching.registry import attention_modules, get_replacement, patched_through
 
-    get_replacement(getattr(config, "model_type", None))  # unsupported types raise, listing the supported ones
+    entry = get_replacement(getattr(config, "model_type", None))  # unsupported types raise, listing the supported
     owner = None if torch.compiler.is_compiling() else patched_through(config)
     if owner is not None and not any(m is module for m in owner.modules()):
         warnings.warn(f"a {type(module).__name__} that patch_model did not patch runs DistrAttention: its model shares "
@@ -83,6 +84,11 @@ def layer_settings(module: torch.nn.Module) -> LayerSettings:
         raise DistrSettingsError(
             f"{type(module).__name__} has no layer index, so the per-layer settings of config.distr_config "
             "cannot be resolved here; call distr_patch.patch_model(model) after loading to attach them")
+    if entry.find_attention is not attention_modules and not cfg.is_layer_uniform():
+        raise DistrSettingsError(
+            f"per-layer settings of a {entry.model_type} model count the attention modules its registry entry finds, "
+            f"which its layer indices (here {layer_idx}) need not number; call distr_patch.patch_model(model) after "
+            "loading to attach them")
     num_layers = getattr(config, "num_hidden_layers", None)
     settings = cfg.for_layer(layer_idx, num_layers) if layer_idx is not None else cfg.for_layer(None)
     if not torch.compiler.is_compiling():  # (Dynamo before torch 2.9 cannot trace deepcopy: resolved per trace there)

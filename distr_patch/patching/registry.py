@@ -62,6 +62,17 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return mods
 
 
+def attention_modules_by_layer_index(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Hybrid models (attention in some layers, convolutions or linear attention in the others): the attention
+    modules sorted by their ``layer_idx``, which skip the other layers. Per-layer settings count these modules
+    (0 = the first attention layer), not the model's layers."""
+    mods = [m for m in model.modules() if is_attention_module(m)]
+    idx = [getattr(m, "layer_idx", None) for m in mods]
+    if not all(isinstance(i, int) for i in idx) or len(set(idx)) != len(idx):
+        raise RuntimeError(f"attention modules of {type(model).__name__} need distinct layer indices, got {idx}")
+    return [m for _, m in sorted(zip(idx, mods), key=lambda pair: pair[0])]
+
+
 @dataclass(frozen=True)
 class AttentionReplacement:
     """How to patch one ``model_type``: ``find_attention(model)`` lists its attention modules in layer order."""
@@ -74,8 +85,7 @@ class AttentionReplacement:
 # masks from masking_utils), each checked on a tiny model on transformers 5.0 and the newest release (exact at G=1 with
 # right and left padding, generate(), unpatch; tests/patching). Not here: logit softcapping (Gemma 2, VaultGemma),
 # attention sinks (gpt-oss) and a value head dim other than the query's (DeepSeek-V2/V3's MLA), which patch_model
-# refuses by name; hybrid models with attention in some layers only (Qwen3-Next, LFM2), whose layer indices the
-# built-in finder does not number 0..n-1; multimodal wrappers (Mistral 3, Llama 4, Gemma 3 with vision), whose vision
+# refuses by name; hybrid models (below); multimodal wrappers (Mistral 3, Llama 4, Gemma 3 with vision), whose vision
 # encoder the finder would count as layers.
 DECODER_MODEL_TYPES = (
     "llama", "llama4_text", "mistral", "ministral", "ministral3", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
@@ -84,6 +94,9 @@ DECODER_MODEL_TYPES = (
     "starcoder2", "gpt_neox", "ernie4_5", "ernie4_5_moe", "seed_oss", "exaone4", "hunyuan_v1_dense", "hunyuan_v1_moe",
     "apertus", "arcee", "helium", "bitnet", "dots1",
 )
+# Hybrid decoders: Llama-like attention in some layers only (LFM2: short convolutions, Qwen3-Next: linear attention in
+# the others), found by attention_modules_by_layer_index.
+HYBRID_MODEL_TYPES = ("lfm2", "qwen3_next")
 # Vision encoders: bidirectional, no mask, N = 1 + patches (+ distillation token for DeiT).
 VISION_MODEL_TYPES = ("vit", "deit", "dinov2")
 
@@ -126,8 +139,20 @@ def get_replacement(model_type: str | None) -> AttentionReplacement:
     return _REGISTRY[model_type]
 
 
+def patched_modules(model) -> list[torch.nn.Module]:
+    """The attention modules ``patch_model`` puts settings on, as ``model``'s registry entry finds them (layer order:
+    per-layer settings and calibration count layers in this list)."""
+    entry = get_replacement(getattr(getattr(model, "config", None), "model_type", None))
+    modules = list(entry.find_attention(model))  # (a user's finder may hand back any iterable)
+    if not modules:
+        raise RuntimeError(f"found no attention module in {type(model).__name__} ({entry.model_type})")
+    return modules
+
+
 for _t in DECODER_MODEL_TYPES:
     register_attention_replacement(_t, family="decoder")
+for _t in HYBRID_MODEL_TYPES:
+    register_attention_replacement(_t, attention_modules_by_layer_index, family="hybrid")
 for _t in VISION_MODEL_TYPES:
     register_attention_replacement(_t, family="vision")
 
@@ -205,10 +230,7 @@ def _resolve(model, config, layers):
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise TypeError(f"patch_model: model must be a loaded transformers model (a torch.nn.Module with a .config), "
                         f"got {type(model).__name__}")
-    entry = get_replacement(getattr(model.config, "model_type", None))
-    modules = list(entry.find_attention(model))  # (a user's finder may hand back any iterable)
-    if not modules:
-        raise RuntimeError(f"found no attention module in {type(model).__name__} ({entry.model_type})")
+    modules = patched_modules(model)
     n = len(modules)
     for i, module in enumerate(modules):
         reason = _unsupported_attention(module)

@@ -16,6 +16,7 @@ from distr_patch.calibrate.proxy import capture, decoder_layers, kl_to_exact, la
 from distr_patch.calibrate.search import all_grouped_point, greedy_path, layer_chain, point_within
 from distr_patch.eval.perplexity import perplexity
 from distr_patch.patching import attention_modules
+from distr_patch.patching import patched_modules as attention_modules_of
 
 CANDS = ["G2-rank1-b32-w0-c0", "G2-mean-b32-w0-c0", "G4-mean-b32-w0-c0", "G4-rank1-b32-w16-c0.5"]
 WINDOW = 128
@@ -583,3 +584,16 @@ def test_budget_labels_keep_small_budgets():
 
     assert [budget_label(b) for b in (0.01, 0.005, 0.0025, 1e-5, 0.1, 0.0)] == [
         "1%", "0.5%", "0.25%", "0.001%", "10%", "0%"]
+
+
+def test_a_hybrid_model_calibrates_its_attention_layers(ids):
+    """LFM2 (attention in layers 1 and 3; its registry entry's own finder): calibration counts the two attention
+    modules as patch_model does, and its config patches the model."""
+    from patching.tiny_patch_models import build
+
+    model = build("lfm2", config_overrides={"vocab_size": len(word_tokenizer())})
+    cfg = calibrate(model, ids, budget=1.0, candidates=CANDS[:2], window=WINDOW, heldout_windows=1)
+    assert set(cfg.layer_overrides) == {0, 1}  # a generous budget: both attention layers grouped
+    patch_model(model, cfg)
+    assert [m._distr_settings.exact for m in attention_modules_of(model)] == [False, False]
+    unpatch_model(model)

@@ -144,6 +144,7 @@ def test_run_lm_end_to_end(tiny_lm_dir, text_file, tmp_path):
     ex, g2 = result["variants"]
     assert g2["distr_config"]["exact_layers"] == [0] and g2["distr_config"]["fusion"] == "mean"
     assert ex["distr_config"] is None and ex["attn_implementation"] != "distr"
+    assert ex["attention_work_saved"] == 0.0 and 0 < g2["attention_work_saved"] < 0.5  # one of two layers grouped
     for v in (ex, g2):
         assert v["train"]["steps"] == 3 and v["train"]["tokens"] == 3 * 4 * 32
         assert v["before"]["num_tokens"] == v["after"]["num_tokens"] == 95

@@ -6,7 +6,7 @@ import transformers as tf
 
 from distr_patch import DistrConfig, patch_model, register_attention_replacement, unpatch_model
 from distr_patch.patching import registry
-from tiny_patch_models import DECODER_TYPES, FAMILY_OVERRIDES, VOCAB, build, logits
+from tiny_patch_models import DECODER_TYPES, FAMILY_OVERRIDES, HYBRID_TYPES, VOCAB, build, logits
 
 G1 = DistrConfig.exact(exact_below=1)  # every call through the operator, decode steps included
 NARROW = 16  # windows and chunks narrower than the 40-token sequences: their masks really cut
@@ -107,3 +107,30 @@ def test_a_multimodal_model_is_patched_through_its_text_model():
     assert (logits(model, x) - ref)[real].abs().max() > 1e-2
     unpatch_model(text_model)
     assert torch.equal(logits(model, x), ref)
+
+
+@pytest.mark.parametrize("model_type", HYBRID_TYPES)
+def test_hybrid_models_count_their_attention_layers(model_type):
+    """LFM2 / Qwen3-Next have attention in layers 1 and 3 only: per-layer settings number those two modules 0 and 1
+    (as calibration writes them). Loaded with attn_implementation="distr", a uniform config runs; a per-layer one asks
+    for patch_model, since the modules' layer indices (1, 3) are not that numbering."""
+    model = build(model_type)
+    x = _padded("right")
+    real = x["attention_mask"].bool()
+    ref = logits(model, x)
+    patch_model(model, DistrConfig(exact_first=1, exact_below=1))
+    first, second = registry.patched_modules(model)
+    assert (first.layer_idx, second.layer_idx) == (1, 3)
+    assert first._distr_settings.exact and not second._distr_settings.exact
+    with pytest.raises(ValueError, match="out of range"):
+        patch_model(model, DistrConfig(exact_layers=[2]))  # two attention layers: 0 and 1
+    unpatch_model(model)
+
+    loaded = build(model_type, attn_implementation="distr")
+    loaded.config.distr_config = G1.to_dict()
+    torch.testing.assert_close(logits(loaded, x)[real], ref[real], atol=5e-5, rtol=5e-5)
+    loaded.config.distr_config = DistrConfig(exact_first=1).to_dict()
+    with pytest.raises(ValueError, match=rf"per-layer settings of a {model_type} model .*patch_model\(model\) after"):
+        logits(loaded, x)
+    patch_model(loaded)  # reads config.distr_config and numbers the layers as above
+    assert [m._distr_settings.exact for m in registry.patched_modules(loaded)] == [True, False]

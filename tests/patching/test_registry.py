@@ -6,7 +6,7 @@ import transformers as tf
 from distr_patch import DistrConfig, patch_model, register_attention_replacement, unpatch_model
 from distr_patch.patching import registry
 from distr_patch.patching.registry import UnsupportedModelError, attention_modules, supported_model_types
-from tiny_patch_models import CONFIGS, build, inputs, logits
+from tiny_patch_models import CONFIGS, HYBRID_TYPES, build, inputs, logits
 
 
 def test_every_builtin_entry_has_a_tiny_model_under_test():
@@ -19,7 +19,12 @@ def test_every_builtin_entry_has_a_tiny_model_under_test():
 def test_builtin_finder_gives_one_attention_module_per_layer(model_type):
     model = build(model_type)
     mods = registry.get_replacement(model_type).find_attention(model)
-    assert len(mods) == model.config.num_hidden_layers
+    attention_layers = [i for i, t in enumerate(getattr(model.config, "layer_types", None) or ())
+                        if t.endswith("attention") and t != "linear_attention"]  # hybrids: layers 1 and 3
+    if model_type in HYBRID_TYPES:
+        assert [m.layer_idx for m in mods] == attention_layers == [1, 3]
+    else:
+        assert len(mods) == model.config.num_hidden_layers
     assert all(m.is_causal == (model_type not in ("vit", "deit", "dinov2")) for m in mods)
 
 

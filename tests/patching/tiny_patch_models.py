@@ -58,7 +58,13 @@ FAMILY_OVERRIDES = {
     "seed_oss": {}, "exaone4": dict(sliding_window=WINDOW),  # QK-norm
     "hunyuan_v1_dense": {}, "hunyuan_v1_moe": dict(num_experts=4, moe_topk=2, moe_intermediate_size=32),
     "apertus": {}, "arcee": {}, "helium": {}, "bitnet": {}, "dots1": dict(_DEEPSEEK_MOE),
+    # hybrids: attention in layers 1 and 3 only
+    "lfm2": dict(num_hidden_layers=4, layer_types=["conv", "full_attention"] * 2),
+    "qwen3_next": dict(num_hidden_layers=4, layer_types=["linear_attention", "full_attention"] * 2, num_experts=4,
+                       moe_intermediate_size=32, shared_expert_intermediate_size=32, linear_num_key_heads=2,
+                       linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16, **_MOE),
 }
+HYBRID_TYPES = ("lfm2", "qwen3_next")
 
 
 def _family_config(model_type: str):
