@@ -95,6 +95,41 @@ def test_patched_model_on_cuda(dtype):
         assert out.shape == (1, 170)
 
 
+# One of each kind beyond Llama: MoE, QK-norm, sliding windows with Gemma 3's query scale, partial rotary at d=80, no
+# GQA, layers without RoPE, chunked attention, a hybrid with convolutions.
+FAMILIES_ON_CUDA = [("mixtral", 64), ("qwen3_moe", 128), ("gemma3_text", 256), ("phi", 80), ("gpt_neox", 64),
+                    ("smollm3", 64), ("llama4_text", 64), ("cohere2", 96), ("lfm2", 64)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("model_type, head_dim", FAMILIES_ON_CUDA)
+def test_model_families_on_cuda(model_type, head_dim):
+    """fp32 on CUDA, the Triton kernel at the family's head dim: G=1 matches SDPA, the paper's G=2 matches the CPU
+    reference (right padding, 300 tokens: windows and chunks of 144 slide), the padded sequence matches it alone."""
+    from tiny_patch_models import build
+
+    model = build(model_type, config_overrides=dict(hidden_size=4 * head_dim, head_dim=head_dim))
+    ids, mask = _right_padded(seq=300, short=200)
+    real = mask.bool()
+    with torch.no_grad():
+        patch_model(model, DistrConfig.paper(exact_below=1))
+        cpu = model(ids, attention_mask=mask).logits
+        model.to("cuda")
+        ids_c, mask_c = ids.cuda(), mask.cuda()
+        gpu = model(ids_c, attention_mask=mask_c).logits.cpu()
+        tol = 2e-3 * cpu.abs().max().item()
+        torch.testing.assert_close(gpu[real], cpu[real], atol=tol, rtol=0)
+        alone = model(ids_c[1:, :200]).logits.cpu()
+        torch.testing.assert_close(gpu[1:, :200], alone, atol=tol, rtol=0)
+        patch_model(model, DistrConfig.exact(exact_below=1))
+        g1 = model(ids_c, attention_mask=mask_c).logits.cpu()
+        unpatch_model(model)
+        sdpa = model(ids_c, attention_mask=mask_c).logits.cpu()
+    torch.testing.assert_close(g1[real], sdpa[real], atol=tol, rtol=0)
+    assert (gpu - sdpa)[real].abs().max() > 3 * tol  # the paper's G=2 really grouped
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (run on the device machine)")
 @pytest.mark.parametrize("cfg", [DistrConfig.exact(exact_below=1), DistrConfig.paper(exact_below=1),
