@@ -15,8 +15,7 @@ from distr_patch.calibrate.api import split_tokens
 from distr_patch.calibrate.proxy import capture, decoder_layers, kl_to_exact, layer_kl
 from distr_patch.calibrate.search import all_grouped_point, greedy_path, layer_chain, point_within
 from distr_patch.eval.perplexity import perplexity
-from distr_patch.patching import attention_modules
-from distr_patch.patching import patched_modules as attention_modules_of
+from distr_patch.patching import attention_modules, patched_modules
 
 CANDS = ["G2-rank1-b32-w0-c0", "G2-mean-b32-w0-c0", "G4-mean-b32-w0-c0", "G4-rank1-b32-w16-c0.5"]
 WINDOW = 128
@@ -595,5 +594,5 @@ def test_a_hybrid_model_calibrates_its_attention_layers(ids):
     cfg = calibrate(model, ids, budget=1.0, candidates=CANDS[:2], window=WINDOW, heldout_windows=1)
     assert set(cfg.layer_overrides) == {0, 1}  # a generous budget: both attention layers grouped
     patch_model(model, cfg)
-    assert [m._distr_settings.exact for m in attention_modules_of(model)] == [False, False]
+    assert [m._distr_settings.exact for m in patched_modules(model)] == [False, False]
     unpatch_model(model)

@@ -50,10 +50,6 @@ def test_padded_batches_and_generate_match_the_unpatched_model_at_g1(model_type)
     assert torch.equal(logits(model, batches["right"]), ref["right"])
 
 
-def _register_for_the_test(model_type):
-    register_attention_replacement(model_type, family="decoder", overwrite=True)
-
-
 @pytest.mark.parametrize("model_type, fields, expected", [
     ("gemma2", dict(sliding_window=16), r"Gemma2Attention \(layer 0\) uses logit softcapping"),
     ("gpt_oss", dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=16),
@@ -73,7 +69,7 @@ def test_attention_distr_cannot_compute_is_refused_at_patch_time(model_type, fie
     model = tf.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     before = model.config._attn_implementation
     try:
-        _register_for_the_test(model_type)
+        register_attention_replacement(model_type, family="decoder")
         for cfg in (DistrConfig(), DistrConfig(exact_layers=[0])):
             with pytest.raises(ValueError, match=expected):
                 patch_model(model, cfg)
