@@ -183,7 +183,7 @@ def _pct(x) -> str:
 
 
 def markdown(result: dict) -> str:
-    n = result["model"]["num_layers"]
+    n = result["model"].get("num_attention_layers") or result["model"]["num_layers"]  # (older results: num_layers)
     vit = _vit(result)
     held, test = ("held-out 1 - cos", "test 1 - cos") if vit else ("held-out ppl (Δ)", "test ppl (Δ)")
     per_head = any("heads_grouped" in c for c in result["choices"])

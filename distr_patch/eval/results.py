@@ -40,6 +40,17 @@ def higher_is_better(metric: str) -> bool:
     return True if said is None else bool(said)
 
 
+def _attention_layers(model) -> int | None:
+    """How many attention layers per-layer settings count (fewer than the layers in a hybrid model); None for a
+    model type that is not registered."""
+    from ..patching import patched_modules
+
+    try:
+        return len(patched_modules(model))
+    except (ValueError, RuntimeError):
+        return None
+
+
 def model_info(model, name: str, source: str, dtype: str) -> dict[str, Any]:
     c = model.config
     heads = getattr(c, "num_attention_heads", None)
@@ -48,6 +59,7 @@ def model_info(model, name: str, source: str, dtype: str) -> dict[str, Any]:
         "source": source,
         "model_type": c.model_type,
         "num_layers": getattr(c, "num_hidden_layers", None),
+        "num_attention_layers": _attention_layers(model),
         "num_heads": heads,
         "num_kv_heads": getattr(c, "num_key_value_heads", heads),
         "head_dim": getattr(c, "head_dim", None) or (c.hidden_size // heads if heads else None),

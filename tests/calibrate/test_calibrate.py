@@ -585,14 +585,26 @@ def test_budget_labels_keep_small_budgets():
         "1%", "0.5%", "0.25%", "0.001%", "10%", "0%"]
 
 
-def test_a_hybrid_model_calibrates_its_attention_layers(ids):
-    """LFM2 (attention in layers 1 and 3; its registry entry's own finder): calibration counts the two attention
-    modules as patch_model does, and its config patches the model."""
+def test_a_hybrid_model_calibrates_its_attention_layers(tmp_path):
+    """LFM2 (attention in layers 1 and 3 of 4; its registry entry's own finder): calibration counts the two attention
+    modules as patch_model does, its config patches the model, and the report counts grouped layers out of two."""
     from patching.tiny_patch_models import build
 
-    model = build("lfm2", config_overrides={"vocab_size": len(word_tokenizer())})
-    cfg = calibrate(model, ids, budget=1.0, candidates=CANDS[:2], window=WINDOW, heldout_windows=1)
+    from distr_patch.cli.main import main
+
+    tok = word_tokenizer()
+    model = build("lfm2", config_overrides={"vocab_size": len(tok)})
+    model.save_pretrained(tmp_path / "lfm2")
+    tok.save_pretrained(tmp_path / "lfm2")
+    (tmp_path / "long.txt").write_text(sample_text(2000))
+    assert main(["calibrate", "--model", str(tmp_path / "lfm2"), "--data", str(tmp_path / "long.txt"), "--budget",
+                 "100%", "--candidates", ",".join(CANDS[:2]), "--window", "64", "--heldout-windows", "1",
+                 "--test-windows", "0", "--output-dir", str(tmp_path), "--run-name", "run", "--no-plots"]) == 0
+    result = json.loads((tmp_path / "run" / "calibration.json").read_text())
+    assert (result["model"]["num_layers"], result["model"]["num_attention_layers"]) == (4, 2)
+    cfg = DistrConfig.load(tmp_path / "run" / "distr_config-1.json")
     assert set(cfg.layer_overrides) == {0, 1}  # a generous budget: both attention layers grouped
+    assert "| 100% | 2/2 |" in (tmp_path / "run" / "report.md").read_text()
     patch_model(model, cfg)
     assert [m._distr_settings.exact for m in patched_modules(model)] == [False, False]
     unpatch_model(model)
