@@ -10,6 +10,8 @@ An entry says which model types are supported and how to find their attention mo
 order. The built-in finder takes the modules that transformers hands to the attention function
 (those with ``is_causal`` and ``scaling`` attributes), so it follows layout changes between
 releases (Dinov2's attention moved from ``Dinov2SelfAttention`` in 5.17 to ``Dinov2Attention``).
+Hybrid models (attention in some layers only) use ``attention_modules_by_layer_index``. Per-layer settings,
+calibration and reports count layers in the entry's list (``patched_modules``), not the model's layers.
 """
 from __future__ import annotations
 
