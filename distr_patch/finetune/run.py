@@ -188,8 +188,9 @@ def run_finetune(cfg: FinetuneConfig, *, progress: bool = True) -> FinetuneOutpu
             if entry["distr_config"]:
                 entry["layers"] = {k: entry["distr_config"][k] for k in LAYER_SELECTION if k in entry["distr_config"]}
             layers_counted = len(patched_modules(m)) if entry["distr_config"] else 0  # a hybrid's attention layers
+            heads = getattr(m.config, "num_attention_heads", None)
             entry["attention_work_saved"] = attention_work_saved(
-                entry["distr_config"], layers_counted, seq, getattr(m.config, "num_attention_heads", None)) if seq else None
+                entry["distr_config"], layers_counted, seq, heads) if seq else None
             trainer, stats = finetune(m, train_ds, cfg, output_dir=directory / "trainer" / variant.name,
                                       units_per_sample=units, unit=unit)
             entry["train"] = stats.to_dict()
