@@ -131,8 +131,19 @@ def supported_model_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
+# Types whose attention DistrAttention does not compute (patch_model would refuse them by name even if registered).
+KNOWN_UNSUPPORTED = {"gemma2": "logit softcapping", "vaultgemma": "logit softcapping", "gpt_oss": "attention sinks",
+                     "deepseek_v2": "a value head dim other than the query/key head dim (MLA)",
+                     "deepseek_v3": "a value head dim other than the query/key head dim (MLA)"}
+
+
 def get_replacement(model_type: str | None) -> AttentionReplacement:
     """The registry entry of ``model_type``; UnsupportedModelError lists the supported types."""
+    if model_type not in _REGISTRY and model_type in KNOWN_UNSUPPORTED:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported by distr_patch: its attention uses "
+            f"{KNOWN_UNSUPPORTED[model_type]}, which DistrAttention does not compute; keep it on "
+            "attn_implementation='sdpa' or 'eager'")
     if model_type not in _REGISTRY:
         raise UnsupportedModelError(
             f"model_type {model_type!r} is not supported by distr_patch; supported: {supported_model_types()}. "

@@ -68,6 +68,9 @@ def test_attention_distr_cannot_compute_is_refused_at_patch_time(model_type, fie
     config = tf.AutoConfig.for_model(model_type, **fields)
     model = tf.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     before = model.config._attn_implementation
+    with pytest.raises(registry.UnsupportedModelError, match=f"'{model_type}' is not supported by distr_patch: its "
+                       f"attention uses {registry.KNOWN_UNSUPPORTED[model_type][:12]}"):
+        patch_model(model)  # unregistered: the registry names the reason
     try:
         register_attention_replacement(model_type, family="decoder")
         for cfg in (DistrConfig(), DistrConfig(exact_layers=[0])):
