@@ -131,10 +131,12 @@ def supported_model_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
-# Types whose attention DistrAttention does not compute (patch_model would refuse them by name even if registered).
-KNOWN_UNSUPPORTED = {"gemma2": "logit softcapping", "vaultgemma": "logit softcapping", "gpt_oss": "attention sinks",
-                     "deepseek_v2": "a value head dim other than the query/key head dim (MLA)",
-                     "deepseek_v3": "a value head dim other than the query/key head dim (MLA)"}
+# What DistrAttention does not compute, as patch_model names it, and the types known to use it (patch_model would
+# refuse them by name even if registered).
+SOFTCAPPING, SINKS, MLA = ("logit softcapping", "attention sinks",
+                           "a value head dim other than the query/key head dim (MLA)")
+KNOWN_UNSUPPORTED = {"gemma2": SOFTCAPPING, "vaultgemma": SOFTCAPPING, "gpt_oss": SINKS, "deepseek_v2": MLA,
+                     "deepseek_v3": MLA}
 
 
 def get_replacement(model_type: str | None) -> AttentionReplacement:
@@ -182,12 +184,12 @@ def _unsupported_attention(module) -> str | None:
     layer: a layer kept exact runs SDPA, which would drop a softcap or sinks without a word."""
     softcap = getattr(module, "attn_logit_softcapping", None)
     if softcap is not None:
-        return f"logit softcapping (attn_logit_softcapping={softcap})"
+        return f"{SOFTCAPPING} (attn_logit_softcapping={softcap})"
     if getattr(module, "sinks", None) is not None:
-        return "attention sinks"
+        return SINKS
     qk, v = getattr(module, "qk_head_dim", None), getattr(module, "v_head_dim", None)
     if isinstance(qk, int) and isinstance(v, int) and qk != v:
-        return f"a value head dim ({v}) other than the query/key head dim ({qk})"
+        return f"a value head dim ({v}) other than the query/key head dim ({qk})"  # MLA, with the two dims
     return None
 
 
