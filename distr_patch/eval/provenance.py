@@ -17,10 +17,17 @@ def _version(package: str) -> str | None:
         return None
 
 
-def git_commit() -> str | None:
-    """HEAD of the checkout this package runs from, with ``+dirty`` when it has changes; None outside git."""
-    root = Path(__file__).resolve().parents[2]
+def git_commit(root: Path | None = None) -> str | None:
+    """HEAD of the checkout this package runs from (``root``: the folder that holds ``distr_patch/``), with
+    ``+dirty`` when it has changes; None outside a checkout of its own. An installed copy (site-packages inside
+    some other git repository, e.g. a virtual environment in a user's project) gives None, not that repository's
+    commit."""
+    root = Path(__file__).resolve().parents[2] if root is None else Path(root).resolve()
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        if not top or Path(top).resolve() != root:
+            return None
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
