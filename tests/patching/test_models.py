@@ -363,3 +363,20 @@ def test_static_cache_with_a_window_under_inference_mode():
                        for cache in (tf.DynamicCache(config=model.config),
                                      tf.StaticCache(config=model.config, max_cache_len=96)))
     _close(static, dyn)
+
+
+@pytest.mark.skipif(not hasattr(tf.GenerationMixin, "generate_batch"), reason="no continuous batching in this release")
+def test_continuous_batching_is_refused_and_leaves_the_patched_model_as_it_was():
+    """transformers' continuous batching (generate_batch) refuses "distr" with a ValueError (README, "Not supported");
+    the model stays patched and runs as before the attempt."""
+    model = build("llama")
+    patch_model(model, DistrConfig(block_m=32, exact_below=1))
+    ids = inputs("llama", batch=1, seq=40)["input_ids"]
+    before = logits(model, {"input_ids": ids})
+    config = tf.GenerationConfig(max_new_tokens=2, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with pytest.raises(ValueError, match="distr"):
+        model.generate_batch([ids[0, :7].tolist(), ids[0, :5].tolist()], generation_config=config)
+    assert model.config._attn_implementation == "distr"
+    assert torch.equal(logits(model, {"input_ids": ids}), before)
+    unpatch_model(model)
+    assert model.config._attn_implementation == "sdpa"
