@@ -15,6 +15,7 @@ HELP = "fine-tune a DistrAttention-patched model (HF Trainer) and compare held-o
 EPILOG = """examples:
   distr-patch finetune --model smollm2-135m --settings paper,recommended --max-steps 60 --seq-len 256
   distr-patch finetune --config configs/finetune-smollm2-135m.yaml
+  distr-patch finetune --model smollm2-135m --lora-r 16 --lora-targets q_proj,k_proj,v_proj,o_proj --max-steps 60
   distr-patch finetune --task vit --model google/vit-base-patch16-224 --data ./images --epochs 3 --bf16
   accelerate launch --multi_gpu --num_processes 2 -m distr_patch finetune --config FILE.yaml
 """
@@ -72,6 +73,13 @@ def register(sub) -> None:
     g.add_argument("--bf16", action="store_true", default=o.S, help="bf16 mixed precision")
     g.add_argument("--gradient-checkpointing", action="store_true", default=o.S, help="recompute activations")
     g.add_argument("--logging-steps", type=int, default=o.S, help="log the training loss every N steps (10)")
+    g = p.add_argument_group("LoRA (PEFT; lm only: pip install 'distr_patch[lora]')")
+    g.add_argument("--lora-r", type=int, default=o.S, metavar="R",
+                   help="train rank-R LoRA adapters instead of every weight (every variant, exact too), merged "
+                        "into the weights after training (default: full fine-tuning)")
+    g.add_argument("--lora-alpha", type=float, default=o.S, help="LoRA's alpha (2 * R)")
+    g.add_argument("--lora-targets", type=o.str_list, default=o.S, metavar="NAME,NAME",
+                   help="modules to adapt, e.g. q_proj,k_proj,v_proj,o_proj (PEFT's default for the model type)")
     g = p.add_argument_group("output")
     g.add_argument("--output-dir", default=o.S, metavar="DIR", help="where run directories go (results)")
     g.add_argument("--run-name", default=o.S, help="the run directory's name (default: finetune-model-time)")

@@ -8,6 +8,7 @@ only need ``field_names`` and ``_configure``), so unknown keys get the same near
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,11 @@ class FinetuneConfig:
     bf16: bool = False
     gradient_checkpointing: bool = False
     logging_steps: int = 10
+    # LoRA (PEFT, lm only): train rank-r adapters instead of every weight, then merge them into the weights, so
+    # the scores after training and the checkpoint are those of a plain model (every variant, exact too)
+    lora_r: int | None = None  # the adapters' rank; None: full fine-tuning
+    lora_alpha: float | None = None  # LoRA's scale numerator (None: 2 * lora_r)
+    lora_targets: list[str] | None = None  # module names to adapt (None: PEFT's default for the model type)
     # output
     output_dir: str = "results"
     run_name: str | None = None
@@ -135,6 +141,26 @@ class FinetuneConfig:
         check_output_dir(self.output_dir, self.run_name)
         if self.lr_scheduler not in SCHEDULERS:
             raise ConfigError(f"{flag('lr_scheduler')}: {self.lr_scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+        self._check_lora()
+
+    def _check_lora(self) -> None:
+        if self.lora_r is None:
+            for name in ("lora_alpha", "lora_targets"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{flag(name)}: only with {flag('lora_r')} (LoRA's rank)")
+            return
+        if not isinstance(self.lora_r, int) or isinstance(self.lora_r, bool) or self.lora_r <= 0:
+            raise ConfigError(f"{flag('lora_r')}: expected a positive integer rank, got {self.lora_r!r}")
+        if self.task != "lm":
+            raise ConfigError(f"{flag('lora_r')}: LoRA is supported for --task lm (got --task {self.task}); "
+                              "fine-tune ViTs in full")
+        v = self.lora_alpha
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
+                              or v <= 0):
+            raise ConfigError(f"{flag('lora_alpha')}: expected a positive number, got {v!r}")
+        t = self.lora_targets
+        if t is not None and (not isinstance(t, list) or not t or not all(isinstance(n, str) and n for n in t)):
+            raise ConfigError(f"{flag('lora_targets')}: expected module names, e.g. q_proj,v_proj, got {t!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

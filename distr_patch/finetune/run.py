@@ -24,6 +24,7 @@ from ..eval.results import LAYER_SELECTION, model_info
 from ..eval.variants import Variant, build_variants
 from ..models import load_model
 from ..patching import patched_modules
+from . import lora
 from .compare import attention_work_saved, markdown, new_result, score_lm, score_vit, write_json, write_plot
 from .config import FinetuneConfig
 from .data import DEFAULT_TEXT, BlockDataset, image_split, text_split
@@ -122,6 +123,7 @@ def run_finetune(cfg: FinetuneConfig, *, progress: bool = True) -> FinetuneOutpu
     device = torch.device(cfg.device) if cfg.device else process_state().device  # this process's device
     model, processor = first.model.to(device), first.processor
     _check_fits(model, variants, cfg.layers)
+    lora_targets = lora.target_modules(model, cfg) if cfg.lora_r else None  # PEFT installed, targets exist
 
     if cfg.task == "lm":
         split = text_split(cfg.data, processor, seq_len=cfg.seq_len, heldout_tokens=cfg.heldout_tokens,
@@ -157,6 +159,11 @@ def run_finetune(cfg: FinetuneConfig, *, progress: bool = True) -> FinetuneOutpu
     if device.type == "cpu":
         result["notes"] = ["CPU run: DistrAttention (forward and backward) runs its PyTorch reference, not the "
                            "Triton kernel; training throughput on a GPU needs the Triton backward."]
+    if lora_targets:
+        alpha = cfg.lora_alpha if cfg.lora_alpha is not None else 2 * cfg.lora_r
+        result.setdefault("notes", []).append(
+            f"LoRA fine-tuning (every variant, exact too): rank {cfg.lora_r}, alpha {alpha:g}, adapters on "
+            f"{', '.join(lora_targets)}; merged into the weights before the after-scores and the checkpoints.")
     seq = cfg.seq_len if cfg.task == "lm" else None
 
     def save():
@@ -191,17 +198,22 @@ def run_finetune(cfg: FinetuneConfig, *, progress: bool = True) -> FinetuneOutpu
             heads = getattr(m.config, "num_attention_heads", None)
             entry["attention_work_saved"] = attention_work_saved(
                 entry["distr_config"], layers_counted, seq, heads) if seq else None
-            trainer, stats = finetune(m, train_ds, cfg, output_dir=directory / "trainer" / variant.name,
+            trained = lora.with_adapters(m, cfg) if cfg.lora_r else m
+            trainer, stats = finetune(trained, train_ds, cfg, output_dir=directory / "trainer" / variant.name,
                                       units_per_sample=units, unit=unit)
             entry["train"] = stats.to_dict()
+            if cfg.lora_r:
+                entry["lora"] = lora.adapter_summary(trained, cfg)
+                m = lora.merged(trained)
             entry["after"] = score(m, f"{variant.name} after")
             if cfg.save:
-                entry["checkpoint"] = str(save_checkpoint(trainer, processor, directory / "checkpoints" / variant.name))
+                entry["checkpoint"] = str(save_checkpoint(trainer, processor, directory / "checkpoints" / variant.name,
+                                                          model=m if cfg.lora_r else None))
             save()
             if progress and shard.is_main:
                 print(f"{variant.name:>10} after:  {metric} {entry['after'][metric]:.4g}  "
                       f"({stats.steps} steps, {stats.throughput:.4g} {unit}/s)", flush=True)
-            del trainer, m, loaded
+            del trainer, m, trained, loaded
     except KeyboardInterrupt:
         interrupted = True
     result["status"] = "interrupted" if interrupted else "complete"

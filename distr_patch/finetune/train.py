@@ -112,10 +112,11 @@ def finetune(model, train_dataset, cfg: FinetuneConfig, *, output_dir: Path, uni
     # the Trainer sets config.use_cache to TrainingArguments.use_cache (False) in transformers 5: the checkpoint
     # keeps the model's own value, so a reloaded model caches as it did before training
     use_cache = model.config.__dict__.get("use_cache", _ABSENT)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's (LoRA) base
     if cfg.gradient_checkpointing:  # on the model, not through TrainingArguments, whose flag was renamed (compat)
         model.config.use_cache = False
-        enable_activation_checkpointing(model)
-    plain_float_weights(model)
+        enable_activation_checkpointing(base)
+    plain_float_weights(base)
     timer = _step_timer()
     trainer = Trainer(model=model, args=training_arguments(cfg, output_dir), train_dataset=train_dataset,
                       data_collator=default_data_collator, callbacks=[timer])
@@ -138,10 +139,15 @@ def finetune(model, train_dataset, cfg: FinetuneConfig, *, output_dir: Path, uni
     return trainer, stats
 
 
-def save_checkpoint(trainer, processor, path: Path) -> Path:
-    """``save_pretrained`` of the trained model (its ``config.distr_config`` included) and its processor."""
+def save_checkpoint(trainer, processor, path: Path, model=None) -> Path:
+    """``save_pretrained`` of the trained model (its ``config.distr_config`` included) and its processor.
+
+    ``model``: save this one instead of the Trainer's (the base model with LoRA's adapters merged into it)."""
     path = Path(path)
-    trainer.save_model(str(path))  # main process only under accelerate; unwraps DDP
+    if model is None:
+        trainer.save_model(str(path))  # main process only under accelerate; unwraps DDP
+    elif trainer.is_world_process_zero():
+        model.save_pretrained(str(path))
     if processor is not None and trainer.is_world_process_zero():
         processor.save_pretrained(str(path))
     return path
