@@ -1,8 +1,8 @@
 """Fine-tune a (patched) model with the HF ``Trainer`` and save it so that it reloads with its settings.
 
 The Trainer runs on accelerate, so ``accelerate launch --multi_gpu ... -m distr_patch finetune ...`` trains
-data-parallel with no change here. DistrAttention's backward is the PyTorch reference's autograd (on CUDA,
-inputs that require grad fall back to it with a one-time warning until a Triton backward exists).
+data-parallel with no change here. DistrAttention's backward is the Triton kernel's on CUDA (``ops/distr_bwd.py``)
+and the PyTorch reference's autograd on the CPU. ``model`` may be a PEFT model (LoRA, ``finetune/lora.py``).
 
 A patched model keeps its DistrConfig in ``model.config.distr_config`` (``patch_model`` puts it there), so
 ``save_pretrained`` writes it into ``config.json`` and ``from_pretrained(path, attn_implementation="distr")``
