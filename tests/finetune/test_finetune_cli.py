@@ -109,3 +109,18 @@ def test_a_config_built_directly_is_checked_too():
         FinetuneConfig(model="m", learning_rate=-1.0)
     with pytest.raises(ConfigError, match="--window: expected a positive integer"):
         RunConfig(window=0)
+
+
+@pytest.mark.parametrize("name", ["finetune-smollm2-135m", "finetune-smollm2-135m-1024", "finetune-smollm2-135m-lora"])
+def test_shipped_configs_merge(name):
+    """Each shipped finetune YAML is read whole (an unknown key would be a ConfigError) and sets what it says."""
+    from pathlib import Path
+
+    import yaml
+
+    from distr_patch.finetune import FinetuneConfig
+
+    path = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
+    cfg = FinetuneConfig.merge(str(path), {})
+    for key, value in yaml.safe_load(path.read_text()).items():
+        assert getattr(cfg, key) == value, key
