@@ -67,3 +67,36 @@ def test_a_patched_base_model_keeps_its_patch_through_lora_and_merge(calls):
     unpatch_model(merged)
     assert merged.config._attn_implementation == "sdpa"
     torch.testing.assert_close(logits(merged, batch), logits(build("llama"), batch), atol=5e-5, rtol=5e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the device machine)")
+def test_lora_trains_through_the_triton_backward_on_cuda():
+    """fp32 on CUDA: a LoRA model with the paper's G=2 in every layer gives the CPU reference's loss and adapter
+    gradients through the Triton forward and backward (right padding, 200 tokens: several query blocks)."""
+    model = build("llama", config_overrides=dict(hidden_size=256, head_dim=64))
+    patch_model(model, DistrConfig.paper(exact_below=1))
+    model = _lora(model)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # non-zero, so that lora_A gets a gradient too
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    ids = torch.randint(1, 128, (2, 200), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 150:] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+
+    def loss_and_grads(device):
+        model.to(device).zero_grad()
+        loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+    cpu_loss, cpu_grads = loss_and_grads("cpu")
+    gpu_loss, gpu_grads = loss_and_grads("cuda")
+    assert abs(gpu_loss - cpu_loss) <= 1e-3 * abs(cpu_loss)
+    assert cpu_grads.keys() == gpu_grads.keys() and any("lora_A" in n for n in cpu_grads)
+    for name, want in cpu_grads.items():
+        assert want.abs().max() > 0, name
+        torch.testing.assert_close(gpu_grads[name], want, atol=2e-3 * want.abs().max().item(), rtol=0, msg=name)
