@@ -118,6 +118,11 @@ if ls .whl/sageattention-*.whl >/dev/null 2>&1 && ! python -c "import sageattent
   python -m pip install -q --no-index --no-deps --target /tmp/sage-site .whl/sageattention-*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/sage-site"
 fi
+# PEFT for the LoRA tests (tests/patching/test_peft.py has a GPU case): `pip download --no-deps -d .whl peft`
+if ls .whl/peft-*.whl >/dev/null 2>&1 && ! python -c "import peft" 2>/dev/null; then
+  python -m pip install -q --no-index --no-deps --target /tmp/peft-site .whl/peft-*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/peft-site"
+fi
 workers=()
 python -c "import xdist" 2>/dev/null && workers=(-n "${GPU_TEST_WORKERS:-8}")
 # Triton 3.9.0 from .whl/triton-3.9.0-cp312-min.tar.xz (`bash scripts/pack_triton_for_device.sh 3.9.0`, carry ".whl"),

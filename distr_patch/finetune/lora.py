@@ -45,12 +45,16 @@ def target_modules(model, cfg: FinetuneConfig) -> list[str]:
     return list(targets)
 
 
+def alpha(cfg: FinetuneConfig) -> float:
+    """LoRA's alpha: ``--lora-alpha``, else twice the rank."""
+    return cfg.lora_alpha if cfg.lora_alpha is not None else 2 * cfg.lora_r
+
+
 def with_adapters(model, cfg: FinetuneConfig):
     """``model`` inside a PEFT model with fresh rank-``lora_r`` adapters (the base weights frozen)."""
     peft = require_peft()
-    config = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else 2 * cfg.lora_r,
-                             target_modules=target_modules(model, cfg), lora_dropout=0.0, bias="none",
-                             task_type="CAUSAL_LM")
+    config = peft.LoraConfig(r=cfg.lora_r, lora_alpha=alpha(cfg), target_modules=target_modules(model, cfg),
+                             lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
     return peft.get_peft_model(model, config)
 
 

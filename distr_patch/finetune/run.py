@@ -160,9 +160,8 @@ def run_finetune(cfg: FinetuneConfig, *, progress: bool = True) -> FinetuneOutpu
         result["notes"] = ["CPU run: DistrAttention (forward and backward) runs its PyTorch reference, not the "
                            "Triton kernel; training throughput on a GPU needs the Triton backward."]
     if lora_targets:
-        alpha = cfg.lora_alpha if cfg.lora_alpha is not None else 2 * cfg.lora_r
         result.setdefault("notes", []).append(
-            f"LoRA fine-tuning (every variant, exact too): rank {cfg.lora_r}, alpha {alpha:g}, adapters on "
+            f"LoRA fine-tuning (every variant, exact too): rank {cfg.lora_r}, alpha {lora.alpha(cfg):g}, adapters on "
             f"{', '.join(lora_targets)}; merged into the weights before the after-scores and the checkpoints.")
     seq = cfg.seq_len if cfg.task == "lm" else None
 
