@@ -91,7 +91,8 @@ def test_lora_trains_through_the_triton_backward_on_cuda():
         model.to(device).zero_grad()
         loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
         loss.backward()
-        return loss.item(), {n: p.grad.cpu() for n, p in model.named_parameters() if p.requires_grad}
+        # copies: the next model.to(device) moves each held .grad tensor in place (Module._apply sets its .data)
+        return loss.item(), {n: p.grad.to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
     cpu_loss, cpu_grads = loss_and_grads("cpu")
     gpu_loss, gpu_grads = loss_and_grads("cuda")
@@ -99,4 +100,5 @@ def test_lora_trains_through_the_triton_backward_on_cuda():
     assert cpu_grads.keys() == gpu_grads.keys() and any("lora_A" in n for n in cpu_grads)
     for name, want in cpu_grads.items():
         assert want.abs().max() > 0, name
-        torch.testing.assert_close(gpu_grads[name], want, atol=2e-3 * want.abs().max().item(), rtol=0, msg=name)
+        torch.testing.assert_close(gpu_grads[name], want, atol=2e-3 * want.abs().max().item(), rtol=0,
+                                   msg=lambda m, name=name: f"{name}: {m}")
