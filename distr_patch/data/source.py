@@ -157,5 +157,6 @@ def open_dataset(data: str, *, split: str = "train", name: str | None = None, fo
         aliases = f", a corpus alias ({', '.join(CORPUS_ALIASES)})" if option == "--data" else ""
         where = ("a data set in the local cache (the hub is not reachable from here: HF_HUB_OFFLINE, or no "
                  "connection to its host)" if hub_offline() else "a data set the hub could serve here (offline?)")
-        raise DataError(f"{option} {data}: not a local file or folder{aliases}, or {where}: "
+        config = "" if name is None else (f" --data-name {name}" if option == "--data" else f":{name}")
+        raise DataError(f"{option} {data}{config}: not a local file or folder{aliases}, or {where}: "
                         f"{_first_line(e, cause=False)}") from e

@@ -125,3 +125,18 @@ def test_a_data_set_name_with_the_hub_unreachable_fails_at_once(fresh):
                                         r"is not reachable from here"):
         load_text("someorg/no-such-data")
     assert time.perf_counter() - t0 < 10 and datasets.config.HF_HUB_OFFLINE is False
+
+
+def test_a_task_name_with_its_configuration_is_named_whole_when_unreachable(fresh):
+    """``--tasks NAME:CONFIG``: the error names the configuration too, as the user wrote it."""
+    datasets = pytest.importorskip("datasets")
+    from distr_patch.data.choices import load_choices
+    from distr_patch.data.errors import DataError
+    from distr_patch.data.text import load_text
+
+    fresh.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    fresh.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("unreachable")))
+    with pytest.raises(DataError, match=r"^--tasks someorg/no-such-task:Some-Config: not a local file"):
+        load_choices("someorg/no-such-task", name="Some-Config", split="validation")
+    with pytest.raises(DataError, match=r"^--data someorg/no-such-data --data-name cfg: not a local file"):
+        load_text("someorg/no-such-data", name="cfg")
