@@ -35,12 +35,13 @@ def word_tokenizer():
                                    eos_token="</s>")
 
 
-def tiny_llama(vocab_size: int, seed: int = 0):
+def tiny_llama(vocab_size: int, seed: int = 0, head_dim: int = 16):
+    """4 query heads, 2 KV heads of ``head_dim`` (16; the Triton kernel needs 32, 64, ...: GPU tests pass 64)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=4 * head_dim, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim, max_position_embeddings=512,
                       bos_token_id=2, eos_token_id=3, pad_token_id=1)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # larger weights: sharper attention, so G=2 visibly differs from exact
@@ -50,9 +51,9 @@ def tiny_llama(vocab_size: int, seed: int = 0):
     return model
 
 
-def save_tiny_lm(directory: Path) -> Path:
+def save_tiny_lm(directory: Path, head_dim: int = 16) -> Path:
     tok = word_tokenizer()
-    model = tiny_llama(len(tok))
+    model = tiny_llama(len(tok), head_dim=head_dim)
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory

@@ -102,3 +102,25 @@ def test_cli_flags(capsys):
     cfg = cli.config_from(args)
     assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_targets) == (8, 16.0, ["q_proj", "k_proj"])
     assert lora.INSTALL.startswith("pip install 'distr_patch[lora]'")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the device machine)")
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_lora_run_on_cuda(text_file, tmp_path, bf16):
+    """The LoRA run on a GPU: the adapters train through the Triton kernels (fp32, and bf16 autocast), are merged,
+    and the saved G=2 checkpoint reloads patched."""
+    pytest.importorskip("peft")
+    from tiny_models import save_tiny_lm
+
+    model_dir = save_tiny_lm(tmp_path / "lm", head_dim=64)  # a head dim the Triton kernel takes
+    out = run_finetune(_cfg(model_dir, text_file, tmp_path, device="cuda", bf16=bf16, seq_len=256,
+                            heldout_tokens=512, distr={"block_m": 64}), progress=False)
+    result = json.loads((out.directory / "finetune.json").read_text())
+    assert result["status"] == "complete" and [v["name"] for v in result["variants"]] == ["exact", "G2"]
+    for v in result["variants"]:
+        assert v["lora"]["r"] == 4 and 0 < v["lora"]["trainable_params"]
+        assert torch.isfinite(torch.tensor([v["before"]["perplexity"], v["after"]["perplexity"]])).all()
+        assert v["after"]["perplexity"] != v["before"]["perplexity"]
+    reloaded = load_checkpoint(result["variants"][1]["checkpoint"])
+    assert reloaded.config._attn_implementation == "distr"
