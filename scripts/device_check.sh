@@ -22,7 +22,7 @@
 # qeff: backend="sdpa"'s Q_eff by the fused grouping + Q_eff launch against the two launches, per tile, way and
 #       fusion source (bench_regroup.py --qeff), then the SDPA-engine variants at N=4096 with each
 #       (bench_attention.py --quick).
-# kernel-tests: the forward kernel's GPU tests alone; bwd-tests: the backward's.
+# kernel-tests: the forward kernel's GPU tests alone; bwd-tests: the backward's; lora-tests: LoRA's (PEFT from .whl).
 # graphs: whole-model prefill (SmolLM2 4x4096 with the calibrated config, Llama-3.2-1B 1x4096, random weights), eager
 #         and as CUDA-graph replays (bench model --cuda-graph), after the graph test (captured calls causal, no mask).
 # models: the same prefill benches, eager only.
@@ -196,6 +196,8 @@ for step in "${steps[@]}"; do
            --json "$out/bwdpaths.json" --variants "distr G=1" "distr G=2 mean" "distr G=2 rank1" \
            "distr G=2 rank1 W128 c.5" 2>&1 | tee "$out/bwdpaths.log" | sed -n '/^| d |/,$p' || rc=1 ;;
     grouping) python scripts/bench_grouping.py 2>&1 | tee "$out/grouping.log" | sed -n '/^| d |/,$p' || rc=1 ;;
+    lora-tests) python -m pytest -q -p no:cacheprovider -m gpu tests/patching/test_peft.py \
+           tests/finetune/test_finetune_lora.py 2>&1 | tee "$out/lora-tests.log" | tail -20 || rc=1 ;;
     kernel-tests) python -m pytest -q -p no:cacheprovider "${workers[@]}" -m gpu tests/ops/test_distr_attn.py 2>&1 \
            | tee "$out/kernel-tests.log" | tail -20 || rc=1 ;;
     graphs|models)
