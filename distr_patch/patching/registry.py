@@ -25,7 +25,7 @@ import torch
 
 from ..config import DistrConfig
 from ..integrations.hf import ATTN_IMPLEMENTATION, register
-from ..ops.validate import check_group_size
+from ..ops.validate import TRITON_HEAD_DIMS, check_group_size
 
 
 
@@ -240,7 +240,8 @@ def is_patched(model) -> bool:
 
 def _resolve(model, config, layers):
     """(attention modules, DistrConfig, per-layer settings) for patching ``model``; raises what patch_model raises
-    for a config the model cannot take (layer or head indices out of range, G not dividing the head dim)."""
+    for a config the model cannot take (layer or head indices out of range, G not dividing the head dim, a head dim
+    the Triton kernel lacks on a model on CUDA)."""
     register()
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise TypeError(f"patch_model: model must be a loaded transformers model (a torch.nn.Module with a .config), "
@@ -267,6 +268,7 @@ def _resolve(model, config, layers):
     if all(s.exact for s in settings):
         warnings.warn(f"patch_model: this config keeps all {n} layers exact (exact_first, exact_last, exact_layers or "
                       "layers): the model runs exact attention only", stacklevel=3)
+    on_cuda = _on_cuda(model)
     for i, (module, s) in enumerate(zip(modules, settings)):
         if not s.exact:
             d = _head_dim(module, model.config)
@@ -276,7 +278,16 @@ def _resolve(model, config, layers):
                     check_group_size(g, d)
                 except ValueError as e:
                     raise ValueError(f"{where}: {e}") from None
+            if on_cuda and d not in TRITON_HEAD_DIMS:  # every call would raise it (either engine)
+                raise ValueError(f"layer {i}: head dim {d} on CUDA: the Triton kernel takes head dims "
+                                 f"{', '.join(map(str, TRITON_HEAD_DIMS))}; keep this model on attn_implementation="
+                                 "'sdpa', or run DistrAttention on the CPU (the PyTorch reference)")
     return modules, cfg, settings
+
+
+def _on_cuda(model) -> bool:
+    """True when a parameter of ``model`` lives on a CUDA device (where DistrAttention runs the Triton kernel)."""
+    return any(p.is_cuda for p in model.parameters())
 
 
 def check_patchable(model, config: DistrConfig | dict | None = None, layers: Iterable[int] | None = None) -> None:

@@ -114,6 +114,34 @@ def test_group_size_must_divide_the_head_dim():
     patch_model(model, DistrConfig(group_size=4, exact_layers=[1], layer_overrides={1: {"group_size": 8}}))
 
 
+def test_a_head_dim_the_kernel_lacks_is_refused_at_patch_time_on_cuda(monkeypatch):
+    """On CUDA every grouped call would raise the kernel's head-dim error: patch_model says so at once; on the CPU
+    (the reference takes any head dim) and with every layer exact the model patches."""
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, vocab_size=64)  # head dim 12
+    model = tf.AutoModelForCausalLM.from_config(config)
+    assert registry._on_cuda(model) is False
+    patch_model(model, DistrConfig(group_size=4))
+    unpatch_model(model)
+    monkeypatch.setattr(registry, "_on_cuda", lambda m: True)
+    with pytest.raises(ValueError, match=r"^layer 1: head dim 12 on CUDA: the Triton kernel takes head dims 32, 64, "
+                                         r"80, 96, 128, 256; keep this model on attn_implementation='sdpa'"):
+        patch_model(model, DistrConfig(group_size=4, exact_layers=[0]))
+    assert not registry.is_patched(model) and model.config._attn_implementation != "distr"
+    with pytest.warns(UserWarning, match="keeps all 2 layers exact"):
+        patch_model(model, DistrConfig(group_size=4, exact_layers=[0, 1]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the device machine)")
+def test_a_head_dim_the_kernel_lacks_is_refused_on_a_cuda_model():
+    model = build("llama").to("cuda")  # head dim 16
+    assert registry._on_cuda(model)
+    with pytest.raises(ValueError, match=r"layer 0: head dim 16 on CUDA"):
+        patch_model(model)
+
+
 def test_repatching_replaces_settings_and_unpatch_restores_the_original():
     model = build("qwen2")
     x = inputs("qwen2", seq=160)
