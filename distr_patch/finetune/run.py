@@ -46,7 +46,8 @@ def variants_of(cfg: FinetuneConfig) -> list[Variant]:
 
 @contextlib.contextmanager
 def _option_errors():
-    """A patch-time ValueError as a ConfigError naming the option: --model for a model type with no registry entry,
+    """A patch-time ValueError as a ConfigError naming the option: --model for a model patch_model refuses whatever
+    the settings (UnsupportedModelError: no registry entry, softcapping/sinks/MLA, a head dim the kernel lacks on CUDA),
     --layers/--distr for settings the model cannot take."""
     from ..patching.registry import UnsupportedModelError
 

@@ -43,7 +43,9 @@ _MISSING = _Missing()
 
 
 class UnsupportedModelError(ValueError):
-    """The model's ``config.model_type`` has no entry in the replacement registry."""
+    """The model cannot be patched, whatever the config: its ``config.model_type`` has no entry in the replacement
+    registry, its attention computes what DistrAttention does not (softcapping, sinks, MLA), or it lives on CUDA
+    with a head dim the Triton kernel lacks."""
 
 
 def is_attention_module(module: torch.nn.Module) -> bool:
@@ -251,8 +253,9 @@ def _resolve(model, config, layers):
     for i, module in enumerate(modules):
         reason = _unsupported_attention(module)
         if reason is not None:
-            raise ValueError(f"patch_model: {type(module).__name__} (layer {i}) uses {reason}, which DistrAttention "
-                             "does not compute; keep this model on attn_implementation='sdpa' or 'eager'")
+            raise UnsupportedModelError(f"patch_model: {type(module).__name__} (layer {i}) uses {reason}, which "
+                                        "DistrAttention does not compute; keep this model on "
+                                        "attn_implementation='sdpa' or 'eager'")
     cfg = _as_config(model, config)
     if layers is not None:
         if not isinstance(layers, Iterable) or isinstance(layers, (str, bytes)):
@@ -279,9 +282,10 @@ def _resolve(model, config, layers):
                 except ValueError as e:
                     raise ValueError(f"{where}: {e}") from None
             if on_cuda and d not in TRITON_HEAD_DIMS:  # every call would raise it (either engine)
-                raise ValueError(f"layer {i}: head dim {d} on CUDA: the Triton kernel takes head dims "
-                                 f"{', '.join(map(str, TRITON_HEAD_DIMS))}; keep this model on attn_implementation="
-                                 "'sdpa', or run DistrAttention on the CPU (the PyTorch reference)")
+                raise UnsupportedModelError(
+                    f"patch_model: layer {i}: head dim {d} on CUDA: the Triton kernel takes head dims "
+                    f"{', '.join(map(str, TRITON_HEAD_DIMS))}; keep this model on attn_implementation='sdpa', or run "
+                    "DistrAttention on the CPU (the PyTorch reference)")
     return modules, cfg, settings
 
 

@@ -74,9 +74,9 @@ def test_attention_distr_cannot_compute_is_refused_at_patch_time(model_type, fie
     try:
         register_attention_replacement(model_type, family="decoder")
         for cfg in (DistrConfig(), DistrConfig(exact_layers=[0])):
-            with pytest.raises(ValueError, match=expected):
+            with pytest.raises(registry.UnsupportedModelError, match=expected):
                 patch_model(model, cfg)
-            with pytest.raises(ValueError, match=expected):
+            with pytest.raises(registry.UnsupportedModelError, match=expected):
                 registry.check_patchable(model, cfg)
         assert model.config._attn_implementation == before and not hasattr(model.config, "distr_config")
         assert not any(hasattr(m, "_distr_settings") for m in model.modules())

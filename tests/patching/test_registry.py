@@ -125,8 +125,9 @@ def test_a_head_dim_the_kernel_lacks_is_refused_at_patch_time_on_cuda(monkeypatc
     patch_model(model, DistrConfig(group_size=4))
     unpatch_model(model)
     monkeypatch.setattr(registry, "_on_cuda", lambda m: True)
-    with pytest.raises(ValueError, match=r"^layer 1: head dim 12 on CUDA: the Triton kernel takes head dims 32, 64, "
-                                         r"80, 96, 128, 256; keep this model on attn_implementation='sdpa'"):
+    with pytest.raises(registry.UnsupportedModelError, match=r"^patch_model: layer 1: head dim 12 on CUDA: the Triton "
+                                                         r"kernel takes head dims 32, 64, 80, 96, 128, 256; keep "
+                                                         r"this model on attn_implementation='sdpa'"):
         patch_model(model, DistrConfig(group_size=4, exact_layers=[0]))
     assert not registry.is_patched(model) and model.config._attn_implementation != "distr"
     with pytest.warns(UserWarning, match="keeps all 2 layers exact"):
@@ -138,7 +139,7 @@ def test_a_head_dim_the_kernel_lacks_is_refused_at_patch_time_on_cuda(monkeypatc
 def test_a_head_dim_the_kernel_lacks_is_refused_on_a_cuda_model():
     model = build("llama").to("cuda")  # head dim 16
     assert registry._on_cuda(model)
-    with pytest.raises(ValueError, match=r"layer 0: head dim 16 on CUDA"):
+    with pytest.raises(registry.UnsupportedModelError, match=r"layer 0: head dim 16 on CUDA"):
         patch_model(model)
 
 
