@@ -43,7 +43,7 @@ _MISSING = _Missing()
 
 
 class UnsupportedModelError(ValueError):
-    """The model cannot be patched, whatever the config: its ``config.model_type`` has no entry in the replacement
+    """The model itself, not the settings, stands in the way: its ``config.model_type`` has no entry in the replacement
     registry, its attention computes what DistrAttention does not (softcapping, sinks, MLA), or it lives on CUDA
     with a head dim the Triton kernel lacks."""
 
