@@ -281,7 +281,7 @@ def _resolve(model, config, layers):
                     check_group_size(g, d)
                 except ValueError as e:
                     raise ValueError(f"{where}: {e}") from None
-            if on_cuda and d not in TRITON_HEAD_DIMS:  # every call would raise it (either engine)
+            if on_cuda and d not in TRITON_HEAD_DIMS:  # each grouped call would fail (either engine)
                 raise UnsupportedModelError(
                     f"patch_model: layer {i}: head dim {d} on CUDA: the Triton kernel takes head dims "
                     f"{', '.join(map(str, TRITON_HEAD_DIMS))}; keep this model on attn_implementation='sdpa', or run "
